@@ -1,0 +1,23 @@
+/** What a command gets from the outside world: passed in, so that tests can run commands in-process. */
+export interface Io {
+  readonly stdout: (text: string) => void;
+  readonly stderr: (text: string) => void;
+  readonly env: NodeJS.ProcessEnv;
+  readonly cwd: string;
+  readonly now: () => number;
+  readonly isTTY: boolean;
+}
+
+export function processIo(): Io {
+  return {
+    stdout: (t) => process.stdout.write(t),
+    stderr: (t) => process.stderr.write(t),
+    env: process.env,
+    cwd: process.cwd(),
+    now: () => Date.now(),
+    isTTY: Boolean(process.stdout.isTTY),
+  };
+}
+
+/** Exit codes shared by the commands. */
+export const EXIT = { ok: 0, invalid: 1, usage: 2, failure: 3 } as const;

@@ -1,0 +1,62 @@
+#!/usr/bin/env node
+/** The rotor command line: one file per command, wired here by hand. */
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { UsageError } from './args.js';
+import type { Io } from './io.js';
+import { EXIT, processIo } from './io.js';
+import { validateCommand } from './validate.js';
+import { planCommand } from './plan.js';
+
+export const HELP = `rotor: declarative secret rotation from a Git repository
+
+Usage: rotor <command> [options]
+
+Commands:
+  validate [DIR]                  check the declarations in DIR (exit 1 when invalid)
+  plan --base REF [--head REF] [DIR]
+                                  what a change between two commits does, for pull requests
+
+Run "rotor <command> --help" for a command's options. Every option also reads from an environment
+variable: --format from ROTOR_FORMAT, --base from ROTOR_BASE, and so on.
+`;
+
+type Command = (argv: readonly string[], io: Io) => Promise<number>;
+const COMMANDS: Record<string, Command> = {
+  validate: validateCommand,
+  plan: planCommand,
+};
+
+export async function run(argv: readonly string[], io: Io = processIo()): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
+    io.stdout(HELP);
+    return name === undefined ? EXIT.usage : EXIT.ok;
+  }
+  if (name === '--version' || name === '-v') {
+    io.stdout('rotor 0.1.0\n');
+    return EXIT.ok;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    io.stderr(`rotor: unknown command "${name}"\n\n${HELP}`);
+    return EXIT.usage;
+  }
+  try {
+    return await command(rest, io);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.stderr(`rotor ${name}: ${e.message}\nRun "rotor ${name} --help" for usage.\n`);
+      return EXIT.usage;
+    }
+    const err = e as Error & { code?: string };
+    io.stderr(`rotor ${name}: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`);
+    return EXIT.failure;
+  }
+}
+
+if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  run(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -1,0 +1,43 @@
+/** `rotor validate [DIR]`: check the declarations of a repository directory. */
+import { stat } from 'node:fs/promises';
+import path from 'node:path';
+import { loadModel } from '../model/load.js';
+import { DirectorySource } from '../model/source.js';
+import { parse, UsageError } from './args.js';
+import type { Io } from './io.js';
+import { EXIT } from './io.js';
+import type { ProblemFormat } from './report.js';
+import { formatProblems } from './report.js';
+
+export const VALIDATE_HELP = `Usage: rotor validate [DIR] [--format text|json|github]
+
+Checks every declaration in DIR (default: the current directory): YAML syntax, the JSON Schemas of
+schemas/, references between declarations, schedules, strategies, generator strength and limits.
+Prints one line per problem, "file:line:col: error|warning: message [CODE]", file relative to DIR.
+
+Options:
+  --format FORMAT   text (default), json, or github (GitHub Actions annotations)   [ROTOR_FORMAT]
+  -h, --help        show this help
+
+Exit status: 0 valid (warnings allowed), 1 invalid, 2 usage error.
+`;
+
+const FLAGS = {
+  format: { type: 'string', default: 'text', choices: ['text', 'json', 'github'] },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+export async function validateCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parse(argv, FLAGS, io.env, 1);
+  if (flags.help) {
+    io.stdout(VALIDATE_HELP);
+    return EXIT.ok;
+  }
+  const dirArg = positionals[0] ?? '.';
+  const dir = path.resolve(io.cwd, dirArg);
+  const st = await stat(dir).catch(() => undefined);
+  if (!st?.isDirectory()) throw new UsageError(`${dirArg} is not a directory`);
+  const result = await loadModel(new DirectorySource(dir), { now: io.now() });
+  io.stdout(formatProblems(result, flags.format as ProblemFormat, dirArg, dirArg));
+  return result.valid ? EXIT.ok : EXIT.invalid;
+}
