@@ -51,6 +51,7 @@ export async function run(argv: readonly string[], io: Io = processIo()): Promis
     }
     const err = e as Error & { code?: string };
     io.stderr(`rotor ${name}: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`);
+    if (io.env.ROTOR_DEBUG) io.stderr(`${err.stack ?? ''}\n`);
     return EXIT.failure;
   }
 }

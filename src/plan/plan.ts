@@ -80,7 +80,8 @@ type Plain = Record<string, unknown>;
 
 /** Leaf fields of a declaration as dotted paths; lists are compared as wholes. */
 export function flatten(v: unknown, prefix = '', out = new Map<string, unknown>()): Map<string, unknown> {
-  if (typeof v === 'object' && v !== null && !Array.isArray(v)) {
+  if (v === undefined) return out;
+  if (typeof v === 'object' && v !== null && !Array.isArray(v) && (Object.keys(v).length > 0 || prefix === '')) {
     for (const [k, x] of Object.entries(v as Plain)) flatten(x, prefix ? `${prefix}.${k}` : k, out);
   } else {
     out.set(prefix, v);

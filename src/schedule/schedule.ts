@@ -113,21 +113,28 @@ export function jitterOf(s: Schedule, seed: string, base: number): number {
   return Math.floor((h.readUInt32BE(0) / 0x1_0000_0000) * s.jitterMs);
 }
 
-/** When a secret last rotated at `last` rotates next: interval, then window, then jitter. */
-export function nextRotation(s: Schedule, seed: string, last: number): number {
-  const base = s.everyMs !== undefined ? last + s.everyMs : cronNext(s.cron!, s.timezone, last);
-  const opened = intoWindow(s, base);
-  return opened + jitterOf(s, seed, opened);
+/**
+ * The next scheduled time after a rotation scheduled at `base` (or, for a rotation nobody scheduled,
+ * such as a new secret or a rotate-now request, made at `base`): the interval, then the window. Jitter
+ * is added on top by `withJitter` and never feeds the next computation, so it does not accumulate.
+ */
+export function nextBase(s: Schedule, base: number): number {
+  return intoWindow(s, s.everyMs !== undefined ? base + s.everyMs : cronNext(s.cron!, s.timezone, base));
+}
+
+/** The time a rotation scheduled at `base` actually starts. */
+export function withJitter(s: Schedule, seed: string, base: number): number {
+  return base + jitterOf(s, seed, base);
 }
 
 /** The next `count` rotations after `from`; for a new secret the first is `from` itself (version 1 at once). */
 export function nextRotations(s: Schedule, seed: string, from: number, count: number, isNew = false): number[] {
   const out: number[] = [];
-  let t = from;
+  let base = from;
   if (isNew) out.push(from);
   while (out.length < count) {
-    t = nextRotation(s, seed, t);
-    out.push(t);
+    base = nextBase(s, base);
+    out.push(withJitter(s, seed, base));
   }
   return out;
 }
