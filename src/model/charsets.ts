@@ -29,6 +29,7 @@ export function alphabetOf(gen: Generator): string {
 
 /** Bits of entropy of a value drawn uniformly from the generator's alphabet. */
 export function entropyBits(gen: Generator): number {
-  const size = new Set(alphabetOf(gen)).size;
+  const charset = gen.charset ?? DEFAULT_CHARSET;
+  const size = charset === 'custom' ? new Set(gen.chars ?? '').size : CHARSETS[charset].length;
   return size < 2 ? 0 : (gen.length ?? DEFAULT_LENGTH) * Math.log2(size);
 }

@@ -165,8 +165,15 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
   return { desired, problems, valid: !hasErrors(problems), auditDir };
 }
 
+const NAME_LINE = /^name:[ \t]*/m;
+
+/** Where a declaration is: the line of its top-level `name:` (found without building a YAML tree). */
 function locatedOf<T>(e: Entry<T>): Located<T> {
-  return { decl: e.decl, source: positionOf(e.pd, ['name']) };
+  const m = NAME_LINE.exec(e.pd.text);
+  if (!m) return { decl: e.decl, source: positionOf(e.pd, ['name']) };
+  let line = e.pd.firstLine + 1;
+  for (let i = 0; i < m.index; i++) if (e.pd.text.charCodeAt(i) === 10) line++;
+  return { decl: e.decl, source: { file: e.pd.file, line, col: m[0].length + 1 } };
 }
 
 async function readAndParse(source: RepoSource, files: readonly SourceFile[], r: Reporter, budget: { docs: number }, usedBytes = 0): Promise<ParsedDoc[]> {

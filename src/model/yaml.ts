@@ -4,6 +4,7 @@
  */
 import { Composer, isMap, isPair, isScalar, isSeq, LineCounter, Parser } from 'yaml';
 import type { Document, Node } from 'yaml';
+import jsyaml from 'js-yaml';
 import type { Code, Position, Problem } from './problems.js';
 
 export const LIMITS = {
@@ -21,24 +22,48 @@ export const LIMITS = {
   aliasCount: 100,
 } as const;
 
-export interface ParsedDoc {
-  readonly file: string;
-  /** 0-based index of the document in its file. */
-  readonly index: number;
-  readonly doc: Document.Parsed;
-  readonly lines: LineCounter;
-  /** The document as plain data. */
-  readonly data: unknown;
-}
-
 export type Path = readonly (string | number)[];
 
-const decoder = new TextDecoder('utf-8', { fatal: true });
+/**
+ * One YAML document of a file. `data` is its content as plain data. The yaml library's Document (with
+ * source positions) is built only when a position is asked for: that is, for problems, which are rare.
+ */
+export class ParsedDoc {
+  private parsed: { doc: Document.Parsed; lines: LineCounter } | undefined;
+  constructor(
+    readonly file: string,
+    /** 0-based index of the document in its file. */
+    readonly index: number,
+    readonly data: unknown,
+    /** The document's text: from its `---` line (or the file's start) to the next document. */
+    readonly text: string,
+    /** 0-based line of the file where `text` starts. */
+    readonly firstLine: number,
+    parsed?: { doc: Document.Parsed; lines: LineCounter },
+  ) {
+    this.parsed = parsed;
+  }
 
-export function problemAt(file: string, lines: LineCounter | undefined, offset: number, severity: Problem['severity'], code: Code, message: string): Problem {
-  const pos = lines ? lines.linePos(offset) : { line: 1, col: 1 };
-  return { file, line: pos.line, col: pos.col, severity, code, message };
+  /** The yaml library's view of this document, for positions. */
+  get positions(): { doc: Document.Parsed; lines: LineCounter } {
+    if (!this.parsed) {
+      const lines = new LineCounter();
+      const docs = [...new Composer(COMPOSER_OPTIONS).compose(new Parser(lines.addNewLine).parse(this.text), true, this.text.length)];
+      this.parsed = { doc: docs.find((d) => d.contents !== null) ?? docs[0]!, lines };
+    }
+    return this.parsed;
+  }
+
+  /** File position of an offset into `text`. */
+  linePos(offset: number): { line: number; col: number } {
+    const { line, col } = this.positions.lines.linePos(offset);
+    return { line: line + this.firstLine, col };
+  }
 }
+
+const COMPOSER_OPTIONS = { uniqueKeys: true, strict: true, version: '1.2', schema: 'core', merge: false } as const;
+
+const decoder = new TextDecoder('utf-8', { fatal: true });
 
 /** Decodes strict UTF-8 (without a BOM), or reports where the first bad byte is. */
 export function decodeUtf8(file: string, buf: Buffer, problems: Problem[]): string | undefined {
@@ -56,21 +81,118 @@ export function decodeUtf8(file: string, buf: Buffer, problems: Problem[]): stri
   }
 }
 
+/** Flow collections nested deeper than this are refused before any parser recurses into them. */
+const MAX_FLOW_DEPTH = 1000;
+
+function flowTooDeep(text: string): number {
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x5b || c === 0x7b) {
+      if (++depth > MAX_FLOW_DEPTH) return i;
+    } else if ((c === 0x5d || c === 0x7d) && depth > 0) depth--;
+  }
+  return -1;
+}
+
+interface Chunk {
+  readonly text: string;
+  readonly firstLine: number;
+  /** Offset of `text` in the file. */
+  readonly offset: number;
+}
+
+const DOC_MARKER = /^---(?=[ \t\r\n]|$)/gm;
+
+/**
+ * Splits a file at its document start markers. A `---` at the start of a line always starts a new
+ * document in YAML (it is forbidden inside scalars), so the split is exact for files without directives.
+ */
+function splitDocuments(text: string): Chunk[] {
+  const starts = [0];
+  for (const m of text.matchAll(DOC_MARKER)) if (m.index! > 0) starts.push(m.index!);
+  const chunks: Chunk[] = [];
+  let line = 0;
+  let lineAt = 0;
+  for (let i = 0; i < starts.length; i++) {
+    const from = starts[i]!;
+    for (let j = lineAt; j < from; j++) if (text.charCodeAt(j) === 10) line++;
+    lineAt = from;
+    chunks.push({ text: text.slice(from, starts[i + 1] ?? text.length), firstLine: line, offset: from });
+  }
+  return chunks;
+}
+
+/** A chunk that may use anchors or aliases (`&a`, `*a`): those need the yaml library's alias limits. */
+const MAYBE_ALIAS = /(?:^|[\s[{,])[&*][^\s,[\]{}]/;
+/** A chunk with content beyond markers, comments and blank lines. */
+const HAS_CONTENT = /^(?!---(?:\s|$)|\.\.\.(?:\s|$)|[ \t]*#|[ \t]*\r?$)/m;
+
 /**
  * Parses every document of one file. Problems go to `problems`; documents with errors are left out.
  * `budget.docs` is the number of documents the repository may still hold; it is decreased.
+ *
+ * Speed: the yaml library keeps exact positions but parses about 1.5 MB/s; js-yaml is several times
+ * faster and keeps none. Each document is read by js-yaml first, and by the yaml library when js-yaml
+ * refuses it (for the exact error and position), when it may hold aliases (for the alias limit), or
+ * when it is empty or a bare scalar. Positions come from the yaml library later, only where needed.
  */
 export function parseDocuments(file: string, text: string, problems: Problem[], budget: { docs: number }): ParsedDoc[] {
+  const deep = flowTooDeep(text);
+  if (deep >= 0) {
+    const before = text.slice(0, deep);
+    const line = before.split('\n').length;
+    problems.push({ file, line, col: deep - before.lastIndexOf('\n'), severity: 'error', code: 'YAML_TOO_DEEP', message: `flow collections nest more than ${MAX_FLOW_DEPTH} levels deep here; declarations need only a few levels` });
+    return [];
+  }
+  if (/^%/m.test(text)) return parseWithYaml(file, { text, firstLine: 0, offset: 0 }, problems, budget, 0);
+  const chunks = splitDocuments(text);
+  const limit = Math.max(0, Math.min(LIMITS.docsPerFile, budget.docs));
+  if (chunks.length > limit) {
+    const which = limit === LIMITS.docsPerFile ? `this file has more than ${LIMITS.docsPerFile} YAML documents` : `the repository has more than ${LIMITS.docsTotal} YAML documents`;
+    problems.push({ file, line: chunks[limit]!.firstLine + 1, col: 1, severity: 'error', code: 'YAML_TOO_MANY_DOCUMENTS', message: `${which}; split the declarations or remove empty documents` });
+    budget.docs -= limit;
+    return [];
+  }
+  const out: ParsedDoc[] = [];
+  chunks.forEach((chunk, index) => {
+    budget.docs--;
+    if (!MAYBE_ALIAS.test(chunk.text)) {
+      try {
+        const data: unknown = jsyaml.load(chunk.text, { schema: jsyaml.CORE_SCHEMA, json: false, filename: file });
+        if (typeof data === 'object' && data !== null) {
+          out.push(new ParsedDoc(file, index, data, chunk.text, chunk.firstLine));
+          return;
+        }
+        if (data === undefined && !HAS_CONTENT.test(chunk.text)) return; // an empty document
+      } catch (e) {
+        if (e instanceof RangeError) {
+          problems.push({ file, line: chunk.firstLine + 1, col: 1, severity: 'error', code: 'YAML_TOO_DEEP', message: 'the YAML nests too deeply to read; declarations need only a few levels' });
+          return;
+        }
+        // fall through: the yaml library says exactly what is wrong
+      }
+    }
+    out.push(...parseWithYaml(file, chunk, problems, { docs: Infinity }, index));
+  });
+  return out;
+}
+
+function parseWithYaml(file: string, chunk: Chunk, problems: Problem[], budget: { docs: number }, firstIndex: number): ParsedDoc[] {
   const lines = new LineCounter();
   const parser = new Parser(lines.addNewLine);
-  const composer = new Composer({ uniqueKeys: true, strict: true, version: '1.2', schema: 'core', merge: false });
+  const composer = new Composer(COMPOSER_OPTIONS);
   const out: ParsedDoc[] = [];
-  let index = 0;
+  const at = (offset: number) => {
+    const p = lines.linePos(offset);
+    return { line: p.line + chunk.firstLine, col: p.col };
+  };
+  const report = (offset: number, code: Code, message: string) => problems.push({ file, ...at(offset), severity: 'error', code, message });
+  let index = firstIndex;
   try {
-    for (const doc of composer.compose(parser.parse(text), true, text.length)) {
-      if (index >= LIMITS.docsPerFile || budget.docs <= 0) {
-        const which = index >= LIMITS.docsPerFile ? `this file has more than ${LIMITS.docsPerFile} YAML documents` : `the repository has more than ${LIMITS.docsTotal} YAML documents`;
-        problems.push(problemAt(file, lines, doc.range[0], 'error', 'YAML_TOO_MANY_DOCUMENTS', `${which}; split the declarations or remove empty documents`));
+    for (const doc of composer.compose(parser.parse(chunk.text), true, chunk.text.length)) {
+      if (index - firstIndex >= LIMITS.docsPerFile || budget.docs <= 0) {
+        report(doc.range[0], 'YAML_TOO_MANY_DOCUMENTS', `this file has more YAML documents than the limit (${LIMITS.docsPerFile} per file, ${LIMITS.docsTotal} in all); split the declarations or remove empty documents`);
         break;
       }
       budget.docs--;
@@ -78,25 +200,27 @@ export function parseDocuments(file: string, text: string, problems: Problem[], 
       if (doc.errors.length > 0) {
         for (const e of doc.errors) {
           const dup = e.code === 'DUPLICATE_KEY';
-          problems.push(problemAt(file, lines, e.pos[0], 'error', dup ? 'YAML_DUPLICATE_KEY' : 'YAML_SYNTAX', dup ? 'this key appears twice in the same mapping; remove one' : cleanYamlMessage(e.message)));
+          report(e.pos[0], dup ? 'YAML_DUPLICATE_KEY' : 'YAML_SYNTAX', dup ? 'this key appears twice in the same mapping; remove one' : cleanYamlMessage(e.message));
         }
         continue;
       }
-      for (const w of doc.warnings) problems.push(problemAt(file, lines, w.pos[0], 'warning', 'YAML_SYNTAX', cleanYamlMessage(w.message)));
+      for (const w of doc.warnings) problems.push({ file, ...at(w.pos[0]), severity: 'warning', code: 'YAML_SYNTAX', message: cleanYamlMessage(w.message) });
       if (doc.contents === null) continue; // an empty document, such as a trailing ---
       let data: unknown;
       try {
         data = doc.toJS({ maxAliasCount: LIMITS.aliasCount });
       } catch (e) {
         if (e instanceof RangeError) throw e;
-        problems.push(problemAt(file, lines, doc.range[0], 'error', 'YAML_ALIAS_LIMIT', `aliases in this document expand to too many nodes (more than ${LIMITS.aliasCount}); write the values out instead of nesting aliases`));
+        report(doc.range[0], 'YAML_ALIAS_LIMIT', `aliases in this document expand to too many nodes (more than ${LIMITS.aliasCount}); write the values out instead of nesting aliases`);
         continue;
       }
-      out.push({ file, index: i, doc, lines, data });
+      // Positions into this document are offsets into chunk.text; a chunk holds one document unless
+      // the file has directives, in which case the whole file is one chunk starting at line 0.
+      out.push(new ParsedDoc(file, i, data, chunk.text, chunk.firstLine, { doc, lines }));
     }
   } catch (e) {
     if (!(e instanceof RangeError)) throw e;
-    problems.push({ file, line: 1, col: 1, severity: 'error', code: 'YAML_TOO_DEEP', message: 'the YAML nests too deeply to read; declarations need only a few levels' });
+    problems.push({ file, line: chunk.firstLine + 1, col: 1, severity: 'error', code: 'YAML_TOO_DEEP', message: 'the YAML nests too deeply to read; declarations need only a few levels' });
     return [];
   }
   return out;
@@ -110,7 +234,7 @@ function cleanYamlMessage(message: string): string {
 
 /** The node at `path` in a parsed document (the deepest existing one), or the key of its last step. */
 export function nodeAt(pd: ParsedDoc, path: Path, key = false): Node | undefined {
-  let node: unknown = pd.doc.contents;
+  let node: unknown = pd.positions.doc.contents;
   for (let i = 0; i < path.length; i++) {
     const step = path[i]!;
     if (isMap(node)) {
@@ -132,7 +256,6 @@ export function nodeAt(pd: ParsedDoc, path: Path, key = false): Node | undefined
 /** The position of the node at `path` (or of its key). */
 export function positionOf(pd: ParsedDoc, path: Path, key = false): Position {
   const node = nodeAt(pd, path, key);
-  const offset = node?.range?.[0] ?? pd.doc.range[0];
-  const { line, col } = pd.lines.linePos(offset);
-  return { file: pd.file, line, col };
+  const offset = node?.range?.[0] ?? pd.positions.doc.range[0];
+  return { file: pd.file, ...pd.linePos(offset) };
 }

@@ -3,7 +3,7 @@
  * passed in. Used by `rotor plan` (the next three rotations) and by the daemon's scheduler.
  */
 import { createHash } from 'node:crypto';
-import { CronExpressionParser } from 'cron-parser';
+import { Cron } from 'croner';
 import type { Policy } from '../model/schema-types.js';
 import { parseDuration } from '../model/duration.js';
 
@@ -31,10 +31,10 @@ export function checkCron(expr: string, timezone: string): string | undefined {
   const fields = expr.trim().split(/\s+/);
   if (fields.length !== 5 && fields.length !== 6) return `a cron expression has 5 fields (or 6 with seconds first), this one has ${fields.length}`;
   try {
-    CronExpressionParser.parse(expr, { tz: timezone, strict: false }).next();
+    cron(expr, timezone);
     return undefined;
   } catch (e) {
-    return String((e as Error).message).split('\n')[0];
+    return String((e as Error).message).split('\n')[0]!.replace(/^CronPattern: /, '');
   }
 }
 
@@ -55,21 +55,31 @@ export function compileSchedule(policy: Policy): Schedule {
   };
 }
 
+const crons = new Map<string, Cron>();
+/** A parsed cron expression (croner; parsed once per expression and zone). Throws when it is invalid. */
+function cron(expr: string, timezone: string): Cron {
+  const key = `${timezone}\0${expr}`;
+  let c = crons.get(key);
+  if (!c) {
+    if (crons.size > 10_000) crons.clear();
+    c = new Cron(expr, { timezone, paused: true });
+    crons.set(key, c);
+  }
+  return c;
+}
+
 /** The next cron time strictly after `after` (ms since the epoch). */
 export function cronNext(expr: string, timezone: string, after: number): number {
-  return CronExpressionParser.parse(expr, { currentDate: new Date(after), tz: timezone }).next().getTime();
+  const next = cron(expr, timezone).nextRun(new Date(after));
+  if (!next) throw new Error(`cron "${expr}" has no time after ${new Date(after).toISOString()}`);
+  return next.getTime();
 }
 
 /** The shortest gap between the next `count` times of a cron expression after `from`. */
 export function cronMinInterval(expr: string, timezone: string, from: number, count = 32): number {
-  const it = CronExpressionParser.parse(expr, { currentDate: new Date(from), tz: timezone });
-  let prev = it.next().getTime();
+  const runs = cron(expr, timezone).nextRuns(count, new Date(from)).map((d) => d.getTime());
   let min = Infinity;
-  for (let i = 1; i < count; i++) {
-    const t = it.next().getTime();
-    min = Math.min(min, t - prev);
-    prev = t;
-  }
+  for (let i = 1; i < runs.length; i++) min = Math.min(min, runs[i]! - runs[i - 1]!);
   return min;
 }
 
