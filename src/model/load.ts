@@ -153,7 +153,7 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
   checkUnused(policies, targets, agents, secrets, r);
 
   const locate = <T>(m: Map<string, Entry<T>>) => new Map([...m].map(([k, e]) => [k, locatedOf(e)]));
-  const desired: Desired = deepFreeze({
+  const desired: Desired = Object.freeze({
     config: config ? locatedOf(config) : undefined,
     policies: locate(policies),
     secrets: locate(secrets),
@@ -170,10 +170,10 @@ const NAME_LINE = /^name:[ \t]*/m;
 /** Where a declaration is: the line of its top-level `name:` (found without building a YAML tree). */
 function locatedOf<T>(e: Entry<T>): Located<T> {
   const m = NAME_LINE.exec(e.pd.text);
-  if (!m) return { decl: e.decl, source: positionOf(e.pd, ['name']) };
+  if (!m) return deepFreeze({ decl: e.decl, source: positionOf(e.pd, ['name']) });
   let line = e.pd.firstLine + 1;
   for (let i = 0; i < m.index; i++) if (e.pd.text.charCodeAt(i) === 10) line++;
-  return { decl: e.decl, source: { file: e.pd.file, line, col: m[0].length + 1 } };
+  return deepFreeze({ decl: e.decl, source: { file: e.pd.file, line, col: m[0].length + 1 } });
 }
 
 async function readAndParse(source: RepoSource, files: readonly SourceFile[], r: Reporter, budget: { docs: number }, usedBytes = 0): Promise<ParsedDoc[]> {
