@@ -61,6 +61,18 @@ function isYaml(p: string): boolean {
   return p.endsWith('.yaml') || p.endsWith('.yml');
 }
 
+/** A SOPS-encrypted document: its `sops` key holds SOPS metadata (a MAC, a version). */
+function isSopsFile(data: Record<string, unknown>): boolean {
+  const meta = data.sops;
+  return isRecord(meta) && ('mac' in meta || 'version' in meta || 'lastmodified' in meta);
+}
+
+/** One line per problem: control characters in a message (from a user's value) are escaped. */
+function oneLine(message: string): string {
+  // eslint-disable-next-line no-control-regex
+  return message.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => JSON.stringify(c).slice(1, -1));
+}
+
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -116,8 +128,8 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
       continue;
     }
     const kind = pd.data.kind;
-    if (kind === undefined) {
-      if ('sops' in pd.data) continue; // a SOPS-encrypted file: data, not a declaration
+    if (kind === undefined || kind === null) {
+      if (isSopsFile(pd.data)) continue; // a SOPS-encrypted file: data, not a declaration
       r.error(pd, [], 'KIND_MISSING', `this document has no kind; add "kind:" with one of ${KINDS.join(', ')}`);
       continue;
     }
@@ -136,7 +148,7 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
     (decls[k] as Entry<unknown>[]).push({ decl: pd.data, pd });
   }
 
-  const config = checkConfig(decls.Config, r, listing.files.has(CONFIG_FILE));
+  const config = checkConfig(decls.Config, r, listing.files.has(CONFIG_FILE), mentioned.Config.size > 0 || docs.some((d) => isRecord(d.data) && d.data.kind === 'Config'));
   const policies = unique('Policy', decls.Policy, r);
   const targets = unique('Target', decls.Target, r);
   const agents = unique('Agent', decls.Agent, r);
@@ -161,7 +173,7 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
     agents: locate(agents),
     consumers: locate(consumers),
   });
-  const problems = r.problems.sort(compareProblems);
+  const problems = r.problems.map((p) => ({ ...p, message: oneLine(p.message) })).sort(compareProblems);
   return { desired, problems, valid: !hasErrors(problems), auditDir };
 }
 
@@ -215,7 +227,7 @@ function formatBytes(n: number): string {
   return n >= 1024 * 1024 ? `${(n / 1024 / 1024).toFixed(n % (1024 * 1024) ? 1 : 0)} MiB` : `${Math.ceil(n / 1024)} KiB`;
 }
 
-function checkConfig(configs: Entry<Config>[], r: Reporter, hasFile: boolean): Entry<Config> | undefined {
+function checkConfig(configs: Entry<Config>[], r: Reporter, hasFile: boolean, declared: boolean): Entry<Config> | undefined {
   let chosen: Entry<Config> | undefined;
   for (const e of configs) {
     if (e.pd.file !== CONFIG_FILE) {
@@ -226,7 +238,18 @@ function checkConfig(configs: Entry<Config>[], r: Reporter, hasFile: boolean): E
       chosen = e;
     }
   }
-  if (!chosen && configs.length === 0) {
+  if (chosen) {
+    const interval = chosen.decl.sync?.interval;
+    if (interval !== undefined) {
+      const ms = parseDuration(interval);
+      if (ms === undefined || ms < 1000 || ms > 86_400_000) r.error(chosen.pd, ['sync', 'interval'], 'DURATION_INVALID', `sync.interval ${interval} must be between 1s and 1d`);
+    }
+    chosen.decl.ignore?.forEach((g, i) => {
+      const glob = compileGlob(g);
+      if (typeof glob === 'string') r.error(chosen!.pd, ['ignore', i], 'GLOB_INVALID', `ignore[${i}] ${JSON.stringify(g)}: ${glob}`);
+    });
+  }
+  if (!chosen && configs.length === 0 && !declared) {
     r.problems.push({
       file: CONFIG_FILE, line: 1, col: 1, severity: 'error', code: 'CONFIG_MISSING',
       message: hasFile ? `${CONFIG_FILE} has no document with kind: Config; add one (see schemas/config.schema.json)` : `there is no ${CONFIG_FILE} at the repository root; create it with "kind: Config" (rotor init makes one)`,
@@ -337,7 +360,7 @@ function checkAgent(e: Entry<Agent>, agents: Map<string, Entry<Agent>>, r: Repor
   }
   for (const other of agents.values()) {
     if (other === e) break;
-    if (other.decl.signingKey === e.decl.signingKey) {
+    if (Buffer.from(other.decl.signingKey.slice(8), 'base64').equals(Buffer.from(e.decl.signingKey.slice(8), 'base64'))) {
       r.error(e.pd, ['signingKey'], 'AGENT_KEY_REUSED', `agent "${e.decl.name}" has the same signing key as agent "${other.decl.name}"; run rotor keygen on each agent's host`);
       break;
     }

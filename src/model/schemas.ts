@@ -117,6 +117,10 @@ function toProblem(kind: Kind, pd: ParsedDoc, err: ErrorObject): Problem | undef
     case 'const':
       return mk('SCHEMA_ENUM', `${field} must be ${JSON.stringify((err.params as { allowedValue: unknown }).allowedValue)}`);
     case 'pattern': {
+      if (err.propertyName !== undefined) {
+        return mk('NAME_INVALID', `${field} field name ${JSON.stringify(err.propertyName)} is not valid: use letters, digits and "_", starting with a letter or "_", at most 64 characters`, [...at, err.propertyName], true);
+      }
+      if (at[0] === 'audit' && at[1] === 'dir') return mk('SCHEMA_INVALID', `audit.dir ${JSON.stringify(value)} must be a relative path inside the repository: segments of letters, digits, ".", "_" and "-", no "." or ".." segment`);
       if (def && DEF_CODES[def]) return mk(DEF_CODES[def].code, `${field} ${JSON.stringify(value)} is not valid: use ${DEF_CODES[def].what}${typeof value === 'string' && value !== value.toLowerCase() && def.toLowerCase().includes('name') ? `; try "${value.toLowerCase()}"` : ''}`);
       if (at[0] === 'signingKey') return mk('SCHEMA_INVALID', 'signingKey must be "ed25519:" followed by the base64 of a 32-byte Ed25519 public key, as printed by `rotor keygen`');
       if (at[0] === 'recipient') return mk('AGENT_RECIPIENT_INVALID', 'recipient must be an age recipient, "age1" and 58 more characters, as printed by `rotor keygen`');
@@ -124,7 +128,7 @@ function toProblem(kind: Kind, pd: ParsedDoc, err: ErrorObject): Problem | undef
       if (at[0] === 'database') return mk('NAME_INVALID', `${field} must be a database user name: letters, digits, "_", ".", "$" and "-", not starting with "." "$" or "-"`);
       return mk('SCHEMA_INVALID', `${field} must match ${(err.params as { pattern: string }).pattern}`);
     }
-    case 'propertyName':
+    case 'propertyNames':
       return undefined; // reported by the pattern error on the name itself
     case 'minimum':
     case 'maximum': {

@@ -2,7 +2,7 @@
  * Parsing declaration files: UTF-8 only, multi-document YAML 1.2 with source positions, duplicate keys
  * rejected, alias expansion and document counts bounded, deep nesting caught. Never throws on input.
  */
-import { Composer, isMap, isPair, isScalar, isSeq, LineCounter, Parser } from 'yaml';
+import { Composer, isMap, isPair, isScalar, isSeq, LineCounter, Parser, visit } from 'yaml';
 import type { Document, Node } from 'yaml';
 import jsyaml from 'js-yaml';
 import type { Code, Position, Problem } from './problems.js';
@@ -65,32 +65,110 @@ const COMPOSER_OPTIONS = { uniqueKeys: true, strict: true, version: '1.2', schem
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
+/** The offset of the first byte that does not start a valid UTF-8 sequence. */
+function firstInvalidUtf8(buf: Buffer): number {
+  let i = 0;
+  while (i < buf.length) {
+    const b = buf[i]!;
+    const n = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+    if (n === 0 || i + n > buf.length) return i;
+    try {
+      decoder.decode(buf.subarray(i, i + n));
+    } catch {
+      return i;
+    }
+    i += n;
+  }
+  return buf.length;
+}
+
 /** Decodes strict UTF-8 (without a BOM), or reports where the first bad byte is. */
 export function decodeUtf8(file: string, buf: Buffer, problems: Problem[]): string | undefined {
   try {
     const text = decoder.decode(buf);
     return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
   } catch {
-    const lossy = buf.toString('utf8');
-    const bad = lossy.indexOf('\ufffd');
-    const before = lossy.slice(0, Math.max(0, bad));
+    const before = buf.subarray(0, firstInvalidUtf8(buf)).toString('utf8');
     const line = before.split('\n').length;
-    const col = bad - (before.lastIndexOf('\n') + 1) + 1;
+    const col = before.length - (before.lastIndexOf('\n') + 1) + 1;
     problems.push({ file, line, col, severity: 'error', code: 'FILE_NOT_UTF8', message: 'the file is not valid UTF-8 (first bad byte here); save it as UTF-8' });
     return undefined;
   }
 }
 
-/** Flow collections nested deeper than this are refused before any parser recurses into them. */
-const MAX_FLOW_DEPTH = 1000;
+/**
+ * The YAML 1.2 core schema (spec 10.3.2) for js-yaml, whose own CORE_SCHEMA also takes YAML 1.1 forms
+ * (0b101, 1_000, 0777): plain scalars resolve exactly as in the yaml library's `core` schema.
+ */
+const CORE_1_2 = jsyaml.FAILSAFE_SCHEMA.extend({
+  implicit: [
+    new jsyaml.Type('tag:yaml.org,2002:null', {
+      kind: 'scalar',
+      resolve: (s: string) => s === '' || s === '~' || s === 'null' || s === 'Null' || s === 'NULL',
+      construct: () => null,
+      predicate: (v: unknown) => v === null,
+    }),
+    new jsyaml.Type('tag:yaml.org,2002:bool', {
+      kind: 'scalar',
+      resolve: (s: string) => /^(?:true|True|TRUE|false|False|FALSE)$/.test(s),
+      construct: (s: string) => s[0] === 't' || s[0] === 'T',
+      predicate: (v: unknown) => typeof v === 'boolean',
+    }),
+    new jsyaml.Type('tag:yaml.org,2002:int', {
+      kind: 'scalar',
+      resolve: (s: string) => /^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$/.test(s),
+      construct: (s: string) => (s.startsWith('0o') ? parseInt(s.slice(2), 8) : s.startsWith('0x') ? parseInt(s.slice(2), 16) : Number(s)),
+      predicate: (v: unknown) => typeof v === 'number' && Number.isInteger(v),
+    }),
+    new jsyaml.Type('tag:yaml.org,2002:float', {
+      kind: 'scalar',
+      resolve: (s: string) => /^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$/.test(s),
+      construct: (s: string) => (/\.(?:nan|NaN|NAN)$/.test(s) ? NaN : /inf$/i.test(s) ? (s[0] === '-' ? -Infinity : Infinity) : Number(s)),
+      predicate: (v: unknown) => typeof v === 'number',
+    }),
+  ],
+});
 
-function flowTooDeep(text: string): number {
+/** Flow collections nested deeper than this are refused before any parser recurses into them. */
+const MAX_FLOW_DEPTH = 200;
+
+/**
+ * Where flow collections first nest deeper than MAX_FLOW_DEPTH, or -1. Counts only brackets that
+ * open a collection (after a line start, ':', ',', '-', '?', '[' or '{'), and skips comments and
+ * quoted scalars, so that brackets inside strings do not count.
+ */
+export function flowTooDeep(text: string): number {
   let depth = 0;
+  let prev = 0x0a; // the last significant character
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
-    if (c === 0x5b || c === 0x7b) {
+    if (c === 0x20 || c === 0x09 || c === 0x0d) continue;
+    const opening = prev === 0x0a || prev === 0x3a || prev === 0x2c || prev === 0x2d || prev === 0x3f || prev === 0x5b || prev === 0x7b;
+    if (c === 0x23 && (i === 0 || /\s/.test(text[i - 1]!))) {
+      const nl = text.indexOf('\n', i);
+      if (nl < 0) break;
+      i = nl - 1;
+      continue;
+    }
+    if ((c === 0x22 || c === 0x27) && opening) {
+      // a quoted scalar: skip to its closing quote ('' escapes ' in single quotes, \ escapes in double)
+      let j = i + 1;
+      for (; j < text.length; j++) {
+        const d = text.charCodeAt(j);
+        if (c === 0x22 && d === 0x5c) j++;
+        else if (d === c) {
+          if (c === 0x27 && text.charCodeAt(j + 1) === 0x27) j++;
+          else break;
+        }
+      }
+      i = j;
+      prev = c;
+      continue;
+    }
+    if ((c === 0x5b || c === 0x7b) && opening) {
       if (++depth > MAX_FLOW_DEPTH) return i;
     } else if ((c === 0x5d || c === 0x7d) && depth > 0) depth--;
+    prev = c;
   }
   return -1;
 }
@@ -120,11 +198,16 @@ function splitDocuments(text: string): Chunk[] {
     lineAt = from;
     chunks.push({ text: text.slice(from, starts[i + 1] ?? text.length), firstLine: line, offset: from });
   }
+  // Comments before the first `---` belong to the first document, not to a document of their own.
+  if (chunks.length > 1 && !HAS_CONTENT.test(chunks[0]!.text)) {
+    const [pre, first] = chunks;
+    chunks.splice(0, 2, { text: pre!.text + first!.text, firstLine: pre!.firstLine, offset: pre!.offset });
+  }
   return chunks;
 }
 
 /** A chunk that may use anchors or aliases (`&a`, `*a`): those need the yaml library's alias limits. */
-const MAYBE_ALIAS = /(?:^|[\s[{,])[&*][^\s,[\]{}]/;
+const MAYBE_ALIAS = /(?:^|[\s[{,:])[&*][^\s,[\]{}]/;
 /** A chunk with content beyond markers, comments and blank lines. */
 const HAS_CONTENT = /^(?!---(?:\s|$)|\.\.\.(?:\s|$)|[ \t]*#|[ \t]*\r?$)/m;
 
@@ -159,12 +242,12 @@ export function parseDocuments(file: string, text: string, problems: Problem[], 
     budget.docs--;
     if (!MAYBE_ALIAS.test(chunk.text)) {
       try {
-        const data: unknown = jsyaml.load(chunk.text, { schema: jsyaml.CORE_SCHEMA, json: false, filename: file });
+        const data: unknown = jsyaml.load(chunk.text, { schema: CORE_1_2, json: false, filename: file });
         if (typeof data === 'object' && data !== null) {
           out.push(new ParsedDoc(file, index, data, chunk.text, chunk.firstLine));
           return;
         }
-        if (data === undefined && !HAS_CONTENT.test(chunk.text)) return; // an empty document
+        if ((data === undefined || data === null) && !HAS_CONTENT.test(chunk.text)) return; // an empty document
       } catch (e) {
         if (e instanceof RangeError) {
           problems.push({ file, line: chunk.firstLine + 1, col: 1, severity: 'error', code: 'YAML_TOO_DEEP', message: 'the YAML nests too deeply to read; declarations need only a few levels' });
@@ -199,8 +282,9 @@ function parseWithYaml(file: string, chunk: Chunk, problems: Problem[], budget: 
       const i = index++;
       if (doc.errors.length > 0) {
         for (const e of doc.errors) {
-          const dup = e.code === 'DUPLICATE_KEY';
-          report(e.pos[0], dup ? 'YAML_DUPLICATE_KEY' : 'YAML_SYNTAX', dup ? 'this key appears twice in the same mapping; remove one' : cleanYamlMessage(e.message));
+          if (e.code === 'DUPLICATE_KEY') report(e.pos[0], 'YAML_DUPLICATE_KEY', 'this key appears twice in the same mapping; remove one');
+          else if (e.code === 'RESOURCE_EXHAUSTION' || /call stack/i.test(e.message)) report(e.pos[0], 'YAML_TOO_DEEP', 'the YAML nests too deeply to read; declarations need only a few levels');
+          else report(e.pos[0], 'YAML_SYNTAX', cleanYamlMessage(e.message));
         }
         continue;
       }
@@ -211,9 +295,25 @@ function parseWithYaml(file: string, chunk: Chunk, problems: Problem[], budget: 
         data = doc.toJS({ maxAliasCount: LIMITS.aliasCount });
       } catch (e) {
         if (e instanceof RangeError) throw e;
-        report(doc.range[0], 'YAML_ALIAS_LIMIT', `aliases in this document expand to too many nodes (more than ${LIMITS.aliasCount}); write the values out instead of nesting aliases`);
+        const message = String((e as Error).message);
+        if (/alias count/i.test(message)) {
+          report(doc.range[0], 'YAML_ALIAS_LIMIT', `aliases in this document expand to too many nodes (more than ${LIMITS.aliasCount}); write the values out instead of nesting aliases`);
+        } else {
+          let where = doc.range[0];
+          visit(doc, {
+            Alias(_, node) {
+              if (node.resolve(doc) === undefined && node.range) {
+                where = node.range[0];
+                return visit.BREAK;
+              }
+              return undefined;
+            },
+          });
+          report(where, 'YAML_SYNTAX', cleanYamlMessage(message));
+        }
         continue;
       }
+      if (data === null && !HAS_CONTENT.test(chunk.text)) continue;
       // Positions into this document are offsets into chunk.text; a chunk holds one document unless
       // the file has directives, in which case the whole file is one chunk starting at line 0.
       out.push(new ParsedDoc(file, i, data, chunk.text, chunk.firstLine, { doc, lines }));
@@ -232,13 +332,19 @@ function cleanYamlMessage(message: string): string {
   return message.split('\n')[0]!.replace(/\s+at line \d+, column \d+:?$/, '');
 }
 
+function keyText(key: unknown): string | undefined {
+  if (isScalar(key)) return String(key.value);
+  const json = (key as { toJSON?: () => unknown } | null)?.toJSON?.();
+  return json === undefined ? undefined : String(json);
+}
+
 /** The node at `path` in a parsed document (the deepest existing one), or the key of its last step. */
 export function nodeAt(pd: ParsedDoc, path: Path, key = false): Node | undefined {
   let node: unknown = pd.positions.doc.contents;
   for (let i = 0; i < path.length; i++) {
     const step = path[i]!;
     if (isMap(node)) {
-      const pair = node.items.find((p) => isPair(p) && isScalar(p.key) && String(p.key.value) === String(step));
+      const pair = node.items.find((p) => isPair(p) && keyText(p.key) === String(step));
       if (!pair) return node as Node;
       if ((key && i === path.length - 1) || pair.value === null) return pair.key as Node;
       node = pair.value;

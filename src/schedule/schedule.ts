@@ -31,7 +31,7 @@ export function checkCron(expr: string, timezone: string): string | undefined {
   const fields = expr.trim().split(/\s+/);
   if (fields.length !== 5 && fields.length !== 6) return `a cron expression has 5 fields (or 6 with seconds first), this one has ${fields.length}`;
   try {
-    cron(expr, timezone);
+    if (!cron(expr, timezone).nextRun(new Date(0))) return 'it never fires (no date matches it)';
     return undefined;
   } catch (e) {
     return String((e as Error).message).split('\n')[0]!.replace(/^CronPattern: /, '');
