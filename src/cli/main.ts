@@ -7,6 +7,7 @@ import type { Io } from './io.js';
 import { EXIT, processIo } from './io.js';
 import { validateCommand } from './validate.js';
 import { planCommand } from './plan.js';
+import { keygenCommand } from './keygen.js';
 
 export const HELP = `rotor: declarative secret rotation from a Git repository
 
@@ -16,6 +17,7 @@ Commands:
   validate [DIR]                  check the declarations in DIR (exit 1 when invalid)
   plan --base REF [--head REF] [DIR]
                                   what a change between two commits does, for pull requests
+  keygen DIR                      create a daemon's or an agent's keys and print their public halves
 
 Run "rotor <command> --help" for a command's options. Every option also reads from an environment
 variable: --format from ROTOR_FORMAT, --base from ROTOR_BASE, and so on.
@@ -25,6 +27,7 @@ type Command = (argv: readonly string[], io: Io) => Promise<number>;
 const COMMANDS: Record<string, Command> = {
   validate: validateCommand,
   plan: planCommand,
+  keygen: keygenCommand,
 };
 
 export async function run(argv: readonly string[], io: Io = processIo()): Promise<number> {
