@@ -4,8 +4,8 @@
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ErrorObject, ValidateFunction } from 'ajv';
+import * as compiled from './schema-validators.js';
 import { SCHEMAS_DIR } from '../paths.js';
 import type { Code, Problem } from './problems.js';
 import { suggest } from './problems.js';
@@ -19,14 +19,15 @@ function loadSchema(file: string): Record<string, unknown> {
   return JSON.parse(readFileSync(path.join(SCHEMAS_DIR, file), 'utf8')) as Record<string, unknown>;
 }
 
-const ajv = new Ajv2020({ allErrors: true, strict: true, allowUnionTypes: true });
-ajv.addSchema(loadSchema('common.schema.json'));
-const schemas = Object.fromEntries(KINDS.map((k) => [k, loadSchema(`${k.toLowerCase()}.schema.json`)])) as Record<Kind, Record<string, unknown>>;
-const validators = Object.fromEntries(KINDS.map((k) => [k, ajv.compile(schemas[k])])) as Record<Kind, ValidateFunction>;
+/**
+ * The validators, compiled ahead of time from schemas/ by scripts/gen-types.mjs (ajv standalone code),
+ * so that no command pays for compiling them at start-up.
+ */
+const validators = Object.fromEntries(KINDS.map((k) => [k, (compiled as unknown as Record<string, ValidateFunction>)[k.toLowerCase()]])) as Record<Kind, ValidateFunction>;
 
-/** The property names a kind allows at a path of its schema, for "did you mean" hints. */
+/** The property names a kind allows at a path of its schema, for "did you mean" hints (read only then). */
 function knownProperties(kind: Kind, instancePath: Path): string[] {
-  let schema: Record<string, unknown> | undefined = schemas[kind];
+  let schema: Record<string, unknown> | undefined = loadCached(`${kind.toLowerCase()}.schema.json`);
   for (const step of instancePath) {
     const props = schema?.properties as Record<string, Record<string, unknown>> | undefined;
     let next: Record<string, unknown> | undefined = props?.[String(step)];
