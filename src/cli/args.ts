@@ -45,9 +45,11 @@ export function parse<F extends Record<string, FlagSpec>>(argv: readonly string[
   const flags: Record<string, unknown> = {};
   for (const [name, spec] of Object.entries(specs)) {
     let v: unknown = (parsed.values as Record<string, unknown>)[name];
-    if (v === undefined) {
+    if (v === undefined && name !== 'help') {
       const fromEnv = env[envName(name)];
-      if (fromEnv !== undefined && fromEnv !== '') v = spec.type === 'boolean' ? !/^(0|false|no)$/i.test(fromEnv) : spec.multiple ? [fromEnv] : fromEnv;
+      // A variable shared by commands (ROTOR_FORMAT) is used where its value is one this command takes.
+      const fits = fromEnv !== undefined && fromEnv !== '' && (!spec.choices || spec.choices.includes(fromEnv));
+      if (fits) v = spec.type === 'boolean' ? !/^(0|false|no)$/i.test(fromEnv) : spec.multiple ? [fromEnv] : fromEnv;
     }
     if (v === undefined) v = spec.type === 'boolean' ? false : spec.multiple ? [] : spec.default;
     if (spec.choices && typeof v === 'string' && !spec.choices.includes(v)) {

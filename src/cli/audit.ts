@@ -1,0 +1,142 @@
+/** `rotor audit verify [DIR]`: check the hash chain of a repository's audit log. */
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { DEFAULT_AUDIT_DIR } from '../model/model.js';
+import { LIMITS } from '../model/yaml.js';
+import { jsonString } from '../audit/entry.js';
+import { verifyAuditDir } from '../audit/log.js';
+import type { Anchor } from '../audit/verify.js';
+import { parse, UsageError } from './args.js';
+import type { Io } from './io.js';
+import { EXIT } from './io.js';
+
+export const AUDIT_HELP = `Usage: rotor audit verify [DIR] [--format text|json] [--anchor SEQ:HASH]
+
+Subcommands:
+  verify [DIR]      check the audit log of the repository DIR (default: the current directory): the
+                    files YYYY-MM.jsonl under the Config's audit.dir (default "audit"), in name order
+
+Each line of the log is one entry that carries the SHA-256 of its own content ("hash") and of the
+line before it ("prev"), and a sequence number. verify reads every line and reports the FIRST bad one:
+  - an edited line                      AUDIT_HASH_MISMATCH at that line, or, if the editor also
+                                        recomputed its hash, AUDIT_CHAIN_BROKEN at the line after it
+  - a deleted, inserted or moved line,  AUDIT_SEQ_GAP (or AUDIT_CHAIN_BROKEN) at the first line out
+    a missing or reordered file         of place
+  - a line that is not a canonical      AUDIT_MALFORMED (also a cut-off last line without its newline,
+    entry                               a line over 64 KiB, CRLF line endings, a file name that is not
+                                        YYYY-MM.jsonl, an entry filed under an earlier month)
+What it does NOT detect on its own: lines or whole files removed from the END of the log (the rest is
+still a valid chain), or the end replaced by a newly computed chain (the hashes have no key: anyone can
+extend a chain). Keep a head somewhere else (another clone, a ticket, the daemon's own state) and
+pass it back with --anchor: then a log that ends before it is AUDIT_TRUNCATED, and one whose entry
+SEQ is not that entry is AUDIT_CHAIN_BROKEN. verify checks the directory that rotor.yaml names in the
+revision checked out, so a change of audit.dir deserves the same review as an edit of the log.
+
+Options:
+  --format FORMAT   text (default) or json                                           [ROTOR_FORMAT]
+  --anchor SEQ:HASH a head kept elsewhere: SEQ and the entry's full 64-digit hash, as --format json
+                    prints it ("head")                                               [ROTOR_ANCHOR]
+  -h, --help        show this help                                                   [ROTOR_HELP]
+
+Output: "audit: N entries in F files, chain intact, head SEQ:HASH12", or
+"FILE:LINE: error: MESSAGE [CODE]" for the first bad line, FILE relative to the current directory.
+Exit status: 0 intact, 1 broken, 2 usage error, 3 the log or rotor.yaml cannot be read.
+`;
+
+const FLAGS = {
+  format: { type: 'string', default: 'text', choices: ['text', 'json'] },
+  anchor: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const CONFIG_FILE = 'rotor.yaml';
+/** The pattern of audit.dir in schemas/config.schema.json: a relative path without "." or ".." segments. */
+const AUDIT_DIR = /^(?!(?:.*\/)?\.\.?(?:\/|$))[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
+
+class ReadError extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+export function parseAnchor(text: string): Anchor {
+  const m = /^(\d{1,15}):([0-9a-fA-F]{64})$/.exec(text.trim());
+  if (!m || Number(m[1]) < 1) throw new UsageError(`--anchor must be SEQ:HASH, a positive entry number and its full 64-digit hash, not "${text.slice(0, 100)}"`);
+  return { seq: Number(m[1]), hash: m[2]!.toLowerCase() };
+}
+
+/**
+ * The audit directory a repository's rotor.yaml names (audit.dir of its kind: Config), or the default
+ * when there is no rotor.yaml, no Config or no audit.dir. Only that file is read: the log can be
+ * checked even when other declarations are broken.
+ */
+export async function auditDirOf(repo: string): Promise<{ dir: string; warning?: string }> {
+  const file = path.join(repo, CONFIG_FILE);
+  let text: string;
+  try {
+    const st = await stat(file);
+    if (st.size > LIMITS.fileBytes) throw new ReadError('FILE_TOO_LARGE', `${CONFIG_FILE} is larger than ${LIMITS.fileBytes / 1024 / 1024} MiB`);
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ENOENT') return { dir: DEFAULT_AUDIT_DIR };
+    throw e;
+  }
+  let config: Record<string, unknown> | undefined;
+  try {
+    const docs = parseAllDocuments(text, { uniqueKeys: false });
+    for (const d of docs) {
+      if (d.errors.length > 0) return { dir: DEFAULT_AUDIT_DIR, warning: `${CONFIG_FILE} does not parse (run rotor validate); using "${DEFAULT_AUDIT_DIR}"` };
+      const data: unknown = d.toJS({ maxAliasCount: LIMITS.aliasCount });
+      if (typeof data === 'object' && data !== null && (data as Record<string, unknown>).kind === 'Config') {
+        config = data as Record<string, unknown>;
+        break;
+      }
+    }
+  } catch {
+    return { dir: DEFAULT_AUDIT_DIR, warning: `${CONFIG_FILE} does not parse (run rotor validate); using "${DEFAULT_AUDIT_DIR}"` };
+  }
+  const audit = config?.audit;
+  const dir = typeof audit === 'object' && audit !== null ? (audit as Record<string, unknown>).dir : undefined;
+  if (dir === undefined) return { dir: DEFAULT_AUDIT_DIR };
+  if (typeof dir !== 'string' || dir.length > 200 || !AUDIT_DIR.test(dir)) {
+    throw new ReadError('AUDIT_DIR_INVALID', `${CONFIG_FILE}: audit.dir ${typeof dir === 'string' ? jsonString(dir.slice(0, 200)) : typeof dir} is not a relative path inside the repository (run rotor validate)`);
+  }
+  return { dir };
+}
+
+function plural(n: number, one: string, many: string): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+export async function auditCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parse(argv, FLAGS, io.env, 2);
+  const sub = positionals[0];
+  if (flags.help) {
+    io.stdout(AUDIT_HELP);
+    return EXIT.ok;
+  }
+  if (sub === undefined) throw new UsageError('missing subcommand: use "rotor audit verify [DIR]"');
+  if (sub !== 'verify') throw new UsageError(`unknown subcommand "${sub}": use "rotor audit verify [DIR]"`);
+  const anchor = flags.anchor !== undefined ? parseAnchor(flags.anchor) : undefined;
+
+  const repoArg = positionals[1] ?? '.';
+  const repo = path.resolve(io.cwd, repoArg);
+  const st = await stat(repo).catch(() => undefined);
+  if (!st?.isDirectory()) throw new UsageError(`${repoArg} is not a directory`);
+  const { dir: auditDir, warning } = await auditDirOf(repo);
+  if (warning) io.stderr(`rotor audit: ${warning}\n`);
+  const shown = path.join(repoArg, auditDir);
+  const v = await verifyAuditDir(path.join(repo, auditDir), { ...(anchor ? { anchor } : {}), label: (name) => path.join(shown, name) });
+  const r = v.result;
+  if (flags.format === 'json') {
+    io.stdout(`${JSON.stringify(r.ok
+      ? { ok: true, dir: shown, files: r.files, entries: r.entries, head: r.head }
+      : { ok: false, dir: shown, file: r.file || shown, line: r.line, ...(r.seq !== undefined ? { seq: r.seq } : {}), code: r.code, message: r.message }, null, 2)}\n`);
+  } else if (r.ok) {
+    io.stdout(`${shown}: ${plural(r.entries, 'entry', 'entries')} in ${plural(r.files, 'file', 'files')}, chain intact, head ${r.head.seq}:${r.head.hash.slice(0, 12)}${anchor ? `, anchor ${anchor.seq} matches` : ''}\n`);
+  } else {
+    io.stdout(`${r.file || shown}:${r.line}: error: ${r.message} [${r.code}]\n`);
+  }
+  return r.ok ? EXIT.ok : EXIT.invalid;
+}
