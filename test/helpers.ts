@@ -70,3 +70,21 @@ export function commitAll(dir: string, message: string): string {
   git(dir, 'commit', '-q', '--allow-empty', '-m', message);
   return git(dir, 'rev-parse', 'HEAD');
 }
+
+import { execFile } from 'node:child_process';
+
+/** git without blocking the event loop (for tests where several clones work at once); rejects with git's stderr. */
+export function gitAsync(cwd: string, ...args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile('git', args, { cwd, env: GIT_ENV, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`git ${args.join(' ')} failed: ${stderr.trim()}`, { cause: err }));
+      else resolve(stdout.trim());
+    });
+  });
+}
+
+/** A new bare repository on branch main, keeping a reflog of every update of its branches. */
+export function gitInitBare(dir: string): void {
+  git(path.dirname(dir), 'init', '-q', '--bare', '-b', 'main', dir);
+  git(dir, 'config', 'core.logAllRefUpdates', 'always');
+}
