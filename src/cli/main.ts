@@ -8,6 +8,9 @@ import { EXIT, processIo } from './io.js';
 import { validateCommand } from './validate.js';
 import { planCommand } from './plan.js';
 import { keygenCommand } from './keygen.js';
+import { auditCommand } from './audit.js';
+import { daemonCommand } from './daemon.js';
+import { rotateCommand } from './rotate.js';
 
 export const HELP = `rotor: declarative secret rotation from a Git repository
 
@@ -18,6 +21,10 @@ Commands:
   plan --base REF [--head REF] [DIR]
                                   what a change between two commits does, for pull requests
   keygen DIR                      create a daemon's or an agent's keys and print their public halves
+  audit verify [DIR]              check the hash chain of DIR's audit log (exit 1 when broken)
+  daemon --repo URL|PATH --data-dir DIR
+                                  follow the repository, rotate on schedule, commit the audit log
+  rotate NAME --reason TEXT       rotate a secret now, through the running daemon
 
 Run "rotor <command> --help" for a command's options. Every option also reads from an environment
 variable: --format from ROTOR_FORMAT, --base from ROTOR_BASE, and so on.
@@ -28,6 +35,9 @@ const COMMANDS: Record<string, Command> = {
   validate: validateCommand,
   plan: planCommand,
   keygen: keygenCommand,
+  audit: auditCommand,
+  daemon: daemonCommand,
+  rotate: rotateCommand,
 };
 
 export async function run(argv: readonly string[], io: Io = processIo()): Promise<number> {

@@ -1,0 +1,66 @@
+#!/usr/bin/env node
+// `npm start`: runs the daemon on the bundled example. policies/ becomes a throwaway git repository
+// (.rotor/remote.git, a bare repository standing in for your GitOps remote), the daemon's data
+// directory is .rotor/data (keys made on first run), and the daemon rotates demo/ticker every 10 s,
+// printing what it does, until Ctrl-C. Start afresh with: rm -rf .rotor
+import { execFileSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const dist = (p) => new URL(`../dist/src/${p}`, import.meta.url).href;
+const { run } = await import(dist('cli/main.js'));
+const { generateKeys } = await import(dist('keys.js'));
+
+const base = path.join(root, '.rotor');
+const remote = path.join(base, 'remote.git');
+const dataDir = path.join(base, 'data');
+const git = (cwd, ...args) =>
+  execFileSync('git', ['-c', 'user.name=rotor demo', '-c', 'user.email=demo@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
+
+if (!existsSync(remote)) {
+  const work = mkdtempSync(path.join(os.tmpdir(), 'rotor-demo-'));
+  cpSync(path.join(root, 'policies'), work, { recursive: true });
+  git(work, 'init', '-q', '-b', 'main');
+  git(work, 'add', '-A');
+  git(work, 'commit', '-q', '-m', 'The example declarations (policies/)');
+  mkdirSync(base, { recursive: true });
+  git(base, 'clone', '-q', '--bare', work, remote);
+  rmSync(work, { recursive: true, force: true });
+  console.log(`made ${path.relative(root, remote)} from policies/ (a stand-in for your GitOps remote)`);
+}
+if (!existsSync(path.join(dataDir, 'identity.age'))) {
+  const keys = await generateKeys(dataDir);
+  console.log(`made the daemon's keys in ${path.relative(root, dataDir)} (recipient ${keys.recipient})`);
+}
+console.log(`rotor daemon --repo ${path.relative(root, remote)} --data-dir ${path.relative(root, dataDir)}   (Ctrl-C to stop)\n`);
+
+// The daemon logs JSON lines; show them as short lines. Values never appear in them.
+const pretty = (line) => {
+  try {
+    const { time, level, msg, ...fields } = JSON.parse(line);
+    const rest = Object.entries(fields).map(([k, v]) => `${k}=${typeof v === 'string' && v.length === 40 && /^[0-9a-f]+$/.test(v) ? v.slice(0, 7) : v}`).join(' ');
+    return `${time.slice(11, 19)} ${level === 'info' ? '' : level.toUpperCase() + ' '}${msg}${rest ? `  ${rest}` : ''}\n`;
+  } catch {
+    return line + '\n';
+  }
+};
+let buffered = '';
+const io = {
+  stdout: (s) => process.stdout.write(s),
+  stderr: (s) => {
+    buffered += s;
+    let nl;
+    while ((nl = buffered.indexOf('\n')) >= 0) {
+      process.stdout.write(pretty(buffered.slice(0, nl)));
+      buffered = buffered.slice(nl + 1);
+    }
+  },
+  env: {},
+  cwd: root,
+  now: () => Date.now(),
+  isTTY: Boolean(process.stdout.isTTY),
+};
+process.exitCode = await run(['daemon', '--repo', remote, '--data-dir', dataDir], io);

@@ -1,0 +1,48 @@
+/** Talking to the daemon's admin socket (DATA_DIR/admin.sock) from the command line. */
+import { request } from 'node:http';
+import path from 'node:path';
+
+export class AdminError extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message);
+    this.name = 'AdminError';
+  }
+}
+
+export function adminSocket(dataDir: string): string {
+  return path.join(dataDir, 'admin.sock');
+}
+
+export function callAdmin(socketPath: string, method: 'GET' | 'POST', urlPath: string, body?: unknown): Promise<unknown> {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { socketPath, method, path: urlPath, headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}, timeout: 120_000 },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+          } catch {
+            reject(new AdminError('BAD_RESPONSE', 'the daemon answered something that is not JSON'));
+            return;
+          }
+          const err = (parsed as { error?: { code: string; message: string } }).error;
+          if ((res.statusCode ?? 500) >= 400 && err) reject(new AdminError(err.code, err.message));
+          else resolve(parsed);
+        });
+      },
+    );
+    req.on('timeout', () => req.destroy(new AdminError('TIMEOUT', 'the daemon did not answer in time')));
+    req.on('error', (e: NodeJS.ErrnoException) => {
+      if (e instanceof AdminError) reject(e);
+      else if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') reject(new AdminError('DAEMON_NOT_RUNNING', `no daemon is listening on ${socketPath}; start it with rotor daemon, or pass its --data-dir`));
+      else if (e.code === 'EACCES') reject(new AdminError('ADMIN_DENIED', `cannot connect to ${socketPath}: the admin socket is for the daemon's user (usually root)`));
+      else reject(new AdminError('ADMIN_IO', `cannot talk to the daemon: ${e.code ?? e.message}`));
+    });
+    if (payload) req.write(payload);
+    req.end();
+  });
+}

@@ -1,0 +1,309 @@
+/**
+ * The daemon: the composition root that wires the parts by hand. It follows the GitOps repository
+ * (fetch on the Config's interval and on SIGHUP), applies each new valid commit (an invalid one is
+ * recorded and the last good model stays in force, as Flux keeps the last applied revision apart from
+ * the last attempted one), runs the rotation engine on a timer, commits the audit log back in batches
+ * and pushes it, and answers the admin socket.
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import type { Server } from 'node:http';
+import path from 'node:path';
+import { loadKeys } from '../keys.js';
+import type { Logger } from '../log.js';
+import { loadModel } from '../model/load.js';
+import type { Desired } from '../model/model.js';
+import { parseDuration } from '../model/duration.js';
+import { GitTreeSource } from '../git/tree.js';
+import { gitText } from '../git/run.js';
+import { openRepo } from '../git/repo.js';
+import type { GitRepo as Repo } from '../git/repo.js';
+import { AuditLog, verifyAuditDir } from '../audit/log.js';
+import type { AuditEntry } from '../audit/entry.js';
+import { openStore } from '../state/store.js';
+import type { StateStore } from '../state/types.js';
+import { Engine } from '../rotation/engine.js';
+import type { AuditEvent } from '../rotation/engine.js';
+import { AUDIT_HEAD_KEY } from '../rotation/engine.js';
+import { listenAdmin } from '../serve/admin.js';
+import { lockDataDir } from './lock.js';
+
+export interface DaemonOptions {
+  readonly repo: string;
+  readonly branch: string;
+  readonly dataDir: string;
+  readonly breakGlass: readonly string[];
+  readonly log: Logger;
+  readonly now?: () => number;
+  /** Seconds between audit appends and their commit (batching). */
+  readonly commitDelayMs?: number;
+}
+
+interface Revision {
+  readonly commit: string;
+  readonly at: string;
+  readonly problems?: number;
+}
+
+const FINGERPRINT_KEY = 'meta/fingerprint-key';
+
+export class Daemon {
+  private repo!: Repo;
+  private store!: StateStore;
+  private audit!: AuditLog;
+  private engine!: Engine;
+  private admin: Server | undefined;
+  private auditDir = 'audit';
+  private applied: Revision | undefined;
+  private attempted: Revision | undefined;
+  /** The remote head last looked at. */
+  private seenHead: string | undefined;
+  private desired: Desired | undefined;
+  private syncMs = 30_000;
+  private timers = new Set<NodeJS.Timeout>();
+  private wakeTimer: NodeJS.Timeout | undefined;
+  private gitQueue: Promise<unknown> = Promise.resolve();
+  private commitPending = false;
+  private pushFailures = 0;
+  private stopped = false;
+  private readonly now: () => number;
+  private unlock: (() => Promise<void>) | undefined;
+
+  constructor(private readonly o: DaemonOptions) {
+    this.now = o.now ?? Date.now;
+  }
+
+  /** Opens everything, applies the current commit, and starts the loops. Throws with a clear message when it cannot start. */
+  async start(): Promise<void> {
+    const keys = await loadKeys(this.o.dataDir);
+    this.unlock = await lockDataDir(this.o.dataDir);
+    try {
+      await this.open(keys);
+    } catch (e) {
+      await this.store?.close().catch(() => undefined);
+      await this.unlock();
+      throw e;
+    }
+  }
+
+  private async open(keys: Awaited<ReturnType<typeof loadKeys>>): Promise<void> {
+    const { dataDir, log } = this.o;
+    await mkdir(path.join(dataDir, 'state'), { recursive: true, mode: 0o700 });
+    const repoOptions = { url: this.o.repo, dir: path.join(dataDir, 'repo'), branch: this.o.branch, onWarning: (w: { code: string; message: string }) => log('warn', w.message, { code: w.code }) };
+    this.repo = await openRepo(repoOptions);
+    // Audit entries written just before a crash are durable in the clone but not yet committed:
+    // commit them first (under the audit directory the clone's own commit declares).
+    const local = await loadModel(new GitTreeSource(this.repo.dir, await this.repo.head(), ''), { now: this.now() });
+    if (local.auditDir !== 'audit') this.repo = await openRepo({ ...repoOptions, auditDir: local.auditDir });
+    if (existsSync(path.join(this.repo.dir, local.auditDir))) await this.repo.commitAudit([local.auditDir], 'rotor: audit entries written before a restart');
+    await this.repo.fetch();
+    await this.repo.sync();
+    const head = await this.repo.remoteHead();
+    const first = await loadModel(new GitTreeSource(this.repo.dir, head, ''), { now: this.now() });
+    this.auditDir = first.auditDir;
+    if (this.auditDir !== local.auditDir) this.repo = await openRepo({ ...repoOptions, auditDir: this.auditDir });
+
+    // The audit log anchors the store: it must not be older than the last generation the log records.
+    const auditPath = path.join(this.repo.dir, this.auditDir);
+    const index = newAuditIndex();
+    this.audit = await AuditLog.open(auditPath, { onEntry: (e) => index.add(e) });
+    this.store = await openStore({
+      dir: path.join(dataDir, 'state'),
+      identity: keys.identity,
+      recipients: [keys.recipient, ...this.o.breakGlass],
+      ...(index.stateSeq !== undefined ? { anchor: { seq: index.stateSeq, ...(index.storeId ? { storeId: index.storeId } : {}) } } : {}),
+      onWarning: (m: string) => log('warn', m),
+    });
+    // ...and the store anchors the audit log: a log cut back behind what the store saw is refused.
+    const auditHead = this.store.get(AUDIT_HEAD_KEY) as { seq: number; hash: string } | undefined;
+    if (auditHead) {
+      const v = await verifyAuditDir(auditPath, { anchor: auditHead });
+      if (!v.result.ok) throw Object.assign(new Error(`the audit log ${auditPath} is behind the state store (it ends before entry ${auditHead.seq}, or differs there): ${v.result.message}`), { code: v.result.code });
+    }
+    let fpKey = this.store.get(FINGERPRINT_KEY);
+    if (typeof fpKey !== 'string') {
+      fpKey = randomBytes(32).toString('base64');
+      await this.store.write([{ op: 'put', key: FINGERPRINT_KEY, value: fpKey }]);
+    }
+    const audit = this.audit;
+    this.engine = new Engine({
+      store: this.store,
+      audit: { append: (events) => this.appendAudit(events), get head() { return audit.head; } },
+      audited: index.audited,
+      fingerprintKey: Buffer.from(fpKey, 'base64'),
+      now: this.now,
+      log: (level, message, fields) => log(level, message, fields),
+      onChange: () => this.rearmSoon(),
+    });
+    this.seenHead = head;
+    await this.consider(head, first);
+    this.admin = await listenAdmin(path.join(dataDir, 'admin.sock'), {
+      rotate: async (name, reason) => {
+        await this.engine.rotateNow(name, reason);
+        this.rearm();
+        return { name, version: this.engine.served(name)!.version };
+      },
+      status: () => this.status(),
+    });
+    this.scheduleSync();
+    this.rearm();
+    log('info', 'daemon started', { repo: this.o.repo, branch: this.o.branch, commit: head, secrets: this.desired?.secrets.size ?? 0 });
+  }
+
+  /** Fetches now (SIGHUP), applying a new commit if there is one. */
+  syncNow(): Promise<void> {
+    return this.serial(async () => {
+      await this.commitAudit();
+      await this.repo.fetch();
+      await this.repo.sync();
+      const head = await this.repo.remoteHead();
+      if (head === this.seenHead) return;
+      const previous = this.seenHead;
+      this.seenHead = head;
+      // The daemon's own audit commits (and anyone else's that touch only the audit log) change no
+      // declaration: the applied model stays as it is.
+      if (previous && (await gitText(this.repo.dir, ['diff', '--name-only', previous, head, '--', '.', `:(exclude)${this.auditDir}`])) === '') return;
+      await this.consider(head, await loadModel(new GitTreeSource(this.repo.dir, head, ''), { now: this.now() }));
+    })
+      .catch((e: unknown) => this.o.log('error', 'sync with the repository failed; will retry', { code: (e as { code?: string }).code ?? 'ERROR' }))
+      .finally(() => this.rearm()); // the schedule is looked at again after every sync
+  }
+
+  private async consider(commit: string, result: Awaited<ReturnType<typeof loadModel>>): Promise<void> {
+    const at = new Date(this.now()).toISOString();
+    if (!result.valid) {
+      const problems = result.problems.filter((p) => p.severity === 'error').length;
+      this.attempted = { commit, at, problems };
+      await this.appendAudit([{ time: at, event: 'config-rejected', commit, problems }]);
+      this.o.log('error', 'commit rejected: its declarations are invalid; the last good commit stays in force', { commit, problems, applied: this.applied?.commit });
+      for (const p of result.problems.slice(0, 20)) this.o.log('warn', 'declaration problem', { commit, file: p.file, line: p.line, col: p.col, code: p.code, problem: p.message });
+      return;
+    }
+    this.attempted = { commit, at };
+    this.applied = { commit, at };
+    this.desired = result.desired;
+    this.syncMs = parseDuration(result.desired.config?.decl.sync?.interval ?? '30s') ?? 30_000;
+    await this.engine.apply(result.desired, commit);
+    await this.appendAudit([{ time: at, event: 'config-applied', commit }]);
+    this.o.log('info', 'commit applied', { commit, secrets: result.desired.secrets.size });
+    // New secrets get version 1 and rotate-now requests run before this returns.
+    await this.engine.runDue();
+    this.rearm();
+  }
+
+  /** Appends to the audit log (durable before it resolves) and schedules a commit of the batch. */
+  private async appendAudit(events: AuditEvent[]): Promise<void> {
+    await this.audit.append(events);
+    if (!this.commitPending) {
+      this.commitPending = true;
+      this.later(this.o.commitDelayMs ?? 1000, () => void this.serial(() => this.flush()));
+    }
+  }
+
+  private async commitAudit(): Promise<void> {
+    if (!this.commitPending) return;
+    this.commitPending = false;
+    await this.repo.commitAudit([this.auditDir], 'rotor: audit entries');
+  }
+
+  /** Commits and pushes the audit entries written since the last flush; retries a failed push with backoff. */
+  private async flush(): Promise<void> {
+    try {
+      await this.commitAudit();
+      if ((await this.repo.unpushed()) > 0) await this.repo.push();
+      this.pushFailures = 0;
+    } catch (e) {
+      this.pushFailures++;
+      const delay = Math.min(300_000, 1000 * 2 ** this.pushFailures);
+      this.o.log('warn', 'audit commit or push failed; the entries are kept and pushed later', { code: (e as { code?: string }).code ?? 'ERROR', retryInMs: delay });
+      this.later(delay, () => void this.serial(() => this.flush()));
+    }
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.gitQueue.then(fn, fn);
+    this.gitQueue = p.catch(() => undefined);
+    return p;
+  }
+
+  private later(ms: number, fn: () => void): void {
+    if (this.stopped) return;
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      fn();
+    }, ms);
+    this.timers.add(t);
+  }
+
+  private scheduleSync(): void {
+    this.later(this.syncMs, () => void this.syncNow().finally(() => this.scheduleSync()));
+  }
+
+  private rearmQueued = false;
+  /** Re-arms once for a burst of changes (10,000 rotations finishing together ask 10,000 times). */
+  private rearmSoon(): void {
+    if (this.rearmQueued) return;
+    this.rearmQueued = true;
+    setImmediate(() => {
+      this.rearmQueued = false;
+      this.rearm();
+    });
+  }
+
+  /** Arms the engine's timer for its next due work. */
+  private rearm(): void {
+    if (this.stopped) return;
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    const next = this.engine.nextWakeup();
+    if (next === undefined) return;
+    const delay = Math.min(Math.max(0, next - this.now()), 2 ** 31 - 1);
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTimer = undefined;
+      void this.engine.runDue().finally(() => this.rearm());
+    }, delay);
+  }
+
+  /** What a consumer may read of a secret now (current, and previous during the overlap). */
+  served(name: string) {
+    return this.engine.served(name);
+  }
+
+  status() {
+    return {
+      config: { applied: this.applied, attempted: this.attempted },
+      secrets: this.engine.status(),
+      store: { seq: this.store.seq, storeId: this.store.storeId },
+    };
+  }
+
+  /** Stops the loops, finishes running work, commits and pushes what is left (bounded), closes the store. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    await new Promise<void>((resolve) => (this.admin ? this.admin.close(() => resolve()) : resolve()));
+    await this.serial(() => this.flush()).catch(() => undefined);
+    // A full snapshot on the way out: what an operator opens offline with age -d is then complete.
+    await this.store?.compact().catch((e: unknown) => this.o.log('warn', 'state compaction on stop failed', { code: (e as { code?: string }).code ?? 'ERROR' }));
+    await this.store?.close();
+    await this.unlock?.();
+  }
+}
+
+/** What the audit log says at start: the last version made current per secret, and the store's anchor. */
+function newAuditIndex() {
+  const index = {
+    audited: new Map<string, number>(),
+    stateSeq: undefined as number | undefined,
+    storeId: undefined as string | undefined,
+    add(e: AuditEntry) {
+      if ((e.event === 'created' || e.event === 'rotated') && e.secret && e.to !== undefined) index.audited.set(e.secret, e.to);
+      if (e.event === 'purged' && e.secret) index.audited.delete(e.secret);
+      if (e.stateSeq !== undefined) index.stateSeq = Math.max(index.stateSeq ?? 0, e.stateSeq);
+      if (e.storeId !== undefined) index.storeId = e.storeId;
+    },
+  };
+  return index;
+}

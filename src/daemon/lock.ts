@@ -1,0 +1,49 @@
+/**
+ * One daemon per data directory. Two daemons on one directory would interleave the audit log and the
+ * state store, so the daemon holds DATA_DIR/daemon.lock (created exclusively, holding its pid) while it
+ * runs. A lock left by a process that no longer exists (a crash, SIGKILL) is taken over.
+ */
+import { open, readFile, unlink } from 'node:fs/promises';
+import path from 'node:path';
+
+export class LockError extends Error {
+  readonly code = 'DATA_DIR_LOCKED';
+  constructor(message: string) {
+    super(message);
+    this.name = 'LockError';
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Takes the lock; returns a function that releases it. */
+export async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
+  const file = path.join(dataDir, 'daemon.lock');
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const fh = await open(file, 'wx', 0o600);
+      await fh.writeFile(`${process.pid}\n`);
+      await fh.sync();
+      await fh.close();
+      return async () => {
+        const holder = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+        if (holder === process.pid) await unlink(file).catch(() => undefined);
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+        throw new LockError(`another rotor daemon (pid ${pid}) is using ${dataDir}; stop it first, or give this one its own --data-dir`);
+      }
+      await unlink(file).catch(() => undefined); // a stale lock from a process that is gone
+    }
+  }
+  throw new LockError(`cannot take the lock ${file}`);
+}

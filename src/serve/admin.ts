@@ -1,0 +1,52 @@
+/**
+ * The admin socket, DATA_DIR/admin.sock: mode 0600 inside the 0700 data directory, so only the
+ * daemon's user (root in a standard install) can connect. It carries rotate-now and status.
+ *   POST /v1/rotate   {"name": "...", "reason": "..."}  -> {"name", "version"}
+ *   GET  /v1/status                                     -> the daemon's status
+ */
+import { chmod, unlink } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { Server } from 'node:http';
+import { HttpError, readJson, sendError, sendJson } from './http-json.js';
+
+export interface AdminHandlers {
+  rotate(name: string, reason: string): Promise<{ name: string; version: number }>;
+  status(): unknown;
+}
+
+export async function listenAdmin(socketPath: string, handlers: AdminHandlers): Promise<Server> {
+  await unlink(socketPath).catch(() => undefined); // a stale socket from a previous run
+  const server = createServer({ requestTimeout: 120_000, headersTimeout: 10_000 }, (req, res) => {
+    void (async () => {
+      try {
+        if (req.method === 'POST' && req.url === '/v1/rotate') {
+          const body = (await readJson(req)) as { name?: unknown; reason?: unknown };
+          if (typeof body.name !== 'string' || typeof body.reason !== 'string' || body.reason.trim() === '' || body.reason.length > 500) {
+            throw new HttpError(400, 'BAD_REQUEST', 'give "name" and a "reason" of 1 to 500 characters');
+          }
+          sendJson(res, 200, await handlers.rotate(body.name, body.reason));
+        } else if (req.method === 'GET' && req.url === '/v1/status') {
+          sendJson(res, 200, handlers.status());
+        } else {
+          throw new HttpError(404, 'NOT_FOUND', `no ${req.method} ${req.url} here`);
+        }
+      } catch (e) {
+        const err = e as { code?: string; message?: string };
+        if (!(e instanceof HttpError) && err.code === 'SECRET_UNKNOWN') sendError(res, new HttpError(404, err.code, err.message ?? ''));
+        else if (!(e instanceof HttpError) && err.code === 'SECRET_NOT_ROTATABLE') sendError(res, new HttpError(409, err.code, err.message ?? ''));
+        else sendError(res, e);
+      }
+    })();
+  });
+  const old = process.umask(0o177); // the socket is created 0600: never more open, not even briefly
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => resolve());
+    });
+  } finally {
+    process.umask(old);
+  }
+  await chmod(socketPath, 0o600);
+  return server;
+}
