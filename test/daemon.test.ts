@@ -245,3 +245,86 @@ t.test('the daemon refuses to start without keys and says how to make them', asy
   const d = new Daemon({ repo: w.remote, branch: 'main', dataDir: path.join(w.root, 'nokeys'), breakGlass: [], log: () => undefined });
   await t.rejects(d.start(), { code: 'KEYS_MISSING', message: /rotor keygen/ });
 });
+
+t.test('rotor rotate over the admin socket; concurrent requests for one secret run one rotation', async (t) => {
+  const slow = 'kind: Policy\nname: slow\nevery: 30d\noverlap: 1d\n';
+  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': slow, 'secrets.yaml': 'kind: Secret\nname: app/key\npolicy: slow\ngenerate: {}\n' });
+  const d = await w.start();
+  t.teardown(() => d.stop());
+  const { statSync } = await import('node:fs');
+  const sock = path.join(w.dataDir, 'admin.sock');
+  t.equal(statSync(sock).mode & 0o777, 0o600, 'the admin socket is 0600');
+  const { rotor } = await import('./helpers.js');
+  let r = await rotor(['rotate', 'app/key', '--reason', 'suspected leak', '--data-dir', w.dataDir]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, 'app/key: rotated, version 2 is current\n');
+  r = await rotor(['rotate', 'app/nope', '--reason', 'x', '--data-dir', w.dataDir]);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /secret "app\/nope" is not declared \[SECRET_UNKNOWN\]/);
+  r = await rotor(['rotate', 'app/key', '--data-dir', w.dataDir]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /--reason TEXT is required/);
+  r = await rotor(['rotate', 'app/key', '--reason', 'x', '--data-dir', path.join(w.root, 'elsewhere')]);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /no daemon is listening.*\[DAEMON_NOT_RUNNING\]/);
+
+  // Ten requests at once: one rotation, which all of them wait for.
+  const results = await Promise.all(Array.from({ length: 10 }, () => d.rotateNow('app/key', 'ten at once')));
+  t.same(new Set(results.map((x) => x.version)), new Set([3]), 'every request sees the same new version');
+  await d.stop();
+  const rotated = (await remoteAudit(t, w.remote)).filter((e) => e.secret === 'app/key' && e.event === 'rotated');
+  t.same(rotated.map((e) => [e.to, e.trigger, e.reason]), [[2, 'cli', 'suspected leak'], [3, 'cli', 'ten at once']]);
+});
+
+t.test('a person pushing to the branch while the daemon rotates loses no audit entry', async (t) => {
+  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': FAST, 'secrets.yaml': SECRETS });
+  const d = await w.start();
+  for (let i = 0; i < 5; i++) {
+    const next = finishes('demo/ticker', 1);
+    w.push(`notes-${i}.md`, `note ${i}\n`, `a person's commit ${i}`);
+    await d.syncNow();
+    await next;
+  }
+  await d.stop();
+  const local = readdirSync(path.join(w.dataDir, 'repo', 'audit')).flatMap((f) => readFileSync(path.join(w.dataDir, 'repo', 'audit', f), 'utf8').split('\n').filter(Boolean));
+  const remote = await remoteAudit(t, w.remote);
+  t.equal(remote.length, local.length, 'every audit entry the daemon wrote is on the remote');
+  t.same(remote.map((e) => e.seq), local.map((_, i) => i + 1), 'exactly once each, in order');
+  const log = git(w.remote, 'log', '--format=%s', 'main');
+  for (let i = 0; i < 5; i++) t.match(log, new RegExp(`^a person's commit ${i}$`, 'm'), `the person's commit ${i} is there`);
+  t.equal(git(w.remote, 'rev-list', '--merges', '--count', 'main'), '0', 'a linear history: audit commits are rebased, never merged');
+});
+
+t.test('rotor daemon as a process: SIGHUP fetches at once, SIGTERM stops cleanly', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const { ROOT } = await import('./helpers.js');
+  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n', 'secrets.yaml': 'kind: Secret\nname: a/one\npolicy: p\ngenerate: {}\n' });
+  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', '--repo', w.remote, '--data-dir', w.dataDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  const waiting = new Set<() => void>();
+  child.stderr.on('data', (c: Buffer) => {
+    err += c.toString();
+    for (const check of [...waiting]) check();
+  });
+  const waitFor = (re: RegExp) => new Promise<void>((resolve, reject) => {
+    const check = () => {
+      if (re.test(err)) {
+        waiting.delete(check);
+        resolve();
+      }
+    };
+    waiting.add(check);
+    child.once('exit', () => reject(new Error(`the daemon exited: ${err.slice(-1000)}`)));
+    check();
+  });
+  await waitFor(/"msg":"daemon started"/);
+  w.push('secrets.yaml', 'kind: Secret\nname: a/one\npolicy: p\ngenerate: {}\n---\nkind: Secret\nname: a/two\npolicy: p\ngenerate: {}\n', 'add a/two');
+  child.kill('SIGHUP');
+  await waitFor(/"msg":"secret created","secret":"a\/two"/);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, 'a clean exit on SIGTERM');
+  await new Promise((resolve) => (child.stderr.readableEnded ? resolve(undefined) : child.stderr.once('end', resolve)));
+  t.match(err, /"msg":"stopping"/);
+  t.ok(err.split('\n').filter(Boolean).every((l) => JSON.parse(l).level !== undefined), 'logs are JSON lines');
+});

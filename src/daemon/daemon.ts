@@ -139,11 +139,7 @@ export class Daemon {
     this.seenHead = head;
     await this.consider(head, first);
     this.admin = await listenAdmin(path.join(dataDir, 'admin.sock'), {
-      rotate: async (name, reason) => {
-        await this.engine.rotateNow(name, reason);
-        this.rearm();
-        return { name, version: this.engine.served(name)!.version };
-      },
+      rotate: (name, reason) => this.rotateNow(name, reason),
       status: () => this.status(),
     });
     this.scheduleSync();
@@ -262,6 +258,13 @@ export class Daemon {
       this.wakeTimer = undefined;
       void this.engine.runDue().finally(() => this.rearm());
     }, delay);
+  }
+
+  /** Rotates a secret now (rotor rotate); requests for a secret whose rotation is running join it. */
+  async rotateNow(name: string, reason: string): Promise<{ name: string; version: number }> {
+    await this.engine.rotateNow(name, reason);
+    this.rearm();
+    return { name, version: this.engine.served(name)!.version };
   }
 
   /** What a consumer may read of a secret now (current, and previous during the overlap). */
