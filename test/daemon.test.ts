@@ -328,3 +328,22 @@ t.test('rotor daemon as a process: SIGHUP fetches at once, SIGTERM stops cleanly
   t.match(err, /"msg":"stopping"/);
   t.ok(err.split('\n').filter(Boolean).every((l) => JSON.parse(l).level !== undefined), 'logs are JSON lines');
 });
+
+t.test('after downtime an overdue secret rotates once; a changed policy reschedules it', async (t) => {
+  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': 'kind: Policy\nname: hourly\nevery: 1h\noverlap: 10m\n', 'secrets.yaml': 'kind: Secret\nname: app/key\npolicy: hourly\ngenerate: {}\n' });
+  let clock = Date.parse('2026-11-26T00:00:00Z');
+  let d = await w.start({ now: () => clock });
+  t.equal(d.served('app/key')?.version, 1);
+  await d.stop();
+  clock += 10 * 3_600_000 + 123; // ten slots missed
+  d = await w.start({ now: () => clock });
+  t.equal(d.served('app/key')?.version, 2, 'one rotation for ten missed slots');
+  const next = () => (d.status().secrets as { name: string; nextRotationAt?: number }[]).find((s) => s.name === 'app/key')!.nextRotationAt;
+  t.equal(next(), clock + 3_600_000, 'the cadence starts again from the catch-up rotation');
+  w.push('policies.yaml', 'kind: Policy\nname: hourly\nevery: 2h\noverlap: 10m\n', 'every 2h');
+  await d.syncNow();
+  t.equal(next(), clock + 2 * 3_600_000, 'a changed policy reschedules the secret');
+  await d.stop();
+  const rotated = (await remoteAudit(t, w.remote)).filter((e) => e.secret === 'app/key' && e.event === 'rotated');
+  t.same(rotated.map((e) => [e.from, e.to, e.trigger]), [[1, 2, 'schedule']]);
+});
