@@ -294,6 +294,40 @@ t.test('a nested audit directory, several unpushed commits, a busy remote', asyn
   t.equal(git(daemonDir, 'for-each-ref', 'refs/rotor/'), '', 'no temporary ref left');
 });
 
+t.test('an audit line written but not yet committed is left alone by sync and push', async (t) => {
+  const { root, remote, daemonDir, open } = setup(t);
+  const repo = await open();
+  await audit(repo, '{"seq":1}');
+  appendFileSync(path.join(daemonDir, AUDIT), '{"seq":2}\n'); // the audit log writes; the commit comes later
+  const bob = person(root, remote, 'bob');
+  for (const [file, op] of [['a.yaml', 'push'], ['b.yaml', 'sync']] as const) {
+    git(bob, 'pull', '-q', '--rebase');
+    writeFileSync(path.join(bob, file), 'kind: Policy\n');
+    git(bob, 'add', file);
+    git(bob, 'commit', '-q', '-m', `bob adds ${file}`);
+    git(bob, 'push', '-q');
+    if (op === 'push') t.equal((await repo.push()).pushed.length, 1, 'pushed past the busy remote');
+    else t.equal((await repo.sync()).rebased, 0, 'synced');
+    t.ok(existsSync(path.join(daemonDir, file)), `${op}: the new file is there`);
+    t.equal(readFileSync(path.join(daemonDir, AUDIT), 'utf8'), '{"seq":0}\n{"seq":1}\n{"seq":2}\n', `${op}: the uncommitted line is still there`);
+    t.equal(git(daemonDir, 'status', '--porcelain'), `M ${AUDIT}`);
+  }
+  // a local audit commit and another uncommitted line, and the remote moved: sync replays the commit
+  await repo.commitAudit([AUDIT], 'audit: 2');
+  appendFileSync(path.join(daemonDir, AUDIT), '{"seq":3}\n');
+  git(bob, 'pull', '-q', '--rebase');
+  writeFileSync(path.join(bob, 'c.yaml'), 'kind: Policy\n');
+  git(bob, 'add', 'c.yaml');
+  git(bob, 'commit', '-q', '-m', 'bob adds c.yaml');
+  git(bob, 'push', '-q');
+  t.equal((await repo.sync()).rebased, 1);
+  t.equal(git(daemonDir, 'rev-parse', 'HEAD~1'), git(remote, 'rev-parse', 'main'), 'the audit commit is on top of the remote');
+  t.equal(readFileSync(path.join(daemonDir, AUDIT), 'utf8'), '{"seq":0}\n{"seq":1}\n{"seq":2}\n{"seq":3}\n', 'the uncommitted line is still there');
+  await repo.commitAudit([AUDIT], 'audit: 3');
+  t.equal((await repo.push()).pushed.length, 2);
+  t.equal(remoteFile(remote, AUDIT), '{"seq":0}\n{"seq":1}\n{"seq":2}\n{"seq":3}');
+});
+
 t.test('a push that landed before a crash is not sent twice', async (t) => {
   // The daemon re-creates its audit commits on the new remote head, pushes them, and only then
   // moves its branch. Crash in between: the remote has the entries, the clone still the old commits.

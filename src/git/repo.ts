@@ -3,9 +3,21 @@
  *
  * The clone belongs to the daemon. Everything in it comes from the remote branch, except the audit
  * directory, where the daemon commits its log. Its own commits stay on top of origin/BRANCH: every
- * sync and every rejected push rebases them onto the new remote head, so the history stays linear and
+ * sync and every rejected push puts them onto the new remote head, so the history stays linear and
  * a push is always a fast-forward (never --force, never a +refspec). An audit commit that could not be
  * pushed stays in the clone and goes out with the next push, also after a restart.
+ *
+ * Putting the audit commits on the new remote head is a rebase in effect. When the remote did not
+ * touch the audit directory (the usual case) it is done without a rebase: `git fast-import`
+ * re-creates each commit as the remote's tree plus that commit's audit directory (the result a rebase
+ * would give), and `git reset --keep` moves the branch. That costs the same few git calls for any
+ * number of commits (a fetch-to-push window that other writers rarely win), leaves the audit files
+ * untouched (an audit line being written is not clobbered), and on a push retry moves the branch only
+ * once the push landed. When the remote did change the audit directory, a real rebase runs, and a
+ * conflict aborts it (GIT_AUDIT_CONFLICT) with the clone as it was.
+ *
+ * Callers that write audit files should do it inside exclusive() together with commitAudit(), so
+ * that no sync or push runs in between.
  *
  * Every git call runs with overrides (`-c ...` and a cleaned environment) so that the operator's
  * global configuration cannot add hooks, signing, prompts, editors, pagers, auto-stash or submodule
@@ -467,9 +479,13 @@ export class GitRepo {
     return { tracked: nul(out).map((rec) => rec.slice(3)) };
   }
 
-  private async requireClean(): Promise<void> {
+  /**
+   * Refuses uncommitted changes to tracked files: outside the audit directory always (rotor never
+   * writes there), inside it too unless `allowAudit` (when the audit files are not touched).
+   */
+  private async requireClean(allowAudit = false): Promise<void> {
     const { tracked } = await this.changes();
-    if (tracked.length === 0) return;
+    if (tracked.length === 0 || (allowAudit && tracked.every((p) => this.isAuditPath(p)))) return;
     const audit = tracked.filter((p) => this.isAuditPath(p));
     const other = tracked.filter((p) => !this.isAuditPath(p));
     throw new GitRepoError(
@@ -558,6 +574,12 @@ export class GitRepo {
     return ids.length === own.length && ids.every((id) => /^[0-9a-f]{40,64}$/.test(id)) ? ids : null;
   }
 
+  /** Whether origin/BRANCH has the same audit directory as `commit`. */
+  private async auditUnchanged(commit: string): Promise<boolean> {
+    const r = await this.run(['diff', '--quiet', '--no-ext-diff', commit, this.remoteRef, '--', this.auditDir]);
+    return r.exitCode === 0;
+  }
+
   /** The audit directory's tree in each commit (null where it has none), for replay(). */
   private async auditTrees(own: readonly OwnCommit[]): Promise<Array<string | null> | null> {
     const check = await this.run(['cat-file', '--batch-check=%(objectname) %(objecttype)'], { input: own.map((c) => `${c.id}:${this.auditDir}\n`).join('') });
@@ -615,7 +637,20 @@ export class GitRepo {
     const counts = await this.text(['rev-list', '--left-right', '--count', `${this.remoteRef}...${this.localRef}`]);
     const [behind, ahead] = counts.split(/\s+/).map(Number);
     if (behind === 0) return 0;
+    await this.requireClean(true);
     const own = ahead === 0 ? [] : await this.ownCommits(); // refuses non-audit commits before touching anything
+    // The usual case, the remote did not touch the audit directory: re-create the audit commits on
+    // it (replay) and move the branch with `reset --keep`, which leaves the audit files alone (their
+    // content is the same), uncommitted appends included. A rebase would rewrite them twice.
+    if (own.length > 0 && (await this.auditUnchanged(own[0]!.parent))) {
+      const trees = await this.auditTrees(own);
+      const replayed = trees && (await this.replay(this.remoteRef, own, trees));
+      if (replayed) {
+        const moved = await this.run(['reset', '--quiet', '--keep', replayed.at(-1)!]);
+        await this.run(['update-ref', '-d', REPLAY_REF]);
+        if (moved.exitCode === 0) return own.length;
+      }
+    }
     const local = own.at(-1)?.id ?? null; // the tip (own is linear, oldest first); null: a fast-forward
     const args = own.length === 0 ? ['merge', '--ff-only', '--quiet', '--no-stat', this.remoteRef] : ['rebase', '--quiet', '--no-fork-point', this.remoteRef, this.branch];
     const r = await this.run(args);
@@ -816,7 +851,7 @@ export class GitRepo {
       await this.refresh(timeoutMs()).catch(() => {});
       return { done: true, pushed: [], head: await this.mustRev(this.remoteRef) };
     }
-    await this.requireClean(); // the branch and files move after the push: nothing uncommitted in the way
+    await this.requireClean(true); // the branch moves after the push: no local change outside the audit directory in the way
     const trees = await this.auditTrees(own);
     try {
       await this.fetchLocked(timeoutMs());
@@ -826,8 +861,7 @@ export class GitRepo {
     }
     // the remote-tracking ref by name: one git call less between the fetch and the push (when the
     // remote did not move at all, replay() re-creates the same trees: harmless)
-    const auditSame = await this.run(['diff', '--quiet', '--no-ext-diff', first.parent, this.remoteRef, '--', this.auditDir]);
-    if (auditSame.exitCode === 0 && trees) {
+    if (trees && (await this.auditUnchanged(first.parent))) {
       const replayed = await this.replay(this.remoteRef, own, trees);
       if (replayed) return this.pushTip(replayed.at(-1)!, replayed, tip, timeoutMs());
     }
