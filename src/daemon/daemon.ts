@@ -97,9 +97,7 @@ export class Daemon {
     const local = await loadModel(new GitTreeSource(this.repo.dir, await this.repo.head(), ''), { now: this.now() });
     if (local.auditDir !== 'audit') this.repo = await openRepo({ ...repoOptions, auditDir: local.auditDir });
     if (existsSync(path.join(this.repo.dir, local.auditDir))) await this.repo.commitAudit([local.auditDir], 'rotor: audit entries written before a restart');
-    await this.repo.fetch();
-    await this.repo.sync();
-    const head = await this.repo.remoteHead();
+    const { remoteHead: head } = await this.repo.sync(); // sync fetches
     const first = await loadModel(new GitTreeSource(this.repo.dir, head, ''), { now: this.now() });
     this.auditDir = first.auditDir;
     if (this.auditDir !== local.auditDir) this.repo = await openRepo({ ...repoOptions, auditDir: this.auditDir });
@@ -151,9 +149,7 @@ export class Daemon {
   syncNow(): Promise<void> {
     return this.serial(async () => {
       await this.commitAudit();
-      await this.repo.fetch();
-      await this.repo.sync();
-      const head = await this.repo.remoteHead();
+      const { remoteHead: head } = await this.repo.sync(); // sync fetches
       if (head === this.seenHead) return;
       const previous = this.seenHead;
       this.seenHead = head;
