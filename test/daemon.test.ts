@@ -14,75 +14,12 @@ import { openStore } from '../src/state/store.js';
 import { verifyAuditDir } from '../src/audit/log.js';
 import type { SecretRecord } from '../src/rotation/record.js';
 import { commitAll, git, gitInit, tempDir } from './helpers.js';
+import { finishes, step, world } from './world.js';
 
 type T = Parameters<Parameters<typeof t.test>[1]>[0];
 
 const CONFIG = 'kind: Config\nsync: { interval: 1d }\n';
 const FAST = 'kind: Policy\nname: fast\nevery: 1s\noverlap: 500ms\n'.replace('500ms', '1s').replace('every: 1s', 'every: 2s');
-
-/** A remote (bare) with the given files, a person's clone of it, and a data dir with keys. */
-async function world(t: T, files: Record<string, string>) {
-  const root = tempDir(t, 'rotor-daemon-');
-  const person = path.join(root, 'person');
-  mkdirSync(person);
-  gitInit(person);
-  for (const [f, text] of Object.entries(files)) {
-    mkdirSync(path.dirname(path.join(person, f)), { recursive: true });
-    writeFileSync(path.join(person, f), text);
-  }
-  commitAll(person, 'declarations');
-  const remote = path.join(root, 'remote.git');
-  execFileSync('git', ['clone', '-q', '--bare', person, remote]);
-  git(person, 'remote', 'add', 'origin', remote);
-  git(person, 'fetch', '-q', 'origin');
-  git(person, 'branch', '-q', '--set-upstream-to=origin/main', 'main');
-  const dataDir = path.join(root, 'data');
-  await generateKeys(dataDir);
-  let logs = '';
-  const log = jsonLogger((l) => void (logs += l));
-  const start = async (extra: Partial<ConstructorParameters<typeof Daemon>[0]> = {}) => {
-    const d = new Daemon({ repo: remote, branch: 'main', dataDir, breakGlass: [], log, commitDelayMs: 50, ...extra });
-    await d.start();
-    return d;
-  };
-  const push = (f: string, text: string, message = 'change') => {
-    git(person, 'pull', '-q', '--rebase');
-    writeFileSync(path.join(person, f), text);
-    commitAll(person, message);
-    git(person, 'push', '-q', 'origin', 'main');
-  };
-  return { root, person, remote, dataDir, start, push, logs: () => logs };
-}
-
-/** Resolves when `secret` has finished `count` more rotations. */
-function finishes(secret: string, count: number): Promise<void> {
-  const ch = diagnostics_channel.channel('rotor:rotation');
-  return new Promise((resolve) => {
-    let n = 0;
-    const on = (m: unknown) => {
-      const e = m as { secret: string; step: string };
-      if (e.secret === secret && e.step === 'finished' && ++n >= count) {
-        ch.unsubscribe(on);
-        resolve();
-      }
-    };
-    ch.subscribe(on);
-  });
-}
-
-function step(secret: string, stepName: string): Promise<void> {
-  const ch = diagnostics_channel.channel('rotor:rotation');
-  return new Promise((resolve) => {
-    const on = (m: unknown) => {
-      const e = m as { secret: string; step: string };
-      if (e.secret === secret && e.step === stepName) {
-        ch.unsubscribe(on);
-        resolve();
-      }
-    };
-    ch.subscribe(on);
-  });
-}
 
 /** The audit entries on the remote (from a fresh clone), after checking the chain. */
 async function remoteAudit(t: T, remote: string) {
@@ -299,7 +236,7 @@ t.test('rotor daemon as a process: SIGHUP fetches at once, SIGTERM stops cleanly
   const { spawn } = await import('node:child_process');
   const { ROOT } = await import('./helpers.js');
   const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n', 'secrets.yaml': 'kind: Secret\nname: a/one\npolicy: p\ngenerate: {}\n' });
-  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', '--repo', w.remote, '--data-dir', w.dataDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', '--repo', w.remote, '--data-dir', w.dataDir, '--socket-dir', path.join(w.dataDir, 'sockets')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   const waiting = new Set<() => void>();
   child.stderr.on('data', (c: Buffer) => {

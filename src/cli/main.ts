@@ -11,6 +11,8 @@ import { keygenCommand } from './keygen.js';
 import { auditCommand } from './audit.js';
 import { daemonCommand } from './daemon.js';
 import { rotateCommand } from './rotate.js';
+import { getCommand } from './get.js';
+import { execCommand } from './exec.js';
 
 export const HELP = `rotor: declarative secret rotation from a Git repository
 
@@ -25,6 +27,8 @@ Commands:
   daemon --repo URL|PATH --data-dir DIR
                                   follow the repository, rotate on schedule, commit the audit log
   rotate NAME --reason TEXT       rotate a secret now, through the running daemon
+  get NAME --socket PATH          print a secret, read over a consumer socket
+  exec --env VAR=NAME... -- CMD   run CMD with secrets in its environment (--restart on rotation)
 
 Run "rotor <command> --help" for a command's options. Every option also reads from an environment
 variable: --format from ROTOR_FORMAT, --base from ROTOR_BASE, and so on.
@@ -38,6 +42,8 @@ const COMMANDS: Record<string, Command> = {
   audit: auditCommand,
   daemon: daemonCommand,
   rotate: rotateCommand,
+  get: getCommand,
+  exec: execCommand,
 };
 
 export async function run(argv: readonly string[], io: Io = processIo()): Promise<number> {

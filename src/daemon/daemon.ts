@@ -27,7 +27,12 @@ import { Engine } from '../rotation/engine.js';
 import type { AuditEvent } from '../rotation/engine.js';
 import { AUDIT_HEAD_KEY } from '../rotation/engine.js';
 import { listenAdmin } from '../serve/admin.js';
+import { consumerHandler } from '../serve/consumer-api.js';
+import type { ConsumerBackend } from '../serve/consumer-api.js';
+import { ConsumerSockets } from '../serve/consumer-sockets.js';
+import { Grants } from '../serve/grants.js';
 import { lockDataDir } from './lock.js';
+import { Receipts } from './receipts.js';
 
 export interface DaemonOptions {
   readonly repo: string;
@@ -38,6 +43,8 @@ export interface DaemonOptions {
   readonly now?: () => number;
   /** Seconds between audit appends and their commit (batching). */
   readonly commitDelayMs?: number;
+  /** Where the consumer sockets go (SOCKET_DIR/<consumer>.sock); default DATA_DIR/sockets. */
+  readonly socketDir?: string;
 }
 
 interface Revision {
@@ -48,8 +55,14 @@ interface Revision {
 
 const FINGERPRINT_KEY = 'meta/fingerprint-key';
 
-export class Daemon {
+export class Daemon implements ConsumerBackend {
   private repo!: Repo;
+  private sockets: ConsumerSockets | undefined;
+  private receipts!: Receipts;
+  private grants = new Grants(undefined);
+  private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly requests = new Map<string, number>();
+  private readonly denials = new Map<string, { lastLog: number; suppressed: number }>();
   private store!: StateStore;
   private audit!: AuditLog;
   private engine!: Engine;
@@ -70,8 +83,11 @@ export class Daemon {
   private readonly now: () => number;
   private unlock: (() => Promise<void>) | undefined;
 
+  private readonly socketDir: string;
+
   constructor(private readonly o: DaemonOptions) {
     this.now = o.now ?? Date.now;
+    this.socketDir = o.socketDir ?? path.join(o.dataDir, 'sockets');
   }
 
   /** Opens everything, applies the current commit, and starts the loops. Throws with a clear message when it cannot start. */
@@ -132,8 +148,15 @@ export class Daemon {
       fingerprintKey: Buffer.from(fpKey, 'base64'),
       now: this.now,
       log: (level, message, fields) => log(level, message, fields),
-      onChange: () => this.rearmSoon(),
+      onChange: (name) => {
+        this.notify(name);
+        this.rearmSoon();
+      },
+      readByAll: (name, version) => this.readByAll(name, version),
     });
+    this.receipts = new Receipts(this.store, log, this.now);
+    this.sockets = new ConsumerSockets({ dir: this.socketDir, log, handler: (consumer) => consumerHandler(consumer, this) });
+    await this.sockets.open();
     this.seenHead = head;
     await this.consider(head, first);
     this.admin = await listenAdmin(path.join(dataDir, 'admin.sock'), {
@@ -175,12 +198,16 @@ export class Daemon {
     this.attempted = { commit, at };
     this.applied = { commit, at };
     this.desired = result.desired;
+    this.grants = new Grants(result.desired);
     this.syncMs = parseDuration(result.desired.config?.decl.sync?.interval ?? '30s') ?? 30_000;
     await this.engine.apply(result.desired, commit);
     await this.appendAudit([{ time: at, event: 'config-applied', commit }]);
     this.o.log('info', 'commit applied', { commit, secrets: result.desired.secrets.size });
     // New secrets get version 1 and rotate-now requests run before this returns.
     await this.engine.runDue();
+    this.receipts.prune((consumer, secret) => result.desired.consumers.has(consumer) && result.desired.secrets.has(secret));
+    await this.sockets?.sync([...result.desired.consumers.values()].map(({ decl }) => ({ name: decl.name, uid: decl.uid, ...(decl.gid !== undefined ? { gid: decl.gid } : {}) })));
+    for (const name of [...this.waiters.keys()]) this.notify(name); // grants may have changed
     this.rearm();
   }
 
@@ -268,10 +295,100 @@ export class Daemon {
     return this.engine.served(name);
   }
 
+  // --- the consumer API's backend (ConsumerBackend) ---
+
+  get running(): boolean {
+    return !this.stopped;
+  }
+
+  granted(consumer: string, name: string): boolean {
+    return this.grants.granted(consumer, name);
+  }
+
+  declared(name: string): boolean {
+    return this.desired?.secrets.has(name) ?? false;
+  }
+
+  readable(consumer: string): { name: string; version?: number }[] {
+    return this.grants.readable(consumer).map((name) => {
+      const v = this.engine.served(name)?.version;
+      return v === undefined ? { name } : { name, version: v };
+    });
+  }
+
+  version(name: string, version: number) {
+    return this.engine.version(name, version);
+  }
+
+  nextRotationAt(name: string): number | undefined {
+    return this.engine.dueAt(name);
+  }
+
+  changed(name: string, ms: number): { promise: Promise<void>; cancel: () => void } {
+    let set = this.waiters.get(name);
+    if (!set) this.waiters.set(name, (set = new Set()));
+    let wake!: () => void;
+    const promise = new Promise<void>((resolve) => (wake = resolve));
+    const timer = setTimeout(wake, ms);
+    set.add(wake);
+    const waiters = set;
+    return {
+      promise,
+      cancel: () => {
+        clearTimeout(timer);
+        waiters.delete(wake);
+        if (waiters.size === 0 && this.waiters.get(name) === waiters) this.waiters.delete(name);
+      },
+    };
+  }
+
+  private notify(name: string): void {
+    for (const wake of this.waiters.get(name) ?? []) wake();
+  }
+
+  receipt(consumer: string, name: string, version: number): void {
+    // A consumer now on a newer version may complete a retireAfter: consumers secret.
+    if (this.receipts.record(consumer, name, version)) this.rearmSoon();
+  }
+
+  private readByAll(name: string, version: number): boolean | undefined {
+    const consumers = this.grants.consumersOf(name);
+    if (consumers.length === 0) return undefined;
+    return consumers.every((c) => (this.receipts.get(c, name)?.version ?? 0) >= version);
+  }
+
+  observe(consumer: string, status: number, code?: string, name?: string): void {
+    const key = `${consumer} ${status}`;
+    this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
+    if (status !== 403) return;
+    // Refusals are logged (never a value), at most one line per consumer every 10 s with a count of the rest.
+    const now = this.now();
+    const d = this.denials.get(consumer) ?? { lastLog: -Infinity, suppressed: 0 };
+    if (now - d.lastLog >= 10_000) {
+      this.o.log('warn', 'consumer asked for a secret it is not granted', { consumer, secret: name, code, alsoRefusedSinceLastLine: d.suppressed });
+      this.denials.set(consumer, { lastLog: now, suppressed: 0 });
+    } else {
+      this.denials.set(consumer, { lastLog: d.lastLog, suppressed: d.suppressed + 1 });
+    }
+  }
+
   status() {
+    const secrets = this.engine.status().map((s) => {
+      const consumers = this.grants.consumersOf(s.name).map((c) => {
+        const r = this.receipts.get(c, s.name);
+        return { name: c, ...(r ? { version: r.version, readAt: r.at } : {}), behind: s.version !== undefined && (r?.version ?? 0) < s.version };
+      });
+      return { ...s, consumers };
+    });
+    const requests: { consumer: string; status: number; count: number }[] = [];
+    for (const [key, count] of this.requests) {
+      const [consumer, status] = key.split(' ');
+      requests.push({ consumer: consumer!, status: Number(status), count });
+    }
     return {
       config: { applied: this.applied, attempted: this.attempted },
-      secrets: this.engine.status(),
+      secrets,
+      sockets: { dir: this.socketDir, consumers: this.sockets?.names() ?? [], requests },
       store: { seq: this.store.seq, storeId: this.store.storeId },
     };
   }
@@ -282,7 +399,10 @@ export class Daemon {
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
+    for (const name of [...this.waiters.keys()]) this.notify(name);
+    await this.sockets?.close();
     await new Promise<void>((resolve) => (this.admin ? this.admin.close(() => resolve()) : resolve()));
+    await this.receipts?.flush().catch(() => undefined);
     await this.serial(() => this.flush()).catch(() => undefined);
     // A full snapshot on the way out: what an operator opens offline with age -d is then complete.
     await this.store?.compact().catch((e: unknown) => this.o.log('warn', 'state compaction on stop failed', { code: (e as { code?: string }).code ?? 'ERROR' }));

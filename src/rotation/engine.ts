@@ -66,14 +66,31 @@ export interface EngineOptions {
   readonly random?: RandomSource;
   /** Called after a secret's served versions changed. */
   readonly onChange?: (secret: string) => void;
+  /**
+   * Whether every consumer of the secret has read `version` (read receipts). For a policy with
+   * `retireAfter: consumers`, the previous version is retired as soon as this is true. Undefined when
+   * the secret has no consumer: the overlap then applies.
+   */
+  readonly readByAll?: (secret: string, version: number) => boolean | undefined;
 }
 
 export interface Served {
   readonly name: string;
   readonly version: number;
   readonly value: SecretValue;
+  readonly username?: string;
   readonly rotatedAt: string;
-  readonly previous?: { readonly version: number; readonly value: SecretValue; readonly validUntil: string };
+  readonly previous?: { readonly version: number; readonly value: SecretValue; readonly username?: string; readonly validUntil: string };
+}
+
+/** One retained version, for `?version=N`. */
+export interface VersionView {
+  readonly version: number;
+  readonly value: SecretValue;
+  readonly username?: string;
+  readonly rotatedAt: string;
+  readonly state: 'current' | 'previous' | 'retired';
+  readonly validUntil?: string;
 }
 
 export interface SecretStatus {
@@ -113,9 +130,42 @@ export class Engine {
     if (!r || !cur) return undefined;
     const prev = previousVersion(r, this.o.now());
     return {
-      name, version: cur.version, value: cur.value, rotatedAt: cur.createdAt,
-      ...(prev ? { previous: { version: prev.version, value: prev.value, validUntil: prev.validUntil! } } : {}),
+      name, version: cur.version, value: cur.value, ...(cur.username !== undefined ? { username: cur.username } : {}), rotatedAt: cur.createdAt,
+      ...(prev ? { previous: { version: prev.version, value: prev.value, ...(prev.username !== undefined ? { username: prev.username } : {}), validUntil: prev.validUntil! } } : {}),
     };
+  }
+
+  /** A version the store still retains: current, previous (valid or not) or retired. */
+  version(name: string, version: number): VersionView | undefined {
+    const r = this.record(name);
+    if (!r || r.purgeAfter) return undefined;
+    const i = r.versions.findIndex((v) => v.version === version);
+    const v = r.versions[i];
+    if (!v) return undefined;
+    const prev = previousVersion(r, this.o.now());
+    const state = i === 0 ? 'current' : prev?.version === version ? 'previous' : 'retired';
+    return { version, value: v.value, ...(v.username !== undefined ? { username: v.username } : {}), rotatedAt: v.createdAt, state, ...(v.validUntil ? { validUntil: v.validUntil } : {}) };
+  }
+
+  /**
+   * When the previous version must be retired: when its overlap ends, or now when the policy says
+   * `retireAfter: consumers` and every consumer of the secret has read the current version.
+   */
+  private retireAt(r: SecretRecord): { at: number; early: boolean } | undefined {
+    const at = retireDue(r);
+    if (at === undefined) return undefined;
+    const policy = this.policyOf(r.name);
+    const cur = currentVersion(r);
+    if (policy?.retireAfter === 'consumers' && cur && this.o.readByAll?.(r.name, cur.version) === true) {
+      const now = this.o.now();
+      if (now < at) return { at: now, early: true };
+    }
+    return { at, early: false };
+  }
+
+  private policyOf(name: string): Policy | undefined {
+    const s = this.desired?.secrets.get(name)?.decl;
+    return s ? this.desired?.policies.get(s.policy)?.decl : undefined;
   }
 
   /** Applies a valid model (from `commit`): new secrets get version 1, removed ones are scheduled for purge. */
@@ -159,7 +209,7 @@ export class Engine {
     for (const [, value] of this.o.store.entries('secret/')) {
       const r = value as unknown as SecretRecord;
       const later = (t: number | undefined) => (t === undefined ? undefined : Math.max(t, this.failures.get(r.name)?.retryAt ?? t));
-      at(later(retireDue(r)));
+      at(later(this.retireAt(r)?.at));
       if (r.purgeAfter) at(later(Date.parse(r.purgeAfter)));
     }
     return next;
@@ -202,7 +252,7 @@ export class Engine {
     for (const [key, value] of [...this.o.store.entries('secret/')]) {
       const r = value as unknown as SecretRecord;
       if (this.backingOff(r.name, now)) continue;
-      const retireAt = retireDue(r);
+      const retireAt = this.retireAt(r)?.at;
       if (retireAt !== undefined && retireAt <= now) work.push(this.retireNow(r.name).catch(() => undefined));
       if (r.purgeAfter && Date.parse(r.purgeAfter) <= now) work.push(this.purge(key, r).catch(() => undefined));
     }
@@ -287,11 +337,13 @@ export class Engine {
   private async retireNow(name: string): Promise<void> {
     await this.step(name, 'retired', async () => {
       const r = this.record(name);
-      if (!r || retireDue(r) === undefined) return;
+      const due = r && this.retireAt(r);
+      if (!r || !due || due.at > this.o.now()) return;
       const prev = r.versions[1]!;
-      await this.o.audit.append([{ time: new Date(this.o.now()).toISOString(), event: 'retired', secret: name, from: prev.version, ...(this.commit ? { commit: this.commit } : {}), stateSeq: this.o.store.seq, storeId: this.o.store.storeId }]);
+      const detail = due.early ? `every consumer has read version ${currentVersion(r)!.version} (retireAfter: consumers)` : undefined;
+      await this.o.audit.append([{ time: new Date(this.o.now()).toISOString(), event: 'retired', secret: name, from: prev.version, ...(this.commit ? { commit: this.commit } : {}), stateSeq: this.o.store.seq, storeId: this.o.store.storeId, ...(detail ? { detail } : {}) }]);
       await this.o.store.write(this.withHead([{ op: 'put', key: KEY(name), value: retire(r) as unknown as Json }]));
-      this.o.log('info', 'previous version retired', { secret: name, version: prev.version });
+      this.o.log('info', 'previous version retired', { secret: name, version: prev.version, early: due.early });
       this.o.onChange?.(name);
     });
   }

@@ -9,6 +9,8 @@ export type Trigger = 'schedule' | 'request' | 'cli' | 'new';
 export interface Version {
   readonly version: number;
   readonly value: SecretValue;
+  /** The database user this value belongs to (database secrets). */
+  readonly username?: string;
   /** ISO time the version became current. */
   readonly createdAt: string;
   /** ISO time after which a previous version is no longer valid (set when a newer one becomes current). */

@@ -8,6 +8,7 @@ import { chmod, unlink } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import { HttpError, readJson, sendError, sendJson } from './http-json.js';
+import { listenPrivately } from './consumer-sockets.js';
 
 export interface AdminHandlers {
   rotate(name: string, reason: string): Promise<{ name: string; version: number }>;
@@ -38,15 +39,7 @@ export async function listenAdmin(socketPath: string, handlers: AdminHandlers): 
       }
     })();
   });
-  const old = process.umask(0o177); // the socket is created 0600: never more open, not even briefly
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(socketPath, () => resolve());
-    });
-  } finally {
-    process.umask(old);
-  }
+  await listenPrivately(server, socketPath); // created 0600: never more open, not even briefly
   await chmod(socketPath, 0o600);
   return server;
 }

@@ -1,0 +1,199 @@
+/**
+ * `rotor exec [--socket PATH] --env VAR=NAME[.field] ... [--restart] -- CMD ARGS...`: run a command with
+ * secrets in its environment; with --restart, restart it (SIGTERM, then start again) on a new version.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { Secret } from '../client/index.js';
+import { getSecret, listSecrets, RotorClientError, watchSecret } from '../client/index.js';
+import { parse, UsageError } from './args.js';
+import { FieldError, pickField, render } from './get.js';
+import type { Io } from './io.js';
+import { EXIT } from './io.js';
+
+export const EXEC_HELP = `Usage: rotor exec [--socket PATH] --env VAR=NAME[.field]... [--restart] [--grace SECONDS] -- CMD [ARGS...]
+
+Reads the secrets from the daemon over the consumer socket, then runs CMD with them in its
+environment (never in its arguments): VAR=NAME gives the value of NAME (a structured secret as JSON),
+VAR=NAME.field one field of it (.username: the database user). Signals sent to rotor exec (TERM,
+INT, HUP, QUIT, USR1, USR2) are passed to CMD; rotor exec exits with CMD's status.
+
+With --restart, rotor exec watches the secrets (long-polls) and, when one of them has a new version,
+sends CMD SIGTERM, waits up to --grace seconds (then SIGKILL), and starts it again with the new
+values. The previous version stays valid for the policy's overlap, so open connections keep working
+while CMD restarts.
+
+Options:
+  --socket PATH        the consumer's socket, SOCKET_DIR/<consumer>.sock         [ROTOR_SOCKET]
+  --env VAR=NAME[.f]   a variable to set (repeatable)
+  --restart            restart CMD when a secret it uses rotates                 [ROTOR_RESTART]
+  --grace SECONDS      how long CMD may take to stop before SIGKILL (default 10)  [ROTOR_GRACE]
+  -h, --help           show this help
+`;
+
+interface Binding {
+  readonly variable: string;
+  readonly secret: string;
+  readonly field?: string;
+}
+
+const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
+
+export async function execCommand(argv: readonly string[], io: Io): Promise<number> {
+  const dash = argv.indexOf('--');
+  const own = dash < 0 ? argv : argv.slice(0, dash);
+  const command = dash < 0 ? [] : argv.slice(dash + 1);
+  const { flags } = parse(own, {
+    socket: { type: 'string' },
+    env: { type: 'string', multiple: true },
+    restart: { type: 'boolean' },
+    grace: { type: 'string', default: '10' },
+    help: { type: 'boolean', short: 'h' },
+  }, io.env, 0);
+  if (flags.help) {
+    io.stdout(EXEC_HELP);
+    return EXIT.ok;
+  }
+  if (command.length === 0) throw new UsageError('give the command to run after "--": rotor exec --env DB_PASSWORD=app/db -- ./server');
+  if (!flags.socket) throw new UsageError('--socket PATH is required (or ROTOR_SOCKET): the consumer socket, SOCKET_DIR/<consumer>.sock');
+  if (flags.env.length === 0) throw new UsageError('give at least one --env VAR=NAME[.field]');
+  if (!/^\d{1,5}$/.test(flags.grace!)) throw new UsageError('--grace must be a number of seconds');
+  const socket = flags.socket;
+  const graceMs = Number(flags.grace) * 1000;
+
+  let bindings: Binding[];
+  let values: Map<string, Secret>;
+  try {
+    bindings = await resolveBindings(flags.env, socket);
+    values = await fetchAll(bindings, socket);
+    envOf(bindings, values); // a missing field fails here, before CMD starts
+  } catch (e) {
+    if (e instanceof RotorClientError || e instanceof FieldError) {
+      io.stderr(`rotor exec: ${e.message} [${e.code}]\n`);
+      return EXIT.invalid;
+    }
+    throw e;
+  }
+
+  let child: ChildProcess | undefined;
+  let restarting = false;
+  let finished = false;
+  const stopWatch = new AbortController();
+  const start = () => {
+    const env = { ...io.env, ...envOf(bindings, values) };
+    child = spawn(command[0]!, command.slice(1), { env, stdio: 'inherit', cwd: io.cwd });
+    return child;
+  };
+  const forward = (signal: NodeJS.Signals) => () => {
+    if (child && child.exitCode === null && child.signalCode === null) child.kill(signal);
+  };
+  const handlers = FORWARDED.map((s) => [s, forward(s)] as const);
+  for (const [s, h] of handlers) process.on(s, h);
+
+  return new Promise<number>((resolve) => {
+    const done = (code: number) => {
+      if (finished) return;
+      finished = true;
+      stopWatch.abort();
+      for (const [s, h] of handlers) process.off(s, h);
+      resolve(code);
+    };
+    const watchExit = (c: ChildProcess) => {
+      c.once('error', (e: NodeJS.ErrnoException) => {
+        io.stderr(`rotor exec: cannot run ${command[0]}: ${e.code ?? e.message}\n`);
+        if (!restarting) done(127);
+      });
+      c.once('exit', (code, signal) => {
+        if (restarting) return;
+        done(code ?? 128 + (signal ? signalNumber(signal) : 0));
+      });
+    };
+    watchExit(start());
+    if (!flags.restart) return;
+
+    // Watch every secret; a new version of any restarts CMD once with fresh values for all.
+    let pending: Promise<void> = Promise.resolve();
+    const restart = (why: string) => {
+      pending = pending.then(async () => {
+        if (finished) return;
+        let fresh: Map<string, Secret>;
+        try {
+          fresh = await fetchAll(bindings, socket);
+          envOf(bindings, fresh);
+        } catch (e) {
+          io.stderr(`rotor exec: a new version of ${why} appeared but could not be read (${(e as { code?: string }).code ?? 'ERROR'}); ${command[0]} keeps running with the values it has\n`);
+          return;
+        }
+        if ([...fresh].every(([n, s]) => values.get(n)?.version === s.version)) return;
+        values = fresh;
+        io.stderr(`rotor exec: ${why} has a new version; restarting ${command[0]}\n`);
+        restarting = true;
+        const old = child!;
+        await stopChild(old, graceMs);
+        if (finished) return;
+        restarting = false;
+        watchExit(start());
+      });
+    };
+    for (const name of new Set(bindings.map((b) => b.secret))) {
+      void (async () => {
+        try {
+          for await (const s of watchSecret(name, { socket, after: values.get(name)!.version, signal: stopWatch.signal })) {
+            restart(`${name} (version ${s.version})`);
+          }
+        } catch (e) {
+          if (!finished) io.stderr(`rotor exec: stopped watching ${name}: ${(e as Error).message}\n`);
+        }
+      })();
+    }
+  });
+}
+
+/** NAME.field is a field only when NAME.field itself is not a secret this consumer may read. */
+async function resolveBindings(specs: readonly string[], socket: string): Promise<Binding[]> {
+  const parsed = specs.map((spec) => {
+    const eq = spec.indexOf('=');
+    const variable = spec.slice(0, eq);
+    const ref = spec.slice(eq + 1);
+    if (eq <= 0 || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(variable) || ref === '') throw new UsageError(`--env ${spec}: expected VAR=NAME or VAR=NAME.field`);
+    return { variable, ref };
+  });
+  const needList = parsed.some((p) => p.ref.includes('.'));
+  const readable = needList ? new Set(await listSecrets({ socket })) : new Set<string>();
+  return parsed.map(({ variable, ref }) => {
+    const dot = ref.lastIndexOf('.');
+    if (dot < 0 || readable.has(ref)) return { variable, secret: ref };
+    return { variable, secret: ref.slice(0, dot), field: ref.slice(dot + 1) };
+  });
+}
+
+async function fetchAll(bindings: readonly Binding[], socket: string): Promise<Map<string, Secret>> {
+  const names = [...new Set(bindings.map((b) => b.secret))];
+  const got = await Promise.all(names.map((n) => getSecret(n, { socket })));
+  return new Map(names.map((n, i) => [n, got[i]!]));
+}
+
+function envOf(bindings: readonly Binding[], values: Map<string, Secret>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const b of bindings) {
+    const s = values.get(b.secret)!;
+    env[b.variable] = b.field === undefined ? render(s.value) : pickField(s, b.field);
+  }
+  return env;
+}
+
+function stopChild(c: ChildProcess, graceMs: number): Promise<void> {
+  if (c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const kill = setTimeout(() => c.kill('SIGKILL'), graceMs);
+    c.once('exit', () => {
+      clearTimeout(kill);
+      resolve();
+    });
+    c.kill('SIGTERM');
+  });
+}
+
+function signalNumber(signal: NodeJS.Signals): number {
+  const n: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGUSR1: 10, SIGUSR2: 12, SIGTERM: 15 };
+  return n[signal] ?? 0;
+}

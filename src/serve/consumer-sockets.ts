@@ -1,0 +1,193 @@
+/**
+ * The consumer sockets: SOCKET_DIR/<consumer>.sock, one per declared Consumer, owned by its uid (and
+ * gid), mode 0600.
+ *
+ * No moment where a socket is more open: each is bound inside a fresh private directory
+ * (SOCKET_DIR/.bind-XXXXXX, mode 0700, the daemon's), made 0600 and given to the consumer's uid there,
+ * and only then renamed into place (an atomic rename, which also replaces an older socket of the same
+ * consumer without a gap). SOCKET_DIR itself is 0711: others may reach a socket whose name they know,
+ * not list the directory or put anything in it.
+ *
+ * At start, sockets left by a crashed daemon are removed, but a socket some other process still
+ * answers on is not: the daemon refuses to start (SOCKET_DIR_IN_USE) rather than take it over.
+ */
+import { chmod, chown, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { createServer, type RequestListener, type Server } from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import type { Logger } from '../log.js';
+
+export interface ConsumerSocketSpec {
+  readonly name: string;
+  readonly uid: number;
+  readonly gid?: number;
+}
+
+export class SocketError extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message);
+    this.name = 'SocketError';
+  }
+}
+
+/** sockaddr_un.sun_path holds 108 bytes with the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+
+interface Bound {
+  readonly spec: ConsumerSocketSpec;
+  readonly server: Server;
+  readonly path: string;
+}
+
+export class ConsumerSockets {
+  private readonly bound = new Map<string, Bound>();
+  private queue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+
+  constructor(private readonly o: { dir: string; log: Logger; handler: (consumer: string) => RequestListener }) {}
+
+  get dir(): string {
+    return this.o.dir;
+  }
+
+  /** Creates or checks SOCKET_DIR and clears what a crashed daemon left. */
+  async open(): Promise<void> {
+    const dir = this.o.dir;
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o711 });
+    } catch (e) {
+      throw new SocketError('SOCKET_DIR_UNUSABLE', `cannot create the socket directory ${dir} (${(e as NodeJS.ErrnoException).code}): create it for the daemon's user, or pass another --socket-dir`);
+    }
+    const st = await stat(dir);
+    const uid = process.getuid?.() ?? 0;
+    if (!st.isDirectory()) throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} is not a directory`);
+    if (st.uid !== uid) throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} belongs to uid ${st.uid}, not to the daemon's user (${uid}): use a directory of the daemon's own (--socket-dir)`);
+    if ((st.mode & 0o022) !== 0) throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}): another user could replace a socket; make it 0711 (chmod 711 ${dir})`);
+    if ((st.mode & 0o777) !== 0o711) await chmod(dir, 0o711);
+    for (const entry of await readdir(dir)) {
+      const p = path.join(dir, entry);
+      if (entry.startsWith('.bind-')) {
+        await rm(p, { recursive: true, force: true });
+      } else if (entry.endsWith('.sock')) {
+        const s = await lstat(p).catch(() => undefined);
+        if (!s?.isSocket()) continue;
+        if (await answers(p)) throw new SocketError('SOCKET_DIR_IN_USE', `${p} is served by another process (another rotor daemon?): stop it or give this daemon its own --socket-dir`);
+        await unlink(p).catch(() => undefined);
+      }
+    }
+  }
+
+  /** Makes the sockets match the declared consumers: new ones bound, removed ones closed, changed owners rebound. */
+  sync(consumers: Iterable<ConsumerSocketSpec>): Promise<void> {
+    const want = new Map([...consumers].map((c) => [c.name, c]));
+    const p = this.queue.then(() => this.apply(want));
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
+
+  private async apply(want: Map<string, ConsumerSocketSpec>): Promise<void> {
+    if (this.closed) return;
+    for (const [name, b] of [...this.bound]) {
+      if (!want.has(name)) {
+        this.bound.delete(name);
+        await unlink(b.path).catch(() => undefined);
+        await closeServer(b.server);
+        this.o.log('info', 'consumer socket removed', { consumer: name });
+      }
+    }
+    for (const spec of want.values()) {
+      const old = this.bound.get(spec.name);
+      if (old && old.spec.uid === spec.uid && old.spec.gid === spec.gid) continue;
+      try {
+        const server = await this.bind(spec);
+        this.bound.set(spec.name, { spec, server, path: this.pathOf(spec.name) });
+        if (old) await closeServer(old.server); // connections of the old owner end
+        this.o.log('info', old ? 'consumer socket rebound for a new owner' : 'consumer socket ready', { consumer: spec.name, uid: spec.uid, gid: spec.gid ?? process.getgid?.() });
+      } catch (e) {
+        const err = e as { code?: string; message?: string };
+        this.o.log('error', 'consumer socket could not be made; that consumer cannot read until this is fixed', { consumer: spec.name, code: err.code ?? 'ERROR', reason: err.message });
+      }
+    }
+  }
+
+  pathOf(consumer: string): string {
+    return path.join(this.o.dir, `${consumer}.sock`);
+  }
+
+  private async bind(spec: ConsumerSocketSpec): Promise<Server> {
+    const final = this.pathOf(spec.name);
+    if (Buffer.byteLength(final) > MAX_SOCKET_PATH) throw new SocketError('SOCKET_PATH_TOO_LONG', `${final} is longer than the ${MAX_SOCKET_PATH} bytes a Unix socket path may have: use a shorter --socket-dir`);
+    const priv = await mkdtemp(path.join(this.o.dir, '.bind-')); // 0700, the daemon's
+    try {
+      const tmp = path.join(priv, 's');
+      if (Buffer.byteLength(tmp) > MAX_SOCKET_PATH) throw new SocketError('SOCKET_PATH_TOO_LONG', `${tmp} is longer than ${MAX_SOCKET_PATH} bytes: use a shorter --socket-dir`);
+      const server = createServer({ maxHeaderSize: 8192, headersTimeout: 10_000, requestTimeout: 30_000, keepAliveTimeout: 5_000 }, this.o.handler(spec.name));
+      server.maxConnections = 1024;
+      await listenPrivately(server, tmp);
+      try {
+        await chown(tmp, spec.uid, spec.gid ?? process.getgid?.() ?? 0);
+        await chmod(tmp, 0o600);
+        await rename(tmp, final);
+      } catch (e) {
+        await closeServer(server);
+        const err = e as NodeJS.ErrnoException;
+        if (err.code === 'EPERM') throw new SocketError('SOCKET_CHOWN_DENIED', `cannot give ${final} to uid ${spec.uid}: the daemon must run as root to serve consumers of other users`);
+        throw e;
+      }
+      return server;
+    } finally {
+      await rm(priv, { recursive: true, force: true });
+    }
+  }
+
+  /** Closes every socket and ends its connections (long-polls included). */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.queue;
+    await Promise.all([...this.bound.values()].map(async (b) => {
+      await unlink(b.path).catch(() => undefined);
+      await closeServer(b.server);
+    }));
+    this.bound.clear();
+  }
+
+  /** The consumers that have a socket now. */
+  names(): string[] {
+    return [...this.bound.keys()];
+  }
+}
+
+/** Listens on a Unix socket created 0600 (the umask is changed only for the synchronous bind). */
+export function listenPrivately(server: Server, socketPath: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    const old = process.umask(0o177);
+    try {
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    } finally {
+      process.umask(old);
+    }
+  });
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}
+
+/** Whether something accepts connections on the socket at `p`. */
+function answers(p: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(p);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}

@@ -1,0 +1,37 @@
+/** Which consumer may read which secret, from the Consumer declarations of the model in force. */
+import type { Desired } from '../model/model.js';
+import { compileGlob, type Glob } from '../model/glob.js';
+
+export class Grants {
+  private readonly globs = new Map<string, Glob[]>();
+  private readonly bySecret = new Map<string, string[]>();
+
+  constructor(private readonly desired: Desired | undefined) {
+    for (const [name, c] of desired?.consumers ?? []) {
+      // The loader rejected invalid globs before a model is applied.
+      this.globs.set(name, c.decl.secrets.map((g) => compileGlob(g)).filter((g): g is Glob => typeof g !== 'string'));
+    }
+  }
+
+  granted(consumer: string, secret: string): boolean {
+    const globs = this.globs.get(consumer);
+    if (!globs) return false;
+    for (const g of globs) if (secret.startsWith(g.prefix) && g.test(secret)) return true;
+    return false;
+  }
+
+  /** The declared consumers that may read a secret (cached per model). */
+  consumersOf(secret: string): readonly string[] {
+    let out = this.bySecret.get(secret);
+    if (!out) {
+      out = [...this.globs.keys()].filter((c) => this.granted(c, secret));
+      this.bySecret.set(secret, out);
+    }
+    return out;
+  }
+
+  /** The declared secrets a consumer may read, in name order. */
+  readable(consumer: string): string[] {
+    return [...(this.desired?.secrets.keys() ?? [])].filter((s) => this.granted(consumer, s)).sort();
+  }
+}

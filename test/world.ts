@@ -1,0 +1,109 @@
+/** A daemon's world for tests: a bare remote, a person's clone, a data dir with keys; rotation events to await. */
+import { execFileSync } from 'node:child_process';
+import diagnostics_channel from 'node:diagnostics_channel';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Test } from 'tap';
+import { Daemon } from '../src/daemon/daemon.js';
+import { generateKeys } from '../src/keys.js';
+import { jsonLogger } from '../src/log.js';
+import { commitAll, git, gitInit, tempDir } from './helpers.js';
+
+type T = Test;
+
+/** A remote (bare) with the given files, a person's clone of it, and a data dir with keys. */
+export async function world(t: T, files: Record<string, string>) {
+  const root = tempDir(t, 'rotor-daemon-');
+  const person = path.join(root, 'person');
+  mkdirSync(person);
+  gitInit(person);
+  for (const [f, text] of Object.entries(files)) {
+    mkdirSync(path.dirname(path.join(person, f)), { recursive: true });
+    writeFileSync(path.join(person, f), text);
+  }
+  commitAll(person, 'declarations');
+  const remote = path.join(root, 'remote.git');
+  execFileSync('git', ['clone', '-q', '--bare', person, remote]);
+  git(person, 'remote', 'add', 'origin', remote);
+  git(person, 'fetch', '-q', 'origin');
+  git(person, 'branch', '-q', '--set-upstream-to=origin/main', 'main');
+  const dataDir = path.join(root, 'data');
+  await generateKeys(dataDir);
+  let logs = '';
+  const log = jsonLogger((l) => void (logs += l));
+  const start = async (extra: Partial<ConstructorParameters<typeof Daemon>[0]> = {}) => {
+    const d = new Daemon({ repo: remote, branch: 'main', dataDir, breakGlass: [], log, commitDelayMs: 50, ...extra });
+    await d.start();
+    return d;
+  };
+  const push = (f: string, text: string, message = 'change') => {
+    git(person, 'pull', '-q', '--rebase');
+    writeFileSync(path.join(person, f), text);
+    commitAll(person, message);
+    git(person, 'push', '-q', 'origin', 'main');
+  };
+  return { root, person, remote, dataDir, start, push, logs: () => logs };
+}
+
+/** Resolves when `secret` has finished `count` more rotations. */
+export function finishes(secret: string, count: number): Promise<void> {
+  const ch = diagnostics_channel.channel('rotor:rotation');
+  return new Promise((resolve) => {
+    let n = 0;
+    const on = (m: unknown) => {
+      const e = m as { secret: string; step: string };
+      if (e.secret === secret && e.step === 'finished' && ++n >= count) {
+        ch.unsubscribe(on);
+        resolve();
+      }
+    };
+    ch.subscribe(on);
+  });
+}
+
+export function step(secret: string, stepName: string): Promise<void> {
+  const ch = diagnostics_channel.channel('rotor:rotation');
+  return new Promise((resolve) => {
+    const on = (m: unknown) => {
+      const e = m as { secret: string; step: string };
+      if (e.secret === secret && e.step === stepName) {
+        ch.unsubscribe(on);
+        resolve();
+      }
+    };
+    ch.subscribe(on);
+  });
+}
+
+
+import { request } from 'node:http';
+
+export interface RawResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+  text: string;
+}
+
+/** One HTTP request over a Unix socket, without the client library (so tests see statuses and headers). */
+export function raw(socketPath: string, urlPath: string, o: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path: urlPath, method: o.method ?? 'GET', headers: o.headers ?? {}, agent: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (text += c));
+      res.on('end', () => {
+        let body: unknown;
+        try {
+          body = JSON.parse(text);
+        } catch {
+          body = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, text });
+      });
+    });
+    req.on('error', reject);
+    if (o.body !== undefined) req.write(o.body);
+    req.end();
+  });
+}
