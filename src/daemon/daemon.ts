@@ -28,7 +28,7 @@ import type { AuditEvent } from '../rotation/engine.js';
 import { AUDIT_HEAD_KEY } from '../rotation/engine.js';
 import { listenAdmin } from '../serve/admin.js';
 import { consumerHandler } from '../serve/consumer-api.js';
-import type { ConsumerBackend } from '../serve/consumer-api.js';
+import type { ConsumerBackend, CurrentView } from '../serve/consumer-api.js';
 import { ConsumerSockets } from '../serve/consumer-sockets.js';
 import { Grants } from '../serve/grants.js';
 import { lockDataDir } from './lock.js';
@@ -62,6 +62,7 @@ export class Daemon implements ConsumerBackend {
   private grants = new Grants(undefined);
   private readonly waiters = new Map<string, Set<() => void>>();
   private readonly requests = new Map<string, number>();
+  private readonly answers = new Map<string, { version: number; json: string; until: number }>();
   private readonly denials = new Map<string, { lastLog: number; suppressed: number }>();
   private store!: StateStore;
   private audit!: AuditLog;
@@ -199,6 +200,7 @@ export class Daemon implements ConsumerBackend {
     this.applied = { commit, at };
     this.desired = result.desired;
     this.grants = new Grants(result.desired);
+    this.answers.clear();
     this.syncMs = parseDuration(result.desired.config?.decl.sync?.interval ?? '30s') ?? 30_000;
     await this.engine.apply(result.desired, commit);
     await this.appendAudit([{ time: at, event: 'config-applied', commit }]);
@@ -320,8 +322,31 @@ export class Daemon implements ConsumerBackend {
     return this.engine.version(name, version);
   }
 
-  nextRotationAt(name: string): number | undefined {
-    return this.engine.dueAt(name);
+  /**
+   * The consumer API's answer for a secret's current version, serialized once and shared by every
+   * reader until the secret changes (dropped in onChange, on a new model, when the previous version's
+   * overlap ends, and after a second so that nextRotationAt follows retries).
+   */
+  current(name: string): { version: number; json: string } | undefined {
+    const now = this.now();
+    const hit = this.answers.get(name);
+    if (hit && now < hit.until) return hit;
+    const s = this.engine.served(name);
+    if (!s) {
+      this.answers.delete(name);
+      return undefined;
+    }
+    const next = this.engine.dueAt(name);
+    const view: CurrentView = {
+      name, version: s.version, value: s.value, ...(s.username !== undefined ? { username: s.username } : {}), rotatedAt: s.rotatedAt,
+      nextRotationAt: next === undefined ? null : new Date(next).toISOString(),
+      ...(s.previous ? { previous: s.previous } : {}),
+    };
+    const until = Math.min(now + 1000, s.previous ? Date.parse(s.previous.validUntil) : Infinity);
+    const answer = { version: s.version, json: JSON.stringify(view), until };
+    if (this.answers.size > 100_000) this.answers.clear();
+    this.answers.set(name, answer);
+    return answer;
   }
 
   changed(name: string, ms: number): { promise: Promise<void>; cancel: () => void } {
@@ -343,6 +368,7 @@ export class Daemon implements ConsumerBackend {
   }
 
   private notify(name: string): void {
+    this.answers.delete(name);
     for (const wake of this.waiters.get(name) ?? []) wake();
   }
 

@@ -13,7 +13,7 @@
  */
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { SecretValue } from '../rotation/generate.js';
-import { HttpError, sendError, sendJson } from './http-json.js';
+import { HttpError, sendError, sendJson, sendText } from './http-json.js';
 
 /** What the handler needs from the daemon. */
 export interface ConsumerBackend {
@@ -23,12 +23,13 @@ export interface ConsumerBackend {
   declared(name: string): boolean;
   /** The declared secrets this consumer may read. */
   readable(consumer: string): { name: string; version?: number }[];
-  /** The current version and, during the overlap, the previous one. */
-  served(name: string): ServedView | undefined;
+  /**
+   * The answer for the current version: its number and the JSON text of `CurrentView` (kept
+   * serialized by the backend, since it is the same for every reader until the secret changes).
+   */
+  current(name: string): { readonly version: number; readonly json: string } | undefined;
   /** One retained version. */
   version(name: string, version: number): VersionView | undefined;
-  /** When the secret rotates next (ms), if rotor schedules it. */
-  nextRotationAt(name: string): number | undefined;
   /** Resolves when `name` changed (a rotation, a retirement, a new model) or after `ms`; `cancel` drops the wait. */
   changed(name: string, ms: number): { promise: Promise<void>; cancel: () => void };
   /** A consumer was given version `version` as current. */
@@ -39,11 +40,15 @@ export interface ConsumerBackend {
   readonly running: boolean;
 }
 
-export interface ServedView {
+/** The answer of GET /v1/secrets/NAME. */
+export interface CurrentView {
+  readonly name: string;
   readonly version: number;
   readonly value: SecretValue;
   readonly username?: string;
   readonly rotatedAt: string;
+  /** ISO time, or null when rotor does not schedule the secret. */
+  readonly nextRotationAt: string | null;
   readonly previous?: { readonly version: number; readonly value: SecretValue; readonly username?: string; readonly validUntil: string };
 }
 
@@ -64,21 +69,28 @@ const PREFIX = '/v1/secrets/';
 
 export function consumerHandler(consumer: string, backend: ConsumerBackend): RequestListener {
   let waiting = 0;
+  const fail = (res: ServerResponse, e: unknown) => {
+    const status = e instanceof HttpError ? e.status : 500;
+    backend.observe(consumer, status, e instanceof HttpError ? e.code : 'INTERNAL', (e as { secret?: string }).secret);
+    if (!res.headersSent && !res.destroyed) sendError(res, e);
+    else res.destroy();
+  };
+  // Synchronous on the common path (no promise per request): only long-polls wait.
   return (req: IncomingMessage, res: ServerResponse) => {
-    void handle(req, res).catch((e: unknown) => {
-      const status = e instanceof HttpError ? e.status : 500;
-      backend.observe(consumer, status, e instanceof HttpError ? e.code : 'INTERNAL', (e as { secret?: string }).secret);
-      if (!res.headersSent && !res.destroyed) sendError(res, e);
-      else res.destroy();
-    });
+    try {
+      const waited = handle(req, res);
+      if (waited) waited.catch((e: unknown) => fail(res, e));
+    } catch (e) {
+      fail(res, e);
+    }
   };
 
-  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  function handle(req: IncomingMessage, res: ServerResponse): Promise<void> | undefined {
     if (req.method !== 'GET') {
       res.setHeader('allow', 'GET');
       throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed: the consumer API is read-only (GET)`);
     }
-    if (req.headers['content-length'] && req.headers['content-length'] !== '0' || req.headers['transfer-encoding']) {
+    if ((req.headers['content-length'] && req.headers['content-length'] !== '0') || req.headers['transfer-encoding']) {
       res.setHeader('connection', 'close');
       throw new HttpError(400, 'BODY_NOT_ALLOWED', 'a GET request has no body');
     }
@@ -87,11 +99,13 @@ export function consumerHandler(consumer: string, backend: ConsumerBackend): Req
     const pathPart = q < 0 ? url : url.slice(0, q);
     const query = q < 0 ? undefined : new URLSearchParams(url.slice(q + 1));
     if (pathPart.startsWith(PREFIX)) {
-      let name: string;
-      try {
-        name = decodeURIComponent(pathPart.slice(PREFIX.length));
-      } catch {
-        throw new HttpError(400, 'BAD_NAME', 'the secret name is not valid percent-encoding');
+      let name = pathPart.slice(PREFIX.length);
+      if (name.includes('%')) {
+        try {
+          name = decodeURIComponent(name);
+        } catch {
+          throw new HttpError(400, 'BAD_NAME', 'the secret name is not valid percent-encoding');
+        }
       }
       if (name.length > 253 || !NAME.test(name)) throw new HttpError(400, 'BAD_NAME', 'not a secret name: lowercase segments of a-z 0-9 . _ - separated by /');
       return secret(name, query, res);
@@ -105,60 +119,61 @@ export function consumerHandler(consumer: string, backend: ConsumerBackend): Req
       throw new HttpError(404, 'NOT_FOUND', `no ${pathPart} here: see GET /v1/secrets/NAME, /v1/secrets and /v1/health`);
     }
     backend.observe(consumer, 200);
+    return undefined;
   }
 
-  async function secret(name: string, query: URLSearchParams | undefined, res: ServerResponse): Promise<void> {
-    const check = () => {
-      if (!backend.granted(consumer, name)) throw Object.assign(new HttpError(403, 'ACCESS_DENIED', `consumer "${consumer}" may not read "${name}": no glob of its Consumer declaration grants it`), { secret: name });
-      if (!backend.declared(name)) throw Object.assign(new HttpError(404, 'SECRET_UNKNOWN', `no secret "${name}" is declared`), { secret: name });
-    };
-    check();
+  function check(name: string): void {
+    if (!backend.granted(consumer, name)) throw Object.assign(new HttpError(403, 'ACCESS_DENIED', `consumer "${consumer}" may not read "${name}": no glob of its Consumer declaration grants it`), { secret: name });
+    if (!backend.declared(name)) throw Object.assign(new HttpError(404, 'SECRET_UNKNOWN', `no secret "${name}" is declared`), { secret: name });
+  }
+
+  function secret(name: string, query: URLSearchParams | undefined, res: ServerResponse): Promise<void> | undefined {
+    check(name);
     const params = parseQuery(query);
     if (params.version !== undefined) {
       const v = backend.version(name, params.version);
       if (!v) throw new HttpError(404, 'VERSION_UNKNOWN', `version ${params.version} of "${name}" is not retained (the policy's retain says how many are kept)`);
       sendJson(res, 200, { name, version: v.version, value: v.value, ...(v.username !== undefined ? { username: v.username } : {}), rotatedAt: v.rotatedAt, state: v.state, ...(v.validUntil ? { validUntil: v.validUntil } : {}) });
       backend.observe(consumer, 200);
-      return;
+      return undefined;
     }
-    let s = backend.served(name);
+    const cur = backend.current(name);
     if (params.wait !== undefined) {
-      const after = params.after ?? s?.version ?? 0;
-      if (!s || s.version <= after) {
-        if (waiting >= MAX_WAITERS) throw new HttpError(429, 'TOO_MANY_WAITERS', `consumer "${consumer}" already holds ${MAX_WAITERS} long-polls open`);
-        waiting++;
-        try {
-          const deadline = Date.now() + params.wait * 1000;
-          const closed = new Promise<void>((resolve) => res.once('close', () => resolve()));
-          while (backend.running && !res.destroyed) {
-            const left = deadline - Date.now();
-            if (left <= 0) break;
-            const w = backend.changed(name, left);
-            await Promise.race([w.promise, closed]);
-            w.cancel();
-            check(); // grants may have changed with a new commit
-            s = backend.served(name);
-            if (s && s.version > after) break;
-          }
-        } finally {
-          waiting--;
-        }
-        if (res.destroyed) return;
-      }
+      const after = params.after ?? cur?.version ?? 0;
+      if (!cur || cur.version <= after) return longPoll(name, after, params.wait, res);
     }
-    if (!s) throw new HttpError(503, 'SECRET_NOT_READY', `"${name}" has no value yet (a new secret is being created, or its source has not given one); retry, or long-poll with ?wait=`);
-    const next = backend.nextRotationAt(name);
-    sendJson(res, 200, {
-      name,
-      version: s.version,
-      value: s.value,
-      ...(s.username !== undefined ? { username: s.username } : {}),
-      rotatedAt: s.rotatedAt,
-      nextRotationAt: next === undefined ? null : new Date(next).toISOString(),
-      ...(s.previous ? { previous: { version: s.previous.version, value: s.previous.value, ...(s.previous.username !== undefined ? { username: s.previous.username } : {}), validUntil: s.previous.validUntil } } : {}),
-    });
-    backend.receipt(consumer, name, s.version);
+    answer(name, cur, res);
+    return undefined;
+  }
+
+  function answer(name: string, cur: { version: number; json: string } | undefined, res: ServerResponse): void {
+    if (!cur) throw new HttpError(503, 'SECRET_NOT_READY', `"${name}" has no value yet (a new secret is being created, or its source has not given one); retry, or long-poll with ?wait=`);
+    sendText(res, 200, cur.json);
+    backend.receipt(consumer, name, cur.version);
     backend.observe(consumer, 200);
+  }
+
+  async function longPoll(name: string, after: number, waitSeconds: number, res: ServerResponse): Promise<void> {
+    if (waiting >= MAX_WAITERS) throw new HttpError(429, 'TOO_MANY_WAITERS', `consumer "${consumer}" already holds ${MAX_WAITERS} long-polls open`);
+    waiting++;
+    let cur = backend.current(name);
+    try {
+      const deadline = Date.now() + waitSeconds * 1000;
+      const closed = new Promise<void>((resolve) => res.once('close', () => resolve()));
+      while (backend.running && !res.destroyed) {
+        const left = deadline - Date.now();
+        if (left <= 0) break;
+        const w = backend.changed(name, left);
+        await Promise.race([w.promise, closed]);
+        w.cancel();
+        check(name); // grants may have changed with a new commit
+        cur = backend.current(name);
+        if (cur && cur.version > after) break;
+      }
+    } finally {
+      waiting--;
+    }
+    if (!res.destroyed) answer(name, cur, res);
   }
 }
 

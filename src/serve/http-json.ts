@@ -26,8 +26,12 @@ export async function readJson(req: IncomingMessage, limit = 64 * 1024): Promise
 }
 
 export function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text) });
+  sendText(res, status, JSON.stringify(body));
+}
+
+/** Sends JSON text (already serialized). */
+export function sendText(res: ServerResponse, status: number, text: string): void {
+  res.writeHead(status, ['content-type', 'application/json', 'cache-control', 'no-store', 'content-length', String(Buffer.byteLength(text))]);
   res.end(text);
 }
 

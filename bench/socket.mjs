@@ -1,0 +1,109 @@
+#!/usr/bin/env node
+// bench/socket: GET /v1/secrets/NAME on a consumer socket of a running `rotor daemon` (its own
+// process), beside a bare node:http server on a Unix socket (also its own process) that answers a
+// body of the same size with the same headers. Both are loaded in the same run by the same load
+// generator (autocannon, 32 connections, keep-alive), alternately, twice each. Prints requests per
+// second and p50/p99 latency, and the ratio rotor/bare. Targets (issue 4): ratio >= 0.7, p99 < 2 ms.
+// Usage: npm run bench:socket [-- --seconds 10]
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import autocannon from 'autocannon';
+
+const { values: opts } = parseArgs({ options: { seconds: { type: 'string', default: '10' }, connections: { type: 'string', default: '32' } } });
+const SECONDS = Number(opts.seconds);
+const CONNECTIONS = Number(opts.connections);
+const BIN = new URL('../dist/src/cli/main.js', import.meta.url).pathname;
+const git = (cwd, ...args) => execFileSync('git', ['-c', 'user.name=bench', '-c', 'user.email=b@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
+
+const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-bench-socket-'));
+const children = [];
+const cleanup = () => {
+  for (const c of children) c.kill('SIGKILL');
+  rmSync(root, { recursive: true, force: true });
+};
+process.on('exit', cleanup);
+
+async function waitFor(p) {
+  for (let i = 0; i < 400 && !existsSync(p); i++) await new Promise((r) => setTimeout(r, 25));
+  if (!existsSync(p)) throw new Error(`${p} did not appear`);
+}
+
+function getOnce(socketPath, p) {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path: p, agent: false }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+// The daemon, as a user runs it.
+const work = path.join(root, 'work');
+mkdirSync(work);
+writeFileSync(path.join(work, 'rotor.yaml'), 'kind: Config\nsync: { interval: 1d }\n');
+writeFileSync(path.join(work, 'policy.yaml'), 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n');
+writeFileSync(path.join(work, 'secret.yaml'), 'kind: Secret\nname: payments/api-token\npolicy: monthly\ngenerate: { length: 40 }\n');
+writeFileSync(path.join(work, 'consumer.yaml'), `kind: Consumer\nname: bench\nuid: ${process.getuid()}\nsecrets: ["payments/*"]\n`);
+git(work, 'init', '-q', '-b', 'main');
+git(work, 'add', '-A');
+git(work, 'commit', '-q', '-m', 'bench');
+const remote = path.join(root, 'remote.git');
+git(root, 'clone', '-q', '--bare', work, remote);
+const dataDir = path.join(root, 'data');
+execFileSync(process.execPath, [BIN, 'keygen', dataDir], { stdio: 'ignore' });
+const socketDir = path.join(root, 'sockets');
+const daemon = spawn(process.execPath, [...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []), BIN, 'daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', socketDir], { stdio: ['ignore', 'ignore', process.env.BENCH_DEBUG ? 'inherit' : 'ignore'] });
+children.push(daemon);
+const rotorSocket = path.join(socketDir, 'bench.sock');
+await waitFor(rotorSocket);
+const urlPath = '/v1/secrets/payments/api-token';
+const sample = await getOnce(rotorSocket, urlPath);
+if (sample.status !== 200) throw new Error(`the daemon answered ${sample.status}`);
+
+// The bare server: same body size, same headers, nothing else.
+const bareSocket = path.join(root, 'bare.sock');
+const bareBody = JSON.stringify({ pad: 'x'.repeat(sample.body.length - 10) });
+if (Buffer.byteLength(bareBody) !== sample.body.length) throw new Error('body sizes differ');
+const bareCode = `
+const http = require('node:http');
+const body = ${JSON.stringify(bareBody)};
+http.createServer((req, res) => {
+  res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}).listen(${JSON.stringify(bareSocket)});
+`;
+const bare = spawn(process.execPath, ['-e', bareCode], { stdio: 'ignore' });
+children.push(bare);
+await waitFor(bareSocket);
+
+async function load(socketPath, p) {
+  const r = await autocannon({ url: 'http://localhost' + p, socketPath, connections: CONNECTIONS, duration: SECONDS, pipelining: 1 });
+  if (r.errors || r.timeouts || r.non2xx) throw new Error(`errors ${r.errors}, timeouts ${r.timeouts}, non-2xx ${r.non2xx}`);
+  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, total: r.requests.total };
+}
+
+// Warm both up, then alternate so that neither always runs on a hotter machine.
+await autocannon({ url: 'http://localhost' + urlPath, socketPath: rotorSocket, connections: CONNECTIONS, duration: 2 });
+await autocannon({ url: 'http://localhost/', socketPath: bareSocket, connections: CONNECTIONS, duration: 2 });
+const runs = { rotor: [], bare: [] };
+for (let i = 0; i < 2; i++) {
+  runs.bare.push(await load(bareSocket, '/'));
+  runs.rotor.push(await load(rotorSocket, urlPath));
+}
+const avg = (xs, k) => xs.reduce((s, x) => s + x[k], 0) / xs.length;
+const max = (xs, k) => Math.max(...xs.map((x) => x[k]));
+const row = (name, xs) => `${name.padEnd(28)} ${avg(xs, 'rps').toFixed(0).padStart(8)} req/s   p50 ${avg(xs, 'p50').toFixed(2)} ms   p99 ${max(xs, 'p99').toFixed(2)} ms`;
+console.log(`bench/socket: GET ${urlPath} (${sample.body.length}-byte body), ${CONNECTIONS} connections, ${SECONDS} s x 2 runs each, autocannon ${(await import('autocannon/package.json', { with: { type: 'json' } })).default.version}, Node ${process.version}, ${os.cpus().length} cores`);
+console.log(row('bare node:http (baseline)', runs.bare));
+console.log(row('rotor consumer socket', runs.rotor));
+const ratio = avg(runs.rotor, 'rps') / avg(runs.bare, 'rps');
+console.log(`ratio rotor/bare: ${ratio.toFixed(2)} (target >= 0.70); rotor p99 ${max(runs.rotor, 'p99').toFixed(2)} ms (target < 2 ms)`);
+daemon.kill('SIGTERM');
+await new Promise((r) => daemon.once('exit', r));
