@@ -61,7 +61,8 @@ export class Daemon implements ConsumerBackend {
   private receipts!: Receipts;
   private grants = new Grants(undefined);
   private readonly waiters = new Map<string, Set<() => void>>();
-  private readonly requests = new Map<string, number>();
+  /** Consumer API requests by consumer and status. */
+  private readonly requests = new Map<string, Map<number, number>>();
   private readonly answers = new Map<string, { version: number; json: string; until: number }>();
   private readonly denials = new Map<string, { lastLog: number; suppressed: number }>();
   private store!: StateStore;
@@ -384,8 +385,9 @@ export class Daemon implements ConsumerBackend {
   }
 
   observe(consumer: string, status: number, code?: string, name?: string): void {
-    const key = `${consumer} ${status}`;
-    this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
+    let counts = this.requests.get(consumer);
+    if (!counts) this.requests.set(consumer, (counts = new Map()));
+    counts.set(status, (counts.get(status) ?? 0) + 1);
     if (status !== 403) return;
     // Refusals are logged (never a value), at most one line per consumer every 10 s with a count of the rest.
     const now = this.now();
@@ -407,10 +409,7 @@ export class Daemon implements ConsumerBackend {
       return { ...s, consumers };
     });
     const requests: { consumer: string; status: number; count: number }[] = [];
-    for (const [key, count] of this.requests) {
-      const [consumer, status] = key.split(' ');
-      requests.push({ consumer: consumer!, status: Number(status), count });
-    }
+    for (const [consumer, counts] of this.requests) for (const [status, count] of counts) requests.push({ consumer, status, count });
     return {
       config: { applied: this.applied, attempted: this.attempted },
       secrets,

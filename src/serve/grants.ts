@@ -13,11 +13,19 @@ export class Grants {
     }
   }
 
+  private readonly answers = new Map<string, Map<string, boolean>>();
+
   granted(consumer: string, secret: string): boolean {
+    let known = this.answers.get(consumer);
+    const hit = known?.get(secret);
+    if (hit !== undefined) return hit;
     const globs = this.globs.get(consumer);
-    if (!globs) return false;
-    for (const g of globs) if (secret.startsWith(g.prefix) && g.test(secret)) return true;
-    return false;
+    let ok = false;
+    if (globs) for (const g of globs) if (secret.startsWith(g.prefix) && g.test(secret)) ok = true;
+    // Remembered per model (a new commit makes a new Grants); bounded against names made up by a consumer.
+    if (!known) this.answers.set(consumer, (known = new Map()));
+    if (known.size < 10_000) known.set(secret, ok);
+    return ok;
   }
 
   /** The declared consumers that may read a secret (cached per model). */
