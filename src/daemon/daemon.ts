@@ -33,6 +33,8 @@ import { ConsumerSockets } from '../serve/consumer-sockets.js';
 import { Grants } from '../serve/grants.js';
 import { lockDataDir } from './lock.js';
 import { Receipts } from './receipts.js';
+import { AgentHub } from './agents.js';
+import { listenAgentApi } from '../serve/agent-api.js';
 
 export interface DaemonOptions {
   readonly repo: string;
@@ -43,6 +45,10 @@ export interface DaemonOptions {
   readonly now?: () => number;
   /** Seconds between audit appends and their commit (batching). */
   readonly commitDelayMs?: number;
+  /** HOST:PORT where agents poll for database jobs (port 0: any free port); none when absent. */
+  readonly agentListen?: string;
+  /** How long a database step waits for its agent before it fails (AGENT_TIMEOUT) and is retried. */
+  readonly agentJobTimeoutMs?: number;
   /** Where the consumer sockets go (SOCKET_DIR/<consumer>.sock); default DATA_DIR/sockets. */
   readonly socketDir?: string;
 }
@@ -58,6 +64,8 @@ const FINGERPRINT_KEY = 'meta/fingerprint-key';
 export class Daemon implements ConsumerBackend {
   private repo!: Repo;
   private sockets: ConsumerSockets | undefined;
+  private hub!: AgentHub;
+  private agentApi: Awaited<ReturnType<typeof listenAgentApi>> | undefined;
   private receipts!: Receipts;
   private grants = new Grants(undefined);
   private readonly waiters = new Map<string, Set<() => void>>();
@@ -143,7 +151,10 @@ export class Daemon implements ConsumerBackend {
       await this.store.write([{ op: 'put', key: FINGERPRINT_KEY, value: fpKey }]);
     }
     const audit = this.audit;
+    this.hub = new AgentHub({ log, now: this.now, ...(this.o.agentJobTimeoutMs !== undefined ? { jobTimeoutMs: this.o.agentJobTimeoutMs } : {}) });
+    const hub = this.hub;
     this.engine = new Engine({
+      database: { set: (s, v, p, c) => hub.set(s, v, p, c), retire: (s, v, r, c) => hub.retire(s, v, r, c) },
       store: this.store,
       audit: { append: (events) => this.appendAudit(events), get head() { return audit.head; } },
       audited: index.audited,
@@ -160,6 +171,10 @@ export class Daemon implements ConsumerBackend {
     this.sockets = new ConsumerSockets({ dir: this.socketDir, log, handler: (consumer) => consumerHandler(consumer, this) });
     await this.sockets.open();
     this.seenHead = head;
+    if (this.o.agentListen !== undefined) {
+      this.agentApi = await listenAgentApi(this.o.agentListen, { hub: this.hub, signing: keys.signing, log, now: this.now });
+      log('info', 'listening for agents', { address: this.agentApi.address });
+    }
     await this.consider(head, first);
     this.admin = await listenAdmin(path.join(dataDir, 'admin.sock'), {
       rotate: (name, reason) => this.rotateNow(name, reason),
@@ -202,6 +217,7 @@ export class Daemon implements ConsumerBackend {
     this.desired = result.desired;
     this.grants = new Grants(result.desired);
     this.answers.clear();
+    this.hub.setModel(result.desired);
     this.syncMs = parseDuration(result.desired.config?.decl.sync?.interval ?? '30s') ?? 30_000;
     await this.engine.apply(result.desired, commit);
     await this.appendAudit([{ time: at, event: 'config-applied', commit }]);
@@ -414,8 +430,14 @@ export class Daemon implements ConsumerBackend {
       config: { applied: this.applied, attempted: this.attempted },
       secrets,
       sockets: { dir: this.socketDir, consumers: this.sockets?.names() ?? [], requests },
+      agents: { listen: this.agentApi?.address, agents: this.hub.lastSeen().map((a) => ({ name: a.name, queued: a.queued, ...(a.lastSeen !== undefined ? { lastSeen: new Date(a.lastSeen).toISOString() } : {}) })) },
       store: { seq: this.store.seq, storeId: this.store.storeId },
     };
+  }
+
+  /** The address agents reach the daemon on (HOST:PORT), when it listens for them. */
+  get agentAddress(): string | undefined {
+    return this.agentApi?.address;
   }
 
   /** Stops the loops, finishes running work, commits and pushes what is left (bounded), closes the store. */
@@ -425,6 +447,8 @@ export class Daemon implements ConsumerBackend {
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     for (const name of [...this.waiters.keys()]) this.notify(name);
+    this.hub?.close();
+    await this.agentApi?.close();
     await this.sockets?.close();
     await new Promise<void>((resolve) => (this.admin ? this.admin.close(() => resolve()) : resolve()));
     await this.receipts?.flush().catch(() => undefined);

@@ -184,7 +184,7 @@ export interface Secret {
      */
     strategy?: 'dual' | 'alternate' | 'single';
     /**
-     * The database user, for `dual` and `single`.
+     * The database user, for `dual` and `single`. Any characters but control characters: the agent quotes it with each database's own escaping (Redis refuses whitespace in user names).
      */
     username?: string;
     /**

@@ -126,7 +126,7 @@ function toProblem(kind: Kind, pd: ParsedDoc, err: ErrorObject): Problem | undef
       if (at[0] === 'signingKey') return mk('SCHEMA_INVALID', 'signingKey must be "ed25519:" followed by the base64 of a 32-byte Ed25519 public key, as printed by `rotor keygen`');
       if (at[0] === 'recipient') return mk('AGENT_RECIPIENT_INVALID', 'recipient must be an age recipient, "age1" and 58 more characters, as printed by `rotor keygen`');
       if (kind === 'Consumer' && at[0] === 'secrets') return mk('GLOB_INVALID', `${field} must be a secret name or glob: segments of lower case letters, digits, ".", "_", "-" and "*", joined by "/"`);
-      if (at[0] === 'database') return mk('NAME_INVALID', `${field} must be a database user name: letters, digits, "_", ".", "$" and "-", not starting with "." "$" or "-"`);
+      if (at[0] === 'database') return mk('NAME_INVALID', `${field} must be a database user name without control characters (tabs, newlines, ...); quotes, spaces and other characters are fine`);
       return mk('SCHEMA_INVALID', `${field} must match ${(err.params as { pattern: string }).pattern}`);
     }
     case 'propertyNames':

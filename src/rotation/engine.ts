@@ -18,7 +18,7 @@ import { compileSchedule, intervalOf, intoWindow, nextBase, withJitter } from '.
 import type { Json, Op, StateStore } from '../state/types.js';
 import { fingerprint } from '../audit/fingerprint.js';
 import type { RandomSource, SecretValue } from './generate.js';
-import { generateSecretValue } from './generate.js';
+import { generate, generateSecretValue } from './generate.js';
 import type { SecretRecord, Trigger } from './record.js';
 import { create, currentVersion, finish, previousVersion, retire, retireDue } from './record.js';
 
@@ -55,6 +55,26 @@ export interface EngineLog {
   (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, string | number | boolean | undefined>): void;
 }
 
+/** A database user and password, as the agent applies them. */
+export interface DbCredential {
+  readonly username: string;
+  readonly password: string;
+}
+
+/**
+ * The database steps of a rotation, run by the target's agent (src/daemon/agents.ts). Each resolves
+ * when the agent reports success and rejects with an error carrying a `code` otherwise.
+ */
+export interface DatabaseSteps {
+  /** Step 2 and 3, set and test: the pending credential logs in on a fresh connection; `current` still works. */
+  set(secret: Secret, version: number, pending: DbCredential, current: DbCredential | undefined): Promise<unknown>;
+  /** Step 5 where the strategy needs it: `retired` stops working, `current` keeps working. */
+  retire(secret: Secret, version: number, retired: DbCredential, current: DbCredential): Promise<unknown>;
+}
+
+/** A value the database refused this many times (a password policy) is discarded and a new one made. */
+export const MAX_VALUE_REJECTIONS = 3;
+
 export interface EngineOptions {
   readonly store: StateStore;
   readonly audit: AuditSink;
@@ -72,6 +92,8 @@ export interface EngineOptions {
    * the secret has no consumer: the overlap then applies.
    */
   readonly readByAll?: (secret: string, version: number) => boolean | undefined;
+  /** The agents, for database secrets; without it database secrets are not rotated. */
+  readonly database?: DatabaseSteps;
 }
 
 export interface Served {
@@ -105,9 +127,23 @@ export interface SecretStatus {
 const KEY = (name: string) => `secret/${name}`;
 const MAX_BACKOFF_MS = 5 * 60_000;
 
-/** Whether rotor generates this secret's values itself (database and sops secrets need more parts). */
+/** Whether rotor generates this secret's values itself (sops secrets are rotated by a person). */
 function generated(s: Secret): boolean {
-  return !s.database && !s.sops && (s.generate !== undefined || s.fields !== undefined);
+  return !s.sops && (s.generate !== undefined || s.fields !== undefined || s.database !== undefined);
+}
+
+/** A database secret's password generator when it declares none. */
+const DB_DEFAULT_GENERATOR = { length: 32, charset: 'alphanumeric' as const };
+
+/** The database user of the next version: the one user, or for alternate the one not in use now. */
+function nextUsername(s: Secret, r: SecretRecord): string | undefined {
+  const db = s.database;
+  if (!db) return undefined;
+  if (db.usernames) {
+    const cur = currentVersion(r)?.username;
+    return cur === db.usernames[0] ? db.usernames[1] : db.usernames[0];
+  }
+  return db.username;
 }
 
 export class Engine {
@@ -205,9 +241,11 @@ export class Engine {
     const at = (t: number | undefined) => {
       if (t !== undefined && (next === undefined || t < next)) next = t;
     };
-    for (const name of this.desired?.secrets.keys() ?? []) at(this.dueAt(name));
+    // A secret whose step is running (a database step waiting for its agent) wakes no one: its end does.
+    for (const name of this.desired?.secrets.keys() ?? []) if (!this.running.has(name)) at(this.dueAt(name));
     for (const [, value] of this.o.store.entries('secret/')) {
       const r = value as unknown as SecretRecord;
+      if (this.running.has(r.name)) continue;
       const later = (t: number | undefined) => (t === undefined ? undefined : Math.max(t, this.failures.get(r.name)?.retryAt ?? t));
       at(later(this.retireAt(r)?.at));
       if (r.purgeAfter) at(later(Date.parse(r.purgeAfter)));
@@ -219,7 +257,7 @@ export class Engine {
   dueAt(name: string): number | undefined {
     const s = this.desired?.secrets.get(name)?.decl;
     const policy = s && this.desired?.policies.get(s.policy)?.decl;
-    if (!s || !policy || !generated(s)) return undefined;
+    if (!s || !policy || !this.rotatable(s)) return undefined;
     const r = this.record(name);
     let due: number;
     if (!r || r.pending || !currentVersion(r)) due = 0; // new, or a rotation to finish
@@ -227,6 +265,10 @@ export class Engine {
     else due = this.slot(name, policy, r).at;
     // A failing secret waits for its backoff.
     return Math.max(due, this.failures.get(name)?.retryAt ?? 0);
+  }
+
+  private rotatable(s: Secret): boolean {
+    return generated(s) && (!s.database || this.o.database !== undefined);
   }
 
   /** Whether a secret's earlier failure still holds its work back at `now`. */
@@ -247,13 +289,20 @@ export class Engine {
     const work: Promise<void>[] = [];
     for (const name of this.desired?.secrets.keys() ?? []) {
       const due = this.dueAt(name);
-      if (due !== undefined && due <= now) work.push(this.rotateDue(name).catch(() => undefined));
+      if (due === undefined || due > now) continue;
+      // A database rotation waits for its agent (up to the job timeout): it runs on its own, and its
+      // end (done or failed) re-arms the timers through onChange. The rest is awaited here.
+      if (this.desired!.secrets.get(name)!.decl.database) void this.rotateDue(name).catch(() => undefined).finally(() => this.o.onChange?.(name));
+      else work.push(this.rotateDue(name).catch(() => undefined));
     }
     for (const [key, value] of [...this.o.store.entries('secret/')]) {
       const r = value as unknown as SecretRecord;
       if (this.backingOff(r.name, now)) continue;
       const retireAt = this.retireAt(r)?.at;
-      if (retireAt !== undefined && retireAt <= now) work.push(this.retireNow(r.name).catch(() => undefined));
+      if (retireAt !== undefined && retireAt <= now) {
+        if (this.desired?.secrets.get(r.name)?.decl.database) void this.retireNow(r.name).catch(() => undefined).finally(() => this.o.onChange?.(r.name));
+        else work.push(this.retireNow(r.name).catch(() => undefined));
+      }
       if (r.purgeAfter && Date.parse(r.purgeAfter) <= now) work.push(this.purge(key, r).catch(() => undefined));
     }
     await Promise.all(work);
@@ -263,7 +312,7 @@ export class Engine {
   rotateNow(name: string, reason: string): Promise<void> {
     const s = this.desired?.secrets.get(name)?.decl;
     if (!s) return Promise.reject(Object.assign(new Error(`secret "${name}" is not declared`), { code: 'SECRET_UNKNOWN' }));
-    if (!generated(s)) return Promise.reject(Object.assign(new Error(`secret "${name}" is not generated by rotor (database and sops secrets are not rotated by this version)`), { code: 'SECRET_NOT_ROTATABLE' }));
+    if (!this.rotatable(s)) return Promise.reject(Object.assign(new Error(`secret "${name}" is not rotated by rotor (a sops secret is rotated by a person: commit a new value)`), { code: 'SECRET_NOT_ROTATABLE' }));
     return this.rotate(name, 'cli', { reason });
   }
 
@@ -297,12 +346,26 @@ export class Engine {
       // 1. create: store the next value as pending, or reuse the pending one.
       let r = this.record(name) ?? { name, versions: [] };
       if (!r.pending) {
-        const value = generateSecretValue(s, this.o.random)!;
-        r = create(r, value, this.o.now(), trigger, extra);
+        const value = generateSecretValue(s, this.o.random) ?? generate(DB_DEFAULT_GENERATOR, this.o.random);
+        const username = nextUsername(s, r);
+        r = create(r, value, this.o.now(), trigger, { ...extra, ...(username !== undefined ? { username } : {}) });
         await this.o.store.write([{ op: 'put', key: KEY(name), value: r as unknown as Json }]);
         stepChannel.publish({ secret: name, step: 'created', version: r.pending!.version });
       }
       const pending = r.pending!;
+      // 2-3. set and test (database secrets): the agent applies the pending value and logs in with it on
+      // a fresh connection. Nothing is audited or promoted before that succeeded. After a crash past the
+      // audit entry, the set was already verified and is not repeated.
+      if (s.database && this.o.audited.get(name) !== pending.version) {
+        const cur = currentVersion(r);
+        try {
+          await this.o.database!.set(s, pending.version, { username: pending.username!, password: String(pending.value) }, cur ? { username: cur.username!, password: String(cur.value) } : undefined);
+        } catch (e) {
+          await this.databaseFailed(name, r, e);
+          throw e;
+        }
+        stepChannel.publish({ secret: name, step: 'set', version: pending.version });
+      }
       // 4. finish: the audit entry first (fails closed), then the new value becomes current.
       if (this.o.audited.get(name) !== pending.version) {
         const from = currentVersion(r)?.version;
@@ -334,12 +397,44 @@ export class Engine {
     }
   }
 
+  /**
+   * A set/test that failed: audited (once per pending value and error code) and, when the database
+   * refused the value itself too many times, the value is discarded so that the retry makes a new one.
+   */
+  private async databaseFailed(name: string, r: SecretRecord, e: unknown): Promise<void> {
+    const pending = r.pending!;
+    const code = (e as { code?: string }).code ?? 'ERROR';
+    const prev = this.failures.get(name);
+    const rejections = (pending.rejections ?? 0) + (code === 'DB_VALUE_REJECTED' ? 1 : 0);
+    const discard = rejections >= MAX_VALUE_REJECTIONS;
+    if (!prev || prev.error !== code || discard) {
+      await this.o.audit.append([{
+        time: new Date(this.o.now()).toISOString(), event: 'rotation-failed', secret: name, to: pending.version,
+        ...(this.commit ? { commit: this.commit } : {}),
+        detail: discard ? `${code}: the database refused this value ${rejections} times; it is discarded and a new one generated` : `${code}: the previous version stays current`,
+        stateSeq: this.o.store.seq, storeId: this.o.store.storeId,
+      }]);
+    }
+    if (code === 'DB_VALUE_REJECTED') {
+      const { pending: _p, ...rest } = r;
+      const next: SecretRecord = discard ? rest : { ...r, pending: { ...pending, rejections } };
+      await this.o.store.write(this.withHead([{ op: 'put', key: KEY(name), value: next as unknown as Json }]));
+    }
+  }
+
   private async retireNow(name: string): Promise<void> {
     await this.step(name, 'retired', async () => {
       const r = this.record(name);
       const due = r && this.retireAt(r);
       if (!r || !due || due.at > this.o.now()) return;
       const prev = r.versions[1]!;
+      const s = this.desired?.secrets.get(name)?.decl;
+      const cur = currentVersion(r)!;
+      // The database's part first (expire the inactive user, drop the old password); single has none.
+      if (s?.database && this.o.database && prev.username !== undefined && (s.database.strategy ?? (s.database.usernames ? 'alternate' : 'dual')) !== 'single') {
+        await this.o.database.retire(s, prev.version, { username: prev.username, password: String(prev.value) }, { username: cur.username!, password: String(cur.value) });
+        stepChannel.publish({ secret: name, step: 'retire-applied', version: prev.version });
+      }
       const detail = due.early ? `every consumer has read version ${currentVersion(r)!.version} (retireAfter: consumers)` : undefined;
       await this.o.audit.append([{ time: new Date(this.o.now()).toISOString(), event: 'retired', secret: name, from: prev.version, ...(this.commit ? { commit: this.commit } : {}), stateSeq: this.o.store.seq, storeId: this.o.store.storeId, ...(detail ? { detail } : {}) }]);
       await this.o.store.write(this.withHead([{ op: 'put', key: KEY(name), value: retire(r) as unknown as Json }]));

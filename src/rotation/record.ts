@@ -22,6 +22,10 @@ export interface Version {
 export interface Pending {
   readonly version: number;
   readonly value: SecretValue;
+  /** The database user the value is for (database secrets). */
+  readonly username?: string;
+  /** How many times the database refused this value (a password policy): discarded after a few. */
+  readonly rejections?: number;
   readonly createdAt: string;
   readonly trigger: Trigger;
   readonly reason?: string;
@@ -57,7 +61,7 @@ export function previousVersion(r: SecretRecord, now: number): Version | undefin
 }
 
 /** Step 1, create: the next value, stored as pending. A pending value is reused, never replaced. */
-export function create(r: SecretRecord, value: SecretValue, now: number, trigger: Trigger, extra: { reason?: string; request?: string; scheduledBase?: number } = {}): SecretRecord {
+export function create(r: SecretRecord, value: SecretValue, now: number, trigger: Trigger, extra: { reason?: string; request?: string; scheduledBase?: number; username?: string } = {}): SecretRecord {
   if (r.pending) return r;
   const version = (currentVersion(r)?.version ?? 0) + 1;
   return { ...r, pending: { version, value, createdAt: new Date(now).toISOString(), trigger, ...extra } };
@@ -76,7 +80,7 @@ export function finish(r: SecretRecord, now: number, overlapMs: number, retain: 
   const { pending: _done, ...rest } = r;
   return {
     ...rest,
-    versions: [{ version: p.version, value: p.value, createdAt: at }, ...older].slice(0, Math.max(2, retain)),
+    versions: [{ version: p.version, value: p.value, ...(p.username !== undefined ? { username: p.username } : {}), createdAt: at }, ...older].slice(0, Math.max(2, retain)),
     rotatedAt: at,
     ...(p.scheduledBase !== undefined ? { scheduledBase: p.scheduledBase } : { scheduledBase: now }),
     ...(p.request !== undefined ? { lastRequest: p.request } : {}),

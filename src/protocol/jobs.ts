@@ -1,0 +1,69 @@
+/**
+ * The agent API: what the daemon asks an agent to do, and what the agent answers. Shared by the
+ * daemon (src/serve/agent-api.ts) and the agent (agent/src/agent.ts).
+ *
+ * Transport: HTTP/1.1 (HTTPS optional) to the daemon's --agent-listen address. Every request is a POST
+ * with a JSON body, signed by the agent (src/protocol/sign.ts); every answer, errors included, is
+ * signed by the daemon over the request's nonce, and the agent refuses an answer it cannot verify.
+ *
+ *   POST /v1/agent/jobs     {"wait": 25}           -> {"jobs": [Job...]}   long-poll, at most `wait` s (<= 60)
+ *   POST /v1/agent/results  {"results": [Result]}  -> {"accepted": n}
+ *
+ * A job carries its credentials sealed (age) to the agent's recipient: the daemon's logs and the wire
+ * never hold them in clear. A job is leased to the agent when delivered; a job without a result when
+ * its lease runs out is delivered again, so an agent that crashed mid-job gets it again (the steps are
+ * idempotent). An agent only ever receives jobs for the Targets whose `agent` is its own name.
+ */
+
+export const AGENT_JOBS_PATH = '/v1/agent/jobs';
+export const AGENT_RESULTS_PATH = '/v1/agent/results';
+/** The longest long-poll the daemon holds (seconds). */
+export const MAX_AGENT_WAIT = 60;
+/** How long a delivered job stays leased to the agent before it is delivered again (ms). */
+export const JOB_LEASE_MS = 60_000;
+
+export type Strategy = 'dual' | 'alternate' | 'single';
+export type EngineName = 'postgres' | 'mysql' | 'mariadb' | 'mongodb' | 'redis' | 'mssql';
+
+export interface Job {
+  /** Unique per job, and stable across redeliveries. */
+  readonly id: string;
+  readonly kind: 'set' | 'retire';
+  readonly secret: string;
+  /** The version the job is about: the pending one for set, the retired one for retire. */
+  readonly version: number;
+  readonly target: string;
+  readonly engine: EngineName;
+  readonly strategy: Strategy;
+  /** sealForAgent(recipient, SetPayload | RetirePayload). */
+  readonly sealed: string;
+}
+
+export interface Credential {
+  readonly username: string;
+  readonly password: string;
+}
+
+/** Set, then test: make `pending` log in (keeping `current` working for dual), then log in with it on a fresh connection. */
+export interface SetPayload {
+  readonly pending: Credential;
+  readonly current?: Credential;
+}
+
+/** Revoke `retired`; `current` must keep working. */
+export interface RetirePayload {
+  readonly retired: Credential;
+  readonly current: Credential;
+}
+
+export interface Result {
+  readonly id: string;
+  /** done: set+test succeeded (or retire did); failed: see code. */
+  readonly outcome: 'done' | 'failed';
+  /** For set: 'applied' or 'already-applied' (the pending value logged in before anything was changed). */
+  readonly detail?: 'applied' | 'already-applied' | 'retired';
+  /** A DbError code (DB_UNREACHABLE, DB_VALUE_REJECTED, ...), DB_TEST_FAILED (the change was accepted but the new login was refused), or an agent code (AGENT_TARGET_UNKNOWN, AGENT_SEAL). */
+  readonly code?: string;
+  /** A short message without any value. */
+  readonly message?: string;
+}
