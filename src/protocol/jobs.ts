@@ -62,7 +62,7 @@ export interface Result {
   readonly outcome: 'done' | 'failed';
   /** For set: 'applied' or 'already-applied' (the pending value logged in before anything was changed). */
   readonly detail?: 'applied' | 'already-applied' | 'retired';
-  /** A DbError code (DB_UNREACHABLE, DB_VALUE_REJECTED, ...), DB_TEST_FAILED (the change was accepted but the new login was refused), or an agent code (AGENT_TARGET_UNKNOWN, AGENT_SEAL). */
+  /** A DbError code (DB_UNREACHABLE, DB_VALUE_REJECTED, ...), DB_TEST_FAILED (the change was accepted but the new login was refused), or an agent code (AGENT_TARGET_UNKNOWN, AGENT_ENGINE_MISMATCH, AGENT_SEAL, AGENT_JOB_INVALID, AGENT_INTERNAL). */
   readonly code?: string;
   /** A short message without any value. */
   readonly message?: string;
