@@ -489,6 +489,7 @@ export class Engine {
     const err = e as { code?: string; message?: string };
     const error = err.code ?? 'ERROR';
     this.failures.set(name, { since: prev?.since ?? now, attempts, error, retryAt: now + delay });
+    stepChannel.publish({ secret: name, step: 'failed', code: error });
     this.o.log('error', 'rotation step failed; will retry', { secret: name, code: error, attempts, retryInMs: delay });
   }
 

@@ -1,0 +1,117 @@
+/**
+ * The daemon's agent API, as a real HTTP listener of an in-process daemon: signed requests only (a
+ * replayed, skewed, altered, unsigned or unknown-agent request is refused), signed answers, jobs only
+ * for the agent's own targets, results only from the agent the job was given to, and credentials
+ * sealed so that only the agent opens them.
+ */
+import { request } from 'node:http';
+import path from 'node:path';
+import t from 'tap';
+import { generateKeys, loadKeys, type Keys } from '../src/keys.js';
+import { openSealed } from '../src/protocol/seal.js';
+import { signRequest, verifyResponse } from '../src/protocol/sign.js';
+import type { Job, SetPayload } from '../src/protocol/jobs.js';
+import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH } from '../src/protocol/jobs.js';
+import { tempDir } from './helpers.js';
+import { step, world } from './world.js';
+
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+  body: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+
+function post(address: string, p: string, body: string, headers: Record<string, string>): Promise<Answer> {
+  const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
+  return new Promise((resolve, reject) => {
+    const req = request({ host, port, path: p, method: 'POST', headers: { 'content-type': 'application/json', ...headers }, agent: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text, body: JSON.parse(text) }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+t.test('the agent API: signatures, replay, skew, routing of jobs and results', async (t) => {
+  const keysDir = tempDir(t, 'rotor-agent-api-');
+  await generateKeys(path.join(keysDir, 'a'));
+  await generateKeys(path.join(keysDir, 'b'));
+  const a: Keys = await loadKeys(path.join(keysDir, 'a'));
+  const b: Keys = await loadKeys(path.join(keysDir, 'b'));
+  const w = await world(t, {
+    'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
+    'policy.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n',
+    'agents.yaml': `kind: Agent\nname: agent-a\nsigningKey: "${a.signingKey}"\nrecipient: ${a.recipient}\n---\nkind: Agent\nname: agent-b\nsigningKey: "${b.signingKey}"\nrecipient: ${b.recipient}\n`,
+    'targets.yaml': 'kind: Target\nname: db-a\nengine: postgres\nagent: agent-a\n---\nkind: Target\nname: db-b\nengine: redis\nagent: agent-b\n',
+    'secret.yaml': 'kind: Secret\nname: app/db\npolicy: p\ngenerate: { length: 32 }\ndatabase: { target: db-a, usernames: [app_blue, app_green] }\n',
+  });
+  const d = await w.start({ socketDir: path.join(w.root, 'sockets'), agentListen: '127.0.0.1:0' });
+  t.teardown(() => d.stop());
+  const address = d.agentAddress!;
+  const daemonKey = (await loadKeys(w.dataDir)).signing;
+  const signed = (keys: Keys, agent: string, p: string, body: string, extra: { now?: number; nonce?: string } = {}) => signRequest({ agent, method: 'POST', path: p, body, privateKey: keys.signing, ...extra });
+  const call = async (keys: Keys, agent: string, p: string, body: unknown) => {
+    const text = JSON.stringify(body);
+    const headers = signed(keys, agent, p, text);
+    const r = await post(address, p, text, headers);
+    t.same(verifyResponse({ headers: r.headers, status: r.status, requestNonce: headers['x-rotor-nonce'], body: r.text, publicKey: (await import('node:crypto')).createPublicKey(daemonKey) }), { ok: true }, `the daemon's answer to ${agent} ${p} is signed`);
+    return r;
+  };
+
+  // Agent B has no job: the secret's target belongs to agent A.
+  const none = await call(b, 'agent-b', AGENT_JOBS_PATH, { wait: 0 });
+  t.equal(none.status, 200);
+  t.same(none.body.jobs, [], 'agent-b gets no job for agent-a\'s target');
+  const got = await call(a, 'agent-a', AGENT_JOBS_PATH, { wait: 10 });
+  const jobs = got.body.jobs as Job[];
+  t.equal(jobs.length, 1, 'agent-a gets the set job of version 1');
+  const job = jobs[0]!;
+  t.match(job, { kind: 'set', secret: 'app/db', version: 1, target: 'db-a', engine: 'postgres', strategy: 'alternate' });
+  t.notOk(got.text.includes('password'), 'no credential in clear on the wire');
+  const payload = (await openSealed(a.identity, job.sealed)) as SetPayload;
+  t.equal(payload.pending.username, 'app_blue');
+  t.match(payload.pending.password, /^[A-Za-z0-9_-]{32}$/);
+  await t.rejects(openSealed(b.identity, job.sealed), { code: 'SEAL_WRONG_KEY' }, 'another agent cannot open it');
+  t.notOk(w.logs().includes(payload.pending.password), 'the credential is not in the daemon\'s logs');
+  // Leased: a second poll does not get it again (until the lease runs out).
+  t.same((await call(a, 'agent-a', AGENT_JOBS_PATH, { wait: 0 })).body.jobs, [], 'a leased job is not handed out twice');
+
+  // Refusals.
+  const body = JSON.stringify({ wait: 0 });
+  const h = signed(a, 'agent-a', AGENT_JOBS_PATH, body);
+  t.equal((await post(address, AGENT_JOBS_PATH, body, h)).status, 200, 'a fresh signed request is answered');
+  const replay = await post(address, AGENT_JOBS_PATH, body, h);
+  t.same([replay.status, replay.body.error.code], [401, 'AGENT_REPLAY'], 'the same request again is a replay');
+  const skewed = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: Date.now() - 61_000 }));
+  t.same([skewed.status, skewed.body.error.code], [401, 'AGENT_SKEW']);
+  const ahead = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: Date.now() + 61_000 }));
+  t.equal(ahead.body.error.code, 'AGENT_SKEW');
+  const altered = await post(address, AGENT_JOBS_PATH, JSON.stringify({ wait: 1 }), signed(a, 'agent-a', AGENT_JOBS_PATH, body));
+  t.equal(altered.body.error.code, 'AGENT_BODY_ALTERED');
+  const unsigned = await post(address, AGENT_JOBS_PATH, body, {});
+  t.same([unsigned.status, unsigned.body.error.code], [401, 'AGENT_UNSIGNED']);
+  const forged = await post(address, AGENT_JOBS_PATH, body, signed(b, 'agent-a', AGENT_JOBS_PATH, body));
+  t.equal(forged.body.error.code, 'AGENT_BAD_SIGNATURE', 'agent-b cannot speak for agent-a');
+  const unknown = await post(address, AGENT_JOBS_PATH, body, signed(b, 'agent-z', AGENT_JOBS_PATH, body));
+  t.equal(unknown.body.error.code, 'AGENT_UNKNOWN');
+  const otherPath = await post(address, AGENT_RESULTS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body));
+  t.equal(otherPath.body.error.code, 'AGENT_BAD_SIGNATURE', 'a signature for one path does not serve another');
+  t.match(w.logs(), /agent request refused.*AGENT_REPLAY/, 'refusals are logged');
+
+  // Results: agent-b cannot settle agent-a's job; agent-a's failure fails the step (audited), nothing promoted.
+  const fromB = await call(b, 'agent-b', AGENT_RESULTS_PATH, { results: [{ id: job.id, outcome: 'done', detail: 'applied' }] });
+  t.equal(fromB.body.accepted, 0, 'a result for another agent\'s job is ignored');
+  t.equal(d.served('app/db'), undefined, 'nothing served yet');
+  const failed = step('app/db', 'failed');
+  const fromA = await call(a, 'agent-a', AGENT_RESULTS_PATH, { results: [{ id: job.id, outcome: 'failed', code: 'DB_UNREACHABLE', message: 'connection refused' }] });
+  t.equal(fromA.body.accepted, 1);
+  await failed;
+  t.equal(d.served('app/db'), undefined, 'a failed set promotes nothing');
+  const st = d.status();
+  t.match(st.secrets.find((s) => s.name === 'app/db'), { pending: true, failing: { error: 'DB_UNREACHABLE' } });
+  t.match(st.agents.agents.find((x) => x.name === 'agent-a'), { lastSeen: String });
+});
