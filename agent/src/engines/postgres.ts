@@ -228,7 +228,16 @@ class PostgresEngine implements DbEngine {
    * Runs one statement on the admin connection. A connection that broke while idle is replaced once
    * (every statement here is idempotent); errors of the statement itself are mapped as they are.
    */
-  private async adminQuery(sql: string, step: Step, role: string): Promise<void> {
+  private adminQueue: Promise<unknown> = Promise.resolve();
+
+  /** One statement at a time on the one admin connection (the agent runs jobs of several secrets at once). */
+  private adminQuery(sql: string, step: Step, role: string): Promise<void> {
+    const run = this.adminQueue.then(() => this.adminQueryNow(sql, step, role));
+    this.adminQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async adminQueryNow(sql: string, step: Step, role: string): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       const reused = this.admin !== undefined;
       const connecting = this.connectAdmin();
