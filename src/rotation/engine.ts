@@ -308,6 +308,11 @@ export class Engine {
     await Promise.all(work);
   }
 
+  /** Resolves when no step runs (database steps run on their own after runDue returns). */
+  async idle(): Promise<void> {
+    while (this.running.size > 0) await Promise.all([...this.running.values()].map((p) => p.catch(() => undefined)));
+  }
+
   /** Rotates a secret now (rotor rotate); joins a rotation of that secret already running. */
   rotateNow(name: string, reason: string): Promise<void> {
     const s = this.desired?.secrets.get(name)?.decl;
