@@ -366,7 +366,8 @@ export class Engine {
         try {
           await this.o.database!.set(s, pending.version, { username: pending.username!, password: String(pending.value) }, cur ? { username: cur.username!, password: String(cur.value) } : undefined);
         } catch (e) {
-          await this.databaseFailed(name, r, e);
+          // A stop cuts the wait for the agent: not a failure (the step runs again after the restart).
+          if ((e as { code?: string }).code !== 'DAEMON_STOPPING') await this.databaseFailed(name, r, e);
           throw e;
         }
         stepChannel.publish({ secret: name, step: 'set', version: pending.version });
@@ -487,6 +488,7 @@ export class Engine {
   }
 
   private fail(name: string, e: unknown): void {
+    if ((e as { code?: string }).code === 'DAEMON_STOPPING') return;
     const now = this.o.now();
     const prev = this.failures.get(name);
     const attempts = (prev?.attempts ?? 0) + 1;
