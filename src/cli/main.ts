@@ -13,6 +13,7 @@ import { daemonCommand } from './daemon.js';
 import { rotateCommand } from './rotate.js';
 import { getCommand } from './get.js';
 import { execCommand } from './exec.js';
+import { statusCommand } from './status.js';
 
 export const HELP = `rotor: declarative secret rotation from a Git repository
 
@@ -27,6 +28,7 @@ Commands:
   daemon --repo URL|PATH --data-dir DIR
                                   follow the repository, rotate on schedule, commit the audit log
   rotate NAME --reason TEXT       rotate a secret now, through the running daemon
+  status [--json]                 what the running daemon knows: secrets, consumers, agents, config
   get NAME --socket PATH          print a secret, read over a consumer socket
   exec --env VAR=NAME... -- CMD   run CMD with secrets in its environment (--restart on rotation)
 
@@ -44,6 +46,7 @@ const COMMANDS: Record<string, Command> = {
   rotate: rotateCommand,
   get: getCommand,
   exec: execCommand,
+  status: statusCommand,
 };
 
 export async function run(argv: readonly string[], io: Io = processIo()): Promise<number> {

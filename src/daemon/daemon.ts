@@ -15,6 +15,7 @@ import type { Logger } from '../log.js';
 import { loadModel } from '../model/load.js';
 import type { Desired } from '../model/model.js';
 import { parseDuration } from '../model/duration.js';
+import { defaultStrategy } from '../model/engines.js';
 import { GitTreeSource } from '../git/tree.js';
 import { gitText } from '../git/run.js';
 import { openRepo } from '../git/repo.js';
@@ -422,7 +423,20 @@ export class Daemon implements ConsumerBackend {
         const r = this.receipts.get(c, s.name);
         return { name: c, ...(r ? { version: r.version, readAt: r.at } : {}), behind: s.version !== undefined && (r?.version ?? 0) < s.version };
       });
-      return { ...s, consumers };
+      const decl = this.desired?.secrets.get(s.name)?.decl;
+      const policy = decl ? this.desired?.policies.get(decl.policy)?.decl : undefined;
+      const target = decl?.database ? this.desired?.targets.get(decl.database.target)?.decl : undefined;
+      const maxAge = policy?.maxAge ? parseDuration(policy.maxAge) : undefined;
+      const age = s.rotatedAt ? this.now() - Date.parse(s.rotatedAt) : undefined;
+      const overdue = (maxAge !== undefined && age !== undefined && age > maxAge) || (s.nextRotationAt !== undefined && s.version !== undefined && this.now() - s.nextRotationAt > 3600_000);
+      return {
+        ...s,
+        policy: decl?.policy,
+        source: decl?.database ? 'database' : decl?.sops ? 'sops' : decl?.fields ? 'fields' : 'generate',
+        ...(target ? { target: target.name, engine: target.engine, strategy: decl!.database!.strategy ?? defaultStrategy(target.engine) } : {}),
+        overdue,
+        consumers,
+      };
     });
     const requests: { consumer: string; status: number; count: number }[] = [];
     for (const [consumer, counts] of this.requests) for (const [status, count] of counts) requests.push({ consumer, status, count });
@@ -432,6 +446,8 @@ export class Daemon implements ConsumerBackend {
       sockets: { dir: this.socketDir, consumers: this.sockets?.names() ?? [], requests },
       agents: { listen: this.agentApi?.address, agents: this.hub.lastSeen().map((a) => ({ name: a.name, queued: a.queued, ...(a.lastSeen !== undefined ? { lastSeen: new Date(a.lastSeen).toISOString() } : {}) })) },
       store: { seq: this.store.seq, storeId: this.store.storeId },
+      audit: { commitPending: this.commitPending, pushFailures: this.pushFailures },
+      now: new Date(this.now()).toISOString(),
     };
   }
 

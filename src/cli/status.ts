@@ -1,0 +1,129 @@
+/** `rotor status [--json] [--data-dir DIR]`: what the running daemon knows, over its admin socket. */
+import path from 'node:path';
+import { parse } from './args.js';
+import { AdminError, adminSocket, callAdmin } from './admin-client.js';
+import type { Io } from './io.js';
+import { EXIT } from './io.js';
+import { DEFAULT_DATA_DIR } from './rotate.js';
+
+export const STATUS_HELP = `Usage: rotor status [--json] [--data-dir DIR]
+
+Asks the running daemon (DATA_DIR/admin.sock, for the daemon's user) what it knows: every secret with
+its version, age, last and next rotation, whether it is overdue (older than the policy's maxAge, or
+its rotation more than an hour late), its strategy and target, the consumers that may read it and the
+version each last read (an asterisk marks one still on an older version), and the last error of a
+failing rotation; the agents and when each last called; the config commit last applied and last
+attempted; audit entries not yet pushed. Colours on a terminal, none when piped.
+
+Options:
+  --json           the daemon's status as JSON (for scripts)                    [ROTOR_JSON]
+  --data-dir DIR   the daemon's data directory (default ${DEFAULT_DATA_DIR})       [ROTOR_DATA_DIR]
+  -h, --help       show this help
+
+Exit status: 0 all well, 1 something is overdue or failing (or the daemon cannot be reached), 2 usage.
+`;
+
+interface SecretRow {
+  name: string;
+  version?: number;
+  rotatedAt?: string;
+  nextRotationAt?: number;
+  pending: boolean;
+  overdue: boolean;
+  strategy?: string;
+  target?: string;
+  engine?: string;
+  source?: string;
+  failing?: { attempts: number; error: string; retryAt: number };
+  consumers: { name: string; version?: number; behind: boolean }[];
+}
+
+interface Status {
+  now: string;
+  config: { applied?: { commit: string; at: string }; attempted?: { commit: string; at: string; problems?: number } };
+  secrets: SecretRow[];
+  agents?: { listen?: string; agents: { name: string; lastSeen?: string; queued: number }[] };
+  audit?: { commitPending: boolean; pushFailures: number };
+}
+
+export async function statusCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags } = parse(argv, {
+    json: { type: 'boolean' },
+    'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
+    help: { type: 'boolean', short: 'h' },
+  }, io.env, 0);
+  if (flags.help) {
+    io.stdout(STATUS_HELP);
+    return EXIT.ok;
+  }
+  let status: Status;
+  try {
+    status = (await callAdmin(adminSocket(path.resolve(io.cwd, flags['data-dir']!)), 'GET', '/v1/status')) as Status;
+  } catch (e) {
+    if (e instanceof AdminError) {
+      io.stderr(`rotor status: ${e.message} [${e.code}]\n`);
+      return EXIT.invalid;
+    }
+    throw e;
+  }
+  const trouble = status.secrets.some((s) => s.overdue || s.failing);
+  if (flags.json) {
+    io.stdout(JSON.stringify(status, null, 2) + '\n');
+    return trouble ? EXIT.invalid : EXIT.ok;
+  }
+  io.stdout(render(status, io.isTTY && !io.env.NO_COLOR));
+  return trouble ? EXIT.invalid : EXIT.ok;
+}
+
+const C = { red: '\x1b[31m', yellow: '\x1b[33m', green: '\x1b[32m', dim: '\x1b[2m', bold: '\x1b[1m', reset: '\x1b[0m' };
+
+/** "3d 4h", "5m", "12s": a duration for people. */
+export function human(ms: number): string {
+  const s = Math.round(Math.abs(ms) / 1000);
+  const units: [number, string][] = [[86400, 'd'], [3600, 'h'], [60, 'm'], [1, 's']];
+  const parts: string[] = [];
+  let rest = s;
+  for (const [n, u] of units) {
+    if (rest >= n && parts.length < 2) {
+      parts.push(`${Math.floor(rest / n)}${u}`);
+      rest %= n;
+    }
+  }
+  return parts.length ? parts.join(' ') : '0s';
+}
+
+export function render(st: Status, color: boolean): string {
+  const paint = (c: keyof typeof C, text: string) => (color ? C[c] + text + C.reset : text);
+  const now = Date.parse(st.now);
+  const rows: string[][] = [['SECRET', 'VER', 'AGE', 'NEXT', 'STATE', 'STRATEGY', 'TARGET', 'CONSUMERS (version read)']];
+  const states: (keyof typeof C | undefined)[] = [undefined];
+  for (const s of [...st.secrets].sort((a, b) => a.name.localeCompare(b.name))) {
+    const age = s.rotatedAt ? human(now - Date.parse(s.rotatedAt)) : '-';
+    const next = s.nextRotationAt === undefined ? '-' : s.nextRotationAt <= now ? 'due' : 'in ' + human(s.nextRotationAt - now);
+    const state = s.failing ? `failing: ${s.failing.error} (${s.failing.attempts}x)` : s.overdue ? 'overdue' : s.pending ? 'rotating' : s.version === undefined ? 'no value yet' : 'ok';
+    const consumers = s.consumers.map((c) => `${c.name}${c.version !== undefined ? `@${c.version}` : ''}${c.behind ? '*' : ''}`).join(', ') || '-';
+    rows.push([s.name, s.version === undefined ? '-' : String(s.version), age, next, state, s.strategy ?? s.source ?? '-', s.target ? `${s.target} (${s.engine})` : '-', consumers]);
+    states.push(s.failing ? 'red' : s.overdue ? 'yellow' : s.version === undefined || s.pending ? 'dim' : 'green');
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const lines = rows.map((r, ri) => {
+    const text = r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ');
+    if (ri === 0) return paint('bold', text);
+    const c = states[ri];
+    // Colour only the STATE column's meaning: the whole row for failing/overdue, else nothing.
+    return c === 'red' || c === 'yellow' ? paint(c, text) : text;
+  });
+  const out = [...lines, ''];
+  const agents = st.agents?.agents ?? [];
+  if (agents.length) {
+    out.push(paint('bold', 'AGENTS') + (st.agents?.listen ? `  (listening on ${st.agents.listen})` : ''));
+    for (const a of agents) out.push(`  ${a.name}: ${a.lastSeen ? `last seen ${human(now - Date.parse(a.lastSeen))} ago` : paint('yellow', 'never seen')}${a.queued ? `, ${a.queued} job(s) waiting` : ''}`);
+    out.push('');
+  }
+  const applied = st.config.applied;
+  const attempted = st.config.attempted;
+  out.push(paint('bold', 'CONFIG') + `  applied ${applied ? `${applied.commit.slice(0, 12)} at ${applied.at}` : 'none'}`);
+  if (attempted && attempted.commit !== applied?.commit) out.push(paint('red', `  last attempted ${attempted.commit.slice(0, 12)} at ${attempted.at}: rejected (${attempted.problems ?? '?'} problems); the applied commit stays in force`));
+  if (st.audit) out.push(`  audit: ${st.audit.pushFailures > 0 ? paint('yellow', `entries not yet pushed (${st.audit.pushFailures} failed pushes; they are kept and retried)`) : st.audit.commitPending ? 'entries being committed' : 'all entries pushed'}`);
+  return out.join('\n') + '\n';
+}
