@@ -14,12 +14,14 @@ import { rotateCommand } from './rotate.js';
 import { getCommand } from './get.js';
 import { execCommand } from './exec.js';
 import { statusCommand } from './status.js';
+import { initCommand } from './init.js';
 
 export const HELP = `rotor: declarative secret rotation from a Git repository
 
 Usage: rotor <command> [options]
 
 Commands:
+  init [DIR] [--data-dir KEYS]    scaffold a new GitOps repository (and the daemon's keys)
   validate [DIR]                  check the declarations in DIR (exit 1 when invalid)
   plan --base REF [--head REF] [DIR]
                                   what a change between two commits does, for pull requests
@@ -47,6 +49,7 @@ const COMMANDS: Record<string, Command> = {
   get: getCommand,
   exec: execCommand,
   status: statusCommand,
+  init: initCommand,
 };
 
 export async function run(argv: readonly string[], io: Io = processIo()): Promise<number> {
