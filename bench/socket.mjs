@@ -60,7 +60,7 @@ git(root, 'clone', '-q', '--bare', work, remote);
 const dataDir = path.join(root, 'data');
 execFileSync(process.execPath, [BIN, 'keygen', dataDir], { stdio: 'ignore' });
 const socketDir = path.join(root, 'sockets');
-const daemon = spawn(process.execPath, [...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []), BIN, 'daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', socketDir, '--agent-listen', '127.0.0.1:0'], { stdio: ['ignore', 'ignore', process.env.BENCH_DEBUG ? 'inherit' : 'ignore'] });
+const daemon = spawn(process.execPath, [...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []), BIN, 'daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', socketDir, '--agent-listen', '127.0.0.1:0', '--metrics-listen', 'off'], { stdio: ['ignore', 'ignore', process.env.BENCH_DEBUG ? 'inherit' : 'ignore'] });
 children.push(daemon);
 const rotorSocket = path.join(socketDir, 'bench.sock');
 await waitFor(rotorSocket);

@@ -63,4 +63,4 @@ const io = {
   now: () => Date.now(),
   isTTY: Boolean(process.stdout.isTTY),
 };
-process.exitCode = await run(['daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', path.join(root, '.rotor', 'sockets'), '--agent-listen', '127.0.0.1:0'], io);
+process.exitCode = await run(['daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', path.join(root, '.rotor', 'sockets'), '--agent-listen', '127.0.0.1:0', '--metrics-listen', '127.0.0.1:0'], io);

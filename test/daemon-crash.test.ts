@@ -28,7 +28,7 @@ const NAMES = ['crash/a', 'crash/b', 'crash/c'];
 function runDaemon(remote: string, dataDir: string, env: Record<string, string>): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
   return new Promise((resolve, reject) => {
     // env -u NODE_OPTIONS: tap puts its own loaders into NODE_OPTIONS, which doubles a child's start-up.
-    const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, '--import', PRELOAD, BIN, 'daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', path.join(dataDir, 'sockets'), '--agent-listen', '127.0.0.1:0'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, '--import', PRELOAD, BIN, 'daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', path.join(dataDir, 'sockets'), '--agent-listen', '127.0.0.1:0', '--metrics-listen', 'off'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (c: Buffer) => {
       stderr += c.toString();

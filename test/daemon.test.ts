@@ -236,7 +236,7 @@ t.test('rotor daemon as a process: SIGHUP fetches at once, SIGTERM stops cleanly
   const { spawn } = await import('node:child_process');
   const { ROOT } = await import('./helpers.js');
   const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n', 'secrets.yaml': 'kind: Secret\nname: a/one\npolicy: p\ngenerate: {}\n' });
-  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', '--repo', w.remote, '--data-dir', w.dataDir, '--socket-dir', path.join(w.dataDir, 'sockets'), '--agent-listen', '127.0.0.1:0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', '--repo', w.remote, '--data-dir', w.dataDir, '--socket-dir', path.join(w.dataDir, 'sockets'), '--agent-listen', '127.0.0.1:0', '--metrics-listen', 'off'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   const waiting = new Set<() => void>();
   child.stderr.on('data', (c: Buffer) => {

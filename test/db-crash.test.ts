@@ -336,7 +336,7 @@ async function daemonKills(t: Test, ctx: Ctx): Promise<void> {
   const lane: Lane = { label: 'daemon crashes', secret, users, dataDir, socket: path.join(socketDir, 'app.sock'), history: new History() };
   const procs: Proc[] = [];
   const daemon = (env: Record<string, string> = {}, preload?: string) => {
-    const p = spawnNode(t, 'the daemon', BIN, ['daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', socketDir, '--agent-listen', `127.0.0.1:${port}`], env, preload);
+    const p = spawnNode(t, 'the daemon', BIN, ['daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', socketDir, '--agent-listen', `127.0.0.1:${port}`, '--metrics-listen', 'off'], env, preload);
     procs.push(p);
     return p;
   };
@@ -457,7 +457,7 @@ async function agentKills(t: Test, ctx: Ctx): Promise<void> {
     'consumer.yaml': `kind: Consumer\nname: app\nuid: ${UID}\nsecrets: ["db/**"]\n`,
   });
   const procs: Proc[] = [];
-  const d = spawnNode(t, 'the daemon', BIN, ['daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', socketDir, '--agent-listen', `127.0.0.1:${port}`], {});
+  const d = spawnNode(t, 'the daemon', BIN, ['daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', socketDir, '--agent-listen', `127.0.0.1:${port}`, '--metrics-listen', 'off'], {});
   procs.push(d);
   const agent = (lane: AgentLane, env: Record<string, string> = {}, preload?: string) => {
     const p = spawnNode(t, `the agent of "${lane.label}"`, AGENT_BIN, ['--config', lane.config], { DB_ADMIN_PASSWORD: ADMIN_PASSWORD, ...env }, preload);

@@ -12,7 +12,7 @@ import { DEFAULT_DATA_DIR } from './rotate.js';
 export const DEFAULT_SOCKET_DIR = '/run/rotor';
 
 export const DAEMON_HELP = `Usage: rotor daemon --repo URL|PATH [--branch main] [--data-dir DIR] [--socket-dir DIR]
-                    [--agent-listen HOST:PORT] [--break-glass age1...]...
+                    [--agent-listen HOST:PORT] [--metrics-listen HOST:PORT] [--break-glass age1...]...
 
 Follows the GitOps repository at URL|PATH: clones it into DATA_DIR/repo (or opens that clone), fetches
 on the Config's sync.interval and on SIGHUP, applies each new commit whose declarations are valid (an
@@ -38,6 +38,8 @@ Options:
                         port 0 picks a free one). Requests are signed by each agent's key (its
                         Agent declaration); answers are signed with DATA_DIR's signing key, and
                         credentials are sealed to the agent's age recipient.      [ROTOR_AGENT_LISTEN]
+  --metrics-listen HOST:PORT  Prometheus metrics at GET /metrics (default 127.0.0.1:9464,
+                        loopback only; "off" for none)                          [ROTOR_METRICS_LISTEN]
   --break-glass age1... also encrypt the state to this age recipient (repeatable), so that an
                         operator holding its identity can open a snapshot offline with age -d
                                                                                 [ROTOR_BREAK_GLASS]
@@ -53,6 +55,7 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
     'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
     'socket-dir': { type: 'string' },
     'agent-listen': { type: 'string', default: '127.0.0.1:7700' },
+    'metrics-listen': { type: 'string', default: '127.0.0.1:9464' },
     'break-glass': { type: 'string', multiple: true },
     help: { type: 'boolean', short: 'h' },
   }, io.env, 0);
@@ -66,11 +69,11 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
   const log = jsonLogger(io.stderr, io.now);
   const repo = /^[a-z+]+:\/\//i.test(flags.repo) || /^[^/]+@[^:]+:/.test(flags.repo) ? flags.repo : path.resolve(io.cwd, flags.repo);
   const socketDir = path.resolve(io.cwd, flags['socket-dir'] ?? io.env.RUNTIME_DIRECTORY?.split(':')[0] ?? DEFAULT_SOCKET_DIR);
-  const daemon = new Daemon({ repo, branch: flags.branch!, dataDir: path.resolve(io.cwd, flags['data-dir']!), socketDir, agentListen: flags['agent-listen']!, breakGlass, log, now: io.now });
+  const daemon = new Daemon({ repo, branch: flags.branch!, dataDir: path.resolve(io.cwd, flags['data-dir']!), socketDir, agentListen: flags['agent-listen']!, ...(flags['metrics-listen'] !== 'off' ? { metricsListen: flags['metrics-listen']! } : {}), breakGlass, log, now: io.now });
   try {
     await daemon.start();
   } catch (e) {
-    if (e instanceof KeyError || e instanceof StateError || (e as { code?: string }).code === 'DATA_DIR_LOCKED' || (e as { code?: string }).code?.startsWith?.('SOCKET_') || (e as { code?: string }).code?.startsWith?.('AGENT_LISTEN') || (e as { code?: string }).code?.startsWith?.('GIT_') || (e as { code?: string }).code?.startsWith?.('AUDIT_')) {
+    if (e instanceof KeyError || e instanceof StateError || (e as { code?: string }).code === 'DATA_DIR_LOCKED' || (e as { code?: string }).code?.startsWith?.('SOCKET_') || (e as { code?: string }).code?.startsWith?.('AGENT_LISTEN') || (e as { code?: string }).code?.startsWith?.('METRICS_LISTEN') || (e as { code?: string }).code?.startsWith?.('GIT_') || (e as { code?: string }).code?.startsWith?.('AUDIT_')) {
       const err = e as Error & { code: string };
       log('error', 'the daemon cannot start', { code: err.code, reason: err.message });
       io.stderr(`rotor daemon: ${err.message} [${err.code}]\n`);

@@ -36,6 +36,7 @@ import { lockDataDir } from './lock.js';
 import { Receipts } from './receipts.js';
 import { AgentHub } from './agents.js';
 import { listenAgentApi } from '../serve/agent-api.js';
+import { listenMetrics } from '../serve/metrics.js';
 
 export interface DaemonOptions {
   readonly repo: string;
@@ -46,6 +47,8 @@ export interface DaemonOptions {
   readonly now?: () => number;
   /** Seconds between audit appends and their commit (batching). */
   readonly commitDelayMs?: number;
+  /** HOST:PORT for GET /metrics (Prometheus); none when absent. */
+  readonly metricsListen?: string;
   /** HOST:PORT where agents poll for database jobs (port 0: any free port); none when absent. */
   readonly agentListen?: string;
   /** How long a database step waits for its agent before it fails (AGENT_TIMEOUT) and is retried. */
@@ -67,6 +70,7 @@ export class Daemon implements ConsumerBackend {
   private sockets: ConsumerSockets | undefined;
   private hub!: AgentHub;
   private agentApi: Awaited<ReturnType<typeof listenAgentApi>> | undefined;
+  private metrics: Awaited<ReturnType<typeof listenMetrics>> | undefined;
   private receipts!: Receipts;
   private grants = new Grants(undefined);
   private readonly waiters = new Map<string, Set<() => void>>();
@@ -175,6 +179,10 @@ export class Daemon implements ConsumerBackend {
     if (this.o.agentListen !== undefined) {
       this.agentApi = await listenAgentApi(this.o.agentListen, { hub: this.hub, signing: keys.signing, log, now: this.now });
       log('info', 'listening for agents', { address: this.agentApi.address });
+    }
+    if (this.o.metricsListen !== undefined) {
+      this.metrics = await listenMetrics(this.o.metricsListen, this);
+      log('info', 'serving metrics', { address: this.metrics.address });
     }
     await this.consider(head, first);
     this.admin = await listenAdmin(path.join(dataDir, 'admin.sock'), {
@@ -451,6 +459,11 @@ export class Daemon implements ConsumerBackend {
     };
   }
 
+  /** The address of the metrics listener, when there is one. */
+  get metricsAddress(): string | undefined {
+    return this.metrics?.address;
+  }
+
   /** The address agents reach the daemon on (HOST:PORT), when it listens for them. */
   get agentAddress(): string | undefined {
     return this.agentApi?.address;
@@ -465,6 +478,7 @@ export class Daemon implements ConsumerBackend {
     for (const name of [...this.waiters.keys()]) this.notify(name);
     this.hub?.close();
     await this.agentApi?.close();
+    await this.metrics?.close();
     await this.sockets?.close();
     await new Promise<void>((resolve) => (this.admin ? this.admin.close(() => resolve()) : resolve()));
     await this.receipts?.flush().catch(() => undefined);
