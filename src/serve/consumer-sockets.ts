@@ -131,7 +131,7 @@ export class ConsumerSockets {
       } catch (e) {
         await closeServer(server);
         const err = e as NodeJS.ErrnoException;
-        if (err.code === 'EPERM') throw new SocketError('SOCKET_CHOWN_DENIED', `cannot give ${final} to uid ${spec.uid}: the daemon must run as root to serve consumers of other users`);
+        if (err.code === 'EPERM') throw new SocketError('SOCKET_CHOWN_DENIED', `cannot give ${final} to uid ${spec.uid}: serving consumers of other users needs root, or CAP_CHOWN and CAP_FOWNER (as deploy/systemd/rotor.service grants)`);
         throw e;
       }
       return server;
