@@ -78,8 +78,8 @@ function execProcess(args: string[]) {
 // The child prints a hash of what it got (never the value), and says when SIGTERM arrives.
 const CHILD = `
 const h = (s) => require('crypto').createHash('sha256').update(s ?? '').digest('hex');
+process.on('SIGTERM', () => { console.log('term ' + process.pid); process.exit(0); }); // before 'start': the test signals as soon as it reads it
 console.log('start ' + process.pid + ' ' + h(process.env.TOKEN) + ' ' + h(process.env.KEY) + ' ' + process.env.REGION);
-process.on('SIGTERM', () => { console.log('term ' + process.pid); process.exit(0); });
 setInterval(() => {}, 1000);
 `;
 

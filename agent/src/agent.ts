@@ -24,6 +24,7 @@
  *
  * Logs: identifiers, steps and codes only; never a value, a sealed text, or a driver's message.
  */
+import { randomInt } from 'node:crypto';
 import diagnostics_channel from 'node:diagnostics_channel';
 import http from 'node:http';
 import type { IncomingHttpHeaders } from 'node:http';
@@ -110,7 +111,7 @@ export interface AgentOptions {
   readonly backoff?: { readonly baseMs?: number; readonly capMs?: number };
   /** How a backoff delay is waited out; resolves early when `signal` aborts. Default: a timer. */
   readonly sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
-  /** [0, 1) for the jitter (default Math.random). */
+  /** [0, 1) for the jitter (default: node:crypto). */
   readonly random?: () => number;
   /** The largest answer accepted (default 1 MiB). */
   readonly maxAnswerBytes?: number;
@@ -336,7 +337,7 @@ export class Agent {
     this.#baseMs = options.backoff?.baseMs ?? DEFAULT_BASE_MS;
     this.#capMs = options.backoff?.capMs ?? DEFAULT_CAP_MS;
     this.#sleep = options.sleep ?? defaultSleep;
-    this.#random = options.random ?? Math.random;
+    this.#random = options.random ?? (() => randomInt(1_000_000) / 1_000_000);
     this.#maxAnswer = options.maxAnswerBytes ?? DEFAULT_MAX_ANSWER;
     this.#factories = options.engines ?? {};
     this.#onceReportAttempts = options.onceReportAttempts ?? 5;

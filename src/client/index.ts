@@ -10,6 +10,7 @@
  * or a client-side one (DAEMON_NOT_RUNNING, SOCKET_DENIED, TIMEOUT, BAD_RESPONSE). A value never
  * appears in an error.
  */
+import { randomInt } from 'node:crypto';
 import { Agent, request } from 'node:http';
 
 export type SecretValue = string | Readonly<Record<string, string>>;
@@ -165,7 +166,7 @@ export async function* watchSecret(name: string, o: WatchOptions = {}): AsyncGen
       if (code === 'ABORTED' || o.signal?.aborted) return;
       if (['ACCESS_DENIED', 'SECRET_UNKNOWN', 'NO_SOCKET', 'SOCKET_DENIED', 'BAD_REQUEST'].includes(code)) throw e;
       failures++;
-      const delay = Math.min(30_000, 250 * 2 ** Math.min(failures, 7)) * (0.5 + Math.random() / 2);
+      const delay = Math.min(30_000, 250 * 2 ** Math.min(failures, 7)) * (0.5 + randomInt(1_000_000) / 2_000_000);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, delay);
         o.signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });

@@ -93,8 +93,9 @@ export class AgentHub {
     return this.run(secret, 'set', version, payload);
   }
 
-  /** Retire through the target's agent. */
-  async retire(secret: Secret, version: number, retired: Credential, current: Credential): Promise<Result> {
+  /** Retire through the target's agent; `single` changed the password in place and has nothing to revoke. */
+  async retire(secret: Secret, version: number, retired: Credential, current: Credential): Promise<Result | undefined> {
+    if (this.route(secret).strategy === 'single') return undefined;
     const payload: RetirePayload = { retired, current };
     return this.run(secret, 'retire', version, payload);
   }

@@ -436,8 +436,9 @@ export class Engine {
       const prev = r.versions[1]!;
       const s = this.desired?.secrets.get(name)?.decl;
       const cur = currentVersion(r)!;
-      // The database's part first (expire the inactive user, drop the old password); single has none.
-      if (s?.database && this.o.database && prev.username !== undefined && (s.database.strategy ?? (s.database.usernames ? 'alternate' : 'dual')) !== 'single') {
+      // The database's part first (expire the inactive user, drop the old password; the agents know
+      // that single has none).
+      if (s?.database && this.o.database && prev.username !== undefined) {
         await this.o.database.retire(s, prev.version, { username: prev.username, password: String(prev.value) }, { username: cur.username!, password: String(cur.value) });
         stepChannel.publish({ secret: name, step: 'retire-applied', version: prev.version });
       }

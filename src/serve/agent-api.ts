@@ -3,14 +3,14 @@
  * See src/protocol/jobs.ts for the routes and src/protocol/sign.ts for the signatures. Every answer,
  * errors included, is signed over the request's nonce when the request carried a well-formed one.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from '../log.js';
 import { AGENT_AUTH_STATUS, H_NONCE, NonceCache, signResponse, verifyRequest } from '../protocol/sign.js';
 import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_AGENT_WAIT } from '../protocol/jobs.js';
 import type { Result } from '../protocol/jobs.js';
 import type { AgentHub } from '../daemon/agents.js';
+import { listenTcp } from './listen.js';
 
 const MAX_BODY = 1024 * 1024;
 const NONCE_RE = /^[A-Za-z0-9_-]{22}$/;
@@ -22,10 +22,7 @@ export interface AgentApiOptions {
   readonly now: () => number;
 }
 
-export async function listenAgentApi(listen: string, o: AgentApiOptions): Promise<{ server: Server; address: string; close: () => Promise<void> }> {
-  const m = /^(\[[0-9a-fA-F:.]+\]|[^:]+):(\d{1,5})$/.exec(listen);
-  if (!m || Number(m[2]) > 65535) throw Object.assign(new Error(`--agent-listen ${listen} is not HOST:PORT`), { code: 'AGENT_LISTEN_INVALID' });
-  const host = m[1]!.replace(/^\[|\]$/g, '');
+export async function listenAgentApi(listen: string, o: AgentApiOptions): Promise<{ address: string; close: () => Promise<void> }> {
   const nonces = new NonceCache();
   let closing!: () => void;
   const closed = new Promise<void>((resolve) => (closing = resolve));
@@ -90,19 +87,13 @@ export async function listenAgentApi(listen: string, o: AgentApiOptions): Promis
     return answer(req, res, 404, { error: { code: 'NOT_FOUND', message: `no ${req.url} here` } });
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`cannot listen for agents on ${listen}: ${e.code}`), { code: 'AGENT_LISTEN_FAILED' })));
-    server.listen(Number(m[2]), host, () => resolve());
-  });
-  const a = server.address() as AddressInfo;
+  const bound = await listenTcp(server, listen, '--agent-listen', 'AGENT_LISTEN');
   return {
-    server,
-    address: `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`,
-    close: () => new Promise<void>((resolve) => {
+    address: bound.address,
+    close: () => {
       closing();
-      server.close(() => resolve());
-      server.closeAllConnections();
-    }),
+      return bound.close();
+    },
   };
 }
 

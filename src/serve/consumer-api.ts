@@ -13,6 +13,9 @@
  */
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { SecretValue } from '../rotation/generate.js';
+import type { Served, VersionView } from '../rotation/engine.js';
+
+export type { VersionView };
 import { HttpError, sendError, sendJson, sendText } from './http-json.js';
 
 /** What the handler needs from the daemon. */
@@ -49,17 +52,9 @@ export interface CurrentView {
   readonly rotatedAt: string;
   /** ISO time, or null when rotor does not schedule the secret. */
   readonly nextRotationAt: string | null;
-  readonly previous?: { readonly version: number; readonly value: SecretValue; readonly username?: string; readonly validUntil: string };
+  readonly previous?: Served['previous'];
 }
 
-export interface VersionView {
-  readonly version: number;
-  readonly value: SecretValue;
-  readonly username?: string;
-  readonly rotatedAt: string;
-  readonly state: 'current' | 'previous' | 'retired';
-  readonly validUntil?: string;
-}
 
 export const MAX_WAIT_SECONDS = 300;
 /** Long-polls one consumer may hold open at once. */

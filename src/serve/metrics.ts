@@ -6,8 +6,8 @@
  */
 import diagnostics_channel from 'node:diagnostics_channel';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { listenTcp } from './listen.js';
 
 /** What the metrics read from the daemon at scrape time (a subset of Daemon.status()). */
 export interface MetricsSource {
@@ -98,8 +98,6 @@ export function metricsRegistry(source: MetricsSource): { registry: Registry; ne
 
 /** Listens on HOST:PORT for GET /metrics (and the status page, once it exists). */
 export async function listenMetrics(listen: string, source: MetricsSource): Promise<{ address: string; close: () => Promise<void> }> {
-  const m = /^(\[[0-9a-fA-F:.]+\]|[^:]+):(\d{1,5})$/.exec(listen);
-  if (!m || Number(m[2]) > 65535) throw Object.assign(new Error(`--metrics-listen ${listen} is not HOST:PORT`), { code: 'METRICS_LISTEN_INVALID' });
   const { registry, newScrape, close } = metricsRegistry(source);
   const server: Server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000 }, (req, res) => {
     if (req.method === 'GET' && req.url === '/metrics') {
@@ -116,17 +114,12 @@ export async function listenMetrics(listen: string, source: MetricsSource): Prom
     res.writeHead(404, { 'content-type': 'text/plain' });
     res.end('GET /metrics\n');
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`cannot listen for metrics on ${listen}: ${e.code}`), { code: 'METRICS_LISTEN_FAILED' })));
-    server.listen(Number(m[2]), m[1]!.replace(/^\[|\]$/g, ''), () => resolve());
-  });
-  const a = server.address() as AddressInfo;
+  const bound = await listenTcp(server, listen, '--metrics-listen', 'METRICS_LISTEN');
   return {
-    address: `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`,
-    close: () => new Promise<void>((resolve) => {
+    address: bound.address,
+    close: () => {
       close();
-      server.close(() => resolve());
-      server.closeAllConnections();
-    }),
+      return bound.close();
+    },
   };
 }

@@ -1,0 +1,25 @@
+/** Listening on a HOST:PORT flag value (--agent-listen, --metrics-listen): parsing, errors with codes, the bound address. */
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/**
+ * Binds `server` to `listen` ("127.0.0.1:7700", "[::1]:0"; port 0 picks a free one). Errors carry
+ * `${code}_INVALID` (not HOST:PORT) or `${code}_FAILED` (cannot bind). Returns the bound address and
+ * a close that also ends open connections.
+ */
+export async function listenTcp(server: Server, listen: string, flag: string, code: string): Promise<{ address: string; close: () => Promise<void> }> {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:]+):(\d{1,5})$/.exec(listen);
+  if (!m || Number(m[2]) > 65535) throw Object.assign(new Error(`${flag} ${listen} is not HOST:PORT`), { code: `${code}_INVALID` });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`cannot listen on ${listen} (${flag}): ${e.code}`), { code: `${code}_FAILED` })));
+    server.listen(Number(m[2]), m[1]!.replace(/^\[|\]$/g, ''), () => resolve());
+  });
+  const a = server.address() as AddressInfo;
+  return {
+    address: `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`,
+    close: () => new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    }),
+  };
+}
