@@ -82,7 +82,8 @@ t.test('usage errors exit 2 with a hint; help exits 0', async (t) => {
   t.match(r.stderr, /unknown command "frobnicate"/);
   r = await rotor([]);
   t.equal(r.code, 2);
-  t.match(r.stdout, /Commands:/);
+  t.match(r.stderr, /Commands:/, 'no command: the command list on stderr');
+  t.equal(r.stdout, '');
 });
 
 t.test('a repository without rotor.yaml is told how to make one', async (t) => {

@@ -4,26 +4,32 @@
  * them with the admin accounts of its own configuration (agent/src/config.ts). See agent/src/agent.ts.
  */
 import { realpathSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { jsonLogger } from '../../src/log.js';
+import { jsonLogger, LEVELS } from '../../src/log.js';
 import type { Level, Logger } from '../../src/log.js';
+import { HELP_FLAG, optionsHelp, parse } from '../../src/cli/args.js';
+import type { Flags } from '../../src/cli/args.js';
 import { Agent, AgentError } from './agent.js';
 import type { AgentOptions } from './agent.js';
 import { AgentConfigError, agentConfigProblemLine, loadAgentConfig } from './config.js';
 
+export const AGENT_FLAGS = {
+  config: { type: 'string', arg: 'FILE', env: 'ROTOR_AGENT_CONFIG', description: 'the agent\'s configuration (required)' },
+  once: {
+    type: 'boolean', env: false,
+    description: 'poll the daemon once, apply the jobs it hands out, report the results, exit (for tests and cron); without it the agent runs until SIGTERM or SIGINT',
+  },
+  'log-level': { type: 'string', arg: 'LEVEL', default: 'info', choices: LEVELS, env: 'ROTOR_AGENT_LOG_LEVEL', description: 'the least important log lines written: debug, info, warn or error' },
+  help: HELP_FLAG,
+  version: { type: 'boolean', env: false, description: 'print the version' },
+} as const satisfies Flags;
+
 export const HELP = `rotor-agent: applies rotor's database rotation steps on this host
 
-Usage: rotor-agent --config FILE [--once]
+Usage: rotor-agent --config FILE [--once] [--log-level LEVEL]
 
 Options:
-  --config FILE       the agent's configuration (default: $ROTOR_AGENT_CONFIG)
-  --once              poll the daemon once, apply the jobs it hands out, report the results, exit
-                      (for tests and cron); without it the agent runs until SIGTERM or SIGINT
-  --log-level LEVEL   debug, info (default), warn or error (also $ROTOR_AGENT_LOG_LEVEL)
-  -h, --help          this help
-  --version           the version
-
+${optionsHelp(AGENT_FLAGS)}
 The configuration is one YAML file on the database host, never in the repository (mode 0600):
 
   daemon: http://127.0.0.1:7700            # the daemon's --agent-listen address (https:// allowed)
@@ -36,11 +42,18 @@ The configuration is one YAML file on the database host, never in the repository
       password: { env: PG_ADMIN_PASSWORD } # or { sops: FILE, key: PATH }, or the password (warned)
       timeout: 10s                         # optional
 
-See "rotor-agent" in the README for every field, the admin privileges each database needs, and the codes.
+See "rotor-agent" in the README for every field, the admin privileges each database needs, and the
+codes.
 
-Logs are JSON lines on stderr (job, secret, target, step, code; never a value).
+Logs are JSON lines on stderr, one object each: "time" (ISO 8601), "level", "msg", and fields such
+as job, secret, target, step and code; never a value (fields named like one are "[redacted]").
+
 Exit codes: 0 done (or stopped by SIGTERM/SIGINT), 1 configuration invalid, 2 usage,
 3 --once did not complete (the daemon unreachable, its answer refused, or the results not accepted).
+
+Examples:
+  rotor-agent --config /etc/rotor/agent.yaml
+  ROTOR_AGENT_CONFIG=/etc/rotor/agent.yaml rotor-agent --once --log-level debug   # one cycle
 `;
 
 export const AGENT_EXIT = { ok: 0, invalid: 1, usage: 2, failure: 3 } as const;
@@ -54,10 +67,6 @@ export interface AgentCliIo {
   /** Extra options for the Agent (tests). */
   readonly agentOptions?: AgentOptions;
 }
-
-const LEVELS: readonly Level[] = ['debug', 'info', 'warn', 'error'];
-
-class Usage extends Error {}
 
 function processSignal(log: Logger): AbortSignal {
   const ac = new AbortController();
@@ -78,26 +87,11 @@ function processSignal(log: Logger): AbortSignal {
 }
 
 export async function main(argv: readonly string[], io: AgentCliIo = { stdout: (t) => void process.stdout.write(t), stderr: (t) => void process.stderr.write(t), env: process.env }): Promise<number> {
-  let flags: { config?: string; once: boolean; help: boolean; version: boolean; level: Level };
+  let flags;
   try {
-    const { values } = parseArgs({
-      args: [...argv],
-      options: {
-        config: { type: 'string' },
-        once: { type: 'boolean' },
-        'log-level': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-        version: { type: 'boolean' },
-      },
-      allowPositionals: false,
-      strict: true,
-    });
-    const levelText = values['log-level'] ?? (io.env.ROTOR_AGENT_LOG_LEVEL || 'info');
-    if (!LEVELS.includes(levelText as Level)) throw new Usage(`--log-level must be one of ${LEVELS.join(', ')}, not "${levelText}"`);
-    const config = values.config ?? (io.env.ROTOR_AGENT_CONFIG || undefined);
-    flags = { config, once: values.once === true, help: values.help === true, version: values.version === true, level: levelText as Level };
+    flags = parse(argv, AGENT_FLAGS, io.env, 0).flags;
   } catch (e) {
-    io.stderr(`rotor-agent: ${(e as Error).message.replace(/\. To specify a positional argument.*$/, '')}\nRun "rotor-agent --help" for usage.\n`);
+    io.stderr(`rotor-agent: ${(e as Error).message}\nRun "rotor-agent --help" for usage.\n`);
     return AGENT_EXIT.usage;
   }
   if (flags.help) {
@@ -113,7 +107,7 @@ export async function main(argv: readonly string[], io: AgentCliIo = { stdout: (
     return AGENT_EXIT.usage;
   }
 
-  const log = jsonLogger(io.stderr, Date.now, flags.level);
+  const log = jsonLogger(io.stderr, undefined, flags['log-level'] as Level);
   let config;
   try {
     config = await loadAgentConfig(flags.config, { env: io.env });

@@ -7,11 +7,20 @@ import { LIMITS } from '../model/yaml.js';
 import { jsonString } from '../audit/entry.js';
 import { verifyAuditDir } from '../audit/log.js';
 import type { Anchor } from '../audit/verify.js';
-import { parse, UsageError } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
+import type { Flags } from './args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 
-export const AUDIT_HELP = `Usage: rotor audit verify [DIR] [--format text|json] [--anchor SEQ:HASH]
+export const AUDIT_FLAGS = {
+  format: { type: 'string', arg: 'FORMAT', default: 'text', choices: ['text', 'json'], description: 'text or json' },
+  anchor: { type: 'string', arg: 'SEQ:HASH', description: 'a head kept elsewhere: SEQ and the entry\'s full 64-digit hash, as --format json prints it ("head")' },
+  help: HELP_FLAG,
+} as const satisfies Flags;
+
+export const AUDIT_HELP = `rotor audit: check the hash chain of a repository's audit log
+
+Usage: rotor audit verify [DIR] [--format text|json] [--anchor SEQ:HASH]
 
 Subcommands:
   verify [DIR]      check the audit log of the repository DIR (default: the current directory): the
@@ -34,21 +43,16 @@ SEQ is not that entry is AUDIT_CHAIN_BROKEN. verify checks the directory that ro
 revision checked out, so a change of audit.dir deserves the same review as an edit of the log.
 
 Options:
-  --format FORMAT   text (default) or json                                           [ROTOR_FORMAT]
-  --anchor SEQ:HASH a head kept elsewhere: SEQ and the entry's full 64-digit hash, as --format json
-                    prints it ("head")                                               [ROTOR_ANCHOR]
-  -h, --help        show this help                                                   [ROTOR_HELP]
-
+${optionsHelp(AUDIT_FLAGS)}
 Output: "audit: N entries in F files, chain intact, head SEQ:HASH12", or
 "FILE:LINE: error: MESSAGE [CODE]" for the first bad line, FILE relative to the current directory.
 Exit status: 0 intact, 1 broken, 2 usage error, 3 the log or rotor.yaml cannot be read.
-`;
 
-const FLAGS = {
-  format: { type: 'string', default: 'text', choices: ['text', 'json'] },
-  anchor: { type: 'string' },
-  help: { type: 'boolean', short: 'h' },
-} as const;
+Examples:
+  rotor audit verify                          # the repository you are in
+  rotor audit verify /var/lib/rotor/repo --format json     # the daemon's clone, for a script
+  rotor audit verify --anchor 1042:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+`;
 
 const CONFIG_FILE = 'rotor.yaml';
 /** The pattern of audit.dir in schemas/config.schema.json: a relative path without "." or ".." segments. */
@@ -110,7 +114,7 @@ function plural(n: number, one: string, many: string): string {
 }
 
 export async function auditCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parse(argv, FLAGS, io.env, 2);
+  const { flags, positionals } = parse(argv, AUDIT_FLAGS, io.env, 2);
   const sub = positionals[0];
   if (flags.help) {
     io.stdout(AUDIT_HELP);

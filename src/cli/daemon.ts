@@ -3,16 +3,42 @@ import path from 'node:path';
 import { Daemon } from '../daemon/daemon.js';
 import { KeyError } from '../keys.js';
 import { StateError } from '../state/types.js';
-import { jsonLogger } from '../log.js';
-import { parse, UsageError } from './args.js';
+import { jsonLogger, LEVELS } from '../log.js';
+import type { Level } from '../log.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
+import type { Flags } from './args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
 
 export const DEFAULT_SOCKET_DIR = '/run/rotor';
 
-export const DAEMON_HELP = `Usage: rotor daemon --repo URL|PATH [--branch main] [--data-dir DIR] [--socket-dir DIR]
-                    [--agent-listen HOST:PORT] [--metrics-listen HOST:PORT] [--break-glass age1...]...
+export const DAEMON_FLAGS = {
+  repo: { type: 'string', arg: 'URL|PATH', description: 'the GitOps repository (required)' },
+  branch: { type: 'string', arg: 'NAME', default: 'main', description: 'the branch to follow' },
+  'data-dir': { type: 'string', arg: 'DIR', default: DEFAULT_DATA_DIR, description: 'keys, state, clone and admin socket' },
+  'socket-dir': {
+    type: 'string', arg: 'DIR', defaultText: `$RUNTIME_DIRECTORY under systemd, else ${DEFAULT_SOCKET_DIR}`,
+    description: 'the consumer sockets; made 0711 if missing, refused if others may write to it',
+  },
+  'agent-listen': {
+    type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:7700',
+    description: 'where rotor-agent polls for database jobs (port 0 picks a free one). Requests are signed by each agent\'s key (its Agent declaration); answers are signed with DATA_DIR\'s signing key, and credentials are sealed to the agent\'s age recipient',
+  },
+  'metrics-listen': { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:9464', description: 'Prometheus metrics at GET /metrics and the status page at GET / (loopback by default; "off" for none)' },
+  'break-glass': {
+    type: 'string', arg: 'RECIPIENT', multiple: true,
+    description: 'also encrypt the state to this age recipient, age1... (repeatable, or several separated by commas), so that an operator holding its identity can open a snapshot offline with age -d',
+  },
+  'log-level': { type: 'string', arg: 'LEVEL', default: 'info', choices: LEVELS, description: 'the least important log lines written: debug, info, warn or error' },
+  help: HELP_FLAG,
+} as const satisfies Flags;
+
+export const DAEMON_HELP = `rotor daemon: follow the repository, rotate on schedule, serve the secrets, commit the audit log
+
+Usage: rotor daemon --repo URL|PATH [--branch main] [--data-dir DIR] [--socket-dir DIR]
+                    [--agent-listen HOST:PORT] [--metrics-listen HOST:PORT] [--break-glass RECIPIENT]...
+                    [--log-level LEVEL]
 
 Follows the GitOps repository at URL|PATH: clones it into DATA_DIR/repo (or opens that clone), fetches
 on the Config's sync.interval and on SIGHUP, applies each new commit whose declarations are valid (an
@@ -21,44 +47,31 @@ their schedules, and commits the audit log back to the repository and pushes it.
 
 The data directory holds the keys (make them first: rotor keygen DATA_DIR), the encrypted state
 store (DATA_DIR/state), the clone, and the admin socket (DATA_DIR/admin.sock) used by rotor rotate
-and rotor status. Logs are JSON lines on stderr; they never contain a secret value.
+and rotor status.
 
 Applications read their secrets over SOCKET_DIR/<consumer>.sock, one socket per Consumer declaration,
 owned by the consumer's uid and mode 0600 (so the daemon runs as root to serve consumers of other
 users). rotor get, rotor exec and the rotor/client module talk to them.
 
-Options:
-  --repo URL|PATH       the GitOps repository (required)                         [ROTOR_REPO]
-  --branch NAME         the branch to follow (default main)                      [ROTOR_BRANCH]
-  --data-dir DIR        keys, state, clone and admin socket (default ${DEFAULT_DATA_DIR})  [ROTOR_DATA_DIR]
-  --socket-dir DIR      the consumer sockets (default $RUNTIME_DIRECTORY under systemd, else
-                        ${DEFAULT_SOCKET_DIR}); made 0711 if missing, refused if others may write to it
-                                                                                [ROTOR_SOCKET_DIR]
-  --agent-listen HOST:PORT  where rotor-agent polls for database jobs (default 127.0.0.1:7700;
-                        port 0 picks a free one). Requests are signed by each agent's key (its
-                        Agent declaration); answers are signed with DATA_DIR's signing key, and
-                        credentials are sealed to the agent's age recipient.      [ROTOR_AGENT_LISTEN]
-  --metrics-listen HOST:PORT  Prometheus metrics at GET /metrics (default 127.0.0.1:9464,
-                        loopback only; "off" for none)                          [ROTOR_METRICS_LISTEN]
-  --break-glass age1... also encrypt the state to this age recipient (repeatable), so that an
-                        operator holding its identity can open a snapshot offline with age -d
-                                                                                [ROTOR_BREAK_GLASS]
-  -h, --help            show this help
+Logs are JSON lines on stderr, one object each: "time" (ISO 8601), "level", "msg", and fields such as
+secret, version, step and code. They never contain a secret value: fields named like one (password,
+token, value, key...) are replaced by "[redacted]".
 
+Options:
+${optionsHelp(DAEMON_FLAGS)}
 Signals: SIGHUP fetches now; SIGTERM and SIGINT stop after the running step, pushing what is left.
+
+Exit status: 0 stopped by SIGTERM or SIGINT, 1 cannot start (keys, state store, data directory in use,
+sockets, listeners, the repository), 2 usage error, 3 an unexpected failure.
+
+Examples:
+  rotor keygen /var/lib/rotor            # once
+  rotor daemon --repo git@git.example.com:platform/secrets.git --data-dir /var/lib/rotor
+  ROTOR_REPO=/srv/secrets.git rotor daemon --data-dir ./data --socket-dir ./sockets --log-level debug
 `;
 
 export async function daemonCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags } = parse(argv, {
-    repo: { type: 'string' },
-    branch: { type: 'string', default: 'main' },
-    'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
-    'socket-dir': { type: 'string' },
-    'agent-listen': { type: 'string', default: '127.0.0.1:7700' },
-    'metrics-listen': { type: 'string', default: '127.0.0.1:9464' },
-    'break-glass': { type: 'string', multiple: true },
-    help: { type: 'boolean', short: 'h' },
-  }, io.env, 0);
+  const { flags } = parse(argv, DAEMON_FLAGS, io.env, 0);
   if (flags.help) {
     io.stdout(DAEMON_HELP);
     return EXIT.ok;
@@ -66,7 +79,7 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
   if (!flags.repo) throw new UsageError('--repo URL|PATH is required: the GitOps repository to follow');
   const breakGlass = flags['break-glass'].flatMap((r) => r.split(/[\s,]+/)).filter(Boolean);
   for (const r of breakGlass) if (!/^age1[02-9ac-hj-np-z]{58}$/.test(r)) throw new UsageError(`--break-glass ${r} is not an age recipient (age1...)`);
-  const log = jsonLogger(io.stderr, io.now);
+  const log = jsonLogger(io.stderr, io.now, flags['log-level'] as Level);
   const repo = /^[a-z+]+:\/\//i.test(flags.repo) || /^[^/]+@[^:]+:/.test(flags.repo) ? flags.repo : path.resolve(io.cwd, flags.repo);
   const socketDir = path.resolve(io.cwd, flags['socket-dir'] ?? io.env.RUNTIME_DIRECTORY?.split(':')[0] ?? DEFAULT_SOCKET_DIR);
   const daemon = new Daemon({ repo, branch: flags.branch!, dataDir: path.resolve(io.cwd, flags['data-dir']!), socketDir, agentListen: flags['agent-listen']!, ...(flags['metrics-listen'] !== 'off' ? { metricsListen: flags['metrics-listen']! } : {}), breakGlass, log, now: io.now });

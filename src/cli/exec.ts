@@ -5,16 +5,28 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Secret } from '../client/index.js';
 import { getSecret, listSecrets, RotorClientError, watchSecret } from '../client/index.js';
-import { parse, UsageError } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
+import type { Flags } from './args.js';
 import { FieldError, pickField, render } from './get.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 
-export const EXEC_HELP = `Usage: rotor exec [--socket PATH] --env VAR=NAME[.field]... [--restart] [--grace SECONDS] -- CMD [ARGS...]
+export const EXEC_FLAGS = {
+  socket: { type: 'string', arg: 'PATH', description: 'the consumer\'s socket, SOCKET_DIR/<consumer>.sock (required)' },
+  env: { type: 'string', arg: 'VAR=NAME[.field]', multiple: true, env: false, description: 'a variable to set for CMD (at least one; repeatable)' },
+  restart: { type: 'boolean', description: 'restart CMD when a secret it uses rotates' },
+  grace: { type: 'string', arg: 'SECONDS', default: '10', description: 'how long CMD may take to stop before SIGKILL' },
+  help: HELP_FLAG,
+} as const satisfies Flags;
+
+export const EXEC_HELP = `rotor exec: run a command with secrets in its environment
+
+Usage: rotor exec [--socket PATH] --env VAR=NAME[.field]... [--restart] [--grace SECONDS]
+                  -- CMD [ARGS...]
 
 Reads the secrets from the daemon over the consumer socket, then runs CMD with them in its
-environment (never in its arguments): VAR=NAME gives the value of NAME (a structured secret as JSON),
-VAR=NAME.field one field of it (.username: the database user). Signals sent to rotor exec (TERM,
+environment (never in its arguments): VAR=NAME gives the value of NAME (a structured secret as
+JSON), VAR=NAME.field one field of it (.username: the database user). Signals sent to rotor exec (TERM,
 INT, HUP, QUIT, USR1, USR2) are passed to CMD; rotor exec exits with CMD's status.
 
 With --restart, rotor exec watches the secrets (long-polls) and, when one of them has a new version,
@@ -23,11 +35,15 @@ values. The previous version stays valid for the policy's overlap, so open conne
 while CMD restarts.
 
 Options:
-  --socket PATH        the consumer's socket, SOCKET_DIR/<consumer>.sock         [ROTOR_SOCKET]
-  --env VAR=NAME[.f]   a variable to set (repeatable)
-  --restart            restart CMD when a secret it uses rotates                 [ROTOR_RESTART]
-  --grace SECONDS      how long CMD may take to stop before SIGKILL (default 10)  [ROTOR_GRACE]
-  -h, --help           show this help
+${optionsHelp(EXEC_FLAGS)}
+Exit status: CMD's own (128+N when a signal N ended it), 1 the secrets cannot be read (not granted,
+unknown, no such field, the daemon cannot be reached; CMD is not started), 2 usage error, 127 CMD
+cannot be run.
+
+Examples:
+  rotor exec --socket /run/rotor/billing-api.sock --env API_TOKEN=example/api-token -- ./server
+  ROTOR_SOCKET=/run/rotor/billing-api.sock rotor exec --restart --grace 30 \\
+      --env DB_USER=payments/db.username --env DB_PASSWORD=payments/db -- ./server --port 8080
 `;
 
 interface Binding {
@@ -42,13 +58,7 @@ export async function execCommand(argv: readonly string[], io: Io): Promise<numb
   const dash = argv.indexOf('--');
   const own = dash < 0 ? argv : argv.slice(0, dash);
   const command = dash < 0 ? [] : argv.slice(dash + 1);
-  const { flags } = parse(own, {
-    socket: { type: 'string' },
-    env: { type: 'string', multiple: true },
-    restart: { type: 'boolean' },
-    grace: { type: 'string', default: '10' },
-    help: { type: 'boolean', short: 'h' },
-  }, io.env, 0);
+  const { flags } = parse(own, EXEC_FLAGS, io.env, 0);
   if (flags.help) {
     io.stdout(EXEC_HELP);
     return EXIT.ok;

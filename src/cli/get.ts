@@ -1,11 +1,22 @@
 /** `rotor get NAME [--socket PATH] [--field F] [--json] [--version N]`: read a secret over a consumer socket. */
 import type { Secret, SecretVersion } from '../client/index.js';
 import { getSecret, RotorClientError } from '../client/index.js';
-import { parse, UsageError } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
+import type { Flags } from './args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 
-export const GET_HELP = `Usage: rotor get NAME [--socket PATH] [--field F] [--json] [--version N]
+export const GET_FLAGS = {
+  socket: { type: 'string', arg: 'PATH', description: 'the consumer\'s socket, SOCKET_DIR/<consumer>.sock (required)' },
+  field: { type: 'string', arg: 'F', description: 'one field of a structured secret, or username' },
+  version: { type: 'string', arg: 'N', defaultText: 'the current one', description: 'a retained older version' },
+  json: { type: 'boolean', description: 'print the daemon\'s whole answer as JSON' },
+  help: HELP_FLAG,
+} as const satisfies Flags;
+
+export const GET_HELP = `rotor get: print a secret, read from the daemon over a consumer socket
+
+Usage: rotor get NAME [--socket PATH] [--field F] [--json] [--version N]
 
 Prints the current value of the secret NAME, read from the daemon over a consumer's socket (the
 consumer must be granted NAME by its declaration, and the socket belongs to the consumer's uid).
@@ -16,24 +27,18 @@ alternate strategy it changes from one version to the next). --json prints the w
 rotatedAt, nextRotationAt and, during the overlap, the previous version.
 
 Options:
-  --socket PATH   the consumer's socket, SOCKET_DIR/<consumer>.sock                [ROTOR_SOCKET]
-  --field F       one field of a structured secret, or username                   [ROTOR_FIELD]
-  --version N     a retained older version instead of the current one             [ROTOR_VERSION]
-  --json          print the daemon's whole answer as JSON                         [ROTOR_JSON]
-  -h, --help      show this help
-
+${optionsHelp(GET_FLAGS)}
 Exit status: 0 printed, 1 the daemon refused (not granted, unknown, not ready) or cannot be reached,
 2 usage. Values go to stdout only; errors never contain one.
+
+Examples:
+  rotor get example/api-token --socket /run/rotor/example-app.sock
+  ROTOR_SOCKET=/run/rotor/billing.sock rotor get payments/db --field username
+  rotor get payments/db --socket /run/rotor/billing.sock --json --version 3
 `;
 
 export async function getCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parse(argv, {
-    socket: { type: 'string' },
-    field: { type: 'string' },
-    version: { type: 'string' },
-    json: { type: 'boolean' },
-    help: { type: 'boolean', short: 'h' },
-  }, io.env, 1);
+  const { flags, positionals } = parse(argv, GET_FLAGS, io.env, 1);
   if (flags.help) {
     io.stdout(GET_HELP);
     return EXIT.ok;

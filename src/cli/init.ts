@@ -11,12 +11,24 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IDENTITY_FILE, KeyError, SIGNING_FILE, generateKeys, loadKeys } from '../keys.js';
 import type { PublicKeys } from '../keys.js';
-import { parse, UsageError } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
+import type { Flags } from './args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
 
-export const INIT_HELP = `Usage: rotor init [DIR] [--data-dir KEYS_DIR] [--force]
+export const INIT_FLAGS = {
+  'data-dir': {
+    type: 'string', arg: 'KEYS_DIR', default: DEFAULT_DATA_DIR,
+    description: 'the daemon\'s data directory, where the keys go; later "rotor daemon --data-dir KEYS_DIR". If the default is not writable, pass a directory you can write',
+  },
+  force: { type: 'boolean', description: 'overwrite the scaffold\'s files where they exist (never the keys, never an existing package.json)' },
+  help: HELP_FLAG,
+} as const satisfies Flags;
+
+export const INIT_HELP = `rotor init: scaffold a new GitOps repository, and the daemon's keys
+
+Usage: rotor init [DIR] [--data-dir KEYS_DIR] [--force]
 
 Scaffolds a GitOps repository for rotor in DIR (default: the current directory; made if missing) and
 creates the daemon's keys in KEYS_DIR, outside the repository:
@@ -24,12 +36,15 @@ creates the daemon's keys in KEYS_DIR, outside the repository:
   rotor.yaml                  the Config: audit log directory, sync interval, paths to ignore
   policies.yaml               a Policy, "standard": rotate every 30 days, previous value valid a day
   example/secrets.yaml        a generated Secret, example/api-token
-  consumers.yaml              a Consumer, example-app, reading example/* (its uid is yours: change it)
-  .gitattributes              audit/*.jsonl -text: git must never rewrite the audit log's line endings
+  consumers.yaml              a Consumer, example-app, reading example/* (its uid is yours: change
+                              it)
+  .gitattributes              audit/*.jsonl -text: git must never rewrite the audit log's line
+                              endings
   .gitignore                  node_modules/ (and KEYS_DIR, should it be inside DIR)
   package.json                rotor as a devDependency, for CI and for the editor schemas (only
                               written when DIR has none)
-  .github/workflows/rotor.yml on pull requests: rotor validate (annotations) and rotor plan (job summary)
+  .github/workflows/rotor.yml on pull requests: rotor validate (annotations) and rotor plan (job
+                              summary)
 
 Every YAML file starts with "# yaml-language-server: $schema=...node_modules/rotor/schemas/...",
 so that editors with the YAML language server complete and check declarations offline once
@@ -45,21 +60,14 @@ If DIR is not inside a git work tree, "git init -b main" is run there.
 Existing files are never overwritten unless --force (they are listed, and nothing is written).
 
 Options:
-  --data-dir KEYS_DIR   the daemon's data directory, where the keys go; later
-                        "rotor daemon --data-dir KEYS_DIR" (default ${DEFAULT_DATA_DIR}; if that is
-                        not writable, pass a directory you can write)          [ROTOR_DATA_DIR]
-  --force               overwrite the scaffold's files where they exist (never the keys, never
-                        an existing package.json)                              [ROTOR_FORCE]
-  -h, --help            show this help
-
+${optionsHelp(INIT_FLAGS)}
 Exit status: 0 done, 1 refused (files exist, keys cannot be made), 2 usage error.
-`;
 
-const FLAGS = {
-  'data-dir': { type: 'string' },
-  force: { type: 'boolean' },
-  help: { type: 'boolean', short: 'h' },
-} as const;
+Examples:
+  rotor init my-secrets --data-dir ~/.local/share/rotor     # try it out as yourself
+  sudo rotor init /srv/secrets                              # keys in /var/lib/rotor
+  rotor init . --force                                      # refresh the scaffold's files here
+`;
 
 /** rotor's own version, for the devDependency the scaffold's package.json declares. */
 function ownVersion(): string {
@@ -230,7 +238,7 @@ async function nearestExisting(p: string): Promise<string> {
 }
 
 export async function initCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parse(argv, FLAGS, io.env, 1);
+  const { flags, positionals } = parse(argv, INIT_FLAGS, io.env, 1);
   if (flags.help) {
     io.stdout(INIT_HELP);
     return EXIT.ok;

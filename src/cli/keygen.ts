@@ -1,11 +1,20 @@
-/** `rotor keygen DIR`: create a daemon's (or an agent's) keys and print their public halves. */
+/** `rotor keygen DIR` (or --data-dir DIR): create a daemon's (or an agent's) keys and print their public halves. */
 import { KeyError, generateKeys } from '../keys.js';
-import { parse, UsageError } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
+import type { Flags } from './args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import path from 'node:path';
 
-export const KEYGEN_HELP = `Usage: rotor keygen DIR
+export const KEYGEN_FLAGS = {
+  'data-dir': { type: 'string', arg: 'DIR', description: 'the directory to create the keys in, if DIR is not given' },
+  help: HELP_FLAG,
+} as const satisfies Flags;
+
+export const KEYGEN_HELP = `rotor keygen: create a daemon's or an agent's keys and print their public halves
+
+Usage: rotor keygen DIR
+       rotor keygen --data-dir DIR    (or ROTOR_DATA_DIR, as the daemon's environment sets it)
 
 Creates, in DIR (made with mode 0700 if missing):
   identity.age   an age X25519 identity: the state store is encrypted to it, and the standard
@@ -18,15 +27,24 @@ Prints the public halves, ready to paste into an Agent declaration or an agent's
   signingKey: ed25519:...
 
 The daemon reads its keys from its data directory: "rotor keygen DATA_DIR" prepares a daemon.
+
+Options:
+${optionsHelp(KEYGEN_FLAGS)}
+Exit status: 0 created, 1 keys exist there already, 2 usage error, 3 the directory cannot be made or
+written.
+
+Examples:
+  rotor keygen /var/lib/rotor            # the daemon's keys, in its data directory
+  rotor keygen /var/lib/rotor-agent      # on a database host: an agent's keys (its keyDir)
 `;
 
 export async function keygenCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parse(argv, { help: { type: 'boolean', short: 'h' } }, io.env, 1);
+  const { flags, positionals } = parse(argv, KEYGEN_FLAGS, io.env, 1);
   if (flags.help) {
     io.stdout(KEYGEN_HELP);
     return EXIT.ok;
   }
-  const dirArg = positionals[0];
+  const dirArg = positionals[0] ?? flags['data-dir'];
   if (!dirArg) throw new UsageError('DIR is required: the directory to create the keys in (a daemon\'s data directory)');
   try {
     const keys = await generateKeys(path.resolve(io.cwd, dirArg), new Date(io.now()));

@@ -3,18 +3,19 @@
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { UsageError } from './args.js';
+import type { Flags } from './args.js';
 import type { Io } from './io.js';
 import { EXIT, processIo } from './io.js';
-import { validateCommand } from './validate.js';
-import { planCommand } from './plan.js';
-import { keygenCommand } from './keygen.js';
-import { auditCommand } from './audit.js';
-import { daemonCommand } from './daemon.js';
-import { rotateCommand } from './rotate.js';
-import { getCommand } from './get.js';
-import { execCommand } from './exec.js';
-import { statusCommand } from './status.js';
-import { initCommand } from './init.js';
+import { VALIDATE_FLAGS, VALIDATE_HELP, validateCommand } from './validate.js';
+import { PLAN_FLAGS, PLAN_HELP, planCommand } from './plan.js';
+import { KEYGEN_FLAGS, KEYGEN_HELP, keygenCommand } from './keygen.js';
+import { AUDIT_FLAGS, AUDIT_HELP, auditCommand } from './audit.js';
+import { DAEMON_FLAGS, DAEMON_HELP, daemonCommand } from './daemon.js';
+import { ROTATE_FLAGS, ROTATE_HELP, rotateCommand } from './rotate.js';
+import { GET_FLAGS, GET_HELP, getCommand } from './get.js';
+import { EXEC_FLAGS, EXEC_HELP, execCommand } from './exec.js';
+import { STATUS_FLAGS, STATUS_HELP, statusCommand } from './status.js';
+import { INIT_FLAGS, INIT_HELP, initCommand } from './init.js';
 
 export const HELP = `rotor: declarative secret rotation from a Git repository
 
@@ -27,42 +28,61 @@ Commands:
                                   what a change between two commits does, for pull requests
   keygen DIR                      create a daemon's or an agent's keys and print their public halves
   audit verify [DIR]              check the hash chain of DIR's audit log (exit 1 when broken)
-  daemon --repo URL|PATH --data-dir DIR
+  daemon --repo URL|PATH [--data-dir DIR] [--log-level LEVEL]
                                   follow the repository, rotate on schedule, commit the audit log
   rotate NAME --reason TEXT       rotate a secret now, through the running daemon
   status [--json]                 what the running daemon knows: secrets, consumers, agents, config
   get NAME --socket PATH          print a secret, read over a consumer socket
   exec --env VAR=NAME... -- CMD   run CMD with secrets in its environment (--restart on rotation)
 
-Run "rotor <command> --help" for a command's options. Every option also reads from an environment
-variable: --format from ROTOR_FORMAT, --base from ROTOR_BASE, and so on.
+Run "rotor <command> --help" (or "rotor help <command>") for a command's options, exit status and
+examples. Options also read an environment variable, shown in each command's help: --data-dir from
+ROTOR_DATA_DIR, --format from ROTOR_FORMAT, and so on; the command line wins.
+
+Exit status: for every command 2 is a usage error and 3 an unexpected failure (ROTOR_DEBUG=1 adds the
+stack trace); 0 and 1 are each command's own, see its help (exec exits with its command's status).
+
+Examples:
+  rotor init my-secrets --data-dir ~/.local/share/rotor
+  rotor validate && rotor plan --base origin/main
+  rotor daemon --repo git@git.example.com:platform/secrets.git --data-dir /var/lib/rotor
 `;
 
 type Command = (argv: readonly string[], io: Io) => Promise<number>;
-const COMMANDS: Record<string, Command> = {
-  validate: validateCommand,
-  plan: planCommand,
-  keygen: keygenCommand,
-  audit: auditCommand,
-  daemon: daemonCommand,
-  rotate: rotateCommand,
-  get: getCommand,
-  exec: execCommand,
-  status: statusCommand,
-  init: initCommand,
+
+/** A command: what runs it, the flags its parser takes, and its --help. */
+export interface CommandEntry {
+  readonly run: Command;
+  readonly flags: Flags;
+  readonly help: string;
+}
+
+export const COMMANDS: Readonly<Record<string, CommandEntry>> = {
+  init: { run: initCommand, flags: INIT_FLAGS, help: INIT_HELP },
+  validate: { run: validateCommand, flags: VALIDATE_FLAGS, help: VALIDATE_HELP },
+  plan: { run: planCommand, flags: PLAN_FLAGS, help: PLAN_HELP },
+  keygen: { run: keygenCommand, flags: KEYGEN_FLAGS, help: KEYGEN_HELP },
+  audit: { run: auditCommand, flags: AUDIT_FLAGS, help: AUDIT_HELP },
+  daemon: { run: daemonCommand, flags: DAEMON_FLAGS, help: DAEMON_HELP },
+  rotate: { run: rotateCommand, flags: ROTATE_FLAGS, help: ROTATE_HELP },
+  status: { run: statusCommand, flags: STATUS_FLAGS, help: STATUS_HELP },
+  get: { run: getCommand, flags: GET_FLAGS, help: GET_HELP },
+  exec: { run: execCommand, flags: EXEC_FLAGS, help: EXEC_HELP },
 };
 
 export async function run(argv: readonly string[], io: Io = processIo()): Promise<number> {
   const [name, ...rest] = argv;
+  if (name === 'help' && rest.length > 0) return run([...rest, '--help'], io);
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
-    io.stdout(HELP);
+    // Asked for: stdout, exit 0. No command at all is a usage error: stderr, exit 2.
+    (name === undefined ? io.stderr : io.stdout)(HELP);
     return name === undefined ? EXIT.usage : EXIT.ok;
   }
   if (name === '--version' || name === '-v') {
     io.stdout('rotor 0.1.0\n');
     return EXIT.ok;
   }
-  const command = COMMANDS[name];
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name]!.run : undefined;
   if (!command) {
     io.stderr(`rotor: unknown command "${name}"\n\n${HELP}`);
     return EXIT.usage;

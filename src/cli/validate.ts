@@ -3,32 +3,38 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { loadModel } from '../model/load.js';
 import { DirectorySource } from '../model/source.js';
-import { parse, UsageError } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
+import type { Flags } from './args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import type { ProblemFormat } from './report.js';
 import { formatProblems } from './report.js';
 
-export const VALIDATE_HELP = `Usage: rotor validate [DIR] [--format text|json|github]
+export const VALIDATE_FLAGS = {
+  format: { type: 'string', arg: 'FORMAT', default: 'text', choices: ['text', 'json', 'github'], description: 'text, json, or github (GitHub Actions annotations)' },
+  help: HELP_FLAG,
+} as const satisfies Flags;
+
+export const VALIDATE_HELP = `rotor validate: check the declarations of a repository directory
+
+Usage: rotor validate [DIR] [--format text|json|github]
 
 Checks every declaration in DIR (default: the current directory): YAML syntax, the JSON Schemas of
 schemas/, references between declarations, schedules, strategies, generator strength and limits.
 Prints one line per problem, "file:line:col: error|warning: message [CODE]", file relative to DIR.
 
 Options:
-  --format FORMAT   text (default), json, or github (GitHub Actions annotations)   [ROTOR_FORMAT]
-  -h, --help        show this help
-
+${optionsHelp(VALIDATE_FLAGS)}
 Exit status: 0 valid (warnings allowed), 1 invalid, 2 usage error.
+
+Examples:
+  rotor validate                              # the repository you are in
+  rotor validate policies --format json       # for a script
+  npx rotor validate --format github          # in a GitHub Actions job: annotations on the diff
 `;
 
-const FLAGS = {
-  format: { type: 'string', default: 'text', choices: ['text', 'json', 'github'] },
-  help: { type: 'boolean', short: 'h' },
-} as const;
-
 export async function validateCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parse(argv, FLAGS, io.env, 1);
+  const { flags, positionals } = parse(argv, VALIDATE_FLAGS, io.env, 1);
   if (flags.help) {
     io.stdout(VALIDATE_HELP);
     return EXIT.ok;
