@@ -4,7 +4,7 @@
 // directory is .rotor/data (keys made on first run), and the daemon rotates demo/ticker every 10 s,
 // printing what it does, until Ctrl-C. Start afresh with: rm -rf .rotor
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 const root = fileURLToPath(new URL('..', import.meta.url));
 const dist = (p) => new URL(`../dist/src/${p}`, import.meta.url).href;
 const { run } = await import(dist('cli/main.js'));
-const { generateKeys } = await import(dist('keys.js'));
+const { generateKeys, loadKeys } = await import(dist('keys.js'));
 
 const base = path.join(root, '.rotor');
 const remote = path.join(base, 'remote.git');
@@ -20,9 +20,18 @@ const dataDir = path.join(base, 'data');
 const git = (cwd, ...args) =>
   execFileSync('git', ['-c', 'user.name=rotor demo', '-c', 'user.email=demo@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
 
+if (!existsSync(path.join(dataDir, 'identity.age'))) {
+  const keys = await generateKeys(dataDir);
+  console.log(`made the daemon's keys in ${path.relative(root, dataDir)} (recipient ${keys.recipient})`);
+}
 if (!existsSync(remote)) {
   const work = mkdtempSync(path.join(os.tmpdir(), 'rotor-demo-'));
   cpSync(path.join(root, 'policies'), work, { recursive: true });
+  // The example's SOPS file is encrypted to a throwaway key: encrypt its value to this daemon's key, as
+  // a person would with `sops updatekeys` after adding the daemon's recipient to .sops.yaml.
+  const { recipient } = await loadKeys(dataDir);
+  const { sealSops } = await import(dist('sops-write.js'));
+  writeFileSync(path.join(work, 'secrets/stripe.enc.yaml'), await sealSops({ apiKey: 'sk_test_example_only_not_a_real_key' }, [recipient]));
   git(work, 'init', '-q', '-b', 'main');
   git(work, 'add', '-A');
   git(work, 'commit', '-q', '-m', 'The example declarations (policies/)');
@@ -30,10 +39,6 @@ if (!existsSync(remote)) {
   git(base, 'clone', '-q', '--bare', work, remote);
   rmSync(work, { recursive: true, force: true });
   console.log(`made ${path.relative(root, remote)} from policies/ (a stand-in for your GitOps remote)`);
-}
-if (!existsSync(path.join(dataDir, 'identity.age'))) {
-  const keys = await generateKeys(dataDir);
-  console.log(`made the daemon's keys in ${path.relative(root, dataDir)} (recipient ${keys.recipient})`);
 }
 console.log(`rotor daemon --repo ${path.relative(root, remote)} --data-dir ${path.relative(root, dataDir)}   (Ctrl-C to stop)\n`);
 

@@ -123,7 +123,7 @@ export async function openSops(content: string | Uint8Array, identity: string | 
   const root = format === 'json' ? parseJson(text, name) : parseYaml(text, name);
   const metaIndex = root.entries.findIndex(([k]) => k === 'sops');
   if (metaIndex < 0) {
-    throw new SopsError('SOPS_NOT_SOPS', `${name} has no "sops" metadata: it is not a SOPS-encrypted file (encrypt it with sops, to the agent's age recipient)`);
+    throw new SopsError('SOPS_NOT_SOPS', `${name} has no "sops" metadata: it is not a SOPS-encrypted file (encrypt it with sops to the age recipient of whoever reads it: the agent, or the daemon for a sops: secret)`);
   }
   const meta = readMetadata(root.entries[metaIndex]![1], name);
   const tree: MapNode = { k: 'map', entries: root.entries.filter((_, i) => i !== metaIndex) };

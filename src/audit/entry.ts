@@ -17,8 +17,9 @@
 import crypto from 'node:crypto';
 
 /** Why something was done. */
-export type AuditTrigger = 'schedule' | 'request' | 'cli' | 'new' | 'removal' | 'config';
-export const TRIGGERS: readonly AuditTrigger[] = ['schedule', 'request', 'cli', 'new', 'removal', 'config'];
+/** `commit`: a person committed a new value of a `sops:` secret. */
+export type AuditTrigger = 'schedule' | 'request' | 'cli' | 'new' | 'removal' | 'config' | 'commit';
+export const TRIGGERS: readonly AuditTrigger[] = ['schedule', 'request', 'cli', 'new', 'removal', 'config', 'commit'];
 
 /** The events rotor writes today; `event` is any short lowercase word so that new ones need no migration. */
 export const KNOWN_EVENTS = ['created', 'rotated', 'retired', 'purged', 'removed', 'rotation-failed', 'config-applied', 'config-rejected', 'access-denied'] as const;

@@ -10,40 +10,66 @@ import { checkAppendOnly } from '../plan/append-only.js';
 import { plan } from '../plan/plan.js';
 import type { PlanFormat, PlanReport } from '../plan/format.js';
 import { formatPlan } from '../plan/format.js';
-import { parse, UsageError } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
+import type { Flags } from './args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 
-export const PLAN_HELP = `Usage: rotor plan --base REF [--head REF] [DIR] [--format text|markdown|json]
+export const PLAN_FLAGS = {
+  base: { type: 'string', arg: 'REF', description: 'the revision to compare against, e.g. origin/main (required)' },
+  head: { type: 'string', arg: 'REF', defaultText: 'the work tree as it is', description: 'the revision to plan' },
+  format: { type: 'string', arg: 'FORMAT', default: 'text', choices: ['text', 'markdown', 'json'], description: 'text, markdown (a pull-request comment) or json' },
+  now: { type: 'string', arg: 'TIME', defaultText: 'now', description: 'the time to plan from, ISO 8601' },
+  help: HELP_FLAG,
+} as const satisfies Flags;
 
-Shows what a change to the declarations in DIR (default: the current directory, inside a git work tree)
-does between the commit REF and the head: declarations added, removed and changed field by field, the
-next three rotation times of every affected secret, rotate-now requests, consumers that gain or lose
-access, and changes that need a person's attention (strategy changes, "single" strategies, removals).
-The head is the work tree unless --head names a commit.
+export const PLAN_HELP = `rotor plan: what a change to the declarations does, for pull requests
+
+Usage: rotor plan --base REF [--head REF] [DIR] [--format text|markdown|json]
+
+Shows what a change to the declarations in DIR (default: the current directory, inside a git work
+tree) does between the commit REF and the head: declarations added, removed and changed field by
+field, the next three rotation times of every affected secret, rotate-now requests, consumers that
+gain or lose access, changes that need a person's attention (strategy changes, "single"
+strategies, removals), and sops: secrets near or past their policy's maxAge (from the audit log's
+last rotation of each), which a person rotates by committing a new value. The head is the work tree
+unless --head names a commit.
 
 It refuses (exit 1) a head with invalid declarations or one that edits or deletes lines of the audit
 log, which is append-only.
 
 Options:
-  --base REF        the revision to compare against, e.g. origin/main            [ROTOR_BASE]
-  --head REF        the revision to plan (default: the work tree as it is)       [ROTOR_HEAD]
-  --format FORMAT   text (default), markdown (a pull-request comment) or json    [ROTOR_FORMAT]
-  --now TIME        the time to plan from, ISO 8601 (default: now)                [ROTOR_NOW]
-  -h, --help        show this help
+${optionsHelp(PLAN_FLAGS)}
+Exit status: 0 the change can be applied, 1 refused, 2 usage error (unknown revision, not a git work
+tree).
 
-Exit status: 0 the change can be applied, 1 refused, 2 usage error (unknown revision, not a git work tree).
-
-In CI:  rotor plan --base "origin/$GITHUB_BASE_REF" --format markdown > plan.md
+Examples:
+  rotor plan --base origin/main                                   # your work tree against main
+  rotor plan --base v1.4 --head v1.5 --format json                # between two tags, for a script
+  rotor plan --base "origin/$GITHUB_BASE_REF" --format markdown > plan.md    # in CI
 `;
 
-const FLAGS = {
-  base: { type: 'string' },
-  head: { type: 'string' },
-  format: { type: 'string', default: 'text', choices: ['text', 'markdown', 'json'] },
-  now: { type: 'string' },
-  help: { type: 'boolean', short: 'h' },
-} as const;
+/** Secret -> when its current version became current, from the audit log of the head. */
+async function lastRotations(source: RepoSource, auditDir: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  const { files } = await source.list();
+  const logs = [...files.keys()].filter((f) => f.startsWith(`${auditDir}/`) && f.endsWith('.jsonl')).sort();
+  for (const [, buf] of await source.readMany(logs)) {
+    if (buf instanceof Error) continue;
+    for (const line of buf.toString('utf8').split('\n')) {
+      if (!line.includes('"created"') && !line.includes('"rotated"') && !line.includes('"purged"')) continue;
+      try {
+        const e = JSON.parse(line) as { event?: string; secret?: string; time?: string };
+        if (!e.secret || !e.time) continue;
+        if (e.event === 'purged') out.delete(e.secret);
+        else if (e.event === 'created' || e.event === 'rotated') out.set(e.secret, Date.parse(e.time));
+      } catch {
+        // A damaged line: `rotor audit verify` reports it; the reminder skips it.
+      }
+    }
+  }
+  return out;
+}
 
 async function resolveCommit(top: string, ref: string): Promise<string> {
   try {
@@ -54,7 +80,7 @@ async function resolveCommit(top: string, ref: string): Promise<string> {
 }
 
 export async function planCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parse(argv, FLAGS, io.env, 1);
+  const { flags, positionals } = parse(argv, PLAN_FLAGS, io.env, 1);
   if (flags.help) {
     io.stdout(PLAN_HELP);
     return EXIT.ok;
@@ -90,7 +116,7 @@ export async function planCommand(argv: readonly string[], io: Io): Promise<numb
     problems: head.problems,
     baseErrors: base.problems.filter((p) => p.severity === 'error').length,
     audit,
-    plan: plan(base.desired, head.desired, now),
+    plan: plan(base.desired, head.desired, now, await lastRotations(headSource, head.auditDir)),
   };
   io.stdout(formatPlan(report, flags.format as PlanFormat));
   return report.ok ? EXIT.ok : EXIT.invalid;

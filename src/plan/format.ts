@@ -1,7 +1,7 @@
 /** Printing a plan: plain text for terminals, markdown for pull-request comments, JSON for programs. */
 import type { Problem } from '../model/problems.js';
 import type { AuditViolation } from './append-only.js';
-import type { DeclChange, FieldChange, Plan, RotationForecast } from './plan.js';
+import type { DeclChange, FieldChange, Plan, Reminder, RotationForecast } from './plan.js';
 
 export interface PlanReport {
   readonly base: { readonly ref: string; readonly commit: string };
@@ -65,7 +65,13 @@ function summary(r: PlanReport): string {
   if (r.plan.rotateNow.length) parts.push(`${r.plan.rotateNow.length} rotate-now`);
   if (r.plan.access.length) parts.push(`${r.plan.access.length} access change${r.plan.access.length === 1 ? '' : 's'}`);
   if (r.plan.attention.length) parts.push(`${r.plan.attention.length} need${r.plan.attention.length === 1 ? 's' : ''} attention`);
+  if (r.plan.reminders.length) parts.push(`${r.plan.reminders.length} to rotate by hand`);
   return parts.join(', ');
+}
+
+function reminderText(x: Reminder): string {
+  const state = x.overdue ? `overdue since ${x.dueAt.slice(0, 10)}` : `due on ${x.dueAt.slice(0, 10)}`;
+  return `${x.secret}: ${state} (maxAge ${x.maxAge}; current value since ${x.lastRotatedAt.slice(0, 10)}). Edit ${x.file} with sops and commit: the new value becomes the next version`;
 }
 
 function text(r: PlanReport): string {
@@ -81,6 +87,10 @@ function text(r: PlanReport): string {
   if (r.plan.attention.length) {
     out.push('', 'Needs attention:');
     for (const a of r.plan.attention) out.push(`  ! ${a.subject}: ${a.message} [${a.code}]`);
+  }
+  if (r.plan.reminders.length) {
+    out.push('', 'Rotate by hand (sops: secrets):');
+    for (const x of r.plan.reminders) out.push(`  ! ${reminderText(x)} [${x.overdue ? 'SOPS_OVERDUE' : 'SOPS_DUE_SOON'}]`);
   }
   if (r.plan.changes.length) {
     out.push('', 'Changes:');
@@ -145,6 +155,10 @@ function markdown(r: PlanReport): string {
   if (r.plan.attention.length) {
     out.push('', '#### ⚠️ Needs attention', '');
     for (const a of r.plan.attention) out.push(`- **${md(a.subject)}**: ${md(a.message)} (\`${a.code}\`)`);
+  }
+  if (r.plan.reminders.length) {
+    out.push('', '#### ⏰ Rotate by hand', '');
+    for (const x of r.plan.reminders) out.push(`- **${md(x.secret)}**: ${md(reminderText(x).slice(x.secret.length + 2))} (\`${x.overdue ? 'SOPS_OVERDUE' : 'SOPS_DUE_SOON'}\`)`);
   }
   if (r.plan.changes.length) {
     out.push('', '#### Changes', '');

@@ -68,7 +68,22 @@ export interface Attention {
   readonly message: string;
 }
 
+/** A `sops:` secret a person must rotate: past its policy's `maxAge`, or soon. */
+export interface Reminder {
+  readonly secret: string;
+  readonly file: string;
+  readonly maxAge: string;
+  /** When its current version became current (the audit log's last created/rotated entry). */
+  readonly lastRotatedAt: string;
+  readonly dueAt: string;
+  readonly overdue: boolean;
+}
+
+/** A reminder is given this long before `maxAge` is reached (or a quarter of `maxAge`, if shorter). */
+export const REMIND_BEFORE_MS = 14 * 86_400_000;
+
 export interface Plan {
+  readonly reminders: readonly Reminder[];
   readonly changes: readonly DeclChange[];
   readonly rotations: readonly RotationForecast[];
   readonly rotateNow: readonly RotateNow[];
@@ -163,7 +178,11 @@ function consumersOf(g: Map<string, Set<string>>, secret: string): string[] {
   return [...g].filter(([, set]) => set.has(secret)).map(([c]) => c).sort();
 }
 
-export function plan(base: Desired, head: Desired, now: number): Plan {
+/**
+ * @param lastRotated  secret -> when its current version became current, from the audit log; used to
+ *   remind of `sops:` secrets near or past their policy's `maxAge`.
+ */
+export function plan(base: Desired, head: Desired, now: number, lastRotated: ReadonlyMap<string, number> = new Map()): Plan {
   const changes = [
     ...(base.config && head.config ? diffMaps('Config', new Map([['rotor.yaml', base.config]]), new Map([['rotor.yaml', head.config]])) : []),
     ...diffMaps('Policy', base.policies, head.policies),
@@ -286,7 +305,21 @@ export function plan(base: Desired, head: Desired, now: number): Plan {
   access.sort((a, b) => (a.consumer + '\0' + a.secret < b.consumer + '\0' + b.secret ? -1 : 1));
   rotations.sort((a, b) => (a.secret < b.secret ? -1 : 1));
   rotateNow.sort((a, b) => (a.secret < b.secret ? -1 : 1));
-  return { changes, rotations, rotateNow, access, attention };
+  return { reminders: reminders(head, now, lastRotated), changes, rotations, rotateNow, access, attention };
+}
+
+function reminders(head: Desired, now: number, lastRotated: ReadonlyMap<string, number>): Reminder[] {
+  const out: Reminder[] = [];
+  for (const [name, { decl }] of head.secrets) {
+    const maxAgeText = head.policies.get(decl.policy)?.decl.maxAge;
+    const maxAge = maxAgeText ? parseDuration(maxAgeText) : undefined;
+    const last = lastRotated.get(name);
+    if (!decl.sops || maxAge === undefined || last === undefined) continue;
+    const due = last + maxAge;
+    if (due - now > Math.min(REMIND_BEFORE_MS, maxAge / 4)) continue;
+    out.push({ secret: name, file: decl.sops.file, maxAge: maxAgeText!, lastRotatedAt: new Date(last).toISOString(), dueAt: new Date(due).toISOString(), overdue: now > due });
+  }
+  return out.sort((a, b) => (a.secret < b.secret ? -1 : 1));
 }
 
 function singleWarning(db: DbShape): string {

@@ -4,7 +4,8 @@
  */
 import type { SecretValue } from './generate.js';
 
-export type Trigger = 'schedule' | 'request' | 'cli' | 'new';
+/** Why a version was made; `commit`: a person committed a new value of a `sops:` secret. */
+export type Trigger = 'schedule' | 'request' | 'cli' | 'new' | 'commit';
 
 export interface Version {
   readonly version: number;
