@@ -36,11 +36,20 @@ export async function world(t: T, files: Record<string, string>) {
     await d.start();
     return d;
   };
+  /** Commits a file as a person would and pushes, pulling again when the daemon's audit push came in between. */
   const push = (f: string, text: string, message = 'change') => {
     git(person, 'pull', '-q', '--rebase');
     writeFileSync(path.join(person, f), text);
     commitAll(person, message);
-    git(person, 'push', '-q', 'origin', 'main');
+    for (let attempt = 1; ; attempt++) {
+      try {
+        git(person, 'push', '-q', 'origin', 'main');
+        return;
+      } catch (e) {
+        if (attempt >= 5) throw e;
+        git(person, 'pull', '-q', '--rebase');
+      }
+    }
   };
   return { root, person, remote, dataDir, start, push, logs: () => logs };
 }

@@ -1,13 +1,16 @@
 /**
  * Prometheus metrics (prom-client) on the admin HTTP listener (--metrics-listen, loopback by default):
- * GET /metrics. Gauges are read from the daemon's status at scrape time; counters and the duration
- * histogram follow the rotation steps on the `rotor:rotation` diagnostics channel. No label or value
- * ever holds a secret value: secret, consumer, agent and target names, codes and numbers only.
+ * GET /metrics, and the read-only status page at GET / and /status (src/serve/status-page.ts).
+ * Gauges are read from the daemon's status at scrape time; counters and the duration histogram follow
+ * the rotation steps on the `rotor:rotation` diagnostics channel. No label or value ever holds a secret
+ * value: secret, consumer, agent and target names, codes and numbers only.
  */
 import diagnostics_channel from 'node:diagnostics_channel';
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { listenTcp } from './listen.js';
+import { renderStatusPage, STATUS_PAGE_HEADERS } from './status-page.js';
+import type { StatusView } from './status-page.js';
 
 /** What the metrics read from the daemon at scrape time (a subset of Daemon.status()). */
 export interface MetricsSource {
@@ -17,7 +20,8 @@ export interface MetricsSource {
     secrets: readonly { name: string; version?: number; rotatedAt?: string; overdue: boolean; failing?: unknown; consumers: readonly { name: string; behind: boolean }[] }[];
     agents?: { agents: readonly { name: string; lastSeen?: string }[] };
     sockets?: { requests: readonly { consumer: string; status: number; count: number }[] };
-    audit?: { commitPending: boolean; pushFailures: number };
+    audit?: { commitPending: boolean; pushFailures: number; failing?: unknown };
+    store?: { failing?: unknown };
   };
 }
 
@@ -75,6 +79,14 @@ export function metricsRegistry(source: MetricsSource): { registry: Registry; ne
     for (const x of st().secrets) this.set({ secret: x.name }, x.consumers.filter((c) => c.behind).length);
   } });
   new Gauge({ name: 'rotor_audit_unpushed', help: '1 while audit entries wait to be committed or pushed.', registers: [registry], collect() { const a = st().audit; this.set(a && (a.commitPending || a.pushFailures > 0) ? 1 : 0); } });
+  new Gauge({
+    name: 'rotor_storage_failing', help: '1 while the audit log or the state store cannot be written (rotations are paused).', labelNames: ['store'], registers: [registry],
+    collect() {
+      const s = st();
+      this.set({ store: 'audit' }, s.audit?.failing ? 1 : 0);
+      this.set({ store: 'state' }, s.store?.failing ? 1 : 0);
+    },
+  });
   new Gauge({ name: 'rotor_audit_push_failures', help: 'Failed pushes of the audit log since the last success.', registers: [registry], collect() { this.set(st().audit?.pushFailures ?? 0); } });
   new Gauge({ name: 'rotor_agent_last_contact_seconds', help: 'Seconds since each declared agent last called (absent: never).', labelNames: ['agent'], registers: [registry], collect() {
     this.reset();
@@ -96,10 +108,36 @@ export function metricsRegistry(source: MetricsSource): { registry: Registry; ne
   return { registry, newScrape: () => (snapshot = undefined), close: () => channel.unsubscribe(onStep) };
 }
 
-/** Listens on HOST:PORT for GET /metrics (and the status page, once it exists). */
-export async function listenMetrics(listen: string, source: MetricsSource): Promise<{ address: string; close: () => Promise<void> }> {
+/** What the status page reads from the daemon (its status, with the recent rotations). */
+export interface StatusPageSource {
+  status(): StatusView;
+}
+
+/** Listens on HOST:PORT for GET /metrics and the status page (GET or HEAD / and /status). */
+export async function listenMetrics(listen: string, source: MetricsSource & StatusPageSource): Promise<{ address: string; close: () => Promise<void> }> {
   const { registry, newScrape, close } = metricsRegistry(source);
+  const pages: StatusPageSource = source;
   const server: Server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000 }, (req, res) => {
+    const urlPath = (req.url ?? '').split('?')[0];
+    if (urlPath === '/' || urlPath === '/status') {
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.writeHead(405, { 'content-type': 'text/plain', allow: 'GET, HEAD' });
+        res.end('the status page is read-only: GET or HEAD\n');
+        return;
+      }
+      let html: string;
+      try {
+        const status = pages.status();
+        html = renderStatusPage(status, Date.parse(status.now));
+      } catch {
+        res.writeHead(500, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
+        res.end('status page failed\n');
+        return;
+      }
+      res.writeHead(200, { ...STATUS_PAGE_HEADERS, 'content-length': Buffer.byteLength(html) });
+      res.end(req.method === 'HEAD' ? undefined : html);
+      return;
+    }
     if (req.method === 'GET' && req.url === '/metrics') {
       newScrape();
       registry.metrics().then((text) => {
@@ -112,7 +150,7 @@ export async function listenMetrics(listen: string, source: MetricsSource): Prom
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end('GET /metrics\n');
+    res.end('GET /metrics (Prometheus), GET / (the status page)\n');
   });
   const bound = await listenTcp(server, listen, '--metrics-listen', 'METRICS_LISTEN');
   return {
