@@ -464,23 +464,30 @@ t.test('the writer fails closed on a full, failing or read-only disk, leaves the
   t.same(brief(verifyChain(readLog(dir))), { ok: true, entries: 2 + MODES.length });
 });
 
-t.test('when the cleanup fails too, the log refuses appends until reopened, and reopening names the bad line', async (t) => {
+t.test('when the cleanup fails too, it is done again before the next append, and the log works again once the disk does', async (t) => {
   const dir = tempDir(t);
   let full = false;
+  let truncateFails = false;
   const fs = faultyFs({
     write: () => (full ? 10 : undefined),
     truncate: () => {
-      if (full) throw Object.assign(new Error('EIO: injected'), { code: 'EIO' });
+      if (truncateFails) throw Object.assign(new Error('EIO: injected'), { code: 'EIO' });
     },
   });
   const log = await AuditLog.open(dir, { fs });
   await log.append([ev(NOV)]);
   full = true;
-  await t.rejects(log.append([ev(NOV)]), { code: 'AUDIT_WRITE_FAILED' });
-  full = false;
-  await t.rejects(log.append([ev(NOV)]), { code: 'AUDIT_UNUSABLE' }, 'the log no longer trusts its files');
+  truncateFails = true;
+  await t.rejects(log.append([ev(NOV)]), { code: 'AUDIT_WRITE_FAILED', message: /undoing the partial append failed too/ });
   const err = await AuditLog.open(dir).then(() => undefined, (e: unknown) => e);
-  t.match(err, { code: 'AUDIT_MALFORMED', at: { file: path.join(dir, '2026-11.jsonl'), line: 2 } }, 'the partial line is found on reopening');
+  t.match(err, { code: 'AUDIT_MALFORMED', at: { file: path.join(dir, '2026-11.jsonl'), line: 2 } }, 'meanwhile the partial line is on disk (reopening names it)');
+  full = false;
+  await t.rejects(log.append([ev(NOV)]), { code: 'AUDIT_WRITE_FAILED', message: /earlier failed append/ }, 'appends fail while the cleanup still fails');
+  t.equal(log.head.seq, 1, 'the head did not move');
+  truncateFails = false;
+  const ok = await log.append([ev(NOV)]);
+  t.equal(ok[0]!.seq, 2, 'once the disk works, the cleanup is done and the append works, with the next seq');
+  t.equal((await AuditLog.open(dir)).head.seq, 2, 'the files verify: no partial line is left');
 });
 
 t.test('opening refuses a broken log with the verifier\'s code and position', async (t) => {

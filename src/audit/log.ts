@@ -7,8 +7,9 @@
  * serves nothing when the append rejects. It never rewrites a line it acknowledged: when a write or
  * an fsync fails, it cuts the file back to its acknowledged length (or removes the file it had just
  * created) and rejects, so that a full or read-only disk leaves the log as it was and the next append
- * works once the disk does. If even that cleanup fails, the log refuses every later append
- * (AUDIT_UNUSABLE) until it is opened again, which verifies the files anew.
+ * works once the disk does. If even that cleanup fails, it is done again before the next append, and
+ * every append fails (AUDIT_WRITE_FAILED) until it succeeds: the log is usable again as soon as the
+ * disk is, without reopening it.
  *
  * One process writes a directory (the daemon); appends are queued and written in call order. Appends
  * made while a write is in progress are written together with one fsync (group commit, up to
@@ -147,6 +148,13 @@ interface Call {
   readonly reject: (e: unknown) => void;
 }
 
+/** A file an append wrote to: created by it, or appended to from `size` bytes. */
+interface Touched {
+  readonly file: string;
+  readonly created: boolean;
+  readonly size: number;
+}
+
 interface Prepared {
   readonly entry: AuditEntry;
   readonly line: string;
@@ -163,7 +171,8 @@ export class AuditLog {
   private dirExists: boolean;
   private readonly pending: Call[] = [];
   private draining: Promise<void> | undefined;
-  private broken: AuditError | undefined;
+  /** The files of a failed append whose undoing failed too: undone before anything else is written. */
+  private undo: readonly Touched[] | undefined;
   private closed = false;
 
   private constructor(readonly dir: string, private readonly fs: AuditFs, v: DirVerification & { result: { ok: true } }) {
@@ -264,8 +273,15 @@ export class AuditLog {
   }
 
   private async write(inputs: readonly AuditInput[]): Promise<AuditEntry[]> {
-    if (this.broken) throw new AuditError('AUDIT_UNUSABLE', `the audit log is unusable after an earlier failure (${this.broken.message}); open it again`, undefined, { cause: this.broken });
     if (inputs.length === 0) return [];
+    if (this.undo) {
+      try {
+        await this.undoAppend(this.undo);
+        this.undo = undefined;
+      } catch (e) {
+        throw new AuditError('AUDIT_WRITE_FAILED', `cannot append to the audit log in ${this.dir}: the bytes of an earlier failed append are still to be removed, and that failed again: ${describe(e)}`, undefined, { cause: e });
+      }
+    }
     const prepared = this.prepare(inputs);
     // Consecutive entries of one file are one write.
     const groups: { file: string; lines: string[] }[] = [];
@@ -274,7 +290,7 @@ export class AuditLog {
       if (g && g.file === p.file) g.lines.push(p.line);
       else groups.push({ file: p.file, lines: [p.line] });
     }
-    const touched: { file: string; created: boolean; size: number }[] = [];
+    const touched: Touched[] = [];
     let lastSize = this.lastSize;
     try {
       await this.ensureDir();
@@ -299,9 +315,11 @@ export class AuditLog {
         lastSize = data.length + (created ? 0 : this.lastSize);
       }
     } catch (e) {
-      const failure = new AuditError('AUDIT_WRITE_FAILED', `cannot append to the audit log in ${this.dir}: ${describe(e)}`, undefined, { cause: e });
-      await this.rollBack(touched, failure);
-      throw failure;
+      const undoFailed = await this.undoAppend(touched).then(() => '', (u: unknown) => {
+        this.undo = touched;
+        return `; undoing the partial append failed too (done again before the next append): ${describe(u)}`;
+      });
+      throw new AuditError('AUDIT_WRITE_FAILED', `cannot append to the audit log in ${this.dir}: ${describe(e)}${undoFailed}`, undefined, { cause: e });
     }
     const last = prepared.at(-1)!;
     this.seq = last.entry.seq;
@@ -312,26 +330,24 @@ export class AuditLog {
     return prepared.map((p) => p.entry);
   }
 
-  /** Undoes a failed append: cut the files back, remove those it created. If that fails, the log is unusable. */
-  private async rollBack(touched: readonly { file: string; created: boolean; size: number }[], failure: AuditError): Promise<void> {
-    try {
-      for (const t of [...touched].reverse()) {
-        const target = path.join(this.dir, t.file);
-        if (t.created) {
-          await this.fs.unlink(target);
-          await this.syncDir(this.dir);
-        } else {
-          const fh = await this.fs.open(target, 'a');
-          try {
-            await fh.truncate(t.size);
-            await fh.sync();
-          } finally {
-            await fh.close().catch(() => undefined);
-          }
+  /** Undoes a failed append: cut the files back, remove those it created (again: a file already gone is fine). */
+  private async undoAppend(touched: readonly Touched[]): Promise<void> {
+    for (const t of [...touched].reverse()) {
+      const target = path.join(this.dir, t.file);
+      if (t.created) {
+        await this.fs.unlink(target).catch((e: unknown) => {
+          if (errno(e) !== 'ENOENT') throw e;
+        });
+        await this.syncDir(this.dir);
+      } else {
+        const fh = await this.fs.open(target, 'a');
+        try {
+          await fh.truncate(t.size);
+          await fh.sync();
+        } finally {
+          await fh.close().catch(() => undefined);
         }
       }
-    } catch (e) {
-      this.broken = new AuditError('AUDIT_UNUSABLE', `${failure.message}; undoing the partial append failed too: ${describe(e)}`, undefined, { cause: e });
     }
   }
 

@@ -31,9 +31,24 @@ export interface Anchor {
   readonly hash: string;
 }
 
+/** Where the chain stands after a line: what the next line is checked against. */
+export interface ChainState extends Anchor {
+  /** The SHA-256 of that line (the next entry's `prev`). */
+  readonly lineHash: string;
+}
+
+/** The state before the first line of a log. */
+export const GENESIS: ChainState = Object.freeze({ seq: 0, hash: ZERO_HASH, lineHash: ZERO_HASH });
+
 export interface VerifyOptions {
   /** A head recorded elsewhere: the log must contain this entry, unchanged. */
   readonly anchor?: Anchor;
+  /**
+   * Continue a chain verified up to this state (a ChainVerifier's `head`) instead of starting at
+   * GENESIS: the lines given are then those that follow it, e.g. the rest of a file from a line on
+   * (see addFile's `firstLine`). Every line is checked exactly as in a verification from the start.
+   */
+  readonly from?: ChainState;
 }
 
 export type VerifyFailure = {
@@ -71,14 +86,20 @@ function checkAnchor(anchor: Anchor | undefined): void {
   }
 }
 
+function checkState(s: ChainState): void {
+  if (!Number.isSafeInteger(s.seq) || s.seq < 0 || typeof s.hash !== 'string' || !HEX64.test(s.hash) || typeof s.lineHash !== 'string' || !HEX64.test(s.lineHash)) {
+    throw new TypeError('a chain state is { seq: a non-negative integer, hash and lineHash: 64 lowercase hex digits }');
+  }
+}
+
 /**
  * The verifier fed one file at a time, in name order (so that a reader holds one file, not the log).
  * After the first failure it ignores what follows and keeps returning that failure.
  */
 export class ChainVerifier {
-  private seq = 0;
-  private headHash = ZERO_HASH;
-  private prevLineHash = ZERO_HASH;
+  private seq: number;
+  private headHash: string;
+  private prevLineHash: string;
   private files = 0;
   private lastFile: { path: string; lines: number } | undefined;
   private lastName: string | undefined;
@@ -88,6 +109,11 @@ export class ChainVerifier {
     private readonly options: VerifyOptions & { readonly onEntry?: (entry: AuditEntry, at: EntryLocation) => void } = {},
   ) {
     checkAnchor(options.anchor);
+    const from = options.from ?? GENESIS;
+    checkState(from);
+    this.seq = from.seq;
+    this.headHash = from.hash;
+    this.prevLineHash = from.lineHash;
   }
 
   private fail(file: string, line: number, code: VerifyFailure['code'], message: string, seq?: number): VerifyFailure {
@@ -95,19 +121,24 @@ export class ChainVerifier {
     return this.failure;
   }
 
-  /** Checks the next file (its path as it should be reported, and its text). */
-  addFile(path: string, text: string): VerifyFailure | undefined {
+  /**
+   * Checks the next file (its path as it should be reported, and its text). `firstLine`: the line of
+   * the file that `text` starts with, when it is the rest of a file (with `from`); lines are reported
+   * as lines of the file.
+   */
+  addFile(path: string, text: string, firstLine = 1): VerifyFailure | undefined {
     if (this.failure) return this.failure;
+    if (!Number.isSafeInteger(firstLine) || firstLine < 1) throw new TypeError('firstLine is a positive integer');
     const name = baseName(path);
     const before = this.lastName;
     this.lastName = name;
     this.files++;
-    this.lastFile = { path, lines: 0 };
+    this.lastFile = { path, lines: firstLine - 1 };
     if (before !== undefined && !(name > before)) return this.fail(path, 1, 'AUDIT_MALFORMED', `${jsonString(name)} comes after ${jsonString(before)}: audit files are read in name order, each name once`);
     if (!FILE_NAME.test(name)) return this.fail(path, 1, 'AUDIT_MALFORMED', `${jsonString(name)} is not an audit file name: the log's files are named YYYY-MM.jsonl`);
     const fileMonth = name.slice(0, 7);
     let start = 0;
-    let line = 0;
+    let line = firstLine - 1;
     while (start < text.length) {
       line++;
       this.lastFile.lines = line;

@@ -1,26 +1,37 @@
 /** `rotor status [--json] [--data-dir DIR]`: what the running daemon knows, over its admin socket. */
 import path from 'node:path';
-import { parse } from './args.js';
+import { HELP_FLAG, optionsHelp, parse } from './args.js';
+import type { Flags } from './args.js';
 import { AdminError, adminSocket, callAdmin } from './admin-client.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
 
-export const STATUS_HELP = `Usage: rotor status [--json] [--data-dir DIR]
+export const STATUS_FLAGS = {
+  json: { type: 'boolean', description: 'the daemon\'s status as JSON (for scripts)' },
+  'data-dir': { type: 'string', arg: 'DIR', default: DEFAULT_DATA_DIR, description: 'the daemon\'s data directory' },
+  help: HELP_FLAG,
+} as const satisfies Flags;
+
+export const STATUS_HELP = `rotor status: what the running daemon knows about secrets, consumers, agents and config
+
+Usage: rotor status [--json] [--data-dir DIR]
 
 Asks the running daemon (DATA_DIR/admin.sock, for the daemon's user) what it knows: every secret with
 its version, age, last and next rotation, whether it is overdue (older than the policy's maxAge, or
 its rotation more than an hour late), its strategy and target, the consumers that may read it and the
 version each last read (an asterisk marks one still on an older version), and the last error of a
 failing rotation; the agents and when each last called; the config commit last applied and last
-attempted; audit entries not yet pushed. Colours on a terminal, none when piped.
+attempted; audit entries not yet pushed. Colours on a terminal, none when piped (or with NO_COLOR).
 
 Options:
-  --json           the daemon's status as JSON (for scripts)                    [ROTOR_JSON]
-  --data-dir DIR   the daemon's data directory (default ${DEFAULT_DATA_DIR})       [ROTOR_DATA_DIR]
-  -h, --help       show this help
-
+${optionsHelp(STATUS_FLAGS)}
 Exit status: 0 all well, 1 something is overdue or failing (or the daemon cannot be reached), 2 usage.
+
+Examples:
+  sudo rotor status
+  rotor status --data-dir /srv/rotor --json | jq '.secrets[] | select(.overdue)'
+  rotor status > /dev/null || echo "rotor needs attention"     # in a health check
 `;
 
 interface SecretRow {
@@ -34,8 +45,17 @@ interface SecretRow {
   target?: string;
   engine?: string;
   source?: string;
-  failing?: { attempts: number; error: string; retryAt: number };
+  failing?: { attempts: number; error: string; retryAt?: number };
   consumers: { name: string; version?: number; behind: boolean }[];
+}
+
+/** The audit log or the state store cannot be written: rotations wait for it. */
+interface StorageFailing {
+  code: string;
+  errno?: string;
+  since: string;
+  attempts: number;
+  retryAt: string;
 }
 
 interface Status {
@@ -43,15 +63,12 @@ interface Status {
   config: { applied?: { commit: string; at: string }; attempted?: { commit: string; at: string; problems?: number } };
   secrets: SecretRow[];
   agents?: { listen?: string; agents: { name: string; lastSeen?: string; queued: number }[] };
-  audit?: { commitPending: boolean; pushFailures: number };
+  audit?: { commitPending: boolean; pushFailures: number; failing?: StorageFailing };
+  store?: { failing?: StorageFailing };
 }
 
 export async function statusCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags } = parse(argv, {
-    json: { type: 'boolean' },
-    'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
-    help: { type: 'boolean', short: 'h' },
-  }, io.env, 0);
+  const { flags } = parse(argv, STATUS_FLAGS, io.env, 0);
   if (flags.help) {
     io.stdout(STATUS_HELP);
     return EXIT.ok;
@@ -66,7 +83,7 @@ export async function statusCommand(argv: readonly string[], io: Io): Promise<nu
     }
     throw e;
   }
-  const trouble = status.secrets.some((s) => s.overdue || s.failing);
+  const trouble = status.secrets.some((s) => s.overdue || s.failing) || Boolean(status.audit?.failing || status.store?.failing);
   if (flags.json) {
     io.stdout(JSON.stringify(status, null, 2) + '\n');
     return trouble ? EXIT.invalid : EXIT.ok;
@@ -124,6 +141,9 @@ export function render(st: Status, color: boolean): string {
   const attempted = st.config.attempted;
   out.push(paint('bold', 'CONFIG') + `  applied ${applied ? `${applied.commit.slice(0, 12)} at ${applied.at}` : 'none'}`);
   if (attempted && attempted.commit !== applied?.commit) out.push(paint('red', `  last attempted ${attempted.commit.slice(0, 12)} at ${attempted.at}: rejected (${attempted.problems ?? '?'} problems); the applied commit stays in force`));
+  for (const [what, f] of [['audit log', st.audit?.failing], ['state store', st.store?.failing]] as const) {
+    if (f) out.push(paint('red', `  ${what}: cannot be written since ${f.since} (${f.code}${f.errno ? `, ${f.errno}` : ''}): rotations are paused; next try ${Date.parse(f.retryAt) <= now ? 'now' : `in ${human(Date.parse(f.retryAt) - now)}`} (${f.attempts} failed)`));
+  }
   if (st.audit) out.push(`  audit: ${st.audit.pushFailures > 0 ? paint('yellow', `entries not yet pushed (${st.audit.pushFailures} failed pushes; they are kept and retried)`) : st.audit.commitPending ? 'entries being committed' : 'all entries pushed'}`);
   return out.join('\n') + '\n';
 }

@@ -21,22 +21,27 @@ import { gitText } from '../git/run.js';
 import { openRepo } from '../git/repo.js';
 import type { GitRepo as Repo } from '../git/repo.js';
 import { AuditLog, verifyAuditDir } from '../audit/log.js';
+import type { AuditFs } from '../audit/log.js';
 import type { AuditEntry } from '../audit/entry.js';
+import { AuditError } from '../audit/entry.js';
 import { openStore } from '../state/store.js';
+import type { StoreFs } from '../state/fs.js';
 import type { StateStore } from '../state/types.js';
 import { Engine } from '../rotation/engine.js';
-import type { AuditEvent } from '../rotation/engine.js';
+import type { AuditEvent, StorageName } from '../rotation/engine.js';
 import { AUDIT_HEAD_KEY } from '../rotation/engine.js';
 import { listenAdmin } from '../serve/admin.js';
 import { consumerHandler } from '../serve/consumer-api.js';
 import type { ConsumerBackend, CurrentView } from '../serve/consumer-api.js';
 import { ConsumerSockets } from '../serve/consumer-sockets.js';
 import { Grants } from '../serve/grants.js';
+import { committedAuditHead } from './audit-anchor.js';
 import { lockDataDir } from './lock.js';
 import { Receipts } from './receipts.js';
 import { AgentHub } from './agents.js';
 import { listenAgentApi } from '../serve/agent-api.js';
 import { listenMetrics } from '../serve/metrics.js';
+import { readSopsValues } from './sops-values.js';
 
 export interface DaemonOptions {
   readonly repo: string;
@@ -55,6 +60,10 @@ export interface DaemonOptions {
   readonly agentJobTimeoutMs?: number;
   /** Where the consumer sockets go (SOCKET_DIR/<consumer>.sock); default DATA_DIR/sockets. */
   readonly socketDir?: string;
+  /** The file-system layer under the state store (default node:fs); fault-injection runs plug in a failing one. */
+  readonly storeFs?: StoreFs;
+  /** The file-system layer under the audit log (default node:fs/promises); likewise. */
+  readonly auditFs?: AuditFs;
 }
 
 interface Revision {
@@ -93,12 +102,18 @@ export class Daemon implements ConsumerBackend {
   private wakeTimer: NodeJS.Timeout | undefined;
   private gitQueue: Promise<unknown> = Promise.resolve();
   private commitPending = false;
+  /** The last audit commit failed: the next flush commits even when no new entry asked for one. */
+  private commitFailed = false;
   private pushFailures = 0;
+  /** The last rotation outcomes, oldest first (the status page's timeline); names, versions and codes only. */
+  private readonly recent: RecentOutcome[] = [];
   private stopped = false;
   private readonly now: () => number;
   private unlock: (() => Promise<void>) | undefined;
 
   private readonly socketDir: string;
+  /** The daemon's age identity: it opens the state store and the SOPS files of `sops:` secrets. */
+  private identity = '';
 
   constructor(private readonly o: DaemonOptions) {
     this.now = o.now ?? Date.now;
@@ -112,6 +127,11 @@ export class Daemon implements ConsumerBackend {
     try {
       await this.open(keys);
     } catch (e) {
+      // Close what was opened before the failure, or its listeners would keep the process alive.
+      this.hub?.close();
+      await this.sockets?.close().catch(() => undefined);
+      await this.agentApi?.close().catch(() => undefined);
+      await this.metrics?.close().catch(() => undefined);
       await this.store?.close().catch(() => undefined);
       await this.unlock();
       throw e;
@@ -120,6 +140,7 @@ export class Daemon implements ConsumerBackend {
 
   private async open(keys: Awaited<ReturnType<typeof loadKeys>>): Promise<void> {
     const { dataDir, log } = this.o;
+    this.identity = keys.identity;
     await mkdir(path.join(dataDir, 'state'), { recursive: true, mode: 0o700 });
     const repoOptions = { url: this.o.repo, dir: path.join(dataDir, 'repo'), branch: this.o.branch, onWarning: (w: { code: string; message: string }) => log('warn', w.message, { code: w.code }) };
     this.repo = await openRepo(repoOptions);
@@ -136,9 +157,24 @@ export class Daemon implements ConsumerBackend {
     // The audit log anchors the store: it must not be older than the last generation the log records.
     const auditPath = path.join(this.repo.dir, this.auditDir);
     const index = newAuditIndex();
-    this.audit = await AuditLog.open(auditPath, { onEntry: (e) => index.add(e) });
+    // The remote anchors the clone's log too: its last entry must be there, unchanged. Otherwise entries
+    // were removed or changed in the clone (and the commit above took that for entries to push).
+    const pushed = await committedAuditHead(this.repo.dir, head, this.auditDir);
+    let pushedHash: string | undefined;
+    this.audit = await AuditLog.open(auditPath, {
+      onEntry: (e) => {
+        index.add(e);
+        if (e.seq === pushed?.seq) pushedHash = e.hash;
+      },
+      ...(this.o.auditFs ? { fs: this.o.auditFs } : {}),
+    });
+    if (pushed && pushedHash !== pushed.hash) {
+      const where = pushedHash === undefined ? `ends at entry ${this.audit.head.seq}, before entry ${pushed.seq}` : `differs at entry ${pushed.seq}`;
+      throw new AuditError(pushedHash === undefined ? 'AUDIT_TRUNCATED' : 'AUDIT_CHAIN_BROKEN', `the audit log ${auditPath} ${where}, which the remote holds (commit ${head}): entries were removed or changed in the clone. Nothing of it was pushed; compare with the remote (git -C ${this.repo.dir} diff ${head} -- ${this.auditDir}) and restore them`);
+    }
     this.store = await openStore({
       dir: path.join(dataDir, 'state'),
+      ...(this.o.storeFs ? { fs: this.o.storeFs } : {}),
       identity: keys.identity,
       recipients: [keys.recipient, ...this.o.breakGlass],
       ...(index.stateSeq !== undefined ? { anchor: { seq: index.stateSeq, ...(index.storeId ? { storeId: index.storeId } : {}) } } : {}),
@@ -147,7 +183,7 @@ export class Daemon implements ConsumerBackend {
     // ...and the store anchors the audit log: a log cut back behind what the store saw is refused.
     const auditHead = this.store.get(AUDIT_HEAD_KEY) as { seq: number; hash: string } | undefined;
     if (auditHead) {
-      const v = await verifyAuditDir(auditPath, { anchor: auditHead });
+      const v = await verifyAuditDir(auditPath, { anchor: auditHead, ...(this.o.auditFs ? { fs: this.o.auditFs } : {}) });
       if (!v.result.ok) throw Object.assign(new Error(`the audit log ${auditPath} is behind the state store (it ends before entry ${auditHead.seq}, or differs there): ${v.result.message}`), { code: v.result.code });
     }
     let fpKey = this.store.get(FINGERPRINT_KEY);
@@ -228,7 +264,7 @@ export class Daemon implements ConsumerBackend {
     this.answers.clear();
     this.hub.setModel(result.desired);
     this.syncMs = parseDuration(result.desired.config?.decl.sync?.interval ?? '30s') ?? 30_000;
-    await this.engine.apply(result.desired, commit);
+    await this.engine.apply(result.desired, commit, await readSopsValues(this.repo.dir, commit, result.desired, this.identity));
     await this.appendAudit([{ time: at, event: 'config-applied', commit }]);
     this.o.log('info', 'commit applied', { commit, secrets: result.desired.secrets.size });
     // New secrets get version 1 and rotate-now requests run before this returns.
@@ -242,6 +278,7 @@ export class Daemon implements ConsumerBackend {
   /** Appends to the audit log (durable before it resolves) and schedules a commit of the batch. */
   private async appendAudit(events: AuditEvent[]): Promise<void> {
     await this.audit.append(events);
+    for (const e of events) keepRecent(this.recent, e);
     if (!this.commitPending) {
       this.commitPending = true;
       this.later(this.o.commitDelayMs ?? 1000, () => void this.serial(() => this.flush()));
@@ -249,9 +286,14 @@ export class Daemon implements ConsumerBackend {
   }
 
   private async commitAudit(): Promise<void> {
-    if (!this.commitPending) return;
+    if (!this.commitPending && !this.commitFailed) return;
     this.commitPending = false;
-    await this.repo.commitAudit([this.auditDir], 'rotor: audit entries');
+    this.commitFailed = false;
+    // A failed commit leaves the entries uncommitted: the retry (flush's backoff) must commit them.
+    await this.repo.commitAudit([this.auditDir], 'rotor: audit entries').catch((e: unknown) => {
+      this.commitFailed = true;
+      throw e;
+    });
   }
 
   /** Commits and pushes the audit entries written since the last flush; retries a failed push with backoff. */
@@ -313,8 +355,11 @@ export class Daemon implements ConsumerBackend {
 
   /** Rotates a secret now (rotor rotate); requests for a secret whose rotation is running join it. */
   async rotateNow(name: string, reason: string): Promise<{ name: string; version: number }> {
-    await this.engine.rotateNow(name, reason);
-    this.rearm();
+    try {
+      await this.engine.rotateNow(name, reason);
+    } finally {
+      this.rearm(); // a failed rotation's retry (its backoff) needs the timer too
+    }
     return { name, version: this.engine.served(name)!.version };
   }
 
@@ -453,10 +498,18 @@ export class Daemon implements ConsumerBackend {
       secrets,
       sockets: { dir: this.socketDir, consumers: this.sockets?.names() ?? [], requests },
       agents: { listen: this.agentApi?.address, agents: this.hub.lastSeen().map((a) => ({ name: a.name, queued: a.queued, ...(a.lastSeen !== undefined ? { lastSeen: new Date(a.lastSeen).toISOString() } : {}) })) },
-      store: { seq: this.store.seq, storeId: this.store.storeId },
-      audit: { commitPending: this.commitPending, pushFailures: this.pushFailures },
+      store: { seq: this.store.seq, storeId: this.store.storeId, ...this.storageStatus('state store') },
+      audit: { commitPending: this.commitPending, pushFailures: this.pushFailures, ...this.storageStatus('audit log') },
+      recent: [...this.recent],
       now: new Date(this.now()).toISOString(),
     };
+  }
+
+  /** `failing`: why the audit log or the state store cannot be written (rotations wait), while that lasts. */
+  private storageStatus(what: StorageName): { failing?: { code: string; errno?: string; message: string; since: string; attempts: number; retryAt: string } } {
+    const f = this.engine.storageFailure(what);
+    if (!f) return {};
+    return { failing: { code: f.code, ...(f.errno ? { errno: f.errno } : {}), message: f.message, since: new Date(f.since).toISOString(), attempts: f.attempts, retryAt: new Date(f.retryAt).toISOString() } };
   }
 
   /** The address of the metrics listener, when there is one. */
@@ -504,4 +557,32 @@ function newAuditIndex() {
     },
   };
   return index;
+}
+
+/** A rotation outcome for the status page's timeline: taken from an audit event, which holds no value. */
+export interface RecentOutcome {
+  readonly time: string;
+  readonly secret: string;
+  readonly event: 'created' | 'rotated' | 'retired' | 'rotation-failed';
+  readonly from?: number;
+  readonly to?: number;
+  readonly trigger?: string;
+  readonly reason?: string;
+  /** The error code of a failed rotation (the start of its audit detail). */
+  readonly error?: string;
+}
+
+const RECENT_MAX = 200;
+
+/** Keeps the last RECENT_MAX rotation outcomes in `ring` (other audit events are not outcomes). */
+function keepRecent(ring: RecentOutcome[], e: AuditEvent): void {
+  if (!e.secret || (e.event !== 'created' && e.event !== 'rotated' && e.event !== 'retired' && e.event !== 'rotation-failed')) return;
+  const error = e.event === 'rotation-failed' ? /^([A-Z][A-Z0-9_]*):/.exec(e.detail ?? '')?.[1] : undefined;
+  ring.push({
+    time: e.time, secret: e.secret, event: e.event,
+    ...(e.from !== undefined ? { from: e.from } : {}), ...(e.to !== undefined ? { to: e.to } : {}),
+    ...(e.trigger !== undefined ? { trigger: e.trigger } : {}), ...(e.reason !== undefined ? { reason: e.reason } : {}),
+    ...(error !== undefined ? { error } : {}),
+  });
+  if (ring.length > RECENT_MAX) ring.splice(0, ring.length - RECENT_MAX);
 }

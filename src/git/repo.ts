@@ -454,11 +454,22 @@ export class GitRepo {
         this.warn('GIT_REBASE_ABORTED', 'an interrupted rebase was aborted; the audit commits are as they were before it');
       }
     }
-    const lock = path.resolve(this.dir, await this.text(['rev-parse', '--git-path', 'index.lock']));
-    if (existsSync(lock)) {
-      await unlink(lock);
-      this.warn('GIT_STALE_LOCK', 'removed a stale index.lock left by an interrupted git command');
-    }
+    await this.removeStaleLock();
+  }
+
+  /** .git/index.lock, resolved once. */
+  private indexLock: string | undefined;
+
+  /**
+   * Removes index.lock if it is there. Every git command of the daemon in its clone runs under the
+   * clone's lock (RepoLock), so one found while holding it was left by a git that was killed (its time
+   * limit, a signal) or crashed, and would fail every later commit until a restart.
+   */
+  private async removeStaleLock(): Promise<void> {
+    this.indexLock ??= path.resolve(this.dir, await this.text(['rev-parse', '--git-path', 'index.lock']));
+    if (!existsSync(this.indexLock)) return;
+    await unlink(this.indexLock).catch(() => undefined);
+    this.warn('GIT_STALE_LOCK', 'removed a stale index.lock left by an interrupted git command');
   }
 
   private async ensureBranch(): Promise<void> {
@@ -580,6 +591,19 @@ export class GitRepo {
     return r.exitCode === 0;
   }
 
+  /**
+   * How many of the audit commits `own` (oldest first, `trees` their audit trees) origin/BRANCH holds
+   * already: 0 when its audit directory is that of the first one's parent (the usual case: nobody else
+   * touched it), k when it is that of own[k-1] (the first k were pushed as re-created commits, by a push
+   * that landed although git reported a failure), -1 when it is neither (someone else changed it).
+   */
+  private async onRemoteAlready(own: readonly OwnCommit[], trees: ReadonlyArray<string | null>): Promise<number> {
+    if (await this.auditUnchanged(own[0]!.parent)) return 0;
+    const r = await this.run(['rev-parse', '--verify', '--quiet', `${this.remoteRef}:${this.auditDir}`]);
+    const k = r.exitCode === 0 ? trees.lastIndexOf(r.stdout.toString('utf8').trim()) : -1;
+    return k < 0 ? -1 : k + 1;
+  }
+
   /** The audit directory's tree in each commit (null where it has none), for replay(). */
   private async auditTrees(own: readonly OwnCommit[]): Promise<Array<string | null> | null> {
     const check = await this.run(['cat-file', '--batch-check=%(objectname) %(objecttype)'], { input: own.map((c) => `${c.id}:${this.auditDir}\n`).join('') });
@@ -641,12 +665,14 @@ export class GitRepo {
     const own = ahead === 0 ? [] : await this.ownCommits(); // refuses non-audit commits before touching anything
     // The usual case, the remote did not touch the audit directory: re-create the audit commits on
     // it (replay) and move the branch with `reset --keep`, which leaves the audit files alone (their
-    // content is the same), uncommitted appends included. A rebase would rewrite them twice.
-    if (own.length > 0 && (await this.auditUnchanged(own[0]!.parent))) {
+    // content is the same), uncommitted appends included. A rebase would rewrite them twice (and
+    // refuses to run over uncommitted appends). Commits the remote holds already are not re-created.
+    if (own.length > 0) {
       const trees = await this.auditTrees(own);
-      const replayed = trees && (await this.replay(this.remoteRef, own, trees));
-      if (replayed) {
-        const moved = await this.run(['reset', '--quiet', '--keep', replayed.at(-1)!]);
+      const landed = trees ? await this.onRemoteAlready(own, trees) : -1;
+      const onto = landed < 0 ? null : landed === own.length ? await this.mustRev(this.remoteRef) : (await this.replay(this.remoteRef, own.slice(landed), trees!.slice(landed)))?.at(-1);
+      if (onto) {
+        const moved = await this.run(['reset', '--quiet', '--keep', onto]);
         await this.run(['update-ref', '-d', REPLAY_REF]);
         if (moved.exitCode === 0) return own.length;
       }
@@ -750,6 +776,7 @@ export class GitRepo {
     const rels = [...new Set(paths.map((p) => this.auditPath(p)))];
     return this.lock.run(async () => {
       try {
+        await this.removeStaleLock();
         // --literal-pathspecs: a file name is a name, never a glob or pathspec magic
         await this.must(['--literal-pathspecs', 'add', '--all', '--force', '--', ...rels]);
         const diff = await this.run(['--literal-pathspecs', 'diff', '--cached', '--quiet', '--no-ext-diff', '--', ...rels]);
@@ -860,9 +887,16 @@ export class GitRepo {
       throw e;
     }
     // the remote-tracking ref by name: one git call less between the fetch and the push (when the
-    // remote did not move at all, replay() re-creates the same trees: harmless)
-    if (trees && (await this.auditUnchanged(first.parent))) {
-      const replayed = await this.replay(this.remoteRef, own, trees);
+    // remote did not move at all, replay() re-creates the same trees: harmless). Commits that an
+    // earlier push landed (re-created, although git reported a failure) are not sent again.
+    const landed = trees ? await this.onRemoteAlready(own, trees) : -1;
+    if (landed === own.length) {
+      const head = await this.mustRev(this.remoteRef);
+      await this.moveBranch(tip, head);
+      return { done: true, pushed: [], head };
+    }
+    if (trees && landed >= 0) {
+      const replayed = await this.replay(this.remoteRef, own.slice(landed), trees.slice(landed));
       if (replayed) return this.pushTip(replayed.at(-1)!, replayed, tip, timeoutMs());
     }
     await this.integrate(); // the remote changed the audit directory: a rebase (or GIT_AUDIT_CONFLICT)

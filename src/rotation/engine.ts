@@ -121,11 +121,54 @@ export interface SecretStatus {
   readonly rotatedAt?: string;
   readonly nextRotationAt?: number;
   readonly pending: boolean;
-  readonly failing?: { readonly since: number; readonly attempts: number; readonly error: string; readonly retryAt: number };
+  /** A failing rotation; `retryAt` is absent when only a new commit can mend it (an unreadable SOPS file). */
+  readonly failing?: { readonly since: number; readonly attempts: number; readonly error: string; readonly retryAt?: number };
 }
+
+/**
+ * The value of a `sops:` secret at the applied commit, as the daemon decrypted it from the SOPS file,
+ * or why it could not (a stable code and a message without any value).
+ */
+export type ManualValue = { readonly value: string } | { readonly error: { readonly code: string; readonly message: string } };
 
 const KEY = (name: string) => `secret/${name}`;
 const MAX_BACKOFF_MS = 5 * 60_000;
+
+/** Errors that say rotor's own storage cannot be written (a full or read-only disk, an I/O error). */
+const STORAGE_ERRORS: Readonly<Record<string, StorageName>> = { AUDIT_WRITE_FAILED: 'audit log', STATE_IO: 'state store' };
+/**
+ * While the audit log or the state store cannot be written, every secret waits for one shared retry, at
+ * most this far apart: a retry costs one (group-committed) write, and rotations resume soon after the disk works.
+ */
+const STORAGE_MAX_BACKOFF_MS = 10_000;
+/** A storage failure that keeps coming back for a moment (a flaky disk) is logged at most once in this long. */
+const STORAGE_LOG_EVERY_MS = 60_000;
+
+export type StorageName = 'audit log' | 'state store';
+
+/** Why rotations are paused: the audit log or the state store cannot be written. */
+export interface StorageFailure {
+  readonly code: string;
+  /** The system's error code (EROFS, ENOSPC, EIO...), when there is one. */
+  readonly errno?: string;
+  readonly message: string;
+  readonly since: number;
+  /** Rounds of retries that failed. */
+  readonly attempts: number;
+  readonly retryAt: number;
+}
+
+const storageCause = (what: StorageName, code: string, errno: string | undefined) => `${what} ${code} ${errno ?? ''}`;
+
+/** The first system error code (EROFS, ENOSPC, EIO...) in an error's chain of causes. */
+function errnoOf(e: unknown): string | undefined {
+  let c = (e as { cause?: unknown } | undefined)?.cause;
+  for (let i = 0; c !== undefined && c !== null && i < 5; i++, c = (c as { cause?: unknown }).cause) {
+    const code = (c as { code?: unknown }).code;
+    if (typeof code === 'string' && /^E[A-Z0-9]+$/.test(code)) return code;
+  }
+  return undefined;
+}
 
 /** Whether rotor generates this secret's values itself (sops secrets are rotated by a person). */
 function generated(s: Secret): boolean {
@@ -149,9 +192,22 @@ function nextUsername(s: Secret, r: SecretRecord): string | undefined {
 export class Engine {
   private desired: Desired | undefined;
   private commit = '';
+  /** Per secret, the step holding its lock (one step of a secret at a time); see locked(). */
   private readonly running = new Map<string, Promise<void>>();
+  /** Per secret, its rotation, running or waiting for the lock: rotation requests join it. */
+  private readonly rotations = new Map<string, Promise<void>>();
   private readonly failures = new Map<string, { since: number; attempts: number; error: string; retryAt: number }>();
+  /** The audit log or the state store failing: logged once per cause, retried for every secret together. */
+  private readonly storage = new Map<StorageName, StorageFailure & { readonly logged: boolean }>();
+  /**
+   * Per cause ("audit log AUDIT_WRITE_FAILED EROFS"): when it was last logged, how often it came back
+   * since, and whether its last episode was a blip (over at the first retry).
+   */
+  private readonly storageLogged = new Map<string, { at: number; again: number; blip: boolean }>();
   private readonly removedOverlap = new Map<string, number>();
+  /** `sops:` secrets: their values at the applied commit, and those whose file could not be read. */
+  private manual: ReadonlyMap<string, ManualValue> = new Map();
+  private readonly manualFailing = new Map<string, { since: number; code: string }>();
 
   constructor(private readonly o: EngineOptions) {}
 
@@ -204,12 +260,29 @@ export class Engine {
     return s ? this.desired?.policies.get(s.policy)?.decl : undefined;
   }
 
-  /** Applies a valid model (from `commit`): new secrets get version 1, removed ones are scheduled for purge. */
-  async apply(desired: Desired, commit: string): Promise<void> {
+  /**
+   * Applies a valid model (from `commit`): new secrets get version 1, removed ones are scheduled for
+   * purge. `manual` holds the values of the `sops:` secrets in that commit: a value that differs from
+   * the current one becomes the next version (runDue), with the policy's overlap as for any rotation.
+   */
+  async apply(desired: Desired, commit: string, manual: ReadonlyMap<string, ManualValue> = new Map()): Promise<void> {
     const before = this.desired;
     this.desired = desired;
     this.commit = commit;
+    this.manual = manual;
     const now = this.o.now();
+    // SOPS files the daemon cannot open: the secret keeps its current version; audited once per cause.
+    for (const name of [...this.manualFailing.keys()]) if (!desired.secrets.get(name)?.decl.sops || !('error' in (manual.get(name) ?? {}))) this.manualFailing.delete(name);
+    for (const [name, m] of manual) {
+      if (!('error' in m) || !desired.secrets.get(name)?.decl.sops) continue;
+      if (this.manualFailing.get(name)?.code === m.error.code) continue;
+      this.manualFailing.set(name, { since: now, code: m.error.code });
+      await this.o.audit.append([{
+        time: new Date(now).toISOString(), event: 'rotation-failed', secret: name, ...(commit ? { commit } : {}),
+        detail: `${m.error.code}: ${m.error.message}; the current version stays`, stateSeq: this.o.store.seq, storeId: this.o.store.storeId,
+      }]);
+      this.o.log('error', 'the SOPS file of a secret cannot be read; its current version stays', { secret: name, code: m.error.code, problem: m.error.message });
+    }
     for (const [name, s] of before?.secrets ?? []) {
       const overlap = before?.policies.get(s.decl.policy)?.decl.overlap;
       if (overlap) this.removedOverlap.set(name, parseDuration(overlap)!);
@@ -257,7 +330,9 @@ export class Engine {
   dueAt(name: string): number | undefined {
     const s = this.desired?.secrets.get(name)?.decl;
     const policy = s && this.desired?.policies.get(s.policy)?.decl;
-    if (!s || !policy || !this.rotatable(s)) return undefined;
+    if (!s || !policy) return undefined;
+    if (s.sops) return this.manualDue(name);
+    if (!this.rotatable(s)) return undefined;
     const r = this.record(name);
     let due: number;
     if (!r || r.pending || !currentVersion(r)) due = 0; // new, or a rotation to finish
@@ -265,6 +340,17 @@ export class Engine {
     else due = this.slot(name, policy, r).at;
     // A failing secret waits for its backoff.
     return Math.max(due, this.failures.get(name)?.retryAt ?? 0);
+  }
+
+  /** A `sops:` secret is due when its file holds a value other than the current one (or a rotation is unfinished). */
+  private manualDue(name: string): number | undefined {
+    const m = this.manual.get(name);
+    const r = this.record(name);
+    if (r?.pending) return Math.max(0, this.failures.get(name)?.retryAt ?? 0);
+    if (!m || !('value' in m)) return undefined;
+    const cur = r ? currentVersion(r) : undefined;
+    if (cur && cur.value === m.value) return undefined;
+    return Math.max(0, this.failures.get(name)?.retryAt ?? 0);
   }
 
   private rotatable(s: Secret): boolean {
@@ -325,6 +411,7 @@ export class Engine {
     const s = this.desired!.secrets.get(name)!.decl;
     const r = this.record(name);
     if (r?.pending) return this.rotate(name, r.pending.trigger, {});
+    if (s.sops) return this.rotate(name, r && currentVersion(r) ? 'commit' : 'new', {});
     if (!r || !currentVersion(r)) return this.rotate(name, 'new', s.rotate ? { request: s.rotate.request } : {});
     if (s.rotate && s.rotate.request !== r.lastRequest) return this.rotate(name, 'request', { reason: s.rotate.reason, request: s.rotate.request });
     const policy = this.desired!.policies.get(s.policy)!.decl;
@@ -337,11 +424,33 @@ export class Engine {
   }
 
   private rotate(name: string, trigger: Trigger, extra: { reason?: string; request?: string; scheduledBase?: number }): Promise<void> {
-    const running = this.running.get(name);
-    if (running) return running;
-    const p = this.runRotation(name, trigger, extra).finally(() => this.running.delete(name));
-    this.running.set(name, p);
+    const joined = this.rotations.get(name);
+    if (joined) return joined;
+    const p = this.locked(name, () => this.runRotation(name, trigger, extra));
+    this.rotations.set(name, p);
+    const done = () => {
+      if (this.rotations.get(name) === p) this.rotations.delete(name);
+    };
+    p.then(done, done);
     return p;
+  }
+
+  /**
+   * Runs fn holding the secret's lock: its rotation, retirement and purge never overlap, whoever
+   * starts them (runs of the due work may overlap; rotation requests come at any time). Each step
+   * reads the secret's record once it holds the lock.
+   */
+  private async locked<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    for (let held = this.running.get(name); held; held = this.running.get(name)) await held;
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    this.running.set(name, mine);
+    try {
+      return await fn();
+    } finally {
+      if (this.running.get(name) === mine) this.running.delete(name);
+      release();
+    }
   }
 
   private async runRotation(name: string, trigger: Trigger, extra: { reason?: string; request?: string; scheduledBase?: number }): Promise<void> {
@@ -351,7 +460,7 @@ export class Engine {
       // 1. create: store the next value as pending, or reuse the pending one.
       let r = this.record(name) ?? { name, versions: [] };
       if (!r.pending) {
-        const value = generateSecretValue(s, this.o.random) ?? generate(DB_DEFAULT_GENERATOR, this.o.random);
+        const value = s.sops ? this.manualValue(name) : (generateSecretValue(s, this.o.random) ?? generate(DB_DEFAULT_GENERATOR, this.o.random));
         const username = nextUsername(s, r);
         r = create(r, value, this.o.now(), trigger, { ...extra, ...(username !== undefined ? { username } : {}) });
         await this.o.store.write([{ op: 'put', key: KEY(name), value: r as unknown as Json }]);
@@ -395,12 +504,20 @@ export class Engine {
       await this.o.store.write(this.withHead([{ op: 'put', key: KEY(name), value: r as unknown as Json }]));
       stepChannel.publish({ secret: name, step: 'finished', version: pending.version });
       this.failures.delete(name);
+      this.storageWorks();
       this.o.log('info', pending.version === 1 ? 'secret created' : 'secret rotated', { secret: name, version: pending.version, trigger: pending.trigger });
       this.o.onChange?.(name);
     } catch (e) {
       this.fail(name, e);
       throw e;
     }
+  }
+
+  /** The value of a `sops:` secret in the applied commit. */
+  private manualValue(name: string): string {
+    const m = this.manual.get(name);
+    if (!m || !('value' in m)) throw Object.assign(new Error(`the SOPS file of secret "${name}" could not be read`), { code: m && 'error' in m ? m.error.code : 'SOPS_VALUE_MISSING' });
+    return m.value;
   }
 
   /**
@@ -452,6 +569,7 @@ export class Engine {
 
   private async purge(key: string, r: SecretRecord): Promise<void> {
     await this.step(r.name, 'purged', async () => {
+      if (this.o.store.get(key) === undefined) return; // an earlier run purged it
       await this.o.audit.append([{ time: new Date(this.o.now()).toISOString(), event: 'purged', secret: r.name, trigger: 'removal', ...(this.commit ? { commit: this.commit } : {}), stateSeq: this.o.store.seq, storeId: this.o.store.storeId }]);
       await this.o.store.write(this.withHead([{ op: 'delete', key }]));
       this.o.audited.delete(r.name);
@@ -468,24 +586,17 @@ export class Engine {
 
   /** Runs a step under the secret's lock, recording a failure for backoff. */
   private async step(name: string, what: string, fn: () => Promise<void>): Promise<void> {
-    const running = this.running.get(name);
-    if (running) await running.catch(() => undefined);
-    const p = fn().then(
+    await this.locked(name, () => fn().then(
       () => {
         this.failures.delete(name);
+        this.storageWorks();
         stepChannel.publish({ secret: name, step: what });
       },
       (e: unknown) => {
         this.fail(name, e);
         throw e;
       },
-    );
-    this.running.set(name, p.catch(() => undefined));
-    try {
-      await p;
-    } finally {
-      this.running.delete(name);
-    }
+    ));
   }
 
   private fail(name: string, e: unknown): void {
@@ -496,9 +607,60 @@ export class Engine {
     const delay = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (attempts - 1));
     const err = e as { code?: string; message?: string };
     const error = err.code ?? 'ERROR';
-    this.failures.set(name, { since: prev?.since ?? now, attempts, error, retryAt: now + delay });
+    const storage = STORAGE_ERRORS[error];
+    this.failures.set(name, { since: prev?.since ?? now, attempts, error, retryAt: storage ? this.storageFailed(storage, e, now) : now + delay });
     stepChannel.publish({ secret: name, step: 'failed', code: error });
-    this.o.log('error', 'rotation step failed; will retry', { secret: name, code: error, attempts, retryInMs: delay });
+    // A storage failure is logged once for all secrets (storageFailed), not once per secret and retry.
+    if (!storage) this.o.log('error', 'rotation step failed; will retry', { secret: name, code: error, attempts, retryInMs: delay });
+  }
+
+  /**
+   * The audit log or the state store could not be written: the failing secrets retry together, with
+   * a backoff of at most STORAGE_MAX_BACKOFF_MS (more failures in the same round share its retry time).
+   * Logged when it starts and when its cause (code, errno) changes; a cause whose last episode was a
+   * blip (over at the first retry: a flaky disk) at most once a minute, with a count. Returns the retry time.
+   */
+  private storageFailed(what: StorageName, e: unknown, now: number): number {
+    const prev = this.storage.get(what);
+    if (prev && now < prev.retryAt) return prev.retryAt;
+    const code = (e as { code: string }).code;
+    const errno = errnoOf(e);
+    const message = (e as { message?: string }).message ?? code;
+    const attempts = (prev?.attempts ?? 0) + 1;
+    const retryAt = now + Math.min(STORAGE_MAX_BACKOFF_MS, 1000 * 2 ** (attempts - 1));
+    const changed = !prev || prev.code !== code || prev.errno !== errno;
+    let logged = !changed && prev.logged;
+    if (!logged) {
+      const last = this.storageLogged.get(storageCause(what, code, errno));
+      // Not logged: a new blip of a cause that blipped less than a minute ago (logged if it lasts).
+      if (!last || !last.blip || now - last.at >= STORAGE_LOG_EVERY_MS || attempts >= 2) {
+        this.o.log('error', `the ${what} cannot be written: rotations are paused and retried every few seconds until it can`, { code, errno, reason: message, retryInMs: retryAt - now, ...(last?.again ? { blipsSinceLastLine: last.again } : {}) });
+        this.storageLogged.set(storageCause(what, code, errno), { at: now, again: 0, blip: false });
+        logged = true;
+      } else if (changed) {
+        last.again++;
+      }
+    }
+    this.storage.set(what, { code, ...(errno ? { errno } : {}), message, since: prev?.since ?? now, attempts, retryAt, logged });
+    return retryAt;
+  }
+
+  /** A step succeeded, so the audit log and the state store can be written: secrets that waited for them are due again now. */
+  private storageWorks(): void {
+    if (this.storage.size === 0) return;
+    const now = this.o.now();
+    for (const [what, s] of this.storage) {
+      if (s.logged) this.o.log('info', `the ${what} can be written again: rotations resume`, { code: s.code, errno: s.errno, downMs: now - s.since, attempts: s.attempts });
+      const logged = this.storageLogged.get(storageCause(what, s.code, s.errno));
+      if (logged) logged.blip = s.attempts <= 1;
+    }
+    this.storage.clear();
+    for (const [name, f] of this.failures) if (STORAGE_ERRORS[f.error]) this.failures.delete(name);
+  }
+
+  /** Why the audit log or the state store cannot be written, while that lasts. */
+  storageFailure(what: StorageName): StorageFailure | undefined {
+    return this.storage.get(what);
   }
 
   status(): SecretStatus[] {
@@ -507,7 +669,8 @@ export class Engine {
       const r = this.record(name);
       const cur = r ? currentVersion(r) : undefined;
       const due = this.dueAt(name);
-      const failing = this.failures.get(name);
+      const manual = this.manualFailing.get(name);
+      const failing = this.failures.get(name) ?? (manual ? { since: manual.since, attempts: 1, error: manual.code } : undefined);
       out.push({
         name,
         ...(cur ? { version: cur.version, rotatedAt: cur.createdAt } : {}),

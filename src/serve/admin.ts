@@ -35,6 +35,8 @@ export async function listenAdmin(socketPath: string, handlers: AdminHandlers): 
         const err = e as { code?: string; message?: string };
         if (!(e instanceof HttpError) && err.code === 'SECRET_UNKNOWN') sendError(res, new HttpError(404, err.code, err.message ?? ''));
         else if (!(e instanceof HttpError) && err.code === 'SECRET_NOT_ROTATABLE') sendError(res, new HttpError(409, err.code, err.message ?? ''));
+        // A rotation that failed (the audit log or the store cannot be written, an agent...): its code, not INTERNAL.
+        else if (!(e instanceof HttpError) && typeof err.code === 'string' && /^[A-Z][A-Z0-9_]+$/.test(err.code)) sendError(res, new HttpError(503, err.code, `the rotation failed: ${err.message ?? err.code}`));
         else sendError(res, e);
       }
     })();

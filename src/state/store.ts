@@ -175,7 +175,7 @@ async function open(ctx: Context, anchor: StoreOptions['anchor']): Promise<State
     throw corrupt(`${ctx.file(LOG_FILE)} exists but ${SNAPSHOT_FILE} does not: the store is incomplete and is not opened (restore ${SNAPSHOT_FILE}, or the whole directory, from a backup)`);
   }
   const snapName = rollForward ? SNAPSHOT_FILE + TMP : SNAPSHOT_FILE;
-  const snap = parseSnapshot(await ageDecrypt(ctx.dec, await readWhole(fs, ctx.file(snapName), MAX_SNAPSHOT, snapName), snapName), snapName);
+  const snap = parseSnapshot(await decryptSnapshot(ctx, await readWhole(fs, ctx.file(snapName), MAX_SNAPSHOT, snapName), snapName), snapName);
   const log = await fs.open(ctx.file(LOG_FILE), 'write');
   try {
     const scan = await scanLog(ctx, log, snap);
@@ -209,6 +209,42 @@ async function open(ctx: Context, anchor: StoreOptions['anchor']): Promise<State
   } catch (e) {
     await log.close().catch(noop);
     throw e;
+  }
+}
+
+/**
+ * Decrypts the snapshot. "Not encrypted to this identity" is what age says both for the wrong identity
+ * and for a damaged recipient stanza (one flipped bit in it): when log.bin's header, an age file to the
+ * same recipients, opens with the identity, the identity is right and the snapshot is damaged.
+ */
+async function decryptSnapshot(ctx: Context, file: Uint8Array, name: string): Promise<Buffer> {
+  try {
+    return await ageDecrypt(ctx.dec, file, name);
+  } catch (e) {
+    if (e instanceof StateError && e.code === 'STATE_KEY' && (await logHeaderOpens(ctx))) {
+      throw corrupt(`${name} does not open with this identity, but ${LOG_FILE} beside it does: ${name} is damaged, or is another store's (restore it from a backup)`);
+    }
+    throw e;
+  }
+}
+
+/** Whether log.bin starts with a header frame that the identity decrypts. */
+async function logHeaderOpens(ctx: Context): Promise<boolean> {
+  try {
+    const f = await ctx.fs.open(ctx.file(LOG_FILE), 'read');
+    try {
+      const size = await f.size();
+      const r = new Reader(f, size);
+      if (size < LOG_MAGIC.length + FRAME_HEADER || !LOG_MAGIC.equals(await r.bytes(0, LOG_MAGIC.length))) return false;
+      const len = frameLength(await r.bytes(LOG_MAGIC.length, FRAME_HEADER), size - LOG_MAGIC.length);
+      if (typeof len !== 'number') return false;
+      await ctx.dec.decrypt(await r.bytes(LOG_MAGIC.length + FRAME_HEADER, len));
+      return true;
+    } finally {
+      await f.close();
+    }
+  } catch {
+    return false;
   }
 }
 

@@ -1,0 +1,196 @@
+// Part 7, the soak: `rotor daemon` (its own process, as a user runs it) with 1,000 secrets rotating
+// every 10 s (each retiring its previous version 3 s later) for 10 minutes, while a consumer reads
+// them through its socket without pause. Memory is sampled from the daemon's /proc status (RSS) and
+// its /metrics (V8 heap in use) and printed as a table; after a warm-up, the heap and RSS must stay
+// flat. No error may be logged, no request may fail, the audit log on the remote must verify and hold
+// every rotation exactly once, each secret's versions without a gap.
+// Short version (CI): 100 secrets for 40 s; its memory figures are printed, not judged (too few samples).
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+export const part = 7;
+export const title = 'Soak: 1,000 secrets rotating every 10 s for 10 minutes under socket load';
+
+const BIN = new URL('../dist/src/cli/main.js', import.meta.url).pathname;
+const { verifyAuditDir } = await import(new URL('../dist/src/audit/log.js', import.meta.url).href);
+
+const git = (cwd, ...args) => execFileSync('git', ['-c', 'user.name=prove', '-c', 'user.email=prove@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
+const delay = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function get(o) {
+  return new Promise((resolve, reject) => {
+    const req = request({ ...o, agent: o.agent ?? false }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('error', reject);
+    req.setTimeout(30_000, () => req.destroy(new Error('timeout')));
+    req.end();
+  });
+}
+
+async function sample(pid, port) {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const rss = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? NaN) / 1024;
+  const metrics = (await get({ host: '127.0.0.1', port, path: '/metrics' })).body;
+  const num = (name) => Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)$`, 'm').exec(metrics)?.[1] ?? NaN);
+  const rotations = [...metrics.matchAll(/^rotor_rotations_total\{[^}]*result="success"[^}]*\} ([0-9.e+]+)$/gm)].reduce((a, m) => a + Number(m[1]), 0);
+  return { rss, heap: num('rotor_process_nodejs_heap_size_used_bytes') / 2 ** 20, rotations };
+}
+
+export async function run({ short, log }) {
+  const SECRETS = short ? 100 : 1000;
+  const SECONDS = short ? 40 : 600;
+  const SAMPLE_MS = short ? 4000 : 5000;
+  const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-soak-'));
+  let daemon;
+  try {
+    const work = path.join(root, 'work');
+    mkdirSync(work);
+    writeFileSync(path.join(work, 'rotor.yaml'), 'kind: Config\nsync: { interval: 1d }\n');
+    writeFileSync(path.join(work, 'policy.yaml'), 'kind: Policy\nname: soak\nevery: 10s\njitter: 5s\noverlap: 3s\nretain: 2\n');
+    const docs = [];
+    for (let i = 0; i < SECRETS; i++) docs.push(`kind: Secret\nname: soak/s${String(i).padStart(4, '0')}\npolicy: soak\ngenerate: { length: 32 }\n`);
+    writeFileSync(path.join(work, 'secrets.yaml'), docs.join('---\n'));
+    writeFileSync(path.join(work, 'consumer.yaml'), `kind: Consumer\nname: soak\nuid: ${process.getuid()}\nsecrets: ["soak/*"]\n`);
+    git(work, 'init', '-q', '-b', 'main');
+    git(work, 'add', '-A');
+    git(work, 'commit', '-q', '-m', 'soak');
+    const remote = path.join(root, 'remote.git');
+    git(root, 'clone', '-q', '--bare', work, remote);
+    const dataDir = path.join(root, 'data');
+    execFileSync(process.execPath, [BIN, 'keygen', dataDir], { stdio: 'ignore' });
+    const socketDir = path.join(root, 'sockets');
+    const port = await freePort();
+    const env = { ...process.env };
+    delete env.NODE_OPTIONS; // not tap's loader: the daemon as a user runs it
+    daemon = spawn(process.execPath, [BIN, 'daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', socketDir, '--agent-listen', '127.0.0.1:0', '--metrics-listen', `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'], env });
+    let stderr = '';
+    const levels = { error: 0, warn: 0 };
+    const errorCodes = new Map();
+    daemon.stderr.on('data', (c) => {
+      stderr += c;
+      let nl;
+      while ((nl = stderr.indexOf('\n')) >= 0) {
+        const line = stderr.slice(0, nl);
+        stderr = stderr.slice(nl + 1);
+        try {
+          const e = JSON.parse(line);
+          const level = typeof e.level === 'number' ? (e.level >= 50 ? 'error' : e.level >= 40 ? 'warn' : 'info') : e.level;
+          if (level === 'error' || level === 'warn') {
+            levels[level]++;
+            const k = `${level} ${e.code ?? e.msg}`;
+            errorCodes.set(k, (errorCodes.get(k) ?? 0) + 1);
+          }
+        } catch {
+          levels.error++;
+          errorCodes.set(`unparsed: ${line.slice(0, 80)}`, 1);
+        }
+      }
+    });
+    const exited = new Promise((r) => daemon.once('exit', (code, signal) => r({ code, signal })));
+    const sock = path.join(socketDir, 'soak.sock');
+    for (let i = 0; i < 1200 && !existsSync(sock); i++) await delay(50);
+    if (!existsSync(sock)) throw new Error('the daemon did not open its consumer socket');
+    log(`soak: daemon pid ${daemon.pid}, ${SECRETS} secrets, ${SECONDS} s`);
+
+    // The consumer: 4 keep-alive connections reading random secrets without pause.
+    const load = { requests: 0, failures: 0, stop: false };
+    const names = Array.from({ length: SECRETS }, (_, i) => `soak/s${String(i).padStart(4, '0')}`);
+    const agent = new Agent({ keepAlive: true, maxSockets: 4 });
+    const readers = Array.from({ length: 4 }, async (_, k) => {
+      let i = k;
+      while (!load.stop) {
+        i = (i * 7 + 13) % names.length;
+        try {
+          const r = await get({ socketPath: sock, path: `/v1/secrets/${names[i]}`, agent });
+          const body = r.status === 200 ? JSON.parse(r.body) : undefined;
+          if (!body || typeof body.value !== 'string' || body.value.length !== 32) load.failures++;
+        } catch {
+          load.failures++;
+        }
+        load.requests++;
+      }
+    });
+
+    const samples = [];
+    const t0 = Date.now();
+    while (Date.now() - t0 < SECONDS * 1000) {
+      await delay(SAMPLE_MS);
+      const s = await sample(daemon.pid, port);
+      samples.push({ t: Math.round((Date.now() - t0) / 1000), ...s, requests: load.requests });
+      log(`soak: t=${samples.at(-1).t}s rss=${s.rss.toFixed(0)} MiB heap=${s.heap.toFixed(1)} MiB rotations=${s.rotations} requests=${load.requests}`);
+    }
+    load.stop = true;
+    await Promise.all(readers);
+    agent.destroy();
+    const final = await sample(daemon.pid, port);
+    daemon.kill('SIGTERM');
+    const exit = await exited;
+
+    // The audit log on the remote: verifies; every version of every secret exactly once, no gap.
+    const check = path.join(root, 'check');
+    git(root, 'clone', '-q', remote, check);
+    const v = await verifyAuditDir(path.join(check, 'audit'));
+    const versions = new Map();
+    let made = 0;
+    let badSeq = 0;
+    for (const f of readdirSync(path.join(check, 'audit')).sort()) {
+      for (const line of readFileSync(path.join(check, 'audit', f), 'utf8').split('\n')) {
+        if (!line) continue;
+        const e = JSON.parse(line);
+        if (e.event !== 'created' && e.event !== 'rotated') continue;
+        made++;
+        const last = versions.get(e.secret) ?? 0;
+        if (e.to !== last + 1) badSeq++;
+        versions.set(e.secret, e.to);
+      }
+    }
+
+    // Memory: after a warm-up (the first quarter), compare the first and the last third of the samples.
+    // The lowest heap of a stretch is the live set after a collection: the figure to compare.
+    const warm = samples.slice(Math.floor(samples.length / 4));
+    const third = Math.max(1, Math.floor(warm.length / 3));
+    const early = warm.slice(0, third);
+    const late = warm.slice(-third);
+    const low = (xs, k) => Math.min(...xs.map((s) => s[k]));
+    const growth = (k) => low(late, k) / low(early, k) - 1;
+    const heapGrowth = growth('heap');
+    const rssGrowth = growth('rss');
+    const table = ['| t (s) | RSS (MiB) | heap used (MiB) | rotations | socket reads |', '|---|---|---|---|---|',
+      ...samples.filter((_, i) => samples.length <= 16 || i % Math.ceil(samples.length / 20) === 0 || i === samples.length - 1)
+        .map((s) => `| ${s.t} | ${s.rss.toFixed(0)} | ${s.heap.toFixed(1)} | ${s.rotations} | ${s.requests} |`)].join('\n');
+    log(`soak: memory\n${table}`);
+    const problems = [...errorCodes].map(([k, n]) => `${k} x${n}`).join('; ');
+    return {
+      rows: [
+        { check: `${SECRETS} secrets, ${SECONDS} s: rotations done (audit log on the remote)`, figure: `${made} (${(made / SECONDS).toFixed(0)}/s), daemon exit ${exit.code ?? exit.signal}`, ok: made >= SECRETS * (SECONDS / 15) && exit.code === 0 },
+        { check: 'audit chain verifies; versions of each secret without gap or repeat', figure: `${v.result.ok ? 'verifies' : v.result.code}; ${versions.size} secrets, ${badSeq} out of order`, ok: v.result.ok && badSeq === 0 && versions.size === SECRETS },
+        { check: 'socket reads during the soak: none failed', figure: `${load.requests} reads, ${load.failures} failed`, ok: load.failures === 0 && load.requests > 0 },
+        { check: 'errors and warnings logged by the daemon', figure: `${levels.error} errors, ${levels.warn} warnings${problems ? `: ${problems}` : ''}`, ok: levels.error === 0 },
+        { check: 'memory after warm-up: heap in use, lowest of the last third vs of the first third', figure: `${low(early, 'heap').toFixed(1)} -> ${low(late, 'heap').toFixed(1)} MiB (${(heapGrowth * 100).toFixed(1)}%); ${final.heap.toFixed(1)} MiB at the end`, ok: short || heapGrowth < 0.2 },
+        { check: 'memory after warm-up: RSS, lowest of the last third vs of the first third', figure: `${low(early, 'rss').toFixed(0)} -> ${low(late, 'rss').toFixed(0)} MiB (${(rssGrowth * 100).toFixed(1)}%)`, ok: short || rssGrowth < 0.2 },
+      ],
+      details: `The daemon's memory, sampled every ${SAMPLE_MS / 1000} s (RSS from /proc, V8 heap in use from its /metrics; heap in use rises and falls with each collection, so its lowest points are the live memory):\n\n${table}`,
+    };
+  } finally {
+    if (daemon && daemon.exitCode === null) daemon.kill('SIGKILL');
+    rmSync(root, { recursive: true, force: true });
+  }
+}
