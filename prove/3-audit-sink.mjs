@@ -125,6 +125,8 @@ async function phase(w, d, reader, names, p, holdMs, log) {
     return st.audit?.failing?.code === 'AUDIT_WRITE_FAILED' && st.audit.failing.errno === p.errno;
   }, { timeoutMs: NOTICE_BOUND_MS, everyMs: 100 });
   const noticedMs = Date.now() - applied;
+  // Each secret fails when it next falls due (every 2 s): wait until every row says so, then look.
+  await waitFor(async () => (await status(w)).secrets?.every((s) => s.failing?.error === 'AUDIT_WRITE_FAILED'), { timeoutMs: NOTICE_BOUND_MS, everyMs: 100 });
   const json = await cli(['status', '--json', '--data-dir', w.dataDir]);
   const text = await cli(['status', '--data-dir', w.dataDir]);
   let jsonOk = false;
