@@ -41,6 +41,7 @@ import { Receipts } from './receipts.js';
 import { AgentHub } from './agents.js';
 import { listenAgentApi } from '../serve/agent-api.js';
 import { listenMetrics } from '../serve/metrics.js';
+import type { RecentView } from '../serve/status-page.js';
 import { readSopsValues } from './sops-values.js';
 
 export interface DaemonOptions {
@@ -106,7 +107,7 @@ export class Daemon implements ConsumerBackend {
   private commitFailed = false;
   private pushFailures = 0;
   /** The last rotation outcomes, oldest first (the status page's timeline); names, versions and codes only. */
-  private readonly recent: RecentOutcome[] = [];
+  private readonly recent: RecentView[] = [];
   private stopped = false;
   private readonly now: () => number;
   private unlock: (() => Promise<void>) | undefined;
@@ -559,23 +560,10 @@ function newAuditIndex() {
   return index;
 }
 
-/** A rotation outcome for the status page's timeline: taken from an audit event, which holds no value. */
-export interface RecentOutcome {
-  readonly time: string;
-  readonly secret: string;
-  readonly event: 'created' | 'rotated' | 'retired' | 'rotation-failed';
-  readonly from?: number;
-  readonly to?: number;
-  readonly trigger?: string;
-  readonly reason?: string;
-  /** The error code of a failed rotation (the start of its audit detail). */
-  readonly error?: string;
-}
-
 const RECENT_MAX = 200;
 
 /** Keeps the last RECENT_MAX rotation outcomes in `ring` (other audit events are not outcomes). */
-function keepRecent(ring: RecentOutcome[], e: AuditEvent): void {
+function keepRecent(ring: RecentView[], e: AuditEvent): void {
   if (!e.secret || (e.event !== 'created' && e.event !== 'rotated' && e.event !== 'retired' && e.event !== 'rotation-failed')) return;
   const error = e.event === 'rotation-failed' ? /^([A-Z][A-Z0-9_]*):/.exec(e.detail ?? '')?.[1] : undefined;
   ring.push({

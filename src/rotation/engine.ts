@@ -346,11 +346,10 @@ export class Engine {
   private manualDue(name: string): number | undefined {
     const m = this.manual.get(name);
     const r = this.record(name);
-    if (r?.pending) return Math.max(0, this.failures.get(name)?.retryAt ?? 0);
-    if (!m || !('value' in m)) return undefined;
     const cur = r ? currentVersion(r) : undefined;
-    if (cur && cur.value === m.value) return undefined;
-    return Math.max(0, this.failures.get(name)?.retryAt ?? 0);
+    const changed = m !== undefined && 'value' in m && cur?.value !== m.value;
+    // Due now (after a failure's backoff) with an unfinished rotation or a new value.
+    return r?.pending || changed ? (this.failures.get(name)?.retryAt ?? 0) : undefined;
   }
 
   private rotatable(s: Secret): boolean {

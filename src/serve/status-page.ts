@@ -46,6 +46,7 @@ export interface SecretView {
   readonly consumers: readonly { readonly name: string; readonly version?: number; readonly readAt?: string; readonly behind: boolean }[];
 }
 
+/** A rotation outcome for the timeline (the daemon keeps the last ones): taken from an audit event, which holds no value. */
 export interface RecentView {
   readonly time: string;
   readonly secret: string;
@@ -54,6 +55,7 @@ export interface RecentView {
   readonly to?: number;
   readonly trigger?: string;
   readonly reason?: string;
+  /** The error code of a failed rotation (the start of its audit detail). */
   readonly error?: string;
 }
 
