@@ -20,13 +20,29 @@ export class MemorySource {
     return { files, problems: [], truncated: false };
   }
 
-  async readMany(paths) {
+  async readMany(paths, { maxBytes }) {
     const out = new Map();
     for (const p of paths) {
       const buf = this.files.get(p);
-      out.set(p, buf ?? new Error(`no file ${p}`));
+      out.set(p, buf === undefined ? new Error(`no file ${p}`) : buf.length > maxBytes ? new Error(`${p} is over ${maxBytes} bytes`) : buf);
     }
     return out;
+  }
+
+  /** Only files are held: every leading path with a file under it is a directory. */
+  async probe(dir) {
+    const segs = dir.split('/').filter(Boolean);
+    const chain = [];
+    for (let i = 1; i <= segs.length; i++) {
+      const p = segs.slice(0, i).join('/');
+      if (this.files.has(p)) {
+        chain.push({ path: p, kind: 'file' });
+        break;
+      }
+      if (![...this.files.keys()].some((f) => f.startsWith(`${p}/`))) break;
+      chain.push({ path: p, kind: 'dir' });
+    }
+    return { chain, inside: [], attributes: [] };
   }
 }
 

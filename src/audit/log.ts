@@ -16,6 +16,7 @@
  * GROUP_ENTRIES entries; one call's entries are never split), and share its outcome. Every file access
  * goes through a small AuditFs, node:fs/promises by default, so that tests can fail it.
  */
+import { constants as fsConstants } from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { AuditEntry, AuditInput } from './entry.js';
@@ -41,11 +42,29 @@ export interface AuditFs {
   unlink(file: string): Promise<void>;
 }
 
+/** open()'s flags: never through a link at the last component (O_NOFOLLOW fails with ELOOP there). */
+const OPEN_FLAGS = {
+  a: fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW,
+  wx: fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW,
+  r: fsConstants.O_RDONLY | fsConstants.O_DIRECTORY | fsConstants.O_NOFOLLOW,
+} as const;
+
+/**
+ * node:fs/promises, opening files and directories with O_NOFOLLOW: an audit file that is a symbolic
+ * link is refused (ELOOP), never followed. (The directories above it are checked by confineAuditFs.)
+ */
 export const nodeAuditFs: AuditFs = {
   readdir: (dir) => fsp.readdir(dir),
-  readFile: (file) => fsp.readFile(file),
+  readFile: async (file) => {
+    const fh = await fsp.open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+    try {
+      return await fh.readFile();
+    } finally {
+      await fh.close();
+    }
+  },
   mkdir: (dir, options) => fsp.mkdir(dir, options),
-  open: (file, flags) => fsp.open(file, flags),
+  open: (file, flags) => fsp.open(file, OPEN_FLAGS[flags], 0o666),
   unlink: (file) => fsp.unlink(file),
 };
 

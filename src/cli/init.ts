@@ -3,7 +3,6 @@
  * consumer, .gitattributes, .gitignore, package.json and a CI workflow) and the daemon's keys, kept
  * outside the repository.
  */
-import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { access, constants, lstat, mkdir, realpath, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -16,6 +15,7 @@ import type { Flags } from './args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
+import { runGit } from '../git/run.js';
 
 export const INIT_FLAGS = {
   'data-dir': {
@@ -218,12 +218,9 @@ jobs:
 /** Written only where absent, even with --force: it may be the project's own. */
 const ONLY_IF_ABSENT = new Set(['package.json']);
 
-function git(cwd: string, args: string[]): Promise<{ ok: boolean; out: string }> {
-  return new Promise((resolve) => {
-    execFile('git', args, { cwd, encoding: 'utf8', timeout: 30_000 }, (err, stdout, stderr) => {
-      resolve({ ok: !err, out: (err ? stderr || (err as Error).message : stdout).trim() });
-    });
-  });
+async function git(cwd: string, args: string[]): Promise<{ ok: boolean; out: string }> {
+  const r = await runGit(cwd, args, { timeoutMs: 30_000 });
+  return { ok: r.exitCode === 0, out: (r.exitCode === 0 ? r.stdout.toString('utf8') : r.stderr).trim() };
 }
 
 /** The nearest existing ancestor of p (p itself if it exists). */

@@ -6,8 +6,9 @@ import type { RepoSource } from '../model/source.js';
 import { DirectorySource } from '../model/source.js';
 import { GitTreeSource } from '../git/tree.js';
 import { GitError, gitText } from '../git/run.js';
-import { checkAppendOnly } from '../plan/append-only.js';
+import { AUDIT_FILE_READ_LIMIT, checkAppendOnly } from '../plan/append-only.js';
 import { plan } from '../plan/plan.js';
+import { attributeChanges } from '../plan/attributes.js';
 import type { PlanFormat, PlanReport } from '../plan/format.js';
 import { formatPlan } from '../plan/format.js';
 import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
@@ -31,12 +32,12 @@ Shows what a change to the declarations in DIR (default: the current directory, 
 tree) does between the commit REF and the head: declarations added, removed and changed field by
 field, the next three rotation times of every affected secret, rotate-now requests, consumers that
 gain or lose access, changes that need a person's attention (strategy changes, "single"
-strategies, removals), and sops: secrets near or past their policy's maxAge (from the audit log's
-last rotation of each), which a person rotates by committing a new value. The head is the work tree
-unless --head names a commit.
+strategies, removals, .gitattributes lines that reach the audit log), and sops: secrets near or past
+their policy's maxAge (from the audit log's last rotation of each), which a person rotates by
+committing a new value. The head is the work tree unless --head names a commit.
 
-It refuses (exit 1) a head with invalid declarations or one that edits or deletes lines of the audit
-log, which is append-only.
+It refuses (exit 1) a head with invalid declarations (a symbolic link on the audit directory's path
+among them) or one that edits or deletes lines of the audit log, which is append-only.
 
 Options:
 ${optionsHelp(PLAN_FLAGS)}
@@ -49,23 +50,40 @@ Examples:
   rotor plan --base "origin/$GITHUB_BASE_REF" --format markdown > plan.md    # in CI
 `;
 
-/** Secret -> when its current version became current, from the audit log of the head. */
+/** Bytes of the audit log `lastRotations` reads at most, newest files first. */
+const REMINDER_READ_LIMIT = AUDIT_FILE_READ_LIMIT;
+
+/**
+ * Secret -> when its current version became current, from the audit log of the head: the newest
+ * files first, until REMINDER_READ_LIMIT bytes were read (older rotations are then not looked at).
+ */
 async function lastRotations(source: RepoSource, auditDir: string): Promise<Map<string, number>> {
   const out = new Map<string, number>();
+  const done = new Set<string>();
   const { files } = await source.list();
-  const logs = [...files.keys()].filter((f) => f.startsWith(`${auditDir}/`) && f.endsWith('.jsonl')).sort();
-  for (const [, buf] of await source.readMany(logs)) {
-    if (buf instanceof Error) continue;
+  const logs = [...files.values()].filter((f) => f.path.startsWith(`${auditDir}/`) && f.path.endsWith('.jsonl')).sort((a, b) => (a.path < b.path ? 1 : -1));
+  let budget = REMINDER_READ_LIMIT;
+  for (const f of logs) {
+    if (f.size > budget) break;
+    budget -= f.size;
+    const buf = (await source.readMany([f.path], { maxBytes: f.size })).get(f.path);
+    if (!(buf instanceof Buffer)) continue;
+    const latest = new Map<string, number | null>();
     for (const line of buf.toString('utf8').split('\n')) {
       if (!line.includes('"created"') && !line.includes('"rotated"') && !line.includes('"purged"')) continue;
       try {
         const e = JSON.parse(line) as { event?: string; secret?: string; time?: string };
-        if (!e.secret || !e.time) continue;
-        if (e.event === 'purged') out.delete(e.secret);
-        else if (e.event === 'created' || e.event === 'rotated') out.set(e.secret, Date.parse(e.time));
+        if (!e.secret || !e.time || done.has(e.secret)) continue;
+        if (e.event === 'purged') latest.set(e.secret, null);
+        else if (e.event === 'created' || e.event === 'rotated') latest.set(e.secret, Date.parse(e.time));
       } catch {
         // A damaged line: `rotor audit verify` reports it; the reminder skips it.
       }
+    }
+    // the last word of a newer file wins over anything older
+    for (const [secret, at] of latest) {
+      done.add(secret);
+      if (at !== null) out.set(secret, at);
     }
   }
   return out;
@@ -109,6 +127,9 @@ export async function planCommand(argv: readonly string[], io: Io): Promise<numb
   const headSource: RepoSource = headCommit ? new GitTreeSource(top, headCommit, prefix) : new DirectorySource(dir);
   const [base, head] = await Promise.all([loadModel(baseSource, { now }), loadModel(headSource, { now })]);
   const audit = await checkAppendOnly(baseSource, headSource, base.auditDir);
+  const changes = plan(base.desired, head.desired, now, await lastRotations(headSource, head.auditDir));
+  const auditFiles = [...(await baseSource.list()).files.keys(), ...(await headSource.list()).files.keys()].filter((f) => f.startsWith(`${head.auditDir}/`));
+  const attributes = await attributeChanges(baseSource, headSource, head.auditDir, auditFiles, now);
   const report: PlanReport = {
     base: { ref: flags.base, commit: baseCommit },
     head: { ref: flags.head ?? null, commit: headCommit },
@@ -116,7 +137,7 @@ export async function planCommand(argv: readonly string[], io: Io): Promise<numb
     problems: head.problems,
     baseErrors: base.problems.filter((p) => p.severity === 'error').length,
     audit,
-    plan: plan(base.desired, head.desired, now, await lastRotations(headSource, head.auditDir)),
+    plan: { ...changes, attention: [...changes.attention, ...attributes] },
   };
   io.stdout(formatPlan(report, flags.format as PlanFormat));
   return report.ok ? EXIT.ok : EXIT.invalid;

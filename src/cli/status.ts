@@ -26,7 +26,8 @@ attempted; audit entries not yet pushed. Colours on a terminal, none when piped 
 
 Options:
 ${optionsHelp(STATUS_FLAGS)}
-Exit status: 0 all well, 1 something is overdue or failing (or the daemon cannot be reached), 2 usage.
+Exit status: 0 all well, 1 something is overdue or failing, the clone cannot follow the repository,
+or the daemon cannot be reached, 2 usage.
 
 Examples:
   sudo rotor status
@@ -60,10 +61,10 @@ interface StorageFailing {
 
 interface Status {
   now: string;
-  config: { applied?: { commit: string; at: string }; attempted?: { commit: string; at: string; problems?: number } };
+  config: { applied?: { commit: string; at: string }; attempted?: { commit: string; at: string; problems?: number }; held?: { commit: string; code: string; message: string } };
   secrets: SecretRow[];
   agents?: { listen?: string; agents: { name: string; lastSeen?: string; queued: number }[] };
-  audit?: { commitPending: boolean; pushFailures: number; failing?: StorageFailing };
+  audit?: { commitPending: boolean; pushFailures: number; pushError?: { code: string; message: string }; failing?: StorageFailing };
   store?: { failing?: StorageFailing };
 }
 
@@ -83,7 +84,7 @@ export async function statusCommand(argv: readonly string[], io: Io): Promise<nu
     }
     throw e;
   }
-  const trouble = status.secrets.some((s) => s.overdue || s.failing) || Boolean(status.audit?.failing || status.store?.failing);
+  const trouble = status.secrets.some((s) => s.overdue || s.failing) || Boolean(status.audit?.failing || status.store?.failing || status.config.held);
   if (flags.json) {
     io.stdout(JSON.stringify(status, null, 2) + '\n');
     return trouble ? EXIT.invalid : EXIT.ok;
@@ -141,9 +142,11 @@ export function render(st: Status, color: boolean): string {
   const attempted = st.config.attempted;
   out.push(paint('bold', 'CONFIG') + `  applied ${applied ? `${applied.commit.slice(0, 12)} at ${applied.at}` : 'none'}`);
   if (attempted && attempted.commit !== applied?.commit) out.push(paint('red', `  last attempted ${attempted.commit.slice(0, 12)} at ${attempted.at}: rejected (${attempted.problems ?? '?'} problems); the applied commit stays in force`));
+  const held = st.config.held;
+  if (held) out.push(paint('red', `  the clone stays before ${held.commit.slice(0, 12)} (${held.code}): ${held.message}`));
   for (const [what, f] of [['audit log', st.audit?.failing], ['state store', st.store?.failing]] as const) {
     if (f) out.push(paint('red', `  ${what}: cannot be written since ${f.since} (${f.code}${f.errno ? `, ${f.errno}` : ''}): rotations are paused; next try ${Date.parse(f.retryAt) <= now ? 'now' : `in ${human(Date.parse(f.retryAt) - now)}`} (${f.attempts} failed)`));
   }
-  if (st.audit) out.push(`  audit: ${st.audit.pushFailures > 0 ? paint('yellow', `entries not yet pushed (${st.audit.pushFailures} failed pushes; they are kept and retried)`) : st.audit.commitPending ? 'entries being committed' : 'all entries pushed'}`);
+  if (st.audit) out.push(`  audit: ${st.audit.pushFailures > 0 ? paint('yellow', `entries not yet pushed (${st.audit.pushFailures} failed pushes${st.audit.pushError ? `, last ${st.audit.pushError.code}` : ''}; they are kept and retried)`) : st.audit.commitPending ? 'entries being committed' : 'all entries pushed'}`);
   return out.join('\n') + '\n';
 }

@@ -2,12 +2,12 @@
  * The remote's copy of the audit log as an anchor for the clone's. At start the daemon commits whatever
  * its clone's audit directory holds (entries written before a crash), so entries removed or changed
  * there after the last one the state store anchors would be committed and pushed as if the daemon had
- * written that (found by the proof of issue 7, prove/4-tamper.mjs). The remote's last entry must be in
+ * written that (found by the proof harness, prove/4-tamper.mjs). The remote's last entry must be in
  * the clone's log, unchanged: the daemon checks it with the entry read here.
  */
 import type { Anchor } from '../audit/verify.js';
-import { FILE_NAME } from '../audit/entry.js';
-import { git } from '../git/run.js';
+import { FILE_NAME, MAX_LINE_BYTES } from '../audit/entry.js';
+import { git, gitTail } from '../git/run.js';
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
@@ -20,8 +20,9 @@ export async function committedAuditHead(repoDir: string, commit: string, auditD
   const listing = (await git(repoDir, ['--literal-pathspecs', 'ls-tree', '-z', '--name-only', commit, '--', `${auditDir}/`])).toString('utf8');
   const last = listing.split('\0').filter((p) => FILE_NAME.test(p.slice(auditDir.length + 1))).sort().at(-1);
   if (last === undefined) return undefined;
-  const text = (await git(repoDir, ['cat-file', 'blob', `${commit}:${last}`])).toString('utf8');
-  const line = text.trimEnd().split('\n').at(-1) ?? '';
+  // Only the end of the file is kept, whatever its size: the last line is all that is needed.
+  const { tail } = await gitTail(repoDir, ['cat-file', 'blob', `${commit}:${last}`], MAX_LINE_BYTES + 2);
+  const line = tail.toString('utf8').trimEnd().split('\n').at(-1) ?? '';
   try {
     const e = JSON.parse(line) as { seq?: unknown; hash?: unknown };
     return Number.isSafeInteger(e.seq) && (e.seq as number) >= 1 && typeof e.hash === 'string' && HEX64.test(e.hash) ? { seq: e.seq as number, hash: e.hash } : undefined;

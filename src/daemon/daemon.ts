@@ -6,8 +6,8 @@
  * and pushes it, and answers the admin socket.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import diagnostics_channel from 'node:diagnostics_channel';
+import { lstat, mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import path from 'node:path';
 import { loadKeys } from '../keys.js';
@@ -17,10 +17,11 @@ import type { Desired } from '../model/model.js';
 import { parseDuration } from '../model/duration.js';
 import { defaultStrategy } from '../model/engines.js';
 import { GitTreeSource } from '../git/tree.js';
-import { gitText } from '../git/run.js';
+import { runGit } from '../git/run.js';
 import { openRepo } from '../git/repo.js';
 import type { GitRepo as Repo } from '../git/repo.js';
-import { AuditLog, verifyAuditDir } from '../audit/log.js';
+import { AuditLog, nodeAuditFs, verifyAuditDir } from '../audit/log.js';
+import { confineAuditFs } from '../audit/confine.js';
 import type { AuditFs } from '../audit/log.js';
 import type { AuditEntry } from '../audit/entry.js';
 import { AuditError } from '../audit/entry.js';
@@ -75,6 +76,12 @@ interface Revision {
 
 const FINGERPRINT_KEY = 'meta/fingerprint-key';
 
+/**
+ * `rotor:audit-push`: after each commit-and-push of the audit log, `{ ok: true, pushed }` (commits
+ * pushed) or `{ ok: false, code }`. Never a value.
+ */
+export const auditPushChannel = diagnostics_channel.channel('rotor:audit-push');
+
 export class Daemon implements ConsumerBackend {
   private repo!: Repo;
   private sockets: ConsumerSockets | undefined;
@@ -106,6 +113,10 @@ export class Daemon implements ConsumerBackend {
   /** The last audit commit failed: the next flush commits even when no new entry asked for one. */
   private commitFailed = false;
   private pushFailures = 0;
+  /** The code and message of the last failed commit or push of the audit log, while pushes fail. */
+  private pushError: { code: string; message: string } | undefined;
+  /** Why the clone does not follow the remote head, while that lasts (GIT_AUDIT_PATH_UNSAFE). */
+  private held: { commit: string; code: string; message: string } | undefined;
   /** The last rotation outcomes, oldest first (the status page's timeline); names, versions and codes only. */
   private readonly recent: RecentView[] = [];
   private stopped = false;
@@ -149,14 +160,18 @@ export class Daemon implements ConsumerBackend {
     // commit them first (under the audit directory the clone's own commit declares).
     const local = await loadModel(new GitTreeSource(this.repo.dir, await this.repo.head(), ''), { now: this.now() });
     if (local.auditDir !== 'audit') this.repo = await openRepo({ ...repoOptions, auditDir: local.auditDir });
-    if (existsSync(path.join(this.repo.dir, local.auditDir))) await this.repo.commitAudit([local.auditDir], 'rotor: audit entries written before a restart');
-    const { remoteHead: head } = await this.repo.sync(); // sync fetches
+    if ((await lstat(path.join(this.repo.dir, local.auditDir)).catch(() => undefined))?.isDirectory()) await this.repo.commitAudit([local.auditDir], 'rotor: audit entries written before a restart');
+    const synced = await this.repo.sync(); // sync fetches
+    const head = synced.remoteHead;
+    this.noteHeld(synced);
     const first = await loadModel(new GitTreeSource(this.repo.dir, head, ''), { now: this.now() });
     this.auditDir = first.auditDir;
     if (this.auditDir !== local.auditDir) this.repo = await openRepo({ ...repoOptions, auditDir: this.auditDir });
 
     // The audit log anchors the store: it must not be older than the last generation the log records.
     const auditPath = path.join(this.repo.dir, this.auditDir);
+    // Every read and write of the log is confined to plain directories of the clone (no link followed).
+    const auditFs = await confineAuditFs(this.repo.dir, this.o.auditFs ?? nodeAuditFs);
     const index = newAuditIndex();
     // The remote anchors the clone's log too: its last entry must be there, unchanged. Otherwise entries
     // were removed or changed in the clone (and the commit above took that for entries to push).
@@ -167,7 +182,7 @@ export class Daemon implements ConsumerBackend {
         index.add(e);
         if (e.seq === pushed?.seq) pushedHash = e.hash;
       },
-      ...(this.o.auditFs ? { fs: this.o.auditFs } : {}),
+      fs: auditFs,
     });
     if (pushed && pushedHash !== pushed.hash) {
       const where = pushedHash === undefined ? `ends at entry ${this.audit.head.seq}, before entry ${pushed.seq}` : `differs at entry ${pushed.seq}`;
@@ -184,7 +199,7 @@ export class Daemon implements ConsumerBackend {
     // ...and the store anchors the audit log: a log cut back behind what the store saw is refused.
     const auditHead = this.store.get(AUDIT_HEAD_KEY) as { seq: number; hash: string } | undefined;
     if (auditHead) {
-      const v = await verifyAuditDir(auditPath, { anchor: auditHead, ...(this.o.auditFs ? { fs: this.o.auditFs } : {}) });
+      const v = await verifyAuditDir(auditPath, { anchor: auditHead, fs: auditFs });
       if (!v.result.ok) throw Object.assign(new Error(`the audit log ${auditPath} is behind the state store (it ends before entry ${auditHead.seq}, or differs there): ${v.result.message}`), { code: v.result.code });
     }
     let fpKey = this.store.get(FINGERPRINT_KEY);
@@ -235,17 +250,38 @@ export class Daemon implements ConsumerBackend {
   syncNow(): Promise<void> {
     return this.serial(async () => {
       await this.commitAudit();
-      const { remoteHead: head } = await this.repo.sync(); // sync fetches
+      const synced = await this.repo.sync(); // sync fetches
+      this.noteHeld(synced);
+      const head = synced.remoteHead;
       if (head === this.seenHead) return;
       const previous = this.seenHead;
       this.seenHead = head;
       // The daemon's own audit commits (and anyone else's that touch only the audit log) change no
-      // declaration: the applied model stays as it is.
-      if (previous && (await gitText(this.repo.dir, ['diff', '--name-only', previous, head, '--', '.', `:(exclude)${this.auditDir}`])) === '') return;
+      // declaration: the applied model stays as it is. Not so when the clone holds (the audit path
+      // itself changed: a link, a file) or the last commit was rejected (this one may mend it).
+      const lastWasApplied = this.attempted?.commit === this.applied?.commit;
+      if (previous && !synced.held && lastWasApplied && (await this.declarationsUnchanged(previous, head))) return;
       await this.consider(head, await loadModel(new GitTreeSource(this.repo.dir, head, ''), { now: this.now() }));
     })
       .catch((e: unknown) => this.o.log('error', 'sync with the repository failed; will retry', { code: (e as { code?: string }).code ?? 'ERROR' }))
       .finally(() => this.rearm()); // the schedule is looked at again after every sync
+  }
+
+  /** Whether nothing but the audit directory differs between two commits. */
+  private async declarationsUnchanged(a: string, b: string): Promise<boolean> {
+    const r = await runGit(this.repo.dir, ['diff', '--quiet', '--no-ext-diff', '--no-renames', a, b, '--', '.', `:(exclude)${this.auditDir}`]);
+    return r.exitCode === 0; // 1: differences; anything else: look at the commit
+  }
+
+  /** Notes (and logs, once per commit) that the clone did not take the remote head, or that it does again. */
+  private noteHeld(synced: { remoteHead: string; held?: { code: string; message: string } }): void {
+    if (!synced.held) {
+      if (this.held) this.o.log('info', 'the clone follows the remote again', { commit: synced.remoteHead });
+      this.held = undefined;
+      return;
+    }
+    if (this.held?.commit !== synced.remoteHead) this.o.log('error', synced.held.message, { code: synced.held.code, commit: synced.remoteHead });
+    this.held = { commit: synced.remoteHead, code: synced.held.code, message: synced.held.message };
   }
 
   private async consider(commit: string, result: Awaited<ReturnType<typeof loadModel>>): Promise<void> {
@@ -301,10 +337,14 @@ export class Daemon implements ConsumerBackend {
   private async flush(): Promise<void> {
     try {
       await this.commitAudit();
-      if ((await this.repo.unpushed()) > 0) await this.repo.push();
+      const pushed = (await this.repo.unpushed()) > 0 ? (await this.repo.push()).pushed.length : 0;
       this.pushFailures = 0;
+      this.pushError = undefined;
+      if (auditPushChannel.hasSubscribers) auditPushChannel.publish({ ok: true, pushed });
     } catch (e) {
       this.pushFailures++;
+      this.pushError = { code: (e as { code?: string }).code ?? 'ERROR', message: e instanceof Error ? e.message : String(e) };
+      if (auditPushChannel.hasSubscribers) auditPushChannel.publish({ ok: false, code: this.pushError.code });
       const delay = Math.min(300_000, 1000 * 2 ** this.pushFailures);
       this.o.log('warn', 'audit commit or push failed; the entries are kept and pushed later', { code: (e as { code?: string }).code ?? 'ERROR', retryInMs: delay });
       this.later(delay, () => void this.serial(() => this.flush()));
@@ -495,12 +535,12 @@ export class Daemon implements ConsumerBackend {
     const requests: { consumer: string; status: number; count: number }[] = [];
     for (const [consumer, counts] of this.requests) for (const [status, count] of counts) requests.push({ consumer, status, count });
     return {
-      config: { applied: this.applied, attempted: this.attempted },
+      config: { applied: this.applied, attempted: this.attempted, ...(this.held ? { held: this.held } : {}) },
       secrets,
       sockets: { dir: this.socketDir, consumers: this.sockets?.names() ?? [], requests },
       agents: { listen: this.agentApi?.address, agents: this.hub.lastSeen().map((a) => ({ name: a.name, queued: a.queued, ...(a.lastSeen !== undefined ? { lastSeen: new Date(a.lastSeen).toISOString() } : {}) })) },
       store: { seq: this.store.seq, storeId: this.store.storeId, ...this.storageStatus('state store') },
-      audit: { commitPending: this.commitPending, pushFailures: this.pushFailures, ...this.storageStatus('audit log') },
+      audit: { commitPending: this.commitPending, pushFailures: this.pushFailures, ...(this.pushError ? { pushError: this.pushError } : {}), ...this.storageStatus('audit log') },
       recent: [...this.recent],
       now: new Date(this.now()).toISOString(),
     };

@@ -19,9 +19,9 @@
  * Callers that write audit files should do it inside exclusive() together with commitAudit(), so
  * that no sync or push runs in between.
  *
- * Every git call runs with overrides (`-c ...` and a cleaned environment) so that the operator's
- * global configuration cannot add hooks, signing, prompts, editors, pagers, auto-stash or submodule
- * recursion, and with a time limit and an output limit. Errors are GitRepoError with a stable `code`;
+ * Every git call runs through src/git/run.ts, with overrides (`-c ...` and a cleaned environment) so
+ * that the operator's global configuration cannot add hooks, signing, prompts, editors, pagers,
+ * auto-stash or submodule recursion, and with a time limit and an output limit. Errors are GitRepoError with a stable `code`;
  * when git failed, `cause` is a GitError holding git's stderr (URL credentials removed).
  *
  * Plain `git` rather than simple-git: simple-git refuses exactly the overrides this module needs
@@ -30,11 +30,15 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes, randomInt } from 'node:crypto';
-import { chmod, mkdir, readdir, realpath, rename, rm, stat, unlink } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, realpath, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { GitError, redactUrls, runGit, type GitResult } from './run.js';
+import { auditDirNameProblem, unsafeAuditPath } from '../model/audit-path.js';
+import { DEFAULT_AUTHOR, GitError, LOCAL_TIMEOUT_MS, redactUrls, runGit, type GitResult } from './run.js';
+import { GitTreeSource } from './tree.js';
+
+export { DEFAULT_AUTHOR };
 
 export type GitRepoErrorCode =
   | 'GIT_BAD_ARGUMENT' // a caller's mistake (branch name, path, message)
@@ -45,6 +49,7 @@ export type GitRepoErrorCode =
   | 'GIT_FETCH_FAILED'
   | 'GIT_WORKTREE_DIRTY' // uncommitted changes block a rebase
   | 'GIT_AUDIT_CONFLICT' // someone changed the audit files on the remote; our commits do not apply
+  | 'GIT_AUDIT_PATH_UNSAFE' // the remote makes the audit path a link, a file or a submodule: not checked out
   | 'GIT_LOCAL_DIVERGED' // the local branch holds commits that are not audit commits
   | 'GIT_PATH_OUTSIDE_AUDIT' // commitAudit was given a path outside the audit directory
   | 'GIT_COMMIT_FAILED'
@@ -87,7 +92,6 @@ export interface RetryPolicy {
 }
 
 export const DEFAULT_RETRY: Readonly<RetryPolicy> = Object.freeze({ attempts: 8, baseMs: 200, maxDelayMs: 10_000, totalMs: 120_000 });
-export const DEFAULT_AUTHOR = Object.freeze({ name: 'rotor', email: 'rotor@localhost' });
 
 export interface OpenRepoOptions {
   /** The remote: a URL or a path (git stores paths absolute; they are compared resolved). */
@@ -111,6 +115,12 @@ export interface SyncResult {
   /** Local audit commits replayed onto the new remote head. */
   rebased: number;
   unpushed: number;
+  /**
+   * Why the local branch was not brought to remoteHead, when it was not: the remote head makes the
+   * audit path a symbolic link, a file or a submodule (GIT_AUDIT_PATH_UNSAFE), so the clone stays
+   * where it was until the remote is fixed. Pushes fail with the same error meanwhile.
+   */
+  held?: GitRepoError;
 }
 
 export interface PushResult {
@@ -122,61 +132,8 @@ export interface PushResult {
   attempts: number;
 }
 
-const LOCAL_TIMEOUT_MS = 60_000;
 const MAX_OUTPUT = 64 * 1024 * 1024;
 const MAX_MESSAGE = 64 * 1024;
-
-/** Settings that a user's or system configuration must not change for the daemon's clone. */
-function configArgs(author: { name: string; email: string }): string[] {
-  const settings = [
-    'core.hooksPath=/dev/null', // no hooks of any kind (the repository's or a global hooks path)
-    'core.fsmonitor=false',
-    'core.autocrlf=false',
-    'core.safecrlf=false',
-    'core.quotePath=false',
-    'color.ui=false',
-    'commit.gpgSign=false',
-    'push.gpgSign=false',
-    'tag.gpgSign=false',
-    'log.showSignature=false',
-    'merge.verifySignatures=false',
-    'rebase.autoStash=false',
-    'rebase.autoSquash=false',
-    'rebase.updateRefs=false',
-    'rebase.backend=merge',
-    'rerere.enabled=false',
-    'submodule.recurse=false',
-    'fetch.recurseSubmodules=false',
-    'push.recurseSubmodules=no',
-    'push.followTags=false',
-    'advice.detachedHead=false',
-    `user.name=${author.name}`,
-    `user.email=${author.email}`,
-  ];
-  return settings.flatMap((s) => ['-c', s]);
-}
-
-/** Variables that would point git at another repository, index or identity. */
-const STRIPPED_ENV = [
-  'GIT_DIR', 'GIT_WORK_TREE', 'GIT_INDEX_FILE', 'GIT_OBJECT_DIRECTORY', 'GIT_ALTERNATE_OBJECT_DIRECTORIES',
-  'GIT_COMMON_DIR', 'GIT_NAMESPACE', 'GIT_PREFIX', 'GIT_QUARANTINE_PATH', 'GIT_REFLOG_ACTION',
-  'GIT_AUTHOR_NAME', 'GIT_AUTHOR_EMAIL', 'GIT_AUTHOR_DATE', 'GIT_COMMITTER_NAME', 'GIT_COMMITTER_EMAIL', 'GIT_COMMITTER_DATE',
-  'GIT_LITERAL_PATHSPECS', 'GIT_GLOB_PATHSPECS', 'GIT_NOGLOB_PATHSPECS', 'GIT_ICASE_PATHSPECS',
-];
-
-function gitEnv(author: { name: string; email: string }, asAuthor: boolean): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const k of STRIPPED_ENV) delete env[k];
-  Object.assign(env, {
-    GIT_TERMINAL_PROMPT: '0', // fail instead of asking for a user name or password
-    GCM_INTERACTIVE: 'never', // Git Credential Manager: no dialogs
-    GIT_EDITOR: ':', GIT_SEQUENCE_EDITOR: ':', GIT_MERGE_AUTOEDIT: 'no', GIT_PAGER: 'cat',
-    LC_ALL: 'C', // stable, untranslated messages to classify
-    GIT_COMMITTER_NAME: author.name, GIT_COMMITTER_EMAIL: author.email,
-  });
-  if (asAuthor) Object.assign(env, { GIT_AUTHOR_NAME: author.name, GIT_AUTHOR_EMAIL: author.email });
-  return env;
-}
 
 /** A uniform random delay in [0, min(maxMs, baseMs * 2^(attempt-1))] ("full jitter"), from node:crypto. */
 export function backoffDelay(attempt: number, baseMs: number, maxMs: number): number {
@@ -216,8 +173,10 @@ async function canonicalUrl(url: string): Promise<string> {
 
 function normalizeAuditDir(dir: string): string {
   const norm = path.posix.normalize(dir.replace(/\\/g, '/')).replace(/\/+$/, '');
-  if (!norm || norm === '.' || /[\0-\x1f"\\]/.test(norm) || norm.startsWith('../') || norm === '..' || norm.startsWith('/') || norm.split('/').includes('.git')) {
-    throw new GitRepoError('GIT_BAD_ARGUMENT', `audit directory "${dir}" must be a directory inside the repository, such as "audit"`);
+  // the schema's characters (schemas/config.schema.json): the name goes into an attributes pattern as it is
+  const bad = !/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/.test(norm) ? `audit directory "${dir}" may hold only letters, digits, ".", "_", "-" and "/"` : auditDirNameProblem(norm);
+  if (bad || norm === '.') {
+    throw new GitRepoError('GIT_BAD_ARGUMENT', `${bad ?? `audit directory "${dir}" must be a directory inside the repository`}, such as "audit"`);
   }
   return norm;
 }
@@ -259,6 +218,12 @@ interface OwnCommit {
   authorDate: string;
   message: string;
 }
+
+/**
+ * Attributes that switch off every content conversion of git for the audit directory: line endings
+ * (text, eol, crlf), keyword expansion (ident), clean/smudge filters and re-encoding.
+ */
+const BYTE_EXACT = '-text -eol -crlf -ident -filter -working-tree-encoding';
 
 /** Where replay() builds the audit commits before they are pushed. */
 const REPLAY_REF = 'refs/rotor/replay';
@@ -328,8 +293,9 @@ export class GitRepo {
   // ---- running git ----------------------------------------------------------------------------
 
   private run(args: readonly string[], o: { network?: boolean; timeoutMs?: number; asAuthor?: boolean; cwd?: string; input?: string | Buffer } = {}): Promise<GitResult> {
-    return runGit(o.cwd ?? this.dir, [...configArgs(this.author), ...args], {
-      env: gitEnv(this.author, o.asAuthor ?? false),
+    return runGit(o.cwd ?? this.dir, args, {
+      identity: this.author,
+      asAuthor: o.asAuthor ?? false,
       timeoutMs: o.timeoutMs ?? (o.network ? this.networkTimeoutMs : LOCAL_TIMEOUT_MS),
       maxBuffer: MAX_OUTPUT,
       ...(o.input !== undefined ? { input: o.input } : {}),
@@ -376,6 +342,47 @@ export class GitRepo {
     return p === this.auditDir || p.startsWith(`${this.auditDir}/`);
   }
 
+  /**
+   * Refuses (GIT_AUDIT_PATH_UNSAFE) a commit in which the audit directory, a parent of it or an entry
+   * in it is a symbolic link, a file or a submodule: the clone never checks such a tree out, so the
+   * daemon's audit writes stay in plain directories (src/model/audit-path.ts says the same of a commit
+   * to `rotor validate` and `rotor plan`, and the daemon records it as config-rejected).
+   */
+  private async requireSafeAuditPath(commit: string): Promise<void> {
+    const id = await this.mustRev(commit);
+    const bad = unsafeAuditPath(this.auditDir, await new GitTreeSource(this.dir, id, '').probe(this.auditDir));
+    if (!bad) return;
+    throw new GitRepoError(
+      'GIT_AUDIT_PATH_UNSAFE',
+      `${commit === this.remoteRef ? this.where : commit} (${id.slice(0, 12)}) is not checked out, and the audit log is not pushed there: ${bad.message} (${bad.code}). ` +
+        `The clone stays where it was; revert that change on ${this.branch}, and rotor continues by itself`,
+      { details: { files: [bad.path], commits: [id] } },
+    );
+  }
+
+  /**
+   * Makes the clone read and write the audit directory byte for byte, whatever .gitattributes files
+   * in the repository say (line-ending conversion, ident, filters, encodings would change the log on
+   * checkout and break its hash chain): $GIT_DIR/info/attributes overrides every .gitattributes.
+   */
+  private async writeAttributes(dir = this.dir): Promise<void> {
+    const file = path.resolve(dir, (await this.runChecked(['rev-parse', '--git-path', 'info/attributes'], dir)).toString('utf8').trim());
+    const text =
+      '# Written by rotor: its audit log is kept byte for byte, whatever .gitattributes say.\n' +
+      `/${this.auditDir}/** ${BYTE_EXACT}\n`;
+    if ((await readFile(file, 'utf8').catch(() => '')) === text) return;
+    await mkdir(path.dirname(file), { recursive: true });
+    const tmp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
+    await writeFile(tmp, text, { mode: 0o644 });
+    await rename(tmp, file);
+  }
+
+  private async runChecked(args: readonly string[], cwd: string): Promise<Buffer> {
+    const r = await this.run(args, { cwd });
+    if (r.exitCode !== 0) throw GitRepo.fail(args, r);
+    return r.stdout;
+  }
+
   // ---- opening ----------------------------------------------------------------------------------
 
   /** Clones into `dir` when it is missing or empty (`entries` null or []), otherwise checks the clone there. */
@@ -390,7 +397,7 @@ export class GitRepo {
     const parent = path.dirname(this.dir);
     await mkdir(parent, { recursive: true });
     const tmp = path.join(parent, `.${path.basename(this.dir)}.clone-${randomBytes(6).toString('hex')}`);
-    const args = ['clone', '--quiet', '--no-tags', '--single-branch', '--branch', this.branch, '--origin', 'origin', '--template=', '--', this.url, tmp];
+    const args = ['clone', '--quiet', '--no-checkout', '--no-tags', '--single-branch', '--branch', this.branch, '--origin', 'origin', '--template=', '--', this.url, tmp];
     try {
       const r = await this.run(args, { network: true, cwd: parent });
       if (r.exitCode !== 0) {
@@ -403,6 +410,20 @@ export class GitRepo {
           { cause: GitRepo.fail(args, r) },
         );
       }
+      // The attributes first, then the check, then the files: nothing unsafe or converted is written.
+      await this.writeAttributes(tmp);
+      const unsafe = await this.run(['rev-parse', '--verify', '--quiet', 'HEAD^{commit}'], { cwd: tmp });
+      const headId = unsafe.stdout.toString('utf8').trim();
+      const bad = unsafe.exitCode === 0 ? unsafeAuditPath(this.auditDir, await new GitTreeSource(tmp, headId, '').probe(this.auditDir)) : undefined;
+      if (bad) {
+        throw new GitRepoError(
+          'GIT_AUDIT_PATH_UNSAFE',
+          `${this.url} branch ${this.branch} (${headId.slice(0, 12)}) is not checked out: ${bad.message} (${bad.code}). Revert that change on ${this.branch}, then start rotor again`,
+          { details: { files: [bad.path], commits: [headId] } },
+        );
+      }
+      const co = await this.run(['reset', '--quiet', '--hard', 'HEAD'], { cwd: tmp });
+      if (co.exitCode !== 0) throw new GitRepoError('GIT_CLONE_FAILED', `could not check out ${this.branch} in ${tmp}: ${GitRepo.fail(['reset'], co).message}`, { cause: GitRepo.fail(['reset'], co) });
       if (dirExists) {
         const mode = (await stat(this.dir)).mode & 0o7777;
         await chmod(tmp, mode);
@@ -432,6 +453,7 @@ export class GitRepo {
         `${this.dir} is a clone of ${stored || '(no origin)'}, not of ${this.url}: start rotor with --repo ${stored || '...'}, or move ${this.dir} away so that rotor clones ${this.url} afresh (push or save any audit commits in it first)`,
       );
     }
+    await this.writeAttributes();
     await this.recover();
     await this.ensureBranch();
     const n = await this.countUnpushed();
@@ -661,6 +683,7 @@ export class GitRepo {
     const counts = await this.text(['rev-list', '--left-right', '--count', `${this.remoteRef}...${this.localRef}`]);
     const [behind, ahead] = counts.split(/\s+/).map(Number);
     if (behind === 0) return 0;
+    await this.requireSafeAuditPath(this.remoteRef);
     await this.requireClean(true);
     const own = ahead === 0 ? [] : await this.ownCommits(); // refuses non-audit commits before touching anything
     // The usual case, the remote did not touch the audit directory: re-create the audit commits on
@@ -746,8 +769,15 @@ export class GitRepo {
         await this.fetchLocked();
         await this.noticeRemoteChanges();
         const remoteHead = await this.mustRev(this.remoteRef);
-        const rebased = await this.integrate();
-        return { head: await this.mustRev(this.localRef), remoteHead, rebased, unpushed: await this.countUnpushed() };
+        let rebased = 0;
+        let held: GitRepoError | undefined;
+        try {
+          rebased = await this.integrate();
+        } catch (e) {
+          if (!(e instanceof GitRepoError && e.code === 'GIT_AUDIT_PATH_UNSAFE')) throw e;
+          held = e;
+        }
+        return { head: await this.mustRev(this.localRef), remoteHead, rebased, unpushed: await this.countUnpushed(), ...(held ? { held } : {}) };
       } catch (e) {
         throw this.wrap(e, 'sync');
       }
@@ -886,6 +916,7 @@ export class GitRepo {
       if (e instanceof GitRepoError && e.code === 'GIT_FETCH_FAILED') return { done: false, kind: 'transient', cause: e.cause as GitError, reason: 'fetch failed' };
       throw e;
     }
+    await this.requireSafeAuditPath(this.remoteRef);
     // the remote-tracking ref by name: one git call less between the fetch and the push (when the
     // remote did not move at all, replay() re-creates the same trees: harmless). Commits that an
     // earlier push landed (re-created, although git reported a failure) are not sent again.

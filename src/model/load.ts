@@ -7,6 +7,7 @@ import { bech32 } from '@scure/base';
 import type { Agent, Config, Consumer, Policy, Secret, Target } from './schema-types.js';
 import type { Desired, LoadResult, Located } from './model.js';
 import { DEFAULT_AUDIT_DIR } from './model.js';
+import { auditDirNameProblem, auditPathProblems } from './audit-path.js';
 import type { Code, Problem, Severity } from './problems.js';
 import { compareProblems, hasErrors, suggest } from './problems.js';
 import type { RepoSource, SourceFile } from './source.js';
@@ -91,7 +92,7 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
   const listing = await source.list();
   r.problems.push(...listing.problems);
   if (listing.truncated) {
-    r.problems.push({ file: '.', line: 1, col: 1, severity: 'error', code: 'REPO_TOO_LARGE', message: `the repository has more than ${100_000} files and directories; rotor stopped listing there` });
+    r.problems.push({ file: '.', line: 1, col: 1, severity: 'error', code: 'REPO_TOO_LARGE', message: `the repository has more than ${100_000} files and directories (or a path longer than 8 KiB); rotor stopped listing there` });
   }
   const budget = { docs: LIMITS.docsTotal };
 
@@ -100,6 +101,14 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
   const configData = configDocs.map((pd) => pd.data).find((d) => isRecord(d) && d.kind === 'Config') as Record<string, unknown> | undefined;
   const auditDirRaw = isRecord(configData?.audit) && typeof configData.audit.dir === 'string' ? configData.audit.dir : DEFAULT_AUDIT_DIR;
   const auditDir = auditDirRaw.replace(/\/+$/, '');
+  // The audit directory must be a plain directory all the way down (no link, file or submodule on it).
+  if (auditDirNameProblem(auditDir) === undefined) {
+    const pathProblems = auditPathProblems(auditDir, await source.probe(auditDir));
+    const reported = new Set(pathProblems.map((p) => p.file));
+    // a link on the audit path is an error now: not also a warning that it is ignored
+    const kept = r.problems.filter((p) => !(p.code === 'SYMLINK_OUTSIDE' && reported.has(p.file)));
+    r.problems.splice(0, r.problems.length, ...kept, ...pathProblems);
+  }
   const ignore: Glob[] = [];
   if (Array.isArray(configData?.ignore)) {
     for (const g of configData.ignore) if (typeof g === 'string') {
@@ -204,7 +213,7 @@ async function readAndParse(source: RepoSource, files: readonly SourceFile[], r:
     }
     toRead.push(f.path);
   }
-  const contents = await source.readMany(toRead);
+  const contents = await source.readMany(toRead, { maxBytes: LIMITS.fileBytes });
   const out: ParsedDoc[] = [];
   for (const p of toRead) {
     const buf = contents.get(p);
@@ -244,6 +253,9 @@ function checkConfig(configs: Entry<Config>[], r: Reporter, hasFile: boolean, de
       const ms = parseDuration(interval);
       if (ms === undefined || ms < 1000 || ms > 86_400_000) r.error(chosen.pd, ['sync', 'interval'], 'DURATION_INVALID', `sync.interval ${interval} must be between 1s and 1d`);
     }
+    const dir = chosen.decl.audit?.dir;
+    const bad = dir === undefined ? undefined : auditDirNameProblem(dir.replace(/\/+$/, ''));
+    if (bad) r.error(chosen.pd, ['audit', 'dir'], 'AUDIT_DIR_INVALID', bad);
     chosen.decl.ignore?.forEach((g, i) => {
       const glob = compileGlob(g);
       if (typeof glob === 'string') r.error(chosen!.pd, ['ignore', i], 'GLOB_INVALID', `ignore[${i}] ${JSON.stringify(g)}: ${glob}`);

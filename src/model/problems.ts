@@ -37,6 +37,9 @@ export const CODES = {
   CONFIG_MISSING: 'There is no `kind: Config` in rotor.yaml at the repository root. Create it (`rotor init` makes one).',
   CONFIG_DUPLICATE: 'There is more than one `kind: Config`. Keep exactly one, in rotor.yaml.',
   CONFIG_LOCATION: '`kind: Config` must be in rotor.yaml at the repository root.',
+  AUDIT_DIR_INVALID: '`audit.dir` must be a relative directory outside `.git`, such as `audit`.',
+  AUDIT_PATH_SYMLINK: 'The audit directory, a parent of it or a file in it is a symbolic link. rotor never writes through links: make it a plain directory.',
+  AUDIT_PATH_NOT_PLAIN: 'The audit directory or a parent of it is a file or submodule, or the audit directory holds one. Make it a plain directory of plain files.',
   // Names and references
   NAME_DUPLICATE: 'Two declarations of the same kind have the same name.',
   POLICY_UNKNOWN: 'A secret names a policy that is not declared.',

@@ -40,22 +40,36 @@ export function compareAppendOnly(file: string, before: Buffer, after: Buffer): 
   return undefined;
 }
 
-/** Every violation of the append-only rule under `auditDir` between two sources. */
+/**
+ * The largest audit file `rotor plan` reads (a month of the log; the daemon starts a new file each
+ * month). A larger one is reported as a violation it could not check, never read whole.
+ */
+export const AUDIT_FILE_READ_LIMIT = 256 * 1024 * 1024;
+
+/**
+ * Every violation of the append-only rule under `auditDir` between two sources. Files whose content
+ * ids are the same in both (git blob ids) are equal and not read.
+ */
 export async function checkAppendOnly(base: RepoSource, head: RepoSource, auditDir: string): Promise<AuditViolation[]> {
   const under = (p: string) => p === auditDir || p.startsWith(auditDir + '/');
   const [b, h] = await Promise.all([base.list(), head.list()]);
   const files = [...b.files.keys()].filter(under).sort();
   const out: AuditViolation[] = [];
-  const present = files.filter((f) => h.files.has(f));
+  const present = files.filter((f) => {
+    const before = b.files.get(f)?.id;
+    return h.files.has(f) && (before === undefined || before !== h.files.get(f)!.id);
+  });
   for (const f of files) {
     if (!h.files.has(f)) out.push({ file: f, line: 1, kind: 'deleted-file', message: `the audit log ${f} was deleted` });
   }
-  const [before, after] = await Promise.all([base.readMany(present), head.readMany(present)]);
+  const limit = { maxBytes: AUDIT_FILE_READ_LIMIT };
+  const [before, after] = await Promise.all([base.readMany(present, limit), head.readMany(present, limit)]);
   for (const f of present) {
     const x = before.get(f);
     const y = after.get(f);
     if (!(x instanceof Buffer) || !(y instanceof Buffer)) {
-      out.push({ file: f, line: 1, kind: 'edited', message: `the audit log ${f} could not be read in both revisions` });
+      const why = [x, y].find((v): v is Error => v instanceof Error)?.message;
+      out.push({ file: f, line: 1, kind: 'edited', message: `the audit log ${f} could not be read in both revisions${why ? ` (${why})` : ''}` });
       continue;
     }
     const v = compareAppendOnly(f, x, y);

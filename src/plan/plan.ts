@@ -60,7 +60,7 @@ export interface AccessChange {
 export type AttentionCode =
   | 'STRATEGY_CHANGED' | 'STRATEGY_SINGLE' | 'USERS_CHANGED' | 'TARGET_CHANGED' | 'ENGINE_CHANGED'
   | 'SECRET_REMOVED' | 'SOURCE_CHANGED' | 'RETAIN_REDUCED' | 'OVERLAP_SHORTENED' | 'AGENT_KEYS_CHANGED'
-  | 'CONSUMER_UID_CHANGED' | 'CONSUMER_REMOVED';
+  | 'CONSUMER_UID_CHANGED' | 'CONSUMER_REMOVED' | 'AUDIT_ATTRIBUTES_CHANGED';
 
 export interface Attention {
   readonly subject: string;
