@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import fc from 'fast-check';
 import t from 'tap';
 import type { Glob } from '../src/model/glob.js';
@@ -5,7 +7,7 @@ import * as globModule from '../src/model/glob.js';
 
 // Through the namespace, so that this file still runs (and fails where it should) against a glob
 // module without globSteps, such as the backtracking one it replaced.
-const { compileGlob, globSteps, NameIndex } = globModule;
+const { compileGlob, globSteps, GLOB_LIMITS, NameIndex } = globModule;
 
 t.test('* stays within one segment, ** crosses segments', async (t) => {
   const one = compileGlob('payments/*');
@@ -52,6 +54,15 @@ t.test('limits: at most 253 characters and 32 segments', async (t) => {
   t.match(compileGlob(Array(40).fill('**').join('/')), /at most 32 segments/);
   t.type(compileGlob('a'.repeat(253)), 'object', '253 characters compile');
   t.match(compileGlob('a'.repeat(254)), /at most 253 characters; this one has 254/);
+});
+
+t.test('the schemas bound globs within those limits', async (t) => {
+  const schema = (f: string) => JSON.parse(readFileSync(path.join('schemas', f), 'utf8'));
+  const consumer = schema('consumer.schema.json').properties.secrets;
+  const ignore = schema('config.schema.json').properties.ignore;
+  t.ok(consumer.items.maxLength <= GLOB_LIMITS.length, 'Consumer.secrets');
+  t.ok(ignore.items.maxLength <= GLOB_LIMITS.length, 'Config.ignore');
+  t.ok(consumer.maxItems <= 1000 && ignore.maxItems <= 100, 'and the number of globs');
 });
 
 /** The matcher before this one: a backtracking regex, compiled exactly as it was. */

@@ -42,6 +42,8 @@ type Decls = {
 };
 
 const CONFIG_FILE = 'rotor.yaml';
+/** Config.ignore holds at most this many globs (the schema's maxItems); more are reported, not applied. */
+const MAX_IGNORE = 100;
 const MIN_ENTROPY_BITS = 128;
 
 class Reporter {
@@ -73,6 +75,12 @@ function oneLine(message: string): string {
   return message.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => JSON.stringify(c).slice(1, -1));
 }
 
+function withoutTrailingSlashes(s: string): string {
+  let end = s.length;
+  while (end > 0 && s.charCodeAt(end - 1) === 0x2f) end--;
+  return s.slice(0, end);
+}
+
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -99,10 +107,12 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
   const configDocs = listing.files.has(CONFIG_FILE) ? await readAndParse(source, [listing.files.get(CONFIG_FILE)!], r, budget) : [];
   const configData = configDocs.map((pd) => pd.data).find((d) => isRecord(d) && d.kind === 'Config') as Record<string, unknown> | undefined;
   const auditDirRaw = isRecord(configData?.audit) && typeof configData.audit.dir === 'string' ? configData.audit.dir : DEFAULT_AUDIT_DIR;
-  const auditDir = auditDirRaw.replace(/\/+$/, '');
+  // Read before the schema checks rotor.yaml, so bounded here too: a regex such as /\/+$/ takes
+  // quadratic time on a long run of "/", and every ignore glob is tried on every file.
+  const auditDir = withoutTrailingSlashes(auditDirRaw);
   const ignore: Glob[] = [];
   if (Array.isArray(configData?.ignore)) {
-    for (const g of configData.ignore) if (typeof g === 'string') {
+    for (const g of configData.ignore.slice(0, MAX_IGNORE)) if (typeof g === 'string') {
       const c = compileGlob(g);
       if (typeof c !== 'string') ignore.push(c);
     }
