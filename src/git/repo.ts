@@ -394,7 +394,8 @@ export class GitRepo {
     try {
       const r = await this.run(args, { network: true, cwd: parent });
       if (r.exitCode !== 0) {
-        const missing = /Remote branch .* not found|not found in upstream/.test(r.stderr);
+        // \S+, not .*: a branch name has no spaces, and .* is rescanned from every "Remote branch ".
+        const missing = /Remote branch \S+ not found|not found in upstream/.test(r.stderr);
         throw new GitRepoError(
           missing ? 'GIT_BRANCH_MISSING' : 'GIT_CLONE_FAILED',
           missing
