@@ -28,6 +28,7 @@
 import { createDecipheriv, createHash, timingSafeEqual } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
+import { setFlagsFromString } from 'node:v8';
 import { Decrypter, armor } from 'age-encryption';
 import { isAlias, isMap, isPair, isScalar, isSeq, parseAllDocuments, Scalar } from 'yaml';
 
@@ -82,6 +83,27 @@ export interface OpenSopsOptions {
 /** Files larger than this are refused (SOPS files are small; this bounds memory and work). */
 export const MAX_SOPS_FILE_BYTES = 4 * 1024 * 1024;
 const MAX_DEPTH = 100;
+
+/*
+ * sops.encrypted_regex and sops.unencrypted_regex come from the file, like the keys they are tried on:
+ * whoever can commit writes both. sops runs them with Go's regexp, in linear time; V8's backtracking
+ * engine takes exponential time on some ("^(a|a)*$" against forty a's and a "b"). So they run on V8's
+ * linear-time engine (the `l` flag; the V8 option below makes that flag available and changes nothing
+ * else), which refuses what it cannot run that way: backreferences and lookaround (Go's regexp has
+ * neither) and very large nested counts. Its work is the regex's size times the text's, so the regex
+ * (REGEX_LIMITS.length) and the total length of the distinct keys it is tried on are bounded.
+ */
+setFlagsFromString('--enable-experimental-regexp-engine');
+const LINEAR_REGEX = ((): boolean => {
+  try {
+    return new RegExp('a', 'l').test('a');
+  } catch {
+    return false;
+  }
+})();
+
+/** Key regexes: their length, and the work of trying one on keys, (regex length + 1) x (key length + 1) summed over the distinct keys. */
+export const REGEX_LIMITS = { length: 256, work: 1 << 22 } as const;
 
 /** The store of a file name: `.json` is JSON, anything else YAML (as `sops` decides). */
 export function sopsFormatOf(file: string): SopsFormat {
@@ -419,6 +441,33 @@ function rfc3339Aad(s: string): string | undefined {
 
 const KEY_TYPES = ['age', 'pgp', 'kms', 'gcp_kms', 'azure_kv', 'hc_vault', 'hckms'];
 
+/**
+ * A key regex on the linear-time engine. It must also be valid with the `u` flag (closer to Go's
+ * syntax: "[[:alpha:]]" is refused rather than read otherwise), and may not use the two escapes whose
+ * meaning the `u` flag changes (\p{...} and \u{...}); keys outside the Basic Multilingual Plane are
+ * refused where it is tried (see decryptTree). With that, `l` answers as `u` would.
+ */
+function keyRegex(source: string, which: string, name: string): RegExp {
+  const unsupported = (why: string) => new SopsError('SOPS_UNSUPPORTED', `${name}: sops.${which} ${why}`);
+  if (source.length > REGEX_LIMITS.length) throw unsupported(`has ${source.length} characters; rotor reads key regexes of at most ${REGEX_LIMITS.length}`);
+  try {
+    new RegExp(source, 'u');
+  } catch {
+    throw unsupported('is not a regular expression JavaScript can run the same way as Go');
+  }
+  for (let i = 0; i < source.length; i++) {
+    if (source[i] !== '\\') continue;
+    const next = source[++i];
+    if (next === 'p' || next === 'P' || (next === 'u' && source[i + 1] === '{')) throw unsupported(`uses \\${next}${next === 'u' ? '{...}' : ''}, which rotor does not read; write the characters out`);
+  }
+  if (!LINEAR_REGEX) throw unsupported(`cannot be run in linear time on this Node.js (${process.version}), which has no linear-time regex engine; use encrypted_suffix or unencrypted_suffix`);
+  try {
+    return new RegExp(source, 'l');
+  } catch {
+    throw unsupported('cannot be run in linear time (it uses a backreference or a lookaround, which sops refuses too, or very large nested counts)');
+  }
+}
+
 function readMetadata(node: Node, name: string): Metadata {
   const corrupt = (why: string) => new SopsError('SOPS_CORRUPT', `${name} has malformed SOPS metadata: ${why}`);
   if (node.k !== 'map') throw corrupt('"sops" is not a mapping');
@@ -444,13 +493,7 @@ function readMetadata(node: Node, name: string): Metadata {
   let rule: Metadata['rule'] = { kind: 'unencrypted_suffix', suffix: '_unencrypted' };
   const which = rules[0];
   if (which === 'unencrypted_suffix' || which === 'encrypted_suffix') rule = { kind: which, suffix: str(which)! };
-  else if (which === 'unencrypted_regex' || which === 'encrypted_regex') {
-    try {
-      rule = { kind: which, re: new RegExp(str(which)!, 'u') };
-    } catch {
-      throw new SopsError('SOPS_UNSUPPORTED', `${name}: sops.${which} is not a regular expression JavaScript can run the same way as Go`);
-    }
-  }
+  else if (which === 'unencrypted_regex' || which === 'encrypted_regex') rule = { kind: which, re: keyRegex(str(which)!, which, name) };
 
   const macOnly = m.mac_only_encrypted;
   if (macOnly !== undefined && macOnly !== null && typeof macOnly !== 'boolean') throw corrupt('sops.mac_only_encrypted is not a boolean');
@@ -558,7 +601,8 @@ function decryptValue(text: string, key: Buffer, aad: string, where: () => strin
       // strconv.ParseFloat(s, 64) of what FormatFloat writes (decimal, NaN, +Inf, -Inf)
       if (/^[+-]?(?:inf|infinity)$/i.test(s)) return { k: 'float', v: s.startsWith('-') ? -Infinity : Infinity };
       if (/^[+-]?nan$/i.test(s)) return { k: 'float', v: NaN };
-      if (!/^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$/.test(s)) throw bad();
+      // Not [0-9]+\.?[0-9]*: two ways to split the digits of "111...1x", quadratic on a 4 MB value.
+      if (!/^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$/.test(s)) throw bad();
       const f = Number(s);
       if (!Number.isFinite(f)) throw bad();
       return { k: 'float', v: f };
@@ -641,6 +685,22 @@ function decryptTree(tree: MapNode, meta: Metadata, key: Buffer, format: SopsFor
   if (meta.macOnlyEncrypted) hash.update(MAC_ONLY_ENCRYPTED_INIT);
   const encryptedPaths = new Set<string>();
   const rule = meta.rule;
+  // A key regex is tried once per distinct key (a key is on the path of every value under it).
+  const tried = new Map<string, boolean>();
+  let work = 0;
+  const matches = (re: RegExp, k: string): boolean => {
+    let hit = tried.get(k);
+    if (hit === undefined) {
+      work += (re.source.length + 1) * (k.length + 1);
+      if (work > REGEX_LIMITS.work) {
+        throw new SopsError('SOPS_UNSUPPORTED', `${name}: its keys are too many or too long to try sops.${rule.kind} on (more than ${REGEX_LIMITS.work} steps); use a shorter regex, or encrypted_suffix or unencrypted_suffix`);
+      }
+      if (/[\uD800-\uDFFF]/.test(k)) throw new SopsError('SOPS_UNSUPPORTED', `${name}: a key has a character outside the Basic Multilingual Plane, which rotor does not try sops.${rule.kind} on; use encrypted_suffix or unencrypted_suffix`);
+      hit = re.test(k);
+      tried.set(k, hit);
+    }
+    return hit;
+  };
   const shouldBeEncrypted = (keys: readonly string[]): boolean => {
     switch (rule.kind) {
       case 'unencrypted_suffix':
@@ -648,9 +708,9 @@ function decryptTree(tree: MapNode, meta: Metadata, key: Buffer, format: SopsFor
       case 'encrypted_suffix':
         return keys.some((k) => k.endsWith(rule.suffix));
       case 'unencrypted_regex':
-        return !keys.some((k) => rule.re.test(k));
+        return !keys.some((k) => matches(rule.re, k));
       case 'encrypted_regex':
-        return keys.some((k) => rule.re.test(k));
+        return keys.some((k) => matches(rule.re, k));
     }
   };
   const describe = (at: readonly (string | number)[]) => () => (at.length ? `the value at ${at.map(String).join('.')}` : 'a value');

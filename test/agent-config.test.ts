@@ -634,6 +634,46 @@ t.test('the wrong identity, a file that is not SOPS, malformed and unsupported f
   t.equal((await openSops(oneGroup, me.identity)).data.pg, 'enc-test-value');
 });
 
+t.test('hostile SOPS files: key regexes and values are read in linear time', async (t) => {
+  const me = await newIdentity();
+  const long = 'a'.repeat(40) + 'b';
+  const plain = { [long]: { v: 'plain-value' }, aaaa: 'enc-test-value', other: 'in clear' };
+  // Encrypted with ^a*$, read with ^(a|a)*$ (the same keys match): backtracking, the 41-character key
+  // alone takes 2^40 steps.
+  const { text, dataKey } = await sopsEncrypt(plain, { recipients: [me.recipient], encryptedRegex: '^a*$' });
+  const withRegex = (re: string) => text.replace(/encrypted_regex: .*/, () => `encrypted_regex: '${re}'`); // no $ patterns
+  const doc = await openSops(withRegex('^(a|a)*$'), me.identity);
+  t.same(plainOf(doc.data), plain);
+  t.equal(doc.get('aaaa')?.encrypted, true);
+  t.equal(doc.get([long, 'v'])?.encrypted, false);
+
+  // What the linear-time engine cannot run, or runs differently from the u flag, is refused.
+  await sopsFails(t, openSops(withRegex('^(a)\\1$'), me.identity), 'SOPS_UNSUPPORTED', /encrypted_regex cannot be run in linear time \(it uses a backreference/);
+  await sopsFails(t, openSops(withRegex('^(?=a)'), me.identity), 'SOPS_UNSUPPORTED', /linear time/);
+  await sopsFails(t, openSops(withRegex('^\\p{L}+$'), me.identity), 'SOPS_UNSUPPORTED', /uses \\p, which rotor does not read/);
+  await sopsFails(t, openSops(withRegex('^\\u{61}+$'), me.identity), 'SOPS_UNSUPPORTED', /uses \\u\{\.\.\.\}/);
+  await sopsFails(t, openSops(withRegex('[[:alpha:]]'), me.identity), 'SOPS_UNSUPPORTED', /not a regular expression JavaScript can run the same way as Go/);
+  await sopsFails(t, openSops(withRegex('a'.repeat(257)), me.identity), 'SOPS_UNSUPPORTED', /has 257 characters; rotor reads key regexes of at most 256/);
+  const astral = await sopsEncrypt({ 'k\u{1F511}': 'x', aaaa: 'enc-test-value' }, { recipients: [me.recipient], encryptedRegex: '^a*$' });
+  await sopsFails(t, openSops(astral.text, me.identity), 'SOPS_UNSUPPORTED', /outside the Basic Multilingual Plane/);
+
+  // The work of a regex on the keys is bounded: (regex length + 1) x (key length + 1) over the distinct keys.
+  const re = '^(?:' + Array.from({ length: 49 }, (_, i) => `x${i}`).join('|') + '|a+)$'; // 194 characters
+  const keys = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`${'k'.repeat(95)}${String(i).padStart(4, '0')}`, 'in clear']));
+  const under = await sopsEncrypt({ ...keys(200), aaaa: 'enc-test-value' }, { recipients: [me.recipient], encryptedRegex: re });
+  t.equal((await openSops(under.text, me.identity)).get('aaaa')?.encrypted, true, '200 keys of 99 characters and "aaaa": 195 x 20,005 = 3,900,975 steps');
+  const over = await sopsEncrypt({ ...keys(300), aaaa: 'enc-test-value' }, { recipients: [me.recipient], encryptedRegex: re });
+  await sopsFails(t, openSops(over.text, me.identity), 'SOPS_UNSUPPORTED', /keys are too many or too long to try sops\.encrypted_regex on/); // 300 keys: 5,850,975
+
+  // A float of a million digits and an "x": /[0-9]+\.?[0-9]*/ split the digits every way (quadratic).
+  const iv = randomBytes(32);
+  const c = createCipheriv('aes-256-gcm', dataKey, iv, { authTagLength: 16 });
+  c.setAAD(Buffer.from('aaaa:', 'utf8'));
+  const data = Buffer.concat([c.update(Buffer.from('1'.repeat(1_000_000) + 'x')), c.final()]);
+  const float = `ENC[AES256_GCM,data:${data.toString('base64')},iv:${iv.toString('base64')},tag:${c.getAuthTag().toString('base64')},type:float]`;
+  await sopsFails(t, openSops(text.replace(/aaaa: ENC\[[^\]]+\]/, () => `aaaa: ${float}`), me.identity), 'SOPS_CORRUPT', /aaaa does not hold a valid float/);
+});
+
 // ---------------------------------------------------------------------------------------------------
 // The agent's configuration
 

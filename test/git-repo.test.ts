@@ -548,4 +548,9 @@ t.test('errors never carry URL credentials', async (t) => {
   t.notMatch(JSON.stringify({ m: e.message, a: e.args, s: e.stderr }), 's3cr3t');
   const err = new GitRepoError('GIT_FAILED', 'could not fetch from https://bot:s3cr3t@git.example/x.git');
   t.notMatch(err.message, 's3cr3t');
+  t.equal(redactUrls('see HTTPS://bot:x@h/a and ssh://git:y@h:22/b, not user@host:path'), 'see HTTPS://***@h/a and ssh://***@h:22/b, not user@host:path');
+  // Text a remote can shape, in linear time: a scheme scanned from every word start took hours on this.
+  const dots = 'a.'.repeat(2_000_000);
+  t.equal(redactUrls(dots), dots);
+  t.equal(redactUrls(`${dots}://u:p@h`), `${dots}://***@h`);
 });

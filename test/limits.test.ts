@@ -106,3 +106,25 @@ t.test('SOPS files and dot-directories are not declarations', async (t) => {
   t.ok(r.valid, 'secrets/stripe.enc.yaml and .github/ are skipped');
   t.same(r.problems, []);
 });
+
+t.test('rotor.yaml is read before its schema check, without super-linear work on its values', async (t) => {
+  // audit.dir and ignore choose which files are read before the schema refuses them. A long run of
+  // "/" in audit.dir went through /\/+$/, which is quadratic: this file took many minutes.
+  const dir = copyFixture(t, 'test/corpus/base');
+  writeFileSync(path.join(dir, 'rotor.yaml'), `kind: Config\naudit: { dir: "${'/'.repeat(900_000)}x", push: true }\n`);
+  const r = await load(dir);
+  t.notOk(r.valid);
+  t.match(only(r, 'SCHEMA_RANGE'), [{ file: 'rotor.yaml', line: 2, message: /audit\.dir.*at most 200/ }]);
+});
+
+t.test('only the first 100 ignore globs are applied; more are reported', async (t) => {
+  // Each ignore glob is tried on every file: their number is bounded before the schema check too.
+  const dir = copyFixture(t, 'test/corpus/base');
+  const globs = [...Array.from({ length: 100 }, (_, i) => `"nothing-${i}/**"`), '"broken/**"'];
+  writeFileSync(path.join(dir, 'rotor.yaml'), `kind: Config\nignore: [${globs.join(', ')}]\n`);
+  mkdirSync(path.join(dir, 'broken'));
+  writeFileSync(path.join(dir, 'broken', 'chart.yaml'), 'apiVersion: v2\n');
+  const r = await load(dir);
+  t.match(only(r, 'SCHEMA_RANGE'), [{ file: 'rotor.yaml', line: 2, message: /ignore.*at most 100/ }]);
+  t.match(only(r, 'KIND_MISSING'), [{ file: 'broken/chart.yaml' }], 'the 101st glob is not applied');
+});

@@ -34,7 +34,7 @@ import { chmod, mkdir, readdir, readFile, realpath, rename, rm, stat, unlink, wr
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { auditDirNameProblem, unsafeAuditPath } from '../model/audit-path.js';
+import { AUDIT_DIR_MAX, auditDirShapeProblem, unsafeAuditPath } from '../model/audit-path.js';
 import { DEFAULT_AUTHOR, GitError, LOCAL_TIMEOUT_MS, redactUrls, runGit, type GitResult } from './run.js';
 import { GitTreeSource } from './tree.js';
 
@@ -172,12 +172,10 @@ async function canonicalUrl(url: string): Promise<string> {
 }
 
 function normalizeAuditDir(dir: string): string {
+  if (dir.length > 2 * AUDIT_DIR_MAX) throw new GitRepoError('GIT_BAD_ARGUMENT', auditDirShapeProblem(dir)!);
   const norm = path.posix.normalize(dir.replace(/\\/g, '/')).replace(/\/+$/, '');
-  // the schema's characters (schemas/config.schema.json): the name goes into an attributes pattern as it is
-  const bad = !/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/.test(norm) ? `audit directory "${dir}" may hold only letters, digits, ".", "_", "-" and "/"` : auditDirNameProblem(norm);
-  if (bad || norm === '.') {
-    throw new GitRepoError('GIT_BAD_ARGUMENT', `${bad ?? `audit directory "${dir}" must be a directory inside the repository`}, such as "audit"`);
-  }
+  const bad = auditDirShapeProblem(norm); // the name goes into an attributes pattern as it is
+  if (bad) throw new GitRepoError('GIT_BAD_ARGUMENT', bad);
   return norm;
 }
 
@@ -401,7 +399,8 @@ export class GitRepo {
     try {
       const r = await this.run(args, { network: true, cwd: parent });
       if (r.exitCode !== 0) {
-        const missing = /Remote branch .* not found|not found in upstream/.test(r.stderr);
+        // \S+, not .*: a branch name has no spaces, and .* is rescanned from every "Remote branch ".
+        const missing = /Remote branch \S+ not found|not found in upstream/.test(r.stderr);
         throw new GitRepoError(
           missing ? 'GIT_BRANCH_MISSING' : 'GIT_CLONE_FAILED',
           missing

@@ -52,9 +52,13 @@ export interface GitResult {
   killed?: 'timeout' | 'maxBuffer' | 'spawn' | 'signal' | 'stopped';
 }
 
-/** Removes the user-info part of URLs (`https://user:token@host` -> `https://***@host`). */
+/**
+ * Removes the user-info part of URLs (`https://user:token@host` -> `https://***@host`), after any
+ * "://". Not anchored on the scheme: a regex that scans a scheme from every word start
+ * (/\b[a-z][a-z0-9+.-]*:\/\//) is quadratic on text such as "a.a.a.a..." from a remote.
+ */
 export function redactUrls(text: string): string {
-  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/)[^/@\s'"]+@/gi, '$1***@');
+  return text.replace(/:\/\/[^/@\s'"]+@/g, '://***@');
 }
 
 /** The git sub-command of an argument list (skipping `-c key=value`, `-C dir` and other global options). */

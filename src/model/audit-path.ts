@@ -18,6 +18,21 @@ export function auditDirNameProblem(dir: string): string | undefined {
   return undefined;
 }
 
+/** The longest audit.dir (schemas/config.schema.json). */
+export const AUDIT_DIR_MAX = 200;
+
+/**
+ * Why `dir` cannot be an audit directory at all: over AUDIT_DIR_MAX characters, characters other than
+ * the schema's (letters, digits, ".", "_", "-" and "/" between segments), or any auditDirNameProblem.
+ * The daemon's clone puts the name into an attributes pattern as it is, so it must be this plain.
+ */
+export function auditDirShapeProblem(dir: string): string | undefined {
+  if (dir.length > AUDIT_DIR_MAX || !/^[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/.test(dir)) {
+    return `audit directory "${dir.slice(0, 60)}${dir.length > 60 ? '...' : ''}" may hold only letters, digits, ".", "_", "-" and "/" between segments, at most ${AUDIT_DIR_MAX} characters`;
+  }
+  return auditDirNameProblem(dir);
+}
+
 /** Problems with what the source holds on and under the audit directory `dir`. */
 export function auditPathProblems(dir: string, probe: PathProbe): Problem[] {
   const out: Problem[] = [];

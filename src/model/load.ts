@@ -7,7 +7,7 @@ import { bech32 } from '@scure/base';
 import type { Agent, Config, Consumer, Policy, Secret, Target } from './schema-types.js';
 import type { Desired, LoadResult, Located } from './model.js';
 import { DEFAULT_AUDIT_DIR } from './model.js';
-import { auditDirNameProblem, auditPathProblems } from './audit-path.js';
+import { auditDirNameProblem, auditDirShapeProblem, auditPathProblems } from './audit-path.js';
 import type { Code, Problem, Severity } from './problems.js';
 import { compareProblems, hasErrors, suggest } from './problems.js';
 import type { RepoSource, SourceFile } from './source.js';
@@ -43,6 +43,8 @@ type Decls = {
 };
 
 const CONFIG_FILE = 'rotor.yaml';
+/** Config.ignore holds at most this many globs (the schema's maxItems); more are reported, not applied. */
+const MAX_IGNORE = 100;
 const MIN_ENTROPY_BITS = 128;
 
 class Reporter {
@@ -74,6 +76,12 @@ function oneLine(message: string): string {
   return message.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => JSON.stringify(c).slice(1, -1));
 }
 
+function withoutTrailingSlashes(s: string): string {
+  let end = s.length;
+  while (end > 0 && s.charCodeAt(end - 1) === 0x2f) end--;
+  return s.slice(0, end);
+}
+
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -100,9 +108,11 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
   const configDocs = listing.files.has(CONFIG_FILE) ? await readAndParse(source, [listing.files.get(CONFIG_FILE)!], r, budget) : [];
   const configData = configDocs.map((pd) => pd.data).find((d) => isRecord(d) && d.kind === 'Config') as Record<string, unknown> | undefined;
   const auditDirRaw = isRecord(configData?.audit) && typeof configData.audit.dir === 'string' ? configData.audit.dir : DEFAULT_AUDIT_DIR;
-  const auditDir = auditDirRaw.replace(/\/+$/, '');
+  // Read before the schema checks rotor.yaml, so bounded here too: a regex such as /\/+$/ takes
+  // quadratic time on a long run of "/", and every ignore glob is tried on every file.
+  const auditDir = withoutTrailingSlashes(auditDirRaw);
   // The audit directory must be a plain directory all the way down (no link, file or submodule on it).
-  if (auditDirNameProblem(auditDir) === undefined) {
+  if (auditDirShapeProblem(auditDir) === undefined) {
     const pathProblems = auditPathProblems(auditDir, await source.probe(auditDir));
     const reported = new Set(pathProblems.map((p) => p.file));
     // a link on the audit path is an error now: not also a warning that it is ignored
@@ -111,7 +121,7 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
   }
   const ignore: Glob[] = [];
   if (Array.isArray(configData?.ignore)) {
-    for (const g of configData.ignore) if (typeof g === 'string') {
+    for (const g of configData.ignore.slice(0, MAX_IGNORE)) if (typeof g === 'string') {
       const c = compileGlob(g);
       if (typeof c !== 'string') ignore.push(c);
     }
@@ -254,7 +264,7 @@ function checkConfig(configs: Entry<Config>[], r: Reporter, hasFile: boolean, de
       if (ms === undefined || ms < 1000 || ms > 86_400_000) r.error(chosen.pd, ['sync', 'interval'], 'DURATION_INVALID', `sync.interval ${interval} must be between 1s and 1d`);
     }
     const dir = chosen.decl.audit?.dir;
-    const bad = dir === undefined ? undefined : auditDirNameProblem(dir.replace(/\/+$/, ''));
+    const bad = dir === undefined ? undefined : auditDirNameProblem(withoutTrailingSlashes(dir));
     if (bad) r.error(chosen.pd, ['audit', 'dir'], 'AUDIT_DIR_INVALID', bad);
     chosen.decl.ignore?.forEach((g, i) => {
       const glob = compileGlob(g);

@@ -32,7 +32,7 @@ export const CODES = {
   DURATION_INVALID: 'A duration is not a whole number followed by s, m, h or d (`30s`, `10m`, `24h`, `30d`), or is out of range.',
   CLOCK_INVALID: 'A window time is not HH:MM in 24-hour form.',
   RETAIN_TOO_SMALL: '`retain` must be at least 2: the current and the previous version.',
-  GLOB_INVALID: 'A consumer glob is malformed: use names, `*` within a segment, `**` as a whole segment.',
+  GLOB_INVALID: 'A consumer or ignore glob is malformed: use names, `*` within a segment, `**` as a whole segment; at most 253 characters and 32 segments.',
   // Config
   CONFIG_MISSING: 'There is no `kind: Config` in rotor.yaml at the repository root. Create it (`rotor init` makes one).',
   CONFIG_DUPLICATE: 'There is more than one `kind: Config`. Keep exactly one, in rotor.yaml.',

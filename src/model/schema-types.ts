@@ -93,7 +93,7 @@ export interface Config {
     interval?: Duration;
   };
   /**
-   * Paths (globs relative to the repository root; `*` within a segment, `**` across segments) whose YAML files are not declarations, such as Helm charts kept in the same repository. Dot-directories (.git, .github) and SOPS-encrypted files are always skipped.
+   * Paths (globs relative to the repository root; `*` within a segment, `**` across segments) whose YAML files are not declarations, such as Helm charts kept in the same repository. At most 100 globs, each at most 200 characters and 32 segments. Dot-directories (.git, .github) and SOPS-encrypted files are always skipped.
    *
    * @maxItems 100
    */
@@ -320,7 +320,7 @@ export interface Consumer {
    */
   gid?: number;
   /**
-   * The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments).
+   * The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments), each at most 253 characters and 32 segments.
    *
    * @minItems 1
    * @maxItems 1000

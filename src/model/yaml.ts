@@ -329,7 +329,10 @@ function parseWithYaml(file: string, chunk: Chunk, problems: Problem[], budget: 
 function cleanYamlMessage(message: string): string {
   // The yaml library appends "at line L, column C" and a source excerpt when prettyErrors is on; it is
   // off here, but trim anything after the first line to keep one line per problem.
-  return message.split('\n')[0]!.replace(/\s+at line \d+, column \d+:?$/, '');
+  // The suffix first, then trimEnd: /\s+at line .../ alone is quadratic on a long run of spaces.
+  const first = message.split('\n')[0]!;
+  const at = /\sat line \d+, column \d+:?$/.exec(first);
+  return at ? first.slice(0, at.index).trimEnd() : first;
 }
 
 function keyText(key: unknown): string | undefined {
