@@ -166,9 +166,11 @@ t.test('a commit that makes the audit directory a link: config-rejected, never c
   t.same(readdirSync(outside), [], 'nothing was written through the link');
 
   // A restart with the link still on the remote starts, and still holds.
+  const good = st.config.applied?.commit;
   await d.stop();
   d = await w.start();
   t.equal(d.status().config.held?.code, 'GIT_AUDIT_PATH_UNSAFE', 'a restart starts and holds again');
+  t.equal(d.status().config.applied?.commit, good, 'with the last good commit in force');
   t.ok(lstatSync(path.join(clone, 'audit')).isDirectory());
   t.same(readdirSync(outside), []);
 
@@ -184,6 +186,25 @@ t.test('a commit that makes the audit directory a link: config-rejected, never c
   const remoteLog = git(w.remote, 'show', `main:audit/${readdirSync(path.join(clone, 'audit')).filter((f) => f.endsWith('.jsonl')).sort().at(-1)}`);
   t.match(remoteLog, new RegExp(`"event":"config-rejected".*"commit":"${bad}"`), 'the rejection reached the remote');
   t.same(readdirSync(outside), [], 'and nothing ever went through the link');
+});
+
+t.test('after a restart on an invalid head, the last applied commit stays in force', async (t) => {
+  const consumer = `kind: Consumer\nname: web\nuid: ${process.getuid?.() ?? 0}\nsecrets: ["app/*"]\n`;
+  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': POLICY, 'secrets.yaml': SECRET, 'consumers.yaml': consumer });
+  let d = await w.start();
+  t.teardown(() => d.stop());
+  const good = d.status().config.applied?.commit;
+  const version = d.status().secrets.find((x) => x.name === 'app/token')?.version;
+  t.equal(version, 1);
+  await d.stop();
+  w.push('policies.yaml', 'kind: Policy\nname: daily\nevery: 1 day\n', 'a broken policy');
+  const bad = git(w.remote, 'rev-parse', 'main');
+  d = await w.start();
+  const st = d.status();
+  t.equal(st.config.applied?.commit, good, 'the last good commit is applied again');
+  t.equal(st.config.attempted?.commit, bad, 'the head is attempted and rejected');
+  t.equal(st.secrets.find((x) => x.name === 'app/token')?.version, 1, 'the secret is still served at its version');
+  t.same(st.sockets.consumers, ['web'], 'the consumer keeps its socket');
 });
 
 t.test('a fresh clone of a branch whose audit directory is a link is refused before anything is checked out', async (t) => {

@@ -13,6 +13,8 @@ import path from 'node:path';
 import { loadKeys } from '../keys.js';
 import type { Logger } from '../log.js';
 import { loadModel } from '../model/load.js';
+import { auditDirShapeProblem } from '../model/audit-path.js';
+import { DEFAULT_AUDIT_DIR } from '../model/model.js';
 import type { Desired } from '../model/model.js';
 import { parseDuration } from '../model/duration.js';
 import { defaultStrategy } from '../model/engines.js';
@@ -159,14 +161,15 @@ export class Daemon implements ConsumerBackend {
     // Audit entries written just before a crash are durable in the clone but not yet committed:
     // commit them first (under the audit directory the clone's own commit declares).
     const local = await loadModel(new GitTreeSource(this.repo.dir, await this.repo.head(), ''), { now: this.now() });
-    if (local.auditDir !== 'audit') this.repo = await openRepo({ ...repoOptions, auditDir: local.auditDir });
-    if ((await lstat(path.join(this.repo.dir, local.auditDir)).catch(() => undefined))?.isDirectory()) await this.repo.commitAudit([local.auditDir], 'rotor: audit entries written before a restart');
+    const localDir = usableAuditDir(local);
+    if (localDir !== 'audit') this.repo = await openRepo({ ...repoOptions, auditDir: localDir });
+    if ((await lstat(path.join(this.repo.dir, localDir)).catch(() => undefined))?.isDirectory()) await this.repo.commitAudit([localDir], 'rotor: audit entries written before a restart');
     const synced = await this.repo.sync(); // sync fetches
     const head = synced.remoteHead;
     this.noteHeld(synced);
     const first = await loadModel(new GitTreeSource(this.repo.dir, head, ''), { now: this.now() });
-    this.auditDir = first.auditDir;
-    if (this.auditDir !== local.auditDir) this.repo = await openRepo({ ...repoOptions, auditDir: this.auditDir });
+    this.auditDir = first.valid ? first.auditDir : localDir;
+    if (this.auditDir !== localDir) this.repo = await openRepo({ ...repoOptions, auditDir: this.auditDir });
 
     // The audit log anchors the store: it must not be older than the last generation the log records.
     const auditPath = path.join(this.repo.dir, this.auditDir);
@@ -235,6 +238,13 @@ export class Daemon implements ConsumerBackend {
     if (this.o.metricsListen !== undefined) {
       this.metrics = await listenMetrics(this.o.metricsListen, this);
       log('info', 'serving metrics', { address: this.metrics.address });
+    }
+    // An invalid head after a restart: the last commit the audit log says was applied stays in force
+    // (consumers keep their sockets, secrets keep rotating), and the head is recorded as rejected.
+    if (!first.valid && index.lastApplied && index.lastApplied !== head) {
+      const prior = await loadModel(new GitTreeSource(this.repo.dir, index.lastApplied, ''), { now: this.now() }).catch(() => undefined);
+      if (prior?.valid) await this.consider(index.lastApplied, prior);
+      else log('warn', 'the last applied commit cannot be read again; no declarations are in force until a valid commit arrives', { commit: index.lastApplied });
     }
     await this.consider(head, first);
     this.admin = await listenAdmin(path.join(dataDir, 'admin.sock'), {
@@ -584,13 +594,21 @@ export class Daemon implements ConsumerBackend {
   }
 }
 
+/** The audit directory a model names, when it can be one; else the default (its commit is rejected anyway). */
+function usableAuditDir(m: { valid: boolean; auditDir: string }): string {
+  return m.valid || auditDirShapeProblem(m.auditDir) === undefined ? m.auditDir : DEFAULT_AUDIT_DIR;
+}
+
 /** What the audit log says at start: the last version made current per secret, and the store's anchor. */
 function newAuditIndex() {
   const index = {
     audited: new Map<string, number>(),
     stateSeq: undefined as number | undefined,
     storeId: undefined as string | undefined,
+    /** The commit of the last config-applied entry. */
+    lastApplied: undefined as string | undefined,
     add(e: AuditEntry) {
+      if (e.event === 'config-applied' && e.commit) index.lastApplied = e.commit;
       if ((e.event === 'created' || e.event === 'rotated') && e.secret && e.to !== undefined) index.audited.set(e.secret, e.to);
       if (e.event === 'purged' && e.secret) index.audited.delete(e.secret);
       if (e.stateSeq !== undefined) index.stateSeq = Math.max(index.stateSeq ?? 0, e.stateSeq);
