@@ -87,7 +87,7 @@ t.test('1,000 unauthenticated connections: refused before their bodies, the agen
     c.sock.write(intruderHead(i));
     const r = await c.answer;
     await c.closed;
-    return `${r.status} ${(JSON.parse(r.body) as { error: { code: string } }).error.code}`;
+    return `${r.status} ${/"code":"([A-Z_]+)"/.exec(r.body)?.[1] ?? '(no code)'}`;
   });
   const zeros = Buffer.alloc(64 * 1024);
   const pushers = Array.from({ length: PUSHERS }, async (_, i) => {
