@@ -10,7 +10,8 @@
 // Prints the daemon's resident memory (VmRSS of /proc/PID/status) before the flood, its peak
 // (VmHWM, and the highest VmRSS sampled every 20 ms) and after, the answers the intruders got, and
 // the real agent's answer during the flood.
-// Usage: npm run bench:agent-flood [-- --connections 1000 --body 1048576 --addresses 20]
+// With --rounds N the flood is repeated N times, one after the other (the RSS after each is printed).
+// Usage: npm run bench:agent-flood [-- --connections 1000 --body 1048576 --addresses 20 --rounds 1]
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -20,7 +21,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-const { values: opts } = parseArgs({ options: { connections: { type: 'string', default: '1000' }, body: { type: 'string', default: String(1024 * 1024) }, addresses: { type: 'string', default: '20' } } });
+const { values: opts } = parseArgs({ options: { connections: { type: 'string', default: '1000' }, body: { type: 'string', default: String(1024 * 1024) }, addresses: { type: 'string', default: '20' }, rounds: { type: 'string', default: '1' } } });
+const ROUNDS = Number(opts.rounds);
 const CONNECTIONS = Number(opts.connections);
 const BODY = Number(opts.body);
 const ADDRESSES = Number(opts.addresses);
@@ -134,24 +136,26 @@ function intruder(i) {
 if ((await poll()).status !== 200) throw new Error('the real agent is not served before the flood');
 await new Promise((r) => setTimeout(r, 1000));
 const before = rss();
-let peak = before.rss;
-const sampler = setInterval(() => (peak = Math.max(peak, rss().rss)), 20);
-const t0 = performance.now();
-const flood = Array.from({ length: CONNECTIONS }, (_, i) => intruder(i));
-const during = await poll();
-const outcomes = await Promise.all(flood);
-const floodMs = performance.now() - t0;
-clearInterval(sampler);
-await new Promise((r) => setTimeout(r, 1000));
-const after = rss();
-const byStatus = {};
-for (const o of outcomes) byStatus[o.status] = (byStatus[o.status] ?? 0) + 1;
-
 const mb = (x) => `${x.toFixed(1)} MB`;
 console.log(`bench/agent-flood: ${CONNECTIONS} unauthenticated connections from ${ADDRESSES} loopback addresses, each claiming a ${BODY}-byte body; Node ${process.version}, ${os.cpus().length} cores`);
-console.log(`daemon RSS before ${mb(before.rss)}, peak ${mb(Math.max(peak, after.rss))} (VmHWM ${mb(after.hwm)}), after ${mb(after.rss)}`);
-console.log(`intruders' answers: ${Object.entries(byStatus).map(([s, n]) => `${s} x ${n}`).join(', ')}; all done in ${(floodMs / 1000).toFixed(2)} s`);
-console.log(`the real agent during the flood: ${during.status} in ${during.ms.toFixed(1)} ms`);
+for (let round = 1; round <= ROUNDS; round++) {
+  let peak = 0;
+  const sampler = setInterval(() => (peak = Math.max(peak, rss().rss)), 20);
+  const t0 = performance.now();
+  const flood = Array.from({ length: CONNECTIONS }, (_, i) => intruder(i));
+  const during = await poll();
+  const outcomes = await Promise.all(flood);
+  const floodMs = performance.now() - t0;
+  clearInterval(sampler);
+  await new Promise((r) => setTimeout(r, 1000));
+  const after = rss();
+  const byStatus = {};
+  for (const o of outcomes) byStatus[o.status] = (byStatus[o.status] ?? 0) + 1;
+  if (ROUNDS > 1) console.log(`round ${round}:`);
+  console.log(`daemon RSS before ${mb(before.rss)}, peak ${mb(Math.max(peak, after.rss))} (VmHWM ${mb(after.hwm)}), after ${mb(after.rss)}`);
+  console.log(`intruders' answers: ${Object.entries(byStatus).map(([s, n]) => `${s} x ${n}`).join(', ')}; all done in ${(floodMs / 1000).toFixed(2)} s`);
+  console.log(`the real agent during the flood: ${during.status} in ${during.ms.toFixed(1)} ms`);
+}
 daemon.kill('SIGTERM');
 await new Promise((r) => daemon.once('exit', r));
 process.exit(0);

@@ -58,6 +58,12 @@ Applications read their secrets over SOCKET_DIR/<consumer>.sock, one socket per 
 owned by the consumer's uid and mode 0600 (so the daemon runs as root to serve consumers of other
 users). rotor get, rotor exec and the rotor/client module talk to them.
 
+The listeners are bounded: the agent API authenticates each request from its headers (agent,
+timestamp, nonce, signature) before it reads a byte of its body, reads at most 1 KiB (a poll) or
+256 KiB (results) within 10 s, and takes 1,024 connections, 128 from one address; the metrics
+listener takes 64, 16 from one address, and answers only for a Host header that names it (see
+--metrics-host). A peer gets 10 s to send its headers on every listener.
+
 Logs are JSON lines on stderr, one object each: "time" (ISO 8601), "level", "msg", and fields such as
 secret, version, step and code. They never contain a secret value: fields named like one (password,
 token, value, key...) are replaced by "[redacted]".
