@@ -43,6 +43,8 @@ USER rotor
 VOLUME ["/var/lib/rotor", "/run/rotor"]
 # Nothing exposed: the agent API (7700) and metrics (9464) listen on 127.0.0.1 by default.
 # For agents on other hosts: -e ROTOR_AGENT_LISTEN=0.0.0.0:7700 -p 7700:7700.
+# For a Prometheus in another container: -e ROTOR_METRICS_LISTEN=0.0.0.0:9464 -e ROTOR_METRICS_HOST=rotor
+# (the name it scrapes by; other Host headers get 421 HOST_NOT_ALLOWED).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["node", "/app/dist/src/cli/main.js"]
 CMD ["daemon"]

@@ -24,11 +24,12 @@ import type { AgentOptions, AgentStepMessage } from '../agent/src/agent.js';
 import { loadAgentConfig } from '../agent/src/config.js';
 import type { AgentConfig } from '../agent/src/config.js';
 import { scramSha256Verifier } from '../agent/src/engines/postgres.js';
+import { DbError } from '../agent/src/engines/types.js';
 import type { Credential, DbEngine, RetireJob, SetJob, SetOutcome } from '../agent/src/engines/types.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import type { Keys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
-import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH } from '../src/protocol/jobs.js';
+import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from '../src/protocol/jobs.js';
 import type { EngineName, Job, Result, RetirePayload, SetPayload, Strategy } from '../src/protocol/jobs.js';
 import { sealForAgent } from '../src/protocol/seal.js';
 import { AGENT_AUTH_STATUS, NonceCache, signResponse, verifyRequest, verifyResponse } from '../src/protocol/sign.js';
@@ -153,6 +154,8 @@ interface Answer {
 class StandIn extends EventEmitter {
   queue: Job[] = [];
   readonly results: Result[] = [];
+  /** The size of each results request's body, in bytes. */
+  readonly resultBodies: number[] = [];
   /** Codes of agent requests that failed verifyRequest (none expected). */
   readonly refused: string[] = [];
   /** Every genuine answer to a poll, with the nonce of the request it answered. */
@@ -245,6 +248,7 @@ class StandIn extends EventEmitter {
         return;
       }
       const results = input.results ?? [];
+      this.resultBodies.push(body.length);
       for (const r of results) {
         this.results.push(r);
         this.emit('result', r);
@@ -371,6 +375,30 @@ t.test('a result is kept until the daemon accepts it, and the job is not run aga
   tt.same(engine.started, ['r1'], 'the job ran once');
   tt.same(stepsOf(job.id), ['received', 'set', 'tested', 'reported'], 'and was reported once, after the daemon accepted it');
   tt.same(standIn.refused, [], 'every request verified');
+});
+
+t.test('results go in requests within the daemon\'s body limit, long messages shortened', async (tt) => {
+  const standIn = await startStandIn(tt);
+  // A driver's message of 5,000 control characters: JSON writes each as 6 bytes.
+  const failing: DbEngine = {
+    engine: 'postgres',
+    set: async () => {
+      throw new DbError('DB_ERROR', '\u0001'.repeat(5000));
+    },
+    test: async () => true,
+    retire: async () => {},
+    close: async () => {},
+  };
+  const agent = new Agent(await fakeConfig(standIn.port), agentOptions({ concurrency: 8, engines: { postgres: () => failing } }));
+  tt.teardown(() => agent.stop());
+  const jobs = await Promise.all(Array.from({ length: 100 }, (_, i) => makeJob('set', `app/long-${i}`, { pending: { username: `u${i}`, password: value('p') } }, { strategy: 'single' })));
+  standIn.enqueue(...jobs);
+  const summary = await agent.runOnce();
+  tt.equal(summary.unreported, 0, 'every result reported');
+  tt.equal(standIn.results.length, 100);
+  tt.ok(standIn.results.every((r) => r.code === 'DB_ERROR' && r.message!.length <= MAX_RESULT_MESSAGE), `messages shortened to ${MAX_RESULT_MESSAGE} characters`);
+  tt.ok(standIn.resultBodies.length >= 3, `split over ${standIn.resultBodies.length} requests`);
+  tt.ok(standIn.resultBodies.every((n) => n <= MAX_RESULTS_BODY), `each within ${MAX_RESULTS_BODY} bytes (${standIn.resultBodies.join(', ')})`);
 });
 
 t.test('backoff: jittered, doubling, capped at 30 s', async (tt) => {

@@ -11,11 +11,14 @@ import { formatSigningKey, parseSigningKey } from '../src/keys.js';
 import {
   AGENT_AUTH_STATUS,
   NonceCache,
+  abandonRequest,
   canonicalRequest,
   sha256Hex,
   signRequest,
   signResponse,
   verifyRequest,
+  verifyRequestBody,
+  verifyRequestHeaders,
   verifyResponse,
 } from '../src/protocol/sign.js';
 import type { AgentAuthCode, HeaderSource, RequestHeaders } from '../src/protocol/sign.js';
@@ -227,6 +230,51 @@ t.test('a forged request neither burns the nonce nor fills the cache', async (t)
   // The real agent is unaffected.
   t.equal(codeOf(check(genuine, T0, nonces)), 'ok');
   t.ok(nonces.has(AGENT, nonce, T0));
+});
+
+t.test('two phases: the headers are checked without the body, and the nonce is held until the body checks out', async (t) => {
+  const nonces = new NonceCache();
+  const req = signed();
+  const nonce = req.headers['x-rotor-nonce'] as string;
+  const headersOf = (r: Req, now = T0) => verifyRequestHeaders({ headers: r.headers, method: r.method, path: r.path, now, keyOf, nonces });
+
+  // Everything but the body is decided from the headers: who, when, which request, signed by whom.
+  const first = headersOf(req);
+  t.match(first, { ok: true, agent: AGENT, nonce, timestamp: T0, contentSha256: sha256Hex(req.body) });
+  if (!first.ok) return;
+  t.ok(nonces.has(AGENT, nonce, T0), 'the nonce is held while the body is read');
+  t.equal(codeOf(headersOf(req, T0 + 1)), 'AGENT_REPLAY', 'a second copy is refused before its body, while the first one is still being read');
+  t.equal(codeOf(headersOf(signed({ agent: 'db-host-9' }))), 'AGENT_UNKNOWN');
+  t.equal(codeOf(headersOf(signed({ privateKey: otherKeys.privateKey }))), 'AGENT_BAD_SIGNATURE');
+  t.equal(codeOf(headersOf(signed({ now: T0 - 61_000 }))), 'AGENT_SKEW');
+  t.equal(nonces.size(), 1, 'refused headers hold no nonce');
+
+  // A body that is not the signed one: refused, and the nonce is given back (the request was not served).
+  t.equal(codeOf(verifyRequestBody(first, '{"ok":false}', nonces)), 'AGENT_BODY_ALTERED');
+  t.notOk(nonces.has(AGENT, nonce, T0), 'an altered copy does not use up the nonce');
+  // The genuine request still goes through, once.
+  const again = headersOf(req, T0 + 2);
+  t.ok(again.ok);
+  if (!again.ok) return;
+  t.same(verifyRequestBody(again, req.body, nonces), { ok: true, agent: AGENT, nonce, timestamp: T0 });
+  abandonRequest(again, nonces);
+  t.ok(nonces.has(AGENT, nonce, T0 + 3), 'a served nonce is never given back');
+  t.equal(codeOf(headersOf(req, T0 + 3)), 'AGENT_REPLAY', 'served: its headers are refused from now on');
+
+  // A body that never comes (too large, too slow, cut off): abandonRequest gives the nonce back.
+  const slow = signed();
+  const held = headersOf(slow);
+  t.ok(held.ok);
+  if (!held.ok) return;
+  abandonRequest(held, nonces);
+  t.equal(codeOf(verifyRequest({ ...slow, now: T0, keyOf, nonces })), 'ok', 'sent again in full, it is served');
+
+  // Held nonces count against the agent's cap: one key cannot hold more than maxPerAgent bodies open.
+  const capped = new NonceCache({ maxPerAgent: 2 });
+  const hold = (r: Req) => verifyRequestHeaders({ headers: r.headers, method: r.method, path: r.path, now: T0, keyOf, nonces: capped });
+  t.ok(hold(signed()).ok);
+  t.ok(hold(signed()).ok);
+  t.equal(codeOf(hold(signed())), 'AGENT_RATE');
 });
 
 t.test('the nonce cache forgets after 2 x maxSkew, evicts cheaply, and refuses rather than forgets at its cap', async (t) => {

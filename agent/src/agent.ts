@@ -31,7 +31,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import https from 'node:https';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { Logger } from '../../src/log.js';
-import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_AGENT_WAIT } from '../../src/protocol/jobs.js';
+import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_AGENT_WAIT, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from '../../src/protocol/jobs.js';
 import type { Credential, EngineName, Job, Result, RetirePayload, SetPayload, Strategy } from '../../src/protocol/jobs.js';
 import { H_NONCE, signRequest, verifyResponse } from '../../src/protocol/sign.js';
 import { openSealed, SealError } from '../../src/protocol/seal.js';
@@ -143,7 +143,7 @@ const DEFAULT_BASE_MS = 500;
 const DEFAULT_CAP_MS = 30_000;
 const DEFAULT_MAX_ANSWER = 1024 * 1024;
 const DEFAULT_GRACE_MS = 30_000;
-/** A results request carries at most this many results. */
+/** A results request carries at most this many results, and at most MAX_RESULTS_BODY bytes (the daemon's limit). */
 const REPORT_BATCH = 100;
 /** Timeout of a results request, and the margin of a poll beyond its `wait`. */
 const EXCHANGE_MS = 30_000;
@@ -560,7 +560,14 @@ export class Agent {
 
   /** Sends a batch of pending results: undefined when the daemon took it, else the error. */
   async #reportBatch(signal: AbortSignal): Promise<unknown> {
-    const batch = [...this.#pending.values()].slice(0, REPORT_BATCH);
+    const batch = [];
+    let bytes = '{"results":[]}'.length;
+    for (const p of this.#pending.values()) {
+      const size = Buffer.byteLength(JSON.stringify(p.result)) + 1;
+      if (batch.length >= REPORT_BATCH || (batch.length > 0 && bytes + size > MAX_RESULTS_BODY)) break;
+      batch.push(p);
+      bytes += size;
+    }
     if (batch.length === 0) return undefined;
     let data: unknown;
     try {
@@ -655,7 +662,9 @@ export class Agent {
     }
   }
 
-  #finish(job: Job, result: Result): void {
+  #finish(job: Job, full: Result): void {
+    // The daemon takes messages of up to MAX_RESULT_MESSAGE characters (a driver's message may be longer).
+    const result = full.message !== undefined && full.message.length > MAX_RESULT_MESSAGE ? { ...full, message: `${full.message.slice(0, MAX_RESULT_MESSAGE - 3)}...` } : full;
     this.#pending.set(job.id, { job, result });
     const fields = { job: job.id, secret: job.secret, target: job.target, kind: job.kind, outcome: result.outcome, detail: result.detail, code: result.code };
     if (result.outcome === 'done') this.#log('info', 'job done', fields);

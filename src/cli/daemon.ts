@@ -10,6 +10,7 @@ import type { Flags } from './args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
+import { parseMetricsHosts } from '../serve/metrics.js';
 
 export const DEFAULT_SOCKET_DIR = '/run/rotor';
 
@@ -26,6 +27,10 @@ export const DAEMON_FLAGS = {
     description: 'where rotor-agent polls for database jobs (port 0 picks a free one). Requests are signed by each agent\'s key (its Agent declaration); answers are signed with DATA_DIR\'s signing key, and credentials are sealed to the agent\'s age recipient',
   },
   'metrics-listen': { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:9464', description: 'Prometheus metrics at GET /metrics and the status page at GET / (loopback by default; "off" for none)' },
+  'metrics-host': {
+    type: 'string', arg: 'NAME', multiple: true,
+    description: 'a name the metrics listener also answers to, NAME (any port) or NAME:PORT, for a reverse proxy or Prometheus that asks for it by name (repeatable, or several separated by commas). Without it only the listener\'s own address and port (and localhost on loopback; on 0.0.0.0 or ::, the address each request came in on) are answered: any other Host header gets 421 HOST_NOT_ALLOWED, so that a web page cannot read the metrics through DNS rebinding',
+  },
   'break-glass': {
     type: 'string', arg: 'RECIPIENT', multiple: true,
     description: 'also encrypt the state to this age recipient, age1... (repeatable, or several separated by commas), so that an operator holding its identity can open a snapshot offline with age -d',
@@ -37,8 +42,8 @@ export const DAEMON_FLAGS = {
 export const DAEMON_HELP = `rotor daemon: follow the repository, rotate on schedule, serve the secrets, commit the audit log
 
 Usage: rotor daemon --repo URL|PATH [--branch main] [--data-dir DIR] [--socket-dir DIR]
-                    [--agent-listen HOST:PORT] [--metrics-listen HOST:PORT] [--break-glass RECIPIENT]...
-                    [--log-level LEVEL]
+                    [--agent-listen HOST:PORT] [--metrics-listen HOST:PORT] [--metrics-host NAME]...
+                    [--break-glass RECIPIENT]... [--log-level LEVEL]
 
 Follows the GitOps repository at URL|PATH: clones it into DATA_DIR/repo (or opens that clone), fetches
 on the Config's sync.interval and on SIGHUP, applies each new commit whose declarations are valid (an
@@ -52,6 +57,12 @@ and rotor status.
 Applications read their secrets over SOCKET_DIR/<consumer>.sock, one socket per Consumer declaration,
 owned by the consumer's uid and mode 0600 (so the daemon runs as root to serve consumers of other
 users). rotor get, rotor exec and the rotor/client module talk to them.
+
+The listeners are bounded: the agent API authenticates each request from its headers (agent,
+timestamp, nonce, signature) before it reads a byte of its body, reads at most 1 KiB (a poll) or
+256 KiB (results) within 10 s, and takes 1,024 connections, 128 from one address; the metrics
+listener takes 64, 16 from one address, and answers only for a Host header that names it (see
+--metrics-host). A peer gets 10 s to send its headers on every listener.
 
 Logs are JSON lines on stderr, one object each: "time" (ISO 8601), "level", "msg", and fields such as
 secret, version, step and code. They never contain a secret value: fields named like one (password,
@@ -79,10 +90,16 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
   if (!flags.repo) throw new UsageError('--repo URL|PATH is required: the GitOps repository to follow');
   const breakGlass = flags['break-glass'].flatMap((r) => r.split(/[\s,]+/)).filter(Boolean);
   for (const r of breakGlass) if (!/^age1[02-9ac-hj-np-z]{58}$/.test(r)) throw new UsageError(`--break-glass ${r} is not an age recipient (age1...)`);
+  const metricsHosts = flags['metrics-host'].flatMap((h) => h.split(/[\s,]+/)).filter(Boolean);
+  try {
+    parseMetricsHosts(metricsHosts);
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message}: give a name such as rotor.internal or rotor.internal:9464`);
+  }
   const log = jsonLogger(io.stderr, io.now, flags['log-level'] as Level);
   const repo = /^[a-z+]+:\/\//i.test(flags.repo) || /^[^/]+@[^:]+:/.test(flags.repo) ? flags.repo : path.resolve(io.cwd, flags.repo);
   const socketDir = path.resolve(io.cwd, flags['socket-dir'] ?? io.env.RUNTIME_DIRECTORY?.split(':')[0] ?? DEFAULT_SOCKET_DIR);
-  const daemon = new Daemon({ repo, branch: flags.branch!, dataDir: path.resolve(io.cwd, flags['data-dir']!), socketDir, agentListen: flags['agent-listen']!, ...(flags['metrics-listen'] !== 'off' ? { metricsListen: flags['metrics-listen']! } : {}), breakGlass, log, now: io.now });
+  const daemon = new Daemon({ repo, branch: flags.branch!, dataDir: path.resolve(io.cwd, flags['data-dir']!), socketDir, agentListen: flags['agent-listen']!, ...(flags['metrics-listen'] !== 'off' ? { metricsListen: flags['metrics-listen']!, metricsHosts } : {}), breakGlass, log, now: io.now });
   try {
     await daemon.start();
   } catch (e) {

@@ -42,7 +42,8 @@ import { committedAuditHead } from './audit-anchor.js';
 import { lockDataDir } from './lock.js';
 import { Receipts } from './receipts.js';
 import { AgentHub } from './agents.js';
-import { listenAgentApi } from '../serve/agent-api.js';
+import { listenAgentApi, type AgentApiLimits } from '../serve/agent-api.js';
+import type { ListenerLimits } from '../serve/limits.js';
 import { listenMetrics } from '../serve/metrics.js';
 import type { RecentView } from '../serve/status-page.js';
 import { readSopsValues } from './sops-values.js';
@@ -58,6 +59,12 @@ export interface DaemonOptions {
   readonly commitDelayMs?: number;
   /** HOST:PORT for GET /metrics (Prometheus); none when absent. */
   readonly metricsListen?: string;
+  /** Host names the metrics listener also answers to (--metrics-host), besides its own address. */
+  readonly metricsHosts?: readonly string[];
+  /** Connection and time limits of the metrics listener (tests pass small ones; default METRICS_LIMITS). */
+  readonly metricsLimits?: Partial<ListenerLimits>;
+  /** Connection, time and body limits of the agent API (tests pass small ones; default AGENT_API_LIMITS). */
+  readonly agentApiLimits?: Partial<AgentApiLimits>;
   /** HOST:PORT where agents poll for database jobs (port 0: any free port); none when absent. */
   readonly agentListen?: string;
   /** How long a database step waits for its agent before it fails (AGENT_TIMEOUT) and is retried. */
@@ -232,11 +239,11 @@ export class Daemon implements ConsumerBackend {
     await this.sockets.open();
     this.seenHead = head;
     if (this.o.agentListen !== undefined) {
-      this.agentApi = await listenAgentApi(this.o.agentListen, { hub: this.hub, signing: keys.signing, log, now: this.now });
+      this.agentApi = await listenAgentApi(this.o.agentListen, { hub: this.hub, signing: keys.signing, log, now: this.now, ...(this.o.agentApiLimits ? { limits: this.o.agentApiLimits } : {}) });
       log('info', 'listening for agents', { address: this.agentApi.address });
     }
     if (this.o.metricsListen !== undefined) {
-      this.metrics = await listenMetrics(this.o.metricsListen, this);
+      this.metrics = await listenMetrics(this.o.metricsListen, this, { hosts: this.o.metricsHosts ?? [], log, ...(this.o.metricsLimits ? { limits: this.o.metricsLimits } : {}) });
       log('info', 'serving metrics', { address: this.metrics.address });
     }
     // An invalid head after a restart: the last commit the audit log says was applied stays in force

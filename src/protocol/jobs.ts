@@ -22,6 +22,19 @@ export const MAX_AGENT_WAIT = 60;
 /** How long a delivered job stays leased to the agent before it is delivered again (ms). */
 export const JOB_LEASE_MS = 60_000;
 
+/**
+ * The largest request bodies the daemon reads, per route (413 BODY_TOO_LARGE beyond). A poll is
+ * {"wait": 25}, a dozen bytes. A result is at most about 6.3 KB as JSON (an id of 64 characters, a code
+ * of 64, a message of MAX_RESULT_MESSAGE characters, each of which JSON may write as 6 bytes); the
+ * agent puts as many in one request as fit in MAX_RESULTS_BODY (and at most MAX_RESULTS_PER_REQUEST).
+ */
+export const MAX_JOBS_BODY = 1024;
+export const MAX_RESULTS_BODY = 256 * 1024;
+/** Results in one request at most. */
+export const MAX_RESULTS_PER_REQUEST = 1000;
+/** Characters of a result's message at most (the agent shortens longer ones). */
+export const MAX_RESULT_MESSAGE = 1000;
+
 export type Strategy = 'dual' | 'alternate' | 'single';
 export type EngineName = 'postgres' | 'mysql' | 'mariadb' | 'mongodb' | 'redis' | 'mssql';
 

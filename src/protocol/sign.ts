@@ -34,13 +34,26 @@
  * signed for one request verifies for no other: an old answer (say, an old job) cannot be replayed to
  * the agent. The two labels keep a request signature from ever being read as an answer and back.
  *
- * Check order in verifyRequest, cheapest and stateless first, state last:
- *   headers well-formed (AGENT_UNSIGNED) -> agent known (AGENT_UNKNOWN) -> timestamp within maxSkew
- *   (AGENT_SKEW) -> signature over the header values (AGENT_BAD_SIGNATURE) -> body matches the signed
- *   hash (AGENT_BODY_ALTERED) -> nonce not seen, then recorded (AGENT_REPLAY, AGENT_RATE).
- * Only a request that passed every other check touches the nonce cache: a forged request can neither
- * burn a nonce the real agent will use nor fill the cache, and only the holder of an agent's key can
- * add entries, at most maxPerAgent of them, under that agent's name.
+ * Verification has two phases, so that a listener can refuse a request before reading its body: the
+ * signature covers the body's hash as stated in x-rotor-content-sha256, not the body itself, so
+ * everything but the body can be checked from the headers alone.
+ *   verifyRequestHeaders, cheapest and stateless first, state last: headers well-formed
+ *   (AGENT_UNSIGNED) -> agent known (AGENT_UNKNOWN) -> timestamp within maxSkew (AGENT_SKEW) ->
+ *   signature over the header values (AGENT_BAD_SIGNATURE) -> nonce not seen, then reserved
+ *   (AGENT_REPLAY, AGENT_RATE).
+ *   verifyRequestBody, once the body is read: it matches the signed hash (AGENT_BODY_ALTERED); the
+ *   nonce is then used for good (commit), or given back if not (release). abandonRequest gives it back
+ *   for a body that is never checked (too large, too slow, cut off).
+ * verifyRequest runs both, for a caller that holds the whole request.
+ *
+ * Only a request signed with the agent's key touches the nonce cache: a forged one can neither burn a
+ * nonce the real agent will use nor fill the cache, and only the holder of an agent's key can add
+ * entries, at most maxPerAgent of them (reserved and used together), under that agent's name. The
+ * reservation made before the body is read means that a signed request is admitted to the body phase
+ * once at a time: a replay of its headers, while the first copy is read or after it was served, is
+ * refused before any byte of its body is read. A copy whose body turns out altered, or never arrives,
+ * gives the nonce back, so that someone who saw the agent's headers go by cannot burn its nonce with a
+ * bad body either (a request is only served once, with the body its agent signed).
  */
 import { createHash, randomBytes, sign, timingSafeEqual, verify } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
@@ -223,12 +236,11 @@ export function signRequest(input: SignRequestInput): RequestHeaders {
   };
 }
 
-export interface VerifyRequestInput {
+export interface VerifyRequestHeadersInput {
   readonly headers: HeaderSource;
   readonly method: string;
   /** req.url as received: the request-target, query included. */
   readonly path: string;
-  readonly body: Body;
   /** The daemon's clock, ms since the epoch. */
   readonly now: number;
   /** The declared public key of an agent, or undefined if no such agent is declared. */
@@ -237,13 +249,33 @@ export interface VerifyRequestInput {
   readonly maxSkewMs?: number;
 }
 
-function reject(code: AgentAuthCode, message: string): RequestVerdict {
+export interface VerifyRequestInput extends VerifyRequestHeadersInput {
+  readonly body: Body;
+}
+
+/** A request whose headers verified (its nonce now reserved): what the body phase checks against. */
+export interface SignedHeaders {
+  readonly ok: true;
+  readonly agent: string;
+  readonly nonce: string;
+  readonly timestamp: number;
+  /** The body's SHA-256 the agent signed (lower-case hex). */
+  readonly contentSha256: string;
+}
+
+export type HeadersVerdict = SignedHeaders | { readonly ok: false; readonly code: AgentAuthCode; readonly message: string };
+
+function reject(code: AgentAuthCode, message: string): { readonly ok: false; readonly code: AgentAuthCode; readonly message: string } {
   return { ok: false, code, message };
 }
 
-/** Authenticates an agent's request; records its nonce only if everything else is right. */
-export function verifyRequest(input: VerifyRequestInput): RequestVerdict {
-  const { headers, method, path, body, now, keyOf, nonces } = input;
+/**
+ * The first phase: authenticates a request from its request line and headers alone, and reserves its
+ * nonce if the signature verifies. The body is not needed (and should not have been read yet): pass
+ * the result to verifyRequestBody once it is read, or to abandonRequest if it will not be.
+ */
+export function verifyRequestHeaders(input: VerifyRequestHeadersInput): HeadersVerdict {
+  const { headers, method, path, now, keyOf, nonces } = input;
   const maxSkewMs = input.maxSkewMs ?? DEFAULT_MAX_SKEW_MS;
   if (!(nonces.ttlMs >= 2 * maxSkewMs)) {
     // A shorter memory than the acceptance window would let a replay through: a wiring bug, not a request's fault.
@@ -280,16 +312,42 @@ export function verifyRequest(input: VerifyRequestInput): RequestVerdict {
   const data = Buffer.from(canonicalRequest({ method, path, timestamp, nonce, contentSha256, agent }), 'utf8');
   if (!verify(null, data, key, signature)) return reject('AGENT_BAD_SIGNATURE', `the signature does not verify with the signing key declared for agent "${agent}"`);
 
-  if (!sameHex(sha256Hex(body), contentSha256)) return reject('AGENT_BODY_ALTERED', 'the body is not the one the agent signed');
-
-  switch (nonces.remember(agent, nonce, now)) {
+  switch (nonces.reserve(agent, nonce, now)) {
     case 'replay':
       return reject('AGENT_REPLAY', 'this request was already received (its nonce was seen within the replay window)');
     case 'full':
       return reject('AGENT_RATE', `agent "${agent}" sent more than ${nonces.maxPerAgent} requests within ${nonces.ttlMs / 1000} s; slow down and retry`);
     case 'fresh':
-      return { ok: true, agent, nonce, timestamp: ts };
+      return { ok: true, agent, nonce, timestamp: ts, contentSha256 };
   }
+}
+
+/**
+ * The second phase: the body read for a request whose headers verified is the one its agent signed.
+ * Then its nonce is used for good; if not, the reservation is given back (the request was not served).
+ */
+export function verifyRequestBody(signed: SignedHeaders, body: Body, nonces: NonceCache): RequestVerdict {
+  if (!sameHex(sha256Hex(body), signed.contentSha256)) {
+    nonces.release(signed.agent, signed.nonce);
+    return reject('AGENT_BODY_ALTERED', 'the body is not the one the agent signed');
+  }
+  nonces.commit(signed.agent, signed.nonce);
+  return { ok: true, agent: signed.agent, nonce: signed.nonce, timestamp: signed.timestamp };
+}
+
+/**
+ * A request whose headers verified but whose body is never checked (too large, too slow, cut off, or
+ * refused for another reason before it was read): its nonce reservation is given back. Harmless
+ * after verifyRequestBody accepted it (a used nonce stays used).
+ */
+export function abandonRequest(signed: SignedHeaders, nonces: NonceCache): void {
+  nonces.release(signed.agent, signed.nonce);
+}
+
+/** Authenticates a whole request (both phases): its nonce is used only if everything checks out. */
+export function verifyRequest(input: VerifyRequestInput): RequestVerdict {
+  const signed = verifyRequestHeaders(input);
+  return signed.ok ? verifyRequestBody(signed, input.body, input.nonces) : signed;
 }
 
 export interface SignResponseInput {
@@ -369,7 +427,7 @@ export interface NonceCacheOptions {
 export class NonceCache {
   readonly ttlMs: number;
   readonly maxPerAgent: number;
-  readonly #byAgent = new Map<string, Map<string, number>>();
+  readonly #byAgent = new Map<string, Map<string, NonceEntry>>();
 
   constructor(options: NonceCacheOptions = {}) {
     this.ttlMs = options.ttlMs ?? 2 * DEFAULT_MAX_SKEW_MS;
@@ -378,31 +436,54 @@ export class NonceCache {
     if (!Number.isSafeInteger(this.maxPerAgent) || this.maxPerAgent <= 0) throw new RangeError('maxPerAgent must be a positive integer');
   }
 
-  /** Records a nonce: 'fresh' if it was not remembered (now it is), 'replay' if it was, 'full' if the agent is at its cap. */
+  /** Records a nonce as used: 'fresh' if it was not remembered (now it is), 'replay' if it was, 'full' if the agent is at its cap. */
   remember(agent: string, nonce: string, now: number): 'fresh' | 'replay' | 'full' {
+    const r = this.reserve(agent, nonce, now);
+    if (r === 'fresh') this.commit(agent, nonce);
+    return r;
+  }
+
+  /**
+   * Like remember, but held for a request still being read: until commit (served) or release (never
+   * served: its body was altered, too large, too slow or cut off), the nonce counts as seen, so that a
+   * replay of the same headers is refused meanwhile.
+   */
+  reserve(agent: string, nonce: string, now: number): 'fresh' | 'replay' | 'full' {
     let seen = this.#byAgent.get(agent);
     if (!seen) {
       seen = new Map();
       this.#byAgent.set(agent, seen);
     }
     dropExpiredHead(seen, now);
-    const expires = seen.get(nonce);
-    if (expires !== undefined) {
-      if (now <= expires) return 'replay';
+    const entry = seen.get(nonce);
+    if (entry !== undefined) {
+      if (now <= entry.expires) return 'replay';
       seen.delete(nonce);
     }
     if (seen.size >= this.maxPerAgent) {
       dropAllExpired(seen, now);
       if (seen.size >= this.maxPerAgent) return 'full';
     }
-    seen.set(nonce, now + this.ttlMs);
+    seen.set(nonce, { expires: now + this.ttlMs, reserved: true });
     return 'fresh';
   }
 
-  /** Whether a nonce is remembered (and live) for an agent. */
+  /** A reserved nonce's request was served: the nonce stays used until it expires. */
+  commit(agent: string, nonce: string): void {
+    const entry = this.#byAgent.get(agent)?.get(nonce);
+    if (entry) entry.reserved = false;
+  }
+
+  /** A reserved nonce's request was not served: forget the nonce. A used (committed) nonce is never released. */
+  release(agent: string, nonce: string): void {
+    const seen = this.#byAgent.get(agent);
+    if (seen?.get(nonce)?.reserved) seen.delete(nonce);
+  }
+
+  /** Whether a nonce is remembered (and live) for an agent, reserved or used. */
   has(agent: string, nonce: string, now: number): boolean {
-    const expires = this.#byAgent.get(agent)?.get(nonce);
-    return expires !== undefined && now <= expires;
+    const entry = this.#byAgent.get(agent)?.get(nonce);
+    return entry !== undefined && now <= entry.expires;
   }
 
   /** How many nonces are held, for one agent or for all (expired ones not yet dropped included). */
@@ -422,13 +503,19 @@ export class NonceCache {
   }
 }
 
-function dropExpiredHead(seen: Map<string, number>, now: number): void {
-  for (const [nonce, expires] of seen) {
-    if (now <= expires) return;
+interface NonceEntry {
+  readonly expires: number;
+  /** Held for a request still being read (NonceCache.reserve), not yet served. */
+  reserved: boolean;
+}
+
+function dropExpiredHead(seen: Map<string, NonceEntry>, now: number): void {
+  for (const [nonce, entry] of seen) {
+    if (now <= entry.expires) return;
     seen.delete(nonce);
   }
 }
 
-function dropAllExpired(seen: Map<string, number>, now: number): void {
-  for (const [nonce, expires] of seen) if (now > expires) seen.delete(nonce);
+function dropAllExpired(seen: Map<string, NonceEntry>, now: number): void {
+  for (const [nonce, entry] of seen) if (now > entry.expires) seen.delete(nonce);
 }

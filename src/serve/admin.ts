@@ -5,10 +5,21 @@
  *   GET  /v1/status                                     -> the daemon's status
  */
 import { chmod, unlink } from 'node:fs/promises';
-import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import { HttpError, readJson, sendError, sendJson } from './http-json.js';
 import { listenPrivately } from './consumer-sockets.js';
+import { boundedServer, type ListenerLimits } from './limits.js';
+
+/** Only the daemon's user can connect; these bound what a stuck or buggy client can hold. */
+export const ADMIN_LIMITS: ListenerLimits = {
+  maxConnections: 64,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  maxHeaderSize: 8192,
+};
+/** {"name": ..., "reason": ...}: a name of at most 253 characters and a reason of at most 500. */
+const ADMIN_BODY = { limit: 16 * 1024, timeoutMs: 10_000 };
 
 export interface AdminHandlers {
   rotate(name: string, reason: string): Promise<{ name: string; version: number }>;
@@ -17,11 +28,11 @@ export interface AdminHandlers {
 
 export async function listenAdmin(socketPath: string, handlers: AdminHandlers): Promise<Server> {
   await unlink(socketPath).catch(() => undefined); // a stale socket from a previous run
-  const server = createServer({ requestTimeout: 120_000, headersTimeout: 10_000 }, (req, res) => {
+  const server = boundedServer(ADMIN_LIMITS, (req, res) => {
     void (async () => {
       try {
         if (req.method === 'POST' && req.url === '/v1/rotate') {
-          const body = (await readJson(req)) as { name?: unknown; reason?: unknown };
+          const body = (await readJson(req, ADMIN_BODY)) as { name?: unknown; reason?: unknown };
           if (typeof body.name !== 'string' || typeof body.reason !== 'string' || body.reason.trim() === '' || body.reason.length > 500) {
             throw new HttpError(400, 'BAD_REQUEST', 'give "name" and a "reason" of 1 to 500 characters');
           }

@@ -2,89 +2,137 @@
  * The agent API listener (--agent-listen HOST:PORT): signed requests from agents, signed answers.
  * See src/protocol/jobs.ts for the routes and src/protocol/sign.ts for the signatures. Every answer,
  * errors included, is signed over the request's nonce when the request carried a well-formed one.
+ *
+ * Nothing is spent on a peer before it proves to be an agent: a request is authenticated from its
+ * headers alone (agent, timestamp, nonce, signature; verifyRequestHeaders) before a byte of its body is
+ * read, and refused with the connection closed if it is not. Only then is the body read, within the
+ * route's limit (MAX_JOBS_BODY, MAX_RESULTS_BODY; a larger Content-Length is refused at once) and
+ * the body timeout, and checked against the signed hash. The connections are bounded in number, per
+ * peer address and in time (src/serve/limits.ts).
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from '../log.js';
-import { AGENT_AUTH_STATUS, H_NONCE, NonceCache, signResponse, verifyRequest } from '../protocol/sign.js';
-import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_AGENT_WAIT } from '../protocol/jobs.js';
+import { abandonRequest, AGENT_AUTH_STATUS, H_AGENT, H_NONCE, NonceCache, signResponse, verifyRequestBody, verifyRequestHeaders } from '../protocol/sign.js';
+import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_AGENT_WAIT, MAX_JOBS_BODY, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY, MAX_RESULTS_PER_REQUEST } from '../protocol/jobs.js';
 import type { Result } from '../protocol/jobs.js';
 import type { AgentHub } from '../daemon/agents.js';
+import { HttpError, readBody } from './http-json.js';
+import { boundedServer, rateLimited, type ListenerLimits } from './limits.js';
 import { listenTcp } from './listen.js';
 
-const MAX_BODY = 1024 * 1024;
 const NONCE_RE = /^[A-Za-z0-9_-]{22}$/;
+
+export interface AgentApiLimits extends ListenerLimits {
+  /** Time to receive a request's body once its headers are authenticated (408 BODY_TIMEOUT, connection closed). */
+  readonly bodyTimeoutMs: number;
+  /** Body limits per route, bytes. */
+  readonly jobsBody: number;
+  readonly resultsBody: number;
+}
+
+export const AGENT_API_LIMITS: AgentApiLimits = {
+  maxConnections: 1024,
+  maxConnectionsPerPeer: 128,
+  headersTimeoutMs: 10_000,
+  bodyTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  // Longer than the 60 s idle timeout of common proxies, so that a proxy in front closes first. Only
+  // an authenticated exchange keeps a connection open: every refusal closes it.
+  keepAliveTimeoutMs: 65_000,
+  maxHeaderSize: 8192,
+  jobsBody: MAX_JOBS_BODY,
+  resultsBody: MAX_RESULTS_BODY,
+};
 
 export interface AgentApiOptions {
   readonly hub: AgentHub;
   readonly signing: KeyObject;
   readonly log: Logger;
   readonly now: () => number;
+  /** Defaults: AGENT_API_LIMITS (tests pass small timeouts). */
+  readonly limits?: Partial<AgentApiLimits>;
 }
 
 export async function listenAgentApi(listen: string, o: AgentApiOptions): Promise<{ address: string; close: () => Promise<void> }> {
+  const limits: AgentApiLimits = { ...AGENT_API_LIMITS, ...o.limits };
   const nonces = new NonceCache();
+  const once = rateLimited(10_000);
   let closing!: () => void;
   const closed = new Promise<void>((resolve) => (closing = resolve));
-  const server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000, maxHeaderSize: 8192 }, (req, res) => {
-    void handle(req, res).catch((e: unknown) => {
+  const dispatch = (expectsContinue: boolean) => (req: IncomingMessage, res: ServerResponse) => {
+    void handle(req, res, expectsContinue).catch((e: unknown) => {
       o.log('error', 'agent API request failed', { code: (e as { code?: string }).code ?? 'INTERNAL' });
       answer(req, res, 500, { error: { code: 'INTERNAL', message: 'internal error (see the daemon log)' } });
     });
-  });
-  server.keepAliveTimeout = 65_000;
+  };
+  const server = boundedServer(limits, dispatch(false), (why, peer) => once(`connection-${why}`, (suppressed) => {
+    o.log('warn', why === 'peer' ? 'agent API connection refused: too many from one address' : 'agent API connection refused: too many open', { code: why === 'peer' ? 'AGENT_PEER_CONNECTIONS' : 'AGENT_CONNECTIONS', peer, limit: why === 'peer' ? limits.maxConnectionsPerPeer : limits.maxConnections, suppressed });
+  }));
+  // Expect: 100-continue: the agent is authenticated before it is asked for the body.
+  server.on('checkContinue', dispatch(true));
 
+  /** Answers (signed when the request carried a well-formed nonce); anything but 200 closes the connection. */
   function answer(req: IncomingMessage, res: ServerResponse, status: number, body: unknown): void {
     if (res.headersSent || res.destroyed) return;
     const text = JSON.stringify(body);
     const nonce = req.headers[H_NONCE];
     const signed = typeof nonce === 'string' && NONCE_RE.test(nonce) ? signResponse({ status, requestNonce: nonce, body: text, privateKey: o.signing }) : {};
-    res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...signed });
+    res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...(status !== 200 ? { connection: 'close' } : {}), ...signed });
     res.end(text);
   }
 
-  async function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const c of req) {
-      size += (c as Buffer).length;
-      if (size > MAX_BODY) return undefined;
-      chunks.push(c as Buffer);
-    }
-    return Buffer.concat(chunks);
+  function refuse(req: IncomingMessage, res: ServerResponse, status: number, code: string, message: string): void {
+    once(code, (suppressed) => {
+      const agent = req.headers[H_AGENT];
+      o.log('warn', 'agent request refused', { code, agent: typeof agent === 'string' ? agent.slice(0, 64) : undefined, path: (req.url ?? '').slice(0, 100), ...(suppressed ? { suppressed } : {}) });
+    });
+    answer(req, res, status, { error: { code, message } });
   }
 
-  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const body = await readBody(req);
-    if (!body) return answer(req, res, 413, { error: { code: 'BODY_TOO_LARGE', message: `the request body is over ${MAX_BODY} bytes` } });
-    const verdict = verifyRequest({ headers: req.headers, method: req.method ?? '', path: req.url ?? '', body, now: o.now(), keyOf: (a) => o.hub.keyOf(a), nonces });
-    if (!verdict.ok) {
-      o.log('warn', 'agent request refused', { code: verdict.code, agent: typeof req.headers['x-rotor-agent'] === 'string' ? req.headers['x-rotor-agent'].slice(0, 64) : undefined, path: (req.url ?? '').slice(0, 100) });
-      return answer(req, res, AGENT_AUTH_STATUS[verdict.code], { error: { code: verdict.code, message: verdict.message } });
-    }
-    const agent = verdict.agent;
-    if (req.method !== 'POST') return answer(req, res, 405, { error: { code: 'METHOD_NOT_ALLOWED', message: 'the agent API takes POST' } });
-    let parsed: unknown;
+  async function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
+    // Phase 1, before any of the body is read: who is calling, and is this request new?
+    const signed = verifyRequestHeaders({ headers: req.headers, method: req.method ?? '', path: req.url ?? '', now: o.now(), keyOf: (a) => o.hub.keyOf(a), nonces });
+    if (!signed.ok) return refuse(req, res, AGENT_AUTH_STATUS[signed.code], signed.code, signed.message);
     try {
-      parsed = body.length ? JSON.parse(body.toString('utf8')) : {};
-    } catch {
-      return answer(req, res, 400, { error: { code: 'BAD_JSON', message: 'the body is not JSON' } });
-    }
-    if (req.url === AGENT_JOBS_PATH) {
-      const wait = (parsed as { wait?: unknown }).wait ?? 0;
-      if (typeof wait !== 'number' || !(wait >= 0 && wait <= MAX_AGENT_WAIT)) return answer(req, res, 400, { error: { code: 'BAD_REQUEST', message: `wait is 0 to ${MAX_AGENT_WAIT} seconds` } });
-      const gone = new Promise<void>((resolve) => res.once('close', () => resolve()));
-      const jobs = await o.hub.take(agent, wait * 1000, Promise.race([closed, gone]));
-      if (jobs.length) o.log('info', 'jobs handed to an agent', { agent, jobs: jobs.length });
-      return answer(req, res, 200, { jobs });
-    }
-    if (req.url === AGENT_RESULTS_PATH) {
+      const agent = signed.agent;
+      if (req.method !== 'POST') return answer(req, res, 405, { error: { code: 'METHOD_NOT_ALLOWED', message: 'the agent API takes POST' } });
+      const limit = req.url === AGENT_JOBS_PATH ? limits.jobsBody : req.url === AGENT_RESULTS_PATH ? limits.resultsBody : undefined;
+      if (limit === undefined) return answer(req, res, 404, { error: { code: 'NOT_FOUND', message: `no ${req.url} here` } });
+      if (expectsContinue && !(Number(req.headers['content-length']) > limit)) res.writeContinue();
+      let body: Buffer;
+      try {
+        body = await readBody(req, { limit, timeoutMs: limits.bodyTimeoutMs });
+      } catch (e) {
+        if (e instanceof HttpError) return refuse(req, res, e.status, e.code, e.message);
+        throw e;
+      }
+      // Phase 2: the body is the one the agent signed.
+      const verdict = verifyRequestBody(signed, body, nonces);
+      if (!verdict.ok) return refuse(req, res, AGENT_AUTH_STATUS[verdict.code], verdict.code, verdict.message);
+      let parsed: unknown;
+      try {
+        parsed = body.length ? JSON.parse(body.toString('utf8')) : {};
+      } catch {
+        return answer(req, res, 400, { error: { code: 'BAD_JSON', message: 'the body is not JSON' } });
+      }
+      if (req.url === AGENT_JOBS_PATH) {
+        const wait = (parsed as { wait?: unknown }).wait ?? 0;
+        if (typeof wait !== 'number' || !(wait >= 0 && wait <= MAX_AGENT_WAIT)) return answer(req, res, 400, { error: { code: 'BAD_REQUEST', message: `wait is 0 to ${MAX_AGENT_WAIT} seconds` } });
+        const gone = new Promise<void>((resolve) => res.once('close', () => resolve()));
+        const jobs = await o.hub.take(agent, wait * 1000, Promise.race([closed, gone]));
+        if (jobs.length) o.log('info', 'jobs handed to an agent', { agent, jobs: jobs.length });
+        return answer(req, res, 200, { jobs });
+      }
       const results = (parsed as { results?: unknown }).results;
-      if (!Array.isArray(results) || results.length > 1000 || !results.every(isResult)) return answer(req, res, 400, { error: { code: 'BAD_REQUEST', message: 'results must be a list of {id, outcome, detail?, code?, message?}' } });
+      if (!Array.isArray(results) || results.length > MAX_RESULTS_PER_REQUEST || !results.every(isResult)) {
+        return answer(req, res, 400, { error: { code: 'BAD_REQUEST', message: `results must be a list of at most ${MAX_RESULTS_PER_REQUEST} {id, outcome, detail?, code?, message?}` } });
+      }
       const accepted = o.hub.complete(agent, results);
       return answer(req, res, 200, { accepted });
+    } finally {
+      abandonRequest(signed, nonces); // gives the nonce back unless the body checked out
     }
-    return answer(req, res, 404, { error: { code: 'NOT_FOUND', message: `no ${req.url} here` } });
   }
 
   const bound = await listenTcp(server, listen, '--agent-listen', 'AGENT_LISTEN');
@@ -102,6 +150,6 @@ function isResult(r: unknown): r is Result {
   const x = r as Record<string, unknown>;
   return typeof x.id === 'string' && x.id.length <= 64 && (x.outcome === 'done' || x.outcome === 'failed')
     && (x.code === undefined || (typeof x.code === 'string' && x.code.length <= 64))
-    && (x.message === undefined || (typeof x.message === 'string' && x.message.length <= 1000))
+    && (x.message === undefined || (typeof x.message === 'string' && x.message.length <= MAX_RESULT_MESSAGE))
     && (x.detail === undefined || x.detail === 'applied' || x.detail === 'already-applied' || x.detail === 'retired');
 }

@@ -12,10 +12,23 @@
  * answers on is not: the daemon refuses to start (SOCKET_DIR_IN_USE) rather than take it over.
  */
 import { chmod, chown, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
-import { createServer, type RequestListener, type Server } from 'node:http';
+import type { RequestListener, Server } from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from '../log.js';
+import { boundedServer, type ListenerLimits } from './limits.js';
+
+/**
+ * Per socket, so per consumer (a Unix socket has no peer address to count by: the consumer's uid is
+ * the one peer). The API takes no body (a request with one is refused, BODY_NOT_ALLOWED).
+ */
+export const CONSUMER_SOCKET_LIMITS: ListenerLimits = {
+  maxConnections: 1024,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  maxHeaderSize: 8192,
+};
 
 export interface ConsumerSocketSpec {
   readonly name: string;
@@ -121,8 +134,7 @@ export class ConsumerSockets {
     try {
       const tmp = path.join(priv, 's');
       if (Buffer.byteLength(tmp) > MAX_SOCKET_PATH) throw new SocketError('SOCKET_PATH_TOO_LONG', `${tmp} is longer than ${MAX_SOCKET_PATH} bytes: use a shorter --socket-dir`);
-      const server = createServer({ maxHeaderSize: 8192, headersTimeout: 10_000, requestTimeout: 30_000, keepAliveTimeout: 5_000 }, this.o.handler(spec.name));
-      server.maxConnections = 1024;
+      const server = boundedServer(CONSUMER_SOCKET_LIMITS, this.o.handler(spec.name));
       await listenPrivately(server, tmp);
       try {
         await chown(tmp, spec.uid, spec.gid ?? process.getgid?.() ?? 0);

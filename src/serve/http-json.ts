@@ -1,4 +1,4 @@
-/** Small helpers for the JSON-over-HTTP APIs on Unix sockets: bounded bodies, JSON errors with codes. */
+/** Small helpers for the daemon's JSON-over-HTTP APIs: bounded bodies (readBody), JSON errors with codes. */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
 export class HttpError extends Error {
@@ -8,18 +8,67 @@ export class HttpError extends Error {
   }
 }
 
-/** Reads a JSON body of at most `limit` bytes. */
-export async function readJson(req: IncomingMessage, limit = 64 * 1024): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `the request body is over ${limit} bytes`);
-    chunks.push(chunk as Buffer);
+export interface BodyLimits {
+  /** Bytes at most: a larger Content-Length is refused before anything is read, a longer body as it arrives. */
+  readonly limit: number;
+  /** Time to receive the whole body, from when reading starts (a peer that trickles it is cut). */
+  readonly timeoutMs: number;
+}
+
+/**
+ * Reads a request body within `limits`, the one bounded reader of the daemon's listeners. Throws
+ * HttpError 413 BODY_TOO_LARGE (a Content-Length over the limit: before reading anything; a chunked
+ * body: as soon as it passes the limit), 408 BODY_TIMEOUT, or 400 BODY_INCOMPLETE (the peer went away).
+ * After a throw the rest of the body is not read: answer with `connection: close` (sendError does).
+ */
+export function readBody(req: IncomingMessage, limits: BodyLimits): Promise<Buffer> {
+  const declared = req.headers['content-length'];
+  // node:http has refused a malformed or repeated Content-Length already (400).
+  if (declared !== undefined && Number(declared) > limits.limit) {
+    return Promise.reject(new HttpError(413, 'BODY_TOO_LARGE', `the request body is ${declared} bytes, over the ${limits.limit}-byte limit of ${req.method} ${(req.url ?? '').slice(0, 100)}`));
   }
-  if (size === 0) return {};
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const timer = setTimeout(() => fail(new HttpError(408, 'BODY_TIMEOUT', `the request body did not arrive within ${limits.timeoutMs} ms: send it at once`)), limits.timeoutMs);
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limits.limit) fail(new HttpError(413, 'BODY_TOO_LARGE', `the request body is over the ${limits.limit}-byte limit of ${req.method} ${(req.url ?? '').slice(0, 100)}`));
+      else chunks.push(chunk);
+    };
+    const onEnd = () => {
+      done();
+      resolve(Buffer.concat(chunks, size));
+    };
+    const onClose = () => {
+      if (!req.complete) fail(new HttpError(400, 'BODY_INCOMPLETE', 'the connection closed before the request body was complete'));
+    };
+    const done = () => {
+      clearTimeout(timer);
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('close', onClose);
+      req.off('error', onClose);
+    };
+    const fail = (e: HttpError) => {
+      done();
+      req.pause(); // read no further; the answer closes the connection
+      chunks.length = 0;
+      reject(e);
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('close', onClose);
+    req.on('error', onClose);
+  });
+}
+
+/** Reads a JSON body within `limits` (see readBody); an empty body is {}. */
+export async function readJson(req: IncomingMessage, limits: BodyLimits): Promise<unknown> {
+  const body = await readBody(req, limits);
+  if (body.length === 0) return {};
   try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    return JSON.parse(body.toString('utf8'));
   } catch {
     throw new HttpError(400, 'BAD_JSON', 'the request body is not JSON');
   }
@@ -35,7 +84,13 @@ export function sendText(res: ServerResponse, status: number, text: string): voi
   res.end(text);
 }
 
+/** Answers an error; one about the body (413, 408, 400 BODY_*) also closes the connection, so that the rest is never read. */
 export function sendError(res: ServerResponse, e: unknown): void {
-  if (e instanceof HttpError) sendJson(res, e.status, { error: { code: e.code, message: e.message } });
-  else sendJson(res, 500, { error: { code: 'INTERNAL', message: 'internal error (see the daemon log)' } });
+  if (e instanceof HttpError) {
+    if (BODY_CODES.has(e.code)) res.setHeader('connection', 'close');
+    sendJson(res, e.status, { error: { code: e.code, message: e.message } });
+  } else sendJson(res, 500, { error: { code: 'INTERNAL', message: 'internal error (see the daemon log)' } });
 }
+
+/** The codes readBody throws: after them the connection is closed. */
+export const BODY_CODES: ReadonlySet<string> = new Set(['BODY_TOO_LARGE', 'BODY_TIMEOUT', 'BODY_INCOMPLETE']);

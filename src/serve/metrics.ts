@@ -1,13 +1,18 @@
 /**
  * Prometheus metrics (prom-client) on the admin HTTP listener (--metrics-listen, loopback by default):
  * GET /metrics, and the read-only status page at GET / and /status (src/serve/status-page.ts).
+ * Requests are answered only for a Host header that names this listener (the address the connection
+ * came in on, with the listener's port; localhost too on loopback) or a name given with --metrics-host,
+ * so that a web page that rebinds its own DNS name to this address cannot read it (421 HOST_NOT_ALLOWED).
  * Gauges are read from the daemon's status at scrape time; counters and the duration histogram follow
  * the rotation steps on the `rotor:rotation` diagnostics channel. No label or value ever holds a secret
  * value: secret, consumer, agent and target names, codes and numbers only.
  */
 import diagnostics_channel from 'node:diagnostics_channel';
-import { createServer, type Server } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Logger } from '../log.js';
+import { boundedServer, rateLimited, type ListenerLimits } from './limits.js';
 import { listenTcp } from './listen.js';
 import { renderStatusPage, STATUS_PAGE_HEADERS } from './status-page.js';
 import type { StatusView } from './status-page.js';
@@ -113,11 +118,111 @@ export interface StatusPageSource {
   status(): StatusView;
 }
 
+export const METRICS_LIMITS: ListenerLimits = {
+  maxConnections: 64,
+  maxConnectionsPerPeer: 16,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  maxHeaderSize: 8192,
+};
+
+export interface MetricsOptions {
+  /** Host names (NAME, or NAME:PORT for one port only) that may be asked for besides the listener's own address (--metrics-host). */
+  readonly hosts?: readonly string[];
+  readonly limits?: Partial<ListenerLimits>;
+  readonly log?: Logger;
+}
+
+/** A Host header (or a --metrics-host value): a name or an IP literal, and an optional port. */
+const HOST_RE = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::(\d{1,5}))?$/;
+
+/** The host name and port of a Host value, normalised as a browser writes them (lower case, 127.1 is 127.0.0.1, IPv6 compressed); undefined if it is not one. */
+export function parseHost(value: string): { host: string; port?: number } | undefined {
+  const m = HOST_RE.exec(value);
+  if (!m) return undefined;
+  let host: string;
+  try {
+    host = new URL(`http://${m[1]}/`).hostname;
+  } catch {
+    return undefined;
+  }
+  const port = m[2] === undefined ? undefined : Number(m[2]);
+  if (port !== undefined && port > 65535) return undefined;
+  return port === undefined ? { host } : { host, port };
+}
+
+/** The listener's own address as a Host names it: a connection's local address, IPv4-mapped IPv6 unmapped. */
+function ownHost(localAddress: string | undefined): string | undefined {
+  if (!localAddress) return undefined;
+  const v4 = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(localAddress)?.[1];
+  return parseHost(v4 ?? (localAddress.includes(':') ? `[${localAddress}]` : localAddress))?.host;
+}
+
+function isLoopback(host: string): boolean {
+  return host === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/**
+ * Whether a request may be answered, by its Host header. Allowed: the address the connection came in
+ * on with the listener's port (so on 0.0.0.0 or ::, any local address it is reached at), `localhost`
+ * with that port when that address is loopback, and the configured names. No Host header at all is
+ * allowed: only HTTP/1.0 may omit it (node:http refuses an HTTP/1.1 request without one), and a
+ * browser always sends it, so a rebinding page cannot.
+ */
+export function hostAllowed(hostHeader: string | undefined, localAddress: string | undefined, port: number, names: HostNames): boolean {
+  if (hostHeader === undefined) return true;
+  const h = parseHost(hostHeader);
+  if (!h) return false;
+  const hPort = h.port ?? 80;
+  const ports = names.get(h.host);
+  if (ports === 'any' || ports?.has(hPort)) return true;
+  if (hPort !== port) return false;
+  const own = ownHost(localAddress);
+  return own !== undefined && (h.host === own || (h.host === 'localhost' && isLoopback(own)));
+}
+
+/** The configured names: each with the ports it may be asked for on, or 'any'. */
+export type HostNames = ReadonlyMap<string, ReadonlySet<number> | 'any'>;
+
+/** Parses --metrics-host values (NAME for any port, NAME:PORT for one); throws (code METRICS_HOST_INVALID) on anything else. */
+export function parseMetricsHosts(values: readonly string[]): HostNames {
+  const names = new Map<string, Set<number> | 'any'>();
+  for (const v of values) {
+    const h = parseHost(v.trim());
+    if (!h) throw Object.assign(new Error(`--metrics-host ${v.slice(0, 100)} is not a host name or IP address with an optional :PORT`), { code: 'METRICS_HOST_INVALID' });
+    const had = names.get(h.host);
+    if (h.port === undefined || had === 'any') names.set(h.host, 'any');
+    else names.set(h.host, new Set([...(had ?? []), h.port]));
+  }
+  return names;
+}
+
 /** Listens on HOST:PORT for GET /metrics and the status page (GET or HEAD / and /status). */
-export async function listenMetrics(listen: string, source: MetricsSource & StatusPageSource): Promise<{ address: string; close: () => Promise<void> }> {
+export async function listenMetrics(listen: string, source: MetricsSource & StatusPageSource, o: MetricsOptions = {}): Promise<{ address: string; close: () => Promise<void> }> {
+  const limits: ListenerLimits = { ...METRICS_LIMITS, ...o.limits };
+  const names = parseMetricsHosts(o.hosts ?? []);
+  const once = rateLimited(10_000);
   const { registry, newScrape, close } = metricsRegistry(source);
   const pages: StatusPageSource = source;
-  const server: Server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000 }, (req, res) => {
+  let port = 0;
+  const refuse = (res: ServerResponse, status: number, code: string, message: string) => {
+    const text = JSON.stringify({ error: { code, message } });
+    res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'content-length': Buffer.byteLength(text), connection: 'close' });
+    res.end(text);
+  };
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
+    const host = req.headers.host;
+    if (!hostAllowed(host, req.socket.localAddress, port, names)) {
+      const shown = JSON.stringify((host ?? '').slice(0, 100));
+      once('HOST_NOT_ALLOWED', (suppressed) => o.log?.('warn', 'metrics request refused: Host is not this listener', { code: 'HOST_NOT_ALLOWED', host: (host ?? '').slice(0, 100), ...(suppressed ? { suppressed } : {}) }));
+      refuse(res, 421, 'HOST_NOT_ALLOWED', `the Host header ${shown} names neither this listener (its address and port, or localhost on loopback) nor a name given with --metrics-host: to reach it through a proxy or by another name, start the daemon with --metrics-host NAME`);
+      return;
+    }
+    if ((req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0') || req.headers['transfer-encoding'] !== undefined) {
+      refuse(res, 400, 'BODY_NOT_ALLOWED', 'the metrics listener takes GET and HEAD, without a body');
+      return;
+    }
     const urlPath = (req.url ?? '').split('?')[0];
     if (urlPath === '/' || urlPath === '/status') {
       if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -151,8 +256,12 @@ export async function listenMetrics(listen: string, source: MetricsSource & Stat
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
     res.end('GET /metrics (Prometheus), GET / (the status page)\n');
-  });
+  };
+  const server: Server = boundedServer(limits, handler, (why, peer) => once(`connection-${why}`, (suppressed) => {
+    o.log?.('warn', why === 'peer' ? 'metrics connection refused: too many from one address' : 'metrics connection refused: too many open', { code: why === 'peer' ? 'METRICS_PEER_CONNECTIONS' : 'METRICS_CONNECTIONS', peer, suppressed });
+  }));
   const bound = await listenTcp(server, listen, '--metrics-listen', 'METRICS_LISTEN');
+  port = Number(bound.address.slice(bound.address.lastIndexOf(':') + 1));
   return {
     address: bound.address,
     close: () => {
