@@ -163,6 +163,12 @@ t.test('a commit that makes the audit directory a link: config-rejected, never c
   t.equal(rejected?.commit, bad, 'config-rejected is audited, in the clone');
   t.same(await refusedPush, { ok: false, code: 'GIT_AUDIT_PATH_UNSAFE' }, 'the push says why it cannot go out');
   t.equal(d.status().audit.pushError?.code, 'GIT_AUDIT_PATH_UNSAFE', 'and status says it too');
+  const { renderStatusPage } = await import('../src/serve/status-page.js');
+  t.match(renderStatusPage(d.status(), Date.now()), /not followed.*GIT_AUDIT_PATH_UNSAFE/s, 'and the status page');
+  const { metricsRegistry } = await import('../src/serve/metrics.js');
+  const m = metricsRegistry(d);
+  t.match(await m.registry.metrics(), /^rotor_repository_held 1$/m, 'and the metrics');
+  m.close();
   t.same(readdirSync(outside), [], 'nothing was written through the link');
 
   // A restart with the link still on the remote starts, and still holds.

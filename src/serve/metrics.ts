@@ -21,7 +21,7 @@ import type { StatusView } from './status-page.js';
 export interface MetricsSource {
   status(): {
     now: string;
-    config: { applied?: { commit: string; at: string }; attempted?: { commit: string; at: string; problems?: number } };
+    config: { applied?: { commit: string; at: string }; attempted?: { commit: string; at: string; problems?: number }; held?: { code: string } };
     secrets: readonly { name: string; version?: number; rotatedAt?: string; overdue: boolean; failing?: unknown; consumers: readonly { name: string; behind: boolean }[] }[];
     agents?: { agents: readonly { name: string; lastSeen?: string }[] };
     sockets?: { requests: readonly { consumer: string; status: number; count: number }[] };
@@ -105,6 +105,7 @@ export function metricsRegistry(source: MetricsSource): { registry: Registry; ne
     if (c.applied) this.set({ commit: c.applied.commit, state: 'applied' }, 1);
     if (c.attempted && c.attempted.commit !== c.applied?.commit) this.set({ commit: c.attempted.commit, state: 'rejected' }, 1);
   } });
+  new Gauge({ name: 'rotor_repository_held', help: '1 while the clone does not take the remote head (its audit path is a link, a file or a submodule: GIT_AUDIT_PATH_UNSAFE).', registers: [registry], collect() { this.set(st().config.held ? 1 : 0); } });
   new Gauge({ name: 'rotor_config_applied_timestamp_seconds', help: 'When the applied commit was applied.', registers: [registry], collect() { const a = st().config.applied; if (a) this.set(Date.parse(a.at) / 1000); } });
   new Gauge({ name: 'rotor_socket_requests', help: 'Consumer socket requests by consumer and HTTP status (a counter kept by the daemon).', labelNames: ['consumer', 'status'], registers: [registry], collect() {
     this.reset();

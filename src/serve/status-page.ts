@@ -12,10 +12,12 @@ export interface StatusView {
   readonly config: {
     readonly applied?: { readonly commit: string; readonly at: string };
     readonly attempted?: { readonly commit: string; readonly at: string; readonly problems?: number };
+    /** The clone does not take the remote head (its audit path is a link, a file or a submodule). */
+    readonly held?: { readonly commit: string; readonly code: string; readonly message: string };
   };
   readonly secrets: readonly SecretView[];
   readonly agents?: { readonly listen?: string; readonly agents: readonly { readonly name: string; readonly lastSeen?: string; readonly queued: number }[] };
-  readonly audit?: { readonly commitPending: boolean; readonly pushFailures: number; readonly failing?: StorageFailingView };
+  readonly audit?: { readonly commitPending: boolean; readonly pushFailures: number; readonly pushError?: { readonly code: string }; readonly failing?: StorageFailingView };
   readonly store?: { readonly failing?: StorageFailingView };
   /** Recent rotation outcomes, oldest first. */
   readonly recent?: readonly RecentView[];
@@ -291,13 +293,15 @@ function configList(status: StatusView, now: number): string {
   } else if (attempted) {
     rows.push('<dt>Last attempted</dt><dd>the applied commit</dd>');
   }
+  const held = status.config.held;
+  if (held) rows.push(`<dt>Repository</dt><dd class="err"><span class="badge bad">not followed</span> the clone stays before <code title="${esc(held.commit)}">${esc(held.commit.slice(0, 12))}</code> (<code>${esc(held.code)}</code>)<div>${esc(held.message)}</div></dd>`);
   for (const [label, f] of [['Audit log', status.audit?.failing], ['State store', status.store?.failing]] as const) {
     if (f) rows.push(`<dt>${label}</dt><dd class="err"><span class="badge bad">cannot be written</span> since ${when(f.since)} (<code>${esc(f.code)}${f.errno ? `, ${esc(f.errno)}` : ''}</code>): rotations are paused and retried by themselves</dd>`);
   }
   const a = status.audit;
   if (a) {
     const text = a.pushFailures > 0
-      ? `<span class="badge warn">not pushed</span> ${a.pushFailures} failed push${a.pushFailures === 1 ? '' : 'es'}; the entries are kept and retried`
+      ? `<span class="badge warn">not pushed</span> ${a.pushFailures} failed push${a.pushFailures === 1 ? '' : 'es'}${a.pushError ? ` (last <code>${esc(a.pushError.code)}</code>)` : ''}; the entries are kept and retried`
       : a.commitPending ? '<span class="badge info">committing</span> entries waiting to be committed and pushed' : '<span class="badge ok">pushed</span> every entry is pushed';
     rows.push(`<dt>Audit log</dt><dd>${text}</dd>`);
   }
