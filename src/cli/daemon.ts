@@ -86,7 +86,7 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
   try {
     await daemon.start();
   } catch (e) {
-    if (e instanceof KeyError || e instanceof StateError || (e as { code?: string }).code === 'DATA_DIR_LOCKED' || (e as { code?: string }).code?.startsWith?.('SOCKET_') || (e as { code?: string }).code?.startsWith?.('AGENT_LISTEN') || (e as { code?: string }).code?.startsWith?.('METRICS_LISTEN') || (e as { code?: string }).code?.startsWith?.('GIT_') || (e as { code?: string }).code?.startsWith?.('AUDIT_')) {
+    if (e instanceof KeyError || e instanceof StateError || (e as { code?: string }).code?.startsWith?.('DATA_DIR_') || (e as { code?: string }).code?.startsWith?.('SOCKET_') || (e as { code?: string }).code?.startsWith?.('AGENT_LISTEN') || (e as { code?: string }).code?.startsWith?.('METRICS_LISTEN') || (e as { code?: string }).code?.startsWith?.('GIT_') || (e as { code?: string }).code?.startsWith?.('AUDIT_')) {
       const err = e as Error & { code: string };
       log('error', 'the daemon cannot start', { code: err.code, reason: err.message });
       io.stderr(`rotor daemon: ${err.message} [${err.code}]\n`);
