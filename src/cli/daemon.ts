@@ -19,7 +19,7 @@ export const DAEMON_FLAGS = {
   'data-dir': { type: 'string', arg: 'DIR', default: DEFAULT_DATA_DIR, description: 'keys, state, clone and admin socket' },
   'socket-dir': {
     type: 'string', arg: 'DIR', defaultText: `$RUNTIME_DIRECTORY under systemd, else ${DEFAULT_SOCKET_DIR}`,
-    description: 'the consumer sockets; made 0711 if missing, refused if others may write to it',
+    description: 'the consumer sockets; made 0711 if missing, refused if it is a symbolic link or others may write to it',
   },
   'agent-listen': {
     type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:7700',
@@ -61,8 +61,8 @@ Options:
 ${optionsHelp(DAEMON_FLAGS)}
 Signals: SIGHUP fetches now; SIGTERM and SIGINT stop after the running step, pushing what is left.
 
-Exit status: 0 stopped by SIGTERM or SIGINT, 1 cannot start (keys, state store, data directory in use,
-sockets, listeners, the repository), 2 usage error, 3 an unexpected failure.
+Exit status: 0 stopped by SIGTERM or SIGINT, 1 cannot start (keys, state store, data directory in use
+or writable by others, sockets, listeners, the repository), 2 usage error, 3 an unexpected failure.
 
 Examples:
   rotor keygen /var/lib/rotor            # once
