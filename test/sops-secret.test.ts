@@ -12,7 +12,7 @@ import t from 'tap';
 import { generateX25519Identity, identityToRecipient } from 'age-encryption';
 import { loadKeys } from '../src/keys.js';
 import { sealSops } from '../src/sops-write.js';
-import { openSops } from '../src/sops.js';
+import { openSops, sopsValueState } from '../src/sops.js';
 import { verifyAuditDir } from '../src/audit/log.js';
 import { git, rotor, tempDir } from './helpers.js';
 import { finishes, world } from './world.js';
@@ -131,4 +131,30 @@ t.test('rotor plan reminds of a sops secret near or past maxAge', async (t) => {
   t.match(late.stdout, /Rotate by hand \(sops: secrets\):\n {2}! payments\/stripe: overdue since 2026-11-15 \(maxAge 45d; current value since 2026-10-01\)\. Edit secrets\/stripe\.enc\.yaml with sops and commit.* \[SOPS_OVERDUE\]/);
   const md = await rotor(['plan', '--base', 'HEAD', '--now', '2026-12-01T00:00:00Z', '--format', 'markdown'], { cwd: w.person });
   t.match(md.stdout, /#### ⏰ Rotate by hand\n\n- \*\*payments\/stripe\*\*: overdue since 2026-11-15/);
+});
+
+t.test('the reader tells values SOPS left in clear from encrypted ones, with a key and without', async (t) => {
+  const id = await generateX25519Identity();
+  const me = [await identityToRecipient(id)];
+  const suffix = await sealSops({ stripe: { apiKey_unencrypted: 'sk_clear_suffix', apiKey: 'sk_enc', nested_unencrypted: { deep: 'sk_clear_deep' } } }, me);
+  t.match(suffix, /apiKey_unencrypted: sk_clear_suffix/, 'the writer leaves an _unencrypted key in clear, as sops does');
+  const doc = await openSops(suffix, id);
+  t.match(doc.get('stripe.apiKey_unencrypted'), { value: 'sk_clear_suffix', encrypted: false });
+  t.match(doc.get('stripe.nested_unencrypted.deep'), { value: 'sk_clear_deep', encrypted: false }, 'a suffix on any key of the path');
+  t.match(doc.get('stripe.apiKey'), { value: 'sk_enc', encrypted: true });
+  t.equal(sopsValueState(suffix, 'stripe.apiKey_unencrypted'), 'clear');
+  t.equal(sopsValueState(suffix, 'stripe.nested_unencrypted.deep'), 'clear');
+  t.equal(sopsValueState(suffix, 'stripe.apiKey'), 'encrypted');
+  t.equal(sopsValueState(suffix, 'stripe.nope'), 'missing');
+  t.equal(sopsValueState(suffix, 'stripe'), 'not-a-value');
+
+  const regex = await sealSops({ stripe: { apiKey: 'sk_clear_regex', account: 'acct' } }, me, new Date(), { unencryptedRegex: '^apiKey$' });
+  t.match(regex, /unencrypted_regex: \^apiKey\$/);
+  t.match((await openSops(regex, id)).get('stripe.apiKey'), { value: 'sk_clear_regex', encrypted: false });
+  t.equal(sopsValueState(regex, 'stripe.apiKey'), 'clear');
+  t.equal(sopsValueState(regex, 'stripe.account'), 'encrypted');
+
+  t.equal(sopsValueState('stripe:\n  apiKey: sk_plain\n', 'stripe.apiKey'), 'clear', 'a file without sops metadata holds its values in clear');
+  t.equal(sopsValueState('{"stripe": {"apiKey": "sk_plain"}}', 'stripe.apiKey', { format: 'json' }), 'clear');
+  t.throws(() => sopsValueState('a: [', 'a'), { code: 'SOPS_NOT_SOPS' });
 });
