@@ -16,7 +16,6 @@
  * GROUP_ENTRIES entries; one call's entries are never split), and share its outcome. Every file access
  * goes through a small AuditFs, node:fs/promises by default, so that tests can fail it.
  */
-import { constants } from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { AuditEntry, AuditInput } from './entry.js';
@@ -42,20 +41,11 @@ export interface AuditFs {
   unlink(file: string): Promise<void>;
 }
 
-/**
- * 'a' and 'wx' as node opens them, plus O_NOFOLLOW: an audit file that is a symbolic link (a
- * repository can commit one) is refused (ELOOP), never followed to append to what it points to.
- */
-const WRITE_FLAGS = {
-  a: constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW,
-  wx: constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-} as const;
-
 export const nodeAuditFs: AuditFs = {
   readdir: (dir) => fsp.readdir(dir),
   readFile: (file) => fsp.readFile(file),
   mkdir: (dir, options) => fsp.mkdir(dir, options),
-  open: (file, flags) => (flags === 'r' ? fsp.open(file, 'r') : fsp.open(file, WRITE_FLAGS[flags], 0o666)),
+  open: (file, flags) => fsp.open(file, flags),
   unlink: (file) => fsp.unlink(file),
 };
 
@@ -144,15 +134,6 @@ export async function verifyAuditDir(dir: string, options: ReadOptions = {}): Pr
   return { result: v.finish(), files, exists: true, ...(last ? { last } : {}), lineHash: v.head.lineHash };
 }
 
-export interface OpenOptions {
-  /**
-   * A directory above the log's (the daemon's clone): the directories from it down to the log's
-   * must be real directories, never symbolic links, when the log writes; otherwise the append fails
-   * (AUDIT_WRITE_FAILED) rather than write where a link points.
-   */
-  readonly within?: string;
-}
-
 /** At most this many entries are written with one fsync, unless one call appends more. */
 export const GROUP_ENTRIES = 1000;
 
@@ -193,8 +174,6 @@ export class AuditLog {
   /** The files of a failed append whose undoing failed too: undone before anything else is written. */
   private undo: readonly Touched[] | undefined;
   private closed = false;
-  /** See OpenOptions.within. */
-  private within: string | undefined;
 
   private constructor(readonly dir: string, private readonly fs: AuditFs, v: DirVerification & { result: { ok: true } }) {
     this.seq = v.result.head.seq;
@@ -210,16 +189,14 @@ export class AuditLog {
    * verifier's code (and file, line, seq in `error.at`). A missing directory is an empty log, created
    * by the first append.
    */
-  static async open(dir: string, options: Omit<ReadOptions, 'label'> & OpenOptions = {}): Promise<AuditLog> {
+  static async open(dir: string, options: Omit<ReadOptions, 'label'> = {}): Promise<AuditLog> {
     const fs = options.fs ?? nodeAuditFs;
     const v = await verifyAuditDir(dir, { ...options, fs });
     if (!v.result.ok) {
       const r = v.result;
       throw new AuditError(r.code, `${r.file}:${r.line}: ${r.message}`, { file: r.file, line: r.line, ...(r.seq !== undefined ? { seq: r.seq } : {}) });
     }
-    const log = new AuditLog(dir, fs, v as DirVerification & { result: { ok: true } });
-    log.within = options.within;
-    return log;
+    return new AuditLog(dir, fs, v as DirVerification & { result: { ok: true } });
   }
 
   /** The last entry written (seq 0 and 64 zeros for an empty log): keep it elsewhere as an anchor. */
@@ -316,7 +293,6 @@ export class AuditLog {
     const touched: Touched[] = [];
     let lastSize = this.lastSize;
     try {
-      await this.refuseLinks();
       await this.ensureDir();
       for (const g of groups) {
         const created = g.file !== this.lastFile;
@@ -371,26 +347,6 @@ export class AuditLog {
         } finally {
           await fh.close().catch(() => undefined);
         }
-      }
-    }
-  }
-
-  /**
-   * With `within`: every directory from it down to the log's is a real directory, not a symbolic link
-   * (checked before each append; what is missing is made by ensureDir, under real directories).
-   */
-  private async refuseLinks(): Promise<void> {
-    if (this.within === undefined) return;
-    let cur = path.resolve(this.within);
-    for (const seg of path.relative(cur, path.resolve(this.dir)).split(path.sep).filter(Boolean)) {
-      cur = path.join(cur, seg);
-      const st = await fsp.lstat(cur).catch((e: unknown) => {
-        if (errno(e) === 'ENOENT') return undefined;
-        throw e;
-      });
-      if (!st) return;
-      if (st.isSymbolicLink() || !st.isDirectory()) {
-        throw new Error(`${cur} is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a directory'}; the audit log is written only into a real directory of the clone: restore the audit directory in the repository (a commit made it a link)`);
       }
     }
   }

@@ -169,7 +169,6 @@ export class Daemon implements ConsumerBackend {
         if (e.seq === pushed?.seq) pushedHash = e.hash;
       },
       ...(this.o.auditFs ? { fs: this.o.auditFs } : {}),
-      within: this.repo.dir, // a commit that makes the audit directory a link is refused, not followed
     });
     if (pushed && pushedHash !== pushed.hash) {
       const where = pushedHash === undefined ? `ends at entry ${this.audit.head.seq}, before entry ${pushed.seq}` : `differs at entry ${pushed.seq}`;
