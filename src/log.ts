@@ -3,11 +3,12 @@
  * ...fields}`. Callers pass identifiers, versions, codes and counts, never a value; the redaction
  * below is a second line of defence for field names that suggest one.
  *
- * Every line is written synchronously, before the call returns: a daemon killed right after a log call
- * has still logged it (the crash tests rely on this). The destination is a write function: stderr in
- * the commands (process.stderr writes synchronously to files, pipes and terminals on Linux), a string
- * buffer in the tests.
+ * Every line is written before the call returns: a process killed right after a log call (SIGKILL
+ * included) has still handed that line to the kernel (the crash tests rely on this). The destination
+ * is a write function: writeStderr in the commands (below: a synchronous write to fd 2 that waits
+ * while the pipe behind it is full, never a queue in memory), a string buffer in the tests.
  */
+import { writeSync } from 'node:fs';
 import { pino } from 'pino';
 import type { DestinationStream, LoggerOptions } from 'pino';
 
@@ -61,6 +62,47 @@ export function pinoOptions(minLevel: Level = 'info', now?: () => number): Logge
     },
     redact: { paths: [...REDACT_PATHS], censor: REDACTED },
   };
+}
+
+/** The longest pause between two attempts at a full pipe; the first is 1 ms, doubling up to this. */
+const MAX_PAUSE_MS = 50;
+const pauseCell = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Writes all of `text` to `fd` and returns only when the kernel has taken the last byte. libuv makes
+ * a stdio pipe non-blocking (once anything touches process.stderr, or the fd is shared with a process
+ * that did), and process.stderr.write then queues in memory what a full pipe refuses, which a SIGKILL
+ * loses. Here a write the kernel refuses (EAGAIN) is tried again after a short Atomics.wait (1 ms,
+ * doubling up to 50 ms), and a partial write goes on from the first byte not taken, so the event
+ * loop waits while the reader is behind: a reader that never reads holds the process, as a blocking
+ * descriptor would. Any other error (EPIPE: the reader is gone; EBADF: no fd 2) drops the rest of
+ * the text: logging never throws into the work it describes.
+ */
+export function writeFdSync(fd: number, text: string): void {
+  const bytes = Buffer.from(text, 'utf8');
+  let done = 0;
+  let pauseMs = 1;
+  while (done < bytes.length) {
+    try {
+      done += writeSync(fd, bytes, done, bytes.length - done);
+      pauseMs = 1;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EAGAIN' && code !== 'EINTR') return;
+      Atomics.wait(pauseCell, 0, 0, pauseMs);
+      pauseMs = Math.min(pauseMs * 2, MAX_PAUSE_MS);
+    }
+  }
+}
+
+/**
+ * stderr for the commands, logs and messages alike: writeFdSync on fd 2. Everything rotor writes to
+ * stderr goes through here, one write after the other, so a message and the log lines around it
+ * arrive in the order they were written; nothing of ours sits in process.stderr's queue to be
+ * overtaken. (Node's own warnings still go through process.stderr: they may arrive out of order.)
+ */
+export function writeStderr(text: string): void {
+  writeFdSync(2, text);
 }
 
 /**

@@ -130,6 +130,76 @@ export async function openSopsFile(file: string, identity: string | readonly str
 
 /** Opens the text of a SOPS file: decrypts the data key with `identity`, every value, and checks the MAC. */
 export async function openSops(content: string | Uint8Array, identity: string | readonly string[], options: OpenSopsOptions = {}): Promise<SopsDocument> {
+  const { format, name, tree, meta } = parseSopsText(content, options);
+  if (!meta) {
+    throw new SopsError('SOPS_NOT_SOPS', `${name} has no "sops" metadata: it is not a SOPS-encrypted file (encrypt it with sops to the age recipient of whoever reads it: the agent, or the daemon for a sops: secret)`);
+  }
+  const dataKey = await unwrapDataKey(meta, [identity].flat(), name);
+  try {
+    return decryptTree(tree, meta, dataKey, format, name);
+  } finally {
+    dataKey.fill(0);
+  }
+}
+
+/**
+ * What a file says about the value at `at` without any key (rotor validate and plan have none):
+ * - 'encrypted': SOPS's rule for the file encrypts it (whether it decrypts and authenticates is for
+ *   openSops to say, with a key);
+ * - 'clear': it is stored in clear: the file's rule leaves it so (its key matches unencrypted_suffix
+ *   or unencrypted_regex, or misses encrypted_suffix or encrypted_regex), or the file has no `sops`
+ *   metadata at all (a plain YAML or JSON file);
+ * - 'empty' (""), 'not-a-value' (a mapping, a list or null), 'missing' (no such key).
+ * Throws a SopsError when the file does not parse as YAML/JSON or its metadata is malformed.
+ */
+export type SopsValueState = 'encrypted' | 'clear' | 'empty' | 'not-a-value' | 'missing';
+
+/** The values of a file as sopsValueState sees them, parsed once for many lookups. */
+export interface SopsOutline {
+  stateOf(at: string | readonly (string | number)[]): SopsValueState;
+}
+
+export function sopsOutline(content: string | Uint8Array, options: OpenSopsOptions = {}): SopsOutline {
+  const { tree, meta, name } = parseSopsText(content, options);
+  const encrypted = meta ? encryptionRule(meta.rule, name) : undefined;
+  return {
+    stateOf(at) {
+      let node: Node = tree;
+      const keys: string[] = [];
+      for (const step of typeof at === 'string' ? at.split('.') : at) {
+        if (node.k === 'map') {
+          const k = String(step);
+          const entry: [string, Node] | undefined = node.entries.find(([key]) => key === k);
+          if (!entry) return 'missing';
+          node = entry[1];
+          keys.push(k);
+        } else if (node.k === 'seq') {
+          const i = typeof step === 'number' ? step : /^(?:0|[1-9][0-9]*)$/.test(step) ? Number(step) : NaN;
+          if (!Number.isInteger(i) || i < 0 || i >= node.items.length) return 'missing';
+          node = node.items[i]!;
+        } else return 'missing';
+      }
+      if (node.k === 'map' || node.k === 'seq' || node.k === 'null') return 'not-a-value';
+      if (node.k === 'str' && node.v === '') return 'empty';
+      return encrypted?.(keys) ? 'encrypted' : 'clear';
+    },
+  };
+}
+
+export function sopsValueState(content: string | Uint8Array, at: string | readonly (string | number)[], options: OpenSopsOptions = {}): SopsValueState {
+  return sopsOutline(content, options).stateOf(at);
+}
+
+/**
+ * The message of SOPS_VALUE_CLEARTEXT, a `sops:` secret's value stored in clear (the daemon, rotor
+ * validate and rotor plan say the same); never the value.
+ */
+export function sopsCleartextMessage(file: string, key: string): string {
+  return `"${key}" in ${file} is stored in clear, not encrypted by sops (its key matches the file's unencrypted_suffix or unencrypted_regex, misses its encrypted_suffix or encrypted_regex, or the file is not a SOPS file): anyone who can read the repository can read it. Rename the key or change the rule so that sops encrypts it, encrypt the file with sops, and replace the value: the old one is in the repository's history`;
+}
+
+/** The text of a file parsed as its store, the `sops` metadata (if any) apart from the data. */
+function parseSopsText(content: string | Uint8Array, options: OpenSopsOptions): { format: SopsFormat; name: string; tree: MapNode; meta: Metadata | undefined } {
   const format = options.format ?? 'yaml';
   const name = options.name ?? 'the SOPS file';
   let text: string;
@@ -144,17 +214,9 @@ export async function openSops(content: string | Uint8Array, identity: string | 
   }
   const root = format === 'json' ? parseJson(text, name) : parseYaml(text, name);
   const metaIndex = root.entries.findIndex(([k]) => k === 'sops');
-  if (metaIndex < 0) {
-    throw new SopsError('SOPS_NOT_SOPS', `${name} has no "sops" metadata: it is not a SOPS-encrypted file (encrypt it with sops to the age recipient of whoever reads it: the agent, or the daemon for a sops: secret)`);
-  }
+  if (metaIndex < 0) return { format, name, tree: root, meta: undefined };
   const meta = readMetadata(root.entries[metaIndex]![1], name);
-  const tree: MapNode = { k: 'map', entries: root.entries.filter((_, i) => i !== metaIndex) };
-  const dataKey = await unwrapDataKey(meta, [identity].flat(), name);
-  try {
-    return decryptTree(tree, meta, dataKey, format, name);
-  } finally {
-    dataKey.fill(0);
-  }
+  return { format, name, tree: { k: 'map', entries: root.entries.filter((_, i) => i !== metaIndex) }, meta };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -680,12 +742,12 @@ function newTree(): SopsTree {
 /** The SHA-256 of "sops": how SOPS starts the hash when mac_only_encrypted is set. */
 const MAC_ONLY_ENCRYPTED_INIT = createHash('sha256').update('sops').digest();
 
-function decryptTree(tree: MapNode, meta: Metadata, key: Buffer, format: SopsFormat, name: string): SopsDocument {
-  const hash = createHash('sha512');
-  if (meta.macOnlyEncrypted) hash.update(MAC_ONLY_ENCRYPTED_INIT);
-  const encryptedPaths = new Set<string>();
-  const rule = meta.rule;
-  // A key regex is tried once per distinct key (a key is on the path of every value under it).
+/**
+ * sops.go shouldBeEncrypted, as a function of the mapping keys on a value's path: whether SOPS
+ * encrypts that value, by the file's rule. A key regex is tried once per distinct key (a key is on the
+ * path of every value under it), within REGEX_LIMITS.work steps for the whole file.
+ */
+function encryptionRule(rule: Metadata['rule'], name: string): (keys: readonly string[]) => boolean {
   const tried = new Map<string, boolean>();
   let work = 0;
   const matches = (re: RegExp, k: string): boolean => {
@@ -701,7 +763,7 @@ function decryptTree(tree: MapNode, meta: Metadata, key: Buffer, format: SopsFor
     }
     return hit;
   };
-  const shouldBeEncrypted = (keys: readonly string[]): boolean => {
+  return (keys) => {
     switch (rule.kind) {
       case 'unencrypted_suffix':
         return !keys.some((k) => k.endsWith(rule.suffix));
@@ -713,6 +775,13 @@ function decryptTree(tree: MapNode, meta: Metadata, key: Buffer, format: SopsFor
         return keys.some((k) => matches(rule.re, k));
     }
   };
+}
+
+function decryptTree(tree: MapNode, meta: Metadata, key: Buffer, format: SopsFormat, name: string): SopsDocument {
+  const hash = createHash('sha512');
+  if (meta.macOnlyEncrypted) hash.update(MAC_ONLY_ENCRYPTED_INIT);
+  const encryptedPaths = new Set<string>();
+  const shouldBeEncrypted = encryptionRule(meta.rule, name);
   const describe = (at: readonly (string | number)[]) => () => (at.length ? `the value at ${at.map(String).join('.')}` : 'a value');
 
   // `keys` is SOPS's path (mapping keys only); `at` adds list indices, for messages and lookups.

@@ -3,11 +3,12 @@
  * permissions, every route and error, long-polls, read receipts and retireAfter: consumers.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
 import { call, getSecret, listSecrets, RotorClientError, watchSecret } from '../src/client/index.js';
+import { rotor } from './helpers.js';
 import { raw, step, world } from './world.js';
 
 const UID = process.getuid!();
@@ -283,4 +284,36 @@ t.test('start: stale sockets are cleared, a live one is not taken over, an unsaf
   const d2 = await w2.start({ socketDir });
   await d2.stop();
   t.notOk(readFileSync(path.join(w.dataDir, '..', 'data', 'identity.age'), 'utf8').length === 0);
+});
+
+t.test('a socket directory that is a symbolic link is refused (SOCKET_DIR_SYMLINK), its target left as it was', async (t) => {
+  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': POLICIES, 'secrets.yaml': SECRETS, 'consumers.yaml': consumers() });
+  // A directory of the daemon's user, closed (0700): followed, it would be chmod'ed 0711 and get sockets.
+  const target = path.join(w.root, 'elsewhere');
+  mkdirSync(target, { mode: 0o700 });
+  chmodSync(target, 0o700);
+  const link = path.join(w.root, 'sockets');
+  symlinkSync(target, link);
+  await t.rejects(w.start({ socketDir: link }), { code: 'SOCKET_DIR_SYMLINK', message: /is a symbolic link.*remove the link, or pass the real directory/ });
+  t.equal(statSync(target).mode & 0o777, 0o700, 'the target keeps its mode');
+  t.same(readdirSync(target), [], 'and has nothing put in it');
+  t.ok(lstatSync(link).isSymbolicLink(), 'the link is left where it was');
+
+  // A link to nowhere: nothing is created where it points.
+  const dangling = path.join(w.root, 'dangling');
+  symlinkSync(path.join(w.root, 'nowhere'), dangling);
+  await t.rejects(w.start({ socketDir: dangling }), { code: 'SOCKET_DIR_SYMLINK' });
+  t.notOk(existsSync(path.join(w.root, 'nowhere')), 'the link\'s target is not created');
+
+  // rotor daemon says so and exits 1.
+  const r = await rotor(['daemon', '--repo', w.remote, '--data-dir', w.dataDir, '--socket-dir', link, '--agent-listen', '127.0.0.1:0', '--metrics-listen', 'off']);
+  t.equal(r.code, 1);
+  t.match(r.stderr, new RegExp(`rotor daemon: ${link.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is a symbolic link.* \\[SOCKET_DIR_SYMLINK\\]\\n`));
+  t.equal(statSync(target).mode & 0o777, 0o700, 'still 0700');
+
+  // The real directory works.
+  const d = await w.start({ socketDir: target });
+  t.equal((await getSecret('app/token', { socket: path.join(target, 'app.sock') })).version, 1);
+  t.equal(statSync(target).mode & 0o777, 0o711, 'the real directory is made 0711');
+  await d.stop();
 });

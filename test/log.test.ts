@@ -1,23 +1,25 @@
 /**
  * The logs (src/log.ts, pino): one JSON object per line with time, level and msg; field names that
  * suggest a value are redacted at any depth and in any capitalisation; levels filter; every line is
- * written before the call returns, so a SIGKILL loses nothing logged; and a daemon's logs, in process
- * and from the real binary, are such lines and never hold a generated value.
+ * written before the call returns, also into a full stderr pipe, so a SIGKILL loses nothing logged,
+ * and the commands' own stderr messages keep their place among the lines; and a daemon's logs, in
+ * process and from the real binary, are such lines and never hold a generated value.
  */
-import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, constants, openSync, writeSync } from 'node:fs';
+import { createServer, Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import t from 'tap';
 import type { Test } from 'tap';
 import { pino } from 'pino';
-import { jsonLogger, LEVELS, pinoOptions, REDACTED } from '../src/log.js';
+import { jsonLogger, LEVELS, pinoOptions, REDACTED, writeFdSync } from '../src/log.js';
 import type { Level } from '../src/log.js';
 import { loadKeys } from '../src/keys.js';
 import { openStore } from '../src/state/store.js';
 import type { SecretRecord } from '../src/rotation/record.js';
-import { ROOT } from './helpers.js';
+import { ROOT, tempDir } from './helpers.js';
 import { finishes, world } from './world.js';
 
 interface Line {
@@ -113,35 +115,116 @@ t.test('levels filter: below the minimum nothing is written', async (t) => {
   t.equal(c.text(), '', 'info by default');
 });
 
-/** Spawns node with a script; resolves with its stderr and how it ended. */
-function node(args: string[], onStderr?: (text: string, child: ReturnType<typeof spawn>) => void) {
-  // env -u NODE_OPTIONS: tap's loaders in NODE_OPTIONS would be inherited by the child.
-  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (c: Buffer) => {
-    stderr += c.toString();
-    onStderr?.(stderr, child);
-  });
-  return new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, signal, stderr }));
-  });
-}
-
-t.test('a line logged before a SIGKILL is not lost', async (t) => {
+t.test('lines logged into a full stderr pipe, then a SIGKILL: every one arrives, in order', async (t) => {
+  // The child's stderr is a FIFO (a pipe) that this process does not read until the child says, on
+  // fd 3, that it has filled it: filler writes until EAGAIN. Then the child logs N lines through the
+  // commands' logger (jsonLogger on processIo().stderr, as rotor daemon does), with a plain io.stderr
+  // line every 100, and SIGKILLs itself in the same tick. The first line carries a field four times
+  // what the pipe held: however soon this process starts reading after the signal, no single
+  // non-blocking write can take that line, so the logger meets a full pipe every run. Each line must
+  // be written before its call returns, so all arrive, whole and in order.
   const dist = (p: string) => pathToFileURL(path.join(ROOT, 'dist', 'src', p)).href;
-  const N = 3000; // about 300 KB: more than a pipe holds, so the writes have to wait for the reader
+  const N = 3000;
+  const FILLER = `${'#'.repeat(63)}\n`;
   const script = `
+    import { readFileSync, writeSync } from 'node:fs';
     const { jsonLogger } = await import(${JSON.stringify(dist('log.js'))});
     const { processIo } = await import(${JSON.stringify(dist('cli/io.js'))});
-    const log = jsonLogger(processIo().stderr);
-    for (let i = 0; i < ${N}; i++) log('info', 'line', { i, pad: 'x'.repeat(40) });
+    const io = processIo();
+    void process.stderr; // Node opens fd 2 as a stream: libuv makes the pipe non-blocking
+    const flags = Number.parseInt(/^flags:\\s*([0-7]+)$/m.exec(readFileSync('/proc/self/fdinfo/2', 'utf8'))[1], 8);
+    if ((flags & 0o4000) === 0) {
+      writeSync(3, 'fd 2 is blocking\\n');
+      process.exit(1);
+    }
+    let filler = 0;
+    for (;;) {
+      try {
+        writeSync(2, ${JSON.stringify(FILLER)});
+        filler++;
+      } catch (e) {
+        if (e.code === 'EAGAIN') break;
+        throw e;
+      }
+    }
+    writeSync(3, 'full ' + filler + '\\n');
+    const log = jsonLogger(io.stderr);
+    for (let i = 0; i < ${N}; i++) {
+      log('info', 'line', { i, pad: 'x'.repeat(i === 0 ? 4 * filler * ${FILLER.length} : 40) });
+      if (i % 100 === 0) io.stderr('rotor: plain ' + i + '\\n');
+    }
     process.kill(process.pid, 'SIGKILL');`;
-  const r = await node(['--input-type=module', '-e', script]);
+
+  const fifo = path.join(tempDir(t, 'rotor-log-'), 'stderr');
+  execFileSync('mkfifo', ['-m', '0600', fifo]);
+  const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  const writeFd = openSync(fifo, constants.O_WRONLY); // a reader is open: does not wait
+  // env -u NODE_OPTIONS: tap's loaders in NODE_OPTIONS would be inherited by the child.
+  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, '--input-type=module', '-e', script], { stdio: ['ignore', 'ignore', writeFd, 'pipe'] });
+  closeSync(writeFd);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+  let said = '';
+  await new Promise<void>((resolve) => {
+    child.stdio[3]!.on('data', (c: Buffer) => {
+      said += c.toString();
+      if (said.includes('\n')) resolve();
+    });
+    void exited.then(() => resolve());
+  });
+
+  // Now read everything the child wrote, up to the end (the child is gone and no writer is left).
+  const reader = new Socket({ fd: readFd, readable: true, writable: false });
+  let text = '';
+  reader.setEncoding('utf8');
+  reader.on('data', (c: string) => void (text += c));
+  await new Promise<void>((resolve, reject) => {
+    reader.on('end', resolve);
+    reader.on('error', reject);
+  });
+  reader.destroy();
+  const r = await exited;
+
+  t.match(said, /^full [1-9]\d*\n$/, 'the child filled its stderr pipe to EAGAIN before logging');
+  const filled = Number(said.split(' ')[1]);
   t.equal(r.signal, 'SIGKILL');
-  const got = lines(t, r.stderr);
-  t.equal(got.length, N, 'every line logged before the kill reached the reader');
-  t.same(got.map((l) => l.i), Array.from({ length: N }, (_, i) => i), 'in order');
+  const all = text.split('\n');
+  t.equal(all.pop(), '', 'what arrived ends with a newline');
+  t.ok(all.slice(0, filled).every((l) => `${l}\n` === FILLER), 'first the filler, whole');
+  const rest = all.slice(filled);
+  const expected: string[] = [];
+  for (let i = 0; i < N; i++) {
+    expected.push(`line ${i}`);
+    if (i % 100 === 0) expected.push(`rotor: plain ${i}`);
+  }
+  const got = rest.map((l) => {
+    if (!l.startsWith('{')) return l;
+    try {
+      const o = JSON.parse(l) as Line;
+      return `${o.msg} ${String(o.i)}`;
+    } catch {
+      return `a partial line of ${l.length} characters`;
+    }
+  });
+  t.equal(got.filter((l) => l.startsWith('line ')).length, N, 'every line logged before the kill reached the reader');
+  t.same(got, expected, 'whole, in order, and io.stderr\'s own lines where they were written');
+  const logged = lines(t, rest.filter((_, k) => got[k]!.startsWith('line ')).map((l) => `${l}\n`).join(''));
+  t.equal(logged[0]?.pad, 'x'.repeat(4 * filled * FILLER.length), 'the long first line whole');
+});
+
+t.test('writeFdSync: a pipe whose reader is gone drops the text instead of throwing into the caller', async (t) => {
+  const fifo = path.join(tempDir(t, 'rotor-log-'), 'gone');
+  execFileSync('mkfifo', ['-m', '0600', fifo]);
+  const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  const writeFd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+  t.teardown(() => closeSync(writeFd));
+  closeSync(readFd);
+  t.throws(() => writeSync(writeFd, 'x\n'), { code: 'EPIPE' }, 'a plain write fails: EPIPE');
+  t.doesNotThrow(() => writeFdSync(writeFd, 'a line nobody reads\n'), 'writeFdSync returns');
+  const log = jsonLogger((line) => writeFdSync(writeFd, line));
+  t.doesNotThrow(() => log('error', 'into the void'), 'and so does a log call');
 });
 
 const CONFIG = 'kind: Config\nsync: { interval: 1d }\n';

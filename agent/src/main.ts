@@ -5,7 +5,7 @@
  */
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { jsonLogger, LEVELS } from '../../src/log.js';
+import { jsonLogger, LEVELS, writeStderr } from '../../src/log.js';
 import type { Level, Logger } from '../../src/log.js';
 import { HELP_FLAG, optionsHelp, parse } from '../../src/cli/args.js';
 import type { Flags } from '../../src/cli/args.js';
@@ -86,7 +86,7 @@ function processSignal(log: Logger): AbortSignal {
   return ac.signal;
 }
 
-export async function main(argv: readonly string[], io: AgentCliIo = { stdout: (t) => void process.stdout.write(t), stderr: (t) => void process.stderr.write(t), env: process.env }): Promise<number> {
+export async function main(argv: readonly string[], io: AgentCliIo = { stdout: (t) => void process.stdout.write(t), stderr: writeStderr, env: process.env }): Promise<number> {
   let flags;
   try {
     flags = parse(argv, AGENT_FLAGS, io.env, 0).flags;
@@ -142,7 +142,7 @@ if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.me
     },
     (e: unknown) => {
       const err = e as Error & { code?: string };
-      process.stderr.write(`rotor-agent: ${err?.message ?? String(e)}${err?.code ? ` [${err.code}]` : ''}\n`);
+      writeStderr(`rotor-agent: ${err?.message ?? String(e)}${err?.code ? ` [${err.code}]` : ''}\n`);
       process.exitCode = AGENT_EXIT.failure;
     },
   );

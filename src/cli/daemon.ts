@@ -20,7 +20,7 @@ export const DAEMON_FLAGS = {
   'data-dir': { type: 'string', arg: 'DIR', default: DEFAULT_DATA_DIR, description: 'keys, state, clone and admin socket' },
   'socket-dir': {
     type: 'string', arg: 'DIR', defaultText: `$RUNTIME_DIRECTORY under systemd, else ${DEFAULT_SOCKET_DIR}`,
-    description: 'the consumer sockets; made 0711 if missing, refused if others may write to it',
+    description: 'the consumer sockets; made 0711 if missing, refused if it is a symbolic link or others may write to it',
   },
   'agent-listen': {
     type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:7700',
@@ -72,8 +72,8 @@ Options:
 ${optionsHelp(DAEMON_FLAGS)}
 Signals: SIGHUP fetches now; SIGTERM and SIGINT stop after the running step, pushing what is left.
 
-Exit status: 0 stopped by SIGTERM or SIGINT, 1 cannot start (keys, state store, data directory in use,
-sockets, listeners, the repository), 2 usage error, 3 an unexpected failure.
+Exit status: 0 stopped by SIGTERM or SIGINT, 1 cannot start (keys, state store, data directory in use
+or writable by others, sockets, listeners, the repository), 2 usage error, 3 an unexpected failure.
 
 Examples:
   rotor keygen /var/lib/rotor            # once
@@ -103,7 +103,7 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
   try {
     await daemon.start();
   } catch (e) {
-    if (e instanceof KeyError || e instanceof StateError || (e as { code?: string }).code === 'DATA_DIR_LOCKED' || (e as { code?: string }).code?.startsWith?.('SOCKET_') || (e as { code?: string }).code?.startsWith?.('AGENT_LISTEN') || (e as { code?: string }).code?.startsWith?.('METRICS_LISTEN') || (e as { code?: string }).code?.startsWith?.('GIT_') || (e as { code?: string }).code?.startsWith?.('AUDIT_')) {
+    if (e instanceof KeyError || e instanceof StateError || (e as { code?: string }).code?.startsWith?.('DATA_DIR_') || (e as { code?: string }).code?.startsWith?.('SOCKET_') || (e as { code?: string }).code?.startsWith?.('AGENT_LISTEN') || (e as { code?: string }).code?.startsWith?.('METRICS_LISTEN') || (e as { code?: string }).code?.startsWith?.('GIT_') || (e as { code?: string }).code?.startsWith?.('AUDIT_')) {
       const err = e as Error & { code: string };
       log('error', 'the daemon cannot start', { code: err.code, reason: err.message });
       io.stderr(`rotor daemon: ${err.message} [${err.code}]\n`);

@@ -1,3 +1,5 @@
+import { writeStderr } from '../log.js';
+
 /** What a command gets from the outside world: passed in, so that tests can run commands in-process. */
 export interface Io {
   readonly stdout: (text: string) => void;
@@ -8,10 +10,15 @@ export interface Io {
   readonly isTTY: boolean;
 }
 
+/**
+ * The real outside world. stderr is written synchronously, also into a full pipe (writeStderr in
+ * src/log.ts): the daemon's log lines and the commands' messages share it, in order, and none is
+ * lost to a SIGKILL once written. stdout stays process.stdout (its output is asked for, not logged).
+ */
 export function processIo(): Io {
   return {
     stdout: (t) => process.stdout.write(t),
-    stderr: (t) => process.stderr.write(t),
+    stderr: writeStderr,
     env: process.env,
     cwd: process.cwd(),
     now: () => Date.now(),

@@ -125,7 +125,7 @@ export async function planCommand(argv: readonly string[], io: Io): Promise<numb
 
   const baseSource = new GitTreeSource(top, baseCommit, prefix);
   const headSource: RepoSource = headCommit ? new GitTreeSource(top, headCommit, prefix) : new DirectorySource(dir);
-  const [base, head] = await Promise.all([loadModel(baseSource, { now }), loadModel(headSource, { now })]);
+  const [base, head] = await Promise.all([loadModel(baseSource, { now, sopsValues: true }), loadModel(headSource, { now, sopsValues: true })]);
   const audit = await checkAppendOnly(baseSource, headSource, base.auditDir);
   const changes = plan(base.desired, head.desired, now, await lastRotations(headSource, head.auditDir));
   const auditFiles = [...(await baseSource.list()).files.keys(), ...(await headSource.list()).files.keys()].filter((f) => f.startsWith(`${head.auditDir}/`));

@@ -20,7 +20,8 @@ export const VALIDATE_HELP = `rotor validate: check the declarations of a reposi
 Usage: rotor validate [DIR] [--format text|json|github]
 
 Checks every declaration in DIR (default: the current directory): YAML syntax, the JSON Schemas of
-schemas/, references between declarations, schedules, strategies, generator strength and limits.
+schemas/, references between declarations, schedules, strategies, generator strength and limits,
+and that the value of each sops: secret is encrypted in its SOPS file (read without a key).
 Prints one line per problem, "file:line:col: error|warning: message [CODE]", file relative to DIR.
 
 Options:
@@ -43,7 +44,7 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
   const dir = path.resolve(io.cwd, dirArg);
   const st = await stat(dir).catch(() => undefined);
   if (!st?.isDirectory()) throw new UsageError(`${dirArg} is not a directory`);
-  const result = await loadModel(new DirectorySource(dir), { now: io.now() });
+  const result = await loadModel(new DirectorySource(dir), { now: io.now(), sopsValues: true });
   io.stdout(formatProblems(result, flags.format as ProblemFormat, dirArg, dirArg));
   return result.valid ? EXIT.ok : EXIT.invalid;
 }

@@ -39,7 +39,7 @@ import type { ConsumerBackend, CurrentView } from '../serve/consumer-api.js';
 import { ConsumerSockets } from '../serve/consumer-sockets.js';
 import { Grants } from '../serve/grants.js';
 import { committedAuditHead } from './audit-anchor.js';
-import { lockDataDir } from './lock.js';
+import { checkDataDir, lockDataDir } from './lock.js';
 import { Receipts } from './receipts.js';
 import { AgentHub } from './agents.js';
 import { listenAgentApi, type AgentApiLimits } from '../serve/agent-api.js';
@@ -143,6 +143,7 @@ export class Daemon implements ConsumerBackend {
 
   /** Opens everything, applies the current commit, and starts the loops. Throws with a clear message when it cannot start. */
   async start(): Promise<void> {
+    await checkDataDir(this.o.dataDir);
     const keys = await loadKeys(this.o.dataDir);
     this.unlock = await lockDataDir(this.o.dataDir);
     try {

@@ -3,7 +3,7 @@
  * state store, so the daemon holds DATA_DIR/daemon.lock (created exclusively, holding its pid) while it
  * runs. A lock left by a process that no longer exists (a crash, SIGKILL) is taken over.
  */
-import { open, readFile, unlink } from 'node:fs/promises';
+import { open, readFile, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
 export class LockError extends Error {
@@ -11,6 +11,29 @@ export class LockError extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'LockError';
+  }
+}
+
+export class DataDirError extends Error {
+  readonly code = 'DATA_DIR_UNSAFE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'DataDirError';
+  }
+}
+
+/**
+ * Refuses a data directory that others may write to: whoever can create entries in it could replace
+ * the keys, or plant a symbolic link where the daemon (often root) is about to write its lock, state
+ * or admin socket. A missing directory is left to loadKeys (KEYS_MISSING). The directory itself may
+ * be a link (the operator's choice); what counts is the directory it leads to.
+ */
+export async function checkDataDir(dataDir: string): Promise<void> {
+  const st = await stat(dataDir).catch(() => undefined);
+  if (!st) return;
+  if (!st.isDirectory()) throw new DataDirError(`${dataDir} is not a directory: pass the daemon's data directory (rotor keygen DIR makes one)`);
+  if ((st.mode & 0o022) !== 0) {
+    throw new DataDirError(`${dataDir} is writable by others (mode ${(st.mode & 0o777).toString(8)}): another user could replace the keys or plant links where the daemon writes; make it the daemon's own: chmod 700 ${dataDir}`);
   }
 }
 

@@ -2,12 +2,14 @@
  * The values of `sops:` secrets: each secret's SOPS file is read from the commit being applied and
  * opened with the daemon's age identity (the file must list the daemon's recipient, next to the
  * people's who edit it), the MAC checked, and the value at `key` taken. A file that cannot be read is
- * not a reason to refuse the whole commit: that secret keeps its current version and says why.
+ * not a reason to refuse the whole commit: that secret keeps its current version and says why. So
+ * is a value SOPS left in clear (SOPS_VALUE_CLEARTEXT, as rotor-agent refuses one for its admin
+ * passwords): anyone who can read the repository can read it, so it is not served.
  */
 import type { Desired } from '../model/model.js';
 import { git } from '../git/run.js';
 import type { ManualValue } from '../rotation/engine.js';
-import { MAX_SOPS_FILE_BYTES, openSops, SopsError, sopsFormatOf } from '../sops.js';
+import { MAX_SOPS_FILE_BYTES, openSops, sopsCleartextMessage, SopsError, sopsFormatOf } from '../sops.js';
 import type { SopsValue } from '../sops.js';
 
 /** A scalar of a SOPS file as the value rotor serves: strings as they are, numbers and booleans as written. */
@@ -39,6 +41,10 @@ export async function readSopsValues(repoDir: string, commit: string, desired: D
       const text = scalarText(entry.value);
       if (text === undefined || text === '') {
         out.set(name, { error: { code: 'SOPS_VALUE_INVALID', message: `"${key}" in ${file} is ${text === '' ? 'empty' : 'not a single value (a mapping, a list, binary or null)'}; point sops.key at a non-empty string` } });
+        continue;
+      }
+      if (!entry.encrypted) {
+        out.set(name, { error: { code: 'SOPS_VALUE_CLEARTEXT', message: sopsCleartextMessage(file, key) } });
         continue;
       }
       out.set(name, { value: text });

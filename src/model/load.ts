@@ -22,10 +22,18 @@ import { alphabetOf, DB_UNSAFE, DEFAULT_LENGTH, entropyBits } from './charsets.j
 import type { Generator } from './schema-types.js';
 import { defaultStrategy, ENGINES } from './engines.js';
 import { checkCron, compileSchedule, intervalOf, isTimeZone } from '../schedule/schedule.js';
+import { MAX_SOPS_FILE_BYTES, sopsCleartextMessage, sopsFormatOf, sopsOutline } from '../sops.js';
 
 export interface LoadOptions {
   /** The current time (ms since the epoch), for checks that look at upcoming cron times. */
   readonly now: number;
+  /**
+   * Also read the SOPS file of each `sops:` secret, without a key, and refuse a value stored in clear
+   * (SOPS_VALUE_CLEARTEXT): rotor validate and rotor plan, in the pull request. The daemon leaves
+   * this out: it refuses such a value per secret, with its key (src/daemon/sops-values.ts), and
+   * applies the rest of the commit.
+   */
+  readonly sopsValues?: boolean;
 }
 
 interface Entry<T> {
@@ -179,6 +187,7 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
   for (const e of targets.values()) checkRef(e.pd, ['agent'], 'Agent', e.decl.agent, agents, mentioned.Agent, 'AGENT_UNKNOWN', r);
   const dbUsers = new Map<string, string>();
   for (const e of secrets.values()) checkSecret(e, { policies, targets, mentioned, files: listing.files, auditDir, dbUsers }, r);
+  if (options.sopsValues) await checkSopsValues(source, listing.files, secrets, r);
   const index = new NameIndex(secrets.keys());
   for (const e of consumers.values()) checkConsumer(e, index, r);
   checkUnused(policies, targets, agents, secrets, r);
@@ -433,6 +442,42 @@ function checkSecret(e: Entry<Secret>, ctx: SecretContext, r: Reporter): void {
     }
   }
   if (s.database) checkDatabase(e, ctx, r);
+}
+
+/** Bytes of SOPS files rotor validate and plan read in all (each one at most MAX_SOPS_FILE_BYTES). */
+export const SOPS_READ_BUDGET = 64 * 1024 * 1024;
+
+/**
+ * A `sops:` secret whose value is in clear in its file. Files are read one at a time, each at most
+ * MAX_SOPS_FILE_BYTES and SOPS_READ_BUDGET in all (sizes from the listing, before reading); a file
+ * beyond those, or that cannot be read or parsed, says nothing here: the daemon opens it with its
+ * key and reports what is wrong (SOPS_UNSUPPORTED, SOPS_NOT_SOPS...).
+ */
+async function checkSopsValues(source: RepoSource, files: ReadonlyMap<string, SourceFile>, secrets: ReadonlyMap<string, Entry<Secret>>, r: Reporter): Promise<void> {
+  const byFile = new Map<string, Entry<Secret>[]>();
+  for (const e of secrets.values()) {
+    const file = e.decl.sops?.file;
+    if (file === undefined || !files.has(file)) continue;
+    byFile.set(file, [...(byFile.get(file) ?? []), e]);
+  }
+  let budget = SOPS_READ_BUDGET;
+  for (const file of [...byFile.keys()].sort()) {
+    const size = files.get(file)!.size;
+    if (size > MAX_SOPS_FILE_BYTES || size > budget) continue;
+    budget -= size;
+    const text = (await source.readMany([file], { maxBytes: MAX_SOPS_FILE_BYTES })).get(file);
+    if (text === undefined || text instanceof Error) continue;
+    let outline;
+    try {
+      outline = sopsOutline(text, { format: sopsFormatOf(file), name: file });
+    } catch {
+      continue;
+    }
+    for (const e of byFile.get(file)!) {
+      const key = e.decl.sops!.key;
+      if (outline.stateOf(key) === 'clear') r.error(e.pd, ['sops', 'key'], 'SOPS_VALUE_CLEARTEXT', sopsCleartextMessage(file, key));
+    }
+  }
 }
 
 function checkGenerator(pd: ParsedDoc, path: Path, gen: Generator, s: Secret, r: Reporter): void {

@@ -67,6 +67,7 @@ export const CODES = {
   ENTROPY_TOO_LOW: 'A generator gives less than 128 bits of entropy. Make it longer, use a larger charset, or set `allowWeak: true`.',
   SOPS_FILE_INVALID: 'A `sops.file` path must be relative, inside the repository and outside the audit directory.',
   SOPS_FILE_MISSING: 'A `sops.file` does not exist in the repository.',
+  SOPS_VALUE_CLEARTEXT: 'The value at a `sops.key` is stored in clear in its file (the key matches the file\'s unencrypted_suffix or regex, or the file is not a SOPS file): make sops encrypt it, and replace the value, which is in the repository\'s history.',
   // Database credentials
   DB_SOURCE_INVALID: 'A database secret must use `generate` (a password), not `fields` or `sops`.',
   DB_CHARSET_UNSAFE: 'A database password charset contains quotes, backslashes or whitespace. Use alphanumeric, hex or base64url.',

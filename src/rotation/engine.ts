@@ -281,7 +281,7 @@ export class Engine {
         time: new Date(now).toISOString(), event: 'rotation-failed', secret: name, ...(commit ? { commit } : {}),
         detail: `${m.error.code}: ${m.error.message}; the current version stays`, stateSeq: this.o.store.seq, storeId: this.o.store.storeId,
       }]);
-      this.o.log('error', 'the SOPS file of a secret cannot be read; its current version stays', { secret: name, code: m.error.code, problem: m.error.message });
+      this.o.log('error', 'the SOPS value of a secret cannot be used; its current version stays', { secret: name, code: m.error.code, problem: m.error.message });
     }
     for (const [name, s] of before?.secrets ?? []) {
       const overlap = before?.policies.get(s.decl.policy)?.decl.overlap;
@@ -515,7 +515,7 @@ export class Engine {
   /** The value of a `sops:` secret in the applied commit. */
   private manualValue(name: string): string {
     const m = this.manual.get(name);
-    if (!m || !('value' in m)) throw Object.assign(new Error(`the SOPS file of secret "${name}" could not be read`), { code: m && 'error' in m ? m.error.code : 'SOPS_VALUE_MISSING' });
+    if (!m || !('value' in m)) throw Object.assign(new Error(`the SOPS value of secret "${name}" cannot be used`), { code: m && 'error' in m ? m.error.code : 'SOPS_VALUE_MISSING' });
     return m.value;
   }
 

@@ -4,7 +4,7 @@
  *   POST /v1/rotate   {"name": "...", "reason": "..."}  -> {"name", "version"}
  *   GET  /v1/status                                     -> the daemon's status
  */
-import { chmod, unlink } from 'node:fs/promises';
+import { chmod, lstat, unlink } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { HttpError, readJson, sendError, sendJson } from './http-json.js';
 import { listenPrivately } from './consumer-sockets.js';
@@ -53,6 +53,11 @@ export async function listenAdmin(socketPath: string, handlers: AdminHandlers): 
     })();
   });
   await listenPrivately(server, socketPath); // created 0600: never more open, not even briefly
+  // chmod follows a link: only the socket node itself (lstat) is chmod'ed.
+  if (!(await lstat(socketPath)).isSocket()) {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    throw Object.assign(new Error(`${socketPath} was replaced while the daemon made it: something else writes to the data directory; make it the daemon's own, mode 0700`), { code: 'DATA_DIR_UNSAFE' });
+  }
   await chmod(socketPath, 0o600);
   return server;
 }

@@ -10,8 +10,16 @@
  *
  * At start, sockets left by a crashed daemon are removed, but a socket some other process still
  * answers on is not: the daemon refuses to start (SOCKET_DIR_IN_USE) rather than take it over.
+ *
+ * No symbolic link is followed where the daemon (often root) changes something: SOCKET_DIR itself
+ * may not be a link (SOCKET_DIR_SYMLINK; else a link planted where the directory is expected would
+ * have its target chmod'ed 0711 and filled with sockets); it is opened with O_NOFOLLOW and checked
+ * and chmod'ed through that descriptor. A socket is given away with lchown and chmod'ed only after
+ * lstat shows the very node that was bound (same device and inode, a socket). rename, unlink and rm
+ * act on links themselves, never on their targets. The directories above SOCKET_DIR are the
+ * operator's choice and are not checked.
  */
-import { chmod, chown, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { chmod, constants, lchown, lstat, mkdir, mkdtemp, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import type { RequestListener, Server } from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -66,17 +74,39 @@ export class ConsumerSockets {
   /** Creates or checks SOCKET_DIR and clears what a crashed daemon left. */
   async open(): Promise<void> {
     const dir = this.o.dir;
-    try {
-      await mkdir(dir, { recursive: true, mode: 0o711 });
-    } catch (e) {
-      throw new SocketError('SOCKET_DIR_UNUSABLE', `cannot create the socket directory ${dir} (${(e as NodeJS.ErrnoException).code}): create it for the daemon's user, or pass another --socket-dir`);
+    const symlink = () => new SocketError('SOCKET_DIR_SYMLINK', `${dir} is a symbolic link; the daemon does not follow one to chmod its target or put sockets there: remove the link, or pass the real directory as --socket-dir`);
+    const existing = await lstat(dir).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw new SocketError('SOCKET_DIR_UNUSABLE', `cannot examine the socket directory ${dir} (${e.code}): check the permissions of its parents, or pass another --socket-dir`);
+    });
+    if (existing?.isSymbolicLink()) throw symlink();
+    if (!existing) {
+      try {
+        await mkdir(dir, { recursive: true, mode: 0o711 });
+      } catch (e) {
+        throw new SocketError('SOCKET_DIR_UNUSABLE', `cannot create the socket directory ${dir} (${(e as NodeJS.ErrnoException).code}): create it for the daemon's user, or pass another --socket-dir`);
+      }
     }
-    const st = await stat(dir);
-    const uid = process.getuid?.() ?? 0;
-    if (!st.isDirectory()) throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} is not a directory`);
-    if (st.uid !== uid) throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} belongs to uid ${st.uid}, not to the daemon's user (${uid}): use a directory of the daemon's own (--socket-dir)`);
-    if ((st.mode & 0o022) !== 0) throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}): another user could replace a socket; make it 0711 (chmod 711 ${dir})`);
-    if ((st.mode & 0o777) !== 0o711) await chmod(dir, 0o711);
+    // O_NOFOLLOW: a link put in place since the lstat is refused, not followed; what is checked and
+    // chmod'ed below is the directory this descriptor holds.
+    let fh;
+    try {
+      fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP') throw symlink();
+      if (code === 'ENOTDIR') throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} is not a directory`);
+      throw new SocketError('SOCKET_DIR_UNUSABLE', `cannot open the socket directory ${dir} (${code}): make it the daemon's, or pass another --socket-dir`);
+    }
+    try {
+      const st = await fh.stat();
+      const uid = process.getuid?.() ?? 0;
+      if (st.uid !== uid) throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} belongs to uid ${st.uid}, not to the daemon's user (${uid}): use a directory of the daemon's own (--socket-dir)`);
+      if ((st.mode & 0o022) !== 0) throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}): another user could replace a socket; make it 0711 (chmod 711 ${dir})`);
+      if ((st.mode & 0o777) !== 0o711) await fh.chmod(0o711);
+    } finally {
+      await fh.close();
+    }
     for (const entry of await readdir(dir)) {
       const p = path.join(dir, entry);
       if (entry.startsWith('.bind-')) {
@@ -137,11 +167,18 @@ export class ConsumerSockets {
       const server = boundedServer(CONSUMER_SOCKET_LIMITS, this.o.handler(spec.name));
       await listenPrivately(server, tmp);
       try {
-        await chown(tmp, spec.uid, spec.gid ?? process.getgid?.() ?? 0);
+        const bound = await lstat(tmp);
+        // lchown and an lstat before the chmod: the socket node itself, never what a link there points to.
+        await lchown(tmp, spec.uid, spec.gid ?? process.getgid?.() ?? 0);
+        const given = await lstat(tmp);
+        if (!given.isSocket() || given.ino !== bound.ino || given.dev !== bound.dev) {
+          throw new SocketError('SOCKET_DIR_UNSAFE', `${tmp} was replaced while the daemon made it: something else writes to ${this.o.dir}; give the daemon a directory of its own (--socket-dir)`);
+        }
         await chmod(tmp, 0o600);
         await rename(tmp, final);
       } catch (e) {
         await closeServer(server);
+        if (e instanceof SocketError) throw e;
         const err = e as NodeJS.ErrnoException;
         if (err.code === 'EPERM') throw new SocketError('SOCKET_CHOWN_DENIED', `cannot give ${final} to uid ${spec.uid}: serving consumers of other users needs root, or CAP_CHOWN and CAP_FOWNER (as deploy/systemd/rotor.service grants)`);
         throw e;

@@ -72,10 +72,14 @@ class NodeFile implements StoreFile {
   }
 }
 
+/**
+ * O_NOFOLLOW: the store's files are never symbolic links; a link planted in their place is refused
+ * (ELOOP, STATE_IO), not followed to truncate and write whatever it points to.
+ */
 const FLAGS = {
-  read: constants.O_RDONLY,
-  write: constants.O_RDWR,
-  create: constants.O_RDWR | constants.O_CREAT | constants.O_TRUNC,
+  read: constants.O_RDONLY | constants.O_NOFOLLOW,
+  write: constants.O_RDWR | constants.O_NOFOLLOW,
+  create: constants.O_RDWR | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW,
 } as const;
 
 export const nodeFs: StoreFs = {
