@@ -4,7 +4,11 @@
 // its /metrics (V8 heap in use) and printed as a table; after a warm-up, the heap and RSS must stay
 // flat. No error may be logged, no request may fail, the audit log on the remote must verify and hold
 // every rotation exactly once, each secret's versions without a gap.
-// Short version (CI): 100 secrets for 40 s; its memory figures are printed, not judged (too few samples).
+// Short version (CI): 100 secrets for 40 s. Its memory rows are skipped, with the reason: after the
+// warm-up each compared stretch is about 10 s (two or three samples), too short to tell a leak from the
+// collector's rhythm. They are judged when each stretch spans at least JUDGED_STRETCH_S (the full run's
+// are 150 s). PROVE_SOAK_SECONDS=N sets the length of either version (e.g. to try the memory rows in 4
+// minutes instead of 10).
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
@@ -14,6 +18,11 @@ import path from 'node:path';
 
 export const part = 7;
 export const title = 'Soak: 1,000 secrets rotating every 10 s for 10 minutes under socket load';
+
+/** The memory rows are judged when each compared stretch (a third of the samples after the warm-up) spans at least this long. */
+const JUDGED_STRETCH_S = 60;
+/** Heap in use and RSS may grow by less than this from the first to the last stretch. */
+const MAX_GROWTH = 0.2;
 
 const BIN = new URL('../dist/src/cli/main.js', import.meta.url).pathname;
 const { verifyAuditDir } = await import(new URL('../dist/src/audit/log.js', import.meta.url).href);
@@ -56,7 +65,7 @@ async function sample(pid, port) {
 
 export async function run({ short, log }) {
   const SECRETS = short ? 100 : 1000;
-  const SECONDS = short ? 40 : 600;
+  const SECONDS = Number(process.env.PROVE_SOAK_SECONDS) || (short ? 40 : 600);
   const SAMPLE_MS = short ? 4000 : 5000;
   const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-soak-'));
   let daemon;
@@ -173,6 +182,13 @@ export async function run({ short, log }) {
     const growth = (k) => low(late, k) / low(early, k) - 1;
     const heapGrowth = growth('heap');
     const rssGrowth = growth('rss');
+    // How long each compared stretch spans (from its first sample to one sample after its last).
+    const span = (xs) => xs.at(-1).t - xs[0].t + SAMPLE_MS / 1000;
+    const stretchS = Math.min(span(early), span(late));
+    const judged = warm.length >= 6 && stretchS >= JUDGED_STRETCH_S;
+    const memoryRow = (check, figure, growthOf) => (judged
+      ? { check, figure, ok: growthOf < MAX_GROWTH }
+      : { check, figure, skip: `${samples.length} samples in ${SECONDS} s: the compared stretches span ${stretchS.toFixed(0)} s each, too short to tell a leak from the collector's rhythm (judged from ${JUDGED_STRETCH_S} s each, as in the full run)` });
     const table = ['| t (s) | RSS (MiB) | heap used (MiB) | rotations | socket reads |', '|---|---|---|---|---|',
       ...samples.filter((_, i) => samples.length <= 16 || i % Math.ceil(samples.length / 20) === 0 || i === samples.length - 1)
         .map((s) => `| ${s.t} | ${s.rss.toFixed(0)} | ${s.heap.toFixed(1)} | ${s.rotations} | ${s.requests} |`)].join('\n');
@@ -183,9 +199,9 @@ export async function run({ short, log }) {
         { check: `${SECRETS} secrets, ${SECONDS} s: rotations done (audit log on the remote)`, figure: `${made} (${(made / SECONDS).toFixed(0)}/s), daemon exit ${exit.code ?? exit.signal}`, ok: made >= SECRETS * (SECONDS / 15) && exit.code === 0 },
         { check: 'audit chain verifies; versions of each secret without gap or repeat', figure: `${v.result.ok ? 'verifies' : v.result.code}; ${versions.size} secrets, ${badSeq} out of order`, ok: v.result.ok && badSeq === 0 && versions.size === SECRETS },
         { check: 'socket reads during the soak: none failed', figure: `${load.requests} reads, ${load.failures} failed`, ok: load.failures === 0 && load.requests > 0 },
-        { check: 'errors and warnings logged by the daemon', figure: `${levels.error} errors, ${levels.warn} warnings${problems ? `: ${problems}` : ''}`, ok: levels.error === 0 },
-        { check: 'memory after warm-up: heap in use, lowest of the last third vs of the first third', figure: `${low(early, 'heap').toFixed(1)} -> ${low(late, 'heap').toFixed(1)} MiB (${(heapGrowth * 100).toFixed(1)}%); ${final.heap.toFixed(1)} MiB at the end`, ok: short || heapGrowth < 0.2 },
-        { check: 'memory after warm-up: RSS, lowest of the last third vs of the first third', figure: `${low(early, 'rss').toFixed(0)} -> ${low(late, 'rss').toFixed(0)} MiB (${(rssGrowth * 100).toFixed(1)}%)`, ok: short || rssGrowth < 0.2 },
+        { check: 'no error logged by the daemon (warnings counted, not judged)', figure: `${levels.error} errors, ${levels.warn} warnings${problems ? `: ${problems}` : ''}`, ok: levels.error === 0 },
+        memoryRow(`memory after warm-up: heap in use, lowest of the last third vs of the first third, grows by less than ${MAX_GROWTH * 100}%`, `${low(early, 'heap').toFixed(1)} -> ${low(late, 'heap').toFixed(1)} MiB (${(heapGrowth * 100).toFixed(1)}%); ${final.heap.toFixed(1)} MiB at the end`, heapGrowth),
+        memoryRow(`memory after warm-up: RSS, lowest of the last third vs of the first third, grows by less than ${MAX_GROWTH * 100}%`, `${low(early, 'rss').toFixed(0)} -> ${low(late, 'rss').toFixed(0)} MiB (${(rssGrowth * 100).toFixed(1)}%)`, rssGrowth),
       ],
       details: `The daemon's memory, sampled every ${SAMPLE_MS / 1000} s (RSS from /proc, V8 heap in use from its /metrics; heap in use rises and falls with each collection, so its lowest points are the live memory):\n\n${table}`,
     };
