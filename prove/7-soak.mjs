@@ -188,7 +188,7 @@ export async function run({ short, log }) {
     const judged = warm.length >= 6 && stretchS >= JUDGED_STRETCH_S;
     const memoryRow = (check, figure, growthOf) => (judged
       ? { check, figure, ok: growthOf < MAX_GROWTH }
-      : { check, figure, skip: `${samples.length} samples in ${SECONDS} s: the compared stretches span ${stretchS.toFixed(0)} s each, too short to tell a leak from the collector's rhythm (judged from ${JUDGED_STRETCH_S} s each, as in the full run)` });
+      : { check, figure, skip: `${samples.length} samples in ${SECONDS} s: the compared stretches span ${stretchS.toFixed(0)} s each, too short to tell a leak from the collector's rhythm (judged when each spans ${JUDGED_STRETCH_S} s or more; 150 s in the full run)` });
     const table = ['| t (s) | RSS (MiB) | heap used (MiB) | rotations | socket reads |', '|---|---|---|---|---|',
       ...samples.filter((_, i) => samples.length <= 16 || i % Math.ceil(samples.length / 20) === 0 || i === samples.length - 1)
         .map((s) => `| ${s.t} | ${s.rss.toFixed(0)} | ${s.heap.toFixed(1)} | ${s.rotations} | ${s.requests} |`)].join('\n');
