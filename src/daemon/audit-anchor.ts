@@ -2,7 +2,7 @@
  * The remote's copy of the audit log as an anchor for the clone's. At start the daemon commits whatever
  * its clone's audit directory holds (entries written before a crash), so entries removed or changed
  * there after the last one the state store anchors would be committed and pushed as if the daemon had
- * written that (found by the proof of issue 7, prove/4-tamper.mjs). The remote's last entry must be in
+ * written that (found by the proof, prove/4-tamper.mjs). The remote's last entry must be in
  * the clone's log, unchanged: the daemon checks it with the entry read here.
  */
 import type { Anchor } from '../audit/verify.js';
