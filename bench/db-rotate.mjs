@@ -5,7 +5,7 @@
 // each is rotated once, one after the other, through every step: create, sealed job, long-poll, the
 // agent's login with the pending value, ALTER ROLE with a SCRAM verifier, a fresh login with the new
 // value, the report, the audit entry and the promotion. Prints the total and p50/p99 per rotation,
-// then the same for 100 rotations started at once. Target (issue 5): p50 under 250 ms.
+// then the same for 100 rotations started at once. Target: p50 under 250 ms.
 // Usage: npm run bench:db-rotate
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';

@@ -2,7 +2,7 @@
 // bench/rotate: N secrets all due at once (N = 100 and 10,000, in the same run) are rotated by the
 // daemon (engine, encrypted store, audit log), and the audit entries committed and pushed to a bare
 // remote. Prints the total time per N and the cost of one durable store write in each store after the
-// run (median of 200 single-key puts). Targets (issue 3): 10,000 in under 10 s; the write cost at
+// run (median of 200 single-key puts). Targets: 10,000 in under 10 s; the write cost at
 // 10,000 secrets within 1.5 times that at 100. Usage: npm run bench:rotate
 import { execFileSync } from 'node:child_process';
 import diagnostics_channel from 'node:diagnostics_channel';

@@ -4,7 +4,7 @@
 // body of the same size with the same headers. Both are loaded in the same run by the same load
 // generator (bench/lib/load.mjs: 32 keep-alive connections, closed loop, latencies to the microsecond),
 // alternately, three times each. Prints requests per second and p50/p99 latency, and the ratio
-// rotor/bare. Targets (issue 4): ratio >= 0.7, p99 < 2 ms.
+// rotor/bare. Targets: ratio >= 0.7, p99 < 2 ms.
 // Usage: npm run bench:socket [-- --seconds 10]
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // bench/validate: the time and peak memory of `rotor validate` on a generated repository of 10,000
 // secrets (with policies, targets, agents and consumers that match), and on hostile files.
-// Targets (issue 2): under 1.5 s and under 300 MB for 10,000 secrets; each hostile file refused in
+// Targets: under 1.5 s and under 300 MB for 10,000 secrets; each hostile file refused in
 // under a second. Usage: npm run bench:validate [-- --secrets N --runs R]
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';

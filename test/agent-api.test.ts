@@ -49,11 +49,14 @@ t.test('the agent API: signatures, replay, skew, routing of jobs and results', a
     'targets.yaml': 'kind: Target\nname: db-a\nengine: postgres\nagent: agent-a\n---\nkind: Target\nname: db-b\nengine: redis\nagent: agent-b\n',
     'secret.yaml': 'kind: Secret\nname: app/db\npolicy: p\ngenerate: { length: 32 }\ndatabase: { target: db-a, usernames: [app_blue, app_green] }\n',
   });
-  const d = await w.start({ socketDir: path.join(w.root, 'sockets'), agentListen: '127.0.0.1:0' });
+  // One clock for the daemon and the agents' signatures, standing still: the skew checks below compare
+  // timestamps to it exactly, whatever the wall clock does while the test runs.
+  const NOW = Date.parse('2026-11-26T10:00:00.000Z');
+  const d = await w.start({ socketDir: path.join(w.root, 'sockets'), agentListen: '127.0.0.1:0', now: () => NOW });
   t.teardown(() => d.stop());
   const address = d.agentAddress!;
   const daemonKey = (await loadKeys(w.dataDir)).signing;
-  const signed = (keys: Keys, agent: string, p: string, body: string, extra: { now?: number; nonce?: string } = {}) => signRequest({ agent, method: 'POST', path: p, body, privateKey: keys.signing, ...extra });
+  const signed = (keys: Keys, agent: string, p: string, body: string, extra: { now?: number; nonce?: string } = {}) => signRequest({ agent, method: 'POST', path: p, body, privateKey: keys.signing, now: NOW, ...extra });
   const call = async (keys: Keys, agent: string, p: string, body: unknown) => {
     const text = JSON.stringify(body);
     const headers = signed(keys, agent, p, text);
@@ -86,10 +89,15 @@ t.test('the agent API: signatures, replay, skew, routing of jobs and results', a
   t.equal((await post(address, AGENT_JOBS_PATH, body, h)).status, 200, 'a fresh signed request is answered');
   const replay = await post(address, AGENT_JOBS_PATH, body, h);
   t.same([replay.status, replay.body.error.code], [401, 'AGENT_REPLAY'], 'the same request again is a replay');
-  const skewed = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: Date.now() - 61_000 }));
-  t.same([skewed.status, skewed.body.error.code], [401, 'AGENT_SKEW']);
-  const ahead = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: Date.now() + 61_000 }));
-  t.equal(ahead.body.error.code, 'AGENT_SKEW');
+  // The limit is 60 s either way (DEFAULT_MAX_SKEW_MS), on the daemon's clock: 60 s is still accepted, 60.001 s is not.
+  const atLimit = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW - 60_000 }));
+  t.equal(atLimit.status, 200, 'a request signed 60 s behind the daemon\'s clock is answered');
+  const skewed = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW - 60_001 }));
+  t.same([skewed.status, skewed.body.error.code], [401, 'AGENT_SKEW'], 'one ms more behind is refused');
+  const aheadAtLimit = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW + 60_000 }));
+  t.equal(aheadAtLimit.status, 200, 'a request signed 60 s ahead is answered');
+  const ahead = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW + 60_001 }));
+  t.same([ahead.status, ahead.body.error.code], [401, 'AGENT_SKEW'], 'one ms more ahead is refused');
   const altered = await post(address, AGENT_JOBS_PATH, JSON.stringify({ wait: 1 }), signed(a, 'agent-a', AGENT_JOBS_PATH, body));
   t.equal(altered.body.error.code, 'AGENT_BODY_ALTERED');
   const unsigned = await post(address, AGENT_JOBS_PATH, body, {});

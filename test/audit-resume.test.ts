@@ -1,7 +1,7 @@
 /**
  * Resuming a verification (ChainVerifier `from` and addFile's `firstLine`): checking the rest of a log
  * from a verified state gives exactly the result of checking the whole log, good or bad, with the same
- * file, line and code. The proof of issue 7 (prove/6-audit-chain.mjs) relies on this to check every
+ * file, line and code. The proof (prove/6-audit-chain.mjs) relies on this to check every
  * single tampering of a 10,000-entry log without re-reading the lines before it.
  */
 import t from 'tap';

@@ -1,5 +1,5 @@
 /**
- * The remote anchors the clone's audit log (found by the proof of issue 7, prove/4-tamper.mjs): entries
+ * The remote anchors the clone's audit log (found by the proof, prove/4-tamper.mjs): entries
  * removed from or changed in the clone after the last one the state store anchors (here the
  * config-applied entry of a start) were committed at the next start and pushed as the daemon's own, and
  * a new entry took the removed one's seq. The daemon must refuse to start instead, and push nothing.

@@ -1,5 +1,5 @@
 /**
- * Crash tests of database rotation (issue 5): the daemon, and separately the agent, killed with SIGKILL
+ * Crash tests of database rotation: the daemon, and separately the agent, killed with SIGKILL
  * at every step boundary of a PostgreSQL rotation, then restarted: the value served as current logs in
  * to the database, every time.
  *

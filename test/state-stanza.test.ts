@@ -1,5 +1,5 @@
 /**
- * A damaged recipient stanza in snapshot.age (found by the proof of issue 7, prove/4-tamper.mjs): age
+ * A damaged recipient stanza in snapshot.age (found by the proof, prove/4-tamper.mjs): age
  * reports it as "no identity matched", as it does for the wrong identity. The store must say that the
  * snapshot is damaged (STATE_CORRUPT), since log.bin beside it opens with the same identity; the wrong
  * identity stays STATE_KEY.

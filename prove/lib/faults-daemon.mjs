@@ -1,4 +1,4 @@
-// A rotor daemon in its own process, for the proofs of issue 7 (started by faults-world.mjs): the real
+// A rotor daemon in its own process, for the proofs (started by faults-world.mjs): the real
 // Daemon from dist/, with the injected file-system layers of faults-fs.mjs under its state store and
 // its audit log, and whatever PATH (the git wrapper) its parent gave it. Logs go to stderr (a file).
 // The parent steers it over the IPC channel:

@@ -1,4 +1,4 @@
-// Injected file-system layers for the proofs of issue 7: a StoreFs (src/state/fs.ts) and an AuditFs
+// Injected file-system layers for the proofs (parts 1-3): a StoreFs (src/state/fs.ts) and an AuditFs
 // (src/audit/log.ts) that pass every call through to the real ones (node:fs), except that writes and
 // fsyncs fail or stall as a FaultPlan says. The daemon takes them as DaemonOptions.storeFs / auditFs:
 // injection through the layers the store and the log already have, no branch in src/.

@@ -5,6 +5,12 @@
 // hits fail before git runs, half after it ran (the push landed, the commit was made, but the caller
 // sees an error, as when a connection breaks after the remote updated). Everything else goes to the
 // real git untouched. Counts come from CTL/faults.log and CTL/calls.log, one line per event.
+//
+// Races (race(remote, n)): before the next n pushes of the daemon, never two in a row, another writer
+// (a clone of its own, CTL/racer, with the real git) commits docs/racer.txt and pushes it to the remote
+// first. The daemon's push that follows is then certain to be rejected as non-fast-forward: it must
+// fetch, put its audit commits on top and push again, never force. A force-push would drop the racer's
+// commit, which the proof looks for on the remote (racerCommits), and show in the remote's reflog.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -22,10 +28,39 @@ for a in "$@"; do
     *) sub="$a"; break ;;
   esac
 done
+# Another writer's push, just before this one of the daemon (see race() below): the racer's clone is
+# brought up to date, gets one commit and pushes it, retried until it lands (up to 50 times).
+race_push() (
+  unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_CONFIG_PARAMETERS GIT_CONFIG_COUNT
+  export GIT_AUTHOR_NAME=racer GIT_AUTHOR_EMAIL=racer@rotor.invalid GIT_COMMITTER_NAME=racer GIT_COMMITTER_EMAIL=racer@rotor.invalid
+  export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0
+  real=${JSON.stringify(realGit)}
+  cd "$CTL/racer" || exit 1
+  n=$(( $(cat "$CTL/racer-commits" 2>/dev/null || echo 0) + 1 ))
+  mkdir -p docs && printf 'racer commit %s\\n' "$n" >> docs/racer.txt
+  "$real" add docs/racer.txt && "$real" commit -q -m "racer commit $n" || exit 1
+  for attempt in $(seq 1 50); do
+    if "$real" pull -q --rebase origin main >/dev/null 2>&1 && "$real" push -q origin HEAD:refs/heads/main >/dev/null 2>&1; then
+      echo "$n" > "$CTL/racer-commits"
+      exit 0
+    fi
+  done
+  exit 1
+)
 case "$sub" in
   commit|push|fetch)
     printf '%s\\n' "$sub" >> "$CTL/calls.log"
-    if [ "$sub" = push ]; then printf '%s\\n' "$*" >> "$CTL/push-args.log"; fi
+    if [ "$sub" = push ]; then
+      printf '%s\\n' "$*" >> "$CTL/push-args.log"
+      left=$(cat "$CTL/race" 2>/dev/null || echo 0)
+      if [ "$left" -gt 0 ] && [ ! -e "$CTL/raced-last" ]; then
+        echo $((left - 1)) > "$CTL/race"
+        touch "$CTL/raced-last"
+        if race_push; then printf 'raced\\n' >> "$CTL/races.log"; else printf 'racer failed\\n' >> "$CTL/races.log"; fi
+      else
+        rm -f "$CTL/raced-last"
+      fi
+    fi
     rate=$(cat "$CTL/rate" 2>/dev/null || echo 0)
     since=$(cat "$CTL/since" 2>/dev/null || echo 0)
     # at random, and at the latest after twice the mean gap (so that a short run sees faults too)
@@ -71,6 +106,15 @@ export function gitFaults(dir) {
     calls: () => tally('calls.log'),
     /** The argument lists of every push the daemon ran. */
     pushes: () => lines('push-args.log'),
+    /** Another writer pushes just before each of the daemon's next `n` pushes (never two in a row). */
+    race(remote, n) {
+      execFileSync('git', ['clone', '-q', remote, path.join(dir, 'racer')], { env: { ...process.env, GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null' }, stdio: 'ignore' });
+      writeFileSync(path.join(dir, 'race'), `${n}\n`);
+    },
+    /** Races run: { raced, failed } (failed: the racer could not land its commit). */
+    races: () => ({ raced: lines('races.log').filter((l) => l === 'raced').length, failed: lines('races.log').filter((l) => l === 'racer failed').length }),
+    /** The racer's commits that landed ("racer commit N", N = 1..). */
+    racerCommits: () => Number(existsSync(path.join(dir, 'racer-commits')) ? readFileSync(path.join(dir, 'racer-commits'), 'utf8').trim() : 0),
   };
 }
 

@@ -1,5 +1,5 @@
-// The world of the proofs of issue 7, parts 1-3: a bare remote (that refuses non-fast-forward pushes
-// and keeps a reflog), a person's clone with the declarations, a data directory with keys, the daemon
+// The world of the proofs, parts 1-3: a bare remote (that accepts non-fast-forward pushes, so that a
+// force-push would land and show, and keeps a reflog of every update), a person's clone with the declarations, a data directory with keys, the daemon
 // in its own process (faults-daemon.mjs), a consumer reading through its socket, and the checks run
 // afterwards on what is on disk: the audit log (local and remote), the state store, what was served.
 // Values are kept in memory only as long as the run needs them, and never printed.
@@ -54,9 +54,11 @@ export async function waitFor(fn, { timeoutMs, everyMs = 200 }) {
 }
 
 /**
- * A bare remote with `files` on main (receive.denyNonFastForwards: a force-push would be refused and
- * seen; core.logAllRefUpdates: every update of main is in the reflog), a person's clone of it, and a
- * data directory with the daemon's keys.
+ * A bare remote with `files` on main, a person's clone of it, and a data directory with the daemon's
+ * keys. The remote accepts non-fast-forward pushes (receive.denyNonFastForwards false, as many hosted
+ * remotes do for unprotected branches): a force-push by rotor would land, not be refused, and then show
+ * in the reflog (core.logAllRefUpdates: every update of main, with its old and new head) and as other
+ * writers' commits missing. gc.auto 0: nothing is pruned or expired while the proof runs.
  */
 export async function makeWorld(prefix, files) {
   const root = mkdtempSync(path.join(os.tmpdir(), `rotor-prove-${prefix}-`));
@@ -71,9 +73,10 @@ export async function makeWorld(prefix, files) {
   git(person, 'commit', '-q', '-m', 'declarations');
   const remote = path.join(root, 'remote.git');
   git(root, 'clone', '-q', '--bare', person, remote);
-  git(remote, 'config', 'receive.denyNonFastForwards', 'true');
+  git(remote, 'config', 'receive.denyNonFastForwards', 'false');
   git(remote, 'config', 'receive.denyDeletes', 'true');
   git(remote, 'config', 'core.logAllRefUpdates', 'always');
+  git(remote, 'config', 'gc.auto', '0');
   git(person, 'remote', 'add', 'origin', remote);
   const dataDir = path.join(root, 'data');
   await generateKeys(dataDir);
@@ -271,6 +274,11 @@ export async function remoteAudit(w, name = 'check') {
   return { verified: v.result, entries };
 }
 
+/** The daemon's clone's audit log, verified with src/audit's verifier (from its first line). */
+export async function localAudit(w) {
+  return (await verifyAuditDir(path.join(w.dataDir, 'repo', 'audit'))).result;
+}
+
 /** The highest seq on the remote's main right now (reads the bare repository, cheap enough to poll). */
 export function remoteSeq(w) {
   const files = git(w.remote, 'ls-tree', '--name-only', 'main', 'audit/').split('\n').filter((f) => f.endsWith('.jsonl')).sort();
@@ -329,18 +337,43 @@ export function seqProblems(entries) {
   return out.slice(0, 5);
 }
 
-/** The remote's reflog of main: every update must be a fast-forward of the one before. */
+/**
+ * The remote's reflog of main (logs/refs/heads/main: one line per update, "OLD NEW who when\tmessage"):
+ * each update's old head must be an ancestor of its new one (a fast-forward; the remote accepts others,
+ * so a force-push would be here), and each must start where the one before ended (none missing).
+ * Returns { updates, forced, gaps, examples }.
+ */
 export function forcedUpdates(w) {
-  const lines = git(w.remote, 'reflog', 'show', '--format=%H', 'refs/heads/main').split('\n').filter(Boolean).reverse();
-  let forced = 0;
-  for (let i = 1; i < lines.length; i++) {
-    try {
-      git(w.remote, 'merge-base', '--is-ancestor', lines[i - 1], lines[i]);
-    } catch {
-      forced++;
-    }
+  const file = path.join(w.remote, 'logs', 'refs', 'heads', 'main');
+  let text = '';
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return { updates: 0, forced: 0, gaps: 0, examples: [`no reflog at ${file}`] };
   }
-  return { updates: lines.length, forced };
+  const ZERO = /^0+$/;
+  let forced = 0;
+  let gaps = 0;
+  let prev;
+  const examples = [];
+  const lines = text.split('\n').filter(Boolean);
+  for (const line of lines) {
+    const [oldHead, newHead] = line.split(' ');
+    if (prev !== undefined && oldHead !== prev) {
+      gaps++;
+      if (examples.length < 3) examples.push(`an update from ${oldHead.slice(0, 12)}, but main was at ${prev.slice(0, 12)}`);
+    }
+    if (!ZERO.test(oldHead)) {
+      try {
+        git(w.remote, 'merge-base', '--is-ancestor', oldHead, newHead);
+      } catch {
+        forced++;
+        if (examples.length < 3) examples.push(`${oldHead.slice(0, 12)} -> ${newHead.slice(0, 12)} is not a fast-forward (${line.split('\t')[1] ?? ''})`);
+      }
+    }
+    prev = newHead;
+  }
+  return { updates: lines.length, forced, gaps, examples };
 }
 
 /** "a 3, b 1" from a count object, largest first. */

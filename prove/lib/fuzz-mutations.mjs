@@ -387,3 +387,32 @@ export function describe(m, target) {
 export function kindsOf(m) {
   return [...m.structured.map((o) => `yaml:${o.kind}`), ...m.text.map((o) => `text:${o.kind}`), ...m.files.map((o) => `file:${o.kind}`)];
 }
+
+/** Every kind of edit a mutation can make (kindsOf's names): the fuzzer must have made each. */
+export const EDIT_KINDS = [
+  ...['set', 'delete', 'rename', 'duplicate-key', 'add-key', 'alias', 'retype', 'style', 'copy-doc', 'drop-doc', 'swap-values'].map((k) => `yaml:${k}`),
+  ...['flip', 'delete', 'insert', 'dup-line', 'swap-lines', 'indent', 'truncate', 'huge', 'deep-flow', 'deep-block', 'alias-bomb', 'line-ends', 'bom', 'documents', 'directive', 'bad-utf8'].map((k) => `text:${k}`),
+  ...['drop-file', 'copy-file', 'rename-file', 'empty-file'].map((k) => `file:${k}`),
+];
+
+/**
+ * Targeted hostile inputs, one per limit or check the loader must answer with its code: loaded before
+ * the random cases, in the short run as in the full one, so that a limit that stopped working fails
+ * every run (the random cases reach the rarer codes only by chance in a short run). Each edits a copy
+ * of the repository: `edit(files)` (a Map of path -> Buffer).
+ */
+export const TARGETED = [
+  { code: 'FILE_TOO_LARGE', what: 'a file of 1 MiB + 1 byte', edit: (f) => f.set('hostile.yaml', Buffer.from(`description: ${'x'.repeat(1024 * 1024 - 13)}\n`)) },
+  { code: 'FILE_NOT_UTF8', what: 'a byte 0xff in a name', edit: (f) => f.set('hostile.yaml', Buffer.concat([Buffer.from('kind: Policy\nname: a'), Buffer.from([0xff]), Buffer.from('\nevery: 30d\n')])) },
+  { code: 'YAML_SYNTAX', what: 'an unclosed flow sequence', edit: (f) => f.set('hostile.yaml', Buffer.from('kind: Policy\nname: [a, b\nevery: 30d\n')) },
+  { code: 'YAML_DUPLICATE_KEY', what: 'name given twice', edit: (f) => f.set('hostile.yaml', Buffer.from('kind: Policy\nname: a\nname: b\nevery: 30d\n')) },
+  { code: 'YAML_ALIAS_LIMIT', what: 'a billion laughs (10 aliases to 10 aliases, 9 levels)', edit: (f) => {
+    let bomb = 'kind: Policy\nname: bomb\nevery: 30d\nb0: &b0 [lol]\n';
+    for (let l = 1; l <= 9; l++) bomb += `b${l}: &b${l} [${Array.from({ length: 10 }, () => `*b${l - 1}`).join(', ')}]\n`;
+    f.set('hostile.yaml', Buffer.from(bomb));
+  } },
+  { code: 'YAML_TOO_DEEP', what: '5,000 nested flow sequences', edit: (f) => f.set('hostile.yaml', Buffer.from(`kind: Policy\nname: deep\nevery: 30d\ndeep: ${'['.repeat(5000)}${']'.repeat(5000)}\n`)) },
+  { code: 'YAML_TOO_MANY_DOCUMENTS', what: '20,000 empty documents', edit: (f) => f.set('hostile.yaml', Buffer.from('---\n'.repeat(20_000))) },
+  { code: 'SCHEMA_TYPE', what: 'retain: a list', edit: (f) => f.set('hostile.yaml', Buffer.from('kind: Policy\nname: typed\nevery: 30d\nretain: [3]\n')) },
+  { code: 'CONFIG_MISSING', what: 'rotor.yaml removed', edit: (f) => f.delete('rotor.yaml') },
+];

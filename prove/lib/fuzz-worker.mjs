@@ -1,18 +1,20 @@
 // The loader fuzzer's worker thread (started by prove/5-fuzz.mjs, which watches it for hangs): loads
-// `runs` mutated copies of the repository in workerData.dir with the real loader (dist/), checking each
+// the targeted hostile inputs (fuzz-mutations.mjs, TARGETED; when workerData.targeted), then `runs`
+// mutated copies of the repository in workerData.dir, with the real loader (dist/), checking each
 // result, under fast-check (a failure is shrunk to a smallest case). Messages to the parent:
-//   { type: 'case', n, desc }   a case is about to be loaded (the parent's watchdog restarts)
-//   { type: 'done', stats }     the summary (see `stats` below); stats.failure is set when a check failed
+//   { type: 'case', n, desc }     load n is about to start (the parent's watchdog starts its deadline)
+//   { type: 'returned', n }       load n returned or threw (the parent counts it finished)
+//   { type: 'done', stats }       the summary (see `stats` below); stats.failure is set when a check failed
 import { parentPort, workerData } from 'node:worker_threads';
 import fc from 'fast-check';
 import { dist } from './harness.mjs';
-import { applyMutation, describe, kindsOf, mutation } from './fuzz-mutations.mjs';
+import { applyMutation, describe, kindsOf, mutation, TARGETED } from './fuzz-mutations.mjs';
 import { MemorySource, readTree } from './memory-source.mjs';
 
 const { loadModel } = await dist('src/model/load.js');
 const { CODES } = await dist('src/model/problems.js');
 
-const { dir, runs, seed } = workerData;
+const { dir, runs, seed, targeted } = workerData;
 // Warnings the loader's libraries print on the process (stderr): counted, not printed.
 const processWarnings = { count: 0, example: '' };
 process.emitWarning = (w) => {
@@ -36,6 +38,8 @@ const stats = {
   kinds: {},
   pastEnd: { count: 0, example: '' },
   failure: undefined,
+  /** The targeted inputs: { code, what, got: [error codes], error? }. */
+  targeted: [],
 };
 
 /** Lines of a file as an editor shows them (\n, \r\n and a lone \r each end one). */
@@ -50,39 +54,61 @@ function lineCount(buf) {
 
 let failed = false;
 let n = 0;
-const property = fc.asyncProperty(mutation, async (m) => {
-  const { files, target, unwritable } = applyMutation(base, m);
-  const desc = describe(m, target);
-  parentPort.postMessage({ type: 'case', n: ++n, desc });
+
+/**
+ * Loads one repository and checks the result: never a throw; every error problem with a file, a line
+ * and a column >= 1; every problem with a known code and a one-line message; valid = no errors.
+ * Throws an Error naming the first violation. Returns { r, errors, took }.
+ */
+async function loadAndCheck(files, desc) {
+  const id = ++n;
+  parentPort.postMessage({ type: 'case', n: id, desc });
   const t0 = performance.now();
   let r;
   try {
     r = await loadModel(new MemorySource(files), { now: NOW });
   } catch (e) {
-    failed = true;
     throw new Error(`loadModel threw ${e?.name ?? typeof e}: ${String(e?.message ?? e).split('\n')[0].slice(0, 200)}`);
+  } finally {
+    parentPort.postMessage({ type: 'returned', n: id });
   }
   const took = performance.now() - t0;
   const errors = r.problems.filter((p) => p.severity === 'error');
   for (const p of r.problems) {
     const where = `${p.code} at ${JSON.stringify(p.file)}:${p.line}:${p.col}`;
     if (p.severity === 'error' && (typeof p.file !== 'string' || p.file === '' || !Number.isSafeInteger(p.line) || p.line < 1 || !Number.isSafeInteger(p.col) || p.col < 1)) {
-      failed = true;
       throw new Error(`an error problem without a file and a line: ${where}`);
     }
-    if (!(p.code in CODES)) {
-      failed = true;
-      throw new Error(`a problem with an unknown code: ${where}`);
-    }
-    if (typeof p.message !== 'string' || p.message === '' || /[\n\r]/.test(p.message)) {
-      failed = true;
-      throw new Error(`a problem whose message is empty or not one line: ${where}`);
-    }
+    if (!(p.code in CODES)) throw new Error(`a problem with an unknown code: ${where}`);
+    if (typeof p.message !== 'string' || p.message === '' || /[\n\r]/.test(p.message)) throw new Error(`a problem whose message is empty or not one line: ${where}`);
   }
-  if (r.valid !== (errors.length === 0)) {
+  if (r.valid !== (errors.length === 0)) throw new Error(`valid is ${r.valid} with ${errors.length} errors`);
+  return { r, errors, took };
+}
+
+// The targeted inputs first (in one worker): each must be refused with its code (and pass the same checks).
+for (const t of targeted ? TARGETED : []) {
+  const files = new Map(base);
+  t.edit(files);
+  try {
+    const { errors } = await loadAndCheck(files, `targeted: ${t.what} (${t.code})`);
+    stats.targeted.push({ code: t.code, what: t.what, got: [...new Set(errors.map((p) => p.code))] });
+  } catch (e) {
+    stats.targeted.push({ code: t.code, what: t.what, got: [], error: e.message });
+  }
+}
+
+const property = fc.asyncProperty(mutation, async (m) => {
+  const { files, target, unwritable } = applyMutation(base, m);
+  const desc = describe(m, target);
+  let checked;
+  try {
+    checked = await loadAndCheck(files, desc);
+  } catch (e) {
     failed = true;
-    throw new Error(`valid is ${r.valid} with ${errors.length} errors`);
+    throw e;
   }
+  const { r, errors, took } = checked;
   if (failed) return; // shrinking: the summary counts the search only
   stats.cases++;
   stats.times.push(took);

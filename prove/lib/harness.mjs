@@ -1,15 +1,19 @@
-// The proof harness of issue 7, shared by prove/run.mjs (the command) and test/prove.test.ts (CI's short
-// run): finding the part modules, checking that each keeps the contract, running them, and printing
-// their rows. No part knows about another.
+// The proof harness, shared by prove/run.mjs (the command) and test/prove.test.ts (CI's short run):
+// finding the part modules, checking that each keeps the contract, running them, and printing their
+// rows. No part knows about another.
 //
 // A part is a file prove/N-name.mjs (N its number) that exports
 //   export const part = 4;                      // the same N
 //   export const title = 'State tampering';
-//   export async function run({ short, log }) { return { rows: [{ check, figure, ok }], details? }; }
+//   export async function run({ short, log }) { return { rows: [{ check, figure, ok } | { check, figure, skip }], details? }; }
 // (details: optional markdown, e.g. the soak's memory curve, written to RESULTS.md under the table)
 // `short` asks for the version CI runs (well under a minute); `log(text)` reports progress (stderr in the
 // command, a comment in the test). A row is one claim: what was checked, the figure measured (counts,
-// times: a string), and whether the claim held. A part that throws fails as one row naming the error.
+// times: a string), and either whether the claim held (`ok`, a boolean that must be able to be false:
+// a claim about zero cases does not hold) or why it was not checked in this run (`skip`, the reason, a
+// non-empty string). A skipped row is never counted as held: the table says "skipped", the command
+// prints how many, and test/prove.test.ts reports it to tap as a skip. A part that throws fails as one
+// row naming the error.
 // Parts import the built code from dist/ (build first), never from src/.
 import { readdir } from 'node:fs/promises';
 import os from 'node:os';
@@ -59,14 +63,27 @@ export async function loadPart(entry) {
   return mod;
 }
 
+/** Whether a row is well formed: { check, figure, ok: boolean } or { check, figure, skip: reason }, not both. */
+export function validRow(r) {
+  if (typeof r?.check !== 'string' || r.check === '' || typeof r.figure !== 'string') return false;
+  if ('skip' in r) return !('ok' in r) && typeof r.skip === 'string' && r.skip.trim() !== '';
+  return typeof r.ok === 'boolean';
+}
+
 function checkRows(result, name) {
   if (!result || !Array.isArray(result.rows) || result.rows.length === 0) throw new Error(`${name}: run() returned no rows`);
   for (const r of result.rows) {
-    if (typeof r?.check !== 'string' || typeof r.figure !== 'string' || typeof r.ok !== 'boolean') {
-      throw new Error(`${name}: a row is not { check: string, figure: string, ok: boolean }: ${JSON.stringify(r)?.slice(0, 200)}`);
+    if (!validRow(r)) {
+      throw new Error(`${name}: a row is not { check: string, figure: string, ok: boolean } nor { check: string, figure: string, skip: reason }: ${JSON.stringify(r)?.slice(0, 200)}`);
     }
   }
   return result.rows;
+}
+
+/** The rows of results that failed, held and were skipped: { failed, held, skipped } (arrays of rows). */
+export function outcome(results) {
+  const rows = results.flatMap((r) => r.rows);
+  return { failed: rows.filter((row) => !('skip' in row) && !row.ok), held: rows.filter((row) => !('skip' in row) && row.ok), skipped: rows.filter((row) => 'skip' in row) };
 }
 
 /**
@@ -93,10 +110,16 @@ function cell(text) {
   return String(text).replace(/\r?\n/g, ' ').replace(/\|/g, '\\|');
 }
 
-/** The markdown table of the results: | part | check | figure | result |. */
+/** The markdown table of the results: | part | check | figure | result | (a skipped row: its reason as the figure). */
 export function table(results) {
   const lines = ['| part | check | figure | result |', '|---|---|---|---|'];
-  for (const r of results) for (const row of r.rows) lines.push(`| ${r.part} | ${cell(row.check)} | ${cell(row.figure)} | ${row.ok ? 'ok' : '**FAILED**'} |`);
+  for (const r of results) {
+    for (const row of r.rows) {
+      const skipped = 'skip' in row;
+      const figure = skipped ? `${row.figure ? `${row.figure}; ` : ''}not checked: ${row.skip}` : row.figure;
+      lines.push(`| ${r.part} | ${cell(row.check)} | ${cell(figure)} | ${skipped ? 'skipped' : row.ok ? 'ok' : '**FAILED**'} |`);
+    }
+  }
   return lines.join('\n');
 }
 
