@@ -1,7 +1,7 @@
 /**
  * The state store's contract: a durable, encrypted key-value store of JSON values with atomic batches
  * and a generation counter. The rotation logic sees only this interface, so that a PostgreSQL-backed
- * store (DESIGN.md, "Beyond one machine") can be added without touching it.
+ * store for several daemons can be added without touching it.
  */
 
 /** A JSON value as stored. */
