@@ -14,12 +14,13 @@
 // Usage: npm run bench:agent-flood [-- --connections 1000 --body 1048576 --addresses 20 --rounds 1]
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { benchRemote } from './lib/remote.mjs';
 
 const { values: opts } = parseArgs({ options: { connections: { type: 'string', default: '1000' }, body: { type: 'string', default: String(1024 * 1024) }, addresses: { type: 'string', default: '20' }, rounds: { type: 'string', default: '1' } } });
 const ROUNDS = Number(opts.rounds);
@@ -30,7 +31,6 @@ const DIST = new URL('../dist/', import.meta.url).pathname;
 const BIN = path.join(DIST, 'src/cli/main.js');
 const { signRequest, newNonce } = await import(path.join(DIST, 'src/protocol/sign.js'));
 const { loadKeys } = await import(path.join(DIST, 'src/keys.js'));
-const git = (cwd, ...args) => execFileSync('git', ['-c', 'user.name=bench', '-c', 'user.email=b@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-bench-flood-'));
 let daemon;
@@ -43,17 +43,12 @@ process.on('exit', () => {
 const agentDir = path.join(root, 'agent-keys');
 execFileSync(process.execPath, [BIN, 'keygen', agentDir], { stdio: 'ignore' });
 const agentKeys = await loadKeys(agentDir);
-const work = path.join(root, 'work');
-mkdirSync(work);
-writeFileSync(path.join(work, 'rotor.yaml'), 'kind: Config\nsync: { interval: 1d }\n');
-writeFileSync(path.join(work, 'policy.yaml'), 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n');
-writeFileSync(path.join(work, 'agent.yaml'), `kind: Agent\nname: db-host-1\nsigningKey: "${agentKeys.signingKey}"\nrecipient: ${agentKeys.recipient}\n---\nkind: Target\nname: pg\nengine: postgres\nagent: db-host-1\n`);
-writeFileSync(path.join(work, 'secret.yaml'), 'kind: Secret\nname: app/db\npolicy: monthly\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [app_blue, app_green] }\n');
-git(work, 'init', '-q', '-b', 'main');
-git(work, 'add', '-A');
-git(work, 'commit', '-q', '-m', 'bench');
-const remote = path.join(root, 'remote.git');
-git(root, 'clone', '-q', '--bare', work, remote);
+const remote = benchRemote(root, {
+  'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
+  'policy.yaml': 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n',
+  'agent.yaml': `kind: Agent\nname: db-host-1\nsigningKey: "${agentKeys.signingKey}"\nrecipient: ${agentKeys.recipient}\n---\nkind: Target\nname: pg\nengine: postgres\nagent: db-host-1\n`,
+  'secret.yaml': 'kind: Secret\nname: app/db\npolicy: monthly\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [app_blue, app_green] }\n',
+});
 const dataDir = path.join(root, 'data');
 execFileSync(process.execPath, [BIN, 'keygen', dataDir], { stdio: 'ignore' });
 

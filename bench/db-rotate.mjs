@@ -7,10 +7,10 @@
 // value, the report, the audit entry and the promotion. Prints the total and p50/p99 per rotation,
 // then the same for 100 rotations started at once. Target: p50 under 250 ms.
 // Usage: npm run bench:db-rotate
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { benchRemote } from './lib/remote.mjs';
 
 const dist = (p) => new URL(`../dist/${p}`, import.meta.url).href;
 const { Daemon } = await import(dist('src/daemon/daemon.js'));
@@ -23,7 +23,6 @@ const N = 100;
 const cleanups = [];
 const fakeT = { teardown: (fn) => cleanups.push(fn), fail: (m) => { throw new Error(m); }, skip: (m) => { throw new Error(m); } };
 const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-bench-db-'));
-const git = (cwd, ...args) => execFileSync('git', ['-c', 'user.name=bench', '-c', 'user.email=b@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
 const pct = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
 
 try {
@@ -35,17 +34,12 @@ try {
 
   await generateKeys(path.join(root, 'agent-keys'));
   const agentKeys = await loadKeys(path.join(root, 'agent-keys'));
-  const work = path.join(root, 'work');
-  mkdirSync(work);
-  writeFileSync(path.join(work, 'rotor.yaml'), 'kind: Config\nsync: { interval: 1d }\n');
-  writeFileSync(path.join(work, 'policy.yaml'), 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n');
-  writeFileSync(path.join(work, 'db.yaml'), `kind: Agent\nname: db-host\nsigningKey: "${agentKeys.signingKey}"\nrecipient: ${agentKeys.recipient}\n---\nkind: Target\nname: pg\nengine: postgres\nagent: db-host\n`);
-  writeFileSync(path.join(work, 'secrets.yaml'), Array.from({ length: N }, (_, i) => `kind: Secret\nname: app/db-${i}\npolicy: monthly\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [u${i}_a, u${i}_b] }\n`).join('---\n'));
-  git(work, 'init', '-q', '-b', 'main');
-  git(work, 'add', '-A');
-  git(work, 'commit', '-q', '-m', 'bench');
-  const remote = path.join(root, 'remote.git');
-  git(root, 'clone', '-q', '--bare', work, remote);
+  const remote = benchRemote(root, {
+    'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
+    'policy.yaml': 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n',
+    'db.yaml': `kind: Agent\nname: db-host\nsigningKey: "${agentKeys.signingKey}"\nrecipient: ${agentKeys.recipient}\n---\nkind: Target\nname: pg\nengine: postgres\nagent: db-host\n`,
+    'secrets.yaml': Array.from({ length: N }, (_, i) => `kind: Secret\nname: app/db-${i}\npolicy: monthly\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [u${i}_a, u${i}_b] }\n`).join('---\n'),
+  });
   const dataDir = path.join(root, 'data');
   await generateKeys(dataDir);
   const log = (level, msg, f) => { if (process.env.BENCH_DEBUG) console.error(level, msg, JSON.stringify(f)); };

@@ -6,33 +6,28 @@
 // 10,000 secrets within 1.5 times that at 100. Usage: npm run bench:rotate
 import { execFileSync } from 'node:child_process';
 import diagnostics_channel from 'node:diagnostics_channel';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { benchRemote } from './lib/remote.mjs';
 
 const dist = (p) => new URL(`../dist/src/${p}`, import.meta.url).href;
 const { Daemon } = await import(dist('daemon/daemon.js'));
 const { generateKeys, loadKeys } = await import(dist('keys.js'));
 const { openStore } = await import(dist('state/store.js'));
 
-const git = (cwd, ...args) => execFileSync('git', ['-c', 'user.name=bench', '-c', 'user.email=b@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function scenario(n) {
   const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-bench-rotate-'));
   try {
-    const work = path.join(root, 'work');
-    mkdirSync(work);
-    writeFileSync(path.join(work, 'rotor.yaml'), 'kind: Config\nsync: { interval: 1d }\n');
-    writeFileSync(path.join(work, 'policy.yaml'), 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n');
     const docs = [];
     for (let i = 0; i < n; i++) docs.push(`kind: Secret\nname: team-${i % 100}/secret-${i}\npolicy: monthly\ngenerate: { length: 32 }\n`);
-    writeFileSync(path.join(work, 'secrets.yaml'), docs.join('---\n'));
-    git(work, 'init', '-q', '-b', 'main');
-    git(work, 'add', '-A');
-    git(work, 'commit', '-q', '-m', 'secrets');
-    const remote = path.join(root, 'remote.git');
-    git(root, 'clone', '-q', '--bare', work, remote);
+    const remote = benchRemote(root, {
+      'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
+      'policy.yaml': 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n',
+      'secrets.yaml': docs.join('---\n'),
+    });
     const dataDir = path.join(root, 'data');
     await generateKeys(dataDir);
     let clock = Date.now();

@@ -7,18 +7,18 @@
 // rotor/bare. Targets: ratio >= 0.7, p99 < 2 ms.
 // Usage: npm run bench:socket [-- --seconds 10]
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { load as generate } from './lib/load.mjs';
+import { benchRemote } from './lib/remote.mjs';
 
 const { values: opts } = parseArgs({ options: { seconds: { type: 'string', default: '10' }, connections: { type: 'string', default: '32' } } });
 const SECONDS = Number(opts.seconds);
 const CONNECTIONS = Number(opts.connections);
 const BIN = new URL('../dist/src/cli/main.js', import.meta.url).pathname;
-const git = (cwd, ...args) => execFileSync('git', ['-c', 'user.name=bench', '-c', 'user.email=b@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-bench-socket-'));
 const children = [];
@@ -46,17 +46,12 @@ function getOnce(socketPath, p) {
 }
 
 // The daemon, as a user runs it.
-const work = path.join(root, 'work');
-mkdirSync(work);
-writeFileSync(path.join(work, 'rotor.yaml'), 'kind: Config\nsync: { interval: 1d }\n');
-writeFileSync(path.join(work, 'policy.yaml'), 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n');
-writeFileSync(path.join(work, 'secret.yaml'), 'kind: Secret\nname: payments/api-token\npolicy: monthly\ngenerate: { length: 40 }\n');
-writeFileSync(path.join(work, 'consumer.yaml'), `kind: Consumer\nname: bench\nuid: ${process.getuid()}\nsecrets: ["payments/*"]\n`);
-git(work, 'init', '-q', '-b', 'main');
-git(work, 'add', '-A');
-git(work, 'commit', '-q', '-m', 'bench');
-const remote = path.join(root, 'remote.git');
-git(root, 'clone', '-q', '--bare', work, remote);
+const remote = benchRemote(root, {
+  'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
+  'policy.yaml': 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n',
+  'secret.yaml': 'kind: Secret\nname: payments/api-token\npolicy: monthly\ngenerate: { length: 40 }\n',
+  'consumer.yaml': `kind: Consumer\nname: bench\nuid: ${process.getuid()}\nsecrets: ["payments/*"]\n`,
+});
 const dataDir = path.join(root, 'data');
 execFileSync(process.execPath, [BIN, 'keygen', dataDir], { stdio: 'ignore' });
 const socketDir = path.join(root, 'sockets');
