@@ -172,7 +172,7 @@ t.test('a commit that makes the audit directory a link: config-rejected, never c
   const { render } = await import('../src/cli/status.js');
   const text = render(d.status() as unknown as Parameters<typeof render>[0], false);
   t.match(text, new RegExp(`the clone stays before ${bad.slice(0, 12)} \\(GIT_AUDIT_PATH_UNSAFE\\)`), 'rotor status names the commit and the code');
-  t.match(text, /entries not yet pushed \(1 failed pushes, last GIT_AUDIT_PATH_UNSAFE/, 'and why the entries are not pushed');
+  t.match(text, /entries not yet pushed \(\d+ failed pushes, last GIT_AUDIT_PATH_UNSAFE/, 'and why the entries are not pushed');
   t.same(readdirSync(outside), [], 'nothing was written through the link');
 
   // A restart with the link still on the remote starts, and still holds.
