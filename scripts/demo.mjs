@@ -30,7 +30,7 @@ if (!existsSync(remote)) {
   // The example's SOPS file is encrypted to a throwaway key: encrypt its value to this daemon's key, as
   // a person would with `sops updatekeys` after adding the daemon's recipient to .sops.yaml.
   const { recipient } = await loadKeys(dataDir);
-  const { sealSops } = await import(dist('sops-write.js'));
+  const { sealSops } = await import(dist('sops/write.js'));
   writeFileSync(path.join(work, 'secrets/stripe.enc.yaml'), await sealSops({ apiKey: 'sk_test_example_only_not_a_real_key' }, [recipient]));
   git(work, 'init', '-q', '-b', 'main');
   git(work, 'add', '-A');

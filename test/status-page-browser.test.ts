@@ -12,7 +12,7 @@ import { chromium } from 'playwright-core';
 import { loadModel } from '../src/model/load.js';
 import { DirectorySource } from '../src/model/source.js';
 import { loadKeys } from '../src/keys.js';
-import { sealSops } from '../src/sops-write.js';
+import { sealSops } from '../src/sops/write.js';
 import { needService } from './services/common.js';
 import { ROOT, commitAll, git } from './helpers.js';
 import { world } from './world.js';

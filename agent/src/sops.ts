@@ -1,2 +1,2 @@
-/** The SOPS reader lives in src/sops.ts: the daemon (sops: secrets) and the agent (admin passwords) share it. */
-export * from '../../src/sops.js';
+/** The SOPS reader lives in src/sops/: the daemon (sops: secrets) and the agent (admin passwords) share it. */
+export * from '../../src/sops/index.js';

@@ -9,8 +9,8 @@
 import type { Desired } from '../model/model.js';
 import { git } from '../git/run.js';
 import type { ManualValue } from '../rotation/engine.js';
-import { MAX_SOPS_FILE_BYTES, openSops, sopsCleartextMessage, SopsError, sopsFormatOf } from '../sops.js';
-import type { SopsValue } from '../sops.js';
+import { MAX_SOPS_FILE_BYTES, openSops, sopsCleartextMessage, SopsError, sopsFormatOf } from '../sops/index.js';
+import type { SopsValue } from '../sops/index.js';
 
 /** A scalar of a SOPS file as the value rotor serves: strings as they are, numbers and booleans as written. */
 function scalarText(v: SopsValue): string | undefined {

@@ -22,7 +22,7 @@ import { alphabetOf, DB_UNSAFE, DEFAULT_LENGTH, entropyBits } from './charsets.j
 import type { Generator } from './schema-types.js';
 import { defaultStrategy, ENGINES } from './engines.js';
 import { checkCron, compileSchedule, intervalOf, isTimeZone } from '../schedule/schedule.js';
-import { MAX_SOPS_FILE_BYTES, sopsCleartextMessage, sopsFormatOf, sopsOutline } from '../sops.js';
+import { MAX_SOPS_FILE_BYTES, sopsCleartextMessage, sopsFormatOf, sopsOutline } from '../sops/index.js';
 
 export interface LoadOptions {
   /** The current time (ms since the epoch), for checks that look at upcoming cron times. */

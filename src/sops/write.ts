@@ -5,7 +5,7 @@
  * additional data, and the MAC (SHA-512 over the values in document order, upper-case hex) encrypted
  * with `lastmodified` as additional data. A value with a key on its path that ends in the
  * `unencrypted_suffix` (default `_unencrypted`) or matches `unencrypted_regex` is left in clear and
- * still enters the MAC, as sops does. src/sops.ts is the reader (checked against files the real
+ * still enters the MAC, as sops does. src/sops/index.ts is the reader (checked against files the real
  * `sops` wrote); this writer exists for the tests, the bundled example and the demo, where no `sops`
  * binary is at hand. People keep using `sops` itself.
  */
