@@ -163,7 +163,8 @@ function nestedRows(s, resolve, name) {
       if (def) {
         rows.push([code(`${name}.<name>`), `[${def.title}](#${slug(def.title)})`, '', '', inner.description ?? '', '']);
       } else {
-        rows.push([code(`${name}.<name>`), typeName(inner), '', '', inner.description ?? '', constraints(inner).join('; ')]);
+        const limits = constraints(inner).join('; ');
+        rows.push([code(`${name}.<name>`), typeName(inner), '', '', inner.description ?? '', limits]);
         rows.push(...fieldRows(inner, resolve, `${name}.<name>.`));
       }
     }
@@ -215,9 +216,11 @@ export function declarationsPage(schemas) {
   out.push('## Types\n', `${common.description}\n`);
   for (const def of Object.values(common.$defs)) out.push(typeSection(def, resolveCommon));
   const resolveAgent = resolver(common, agentConfig);
+  const heading = '## The agent\'s configuration\n';
+  const source = `From schemas/agent-config.schema.json (${agentConfig.title}). `
+    + 'See [rotor-agent](../databases/README.md#rotor-agent).\n';
   out.push(kindSection({ ...agentConfig, title: 'The agent\'s configuration' }, resolveAgent)
-    .replace(/^## The agent's configuration\n/, `## The agent's configuration\n\nFrom schemas/agent-config.schema.json (${agentConfig.title}). `
-      + 'See [rotor-agent](../databases/README.md#rotor-agent).\n'));
+    .replace(heading, `${heading}\n${source}`));
   for (const def of Object.values(agentConfig.$defs ?? {})) out.push(typeSection(def, resolveAgent));
   return tidy(out.join('\n'));
 }
@@ -237,7 +240,8 @@ function commandSection(title, help, flags, m) {
     const env = m.flagEnv(name, spec);
     const stop = /[.)]$/.test(spec.description) ? '' : '.';
     const choices = spec.choices ? `${stop} One of ${spec.choices.map(code).join(', ')}.` : '';
-    return [code(m.flagLabel(name, spec)), `${spec.description}${choices}`, shown !== undefined ? shown : '', env ? code(env) : ''];
+    const label = code(m.flagLabel(name, spec));
+    return [label, `${spec.description}${choices}`, shown !== undefined ? shown : '', env ? code(env) : ''];
   });
   out.push('Options:\n', table(['Option', 'Description', 'Default', 'Environment'], rows));
   if (after.trim()) out.push(`\`\`\`text\n${after.trim()}\n\`\`\`\n`);
@@ -257,7 +261,9 @@ export function commandsPage(m) {
     '## rotor\n',
     `\`\`\`text\n${m.HELP.trimEnd()}\n\`\`\`\n`,
   ];
-  for (const [name, entry] of Object.entries(m.COMMANDS)) out.push(commandSection(`rotor ${name}`, entry.help, entry.flags, m));
+  for (const [name, entry] of Object.entries(m.COMMANDS)) {
+    out.push(commandSection(`rotor ${name}`, entry.help, entry.flags, m));
+  }
   out.push(commandSection('rotor-agent', m.AGENT_HELP, m.AGENT_FLAGS, m));
   return tidy(out.join('\n'));
 }
@@ -284,7 +290,8 @@ export function errorsPage(m) {
     'the page that describes that part:\n',
     '- the state store (`STATE_*`), the audit log (`AUDIT_*`), the data directory (`DATA_DIR_UNSAFE`):',
     '  [operations](../operations.md);',
-    '- the socket directory (`SOCKET_DIR_*`, `SOCKET_CHOWN_DENIED`): [consumers and sockets](../concepts.md#consumers-and-sockets);',
+    '- the socket directory (`SOCKET_DIR_*`, `SOCKET_CHOWN_DENIED`):',
+    '  [consumers and sockets](../concepts.md#consumers-and-sockets);',
     '- secrets a person rotates (`SOPS_*`): [concepts](../concepts.md#secrets-a-person-rotates-sops);',
     '- the consumer API (`ACCESS_DENIED`, `SECRET_UNKNOWN`, ...): [concepts](../concepts.md#the-api);',
     '- the agent protocol and the databases (`AGENT_*`, `DB_*`): [databases](../databases/README.md);',

@@ -20,7 +20,9 @@ const generate = pages as (m: object, s: unknown) => Map<string, string>;
 const anchorOf = slug as (heading: string) => string;
 
 t.test('docs/reference/ is what scripts/gen-reference.mjs makes from the sources', async (t) => {
-  const modules = { COMMANDS, HELP, optionsHelp, flagEnv, flagLabel, AGENT_FLAGS, AGENT_HELP, CODES, AGENT_CONFIG_CODES };
+  const modules = {
+    COMMANDS, HELP, optionsHelp, flagEnv, flagLabel, AGENT_FLAGS, AGENT_HELP, CODES, AGENT_CONFIG_CODES,
+  };
   const made = generate(modules, (readSchemas as (root: string) => unknown)(ROOT));
   t.ok(made.size >= 3, 'the generator makes the reference pages');
   for (const [rel, text] of made) {
@@ -29,15 +31,20 @@ t.test('docs/reference/ is what scripts/gen-reference.mjs makes from the sources
     const a = (committed ?? '').split('\n');
     const b = text.split('\n');
     const at = committed === text ? -1 : b.findIndex((line, i) => line !== a[i]);
-    const where = committed === undefined ? 'it is missing' : `first difference at line ${at + 1}: ${JSON.stringify(b[at] ?? '(end)')}`;
-    t.ok(committed === text, committed === text ? `${rel} is up to date` : `${rel} is stale (${where}): run \`npm run docs:reference\``);
+    const where = committed === undefined
+      ? 'it is missing'
+      : `first difference at line ${at + 1}: ${JSON.stringify(b[at] ?? '(end)')}`;
+    const stale = `${rel} is stale (${where}): run \`npm run docs:reference\``;
+    t.ok(committed === text, committed === text ? `${rel} is up to date` : stale);
   }
   const errors = made.get('docs/reference/errors.md') ?? '';
   for (const code of [...Object.keys(CODES), ...Object.keys(AGENT_CONFIG_CODES)]) {
     if (!errors.includes(`| \`${code}\` |`)) t.fail(`errors.md lists ${code}`);
   }
   const commands = made.get('docs/reference/commands.md') ?? '';
-  for (const name of Object.keys(COMMANDS)) t.ok(commands.includes(`\n## rotor ${name}\n`), `commands.md has rotor ${name}`);
+  for (const name of Object.keys(COMMANDS)) {
+    t.ok(commands.includes(`\n## rotor ${name}\n`), `commands.md has rotor ${name}`);
+  }
 });
 
 /** README.md and every markdown page under docs/, relative to the repository root. */
@@ -85,7 +92,8 @@ t.test('every relative link in README.md and docs/ points at a file that exists,
       if (/^[a-z][a-z0-9+.-]*:/i.test(target)) continue;
       links++;
       const [file, anchor] = target.split('#') as [string, string | undefined];
-      const resolved = file === '' ? path.join(ROOT, rel) : path.resolve(path.dirname(path.join(ROOT, rel)), decodeURI(file));
+      const here = path.join(ROOT, rel);
+      const resolved = file === '' ? here : path.resolve(path.dirname(here), decodeURI(file));
       if (!resolved.startsWith(ROOT + path.sep)) {
         t.fail(`${rel}: ${target} points outside the repository`);
         continue;
