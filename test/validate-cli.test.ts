@@ -99,9 +99,9 @@ t.test('the generated types match the schemas', async (t) => {
   t.equal(r.status, 0, r.stderr || 'src/model/schema-types.ts is stale: run npm run gen:types');
 });
 
-t.test('the README documents every problem code', async (t) => {
+t.test('the error code reference documents every problem code', async (t) => {
   const { readFileSync } = await import('node:fs');
   const { CODES } = await import('../src/model/problems.js');
-  const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
-  for (const code of Object.keys(CODES)) t.ok(readme.includes(`| \`${code}\` |`), `README lists ${code}`);
+  const page = readFileSync(path.join(ROOT, 'docs/reference/errors.md'), 'utf8');
+  for (const code of Object.keys(CODES)) t.ok(page.includes(`| \`${code}\` |`), `docs/reference/errors.md lists ${code}`);
 });
