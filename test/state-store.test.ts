@@ -74,10 +74,11 @@ function copyDir(t: Test, dir: string): string {
 // The contract every backend meets (put, delete, batches, order, group commit, durability across reopen,
 // frozen values, compaction, close, the anchor), against a directory of its own per test.
 await storeContract(t, 'file backend', async () => {
+  const noop = (): void => undefined;
   const dir = mkdtempSync(path.join(os.tmpdir(), 'rotor-test-'));
   const backend = fileStoreBackend({ dir });
   return {
-    open: (options = {}) => backend.open({ identity: IDENTITY, recipients: [RECIPIENT], onWarning: () => undefined, ...options }),
+    open: (options = {}) => backend.open({ identity: IDENTITY, recipients: [RECIPIENT], onWarning: noop, ...options }),
     cleanup: async () => rmSync(dir, { recursive: true, force: true }),
   };
 });
@@ -128,7 +129,7 @@ t.test("Debian's age opens the snapshot with the daemon's and a break-glass iden
   }
 });
 
-t.test('group commit on files: 200 concurrent writes share an fsync, one frame each; a group over 8 MiB is split', async (t) => {
+t.test('group commit on files: 200 writes share an fsync, one frame each; a group over 8 MiB is split', async (t) => {
   const dir = tempDir(t);
   let syncs = 0;
   const counting: StoreFs = {

@@ -198,7 +198,8 @@ export class Daemon implements ConsumerBackend {
       const where = pushedHash === undefined ? `ends at entry ${this.audit.head.seq}, before entry ${pushed.seq}` : `differs at entry ${pushed.seq}`;
       throw new AuditError(pushedHash === undefined ? 'AUDIT_TRUNCATED' : 'AUDIT_CHAIN_BROKEN', `the audit log ${auditPath} ${where}, which the remote holds (commit ${head}): entries were removed or changed in the clone. Nothing of it was pushed; compare with the remote (git -C ${this.repo.dir} diff ${head} -- ${this.auditDir}) and restore them`);
     }
-    const stateBackend = fileStoreBackend({ dir: path.join(dataDir, 'state'), ...(this.o.storeFs ? { fs: this.o.storeFs } : {}) });
+    const stateDir = path.join(dataDir, 'state');
+    const stateBackend = fileStoreBackend({ dir: stateDir, ...(this.o.storeFs ? { fs: this.o.storeFs } : {}) });
     this.store = await stateBackend.open({
       identity: keys.identity,
       recipients: [keys.recipient, ...this.o.breakGlass],

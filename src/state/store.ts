@@ -128,7 +128,9 @@ async function context(o: StoreOptions): Promise<Context> {
 /** The file backend: the store in `config.dir`, opened (or created) by openStore. */
 export function fileStoreBackend(config: FileStoreConfig): StoreBackend {
   const { dir, fs, compactAfter } = config;
-  return { open: (options) => openStore({ ...options, dir, ...(fs && { fs }), ...(compactAfter && { compactAfter }) }) };
+  return {
+    open: (options) => openStore({ ...options, dir, ...(fs && { fs }), ...(compactAfter && { compactAfter }) }),
+  };
 }
 
 /** Opens the store in `dir`, or creates one if the directory holds no state files at all. */

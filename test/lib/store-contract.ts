@@ -45,12 +45,17 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
       mutable.password = 'changed by the caller';
       t.same(store.get('db/b'), copy, 'the store keeps its own copy');
       t.equal(await store.write([
-        { op: 'put', key: 'db/a', value: [1, 'two', null, true] }, { op: 'put', key: 'db/c', value: 3 }, { op: 'put', key: 'dbx', value: 'x' },
+        { op: 'put', key: 'db/a', value: [1, 'two', null, true] },
+        { op: 'put', key: 'db/c', value: 3 },
+        { op: 'put', key: 'dbx', value: 'x' },
       ]), 2);
       t.equal(await store.write([
-        { op: 'delete', key: 'db/c' }, { op: 'put', key: 'api/k', value: { n: { deep: [1] } } }, { op: 'delete', key: 'missing' },
+        { op: 'delete', key: 'db/c' },
+        { op: 'put', key: 'api/k', value: { n: { deep: [1] } } },
+        { op: 'delete', key: 'missing' },
       ]), 3);
-      t.equal(await store.write([{ op: 'put', key: 'tmp', value: 1 }, { op: 'delete', key: 'tmp' }]), 4, 'ops apply in order');
+      const tmp: Op[] = [{ op: 'put', key: 'tmp', value: 1 }, { op: 'delete', key: 'tmp' }];
+      t.equal(await store.write(tmp), 4, 'ops apply in order');
       t.equal(store.seq, 4);
 
       const value = store.get('api/k') as { n: { deep: number[] } };
@@ -84,7 +89,8 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
       const store = await (await place(t)).open();
       const s = secret();
       await t.rejects(store.write([{ op: 'put', key: 'k'.repeat(1025), value: 1 }]), { message: /at most 1024 bytes/ });
-      await t.rejects(store.write([{ op: 'put', key: 'é'.repeat(513), value: 1 }]), { message: /at most 1024 bytes/ }, 'bytes, not characters');
+      const wide = store.write([{ op: 'put', key: 'é'.repeat(513), value: 1 }]);
+      await t.rejects(wide, { message: /at most 1024 bytes/ }, 'bytes, not characters');
       t.equal(await store.write([{ op: 'put', key: 'k'.repeat(1024), value: 1 }]), 1);
       await t.rejects(store.write([{ op: 'put', key: '', value: 1 }]), { message: /non-empty/ });
       const bad: unknown[] = [{ s, n: NaN }, { s, d: new Date() }, [s, undefined], { s, f: () => s }, { s, b: 1n }];
@@ -115,7 +121,8 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
         store.write([{ op: 'put', key: 'e', value: 1 }]),
       ]);
       t.same(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled']);
-      t.same(results.map((r) => (r.status === 'fulfilled' ? r.value : null)), [2, null, 3], 'the batches around it get consecutive generations');
+      const seqs = results.map((r) => (r.status === 'fulfilled' ? r.value : null));
+      t.same(seqs, [2, null, 3], 'the batches around it get consecutive generations');
       t.same(all(store), { a: 1, c: 1, e: 1 });
       await store.close();
       const again = await p.open();
@@ -136,10 +143,12 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
       await store.close();
     });
 
-    t.test('group commit: 200 concurrent writes get consecutive seqs in submission order, and all survive a reopen', async (t) => {
+    t.test('group commit: 200 concurrent writes get consecutive seqs in submission order, all survive', async (t) => {
       const p = await place(t);
       const store = await p.open();
-      const seqs = await Promise.all(Array.from({ length: 200 }, (_, i) => store.write([{ op: 'put', key: `k/${String(i).padStart(3, '0')}`, value: i }])));
+      const key = (i: number): string => `k/${String(i).padStart(3, '0')}`;
+      const writes200 = Array.from({ length: 200 }, (_, i) => store.write([{ op: 'put', key: key(i), value: i }]));
+      const seqs = await Promise.all(writes200);
       t.same(seqs, Array.from({ length: 200 }, (_, i) => i + 1), 'one seq per batch, in submission order');
       t.equal(store.seq, 200);
       // Writes still waiting when close() is called are written before it resolves.
@@ -170,7 +179,9 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
     t.test('compact keeps the content and the generation', async (t) => {
       const p = await place(t);
       const store = await p.open();
-      for (let i = 0; i < 5; i++) await store.write([{ op: 'put', key: `k${i}`, value: secret() }, { op: 'delete', key: `k${i - 2}` }]);
+      for (let i = 0; i < 5; i++) {
+        await store.write([{ op: 'put', key: `k${i}`, value: secret() }, { op: 'delete', key: `k${i - 2}` }]);
+      }
       const expected = all(store);
       await store.compact();
       t.equal(store.seq, 5);
@@ -211,9 +222,11 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
         t.equal(s.seq, 3, `opens against ${JSON.stringify({ ...anchor, storeId: anchor.storeId && 'its own' })}`);
         await s.close();
       }
-      await t.rejects(p.open({ anchor: { seq: 4, storeId } }), { name: 'StateError', code: 'STATE_ROLLBACK' }, 'behind the anchor');
-      await t.rejects(p.open({ anchor: { seq: 4 } }), { name: 'StateError', code: 'STATE_ROLLBACK' }, 'behind an unnamed anchor');
-      await t.rejects(p.open({ anchor: { seq: 0, storeId: randomUUID() } }), { name: 'StateError', code: 'STATE_FOREIGN' }, 'another store');
+      const rollback = { name: 'StateError', code: 'STATE_ROLLBACK' };
+      await t.rejects(p.open({ anchor: { seq: 4, storeId } }), rollback, 'behind the anchor');
+      await t.rejects(p.open({ anchor: { seq: 4 } }), rollback, 'behind an unnamed anchor');
+      const foreign = { name: 'StateError', code: 'STATE_FOREIGN' };
+      await t.rejects(p.open({ anchor: { seq: 0, storeId: randomUUID() } }), foreign, 'another store');
       const s = await p.open();
       t.equal(s.storeId, storeId);
       t.equal(s.seq, 3);
@@ -222,9 +235,9 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
 
       const empty = await place(t);
       const named = { seq: 0, storeId };
-      await t.rejects(empty.open({ anchor: named }), { name: 'StateError', code: 'STATE_ROLLBACK' }, 'nothing stored where the anchor names a store');
-      await t.rejects(empty.open({ anchor: named }), { name: 'StateError', code: 'STATE_ROLLBACK' }, 'and the refusal made no store there');
-      await t.rejects(empty.open({ anchor: { seq: 2 } }), { name: 'StateError', code: 'STATE_ROLLBACK' }, 'nor for an unnamed anchor');
+      await t.rejects(empty.open({ anchor: named }), rollback, 'nothing stored where the anchor names a store');
+      await t.rejects(empty.open({ anchor: named }), rollback, 'and the refusal made no store there');
+      await t.rejects(empty.open({ anchor: { seq: 2 } }), rollback, 'nor for an unnamed anchor');
       const fresh = await empty.open({ anchor: { seq: 0 } });
       t.equal(fresh.seq, 0, 'an anchor at generation 0 naming no store lets a new store be made');
       t.not(fresh.storeId, storeId, 'every store has its own id');
