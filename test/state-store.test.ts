@@ -1,18 +1,24 @@
-/** The age-encrypted state store (src/state/store.ts), against real files in temporary directories. */
+/**
+ * The file backend of the state store (src/state/store.ts), against real files in temporary directories:
+ * the contract every backend meets (test/lib/store-contract.ts), then what is the file backend's own
+ * (its formats, tampering with its files, torn records, kills, injected file-system faults).
+ */
 import { spawn, execFileSync } from 'node:child_process';
 import { createHash, randomBytes, randomInt } from 'node:crypto';
-import { cpSync, existsSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import t from 'tap';
 import type { Test } from 'tap';
 import { generateX25519Identity, identityToRecipient } from 'age-encryption';
 import { LOG_MAGIC, splitFrames } from '../src/state/codec.js';
-import { nodeFs, openStore } from '../src/state/store.js';
+import { fileStoreBackend, nodeFs, openStore } from '../src/state/store.js';
 import type { StoreFile, StoreFs, StoreOptions } from '../src/state/store.js';
 import { StateError } from '../src/state/types.js';
 import type { Json, Op, StateStore } from '../src/state/types.js';
 import { ROOT, tempDir } from './helpers.js';
+import { storeContract } from './lib/store-contract.js';
 
 const IDENTITY = await generateX25519Identity();
 const RECIPIENT = await identityToRecipient(IDENTITY);
@@ -65,72 +71,20 @@ function copyDir(t: Test, dir: string): string {
   return copy;
 }
 
-t.test('put, delete and batches survive close and reopen; seq increases; entries are in key order', async (t) => {
-  const dir = tempDir(t);
-  let { store } = await openAt(dir);
-  t.equal(store.seq, 0);
-  t.match(store.storeId, /^[0-9a-f-]{36}$/);
-  const storeId = store.storeId;
-
-  const mutable = { user: 'app', password: secret() };
-  t.equal(await store.write([{ op: 'put', key: 'db/b', value: mutable }]), 1);
-  const copy = { ...mutable };
-  mutable.password = 'changed by the caller';
-  t.same(store.get('db/b'), copy, 'the store keeps its own copy');
-  t.equal(await store.write([{ op: 'put', key: 'db/a', value: [1, 'two', null, true] }, { op: 'put', key: 'db/c', value: 3 }, { op: 'put', key: 'dbx', value: 'x' }]), 2);
-  t.equal(await store.write([{ op: 'delete', key: 'db/c' }, { op: 'put', key: 'api/k', value: { n: { deep: [1] } } }, { op: 'delete', key: 'missing' }]), 3);
-  t.equal(await store.write([{ op: 'put', key: 'tmp', value: 1 }, { op: 'delete', key: 'tmp' }]), 4, 'ops apply in order');
-  t.equal(store.seq, 4);
-
-  const value = store.get('api/k') as { n: { deep: number[] } };
-  t.ok(Object.isFrozen(value) && Object.isFrozen(value.n) && Object.isFrozen(value.n.deep), 'values are frozen');
-  t.throws(() => { (value.n.deep as number[]).push(2); });
-  t.same([...store.entries()].map(([k]) => k), ['api/k', 'db/a', 'db/b', 'dbx']);
-  t.same([...store.entries('db/')].map(([k]) => k), ['db/a', 'db/b']);
-  t.same([...store.entries('db')].map(([k]) => k), ['db/a', 'db/b', 'dbx']);
-  t.same([...store.entries('zz')], []);
-  const expected = all(store);
-  await store.close();
-  await t.rejects(store.write([{ op: 'put', key: 'x', value: 1 }]), /closed/);
-
-  ({ store } = await openAt(dir));
-  t.equal(store.storeId, storeId);
-  t.equal(store.seq, 4);
-  t.same(all(store), expected);
-  t.equal(await store.write([{ op: 'put', key: 'after', value: 'reopen' }]), 5);
-  await store.compact();
-  t.equal(await store.write([{ op: 'delete', key: 'db/a' }]), 6);
-  await store.close();
-
-  ({ store } = await openAt(dir));
-  t.equal(store.seq, 6);
-  delete expected['db/a'];
-  t.same(all(store), { ...expected, after: 'reopen' });
-  await store.close();
+// The contract every backend meets (put, delete, batches, order, group commit, durability across reopen,
+// frozen values, compaction, close, the anchor), against a directory of its own per test.
+await storeContract(t, 'file backend', async () => {
+  const noop = (): void => undefined;
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'rotor-test-'));
+  const backend = fileStoreBackend({ dir });
+  return {
+    open: (options = {}) => backend.open({ identity: IDENTITY, recipients: [RECIPIENT], onWarning: noop, ...options }),
+    cleanup: async () => rmSync(dir, { recursive: true, force: true }),
+  };
 });
 
-t.test('bad keys, values and options are refused, and no message shows a value', async (t) => {
+t.test('bad options are refused', async (t) => {
   const dir = tempDir(t);
-  const { store } = await openAt(dir);
-  const s = secret();
-  await t.rejects(store.write([{ op: 'put', key: 'k'.repeat(1025), value: 1 }]), { message: /at most 1024 bytes/ });
-  await t.rejects(store.write([{ op: 'put', key: 'é'.repeat(513), value: 1 }]), { message: /at most 1024 bytes/ }, 'bytes, not characters');
-  t.equal(await store.write([{ op: 'put', key: 'k'.repeat(1024), value: 1 }]), 1);
-  await t.rejects(store.write([{ op: 'put', key: '', value: 1 }]), { message: /non-empty/ });
-  const bad: unknown[] = [{ s, n: NaN }, { s, d: new Date() }, [s, undefined], { s, f: () => s }, { s, b: 1n }];
-  const circular: Record<string, unknown> = { s };
-  circular.self = circular;
-  bad.push(circular);
-  for (const value of bad) {
-    const err = await store.write([{ op: 'put', key: 'v', value: value as Json }]).catch((e: Error) => e);
-    t.ok(err instanceof Error, 'refused');
-    t.notMatch((err as Error).message, s, 'the message does not show the value');
-  }
-  await t.rejects(store.write([{ op: 'put', key: 'v' } as unknown as Op]), { message: /has no value/ });
-  await t.rejects(store.write([{ op: 'rename', key: 'v' } as unknown as Op]), { message: /an operation is/ });
-  t.equal(store.seq, 1, 'nothing refused was written');
-  await store.close();
-
   await t.rejects(openStore({ dir, identity: IDENTITY, recipients: [] }), { message: /must include the identity's own recipient/ });
   await t.rejects(openStore({ dir, identity: 'AGE-SECRET-KEY-1NOPE', recipients: [RECIPIENT] }), { message: /not an age identity/ });
 });
@@ -175,7 +129,7 @@ t.test("Debian's age opens the snapshot with the daemon's and a break-glass iden
   }
 });
 
-t.test('group commit: 200 concurrent writes get increasing seqs, share an fsync, and all survive', async (t) => {
+t.test('group commit on files: 200 writes share an fsync, one frame each; a group over 8 MiB is split', async (t) => {
   const dir = tempDir(t);
   let syncs = 0;
   const counting: StoreFs = {

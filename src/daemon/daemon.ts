@@ -27,9 +27,8 @@ import { confineAuditFs } from '../audit/confine.js';
 import type { AuditFs } from '../audit/log.js';
 import type { AuditEntry } from '../audit/entry.js';
 import { AuditError } from '../audit/entry.js';
-import { openStore } from '../state/store.js';
-import type { StoreFs } from '../state/fs.js';
-import type { StateStore } from '../state/types.js';
+import { fileStoreBackend } from '../state/index.js';
+import type { StateStore, StoreFs } from '../state/index.js';
 import { Engine } from '../rotation/engine.js';
 import type { AuditEvent, StorageName } from '../rotation/engine.js';
 import { AUDIT_HEAD_KEY } from '../rotation/engine.js';
@@ -199,9 +198,9 @@ export class Daemon implements ConsumerBackend {
       const where = pushedHash === undefined ? `ends at entry ${this.audit.head.seq}, before entry ${pushed.seq}` : `differs at entry ${pushed.seq}`;
       throw new AuditError(pushedHash === undefined ? 'AUDIT_TRUNCATED' : 'AUDIT_CHAIN_BROKEN', `the audit log ${auditPath} ${where}, which the remote holds (commit ${head}): entries were removed or changed in the clone. Nothing of it was pushed; compare with the remote (git -C ${this.repo.dir} diff ${head} -- ${this.auditDir}) and restore them`);
     }
-    this.store = await openStore({
-      dir: path.join(dataDir, 'state'),
-      ...(this.o.storeFs ? { fs: this.o.storeFs } : {}),
+    const stateDir = path.join(dataDir, 'state');
+    const stateBackend = fileStoreBackend({ dir: stateDir, ...(this.o.storeFs ? { fs: this.o.storeFs } : {}) });
+    this.store = await stateBackend.open({
       identity: keys.identity,
       recipients: [keys.recipient, ...this.o.breakGlass],
       ...(index.stateSeq !== undefined ? { anchor: { seq: index.stateSeq, ...(index.storeId ? { storeId: index.storeId } : {}) } } : {}),

@@ -1,5 +1,6 @@
 /**
- * The file-backed state store: an age-encrypted snapshot and an encrypted, hash-chained append log in one
+ * The file backend of the state store (the contract it meets is in types.ts; fileStoreBackend is how the
+ * daemon opens it): an age-encrypted snapshot and an encrypted, hash-chained append log in one
  * directory (formats in codec.ts). The whole state lives in memory; a write appends one frame per batch
  * and fsyncs (O(batch), whatever the store's size); compaction rewrites the snapshot (O(store)).
  *
@@ -31,9 +32,10 @@ import {
   sha256hex,
 } from './codec.js';
 import type { LogHeader, Snapshot, SnapshotHead } from './codec.js';
+import { checkAnchor, checkAnchorOption } from './anchor.js';
 import { nodeFs } from './fs.js';
 import type { StoreFile, StoreFs } from './fs.js';
-import type { Json, Op, StateStore } from './types.js';
+import type { Json, Op, StateStore, StoreAnchor, StoreBackend, StoreOpenOptions } from './types.js';
 import { StateError } from './types.js';
 import { prepareBatch } from './values.js';
 import type { Batch } from './values.js';
@@ -41,20 +43,16 @@ import type { Batch } from './values.js';
 export type { StoreFile, StoreFs } from './fs.js';
 export { nodeFs } from './fs.js';
 
-export interface StoreOptions {
+/** Where and how the file backend keeps a store: what it takes besides the StoreOpenOptions. */
+export interface FileStoreConfig {
   dir: string;
-  /** The daemon's age X25519 identity (AGE-SECRET-KEY-1...). */
-  identity: string;
-  /** age1... recipients: the identity's own recipient (required) and any break-glass recipients. */
-  recipients: string[];
+  /** The file-system layer (default node:fs); tests and fault-injection runs plug in a failing one. */
   fs?: StoreFs;
-  /** The generation recorded elsewhere (the audit chain): a store older than it, or another store, is refused. */
-  anchor?: { seq: number; storeId?: string };
   /** Compact once the log holds this many records or bytes (defaults: 10,000 records, 64 MiB). */
   compactAfter?: { records?: number; bytes?: number };
-  /** Things repaired on the way (a torn final record, an interrupted creation, a failed compaction). Never a value. */
-  onWarning?: (message: string) => void;
 }
+
+export interface StoreOptions extends FileStoreConfig, StoreOpenOptions {}
 
 export const SNAPSHOT_FILE = 'snapshot.age';
 export const LOG_FILE = 'log.bin';
@@ -106,7 +104,7 @@ async function context(o: StoreOptions): Promise<Context> {
     if (!Number.isSafeInteger(v) || v < 1) throw new Error(`compactAfter.${what} is a positive integer`);
     return v;
   };
-  if (o.anchor && (!Number.isSafeInteger(o.anchor.seq) || o.anchor.seq < 0)) throw new Error('anchor.seq is a non-negative integer');
+  checkAnchorOption(o.anchor);
   const dir = path.resolve(o.dir);
   const onWarning = o.onWarning ?? ((m: string) => process.emitWarning(m, 'RotorStateWarning'));
   return {
@@ -127,6 +125,14 @@ async function context(o: StoreOptions): Promise<Context> {
   };
 }
 
+/** The file backend: the store in `config.dir`, opened (or created) by openStore. */
+export function fileStoreBackend(config: FileStoreConfig): StoreBackend {
+  const { dir, fs, compactAfter } = config;
+  return {
+    open: (options) => openStore({ ...options, dir, ...(fs && { fs }), ...(compactAfter && { compactAfter }) }),
+  };
+}
+
 /** Opens the store in `dir`, or creates one if the directory holds no state files at all. */
 export async function openStore(options: StoreOptions): Promise<StateStore> {
   const ctx = await context(options);
@@ -139,20 +145,7 @@ export async function openStore(options: StoreOptions): Promise<StateStore> {
   }
 }
 
-function checkAnchor(ctx: Context, anchor: StoreOptions['anchor'], storeId: string | undefined, seq: number): void {
-  if (!anchor) return;
-  if (storeId === undefined && (anchor.seq > 0 || anchor.storeId !== undefined)) {
-    throw new StateError('STATE_ROLLBACK', `${ctx.dir} holds no state store, but the audit log records store ${anchor.storeId ?? '(unnamed)'} at generation ${anchor.seq}: the state files are missing; restore them from a backup`);
-  }
-  if (anchor.storeId !== undefined && anchor.storeId !== storeId) {
-    throw new StateError('STATE_FOREIGN', `the state store in ${ctx.dir} is ${storeId}, but the audit log names ${anchor.storeId}: these are another store's files`);
-  }
-  if (seq < anchor.seq) {
-    throw new StateError('STATE_ROLLBACK', `the state store in ${ctx.dir} is at generation ${seq}, older than generation ${anchor.seq} recorded in the audit log: an older copy was put back, or acknowledged writes are missing`);
-  }
-}
-
-async function open(ctx: Context, anchor: StoreOptions['anchor']): Promise<StateStore> {
+async function open(ctx: Context, anchor: StoreAnchor | undefined): Promise<StateStore> {
   const { fs } = ctx;
   await fs.mkdir(ctx.dir);
   const [snapSize, logSize, snapTmpSize, logTmpSize] = await Promise.all(
@@ -163,7 +156,7 @@ async function open(ctx: Context, anchor: StoreOptions['anchor']): Promise<State
     if (logTmpSize !== undefined) await fs.unlink(ctx.file(LOG_FILE + TMP));
   };
   if (snapSize === undefined && logSize === undefined) {
-    checkAnchor(ctx, anchor, undefined, 0);
+    checkAnchor(ctx.dir, anchor, undefined, 0);
     await cleanTmp(true); // left by a creation that never finished: nothing was ever acknowledged
     return create(ctx);
   }
@@ -182,7 +175,7 @@ async function open(ctx: Context, anchor: StoreOptions['anchor']): Promise<State
     if (rollForward && scan.header.seq !== snap.seq) {
       throw corrupt(`${SNAPSHOT_FILE} is missing and ${SNAPSHOT_FILE}${TMP} is not the snapshot that ${LOG_FILE} follows: the store is not opened (restore ${SNAPSHOT_FILE} from a backup)`);
     }
-    checkAnchor(ctx, anchor, snap.storeId, scan.seq);
+    checkAnchor(ctx.dir, anchor, snap.storeId, scan.seq);
     // Everything is verified; only now do the files change.
     if (scan.torn) {
       await log.truncate(scan.end);

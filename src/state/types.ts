@@ -1,7 +1,37 @@
 /**
  * The state store's contract: a durable, encrypted key-value store of JSON values with atomic batches
- * and a generation counter. The rotation logic sees only this interface, so that a PostgreSQL-backed
- * store for several daemons can be added without touching it.
+ * and a generation counter. Rotation, serving and audit code see only this module (and index.ts, which
+ * re-exports it with the backends), so that another backend (PostgreSQL, for several daemons) can be
+ * added without touching them. Today's backend keeps the store in files (store.ts, codec.ts, fs.ts).
+ *
+ * What every backend guarantees (test/lib/store-contract.ts checks it against any backend):
+ * - Atomic batches. write(ops) applies all of its operations, in order, or none of them; a batch that
+ *   is refused or fails leaves the store as it was and takes no generation.
+ * - Durability before resolve. write() resolves only once the batch is durable (a crash or power loss
+ *   after that cannot lose it); only then do get, entries and seq show it. A rejected write's outcome is
+ *   "not applied now": it is not visible, but a crash before the backend has cleaned up may still bring
+ *   it back as if it had succeeded, so a caller that retries must expect either.
+ * - Group commit order. Batches written while another is in flight may be committed together, but each
+ *   is its own generation, in submission order: concurrent writes resolve with consecutive seqs.
+ * - seq is monotonic: 0 for a new store, +1 per acknowledged batch, never lower after a reopen.
+ * - storeId is stable: made once when the store is created (a random UUID), the same at every open,
+ *   different for every store. The audit log records it with seq; they are the store's anchor.
+ * - Frozen values. write() takes its own copy of the operations (the caller may change its objects
+ *   afterwards); get and entries return deeply frozen values. entries() is in key order (UTF-16 code
+ *   unit order, as Array.prototype.sort), optionally limited to a key prefix.
+ * - Checked input. Keys and values are checked as values.ts does (prepareBatch): plain JSON, keys of at
+ *   most 1,024 bytes. A refused batch rejects with a plain Error whose message names a key at most,
+ *   never a value; so does every error and warning of the store.
+ * - Errors as StateError codes. Apart from invalid options, refused input and use after close (plain
+ *   Errors), opening, writing and compacting fail with a StateError: STATE_IO when the medium fails (a
+ *   write may then be retried), the other codes when the store cannot be trusted. close() waits for the
+ *   writes submitted before it; write and compact reject afterwards.
+ * - Refusing, never resetting. A store older than its anchor (STATE_ROLLBACK, also when the store is
+ *   missing entirely), another store than the anchor names (STATE_FOREIGN), records missing, reordered
+ *   or from another store (STATE_CHAIN_BROKEN), damaged data (STATE_CORRUPT) or data the identity
+ *   cannot decrypt (STATE_KEY) are refused, and the stored state is left exactly as it was: a new store
+ *   is created only where nothing is stored and the anchor (if any) names no store (anchor.ts).
+ * - Encrypted at rest, to every recipient (the identity's own is one of them, so the identity opens it).
  */
 
 /** A JSON value as stored. */
@@ -24,9 +54,39 @@ export interface StateStore {
    * submission order. Returns the batch's generation.
    */
   write(ops: readonly Op[]): Promise<number>;
-  /** Rewrites the snapshot and starts a new log (also done automatically as the log grows). */
+  /**
+   * Rewrites the stored form without changing the content (the file backend rewrites the snapshot and
+   * starts a new log; it also does so automatically as the log grows). A backend without such a step
+   * resolves at once.
+   */
   compact(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** The generation and store id recorded elsewhere (the audit chain), which the store must not be behind. */
+export interface StoreAnchor {
+  readonly seq: number;
+  readonly storeId?: string;
+}
+
+/** What opening a store takes, whatever the backend. */
+export interface StoreOpenOptions {
+  /** The daemon's age X25519 identity (AGE-SECRET-KEY-1...). */
+  identity: string;
+  /** age1... recipients: the identity's own recipient (required) and any break-glass recipients. */
+  recipients: string[];
+  /** The generation recorded elsewhere (the audit chain): a store older than it, or another store, is refused. */
+  anchor?: StoreAnchor;
+  /** Things repaired on the way (a torn final record, an interrupted creation, a failed compaction). Never a value. */
+  onWarning?: (message: string) => void;
+}
+
+/**
+ * Where a store lives: opens the one store kept there (creating it if nothing is stored there yet).
+ * Made by a backend's factory from its own configuration (fileStoreBackend, for a directory).
+ */
+export interface StoreBackend {
+  open(options: StoreOpenOptions): Promise<StateStore>;
 }
 
 /** Why a store refuses to open. Each has a stable code; none is ever resolved by resetting the store. */

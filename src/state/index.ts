@@ -1,0 +1,17 @@
+/**
+ * The state store as the rest of rotor opens and uses it: the StateStore contract (types.ts) and the
+ * backends that implement it. Code outside src/state imports this module or types.ts, never a backend's
+ * internals (file names, formats, the file-system layer), except tests and tools of that backend.
+ *
+ * Backends:
+ * - file (fileStoreBackend): one directory; store.ts with its formats (codec.ts) and file-system layer
+ *   (fs.ts, the seam for fault injection).
+ * A new backend (say PostgreSQL) is a factory returning a StoreBackend. It meets the guarantees listed in
+ * types.ts, using what every backend shares: prepareBatch and deepFreeze (values.ts) to check and copy
+ * batches, checkAnchor (anchor.ts) to refuse a rolled-back or foreign store, StateError for its failures;
+ * and it passes test/lib/store-contract.ts.
+ */
+export type { Json, Op, StateErrorCode, StateStore, StoreAnchor, StoreBackend, StoreOpenOptions } from './types.js';
+export { StateError } from './types.js';
+export { fileStoreBackend } from './store.js';
+export type { FileStoreConfig, StoreFile, StoreFs } from './store.js';
