@@ -31,6 +31,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import https from 'node:https';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { Logger } from '../../src/log.js';
+import { ENGINE_NAMES } from '../../src/model/engines.js';
 import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_AGENT_WAIT, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from '../../src/protocol/jobs.js';
 import type { Credential, EngineName, Job, Result, RetirePayload, SetPayload, Strategy } from '../../src/protocol/jobs.js';
 import { H_NONCE, signRequest, verifyResponse } from '../../src/protocol/sign.js';
@@ -150,7 +151,6 @@ const EXCHANGE_MS = 30_000;
 const POLL_MARGIN_MS = 15_000;
 const MAX_ID = 256;
 
-const ENGINES: readonly EngineName[] = ['postgres', 'mysql', 'mariadb', 'mongodb', 'redis', 'mssql'];
 const STRATEGIES: readonly Strategy[] = ['dual', 'alternate', 'single'];
 
 /** The engine factories, imported on first use so that the agent loads only the drivers it needs. */
@@ -272,7 +272,7 @@ function jobOf(v: unknown): Job | string {
   if (!isName(secret)) return 'secret is missing';
   if (typeof version !== 'number' || !Number.isSafeInteger(version) || version < 0) return 'version is not a whole number';
   if (!isName(target)) return 'target is missing';
-  if (typeof engine !== 'string' || !ENGINES.includes(engine as EngineName)) return 'engine is not one the agent drives';
+  if (typeof engine !== 'string' || !ENGINE_NAMES.includes(engine as EngineName)) return 'engine is not one the agent drives';
   if (typeof strategy !== 'string' || !STRATEGIES.includes(strategy as Strategy)) return 'strategy is not dual, alternate or single';
   if (typeof sealed !== 'string') return 'sealed is not a string';
   return { id, kind, secret, version, target, engine: engine as EngineName, strategy: strategy as Strategy, sealed };
