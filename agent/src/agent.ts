@@ -155,8 +155,10 @@ export class Agent {
       limit,
       run: (job) =>
         executeJob(job, { config, engines, log }).catch((e: unknown): Result => {
-          log('error', 'a job failed in the agent itself', { job: job.id, secret: job.secret, code: 'AGENT_INTERNAL', cause: (e as Error)?.name });
-          return { id: job.id, outcome: 'failed', code: 'AGENT_INTERNAL', message: 'the agent failed unexpectedly (see its log)' };
+          const cause = (e as Error)?.name;
+          log('error', 'a job failed in the agent itself', { job: job.id, secret: job.secret, code: 'AGENT_INTERNAL', cause });
+          const message = 'the agent failed unexpectedly (see its log)';
+          return { id: job.id, outcome: 'failed', code: 'AGENT_INTERNAL', message };
         }),
       done: (job, result) => this.#finish(job, result),
     });
@@ -166,7 +168,8 @@ export class Agent {
   start(): void {
     if (this.#started || this.#stopping) throw new Error('the agent was already started or stopped');
     this.#started = true;
-    this.#log('info', 'agent started', { agent: this.#config.name, daemon: this.#config.daemon.origin, targets: this.#config.targets.size });
+    const { name, daemon, targets } = this.#config;
+    this.#log('info', 'agent started', { agent: name, daemon: daemon.origin, targets: targets.size });
     const changed = (signal: AbortSignal) => this.#changes.wait(signal);
     const stopping = () => this.#stopping;
     this.#loops = [
@@ -196,7 +199,9 @@ export class Agent {
   /** Starts, and stops when `signal` aborts; resolves once stopped. */
   async run(signal: AbortSignal, stop: StopOptions = {}): Promise<void> {
     this.start();
-    if (!signal.aborted) await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+    if (!signal.aborted) {
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+    }
     await this.stop(stop);
   }
 
@@ -217,7 +222,8 @@ export class Agent {
     const timer = setTimeout(() => this.#deadline.abort(), graceMs);
     timer.unref();
     if (this.#pump.queued > 0) {
-      this.#log('info', 'stopping: jobs not started are left for the daemon to deliver again', { jobs: this.#pump.queued });
+      const jobs = this.#pump.queued;
+      this.#log('info', 'stopping: jobs not started are left for the daemon to deliver again', { jobs });
       for (const job of this.#pump.dropQueued()) this.#store.release(job.id);
     }
     this.#changes.notify();
@@ -286,7 +292,8 @@ export class Agent {
       if (stub !== undefined && !this.#store.has(stub.id)) {
         // Answer it, so that the daemon does not deliver it again and again.
         this.#store.claim(stub.id);
-        this.#finish(stub, { id: stub.id, outcome: 'failed', code: 'AGENT_JOB_INVALID', message: `the job is malformed: ${job}` });
+        const message = `the job is malformed: ${job}`;
+        this.#finish(stub, { id: stub.id, outcome: 'failed', code: 'AGENT_JOB_INVALID', message });
       }
       return;
     }
@@ -295,7 +302,8 @@ export class Agent {
       return;
     }
     if (this.#stopping) {
-      this.#log('debug', 'stopping: a job that arrived is left for the daemon to deliver again', { job: job.id, secret: job.secret });
+      const ids = { job: job.id, secret: job.secret };
+      this.#log('debug', 'stopping: a job that arrived is left for the daemon to deliver again', ids);
       return;
     }
     this.#store.claim(job.id);
@@ -308,7 +316,8 @@ export class Agent {
   /** Keeps a job's result for the report loop, and wakes whoever waits for a change. */
   #finish(job: Job, full: Result): void {
     const result = this.#store.keep(job, full);
-    const fields = { job: job.id, secret: job.secret, target: job.target, kind: job.kind, outcome: result.outcome, detail: result.detail, code: result.code };
+    const { outcome, detail, code } = result;
+    const fields = { job: job.id, secret: job.secret, target: job.target, kind: job.kind, outcome, detail, code };
     if (result.outcome === 'done') this.#log('info', 'job done', fields);
     else this.#log('warn', `job failed: ${result.message ?? result.code ?? ''}`, fields);
     this.#onResult?.(result);

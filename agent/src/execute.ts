@@ -31,10 +31,8 @@ export async function executeJob(job: Job, ctx: ExecuteContext): Promise<Result>
   if (!conn) return failed('AGENT_TARGET_UNKNOWN', `target "${job.target}" is not in this agent's configuration`);
   const scheme = config.schemes.get(job.target) ?? '';
   if (!schemeFitsEngine(scheme, job.engine)) {
-    return failed(
-      'AGENT_ENGINE_MISMATCH',
-      `target "${job.target}" is a ${scheme}:// URL in this agent's configuration, which does not reach a ${job.engine} server`,
-    );
+    const where = `target "${job.target}" is a ${scheme}:// URL in this agent's configuration`;
+    return failed('AGENT_ENGINE_MISMATCH', `${where}, which does not reach a ${job.engine} server`);
   }
   let payload: unknown;
   try {

@@ -128,7 +128,8 @@ export async function reportBatch(ctx: ReportContext, signal: AbortSignal): Prom
     accepted = await client.report(batch.map((p) => p.result), signal);
   } catch (e) {
     const status = (e as AgentError).status;
-    if (e instanceof AgentError && e.code === 'AGENT_DAEMON_REFUSED' && (status === 400 || status === 413 || status === 422)) {
+    const forGood = status === 400 || status === 413 || status === 422;
+    if (e instanceof AgentError && e.code === 'AGENT_DAEMON_REFUSED' && forGood) {
       // The same request would be refused again: drop it; the daemon delivers those jobs again after their lease.
       log('error', 'the daemon refused these results for good; it will deliver the jobs again', {
         code: 'AGENT_RESULTS_REFUSED',
@@ -150,7 +151,8 @@ export async function reportBatch(ctx: ReportContext, signal: AbortSignal): Prom
   for (const p of batch) {
     store.forget(p.job.id);
     const { job, result } = p;
-    const fields = { job: job.id, secret: job.secret, target: job.target, step: 'reported', outcome: result.outcome, code: result.code };
+    const { outcome, code } = result;
+    const fields = { job: job.id, secret: job.secret, target: job.target, step: 'reported', outcome, code };
     log('info', 'result reported', fields);
     publishStep(job, 'reported');
   }
@@ -231,7 +233,11 @@ export async function reportLoop(ctx: ReportLoopContext): Promise<void> {
  * Reports every pending result, with up to `attempts` tries per batch (a batch that went through gives
  * the next one its own attempts), until `signal` aborts (runOnce).
  */
-export async function reportAll(ctx: ReportContext & { readonly retry: Retry }, attempts: number, signal: AbortSignal): Promise<void> {
+export async function reportAll(
+  ctx: ReportContext & { readonly retry: Retry },
+  attempts: number,
+  signal: AbortSignal,
+): Promise<void> {
   for (let attempt = 0; ctx.store.size > 0 && attempt < attempts && !signal.aborted; attempt++) {
     const error = await reportBatch(ctx, signal);
     if (error === undefined) {

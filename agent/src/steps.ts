@@ -16,5 +16,6 @@ export interface AgentStepMessage {
 }
 
 export function publishStep(job: Job, step: AgentStep): void {
-  if (agentStepChannel.hasSubscribers) agentStepChannel.publish({ job: job.id, secret: job.secret, step } satisfies AgentStepMessage);
+  if (!agentStepChannel.hasSubscribers) return;
+  agentStepChannel.publish({ job: job.id, secret: job.secret, step } satisfies AgentStepMessage);
 }

@@ -142,7 +142,8 @@ export class DaemonClient {
     if (signal.aborted) throw new AgentError('AGENT_STOPPED', 'the agent is stopping');
     const { config } = this.#o;
     const body = Buffer.from(JSON.stringify(payload), 'utf8');
-    const headers = signRequest({ agent: config.name, method: 'POST', path, body, privateKey: config.keys.signing, now: this.#o.now() });
+    const privateKey = config.keys.signing;
+    const headers = signRequest({ agent: config.name, method: 'POST', path, body, privateKey, now: this.#o.now() });
     const url = new URL(path, config.daemon);
     const answer = await this.#o.transport({ url, headers, body, timeoutMs, maxBytes: this.#o.maxAnswerBytes, signal });
     return answerData(path, answer, headers[H_NONCE], config.daemonSigningKey);

@@ -34,7 +34,8 @@ export interface ReceivedAnswer {
  * status is 200; else an AgentError (AGENT_DAEMON_UNVERIFIED, AGENT_ANSWER_INVALID, AGENT_DAEMON_REFUSED).
  */
 export function answerData(path: string, answer: ReceivedAnswer, requestNonce: string, publicKey: KeyObject): unknown {
-  const verdict = verifyResponse({ headers: answer.headers, status: answer.status, requestNonce, body: answer.body, publicKey });
+  const { headers, status, body } = answer;
+  const verdict = verifyResponse({ headers, status, requestNonce, body, publicKey });
   if (!verdict.ok) {
     const message = `the answer to ${path} is refused (${verdict.code}): ${verdict.message}; nothing in it is used`;
     throw new AgentError('AGENT_DAEMON_UNVERIFIED', message, answer.status);
@@ -74,10 +75,16 @@ export function jobOf(v: unknown): Job | string {
   if (!isName(id)) return 'a job has no id';
   if (kind !== 'set' && kind !== 'retire') return 'kind is neither set nor retire';
   if (!isName(secret)) return 'secret is missing';
-  if (typeof version !== 'number' || !Number.isSafeInteger(version) || version < 0) return 'version is not a whole number';
+  if (typeof version !== 'number' || !Number.isSafeInteger(version) || version < 0) {
+    return 'version is not a whole number';
+  }
   if (!isName(target)) return 'target is missing';
-  if (typeof engine !== 'string' || !ENGINE_NAMES.includes(engine as EngineName)) return 'engine is not one the agent drives';
-  if (typeof strategy !== 'string' || !STRATEGIES.includes(strategy as Strategy)) return 'strategy is not dual, alternate or single';
+  if (typeof engine !== 'string' || !ENGINE_NAMES.includes(engine as EngineName)) {
+    return 'engine is not one the agent drives';
+  }
+  if (typeof strategy !== 'string' || !STRATEGIES.includes(strategy as Strategy)) {
+    return 'strategy is not dual, alternate or single';
+  }
   if (typeof sealed !== 'string') return 'sealed is not a string';
   return { id, kind, secret, version, target, engine: engine as EngineName, strategy: strategy as Strategy, sealed };
 }
@@ -89,7 +96,8 @@ export function jobOf(v: unknown): Job | string {
 export function malformedJobStub(raw: unknown): Job | undefined {
   if (!isRecord(raw) || !isName(raw.id)) return undefined;
   const secret = isName(raw.secret) ? String(raw.secret) : '';
-  return { id: raw.id, kind: 'set', secret, version: 0, target: '', engine: 'postgres', strategy: 'single', sealed: '' };
+  const id = raw.id;
+  return { id, kind: 'set', secret, version: 0, target: '', engine: 'postgres', strategy: 'single', sealed: '' };
 }
 
 function credentialOf(v: unknown): Credential | undefined {
