@@ -24,6 +24,12 @@ export const ENGINES: Record<Engine, EngineTraits> = {
   mssql: { label: 'SQL Server', strategies: ['alternate', 'single'], maxUsername: 128, maxPassword: 128 },
 };
 
+/**
+ * Every engine name, in the order of ENGINES: the one runtime list (the type comes from the schema, through
+ * Target['engine']; the protocol and the agent import both from here).
+ */
+export const ENGINE_NAMES: readonly Engine[] = Object.keys(ENGINES) as Engine[];
+
 export function defaultStrategy(engine: Engine): Strategy {
   return ENGINES[engine].strategies[0]!;
 }

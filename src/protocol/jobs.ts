@@ -15,6 +15,8 @@
  * idempotent). An agent only ever receives jobs for the Targets whose `agent` is its own name.
  */
 
+import type { Engine } from '../model/engines.js';
+
 export const AGENT_JOBS_PATH = '/v1/agent/jobs';
 export const AGENT_RESULTS_PATH = '/v1/agent/results';
 /** The longest long-poll the daemon holds (seconds). */
@@ -36,7 +38,8 @@ export const MAX_RESULTS_PER_REQUEST = 1000;
 export const MAX_RESULT_MESSAGE = 1000;
 
 export type Strategy = 'dual' | 'alternate' | 'single';
-export type EngineName = 'postgres' | 'mysql' | 'mariadb' | 'mongodb' | 'redis' | 'mssql';
+/** The schema's engine names (src/model/engines.ts). */
+export type EngineName = Engine;
 
 export interface Job {
   /** Unique per job, and stable across redeliveries. */

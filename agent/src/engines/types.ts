@@ -12,7 +12,10 @@
  *   properties: errors carry a stable code and the database's error code only.
  */
 
-export type EngineName = 'postgres' | 'mysql' | 'mariadb' | 'mongodb' | 'redis' | 'mssql';
+import type { EngineName } from '../../../src/protocol/jobs.js';
+
+/** The schema's engine names (src/model/engines.ts), as the daemon sends them in a job. */
+export type { EngineName };
 export type Strategy = 'dual' | 'alternate' | 'single';
 
 /** How the agent reaches one Target as its admin account (from the agent's own config, never the repo). */

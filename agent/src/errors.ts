@@ -1,0 +1,40 @@
+/**
+ * The errors of the agent's own exchanges with the daemon. A job's failure is a Result, not an error.
+ */
+
+export type AgentErrorCode =
+  /** The daemon could not be reached, or the connection broke or timed out. */
+  | 'AGENT_DAEMON_UNREACHABLE'
+  /** An answer that does not verify with daemonSigningKey for this request: refused whole. */
+  | 'AGENT_DAEMON_UNVERIFIED'
+  /** A verified answer with an error status (the daemon's code is in daemonCode). */
+  | 'AGENT_DAEMON_REFUSED'
+  /** A verified answer that is not what the protocol says (not JSON, no jobs list). */
+  | 'AGENT_ANSWER_INVALID'
+  /** An answer over maxAnswerBytes. */
+  | 'AGENT_ANSWER_TOO_LARGE'
+  /** The agent is stopping. */
+  | 'AGENT_STOPPED';
+
+export class AgentError extends Error {
+  constructor(
+    readonly code: AgentErrorCode,
+    message: string,
+    /** The HTTP status of a verified refusal. */
+    readonly status?: number,
+    /** The daemon's error code of a verified refusal. */
+    readonly daemonCode?: string,
+  ) {
+    super(message);
+    this.name = 'AgentError';
+  }
+}
+
+/** A short, value-free description of a transport error. */
+export function transportProblem(e: unknown): { code: AgentErrorCode; cause?: string; message: string } {
+  if (e instanceof AgentError) return { code: e.code, message: e.message };
+  const err = e as { code?: unknown; name?: unknown };
+  const cause = typeof err?.code === 'string' ? err.code : typeof err?.name === 'string' ? err.name : undefined;
+  const message = `the daemon cannot be reached${cause ? ` (${cause})` : ''}`;
+  return { code: 'AGENT_DAEMON_UNREACHABLE', message, ...(cause ? { cause } : {}) };
+}

@@ -1,0 +1,151 @@
+/**
+ * HTTP to the daemon: the transport seam (node:http / node:https with keep-alive agents, bounded answers)
+ * and DaemonClient, which signs each request with the agent's Ed25519 key and has every answer checked
+ * (./wire.ts) against this request's nonce before anything in it is used.
+ */
+import http from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
+import https from 'node:https';
+import type { Logger } from '../../src/log.js';
+import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH } from '../../src/protocol/jobs.js';
+import type { Result } from '../../src/protocol/jobs.js';
+import { H_NONCE, signRequest } from '../../src/protocol/sign.js';
+import type { AgentConfig } from './config.js';
+import { AgentError } from './errors.js';
+import { acceptedOf, answerData, jobsOf } from './wire.js';
+
+export interface HttpExchange {
+  readonly url: URL;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: Buffer;
+  /** For the whole exchange. */
+  readonly timeoutMs: number;
+  /** The largest answer body taken. */
+  readonly maxBytes: number;
+  readonly signal: AbortSignal;
+}
+
+export interface HttpAnswer {
+  readonly status: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: Buffer;
+}
+
+/** Sends one POST and returns the answer as received (the agent verifies it); rejects on transport errors. */
+export type Transport = (x: HttpExchange) => Promise<HttpAnswer>;
+
+/** Timeout of a results request, and the margin of a poll beyond its `wait`. */
+const EXCHANGE_MS = 30_000;
+const POLL_MARGIN_MS = 15_000;
+
+/** node:http / node:https, one keep-alive agent each, bounded answers. */
+export function nodeTransport(): Transport & { close(): void } {
+  const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+  const transport = (x: HttpExchange): Promise<HttpAnswer> =>
+    new Promise((resolve, reject) => {
+      const secure = x.url.protocol === 'https:';
+      let settled = false;
+      let res: http.IncomingMessage | undefined;
+      const settle = (err: unknown, answer?: HttpAnswer) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        x.signal.removeEventListener('abort', onAbort);
+        if (answer) {
+          resolve(answer);
+        } else {
+          res?.destroy();
+          req.destroy();
+          reject(err);
+        }
+      };
+      const onAbort = () => settle(new AgentError('AGENT_STOPPED', 'the agent is stopping'));
+      const req = (secure ? https : http).request(x.url, {
+        method: 'POST',
+        headers: { ...x.headers, 'content-type': 'application/json', 'content-length': String(x.body.length) },
+        agent: secure ? agents.https : agents.http,
+      });
+      const timer = setTimeout(() => {
+        const message = `the daemon did not answer within ${Math.round(x.timeoutMs / 1000)} s`;
+        settle(new AgentError('AGENT_DAEMON_UNREACHABLE', message));
+      }, x.timeoutMs);
+      x.signal.addEventListener('abort', onAbort, { once: true });
+      req.on('response', (r: http.IncomingMessage) => {
+        res = r;
+        const declared = Number(r.headers['content-length']);
+        if (Number.isFinite(declared) && declared > x.maxBytes) {
+          const message = `the daemon's answer is ${declared} bytes, over the ${x.maxBytes}-byte limit`;
+          settle(new AgentError('AGENT_ANSWER_TOO_LARGE', message));
+          return;
+        }
+        const chunks: Buffer[] = [];
+        let size = 0;
+        r.on('data', (chunk: Buffer) => {
+          size += chunk.length;
+          if (size > x.maxBytes) {
+            settle(new AgentError('AGENT_ANSWER_TOO_LARGE', `the daemon's answer is over the ${x.maxBytes}-byte limit`));
+          } else {
+            chunks.push(chunk);
+          }
+        });
+        r.on('end', () => settle(undefined, { status: r.statusCode ?? 0, headers: r.headers, body: Buffer.concat(chunks) }));
+        r.on('error', (e) => settle(e));
+        r.on('close', () => settle(new AgentError('AGENT_DAEMON_UNREACHABLE', 'the daemon closed the connection mid-answer')));
+      });
+      req.on('error', (e) => settle(e));
+      req.on('close', () => {
+        if (!res) settle(new AgentError('AGENT_DAEMON_UNREACHABLE', 'the connection closed without an answer'));
+      });
+      if (x.signal.aborted) onAbort();
+      else req.end(x.body);
+    });
+  return Object.assign(transport, {
+    close() {
+      agents.http.destroy();
+      agents.https.destroy();
+    },
+  });
+}
+
+export interface DaemonClientOptions {
+  readonly config: Pick<AgentConfig, 'name' | 'daemon' | 'keys' | 'daemonSigningKey'>;
+  readonly transport: Transport;
+  readonly log: Logger;
+  /** ms since the epoch, for request timestamps. */
+  readonly now: () => number;
+  /** The largest answer accepted. */
+  readonly maxAnswerBytes: number;
+}
+
+/** The agent's two requests to the daemon, signed, with their answers checked. */
+export class DaemonClient {
+  readonly #o: DaemonClientOptions;
+
+  constructor(options: DaemonClientOptions) {
+    this.#o = options;
+  }
+
+  /** One long-poll of at most `wait` seconds: the jobs in the answer, each still unchecked. */
+  async poll(wait: number, signal: AbortSignal): Promise<unknown[]> {
+    const jobs = jobsOf(await this.#exchange(AGENT_JOBS_PATH, { wait }, wait * 1000 + POLL_MARGIN_MS, signal));
+    if (jobs.length > 0) this.#o.log('debug', 'jobs received', { jobs: jobs.length });
+    return jobs;
+  }
+
+  /** Sends results: how many the daemon says it accepted (undefined if its answer does not say). */
+  async report(results: readonly Result[], signal: AbortSignal): Promise<number | undefined> {
+    return acceptedOf(await this.#exchange(AGENT_RESULTS_PATH, { results }, EXCHANGE_MS, signal));
+  }
+
+  /** One signed POST; the answer's JSON when it verified and its status is 200. */
+  async #exchange(path: string, payload: unknown, timeoutMs: number, signal: AbortSignal): Promise<unknown> {
+    if (signal.aborted) throw new AgentError('AGENT_STOPPED', 'the agent is stopping');
+    const { config } = this.#o;
+    const body = Buffer.from(JSON.stringify(payload), 'utf8');
+    const privateKey = config.keys.signing;
+    const headers = signRequest({ agent: config.name, method: 'POST', path, body, privateKey, now: this.#o.now() });
+    const url = new URL(path, config.daemon);
+    const answer = await this.#o.transport({ url, headers, body, timeoutMs, maxBytes: this.#o.maxAnswerBytes, signal });
+    return answerData(path, answer, headers[H_NONCE], config.daemonSigningKey);
+  }
+}
