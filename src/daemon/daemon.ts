@@ -16,7 +16,7 @@ import { loadModel } from '../model/load.js';
 import { auditDirShapeProblem } from '../model/audit-path.js';
 import { DEFAULT_AUDIT_DIR } from '../model/model.js';
 import type { Desired } from '../model/model.js';
-import { parseDuration } from '../model/duration.js';
+import { parseDuration } from '../util/duration.js';
 import { defaultStrategy } from '../model/engines.js';
 import { GitTreeSource } from '../git/tree.js';
 import { runGit } from '../git/run.js';
