@@ -45,7 +45,7 @@ import { AgentHub } from './agents.js';
 import { listenAgentApi, type AgentApiLimits } from '../serve/agent-api.js';
 import type { ListenerLimits } from '../serve/limits.js';
 import { listenMetrics } from '../serve/metrics.js';
-import type { RecentView } from '../serve/status-page.js';
+import type { DaemonStatus, RecentView } from '../serve/status.js';
 import { readSopsValues } from './sops-values.js';
 
 export interface DaemonOptions {
@@ -529,7 +529,7 @@ export class Daemon implements ConsumerBackend {
     }
   }
 
-  status() {
+  status(): DaemonStatus {
     const secrets = this.engine.status().map((s) => {
       const consumers = this.grants.consumersOf(s.name).map((c) => {
         const r = this.receipts.get(c, s.name);
