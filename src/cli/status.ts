@@ -6,7 +6,7 @@ import { AdminError, adminSocket, callAdmin } from './admin-client.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
-import type { DaemonStatus } from '../serve/status.js';
+import type { StatusReading } from '../serve/status.js';
 
 export const STATUS_FLAGS = {
   json: { type: 'boolean', description: 'the daemon\'s status as JSON (for scripts)' },
@@ -37,7 +37,7 @@ Examples:
 `;
 
 /** The daemon's answer on GET /v1/status. */
-type Status = DaemonStatus;
+type Status = StatusReading;
 
 export async function statusCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags } = parse(argv, STATUS_FLAGS, io.env, 0);

@@ -15,11 +15,11 @@ import type { Logger } from '../log.js';
 import { boundedServer, rateLimited, type ListenerLimits } from './limits.js';
 import { listenTcp } from './listen.js';
 import { renderStatusPage, STATUS_PAGE_HEADERS } from './status-page.js';
-import type { DaemonStatus } from './status.js';
+import type { StatusReading } from './status.js';
 
 /** What the metrics read from the daemon at scrape time: its status. */
 export interface MetricsSource {
-  status(): DaemonStatus;
+  status(): StatusReading;
 }
 
 export function metricsRegistry(source: MetricsSource): { registry: Registry; newScrape: () => void; close: () => void } {
@@ -108,7 +108,7 @@ export function metricsRegistry(source: MetricsSource): { registry: Registry; ne
 
 /** What the status page reads from the daemon (its status, with the recent rotations). */
 export interface StatusPageSource {
-  status(): DaemonStatus;
+  status(): StatusReading;
 }
 
 export const METRICS_LIMITS: ListenerLimits = {

@@ -6,11 +6,11 @@
  * that goes into the page is escaped (names come from the repository).
  */
 
-import type { DaemonStatus, RecentView, SecretStatusView } from './status.js';
+import type { RecentView, SecretStatusView, StatusReading } from './status.js';
 export type { RecentView, StorageFailingView } from './status.js';
 
 /** What the page reads: the daemon's status. */
-export type StatusView = DaemonStatus;
+export type StatusView = StatusReading;
 export type SecretView = SecretStatusView;
 
 /** The headers the page is served with: nothing loads from anywhere, nothing is cached. */

@@ -10,13 +10,18 @@ export interface DaemonStatus {
   readonly now: string;
   readonly config: ConfigStatus;
   readonly secrets: readonly SecretStatusView[];
-  readonly sockets?: SocketsStatus;
-  readonly agents?: AgentsStatus;
-  readonly store?: { readonly seq?: number; readonly storeId?: string; readonly failing?: StorageFailingView };
-  readonly audit?: AuditStatus;
+  readonly sockets: SocketsStatus;
+  readonly agents: AgentsStatus;
+  readonly store: { readonly seq: number; readonly storeId: string; readonly failing?: StorageFailingView };
+  readonly audit: AuditStatus;
   /** Recent rotation outcomes, oldest first. */
-  readonly recent?: readonly RecentView[];
+  readonly recent: readonly RecentView[];
 }
+
+/** The sections a reader does without: a status made by hand (a test, a tool) may leave them out. */
+type Sections = 'sockets' | 'agents' | 'store' | 'audit' | 'recent';
+/** What the readers (rotor status, the metrics, the status page) take: DaemonStatus, its sections optional. */
+export type StatusReading = Omit<DaemonStatus, Sections> & Partial<Pick<DaemonStatus, Sections>>;
 
 export interface ConfigStatus {
   readonly applied?: { readonly commit: string; readonly at: string };
