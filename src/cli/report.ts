@@ -1,13 +1,12 @@
 /** Printing problems: one line each for people, JSON for programs, annotations for GitHub Actions. */
 import path from 'node:path';
 import type { Problem } from '../model/problems.js';
+import { problemLine } from '../model/problems.js';
 import type { LoadResult } from '../model/model.js';
 
 export type ProblemFormat = 'text' | 'json' | 'github';
 
-export function problemLine(p: Problem): string {
-  return `${p.file}:${p.line}:${p.col}: ${p.severity}: ${p.message} [${p.code}]`;
-}
+export { problemLine };
 
 function ghEscapeData(s: string): string {
   return s.replace(/%/g, '%25').replace(/\r/g, '%0D').replace(/\n/g, '%0A');

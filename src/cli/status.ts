@@ -6,6 +6,7 @@ import { AdminError, adminSocket, callAdmin } from './admin-client.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
+import type { StatusReading } from '../serve/status.js';
 
 export const STATUS_FLAGS = {
   json: { type: 'boolean', description: 'the daemon\'s status as JSON (for scripts)' },
@@ -35,38 +36,8 @@ Examples:
   rotor status > /dev/null || echo "rotor needs attention"     # in a health check
 `;
 
-interface SecretRow {
-  name: string;
-  version?: number;
-  rotatedAt?: string;
-  nextRotationAt?: number;
-  pending: boolean;
-  overdue: boolean;
-  strategy?: string;
-  target?: string;
-  engine?: string;
-  source?: string;
-  failing?: { attempts: number; error: string; retryAt?: number };
-  consumers: { name: string; version?: number; behind: boolean }[];
-}
-
-/** The audit log or the state store cannot be written: rotations wait for it. */
-interface StorageFailing {
-  code: string;
-  errno?: string;
-  since: string;
-  attempts: number;
-  retryAt: string;
-}
-
-interface Status {
-  now: string;
-  config: { applied?: { commit: string; at: string }; attempted?: { commit: string; at: string; problems?: number }; held?: { commit: string; code: string; message: string } };
-  secrets: SecretRow[];
-  agents?: { listen?: string; agents: { name: string; lastSeen?: string; queued: number }[] };
-  audit?: { commitPending: boolean; pushFailures: number; pushError?: { code: string; message: string }; failing?: StorageFailing };
-  store?: { failing?: StorageFailing };
-}
+/** The daemon's answer on GET /v1/status. */
+type Status = StatusReading;
 
 export async function statusCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags } = parse(argv, STATUS_FLAGS, io.env, 0);

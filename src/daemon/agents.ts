@@ -16,6 +16,7 @@ import { defaultStrategy } from '../model/engines.js';
 import type { Credential, EngineName, Job, Result, RetirePayload, SetPayload, Strategy } from '../protocol/jobs.js';
 import { JOB_LEASE_MS } from '../protocol/jobs.js';
 import { sealForAgent } from '../protocol/seal.js';
+import type { AgentJobs } from '../serve/agent-api.js';
 
 export class StepError extends Error {
   constructor(readonly code: string, message: string) {
@@ -45,7 +46,7 @@ export interface AgentHubOptions {
   readonly jobTimeoutMs?: number;
 }
 
-export class AgentHub {
+export class AgentHub implements AgentJobs {
   private agents = new Map<string, AgentInfo>();
   private targets = new Map<string, { agent: string; engine: EngineName }>();
   private readonly queues = new Map<string, Map<string, Pending>>();

@@ -15,7 +15,7 @@ import type { Kind } from './schemas.js';
 import { KINDS, validateSchema } from './schemas.js';
 import type { ParsedDoc, Path } from './yaml.js';
 import { decodeUtf8, LIMITS, parseDocuments, positionOf } from './yaml.js';
-import { parseDuration, formatDuration } from './duration.js';
+import { parseDuration, formatDuration } from '../util/duration.js';
 import type { Glob } from './glob.js';
 import { compileGlob, NameIndex } from './glob.js';
 import { alphabetOf, DB_UNSAFE, DEFAULT_LENGTH, entropyBits } from './charsets.js';

@@ -100,6 +100,14 @@ export interface Problem extends Position {
   message: string;
 }
 
+/**
+ * One line for people, as compilers print them: `FILE:LINE:COL: SEVERITY: MESSAGE [CODE]`. Takes any
+ * problem of that shape (the agent's configuration problems have codes of their own).
+ */
+export function problemLine(p: Position & { readonly severity: Severity; readonly code: string; readonly message: string }): string {
+  return `${p.file}:${p.line}:${p.col}: ${p.severity}: ${p.message} [${p.code}]`;
+}
+
 export function hasErrors(problems: readonly Problem[]): boolean {
   return problems.some((p) => p.severity === 'error');
 }

@@ -11,6 +11,7 @@ import type { Code, Problem } from './problems.js';
 import { suggest } from './problems.js';
 import type { ParsedDoc, Path } from './yaml.js';
 import { positionOf } from './yaml.js';
+import { errorPath, lengthMessage, quoteHint, uniqueProblems, valueAt } from './ajv-problems.js';
 
 export const KINDS = ['Config', 'Policy', 'Secret', 'Target', 'Agent', 'Consumer'] as const;
 export type Kind = (typeof KINDS)[number];
@@ -52,25 +53,11 @@ function loadCached(file: string) {
   return s;
 }
 
-function parsePointer(pointer: string): (string | number)[] {
-  return pointer.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-}
-
 /** Validates one document of a known kind; returns its problems (empty when valid). */
 export function validateSchema(kind: Kind, pd: ParsedDoc): Problem[] {
   const validate = validators[kind];
   if (validate(pd.data)) return [];
-  const problems: Problem[] = [];
-  const seen = new Set<string>();
-  for (const err of validate.errors ?? []) {
-    const p = toProblem(kind, pd, err);
-    if (!p) continue;
-    const id = `${p.line}:${p.col}:${p.code}`;
-    if (seen.has(id)) continue; // one problem per place and code (a pattern and a type error, say)
-    seen.add(id);
-    problems.push(p);
-  }
-  return problems;
+  return uniqueProblems(validate.errors ?? [], (err) => toProblem(kind, pd, err));
 }
 
 function describeValue(v: unknown): string {
@@ -88,9 +75,9 @@ const DEF_CODES: Record<string, { code: Code; what: string }> = {
 };
 
 function toProblem(kind: Kind, pd: ParsedDoc, err: ErrorObject): Problem | undefined {
-  const at = parsePointer(err.instancePath);
+  const at: Path = errorPath(err);
   const field = at.length ? at.join('.') : kind;
-  const value = at.reduce<unknown>((v, k) => (v as Record<string, unknown> | undefined)?.[k as string], pd.data);
+  const value = valueAt(pd.data, at);
   const def = /#\/\$defs\/([A-Za-z]+)\//.exec(err.schemaPath)?.[1];
   const mk = (code: Code, message: string, path: Path = at, key = false): Problem => ({ ...positionOf(pd, path, key), severity: 'error', code, message });
 
@@ -107,7 +94,7 @@ function toProblem(kind: Kind, pd: ParsedDoc, err: ErrorObject): Problem | undef
     }
     case 'type': {
       const want = (err.params as { type: string }).type;
-      const quote = want === 'string' && (typeof value === 'number' || typeof value === 'boolean') ? ' (quote it: "…")' : '';
+      const quote = quoteHint(want, value);
       return mk('SCHEMA_TYPE', `${field} must be ${want === 'integer' ? 'a whole number' : `a ${want}`}, not ${describeValue(value)}${quote}`);
     }
     case 'enum': {
@@ -139,9 +126,7 @@ function toProblem(kind: Kind, pd: ParsedDoc, err: ErrorObject): Problem | undef
     }
     case 'minLength':
     case 'maxLength': {
-      const limit = (err.params as { limit: number }).limit;
-      if (err.keyword === 'minLength' && limit === 1) return mk('SCHEMA_RANGE', `${field} must not be empty`);
-      return mk('SCHEMA_RANGE', `${field} must be ${err.keyword === 'minLength' ? 'at least' : 'at most'} ${limit} characters long`);
+      return mk('SCHEMA_RANGE', lengthMessage(field, err.keyword, (err.params as { limit: number }).limit));
     }
     case 'minItems':
     case 'maxItems':

@@ -1,5 +1,6 @@
 /** Printing a plan: plain text for terminals, markdown for pull-request comments, JSON for programs. */
 import type { Problem } from '../model/problems.js';
+import { problemLine } from '../model/problems.js';
 import type { AuditViolation } from './append-only.js';
 import type { DeclChange, FieldChange, Plan, Reminder, RotationForecast } from './plan.js';
 
@@ -80,7 +81,7 @@ function text(r: PlanReport): string {
   if (!r.ok) {
     out.push('REFUSED:');
     for (const v of r.audit) out.push(`  ${v.file}:${v.line}: the audit log is append-only: ${v.message} [AUDIT_NOT_APPEND_ONLY]`);
-    for (const p of r.problems.filter((x) => x.severity === 'error')) out.push(`  ${p.file}:${p.line}:${p.col}: error: ${p.message} [${p.code}]`);
+    for (const p of r.problems.filter((x) => x.severity === 'error')) out.push(`  ${problemLine(p)}`);
   }
   out.push(summary(r));
   if (r.baseErrors) out.push(`(the base has ${r.baseErrors} errors of its own; it is compared as far as it is valid)`);

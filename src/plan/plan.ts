@@ -9,7 +9,7 @@ import { compileGlob, NameIndex } from '../model/glob.js';
 import { defaultStrategy, ENGINES } from '../model/engines.js';
 import type { Strategy } from '../model/engines.js';
 import { compileSchedule, nextRotations } from '../schedule/schedule.js';
-import { parseDuration } from '../model/duration.js';
+import { parseDuration } from '../util/duration.js';
 
 export type Action = 'added' | 'removed' | 'changed';
 

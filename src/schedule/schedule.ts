@@ -4,8 +4,19 @@
  */
 import { createHash } from 'node:crypto';
 import { Cron } from 'croner';
-import type { Policy } from '../model/schema-types.js';
-import { parseDuration } from '../model/duration.js';
+import { parseDuration } from '../util/duration.js';
+
+/**
+ * What a schedule is made of, as declared (a Policy has these fields): durations as `<n>s|m|h|d`,
+ * clock times as HH:MM. Plain inputs, so that the schedule does not depend on the model.
+ */
+export interface ScheduleSpec {
+  readonly every?: string;
+  readonly cron?: string;
+  readonly timezone?: string;
+  readonly window?: { readonly start: string; readonly end: string };
+  readonly jitter?: string;
+}
 
 export interface Schedule {
   readonly everyMs?: number;
@@ -44,7 +55,7 @@ function clockMinutes(hhmm: string): number {
 }
 
 /** A policy's schedule. The policy must have passed validation. */
-export function compileSchedule(policy: Policy): Schedule {
+export function compileSchedule(policy: ScheduleSpec): Schedule {
   const timezone = policy.timezone ?? 'UTC';
   return {
     ...(policy.every !== undefined ? { everyMs: parseDuration(policy.every)! } : {}),

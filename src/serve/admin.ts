@@ -9,6 +9,7 @@ import type { Server } from 'node:http';
 import { HttpError, readJson, sendError, sendJson } from './http-json.js';
 import { listenPrivately } from './consumer-sockets.js';
 import { boundedServer, type ListenerLimits } from './limits.js';
+import type { DaemonStatus } from './status.js';
 
 /** Only the daemon's user can connect; these bound what a stuck or buggy client can hold. */
 export const ADMIN_LIMITS: ListenerLimits = {
@@ -23,7 +24,7 @@ const ADMIN_BODY = { limit: 16 * 1024, timeoutMs: 10_000 };
 
 export interface AdminHandlers {
   rotate(name: string, reason: string): Promise<{ name: string; version: number }>;
-  status(): unknown;
+  status(): DaemonStatus;
 }
 
 export async function listenAdmin(socketPath: string, handlers: AdminHandlers): Promise<Server> {

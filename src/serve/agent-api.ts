@@ -15,8 +15,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Logger } from '../log.js';
 import { abandonRequest, AGENT_AUTH_STATUS, H_AGENT, H_NONCE, NonceCache, signResponse, verifyRequestBody, verifyRequestHeaders } from '../protocol/sign.js';
 import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_AGENT_WAIT, MAX_JOBS_BODY, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY, MAX_RESULTS_PER_REQUEST } from '../protocol/jobs.js';
-import type { Result } from '../protocol/jobs.js';
-import type { AgentHub } from '../daemon/agents.js';
+import type { Job, Result } from '../protocol/jobs.js';
 import { HttpError, readBody } from './http-json.js';
 import { boundedServer, rateLimited, type ListenerLimits } from './limits.js';
 import { listenTcp } from './listen.js';
@@ -45,8 +44,18 @@ export const AGENT_API_LIMITS: AgentApiLimits = {
   resultsBody: MAX_RESULTS_BODY,
 };
 
+/** What the listener needs of the daemon's side of the agents (the daemon's AgentHub implements it). */
+export interface AgentJobs {
+  /** The public key of a declared agent (for verifying its requests). */
+  keyOf(agent: string): KeyObject | undefined;
+  /** The jobs ready for `agent`, leased to it; waits up to `waitMs` for one, or until `closed`. */
+  take(agent: string, waitMs: number, closed?: Promise<void>): Promise<Job[]>;
+  /** Results reported by `agent`; returns how many matched a job of its own. */
+  complete(agent: string, results: readonly Result[]): number;
+}
+
 export interface AgentApiOptions {
-  readonly hub: AgentHub;
+  readonly hub: AgentJobs;
   readonly signing: KeyObject;
   readonly log: Logger;
   readonly now: () => number;

@@ -24,6 +24,7 @@ import type { RequestListener, Server } from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from '../log.js';
+import { SerialQueue } from '../util/serial.js';
 import { boundedServer, type ListenerLimits } from './limits.js';
 
 /**
@@ -62,7 +63,7 @@ interface Bound {
 
 export class ConsumerSockets {
   private readonly bound = new Map<string, Bound>();
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly queue = new SerialQueue();
   private closed = false;
 
   constructor(private readonly o: { dir: string; log: Logger; handler: (consumer: string) => RequestListener }) {}
@@ -123,9 +124,7 @@ export class ConsumerSockets {
   /** Makes the sockets match the declared consumers: new ones bound, removed ones closed, changed owners rebound. */
   sync(consumers: Iterable<ConsumerSocketSpec>): Promise<void> {
     const want = new Map([...consumers].map((c) => [c.name, c]));
-    const p = this.queue.then(() => this.apply(want));
-    this.queue = p.catch(() => undefined);
-    return p;
+    return this.queue.run(() => this.apply(want));
   }
 
   private async apply(want: Map<string, ConsumerSocketSpec>): Promise<void> {
@@ -192,7 +191,7 @@ export class ConsumerSockets {
   /** Closes every socket and ends its connections (long-polls included). */
   async close(): Promise<void> {
     this.closed = true;
-    await this.queue;
+    await this.queue.idle();
     await Promise.all([...this.bound.values()].map(async (b) => {
       await unlink(b.path).catch(() => undefined);
       await closeServer(b.server);

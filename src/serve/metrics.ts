@@ -15,19 +15,11 @@ import type { Logger } from '../log.js';
 import { boundedServer, rateLimited, type ListenerLimits } from './limits.js';
 import { listenTcp } from './listen.js';
 import { renderStatusPage, STATUS_PAGE_HEADERS } from './status-page.js';
-import type { StatusView } from './status-page.js';
+import type { StatusReading } from './status.js';
 
-/** What the metrics read from the daemon at scrape time (a subset of Daemon.status()). */
+/** What the metrics read from the daemon at scrape time: its status. */
 export interface MetricsSource {
-  status(): {
-    now: string;
-    config: { applied?: { commit: string; at: string }; attempted?: { commit: string; at: string; problems?: number }; held?: { code: string } };
-    secrets: readonly { name: string; version?: number; rotatedAt?: string; overdue: boolean; failing?: unknown; consumers: readonly { name: string; behind: boolean }[] }[];
-    agents?: { agents: readonly { name: string; lastSeen?: string }[] };
-    sockets?: { requests: readonly { consumer: string; status: number; count: number }[] };
-    audit?: { commitPending: boolean; pushFailures: number; failing?: unknown };
-    store?: { failing?: unknown };
-  };
+  status(): StatusReading;
 }
 
 export function metricsRegistry(source: MetricsSource): { registry: Registry; newScrape: () => void; close: () => void } {
@@ -116,7 +108,7 @@ export function metricsRegistry(source: MetricsSource): { registry: Registry; ne
 
 /** What the status page reads from the daemon (its status, with the recent rotations). */
 export interface StatusPageSource {
-  status(): StatusView;
+  status(): StatusReading;
 }
 
 export const METRICS_LIMITS: ListenerLimits = {

@@ -6,60 +6,12 @@
  * that goes into the page is escaped (names come from the repository).
  */
 
-/** What the page reads from the daemon's status (a subset of Daemon.status()). */
-export interface StatusView {
-  readonly now: string;
-  readonly config: {
-    readonly applied?: { readonly commit: string; readonly at: string };
-    readonly attempted?: { readonly commit: string; readonly at: string; readonly problems?: number };
-    /** The clone does not take the remote head (its audit path is a link, a file or a submodule). */
-    readonly held?: { readonly commit: string; readonly code: string; readonly message: string };
-  };
-  readonly secrets: readonly SecretView[];
-  readonly agents?: { readonly listen?: string; readonly agents: readonly { readonly name: string; readonly lastSeen?: string; readonly queued: number }[] };
-  readonly audit?: { readonly commitPending: boolean; readonly pushFailures: number; readonly pushError?: { readonly code: string }; readonly failing?: StorageFailingView };
-  readonly store?: { readonly failing?: StorageFailingView };
-  /** Recent rotation outcomes, oldest first. */
-  readonly recent?: readonly RecentView[];
-}
+import type { RecentView, SecretStatusView, StatusReading } from './status.js';
+export type { RecentView, StorageFailingView } from './status.js';
 
-/** The audit log or the state store cannot be written: rotations wait. */
-export interface StorageFailingView {
-  readonly code: string;
-  readonly errno?: string;
-  readonly since: string;
-  readonly retryAt: string;
-}
-
-export interface SecretView {
-  readonly name: string;
-  readonly version?: number;
-  readonly rotatedAt?: string;
-  readonly nextRotationAt?: number;
-  readonly pending: boolean;
-  readonly overdue: boolean;
-  /** `retryAt` is absent when only a new commit can mend it (an unreadable SOPS file). */
-  readonly failing?: { readonly attempts: number; readonly error: string; readonly retryAt?: number };
-  readonly policy?: string;
-  readonly source?: string;
-  readonly strategy?: string;
-  readonly target?: string;
-  readonly engine?: string;
-  readonly consumers: readonly { readonly name: string; readonly version?: number; readonly readAt?: string; readonly behind: boolean }[];
-}
-
-/** A rotation outcome for the timeline (the daemon keeps the last ones): taken from an audit event, which holds no value. */
-export interface RecentView {
-  readonly time: string;
-  readonly secret: string;
-  readonly event: 'created' | 'rotated' | 'retired' | 'rotation-failed';
-  readonly from?: number;
-  readonly to?: number;
-  readonly trigger?: string;
-  readonly reason?: string;
-  /** The error code of a failed rotation (the start of its audit detail). */
-  readonly error?: string;
-}
+/** What the page reads: the daemon's status. */
+export type StatusView = StatusReading;
+export type SecretView = SecretStatusView;
 
 /** The headers the page is served with: nothing loads from anywhere, nothing is cached. */
 export const STATUS_PAGE_HEADERS: Readonly<Record<string, string>> = {

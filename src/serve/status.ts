@@ -1,0 +1,102 @@
+/**
+ * The daemon's status: what Daemon.status() builds, the admin socket answers (GET /v1/status),
+ * `rotor status` prints, and the metrics and the status page read. Names, versions, times and codes
+ * only: never a secret value.
+ */
+
+/** The daemon's status, one shape for the daemon that builds it and every reader. */
+export interface DaemonStatus {
+  /** When the status was taken (ISO 8601). */
+  readonly now: string;
+  readonly config: ConfigStatus;
+  readonly secrets: readonly SecretStatusView[];
+  readonly sockets: SocketsStatus;
+  readonly agents: AgentsStatus;
+  readonly store: { readonly seq: number; readonly storeId: string; readonly failing?: StorageFailingView };
+  readonly audit: AuditStatus;
+  /** Recent rotation outcomes, oldest first. */
+  readonly recent: readonly RecentView[];
+}
+
+/** The sections a reader does without: a status made by hand (a test, a tool) may leave them out. */
+type Sections = 'sockets' | 'agents' | 'store' | 'audit' | 'recent';
+/** What the readers (rotor status, the metrics, the status page) take: DaemonStatus, its sections optional. */
+export type StatusReading = Omit<DaemonStatus, Sections> & Partial<Pick<DaemonStatus, Sections>>;
+
+export interface ConfigStatus {
+  readonly applied?: { readonly commit: string; readonly at: string };
+  /** The last commit looked at; `problems` counts its errors when it was rejected. */
+  readonly attempted?: { readonly commit: string; readonly at: string; readonly problems?: number };
+  /** The clone does not take the remote head (its audit path is a link, a file or a submodule). */
+  readonly held?: { readonly commit: string; readonly code: string; readonly message: string };
+}
+
+export interface SecretStatusView {
+  readonly name: string;
+  readonly version?: number;
+  readonly rotatedAt?: string;
+  /** When the next rotation is due (ms since the epoch). */
+  readonly nextRotationAt?: number;
+  readonly pending: boolean;
+  readonly overdue: boolean;
+  /** `retryAt` is absent when only a new commit can mend it (an unreadable SOPS file). */
+  readonly failing?: { readonly since: number; readonly attempts: number; readonly error: string; readonly retryAt?: number };
+  readonly policy?: string;
+  /** database, sops, fields or generate. */
+  readonly source?: string;
+  readonly strategy?: string;
+  readonly target?: string;
+  readonly engine?: string;
+  readonly consumers: readonly ConsumerReadView[];
+}
+
+/** A consumer of a secret: the version it last read, and whether that is older than the current one. */
+export interface ConsumerReadView {
+  readonly name: string;
+  readonly version?: number;
+  readonly readAt?: string;
+  readonly behind: boolean;
+}
+
+export interface SocketsStatus {
+  readonly dir: string;
+  readonly consumers: readonly string[];
+  /** Consumer API requests by consumer and HTTP status. */
+  readonly requests: readonly { readonly consumer: string; readonly status: number; readonly count: number }[];
+}
+
+export interface AgentsStatus {
+  readonly listen?: string;
+  readonly agents: readonly { readonly name: string; readonly lastSeen?: string; readonly queued: number }[];
+}
+
+export interface AuditStatus {
+  readonly commitPending: boolean;
+  readonly pushFailures: number;
+  /** The code and message of the last failed commit or push, while pushes fail. */
+  readonly pushError?: { readonly code: string; readonly message: string };
+  readonly failing?: StorageFailingView;
+}
+
+/** The audit log or the state store cannot be written: rotations wait. */
+export interface StorageFailingView {
+  readonly code: string;
+  readonly errno?: string;
+  readonly message: string;
+  readonly since: string;
+  readonly attempts: number;
+  readonly retryAt: string;
+}
+
+/** A rotation outcome for the timeline (the daemon keeps the last ones): taken from an audit event, which holds no value. */
+export interface RecentView {
+  readonly time: string;
+  readonly secret: string;
+  readonly event: 'created' | 'rotated' | 'retired' | 'rotation-failed';
+  readonly from?: number;
+  readonly to?: number;
+  readonly trigger?: string;
+  readonly reason?: string;
+  /** The error code of a failed rotation (the start of its audit detail). */
+  readonly error?: string;
+}
