@@ -13,7 +13,8 @@ import { ROOT } from './helpers.js';
  * the groups are peers: neither imports the other.
  */
 const LAYERS: readonly (readonly string[])[] = [
-  ['util', 'log', 'paths', 'keys', 'sops', 'sops-write'],
+  ['errors'],
+  ['util', 'log', 'paths', 'keys', 'sops'],
   ['schedule'],
   ['model'],
   ['state', 'audit', 'protocol', 'client'],
@@ -24,7 +25,7 @@ const LAYERS: readonly (readonly string[])[] = [
 ];
 
 /** What agent/src (a separate program) may import from src/. */
-const AGENT_MAY_IMPORT: readonly string[] = ['util', 'log', 'paths', 'keys', 'sops', 'schedule', 'model', 'protocol'];
+const AGENT_MAY_IMPORT: readonly string[] = ['errors', 'util', 'log', 'paths', 'keys', 'sops', 'schedule', 'model', 'protocol'];
 
 /**
  * Imports that break the order and are known, each with what mends it. The test fails when one of
