@@ -26,8 +26,8 @@ import type { Pending, SecretRecord, Trigger } from './record.js';
 import { create, currentVersion, finish, previousVersion, retire } from './record.js';
 import * as planner from './planner.js';
 import type { Failure, ManualValue, PlanInput, RotationExtra } from './planner.js';
-import type { Step, StepResult } from './steps.js';
-import { attempt, DONE, runSteps } from './steps.js';
+import type { Step, StepFailure, StepResult } from './steps.js';
+import { attempt, DONE, retry, runSteps } from './steps.js';
 
 export type { ManualValue } from './planner.js';
 
@@ -413,21 +413,25 @@ export class Engine {
     const result = await attempt(async () => {
       c.record = this.record(name) ?? c.record;
       c.pending = c.record.pending;
-      const done = await runSteps(this.rotationSteps, c, (step) => {
+      return runSteps(this.rotationSteps, c, (step) => {
         stepChannel.publish({ secret: name, step: step.name, version: c.pending!.version });
+        // In the same tick as the last step's event: whoever waits for it sees the outcome recorded.
+        if (step.name === 'finished') this.rotated(name, c.pending!);
       });
-      if (done.kind !== 'done') return done;
-      const pending = c.pending!;
-      this.failures.delete(name);
-      this.storageWorks();
-      this.o.log('info', pending.version === 1 ? 'secret created' : 'secret rotated', { secret: name, version: pending.version, trigger: pending.trigger });
-      this.o.onChange?.(name);
-      return done;
     });
     if (result.kind !== 'done') {
       this.fail(name, result);
       throw result.error;
     }
+  }
+
+  /** A rotation finished: the secret's failures are over, and so are those of the storage. */
+  private rotated(name: string, pending: Pending): void {
+    this.failures.delete(name);
+    this.storageWorks();
+    const message = pending.version === 1 ? 'secret created' : 'secret rotated';
+    this.o.log('info', message, { secret: name, version: pending.version, trigger: pending.trigger });
+    this.o.onChange?.(name);
   }
 
   private async createStep(c: Rotation): Promise<StepResult> {
@@ -570,16 +574,20 @@ export class Engine {
    * `what`; otherwise its failure is recorded for backoff and its error thrown.
    */
   private async step(name: string, what: string, fn: () => Promise<StepResult>): Promise<void> {
-    await this.locked(name, async () => {
-      const result = await attempt(fn);
-      if (result.kind !== 'done') {
-        this.fail(name, result);
-        throw result.error;
-      }
-      this.failures.delete(name);
-      this.storageWorks();
-      stepChannel.publish({ secret: name, step: what });
-    });
+    const failed = (result: StepFailure) => {
+      this.fail(name, result);
+      throw result.error;
+    };
+    // Recorded in the tick the step ends (no await in between): whoever waits for its effects sees them.
+    await this.locked(name, () => fn().then(
+      (result) => {
+        if (result.kind !== 'done') return failed(result);
+        this.failures.delete(name);
+        this.storageWorks();
+        stepChannel.publish({ secret: name, step: what });
+      },
+      (e: unknown) => failed(retry(e)),
+    ));
   }
 
   /**
@@ -587,7 +595,7 @@ export class Engine {
    * the step asked for), or with every other secret once the audit log or the state store can be
    * written again. A stalled step is recorded and retried the same way (a new commit mends it).
    */
-  private fail(name: string, result: Exclude<StepResult, { kind: 'done' }>): void {
+  private fail(name: string, result: StepFailure): void {
     const e = result.error;
     if ((e as { code?: string }).code === 'DAEMON_STOPPING') return;
     const now = this.o.now();
@@ -609,7 +617,7 @@ export class Engine {
 
   /**
    * The audit log or the state store could not be written: the failing secrets retry together, with
-   * a backoff of at most STORAGE_MAX_BACKOFF_MS (more failures in the same round share its retry time).
+   * the backoff of planner.STORAGE_BACKOFF (more failures in the same round share its retry time).
    * Logged when it starts and when its cause (code, errno) changes; a cause whose last episode was a
    * blip (over at the first retry: a flaky disk) at most once a minute, with a count. Returns the retry time.
    */

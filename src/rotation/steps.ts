@@ -10,10 +10,13 @@ export type StepResult =
   | { readonly kind: 'retry'; readonly error: unknown; readonly afterMs?: number }
   | { readonly kind: 'stalled'; readonly reason: string; readonly error: unknown };
 
+/** A step that did not finish. */
+export type StepFailure = Exclude<StepResult, { readonly kind: 'done' }>;
+
 export const DONE: StepResult = { kind: 'done' };
 
 /** A failed step: retried after `afterMs`, or after the failure backoff when undefined. */
-export function retry(error: unknown, afterMs?: number): StepResult {
+export function retry(error: unknown, afterMs?: number): StepFailure {
   return { kind: 'retry', error, ...(afterMs !== undefined ? { afterMs } : {}) };
 }
 
