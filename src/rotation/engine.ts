@@ -1,6 +1,10 @@
 /**
- * The rotation engine: applies the declared model to the stored state and runs each secret's rotation
- * through its steps, persisting every step before the next (create -> audit -> finish -> retire).
+ * The rotation engine: applies the declared model to the stored state, and executes the actions of the
+ * planner (planner.ts, which decides what is due and when, from plain data) and records their outcomes.
+ * The engine holds the state the planner reads: the failures and their backoff, the steps running, the
+ * SOPS values of the applied commit. A rotation walks an explicit list of steps (create -> set, for a
+ * database through its agent -> audit -> finish), then the retirement; each step persists its result
+ * before the next, and returns done, retry or stalled (steps.ts), which the engine records as a failure.
  *
  * Crash safety: a pending value is stored before anything else happens and is reused after a restart
  * (never a second value); the audit entry of a finish is durable before the new value becomes current
@@ -14,13 +18,18 @@ import diagnostics_channel from 'node:diagnostics_channel';
 import type { Desired } from '../model/model.js';
 import type { Policy, Secret } from '../model/schema-types.js';
 import { parseDuration } from '../model/duration.js';
-import { compileSchedule, intervalOf, intoWindow, nextBase, withJitter } from '../schedule/schedule.js';
 import type { Json, Op, StateStore } from '../state/types.js';
 import { fingerprint } from '../audit/fingerprint.js';
 import type { RandomSource, SecretValue } from './generate.js';
 import { generate, generateSecretValue } from './generate.js';
-import type { SecretRecord, Trigger } from './record.js';
-import { create, currentVersion, finish, previousVersion, retire, retireDue } from './record.js';
+import type { Pending, SecretRecord, Trigger } from './record.js';
+import { create, currentVersion, finish, previousVersion, retire } from './record.js';
+import * as planner from './planner.js';
+import type { Failure, ManualValue, PlanInput, RotationExtra } from './planner.js';
+import type { Step, StepFailure, StepResult } from './steps.js';
+import { attempt, DONE, retry, runSteps } from './steps.js';
+
+export type { ManualValue } from './planner.js';
 
 export const stepChannel = diagnostics_channel.channel('rotor:rotation');
 
@@ -125,22 +134,10 @@ export interface SecretStatus {
   readonly failing?: { readonly since: number; readonly attempts: number; readonly error: string; readonly retryAt?: number };
 }
 
-/**
- * The value of a `sops:` secret at the applied commit, as the daemon decrypted it from the SOPS file,
- * or why it could not (a stable code and a message without any value).
- */
-export type ManualValue = { readonly value: string } | { readonly error: { readonly code: string; readonly message: string } };
-
 const KEY = (name: string) => `secret/${name}`;
-const MAX_BACKOFF_MS = 5 * 60_000;
 
 /** Errors that say rotor's own storage cannot be written (a full or read-only disk, an I/O error). */
 const STORAGE_ERRORS: Readonly<Record<string, StorageName>> = { AUDIT_WRITE_FAILED: 'audit log', STATE_IO: 'state store' };
-/**
- * While the audit log or the state store cannot be written, every secret waits for one shared retry, at
- * most this far apart: a retry costs one (group-committed) write, and rotations resume soon after the disk works.
- */
-const STORAGE_MAX_BACKOFF_MS = 10_000;
 /** A storage failure that keeps coming back for a moment (a flaky disk) is logged at most once in this long. */
 const STORAGE_LOG_EVERY_MS = 60_000;
 
@@ -170,11 +167,6 @@ function errnoOf(e: unknown): string | undefined {
   return undefined;
 }
 
-/** Whether rotor generates this secret's values itself (sops secrets are rotated by a person). */
-function generated(s: Secret): boolean {
-  return !s.sops && (s.generate !== undefined || s.fields !== undefined || s.database !== undefined);
-}
-
 /** A database secret's password generator when it declares none. */
 const DB_DEFAULT_GENERATOR = { length: 32, charset: 'alphanumeric' as const };
 
@@ -189,6 +181,18 @@ function nextUsername(s: Secret, r: SecretRecord): string | undefined {
   return db.username;
 }
 
+/** What the steps of one rotation share: the secret, why it rotates, and its record as the last step left it. */
+interface Rotation {
+  readonly name: string;
+  readonly secret: Secret;
+  readonly policy: Policy;
+  readonly trigger: Trigger;
+  readonly extra: RotationExtra;
+  record: SecretRecord;
+  /** The value rotated in: made by the create step, or left pending by an earlier run. */
+  pending: Pending | undefined;
+}
+
 export class Engine {
   private desired: Desired | undefined;
   private commit = '';
@@ -196,7 +200,7 @@ export class Engine {
   private readonly running = new Map<string, Promise<void>>();
   /** Per secret, its rotation, running or waiting for the lock: rotation requests join it. */
   private readonly rotations = new Map<string, Promise<void>>();
-  private readonly failures = new Map<string, { since: number; attempts: number; error: string; retryAt: number }>();
+  private readonly failures = new Map<string, Failure>();
   /** The audit log or the state store failing: logged once per cause, retried for every secret together. */
   private readonly storage = new Map<StorageName, StorageFailure & { readonly logged: boolean }>();
   /**
@@ -240,24 +244,24 @@ export class Engine {
   }
 
   /**
-   * When the previous version must be retired: when its overlap ends, or now when the policy says
-   * `retireAfter: consumers` and every consumer of the secret has read the current version.
+   * What the planner decides from: the model, the stored records (all, or only that of `only`), the
+   * failures, the steps running, the SOPS values.
    */
-  private retireAt(r: SecretRecord): { at: number; early: boolean } | undefined {
-    const at = retireDue(r);
-    if (at === undefined) return undefined;
-    const policy = this.policyOf(r.name);
-    const cur = currentVersion(r);
-    if (policy?.retireAfter === 'consumers' && cur && this.o.readByAll?.(r.name, cur.version) === true) {
-      const now = this.o.now();
-      if (now < at) return { at: now, early: true };
+  private planInput(only?: string): PlanInput {
+    const records = new Map<string, SecretRecord>();
+    if (only !== undefined) {
+      const r = this.record(only);
+      if (r) records.set(only, r);
+    } else {
+      for (const [, value] of this.o.store.entries('secret/')) {
+        const r = value as unknown as SecretRecord;
+        records.set(r.name, r);
+      }
     }
-    return { at, early: false };
-  }
-
-  private policyOf(name: string): Policy | undefined {
-    const s = this.desired?.secrets.get(name)?.decl;
-    return s ? this.desired?.policies.get(s.policy)?.decl : undefined;
+    return {
+      desired: this.desired, records, failures: this.failures, running: this.running, manual: this.manual,
+      readByAll: this.o.readByAll, database: this.o.database !== undefined,
+    };
   }
 
   /**
@@ -296,6 +300,7 @@ export class Engine {
         await this.o.audit.append([{ time: new Date(now).toISOString(), event: 'removed', secret: r.name, trigger: 'removal', ...(commit ? { commit } : {}), stateSeq: this.o.store.seq, storeId: this.o.store.storeId }]);
         await this.o.store.write(this.withHead([{ op: 'put', key, value: { ...r, purgeAfter: new Date(now + overlap).toISOString() } as unknown as Json }]));
         this.o.log('info', 'secret removed from the repository; values kept for the overlap', { secret: r.name, purgeAfter: new Date(now + overlap).toISOString() });
+        return DONE;
       });
     }
     // A secret declared again before its purge is kept.
@@ -310,85 +315,26 @@ export class Engine {
 
   /** The next time work is due (a rotation, a retirement, a purge or a retry), or undefined. */
   nextWakeup(): number | undefined {
-    let next: number | undefined;
-    const at = (t: number | undefined) => {
-      if (t !== undefined && (next === undefined || t < next)) next = t;
-    };
-    // A secret whose step is running (a database step waiting for its agent) wakes no one: its end does.
-    for (const name of this.desired?.secrets.keys() ?? []) if (!this.running.has(name)) at(this.dueAt(name));
-    for (const [, value] of this.o.store.entries('secret/')) {
-      const r = value as unknown as SecretRecord;
-      if (this.running.has(r.name)) continue;
-      const later = (t: number | undefined) => (t === undefined ? undefined : Math.max(t, this.failures.get(r.name)?.retryAt ?? t));
-      at(later(this.retireAt(r)?.at));
-      if (r.purgeAfter) at(later(Date.parse(r.purgeAfter)));
-    }
-    return next;
+    return planner.nextWakeup(this.o.now(), this.planInput());
   }
 
   /** When a declared secret must rotate next (a time in the past means now). */
   dueAt(name: string): number | undefined {
-    const s = this.desired?.secrets.get(name)?.decl;
-    const policy = s && this.desired?.policies.get(s.policy)?.decl;
-    if (!s || !policy) return undefined;
-    if (s.sops) return this.manualDue(name);
-    if (!this.rotatable(s)) return undefined;
-    const r = this.record(name);
-    let due: number;
-    if (!r || r.pending || !currentVersion(r)) due = 0; // new, or a rotation to finish
-    else if (s.rotate && s.rotate.request !== r.lastRequest) due = 0;
-    else due = this.slot(name, policy, r).at;
-    // A failing secret waits for its backoff.
-    return Math.max(due, this.failures.get(name)?.retryAt ?? 0);
-  }
-
-  /** A `sops:` secret is due when its file holds a value other than the current one (or a rotation is unfinished). */
-  private manualDue(name: string): number | undefined {
-    const m = this.manual.get(name);
-    const r = this.record(name);
-    const cur = r ? currentVersion(r) : undefined;
-    const changed = m !== undefined && 'value' in m && cur?.value !== m.value;
-    // Due now (after a failure's backoff) with an unfinished rotation or a new value.
-    return r?.pending || changed ? (this.failures.get(name)?.retryAt ?? 0) : undefined;
-  }
-
-  private rotatable(s: Secret): boolean {
-    return generated(s) && (!s.database || this.o.database !== undefined);
-  }
-
-  /** Whether a secret's earlier failure still holds its work back at `now`. */
-  private backingOff(name: string, now: number): boolean {
-    return (this.failures.get(name)?.retryAt ?? 0) > now;
-  }
-
-  /** The schedule slot after the last rotation: its base time and the jittered time it starts. */
-  private slot(name: string, policy: Policy, r: SecretRecord): { base: number; at: number } {
-    const sched = compileSchedule(policy);
-    const base = nextBase(sched, r.scheduledBase ?? Date.parse(r.rotatedAt!));
-    return { base, at: withJitter(sched, name, base) };
+    return planner.dueAt(name, this.planInput(name));
   }
 
   /** Runs everything due at the current time. Failures are kept per secret and retried with backoff. */
   async runDue(): Promise<void> {
-    const now = this.o.now();
+    const { actions } = planner.plan(this.o.now(), this.planInput());
     const work: Promise<void>[] = [];
-    for (const name of this.desired?.secrets.keys() ?? []) {
-      const due = this.dueAt(name);
-      if (due === undefined || due > now) continue;
-      // A database rotation waits for its agent (up to the job timeout): it runs on its own, and its
-      // end (done or failed) re-arms the timers through onChange. The rest is awaited here.
-      if (this.desired!.secrets.get(name)!.decl.database) void this.rotateDue(name).catch(() => undefined).finally(() => this.o.onChange?.(name));
-      else work.push(this.rotateDue(name).catch(() => undefined));
-    }
-    for (const [key, value] of [...this.o.store.entries('secret/')]) {
-      const r = value as unknown as SecretRecord;
-      if (this.backingOff(r.name, now)) continue;
-      const retireAt = this.retireAt(r)?.at;
-      if (retireAt !== undefined && retireAt <= now) {
-        if (this.desired?.secrets.get(r.name)?.decl.database) void this.retireNow(r.name).catch(() => undefined).finally(() => this.o.onChange?.(r.name));
-        else work.push(this.retireNow(r.name).catch(() => undefined));
-      }
-      if (r.purgeAfter && Date.parse(r.purgeAfter) <= now) work.push(this.purge(key, r).catch(() => undefined));
+    for (const a of actions) {
+      const p = a.kind === 'rotate' ? this.rotate(a.secret, a.trigger, a.extra)
+        : a.kind === 'retire' ? this.retireNow(a.secret)
+        : this.purge(KEY(a.secret), a.secret);
+      // A database step waits for its agent (up to the job timeout): it runs on its own, and its end
+      // (done or failed) re-arms the timers through onChange. The rest is awaited here.
+      if (a.kind !== 'purge' && a.detached) void p.catch(() => undefined).finally(() => this.o.onChange?.(a.secret));
+      else work.push(p.catch(() => undefined));
     }
     await Promise.all(work);
   }
@@ -402,27 +348,14 @@ export class Engine {
   rotateNow(name: string, reason: string): Promise<void> {
     const s = this.desired?.secrets.get(name)?.decl;
     if (!s) return Promise.reject(Object.assign(new Error(`secret "${name}" is not declared`), { code: 'SECRET_UNKNOWN' }));
-    if (!this.rotatable(s)) return Promise.reject(Object.assign(new Error(`secret "${name}" is not rotated by rotor (a sops secret is rotated by a person: commit a new value)`), { code: 'SECRET_NOT_ROTATABLE' }));
+    if (!planner.rotatable(s, this.o.database !== undefined)) {
+      const why = 'a sops secret is rotated by a person: commit a new value';
+      return Promise.reject(Object.assign(new Error(`secret "${name}" is not rotated by rotor (${why})`), { code: 'SECRET_NOT_ROTATABLE' }));
+    }
     return this.rotate(name, 'cli', { reason });
   }
 
-  private rotateDue(name: string): Promise<void> {
-    const s = this.desired!.secrets.get(name)!.decl;
-    const r = this.record(name);
-    if (r?.pending) return this.rotate(name, r.pending.trigger, {});
-    if (s.sops) return this.rotate(name, r && currentVersion(r) ? 'commit' : 'new', {});
-    if (!r || !currentVersion(r)) return this.rotate(name, 'new', s.rotate ? { request: s.rotate.request } : {});
-    if (s.rotate && s.rotate.request !== r.lastRequest) return this.rotate(name, 'request', { reason: s.rotate.reason, request: s.rotate.request });
-    const policy = this.desired!.policies.get(s.policy)!.decl;
-    const { base } = this.slot(name, policy, r);
-    const now = this.o.now();
-    // On time: keep the cadence of the slot. Overdue after downtime: rotate once, from now.
-    const sched = compileSchedule(policy);
-    const scheduledBase = now - base < intervalOf(sched, base) ? base : intoWindow(sched, now);
-    return this.rotate(name, 'schedule', { scheduledBase });
-  }
-
-  private rotate(name: string, trigger: Trigger, extra: { reason?: string; request?: string; scheduledBase?: number }): Promise<void> {
+  private rotate(name: string, trigger: Trigger, extra: RotationExtra): Promise<void> {
     const joined = this.rotations.get(name);
     if (joined) return joined;
     const p = this.locked(name, () => this.runRotation(name, trigger, extra));
@@ -452,71 +385,119 @@ export class Engine {
     }
   }
 
-  private async runRotation(name: string, trigger: Trigger, extra: { reason?: string; request?: string; scheduledBase?: number }): Promise<void> {
-    const s = this.desired!.secrets.get(name)!.decl;
-    const policy = this.desired!.policies.get(s.policy)!.decl;
-    try {
-      // 1. create: store the next value as pending, or reuse the pending one.
-      let r = this.record(name) ?? { name, versions: [] };
-      if (!r.pending) {
-        const value = s.sops ? this.manualValue(name) : (generateSecretValue(s, this.o.random) ?? generate(DB_DEFAULT_GENERATOR, this.o.random));
-        const username = nextUsername(s, r);
-        r = create(r, value, this.o.now(), trigger, { ...extra, ...(username !== undefined ? { username } : {}) });
-        await this.o.store.write([{ op: 'put', key: KEY(name), value: r as unknown as Json }]);
-        stepChannel.publish({ secret: name, step: 'created', version: r.pending!.version });
-      }
-      const pending = r.pending!;
-      // 2-3. set and test (database secrets): the agent applies the pending value and logs in with it on
-      // a fresh connection. Nothing is audited or promoted before that succeeded. After a crash past the
-      // audit entry, the set was already verified and is not repeated.
-      if (s.database && this.o.audited.get(name) !== pending.version) {
-        const cur = currentVersion(r);
-        try {
-          await this.o.database!.set(s, pending.version, { username: pending.username!, password: String(pending.value) }, cur ? { username: cur.username!, password: String(cur.value) } : undefined);
-        } catch (e) {
-          // A stop cuts the wait for the agent: not a failure (the step runs again after the restart).
-          if ((e as { code?: string }).code !== 'DAEMON_STOPPING') await this.databaseFailed(name, r, e);
-          throw e;
-        }
-        stepChannel.publish({ secret: name, step: 'set', version: pending.version });
-      }
-      // 4. finish: the audit entry first (fails closed), then the new value becomes current.
-      if (this.o.audited.get(name) !== pending.version) {
-        const from = currentVersion(r)?.version;
-        await this.o.audit.append([{
-          time: new Date(this.o.now()).toISOString(),
-          event: from === undefined ? 'created' : 'rotated',
-          secret: name,
-          ...(from !== undefined ? { from } : {}),
-          to: pending.version,
-          trigger: pending.trigger,
-          ...(pending.reason !== undefined ? { reason: pending.reason } : {}),
-          ...(this.commit ? { commit: this.commit } : {}),
-          fingerprint: fingerprint(this.o.fingerprintKey, pending.value),
-          stateSeq: this.o.store.seq,
-          storeId: this.o.store.storeId,
-        }]);
-        this.o.audited.set(name, pending.version);
-        stepChannel.publish({ secret: name, step: 'audited', version: pending.version });
-      }
-      r = finish(r, this.o.now(), parseDuration(policy.overlap)!, policy.retain ?? 3);
-      await this.o.store.write(this.withHead([{ op: 'put', key: KEY(name), value: r as unknown as Json }]));
-      stepChannel.publish({ secret: name, step: 'finished', version: pending.version });
-      this.failures.delete(name);
-      this.storageWorks();
-      this.o.log('info', pending.version === 1 ? 'secret created' : 'secret rotated', { secret: name, version: pending.version, trigger: pending.trigger });
-      this.o.onChange?.(name);
-    } catch (e) {
-      this.fail(name, e);
-      throw e;
+  /**
+   * The steps of a rotation, in order; each persists its result before the next, and is published on
+   * `rotor:rotation` under its name once done. After a crash the rotation starts again from the top,
+   * and a step already done has no work left (`when`).
+   */
+  private readonly rotationSteps: readonly Step<Rotation>[] = [
+    // 1. create: store the next value as pending, or reuse the pending one.
+    { name: 'created', when: (c) => !c.record.pending, run: (c) => this.createStep(c) },
+    // 2-3. set and test (database secrets): the agent applies the pending value and logs in with it on
+    // a fresh connection. Nothing is audited or promoted before that succeeded. After a crash past the
+    // audit entry, the set was already verified and is not repeated.
+    {
+      name: 'set',
+      when: (c) => Boolean(c.secret.database) && this.o.audited.get(c.name) !== c.pending!.version,
+      run: (c) => this.setStep(c),
+    },
+    // 4. finish: the audit entry first (fails closed), then the new value becomes current.
+    { name: 'audited', when: (c) => this.o.audited.get(c.name) !== c.pending!.version, run: (c) => this.auditStep(c) },
+    { name: 'finished', run: (c) => this.finishStep(c) },
+  ];
+
+  private async runRotation(name: string, trigger: Trigger, extra: RotationExtra): Promise<void> {
+    const secret = this.desired!.secrets.get(name)!.decl;
+    const policy = this.desired!.policies.get(secret.policy)!.decl;
+    const c: Rotation = { name, secret, policy, trigger, extra, record: { name, versions: [] }, pending: undefined };
+    const result = await attempt(async () => {
+      c.record = this.record(name) ?? c.record;
+      c.pending = c.record.pending;
+      return runSteps(this.rotationSteps, c, (step) => {
+        stepChannel.publish({ secret: name, step: step.name, version: c.pending!.version });
+        // In the same tick as the last step's event: whoever waits for it sees the outcome recorded.
+        if (step.name === 'finished') this.rotated(name, c.pending!);
+      });
+    });
+    if (result.kind !== 'done') {
+      this.fail(name, result);
+      throw result.error;
     }
   }
 
-  /** The value of a `sops:` secret in the applied commit. */
-  private manualValue(name: string): string {
-    const m = this.manual.get(name);
-    if (!m || !('value' in m)) throw Object.assign(new Error(`the SOPS value of secret "${name}" cannot be used`), { code: m && 'error' in m ? m.error.code : 'SOPS_VALUE_MISSING' });
-    return m.value;
+  /** A rotation finished: the secret's failures are over, and so are those of the storage. */
+  private rotated(name: string, pending: Pending): void {
+    this.failures.delete(name);
+    this.storageWorks();
+    const message = pending.version === 1 ? 'secret created' : 'secret rotated';
+    this.o.log('info', message, { secret: name, version: pending.version, trigger: pending.trigger });
+    this.o.onChange?.(name);
+  }
+
+  private async createStep(c: Rotation): Promise<StepResult> {
+    const { name, secret: s } = c;
+    let value: SecretValue;
+    if (s.sops) {
+      const m = this.manual.get(name);
+      if (!m || !('value' in m)) {
+        // Only a new commit mends it.
+        const code = m && 'error' in m ? m.error.code : 'SOPS_VALUE_MISSING';
+        const error = Object.assign(new Error(`the SOPS value of secret "${name}" cannot be used`), { code });
+        return { kind: 'stalled', reason: code, error };
+      }
+      value = m.value;
+    } else {
+      value = generateSecretValue(s, this.o.random) ?? generate(DB_DEFAULT_GENERATOR, this.o.random);
+    }
+    const username = nextUsername(s, c.record);
+    const extra = { ...c.extra, ...(username !== undefined ? { username } : {}) };
+    c.record = create(c.record, value, this.o.now(), c.trigger, extra);
+    c.pending = c.record.pending;
+    await this.o.store.write([{ op: 'put', key: KEY(name), value: c.record as unknown as Json }]);
+    return DONE;
+  }
+
+  private async setStep(c: Rotation): Promise<StepResult> {
+    const { name, record: r } = c;
+    const pending = c.pending!;
+    const cur = currentVersion(r);
+    try {
+      const current = cur ? { username: cur.username!, password: String(cur.value) } : undefined;
+      const next = { username: pending.username!, password: String(pending.value) };
+      await this.o.database!.set(c.secret, pending.version, next, current);
+    } catch (e) {
+      // A stop cuts the wait for the agent: not a failure (the step runs again after the restart).
+      if ((e as { code?: string }).code !== 'DAEMON_STOPPING') await this.databaseFailed(name, r, e);
+      return { kind: 'retry', error: e };
+    }
+    return DONE;
+  }
+
+  private async auditStep(c: Rotation): Promise<StepResult> {
+    const { name } = c;
+    const pending = c.pending!;
+    const from = currentVersion(c.record)?.version;
+    await this.o.audit.append([{
+      time: new Date(this.o.now()).toISOString(),
+      event: from === undefined ? 'created' : 'rotated',
+      secret: name,
+      ...(from !== undefined ? { from } : {}),
+      to: pending.version,
+      trigger: pending.trigger,
+      ...(pending.reason !== undefined ? { reason: pending.reason } : {}),
+      ...(this.commit ? { commit: this.commit } : {}),
+      fingerprint: fingerprint(this.o.fingerprintKey, pending.value),
+      stateSeq: this.o.store.seq,
+      storeId: this.o.store.storeId,
+    }]);
+    this.o.audited.set(name, pending.version);
+    return DONE;
+  }
+
+  private async finishStep(c: Rotation): Promise<StepResult> {
+    c.record = finish(c.record, this.o.now(), parseDuration(c.policy.overlap)!, c.policy.retain ?? 3);
+    await this.o.store.write(this.withHead([{ op: 'put', key: KEY(c.name), value: c.record as unknown as Json }]));
+    return DONE;
   }
 
   /**
@@ -544,11 +525,13 @@ export class Engine {
     }
   }
 
+  /** Retires the previous version of a secret, if that is (still) due. */
   private async retireNow(name: string): Promise<void> {
     await this.step(name, 'retired', async () => {
       const r = this.record(name);
-      const due = r && this.retireAt(r);
-      if (!r || !due || due.at > this.o.now()) return;
+      const now = this.o.now();
+      const due = r && planner.retireAt(now, r, { desired: this.desired, readByAll: this.o.readByAll });
+      if (!r || !due || due.at > now) return DONE;
       const prev = r.versions[1]!;
       const s = this.desired?.secrets.get(name)?.decl;
       const cur = currentVersion(r)!;
@@ -563,17 +546,20 @@ export class Engine {
       await this.o.store.write(this.withHead([{ op: 'put', key: KEY(name), value: retire(r) as unknown as Json }]));
       this.o.log('info', 'previous version retired', { secret: name, version: prev.version, early: due.early });
       this.o.onChange?.(name);
+      return DONE;
     });
   }
 
-  private async purge(key: string, r: SecretRecord): Promise<void> {
-    await this.step(r.name, 'purged', async () => {
-      if (this.o.store.get(key) === undefined) return; // an earlier run purged it
-      await this.o.audit.append([{ time: new Date(this.o.now()).toISOString(), event: 'purged', secret: r.name, trigger: 'removal', ...(this.commit ? { commit: this.commit } : {}), stateSeq: this.o.store.seq, storeId: this.o.store.storeId }]);
+  /** Deletes the values of a secret removed from the repository (stored under `key`). */
+  private async purge(key: string, name: string): Promise<void> {
+    await this.step(name, 'purged', async () => {
+      if (this.o.store.get(key) === undefined) return DONE; // an earlier run purged it
+      await this.o.audit.append([{ time: new Date(this.o.now()).toISOString(), event: 'purged', secret: name, trigger: 'removal', ...(this.commit ? { commit: this.commit } : {}), stateSeq: this.o.store.seq, storeId: this.o.store.storeId }]);
       await this.o.store.write(this.withHead([{ op: 'delete', key }]));
-      this.o.audited.delete(r.name);
-      this.o.log('info', 'values of a removed secret purged', { secret: r.name });
-      this.o.onChange?.(r.name);
+      this.o.audited.delete(name);
+      this.o.log('info', 'values of a removed secret purged', { secret: name });
+      this.o.onChange?.(name);
+      return DONE;
     });
   }
 
@@ -583,39 +569,55 @@ export class Engine {
     return [...ops, { op: 'put', key: AUDIT_HEAD_KEY, value: { seq, hash } }];
   }
 
-  /** Runs a step under the secret's lock, recording a failure for backoff. */
-  private async step(name: string, what: string, fn: () => Promise<void>): Promise<void> {
+  /**
+   * Runs one step (removed, retired, purged) under the secret's lock: once done it is published under
+   * `what`; otherwise its failure is recorded for backoff and its error thrown.
+   */
+  private async step(name: string, what: string, fn: () => Promise<StepResult>): Promise<void> {
+    const failed = (result: StepFailure) => {
+      this.fail(name, result);
+      throw result.error;
+    };
+    // Recorded in the tick the step ends (no await in between): whoever waits for its effects sees them.
     await this.locked(name, () => fn().then(
-      () => {
+      (result) => {
+        if (result.kind !== 'done') return failed(result);
         this.failures.delete(name);
         this.storageWorks();
         stepChannel.publish({ secret: name, step: what });
       },
-      (e: unknown) => {
-        this.fail(name, e);
-        throw e;
-      },
+      (e: unknown) => failed(retry(e)),
     ));
   }
 
-  private fail(name: string, e: unknown): void {
+  /**
+   * Records a step that did not finish: the secret is retried after the failure backoff (or the delay
+   * the step asked for), or with every other secret once the audit log or the state store can be
+   * written again. A stalled step is recorded and retried the same way (a new commit mends it).
+   */
+  private fail(name: string, result: StepFailure): void {
+    const e = result.error;
     if ((e as { code?: string }).code === 'DAEMON_STOPPING') return;
     const now = this.o.now();
-    const prev = this.failures.get(name);
-    const attempts = (prev?.attempts ?? 0) + 1;
-    const delay = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (attempts - 1));
     const err = e as { code?: string; message?: string };
     const error = err.code ?? 'ERROR';
     const storage = STORAGE_ERRORS[error];
-    this.failures.set(name, { since: prev?.since ?? now, attempts, error, retryAt: storage ? this.storageFailed(storage, e, now) : now + delay });
+    const afterMs = result.kind === 'retry' ? result.afterMs : undefined;
+    const f = planner.failed(this.failures.get(name), error, now, {
+      ...(storage ? { sharedRetryAt: this.storageFailed(storage, e, now) } : {}),
+      ...(afterMs !== undefined ? { afterMs } : {}),
+    });
+    this.failures.set(name, f);
     stepChannel.publish({ secret: name, step: 'failed', code: error });
     // A storage failure is logged once for all secrets (storageFailed), not once per secret and retry.
-    if (!storage) this.o.log('error', 'rotation step failed; will retry', { secret: name, code: error, attempts, retryInMs: delay });
+    if (!storage) {
+      this.o.log('error', 'rotation step failed; will retry', { secret: name, code: error, attempts: f.attempts, retryInMs: f.retryAt - now });
+    }
   }
 
   /**
    * The audit log or the state store could not be written: the failing secrets retry together, with
-   * a backoff of at most STORAGE_MAX_BACKOFF_MS (more failures in the same round share its retry time).
+   * the backoff of planner.STORAGE_BACKOFF (more failures in the same round share its retry time).
    * Logged when it starts and when its cause (code, errno) changes; a cause whose last episode was a
    * blip (over at the first retry: a flaky disk) at most once a minute, with a count. Returns the retry time.
    */
@@ -626,7 +628,7 @@ export class Engine {
     const errno = errnoOf(e);
     const message = (e as { message?: string }).message ?? code;
     const attempts = (prev?.attempts ?? 0) + 1;
-    const retryAt = now + Math.min(STORAGE_MAX_BACKOFF_MS, 1000 * 2 ** (attempts - 1));
+    const retryAt = now + planner.storageBackoff(attempts);
     const changed = !prev || prev.code !== code || prev.errno !== errno;
     let logged = !changed && prev.logged;
     if (!logged) {
@@ -664,10 +666,11 @@ export class Engine {
 
   status(): SecretStatus[] {
     const out: SecretStatus[] = [];
+    const input = this.planInput();
     for (const name of this.desired?.secrets.keys() ?? []) {
       const r = this.record(name);
       const cur = r ? currentVersion(r) : undefined;
-      const due = this.dueAt(name);
+      const due = planner.dueAt(name, input);
       const manual = this.manualFailing.get(name);
       const failing = this.failures.get(name) ?? (manual ? { since: manual.since, attempts: 1, error: manual.code } : undefined);
       out.push({
