@@ -62,7 +62,9 @@ t.test('every error class is a RotorError and keeps its own name', async (t) => 
 });
 
 t.test('the state store: STATE_IO is its storage failing, retried with backoff; the rest need a person', async (t) => {
-  const codes: StateErrorCode[] = ['STATE_CORRUPT', 'STATE_CHAIN_BROKEN', 'STATE_ROLLBACK', 'STATE_FOREIGN', 'STATE_KEY'];
+  const codes: StateErrorCode[] = [
+    'STATE_CORRUPT', 'STATE_CHAIN_BROKEN', 'STATE_ROLLBACK', 'STATE_FOREIGN', 'STATE_KEY',
+  ];
   for (const code of codes) {
     const e = new StateError(code, 'x');
     t.same(retryOf(e), NEVER, `${code} is never retried`);
@@ -95,7 +97,8 @@ t.test('the audit log: a failed append is its storage failing, retried with back
     },
   };
   const log = await AuditLog.open(dir, { fs });
-  const entry = { time: '2026-11-26T02:00:00.000Z', event: 'rotated', secret: 'a/b', from: 1, to: 2, trigger: 'schedule' };
+  const time = '2026-11-26T02:00:00.000Z';
+  const entry = { time, event: 'rotated', secret: 'a/b', from: 1, to: 2, trigger: 'schedule' };
   const e = await log.append([entry as never]).then(() => undefined, (e: unknown) => e);
   t.ok(e instanceof AuditError);
   t.match(e, { name: 'AuditError', code: 'AUDIT_WRITE_FAILED' });
@@ -109,7 +112,8 @@ t.test('the audit log: a failed append is its storage failing, retried with back
   t.same(retryOf(new AuditError('AUDIT_IO', 'x')), BACKOFF, 'a read that failed is retried');
   t.equal(storageOf(new AuditError('AUDIT_IO', 'x')), undefined, 'but is not the log failing to be written');
   const permanent: AuditErrorCode[] = [
-    'AUDIT_MALFORMED', 'AUDIT_HASH_MISMATCH', 'AUDIT_CHAIN_BROKEN', 'AUDIT_SEQ_GAP', 'AUDIT_TRUNCATED', 'AUDIT_UNUSABLE',
+    'AUDIT_MALFORMED', 'AUDIT_HASH_MISMATCH', 'AUDIT_CHAIN_BROKEN', 'AUDIT_SEQ_GAP', 'AUDIT_TRUNCATED',
+    'AUDIT_UNUSABLE',
   ];
   for (const code of permanent) t.same(retryOf(new AuditError(code, 'x')), NEVER, `${code} is never retried`);
 });
@@ -145,7 +149,8 @@ t.test('git: a remote that cannot be reached is retried with backoff; the reposi
 
 t.test("a DbError's retry is what its code meant: only an unreachable database is retried", async (t) => {
   const codes: DbErrorCode[] = [
-    'DB_UNREACHABLE', 'DB_ADMIN_AUTH', 'DB_PERMISSION', 'DB_USER_MISSING', 'DB_VALUE_REJECTED', 'DB_UNSUPPORTED', 'DB_ERROR',
+    'DB_UNREACHABLE', 'DB_ADMIN_AUTH', 'DB_PERMISSION', 'DB_USER_MISSING', 'DB_VALUE_REJECTED', 'DB_UNSUPPORTED',
+    'DB_ERROR',
   ];
   for (const code of codes) {
     t.same(retryOf(new DbError(code, 'x')), code === 'DB_UNREACHABLE' ? BACKOFF : NEVER, code);
@@ -160,7 +165,8 @@ t.test('the agent drops results only when the daemon refused them for good', asy
   for (const status of [undefined, 401, 403, 409, 429, 500, 503]) {
     t.same(retryOf(new AgentError('AGENT_DAEMON_REFUSED', 'x', status)), BACKOFF, `refused with ${status}`);
   }
-  for (const code of ['AGENT_DAEMON_UNREACHABLE', 'AGENT_ANSWER_INVALID', 'AGENT_ANSWER_TOO_LARGE', 'AGENT_STOPPED'] as const) {
+  const others = ['AGENT_DAEMON_UNREACHABLE', 'AGENT_ANSWER_INVALID', 'AGENT_ANSWER_TOO_LARGE', 'AGENT_STOPPED'] as const;
+  for (const code of others) {
     t.same(retryOf(new AgentError(code, 'x')), BACKOFF, code);
   }
   t.same(retryOf(new AgentConfigError('agent.yaml', [])), NEVER, 'an invalid configuration');

@@ -82,7 +82,8 @@ export class AgentConfigError extends RotorError {
   ) {
     const errors = problems.filter((p) => p.severity === 'error').length;
     const lines = problems.map(agentConfigProblemLine).join('\n');
-    super('AGENT_CONFIG_INVALID', `${file}: the agent configuration is invalid (${errors} error${errors === 1 ? '' : 's'}):\n${lines}`);
+    const count = `${errors} error${errors === 1 ? '' : 's'}`;
+    super('AGENT_CONFIG_INVALID', `${file}: the agent configuration is invalid (${count}):\n${lines}`);
   }
 }
 

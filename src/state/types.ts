@@ -108,6 +108,7 @@ export class StateError extends RotorError {
   declare readonly code: StateErrorCode;
   constructor(code: StateErrorCode, message: string, options?: { cause?: unknown }) {
     const io = code === 'STATE_IO';
-    super(code, message, { cause: options?.cause, retry: io ? BACKOFF : NEVER, ...(io ? { storage: 'state store' } : {}) });
+    const retry = io ? BACKOFF : NEVER;
+    super(code, message, { cause: options?.cause, retry, ...(io ? { storage: 'state store' } : {}) });
   }
 }
