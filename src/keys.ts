@@ -9,16 +9,18 @@ import type { KeyObject } from 'node:crypto';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { generateX25519Identity, identityToRecipient } from 'age-encryption';
+import { RotorError } from './errors.js';
 
 export const IDENTITY_FILE = 'identity.age';
 export const SIGNING_FILE = 'signing.key';
 
 export type KeyErrorCode = 'KEYS_MISSING' | 'KEYS_EXIST' | 'KEYS_PERMISSIONS' | 'KEYS_INVALID';
 
-export class KeyError extends Error {
-  constructor(readonly code: KeyErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'KeyError';
+/** Every code needs a person (a key file missing, present, too open or invalid): never retried. */
+export class KeyError extends RotorError {
+  declare readonly code: KeyErrorCode;
+  constructor(code: KeyErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, { cause: options?.cause });
   }
 }
 

@@ -24,6 +24,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ErrorObject, ValidateFunction } from 'ajv';
+import { RotorError } from '../../src/errors.js';
 import { KeyError, loadKeys, parseSigningKey } from '../../src/keys.js';
 import type { Keys } from '../../src/keys.js';
 import { SCHEMAS_DIR } from '../../src/paths.js';
@@ -71,16 +72,18 @@ export function agentConfigProblemLine(p: AgentConfigProblem): string {
   return `${p.file}:${p.line}:${p.col}: ${p.severity}: ${p.message} [${p.code}]`;
 }
 
-export class AgentConfigError extends Error {
-  readonly code = 'AGENT_CONFIG_INVALID';
+/** The configuration needs a person's edit: never retried. */
+export class AgentConfigError extends RotorError {
+  declare readonly code: 'AGENT_CONFIG_INVALID';
   constructor(
     readonly file: string,
     /** Every problem found, errors and warnings, in file order. */
     readonly problems: readonly AgentConfigProblem[],
   ) {
     const errors = problems.filter((p) => p.severity === 'error').length;
-    super(`${file}: the agent configuration is invalid (${errors} error${errors === 1 ? '' : 's'}):\n${problems.map(agentConfigProblemLine).join('\n')}`);
-    this.name = 'AgentConfigError';
+    const lines = problems.map(agentConfigProblemLine).join('\n');
+    const count = `${errors} error${errors === 1 ? '' : 's'}`;
+    super('AGENT_CONFIG_INVALID', `${file}: the agent configuration is invalid (${count}):\n${lines}`);
   }
 }
 
@@ -309,7 +312,7 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
   let buf: Buffer;
   try {
     const st = await stat(absFile);
-    if (!st.isFile()) throw Object.assign(new Error('not a regular file'), { code: 'not a regular file' });
+    if (!st.isFile()) throw new RotorError('not a regular file', 'not a regular file');
     if (st.size > LIMITS.fileBytes) {
       problems.push(atStart('FILE_TOO_LARGE', `the configuration is larger than ${LIMITS.fileBytes} bytes`));
       fail();

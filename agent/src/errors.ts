@@ -1,6 +1,7 @@
 /**
  * The errors of the agent's own exchanges with the daemon. A job's failure is a Result, not an error.
  */
+import { BACKOFF, NEVER, RotorError } from '../../src/errors.js';
 
 export type AgentErrorCode =
   /** The daemon could not be reached, or the connection broke or timed out. */
@@ -16,17 +17,26 @@ export type AgentErrorCode =
   /** The agent is stopping. */
   | 'AGENT_STOPPED';
 
-export class AgentError extends Error {
+/** The statuses of a verified refusal that the same request would get again: the daemon refuses it for good. */
+const REFUSED_FOR_GOOD: ReadonlySet<number> = new Set([400, 413, 422]);
+
+/**
+ * Every exchange that failed is retried with backoff (the daemon restarts, the network comes back, a
+ * stopped agent's work is delivered again), except a request the daemon refused for good (a verified
+ * refusal with status 400, 413 or 422): sending it again would be refused again.
+ */
+export class AgentError extends RotorError {
+  declare readonly code: AgentErrorCode;
   constructor(
-    readonly code: AgentErrorCode,
+    code: AgentErrorCode,
     message: string,
     /** The HTTP status of a verified refusal. */
     readonly status?: number,
     /** The daemon's error code of a verified refusal. */
     readonly daemonCode?: string,
   ) {
-    super(message);
-    this.name = 'AgentError';
+    const forGood = code === 'AGENT_DAEMON_REFUSED' && status !== undefined && REFUSED_FOR_GOOD.has(status);
+    super(code, message, { retry: forGood ? NEVER : BACKOFF });
   }
 }
 

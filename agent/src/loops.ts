@@ -127,13 +127,11 @@ export async function reportBatch(ctx: ReportContext, signal: AbortSignal): Prom
   try {
     accepted = await client.report(batch.map((p) => p.result), signal);
   } catch (e) {
-    const status = (e as AgentError).status;
-    const forGood = status === 400 || status === 413 || status === 422;
-    if (e instanceof AgentError && e.code === 'AGENT_DAEMON_REFUSED' && forGood) {
+    if (e instanceof AgentError && e.retry.kind === 'never') {
       // The same request would be refused again: drop it; the daemon delivers those jobs again after their lease.
       log('error', 'the daemon refused these results for good; it will deliver the jobs again', {
         code: 'AGENT_RESULTS_REFUSED',
-        status,
+        status: e.status,
         daemonCode: e.daemonCode,
         results: batch.length,
       });

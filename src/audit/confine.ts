@@ -11,10 +11,12 @@
  */
 import { lstat, realpath } from 'node:fs/promises';
 import path from 'node:path';
+import { RotorError } from '../errors.js';
 import type { AuditFs } from './log.js';
 
-function fsError(code: 'ELOOP' | 'ENOTDIR' | 'EXDEV', message: string): NodeJS.ErrnoException {
-  return Object.assign(new Error(message), { code });
+/** A refusal with the code the file system would give: the audit log treats it as one of its errors. */
+function fsError(code: 'ELOOP' | 'ENOTDIR' | 'EXDEV', message: string): RotorError {
+  return new RotorError(code, message);
 }
 
 /**

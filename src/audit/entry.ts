@@ -15,6 +15,7 @@
  * The audit never holds a secret value: at most its keyed fingerprint (see fingerprint.ts).
  */
 import crypto from 'node:crypto';
+import { BACKOFF, NEVER, RotorError } from '../errors.js';
 
 /** Why something was done. */
 /** `commit`: a person committed a new value of a `sops:` secret. */
@@ -81,15 +82,26 @@ export type AuditErrorCode =
   | 'AUDIT_UNUSABLE' // an earlier failure left the files in an unknown state: reopen the log
   | 'AUDIT_IO'; // reading the log failed
 
-export class AuditError extends Error {
+/**
+ * AUDIT_WRITE_FAILED means the audit log cannot be written now (a full or read-only disk, an I/O
+ * error): retried with backoff, and reported as rotor's own storage failing. AUDIT_IO (a read failed)
+ * is retried with backoff too. Every other code needs a person: a damaged or edited log, an entry the
+ * writer refuses, a log left unusable until it is reopened.
+ */
+export class AuditError extends RotorError {
+  declare readonly code: AuditErrorCode;
   constructor(
-    readonly code: AuditErrorCode,
+    code: AuditErrorCode,
     message: string,
     readonly at?: { readonly file: string; readonly line: number; readonly seq?: number },
     options?: { cause?: unknown },
   ) {
-    super(message, options);
-    this.name = 'AuditError';
+    const write = code === 'AUDIT_WRITE_FAILED';
+    super(code, message, {
+      cause: options?.cause,
+      retry: write || code === 'AUDIT_IO' ? BACKOFF : NEVER,
+      ...(write ? { storage: 'audit log' } : {}),
+    });
   }
 }
 

@@ -5,13 +5,15 @@
  *   const db = await getSecret('payments/db', { socket: '/run/rotor/billing-api.sock' });
  *   for await (const s of watchSecret('payments/db', { signal })) reconnect(s.username, s.value);
  *
- * The socket defaults to $ROTOR_SOCKET. No dependency beyond node:http; connections are kept alive per
- * socket. Errors are RotorClientError with the daemon's stable code (ACCESS_DENIED, SECRET_UNKNOWN, ...)
- * or a client-side one (DAEMON_NOT_RUNNING, SOCKET_DENIED, TIMEOUT, BAD_RESPONSE). A value never
- * appears in an error.
+ * The socket defaults to $ROTOR_SOCKET. No dependency beyond node:http and rotor's errors module (which
+ * imports nothing); connections are kept alive per socket. Errors are RotorClientError (a RotorError)
+ * with the daemon's stable code (ACCESS_DENIED, SECRET_UNKNOWN, ...) or a client-side one
+ * (DAEMON_NOT_RUNNING, SOCKET_DENIED, TIMEOUT, BAD_RESPONSE), and a `retry` that says whether trying
+ * again can help. A value never appears in an error.
  */
 import { randomInt } from 'node:crypto';
 import { Agent, request } from 'node:http';
+import { BACKOFF, NEVER, RotorError, retryOf } from '../errors.js';
 
 export type SecretValue = string | Readonly<Record<string, string>>;
 
@@ -56,10 +58,19 @@ export interface ClientOptions {
   readonly signal?: AbortSignal;
 }
 
-export class RotorClientError extends Error {
-  constructor(readonly code: string, message: string, readonly status?: number) {
-    super(message);
-    this.name = 'RotorClientError';
+/** Codes that trying again cannot fix (watchSecret throws them); every other one is retried with backoff. */
+const PERMANENT: ReadonlySet<string> = new Set([
+  'ACCESS_DENIED',
+  'SECRET_UNKNOWN',
+  'NO_SOCKET',
+  'SOCKET_DENIED',
+  'BAD_REQUEST',
+  'ABORTED',
+]);
+
+export class RotorClientError extends RotorError {
+  constructor(code: string, message: string, readonly status?: number) {
+    super(code, message, { retry: PERMANENT.has(code) ? NEVER : BACKOFF });
   }
 }
 
@@ -162,9 +173,8 @@ export async function* watchSecret(name: string, o: WatchOptions = {}): AsyncGen
         yield s;
       }
     } catch (e) {
-      const code = (e as RotorClientError).code;
-      if (code === 'ABORTED' || o.signal?.aborted) return;
-      if (['ACCESS_DENIED', 'SECRET_UNKNOWN', 'NO_SOCKET', 'SOCKET_DENIED', 'BAD_REQUEST'].includes(code)) throw e;
+      if ((e as RotorClientError).code === 'ABORTED' || o.signal?.aborted) return;
+      if (retryOf(e).kind === 'never') throw e;
       failures++;
       const delay = Math.min(30_000, 250 * 2 ** Math.min(failures, 7)) * (0.5 + randomInt(1_000_000) / 2_000_000);
       await new Promise<void>((resolve) => {

@@ -2,6 +2,7 @@
  * What the daemon's clone reports: GitRepoError with a stable `code` (when git failed, `cause` is a
  * GitError holding git's stderr, URL credentials removed), and warnings that do not stop it.
  */
+import { BACKOFF, NEVER, RotorError, type Retry } from '../errors.js';
 import { redactUrls } from './run.js';
 
 export type GitRepoErrorCode =
@@ -31,10 +32,35 @@ export interface GitRepoErrorDetails {
   unpushed?: number;
 }
 
-export class GitRepoError extends Error {
-  constructor(readonly code: GitRepoErrorCode, message: string, options: { cause?: unknown; details?: GitRepoErrorDetails } = {}) {
-    super(redactUrls(message), options.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'GitRepoError';
+/**
+ * Whether trying again may help: a remote that could not be reached (or did not take a push in the
+ * retries allowed) is retried with backoff; the repository's content or the clone's state (a
+ * conflict, a link on the audit path, foreign commits, a refusal by the remote) needs a person, and so
+ * does a local git failure (GIT_FAILED, GIT_COMMIT_FAILED). A push that fails to fetch retries; any
+ * other failure while it brings the clone up to date ends it (GitRepo.push reads this).
+ */
+const RETRY: Readonly<Record<GitRepoErrorCode, Retry>> = {
+  GIT_BAD_ARGUMENT: NEVER,
+  GIT_NOT_A_CLONE: NEVER,
+  GIT_ORIGIN_MISMATCH: NEVER,
+  GIT_CLONE_FAILED: BACKOFF,
+  GIT_BRANCH_MISSING: NEVER,
+  GIT_FETCH_FAILED: BACKOFF,
+  GIT_WORKTREE_DIRTY: NEVER,
+  GIT_AUDIT_CONFLICT: NEVER,
+  GIT_AUDIT_PATH_UNSAFE: NEVER,
+  GIT_LOCAL_DIVERGED: NEVER,
+  GIT_PATH_OUTSIDE_AUDIT: NEVER,
+  GIT_COMMIT_FAILED: NEVER,
+  GIT_PUSH_REFUSED: NEVER,
+  GIT_PUSH_GAVE_UP: BACKOFF,
+  GIT_FAILED: NEVER,
+};
+
+export class GitRepoError extends RotorError {
+  declare readonly code: GitRepoErrorCode;
+  constructor(code: GitRepoErrorCode, message: string, options: { cause?: unknown; details?: GitRepoErrorDetails } = {}) {
+    super(code, redactUrls(message), { cause: options.cause, retry: RETRY[code] });
     this.details = options.details ?? {};
   }
   readonly details: GitRepoErrorDetails;

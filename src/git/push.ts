@@ -63,7 +63,9 @@ async function refreshAndPush(c: LocalClone, timeoutMs: () => number): Promise<P
   try {
     await fetchLocked(c, timeoutMs());
   } catch (e) {
-    if (e instanceof GitRepoError && e.code === 'GIT_FETCH_FAILED') return { done: false, kind: 'transient', cause: e.cause as GitError, reason: 'fetch failed' };
+    if (e instanceof GitRepoError && e.retry.kind !== 'never') {
+      return { done: false, kind: 'transient', cause: e.cause as GitError, reason: 'fetch failed' };
+    }
     throw e;
   }
   await c.requireSafeAuditPath(c.remoteRef);

@@ -274,7 +274,7 @@ export class GitRepo {
       this.busyRemote = true;
       // leave the clone rebased onto what the remote has now (a conflict is the better error)
       await this.lock.run(() => fetchAndIntegrate(this.c, Math.max(1000, deadline - Date.now()))).catch((e: unknown) => {
-        if (e instanceof GitRepoError && e.code !== 'GIT_FETCH_FAILED') throw e;
+        if (e instanceof GitRepoError && e.retry.kind === 'never') throw e;
       });
     }
     const n = await this.unpushed();

@@ -15,6 +15,7 @@
  * Errors are GitError (code GIT_FAILED) with git's stderr, URL credentials removed.
  */
 import { spawn } from 'node:child_process';
+import { BACKOFF, NEVER, RotorError } from '../errors.js';
 
 /** At most this much of git's stderr is kept in an error. */
 const MAX_STDERR = 8 * 1024;
@@ -75,8 +76,15 @@ function keepTail(text: string, max: number): string {
   return text.length <= max ? text : `...${text.slice(text.length - max)}`;
 }
 
-export class GitError extends Error {
-  readonly code = 'GIT_FAILED';
+/** The sub-commands that talk to a remote: their failures may be the network's, and are retried with backoff. */
+const NETWORK_SUBCOMMANDS: ReadonlySet<string> = new Set(['clone', 'fetch', 'push', 'ls-remote']);
+
+/**
+ * A git call that failed. Retried with backoff when it talked to a remote or timed out; any other
+ * failure is git refusing this repository's content or state, which trying again does not change.
+ */
+export class GitError extends RotorError {
+  declare readonly code: 'GIT_FAILED';
   readonly args: readonly string[];
   readonly stderr: string;
   constructor(args: readonly string[], readonly exitCode: number, stderr: string, readonly killed?: GitResult['killed']) {
@@ -85,8 +93,10 @@ export class GitError extends Error {
     const first = lines.find((l) => /^(fatal|error):/.test(l)) ?? lines[0] ?? '';
     const why =
       killed === 'timeout' ? 'timed out' : killed === 'maxBuffer' ? 'produced too much output' : killed === 'spawn' ? 'could not start' : killed === 'signal' ? 'killed by a signal' : killed === 'stopped' ? 'stopped early' : `exit ${exitCode}`;
-    super(`git ${subcommand(args)} failed (${why}): ${first}`);
-    this.name = 'GitError';
+    const sub = subcommand(args);
+    super('GIT_FAILED', `git ${sub} failed (${why}): ${first}`, {
+      retry: NETWORK_SUBCOMMANDS.has(sub) || killed === 'timeout' ? BACKOFF : NEVER,
+    });
     this.args = args.map(redactUrls);
     this.stderr = err;
   }

@@ -11,6 +11,7 @@
  * are never passed on; age's errors are about the ciphertext and are kept as cause.
  */
 import { Decrypter, Encrypter, armor } from 'age-encryption';
+import { RotorError } from '../errors.js';
 
 /** The largest JSON payload that is sealed, and opened, in bytes. */
 export const MAX_SEALED_PAYLOAD = 256 * 1024;
@@ -28,10 +29,11 @@ export type SealErrorCode =
   | 'SEAL_CORRUPT' // sealed to this identity but damaged or tampered with
   | 'SEAL_NOT_JSON'; // decrypts, but not to UTF-8 JSON
 
-export class SealError extends Error {
-  constructor(readonly code: SealErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'SealError';
+/** Every code needs a person (a key, a sender, a payload): never retried as it is. */
+export class SealError extends RotorError {
+  declare readonly code: SealErrorCode;
+  constructor(code: SealErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, { cause: options?.cause });
   }
 }
 

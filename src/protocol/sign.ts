@@ -57,6 +57,7 @@
  */
 import { createHash, randomBytes, sign, timingSafeEqual, verify } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
+import { RotorError } from '../errors.js';
 
 export const H_AGENT = 'x-rotor-agent';
 export const H_TIMESTAMP = 'x-rotor-timestamp';
@@ -83,10 +84,10 @@ const SHA256_RE = /^[0-9a-f]{64}$/;
 const SIGNATURE_RE = /^[A-Za-z0-9+/]{86}==$/;
 
 /** Thrown for a caller's mistake when signing (a bad key, a path that cannot be signed); never on verify. */
-export class ProtocolError extends Error {
-  constructor(readonly code: 'PROTOCOL_INVALID' | 'PROTOCOL_KEY', message: string) {
-    super(message);
-    this.name = 'ProtocolError';
+export class ProtocolError extends RotorError {
+  declare readonly code: 'PROTOCOL_INVALID' | 'PROTOCOL_KEY';
+  constructor(code: 'PROTOCOL_INVALID' | 'PROTOCOL_KEY', message: string) {
+    super(code, message);
   }
 }
 

@@ -5,6 +5,7 @@
 import { createDecipheriv } from 'node:crypto';
 import { Decrypter, armor } from 'age-encryption';
 import { INT64_MAX, INT64_MIN } from './go-number.js';
+import { RotorError } from '../errors.js';
 import type { Metadata } from './metadata.js';
 import { SopsError } from './types.js';
 
@@ -47,7 +48,12 @@ export type Plain = { k: 'str'; v: string; bytes: Buffer } | { k: 'int'; v: bigi
 const ENC = /^ENC\[AES256_GCM,data:([A-Za-z0-9+/=]+),iv:([A-Za-z0-9+/=]+),tag:([A-Za-z0-9+/=]+),type:([a-z0-9]+)\]$/;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
-export class AuthFailure extends Error {}
+/** GCM refused a value (internal: the caller turns it into SOPS_MAC_MISMATCH). */
+export class AuthFailure extends RotorError {
+  constructor() {
+    super('SOPS_MAC_MISMATCH', 'a value does not authenticate');
+  }
+}
 
 /** aes/cipher.go Decrypt. Throws AuthFailure when GCM refuses (the value or its path changed). */
 export function decryptValue(text: string, key: Buffer, aad: string, where: () => string, name: string): Plain {

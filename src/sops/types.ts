@@ -1,4 +1,6 @@
 /** The SOPS reader's public types and its error (a stable code, never a value). */
+import { RotorError } from '../errors.js';
+
 export type SopsErrorCode =
   /** The file is not a SOPS file of a supported store: no `sops` metadata, or not YAML/JSON at all. */
   | 'SOPS_NOT_SOPS'
@@ -11,10 +13,11 @@ export type SopsErrorCode =
   /** A SOPS feature this reader does not implement (Shamir key groups, comment rules, aliases, ...). */
   | 'SOPS_UNSUPPORTED';
 
-export class SopsError extends Error {
-  constructor(readonly code: SopsErrorCode, message: string) {
-    super(message);
-    this.name = 'SopsError';
+/** Every code needs a person (the file, its recipients, its format): never retried as it is. */
+export class SopsError extends RotorError {
+  declare readonly code: SopsErrorCode;
+  constructor(code: SopsErrorCode, message: string) {
+    super(code, message);
   }
 }
 

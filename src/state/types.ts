@@ -34,6 +34,8 @@
  * - Encrypted at rest, to every recipient (the identity's own is one of them, so the identity opens it).
  */
 
+import { BACKOFF, NEVER, RotorError } from '../errors.js';
+
 /** A JSON value as stored. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
@@ -98,9 +100,15 @@ export type StateErrorCode =
   | 'STATE_KEY' // the identity cannot decrypt the store
   | 'STATE_IO'; // reading or writing failed
 
-export class StateError extends Error {
-  constructor(readonly code: StateErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'StateError';
+/**
+ * STATE_IO means the store cannot be read or written now (a full or read-only disk, an I/O error):
+ * retried with backoff, and reported as rotor's own storage failing. Every other code needs a person.
+ */
+export class StateError extends RotorError {
+  declare readonly code: StateErrorCode;
+  constructor(code: StateErrorCode, message: string, options?: { cause?: unknown }) {
+    const io = code === 'STATE_IO';
+    const retry = io ? BACKOFF : NEVER;
+    super(code, message, { cause: options?.cause, retry, ...(io ? { storage: 'state store' } : {}) });
   }
 }

@@ -12,6 +12,7 @@
  *   properties: errors carry a stable code and the database's error code only.
  */
 
+import { BACKOFF, NEVER, RotorError } from '../../../src/errors.js';
 import type { EngineName } from '../../../src/protocol/jobs.js';
 
 /** The schema's engine names (src/model/engines.ts), as the daemon sends them in a job. */
@@ -81,10 +82,11 @@ export type DbErrorCode =
   /** Anything else the server said. */
   | 'DB_ERROR';
 
-export class DbError extends Error {
-  constructor(readonly code: DbErrorCode, message: string, readonly dbCode?: string) {
-    super(message);
-    this.name = 'DbError';
+/** DB_UNREACHABLE is retried with backoff; every other code needs a person or a new value. */
+export class DbError extends RotorError {
+  declare readonly code: DbErrorCode;
+  constructor(code: DbErrorCode, message: string, readonly dbCode?: string) {
+    super(code, message, { retry: code === 'DB_UNREACHABLE' ? BACKOFF : NEVER });
   }
 }
 
