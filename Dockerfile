@@ -4,7 +4,7 @@
 #   docker run --rm -v rotor-data:/var/lib/rotor rotor keygen /var/lib/rotor
 #   docker run -d --name rotor -v rotor-data:/var/lib/rotor -v rotor-sockets:/run/rotor \
 #     -e ROTOR_REPO=git@host:platform/secrets.git rotor
-# See "Deployment" in README.md (non-root vs. root, agents on other hosts, rotor-agent).
+# See "Deployment" in docs/operations.md (non-root vs. root, agents on other hosts, rotor-agent).
 
 FROM node:20-bookworm-slim AS build
 WORKDIR /src
@@ -24,7 +24,7 @@ FROM node:20-bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git ca-certificates openssh-client \
  && rm -rf /var/lib/apt/lists/*
-# A dedicated non-root user. It can give consumer sockets only to its own uid (10001); see README
+# A dedicated non-root user. It can give consumer sockets only to its own uid (10001); see docs/operations.md
 # "Deployment" for serving consumers of other uids (--user 0 with CAP_CHOWN + CAP_FOWNER).
 RUN groupadd --system --gid 10001 rotor \
  && useradd --system --uid 10001 --gid rotor --home-dir /var/lib/rotor --no-create-home --shell /usr/sbin/nologin rotor \

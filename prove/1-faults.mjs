@@ -26,7 +26,7 @@ export const part = 1;
 export const title = 'Faults in the state store, the audit log and git while secrets rotate';
 
 const RATE = 0.2;
-/** Recovery must be complete within this long after the faults stop (see the README's reliability section). */
+/** Recovery must be complete within this long after the faults stop (see prove/RESULTS.md). */
 const RECOVERY_BOUND_MS = 60_000;
 
 export async function run({ short, log }) {

@@ -676,7 +676,7 @@ t.test('MariaDB, live (a throwaway server)', async (t) => {
     await onBothRows(t, pending, true, 'the new value after retire');
     await onBothRows(t, current, false, 'the previous value after retire');
     const log = readFileSync(db.generalLog!, 'utf8');
-    t.ok(log.includes(`PASSWORD('${pending.password}')`), 'here the server validates values, so they are sent (and logged) in clear: documented in the README');
+    t.ok(log.includes(`PASSWORD('${pending.password}')`), 'here the server validates values, so they are sent (and logged) in clear: documented in docs/databases/mysql-mariadb.md');
   });
 
   // Last: the server goes away.

@@ -3,7 +3,7 @@
  * bundled example repository (policies/), creates its secrets and rotates some (`rotor rotate` and a
  * `rotate.request` commit); the page must list every declared secret, draw the timeline, load nothing
  * from anywhere, and break no rule of its Content-Security-Policy. The full-page screenshot goes to
- * test-output/status-page.png (and, with ROTOR_UPDATE_SCREENSHOT=1, docs/status-page.png for the README).
+ * test-output/status-page.png (and, with ROTOR_UPDATE_SCREENSHOT=1, docs/status-page.png for docs/operations.md).
  */
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -131,7 +131,7 @@ t.test('the status page of the bundled example in headless Chromium', async (t) 
   mkdirSync(path.join(ROOT, 'test-output'), { recursive: true });
   const shot = path.join(ROOT, 'test-output', 'status-page.png');
   await page.screenshot({ path: shot, fullPage: true });
-  // The README's picture is refreshed on request only (it would change with every run's times).
+  // The documentation's picture is refreshed on request only (it would change with every run's times).
   if (process.env.ROTOR_UPDATE_SCREENSHOT === '1') {
     mkdirSync(path.join(ROOT, 'docs'), { recursive: true });
     copyFileSync(shot, path.join(ROOT, 'docs', 'status-page.png'));

@@ -42,8 +42,8 @@ The configuration is one YAML file on the database host, never in the repository
       password: { env: PG_ADMIN_PASSWORD } # or { sops: FILE, key: PATH }, or the password (warned)
       timeout: 10s                         # optional
 
-See "rotor-agent" in the README for every field, the admin privileges each database needs, and the
-codes.
+See docs/databases/README.md ("rotor-agent") for every field, the admin privileges each database
+needs, and the codes.
 
 Logs are JSON lines on stderr, one object each: "time" (ISO 8601), "level", "msg", and fields such
 as job, secret, target, step and code; never a value (fields named like one are "[redacted]").

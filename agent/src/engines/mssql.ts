@@ -96,7 +96,7 @@ EXEC sys.sp_executesql @sql;`;
 const DISABLE = `SET @sql = N'ALTER LOGIN ' + @qlogin + N' DISABLE';
 EXEC sys.sp_executesql @sql;`;
 
-/** The exact batches the engine sends (exported for the tests and the README). */
+/** The exact batches the engine sends (exported for the tests and docs/databases/mssql.md). */
 export const MSSQL_BATCHES = {
   /** single: set. Parameters @login, @pw. */
   setSingle: ['SET NOCOUNT ON;', REQUIRE_SQL_LOGIN, SET_PASSWORD].join('\n'),

@@ -108,7 +108,7 @@ const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOST
 function mapError(err: unknown, doing: string, connectError?: Error): DbError {
   if (err instanceof DbError) return err;
   const prefix = replyPrefix(err);
-  if (prefix === 'NOPERM') return new DbError('DB_PERMISSION', `the Redis admin account lacks a permission needed to ${doing} (see the README for the ACL rules it needs)`, prefix);
+  if (prefix === 'NOPERM') return new DbError('DB_PERMISSION', `the Redis admin account lacks a permission needed to ${doing} (see docs/databases/redis.md for the ACL rules it needs)`, prefix);
   if (prefix === 'WRONGPASS' || prefix === 'NOAUTH') return new DbError('DB_ADMIN_AUTH', `Redis refused the admin credential while trying to ${doing}`, prefix);
   if (prefix) return new DbError('DB_ERROR', `Redis answered ${prefix} while trying to ${doing}`, prefix);
   const cause = connectError ?? err;

@@ -1,6 +1,6 @@
 /**
  * One interface for every database engine the agent drives. The agent runs the database steps of a
- * rotation (set, test, retire; see the README) through it; the engine owns the exact statements.
+ * rotation (set, test, retire; see docs/databases/README.md) through it; the engine owns the exact statements.
  *
  * Rules every engine keeps:
  * - `set` never changes the credential being served as current; on any failure the current value still

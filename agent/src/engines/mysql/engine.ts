@@ -210,7 +210,7 @@ export class MysqlFamilyEngine implements DbEngine {
       const row = maria ? mariadbAccountRow(r, this.engine, username) : mysqlAccountRow(r);
       if (row) rows.push(row);
     }
-    if (rows.length === 0) throw new DbError('DB_USER_MISSING', `${this.engine}: user ${JSON.stringify(username)} has no account on the server; create it (see the README) or fix the declaration`);
+    if (rows.length === 0) throw new DbError('DB_USER_MISSING', `${this.engine}: user ${JSON.stringify(username)} has no account on the server; create it (see docs/databases/mysql-mariadb.md) or fix the declaration`);
     return rows;
   }
 

@@ -109,7 +109,7 @@ export function dbErrorOf(
       return new DbError('DB_ADMIN_AUTH', `${tag}: the admin account's own password has expired (${dbCode})`, dbCode);
     }
     if (PERMISSION.has(errno)) {
-      return new DbError('DB_PERMISSION', `${tag}: the admin account lacks a privilege (${dbCode}); it needs CREATE USER on *.* and SELECT on mysql.global_priv (MariaDB) or mysql.user (MySQL); see the README`, dbCode);
+      return new DbError('DB_PERMISSION', `${tag}: the admin account lacks a privilege (${dbCode}); it needs CREATE USER on *.* and SELECT on mysql.global_priv (MariaDB) or mysql.user (MySQL); see docs/databases/mysql-mariadb.md`, dbCode);
     }
     if (errno === 1290) return new DbError('DB_PERMISSION', `${tag}: a server option prevents the statement (${dbCode}); a read_only server needs READ_ONLY ADMIN (MariaDB) / a writable primary`, dbCode);
     if (VALUE_REJECTED.has(errno)) return new DbError('DB_VALUE_REJECTED', `${tag}: the server's password policy refused the new value (${dbCode}); generate another one`, dbCode);
