@@ -11,6 +11,7 @@ WORKDIR /src
 # Dependencies first (cached while package*.json stay the same). --ignore-scripts: "prepare"
 # would build before the sources are copied; no dependency has an install script.
 COPY package.json package-lock.json ./
+COPY agent/package.json agent/
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json ./
 COPY schemas/ schemas/
@@ -35,6 +36,9 @@ COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/schemas/ ./schemas/
 COPY --from=build /src/node_modules/ ./node_modules/
 COPY --from=build /src/dist/ ./dist/
+# rotor-agent: its own package (node_modules/rotor-agent links to it); node /app/agent/dist/main.js.
+COPY --from=build /src/agent/package.json ./agent/package.json
+COPY --from=build /src/agent/dist/ ./agent/dist/
 ENV NODE_ENV=production \
     ROTOR_DATA_DIR=/var/lib/rotor \
     ROTOR_SOCKET_DIR=/run/rotor

@@ -15,8 +15,9 @@ import { benchRemote } from './lib/remote.mjs';
 const dist = (p) => new URL(`../dist/${p}`, import.meta.url).href;
 const { Daemon } = await import(dist('src/daemon/daemon.js'));
 const { generateKeys, loadKeys } = await import(dist('src/keys.js'));
-const { Agent } = await import(dist('agent/src/agent.js'));
-const { loadAgentConfig } = await import(dist('agent/src/config.js'));
+const agentDist = (p) => new URL(`../agent/dist/${p}`, import.meta.url).href;
+const { Agent } = await import(agentDist('agent.js'));
+const { loadAgentConfig } = await import(agentDist('config.js'));
 const { startPostgres } = await import(dist('test/services/postgres.js'));
 
 const N = 100;

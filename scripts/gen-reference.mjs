@@ -4,7 +4,7 @@
 //   declarations.md  from schemas/*.json (every kind and field: type, required, default, limits)
 //   commands.md      from the commands' flag declarations and --help texts (src/cli, agent/src/main.ts)
 //   errors.md        from the problem codes (src/model/problems.ts, agent/src/config.ts)
-// It reads the built code in dist/ (run `npm run build` first). `--check` writes nothing and exits 1
+// It reads the built code in dist/ and agent/dist/ (run `npm run build` first). `--check` writes nothing and exits 1
 // when a committed page differs; test/reference.test.ts does the same check from the sources.
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -25,12 +25,12 @@ export function readSchemas(root = ROOT) {
   return { rotor, common: read('common.schema.json'), kinds, agentConfig: read('agent-config.schema.json') };
 }
 
-/** The modules the pages are made from, as built in dist/. The test passes the TypeScript sources instead. */
+/** The modules the pages are made from, as built (dist/, agent/dist/); the test passes the TypeScript sources. */
 export async function loadBuilt(root = ROOT) {
-  const load = (p) => import(pathToFileURL(path.join(root, 'dist', p)).href);
+  const load = (p) => import(pathToFileURL(path.join(root, p)).href);
   const [main, args, agent, problems, agentConfig] = await Promise.all([
-    load('src/cli/main.js'), load('src/cli/args.js'), load('agent/src/main.js'),
-    load('src/model/problems.js'), load('agent/src/config.js'),
+    load('dist/src/cli/main.js'), load('dist/src/cli/args.js'), load('agent/dist/main.js'),
+    load('dist/src/model/problems.js'), load('agent/dist/config.js'),
   ]);
   return {
     COMMANDS: main.COMMANDS, HELP: main.HELP,

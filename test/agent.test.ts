@@ -39,7 +39,7 @@ import { startPostgres } from './services/postgres.js';
 import type { PgServer } from './services/postgres.js';
 
 const { escapeIdentifier: ident, escapeLiteral: lit } = pg;
-const BIN = path.join(ROOT, 'dist', 'agent', 'src', 'main.js');
+const BIN = path.join(ROOT, 'agent', 'dist', 'main.js');
 const AGENT_NAME = 'db-host-1';
 const TARGET = 'payments-pg';
 

@@ -45,7 +45,7 @@ import { freePort } from './services/common.js';
 import { commitAll, gitInit, ROOT, tempDir } from './helpers.js';
 
 const BIN = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
-const AGENT_BIN = path.join(ROOT, 'dist', 'agent', 'src', 'main.js');
+const AGENT_BIN = path.join(ROOT, 'agent', 'dist', 'main.js');
 const KILL_DAEMON = pathToFileURL(path.join(ROOT, 'test', 'fixtures', 'kill-at-step.mjs')).href;
 const KILL_AGENT = pathToFileURL(path.join(ROOT, 'test', 'fixtures', 'kill-agent-at-step.mjs')).href;
 const DAEMON_BOUNDARIES = ['created', 'set', 'audited', 'finished', 'retire-applied', 'retired'] as const;

@@ -16,7 +16,7 @@ import { AGENT_FLAGS, HELP as AGENT_HELP } from '../agent/src/main.js';
 import { ROOT, rotor } from './helpers.js';
 
 const ROTOR = path.join(ROOT, 'dist/src/cli/main.js');
-const AGENT = path.join(ROOT, 'dist/agent/src/main.js');
+const AGENT = path.join(ROOT, 'agent/dist/main.js');
 
 function node(script: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {

@@ -21,9 +21,8 @@
  */
 import { randomInt } from 'node:crypto';
 import { setTimeout as sleepFor } from 'node:timers/promises';
-import type { Logger } from '../../src/log.js';
-import { MAX_AGENT_WAIT } from '../../src/protocol/jobs.js';
-import type { EngineName, Job, Result } from '../../src/protocol/jobs.js';
+import { MAX_AGENT_WAIT } from 'rotor/internal';
+import type { EngineName, Job, Logger, Result } from 'rotor/internal';
 import type { AgentConfig } from './config.js';
 import type { EngineFactory } from './engines/types.js';
 import { AgentError, transportProblem } from './errors.js';

@@ -24,15 +24,11 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { RotorError } from '../../src/errors.js';
-import { KeyError, loadKeys, parseSigningKey } from '../../src/keys.js';
-import type { Keys } from '../../src/keys.js';
-import { SCHEMAS_DIR } from '../../src/paths.js';
-import { parseDuration } from '../../src/model/duration.js';
-import { suggest } from '../../src/model/problems.js';
-import type { Problem } from '../../src/model/problems.js';
-import { decodeUtf8, LIMITS, parseDocuments, positionOf } from '../../src/model/yaml.js';
-import type { ParsedDoc, Path } from '../../src/model/yaml.js';
+import {
+  decodeUtf8, KeyError, LIMITS, loadKeys, parseDocuments, parseDuration, parseSigningKey, positionOf, SCHEMAS_DIR,
+  RotorError, suggest,
+} from 'rotor/internal';
+import type { Keys, ParsedDoc, Path, Problem } from 'rotor/internal';
 import type { EngineName, TargetConnection } from './engines/types.js';
 import { openSopsFile, SopsError } from './sops.js';
 import type { SopsDocument, SopsValue } from './sops.js';

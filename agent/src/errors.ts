@@ -1,7 +1,7 @@
 /**
  * The errors of the agent's own exchanges with the daemon. A job's failure is a Result, not an error.
  */
-import { BACKOFF, NEVER, RotorError } from '../../src/errors.js';
+import { BACKOFF, NEVER, RotorError } from 'rotor/internal';
 
 export type AgentErrorCode =
   /** The daemon could not be reached, or the connection broke or timed out. */

@@ -7,9 +7,8 @@
  *
  * Logs: identifiers, steps and codes only; never a value, a sealed text, or a driver's message.
  */
-import type { Logger } from '../../src/log.js';
-import type { Job, Result } from '../../src/protocol/jobs.js';
-import { openSealed, SealError } from '../../src/protocol/seal.js';
+import { openSealed, SealError } from 'rotor/internal';
+import type { Job, Logger, Result } from 'rotor/internal';
 import type { AgentConfig } from './config.js';
 import { schemeFitsEngine } from './config.js';
 import { DbError } from './engines/types.js';

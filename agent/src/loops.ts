@@ -6,9 +6,8 @@
  * backoff. When the agent dies before that, the daemon delivers the job again after its lease, and the
  * steps are idempotent.
  */
-import type { Logger } from '../../src/log.js';
-import { MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from '../../src/protocol/jobs.js';
-import type { Job, Result } from '../../src/protocol/jobs.js';
+import { MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from 'rotor/internal';
+import type { Job, Logger, Result } from 'rotor/internal';
 import { AgentError, transportProblem } from './errors.js';
 import { publishStep } from './steps.js';
 import type { DaemonClient } from './transport.js';

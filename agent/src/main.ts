@@ -5,10 +5,8 @@
  */
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { jsonLogger, LEVELS, writeStderr } from '../../src/log.js';
-import type { Level, Logger } from '../../src/log.js';
-import { HELP_FLAG, optionsHelp, parse } from '../../src/cli/args.js';
-import type { Flags } from '../../src/cli/args.js';
+import { HELP_FLAG, jsonLogger, LEVELS, optionsHelp, parse, writeStderr } from 'rotor/internal';
+import type { Flags, Level, Logger } from 'rotor/internal';
 import { Agent, AgentError } from './agent.js';
 import type { AgentOptions } from './agent.js';
 import { AgentConfigError, agentConfigProblemLine, loadAgentConfig } from './config.js';

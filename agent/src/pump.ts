@@ -3,7 +3,7 @@
  * secret in the order they arrived. Changes tells waiters when the scheduler's state changed (a job
  * done, a stop), so that the loops sleep on events, not on timers.
  */
-import type { Job, Result } from '../../src/protocol/jobs.js';
+import type { Job, Result } from 'rotor/internal';
 
 /** Wakes everyone waiting at the next change. */
 export class Changes {

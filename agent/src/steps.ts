@@ -3,7 +3,7 @@
  * right after each step completes: how the crash tests stop the process at each boundary.
  */
 import diagnostics_channel from 'node:diagnostics_channel';
-import type { Job } from '../../src/protocol/jobs.js';
+import type { Job } from 'rotor/internal';
 
 export const agentStepChannel = diagnostics_channel.channel('rotor-agent:step');
 

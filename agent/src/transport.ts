@@ -6,10 +6,8 @@
 import http from 'node:http';
 import type { IncomingHttpHeaders } from 'node:http';
 import https from 'node:https';
-import type { Logger } from '../../src/log.js';
-import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH } from '../../src/protocol/jobs.js';
-import type { Result } from '../../src/protocol/jobs.js';
-import { H_NONCE, signRequest } from '../../src/protocol/sign.js';
+import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, H_NONCE, signRequest } from 'rotor/internal';
+import type { Logger, Result } from 'rotor/internal';
 import type { AgentConfig } from './config.js';
 import { AgentError } from './errors.js';
 import { acceptedOf, answerData, jobsOf } from './wire.js';

@@ -6,9 +6,8 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { KeyObject } from 'node:crypto';
-import { ENGINE_NAMES } from '../../src/model/engines.js';
-import type { Credential, EngineName, Job, RetirePayload, SetPayload, Strategy } from '../../src/protocol/jobs.js';
-import { verifyResponse } from '../../src/protocol/sign.js';
+import { ENGINE_NAMES, verifyResponse } from 'rotor/internal';
+import type { Credential, EngineName, Job, RetirePayload, SetPayload, Strategy } from 'rotor/internal';
 import { AgentError } from './errors.js';
 
 const MAX_ID = 256;

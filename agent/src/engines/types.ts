@@ -12,8 +12,8 @@
  *   properties: errors carry a stable code and the database's error code only.
  */
 
-import { BACKOFF, NEVER, RotorError } from '../../../src/errors.js';
-import type { EngineName } from '../../../src/protocol/jobs.js';
+import { BACKOFF, NEVER, RotorError } from 'rotor/internal';
+import type { EngineName } from 'rotor/internal';
 
 /** The schema's engine names (src/model/engines.ts), as the daemon sends them in a job. */
 export type { EngineName };

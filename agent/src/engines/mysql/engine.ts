@@ -9,7 +9,7 @@
  * mode removed before any statement carrying a value, and the engine refuses to run if it cannot be
  * removed.
  */
-import type { Logger } from '../../../../src/log.js';
+import type { Logger } from 'rotor/internal';
 import { DbError } from '../types.js';
 import type { Credential, DbEngine, RetireJob, SetJob, SetOutcome, Strategy } from '../types.js';
 import { account } from './accounts.js';

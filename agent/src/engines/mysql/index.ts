@@ -34,7 +34,7 @@
  * (the session and the steps both dialects share), ./mysql-dialect.ts, ./mariadb-dialect.ts, ./accounts.ts
  * (what the dialects share).
  */
-import type { Logger } from '../../../../src/log.js';
+import type { Logger } from 'rotor/internal';
 import type { DbEngine, EngineFactory, TargetConnection } from '../types.js';
 import { connectOptions, mysql2Connector } from './connect.js';
 import type { Connector, Flavour } from './connect.js';
