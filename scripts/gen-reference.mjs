@@ -29,7 +29,7 @@ export function readSchemas(root = ROOT) {
 export async function loadBuilt(root = ROOT) {
   const load = (p) => import(pathToFileURL(path.join(root, p)).href);
   const [main, args, agent, problems, agentConfig] = await Promise.all([
-    load('dist/src/cli/main.js'), load('dist/src/cli/args.js'), load('agent/dist/main.js'),
+    load('dist/src/cli/main.js'), load('dist/src/util/args.js'), load('agent/dist/main.js'),
     load('dist/src/model/problems.js'), load('agent/dist/config.js'),
   ]);
   return {

@@ -2,10 +2,10 @@
  * The code the rotor-agent package shares with rotor: the agent imports `rotor/internal` and nothing
  * else of this package. Not a public API: names come and go with the agent's needs.
  */
-export { HELP_FLAG, optionsHelp, parse } from './cli/args.js';
+export { HELP_FLAG, optionsHelp, parse } from './util/args.js';
 export { BACKOFF, codeOf, NEVER, RotorError, retryAfter, retryOf } from './errors.js';
 export type { Retry } from './errors.js';
-export type { Flags } from './cli/args.js';
+export type { Flags } from './util/args.js';
 export { KeyError, loadKeys, parseSigningKey } from './keys.js';
 export type { Keys } from './keys.js';
 export { jsonLogger, LEVELS, writeStderr } from './log.js';

@@ -1,7 +1,7 @@
 /**
  * --help on every command, from the built binaries: exit 0, usage on stdout, a one-line summary, every
  * option the command's parser takes (with its default and environment variable), exit status and
- * examples. The options come from the same declarations the parsers use (src/cli/args.ts), so an
+ * examples. The options come from the same declarations the parsers use (src/util/args.ts), so an
  * option added without help, or a help that forgets one, fails here.
  */
 import { spawn } from 'node:child_process';
@@ -10,8 +10,8 @@ import path from 'node:path';
 import t from 'tap';
 import type { Test } from 'tap';
 import { COMMANDS, HELP } from '../src/cli/main.js';
-import { flagEnv, flagLabel, parse } from '../src/cli/args.js';
-import type { Flags } from '../src/cli/args.js';
+import { flagEnv, flagLabel, parse } from '../src/util/args.js';
+import type { Flags } from '../src/util/args.js';
 import { AGENT_FLAGS, HELP as AGENT_HELP } from '../agent/src/main.js';
 import { ROOT, rotor } from './helpers.js';
 
@@ -146,7 +146,7 @@ t.test('every parser takes its flags from a declaration the help test sees', asy
   for (const f of files) {
     const text = readFileSync(path.join(ROOT, f), 'utf8');
     for (const m of text.matchAll(/(?<![.\w])parse\(\s*(\w+)\s*,\s*([^,]+),/g)) calls.push(`${f}: ${m[2]!.trim()}`);
-    if (f !== 'src/cli/args.ts') t.notMatch(text, /\bparseArgs\(/, `${f} parses through args.ts`);
+    if (f !== 'src/util/args.ts') t.notMatch(text, /\bparseArgs\(/, `${f} parses through args.ts`);
   }
   const declared = new Set(['AGENT_FLAGS', ...Object.keys(COMMANDS).map((n) => `${n.toUpperCase()}_FLAGS`)]);
   t.ok(calls.length >= Object.keys(COMMANDS).length + 1, `${calls.length} parse() calls found`);

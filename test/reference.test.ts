@@ -8,7 +8,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { COMMANDS, HELP } from '../src/cli/main.js';
-import { flagEnv, flagLabel, optionsHelp } from '../src/cli/args.js';
+import { flagEnv, flagLabel, optionsHelp } from '../src/util/args.js';
 import { AGENT_FLAGS, HELP as AGENT_HELP } from '../agent/src/main.js';
 import { CODES } from '../src/model/problems.js';
 import { AGENT_CONFIG_CODES } from '../agent/src/config.js';

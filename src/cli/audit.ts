@@ -7,8 +7,8 @@ import { LIMITS } from '../model/yaml.js';
 import { jsonString } from '../audit/entry.js';
 import { verifyAuditDir } from '../audit/log.js';
 import type { Anchor } from '../audit/verify.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
-import type { Flags } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import type { Flags } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 

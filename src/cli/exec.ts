@@ -5,8 +5,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Secret } from '../client/index.js';
 import { getSecret, listSecrets, RotorClientError, watchSecret } from '../client/index.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
-import type { Flags } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import type { Flags } from '../util/args.js';
 import { FieldError, pickField, render } from './get.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';

@@ -1,8 +1,8 @@
 /** `rotor get NAME [--socket PATH] [--field F] [--json] [--version N]`: read a secret over a consumer socket. */
 import type { Secret, SecretVersion } from '../client/index.js';
 import { getSecret, RotorClientError } from '../client/index.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
-import type { Flags } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import type { Flags } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 

@@ -1,7 +1,7 @@
 /** `rotor keygen DIR` (or --data-dir DIR): create a daemon's (or an agent's) keys and print their public halves. */
 import { KeyError, generateKeys } from '../keys.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
-import type { Flags } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import type { Flags } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import path from 'node:path';

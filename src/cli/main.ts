@@ -2,8 +2,8 @@
 /** The rotor command line: one file per command, wired here by hand. */
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { UsageError } from './args.js';
-import type { Flags } from './args.js';
+import { UsageError } from '../util/args.js';
+import type { Flags } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT, processIo } from './io.js';
 import { VALIDATE_FLAGS, VALIDATE_HELP, validateCommand } from './validate.js';

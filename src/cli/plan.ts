@@ -11,8 +11,8 @@ import { plan } from '../plan/plan.js';
 import { attributeChanges } from '../plan/attributes.js';
 import type { PlanFormat, PlanReport } from '../plan/format.js';
 import { formatPlan } from '../plan/format.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
-import type { Flags } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import type { Flags } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 

@@ -1,7 +1,7 @@
 /** `rotor rotate NAME --reason TEXT [--data-dir DIR]`: rotate a secret now, through the admin socket. */
 import path from 'node:path';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from './args.js';
-import type { Flags } from './args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import type { Flags } from '../util/args.js';
 import { AdminError, adminSocket, callAdmin } from './admin-client.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';

@@ -1,7 +1,7 @@
 /** `rotor status [--json] [--data-dir DIR]`: what the running daemon knows, over its admin socket. */
 import path from 'node:path';
-import { HELP_FLAG, optionsHelp, parse } from './args.js';
-import type { Flags } from './args.js';
+import { HELP_FLAG, optionsHelp, parse } from '../util/args.js';
+import type { Flags } from '../util/args.js';
 import { AdminError, adminSocket, callAdmin } from './admin-client.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
