@@ -144,6 +144,11 @@ t.test('a failure backs off: it delays dueAt, the plan and the wake-up', async (
   t.same(failed(f1, 'DB_DOWN', T0 + 5000), { since: T0, attempts: 2, error: 'DB_DOWN', retryAt: T0 + 7000 });
   t.equal(failed(f1, 'EIO', T0 + 5000, { afterMs: 50 }).retryAt, T0 + 5050);
   t.equal(failed(f1, 'STATE_IO', T0 + 5000, { sharedRetryAt: T0 + 9000 }).retryAt, T0 + 9000);
+  // An error that says when (retryAfter): never sooner, whichever delay applies; a later one stays.
+  t.equal(failed(f1, 'X', T0 + 5000, { notBefore: T0 + 60_000 }).retryAt, T0 + 60_000, 'not before');
+  t.equal(failed(f1, 'X', T0 + 5000, { afterMs: 50, notBefore: T0 + 6000 }).retryAt, T0 + 6000);
+  t.equal(failed(f1, 'X', T0 + 5000, { notBefore: T0 + 5500 }).retryAt, T0 + 7000, 'the backoff is later');
+  t.equal(failed(f1, 'STATE_IO', T0 + 5000, { sharedRetryAt: T0 + 9000, notBefore: T0 + 8000 }).retryAt, T0 + 9000);
   // Storage: 1 s doubling to 10 s.
   t.same([1, 2, 3, 4, 5, 20].map(storageBackoff), [1000, 2000, 4000, 8000, 10_000, 10_000]);
 });
