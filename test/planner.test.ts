@@ -334,3 +334,20 @@ t.test('backoffDelay: capped doubling, or a full-jitter draw from an injectable 
   );
   t.equal(backoffDelay(1, { baseMs: 0, maxMs: 1000, jitter: 'full' }), 0);
 });
+
+t.test("backoffDelay with equal jitter: a draw from the cap's upper half", async (t) => {
+  const o = { baseMs: 100, maxMs: 1000, jitter: 'equal' as const };
+  const bounds: number[] = [];
+  const low = (bound: number) => (bounds.push(bound), 0);
+  const high = (bound: number) => bound - 1;
+  const attempts = [1, 2, 3, 5, 60];
+  t.same(attempts.map((n) => backoffDelay(n, { ...o, random: low })), [50, 100, 200, 500, 500], 'at least half');
+  t.same(attempts.map((n) => backoffDelay(n, { ...o, random: high })), [100, 200, 400, 1000, 1000], 'the cap');
+  t.same(bounds, [51, 101, 201, 501, 501], 'one draw over the upper half, both ends included');
+  t.equal(backoffDelay(1, { baseMs: 101, maxMs: 1000, jitter: 'equal', random: () => 0 }), 50, 'an odd cap');
+  t.equal(backoffDelay(1, { baseMs: 101, maxMs: 1000, jitter: 'equal', random: high }), 101);
+  const draws = Array.from({ length: 50 }, () => backoffDelay(4, o));
+  t.ok(draws.every((d) => Number.isInteger(d) && d >= 400 && d <= 800), 'the default source draws within [400, 800]');
+  t.equal(backoffDelay(1, { baseMs: 0, maxMs: 1000, jitter: 'equal' }), 0);
+  t.equal(backoffDelay(1, { baseMs: 1, maxMs: 1000, jitter: 'equal', random: high }), 1, 'a cap of 1 ms');
+});

@@ -8,6 +8,7 @@
  */
 import type { Logger } from '../../src/log.js';
 import { MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from '../../src/protocol/jobs.js';
+import { backoffDelay } from '../../src/util/backoff.js';
 import type { Job, Result } from '../../src/protocol/jobs.js';
 import { AgentError, transportProblem } from './errors.js';
 import { publishStep } from './steps.js';
@@ -87,10 +88,13 @@ export interface BackoffOptions {
   readonly random: () => number;
 }
 
-/** The delay before retry number `attempt` (from 0): doubling up to the cap, jittered over its upper half. */
+/**
+ * The delay before retry number `attempt` (from 0): doubling up to the cap, jittered over its upper
+ * half (util/backoff's equal jitter, drawn with `random`).
+ */
 export function backoffMs(attempt: number, o: BackoffOptions): number {
-  const ceiling = Math.min(o.capMs, o.baseMs * 2 ** Math.min(attempt, 30));
-  return Math.round(ceiling / 2 + (o.random() * ceiling) / 2);
+  const random = (bound: number) => Math.min(Math.floor(o.random() * bound), bound - 1);
+  return backoffDelay(attempt + 1, { baseMs: o.baseMs, maxMs: o.capMs, jitter: 'equal', random });
 }
 
 /** How a failed exchange is retried. */
