@@ -8,8 +8,8 @@
  */
 import type { Logger } from '../../src/log.js';
 import { MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from '../../src/protocol/jobs.js';
-import { backoffDelay } from '../../src/util/backoff.js';
 import type { Job, Result } from '../../src/protocol/jobs.js';
+import { backoffDelay } from '../../src/util/backoff.js';
 import { AgentError, transportProblem } from './errors.js';
 import { publishStep } from './steps.js';
 import type { DaemonClient } from './transport.js';
