@@ -3,6 +3,7 @@
  * else of this package. Not a public API: names come and go with the agent's needs.
  */
 export { HELP_FLAG, optionsHelp, parse } from './util/args.js';
+export { backoffDelay } from './util/backoff.js';
 export { BACKOFF, codeOf, NEVER, RotorError, retryAfter, retryOf } from './errors.js';
 export type { Retry } from './errors.js';
 export type { Flags } from './util/args.js';

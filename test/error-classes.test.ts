@@ -1,7 +1,8 @@
 /**
  * Every error class of the state store, the audit log, the protocol, the SOPS reader, git, the keys,
- * the client and the agent is a RotorError, keeps its name and code, and says whether trying again
- * can help: the same decisions the callers made before from the code strings.
+ * the client, the agent, the daemon, its listeners, the command line, the rotation engine and the
+ * repository reader is a RotorError, keeps its name and code, and says whether trying again can help:
+ * the same decisions the callers made before from the code strings.
  */
 import t from 'tap';
 import { generateX25519Identity, identityToRecipient } from 'age-encryption';
@@ -9,6 +10,9 @@ import { AgentError } from '../agent/src/errors.js';
 import { AgentConfigError } from '../agent/src/config.js';
 import { DbError } from '../agent/src/engines/types.js';
 import type { DbErrorCode } from '../agent/src/engines/types.js';
+import { createServer } from 'node:http';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { AuditError, AuditLog, nodeAuditFs } from '../src/audit/index.js';
 import type { AuditErrorCode } from '../src/audit/entry.js';
 import { RotorClientError } from '../src/client/index.js';
@@ -25,6 +29,20 @@ import { SopsError } from '../src/sops/types.js';
 import { nodeFs, openStore } from '../src/state/store.js';
 import { StateError } from '../src/state/types.js';
 import type { StateErrorCode } from '../src/state/types.js';
+import { AdminError } from '../src/cli/admin-client.js';
+import { UsageError } from '../src/cli/args.js';
+import { auditDirOf } from '../src/cli/audit.js';
+import { FieldError } from '../src/cli/get.js';
+import { daemonStopping, StepError } from '../src/daemon/agents.js';
+import { DataDirError, LockError, checkDataDir } from '../src/daemon/lock.js';
+import { tooLarge } from '../src/model/source.js';
+import { Engine } from '../src/rotation/engine.js';
+import type { EngineOptions } from '../src/rotation/engine.js';
+import { stopped } from '../src/rotation/steps.js';
+import { SocketError } from '../src/serve/consumer-sockets.js';
+import { HttpError } from '../src/serve/http-json.js';
+import { listenTcp } from '../src/serve/listen.js';
+import { parseMetricsHosts } from '../src/serve/metrics.js';
 import { tempDir } from './helpers.js';
 
 t.test('every error class is a RotorError and keeps its own name', async (t) => {
@@ -42,6 +60,14 @@ t.test('every error class is a RotorError and keeps its own name', async (t) => 
     ['AgentError', new AgentError('AGENT_STOPPED', 'x')],
     ['DbError', new DbError('DB_ERROR', 'x', '42')],
     ['AgentConfigError', new AgentConfigError('agent.yaml', [])],
+    ['LockError', new LockError('x')],
+    ['DataDirError', new DataDirError('x')],
+    ['StepError', new StepError('AGENT_TIMEOUT', 'x')],
+    ['HttpError', new HttpError(404, 'NOT_FOUND', 'x')],
+    ['SocketError', new SocketError('SOCKET_DIR_UNSAFE', 'x')],
+    ['FieldError', new FieldError('x')],
+    ['AdminError', new AdminError('ADMIN_DENIED', 'x')],
+    ['UsageError', new UsageError('x')],
   ];
   for (const [name, e] of errors) {
     t.ok(e instanceof RotorError, `${name} is a RotorError`);
@@ -179,4 +205,90 @@ t.test('the client gives up on what trying again cannot fix, and retries the res
   for (const code of ['DAEMON_NOT_RUNNING', 'TIMEOUT', 'IO', 'BAD_RESPONSE', 'HTTP_503', 'UNAVAILABLE']) {
     t.same(retryOf(new RotorClientError(code, 'x')), BACKOFF, code);
   }
+});
+
+t.test('the daemon: a data directory it refuses, or another daemon holding it, needs a person', async (t) => {
+  t.match(new LockError('x'), { code: 'DATA_DIR_LOCKED', message: 'x' });
+  t.same(retryOf(new LockError('x')), NEVER);
+  const dir = tempDir(t);
+  const file = path.join(dir, 'file');
+  await writeFile(file, '');
+  const e = await checkDataDir(file).then(() => undefined, (e: unknown) => e);
+  t.ok(e instanceof DataDirError, 'a data directory that is a file');
+  t.match(e, { name: 'DataDirError', code: 'DATA_DIR_UNSAFE' });
+  t.same(retryOf(e), NEVER);
+});
+
+t.test("an agent's step: retried, unless no agent is declared; a stop is not a failure", async (t) => {
+  t.same(retryOf(new StepError('DB_UNREACHABLE', 'x')), BACKOFF, 'what the agent reported: the engine runs it again');
+  t.same(retryOf(new StepError('AGENT_UNKNOWN', 'x', { retry: NEVER })), NEVER);
+  const stop = daemonStopping();
+  t.match(stop, { name: 'StepError', code: 'DAEMON_STOPPING', message: 'the daemon is stopping', stopping: true });
+  t.ok(stop instanceof StepError);
+  t.ok(stopped(stop), 'the engine recognises the stop');
+  t.notOk(stopped(new StepError('AGENT_TIMEOUT', 'x')), 'a timeout is a failure');
+  t.notOk(stopped(Object.assign(new Error('x'), { code: 'DAEMON_STOPPING' })), 'by its flag, not by the code string');
+  t.notOk(stopped(undefined));
+});
+
+t.test('listeners: a bad flag value, and an address that cannot be bound, are never retried', async (t) => {
+  const failure = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => e);
+  const bad = await failure(listenTcp(createServer(), 'nonsense', '--agent-listen', 'AGENT_LISTEN'));
+  t.ok(bad instanceof RotorError);
+  t.match(bad, { code: 'AGENT_LISTEN_INVALID', message: '--agent-listen nonsense is not HOST:PORT' });
+  t.same(retryOf(bad), NEVER);
+  const first = createServer();
+  const { address, close } = await listenTcp(first, '127.0.0.1:0', '--metrics-listen', 'METRICS_LISTEN');
+  t.teardown(close);
+  const taken = await failure(listenTcp(createServer(), address, '--metrics-listen', 'METRICS_LISTEN'));
+  t.ok(taken instanceof RotorError);
+  t.match(taken, { code: 'METRICS_LISTEN_FAILED', message: /EADDRINUSE/, cause: { code: 'EADDRINUSE' } });
+  t.same(retryOf(taken), NEVER);
+  const host = (() => {
+    try {
+      parseMetricsHosts(['not a host']);
+    } catch (e) {
+      return e;
+    }
+  })();
+  t.ok(host instanceof RotorError);
+  t.match(host, { code: 'METRICS_HOST_INVALID' });
+  t.same(retryOf(host), NEVER);
+  t.match(new HttpError(413, 'BODY_TOO_LARGE', 'x'), { status: 413, code: 'BODY_TOO_LARGE' });
+  t.match(new SocketError('SOCKET_CHOWN_DENIED', 'x'), { code: 'SOCKET_CHOWN_DENIED' });
+  t.same(retryOf(new SocketError('SOCKET_CHOWN_DENIED', 'x')), NEVER);
+});
+
+t.test('the command line: only a daemon that does not answer may pass', async (t) => {
+  t.match(new UsageError('x'), { code: 'USAGE' });
+  t.same(retryOf(new UsageError('x')), NEVER);
+  t.match(new FieldError('x'), { code: 'FIELD_UNKNOWN' });
+  t.same(retryOf(new FieldError('x')), NEVER);
+  for (const code of ['DAEMON_NOT_RUNNING', 'TIMEOUT', 'ADMIN_IO']) {
+    t.same(retryOf(new AdminError(code, 'x')), BACKOFF, code);
+  }
+  for (const code of ['ADMIN_DENIED', 'BAD_RESPONSE', 'SECRET_UNKNOWN', 'ACCESS_DENIED']) {
+    t.same(retryOf(new AdminError(code, 'x')), NEVER, code);
+  }
+  const repo = tempDir(t);
+  await writeFile(path.join(repo, 'rotor.yaml'), 'kind: Config\naudit:\n  dir: ../outside\n');
+  const e = await auditDirOf(repo).then(() => undefined, (e: unknown) => e);
+  t.ok(e instanceof RotorError, 'an audit.dir outside the repository');
+  t.match(e, { name: 'ReadError', code: 'AUDIT_DIR_INVALID' });
+  t.same(retryOf(e), NEVER);
+});
+
+t.test('the repository reader: a file over its limit is never retried', async (t) => {
+  const e = tooLarge('rotor.yaml', 10, 4);
+  t.ok(e instanceof RotorError);
+  t.match(e, { code: 'FILE_TOO_LARGE', message: 'rotor.yaml is 10 bytes, over the limit of 4 bytes' });
+  t.same(retryOf(e), NEVER);
+});
+
+t.test('the rotation engine: a request for a secret it does not rotate is never retried', async (t) => {
+  const engine = new Engine({} as EngineOptions); // nothing applied: rotateNow looks no further
+  const e = await engine.rotateNow('app/key', 'x').then(() => undefined, (e: unknown) => e);
+  t.ok(e instanceof RotorError);
+  t.match(e, { code: 'SECRET_UNKNOWN', message: 'secret "app/key" is not declared' });
+  t.same(retryOf(e), NEVER);
 });

@@ -144,6 +144,11 @@ t.test('a failure backs off: it delays dueAt, the plan and the wake-up', async (
   t.same(failed(f1, 'DB_DOWN', T0 + 5000), { since: T0, attempts: 2, error: 'DB_DOWN', retryAt: T0 + 7000 });
   t.equal(failed(f1, 'EIO', T0 + 5000, { afterMs: 50 }).retryAt, T0 + 5050);
   t.equal(failed(f1, 'STATE_IO', T0 + 5000, { sharedRetryAt: T0 + 9000 }).retryAt, T0 + 9000);
+  // An error that says when (retryAfter): never sooner, whichever delay applies; a later one stays.
+  t.equal(failed(f1, 'X', T0 + 5000, { notBefore: T0 + 60_000 }).retryAt, T0 + 60_000, 'not before');
+  t.equal(failed(f1, 'X', T0 + 5000, { afterMs: 50, notBefore: T0 + 6000 }).retryAt, T0 + 6000);
+  t.equal(failed(f1, 'X', T0 + 5000, { notBefore: T0 + 5500 }).retryAt, T0 + 7000, 'the backoff is later');
+  t.equal(failed(f1, 'STATE_IO', T0 + 5000, { sharedRetryAt: T0 + 9000, notBefore: T0 + 8000 }).retryAt, T0 + 9000);
   // Storage: 1 s doubling to 10 s.
   t.same([1, 2, 3, 4, 5, 20].map(storageBackoff), [1000, 2000, 4000, 8000, 10_000, 10_000]);
 });
@@ -328,4 +333,21 @@ t.test('backoffDelay: capped doubling, or a full-jitter draw from an injectable 
     'the default source draws within [0, 800]',
   );
   t.equal(backoffDelay(1, { baseMs: 0, maxMs: 1000, jitter: 'full' }), 0);
+});
+
+t.test("backoffDelay with equal jitter: a draw from the cap's upper half", async (t) => {
+  const o = { baseMs: 100, maxMs: 1000, jitter: 'equal' as const };
+  const bounds: number[] = [];
+  const low = (bound: number) => (bounds.push(bound), 0);
+  const high = (bound: number) => bound - 1;
+  const attempts = [1, 2, 3, 5, 60];
+  t.same(attempts.map((n) => backoffDelay(n, { ...o, random: low })), [50, 100, 200, 500, 500], 'at least half');
+  t.same(attempts.map((n) => backoffDelay(n, { ...o, random: high })), [100, 200, 400, 1000, 1000], 'the cap');
+  t.same(bounds, [51, 101, 201, 501, 501], 'one draw over the upper half, both ends included');
+  t.equal(backoffDelay(1, { baseMs: 101, maxMs: 1000, jitter: 'equal', random: () => 0 }), 50, 'an odd cap');
+  t.equal(backoffDelay(1, { baseMs: 101, maxMs: 1000, jitter: 'equal', random: high }), 101);
+  const draws = Array.from({ length: 50 }, () => backoffDelay(4, o));
+  t.ok(draws.every((d) => Number.isInteger(d) && d >= 400 && d <= 800), 'the default source draws within [400, 800]');
+  t.equal(backoffDelay(1, { baseMs: 0, maxMs: 1000, jitter: 'equal' }), 0);
+  t.equal(backoffDelay(1, { baseMs: 1, maxMs: 1000, jitter: 'equal', random: high }), 1, 'a cap of 1 ms');
 });

@@ -6,7 +6,7 @@
  * backoff. When the agent dies before that, the daemon delivers the job again after its lease, and the
  * steps are idempotent.
  */
-import { MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from 'rotor/internal';
+import { backoffDelay, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from 'rotor/internal';
 import type { Job, Logger, Result } from 'rotor/internal';
 import { AgentError, transportProblem } from './errors.js';
 import { publishStep } from './steps.js';
@@ -86,10 +86,13 @@ export interface BackoffOptions {
   readonly random: () => number;
 }
 
-/** The delay before retry number `attempt` (from 0): doubling up to the cap, jittered over its upper half. */
+/**
+ * The delay before retry number `attempt` (from 0): doubling up to the cap, jittered over its upper
+ * half (util/backoff's equal jitter, drawn with `random`).
+ */
 export function backoffMs(attempt: number, o: BackoffOptions): number {
-  const ceiling = Math.min(o.capMs, o.baseMs * 2 ** Math.min(attempt, 30));
-  return Math.round(ceiling / 2 + (o.random() * ceiling) / 2);
+  const random = (bound: number) => Math.min(Math.floor(o.random() * bound), bound - 1);
+  return backoffDelay(attempt + 1, { baseMs: o.baseMs, maxMs: o.capMs, jitter: 'equal', random });
 }
 
 /** How a failed exchange is retried. */

@@ -1,11 +1,18 @@
 /** Talking to the daemon's admin socket (DATA_DIR/admin.sock) from the command line. */
 import { request } from 'node:http';
 import path from 'node:path';
+import { BACKOFF, NEVER, RotorError } from '../errors.js';
 
-export class AdminError extends Error {
-  constructor(readonly code: string, message: string) {
-    super(message);
-    this.name = 'AdminError';
+/** No daemon listening, no answer in time, a broken connection: these may pass. */
+const TRANSIENT: ReadonlySet<string> = new Set(['DAEMON_NOT_RUNNING', 'TIMEOUT', 'ADMIN_IO']);
+
+/**
+ * The admin socket's answer was an error, or there was none. The TRANSIENT ones may pass (BACKOFF);
+ * the rest (a refusal, the daemon's own error codes) is final (NEVER).
+ */
+export class AdminError extends RotorError {
+  constructor(code: string, message: string) {
+    super(code, message, { retry: TRANSIENT.has(code) ? BACKOFF : NEVER });
   }
 }
 

@@ -2,6 +2,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
+import { NEVER, RotorError } from '../errors.js';
 import { DEFAULT_AUDIT_DIR } from '../model/model.js';
 import { LIMITS } from '../model/yaml.js';
 import { jsonString } from '../audit/entry.js';
@@ -58,9 +59,10 @@ const CONFIG_FILE = 'rotor.yaml';
 /** The pattern of audit.dir in schemas/config.schema.json: a relative path without "." or ".." segments. */
 const AUDIT_DIR = /^(?!(?:.*\/)?\.\.?(?:\/|$))[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 
-class ReadError extends Error {
-  constructor(readonly code: string, message: string) {
-    super(message);
+/** rotor.yaml cannot tell where the audit log is (too large, or an audit.dir outside the repository). */
+class ReadError extends RotorError {
+  constructor(code: 'FILE_TOO_LARGE' | 'AUDIT_DIR_INVALID', message: string) {
+    super(code, message, { retry: NEVER });
   }
 }
 

@@ -1,8 +1,7 @@
 /** `rotor daemon`: run the controller beside a GitOps repository. */
 import path from 'node:path';
 import { Daemon } from '../daemon/daemon.js';
-import { KeyError } from '../keys.js';
-import { StateError } from '../state/types.js';
+import { RotorError } from '../errors.js';
 import { jsonLogger, LEVELS } from '../log.js';
 import type { Level } from '../log.js';
 import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
@@ -103,10 +102,12 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
   try {
     await daemon.start();
   } catch (e) {
-    if (e instanceof KeyError || e instanceof StateError || (e as { code?: string }).code?.startsWith?.('DATA_DIR_') || (e as { code?: string }).code?.startsWith?.('SOCKET_') || (e as { code?: string }).code?.startsWith?.('AGENT_LISTEN') || (e as { code?: string }).code?.startsWith?.('METRICS_LISTEN') || (e as { code?: string }).code?.startsWith?.('GIT_') || (e as { code?: string }).code?.startsWith?.('AUDIT_')) {
-      const err = e as Error & { code: string };
-      log('error', 'the daemon cannot start', { code: err.code, reason: err.message });
-      io.stderr(`rotor daemon: ${err.message} [${err.code}]\n`);
+    // An error rotor raised on purpose (a data directory, keys, state, audit log, repository or
+    // listener it refuses) has a code and a message for the user: exit 1. Anything else is a bug or
+    // an unforeseen failure: main reports it (exit 3).
+    if (e instanceof RotorError) {
+      log('error', 'the daemon cannot start', { code: e.code, reason: e.message });
+      io.stderr(`rotor daemon: ${e.message} [${e.code}]\n`);
       return EXIT.invalid;
     }
     throw e;

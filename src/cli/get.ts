@@ -1,6 +1,7 @@
 /** `rotor get NAME [--socket PATH] [--field F] [--json] [--version N]`: read a secret over a consumer socket. */
 import type { Secret, SecretVersion } from '../client/index.js';
 import { getSecret, RotorClientError } from '../client/index.js';
+import { NEVER, RotorError } from '../errors.js';
 import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Flags } from '../util/args.js';
 import type { Io } from './io.js';
@@ -66,8 +67,12 @@ export async function getCommand(argv: readonly string[], io: Io): Promise<numbe
   }
 }
 
-export class FieldError extends Error {
-  readonly code = 'FIELD_UNKNOWN';
+/** The secret has no such field: the command line must name another. */
+export class FieldError extends RotorError {
+  declare readonly code: 'FIELD_UNKNOWN';
+  constructor(message: string) {
+    super('FIELD_UNKNOWN', message, { retry: NEVER });
+  }
 }
 
 /** A structured value as JSON, a plain one as it is. */

@@ -11,9 +11,10 @@
  * (DAEMON_NOT_RUNNING, SOCKET_DENIED, TIMEOUT, BAD_RESPONSE), and a `retry` that says whether trying
  * again can help. A value never appears in an error.
  */
-import { randomInt } from 'node:crypto';
 import { Agent, request } from 'node:http';
 import { BACKOFF, NEVER, RotorError, retryOf } from '../errors.js';
+import { backoffDelay } from '../util/backoff.js';
+import type { BackoffOptions } from '../util/backoff.js';
 
 export type SecretValue = string | Readonly<Record<string, string>>;
 
@@ -153,6 +154,9 @@ export interface WatchOptions extends ClientOptions {
   readonly after?: number;
 }
 
+/** watchSecret's retry after failure n: 0.5 s doubling to 30 s, drawn from the upper half (equal jitter). */
+const WATCH_BACKOFF: BackoffOptions = { baseMs: 500, maxMs: 30_000, jitter: 'equal' };
+
 /**
  * Yields the current version, then every newer one as it appears (a long-poll per step). Survives a
  * daemon restart (retries with backoff up to 30 s); ends when `signal` aborts; throws on errors that
@@ -176,7 +180,7 @@ export async function* watchSecret(name: string, o: WatchOptions = {}): AsyncGen
       if ((e as RotorClientError).code === 'ABORTED' || o.signal?.aborted) return;
       if (retryOf(e).kind === 'never') throw e;
       failures++;
-      const delay = Math.min(30_000, 250 * 2 ** Math.min(failures, 7)) * (0.5 + randomInt(1_000_000) / 2_000_000);
+      const delay = backoffDelay(failures, WATCH_BACKOFF);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, delay);
         o.signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });

@@ -8,6 +8,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
+import { BACKOFF, NEVER, RotorError } from '../errors.js';
+import type { Retry } from '../errors.js';
 import { parseSigningKey } from '../keys.js';
 import type { Logger } from '../log.js';
 import type { Desired } from '../model/model.js';
@@ -18,12 +20,23 @@ import { JOB_LEASE_MS } from '../protocol/jobs.js';
 import { sealForAgent } from '../protocol/seal.js';
 import type { AgentJobs } from '../serve/agent-api.js';
 
-export class StepError extends Error {
-  constructor(readonly code: string, message: string) {
-    super(message);
-    this.name = 'StepError';
+/**
+ * A database step that the agent did not complete: the code the agent reported (DB_...), or why no
+ * report came (AGENT_TIMEOUT, DAEMON_STOPPING...). The engine runs the step again with its backoff;
+ * a step without a declared agent waits for a commit that declares one. `stopping` is set when the
+ * daemon stopped while the step waited: not a failure of the step (see stopped() in the engine's steps).
+ */
+export class StepError extends RotorError {
+  readonly stopping: boolean;
+  constructor(code: string, message: string, options: { retry?: Retry; stopping?: boolean } = {}) {
+    super(code, message, { retry: options.retry ?? BACKOFF });
+    this.stopping = options.stopping ?? false;
   }
 }
+
+/** The error of every step still waiting for its agent when the daemon stops. */
+export const daemonStopping = (): StepError =>
+  new StepError('DAEMON_STOPPING', 'the daemon is stopping', { stopping: true });
 
 interface Pending {
   readonly job: Job;
@@ -63,7 +76,8 @@ export class AgentHub implements AgentJobs {
     this.targets = new Map([...desired.targets].map(([name, t]) => [name, { agent: t.decl.agent, engine: t.decl.engine as EngineName }]));
     for (const [agent, queue] of this.queues) {
       if (agents.has(agent)) continue;
-      for (const p of queue.values()) this.settle(agent, p, new StepError('AGENT_REMOVED', `agent "${agent}" is no longer declared`));
+      const removed = () => new StepError('AGENT_REMOVED', `agent "${agent}" is no longer declared`, { retry: NEVER });
+      for (const p of queue.values()) this.settle(agent, p, removed());
     }
   }
 
@@ -84,7 +98,9 @@ export class AgentHub implements AgentJobs {
     const db = secret.database!;
     const t = this.targets.get(db.target);
     const agent = t && this.agents.get(t.agent);
-    if (!t || !agent) throw new StepError('AGENT_UNKNOWN', `target "${db.target}" has no declared agent`);
+    if (!t || !agent) {
+      throw new StepError('AGENT_UNKNOWN', `target "${db.target}" has no declared agent`, { retry: NEVER });
+    }
     return { agent, target: db.target, engine: t.engine, strategy: db.strategy ?? defaultStrategy(t.engine) };
   }
 
@@ -175,7 +191,9 @@ export class AgentHub implements AgentJobs {
 
   /** Fails every waiting job (the daemon stops). */
   close(): void {
-    for (const [agent, queue] of this.queues) for (const p of [...queue.values()]) this.settle(agent, p, new StepError('DAEMON_STOPPING', 'the daemon is stopping'));
+    for (const [agent, queue] of this.queues) {
+      for (const p of [...queue.values()]) this.settle(agent, p, daemonStopping());
+    }
     for (const agent of this.waiters.keys()) this.wake(agent);
   }
 }

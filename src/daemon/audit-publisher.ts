@@ -9,6 +9,8 @@ import type { GitRepo } from '../git/repo.js';
 import type { AuditLog } from '../audit/log.js';
 import type { AuditEvent } from '../rotation/engine.js';
 import type { AuditStatus } from '../serve/status.js';
+import { backoffDelay } from '../util/backoff.js';
+import type { BackoffOptions } from '../util/backoff.js';
 import type { SerialQueue } from '../util/serial.js';
 import type { Timers } from './timers.js';
 
@@ -17,6 +19,12 @@ import type { Timers } from './timers.js';
  * pushed) or `{ ok: false, code }`. Never a value.
  */
 export const auditPushChannel = diagnostics_channel.channel('rotor:audit-push');
+
+/**
+ * A failed commit or push is retried after 2 s, doubling to 5 minutes, drawn from the upper half of
+ * that (equal jitter): daemons pushing to one remote do not retry in step, nor much sooner than that.
+ */
+export const PUSH_BACKOFF: BackoffOptions = { baseMs: 2000, maxMs: 300_000, jitter: 'equal' };
 
 export interface AuditPublisherOptions {
   readonly audit: AuditLog;
@@ -83,7 +91,7 @@ export class AuditPublisher {
       const code = (e as { code?: string }).code ?? 'ERROR';
       this.pushError = { code, message: e instanceof Error ? e.message : String(e) };
       if (auditPushChannel.hasSubscribers) auditPushChannel.publish({ ok: false, code });
-      const delay = Math.min(300_000, 1000 * 2 ** this.pushFailures);
+      const delay = backoffDelay(this.pushFailures, PUSH_BACKOFF);
       this.o.log('warn', 'audit commit or push failed; the entries are kept and pushed later', { code, retryInMs: delay });
       this.o.timers.later(delay, () => void this.publish());
     }

@@ -199,7 +199,11 @@ export class Daemon {
     const auditHead = this.store.get(AUDIT_HEAD_KEY) as { seq: number; hash: string } | undefined;
     if (auditHead) {
       const v = await verifyAuditDir(auditPath, { anchor: auditHead, fs: auditFs });
-      if (!v.result.ok) throw Object.assign(new Error(`the audit log ${auditPath} is behind the state store (it ends before entry ${auditHead.seq}, or differs there): ${v.result.message}`), { code: v.result.code });
+      if (!v.result.ok) {
+        const behind = `it ends before entry ${auditHead.seq}, or differs there`;
+        const message = `the audit log ${auditPath} is behind the state store (${behind}): ${v.result.message}`;
+        throw new AuditError(v.result.code, message);
+      }
     }
     let fpKey = this.store.get(FINGERPRINT_KEY);
     if (typeof fpKey !== 'string') {

@@ -5,20 +5,21 @@
  */
 import { open, readFile, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { NEVER, RotorError } from '../errors.js';
 
-export class LockError extends Error {
-  readonly code = 'DATA_DIR_LOCKED';
+/** Another daemon holds the data directory: it must be stopped first (or given its own --data-dir). */
+export class LockError extends RotorError {
+  declare readonly code: 'DATA_DIR_LOCKED';
   constructor(message: string) {
-    super(message);
-    this.name = 'LockError';
+    super('DATA_DIR_LOCKED', message, { retry: NEVER });
   }
 }
 
-export class DataDirError extends Error {
-  readonly code = 'DATA_DIR_UNSAFE';
+/** The data directory (or something made in it) is not the daemon's own: a person must fix it. */
+export class DataDirError extends RotorError {
+  declare readonly code: 'DATA_DIR_UNSAFE';
   constructor(message: string) {
-    super(message);
-    this.name = 'DataDirError';
+    super('DATA_DIR_UNSAFE', message, { retry: NEVER });
   }
 }
 

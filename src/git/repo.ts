@@ -36,10 +36,10 @@
  * GIT_EDITOR, the pager), its time limit is an inactivity limit, it has no output limit, and we need
  * the exit status and porcelain output of `git push` as they are.
  */
-import { randomInt } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { backoffDelay as sharedBackoffDelay } from '../util/backoff.js';
 import {
   checkAuthor, checkBranch, checkExisting, cloneInto, isLocalPath, normalizeAuditDir, removeStaleLock,
 } from './clone.js';
@@ -106,10 +106,12 @@ export interface PushResult {
 }
 const MAX_MESSAGE = 64 * 1024;
 
-/** A uniform random delay in [0, min(maxMs, baseMs * 2^(attempt-1))] ("full jitter"), from node:crypto. */
+/**
+ * The push retry's delay: a uniform random delay in [0, min(maxMs, baseMs * 2^(attempt-1))] ("full
+ * jitter"), from node:crypto: util/backoff's backoffDelay, under the arguments GitRepo's callers use.
+ */
 export function backoffDelay(attempt: number, baseMs: number, maxMs: number): number {
-  const cap = Math.floor(Math.min(maxMs, baseMs * 2 ** Math.min(Math.max(attempt - 1, 0), 40)));
-  return cap <= 0 ? 0 : randomInt(0, cap + 1);
+  return sharedBackoffDelay(attempt, { baseMs, maxMs, jitter: 'full' });
 }
 
 export class GitRepo {

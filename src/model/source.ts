@@ -5,6 +5,7 @@
 import { constants } from 'node:fs';
 import { lstat, open, readdir, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { NEVER, RotorError } from '../errors.js';
 import type { Problem } from './problems.js';
 
 export interface SourceFile {
@@ -68,9 +69,10 @@ export interface RepoSource {
   probe(dir: string): Promise<PathProbe>;
 }
 
-/** An Error for a file over a read limit. */
+/** The error for a file over a read limit (FILE_TOO_LARGE): the file must be made smaller. */
 export function tooLarge(file: string, size: number, maxBytes: number): Error {
-  return Object.assign(new Error(`${file} is ${size} bytes, over the limit of ${maxBytes} bytes`), { code: 'FILE_TOO_LARGE' });
+  const message = `${file} is ${size} bytes, over the limit of ${maxBytes} bytes`;
+  return new RotorError('FILE_TOO_LARGE', message, { retry: NEVER });
 }
 
 /** The leading paths of a '/'-separated path: 'a/b/c' -> ['a', 'a/b', 'a/b/c']. */
@@ -191,7 +193,7 @@ async function readBounded(abs: string, label: string, maxBytes: number): Promis
   const fh = await open(abs, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const st = await fh.stat();
-    if (!st.isFile()) throw Object.assign(new Error(`${label} is not a regular file`), { code: 'EINVAL' });
+    if (!st.isFile()) throw new RotorError('EINVAL', `${label} is not a regular file`, { retry: NEVER });
     if (st.size > maxBytes) throw tooLarge(label, st.size, maxBytes);
     const buf = Buffer.alloc(Math.min(st.size, maxBytes) + 1);
     let n = 0;

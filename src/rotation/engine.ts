@@ -20,6 +20,8 @@ import type { Policy, Secret } from '../model/schema-types.js';
 import { parseDuration } from '../model/duration.js';
 import type { Json, Op, StateStore } from '../state/types.js';
 import { fingerprint } from '../audit/fingerprint.js';
+import { codeOf, errnoOf, NEVER, retryOf, RotorError, storageOf } from '../errors.js';
+import type { Storage } from '../errors.js';
 import type { RandomSource, SecretValue } from './generate.js';
 import { generate, generateSecretValue } from './generate.js';
 import type { Pending, SecretRecord, Trigger } from './record.js';
@@ -27,7 +29,7 @@ import { create, currentVersion, finish, previousVersion, retire } from './recor
 import * as planner from './planner.js';
 import type { Failure, ManualValue, PlanInput, RotationExtra } from './planner.js';
 import type { Step, StepFailure, StepResult } from './steps.js';
-import { attempt, DONE, retry, runSteps } from './steps.js';
+import { attempt, DONE, retry, runSteps, stopped } from './steps.js';
 
 export type { ManualValue } from './planner.js';
 
@@ -72,7 +74,8 @@ export interface DbCredential {
 
 /**
  * The database steps of a rotation, run by the target's agent (src/daemon/agents.ts). Each resolves
- * when the agent reports success and rejects with an error carrying a `code` otherwise.
+ * when the agent reports success and rejects with an error carrying a `code` otherwise: a RotorError
+ * whose `stopping` is true when the daemon stopped while the step waited (see stopped()).
  */
 export interface DatabaseSteps {
   /** Step 2 and 3, set and test: the pending credential logs in on a fresh connection; `current` still works. */
@@ -136,12 +139,11 @@ export interface SecretStatus {
 
 const KEY = (name: string) => `secret/${name}`;
 
-/** Errors that say rotor's own storage cannot be written (a full or read-only disk, an I/O error). */
-const STORAGE_ERRORS: Readonly<Record<string, StorageName>> = { AUDIT_WRITE_FAILED: 'audit log', STATE_IO: 'state store' };
 /** A storage failure that keeps coming back for a moment (a flaky disk) is logged at most once in this long. */
 const STORAGE_LOG_EVERY_MS = 60_000;
 
-export type StorageName = 'audit log' | 'state store';
+/** rotor's own storage: an error says it cannot be written through its `storage` (storageOf). */
+export type StorageName = Storage;
 
 /** Why rotations are paused: the audit log or the state store cannot be written. */
 export interface StorageFailure {
@@ -156,16 +158,6 @@ export interface StorageFailure {
 }
 
 const storageCause = (what: StorageName, code: string, errno: string | undefined) => `${what} ${code} ${errno ?? ''}`;
-
-/** The first system error code (EROFS, ENOSPC, EIO...) in an error's chain of causes. */
-function errnoOf(e: unknown): string | undefined {
-  let c = (e as { cause?: unknown } | undefined)?.cause;
-  for (let i = 0; c !== undefined && c !== null && i < 5; i++, c = (c as { cause?: unknown }).cause) {
-    const code = (c as { code?: unknown }).code;
-    if (typeof code === 'string' && /^E[A-Z0-9]+$/.test(code)) return code;
-  }
-  return undefined;
-}
 
 /** A database secret's password generator when it declares none. */
 const DB_DEFAULT_GENERATOR = { length: 32, charset: 'alphanumeric' as const };
@@ -201,6 +193,8 @@ export class Engine {
   /** Per secret, its rotation, running or waiting for the lock: rotation requests join it. */
   private readonly rotations = new Map<string, Promise<void>>();
   private readonly failures = new Map<string, Failure>();
+  /** The secrets whose last failure was the audit log or the state store: due again once it works. */
+  private readonly waitingForStorage = new Set<string>();
   /** The audit log or the state store failing: logged once per cause, retried for every secret together. */
   private readonly storage = new Map<StorageName, StorageFailure & { readonly logged: boolean }>();
   /**
@@ -347,10 +341,13 @@ export class Engine {
   /** Rotates a secret now (rotor rotate); joins a rotation of that secret already running. */
   rotateNow(name: string, reason: string): Promise<void> {
     const s = this.desired?.secrets.get(name)?.decl;
-    if (!s) return Promise.reject(Object.assign(new Error(`secret "${name}" is not declared`), { code: 'SECRET_UNKNOWN' }));
+    if (!s) {
+      return Promise.reject(new RotorError('SECRET_UNKNOWN', `secret "${name}" is not declared`, { retry: NEVER }));
+    }
     if (!planner.rotatable(s, this.o.database !== undefined)) {
       const why = 'a sops secret is rotated by a person: commit a new value';
-      return Promise.reject(Object.assign(new Error(`secret "${name}" is not rotated by rotor (${why})`), { code: 'SECRET_NOT_ROTATABLE' }));
+      const message = `secret "${name}" is not rotated by rotor (${why})`;
+      return Promise.reject(new RotorError('SECRET_NOT_ROTATABLE', message, { retry: NEVER }));
     }
     return this.rotate(name, 'cli', { reason });
   }
@@ -442,7 +439,7 @@ export class Engine {
       if (!m || !('value' in m)) {
         // Only a new commit mends it.
         const code = m && 'error' in m ? m.error.code : 'SOPS_VALUE_MISSING';
-        const error = Object.assign(new Error(`the SOPS value of secret "${name}" cannot be used`), { code });
+        const error = new RotorError(code, `the SOPS value of secret "${name}" cannot be used`, { retry: NEVER });
         return { kind: 'stalled', reason: code, error };
       }
       value = m.value;
@@ -467,7 +464,7 @@ export class Engine {
       await this.o.database!.set(c.secret, pending.version, next, current);
     } catch (e) {
       // A stop cuts the wait for the agent: not a failure (the step runs again after the restart).
-      if ((e as { code?: string }).code !== 'DAEMON_STOPPING') await this.databaseFailed(name, r, e);
+      if (!stopped(e)) await this.databaseFailed(name, r, e);
       return { kind: 'retry', error: e };
     }
     return DONE;
@@ -506,7 +503,7 @@ export class Engine {
    */
   private async databaseFailed(name: string, r: SecretRecord, e: unknown): Promise<void> {
     const pending = r.pending!;
-    const code = (e as { code?: string }).code ?? 'ERROR';
+    const code = codeOf(e);
     const prev = this.failures.get(name);
     const rejections = (pending.rejections ?? 0) + (code === 'DB_VALUE_REJECTED' ? 1 : 0);
     const discard = rejections >= MAX_VALUE_REJECTIONS;
@@ -593,21 +590,26 @@ export class Engine {
   /**
    * Records a step that did not finish: the secret is retried after the failure backoff (or the delay
    * the step asked for), or with every other secret once the audit log or the state store can be
-   * written again. A stalled step is recorded and retried the same way (a new commit mends it).
+   * written again. A stalled step is recorded and retried the same way (a new commit mends it). Every
+   * failure is retried, even one whose error says trying again cannot help (its cause may be mended
+   * meanwhile: a commit, an agent declared); an error that says when (retryAfter) is not retried sooner.
    */
   private fail(name: string, result: StepFailure): void {
     const e = result.error;
-    if ((e as { code?: string }).code === 'DAEMON_STOPPING') return;
+    if (stopped(e)) return;
     const now = this.o.now();
-    const err = e as { code?: string; message?: string };
-    const error = err.code ?? 'ERROR';
-    const storage = STORAGE_ERRORS[error];
+    const error = codeOf(e);
+    const storage = storageOf(e);
     const afterMs = result.kind === 'retry' ? result.afterMs : undefined;
+    const r = retryOf(e);
     const f = planner.failed(this.failures.get(name), error, now, {
       ...(storage ? { sharedRetryAt: this.storageFailed(storage, e, now) } : {}),
       ...(afterMs !== undefined ? { afterMs } : {}),
+      ...(r.kind === 'after' ? { notBefore: now + r.ms } : {}),
     });
     this.failures.set(name, f);
+    if (storage) this.waitingForStorage.add(name);
+    else this.waitingForStorage.delete(name);
     stepChannel.publish({ secret: name, step: 'failed', code: error });
     // A storage failure is logged once for all secrets (storageFailed), not once per secret and retry.
     if (!storage) {
@@ -624,7 +626,7 @@ export class Engine {
   private storageFailed(what: StorageName, e: unknown, now: number): number {
     const prev = this.storage.get(what);
     if (prev && now < prev.retryAt) return prev.retryAt;
-    const code = (e as { code: string }).code;
+    const code = codeOf(e);
     const errno = errnoOf(e);
     const message = (e as { message?: string }).message ?? code;
     const attempts = (prev?.attempts ?? 0) + 1;
@@ -656,7 +658,8 @@ export class Engine {
       if (logged) logged.blip = s.attempts <= 1;
     }
     this.storage.clear();
-    for (const [name, f] of this.failures) if (STORAGE_ERRORS[f.error]) this.failures.delete(name);
+    for (const name of this.waitingForStorage) this.failures.delete(name);
+    this.waitingForStorage.clear();
   }
 
   /** Why the audit log or the state store cannot be written, while that lasts. */

@@ -98,16 +98,18 @@ export function storageBackoff(attempts: number): number {
 
 /**
  * A secret's failure record after one more failure with code `error` at `now`: retried after
- * `afterMs` when given (else the failure backoff), or at `sharedRetryAt` for a storage failure.
+ * `afterMs` when given (else the failure backoff), or at `sharedRetryAt` for a storage failure; in
+ * every case not before `notBefore` (the time the error itself asked for, retryAfter).
  */
 export function failed(
   prev: Failure | undefined,
   error: string,
   now: number,
-  o: { afterMs?: number; sharedRetryAt?: number } = {},
+  o: { afterMs?: number; sharedRetryAt?: number; notBefore?: number } = {},
 ): Failure {
   const attempts = (prev?.attempts ?? 0) + 1;
-  const retryAt = o.sharedRetryAt ?? now + (o.afterMs ?? failureBackoff(attempts));
+  const at = o.sharedRetryAt ?? now + (o.afterMs ?? failureBackoff(attempts));
+  const retryAt = o.notBefore !== undefined ? Math.max(at, o.notBefore) : at;
   return { since: prev?.since ?? now, attempts, error, retryAt };
 }
 

@@ -4,6 +4,7 @@
  * (a person must act first: a SOPS value that cannot be used until a new commit). A runner walks an
  * explicit list of steps in order and stops at the first that is not done.
  */
+import { RotorError } from '../errors.js';
 
 export type StepResult =
   | { readonly kind: 'done' }
@@ -26,6 +27,14 @@ export interface Step<C> {
   /** Whether the step has work to do (asked just before it would run); it always runs when absent. */
   readonly when?: (ctx: C) => boolean;
   readonly run: (ctx: C) => Promise<StepResult>;
+}
+
+/**
+ * Whether a step's error says the daemon stopped while the step waited (for an agent): a RotorError
+ * with `stopping` set. Not a failure: the step runs again after the restart.
+ */
+export function stopped(e: unknown): boolean {
+  return e instanceof RotorError && (e as { readonly stopping?: unknown }).stopping === true;
 }
 
 /** Runs a step function; an error it throws is a retry. */

@@ -6,6 +6,7 @@
  */
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import type { Server } from 'node:http';
+import { NEVER, RotorError } from '../errors.js';
 import { HttpError, readJson, sendError, sendJson } from './http-json.js';
 import { listenPrivately } from './consumer-sockets.js';
 import { boundedServer, type ListenerLimits } from './limits.js';
@@ -57,7 +58,10 @@ export async function listenAdmin(socketPath: string, handlers: AdminHandlers): 
   // chmod follows a link: only the socket node itself (lstat) is chmod'ed.
   if (!(await lstat(socketPath)).isSocket()) {
     await new Promise<void>((resolve) => server.close(() => resolve()));
-    throw Object.assign(new Error(`${socketPath} was replaced while the daemon made it: something else writes to the data directory; make it the daemon's own, mode 0700`), { code: 'DATA_DIR_UNSAFE' });
+    // The code of the daemon's DataDirError (src/daemon/lock.ts), which this layer cannot import.
+    const why = "something else writes to the data directory; make it the daemon's own, mode 0700";
+    const message = `${socketPath} was replaced while the daemon made it: ${why}`;
+    throw new RotorError('DATA_DIR_UNSAFE', message, { retry: NEVER });
   }
   await chmod(socketPath, 0o600);
   return server;

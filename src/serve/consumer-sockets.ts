@@ -23,6 +23,7 @@ import { chmod, constants, lchown, lstat, mkdir, mkdtemp, open, readdir, rename,
 import type { RequestListener, Server } from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
+import { NEVER, RotorError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { SerialQueue } from '../util/serial.js';
 import { boundedServer, type ListenerLimits } from './limits.js';
@@ -45,10 +46,10 @@ export interface ConsumerSocketSpec {
   readonly gid?: number;
 }
 
-export class SocketError extends Error {
-  constructor(readonly code: string, message: string) {
-    super(message);
-    this.name = 'SocketError';
+/** The socket directory or a consumer's socket cannot be made safely: a person must fix it. */
+export class SocketError extends RotorError {
+  constructor(code: string, message: string) {
+    super(code, message, { retry: NEVER });
   }
 }
 

@@ -1,10 +1,11 @@
 /** Small helpers for the daemon's JSON-over-HTTP APIs: bounded bodies (readBody), JSON errors with codes. */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { NEVER, RotorError } from '../errors.js';
 
-export class HttpError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string) {
-    super(message);
-    this.name = 'HttpError';
+/** A request refused with an HTTP status and a code: the client must send another request. */
+export class HttpError extends RotorError {
+  constructor(readonly status: number, code: string, message: string) {
+    super(code, message, { retry: NEVER });
   }
 }
 

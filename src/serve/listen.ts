@@ -1,17 +1,24 @@
 /** Listening on a HOST:PORT flag value (--agent-listen, --metrics-listen): parsing, errors with codes, the bound address. */
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { NEVER, RotorError } from '../errors.js';
 
 /**
- * Binds `server` to `listen` ("127.0.0.1:7700", "[::1]:0"; port 0 picks a free one). Errors carry
- * `${code}_INVALID` (not HOST:PORT) or `${code}_FAILED` (cannot bind). Returns the bound address and
- * a close that also ends open connections.
+ * Binds `server` to `listen` ("127.0.0.1:7700", "[::1]:0"; port 0 picks a free one). Throws a
+ * RotorError `${code}_INVALID` (not HOST:PORT) or `${code}_FAILED` (cannot bind; the listen error is
+ * its cause), neither retried: the daemon does not start. Returns the bound address and a close that
+ * also ends open connections.
  */
 export async function listenTcp(server: Server, listen: string, flag: string, code: string): Promise<{ address: string; close: () => Promise<void> }> {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:]+):(\d{1,5})$/.exec(listen);
-  if (!m || Number(m[2]) > 65535) throw Object.assign(new Error(`${flag} ${listen} is not HOST:PORT`), { code: `${code}_INVALID` });
+  if (!m || Number(m[2]) > 65535) {
+    throw new RotorError(`${code}_INVALID`, `${flag} ${listen} is not HOST:PORT`, { retry: NEVER });
+  }
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`cannot listen on ${listen} (${flag}): ${e.code}`), { code: `${code}_FAILED` })));
+    server.once('error', (e: NodeJS.ErrnoException) => {
+      const message = `cannot listen on ${listen} (${flag}): ${e.code}`;
+      reject(new RotorError(`${code}_FAILED`, message, { cause: e, retry: NEVER }));
+    });
     server.listen(Number(m[2]), m[1]!.replace(/^\[|\]$/g, ''), () => resolve());
   });
   const a = server.address() as AddressInfo;

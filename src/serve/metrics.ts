@@ -11,6 +11,7 @@
 import diagnostics_channel from 'node:diagnostics_channel';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { NEVER, RotorError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { boundedServer, rateLimited, type ListenerLimits } from './limits.js';
 import { listenTcp } from './listen.js';
@@ -183,7 +184,10 @@ export function parseMetricsHosts(values: readonly string[]): HostNames {
   const names = new Map<string, Set<number> | 'any'>();
   for (const v of values) {
     const h = parseHost(v.trim());
-    if (!h) throw Object.assign(new Error(`--metrics-host ${v.slice(0, 100)} is not a host name or IP address with an optional :PORT`), { code: 'METRICS_HOST_INVALID' });
+    if (!h) {
+      const what = 'is not a host name or IP address with an optional :PORT';
+      throw new RotorError('METRICS_HOST_INVALID', `--metrics-host ${v.slice(0, 100)} ${what}`, { retry: NEVER });
+    }
     const had = names.get(h.host);
     if (h.port === undefined || had === 'any') names.set(h.host, 'any');
     else names.set(h.host, new Set([...(had ?? []), h.port]));

@@ -5,12 +5,13 @@
  * the command's --help (optionsHelp), so that an option cannot exist without its help.
  */
 import { parseArgs } from 'node:util';
+import { NEVER, RotorError } from '../errors.js';
 
-export class UsageError extends Error {
-  readonly code = 'USAGE';
+/** The command line is wrong: the user must change it (exit 2). */
+export class UsageError extends RotorError {
+  declare readonly code: 'USAGE';
   constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
+    super('USAGE', message, { retry: NEVER });
   }
 }
 
