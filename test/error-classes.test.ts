@@ -30,7 +30,7 @@ import { nodeFs, openStore } from '../src/state/store.js';
 import { StateError } from '../src/state/types.js';
 import type { StateErrorCode } from '../src/state/types.js';
 import { AdminError } from '../src/cli/admin-client.js';
-import { UsageError } from '../src/cli/args.js';
+import { UsageError } from '../src/util/args.js';
 import { auditDirOf } from '../src/cli/audit.js';
 import { FieldError } from '../src/cli/get.js';
 import { daemonStopping, StepError } from '../src/daemon/agents.js';
