@@ -22,7 +22,14 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { benchRemote } from './lib/remote.mjs';
 
-const { values: opts } = parseArgs({ options: { connections: { type: 'string', default: '1000' }, body: { type: 'string', default: String(1024 * 1024) }, addresses: { type: 'string', default: '20' }, rounds: { type: 'string', default: '1' } } });
+const { values: opts } = parseArgs({
+  options: {
+    connections: { type: 'string', default: '1000' },
+    body: { type: 'string', default: String(1024 * 1024) },
+    addresses: { type: 'string', default: '20' },
+    rounds: { type: 'string', default: '1' },
+  },
+});
 const ROUNDS = Number(opts.rounds);
 const CONNECTIONS = Number(opts.connections);
 const BODY = Number(opts.body);
@@ -47,12 +54,32 @@ const remote = benchRemote(root, {
   'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
   'policy.yaml': 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n',
   'agent.yaml': `kind: Agent\nname: db-host-1\nsigningKey: "${agentKeys.signingKey}"\nrecipient: ${agentKeys.recipient}\n---\nkind: Target\nname: pg\nengine: postgres\nagent: db-host-1\n`,
-  'secret.yaml': 'kind: Secret\nname: app/db\npolicy: monthly\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [app_blue, app_green] }\n',
+  'secret.yaml':
+    'kind: Secret\nname: app/db\npolicy: monthly\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [app_blue, app_green] }\n',
 });
 const dataDir = path.join(root, 'data');
 execFileSync(process.execPath, [BIN, 'keygen', dataDir], { stdio: 'ignore' });
 
-daemon = spawn(process.execPath, [BIN, 'daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', path.join(root, 'sockets'), '--agent-listen', '127.0.0.1:0', '--metrics-listen', 'off', '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
+daemon = spawn(
+  process.execPath,
+  [
+    BIN,
+    'daemon',
+    '--repo',
+    remote,
+    '--data-dir',
+    dataDir,
+    '--socket-dir',
+    path.join(root, 'sockets'),
+    '--agent-listen',
+    '127.0.0.1:0',
+    '--metrics-listen',
+    'off',
+    '--log-level',
+    'warn',
+  ],
+  { stdio: ['ignore', 'ignore', 'pipe'] },
+);
 // Nothing at info is logged with --log-level warn, so the address comes from the admin status.
 let stderrTail = '';
 daemon.stderr.on('data', (c) => (stderrTail = (stderrTail + c).slice(-4000)));
@@ -64,7 +91,9 @@ const address = await new Promise((resolve, reject) => {
       res.on('data', (c) => (text += c));
       res.on('end', () => resolve(JSON.parse(text).agents.listen));
     });
-    req.on('error', () => (left > 0 ? setTimeout(() => tryOnce(left - 1), 50) : reject(new Error(`the daemon did not start: ${stderrTail}`))));
+    req.on('error', () =>
+      left > 0 ? setTimeout(() => tryOnce(left - 1), 50) : reject(new Error(`the daemon did not start: ${stderrTail}`)),
+    );
     req.end();
   };
   tryOnce(400);
@@ -80,13 +109,29 @@ const rss = () => {
 /** One signed poll of the real agent: its status and how long the answer took. */
 function poll() {
   const body = JSON.stringify({ wait: 0 });
-  const headers = signRequest({ agent: 'db-host-1', method: 'POST', path: '/v1/agent/jobs', body, privateKey: agentKeys.signing });
+  const headers = signRequest({
+    agent: 'db-host-1',
+    method: 'POST',
+    path: '/v1/agent/jobs',
+    body,
+    privateKey: agentKeys.signing,
+  });
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
-    const req = request({ host, port, path: '/v1/agent/jobs', method: 'POST', headers: { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }, agent: false }, (res) => {
-      res.resume();
-      res.on('end', () => resolve({ status: res.statusCode, ms: performance.now() - t0 }));
-    });
+    const req = request(
+      {
+        host,
+        port,
+        path: '/v1/agent/jobs',
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+        agent: false,
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve({ status: res.statusCode, ms: performance.now() - t0 }));
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -107,7 +152,8 @@ function intruder(i) {
       `x-rotor-nonce: ${newNonce()}`,
       `x-rotor-content-sha256: ${randomBytes(32).toString('hex')}`,
       `x-rotor-signature: ${randomBytes(64).toString('base64')}`,
-      '', '',
+      '',
+      '',
     ].join('\r\n');
     const sock = net.connect({ host, port, localAddress: `127.0.0.${2 + (i % ADDRESSES)}` });
     let answer = '';
@@ -116,13 +162,19 @@ function intruder(i) {
       if (answer.length < 64) answer += c.toString('latin1');
     });
     sock.on('error', () => {});
-    sock.on('close', () => resolve({ status: /^HTTP\/1\.1 (\d{3})/.exec(answer)?.[1] ?? 'closed without an answer', sent }));
+    sock.on('close', () =>
+      resolve({ status: /^HTTP\/1\.1 (\d{3})/.exec(answer)?.[1] ?? 'closed without an answer', sent }),
+    );
     sock.on('connect', async () => {
       sock.write(head);
       while (sent < BODY && answer === '' && !sock.destroyed) {
         const n = Math.min(zeros.length, BODY - sent);
         sent += n;
-        if (!sock.write(n === zeros.length ? zeros : zeros.subarray(0, n))) await new Promise((r) => { sock.once('drain', r); sock.once('close', r); });
+        if (!sock.write(n === zeros.length ? zeros : zeros.subarray(0, n)))
+          await new Promise((r) => {
+            sock.once('drain', r);
+            sock.once('close', r);
+          });
       }
     });
   });
@@ -132,7 +184,9 @@ if ((await poll()).status !== 200) throw new Error('the real agent is not served
 await new Promise((r) => setTimeout(r, 1000));
 const before = rss();
 const mb = (x) => `${x.toFixed(1)} MB`;
-console.log(`bench/agent-flood: ${CONNECTIONS} unauthenticated connections from ${ADDRESSES} loopback addresses, each claiming a ${BODY}-byte body; Node ${process.version}, ${os.cpus().length} cores`);
+console.log(
+  `bench/agent-flood: ${CONNECTIONS} unauthenticated connections from ${ADDRESSES} loopback addresses, each claiming a ${BODY}-byte body; Node ${process.version}, ${os.cpus().length} cores`,
+);
 for (let round = 1; round <= ROUNDS; round++) {
   let peak = 0;
   const sampler = setInterval(() => (peak = Math.max(peak, rss().rss)), 20);
@@ -147,8 +201,14 @@ for (let round = 1; round <= ROUNDS; round++) {
   const byStatus = {};
   for (const o of outcomes) byStatus[o.status] = (byStatus[o.status] ?? 0) + 1;
   if (ROUNDS > 1) console.log(`round ${round}:`);
-  console.log(`daemon RSS before ${mb(before.rss)}, peak ${mb(Math.max(peak, after.rss))} (VmHWM ${mb(after.hwm)}), after ${mb(after.rss)}`);
-  console.log(`intruders' answers: ${Object.entries(byStatus).map(([s, n]) => `${s} x ${n}`).join(', ')}; all done in ${(floodMs / 1000).toFixed(2)} s`);
+  console.log(
+    `daemon RSS before ${mb(before.rss)}, peak ${mb(Math.max(peak, after.rss))} (VmHWM ${mb(after.hwm)}), after ${mb(after.rss)}`,
+  );
+  console.log(
+    `intruders' answers: ${Object.entries(byStatus)
+      .map(([s, n]) => `${s} x ${n}`)
+      .join(', ')}; all done in ${(floodMs / 1000).toFixed(2)} s`,
+  );
   console.log(`the real agent during the flood: ${during.status} in ${during.ms.toFixed(1)} ms`);
 }
 daemon.kill('SIGTERM');

@@ -4,14 +4,16 @@
 // batches of 100). Build first (npx tsc -p .). Usage: node bench/audit.mjs [--dir DIR] [--appends N]
 // DIR is where the logs are written (default: the system's temporary directory); its file system
 // decides the fsync figures.
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const { AuditLog, lineHash, sealEntry, verifyAuditDir, verifyChain, ZERO_HASH } = await import(path.join(root, 'dist/src/audit/index.js'));
+const { AuditLog, lineHash, sealEntry, verifyAuditDir, verifyChain, ZERO_HASH } = await import(
+  path.join(root, 'dist/src/audit/index.js')
+);
 
 const { values } = parseArgs({ options: { dir: { type: 'string' }, appends: { type: 'string', default: '300' } } });
 const base = mkdtempSync(path.join(values.dir ?? os.tmpdir(), 'rotor-audit-bench-'));
@@ -24,7 +26,9 @@ function input(i, startMs) {
     time: new Date(startMs + i * 60_000).toISOString(),
     event,
     secret: `team-${i % 100}/secret-${i % 997}`,
-    ...(event === 'rotated' ? { from: i, to: i + 1, fingerprint: `hmac-sha256:${Buffer.alloc(16, i % 256).toString('base64url')}` } : {}),
+    ...(event === 'rotated'
+      ? { from: i, to: i + 1, fingerprint: `hmac-sha256:${Buffer.alloc(16, i % 256).toString('base64url')}` }
+      : {}),
     trigger: 'schedule',
     ...(i % 10 === 0 ? { reason: `ticket ${i}: rotate after an incident` } : {}),
     commit: 'a'.repeat(40),
@@ -70,21 +74,35 @@ async function time(fn, runs) {
 }
 
 const fmt = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(0)} ms`);
-console.log(`node ${process.version}, ${os.cpus().length} CPUs, load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}, logs under ${base}`);
+console.log(
+  `node ${process.version}, ${os.cpus().length} CPUs, load ${os
+    .loadavg()
+    .map((l) => l.toFixed(1))
+    .join(' ')}, logs under ${base}`,
+);
 
 try {
-  for (const [n, runs] of [[10_000, 7], [100_000, 3]]) {
+  for (const [n, runs] of [
+    [10_000, 7],
+    [100_000, 3],
+  ]) {
     const files = build(n);
     const bytes = files.reduce((s, f) => s + Buffer.byteLength(f.text), 0);
     const dir = path.join(base, `log-${n}`);
     mkdirSync(dir);
     for (const f of files) writeFileSync(path.join(dir, f.path), f.text);
     let r;
-    const mem = await time(() => { r = verifyChain(files); }, runs);
+    const mem = await time(() => {
+      r = verifyChain(files);
+    }, runs);
     if (!r.ok || r.entries !== n) throw new Error(`verify failed: ${JSON.stringify(r)}`);
-    const disk = await time(async () => { r = (await verifyAuditDir(dir)).result; }, runs);
+    const disk = await time(async () => {
+      r = (await verifyAuditDir(dir)).result;
+    }, runs);
     if (!r.ok) throw new Error('verify from disk failed');
-    console.log(`verify ${n.toLocaleString('en')} entries (${files.length} files, ${(bytes / 1024 / 1024).toFixed(1)} MiB), median of ${runs}: in memory ${fmt(mem.wall)} wall, ${fmt(mem.cpu)} CPU (${((mem.cpu * 1000) / n).toFixed(1)} µs/entry); from disk ${fmt(disk.wall)} wall, ${fmt(disk.cpu)} CPU`);
+    console.log(
+      `verify ${n.toLocaleString('en')} entries (${files.length} files, ${(bytes / 1024 / 1024).toFixed(1)} MiB), median of ${runs}: in memory ${fmt(mem.wall)} wall, ${fmt(mem.cpu)} CPU (${((mem.cpu * 1000) / n).toFixed(1)} µs/entry); from disk ${fmt(disk.wall)} wall, ${fmt(disk.cpu)} CPU`,
+    );
   }
 
   // Appends: one entry per append, each awaited (an fsync each), then batches of 100.
@@ -94,22 +112,29 @@ try {
   let t0 = performance.now();
   for (let i = 0; i < APPENDS; i++) await log1.append([input(i, start)]);
   let ms = performance.now() - t0;
-  console.log(`append, 1 entry per append, awaited: ${APPENDS} entries in ${fmt(ms)} = ${Math.round((APPENDS * 1000) / ms)} entries/s (${(ms / APPENDS).toFixed(2)} ms per fsync'd append)`);
+  console.log(
+    `append, 1 entry per append, awaited: ${APPENDS} entries in ${fmt(ms)} = ${Math.round((APPENDS * 1000) / ms)} entries/s (${(ms / APPENDS).toFixed(2)} ms per fsync'd append)`,
+  );
 
   const dir100 = path.join(base, 'append-100');
   const log100 = await AuditLog.open(dir100);
   const BATCHES = Math.max(10, Math.round(APPENDS / 10));
   t0 = performance.now();
-  for (let b = 0; b < BATCHES; b++) await log100.append(Array.from({ length: 100 }, (_, i) => input(b * 100 + i, start)));
+  for (let b = 0; b < BATCHES; b++)
+    await log100.append(Array.from({ length: 100 }, (_, i) => input(b * 100 + i, start)));
   ms = performance.now() - t0;
-  console.log(`append, batches of 100, awaited: ${BATCHES * 100} entries in ${fmt(ms)} = ${Math.round((BATCHES * 100 * 1000) / ms)} entries/s (${(ms / BATCHES).toFixed(2)} ms per batch)`);
+  console.log(
+    `append, batches of 100, awaited: ${BATCHES * 100} entries in ${fmt(ms)} = ${Math.round((BATCHES * 100 * 1000) / ms)} entries/s (${(ms / BATCHES).toFixed(2)} ms per batch)`,
+  );
 
   const dirQ = path.join(base, 'append-queued');
   const logQ = await AuditLog.open(dirQ);
   t0 = performance.now();
   await Promise.all(Array.from({ length: APPENDS }, (_, i) => logQ.append([input(i, start)])));
   ms = performance.now() - t0;
-  console.log(`append, 1 entry per append, ${APPENDS} issued at once (group commit: they share fsyncs): ${APPENDS} entries in ${fmt(ms)} = ${Math.round((APPENDS * 1000) / ms)} entries/s`);
+  console.log(
+    `append, 1 entry per append, ${APPENDS} issued at once (group commit: they share fsyncs): ${APPENDS} entries in ${fmt(ms)} = ${Math.round((APPENDS * 1000) / ms)} entries/s`,
+  );
 
   for (const d of [dir1, dir100, dirQ]) {
     const r = (await verifyAuditDir(d)).result;

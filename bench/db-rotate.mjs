@@ -22,15 +22,24 @@ const { startPostgres } = await import(dist('test/services/postgres.js'));
 
 const N = 100;
 const cleanups = [];
-const fakeT = { teardown: (fn) => cleanups.push(fn), fail: (m) => { throw new Error(m); }, skip: (m) => { throw new Error(m); } };
+const fakeT = {
+  teardown: (fn) => cleanups.push(fn),
+  fail: (m) => {
+    throw new Error(m);
+  },
+  skip: (m) => {
+    throw new Error(m);
+  },
+};
 const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-bench-db-'));
 const pct = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
 
 try {
   const server = await startPostgres(fakeT);
-  const adminPassword = 'bench-' + Math.random().toString(36).slice(2);
+  const adminPassword = `bench-${Math.random().toString(36).slice(2)}`;
   const sql = [`CREATE ROLE rotor_admin LOGIN CREATEROLE PASSWORD '${adminPassword}'`, 'CREATE ROLE app_owner NOLOGIN'];
-  for (let i = 0; i < N; i++) sql.push(`CREATE ROLE u${i}_a LOGIN IN ROLE app_owner`, `CREATE ROLE u${i}_b LOGIN IN ROLE app_owner`);
+  for (let i = 0; i < N; i++)
+    sql.push(`CREATE ROLE u${i}_a LOGIN IN ROLE app_owner`, `CREATE ROLE u${i}_b LOGIN IN ROLE app_owner`);
   await server.query(sql.join(';'));
 
   await generateKeys(path.join(root, 'agent-keys'));
@@ -39,22 +48,52 @@ try {
     'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
     'policy.yaml': 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n',
     'db.yaml': `kind: Agent\nname: db-host\nsigningKey: "${agentKeys.signingKey}"\nrecipient: ${agentKeys.recipient}\n---\nkind: Target\nname: pg\nengine: postgres\nagent: db-host\n`,
-    'secrets.yaml': Array.from({ length: N }, (_, i) => `kind: Secret\nname: app/db-${i}\npolicy: monthly\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [u${i}_a, u${i}_b] }\n`).join('---\n'),
+    'secrets.yaml': Array.from(
+      { length: N },
+      (_, i) =>
+        `kind: Secret\nname: app/db-${i}\npolicy: monthly\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [u${i}_a, u${i}_b] }\n`,
+    ).join('---\n'),
   });
   const dataDir = path.join(root, 'data');
   await generateKeys(dataDir);
-  const log = (level, msg, f) => { if (process.env.BENCH_DEBUG) console.error(level, msg, JSON.stringify(f)); };
-  const d = new Daemon({ repo: remote, branch: 'main', dataDir, socketDir: path.join(root, 'sockets'), agentListen: '127.0.0.1:0', breakGlass: [], log, commitDelayMs: 200 });
+  const log = (level, msg, f) => {
+    if (process.env.BENCH_DEBUG) console.error(level, msg, JSON.stringify(f));
+  };
+  const d = new Daemon({
+    repo: remote,
+    branch: 'main',
+    dataDir,
+    socketDir: path.join(root, 'sockets'),
+    agentListen: '127.0.0.1:0',
+    breakGlass: [],
+    log,
+    commitDelayMs: 200,
+  });
   await d.start();
   cleanups.unshift(() => d.stop());
   const configFile = path.join(root, 'agent.yaml');
-  writeFileSync(configFile, [`daemon: http://${d.agentAddress}`, 'name: db-host', `keyDir: ${path.join(root, 'agent-keys')}`, `daemonSigningKey: "${(await loadKeys(dataDir)).signingKey}"`, 'targets:', '  pg:', `    url: postgres://rotor_admin@127.0.0.1:${server.port}/postgres`, '    password: { env: PG_ADMIN }', ''].join('\n'), { mode: 0o600 });
+  writeFileSync(
+    configFile,
+    [
+      `daemon: http://${d.agentAddress}`,
+      'name: db-host',
+      `keyDir: ${path.join(root, 'agent-keys')}`,
+      `daemonSigningKey: "${(await loadKeys(dataDir)).signingKey}"`,
+      'targets:',
+      '  pg:',
+      `    url: postgres://rotor_admin@127.0.0.1:${server.port}/postgres`,
+      '    password: { env: PG_ADMIN }',
+      '',
+    ].join('\n'),
+    { mode: 0o600 },
+  );
   const agent = new Agent(await loadAgentConfig(configFile, { env: { PG_ADMIN: adminPassword } }), { log });
   agent.start();
   cleanups.unshift(() => agent.stop({ graceMs: 5000 }));
 
   const t0 = performance.now();
-  while (Array.from({ length: N }, (_, i) => d.served(`app/db-${i}`)).some((s) => !s)) await new Promise((r) => setTimeout(r, 20));
+  while (Array.from({ length: N }, (_, i) => d.served(`app/db-${i}`)).some((s) => !s))
+    await new Promise((r) => setTimeout(r, 20));
   const firstAll = performance.now() - t0;
 
   const one = [];
@@ -68,25 +107,39 @@ try {
 
   const together = [];
   const c0 = performance.now();
-  await Promise.all(Array.from({ length: N }, async (_, i) => {
-    const t = performance.now();
-    await d.rotateNow(`app/db-${i}`, 'bench');
-    together.push(performance.now() - t);
-  }));
+  await Promise.all(
+    Array.from({ length: N }, async (_, i) => {
+      const t = performance.now();
+      await d.rotateNow(`app/db-${i}`, 'bench');
+      together.push(performance.now() - t);
+    }),
+  );
   const concurrent = performance.now() - c0;
 
   // Every served value logs in: a spot check of ten.
   const pg = (await import('pg')).default;
   for (let i = 0; i < N; i += 10) {
     const s = d.served(`app/db-${i}`);
-    const c = new pg.Client({ host: '127.0.0.1', port: server.port, user: s.username, password: s.value, database: 'postgres' });
+    const c = new pg.Client({
+      host: '127.0.0.1',
+      port: server.port,
+      user: s.username,
+      password: s.value,
+      database: 'postgres',
+    });
     await c.connect();
     await c.end();
   }
-  console.log(`bench/db-rotate: ${N} PostgreSQL secrets (alternate, ${2 * N} roles) through rotor-agent on loopback; PostgreSQL ${server.version ?? ''}, Node ${process.version}, ${os.cpus().length} cores`);
+  console.log(
+    `bench/db-rotate: ${N} PostgreSQL secrets (alternate, ${2 * N} roles) through rotor-agent on loopback; PostgreSQL ${server.version ?? ''}, Node ${process.version}, ${os.cpus().length} cores`,
+  );
   console.log(`version 1 of all ${N} (started together)      ${firstAll.toFixed(0)} ms`);
-  console.log(`${N} rotations one after the other            ${sequential.toFixed(0)} ms   p50 ${pct(one, 0.5).toFixed(1)} ms   p99 ${pct(one, 0.99).toFixed(1)} ms   (target p50 < 250 ms)`);
-  console.log(`${N} rotations started together              ${concurrent.toFixed(0)} ms   p50 ${pct(together, 0.5).toFixed(1)} ms   p99 ${pct(together, 0.99).toFixed(1)} ms (each, waiting included)`);
+  console.log(
+    `${N} rotations one after the other            ${sequential.toFixed(0)} ms   p50 ${pct(one, 0.5).toFixed(1)} ms   p99 ${pct(one, 0.99).toFixed(1)} ms   (target p50 < 250 ms)`,
+  );
+  console.log(
+    `${N} rotations started together              ${concurrent.toFixed(0)} ms   p50 ${pct(together, 0.5).toFixed(1)} ms   p99 ${pct(together, 0.99).toFixed(1)} ms (each, waiting included)`,
+  );
 } finally {
   for (const f of cleanups) await f();
   rmSync(root, { recursive: true, force: true });

@@ -16,14 +16,30 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { openRepo } from '../dist/src/git/repo.js';
 
-const { values } = parseArgs({ options: { writers: { type: 'string', default: '5' }, entries: { type: 'string', default: '50' }, pause: { type: 'string', default: '1000' } } });
+const { values } = parseArgs({
+  options: {
+    writers: { type: 'string', default: '5' },
+    entries: { type: 'string', default: '50' },
+    pause: { type: 'string', default: '1000' },
+  },
+});
 const WRITERS = Number(values.writers);
 const ENTRIES = Number(values.entries);
 const PAUSE = Number(values.pause);
 
-const env = { ...process.env, GIT_AUTHOR_NAME: 'writer', GIT_AUTHOR_EMAIL: 'w@bench.invalid', GIT_COMMITTER_NAME: 'writer', GIT_COMMITTER_EMAIL: 'w@bench.invalid', GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null' };
+const env = {
+  ...process.env,
+  GIT_AUTHOR_NAME: 'writer',
+  GIT_AUTHOR_EMAIL: 'w@bench.invalid',
+  GIT_COMMITTER_NAME: 'writer',
+  GIT_COMMITTER_EMAIL: 'w@bench.invalid',
+  GIT_CONFIG_NOSYSTEM: '1',
+  GIT_CONFIG_GLOBAL: '/dev/null',
+};
 const git = (cwd, ...args) =>
-  new Promise((resolve, reject) => execFile('git', args, { cwd, env }, (e, out, err) => (e ? reject(new Error(err)) : resolve(out.trim()))));
+  new Promise((resolve, reject) =>
+    execFile('git', args, { cwd, env }, (e, out, err) => (e ? reject(new Error(err)) : resolve(out.trim()))),
+  );
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-bench-push-'));
 try {
@@ -38,7 +54,13 @@ try {
   await git(seed, 'commit', '-q', '-m', 'seed', '--author', 'seed <seed@bench.invalid>');
   await git(seed, 'push', '-q', 'origin', 'HEAD:refs/heads/main');
 
-  const repo = await openRepo({ url: remote, dir: path.join(root, 'daemon'), branch: 'main', retry: { attempts: 8, baseMs: 50, maxDelayMs: 2000, totalMs: 60_000 }, onWarning: (w) => process.env.BENCH_DEBUG && console.error(performance.now().toFixed(0), w.code, w.message) });
+  const repo = await openRepo({
+    url: remote,
+    dir: path.join(root, 'daemon'),
+    branch: 'main',
+    retry: { attempts: 8, baseMs: 50, maxDelayMs: 2000, totalMs: 60_000 },
+    onWarning: (w) => process.env.BENCH_DEBUG && console.error(performance.now().toFixed(0), w.code, w.message),
+  });
   let stop = false;
   let writerPushes = 0;
   let writerRejections = 0;
@@ -103,9 +125,15 @@ try {
   const q = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))].toFixed(0);
   console.log(`writers ${WRITERS} (a push every ~${PAUSE} ms each), entries ${ENTRIES}`);
   console.log(`audit entry commit -> on the remote: p50 ${q(0.5)} ms, p95 ${q(0.95)} ms, max ${q(1)} ms`);
-  console.log(`daemon push attempts ${attempts} for ${ENTRIES - gaveUp} successful calls; calls that gave up ${gaveUp}`);
-  console.log(`writers: ${writerPushes} pushes, ${writerRejections} rejections; on the remote: ${writerCommits} writer commits`);
-  console.log(`every entry once and in order: ${ok}; merges: ${merges}; writer commits all there: ${writerCommits === writerPushes}`);
+  console.log(
+    `daemon push attempts ${attempts} for ${ENTRIES - gaveUp} successful calls; calls that gave up ${gaveUp}`,
+  );
+  console.log(
+    `writers: ${writerPushes} pushes, ${writerRejections} rejections; on the remote: ${writerCommits} writer commits`,
+  );
+  console.log(
+    `every entry once and in order: ${ok}; merges: ${merges}; writer commits all there: ${writerCommits === writerPushes}`,
+  );
   if (!ok || merges !== 0 || writerCommits !== writerPushes) process.exitCode = 1;
 } finally {
   rmSync(root, { recursive: true, force: true });

@@ -22,7 +22,8 @@ async function scenario(n) {
   const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-bench-rotate-'));
   try {
     const docs = [];
-    for (let i = 0; i < n; i++) docs.push(`kind: Secret\nname: team-${i % 100}/secret-${i}\npolicy: monthly\ngenerate: { length: 32 }\n`);
+    for (let i = 0; i < n; i++)
+      docs.push(`kind: Secret\nname: team-${i % 100}/secret-${i}\npolicy: monthly\ngenerate: { length: 32 }\n`);
     const remote = benchRemote(root, {
       'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
       'policy.yaml': 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n',
@@ -31,8 +32,18 @@ async function scenario(n) {
     const dataDir = path.join(root, 'data');
     await generateKeys(dataDir);
     let clock = Date.now();
-    const log = (level, msg, f) => { if (process.env.BENCH_DEBUG) console.error(level, msg, JSON.stringify(f)); };
-    const d = new Daemon({ repo: remote, branch: 'main', dataDir, breakGlass: [], log, now: () => clock, commitDelayMs: 200 });
+    const log = (level, msg, f) => {
+      if (process.env.BENCH_DEBUG) console.error(level, msg, JSON.stringify(f));
+    };
+    const d = new Daemon({
+      repo: remote,
+      branch: 'main',
+      dataDir,
+      breakGlass: [],
+      log,
+      now: () => clock,
+      commitDelayMs: 200,
+    });
     const t0 = performance.now();
     await d.start(); // every secret is new: version 1 for all, at once
     const created = performance.now() - t0;
@@ -52,10 +63,21 @@ async function scenario(n) {
     await done;
     await d.stop(); // commits and pushes the audit entries
     const rotated = performance.now() - t1;
-    const audited = Number(execFileSync('git', ['-C', remote, 'show', 'main:audit/' + new Date(clock).toISOString().slice(0, 7) + '.jsonl'], { maxBuffer: 256 * 1024 * 1024 }).toString().split('\n').filter(Boolean).length);
+    const audited = Number(
+      execFileSync('git', ['-C', remote, 'show', `main:audit/${new Date(clock).toISOString().slice(0, 7)}.jsonl`], {
+        maxBuffer: 256 * 1024 * 1024,
+      })
+        .toString()
+        .split('\n')
+        .filter(Boolean).length,
+    );
     // The cost of one durable write in this store, now holding n secrets.
     const keys = await loadKeys(dataDir);
-    const store = await openStore({ dir: path.join(dataDir, 'state'), identity: keys.identity, recipients: [keys.recipient] });
+    const store = await openStore({
+      dir: path.join(dataDir, 'state'),
+      identity: keys.identity,
+      recipients: [keys.recipient],
+    });
     const costs = [];
     for (let i = 0; i < 200; i++) {
       const s = performance.now();
@@ -71,9 +93,15 @@ async function scenario(n) {
 
 const small = await scenario(100);
 const large = await scenario(10_000);
-console.log(`rotor daemon, N secrets all due at once (node ${process.version}, ${os.cpus().length} cpus, load ${os.loadavg()[0].toFixed(1)})`);
+console.log(
+  `rotor daemon, N secrets all due at once (node ${process.version}, ${os.cpus().length} cpus, load ${os.loadavg()[0].toFixed(1)})`,
+);
 for (const r of [small, large]) {
-  console.log(`  N=${String(r.n).padEnd(6)} version 1 for all: ${(r.created / 1000).toFixed(2)} s   a rotation of all, audited, committed and pushed: ${(r.rotated / 1000).toFixed(2)} s   (${r.audited} audit lines on the remote this month)`);
+  console.log(
+    `  N=${String(r.n).padEnd(6)} version 1 for all: ${(r.created / 1000).toFixed(2)} s   a rotation of all, audited, committed and pushed: ${(r.rotated / 1000).toFixed(2)} s   (${r.audited} audit lines on the remote this month)`,
+  );
 }
-console.log(`  one durable store write: ${small.write.toFixed(3)} ms at 100 secrets, ${large.write.toFixed(3)} ms at 10,000: ratio ${(large.write / small.write).toFixed(2)} (target <= 1.5)`);
+console.log(
+  `  one durable store write: ${small.write.toFixed(3)} ms at 100 secrets, ${large.write.toFixed(3)} ms at 10,000: ratio ${(large.write / small.write).toFixed(2)} (target <= 1.5)`,
+);
 console.log(`  target: all 10,000 rotated in under 10 s: ${large.rotated < 10_000 ? 'met' : 'NOT met'}`);

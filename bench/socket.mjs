@@ -15,7 +15,9 @@ import { parseArgs } from 'node:util';
 import { load as generate } from './lib/load.mjs';
 import { benchRemote } from './lib/remote.mjs';
 
-const { values: opts } = parseArgs({ options: { seconds: { type: 'string', default: '10' }, connections: { type: 'string', default: '32' } } });
+const { values: opts } = parseArgs({
+  options: { seconds: { type: 'string', default: '10' }, connections: { type: 'string', default: '32' } },
+});
 const SECONDS = Number(opts.seconds);
 const CONNECTIONS = Number(opts.connections);
 const BIN = new URL('../dist/src/cli/main.js', import.meta.url).pathname;
@@ -55,7 +57,25 @@ const remote = benchRemote(root, {
 const dataDir = path.join(root, 'data');
 execFileSync(process.execPath, [BIN, 'keygen', dataDir], { stdio: 'ignore' });
 const socketDir = path.join(root, 'sockets');
-const daemon = spawn(process.execPath, [...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []), BIN, 'daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', socketDir, '--agent-listen', '127.0.0.1:0', '--metrics-listen', 'off'], { stdio: ['ignore', 'ignore', process.env.BENCH_DEBUG ? 'inherit' : 'ignore'] });
+const daemon = spawn(
+  process.execPath,
+  [
+    ...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []),
+    BIN,
+    'daemon',
+    '--repo',
+    remote,
+    '--data-dir',
+    dataDir,
+    '--socket-dir',
+    socketDir,
+    '--agent-listen',
+    '127.0.0.1:0',
+    '--metrics-listen',
+    'off',
+  ],
+  { stdio: ['ignore', 'ignore', process.env.BENCH_DEBUG ? 'inherit' : 'ignore'] },
+);
 children.push(daemon);
 const rotorSocket = path.join(socketDir, 'bench.sock');
 await waitFor(rotorSocket);
@@ -95,12 +115,17 @@ for (let i = 0; i < 3; i++) {
 }
 const avg = (xs, k) => xs.reduce((s, x) => s + x[k], 0) / xs.length;
 const max = (xs, k) => Math.max(...xs.map((x) => x[k]));
-const row = (name, xs) => `${name.padEnd(28)} ${avg(xs, 'rps').toFixed(0).padStart(8)} req/s   p50 ${avg(xs, 'p50').toFixed(3)} ms   p99 ${max(xs, 'p99').toFixed(3)} ms (worst run)`;
-console.log(`bench/socket: GET ${urlPath} (${sample.body.length}-byte body), ${CONNECTIONS} connections, ${SECONDS} s x 3 runs each, Node ${process.version}, ${os.cpus().length} cores`);
+const row = (name, xs) =>
+  `${name.padEnd(28)} ${avg(xs, 'rps').toFixed(0).padStart(8)} req/s   p50 ${avg(xs, 'p50').toFixed(3)} ms   p99 ${max(xs, 'p99').toFixed(3)} ms (worst run)`;
+console.log(
+  `bench/socket: GET ${urlPath} (${sample.body.length}-byte body), ${CONNECTIONS} connections, ${SECONDS} s x 3 runs each, Node ${process.version}, ${os.cpus().length} cores`,
+);
 console.log(row('bare node:http (baseline)', runs.bare));
 console.log(row('rotor consumer socket', runs.rotor));
 const ratio = avg(runs.rotor, 'rps') / avg(runs.bare, 'rps');
-console.log(`ratio rotor/bare: ${ratio.toFixed(2)} (target >= 0.70); rotor p99 ${max(runs.rotor, 'p99').toFixed(3)} ms (target < 2 ms)`);
+console.log(
+  `ratio rotor/bare: ${ratio.toFixed(2)} (target >= 0.70); rotor p99 ${max(runs.rotor, 'p99').toFixed(3)} ms (target < 2 ms)`,
+);
 daemon.kill('SIGTERM');
 bare.kill('SIGTERM');
 await new Promise((r) => daemon.once('exit', r));

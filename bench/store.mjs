@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { randomBytes } from 'node:crypto';
 // bench/store: the cost of one durable write (one put of a ~200-byte value, written and fsynced) in a
 // state store holding 100 keys and in one holding 10,000 keys, measured in the same run (interleaved, so
 // that a noisy machine hurts both alike), and their ratio (target: <= 1.5: a write must not grow with
@@ -8,12 +9,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { generateX25519Identity, identityToRecipient } from 'age-encryption';
 import { nodeFs, openStore } from '../dist/src/state/store.js';
 
-const { values } = parseArgs({ options: { writes: { type: 'string', default: '1000' }, dir: { type: 'string', default: os.tmpdir() } } });
+const { values } = parseArgs({
+  options: { writes: { type: 'string', default: '1000' }, dir: { type: 'string', default: os.tmpdir() } },
+});
 const WRITES = Number(values.writes);
 const identity = await generateX25519Identity();
 const recipients = [await identityToRecipient(identity)];
@@ -34,7 +36,10 @@ const counting = {
     return {
       read: (b, pos) => f.read(b, pos),
       write: (d, pos) => f.write(d, pos),
-      sync: () => (fsyncs++, f.sync()),
+      sync: () => {
+        fsyncs++;
+        return f.sync();
+      },
       truncate: (l) => f.truncate(l),
       size: () => f.size(),
       close: () => f.close(),
@@ -49,7 +54,8 @@ async function makeStore(keys) {
   const store = await openStore({ dir, identity, recipients, fs: counting, compactAfter: never });
   for (let i = 0; i < keys; i += 500) {
     const ops = [];
-    for (let j = i; j < Math.min(keys, i + 500); j++) ops.push({ op: 'put', key: `secrets/team-${j % 100}/db-${j}`, value: value() });
+    for (let j = i; j < Math.min(keys, i + 500); j++)
+      ops.push({ op: 'put', key: `secrets/team-${j % 100}/db-${j}`, value: value() });
     await store.write(ops);
   }
   await store.compact(); // the keys are in the snapshot, the log starts empty
@@ -59,7 +65,10 @@ async function makeStore(keys) {
 try {
   const small = await makeStore(100);
   const large = await makeStore(10_000);
-  const lat = new Map([[small, []], [large, []]]);
+  const lat = new Map([
+    [small, []],
+    [large, []],
+  ]);
   const oneWrite = async (s, i) => {
     const key = `secrets/team-${i % 100}/db-${i % s.keys}`; // an existing key: what a rotation does
     const v = value();
@@ -82,12 +91,17 @@ try {
   const EACH = 100;
   const before = fsyncs;
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: WRITERS }, async (_, w) => {
-    for (let i = 0; i < EACH; i++) await large.store.write([{ op: 'put', key: `secrets/team-${w}/db-${w * EACH + i}`, value: value() }]);
-  }));
+  await Promise.all(
+    Array.from({ length: WRITERS }, async (_, w) => {
+      for (let i = 0; i < EACH; i++)
+        await large.store.write([{ op: 'put', key: `secrets/team-${w}/db-${w * EACH + i}`, value: value() }]);
+    }),
+  );
   const secs = (performance.now() - t0) / 1000;
   const n = WRITERS * EACH;
-  console.log(`${WRITERS} concurrent writers, ${n} writes into 10,000 keys: ${(n / secs).toFixed(0)} writes/s, ${fsyncs - before} fsyncs (${(n / (fsyncs - before)).toFixed(1)} writes per fsync)`);
+  console.log(
+    `${WRITERS} concurrent writers, ${n} writes into 10,000 keys: ${(n / secs).toFixed(0)} writes/s, ${fsyncs - before} fsyncs (${(n / (fsyncs - before)).toFixed(1)} writes per fsync)`,
+  );
 
   const compactions = [];
   for (let i = 0; i < 5; i++) {

@@ -16,13 +16,27 @@
 // contiguous, none twice, the chain verifies with src/audit), every writer's and the racer's commits are
 // all on the remote, each once, races happened (rejections counted, and the daemon's retries), and no
 // push forced anything.
-import path from 'node:path';
+
 import { randomInt } from 'node:crypto';
 import { appendFileSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { forcedPush, gitFaults } from './lib/faults-git.mjs';
 import {
-  auditEntries, declarations, forcedUpdates, git, gitRun, localSeq, makeWorld, remoteAudit, remoteSeq, secondsOf, seqProblems, startDaemon, status, waitFor,
+  auditEntries,
+  declarations,
+  forcedUpdates,
+  git,
+  gitRun,
+  localSeq,
+  makeWorld,
+  remoteAudit,
+  remoteSeq,
+  secondsOf,
+  seqProblems,
+  startDaemon,
+  status,
+  waitFor,
 } from './lib/faults-world.mjs';
 
 export const part = 2;
@@ -61,7 +75,8 @@ function barrier(n) {
 }
 
 /** A push rejected because another push moved the branch first (the client's check or the remote's ref lock). */
-const STALE = /\[rejected\].*\((fetch first|non-fast-forward)\)|\[remote rejected\].*(cannot lock ref|failed to update ref|incorrect old value|but expected)/;
+const STALE =
+  /\[rejected\].*\((fetch first|non-fast-forward)\)|\[remote rejected\].*(cannot lock ref|failed to update ref|incorrect old value|but expected)/;
 
 /** `git push --porcelain`: { code, stale (rejected by a race), stderr }. */
 async function push(dir) {
@@ -132,17 +147,27 @@ export async function run({ short, log }) {
   let d;
   try {
     d = await startDaemon(w, { env: gf.env, commitDelayMs: 200 });
-    log(`part 2: daemon started; ${WRITERS} writers pushing in rounds for ${writeMs / 1000} s; ${races} of the daemon's pushes raced`);
-    const stats = { pushed: Array(WRITERS).fill(0), stale: Array(WRITERS).fill(0), other: Array(WRITERS).fill(0), firstLanded: {}, firstRejected: 0, rounds: 0 };
+    log(
+      `part 2: daemon started; ${WRITERS} writers pushing in rounds for ${writeMs / 1000} s; ${races} of the daemon's pushes raced`,
+    );
+    const stats = {
+      pushed: Array(WRITERS).fill(0),
+      stale: Array(WRITERS).fill(0),
+      other: Array(WRITERS).fill(0),
+      firstLanded: {},
+      firstRejected: 0,
+      rounds: 0,
+    };
     const t0 = Date.now();
     const start = barrier(WRITERS);
     const go = barrier(WRITERS);
     const gate = {
-      start: () => start.wait(() => {
-        const more = Date.now() < t0 + writeMs;
-        if (more) stats.rounds++;
-        return more;
-      }),
+      start: () =>
+        start.wait(() => {
+          const more = Date.now() < t0 + writeMs;
+          if (more) stats.rounds++;
+          return more;
+        }),
       go: () => go.wait(),
       leave: () => {
         start.leave();
@@ -186,7 +211,12 @@ export async function run({ short, log }) {
       const mine = subjects.filter((s) => s.startsWith(`writer-${i} commit `));
       const distinct = new Set(mine);
       const want = Array.from({ length: stats.pushed[i] }, (_, k) => `writer-${i} commit ${k + 1}`);
-      return { commits: mine.length, pushed: stats.pushed[i], missing: want.filter((s) => !distinct.has(s)).length, twice: mine.length - distinct.size };
+      return {
+        commits: mine.length,
+        pushed: stats.pushed[i],
+        missing: want.filter((s) => !distinct.has(s)).length,
+        twice: mine.length - distinct.size,
+      };
     });
     const lineCount = (file) => {
       try {
@@ -199,7 +229,9 @@ export async function run({ short, log }) {
     const logLines = d.logLines();
     const retries = logLines.filter((l) => l.code === 'GIT_PUSH_RETRY');
     const daemonBehind = retries.filter((l) => /rejected because the remote moved on/.test(l.msg ?? '')).length;
-    const daemonGaveUp = logLines.filter((l) => l.code === 'GIT_PUSH_GAVE_UP' || /audit commit or push failed/.test(l.msg ?? '')).length;
+    const daemonGaveUp = logLines.filter(
+      (l) => l.code === 'GIT_PUSH_GAVE_UP' || /audit commit or push failed/.test(l.msg ?? ''),
+    ).length;
     const pushes = gf.pushes();
     const forced = pushes.filter(forcedPush).length;
     const reflog = forcedUpdates(w);
@@ -207,20 +239,67 @@ export async function run({ short, log }) {
     const raced = gf.races();
     const racerLanded = gf.racerCommits();
     const racerOnRemote = subjects.filter((x) => /^racer commit \d+$/.test(x));
-    const racerMissing = Array.from({ length: racerLanded }, (_, k) => `racer commit ${k + 1}`).filter((x) => !racerOnRemote.includes(x)).length;
+    const racerMissing = Array.from({ length: racerLanded }, (_, k) => `racer commit ${k + 1}`).filter(
+      (x) => !racerOnRemote.includes(x),
+    ).length;
     const stale = stats.stale.reduce((a, b) => a + b, 0);
     const other = stats.other.reduce((a, b) => a + b, 0);
     // Each round, at most one of the four simultaneous first pushes can land: at least three are rejected.
     const landedAtOnce = Math.max(0, ...Object.values(stats.firstLanded));
-    const racesOk = writerErrors.length === 0 && stats.rounds > 0 && stats.firstRejected >= stats.rounds * (WRITERS - 1) && landedAtOnce <= 1 && stale > 0 && raced.raced > 0 && daemonBehind > 0;
+    const racesOk =
+      writerErrors.length === 0 &&
+      stats.rounds > 0 &&
+      stats.firstRejected >= stats.rounds * (WRITERS - 1) &&
+      landedAtOnce <= 1 &&
+      stale > 0 &&
+      raced.raced > 0 &&
+      daemonBehind > 0;
     return {
       rows: [
-        { check: 'commits per writer, all on the remote, each once', figure: `daemon ${daemonCommits} audit commits; writers ${perWriter.map((p) => p.commits).join(', ')} in ${stats.rounds} rounds, ${secondsOf(writersMs)} (${perWriter.reduce((a, p) => a + p.missing, 0)} missing, ${perWriter.reduce((a, p) => a + p.twice, 0)} twice); racer ${racerOnRemote.length} of ${racerLanded} (${racerMissing} missing)`, ok: writerErrors.length === 0 && perWriter.every((p) => p.pushed > 0 && p.commits === p.pushed && p.missing === 0 && p.twice === 0) && files.every((n, i) => n === stats.pushed[i]) && racerMissing === 0 && racerOnRemote.length === racerLanded },
-        { check: 'races happened and were retried: each round at least three of the four writers rejected (non-fast-forward), and each push of the daemon that another writer raced rejected and retried', figure: `writers: ${stats.rounds} rounds, ${stats.firstRejected} of their ${stats.rounds * WRITERS} simultaneous first pushes rejected (at most ${landedAtOnce} of a round's landed); ${stale} pushes in all rejected by a race (${stats.stale.join(', ')}), ${other} failed otherwise, each retried until it landed; daemon: ${raced.raced} pushes raced by another writer${raced.failed ? ` (${raced.failed} races the racer could not land)` : ''}, ${daemonBehind} rejected as behind and retried (fetch, rebase, push; ${retries.length} retries in all), ${daemonGaveUp} push calls given up and sent later${writerErrors.length ? `; writer errors: ${writerErrors.join('; ')}` : ''}`, ok: racesOk },
-        { check: 'every audit entry the daemon wrote is on the remote exactly once', figure: `${remote.entries.length} entries pushed of ${local.length} written; ${missing} missing, ${duplicates} twice; seq ${seqProblems(remote.entries).length ? seqProblems(remote.entries).join('; ') : 'contiguous'}; time to reach the remote: median ${secondsOf(lag.median)}, max ${secondsOf(lag.max)}`, ok: local.length > 0 && missing === 0 && duplicates === 0 && remote.entries.length === local.length && seqProblems(remote.entries).length === 0 && Boolean(caughtUp) },
-        { check: 'the chain verifies on the remote (src/audit verify)', figure: remote.verified.ok ? `ok, ${remote.verified.entries ?? remote.entries.length} entries` : `${remote.verified.code} at line ${remote.verified.line}`, ok: remote.verified.ok && remote.entries.length > 0 },
-        { check: 'never a force-push (the remote accepts non-fast-forward pushes: one would land and show)', figure: `${pushes.length} pushes by the daemon, ${forced} with --force or +refspec; remote reflog: ${reflog.updates} updates of main, ${reflog.forced} not a fast-forward of the head before, ${reflog.gaps} not starting where the one before ended${reflog.examples.length ? ` (${reflog.examples.join('; ')})` : ''}`, ok: pushes.length > 0 && forced === 0 && reflog.updates > 0 && reflog.forced === 0 && reflog.gaps === 0 },
-        { check: 'the daemon ends with nothing failing', figure: `push failures ${before.audit.pushFailures}; failing secrets ${before.secrets.filter((s) => s.failing).length}; exit ${stop.code ?? stop.signal}`, ok: before.audit.pushFailures === 0 && before.secrets.every((s) => !s.failing) && stop.code === 0 },
+        {
+          check: 'commits per writer, all on the remote, each once',
+          figure: `daemon ${daemonCommits} audit commits; writers ${perWriter.map((p) => p.commits).join(', ')} in ${stats.rounds} rounds, ${secondsOf(writersMs)} (${perWriter.reduce((a, p) => a + p.missing, 0)} missing, ${perWriter.reduce((a, p) => a + p.twice, 0)} twice); racer ${racerOnRemote.length} of ${racerLanded} (${racerMissing} missing)`,
+          ok:
+            writerErrors.length === 0 &&
+            perWriter.every((p) => p.pushed > 0 && p.commits === p.pushed && p.missing === 0 && p.twice === 0) &&
+            files.every((n, i) => n === stats.pushed[i]) &&
+            racerMissing === 0 &&
+            racerOnRemote.length === racerLanded,
+        },
+        {
+          check:
+            'races happened and were retried: each round at least three of the four writers rejected (non-fast-forward), and each push of the daemon that another writer raced rejected and retried',
+          figure: `writers: ${stats.rounds} rounds, ${stats.firstRejected} of their ${stats.rounds * WRITERS} simultaneous first pushes rejected (at most ${landedAtOnce} of a round's landed); ${stale} pushes in all rejected by a race (${stats.stale.join(', ')}), ${other} failed otherwise, each retried until it landed; daemon: ${raced.raced} pushes raced by another writer${raced.failed ? ` (${raced.failed} races the racer could not land)` : ''}, ${daemonBehind} rejected as behind and retried (fetch, rebase, push; ${retries.length} retries in all), ${daemonGaveUp} push calls given up and sent later${writerErrors.length ? `; writer errors: ${writerErrors.join('; ')}` : ''}`,
+          ok: racesOk,
+        },
+        {
+          check: 'every audit entry the daemon wrote is on the remote exactly once',
+          figure: `${remote.entries.length} entries pushed of ${local.length} written; ${missing} missing, ${duplicates} twice; seq ${seqProblems(remote.entries).length ? seqProblems(remote.entries).join('; ') : 'contiguous'}; time to reach the remote: median ${secondsOf(lag.median)}, max ${secondsOf(lag.max)}`,
+          ok:
+            local.length > 0 &&
+            missing === 0 &&
+            duplicates === 0 &&
+            remote.entries.length === local.length &&
+            seqProblems(remote.entries).length === 0 &&
+            Boolean(caughtUp),
+        },
+        {
+          check: 'the chain verifies on the remote (src/audit verify)',
+          figure: remote.verified.ok
+            ? `ok, ${remote.verified.entries ?? remote.entries.length} entries`
+            : `${remote.verified.code} at line ${remote.verified.line}`,
+          ok: remote.verified.ok && remote.entries.length > 0,
+        },
+        {
+          check: 'never a force-push (the remote accepts non-fast-forward pushes: one would land and show)',
+          figure: `${pushes.length} pushes by the daemon, ${forced} with --force or +refspec; remote reflog: ${reflog.updates} updates of main, ${reflog.forced} not a fast-forward of the head before, ${reflog.gaps} not starting where the one before ended${reflog.examples.length ? ` (${reflog.examples.join('; ')})` : ''}`,
+          ok: pushes.length > 0 && forced === 0 && reflog.updates > 0 && reflog.forced === 0 && reflog.gaps === 0,
+        },
+        {
+          check: 'the daemon ends with nothing failing',
+          figure: `push failures ${before.audit.pushFailures}; failing secrets ${before.secrets.filter((s) => s.failing).length}; exit ${stop.code ?? stop.signal}`,
+          ok: before.audit.pushFailures === 0 && before.secrets.every((s) => !s.failing) && stop.code === 0,
+        },
       ],
     };
   } finally {

@@ -11,13 +11,29 @@
 // does not change; `rotor status --json` and the text table name AUDIT_WRITE_FAILED with the errno;
 // the log says so once per cause. Then the fault is removed and the daemon resumes by itself, in the
 // same process: every secret rotates again within the bound, and nothing is left failing.
-import path from 'node:path';
+
 import { randomInt } from 'node:crypto';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { canMount, fill, readOnly, tmpfs } from './lib/faults-mount.mjs';
 import {
-  auditEntries, auditVersions, cli, declarations, fingerprintOf, git, localSeq, makeWorld, remoteAudit, remoteSeq,
-  secondsOf, secretNames, startDaemon, startReader, status, storeView, waitFor,
+  auditEntries,
+  auditVersions,
+  cli,
+  declarations,
+  fingerprintOf,
+  git,
+  localSeq,
+  makeWorld,
+  remoteAudit,
+  remoteSeq,
+  secondsOf,
+  secretNames,
+  startDaemon,
+  startReader,
+  status,
+  storeView,
+  waitFor,
 } from './lib/faults-world.mjs';
 
 export const part = 3;
@@ -28,7 +44,10 @@ const RESUME_BOUND_MS = 15_000;
 /** The daemon must say why within this long after the sink fails. */
 const NOTICE_BOUND_MS = 15_000;
 /** The phases with a real file system fault (full run, where the machine may mount). */
-const REAL_PHASES = ['read-only (real ro bind mount of the audit directory)', 'disk full (real tmpfs under the clone, filled)'];
+const REAL_PHASES = [
+  'read-only (real ro bind mount of the audit directory)',
+  'disk full (real tmpfs under the clone, filled)',
+];
 
 export async function run({ short, log }) {
   const n = short ? 4 : 8;
@@ -53,13 +72,33 @@ export async function run({ short, log }) {
     await waitFor(async () => (await status(w)).secrets.every((s) => (s.version ?? 0) >= 2), { timeoutMs: 30_000 });
 
     const phases = [
-      { name: 'read-only (injected AuditFs, EROFS)', errno: 'EROFS', apply: () => d.faults({ audit: { mode: 'readonly' } }), remove: () => d.faults({ audit: { mode: 'off' } }) },
-      { name: 'disk full (injected AuditFs, ENOSPC)', errno: 'ENOSPC', apply: () => d.faults({ audit: { mode: 'full' } }), remove: () => d.faults({ audit: { mode: 'off' } }) },
+      {
+        name: 'read-only (injected AuditFs, EROFS)',
+        errno: 'EROFS',
+        apply: () => d.faults({ audit: { mode: 'readonly' } }),
+        remove: () => d.faults({ audit: { mode: 'off' } }),
+      },
+      {
+        name: 'disk full (injected AuditFs, ENOSPC)',
+        errno: 'ENOSPC',
+        apply: () => d.faults({ audit: { mode: 'full' } }),
+        remove: () => d.faults({ audit: { mode: 'off' } }),
+      },
     ];
     if (mounts) {
       phases.push(
-        { name: REAL_PHASES[0], errno: 'EROFS', apply: () => void undo.push(readOnly(audit)), remove: () => undo.pop()() },
-        { name: REAL_PHASES[1], errno: 'ENOSPC', apply: () => void undo.push(fill(path.join(w.dataDir, 'repo'))), remove: () => undo.pop()() },
+        {
+          name: REAL_PHASES[0],
+          errno: 'EROFS',
+          apply: () => void undo.push(readOnly(audit)),
+          remove: () => undo.pop()(),
+        },
+        {
+          name: REAL_PHASES[1],
+          errno: 'ENOSPC',
+          apply: () => void undo.push(fill(path.join(w.dataDir, 'repo'))),
+          remove: () => undo.pop()(),
+        },
       );
     }
 
@@ -70,7 +109,11 @@ export async function run({ short, log }) {
       rows.push(
         { check: `${p.name}: rotations pause, nothing unaudited served`, figure: r.pause, ok: r.pauseOk },
         { check: `${p.name}: the daemon says why (status --json, text, log)`, figure: r.says, ok: r.saysOk },
-        { check: `${p.name}: resumes by itself (bound ${secondsOf(RESUME_BOUND_MS)})`, figure: r.resume, ok: r.resumeOk },
+        {
+          check: `${p.name}: resumes by itself (bound ${secondsOf(RESUME_BOUND_MS)})`,
+          figure: r.resume,
+          ok: r.resumeOk,
+        },
       );
     }
     if (!mounts) {
@@ -78,7 +121,8 @@ export async function run({ short, log }) {
       const why = short
         ? 'the short run uses the injected AuditFs only; the full run (npm run prove) mounts where the machine allows'
         : 'this machine does not allow mounts (root with CAP_SYS_ADMIN is needed); only the injected AuditFs above was checked';
-      for (const name of REAL_PHASES) rows.push({ check: `${name}: rotations pause, the daemon says why, resumes by itself`, figure: '', skip: why });
+      for (const name of REAL_PHASES)
+        rows.push({ check: `${name}: rotations pause, the daemon says why, resumes by itself`, figure: '', skip: why });
     }
 
     const seqAtEnd = localSeq(w);
@@ -102,8 +146,21 @@ export async function run({ short, log }) {
       }
     }
     rows.push(
-      { check: 'every value served is in the audit log (fingerprints, daemon key)', figure: `${values} (secret, version) values; ${unknown.length} unknown`, ok: values > 0 && unknown.length === 0 },
-      { check: 'afterwards: versions contiguous, chain verifies, all pushed, same process', figure: `${versions.problems.length} version problems; remote ${remote.verified.ok ? 'verifies' : remote.verified.code}, ${remote.entries.length} of ${local.length} entries${pushed ? '' : ' (push lagging)'}; one daemon process (pid ${pid}) throughout, exit ${stop.code ?? stop.signal}`, ok: local.length > 0 && versions.problems.length === 0 && remote.verified.ok && remote.entries.length === local.length && stop.code === 0 },
+      {
+        check: 'every value served is in the audit log (fingerprints, daemon key)',
+        figure: `${values} (secret, version) values; ${unknown.length} unknown`,
+        ok: values > 0 && unknown.length === 0,
+      },
+      {
+        check: 'afterwards: versions contiguous, chain verifies, all pushed, same process',
+        figure: `${versions.problems.length} version problems; remote ${remote.verified.ok ? 'verifies' : remote.verified.code}, ${remote.entries.length} of ${local.length} entries${pushed ? '' : ' (push lagging)'}; one daemon process (pid ${pid}) throughout, exit ${stop.code ?? stop.signal}`,
+        ok:
+          local.length > 0 &&
+          versions.problems.length === 0 &&
+          remote.verified.ok &&
+          remote.entries.length === local.length &&
+          stop.code === 0,
+      },
     );
     return { rows };
   } finally {
@@ -129,13 +186,19 @@ async function phase(w, d, reader, names, p, holdMs, log) {
   log(`part 3: ${p.name}: applied`);
   // The daemon says why: status() (rotor status --json) names the code and the errno.
   let st;
-  const noticed = await waitFor(async () => {
-    st = await status(w);
-    return st.audit?.failing?.code === 'AUDIT_WRITE_FAILED' && st.audit.failing.errno === p.errno;
-  }, { timeoutMs: NOTICE_BOUND_MS, everyMs: 100 });
+  const noticed = await waitFor(
+    async () => {
+      st = await status(w);
+      return st.audit?.failing?.code === 'AUDIT_WRITE_FAILED' && st.audit.failing.errno === p.errno;
+    },
+    { timeoutMs: NOTICE_BOUND_MS, everyMs: 100 },
+  );
   const noticedMs = Date.now() - applied;
   // Each secret fails when it next falls due (every 2 s): wait until every row says so, then look.
-  await waitFor(async () => (await status(w)).secrets?.every((s) => s.failing?.error === 'AUDIT_WRITE_FAILED'), { timeoutMs: NOTICE_BOUND_MS, everyMs: 100 });
+  await waitFor(async () => (await status(w)).secrets?.every((s) => s.failing?.error === 'AUDIT_WRITE_FAILED'), {
+    timeoutMs: NOTICE_BOUND_MS,
+    everyMs: 100,
+  });
   const json = await cli(['status', '--json', '--data-dir', w.dataDir]);
   const text = await cli(['status', '--data-dir', w.dataDir]);
   let jsonOk = false;
@@ -157,9 +220,9 @@ async function phase(w, d, reader, names, p, holdMs, log) {
   const during = reader.servedBetween(from, to);
   let changed = 0;
   let unaudited = 0;
-  let reads = 0;
+  let _reads = 0;
   for (const [name, versions] of during) {
-    reads += versions.size;
+    _reads += versions.size;
     if (versions.size > 1) changed++;
     if (Math.max(...versions) > (audited.get(name) ?? 0)) unaudited++;
   }
@@ -172,20 +235,35 @@ async function phase(w, d, reader, names, p, holdMs, log) {
   await p.remove();
   const removed = Date.now();
   let last;
-  const resumed = await waitFor(async () => {
-    last = await status(w);
-    return !last.audit?.failing && last.secrets.every((s) => !s.failing && (s.version ?? 0) > versionsAtRemoval.get(s.name));
-  }, { timeoutMs: RESUME_BOUND_MS + 30_000, everyMs: 100 });
+  const resumed = await waitFor(
+    async () => {
+      last = await status(w);
+      return (
+        !last.audit?.failing &&
+        last.secrets.every((s) => !s.failing && (s.version ?? 0) > versionsAtRemoval.get(s.name))
+      );
+    },
+    { timeoutMs: RESUME_BOUND_MS + 30_000, everyMs: 100 },
+  );
   const resumeMs = Date.now() - removed;
   const firstMs = firstRotationAfter(d, removed);
-  const recovered = d.logLines().slice(logBefore).some((l) => /the audit log can be written again/.test(l.msg ?? ''));
+  const recovered = d
+    .logLines()
+    .slice(logBefore)
+    .some((l) => /the audit log can be written again/.test(l.msg ?? ''));
   log(`part 3: ${p.name}: resumed in ${secondsOf(resumeMs)}`);
   return {
     pause: `${secondsOf(to - from)} held: ${changed} of ${names.length} secrets changed version, ${unaudited} served a version not in the audit log (${during.size} secrets read)`,
     pauseOk: during.size === names.length && changed === 0 && unaudited === 0,
     says: `noticed in ${noticed ? secondsOf(noticedMs) : 'never'}; status: ${st?.audit?.failing ? `${st.audit.failing.code} ${st.audit.failing.errno}` : 'nothing'}; text: "${line.trim().replace(/since \S+/, 'since ...')}" and ${failingRows} rows "failing: AUDIT_WRITE_FAILED"; log: ${cause} line for the cause, ${errors} error lines in all`,
     saysOk: Boolean(noticed) && jsonOk && textOk && failingRows === names.length && cause === 1,
-    resume: resumed ? `first rotation ${firstMs === undefined ? '?' : secondsOf(firstMs)}, every secret ${secondsOf(resumeMs)} after the fault was removed${recovered ? '; logged "can be written again"' : ''}` : `not within ${secondsOf(resumeMs)}: ${last?.secrets.filter((s) => s.failing).map((s) => `${s.name} ${s.failing.error}`).slice(0, 3).join(', ')}`,
+    resume: resumed
+      ? `first rotation ${firstMs === undefined ? '?' : secondsOf(firstMs)}, every secret ${secondsOf(resumeMs)} after the fault was removed${recovered ? '; logged "can be written again"' : ''}`
+      : `not within ${secondsOf(resumeMs)}: ${last?.secrets
+          .filter((s) => s.failing)
+          .map((s) => `${s.name} ${s.failing.error}`)
+          .slice(0, 3)
+          .join(', ')}`,
     resumeOk: Boolean(resumed) && resumeMs <= RESUME_BOUND_MS && recovered,
   };
 }

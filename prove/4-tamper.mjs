@@ -34,7 +34,17 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import diagnostics_channel from 'node:diagnostics_channel';
-import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,7 +52,8 @@ import { clip, count, dist, int, ms, nth, pool, tally } from './lib/harness.mjs'
 import { canonical, stateAfter } from './lib/store-writes.mjs';
 
 export const part = 4;
-export const title = 'State tampering (flipped, truncated, rolled back, mixed, removed) and kills during 1,000+ state writes';
+export const title =
+  'State tampering (flipped, truncated, rolled back, mixed, removed) and kills during 1,000+ state writes';
 
 const SECRETS = ['tamper/api-key', 'tamper/hex-token', 'tamper/structured', 'tamper/long'];
 const DECLARATIONS = {
@@ -60,12 +71,18 @@ const WRITER = fileURLToPath(new URL('./lib/store-writer.mjs', import.meta.url))
 
 const GIT_ENV = {
   ...process.env,
-  GIT_AUTHOR_NAME: 'prove', GIT_AUTHOR_EMAIL: 'prove@rotor.invalid', GIT_COMMITTER_NAME: 'prove', GIT_COMMITTER_EMAIL: 'prove@rotor.invalid',
-  GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null', GIT_TERMINAL_PROMPT: '0',
+  GIT_AUTHOR_NAME: 'prove',
+  GIT_AUTHOR_EMAIL: 'prove@rotor.invalid',
+  GIT_COMMITTER_NAME: 'prove',
+  GIT_COMMITTER_EMAIL: 'prove@rotor.invalid',
+  GIT_CONFIG_NOSYSTEM: '1',
+  GIT_CONFIG_GLOBAL: '/dev/null',
+  GIT_TERMINAL_PROMPT: '0',
 };
 /** A copy of a directory tree without its sockets (the admin socket of a running daemon). */
 const copyTree = (from, to) => cpSync(from, to, { recursive: true, filter: (p) => !lstatSync(p).isSocket() });
-const git = (cwd, ...args) => execFileSync('git', args, { cwd, env: GIT_ENV, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+const git = (cwd, ...args) =>
+  execFileSync('git', args, { cwd, env: GIT_ENV, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
 
 /** Every string of a JSON value of at least 8 characters (the values a refusal must never show). */
 function strings(v, out = new Set()) {
@@ -113,11 +130,24 @@ async function makeWorld(root, { Daemon, generateKeys, loadKeys }, { short, log 
   const daemonLog = (level, message) => {
     if (level === 'warn' || level === 'error') warnings.push(message);
   };
-  const options = { repo: remote, branch: 'main', dataDir, socketDir: path.join(root, 'sockets'), breakGlass: [], log: daemonLog, commitDelayMs: 3_600_000 };
+  const options = {
+    repo: remote,
+    branch: 'main',
+    dataDir,
+    socketDir: path.join(root, 'sockets'),
+    breakGlass: [],
+    log: daemonLog,
+    commitDelayMs: 3_600_000,
+  };
   const stateDir = path.join(dataDir, 'state');
   // The state files at every step boundary, read in the same tick as the step (nothing else writes then).
   const copies = [];
-  const take = (label) => copies.push({ label, snap: readFileSync(path.join(stateDir, 'snapshot.age')), log: readFileSync(path.join(stateDir, 'log.bin')) });
+  const take = (label) =>
+    copies.push({
+      label,
+      snap: readFileSync(path.join(stateDir, 'snapshot.age')),
+      log: readFileSync(path.join(stateDir, 'log.bin')),
+    });
   const onStep = (m) => {
     if (m.step === 'created' || m.step === 'finished') take(`${m.secret} ${m.step} v${m.version}`);
   };
@@ -161,7 +191,9 @@ async function makeWorld(root, { Daemon, generateKeys, loadKeys }, { short, log 
     await running?.stop().catch(() => undefined);
     channel.unsubscribe(onStep);
   }
-  log(`daemon ran: ${SECRETS.length} secrets created, ${rotations} rotations, ${copies.length} copies of the state files`);
+  log(
+    `daemon ran: ${SECRETS.length} secrets created, ${rotations} rotations, ${copies.length} copies of the state files`,
+  );
   return { g, keys, copies, rotations, warnings, final: { dataDir, remote } };
 }
 
@@ -170,13 +202,20 @@ async function makeWorld(root, { Daemon, generateKeys, loadKeys }, { short, log 
 async function auditTail(root, world, { Daemon, lineHash, sealEntry }, { log }) {
   const { dataDir, remote } = world.final;
   const auditDir = path.join(dataDir, 'repo', 'audit');
-  const name = readdirSync(auditDir).filter((f) => f.endsWith('.jsonl')).sort().at(-1);
+  const name = readdirSync(auditDir)
+    .filter((f) => f.endsWith('.jsonl'))
+    .sort()
+    .at(-1);
   const lines = readFileSync(path.join(auditDir, name), 'utf8').trimEnd().split('\n');
   const last = JSON.parse(lines.at(-1));
   const { hash: _h, ...body } = last;
   const cases = [
     { what: 'the last entry removed', text: `${lines.slice(0, -1).join('\n')}\n`, code: 'AUDIT_TRUNCATED' },
-    { what: 'the last entry changed (its hash recomputed)', text: `${[...lines.slice(0, -1), sealEntry({ ...body, detail: 'forged', prev: lineHash(lines.at(-2)) }).line].join('\n')}\n`, code: 'AUDIT_CHAIN_BROKEN' },
+    {
+      what: 'the last entry changed (its hash recomputed)',
+      text: `${[...lines.slice(0, -1), sealEntry({ ...body, detail: 'forged', prev: lineHash(lines.at(-2)) }).line].join('\n')}\n`,
+      code: 'AUDIT_CHAIN_BROKEN',
+    },
     { what: 'untouched', text: undefined, code: undefined },
   ];
   const results = await pool(cases, cases.length, async (c, i) => {
@@ -187,7 +226,15 @@ async function auditTail(root, world, { Daemon, lineHash, sealEntry }, { log }) 
     if (c.text !== undefined) writeFileSync(path.join(dir, 'data', 'repo', 'audit', name), c.text);
     const remoteLog = () => git(path.join(dir, 'remote.git'), 'show', `main:audit/${name}`);
     const before = remoteLog();
-    const d = new Daemon({ repo: path.join(dir, 'remote.git'), branch: 'main', dataDir: path.join(dir, 'data'), socketDir: path.join(dir, 'sockets'), breakGlass: [], log: () => undefined, commitDelayMs: 3_600_000 });
+    const d = new Daemon({
+      repo: path.join(dir, 'remote.git'),
+      branch: 'main',
+      dataDir: path.join(dir, 'data'),
+      socketDir: path.join(dir, 'sockets'),
+      breakGlass: [],
+      log: () => undefined,
+      commitDelayMs: 3_600_000,
+    });
     let got;
     try {
       await d.start();
@@ -200,11 +247,18 @@ async function auditTail(root, world, { Daemon, lineHash, sealEntry }, { log }) 
     return { ...c, got, ok: got === (c.code ?? 'started') && unchanged };
   });
   log(`audit tail: ${results.map((r) => `${r.what}: ${r.got}`).join('; ')}`);
-  return [{
-    check: `the clone's audit log changed after the last entry the store anchors (the ${last.event} entry of a start, already pushed): Daemon.start refuses and pushes nothing; untouched, it starts`,
-    figure: results.map((r) => `${r.what}: ${r.got}${r.ok ? '' : ` (WRONG, expected ${r.code ?? 'a start'}${r.got === 'started' && r.code ? ', and the change was committed to be pushed' : ''})`}`).join('; '),
-    ok: results.every((r) => r.ok),
-  }];
+  return [
+    {
+      check: `the clone's audit log changed after the last entry the store anchors (the ${last.event} entry of a start, already pushed): Daemon.start refuses and pushes nothing; untouched, it starts`,
+      figure: results
+        .map(
+          (r) =>
+            `${r.what}: ${r.got}${r.ok ? '' : ` (WRONG, expected ${r.code ?? 'a start'}${r.got === 'started' && r.code ? ', and the change was committed to be pushed' : ''})`}`,
+        )
+        .join('; '),
+      ok: results.every((r) => r.ok),
+    },
+  ];
 }
 
 // --- tampering ---------------------------------------------------------------------------------------------
@@ -226,9 +280,20 @@ async function tamper(root, world, mods, { short, log }) {
     mkdirSync(scratch);
     for (const [name, buf] of Object.entries(files)) writeFileSync(path.join(scratch, name), buf);
     const warnings = [];
-    const s = await openStore({ dir: scratch, identity: keys.identity, recipients: [keys.recipient], onWarning: (m) => warnings.push(m) });
+    const s = await openStore({
+      dir: scratch,
+      identity: keys.identity,
+      recipients: [keys.recipient],
+      onWarning: (m) => warnings.push(m),
+    });
     try {
-      return { seq: s.seq, storeId: s.storeId, state: canonical(s.entries()), values: strings(Object.fromEntries(s.entries())), warnings };
+      return {
+        seq: s.seq,
+        storeId: s.storeId,
+        state: canonical(s.entries()),
+        values: strings(Object.fromEntries(s.entries())),
+        warnings,
+      };
     } finally {
       await s.close();
     }
@@ -275,7 +340,12 @@ async function tamper(root, world, mods, { short, log }) {
     const index = { stateSeq: undefined, storeId: undefined };
     let a;
     try {
-      a = await AuditLog.open(audit, { onEntry: (e) => { if (e.stateSeq !== undefined) index.stateSeq = Math.max(index.stateSeq ?? 0, e.stateSeq); if (e.storeId !== undefined) index.storeId = e.storeId; } });
+      a = await AuditLog.open(audit, {
+        onEntry: (e) => {
+          if (e.stateSeq !== undefined) index.stateSeq = Math.max(index.stateSeq ?? 0, e.stateSeq);
+          if (e.storeId !== undefined) index.storeId = e.storeId;
+        },
+      });
     } catch (e) {
       return { refused: e.code ?? 'ERROR', message: e.message };
     }
@@ -284,8 +354,12 @@ async function tamper(root, world, mods, { short, log }) {
     let store;
     try {
       store = await openStore({
-        dir: stateDir, identity: keys.identity, recipients: [keys.recipient],
-        ...(index.stateSeq !== undefined ? { anchor: { seq: index.stateSeq, ...(index.storeId ? { storeId: index.storeId } : {}) } } : {}),
+        dir: stateDir,
+        identity: keys.identity,
+        recipients: [keys.recipient],
+        ...(index.stateSeq !== undefined
+          ? { anchor: { seq: index.stateSeq, ...(index.storeId ? { storeId: index.storeId } : {}) } }
+          : {}),
         onWarning: (m) => warnings.push(m),
       });
     } catch (e) {
@@ -295,7 +369,11 @@ async function tamper(root, world, mods, { short, log }) {
       const head = store.get(AUDIT_HEAD_KEY);
       if (head) {
         const v = await verifyAuditDir(audit, { anchor: head });
-        if (!v.result.ok) return { refused: v.result.code, message: `the audit log ${audit} is behind the state store: ${v.result.message}` };
+        if (!v.result.ok)
+          return {
+            refused: v.result.code,
+            message: `the audit log ${audit} is behind the state store: ${v.result.message}`,
+          };
       }
       return { opened: true, seq: store.seq, state: canonical(store.entries()), warnings };
     } finally {
@@ -331,15 +409,23 @@ async function tamper(root, world, mods, { short, log }) {
   // the records' bodies every `sparse` bytes plus their first and last 16 (nonce, tag).
   {
     const cases = [];
-    for (let i = 0; i < snap.length; i += every) cases.push({ what: `snapshot.age byte ${i}`, files: { ...G, 'snapshot.age': flip(snap, i) } });
+    for (let i = 0; i < snap.length; i += every)
+      cases.push({ what: `snapshot.age byte ${i}`, files: { ...G, 'snapshot.age': flip(snap, i) } });
     const dense = new Set();
     for (let i = 0; i < frames[0][1]; i += every) dense.add(i);
     for (const [s, e] of frames.slice(1)) {
       for (let i = s; i < s + 8; i++) dense.add(i);
-      for (let i = s + 8; i < e; i++) if ((i - s - 8) < edge || e - i <= edge || (i - s) % sparse === 0) dense.add(i);
+      for (let i = s + 8; i < e; i++) if (i - s - 8 < edge || e - i <= edge || (i - s) % sparse === 0) dense.add(i);
     }
-    for (const i of [...dense].sort((a, b) => a - b)) cases.push({ what: `log.bin byte ${i}`, files: { ...G, 'log.bin': flip(logBin, i) } });
-    classes.push({ name: 'flip', check: `one bit flipped at a byte of snapshot.age or log.bin (${every === 1 ? 'every byte' : `every ${nth(every)} byte`} of the snapshot and of the log's magic and header frame, every byte of every frame header, the first and last ${edge} bytes of each record and every ${nth(sparse)} between): refused`, cases, codes: ['STATE_CORRUPT'], crashOk: false });
+    for (const i of [...dense].sort((a, b) => a - b))
+      cases.push({ what: `log.bin byte ${i}`, files: { ...G, 'log.bin': flip(logBin, i) } });
+    classes.push({
+      name: 'flip',
+      check: `one bit flipped at a byte of snapshot.age or log.bin (${every === 1 ? 'every byte' : `every ${nth(every)} byte`} of the snapshot and of the log's magic and header frame, every byte of every frame header, the first and last ${edge} bytes of each record and every ${nth(sparse)} between): refused`,
+      cases,
+      codes: ['STATE_CORRUPT'],
+      crashOk: false,
+    });
   }
   // Truncations.
   {
@@ -347,39 +433,95 @@ async function tamper(root, world, mods, { short, log }) {
     // The snapshot: every byte of its age header, every 7th of the payload (one STREAM chunk) and its last 20.
     const payload = snap.indexOf('\n--- ') + 1 + snap.subarray(snap.indexOf('\n--- ') + 1).indexOf('\n') + 1;
     for (let i = 0; i < snap.length; i++) {
-      if ((short && i % every === 0) || (!short && (i < payload || (i - payload) % 7 === 0 || snap.length - i <= 20))) cases.push({ what: `snapshot.age cut to ${i} bytes`, files: { ...G, 'snapshot.age': snap.subarray(0, i) } });
+      if ((short && i % every === 0) || (!short && (i < payload || (i - payload) % 7 === 0 || snap.length - i <= 20)))
+        cases.push({ what: `snapshot.age cut to ${i} bytes`, files: { ...G, 'snapshot.age': snap.subarray(0, i) } });
     }
-    for (let i = 0; i < frames[0][1]; i += headerEvery) cases.push({ what: `log.bin cut to ${i} bytes (magic, header)`, files: { ...G, 'log.bin': logBin.subarray(0, i) } });
+    for (let i = 0; i < frames[0][1]; i += headerEvery)
+      cases.push({
+        what: `log.bin cut to ${i} bytes (magic, header)`,
+        files: { ...G, 'log.bin': logBin.subarray(0, i) },
+      });
     for (const [s, e] of frames.slice(1)) {
       cases.push({ what: `log.bin cut at the frame boundary ${s}`, files: { ...G, 'log.bin': logBin.subarray(0, s) } });
-      for (const off of short ? [7, (e - s) >> 1, e - s - 1] : [1, 4, 7, 8, 9, 20, (e - s) >> 1, e - s - 16, e - s - 1]) {
-        if (off > 0 && off < e - s) cases.push({ what: `log.bin cut inside the frame at ${s} (+${off})`, files: { ...G, 'log.bin': logBin.subarray(0, s + off) } });
+      for (const off of short
+        ? [7, (e - s) >> 1, e - s - 1]
+        : [1, 4, 7, 8, 9, 20, (e - s) >> 1, e - s - 16, e - s - 1]) {
+        if (off > 0 && off < e - s)
+          cases.push({
+            what: `log.bin cut inside the frame at ${s} (+${off})`,
+            files: { ...G, 'log.bin': logBin.subarray(0, s + off) },
+          });
       }
     }
-    classes.push({ name: 'truncation', check: `snapshot.age or log.bin truncated (${short ? `every ${nth(every)} byte of the snapshot, every ${nth(headerEvery)} of the log's header` : 'every byte of the snapshot\'s age header, every 7th of its payload, every byte of the log\'s header'}, every frame boundary, inside every frame): refused, or the crash state`, cases, codes: ['STATE_CORRUPT', 'STATE_ROLLBACK'], crashOk: true });
+    classes.push({
+      name: 'truncation',
+      check: `snapshot.age or log.bin truncated (${short ? `every ${nth(every)} byte of the snapshot, every ${nth(headerEvery)} of the log's header` : "every byte of the snapshot's age header, every 7th of its payload, every byte of the log's header"}, every frame boundary, inside every frame): refused, or the crash state`,
+      cases,
+      codes: ['STATE_CORRUPT', 'STATE_ROLLBACK'],
+      crashOk: true,
+    });
   }
   // Rollbacks: each older copy of the state files put back.
   {
-    const cases = copies.filter((c) => c.seq < gOpen.seq).map((c) => ({ what: `the copy of generation ${c.seq} (${c.label})`, files: { 'snapshot.age': c.snap, 'log.bin': c.log } }));
-    classes.push({ name: 'rollback', check: 'an older valid copy of the state files put back (every step boundary of both runs): refused, or the crash state', cases, codes: ['STATE_ROLLBACK'], crashOk: true });
+    const cases = copies
+      .filter((c) => c.seq < gOpen.seq)
+      .map((c) => ({
+        what: `the copy of generation ${c.seq} (${c.label})`,
+        files: { 'snapshot.age': c.snap, 'log.bin': c.log },
+      }));
+    classes.push({
+      name: 'rollback',
+      check:
+        'an older valid copy of the state files put back (every step boundary of both runs): refused, or the crash state',
+      cases,
+      codes: ['STATE_ROLLBACK'],
+      crashOk: true,
+    });
   }
   // Mixes: a snapshot of one time with a log of another (distinct files only).
   {
-    const snaps = [...new Map([...copies, { snap, log: logBin, seq: gOpen.seq }].map((c) => [c.snap.toString('base64'), c.snap])).values()];
-    const logs = [...new Map([...copies, { snap, log: logBin }].map((c) => [c.log.toString('base64'), c.log])).values()];
-    const pairs = new Set([...copies, { snap, log: logBin }].map((c) => `${c.snap.toString('base64')}|${c.log.toString('base64')}`));
+    const snaps = [
+      ...new Map(
+        [...copies, { snap, log: logBin, seq: gOpen.seq }].map((c) => [c.snap.toString('base64'), c.snap]),
+      ).values(),
+    ];
+    const logs = [
+      ...new Map([...copies, { snap, log: logBin }].map((c) => [c.log.toString('base64'), c.log])).values(),
+    ];
+    const pairs = new Set(
+      [...copies, { snap, log: logBin }].map((c) => `${c.snap.toString('base64')}|${c.log.toString('base64')}`),
+    );
     const cases = [];
-    for (const s of snaps) for (const l of logs) if (!pairs.has(`${s.toString('base64')}|${l.toString('base64')}`)) cases.push({ what: `a snapshot of ${s.length} bytes with a log of ${l.length}`, files: { 'snapshot.age': s, 'log.bin': l } });
-    classes.push({ name: 'mix', check: 'a snapshot of one time with a log of another (every pair that never existed together): refused, or a genuine state', cases, codes: ['STATE_CHAIN_BROKEN', 'STATE_ROLLBACK', 'STATE_CORRUPT'], crashOk: true });
+    for (const s of snaps)
+      for (const l of logs)
+        if (!pairs.has(`${s.toString('base64')}|${l.toString('base64')}`))
+          cases.push({
+            what: `a snapshot of ${s.length} bytes with a log of ${l.length}`,
+            files: { 'snapshot.age': s, 'log.bin': l },
+          });
+    classes.push({
+      name: 'mix',
+      check:
+        'a snapshot of one time with a log of another (every pair that never existed together): refused, or a genuine state',
+      cases,
+      codes: ['STATE_CHAIN_BROKEN', 'STATE_ROLLBACK', 'STATE_CORRUPT'],
+      crashOk: true,
+    });
   }
   // Removals.
   classes.push({
-    name: 'removal', check: 'snapshot.age, log.bin or both removed: refused, never a new empty store', codes: ['STATE_CORRUPT', 'STATE_ROLLBACK'], crashOk: false,
+    name: 'removal',
+    check: 'snapshot.age, log.bin or both removed: refused, never a new empty store',
+    codes: ['STATE_CORRUPT', 'STATE_ROLLBACK'],
+    crashOk: false,
     cases: [
       { what: 'snapshot.age removed', files: { ...G, 'snapshot.age': null } },
       { what: 'log.bin removed', files: { ...G, 'log.bin': null } },
       { what: 'both removed', files: { 'snapshot.age': null, 'log.bin': null } },
-      { what: 'both removed, an old snapshot.age.tmp left', files: { 'snapshot.age.tmp': copies[0].snap, 'log.bin': null } },
+      {
+        what: 'both removed, an old snapshot.age.tmp left',
+        files: { 'snapshot.age.tmp': copies[0].snap, 'log.bin': null },
+      },
     ],
   });
 
@@ -409,7 +551,9 @@ async function tamper(root, world, mods, { short, log }) {
           crash++;
           crashStates.set(r.seq, c);
         } else {
-          bad.push(`${c.what}: OPENED at generation ${r.seq}${genuineState ? ' (a genuine state)' : ' (a state the daemon never wrote)'}, anchor ${anchorSeq}`);
+          bad.push(
+            `${c.what}: OPENED at generation ${r.seq}${genuineState ? ' (a genuine state)' : ' (a state the daemon never wrote)'}, anchor ${anchorSeq}`,
+          );
         }
       }
     });
@@ -425,7 +569,9 @@ async function tamper(root, world, mods, { short, log }) {
 
   // The audit log cut back (at each line, and inside lines): the store keeps its head.
   {
-    const names = readdirSync(auditDir).filter((n) => n.endsWith('.jsonl')).sort();
+    const names = readdirSync(auditDir)
+      .filter((n) => n.endsWith('.jsonl'))
+      .sort();
     const texts = names.map((n) => readFileSync(path.join(auditDir, n), 'utf8'));
     const cuts = [];
     for (let f = 0; f < names.length; f++) {
@@ -459,14 +605,25 @@ async function tamper(root, world, mods, { short, log }) {
       } else bad.push(`${names[f]} cut at ${cut}: OPENED`);
     });
     log(`audit cuts: ${refused} refused of ${n}`);
-    rows.push({ check: 'the audit log cut back (at every line and inside every line) behind the store\'s copy of its head: refused', figure: `${int(n)} cuts${n === 0 ? ' (none: the audit log is empty)' : ''}: ${int(refused)} refused (${tally(codes)})${bad.length ? `; WRONG: ${bad.slice(0, 3).join(' / ')}` : ''}`, ok: n > 0 && bad.length === 0 && refused === n });
+    rows.push({
+      check:
+        "the audit log cut back (at every line and inside every line) behind the store's copy of its head: refused",
+      figure: `${int(n)} cuts${n === 0 ? ' (none: the audit log is empty)' : ''}: ${int(refused)} refused (${tally(codes)})${bad.length ? `; WRONG: ${bad.slice(0, 3).join(' / ')}` : ''}`,
+      ok: n > 0 && bad.length === 0 && refused === n,
+    });
   }
   const checkedMs = performance.now() - t0;
-  rows.push({ check: 'no refusal message holds a secret value (nor a value of the store)', figure: `${int(secretValues.size)} values looked for in ${int(messages)} messages; found: ${leaks.length}${leaks.length ? ` (${leaks.slice(0, 3).join(' / ')})` : ''}; all cases in ${ms(checkedMs)}`, ok: secretValues.size > 0 && messages > 0 && leaks.length === 0 });
+  rows.push({
+    check: 'no refusal message holds a secret value (nor a value of the store)',
+    figure: `${int(secretValues.size)} values looked for in ${int(messages)} messages; found: ${leaks.length}${leaks.length ? ` (${leaks.slice(0, 3).join(' / ')})` : ''}; all cases in ${ms(checkedMs)}`,
+    ok: secretValues.size > 0 && messages > 0 && leaks.length === 0,
+  });
 
   // --- the real daemon on a sample: the same answer as the start-up path ---------------------------------
   // Every class and code (the short run: every code), and the crash state.
-  const samples = [...refusalSamples.entries()].filter(([k], i, all) => !short || all.findIndex(([x]) => x.split(' ')[1] === k.split(' ')[1]) === i).map(([k, c]) => ({ key: k, c }));
+  const samples = [...refusalSamples.entries()]
+    .filter(([k], i, all) => !short || all.findIndex(([x]) => x.split(' ')[1] === k.split(' ')[1]) === i)
+    .map(([k, c]) => ({ key: k, c }));
   for (const [seq, c] of crashStates) samples.push({ key: `crash state ${seq}`, c, crash: true });
   let same = 0;
   let crashFinished = '';
@@ -483,7 +640,15 @@ async function tamper(root, world, mods, { short, log }) {
     for (const name of readdirSync(st)) rmSync(path.join(st, name));
     for (const [name, buf] of Object.entries(c.files)) if (buf !== null) writeFileSync(path.join(st, name), buf);
     const expected = await startup(st, path.join(dir, 'data', 'repo', 'audit'));
-    const d = new Daemon({ repo: path.join(dir, 'remote.git'), branch: 'main', dataDir: path.join(dir, 'data'), socketDir: path.join(dir, 'sockets'), breakGlass: [], log: () => undefined, commitDelayMs: 3_600_000 });
+    const d = new Daemon({
+      repo: path.join(dir, 'remote.git'),
+      branch: 'main',
+      dataDir: path.join(dir, 'data'),
+      socketDir: path.join(dir, 'sockets'),
+      breakGlass: [],
+      log: () => undefined,
+      commitDelayMs: 3_600_000,
+    });
     let got;
     try {
       await d.start();
@@ -498,10 +663,15 @@ async function tamper(root, world, mods, { short, log }) {
     const agree = crash
       ? got.opened === true && expected.opened === true && JSON.stringify(got.versions) === JSON.stringify(lastAudited)
       : got.refused !== undefined && got.refused === expected.refused;
-    if (crash && got.opened) crashFinished = `the daemon started on the crash state and serves each secret at the version the audit log last made current (${got.versions.join(', ')})`;
+    if (crash && got.opened)
+      crashFinished = `the daemon started on the crash state and serves each secret at the version the audit log last made current (${got.versions.join(', ')})`;
     if (agree) same++;
-    else diffs.push(`${key} (${c.what}): daemon ${got.refused ?? 'started'}, start-up path ${expected.refused ?? 'opened'}`);
-    if (got.refused && examples.length < 2 && !examples.some((x) => x.startsWith(got.refused))) examples.push(`${got.refused}: "${clip(got.message.replace(root, '...'), 170)}"`);
+    else
+      diffs.push(
+        `${key} (${c.what}): daemon ${got.refused ?? 'started'}, start-up path ${expected.refused ?? 'opened'}`,
+      );
+    if (got.refused && examples.length < 2 && !examples.some((x) => x.startsWith(got.refused)))
+      examples.push(`${got.refused}: "${clip(got.message.replace(root, '...'), 170)}"`);
   });
   log(`Daemon.start: ${same}/${samples.length} the same`);
   rows.push({
@@ -534,7 +704,10 @@ async function kills(root, { generateKeys, loadKeys }, { short, log }) {
   const t0 = performance.now();
   /** A child that has loaded its modules and waits for the go-ahead. */
   const spawnWriter = (dir) => {
-    const child = spawn(process.execPath, [WRITER, dir, idFile, keys.recipient], { stdio: ['pipe', 'ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } });
+    const child = spawn(process.execPath, [WRITER, dir, idFile, keys.recipient], {
+      stdio: ['pipe', 'ignore', 'pipe', 'pipe'],
+      env: { ...process.env, NODE_OPTIONS: '' },
+    });
     child.stdin.on('error', () => undefined);
     const lines = [];
     let buf = '';
@@ -552,7 +725,9 @@ async function kills(root, { generateKeys, loadKeys }, { short, log }) {
     child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-2000)));
     const closed = new Promise((resolve) => child.on('close', (c, s) => resolve([c, s])));
     return {
-      child, closed, stderr: () => stderr,
+      child,
+      closed,
+      stderr: () => stderr,
       listen(fn) {
         onLine = fn;
         for (const l of lines.splice(0)) fn(l);
@@ -577,7 +752,8 @@ async function kills(root, { generateKeys, loadKeys }, { short, log }) {
         };
         w.listen((line) => {
           const [word, arg] = line.split(' ');
-          if (word === 'open' && randomInt(100) < 15) killAt(randomInt(0, 12)); // while it opens (and repairs)
+          if (word === 'open' && randomInt(100) < 15)
+            killAt(randomInt(0, 12)); // while it opens (and repairs)
           else if (word === 'ready') {
             ready = true;
             killAt(randomInt(0, short ? 30 : 100));
@@ -603,7 +779,12 @@ async function kills(root, { generateKeys, loadKeys }, { short, log }) {
         else mkdirSync(check);
         let s;
         try {
-          s = await openStore({ dir: check, identity: keys.identity, recipients: [keys.recipient], onWarning: () => undefined });
+          s = await openStore({
+            dir: check,
+            identity: keys.identity,
+            recipients: [keys.recipient],
+            onWarning: () => undefined,
+          });
         } catch (e) {
           bad.push(`lane ${no} kill ${k}: the store does not open: ${e.code ?? e.message}`);
           return;
@@ -614,7 +795,8 @@ async function kills(root, { generateKeys, loadKeys }, { short, log }) {
         const hi = Math.max(mPrev, maxStart);
         const lo = Math.max(floor, maxAck, mPrev);
         if (m < lo || m > hi) bad.push(`lane ${no} kill ${k}: the store holds ${m} writes, expected ${lo}..${hi}`);
-        else if (state !== expected(m)) bad.push(`lane ${no} kill ${k}: the store's state is not that of the first ${m} writes (a partial batch)`);
+        else if (state !== expected(m))
+          bad.push(`lane ${no} kill ${k}: the store's state is not that of the first ${m} writes (a partial batch)`);
         totals.acked += Math.max(0, maxAck - Math.max(floor, mPrev));
         totals.submitted += Math.max(0, maxStart - mPrev);
         floor = Math.max(floor, maxAck);
@@ -630,9 +812,12 @@ async function kills(root, { generateKeys, loadKeys }, { short, log }) {
   await Promise.all(Array.from({ length: LANES }, (_, i) => lane(i)));
   const elapsed = performance.now() - t0;
   log(`kills: ${totals.kills}, writes acknowledged ${totals.acked}`);
-  return [{
-    check: 'SIGKILL at random points while a child writes the store (four writers, group commit, compaction every 25 records): the store always opens and holds exactly the first m batches, m between the last acknowledged and the last submitted',
-    figure: `${int(totals.kills)} kills (${int(totals.duringOpen)} while opening), ${int(totals.acked)} acknowledged writes (${int(totals.submitted)} submitted), ${LANES} stores of up to ${int(totals.maxM)} writes; repairs on open: ${tally(totals.repairs)}; a .tmp file left by ${int(totals.tmpLeft)} kills; ${ms(elapsed)}${bad.length ? `; WRONG: ${bad.slice(0, 3).join(' / ')}` : ''}`,
-    ok: bad.length === 0 && totals.kills >= LANES * KILLS && totals.acked >= (short ? 1 : MIN_WRITES),
-  }];
+  return [
+    {
+      check:
+        'SIGKILL at random points while a child writes the store (four writers, group commit, compaction every 25 records): the store always opens and holds exactly the first m batches, m between the last acknowledged and the last submitted',
+      figure: `${int(totals.kills)} kills (${int(totals.duringOpen)} while opening), ${int(totals.acked)} acknowledged writes (${int(totals.submitted)} submitted), ${LANES} stores of up to ${int(totals.maxM)} writes; repairs on open: ${tally(totals.repairs)}; a .tmp file left by ${int(totals.tmpLeft)} kills; ${ms(elapsed)}${bad.length ? `; WRONG: ${bad.slice(0, 3).join(' / ')}` : ''}`,
+      ok: bad.length === 0 && totals.kills >= LANES * KILLS && totals.acked >= (short ? 1 : MIN_WRITES),
+    },
+  ];
 }

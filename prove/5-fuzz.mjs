@@ -17,9 +17,10 @@
 // a watchdog gives each load HANG_MS; a load that has not returned by then is a hang (the worker is
 // stopped, the case printed). "No hang" is counted here, from the messages: loads started, loads that
 // returned, workers the watchdog stopped. Times are figures, not claims.
+
+import { randomInt } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
-import { randomInt } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { EDIT_KINDS, TARGETED } from './lib/fuzz-mutations.mjs';
 import { clip, int, ms, percentile, ROOT, tally } from './lib/harness.mjs';
@@ -38,7 +39,9 @@ const LIMIT_CODES = TARGETED.map((t) => t.code);
  */
 function fuzz({ runs, seed, targeted, log }) {
   return new Promise((resolve) => {
-    const worker = new Worker(new URL('./lib/fuzz-worker.mjs', import.meta.url), { workerData: { dir: path.join(ROOT, 'policies'), runs, seed, targeted } });
+    const worker = new Worker(new URL('./lib/fuzz-worker.mjs', import.meta.url), {
+      workerData: { dir: path.join(ROOT, 'policies'), runs, seed, targeted },
+    });
     const seen = { started: 0, returned: 0, killed: 0, longest: { ms: 0, desc: '' } };
     let current; // the load under way: { n, desc, since }
     let watchdog;
@@ -55,7 +58,11 @@ function fuzz({ runs, seed, targeted, log }) {
       watchdog = setTimeout(() => {
         seen.killed++;
         void worker.terminate();
-        finish({ hang: current ? { n: current.n, desc: current.desc, ms: performance.now() - current.since } : { n: 0, desc: 'not within a load (the worker starting, or between loads)', ms: HANG_MS } });
+        finish({
+          hang: current
+            ? { n: current.n, desc: current.desc, ms: performance.now() - current.since }
+            : { n: 0, desc: 'not within a load (the worker starting, or between loads)', ms: HANG_MS },
+        });
       }, HANG_MS);
     };
     arm();
@@ -85,14 +92,23 @@ function fuzz({ runs, seed, targeted, log }) {
 
 /** The summaries of several workers as one. */
 function merge(all) {
-  const s = { ...all[0], times: all.flatMap((x) => x.times), targeted: all.flatMap((x) => x.targeted), codes: {}, kinds: {} };
+  const s = {
+    ...all[0],
+    times: all.flatMap((x) => x.times),
+    targeted: all.flatMap((x) => x.targeted),
+    codes: {},
+    kinds: {},
+  };
   for (const x of all.slice(1)) {
     for (const k of ['cases', 'accepted', 'rejected', 'unwritable', 'errors']) s[k] += x[k];
     if (x.slowest.ms > s.slowest.ms) s.slowest = x.slowest;
     if (x.mostProblems.count > s.mostProblems.count) s.mostProblems = x.mostProblems;
     s.pastEnd = { count: s.pastEnd.count + x.pastEnd.count, example: s.pastEnd.example || x.pastEnd.example };
     s.failure ??= x.failure;
-    s.processWarnings = { count: s.processWarnings.count + x.processWarnings.count, example: s.processWarnings.example || x.processWarnings.example };
+    s.processWarnings = {
+      count: s.processWarnings.count + x.processWarnings.count,
+      example: s.processWarnings.example || x.processWarnings.example,
+    };
   }
   for (const x of all) {
     for (const [k, v] of Object.entries(x.codes)) s.codes[k] = (s.codes[k] ?? 0) + v;
@@ -106,9 +122,15 @@ export async function run({ short, log }) {
   // The full run uses every core (each worker its own seed: seed, seed + 1, ...); the short one, one.
   const workers = short ? 1 : Math.max(1, Math.min(4, os.cpus().length));
   const seed = Number(process.env.PROVE_SEED) || randomInt(1, 2 ** 31 - 1 - workers);
-  log(`${TARGETED.length} targeted inputs, then ${int(runs)} mutations of policies/ in ${workers} worker${workers > 1 ? 's' : ''}, seed ${seed}`);
+  log(
+    `${TARGETED.length} targeted inputs, then ${int(runs)} mutations of policies/ in ${workers} worker${workers > 1 ? 's' : ''}, seed ${seed}`,
+  );
   const t0 = performance.now();
-  const results = await Promise.all(Array.from({ length: workers }, (_, w) => fuzz({ runs: Math.floor(runs / workers) + (w < runs % workers ? 1 : 0), seed: seed + w, targeted: w === 0, log })));
+  const results = await Promise.all(
+    Array.from({ length: workers }, (_, w) =>
+      fuzz({ runs: Math.floor(runs / workers) + (w < runs % workers ? 1 : 0), seed: seed + w, targeted: w === 0, log }),
+    ),
+  );
   const elapsed = performance.now() - t0;
 
   // No hang, from what the watchdog saw: every load that started returned, no worker was stopped.
@@ -126,7 +148,11 @@ export async function run({ short, log }) {
   if (hang || crashed) {
     return {
       rows: [
-        { check: 'the fuzzer ran every case (no hang, no crash of the worker)', figure: `seed ${seed}: ${crashed ?? `a load did not return within ${HANG_MS / 1000} s`}`, ok: false },
+        {
+          check: 'the fuzzer ran every case (no hang, no crash of the worker)',
+          figure: `seed ${seed}: ${crashed ?? `a load did not return within ${HANG_MS / 1000} s`}`,
+          ok: false,
+        },
         noHang,
       ],
     };
@@ -135,7 +161,8 @@ export async function run({ short, log }) {
   const f = s.failure;
   const rows = [];
   rows.push({
-    check: 'no exception escapes loadModel; every problem has a known code and a one-line message; valid means no errors',
+    check:
+      'no exception escapes loadModel; every problem has a known code and a one-line message; valid means no errors',
     figure: `${int(s.cases)} mutated repositories (${s.files} files of policies/, seed ${seed}) in ${ms(elapsed)} (${workers} worker${workers > 1 ? 's' : ''}): ${int(s.accepted)} accepted, ${int(s.rejected)} rejected${s.processWarnings.count ? `; the yaml library printed ${int(s.processWarnings.count)} Node warnings on stderr, e.g. "${clip(s.processWarnings.example, 90)}"` : ''}${f ? `; FAILED: ${f.error} (shrunk ${f.shrinks} times to: ${f.counterexample}; replay: PROVE_SEED=${f.replay.seed} path ${f.replay.path})` : ''}`,
     ok: !f && s.cases === runs,
   });
@@ -161,7 +188,14 @@ export async function run({ short, log }) {
     check: 'the random mutations reach the limits and checks of hostile input (each limit code at least once)',
     figure: `${Object.keys(s.codes).length} distinct error codes; repositories refused with: ${tally(Object.fromEntries(Object.entries(s.codes).filter(([c]) => LIMIT_CODES.includes(c))))}${missing.length ? `; not seen: ${missing.join(', ')}` : ''}; structured edits that could not be written back: ${int(s.unwritable)}`,
   };
-  rows.push(short ? { ...reach, skip: `${int(runs)} random cases reach the rarer codes only by chance (about 2% of repositories each); judged in the full run, while the targeted row above checks every code in each run` } : { ...reach, ok: missing.length === 0 });
+  rows.push(
+    short
+      ? {
+          ...reach,
+          skip: `${int(runs)} random cases reach the rarer codes only by chance (about 2% of repositories each); judged in the full run, while the targeted row above checks every code in each run`,
+        }
+      : { ...reach, ok: missing.length === 0 },
+  );
   const unused = EDIT_KINDS.filter((k) => !s.kinds[k]);
   rows.push({
     check: `edits made (a repository gets 1 to 8; each of the ${EDIT_KINDS.length} kinds at least once)`,

@@ -37,7 +37,12 @@ const MARK_COMPACT = /: Mark-Compact(?: \([a-z ]+\))? ([\d.]+) \(([\d.]+)\) -> (
 const BIN = new URL('../dist/src/cli/main.js', import.meta.url).pathname;
 const { verifyAuditDir } = await import(new URL('../dist/src/audit/log.js', import.meta.url).href);
 
-const git = (cwd, ...args) => execFileSync('git', ['-c', 'user.name=prove', '-c', 'user.email=prove@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
+const git = (cwd, ...args) =>
+  execFileSync(
+    'git',
+    ['-c', 'user.name=prove', '-c', 'user.email=prove@rotor.invalid', '-c', 'commit.gpgsign=false', ...args],
+    { cwd, stdio: 'ignore' },
+  );
 const delay = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function freePort() {
@@ -69,7 +74,10 @@ async function sample(pid, port) {
   const rss = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? NaN) / 1024;
   const metrics = (await get({ host: '127.0.0.1', port, path: '/metrics' })).body;
   const num = (name) => Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)$`, 'm').exec(metrics)?.[1] ?? NaN);
-  const rotations = [...metrics.matchAll(/^rotor_rotations_total\{[^}]*result="success"[^}]*\} ([0-9.e+]+)$/gm)].reduce((a, m) => a + Number(m[1]), 0);
+  const rotations = [...metrics.matchAll(/^rotor_rotations_total\{[^}]*result="success"[^}]*\} ([0-9.e+]+)$/gm)].reduce(
+    (a, m) => a + Number(m[1]),
+    0,
+  );
   return { rss, heap: num('rotor_process_nodejs_heap_size_used_bytes') / 2 ** 20, rotations };
 }
 
@@ -83,11 +91,18 @@ export async function run({ short, log }) {
     const work = path.join(root, 'work');
     mkdirSync(work);
     writeFileSync(path.join(work, 'rotor.yaml'), 'kind: Config\nsync: { interval: 1d }\n');
-    writeFileSync(path.join(work, 'policy.yaml'), 'kind: Policy\nname: soak\nevery: 10s\njitter: 5s\noverlap: 3s\nretain: 2\n');
+    writeFileSync(
+      path.join(work, 'policy.yaml'),
+      'kind: Policy\nname: soak\nevery: 10s\njitter: 5s\noverlap: 3s\nretain: 2\n',
+    );
     const docs = [];
-    for (let i = 0; i < SECRETS; i++) docs.push(`kind: Secret\nname: soak/s${String(i).padStart(4, '0')}\npolicy: soak\ngenerate: { length: 32 }\n`);
+    for (let i = 0; i < SECRETS; i++)
+      docs.push(`kind: Secret\nname: soak/s${String(i).padStart(4, '0')}\npolicy: soak\ngenerate: { length: 32 }\n`);
     writeFileSync(path.join(work, 'secrets.yaml'), docs.join('---\n'));
-    writeFileSync(path.join(work, 'consumer.yaml'), `kind: Consumer\nname: soak\nuid: ${process.getuid()}\nsecrets: ["soak/*"]\n`);
+    writeFileSync(
+      path.join(work, 'consumer.yaml'),
+      `kind: Consumer\nname: soak\nuid: ${process.getuid()}\nsecrets: ["soak/*"]\n`,
+    );
     git(work, 'init', '-q', '-b', 'main');
     git(work, 'add', '-A');
     git(work, 'commit', '-q', '-m', 'soak');
@@ -99,7 +114,25 @@ export async function run({ short, log }) {
     const port = await freePort();
     const env = { ...process.env };
     delete env.NODE_OPTIONS; // not tap's loader: the daemon as a user runs it
-    daemon = spawn(process.execPath, ['--trace-gc', BIN, 'daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', socketDir, '--agent-listen', '127.0.0.1:0', '--metrics-listen', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    daemon = spawn(
+      process.execPath,
+      [
+        '--trace-gc',
+        BIN,
+        'daemon',
+        '--repo',
+        remote,
+        '--data-dir',
+        dataDir,
+        '--socket-dir',
+        socketDir,
+        '--agent-listen',
+        '127.0.0.1:0',
+        '--metrics-listen',
+        `127.0.0.1:${port}`,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], env },
+    );
     // --trace-gc writes a line per collection on stdout (the daemon logs on stderr): keep the full ones.
     const collections = []; // { at (ms, this process's clock), after (MiB) }
     let gcOut = '';
@@ -123,7 +156,8 @@ export async function run({ short, log }) {
         stderr = stderr.slice(nl + 1);
         try {
           const e = JSON.parse(line);
-          const level = typeof e.level === 'number' ? (e.level >= 50 ? 'error' : e.level >= 40 ? 'warn' : 'info') : e.level;
+          const level =
+            typeof e.level === 'number' ? (e.level >= 50 ? 'error' : e.level >= 40 ? 'warn' : 'info') : e.level;
           if (level === 'error' || level === 'warn') {
             levels[level]++;
             const k = `${level} ${e.code ?? e.msg}`;
@@ -166,7 +200,9 @@ export async function run({ short, log }) {
       await delay(SAMPLE_MS);
       const s = await sample(daemon.pid, port);
       samples.push({ t: Math.round((Date.now() - t0) / 1000), ...s, requests: load.requests });
-      log(`soak: t=${samples.at(-1).t}s rss=${s.rss.toFixed(0)} MiB heap=${s.heap.toFixed(1)} MiB rotations=${s.rotations} requests=${load.requests}`);
+      log(
+        `soak: t=${samples.at(-1).t}s rss=${s.rss.toFixed(0)} MiB heap=${s.heap.toFixed(1)} MiB rotations=${s.rotations} requests=${load.requests}`,
+      );
     }
     load.stop = true;
     await Promise.all(readers);
@@ -211,8 +247,14 @@ export async function run({ short, log }) {
     const rssLate = samples.filter((x) => inLate(x.t)).map((x) => x.rss);
     const rssGrowth = Math.min(...rssLate) / Math.min(...rssEarly) - 1;
     const pct = (g) => `${g >= 0 ? '+' : ''}${(g * 100).toFixed(1)}%`;
-    const tooShort = stretchS < JUDGED_STRETCH_S ? `the compared stretches span ${stretchS.toFixed(0)} s each, too short to tell a leak from the collector's rhythm (judged from ${JUDGED_STRETCH_S} s each; 150 s in the full run)` : undefined;
-    const fewGcs = Math.min(gcEarly.length, gcLate.length) < MIN_COLLECTIONS ? `${gcEarly.length} and ${gcLate.length} full collections in the compared stretches, fewer than ${MIN_COLLECTIONS} each` : undefined;
+    const tooShort =
+      stretchS < JUDGED_STRETCH_S
+        ? `the compared stretches span ${stretchS.toFixed(0)} s each, too short to tell a leak from the collector's rhythm (judged from ${JUDGED_STRETCH_S} s each; 150 s in the full run)`
+        : undefined;
+    const fewGcs =
+      Math.min(gcEarly.length, gcLate.length) < MIN_COLLECTIONS
+        ? `${gcEarly.length} and ${gcLate.length} full collections in the compared stretches, fewer than ${MIN_COLLECTIONS} each`
+        : undefined;
     const heapSkip = tooShort ?? fewGcs;
     const heapRow = {
       check: `memory after warm-up: the live heap (its size after each full collection, --trace-gc), median of the last third vs of the first third, grows by less than ${MAX_GROWTH * 100}%`,
@@ -226,17 +268,40 @@ export async function run({ short, log }) {
     };
     // The heap after the last full collection before each sample, for the table.
     const liveAt = (t) => collections.filter((c) => gcT(c) <= t).at(-1)?.after;
-    const table = ['| t (s) | RSS (MiB) | heap used (MiB) | heap after the last full collection (MiB) | rotations | socket reads |', '|---|---|---|---|---|---|',
-      ...samples.filter((_, i) => samples.length <= 16 || i % Math.ceil(samples.length / 20) === 0 || i === samples.length - 1)
-        .map((s) => `| ${s.t} | ${s.rss.toFixed(0)} | ${s.heap.toFixed(1)} | ${liveAt(s.t)?.toFixed(1) ?? '-'} | ${s.rotations} | ${s.requests} |`)].join('\n');
+    const table = [
+      '| t (s) | RSS (MiB) | heap used (MiB) | heap after the last full collection (MiB) | rotations | socket reads |',
+      '|---|---|---|---|---|---|',
+      ...samples
+        .filter((_, i) => samples.length <= 16 || i % Math.ceil(samples.length / 20) === 0 || i === samples.length - 1)
+        .map(
+          (s) =>
+            `| ${s.t} | ${s.rss.toFixed(0)} | ${s.heap.toFixed(1)} | ${liveAt(s.t)?.toFixed(1) ?? '-'} | ${s.rotations} | ${s.requests} |`,
+        ),
+    ].join('\n');
     log(`soak: memory\n${table}`);
     const problems = [...errorCodes].map(([k, n]) => `${k} x${n}`).join('; ');
     return {
       rows: [
-        { check: `${SECRETS} secrets, ${SECONDS} s: rotations done (audit log on the remote)`, figure: `${made} (${(made / SECONDS).toFixed(0)}/s), daemon exit ${exit.code ?? exit.signal}`, ok: made >= SECRETS * (SECONDS / 15) && exit.code === 0 },
-        { check: 'audit chain verifies; versions of each secret without gap or repeat', figure: `${v.result.ok ? 'verifies' : v.result.code}; ${versions.size} secrets, ${badSeq} out of order`, ok: v.result.ok && badSeq === 0 && versions.size === SECRETS },
-        { check: 'socket reads during the soak: none failed', figure: `${load.requests} reads, ${load.failures} failed`, ok: load.failures === 0 && load.requests > 0 },
-        { check: 'no error logged by the daemon (warnings counted, not judged)', figure: `${levels.error} errors, ${levels.warn} warnings${problems ? `: ${problems}` : ''}`, ok: levels.error === 0 },
+        {
+          check: `${SECRETS} secrets, ${SECONDS} s: rotations done (audit log on the remote)`,
+          figure: `${made} (${(made / SECONDS).toFixed(0)}/s), daemon exit ${exit.code ?? exit.signal}`,
+          ok: made >= SECRETS * (SECONDS / 15) && exit.code === 0,
+        },
+        {
+          check: 'audit chain verifies; versions of each secret without gap or repeat',
+          figure: `${v.result.ok ? 'verifies' : v.result.code}; ${versions.size} secrets, ${badSeq} out of order`,
+          ok: v.result.ok && badSeq === 0 && versions.size === SECRETS,
+        },
+        {
+          check: 'socket reads during the soak: none failed',
+          figure: `${load.requests} reads, ${load.failures} failed`,
+          ok: load.failures === 0 && load.requests > 0,
+        },
+        {
+          check: 'no error logged by the daemon (warnings counted, not judged)',
+          figure: `${levels.error} errors, ${levels.warn} warnings${problems ? `: ${problems}` : ''}`,
+          ok: levels.error === 0,
+        },
         heapRow,
         rssRow,
       ],

@@ -13,7 +13,7 @@
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { discover, machine, outcome, parseOnly, PROVE_DIR, runPart, table } from './lib/harness.mjs';
+import { discover, machine, outcome, PROVE_DIR, parseOnly, runPart, table } from './lib/harness.mjs';
 
 const USAGE = 'usage: node prove/run.mjs [--short] [--only N[,M...]] [--results FILE]\n';
 
@@ -60,11 +60,14 @@ const t0 = performance.now();
 const results = [];
 for (const entry of parts) {
   const since = performance.now();
-  const log = (text) => process.stderr.write(`[part ${entry.number} +${((performance.now() - since) / 1000).toFixed(1)}s] ${text}\n`);
+  const log = (text) =>
+    process.stderr.write(`[part ${entry.number} +${((performance.now() - since) / 1000).toFixed(1)}s] ${text}\n`);
   log(`${entry.name}: starting (${mode})`);
   const r = await runPart(entry, { short: args.short, log });
   const o = outcome([r]);
-  log(`${r.title}: ${r.rows.length} rows, ${o.failed.length} failed, ${o.skipped.length} skipped, ${(r.ms / 1000).toFixed(1)} s`);
+  log(
+    `${r.title}: ${r.rows.length} rows, ${o.failed.length} failed, ${o.skipped.length} skipped, ${(r.ms / 1000).toFixed(1)} s`,
+  );
   results.push(r);
 }
 const totalMs = performance.now() - t0;
@@ -94,5 +97,7 @@ const doc = [
   ...results.filter((r) => r.details).flatMap((r) => [`## Part ${r.part}: ${r.title}`, '', r.details, '']),
 ].join('\n');
 writeFileSync(args.results, doc);
-process.stderr.write(`${failed === 0 ? 'all' : `${failed} of`} ${failed + held.length} checks ${failed === 0 ? 'held' : 'FAILED'}${skips} in ${seconds(totalMs)}; written to ${path.relative(process.cwd(), args.results) || args.results}\n`);
+process.stderr.write(
+  `${failed === 0 ? 'all' : `${failed} of`} ${failed + held.length} checks ${failed === 0 ? 'held' : 'FAILED'}${skips} in ${seconds(totalMs)}; written to ${path.relative(process.cwd(), args.results) || args.results}\n`,
+);
 process.exit(failed === 0 ? 0 : 1);

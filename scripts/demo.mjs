@@ -18,7 +18,11 @@ const base = path.join(root, '.rotor');
 const remote = path.join(base, 'remote.git');
 const dataDir = path.join(base, 'data');
 const git = (cwd, ...args) =>
-  execFileSync('git', ['-c', 'user.name=rotor demo', '-c', 'user.email=demo@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
+  execFileSync(
+    'git',
+    ['-c', 'user.name=rotor demo', '-c', 'user.email=demo@rotor.invalid', '-c', 'commit.gpgsign=false', ...args],
+    { cwd, stdio: 'ignore' },
+  );
 
 if (!existsSync(path.join(dataDir, 'identity.age'))) {
   const keys = await generateKeys(dataDir);
@@ -31,7 +35,10 @@ if (!existsSync(remote)) {
   // a person would with `sops updatekeys` after adding the daemon's recipient to .sops.yaml.
   const { recipient } = await loadKeys(dataDir);
   const { sealSops } = await import(dist('sops/write.js'));
-  writeFileSync(path.join(work, 'secrets/stripe.enc.yaml'), await sealSops({ apiKey: 'sk_test_example_only_not_a_real_key' }, [recipient]));
+  writeFileSync(
+    path.join(work, 'secrets/stripe.enc.yaml'),
+    await sealSops({ apiKey: 'sk_test_example_only_not_a_real_key' }, [recipient]),
+  );
   git(work, 'init', '-q', '-b', 'main');
   git(work, 'add', '-A');
   git(work, 'commit', '-q', '-m', 'The example declarations (policies/)');
@@ -40,16 +47,20 @@ if (!existsSync(remote)) {
   rmSync(work, { recursive: true, force: true });
   console.log(`made ${path.relative(root, remote)} from policies/ (a stand-in for your GitOps remote)`);
 }
-console.log(`rotor daemon --repo ${path.relative(root, remote)} --data-dir ${path.relative(root, dataDir)}   (Ctrl-C to stop)\n`);
+console.log(
+  `rotor daemon --repo ${path.relative(root, remote)} --data-dir ${path.relative(root, dataDir)}   (Ctrl-C to stop)\n`,
+);
 
 // The daemon logs JSON lines; show them as short lines. Values never appear in them.
 const pretty = (line) => {
   try {
     const { time, level, msg, ...fields } = JSON.parse(line);
-    const rest = Object.entries(fields).map(([k, v]) => `${k}=${typeof v === 'string' && v.length === 40 && /^[0-9a-f]+$/.test(v) ? v.slice(0, 7) : v}`).join(' ');
-    return `${time.slice(11, 19)} ${level === 'info' ? '' : level.toUpperCase() + ' '}${msg}${rest ? `  ${rest}` : ''}\n`;
+    const rest = Object.entries(fields)
+      .map(([k, v]) => `${k}=${typeof v === 'string' && v.length === 40 && /^[0-9a-f]+$/.test(v) ? v.slice(0, 7) : v}`)
+      .join(' ');
+    return `${time.slice(11, 19)} ${level === 'info' ? '' : `${level.toUpperCase()} `}${msg}${rest ? `  ${rest}` : ''}\n`;
   } catch {
-    return line + '\n';
+    return `${line}\n`;
   }
 };
 let buffered = '';
@@ -68,4 +79,19 @@ const io = {
   now: () => Date.now(),
   isTTY: Boolean(process.stdout.isTTY),
 };
-process.exitCode = await run(['daemon', '--repo', remote, '--data-dir', dataDir, '--socket-dir', path.join(root, '.rotor', 'sockets'), '--agent-listen', '127.0.0.1:0', '--metrics-listen', '127.0.0.1:0'], io);
+process.exitCode = await run(
+  [
+    'daemon',
+    '--repo',
+    remote,
+    '--data-dir',
+    dataDir,
+    '--socket-dir',
+    path.join(root, '.rotor', 'sockets'),
+    '--agent-listen',
+    '127.0.0.1:0',
+    '--metrics-listen',
+    '127.0.0.1:0',
+  ],
+  io,
+);

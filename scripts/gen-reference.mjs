@@ -6,7 +6,7 @@
 //   errors.md        from the problem codes (src/model/problems.ts, agent/src/config.ts)
 // It reads the built code in dist/ and agent/dist/ (run `npm run build` first). `--check` writes nothing and exits 1
 // when a committed page differs; test/reference.test.ts does the same check from the sources.
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { stringify } from 'yaml';
@@ -29,14 +29,22 @@ export function readSchemas(root = ROOT) {
 export async function loadBuilt(root = ROOT) {
   const load = (p) => import(pathToFileURL(path.join(root, p)).href);
   const [main, args, agent, problems, agentConfig] = await Promise.all([
-    load('dist/src/cli/main.js'), load('dist/src/util/args.js'), load('agent/dist/main.js'),
-    load('dist/src/model/problems.js'), load('agent/dist/config.js'),
+    load('dist/src/cli/main.js'),
+    load('dist/src/util/args.js'),
+    load('agent/dist/main.js'),
+    load('dist/src/model/problems.js'),
+    load('agent/dist/config.js'),
   ]);
   return {
-    COMMANDS: main.COMMANDS, HELP: main.HELP,
-    optionsHelp: args.optionsHelp, flagEnv: args.flagEnv, flagLabel: args.flagLabel,
-    AGENT_FLAGS: agent.AGENT_FLAGS, AGENT_HELP: agent.HELP,
-    CODES: problems.CODES, AGENT_CONFIG_CODES: agentConfig.AGENT_CONFIG_CODES,
+    COMMANDS: main.COMMANDS,
+    HELP: main.HELP,
+    optionsHelp: args.optionsHelp,
+    flagEnv: args.flagEnv,
+    flagLabel: args.flagLabel,
+    AGENT_FLAGS: agent.AGENT_FLAGS,
+    AGENT_HELP: agent.HELP,
+    CODES: problems.CODES,
+    AGENT_CONFIG_CODES: agentConfig.AGENT_CONFIG_CODES,
   };
 }
 
@@ -45,13 +53,15 @@ export async function loadBuilt(root = ROOT) {
 
 /** A table cell: one line, pipes escaped. */
 function cell(text) {
-  return String(text ?? '').replace(/\s*\n\s*/g, ' ').replace(/\|/g, '\\|');
+  return String(text ?? '')
+    .replace(/\s*\n\s*/g, ' ')
+    .replace(/\|/g, '\\|');
 }
 
 function table(header, rows) {
   const out = [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`];
   for (const r of rows) out.push(`| ${r.map(cell).join(' | ')} |`);
-  return out.join('\n') + '\n';
+  return `${out.join('\n')}\n`;
 }
 
 /** Inline code that survives backticks inside (a pattern, an example). */
@@ -64,7 +74,11 @@ function code(value) {
 
 /** GitHub's anchor for a heading (lower case, punctuation dropped, spaces to hyphens). */
 export function slug(heading) {
-  return heading.trim().toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, '').replace(/\s/g, '-');
+  return heading
+    .trim()
+    .toLowerCase()
+    .replace(/[^\p{L}\p{N}\s_-]/gu, '')
+    .replace(/\s/g, '-');
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -209,18 +223,25 @@ export function declarationsPage(schemas) {
     '[the error codes](errors.md). Nested fields are shown with dotted paths; `<name>` stands for a key',
     'you choose.\n',
     kinds.map((k) => `- [${k.title}](#${slug(k.title)})`).join('\n'),
-    `- [Types](#types): ${Object.values(common.$defs).map((d) => `[${d.title}](#${slug(d.title)})`).join(', ')}`,
+    `- [Types](#types): ${Object.values(common.$defs)
+      .map((d) => `[${d.title}](#${slug(d.title)})`)
+      .join(', ')}`,
     `- [The agent's configuration](#the-agents-configuration) (not a declaration)\n`,
   ];
   for (const kind of kinds) out.push(kindSection(kind, resolver(common, kind)));
   out.push('## Types\n', `${common.description}\n`);
   for (const def of Object.values(common.$defs)) out.push(typeSection(def, resolveCommon));
   const resolveAgent = resolver(common, agentConfig);
-  const heading = '## The agent\'s configuration\n';
-  const source = `From schemas/agent-config.schema.json (${agentConfig.title}). `
-    + 'See [rotor-agent](../databases/README.md#rotor-agent).\n';
-  out.push(kindSection({ ...agentConfig, title: 'The agent\'s configuration' }, resolveAgent)
-    .replace(heading, `${heading}\n${source}`));
+  const heading = "## The agent's configuration\n";
+  const source =
+    `From schemas/agent-config.schema.json (${agentConfig.title}). ` +
+    'See [rotor-agent](../databases/README.md#rotor-agent).\n';
+  out.push(
+    kindSection({ ...agentConfig, title: "The agent's configuration" }, resolveAgent).replace(
+      heading,
+      `${heading}\n${source}`,
+    ),
+  );
   for (const def of Object.values(agentConfig.$defs ?? {})) out.push(typeSection(def, resolveAgent));
   return tidy(out.join('\n'));
 }
@@ -250,10 +271,10 @@ function commandSection(title, help, flags, m) {
 
 export function commandsPage(m) {
   const out = [
-    GENERATED('the commands\' flag declarations and --help texts (src/cli/*.ts, agent/src/main.ts)'),
+    GENERATED("the commands' flag declarations and --help texts (src/cli/*.ts, agent/src/main.ts)"),
     '# Command reference\n',
     'What `rotor <command> --help` (or `rotor help <command>`) and `rotor-agent --help` print, with each',
-    'command\'s options as a table. Every option also reads the environment variable shown (the command',
+    "command's options as a table. Every option also reads the environment variable shown (the command",
     'line wins); a variable shared by several commands is used where its value is one the command takes.\n',
     `- [rotor](#rotor)`,
     ...Object.keys(m.COMMANDS).map((name) => `- [rotor ${name}](#${slug(`rotor ${name}`)})`),
@@ -273,35 +294,37 @@ export function commandsPage(m) {
 
 export function errorsPage(m) {
   const rows = (codes) => Object.entries(codes).map(([c, text]) => [code(c), text]);
-  return tidy([
-    GENERATED('src/model/problems.ts (CODES) and agent/src/config.ts (AGENT_CONFIG_CODES)'),
-    '# Error codes\n',
-    'Codes are stable: match on them, not on the messages. Each line says what to do.\n',
-    '## Declaration problems\n',
-    'Reported by `rotor validate` and `rotor plan` with the file, line and column, and by the daemon when it',
-    'rejects a commit (`config-rejected` in the audit log, and the problems in its log).\n',
-    table(['Code', 'Meaning and what to do'], rows(m.CODES)),
-    '## rotor-agent configuration\n',
-    'Reported by `rotor-agent` when it loads its configuration file, with the file, line and column, in',
-    'addition to the YAML and schema codes above (see [rotor-agent](../databases/README.md#rotor-agent)).\n',
-    table(['Code', 'Meaning and what to do'], rows(m.AGENT_CONFIG_CODES)),
-    '## Codes at run time\n',
-    'The daemon, the agent and the commands report further codes where they arise; each is explained on',
-    'the page that describes that part:\n',
-    '- the state store (`STATE_*`), the audit log (`AUDIT_*`), the data directory (`DATA_DIR_UNSAFE`):',
-    '  [operations](../operations.md);',
-    '- the socket directory (`SOCKET_DIR_*`, `SOCKET_CHOWN_DENIED`):',
-    '  [consumers and sockets](../concepts.md#consumers-and-sockets);',
-    '- secrets a person rotates (`SOPS_*`): [concepts](../concepts.md#secrets-a-person-rotates-sops);',
-    '- the consumer API (`ACCESS_DENIED`, `SECRET_UNKNOWN`, ...): [concepts](../concepts.md#the-api);',
-    '- the agent protocol and the databases (`AGENT_*`, `DB_*`): [databases](../databases/README.md);',
-    '- the listeners\' limits (`BODY_*`, `HOST_NOT_ALLOWED`, ...): [security](../security.md).\n',
-  ].join('\n'));
+  return tidy(
+    [
+      GENERATED('src/model/problems.ts (CODES) and agent/src/config.ts (AGENT_CONFIG_CODES)'),
+      '# Error codes\n',
+      'Codes are stable: match on them, not on the messages. Each line says what to do.\n',
+      '## Declaration problems\n',
+      'Reported by `rotor validate` and `rotor plan` with the file, line and column, and by the daemon when it',
+      'rejects a commit (`config-rejected` in the audit log, and the problems in its log).\n',
+      table(['Code', 'Meaning and what to do'], rows(m.CODES)),
+      '## rotor-agent configuration\n',
+      'Reported by `rotor-agent` when it loads its configuration file, with the file, line and column, in',
+      'addition to the YAML and schema codes above (see [rotor-agent](../databases/README.md#rotor-agent)).\n',
+      table(['Code', 'Meaning and what to do'], rows(m.AGENT_CONFIG_CODES)),
+      '## Codes at run time\n',
+      'The daemon, the agent and the commands report further codes where they arise; each is explained on',
+      'the page that describes that part:\n',
+      '- the state store (`STATE_*`), the audit log (`AUDIT_*`), the data directory (`DATA_DIR_UNSAFE`):',
+      '  [operations](../operations.md);',
+      '- the socket directory (`SOCKET_DIR_*`, `SOCKET_CHOWN_DENIED`):',
+      '  [consumers and sockets](../concepts.md#consumers-and-sockets);',
+      '- secrets a person rotates (`SOPS_*`): [concepts](../concepts.md#secrets-a-person-rotates-sops);',
+      '- the consumer API (`ACCESS_DENIED`, `SECRET_UNKNOWN`, ...): [concepts](../concepts.md#the-api);',
+      '- the agent protocol and the databases (`AGENT_*`, `DB_*`): [databases](../databases/README.md);',
+      "- the listeners' limits (`BODY_*`, `HOST_NOT_ALLOWED`, ...): [security](../security.md).\n",
+    ].join('\n'),
+  );
 }
 
 /** One blank line between blocks, one newline at the end. */
 function tidy(text) {
-  return text.replace(/\n{3,}/g, '\n\n').trimEnd() + '\n';
+  return `${text.replace(/\n{3,}/g, '\n\n').trimEnd()}\n`;
 }
 
 /** Every page, by path relative to the repository root. */

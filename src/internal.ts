@@ -2,36 +2,62 @@
  * The code the rotor-agent package shares with rotor: the agent imports `rotor/internal` and nothing
  * else of this package. Not a public API: names come and go with the agent's needs.
  */
-export { HELP_FLAG, optionsHelp, parse } from './util/args.js';
-export { backoffDelay } from './util/backoff.js';
-export { BACKOFF, codeOf, NEVER, RotorError, retryAfter, retryOf } from './errors.js';
+
 export type { Retry } from './errors.js';
-export type { Flags } from './util/args.js';
-export { KeyError, loadKeys, parseSigningKey } from './keys.js';
+export { BACKOFF, codeOf, NEVER, RotorError, retryAfter, retryOf } from './errors.js';
 export type { Keys } from './keys.js';
-export { jsonLogger, LEVELS, writeStderr } from './log.js';
+export { KeyError, loadKeys, parseSigningKey } from './keys.js';
 export type { Level, Logger } from './log.js';
+export { jsonLogger, LEVELS, writeStderr } from './log.js';
 export { parseDuration } from './model/duration.js';
 export { ENGINE_NAMES } from './model/engines.js';
-export { suggest } from './model/problems.js';
 export type { Problem } from './model/problems.js';
-export { decodeUtf8, LIMITS, parseDocuments, positionOf } from './model/yaml.js';
+export { suggest } from './model/problems.js';
 export type { ParsedDoc, Path } from './model/yaml.js';
+export { decodeUtf8, LIMITS, parseDocuments, positionOf } from './model/yaml.js';
 export { SCHEMAS_DIR } from './paths.js';
-export {
-  AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_AGENT_WAIT, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY,
-} from './protocol/jobs.js';
 export type {
-  Credential, EngineName, Job, Result, RetirePayload, SetPayload, Strategy,
+  Credential,
+  EngineName,
+  Job,
+  Result,
+  RetirePayload,
+  SetPayload,
+  Strategy,
+} from './protocol/jobs.js';
+export {
+  AGENT_JOBS_PATH,
+  AGENT_RESULTS_PATH,
+  MAX_AGENT_WAIT,
+  MAX_RESULT_MESSAGE,
+  MAX_RESULTS_BODY,
 } from './protocol/jobs.js';
 export { openSealed, SealError } from './protocol/seal.js';
 export { H_NONCE, signRequest, verifyResponse } from './protocol/sign.js';
-// The SOPS reader, whole: agent/src/sops.ts passes it on to the agent's modules.
-export {
-  goFormatFloat, MAX_SOPS_FILE_BYTES, openSops, openSopsFile, REGEX_LIMITS, SopsError, sopsCleartextMessage,
-  sopsFormatOf, sopsOutline, sopsValueState,
-} from './sops/index.js';
 export type {
-  OpenSopsOptions, SopsDocument, SopsEntry, SopsErrorCode, SopsFormat, SopsOutline, SopsTree, SopsValue,
+  OpenSopsOptions,
+  SopsDocument,
+  SopsEntry,
+  SopsErrorCode,
+  SopsFormat,
+  SopsOutline,
+  SopsTree,
+  SopsValue,
   SopsValueState,
 } from './sops/index.js';
+// The SOPS reader, whole: agent/src/sops.ts passes it on to the agent's modules.
+export {
+  goFormatFloat,
+  MAX_SOPS_FILE_BYTES,
+  openSops,
+  openSopsFile,
+  REGEX_LIMITS,
+  SopsError,
+  sopsCleartextMessage,
+  sopsFormatOf,
+  sopsOutline,
+  sopsValueState,
+} from './sops/index.js';
+export type { Flags } from './util/args.js';
+export { HELP_FLAG, optionsHelp, parse } from './util/args.js';
+export { backoffDelay } from './util/backoff.js';

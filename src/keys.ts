@@ -4,8 +4,9 @@
  *   signing.key    the Ed25519 private key (PKCS#8 PEM) that signs the daemon's answers to agents
  * Both are created with mode 0600 and never overwritten.
  */
-import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
+
 import type { KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { generateX25519Identity, identityToRecipient } from 'age-encryption';
@@ -46,7 +47,7 @@ export function formatSigningKey(publicKey: KeyObject): string {
 export function parseSigningKey(text: string): KeyObject {
   const m = /^ed25519:([A-Za-z0-9+/]{43}=)$/.exec(text);
   const raw = m ? Buffer.from(m[1]!, 'base64') : undefined;
-  if (!raw || raw.length !== 32) throw new KeyError('KEYS_INVALID', 'a signing key is "ed25519:" and the base64 of 32 bytes');
+  if (raw?.length !== 32) throw new KeyError('KEYS_INVALID', 'a signing key is "ed25519:" and the base64 of 32 bytes');
   return createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: raw.toString('base64url') }, format: 'jwk' });
 }
 
@@ -59,11 +60,17 @@ export async function generateKeys(dir: string, now: Date = new Date()): Promise
   const signingKey = formatSigningKey(publicKey);
   const files: [string, string][] = [
     [IDENTITY_FILE, `# created: ${now.toISOString()}\n# public key: ${recipient}\n${identity}\n`],
-    [SIGNING_FILE, `# rotor signing key, public: ${signingKey}\n${privateKey.export({ format: 'pem', type: 'pkcs8' }).toString()}`],
+    [
+      SIGNING_FILE,
+      `# rotor signing key, public: ${signingKey}\n${privateKey.export({ format: 'pem', type: 'pkcs8' }).toString()}`,
+    ],
   ];
   for (const [name] of files) {
     if (await stat(path.join(dir, name)).catch(() => undefined)) {
-      throw new KeyError('KEYS_EXIST', `${path.join(dir, name)} already exists; rotor keygen never replaces keys (move them away first if you really mean to)`);
+      throw new KeyError(
+        'KEYS_EXIST',
+        `${path.join(dir, name)} already exists; rotor keygen never replaces keys (move them away first if you really mean to)`,
+      );
     }
   }
   for (const [name, text] of files) await writeFile(path.join(dir, name), text, { mode: 0o600, flag: 'wx' });
@@ -73,9 +80,13 @@ export async function generateKeys(dir: string, now: Date = new Date()): Promise
 async function readKeyFile(dir: string, name: string): Promise<string> {
   const file = path.join(dir, name);
   const st = await stat(file).catch(() => undefined);
-  if (!st) throw new KeyError('KEYS_MISSING', `${file} does not exist; create the daemon's keys with: rotor keygen ${dir}`);
+  if (!st)
+    throw new KeyError('KEYS_MISSING', `${file} does not exist; create the daemon's keys with: rotor keygen ${dir}`);
   if ((st.mode & 0o077) !== 0) {
-    throw new KeyError('KEYS_PERMISSIONS', `${file} is readable by other users (mode ${(st.mode & 0o777).toString(8)}); run: chmod 600 ${file}`);
+    throw new KeyError(
+      'KEYS_PERMISSIONS',
+      `${file} is readable by other users (mode ${(st.mode & 0o777).toString(8)}); run: chmod 600 ${file}`,
+    );
   }
   return readFile(file, 'utf8');
 }
@@ -84,7 +95,8 @@ async function readKeyFile(dir: string, name: string): Promise<string> {
 export async function loadKeys(dir: string): Promise<Keys> {
   const identityText = await readKeyFile(dir, IDENTITY_FILE);
   const identity = identityText.split('\n').find((l) => l.startsWith('AGE-SECRET-KEY-1'));
-  if (!identity) throw new KeyError('KEYS_INVALID', `${path.join(dir, IDENTITY_FILE)} holds no age identity (AGE-SECRET-KEY-1...)`);
+  if (!identity)
+    throw new KeyError('KEYS_INVALID', `${path.join(dir, IDENTITY_FILE)} holds no age identity (AGE-SECRET-KEY-1...)`);
   let recipient: string;
   try {
     recipient = await identityToRecipient(identity);
@@ -98,6 +110,7 @@ export async function loadKeys(dir: string): Promise<Keys> {
     if (e instanceof KeyError) throw e;
     throw new KeyError('KEYS_INVALID', `${path.join(dir, SIGNING_FILE)} holds no Ed25519 private key`, { cause: e });
   }
-  if (signing.asymmetricKeyType !== 'ed25519') throw new KeyError('KEYS_INVALID', `${path.join(dir, SIGNING_FILE)} is not an Ed25519 key`);
+  if (signing.asymmetricKeyType !== 'ed25519')
+    throw new KeyError('KEYS_INVALID', `${path.join(dir, SIGNING_FILE)} is not an Ed25519 key`);
   return { identity, recipient, signing, signingKey: formatSigningKey(createPublicKey(signing)) };
 }

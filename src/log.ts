@@ -9,23 +9,41 @@
  * while the pipe behind it is full, never a queue in memory), a string buffer in the tests.
  */
 import { writeSync } from 'node:fs';
-import { pino } from 'pino';
 import type { DestinationStream, LoggerOptions } from 'pino';
+import { pino } from 'pino';
 
 export type Level = 'debug' | 'info' | 'warn' | 'error';
 export const LEVELS: readonly Level[] = ['debug', 'info', 'warn', 'error'];
 
-export type FieldValue = string | number | boolean | null | undefined | readonly FieldValue[] | { readonly [key: string]: FieldValue };
+export type FieldValue =
+  | string
+  | number
+  | boolean
+  | null
+  | undefined
+  | readonly FieldValue[]
+  | { readonly [key: string]: FieldValue };
 export type Fields = Readonly<Record<string, FieldValue>>;
 
-export interface Logger {
-  (level: Level, message: string, fields?: Fields): void;
-}
+export type Logger = (level: Level, message: string, fields?: Fields) => void;
 
 export const REDACTED = '[redacted]';
 
 /** Field names that could only hold a value; none is ever passed, this catches a mistake. */
-const SENSITIVE_NAMES = ['password', 'passwd', 'pwd', 'passphrase', 'value', 'values', 'plaintext', 'token', 'key', 'privateKey', 'secretKey', 'apiKey'] as const;
+const SENSITIVE_NAMES = [
+  'password',
+  'passwd',
+  'pwd',
+  'passphrase',
+  'value',
+  'values',
+  'plaintext',
+  'token',
+  'key',
+  'privateKey',
+  'secretKey',
+  'apiKey',
+] as const;
 const SENSITIVE = new RegExp(`^(${SENSITIVE_NAMES.join('|')})$`, 'i');
 /** How deep the name check walks nested fields; anything deeper is replaced whole. */
 const MAX_DEPTH = 8;

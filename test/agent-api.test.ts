@@ -7,11 +7,11 @@
 import { request } from 'node:http';
 import path from 'node:path';
 import t from 'tap';
-import { generateKeys, loadKeys, type Keys } from '../src/keys.js';
-import { openSealed } from '../src/protocol/seal.js';
-import { signRequest, verifyResponse } from '../src/protocol/sign.js';
+import { generateKeys, type Keys, loadKeys } from '../src/keys.js';
 import type { Job, SetPayload } from '../src/protocol/jobs.js';
 import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH } from '../src/protocol/jobs.js';
+import { openSealed } from '../src/protocol/seal.js';
+import { signRequest, verifyResponse } from '../src/protocol/sign.js';
 import { tempDir } from './helpers.js';
 import { step, world } from './world.js';
 
@@ -19,18 +19,34 @@ interface Answer {
   status: number;
   headers: Record<string, string | string[] | undefined>;
   text: string;
-  body: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+  // biome-ignore lint/suspicious/noExplicitAny: answers of many shapes, read field by field in the tests
+  body: any;
 }
 
 function post(address: string, p: string, body: string, headers: Record<string, string>): Promise<Answer> {
-  const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
+  const [host, port] = [
+    address.slice(0, address.lastIndexOf(':')),
+    Number(address.slice(address.lastIndexOf(':') + 1)),
+  ];
   return new Promise((resolve, reject) => {
-    const req = request({ host, port, path: p, method: 'POST', headers: { 'content-type': 'application/json', ...headers }, agent: false }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (text += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text, body: JSON.parse(text) }));
-    });
+    const req = request(
+      {
+        host,
+        port,
+        path: p,
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...headers },
+        agent: false,
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, body: JSON.parse(text) }),
+        );
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -46,8 +62,10 @@ t.test('the agent API: signatures, replay, skew, routing of jobs and results', a
     'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
     'policy.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n',
     'agents.yaml': `kind: Agent\nname: agent-a\nsigningKey: "${a.signingKey}"\nrecipient: ${a.recipient}\n---\nkind: Agent\nname: agent-b\nsigningKey: "${b.signingKey}"\nrecipient: ${b.recipient}\n`,
-    'targets.yaml': 'kind: Target\nname: db-a\nengine: postgres\nagent: agent-a\n---\nkind: Target\nname: db-b\nengine: redis\nagent: agent-b\n',
-    'secret.yaml': 'kind: Secret\nname: app/db\npolicy: p\ngenerate: { length: 32 }\ndatabase: { target: db-a, usernames: [app_blue, app_green] }\n',
+    'targets.yaml':
+      'kind: Target\nname: db-a\nengine: postgres\nagent: agent-a\n---\nkind: Target\nname: db-b\nengine: redis\nagent: agent-b\n',
+    'secret.yaml':
+      'kind: Secret\nname: app/db\npolicy: p\ngenerate: { length: 32 }\ndatabase: { target: db-a, usernames: [app_blue, app_green] }\n',
   });
   // One clock for the daemon and the agents' signatures, standing still: the skew checks below compare
   // timestamps to it exactly, whatever the wall clock does while the test runs.
@@ -56,32 +74,54 @@ t.test('the agent API: signatures, replay, skew, routing of jobs and results', a
   t.teardown(() => d.stop());
   const address = d.agentAddress!;
   const daemonKey = (await loadKeys(w.dataDir)).signing;
-  const signed = (keys: Keys, agent: string, p: string, body: string, extra: { now?: number; nonce?: string } = {}) => signRequest({ agent, method: 'POST', path: p, body, privateKey: keys.signing, now: NOW, ...extra });
+  const signed = (keys: Keys, agent: string, p: string, body: string, extra: { now?: number; nonce?: string } = {}) =>
+    signRequest({ agent, method: 'POST', path: p, body, privateKey: keys.signing, now: NOW, ...extra });
   const call = async (keys: Keys, agent: string, p: string, body: unknown) => {
     const text = JSON.stringify(body);
     const headers = signed(keys, agent, p, text);
     const r = await post(address, p, text, headers);
-    t.same(verifyResponse({ headers: r.headers, status: r.status, requestNonce: headers['x-rotor-nonce'], body: r.text, publicKey: (await import('node:crypto')).createPublicKey(daemonKey) }), { ok: true }, `the daemon's answer to ${agent} ${p} is signed`);
+    t.same(
+      verifyResponse({
+        headers: r.headers,
+        status: r.status,
+        requestNonce: headers['x-rotor-nonce'],
+        body: r.text,
+        publicKey: (await import('node:crypto')).createPublicKey(daemonKey),
+      }),
+      { ok: true },
+      `the daemon's answer to ${agent} ${p} is signed`,
+    );
     return r;
   };
 
   // Agent B has no job: the secret's target belongs to agent A.
   const none = await call(b, 'agent-b', AGENT_JOBS_PATH, { wait: 0 });
   t.equal(none.status, 200);
-  t.same(none.body.jobs, [], 'agent-b gets no job for agent-a\'s target');
+  t.same(none.body.jobs, [], "agent-b gets no job for agent-a's target");
   const got = await call(a, 'agent-a', AGENT_JOBS_PATH, { wait: 10 });
   const jobs = got.body.jobs as Job[];
   t.equal(jobs.length, 1, 'agent-a gets the set job of version 1');
   const job = jobs[0]!;
-  t.match(job, { kind: 'set', secret: 'app/db', version: 1, target: 'db-a', engine: 'postgres', strategy: 'alternate' });
+  t.match(job, {
+    kind: 'set',
+    secret: 'app/db',
+    version: 1,
+    target: 'db-a',
+    engine: 'postgres',
+    strategy: 'alternate',
+  });
   t.notOk(got.text.includes('password'), 'no credential in clear on the wire');
   const payload = (await openSealed(a.identity, job.sealed)) as SetPayload;
   t.equal(payload.pending.username, 'app_blue');
   t.match(payload.pending.password, /^[A-Za-z0-9_-]{32}$/);
   await t.rejects(openSealed(b.identity, job.sealed), { code: 'SEAL_WRONG_KEY' }, 'another agent cannot open it');
-  t.notOk(w.logs().includes(payload.pending.password), 'the credential is not in the daemon\'s logs');
+  t.notOk(w.logs().includes(payload.pending.password), "the credential is not in the daemon's logs");
   // Leased: a second poll does not get it again (until the lease runs out).
-  t.same((await call(a, 'agent-a', AGENT_JOBS_PATH, { wait: 0 })).body.jobs, [], 'a leased job is not handed out twice');
+  t.same(
+    (await call(a, 'agent-a', AGENT_JOBS_PATH, { wait: 0 })).body.jobs,
+    [],
+    'a leased job is not handed out twice',
+  );
 
   // Refusals.
   const body = JSON.stringify({ wait: 0 });
@@ -90,15 +130,40 @@ t.test('the agent API: signatures, replay, skew, routing of jobs and results', a
   const replay = await post(address, AGENT_JOBS_PATH, body, h);
   t.same([replay.status, replay.body.error.code], [401, 'AGENT_REPLAY'], 'the same request again is a replay');
   // The limit is 60 s either way (DEFAULT_MAX_SKEW_MS), on the daemon's clock: 60 s is still accepted, 60.001 s is not.
-  const atLimit = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW - 60_000 }));
-  t.equal(atLimit.status, 200, 'a request signed 60 s behind the daemon\'s clock is answered');
-  const skewed = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW - 60_001 }));
+  const atLimit = await post(
+    address,
+    AGENT_JOBS_PATH,
+    body,
+    signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW - 60_000 }),
+  );
+  t.equal(atLimit.status, 200, "a request signed 60 s behind the daemon's clock is answered");
+  const skewed = await post(
+    address,
+    AGENT_JOBS_PATH,
+    body,
+    signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW - 60_001 }),
+  );
   t.same([skewed.status, skewed.body.error.code], [401, 'AGENT_SKEW'], 'one ms more behind is refused');
-  const aheadAtLimit = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW + 60_000 }));
+  const aheadAtLimit = await post(
+    address,
+    AGENT_JOBS_PATH,
+    body,
+    signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW + 60_000 }),
+  );
   t.equal(aheadAtLimit.status, 200, 'a request signed 60 s ahead is answered');
-  const ahead = await post(address, AGENT_JOBS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW + 60_001 }));
+  const ahead = await post(
+    address,
+    AGENT_JOBS_PATH,
+    body,
+    signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW + 60_001 }),
+  );
   t.same([ahead.status, ahead.body.error.code], [401, 'AGENT_SKEW'], 'one ms more ahead is refused');
-  const altered = await post(address, AGENT_JOBS_PATH, JSON.stringify({ wait: 1 }), signed(a, 'agent-a', AGENT_JOBS_PATH, body));
+  const altered = await post(
+    address,
+    AGENT_JOBS_PATH,
+    JSON.stringify({ wait: 1 }),
+    signed(a, 'agent-a', AGENT_JOBS_PATH, body),
+  );
   t.equal(altered.body.error.code, 'AGENT_BODY_ALTERED');
   const unsigned = await post(address, AGENT_JOBS_PATH, body, {});
   t.same([unsigned.status, unsigned.body.error.code], [401, 'AGENT_UNSIGNED']);
@@ -111,15 +176,25 @@ t.test('the agent API: signatures, replay, skew, routing of jobs and results', a
   t.match(w.logs(), /agent request refused.*AGENT_REPLAY/, 'refusals are logged');
 
   // Results: agent-b cannot settle agent-a's job; agent-a's failure fails the step (audited), nothing promoted.
-  const fromB = await call(b, 'agent-b', AGENT_RESULTS_PATH, { results: [{ id: job.id, outcome: 'done', detail: 'applied' }] });
-  t.equal(fromB.body.accepted, 0, 'a result for another agent\'s job is ignored');
+  const fromB = await call(b, 'agent-b', AGENT_RESULTS_PATH, {
+    results: [{ id: job.id, outcome: 'done', detail: 'applied' }],
+  });
+  t.equal(fromB.body.accepted, 0, "a result for another agent's job is ignored");
   t.equal(d.served('app/db'), undefined, 'nothing served yet');
   const failed = step('app/db', 'failed');
-  const fromA = await call(a, 'agent-a', AGENT_RESULTS_PATH, { results: [{ id: job.id, outcome: 'failed', code: 'DB_UNREACHABLE', message: 'connection refused' }] });
+  const fromA = await call(a, 'agent-a', AGENT_RESULTS_PATH, {
+    results: [{ id: job.id, outcome: 'failed', code: 'DB_UNREACHABLE', message: 'connection refused' }],
+  });
   t.equal(fromA.body.accepted, 1);
   await failed;
   t.equal(d.served('app/db'), undefined, 'a failed set promotes nothing');
   const st = d.status();
-  t.match(st.secrets.find((s) => s.name === 'app/db'), { pending: true, failing: { error: 'DB_UNREACHABLE' } });
-  t.match(st.agents.agents.find((x) => x.name === 'agent-a'), { lastSeen: String });
+  t.match(
+    st.secrets.find((s) => s.name === 'app/db'),
+    { pending: true, failing: { error: 'DB_UNREACHABLE' } },
+  );
+  t.match(
+    st.agents.agents.find((x) => x.name === 'agent-a'),
+    { lastSeen: String },
+  );
 });

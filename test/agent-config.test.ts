@@ -17,15 +17,15 @@ import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import t from 'tap';
+import { armor, Encrypter, generateX25519Identity, identityToRecipient } from 'age-encryption';
 import type { Test } from 'tap';
-import { Encrypter, armor, generateX25519Identity, identityToRecipient } from 'age-encryption';
+import t from 'tap';
 import { stringify } from 'yaml';
-import { generateKeys, formatSigningKey } from '../src/keys.js';
-import { goFormatFloat, openSops, openSopsFile, SopsError } from '../agent/src/sops.js';
-import type { SopsErrorCode } from '../agent/src/sops.js';
-import { AgentConfigError, loadAgentConfig, schemeFitsEngine } from '../agent/src/config.js';
 import type { AgentConfigProblem } from '../agent/src/config.js';
+import { AgentConfigError, loadAgentConfig, schemeFitsEngine } from '../agent/src/config.js';
+import type { SopsErrorCode } from '../agent/src/sops.js';
+import { goFormatFloat, openSops, openSopsFile, SopsError } from '../agent/src/sops.js';
+import { formatSigningKey, generateKeys } from '../src/keys.js';
 
 function tempDir(t: Test): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'rotor-agent-config-'));
@@ -342,7 +342,10 @@ function encryptValue(v: string | number | boolean, key: Buffer, aad: string): s
   return `ENC[AES256_GCM,data:${data.toString('base64')},iv:${iv.toString('base64')},tag:${c.getAuthTag().toString('base64')},type:${type}]`;
 }
 
-async function sopsEncrypt(plain: Record<string, PlainValue>, o: EncryptOptions): Promise<{ text: string; dataKey: Buffer }> {
+async function sopsEncrypt(
+  plain: Record<string, PlainValue>,
+  o: EncryptOptions,
+): Promise<{ text: string; dataKey: Buffer }> {
   const dataKey = randomBytes(32);
   const hash = createHash('sha512');
   if (o.macOnlyEncrypted) hash.update(createHash('sha256').update('sops').digest());
@@ -386,16 +389,40 @@ async function newIdentity(): Promise<{ identity: string; recipient: string }> {
 /** Every error message (and property) the tests saw; the last test checks that no value is in any. */
 const seenErrors: string[] = [];
 function remember(e: unknown): void {
-  seenErrors.push(String((e as Error).message), JSON.stringify(e), ...Object.values(e as object).map((v) => (typeof v === 'string' ? v : JSON.stringify(v) ?? '')));
+  seenErrors.push(
+    String((e as Error).message),
+    JSON.stringify(e),
+    ...Object.values(e as object).map((v) => (typeof v === 'string' ? v : (JSON.stringify(v) ?? ''))),
+  );
 }
 /** Values that are secret in some test below. */
 const SECRET_VALUES = [
-  'this is a secret', 'example string', 'nested example', 'deeper example', 'Welcome to SOPS', 'example_value1',
-  's3cr3t-pg-admin', 'r3dis-admin-pw', 'my5ql-admin-pw', 'hunter2-in-url', 'qs-pa55', 'mongo-pw-in-url', 'plain-Pa55word',
-  'cleartext-pg', 'tampered-value', 'enc-test-value', 'other-secret-value', 'swapped-secret',
+  'this is a secret',
+  'example string',
+  'nested example',
+  'deeper example',
+  'Welcome to SOPS',
+  'example_value1',
+  's3cr3t-pg-admin',
+  'r3dis-admin-pw',
+  'my5ql-admin-pw',
+  'hunter2-in-url',
+  'qs-pa55',
+  'mongo-pw-in-url',
+  'plain-Pa55word',
+  'cleartext-pg',
+  'tampered-value',
+  'enc-test-value',
+  'other-secret-value',
+  'swapped-secret',
 ];
 
-async function sopsFails(t: Test, p: Promise<unknown>, code: SopsErrorCode, message?: RegExp): Promise<SopsError | undefined> {
+async function sopsFails(
+  t: Test,
+  p: Promise<unknown>,
+  code: SopsErrorCode,
+  message?: RegExp,
+): Promise<SopsError | undefined> {
   try {
     await p;
     t.fail(`expected ${code}`);
@@ -431,7 +458,14 @@ t.test('files written by sops open with their keys, with the values sops wrote',
   const j = await openSopsFile(path.join(dir, 'secret.enc.json'), HUMPHD_KEY); // .json: the JSON store
   t.equal(j.format, 'json');
   // sops 3.8 read every JSON number as a float64: "int" is type:float and hashes as "7".
-  t.same(plainOf(j.data), { secret: 'this is a secret', string: 'string', int: 7, float: 3.14, boolean: true, complex: { value: 'this is a secret', array: ['one', 'two', 'three'] } });
+  t.same(plainOf(j.data), {
+    secret: 'this is a secret',
+    string: 'string',
+    int: 7,
+    float: 3.14,
+    boolean: true,
+    complex: { value: 'this is a secret', array: ['one', 'two', 'three'] },
+  });
   t.equal(j.get('complex.array.2')?.value, 'three');
   t.equal(j.get(['complex', 'array', 0])?.value, 'one');
   t.equal(j.get('complex.array.3'), undefined);
@@ -439,19 +473,37 @@ t.test('files written by sops open with their keys, with the values sops wrote',
 
   const c = await openSops(NOBBS_COMPLEX, NOBBS_KEY);
   t.same(plainOf(c.data), {
-    string_key: 'example string', integer_key: 42, float_key: 3.14, boolean_key: true, null_key: null,
+    string_key: 'example string',
+    integer_key: 42,
+    float_key: 3.14,
+    boolean_key: true,
+    null_key: null,
     list_key: ['item1', 'item2', 3, false, null],
-    object_key: { nested_string: 'nested example', nested_integer: 100, nested_list: ['nested item1', 200], nested_object: { deeper_string: 'deeper example', deeper_boolean: false } },
+    object_key: {
+      nested_string: 'nested example',
+      nested_integer: 100,
+      nested_list: ['nested item1', 200],
+      nested_object: { deeper_string: 'deeper example', deeper_boolean: false },
+    },
   });
   t.equal(typeof c.data.integer_key, 'number');
   t.equal(c.get('null_key')?.encrypted, false, 'a null is neither encrypted nor hashed');
 
   const ex = await openSops(ROPS_EXAMPLE, ROPS_KEY);
-  t.same(plainOf(ex.data), { hello: 'Welcome to SOPS! Edit this file as you please!', example_key: 'example_value', example_array: ['example_value1', 'example_value2'], example_number: 1234.56789, example_booleans: [true, false] });
+  t.same(plainOf(ex.data), {
+    hello: 'Welcome to SOPS! Edit this file as you please!',
+    example_key: 'example_value',
+    example_array: ['example_value1', 'example_value2'],
+    example_number: 1234.56789,
+    example_booleans: [true, false],
+  });
 
   // unencrypted_suffix (here "unencrypted"): the values under such a key are in clear, and in the MAC.
   const u = await openSops(ROPS_UNENCRYPTED_SUFFIX, ROPS_KEY);
-  t.same(plainOf(u.data), { a: { b_unencrypted: { a: 'aaa', b: 'aaa', c: [123, 456] }, c_encrypted: 'xxx' }, unencrypted_not: 'xxx' });
+  t.same(plainOf(u.data), {
+    a: { b_unencrypted: { a: 'aaa', b: 'aaa', c: [123, 456] }, c_encrypted: 'xxx' },
+    unencrypted_not: 'xxx',
+  });
   t.equal(u.get('a.b_unencrypted.c.1')?.encrypted, false);
   t.equal(u.get('a.c_encrypted')?.encrypted, true);
 
@@ -464,7 +516,12 @@ t.test('files written by sops open with their keys, with the values sops wrote',
   // mac_only_encrypted: the MAC starts from SHA-256("sops") and covers only encrypted values.
   const m = await openSops(ROPS_MAC_ONLY, ROPS_KEY);
   t.equal(m.macOnlyEncrypted, true);
-  t.same(plainOf(m.data), { a_encrypted: 'xxx', b_unencrypted: { a: 'aaa', b: [123, 456] }, c_encrypted: 'xxx', d_unencrypted: 'aaa' });
+  t.same(plainOf(m.data), {
+    a_encrypted: 'xxx',
+    b_unencrypted: { a: 'aaa', b: [123, 456] },
+    c_encrypted: 'xxx',
+    d_unencrypted: 'aaa',
+  });
 
   // Empty strings are never encrypted; nulls are kept.
   const e = await openSops(ROPS_EMPTY, ROPS_KEY);
@@ -485,7 +542,12 @@ t.test('MAC: editing an encrypted value, swapping or reordering values, removing
   const a = /nested_string: (ENC\[[^\]]+\])/.exec(NOBBS_COMPLEX)![1]!;
   const b = /deeper_string: (ENC\[[^\]]+\])/.exec(NOBBS_COMPLEX)![1]!;
   const swapped = NOBBS_COMPLEX.replace(a, 'SWAP').replace(b, a).replace('SWAP', b);
-  await sopsFails(t, openSops(swapped, NOBBS_KEY), 'SOPS_MAC_MISMATCH', /object_key\.nested_string does not authenticate/);
+  await sopsFails(
+    t,
+    openSops(swapped, NOBBS_KEY),
+    'SOPS_MAC_MISMATCH',
+    /object_key\.nested_string does not authenticate/,
+  );
 
   // Two list items swapped: each still authenticates (list indices are not in the path), the MAC
   // (over the values in order) does not.
@@ -505,13 +567,21 @@ t.test('MAC: editing an encrypted value, swapping or reordering values, removing
   t.notOk('null_key' in (await openSops(removedNull, NOBBS_KEY)).data);
 
   // sops.lastmodified is the MAC's additional data; sops.mac removed.
-  await sopsFails(t, openSops(edit(t, NOBBS_COMPLEX, '2024-11-27T22:06:07Z', '2024-11-27T22:06:08Z'), NOBBS_KEY), 'SOPS_MAC_MISMATCH', /lastmodified/);
+  await sopsFails(
+    t,
+    openSops(edit(t, NOBBS_COMPLEX, '2024-11-27T22:06:07Z', '2024-11-27T22:06:08Z'), NOBBS_KEY),
+    'SOPS_MAC_MISMATCH',
+    /lastmodified/,
+  );
   await sopsFails(t, openSops(edit(t, NOBBS_COMPLEX, /^ {2}mac: .*\n/m, ''), NOBBS_KEY), 'SOPS_MAC_MISMATCH', /no MAC/);
 
   // A value replaced by another one correctly encrypted with the data key (as a person with the key
   // editing by hand would): it decrypts, the MAC does not match.
   const me = await newIdentity();
-  const { text, dataKey } = await sopsEncrypt({ db: { admin: 'enc-test-value', other: 'other-secret-value' } }, { recipients: [me.recipient] });
+  const { text, dataKey } = await sopsEncrypt(
+    { db: { admin: 'enc-test-value', other: 'other-secret-value' } },
+    { recipients: [me.recipient] },
+  );
   t.equal((await openSops(text, me.identity)).get('db.admin')?.value, 'enc-test-value');
   const oldValue = /admin: (ENC\[[^\]]+\])/.exec(text)![1]!;
   const replaced = text.replace(oldValue, encryptValue('tampered-value', dataKey, 'db:admin:'));
@@ -533,7 +603,11 @@ t.test('MAC: values in clear are covered, unless mac_only_encrypted', async (t) 
   const encRemoved = edit(t, ROPS_MAC_ONLY, /^c_encrypted: .*\n/m, '');
   await sopsFails(t, openSops(encRemoved, ROPS_KEY), 'SOPS_MAC_MISMATCH', /encrypted values/);
   // ...and a file whose mac_only_encrypted flag is removed no longer matches (the hash starts differently).
-  await sopsFails(t, openSops(edit(t, ROPS_MAC_ONLY, /^ {4}mac_only_encrypted: true\n/m, ''), ROPS_KEY), 'SOPS_MAC_MISMATCH');
+  await sopsFails(
+    t,
+    openSops(edit(t, ROPS_MAC_ONLY, /^ {4}mac_only_encrypted: true\n/m, ''), ROPS_KEY),
+    'SOPS_MAC_MISMATCH',
+  );
   // Comments are not in the MAC.
   t.ok(await openSops(`# a comment\n${ROPS_EXAMPLE.replace('example_key:', '# another\nexample_key:')}`, ROPS_KEY));
 });
@@ -541,7 +615,17 @@ t.test('MAC: values in clear are covered, unless mac_only_encrypted', async (t) 
 t.test('the encrypter of these tests writes what the reader (and sops) reads: YAML, JSON, rules', async (t) => {
   const me = await newIdentity();
   const plain = {
-    db: { admin: 'enc-test-value', port: 5432, ratio: 0.25, big: 1e21, tiny: 1e-7, on: true, off: false, empty: '', nothing: null },
+    db: {
+      admin: 'enc-test-value',
+      port: 5432,
+      ratio: 0.25,
+      big: 1e21,
+      tiny: 1e-7,
+      on: true,
+      off: false,
+      empty: '',
+      nothing: null,
+    },
     list: ['x', 2, { deep: 'y' }],
     host_unencrypted: 'db.internal',
     unicode: 'pässwörd ✓',
@@ -554,7 +638,10 @@ t.test('the encrypter of these tests writes what the reader (and sops) reads: YA
     t.equal(doc.get('db.admin')?.encrypted, true);
     t.equal(doc.get('list.2.deep')?.encrypted, true);
   }
-  const regex = await sopsEncrypt({ data: { password: 'enc-test-value' }, metadata: { name: 'x', replicas: 3 } }, { recipients: [me.recipient], encryptedRegex: '^(data|stringData)$' });
+  const regex = await sopsEncrypt(
+    { data: { password: 'enc-test-value' }, metadata: { name: 'x', replicas: 3 } },
+    { recipients: [me.recipient], encryptedRegex: '^(data|stringData)$' },
+  );
   const rd = await openSops(regex.text, me.identity);
   t.equal(rd.get('data.password')?.encrypted, true);
   t.equal(rd.get('metadata.replicas')?.value, 3);
@@ -565,7 +652,10 @@ t.test('the encrypter of these tests writes what the reader (and sops) reads: YA
   t.equal((await openSops(two.text, me.identity)).data.k, 'enc-test-value');
   t.equal((await openSops(two.text, other.identity)).data.k, 'enc-test-value');
   // Fractional seconds and a +00:00 offset in lastmodified: the additional data is Go's RFC 3339 form.
-  const frac = await sopsEncrypt({ k: 'enc-test-value' }, { recipients: [me.recipient], lastmodified: '2026-11-26T10:00:00Z' });
+  const frac = await sopsEncrypt(
+    { k: 'enc-test-value' },
+    { recipients: [me.recipient], lastmodified: '2026-11-26T10:00:00Z' },
+  );
   t.ok(await openSops(frac.text.replace('2026-11-26T10:00:00Z', '2026-11-26T10:00:00.123+00:00'), me.identity));
 });
 
@@ -574,15 +664,50 @@ t.test('values in clear are typed as sops (yaml.v3) types them, for the MAC', as
   // The MAC is computed over Go's values: 0777 is the int 511, 0x1F 31, 1_000 1000, +5 5, 1.50 the float 1.5,
   // yes/on/no strings, 2026-01-02 a string, ~ null (not hashed), "007" a string.
   const { text } = await sopsEncrypt(
-    { secret: 'enc-test-value', o_unencrypted: 511, h_unencrypted: 31, u_unencrypted: 1000, p_unencrypted: 5, f_unencrypted: 1.5, e_unencrypted: 1200, y_unencrypted: 'yes', d_unencrypted: '2026-01-02', n_unencrypted: null, q_unencrypted: '007', t_unencrypted: true },
+    {
+      secret: 'enc-test-value',
+      o_unencrypted: 511,
+      h_unencrypted: 31,
+      u_unencrypted: 1000,
+      p_unencrypted: 5,
+      f_unencrypted: 1.5,
+      e_unencrypted: 1200,
+      y_unencrypted: 'yes',
+      d_unencrypted: '2026-01-02',
+      n_unencrypted: null,
+      q_unencrypted: '007',
+      t_unencrypted: true,
+    },
     { recipients: [me.recipient] },
   );
   let written = text;
-  for (const [from, to] of [['o_unencrypted: 511', 'o_unencrypted: 0777'], ['h_unencrypted: 31', 'h_unencrypted: 0x1F'], ['u_unencrypted: 1000', 'u_unencrypted: 1_000'], ['p_unencrypted: 5', 'p_unencrypted: +5'], ['f_unencrypted: 1.5', 'f_unencrypted: 1.50'], ['e_unencrypted: 1200', 'e_unencrypted: 1.2e3'], ['n_unencrypted: null', 'n_unencrypted: ~'], ['t_unencrypted: true', 't_unencrypted: True']] as const) {
+  for (const [from, to] of [
+    ['o_unencrypted: 511', 'o_unencrypted: 0777'],
+    ['h_unencrypted: 31', 'h_unencrypted: 0x1F'],
+    ['u_unencrypted: 1000', 'u_unencrypted: 1_000'],
+    ['p_unencrypted: 5', 'p_unencrypted: +5'],
+    ['f_unencrypted: 1.5', 'f_unencrypted: 1.50'],
+    ['e_unencrypted: 1200', 'e_unencrypted: 1.2e3'],
+    ['n_unencrypted: null', 'n_unencrypted: ~'],
+    ['t_unencrypted: true', 't_unencrypted: True'],
+  ] as const) {
     written = edit(t, written, from, to);
   }
   const doc = await openSops(written, me.identity);
-  t.same(plainOf(doc.data), { secret: 'enc-test-value', o_unencrypted: 511, h_unencrypted: 31, u_unencrypted: 1000, p_unencrypted: 5, f_unencrypted: 1.5, e_unencrypted: 1200, y_unencrypted: 'yes', d_unencrypted: '2026-01-02', n_unencrypted: null, q_unencrypted: '007', t_unencrypted: true });
+  t.same(plainOf(doc.data), {
+    secret: 'enc-test-value',
+    o_unencrypted: 511,
+    h_unencrypted: 31,
+    u_unencrypted: 1000,
+    p_unencrypted: 5,
+    f_unencrypted: 1.5,
+    e_unencrypted: 1200,
+    y_unencrypted: 'yes',
+    d_unencrypted: '2026-01-02',
+    n_unencrypted: null,
+    q_unencrypted: '007',
+    t_unencrypted: true,
+  });
   // 1.2e3 is a float in Go ("1200" in the MAC) and 1200 an int ("1200"): the same bytes. "1.0" would hash as "1".
   t.equal(goFormatFloat(1e21), '1000000000000000000000');
   t.equal(goFormatFloat(1e-7), '0.0000001');
@@ -599,14 +724,39 @@ t.test('the wrong identity, a file that is not SOPS, malformed and unsupported f
   const me = await newIdentity();
   const stranger = await newIdentity();
   const { text } = await sopsEncrypt({ pg: 'enc-test-value' }, { recipients: [me.recipient] });
-  const e = await sopsFails(t, openSops(text, stranger.identity, { name: 'admin.enc.yaml' }), 'SOPS_NO_MATCHING_KEY', /admin\.enc\.yaml cannot be opened with the agent's identity: it is encrypted to age1/);
+  const e = await sopsFails(
+    t,
+    openSops(text, stranger.identity, { name: 'admin.enc.yaml' }),
+    'SOPS_NO_MATCHING_KEY',
+    /admin\.enc\.yaml cannot be opened with the agent's identity: it is encrypted to age1/,
+  );
   t.match(e?.message, me.recipient);
-  await sopsFails(t, openSops(HUMPHD_YAML, ROPS_KEY), 'SOPS_NO_MATCHING_KEY', /age1je6kjhzuhdjy3fqptpttxjh5k8q46vygzlgtpuq3030c947pc5tqz9dqvr, age19j4d6/);
-  const pgpOnly = edit(t, text, /^ {2}age:\n(?: {4}.*\n)+/m, '  pgp:\n    - fp: ABCDEF\n      enc: x\n      created_at: "2026-01-01T00:00:00Z"\n');
-  await sopsFails(t, openSops(pgpOnly, me.identity), 'SOPS_NO_MATCHING_KEY', /not encrypted to any age recipient \(only pgp\)/);
+  await sopsFails(
+    t,
+    openSops(HUMPHD_YAML, ROPS_KEY),
+    'SOPS_NO_MATCHING_KEY',
+    /age1je6kjhzuhdjy3fqptpttxjh5k8q46vygzlgtpuq3030c947pc5tqz9dqvr, age19j4d6/,
+  );
+  const pgpOnly = edit(
+    t,
+    text,
+    /^ {2}age:\n(?: {4}.*\n)+/m,
+    '  pgp:\n    - fp: ABCDEF\n      enc: x\n      created_at: "2026-01-01T00:00:00Z"\n',
+  );
+  await sopsFails(
+    t,
+    openSops(pgpOnly, me.identity),
+    'SOPS_NO_MATCHING_KEY',
+    /not encrypted to any age recipient \(only pgp\)/,
+  );
 
   await sopsFails(t, openSops('pg: password\nother: 1\n', me.identity), 'SOPS_NOT_SOPS', /no "sops" metadata/);
-  await sopsFails(t, openSops('{"pg": "password"}', me.identity, { format: 'json' }), 'SOPS_NOT_SOPS', /no "sops" metadata/);
+  await sopsFails(
+    t,
+    openSops('{"pg": "password"}', me.identity, { format: 'json' }),
+    'SOPS_NOT_SOPS',
+    /no "sops" metadata/,
+  );
   await sopsFails(t, openSops('', me.identity), 'SOPS_NOT_SOPS', /empty/);
   await sopsFails(t, openSops('- a\n- b\n', me.identity), 'SOPS_NOT_SOPS', /not a mapping/);
   await sopsFails(t, openSops('a: [b\n', me.identity), 'SOPS_NOT_SOPS', /does not parse/);
@@ -615,28 +765,73 @@ t.test('the wrong identity, a file that is not SOPS, malformed and unsupported f
   await sopsFails(t, openSopsFile('/nonexistent/admin.enc.yaml', me.identity), 'SOPS_NOT_SOPS', /cannot be read/);
 
   // A value that should be encrypted, in clear (someone replaced the ENC[...] by a password).
-  await sopsFails(t, openSops(text.replace(/pg: ENC\[[^\]]+\]/, 'pg: tampered-value'), me.identity), 'SOPS_CORRUPT', /pg should hold an encrypted value/);
-  await sopsFails(t, openSops(text.replace(/pg: ENC\[[^\]]+\]/, 'pg: 12345'), me.identity), 'SOPS_CORRUPT', /pg should be encrypted but is a number in clear/);
-  await sopsFails(t, openSops(text.replace(/lastmodified: .*/, 'lastmodified: yesterday'), me.identity), 'SOPS_CORRUPT', /lastmodified/);
+  await sopsFails(
+    t,
+    openSops(text.replace(/pg: ENC\[[^\]]+\]/, 'pg: tampered-value'), me.identity),
+    'SOPS_CORRUPT',
+    /pg should hold an encrypted value/,
+  );
+  await sopsFails(
+    t,
+    openSops(text.replace(/pg: ENC\[[^\]]+\]/, 'pg: 12345'), me.identity),
+    'SOPS_CORRUPT',
+    /pg should be encrypted but is a number in clear/,
+  );
+  await sopsFails(
+    t,
+    openSops(text.replace(/lastmodified: .*/, 'lastmodified: yesterday'), me.identity),
+    'SOPS_CORRUPT',
+    /lastmodified/,
+  );
   await sopsFails(t, openSops(text.replace('pg:', 'pg: x\npg:'), me.identity), 'SOPS_CORRUPT', /duplicate key/);
-  await sopsFails(t, openSops(text.replace('unencrypted_suffix: _unencrypted', 'unencrypted_suffix: _unencrypted\n  encrypted_regex: ^pg$'), me.identity), 'SOPS_CORRUPT', /one of them/);
+  await sopsFails(
+    t,
+    openSops(
+      text.replace('unencrypted_suffix: _unencrypted', 'unencrypted_suffix: _unencrypted\n  encrypted_regex: ^pg$'),
+      me.identity,
+    ),
+    'SOPS_CORRUPT',
+    /one of them/,
+  );
   const json = (await sopsEncrypt({ pg: 'enc-test-value' }, { recipients: [me.recipient], format: 'json' })).text;
-  await sopsFails(t, openSops(json.replace('"pg":', '"pg": "x",\n\t"pg":'), me.identity, { format: 'json' }), 'SOPS_CORRUPT', /duplicate key/);
+  await sopsFails(
+    t,
+    openSops(json.replace('"pg":', '"pg": "x",\n\t"pg":'), me.identity, { format: 'json' }),
+    'SOPS_CORRUPT',
+    /duplicate key/,
+  );
 
-  await sopsFails(t, openSops(text.replace('  lastmodified', '  encrypted_comment_regex: sops\n  lastmodified').replace('  unencrypted_suffix: _unencrypted\n', ''), me.identity), 'SOPS_UNSUPPORTED', /comments/);
+  await sopsFails(
+    t,
+    openSops(
+      text
+        .replace('  lastmodified', '  encrypted_comment_regex: sops\n  lastmodified')
+        .replace('  unencrypted_suffix: _unencrypted\n', ''),
+      me.identity,
+    ),
+    'SOPS_UNSUPPORTED',
+    /comments/,
+  );
   await sopsFails(t, openSops(`x: &a [1]\ny: *a\n${text}`, me.identity), 'SOPS_UNSUPPORTED', /alias/);
   await sopsFails(t, openSops(`${text}---\n${text}`, me.identity), 'SOPS_UNSUPPORTED', /several YAML documents/);
   await sopsFails(t, openSops(`1: x\n${text}`, me.identity), 'SOPS_UNSUPPORTED', /not a string/);
-  const groups = text.replace(/^ {2}age:\n((?: {4}.*\n)+)/m, (_, body: string) => `  key_groups:\n    - age:\n${body.replace(/^(?=.)/gm, '    ')}    - age:\n${body.replace(/^(?=.)/gm, '    ')}`);
+  const groups = text.replace(
+    /^ {2}age:\n((?: {4}.*\n)+)/m,
+    (_, body: string) =>
+      `  key_groups:\n    - age:\n${body.replace(/^(?=.)/gm, '    ')}    - age:\n${body.replace(/^(?=.)/gm, '    ')}`,
+  );
   await sopsFails(t, openSops(groups, me.identity), 'SOPS_UNSUPPORTED', /2 key groups \(Shamir\)/);
   // One key group under key_groups is read like the top-level lists.
-  const oneGroup = text.replace(/^ {2}age:\n((?: {4}.*\n)+)/m, (_, body: string) => `  key_groups:\n    - age:\n${body.replace(/^(?=.)/gm, '    ')}`);
+  const oneGroup = text.replace(
+    /^ {2}age:\n((?: {4}.*\n)+)/m,
+    (_, body: string) => `  key_groups:\n    - age:\n${body.replace(/^(?=.)/gm, '    ')}`,
+  );
   t.equal((await openSops(oneGroup, me.identity)).data.pg, 'enc-test-value');
 });
 
 t.test('hostile SOPS files: key regexes and values are read in linear time', async (t) => {
   const me = await newIdentity();
-  const long = 'a'.repeat(40) + 'b';
+  const long = `${'a'.repeat(40)}b`;
   const plain = { [long]: { v: 'plain-value' }, aaaa: 'enc-test-value', other: 'in clear' };
   // Encrypted with ^a*$, read with ^(a|a)*$ (the same keys match): backtracking, the 41-character key
   // alone takes 2^40 steps.
@@ -648,30 +843,79 @@ t.test('hostile SOPS files: key regexes and values are read in linear time', asy
   t.equal(doc.get([long, 'v'])?.encrypted, false);
 
   // What the linear-time engine cannot run, or runs differently from the u flag, is refused.
-  await sopsFails(t, openSops(withRegex('^(a)\\1$'), me.identity), 'SOPS_UNSUPPORTED', /encrypted_regex cannot be run in linear time \(it uses a backreference/);
+  await sopsFails(
+    t,
+    openSops(withRegex('^(a)\\1$'), me.identity),
+    'SOPS_UNSUPPORTED',
+    /encrypted_regex cannot be run in linear time \(it uses a backreference/,
+  );
   await sopsFails(t, openSops(withRegex('^(?=a)'), me.identity), 'SOPS_UNSUPPORTED', /linear time/);
-  await sopsFails(t, openSops(withRegex('^\\p{L}+$'), me.identity), 'SOPS_UNSUPPORTED', /uses \\p, which rotor does not read/);
+  await sopsFails(
+    t,
+    openSops(withRegex('^\\p{L}+$'), me.identity),
+    'SOPS_UNSUPPORTED',
+    /uses \\p, which rotor does not read/,
+  );
   await sopsFails(t, openSops(withRegex('^\\u{61}+$'), me.identity), 'SOPS_UNSUPPORTED', /uses \\u\{\.\.\.\}/);
-  await sopsFails(t, openSops(withRegex('[[:alpha:]]'), me.identity), 'SOPS_UNSUPPORTED', /not a regular expression JavaScript can run the same way as Go/);
-  await sopsFails(t, openSops(withRegex('a'.repeat(257)), me.identity), 'SOPS_UNSUPPORTED', /has 257 characters; rotor reads key regexes of at most 256/);
-  const astral = await sopsEncrypt({ 'k\u{1F511}': 'x', aaaa: 'enc-test-value' }, { recipients: [me.recipient], encryptedRegex: '^a*$' });
+  await sopsFails(
+    t,
+    openSops(withRegex('[[:alpha:]]'), me.identity),
+    'SOPS_UNSUPPORTED',
+    /not a regular expression JavaScript can run the same way as Go/,
+  );
+  await sopsFails(
+    t,
+    openSops(withRegex('a'.repeat(257)), me.identity),
+    'SOPS_UNSUPPORTED',
+    /has 257 characters; rotor reads key regexes of at most 256/,
+  );
+  const astral = await sopsEncrypt(
+    { 'k\u{1F511}': 'x', aaaa: 'enc-test-value' },
+    { recipients: [me.recipient], encryptedRegex: '^a*$' },
+  );
   await sopsFails(t, openSops(astral.text, me.identity), 'SOPS_UNSUPPORTED', /outside the Basic Multilingual Plane/);
 
   // The work of a regex on the keys is bounded: (regex length + 1) x (key length + 1) over the distinct keys.
-  const re = '^(?:' + Array.from({ length: 49 }, (_, i) => `x${i}`).join('|') + '|a+)$'; // 194 characters
-  const keys = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`${'k'.repeat(95)}${String(i).padStart(4, '0')}`, 'in clear']));
-  const under = await sopsEncrypt({ ...keys(200), aaaa: 'enc-test-value' }, { recipients: [me.recipient], encryptedRegex: re });
-  t.equal((await openSops(under.text, me.identity)).get('aaaa')?.encrypted, true, '200 keys of 99 characters and "aaaa": 195 x 20,005 = 3,900,975 steps');
-  const over = await sopsEncrypt({ ...keys(300), aaaa: 'enc-test-value' }, { recipients: [me.recipient], encryptedRegex: re });
-  await sopsFails(t, openSops(over.text, me.identity), 'SOPS_UNSUPPORTED', /keys are too many or too long to try sops\.encrypted_regex on/); // 300 keys: 5,850,975
+  const re = `^(?:${Array.from({ length: 49 }, (_, i) => `x${i}`).join('|')}|a+)$`; // 194 characters
+  const keys = (n: number) =>
+    Object.fromEntries(
+      Array.from({ length: n }, (_, i) => [`${'k'.repeat(95)}${String(i).padStart(4, '0')}`, 'in clear']),
+    );
+  const under = await sopsEncrypt(
+    { ...keys(200), aaaa: 'enc-test-value' },
+    { recipients: [me.recipient], encryptedRegex: re },
+  );
+  t.equal(
+    (await openSops(under.text, me.identity)).get('aaaa')?.encrypted,
+    true,
+    '200 keys of 99 characters and "aaaa": 195 x 20,005 = 3,900,975 steps',
+  );
+  const over = await sopsEncrypt(
+    { ...keys(300), aaaa: 'enc-test-value' },
+    { recipients: [me.recipient], encryptedRegex: re },
+  );
+  await sopsFails(
+    t,
+    openSops(over.text, me.identity),
+    'SOPS_UNSUPPORTED',
+    /keys are too many or too long to try sops\.encrypted_regex on/,
+  ); // 300 keys: 5,850,975
 
   // A float of a million digits and an "x": /[0-9]+\.?[0-9]*/ split the digits every way (quadratic).
   const iv = randomBytes(32);
   const c = createCipheriv('aes-256-gcm', dataKey, iv, { authTagLength: 16 });
   c.setAAD(Buffer.from('aaaa:', 'utf8'));
-  const data = Buffer.concat([c.update(Buffer.from('1'.repeat(1_000_000) + 'x')), c.final()]);
+  const data = Buffer.concat([c.update(Buffer.from(`${'1'.repeat(1_000_000)}x`)), c.final()]);
   const float = `ENC[AES256_GCM,data:${data.toString('base64')},iv:${iv.toString('base64')},tag:${c.getAuthTag().toString('base64')},type:float]`;
-  await sopsFails(t, openSops(text.replace(/aaaa: ENC\[[^\]]+\]/, () => `aaaa: ${float}`), me.identity), 'SOPS_CORRUPT', /aaaa does not hold a valid float/);
+  await sopsFails(
+    t,
+    openSops(
+      text.replace(/aaaa: ENC\[[^\]]+\]/, () => `aaaa: ${float}`),
+      me.identity,
+    ),
+    'SOPS_CORRUPT',
+    /aaaa does not hold a valid float/,
+  );
 });
 
 // ---------------------------------------------------------------------------------------------------
@@ -730,9 +974,20 @@ function valueAt(text: string, needle: string, prefix: string): { line: number; 
   return { line: p.line, col: p.col + prefix.length };
 }
 
-function expectProblem(t: Test, problems: AgentConfigProblem[], code: string, where: { line: number; col: number } | undefined, message?: RegExp, severity: 'error' | 'warning' = 'error') {
+function expectProblem(
+  t: Test,
+  problems: AgentConfigProblem[],
+  code: string,
+  where: { line: number; col: number } | undefined,
+  message?: RegExp,
+  severity: 'error' | 'warning' = 'error',
+) {
   const p = problems.find((x) => x.code === code && (!where || x.line === where.line));
-  if (!t.ok(p, `a ${code} problem${where ? ` on line ${where.line}` : ''} in ${JSON.stringify(problems, null, 1)}`) || !p) return;
+  if (
+    !t.ok(p, `a ${code} problem${where ? ` on line ${where.line}` : ''} in ${JSON.stringify(problems, null, 1)}`) ||
+    !p
+  )
+    return;
   if (where) t.same({ line: p.line, col: p.col }, where, `${code} at ${where.line}:${where.col}`);
   t.equal(p.severity, severity);
   if (message) t.match(p.message, message);
@@ -740,9 +995,15 @@ function expectProblem(t: Test, problems: AgentConfigProblem[], code: string, wh
 
 t.test('a good configuration: env, SOPS (YAML and JSON), plain and no password', async (t) => {
   const s = await setup(t);
-  const yamlSops = await sopsEncrypt({ redis: { admin: 'r3dis-admin-pw' }, pg_unencrypted: 'cleartext-pg', port: 6379 }, { recipients: [s.agent.recipient] });
+  const yamlSops = await sopsEncrypt(
+    { redis: { admin: 'r3dis-admin-pw' }, pg_unencrypted: 'cleartext-pg', port: 6379 },
+    { recipients: [s.agent.recipient] },
+  );
   writeFileSync(path.join(s.dir, 'secrets', 'admin.enc.yaml'), yamlSops.text);
-  const jsonSops = await sopsEncrypt({ mysql: 'my5ql-admin-pw', list: ['a', 'b'] }, { recipients: [s.agent.recipient], format: 'json' });
+  const jsonSops = await sopsEncrypt(
+    { mysql: 'my5ql-admin-pw', list: ['a', 'b'] },
+    { recipients: [s.agent.recipient], format: 'json' },
+  );
   writeFileSync(path.join(s.dir, 'secrets', 'admin.enc.json'), jsonSops.text);
   const text = configText(
     s,
@@ -777,31 +1038,79 @@ t.test('a good configuration: env, SOPS (YAML and JSON), plain and no password',
   t.equal(config.keys.signingKey, s.agent.signingKey);
   t.equal(formatSigningKey(config.daemonSigningKey), s.daemon.signingKey);
   t.same([...config.targets.keys()], ['payments-pg', 'cache', 'orders', 'reports', 'warehouse']);
-  t.same(config.targets.get('payments-pg'), { url: 'postgres://rotor_admin@127.0.0.1:5432/postgres', password: 's3cr3t-pg-admin', timeoutMs: 15_000 });
+  t.same(config.targets.get('payments-pg'), {
+    url: 'postgres://rotor_admin@127.0.0.1:5432/postgres',
+    password: 's3cr3t-pg-admin',
+    timeoutMs: 15_000,
+  });
   t.same(config.targets.get('cache'), { url: 'rediss://rotor_admin@127.0.0.1:6379', password: 'r3dis-admin-pw' });
   t.same(config.targets.get('orders'), { url: 'mariadb://rotor_admin@db.internal:3306/', password: 'my5ql-admin-pw' });
-  t.same(config.targets.get('reports'), { url: 'mongodb://rotor_admin@h1:27017,h2:27017/app?replicaSet=rs0', password: 'plain-Pa55word' });
+  t.same(config.targets.get('reports'), {
+    url: 'mongodb://rotor_admin@h1:27017,h2:27017/app?replicaSet=rs0',
+    password: 'plain-Pa55word',
+  });
   t.same(config.targets.get('warehouse'), { url: 'sqlserver://sa@127.0.0.1:1433/master' });
-  t.same(Object.fromEntries(config.schemes), { 'payments-pg': 'postgres', cache: 'rediss', orders: 'mariadb', reports: 'mongodb', warehouse: 'sqlserver' });
-  t.same(Object.fromEntries(config.passwordSources), { 'payments-pg': 'env', cache: 'sops', orders: 'sops', reports: 'plain', warehouse: 'none' });
-  t.ok(schemeFitsEngine('rediss', 'redis') && schemeFitsEngine('mariadb', 'mysql') && schemeFitsEngine('sqlserver', 'mssql'));
+  t.same(Object.fromEntries(config.schemes), {
+    'payments-pg': 'postgres',
+    cache: 'rediss',
+    orders: 'mariadb',
+    reports: 'mongodb',
+    warehouse: 'sqlserver',
+  });
+  t.same(Object.fromEntries(config.passwordSources), {
+    'payments-pg': 'env',
+    cache: 'sops',
+    orders: 'sops',
+    reports: 'plain',
+    warehouse: 'none',
+  });
+  t.ok(
+    schemeFitsEngine('rediss', 'redis') &&
+      schemeFitsEngine('mariadb', 'mysql') &&
+      schemeFitsEngine('sqlserver', 'mssql'),
+  );
   t.notOk(schemeFitsEngine('postgres', 'mysql'));
   // The plain password is allowed, with a warning at its place; the file is 0600, so no more.
   t.equal(config.warnings.length, 1);
-  expectProblem(t, [...config.warnings], 'AGENT_CONFIG_PLAIN_PASSWORD', at(text, 'plain-Pa55word'), /targets\.reports\.password is written in this file/, 'warning');
+  expectProblem(
+    t,
+    [...config.warnings],
+    'AGENT_CONFIG_PLAIN_PASSWORD',
+    at(text, 'plain-Pa55word'),
+    /targets\.reports\.password is written in this file/,
+    'warning',
+  );
   t.notMatch(JSON.stringify(config.warnings), /plain-Pa55word/);
 
   // Absolute paths, https, and a world-readable file with a plain password: a second warning.
-  const abs = configText(s, `  reports:\n    url: mongodb+srv://rotor_admin@cluster.example.net/app\n    password: plain-Pa55word\n`, `daemon: https://rotor.internal:7700\nname: db-host-1\nkeyDir: ${path.join(s.dir, 'keys')}\ndaemonSigningKey: "${s.daemon.signingKey}"\n`);
+  const abs = configText(
+    s,
+    `  reports:\n    url: mongodb+srv://rotor_admin@cluster.example.net/app\n    password: plain-Pa55word\n`,
+    `daemon: https://rotor.internal:7700\nname: db-host-1\nkeyDir: ${path.join(s.dir, 'keys')}\ndaemonSigningKey: "${s.daemon.signingKey}"\n`,
+  );
   const readable = await loadAgentConfig(writeConfig(s, abs, 0o644), { env: {} });
   t.equal(readable.daemon.protocol, 'https:');
-  expectProblem(t, [...readable.warnings], 'AGENT_CONFIG_FILE_READABLE', at(abs, 'plain-Pa55word'), /every user can read it \(mode 644\); run: chmod 600/, 'warning');
+  expectProblem(
+    t,
+    [...readable.warnings],
+    'AGENT_CONFIG_FILE_READABLE',
+    at(abs, 'plain-Pa55word'),
+    /every user can read it \(mode 644\); run: chmod 600/,
+    'warning',
+  );
   // World-readable without a password in it: no warning.
   const noPassword = configText(s, '  cache:\n    url: redis://127.0.0.1:6379\n');
   t.same((await loadAgentConfig(writeConfig(s, noPassword, 0o644), { env: {} })).warnings, []);
   // No targets yet: valid, with a warning.
   const empty = configText(s, '  {}\n').replace('targets:\n  {}', 'targets: {}');
-  expectProblem(t, [...(await loadAgentConfig(writeConfig(s, empty), { env: {} })).warnings], 'AGENT_CONFIG_NO_TARGETS', undefined, /serves no database/, 'warning');
+  expectProblem(
+    t,
+    [...(await loadAgentConfig(writeConfig(s, empty), { env: {} })).warnings],
+    'AGENT_CONFIG_NO_TARGETS',
+    undefined,
+    /serves no database/,
+    'warning',
+  );
 });
 
 t.test('schema errors, with their place', async (t) => {
@@ -831,13 +1140,49 @@ t.test('schema errors, with their place', async (t) => {
     `daemon: http://127.0.0.1:7700\nname: db-host-1\nkeyDir: keys\ndaemonSigningKey: "ed25519:not-a-key"\n`,
   );
   const problems = await configFails(t, writeConfig(s, text));
-  expectProblem(t, problems, 'SCHEMA_UNKNOWN_FIELD', at(text, 'pasword'), /unknown field "pasword" in targets\.payments-pg; did you mean "password"\?/);
-  expectProblem(t, problems, 'SCHEMA_INVALID', at(text, 'password: { env: REDIS_PW'), /targets\.cache\.password takes either \{ env: VAR \} or \{ sops: FILE, key: PATH \}, not both/);
+  expectProblem(
+    t,
+    problems,
+    'SCHEMA_UNKNOWN_FIELD',
+    at(text, 'pasword'),
+    /unknown field "pasword" in targets\.payments-pg; did you mean "password"\?/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'SCHEMA_INVALID',
+    at(text, 'password: { env: REDIS_PW'),
+    /targets\.cache\.password takes either \{ env: VAR \} or \{ sops: FILE, key: PATH \}, not both/,
+  );
   expectProblem(t, problems, 'NAME_INVALID', at(text, 'Orders_DB'), /target name "Orders_DB" is not valid/);
-  expectProblem(t, problems, 'SCHEMA_TYPE', at(text, '12345'), /targets\.numbers\.password must be a string, \{ env: VAR \} or \{ sops: FILE, key: PATH \}, not a number \(quote it/);
-  expectProblem(t, problems, 'SCHEMA_REQUIRED', at(text, 'password: { sops: admin.enc.yaml }'), /targets\.half\.password needs "key"/);
-  expectProblem(t, problems, 'DURATION_INVALID', at(text, '10 seconds'), /targets\.slow\.timeout "10 seconds" is not valid/);
-  expectProblem(t, problems, 'AGENT_CONFIG_SIGNING_KEY', at(text, '"ed25519:not-a-key"'), /as `rotor keygen` printed it for the daemon/);
+  expectProblem(
+    t,
+    problems,
+    'SCHEMA_TYPE',
+    at(text, '12345'),
+    /targets\.numbers\.password must be a string, \{ env: VAR \} or \{ sops: FILE, key: PATH \}, not a number \(quote it/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'SCHEMA_REQUIRED',
+    at(text, 'password: { sops: admin.enc.yaml }'),
+    /targets\.half\.password needs "key"/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'DURATION_INVALID',
+    at(text, '10 seconds'),
+    /targets\.slow\.timeout "10 seconds" is not valid/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_SIGNING_KEY',
+    at(text, '"ed25519:not-a-key"'),
+    /as `rotor keygen` printed it for the daemon/,
+  );
 
   const missing = 'daemon: http://127.0.0.1:7700\nname: db-host-1\nkeyDir: keys\ntargets: {}\nextra: 1\n';
   const p2 = await configFails(t, writeConfig(s, missing));
@@ -848,11 +1193,19 @@ t.test('schema errors, with their place', async (t) => {
 t.test('errors found after the schema, all reported together, with their place', async (t) => {
   const s = await setup(t);
   const stranger = await newIdentity();
-  const good = await sopsEncrypt({ pg: 'r3dis-admin-pw', n: 5, pg_unencrypted: 'cleartext-pg', nested: { admin: 'enc-test-value' } }, { recipients: [s.agent.recipient] });
+  const good = await sopsEncrypt(
+    { pg: 'r3dis-admin-pw', n: 5, pg_unencrypted: 'cleartext-pg', nested: { admin: 'enc-test-value' } },
+    { recipients: [s.agent.recipient] },
+  );
   writeFileSync(path.join(s.dir, 'secrets', 'good.enc.yaml'), good.text);
-  const tampered = (await sopsEncrypt({ pg: 'swapped-secret', other: 'tampered-value' }, { recipients: [s.agent.recipient] })).text;
+  const tampered = (
+    await sopsEncrypt({ pg: 'swapped-secret', other: 'tampered-value' }, { recipients: [s.agent.recipient] })
+  ).text;
   writeFileSync(path.join(s.dir, 'secrets', 'tampered.enc.yaml'), tampered.replace(/^other: .*\n/m, ''));
-  writeFileSync(path.join(s.dir, 'secrets', 'foreign.enc.yaml'), (await sopsEncrypt({ pg: 'enc-test-value' }, { recipients: [stranger.recipient] })).text);
+  writeFileSync(
+    path.join(s.dir, 'secrets', 'foreign.enc.yaml'),
+    (await sopsEncrypt({ pg: 'enc-test-value' }, { recipients: [stranger.recipient] })).text,
+  );
   writeFileSync(path.join(s.dir, 'secrets', 'plain.yaml'), 'pg: other-secret-value\n');
   const text = configText(
     s,
@@ -911,30 +1264,121 @@ t.test('errors found after the schema, all reported together, with their place',
   );
   const problems = await configFails(t, writeConfig(s, text), { EMPTY_PASSWORD: '' });
   t.ok(problems.every((p) => p.file.endsWith('agent.yaml')));
-  expectProblem(t, problems, 'AGENT_CONFIG_DAEMON_URL', at(text, 'ftp://'), /daemon must start with http:\/\/ or https:\/\//);
-  expectProblem(t, problems, 'AGENT_CONFIG_ENV_UNSET', at(text, 'PG_ADMIN_PASSWORD'), /targets\.unset-env\.password: the environment variable PG_ADMIN_PASSWORD is not set for the agent/);
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_DAEMON_URL',
+    at(text, 'ftp://'),
+    /daemon must start with http:\/\/ or https:\/\//,
+  );
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_ENV_UNSET',
+    at(text, 'PG_ADMIN_PASSWORD'),
+    /targets\.unset-env\.password: the environment variable PG_ADMIN_PASSWORD is not set for the agent/,
+  );
   expectProblem(t, problems, 'AGENT_CONFIG_ENV_UNSET', at(text, 'EMPTY_PASSWORD'), /EMPTY_PASSWORD is empty/);
-  expectProblem(t, problems, 'AGENT_CONFIG_URL_SCHEME', at(text, 'postgress://'), /"postgress:\/\/", which rotor-agent does not drive; did you mean postgres:\/\/\?/);
-  expectProblem(t, problems, 'AGENT_CONFIG_PASSWORD_IN_URL', at(text, 'postgres://rotor_admin:'), /targets\.in-url\.url holds a password: secrets do not go in URLs/);
-  expectProblem(t, problems, 'AGENT_CONFIG_PASSWORD_IN_URL', at(text, 'mysql://rotor_admin@db/?password'), /targets\.in-query\.url holds a password/);
-  expectProblem(t, problems, 'AGENT_CONFIG_PASSWORD_IN_URL', at(text, 'mongodb://'), /targets\.in-seed-list\.url holds a password/);
-  expectProblem(t, problems, 'AGENT_CONFIG_URL_INVALID', at(text, '127.0.0.1:5432\n'), /targets\.not-a-url\.url is not a URL/);
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_URL_SCHEME',
+    at(text, 'postgress://'),
+    /"postgress:\/\/", which rotor-agent does not drive; did you mean postgres:\/\/\?/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_PASSWORD_IN_URL',
+    at(text, 'postgres://rotor_admin:'),
+    /targets\.in-url\.url holds a password: secrets do not go in URLs/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_PASSWORD_IN_URL',
+    at(text, 'mysql://rotor_admin@db/?password'),
+    /targets\.in-query\.url holds a password/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_PASSWORD_IN_URL',
+    at(text, 'mongodb://'),
+    /targets\.in-seed-list\.url holds a password/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_URL_INVALID',
+    at(text, '127.0.0.1:5432\n'),
+    /targets\.not-a-url\.url is not a URL/,
+  );
   expectProblem(t, problems, 'AGENT_CONFIG_URL_INVALID', at(text, 'redis://\n'), /targets\.no-host\.url names no host/);
-  expectProblem(t, problems, 'AGENT_CONFIG_SOPS_FILE_UNREADABLE', at(text, 'secrets/missing.enc.yaml'), /secrets\/missing\.enc\.yaml does not exist or cannot be read/);
-  expectProblem(t, problems, 'SOPS_MAC_MISMATCH', at(text, 'secrets/tampered.enc.yaml'), /targets\.tampered\.password\.sops: secrets\/tampered\.enc\.yaml was changed after SOPS encrypted it/);
-  expectProblem(t, problems, 'SOPS_NO_MATCHING_KEY', at(text, 'secrets/foreign.enc.yaml'), new RegExp(`it is encrypted to ${stranger.recipient}`));
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_SOPS_FILE_UNREADABLE',
+    at(text, 'secrets/missing.enc.yaml'),
+    /secrets\/missing\.enc\.yaml does not exist or cannot be read/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'SOPS_MAC_MISMATCH',
+    at(text, 'secrets/tampered.enc.yaml'),
+    /targets\.tampered\.password\.sops: secrets\/tampered\.enc\.yaml was changed after SOPS encrypted it/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'SOPS_NO_MATCHING_KEY',
+    at(text, 'secrets/foreign.enc.yaml'),
+    new RegExp(`it is encrypted to ${stranger.recipient}`),
+  );
   expectProblem(t, problems, 'SOPS_NOT_SOPS', at(text, 'secrets/plain.yaml'), /no "sops" metadata/);
-  expectProblem(t, problems, 'AGENT_CONFIG_SOPS_KEY_MISSING', at(text, 'nested.admn'), /secrets\/good\.enc\.yaml has no value at "nested\.admn"; did you mean "nested\.admin"\?/);
-  expectProblem(t, problems, 'AGENT_CONFIG_SOPS_VALUE_INVALID', valueAt(text, 'key: n }', 'key: '), /the value at "n" in secrets\/good\.enc\.yaml is a number; a password is a non-empty string/);
-  expectProblem(t, problems, 'AGENT_CONFIG_SOPS_VALUE_INVALID', valueAt(text, 'key: nested }', 'key: '), /is a mapping/);
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_SOPS_KEY_MISSING',
+    at(text, 'nested.admn'),
+    /secrets\/good\.enc\.yaml has no value at "nested\.admn"; did you mean "nested\.admin"\?/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_SOPS_VALUE_INVALID',
+    valueAt(text, 'key: n }', 'key: '),
+    /the value at "n" in secrets\/good\.enc\.yaml is a number; a password is a non-empty string/,
+  );
+  expectProblem(
+    t,
+    problems,
+    'AGENT_CONFIG_SOPS_VALUE_INVALID',
+    valueAt(text, 'key: nested }', 'key: '),
+    /is a mapping/,
+  );
   expectProblem(t, problems, 'AGENT_CONFIG_SOPS_VALUE_CLEARTEXT', at(text, 'pg_unencrypted'), /stored in clear/);
-  expectProblem(t, problems, 'DURATION_INVALID', valueAt(text, '    timeout: 0s', '    timeout: '), /positive duration/);
+  expectProblem(
+    t,
+    problems,
+    'DURATION_INVALID',
+    valueAt(text, '    timeout: 0s', '    timeout: '),
+    /positive duration/,
+  );
   t.equal(problems.filter((p) => p.severity === 'error').length, 18, 'one error per mistake, the good target none');
-  t.same(problems.map((p) => p.line), [...problems.map((p) => p.line)].sort((a, b) => a - b), 'in file order');
-  t.notOk(problems.some((p) => p.line > at(text, '  fine:').line), 'nothing about the good target');
+  t.same(
+    problems.map((p) => p.line),
+    [...problems.map((p) => p.line)].sort((a, b) => a - b),
+    'in file order',
+  );
+  t.notOk(
+    problems.some((p) => p.line > at(text, '  fine:').line),
+    'nothing about the good target',
+  );
 });
 
-t.test('keys: missing, exposed, or the daemon key confused with the agent\'s', async (t) => {
+t.test("keys: missing, exposed, or the daemon key confused with the agent's", async (t) => {
   const s = await setup(t);
   const targets = '  cache:\n    url: redis://127.0.0.1\n';
   const noKeys = configText(s, targets).replace('keyDir: keys', 'keyDir: nokeys');
@@ -944,22 +1388,48 @@ t.test('keys: missing, exposed, or the daemon key confused with the agent\'s', a
   expectProblem(t, await configFails(t, writeConfig(s, text)), 'KEYS_PERMISSIONS', at(text, 'keys\n'), /chmod 600/);
   chmodSync(path.join(s.dir, 'keys', 'identity.age'), 0o600);
   const own = configText(s, targets).replace(s.daemon.signingKey, s.agent.signingKey);
-  expectProblem(t, await configFails(t, writeConfig(s, own)), 'AGENT_CONFIG_SIGNING_KEY', at(own, `"${s.agent.signingKey}"`), /this agent's own public key/);
+  expectProblem(
+    t,
+    await configFails(t, writeConfig(s, own)),
+    'AGENT_CONFIG_SIGNING_KEY',
+    at(own, `"${s.agent.signingKey}"`),
+    /this agent's own public key/,
+  );
   // A SOPS password cannot be opened without the identity: only the keyDir error is reported.
-  const sops = configText(s, '  cache:\n    url: redis://127.0.0.1\n    password: { sops: a.enc.yaml, key: k }\n').replace('keyDir: keys', 'keyDir: nokeys');
+  const sops = configText(
+    s,
+    '  cache:\n    url: redis://127.0.0.1\n    password: { sops: a.enc.yaml, key: k }\n',
+  ).replace('keyDir: keys', 'keyDir: nokeys');
   writeFileSync(path.join(s.dir, 'a.enc.yaml'), 'k: v\n');
-  t.same((await configFails(t, writeConfig(s, sops))).map((p) => p.code), ['KEYS_MISSING']);
+  t.same(
+    (await configFails(t, writeConfig(s, sops))).map((p) => p.code),
+    ['KEYS_MISSING'],
+  );
 });
 
 t.test('files that are not a configuration', async (t) => {
   const s = await setup(t);
-  expectProblem(t, await configFails(t, path.join(s.dir, 'nope.yaml')), 'AGENT_CONFIG_UNREADABLE', { line: 1, col: 1 }, /nope\.yaml cannot be read \(ENOENT\)/);
+  expectProblem(
+    t,
+    await configFails(t, path.join(s.dir, 'nope.yaml')),
+    'AGENT_CONFIG_UNREADABLE',
+    { line: 1, col: 1 },
+    /nope\.yaml cannot be read \(ENOENT\)/,
+  );
   const syntax = 'daemon: http://127.0.0.1:7700\nname: [db-host-1\n';
   expectProblem(t, await configFails(t, writeConfig(s, syntax)), 'YAML_SYNTAX', undefined);
   const dup = configText(s, '  cache:\n    url: redis://127.0.0.1\n  cache:\n    url: redis://127.0.0.2\n');
-  expectProblem(t, await configFails(t, writeConfig(s, dup)), 'YAML_DUPLICATE_KEY', at(dup, 'cache', dup.indexOf('cache') + 1));
+  expectProblem(
+    t,
+    await configFails(t, writeConfig(s, dup)),
+    'YAML_DUPLICATE_KEY',
+    at(dup, 'cache', dup.indexOf('cache') + 1),
+  );
   expectProblem(t, await configFails(t, writeConfig(s, '- a\n- b\n')), 'AGENT_CONFIG_NOT_MAPPING', { line: 1, col: 1 });
-  expectProblem(t, await configFails(t, writeConfig(s, 'a: 1\n---\nb: 2\n')), 'AGENT_CONFIG_NOT_MAPPING', { line: 1, col: 1 });
+  expectProblem(t, await configFails(t, writeConfig(s, 'a: 1\n---\nb: 2\n')), 'AGENT_CONFIG_NOT_MAPPING', {
+    line: 1,
+    col: 1,
+  });
 });
 
 t.test('no decrypted value, password or cleartext secret is in any error seen above', async (t) => {
@@ -969,5 +1439,8 @@ t.test('no decrypted value, password or cleartext secret is in any error seen ab
     t.equal(hit, undefined, `"${secret}" is in no error`);
   }
   // Nor any ciphertext: errors name places, not contents.
-  t.notOk(seenErrors.some((m) => /ENC\[AES256_GCM,data:/.test(m)), 'no ENC[...] in errors');
+  t.notOk(
+    seenErrors.some((m) => /ENC\[AES256_GCM,data:/.test(m)),
+    'no ENC[...] in errors',
+  );
 });

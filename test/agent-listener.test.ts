@@ -9,16 +9,16 @@
 import { generateKeyPairSync } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
-import t from 'tap';
 import type { Test } from 'tap';
+import t from 'tap';
 import { AgentHub } from '../src/daemon/agents.js';
-import { generateKeys, loadKeys, type Keys } from '../src/keys.js';
+import { generateKeys, type Keys, loadKeys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
 import type { Desired } from '../src/model/model.js';
 import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH } from '../src/protocol/jobs.js';
 import { signRequest, verifyResponse } from '../src/protocol/sign.js';
 import { listenAdmin } from '../src/serve/admin.js';
-import { listenAgentApi, type AgentApiLimits } from '../src/serve/agent-api.js';
+import { type AgentApiLimits, listenAgentApi } from '../src/serve/agent-api.js';
 import { tempDir } from './helpers.js';
 import { connect, forged, head, type Raw } from './raw-http.js';
 
@@ -31,11 +31,15 @@ async function setup(t: Test, limits: Partial<AgentApiLimits> = {}) {
   let logs = '';
   const log = jsonLogger((l) => void (logs += l));
   const hub = new AgentHub({ log, now: Date.now });
-  hub.setModel({ agents: new Map([['agent-a', { decl: { signingKey: a.signingKey, recipient: a.recipient } }]]), targets: new Map() } as unknown as Desired);
+  hub.setModel({
+    agents: new Map([['agent-a', { decl: { signingKey: a.signingKey, recipient: a.recipient } }]]),
+    targets: new Map(),
+  } as unknown as Desired);
   const api = await listenAgentApi('127.0.0.1:0', { hub, signing: daemonKeys.privateKey, log, now: Date.now, limits });
   t.teardown(() => api.close());
   const address = api.address;
-  const sign = (p: string, body: string) => signRequest({ agent: 'agent-a', method: 'POST', path: p, body, privateKey: a.signing });
+  const sign = (p: string, body: string) =>
+    signRequest({ agent: 'agent-a', method: 'POST', path: p, body, privateKey: a.signing });
   /** A signed poll over a fresh connection (from 127.0.0.1 unless said otherwise), checked to be answered and signed by the daemon. */
   const poll = async (localAddress?: string, raw?: Raw) => {
     const body = JSON.stringify({ wait: 0 });
@@ -43,7 +47,13 @@ async function setup(t: Test, limits: Partial<AgentApiLimits> = {}) {
     const c = raw ?? (await connect(address, localAddress));
     c.sock.write(head(address, AGENT_JOBS_PATH, { 'content-length': body.length, ...h }) + body);
     const r = await c.answer;
-    const verdict = verifyResponse({ headers: r.headers, status: r.status, requestNonce: h['x-rotor-nonce'], body: r.body, publicKey: daemonKeys.publicKey });
+    const verdict = verifyResponse({
+      headers: r.headers,
+      status: r.status,
+      requestNonce: h['x-rotor-nonce'],
+      body: r.body,
+      publicKey: daemonKeys.publicKey,
+    });
     return { ...r, signed: verdict.ok, raw: c };
   };
   return { address, sign, poll, logs: () => logs };
@@ -76,7 +86,11 @@ t.test('a peer that is not an agent is refused before any of its body is read', 
   const replay = await connect(address);
   replay.sock.write(head(address, AGENT_JOBS_PATH, { 'content-length': MiB, ...h }));
   const rr = await replay.answer;
-  t.same([rr.status, JSON.parse(rr.body).error.code], [401, 'AGENT_REPLAY'], 'a replayed head is refused without its body');
+  t.same(
+    [rr.status, JSON.parse(rr.body).error.code],
+    [401, 'AGENT_REPLAY'],
+    'a replayed head is refused without its body',
+  );
   await replay.closed;
   // The agent is served throughout.
   const ok = await poll();
@@ -97,7 +111,11 @@ t.test('one copy of a signed request at a time, and a copy that is not served gi
   const refused = await Promise.race([x.answer.then(() => x), y.answer.then(() => y)]);
   const admitted = refused === x ? y : x;
   const rr = await refused.answer;
-  t.same([rr.status, JSON.parse(rr.body).error.code], [401, 'AGENT_REPLAY'], 'the second copy is refused while the first one is read');
+  t.same(
+    [rr.status, JSON.parse(rr.body).error.code],
+    [401, 'AGENT_REPLAY'],
+    'the second copy is refused while the first one is read',
+  );
   t.notOk(admitted.isClosed(), 'the first copy waits for its body');
   admitted.sock.write(body);
   t.equal((await admitted.answer).status, 200, 'and is served once its body arrives');
@@ -130,38 +148,71 @@ t.test('bodies are bounded per route: Content-Length up front, chunked bodies as
   const bh = sign(AGENT_JOBS_PATH, 'x'.repeat(65));
   big.sock.write(head(address, AGENT_JOBS_PATH, { 'content-length': 65, ...bh }));
   const r = await big.answer;
-  t.same([r.status, JSON.parse(r.body).error.code], [413, 'BODY_TOO_LARGE'], 'Content-Length over the limit: refused before the body');
+  t.same(
+    [r.status, JSON.parse(r.body).error.code],
+    [413, 'BODY_TOO_LARGE'],
+    'Content-Length over the limit: refused before the body',
+  );
   t.match(JSON.parse(r.body).error.message, /64-byte limit/);
-  t.ok(verifyResponse({ headers: r.headers, status: r.status, requestNonce: bh['x-rotor-nonce'], body: r.body, publicKey: daemonKeys.publicKey }).ok, 'the refusal is signed for the agent');
+  t.ok(
+    verifyResponse({
+      headers: r.headers,
+      status: r.status,
+      requestNonce: bh['x-rotor-nonce'],
+      body: r.body,
+      publicKey: daemonKeys.publicKey,
+    }).ok,
+    'the refusal is signed for the agent',
+  );
   await big.closed;
   // Chunked: counted while read, and refused once past the limit without waiting for the end of the
   // body (which never comes here: no terminating chunk is sent). All in one write, so that nothing is
   // left unread when the daemon closes (a peer still sending then may see a reset instead of the answer).
   const chunked = await connect(address);
   const chunk = `400\r\n${'x'.repeat(1024)}\r\n`;
-  chunked.sock.write(head(address, AGENT_RESULTS_PATH, { 'transfer-encoding': 'chunked', ...sign(AGENT_RESULTS_PATH, 'whatever') }) + chunk.repeat(5));
+  chunked.sock.write(
+    head(address, AGENT_RESULTS_PATH, { 'transfer-encoding': 'chunked', ...sign(AGENT_RESULTS_PATH, 'whatever') }) +
+      chunk.repeat(5),
+  );
   const cr = await chunked.answer;
-  t.same([cr.status, JSON.parse(cr.body).error.code], [413, 'BODY_TOO_LARGE'], 'a chunked body is refused once past 4096 bytes, before it ends');
+  t.same(
+    [cr.status, JSON.parse(cr.body).error.code],
+    [413, 'BODY_TOO_LARGE'],
+    'a chunked body is refused once past 4096 bytes, before it ends',
+  );
   await chunked.closed;
 });
 
 t.test('Expect: 100-continue: the agent is authenticated before it is asked for the body', async (t) => {
   const { address, sign } = await setup(t);
   const intruder = await connect(address);
-  intruder.sock.write(head(address, AGENT_JOBS_PATH, { 'content-length': 1024 * 1024, expect: '100-continue', ...forged('intruder') }));
+  intruder.sock.write(
+    head(address, AGENT_JOBS_PATH, { 'content-length': 1024 * 1024, expect: '100-continue', ...forged('intruder') }),
+  );
   const r = await intruder.answer;
   t.equal(r.status, 401);
   t.notMatch(intruder.received(), /100 Continue/, 'no 100 Continue for a peer that is not an agent');
   const body = JSON.stringify({ wait: 0 });
   const agent = await connect(address);
-  agent.sock.write(head(address, AGENT_JOBS_PATH, { 'content-length': body.length, expect: '100-continue', ...sign(AGENT_JOBS_PATH, body) }));
+  agent.sock.write(
+    head(address, AGENT_JOBS_PATH, {
+      'content-length': body.length,
+      expect: '100-continue',
+      ...sign(AGENT_JOBS_PATH, body),
+    }),
+  );
   await new Promise<void>((resolve) => agent.sock.on('data', () => /100 Continue/.test(agent.received()) && resolve()));
   agent.sock.write(body);
   t.equal((await agent.answer).status, 200, 'the agent gets 100 Continue, sends its body, and is served');
 });
 
 t.test('connections: per address, in all, and a head that never ends', async (t) => {
-  const { address, poll, logs } = await setup(t, { maxConnectionsPerPeer: 3, maxConnections: 8, headersTimeoutMs: 60_000, requestTimeoutMs: 60_000 });
+  const { address, poll, logs } = await setup(t, {
+    maxConnectionsPerPeer: 3,
+    maxConnections: 8,
+    headersTimeoutMs: 60_000,
+    requestTimeoutMs: 60_000,
+  });
   // Three kept-alive connections from 127.0.0.2 (each served once, so each is known to be accepted).
   const held: Raw[] = [];
   for (let i = 0; i < 3; i++) {
@@ -172,7 +223,10 @@ t.test('connections: per address, in all, and a head that never ends', async (t)
   const fourth = await connect(address, '127.0.0.2');
   await fourth.closed;
   t.equal(fourth.received(), '', 'a fourth connection from the same address is closed at once');
-  t.ok(held.every((c) => !c.isClosed()), 'the first three stay open');
+  t.ok(
+    held.every((c) => !c.isClosed()),
+    'the first three stay open',
+  );
   const other = await poll('127.0.0.1');
   t.equal(other.status, 200, 'another address is served meanwhile');
   held.push(other.raw);
@@ -210,27 +264,43 @@ t.test('the admin socket reads a bounded body', async (t) => {
   const dir = tempDir(t, 'rotor-admin-');
   const sock = path.join(dir, 'admin.sock');
   const rotated: string[] = [];
-  const server = await listenAdmin(sock, { rotate: async (name) => (rotated.push(name), { name, version: 2 }), status: () => ({}) });
-  t.teardown(() => new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
-  }));
-  const ask = (text: string) => new Promise<{ text: string }>((resolve) => {
-    const s = net.connect(sock);
-    let got = '';
-    s.on('data', (c) => (got += c));
-    s.on('error', () => {});
-    s.on('close', () => resolve({ text: got }));
-    s.write(text);
+  const server = await listenAdmin(sock, {
+    rotate: async (name) => {
+      rotated.push(name);
+      return { name, version: 2 };
+    },
+    status: () => ({}),
   });
-  const big = await ask('POST /v1/rotate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n');
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  );
+  const ask = (text: string) =>
+    new Promise<{ text: string }>((resolve) => {
+      const s = net.connect(sock);
+      let got = '';
+      s.on('data', (c) => (got += c));
+      s.on('error', () => {});
+      s.on('close', () => resolve({ text: got }));
+      s.write(text);
+    });
+  const big = await ask(
+    'POST /v1/rotate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n',
+  );
   t.match(big.text, /^HTTP\/1\.1 413/, 'Content-Length over the limit: 413 before the body');
   t.match(big.text, /BODY_TOO_LARGE/);
   // Chunked, past the limit and never ended (no terminating chunk), in one write (see above).
-  const chunks = await ask(`POST /v1/rotate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${`1000\r\n${' '.repeat(4096)}\r\n`.repeat(5)}`);
+  const chunks = await ask(
+    `POST /v1/rotate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${`1000\r\n${' '.repeat(4096)}\r\n`.repeat(5)}`,
+  );
   t.match(chunks.text, /^HTTP\/1\.1 413/, 'a chunked body is cut once past the limit, before it ends');
   const body = JSON.stringify({ name: 'app/x', reason: 'test' });
-  const ok = await ask(`POST /v1/rotate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+  const ok = await ask(
+    `POST /v1/rotate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+  );
   t.match(ok.text, /^HTTP\/1\.1 200/);
   t.same(rotated, ['app/x']);
 });

@@ -6,22 +6,30 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { ENGINE_NAMES } from '../src/model/engines.js';
-import type { Job, Result } from '../src/protocol/jobs.js';
 import { backoffMs, ResultStore } from '../agent/src/loops.js';
 import { Changes, Pump } from '../agent/src/pump.js';
 import { jobOf, malformedJobStub } from '../agent/src/wire.js';
+import { ENGINE_NAMES } from '../src/model/engines.js';
+import type { Job, Result } from '../src/protocol/jobs.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 const job = (id: string, secret: string): Job => ({
-  id, kind: 'set', secret, version: 1, target: 't', engine: 'postgres', strategy: 'single', sealed: 'x',
+  id,
+  kind: 'set',
+  secret,
+  version: 1,
+  target: 't',
+  engine: 'postgres',
+  strategy: 'single',
+  sealed: 'x',
 });
 
 t.test('ENGINE_NAMES is the schema enum of Target.engine, in order', async (t) => {
   const schema = JSON.parse(readFileSync(path.join(ROOT, 'schemas/target.schema.json'), 'utf8'));
   t.same([...ENGINE_NAMES], schema.properties.engine.enum);
-  for (const engine of ENGINE_NAMES) t.type(jobOf({ ...job('a', 's'), engine }), 'object', `${engine} is a job's engine`);
+  for (const engine of ENGINE_NAMES)
+    t.type(jobOf({ ...job('a', 's'), engine }), 'object', `${engine} is a job's engine`);
   t.equal(jobOf({ ...job('a', 's'), engine: 'oracle' }), 'engine is not one the agent drives');
 });
 
@@ -64,7 +72,10 @@ t.test('the pump: at most `limit` at once, one secret in arrival order', async (
   pump.halt();
   pump.push(job('d1', 'd'));
   t.same(started, ['a1', 'b1', 'a2', 'c1'], 'halted: nothing more starts');
-  t.same(pump.dropQueued().map((j) => j.id), ['d1']);
+  t.same(
+    pump.dropQueued().map((j) => j.id),
+    ['d1'],
+  );
   t.equal(pump.queued, 0);
   release.get('a2')!({ id: 'a2', outcome: 'done' });
   release.get('c1')!({ id: 'c1', outcome: 'done' });
@@ -74,7 +85,8 @@ t.test('the pump: at most `limit` at once, one secret in arrival order', async (
 });
 
 t.test('backoff doubles up to the cap, jittered over its upper half', async (t) => {
-  const at = (attempt: number, random: number) => backoffMs(attempt, { baseMs: 100, capMs: 1000, random: () => random });
+  const at = (attempt: number, random: number) =>
+    backoffMs(attempt, { baseMs: 100, capMs: 1000, random: () => random });
   t.same([at(0, 0), at(1, 0), at(2, 0), at(5, 0), at(60, 0)], [50, 100, 200, 500, 500]);
   t.equal(at(0, 0.999999), 100);
   t.equal(at(60, 0.999999), 1000);

@@ -11,11 +11,10 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { nodeAuditFs } from '../src/audit/log.js';
 import type { AuditFs } from '../src/audit/log.js';
-import { verifyAuditDir } from '../src/audit/log.js';
-import { nodeFs } from '../src/state/fs.js';
+import { nodeAuditFs, verifyAuditDir } from '../src/audit/log.js';
 import type { StoreFs } from '../src/state/fs.js';
+import { nodeFs } from '../src/state/fs.js';
 import { git, rotor } from './helpers.js';
 import { finishes, world } from './world.js';
 
@@ -33,7 +32,8 @@ const SECRET = 'kind: Secret\nname: app/key\npolicy: monthly\ngenerate: {}\n';
 
 /** An AuditFs that behaves like a read-only mount or a full disk while `state.mode` says so. */
 function sink(state: { mode: 'ok' | 'readonly' | 'full' }): AuditFs {
-  const fail = (code: string, syscall: string, file: string) => Object.assign(new Error(`${code}: injected, ${syscall} '${file}'`), { code });
+  const fail = (code: string, syscall: string, file: string) =>
+    Object.assign(new Error(`${code}: injected, ${syscall} '${file}'`), { code });
   return {
     ...nodeAuditFs,
     open: async (file, flags) => {
@@ -59,51 +59,80 @@ function sink(state: { mode: 'ok' | 'readonly' | 'full' }): AuditFs {
   };
 }
 
-t.test('while the audit log cannot be written, rotations wait and the daemon says why; then it resumes by itself', async (t) => {
-  const w = await world(t, { 'rotor.yaml': CONFIG, 'policy.yaml': POLICY, 'secrets.yaml': SECRET });
-  const state: { mode: 'ok' | 'readonly' | 'full' } = { mode: 'ok' };
-  const d = await w.start({ auditFs: sink(state) });
-  t.teardown(() => d.stop());
-  t.equal(d.served('app/key')?.version, 1);
-  const v1 = d.served('app/key')!.value;
+t.test(
+  'while the audit log cannot be written, rotations wait and the daemon says why; then it resumes by itself',
+  async (t) => {
+    const w = await world(t, { 'rotor.yaml': CONFIG, 'policy.yaml': POLICY, 'secrets.yaml': SECRET });
+    const state: { mode: 'ok' | 'readonly' | 'full' } = { mode: 'ok' };
+    const d = await w.start({ auditFs: sink(state) });
+    t.teardown(() => d.stop());
+    t.equal(d.served('app/key')?.version, 1);
+    const v1 = d.served('app/key')!.value;
 
-  for (const [mode, errno] of [['readonly', 'EROFS'], ['full', 'ENOSPC']] as const) {
-    const before = d.served('app/key')!.version;
-    state.mode = mode;
-    const err = await d.rotateNow('app/key', `${mode} test`).then(() => undefined, (e: unknown) => e);
-    t.match(err, { code: 'AUDIT_WRITE_FAILED' }, `${mode}: the rotation fails closed`);
-    const cli = await rotor(['rotate', 'app/key', '--reason', 'again', '--data-dir', w.dataDir]);
-    t.not(cli.code, 0, `${mode}: rotor rotate fails`);
-    t.match(cli.stderr, /\[AUDIT_WRITE_FAILED\]/, `${mode}: rotor rotate names the code, not INTERNAL`);
-    t.equal(d.served('app/key')!.version, before, `${mode}: no new value is served`);
+    for (const [mode, errno] of [
+      ['readonly', 'EROFS'],
+      ['full', 'ENOSPC'],
+    ] as const) {
+      const before = d.served('app/key')!.version;
+      state.mode = mode;
+      const err = await d.rotateNow('app/key', `${mode} test`).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      t.match(err, { code: 'AUDIT_WRITE_FAILED' }, `${mode}: the rotation fails closed`);
+      const cli = await rotor(['rotate', 'app/key', '--reason', 'again', '--data-dir', w.dataDir]);
+      t.not(cli.code, 0, `${mode}: rotor rotate fails`);
+      t.match(cli.stderr, /\[AUDIT_WRITE_FAILED\]/, `${mode}: rotor rotate names the code, not INTERNAL`);
+      t.equal(d.served('app/key')!.version, before, `${mode}: no new value is served`);
 
-    const st = d.status();
-    t.match(st.audit, { failing: { code: 'AUDIT_WRITE_FAILED', errno } }, `${mode}: status() says why, with the errno`);
-    t.match(st.secrets.find((s) => s.name === 'app/key'), { failing: { error: 'AUDIT_WRITE_FAILED' } });
-    const text = await rotor(['status', '--data-dir', w.dataDir]);
-    t.equal(text.code, 1, `${mode}: rotor status exits 1`);
-    t.match(text.stdout, new RegExp(`audit log: cannot be written since \\S+ \\(AUDIT_WRITE_FAILED, ${errno}\\): rotations are paused`), `${mode}: the text table says why`);
-    const json = JSON.parse((await rotor(['status', '--json', '--data-dir', w.dataDir])).stdout);
-    t.match(json.audit.failing, { code: 'AUDIT_WRITE_FAILED', errno }, `${mode}: and --json`);
-    const lines = w.logs().split('\n').filter((l) => l.includes(`"errno":"${errno}"`) && l.includes('the audit log cannot be written'));
-    t.equal(lines.length, 1, `${mode}: one log line for the cause, however many tries`);
-    t.notOk(w.logs().split('\n').some((l) => l.includes('rotation step failed') && l.includes('AUDIT_WRITE_FAILED')), 'no line per secret and retry');
+      const st = d.status();
+      t.match(
+        st.audit,
+        { failing: { code: 'AUDIT_WRITE_FAILED', errno } },
+        `${mode}: status() says why, with the errno`,
+      );
+      t.match(
+        st.secrets.find((s) => s.name === 'app/key'),
+        { failing: { error: 'AUDIT_WRITE_FAILED' } },
+      );
+      const text = await rotor(['status', '--data-dir', w.dataDir]);
+      t.equal(text.code, 1, `${mode}: rotor status exits 1`);
+      t.match(
+        text.stdout,
+        new RegExp(`audit log: cannot be written since \\S+ \\(AUDIT_WRITE_FAILED, ${errno}\\): rotations are paused`),
+        `${mode}: the text table says why`,
+      );
+      const json = JSON.parse((await rotor(['status', '--json', '--data-dir', w.dataDir])).stdout);
+      t.match(json.audit.failing, { code: 'AUDIT_WRITE_FAILED', errno }, `${mode}: and --json`);
+      const lines = w
+        .logs()
+        .split('\n')
+        .filter((l) => l.includes(`"errno":"${errno}"`) && l.includes('the audit log cannot be written'));
+      t.equal(lines.length, 1, `${mode}: one log line for the cause, however many tries`);
+      t.notOk(
+        w
+          .logs()
+          .split('\n')
+          .some((l) => l.includes('rotation step failed') && l.includes('AUDIT_WRITE_FAILED')),
+        'no line per secret and retry',
+      );
 
-    // The disk works again: the pending rotation happens by itself (the daemon's own retry).
-    const resumed = finishes('app/key', 1);
-    state.mode = 'ok';
-    await resumed;
-    await new Promise((r) => setImmediate(r)); // the rotation ends just after its 'finished' step; a rotateNow before that would join it
-    t.equal(d.served('app/key')!.version, before + 1, `${mode}: rotated once, without a restart`);
-    t.notOk(d.status().audit.failing, `${mode}: status is clear`);
-    t.notOk(d.status().secrets.find((s) => s.name === 'app/key')?.failing);
-    t.match(w.logs(), /the audit log can be written again: rotations resume/);
-  }
-  t.not(d.served('app/key')!.value, v1);
-  await d.stop();
-  const v = await verifyAuditDir(path.join(w.dataDir, 'repo', 'audit'));
-  t.match(v.result, { ok: true }, 'the chain verifies: nothing partial was left behind');
-});
+      // The disk works again: the pending rotation happens by itself (the daemon's own retry).
+      const resumed = finishes('app/key', 1);
+      state.mode = 'ok';
+      await resumed;
+      await new Promise((r) => setImmediate(r)); // the rotation ends just after its 'finished' step; a rotateNow before that would join it
+      t.equal(d.served('app/key')!.version, before + 1, `${mode}: rotated once, without a restart`);
+      t.notOk(d.status().audit.failing, `${mode}: status is clear`);
+      t.notOk(d.status().secrets.find((s) => s.name === 'app/key')?.failing);
+      t.match(w.logs(), /the audit log can be written again: rotations resume/);
+    }
+    t.not(d.served('app/key')!.value, v1);
+    await d.stop();
+    const v = await verifyAuditDir(path.join(w.dataDir, 'repo', 'audit'));
+    t.match(v.result, { ok: true }, 'the chain verifies: nothing partial was left behind');
+  },
+);
 
 t.test('an audit commit that git failed is retried by itself, without waiting for another entry', async (t) => {
   const w = await world(t, { 'rotor.yaml': CONFIG, 'policy.yaml': POLICY, 'secrets.yaml': SECRET });
@@ -112,7 +141,10 @@ t.test('an audit commit that git failed is retried by itself, without waiting fo
   mkdirSync(bin);
   const flag = path.join(w.root, 'fail-commit');
   const real = execFileSync('sh', ['-c', 'command -v git'], { encoding: 'utf8' }).trim();
-  writeFileSync(path.join(bin, 'git'), `#!/bin/sh\nfor a in "$@"; do case "$a" in commit) [ -e ${JSON.stringify(flag)} ] && { echo "fatal: injected" >&2; exit 128; };; esac; done\nexec ${JSON.stringify(real)} "$@"\n`);
+  writeFileSync(
+    path.join(bin, 'git'),
+    `#!/bin/sh\nfor a in "$@"; do case "$a" in commit) [ -e ${JSON.stringify(flag)} ] && { echo "fatal: injected" >&2; exit 128; };; esac; done\nexec ${JSON.stringify(real)} "$@"\n`,
+  );
   chmodSync(path.join(bin, 'git'), 0o755);
   const PATH = process.env.PATH;
   process.env.PATH = `${bin}:${PATH}`;
@@ -124,8 +156,10 @@ t.test('an audit commit that git failed is retried by itself, without waiting fo
     const last = git(w.remote, 'ls-tree', '--name-only', 'main', 'audit/').split('\n').filter(Boolean).at(-1);
     return last ? git(w.remote, 'show', `main:${last}`).split('\n').length : 0;
   };
-  const written = async () => ((await verifyAuditDir(path.join(w.dataDir, 'repo', 'audit'))).result as { entries: number }).entries;
-  const pushed = async () => onRemote() === (await written()) && !d.status().audit.commitPending && d.status().audit.pushFailures === 0;
+  const written = async () =>
+    ((await verifyAuditDir(path.join(w.dataDir, 'repo', 'audit'))).result as { entries: number }).entries;
+  const pushed = async () =>
+    onRemote() === (await written()) && !d.status().audit.commitPending && d.status().audit.pushFailures === 0;
   t.ok(await until(pushed), 'the first entries are on the remote');
   writeFileSync(flag, '');
   await d.rotateNow('app/key', 'commit fails');
@@ -159,14 +193,28 @@ t.test('the state store failing (DaemonOptions.storeFs): the same pause, one log
   const d = await w.start({ storeFs });
   t.teardown(() => d.stop());
   full = true;
-  await t.rejects(d.rotateNow('app/key', 'store full'), { code: 'STATE_IO' }, 'rotor rotate fails (and, with nothing stored, is not retried)');
+  await t.rejects(
+    d.rotateNow('app/key', 'store full'),
+    { code: 'STATE_IO' },
+    'rotor rotate fails (and, with nothing stored, is not retried)',
+  );
   // A rotate request in the repository makes the secret due: its rotation is retried until it can be stored.
   w.push('secrets.yaml', `${SECRET}rotate: { request: "r1", reason: "the store is full" }\n`, 'rotate app/key');
   await d.syncNow();
   t.equal(d.served('app/key')?.version, 1, 'no new value');
   t.match(d.status().store, { failing: { code: 'STATE_IO', errno: 'ENOSPC' } }, 'status() says why');
-  t.match(d.status().secrets.find((s) => s.name === 'app/key'), { failing: { error: 'STATE_IO' } });
-  t.equal(w.logs().split('\n').filter((l) => l.includes('the state store cannot be written')).length, 1, 'one log line');
+  t.match(
+    d.status().secrets.find((s) => s.name === 'app/key'),
+    { failing: { error: 'STATE_IO' } },
+  );
+  t.equal(
+    w
+      .logs()
+      .split('\n')
+      .filter((l) => l.includes('the state store cannot be written')).length,
+    1,
+    'one log line',
+  );
   const resumed = finishes('app/key', 1);
   full = false;
   await resumed;

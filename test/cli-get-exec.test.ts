@@ -43,14 +43,26 @@ t.test('rotor get prints values, fields and JSON; refusals exit 1 without a valu
   const { d, socket } = await setup(t);
   const token = String(d.served('app/token')!.value);
   const api = d.served('app/api.v2')!.value as Record<string, string>;
-  t.same(await rotor(['get', 'app/token', '--socket', socket]), { code: 0, stdout: token + '\n', stderr: '' });
-  t.equal((await rotor(['get', 'app/token'], { env: { ROTOR_SOCKET: socket } })).stdout, token + '\n', 'the socket from ROTOR_SOCKET');
-  t.equal((await rotor(['get', 'app/api.v2', '--socket', socket])).stdout, JSON.stringify(api) + '\n', 'a structured value prints as JSON');
-  t.equal((await rotor(['get', 'app/api.v2', '--socket', socket, '--field', 'key'])).stdout, api.key + '\n');
+  t.same(await rotor(['get', 'app/token', '--socket', socket]), { code: 0, stdout: `${token}\n`, stderr: '' });
+  t.equal(
+    (await rotor(['get', 'app/token'], { env: { ROTOR_SOCKET: socket } })).stdout,
+    `${token}\n`,
+    'the socket from ROTOR_SOCKET',
+  );
+  t.equal(
+    (await rotor(['get', 'app/api.v2', '--socket', socket])).stdout,
+    `${JSON.stringify(api)}\n`,
+    'a structured value prints as JSON',
+  );
+  t.equal((await rotor(['get', 'app/api.v2', '--socket', socket, '--field', 'key'])).stdout, `${api.key}\n`);
   const json = JSON.parse((await rotor(['get', 'app/token', '--socket', socket, '--json'])).stdout);
   t.match(json, { name: 'app/token', version: 1, value: token });
   await d.rotateNow('app/token', 'test');
-  t.equal((await rotor(['get', 'app/token', '--socket', socket, '--version', '1'])).stdout, token + '\n', '--version reads a retained one');
+  t.equal(
+    (await rotor(['get', 'app/token', '--socket', socket, '--version', '1'])).stdout,
+    `${token}\n`,
+    '--version reads a retained one',
+  );
   const noField = await rotor(['get', 'app/api.v2', '--socket', socket, '--field', 'nope']);
   t.equal(noField.code, 1);
   t.match(noField.stderr, /has no field "nope"; it has: key, region \[FIELD_UNKNOWN\]/);
@@ -61,13 +73,18 @@ t.test('rotor get prints values, fields and JSON; refusals exit 1 without a valu
   t.equal(nothing.code, 1);
   t.match(nothing.stderr, /DAEMON_NOT_RUNNING/);
   t.equal((await rotor(['get', 'app/token'])).code, 2, 'no socket: a usage error');
-  for (const r of [noField, denied, nothing]) t.notOk(r.stderr.includes(api.key!) || r.stderr.includes(token), 'no value in an error');
+  for (const r of [noField, denied, nothing])
+    t.notOk(r.stderr.includes(api.key!) || r.stderr.includes(token), 'no value in an error');
   t.match((await rotor(['get', '--help'])).stdout, /Usage: rotor get NAME/);
 });
 
 /** Runs rotor exec as a process; yields the lines its child prints. */
 function execProcess(args: string[]) {
-  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, path.join(ROOT, 'dist/src/cli/main.js'), 'exec', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    '/usr/bin/env',
+    ['-u', 'NODE_OPTIONS', process.execPath, path.join(ROOT, 'dist/src/cli/main.js'), 'exec', ...args],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let stderr = '';
   child.stderr.on('data', (b: Buffer) => (stderr += b));
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
@@ -86,7 +103,21 @@ setInterval(() => {}, 1000);
 t.test('rotor exec --restart: secrets in the environment, a restart on rotation, signals passed on', async (t) => {
   const { d, socket } = await setup(t);
   const api = d.served('app/api.v2')!.value as Record<string, string>;
-  const p = execProcess(['--socket', socket, '--env', 'TOKEN=app/token', '--env', 'KEY=app/api.v2.key', '--env', 'REGION=app/api.v2.region', '--restart', '--', process.execPath, '-e', CHILD]);
+  const p = execProcess([
+    '--socket',
+    socket,
+    '--env',
+    'TOKEN=app/token',
+    '--env',
+    'KEY=app/api.v2.key',
+    '--env',
+    'REGION=app/api.v2.region',
+    '--restart',
+    '--',
+    process.execPath,
+    '-e',
+    CHILD,
+  ]);
   t.teardown(() => p.child.kill('SIGKILL'));
   const first = (await p.next()).split(' ');
   t.equal(first[0], 'start');
@@ -102,16 +133,34 @@ t.test('rotor exec --restart: secrets in the environment, a restart on rotation,
   t.equal(d.served('app/token')!.version, 2);
   p.child.kill('SIGTERM');
   t.equal(await p.next(), `term ${second[1]}`, 'SIGTERM to rotor exec is passed to the child');
-  t.equal(await p.exited, 0, 'rotor exec exits with the child\'s status');
-  t.notOk(p.stderr().includes(String(d.served('app/token')!.value)), 'no value in rotor exec\'s messages');
+  t.equal(await p.exited, 0, "rotor exec exits with the child's status");
+  t.notOk(p.stderr().includes(String(d.served('app/token')!.value)), "no value in rotor exec's messages");
   t.match(p.stderr(), /app\/token \(version 2\) has a new version; restarting/);
 });
 
-t.test('rotor exec without --restart: the child\'s exit status; errors before the start', async (t) => {
+t.test("rotor exec without --restart: the child's exit status; errors before the start", async (t) => {
   const { socket } = await setup(t);
-  const p = execProcess(['--socket', socket, '--env', 'T=app/token', '--', process.execPath, '-e', 'process.exit(process.env.T.length === 40 ? 7 : 1)']);
-  t.equal(await p.exited, 7, 'the child ran with T set, and its status is rotor exec\'s');
-  const denied = execProcess(['--socket', socket, '--env', 'T=other/x', '--', process.execPath, '-e', 'process.exit(0)']);
+  const p = execProcess([
+    '--socket',
+    socket,
+    '--env',
+    'T=app/token',
+    '--',
+    process.execPath,
+    '-e',
+    'process.exit(process.env.T.length === 40 ? 7 : 1)',
+  ]);
+  t.equal(await p.exited, 7, "the child ran with T set, and its status is rotor exec's");
+  const denied = execProcess([
+    '--socket',
+    socket,
+    '--env',
+    'T=other/x',
+    '--',
+    process.execPath,
+    '-e',
+    'process.exit(0)',
+  ]);
   t.equal(await denied.exited, 1, 'a secret not granted: CMD does not start');
   t.match(denied.stderr(), /ACCESS_DENIED/);
   const noField = execProcess(['--socket', socket, '--env', 'T=app/api.v2.nope', '--', 'true']);

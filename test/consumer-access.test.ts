@@ -4,8 +4,8 @@
  * return values; every other cell gets 403 (own socket) or cannot connect (another's socket).
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
@@ -15,8 +15,12 @@ const isRoot = process.getuid?.() === 0;
 const haveUseradd = spawnSync('useradd', ['--help']).status === 0;
 
 if (!isRoot || !haveUseradd) {
-  if (process.env.ROTOR_REQUIRE_SERVICES === '1') t.fail('the access-matrix test needs root and useradd (it creates Unix users); CI runs as root');
-  else t.skip('the access-matrix test needs root and useradd (it creates three Unix users): run the tests as root, as .ci/run does');
+  if (process.env.ROTOR_REQUIRE_SERVICES === '1')
+    t.fail('the access-matrix test needs root and useradd (it creates Unix users); CI runs as root');
+  else
+    t.skip(
+      'the access-matrix test needs root and useradd (it creates three Unix users): run the tests as root, as .ci/run does',
+    );
 } else {
   const SECRETS = ['team-a/db', 'team-a/api', 'team-b/db', 'shared/tls', 'admin/root'];
   // consumer -> globs; the expected grants follow from them.
@@ -38,13 +42,22 @@ if (!isRoot || !haveUseradd) {
       const user = `rtr-${tag}-${c}`;
       execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', '--user-group', user]);
       t.teardown(() => void spawnSync('userdel', [user]));
-      users[c] = { user, uid: Number(execFileSync('id', ['-u', user], { encoding: 'utf8' })), gid: Number(execFileSync('id', ['-g', user], { encoding: 'utf8' })) };
+      users[c] = {
+        user,
+        uid: Number(execFileSync('id', ['-u', user], { encoding: 'utf8' })),
+        gid: Number(execFileSync('id', ['-g', user], { encoding: 'utf8' })),
+      };
     }
     const files = {
       'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
       'policy.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n',
       'secrets.yaml': SECRETS.map((s) => `kind: Secret\nname: ${s}\npolicy: p\ngenerate: {}\n`).join('---\n'),
-      'consumers.yaml': Object.entries(GRANTS).map(([c, globs]) => `kind: Consumer\nname: ${c}\nuid: ${users[c]!.uid}\ngid: ${users[c]!.gid}\nsecrets: ${JSON.stringify(globs)}\n`).join('---\n'),
+      'consumers.yaml': Object.entries(GRANTS)
+        .map(
+          ([c, globs]) =>
+            `kind: Consumer\nname: ${c}\nuid: ${users[c]!.uid}\ngid: ${users[c]!.gid}\nsecrets: ${JSON.stringify(globs)}\n`,
+        )
+        .join('---\n'),
     };
     const w = await world(t, files);
     // The data directory stays private; the socket directory must be reachable by the consumers' users.
@@ -57,7 +70,9 @@ if (!isRoot || !haveUseradd) {
 
     // The probe each user runs: every socket x every secret; prints status codes and value hashes only.
     const probe = path.join(open, 'probe.mjs');
-    writeFileSync(probe, `
+    writeFileSync(
+      probe,
+      `
 import http from 'node:http';
 import { createHash } from 'node:crypto';
 const [dir, consumers, secrets] = [process.argv[2], process.argv[3].split(','), process.argv[4].split(',')];
@@ -74,9 +89,13 @@ const get = (socketPath, p) => new Promise((resolve) => {
 const out = {};
 for (const c of consumers) for (const s of secrets) out[c + ' ' + s] = await get(dir + '/' + c + '.sock', '/v1/secrets/' + s);
 process.stdout.write(JSON.stringify({ uid: process.getuid(), out }));
-`);
+`,
+    );
     chmodSync(probe, 0o644);
-    const hash = (s: string) => createHash('sha256').update(String(d.served(s)!.value)).digest('hex');
+    const hash = (s: string) =>
+      createHash('sha256')
+        .update(String(d.served(s)!.value))
+        .digest('hex');
     const consumers = Object.keys(GRANTS);
     let cells = 0;
     for (const c of consumers) {
@@ -84,7 +103,11 @@ process.stdout.write(JSON.stringify({ uid: process.getuid(), out }));
       // As that user, without tap's loaders (tap's process tracking adds them to NODE_OPTIONS).
       // Not spawnSync: the daemon answering the probe runs in this process.
       const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
-        const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, probe, socketDir, consumers.join(','), SECRETS.join(',')], { uid, gid, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, cwd: open });
+        const child = spawn(
+          '/usr/bin/env',
+          ['-u', 'NODE_OPTIONS', process.execPath, probe, socketDir, consumers.join(','), SECRETS.join(',')],
+          { uid, gid, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, cwd: open },
+        );
         let stdout = '';
         let stderr = '';
         child.stdout.on('data', (b: Buffer) => (stdout += b));
@@ -92,7 +115,10 @@ process.stdout.write(JSON.stringify({ uid: process.getuid(), out }));
         child.on('close', (status) => resolve({ status, stdout, stderr }));
       });
       t.equal(r.status, 0, `the probe ran as ${users[c]!.user}: ${r.stderr.slice(0, 300)}`);
-      const { uid: ran, out } = JSON.parse(r.stdout) as { uid: number; out: Record<string, { status: number; code?: string; hash?: string }> };
+      const { uid: ran, out } = JSON.parse(r.stdout) as {
+        uid: number;
+        out: Record<string, { status: number; code?: string; hash?: string }>;
+      };
       t.equal(ran, uid, `the probe of ${c} ran as uid ${uid}`);
       for (const via of consumers) {
         for (const s of SECRETS) {

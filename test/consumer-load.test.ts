@@ -11,7 +11,14 @@ const READERS = 200;
 const POLLERS = 20; // of the readers, these follow the secret with long-polls
 const ROTATIONS = 100;
 
-function get(agent: Agent, socketPath: string, p: string): Promise<{ status: number; body: { version: number; value: string; previous?: { version: number; value: string } } }> {
+function get(
+  agent: Agent,
+  socketPath: string,
+  p: string,
+): Promise<{
+  status: number;
+  body: { version: number; value: string; previous?: { version: number; value: string } };
+}> {
   return new Promise((resolve, reject) => {
     const req = request({ socketPath, path: p, agent }, (res) => {
       let text = '';
@@ -59,7 +66,9 @@ t.test(`${READERS} concurrent readers during ${ROTATIONS} rotations`, async (t) 
     followed.push(versions);
     let after = 1;
     while (!done) {
-      const r = await get(agent, socketPath, `/v1/secrets/load/token?wait=30&after=${after}`).catch((e: NodeJS.ErrnoException) => ({ status: -1, body: undefined, code: e.code }));
+      const r = await get(agent, socketPath, `/v1/secrets/load/token?wait=30&after=${after}`).catch(
+        (e: NodeJS.ErrnoException) => ({ status: -1, body: undefined, code: e.code }),
+      );
       if (r.status !== 200 || !r.body) {
         failures.push(`poll ${r.status}`);
         continue;
@@ -94,6 +103,14 @@ t.test(`${READERS} concurrent readers during ${ROTATIONS} rotations`, async (t) 
   }
   t.equal(wrong, 0, 'every value (and previous value) is the one of the version it names');
   t.equal(new Set(truth.values()).size, truth.size, 'every version has its own value');
-  for (const versions of followed) t.same(versions, [...versions].sort((a, b) => a - b), 'a long-poller sees versions in order');
-  t.ok(followed.every((v) => v.length > 0 && v.at(-1)! >= ROTATIONS + 1), 'every long-poller reached the last versions');
+  for (const versions of followed)
+    t.same(
+      versions,
+      [...versions].sort((a, b) => a - b),
+      'a long-poller sees versions in order',
+    );
+  t.ok(
+    followed.every((v) => v.length > 0 && v.at(-1)! >= ROTATIONS + 1),
+    'every long-poller reached the last versions',
+  );
 });

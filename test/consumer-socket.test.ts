@@ -3,7 +3,7 @@
  * permissions, every route and error, long-polls, read receipts and retireAfter: consumers.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
@@ -63,7 +63,13 @@ secrets: ["other/**", "shared/drained"]
 ${extra}`;
 
 async function setup(t: Parameters<Parameters<typeof t.test>[1]>[0], files: Record<string, string> = {}) {
-  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': POLICIES, 'secrets.yaml': SECRETS, 'consumers.yaml': consumers(), ...files });
+  const w = await world(t, {
+    'rotor.yaml': CONFIG,
+    'policies.yaml': POLICIES,
+    'secrets.yaml': SECRETS,
+    'consumers.yaml': consumers(),
+    ...files,
+  });
   const socketDir = path.join(w.root, 'sockets');
   const d = await w.start({ socketDir });
   t.teardown(() => d.stop());
@@ -80,7 +86,11 @@ t.test('one socket per consumer, 0600 and owned by its uid, in a 0711 directory'
     t.equal(st.uid, UID, `${c}.sock belongs to the consumer's uid`);
   }
   t.equal(statSync(w.socketDir).mode & 0o777, 0o711, 'the socket directory is 0711');
-  t.same(readdirSync(w.socketDir).sort(), ['app.sock', 'other.sock'], 'nothing else is left in the directory (no bind directories)');
+  t.same(
+    readdirSync(w.socketDir).sort(),
+    ['app.sock', 'other.sock'],
+    'nothing else is left in the directory (no bind directories)',
+  );
 });
 
 t.test('GET /v1/secrets/NAME: value, version, times; structured values; no-store', async (t) => {
@@ -102,30 +112,46 @@ t.test('GET /v1/secrets/NAME: value, version, times; structured values; no-store
   t.match((c.value as Record<string, string>).key, /^.{24}$/);
 });
 
-t.test('403 for what the globs do not grant (existing or not), 404 for granted unknown names; logged without values', async (t) => {
-  const w = await setup(t);
-  const denied = await raw(w.sock('app'), '/v1/secrets/other/secret');
-  t.equal(denied.status, 403);
-  t.equal(denied.body.error.code, 'ACCESS_DENIED');
-  const deniedMissing = await raw(w.sock('app'), '/v1/secrets/other/nothing-here');
-  t.equal(deniedMissing.status, 403, 'an ungranted name gets 403 whether or not it exists: nothing leaks');
-  const unknown = await raw(w.sock('app'), '/v1/secrets/app/missing');
-  t.equal(unknown.status, 404);
-  t.equal(unknown.body.error.code, 'SECRET_UNKNOWN');
-  const fromOther = await raw(w.sock('other'), '/v1/secrets/app/token');
-  t.equal(fromOther.status, 403, 'the other consumer cannot read app/token');
-  t.equal((await raw(w.sock('other'), '/v1/secrets/other/secret')).status, 200, 'but reads its own');
-  t.match(w.logs(), /"consumer":"app","secret":"other\/secret","code":"ACCESS_DENIED"/, 'the refusal is logged with consumer and secret');
-  const status = w.d.status();
-  t.equal(status.sockets.requests.find((r) => r.consumer === 'app' && r.status === 403)?.count, 2, 'refusals are counted per consumer');
-  for (const n of ['app/token', 'other/secret']) t.notOk(w.logs().includes(String(w.d.served(n)!.value)), `the value of ${n} is not in the logs`);
-});
+t.test(
+  '403 for what the globs do not grant (existing or not), 404 for granted unknown names; logged without values',
+  async (t) => {
+    const w = await setup(t);
+    const denied = await raw(w.sock('app'), '/v1/secrets/other/secret');
+    t.equal(denied.status, 403);
+    t.equal(denied.body.error.code, 'ACCESS_DENIED');
+    const deniedMissing = await raw(w.sock('app'), '/v1/secrets/other/nothing-here');
+    t.equal(deniedMissing.status, 403, 'an ungranted name gets 403 whether or not it exists: nothing leaks');
+    const unknown = await raw(w.sock('app'), '/v1/secrets/app/missing');
+    t.equal(unknown.status, 404);
+    t.equal(unknown.body.error.code, 'SECRET_UNKNOWN');
+    const fromOther = await raw(w.sock('other'), '/v1/secrets/app/token');
+    t.equal(fromOther.status, 403, 'the other consumer cannot read app/token');
+    t.equal((await raw(w.sock('other'), '/v1/secrets/other/secret')).status, 200, 'but reads its own');
+    t.match(
+      w.logs(),
+      /"consumer":"app","secret":"other\/secret","code":"ACCESS_DENIED"/,
+      'the refusal is logged with consumer and secret',
+    );
+    const status = w.d.status();
+    t.equal(
+      status.sockets.requests.find((r) => r.consumer === 'app' && r.status === 403)?.count,
+      2,
+      'refusals are counted per consumer',
+    );
+    for (const n of ['app/token', 'other/secret'])
+      t.notOk(w.logs().includes(String(w.d.served(n)!.value)), `the value of ${n} is not in the logs`);
+  },
+);
 
 t.test('the list and health routes', async (t) => {
   const w = await setup(t);
   const list = await raw(w.sock('app'), '/v1/secrets');
   t.equal(list.status, 200);
-  t.same(list.body.secrets.map((s: { name: string }) => s.name), ['app/config', 'app/token', 'shared/drained'], 'exactly the declared secrets the globs grant');
+  t.same(
+    list.body.secrets.map((s: { name: string }) => s.name),
+    ['app/config', 'app/token', 'shared/drained'],
+    'exactly the declared secrets the globs grant',
+  );
   t.same(await listSecrets({ socket: w.sock('other') }), ['other/secret', 'shared/drained']);
   const h = await raw(w.sock('other'), '/v1/health');
   t.same(h.body, { status: 'ok', consumer: 'other' });
@@ -213,7 +239,9 @@ t.test('watchSecret yields the current version and each new one', async (t) => {
   await t.rejects(call('/v1/secrets/other/secret', { socket: w.sock('app') }), { code: 'ACCESS_DENIED', status: 403 });
   const denied = watchSecret('other/secret', { socket: w.sock('app') });
   await t.rejects(denied.next(), { code: 'ACCESS_DENIED' }, 'a watch of an ungranted secret fails, it does not retry');
-  await t.rejects(getSecret('app/token', { socket: path.join(w.root, 'nothing.sock') }), { code: 'DAEMON_NOT_RUNNING' });
+  await t.rejects(getSecret('app/token', { socket: path.join(w.root, 'nothing.sock') }), {
+    code: 'DAEMON_NOT_RUNNING',
+  });
   t.ok(new RotorClientError('X', 'y') instanceof Error);
 });
 
@@ -227,7 +255,14 @@ t.test('read receipts; retireAfter: consumers retires once every consumer read t
   t.equal(app.version, 2);
   t.equal(app.previous?.version, 1, 'one consumer read version 2: the previous stays');
   const st = w.d.status().secrets.find((s) => s.name === 'shared/drained')!;
-  t.same(st.consumers.map((c) => [c.name, c.version, c.behind]), [['app', 2, false], ['other', 1, true]], 'status shows the consumer still on version 1');
+  t.same(
+    st.consumers.map((c) => [c.name, c.version, c.behind]),
+    [
+      ['app', 2, false],
+      ['other', 1, true],
+    ],
+    'status shows the consumer still on version 1',
+  );
   const retired = step('shared/drained', 'retired');
   const other = await getSecret('shared/drained', { socket: w.sock('other') });
   t.equal(other.version, 2);
@@ -242,14 +277,29 @@ t.test('read receipts; retireAfter: consumers retires once every consumer read t
   await w.d.stop();
   const d2 = await w.start({ socketDir: w.socketDir });
   t.teardown(() => d2.stop());
-  t.same(d2.status().secrets.find((s) => s.name === 'shared/drained')!.consumers.map((c) => c.version), [2, 2], 'receipts are kept in the store');
+  t.same(
+    d2
+      .status()
+      .secrets.find((s) => s.name === 'shared/drained')!
+      .consumers.map((c) => c.version),
+    [2, 2],
+    'receipts are kept in the store',
+  );
 });
 
 t.test('sockets follow the declarations: a new consumer gets one, a removed one loses it', async (t) => {
   const w = await setup(t);
-  w.push('consumers.yaml', consumers(`---\nkind: Consumer\nname: late\nuid: ${UID}\nsecrets: ["app/token"]\n`), 'add late');
+  w.push(
+    'consumers.yaml',
+    consumers(`---\nkind: Consumer\nname: late\nuid: ${UID}\nsecrets: ["app/token"]\n`),
+    'add late',
+  );
   await w.d.syncNow();
-  t.equal((await getSecret('app/token', { socket: w.sock('late') })).version, 1, 'the new consumer reads through its new socket');
+  t.equal(
+    (await getSecret('app/token', { socket: w.sock('late') })).version,
+    1,
+    'the new consumer reads through its new socket',
+  );
   const held = raw(w.sock('late'), '/v1/secrets/app/token?wait=60');
   await new Promise((r) => setImmediate(r));
   w.push('consumers.yaml', consumers(), 'remove late');
@@ -260,16 +310,34 @@ t.test('sockets follow the declarations: a new consumer gets one, a removed one 
 });
 
 t.test('start: stale sockets are cleared, a live one is not taken over, an unsafe directory is refused', async (t) => {
-  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': POLICIES, 'secrets.yaml': SECRETS, 'consumers.yaml': consumers() });
+  const w = await world(t, {
+    'rotor.yaml': CONFIG,
+    'policies.yaml': POLICIES,
+    'secrets.yaml': SECRETS,
+    'consumers.yaml': consumers(),
+  });
   const socketDir = path.join(w.root, 'sockets');
   mkdirSync(socketDir, { mode: 0o711 });
   // A socket file nobody listens on (what a killed daemon leaves).
-  execFileSync('python3', ['-c', 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])', path.join(socketDir, 'app.sock')]);
+  execFileSync('python3', [
+    '-c',
+    'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])',
+    path.join(socketDir, 'app.sock'),
+  ]);
   t.ok(lstatSync(path.join(socketDir, 'app.sock')).isSocket());
   const d = await w.start({ socketDir });
-  t.equal((await getSecret('app/token', { socket: path.join(socketDir, 'app.sock') })).version, 1, 'the stale socket was replaced');
+  t.equal(
+    (await getSecret('app/token', { socket: path.join(socketDir, 'app.sock') })).version,
+    1,
+    'the stale socket was replaced',
+  );
   // A second daemon (its own data dir) on the same socket directory is refused.
-  const w2 = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': POLICIES, 'secrets.yaml': SECRETS, 'consumers.yaml': consumers() });
+  const w2 = await world(t, {
+    'rotor.yaml': CONFIG,
+    'policies.yaml': POLICIES,
+    'secrets.yaml': SECRETS,
+    'consumers.yaml': consumers(),
+  });
   await t.rejects(w2.start({ socketDir }), { code: 'SOCKET_DIR_IN_USE' });
   await d.stop();
   t.same(readdirSync(socketDir), [], 'stop removes the sockets');
@@ -286,34 +354,62 @@ t.test('start: stale sockets are cleared, a live one is not taken over, an unsaf
   t.notOk(readFileSync(path.join(w.dataDir, '..', 'data', 'identity.age'), 'utf8').length === 0);
 });
 
-t.test('a socket directory that is a symbolic link is refused (SOCKET_DIR_SYMLINK), its target left as it was', async (t) => {
-  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': POLICIES, 'secrets.yaml': SECRETS, 'consumers.yaml': consumers() });
-  // A directory of the daemon's user, closed (0700): followed, it would be chmod'ed 0711 and get sockets.
-  const target = path.join(w.root, 'elsewhere');
-  mkdirSync(target, { mode: 0o700 });
-  chmodSync(target, 0o700);
-  const link = path.join(w.root, 'sockets');
-  symlinkSync(target, link);
-  await t.rejects(w.start({ socketDir: link }), { code: 'SOCKET_DIR_SYMLINK', message: /is a symbolic link.*remove the link, or pass the real directory/ });
-  t.equal(statSync(target).mode & 0o777, 0o700, 'the target keeps its mode');
-  t.same(readdirSync(target), [], 'and has nothing put in it');
-  t.ok(lstatSync(link).isSymbolicLink(), 'the link is left where it was');
+t.test(
+  'a socket directory that is a symbolic link is refused (SOCKET_DIR_SYMLINK), its target left as it was',
+  async (t) => {
+    const w = await world(t, {
+      'rotor.yaml': CONFIG,
+      'policies.yaml': POLICIES,
+      'secrets.yaml': SECRETS,
+      'consumers.yaml': consumers(),
+    });
+    // A directory of the daemon's user, closed (0700): followed, it would be chmod'ed 0711 and get sockets.
+    const target = path.join(w.root, 'elsewhere');
+    mkdirSync(target, { mode: 0o700 });
+    chmodSync(target, 0o700);
+    const link = path.join(w.root, 'sockets');
+    symlinkSync(target, link);
+    await t.rejects(w.start({ socketDir: link }), {
+      code: 'SOCKET_DIR_SYMLINK',
+      message: /is a symbolic link.*remove the link, or pass the real directory/,
+    });
+    t.equal(statSync(target).mode & 0o777, 0o700, 'the target keeps its mode');
+    t.same(readdirSync(target), [], 'and has nothing put in it');
+    t.ok(lstatSync(link).isSymbolicLink(), 'the link is left where it was');
 
-  // A link to nowhere: nothing is created where it points.
-  const dangling = path.join(w.root, 'dangling');
-  symlinkSync(path.join(w.root, 'nowhere'), dangling);
-  await t.rejects(w.start({ socketDir: dangling }), { code: 'SOCKET_DIR_SYMLINK' });
-  t.notOk(existsSync(path.join(w.root, 'nowhere')), 'the link\'s target is not created');
+    // A link to nowhere: nothing is created where it points.
+    const dangling = path.join(w.root, 'dangling');
+    symlinkSync(path.join(w.root, 'nowhere'), dangling);
+    await t.rejects(w.start({ socketDir: dangling }), { code: 'SOCKET_DIR_SYMLINK' });
+    t.notOk(existsSync(path.join(w.root, 'nowhere')), "the link's target is not created");
 
-  // rotor daemon says so and exits 1.
-  const r = await rotor(['daemon', '--repo', w.remote, '--data-dir', w.dataDir, '--socket-dir', link, '--agent-listen', '127.0.0.1:0', '--metrics-listen', 'off']);
-  t.equal(r.code, 1);
-  t.match(r.stderr, new RegExp(`rotor daemon: ${link.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is a symbolic link.* \\[SOCKET_DIR_SYMLINK\\]\\n`));
-  t.equal(statSync(target).mode & 0o777, 0o700, 'still 0700');
+    // rotor daemon says so and exits 1.
+    const r = await rotor([
+      'daemon',
+      '--repo',
+      w.remote,
+      '--data-dir',
+      w.dataDir,
+      '--socket-dir',
+      link,
+      '--agent-listen',
+      '127.0.0.1:0',
+      '--metrics-listen',
+      'off',
+    ]);
+    t.equal(r.code, 1);
+    t.match(
+      r.stderr,
+      new RegExp(
+        `rotor daemon: ${link.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is a symbolic link.* \\[SOCKET_DIR_SYMLINK\\]\\n`,
+      ),
+    );
+    t.equal(statSync(target).mode & 0o777, 0o700, 'still 0700');
 
-  // The real directory works.
-  const d = await w.start({ socketDir: target });
-  t.equal((await getSecret('app/token', { socket: path.join(target, 'app.sock') })).version, 1);
-  t.equal(statSync(target).mode & 0o777, 0o711, 'the real directory is made 0711');
-  await d.stop();
-});
+    // The real directory works.
+    const d = await w.start({ socketDir: target });
+    t.equal((await getSecret('app/token', { socket: path.join(target, 'app.sock') })).version, 1);
+    t.equal(statSync(target).mode & 0o777, 0o711, 'the real directory is made 0711');
+    await d.stop();
+  },
+);

@@ -8,13 +8,13 @@
  * case replaces rotor.yaml, any other case is added as bad.yaml. Then `rotor validate` runs in-process
  * and must exit 1 with an error line `FILE:LINE:COL: error: ... [CODE]` for that file.
  */
-import { cpSync, copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { run } from '../src/cli/main.js';
 import type { Io } from '../src/cli/io.js';
+import { run } from '../src/cli/main.js';
 import { CODES } from '../src/model/problems.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -53,8 +53,12 @@ async function validate(dir: string): Promise<{ code: number; stdout: string; st
   let stdout = '';
   let stderr = '';
   const io: Io = {
-    stdout: (s) => { stdout += s; },
-    stderr: (s) => { stderr += s; },
+    stdout: (s) => {
+      stdout += s;
+    },
+    stderr: (s) => {
+      stderr += s;
+    },
     env: {},
     cwd: path.dirname(dir),
     now: () => NOW,
@@ -74,7 +78,11 @@ t.test('the corpus has enough cases, each with a well-formed name and header', a
     if (typeof e === 'string') t.fail(`${f}: ${e}`);
   }
   const numbers = files.map((f) => f.slice(0, 3));
-  t.same(numbers.filter((n, i) => numbers.indexOf(n) !== i), [], 'case numbers are unique');
+  t.same(
+    numbers.filter((n, i) => numbers.indexOf(n) !== i),
+    [],
+    'case numbers are unique',
+  );
 });
 
 t.test('the base repository is valid', async (t) => {
@@ -107,7 +115,8 @@ t.test('every bad case is rejected with its expected problem', async (t) => {
       const where = `${escapeRe(target)}:${e.line}:${e.col ?? '[0-9]+'}`;
       const want = new RegExp(`^${where}: error: .* \\[${e.code}\\]$`, 'm');
       const printed = (r.stdout + r.stderr).split('\n');
-      const shown = printed.slice(0, 20).join('\n') + (printed.length > 21 ? `\n... (${printed.length - 21} more lines)` : '');
+      const shown =
+        printed.slice(0, 20).join('\n') + (printed.length > 21 ? `\n... (${printed.length - 21} more lines)` : '');
       const detail = `expected ${target}:${e.line}${e.col !== undefined ? `:${e.col}` : ''} ${e.code}; got:\n${shown}`;
       t.equal(r.code, 1, `${f}: validate exits 1`);
       t.match(r.stdout, want, `${f}: ${e.code} at line ${e.line}${e.col !== undefined ? `:${e.col}` : ''}`, { detail });

@@ -13,7 +13,8 @@ import { world } from './world.js';
 
 const FILES = {
   'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
-  'p.yaml': 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1h\n---\nkind: Secret\nname: app/key\npolicy: monthly\ngenerate: { length: 40 }\n',
+  'p.yaml':
+    'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1h\n---\nkind: Secret\nname: app/key\npolicy: monthly\ngenerate: { length: 40 }\n',
 };
 
 /** A world whose audit log ends with an entry the store does not anchor, on the remote too. */
@@ -36,24 +37,35 @@ t.test('the last pushed entry removed from the clone: refused (AUDIT_TRUNCATED),
   const { w, file, lines, remoteLog } = await prepared(t);
   const before = remoteLog();
   writeFileSync(file, `${lines.slice(0, -1).join('\n')}\n`);
-  await t.rejects(w.start(), { code: 'AUDIT_TRUNCATED', message: /ends at entry \d+, before entry \d+, which the remote holds/ });
+  await t.rejects(w.start(), {
+    code: 'AUDIT_TRUNCATED',
+    message: /ends at entry \d+, before entry \d+, which the remote holds/,
+  });
   t.equal(remoteLog(), before, 'the remote is as it was');
 });
 
-t.test('the last pushed entry changed in the clone (its hash recomputed): refused (AUDIT_CHAIN_BROKEN), nothing pushed', async (t) => {
-  const { w, file, lines, remoteLog } = await prepared(t);
-  const before = remoteLog();
-  const { hash: _h, ...last } = JSON.parse(lines.at(-1)!);
-  const forged = sealEntry({ ...last, detail: 'forged', prev: lineHash(lines.at(-2)!) }).line;
-  writeFileSync(file, `${[...lines.slice(0, -1), forged].join('\n')}\n`);
-  await t.rejects(w.start(), { code: 'AUDIT_CHAIN_BROKEN', message: /differs at entry \d+, which the remote holds/ });
-  t.equal(remoteLog(), before, 'the remote is as it was');
-});
+t.test(
+  'the last pushed entry changed in the clone (its hash recomputed): refused (AUDIT_CHAIN_BROKEN), nothing pushed',
+  async (t) => {
+    const { w, file, lines, remoteLog } = await prepared(t);
+    const before = remoteLog();
+    const { hash: _h, ...last } = JSON.parse(lines.at(-1)!);
+    const forged = sealEntry({ ...last, detail: 'forged', prev: lineHash(lines.at(-2)!) }).line;
+    writeFileSync(file, `${[...lines.slice(0, -1), forged].join('\n')}\n`);
+    await t.rejects(w.start(), { code: 'AUDIT_CHAIN_BROKEN', message: /differs at entry \d+, which the remote holds/ });
+    t.equal(remoteLog(), before, 'the remote is as it was');
+  },
+);
 
 t.test('entries written but not yet committed before a crash are still taken', async (t) => {
   const { w, file, lines } = await prepared(t);
   // As if the daemon had appended an entry and died before committing it.
-  const extra = sealEntry({ seq: lines.length + 1, time: new Date().toISOString(), event: 'config-applied', prev: lineHash(lines.at(-1)!) }).line;
+  const extra = sealEntry({
+    seq: lines.length + 1,
+    time: new Date().toISOString(),
+    event: 'config-applied',
+    prev: lineHash(lines.at(-1)!),
+  }).line;
   writeFileSync(file, `${[...lines, extra].join('\n')}\n`);
   const d = await w.start();
   await d.stop();

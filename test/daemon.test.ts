@@ -3,23 +3,23 @@
  * it, the daemon's own clone in its data directory. Events are awaited on the rotation channel.
  */
 import { execFileSync } from 'node:child_process';
-import diagnostics_channel from 'node:diagnostics_channel';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { Daemon } from '../src/daemon/daemon.js';
-import { generateKeys, loadKeys } from '../src/keys.js';
-import { jsonLogger } from '../src/log.js';
-import { openStore } from '../src/state/store.js';
 import { verifyAuditDir } from '../src/audit/log.js';
+import { Daemon } from '../src/daemon/daemon.js';
+import { loadKeys } from '../src/keys.js';
 import type { SecretRecord } from '../src/rotation/record.js';
-import { commitAll, git, gitInit, tempDir } from './helpers.js';
+import { openStore } from '../src/state/store.js';
+import { git, tempDir } from './helpers.js';
 import { finishes, step, world } from './world.js';
 
 type T = Parameters<Parameters<typeof t.test>[1]>[0];
 
 const CONFIG = 'kind: Config\nsync: { interval: 1d }\n';
-const FAST = 'kind: Policy\nname: fast\nevery: 1s\noverlap: 500ms\n'.replace('500ms', '1s').replace('every: 1s', 'every: 2s');
+const FAST = 'kind: Policy\nname: fast\nevery: 1s\noverlap: 500ms\n'
+  .replace('500ms', '1s')
+  .replace('every: 1s', 'every: 2s');
 
 /** The audit entries on the remote (from a fresh clone), after checking the chain. */
 async function remoteAudit(t: T, remote: string) {
@@ -27,8 +27,25 @@ async function remoteAudit(t: T, remote: string) {
   execFileSync('git', ['clone', '-q', remote, dir]);
   const v = await verifyAuditDir(path.join(dir, 'audit'));
   t.ok(v.result.ok, `the audit chain on the remote verifies: ${JSON.stringify(v.result).slice(0, 300)}`);
-  const entries = readdirSync(path.join(dir, 'audit')).sort().flatMap((f) => readFileSync(path.join(dir, 'audit', f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)));
-  return entries as { seq: number; event: string; secret?: string; from?: number; to?: number; trigger?: string; reason?: string; commit?: string; problems?: number }[];
+  const entries = readdirSync(path.join(dir, 'audit'))
+    .sort()
+    .flatMap((f) =>
+      readFileSync(path.join(dir, 'audit', f), 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l)),
+    );
+  return entries as {
+    seq: number;
+    event: string;
+    secret?: string;
+    from?: number;
+    to?: number;
+    trigger?: string;
+    reason?: string;
+    commit?: string;
+    problems?: number;
+  }[];
 }
 
 const SECRETS = `kind: Secret
@@ -51,7 +68,14 @@ t.test('rotations on schedule become audit commits on the remote', async (t) => 
   await d.stop();
   const entries = await remoteAudit(t, w.remote);
   const ticker = entries.filter((e) => e.secret === 'demo/ticker' && (e.event === 'created' || e.event === 'rotated'));
-  t.same(ticker.slice(0, 3).map((e) => [e.event, e.from, e.to, e.trigger]), [['created', undefined, 1, 'new'], ['rotated', 1, 2, 'schedule'], ['rotated', 2, 3, 'schedule']]);
+  t.same(
+    ticker.slice(0, 3).map((e) => [e.event, e.from, e.to, e.trigger]),
+    [
+      ['created', undefined, 1, 'new'],
+      ['rotated', 1, 2, 'schedule'],
+      ['rotated', 2, 3, 'schedule'],
+    ],
+  );
   t.ok(entries.some((e) => e.event === 'config-applied'));
   const log = git(w.remote, 'log', '--format=%an %s', 'main');
   t.match(log, /^rotor rotor: audit entries$/m, 'audit commits by rotor');
@@ -87,7 +111,10 @@ t.test('an invalid commit is rejected and the last good model keeps rotating', a
   t.ok(contains((d.status().config.applied as { commit: string }).commit, fixed), 'the fixed commit is applied');
   await d.stop();
   const entries = await remoteAudit(t, w.remote);
-  t.match(entries.find((e) => e.event === 'config-rejected'), { commit: bad, problems: 1 });
+  t.match(
+    entries.find((e) => e.event === 'config-rejected'),
+    { commit: bad, problems: 1 },
+  );
   t.match(w.logs(), /"msg":"commit rejected: its declarations are invalid; the last good commit stays in force"/);
 });
 
@@ -100,7 +127,7 @@ t.test('a rotate request in the repository rotates once, with its reason and com
   t.equal(d.served('app/key')?.version, 1, 'a new secret gets version 1 at once');
   const v1 = d.served('app/key')!.value;
   const rotated = finishes('app/key', 1);
-  w.push('secrets.yaml', secret + 'rotate: { request: "2026-11-26-1", reason: "seen in a log" }\n', 'rotate app/key');
+  w.push('secrets.yaml', `${secret}rotate: { request: "2026-11-26-1", reason: "seen in a log" }\n`, 'rotate app/key');
   const commit = git(w.person, 'rev-parse', 'HEAD');
   await d.syncNow();
   await rotated;
@@ -111,11 +138,18 @@ t.test('a rotate request in the repository rotates once, with its reason and com
   t.equal(d.served('app/key')?.version, 2, 'the same request does not rotate again');
   await d.stop();
   const e = (await remoteAudit(t, w.remote)).filter((x) => x.secret === 'app/key' && x.event === 'rotated');
-  t.same(e.map((x) => [x.to, x.trigger, x.reason, x.commit]), [[2, 'request', 'seen in a log', commit]]);
+  t.same(
+    e.map((x) => [x.to, x.trigger, x.reason, x.commit]),
+    [[2, 'request', 'seen in a log', commit]],
+  );
 });
 
 t.test('a removed secret stops rotating, is kept for its overlap, then purged; both audited', async (t) => {
-  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1s\n', 'secrets.yaml': 'kind: Secret\nname: old/key\npolicy: p\ngenerate: {}\n' });
+  const w = await world(t, {
+    'rotor.yaml': CONFIG,
+    'policies.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1s\n',
+    'secrets.yaml': 'kind: Secret\nname: old/key\npolicy: p\ngenerate: {}\n',
+  });
   const d = await w.start();
   t.teardown(() => d.stop());
   t.equal(d.served('old/key')?.version, 1);
@@ -144,9 +178,15 @@ t.test('a restart resumes: versions continue, nothing is audited twice, break-gl
   await again;
   await d.stop();
   const entries = (await remoteAudit(t, w.remote)).filter((e) => e.secret === 'demo/ticker' && e.to !== undefined);
-  t.same(entries.map((e) => e.to), entries.map((_, i) => i + 1), 'one audit entry per version, no gap, no duplicate');
+  t.same(
+    entries.map((e) => e.to),
+    entries.map((_, i) => i + 1),
+    'one audit entry per version, no gap, no duplicate',
+  );
   // Offline, with Debian's age and only the break-glass identity.
-  const snapshot = JSON.parse(execFileSync('age', ['-d', '-i', bg, path.join(w.dataDir, 'state', 'snapshot.age')], { encoding: 'utf8' }));
+  const snapshot = JSON.parse(
+    execFileSync('age', ['-d', '-i', bg, path.join(w.dataDir, 'state', 'snapshot.age')], { encoding: 'utf8' }),
+  );
   const rec = snapshot.entries['secret/demo/ticker'] as SecretRecord;
   t.equal(rec.versions[0]!.version, entries.at(-1)!.to, 'the snapshot holds the current version');
 });
@@ -157,7 +197,11 @@ t.test('no generated value appears in the logs, the audit log or the git history
   await finishes('demo/ticker', 3);
   await d.stop();
   const keys = await loadKeys(w.dataDir);
-  const store = await openStore({ dir: path.join(w.dataDir, 'state'), identity: keys.identity, recipients: [keys.recipient] });
+  const store = await openStore({
+    dir: path.join(w.dataDir, 'state'),
+    identity: keys.identity,
+    recipients: [keys.recipient],
+  });
   const values: string[] = [];
   for (const [, v] of store.entries('secret/')) {
     for (const ver of (v as unknown as SecretRecord).versions) {
@@ -168,24 +212,37 @@ t.test('no generated value appears in the logs, the audit log or the git history
   await store.close();
   t.ok(values.length >= 5, `${values.length} values to look for`);
   const history = git(w.remote, 'log', '-p', '--all');
-  const auditText = readdirSync(path.join(w.dataDir, 'repo', 'audit')).map((f) => readFileSync(path.join(w.dataDir, 'repo', 'audit', f), 'utf8')).join('');
+  const auditText = readdirSync(path.join(w.dataDir, 'repo', 'audit'))
+    .map((f) => readFileSync(path.join(w.dataDir, 'repo', 'audit', f), 'utf8'))
+    .join('');
   const haystacks = { logs: w.logs(), history, audit: auditText };
   for (const v of values) {
     for (const form of [v, Buffer.from(v).toString('base64'), Buffer.from(v).toString('hex')]) {
-      for (const [where, text] of Object.entries(haystacks)) t.notOk(text.includes(form), `a value is not in the ${where}`);
+      for (const [where, text] of Object.entries(haystacks))
+        t.notOk(text.includes(form), `a value is not in the ${where}`);
     }
   }
 });
 
 t.test('the daemon refuses to start without keys and says how to make them', async (t) => {
   const w = await world(t, { 'rotor.yaml': CONFIG });
-  const d = new Daemon({ repo: w.remote, branch: 'main', dataDir: path.join(w.root, 'nokeys'), breakGlass: [], log: () => undefined });
+  const d = new Daemon({
+    repo: w.remote,
+    branch: 'main',
+    dataDir: path.join(w.root, 'nokeys'),
+    breakGlass: [],
+    log: () => undefined,
+  });
   await t.rejects(d.start(), { code: 'KEYS_MISSING', message: /rotor keygen/ });
 });
 
 t.test('rotor rotate over the admin socket; concurrent requests for one secret run one rotation', async (t) => {
   const slow = 'kind: Policy\nname: slow\nevery: 30d\noverlap: 1d\n';
-  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': slow, 'secrets.yaml': 'kind: Secret\nname: app/key\npolicy: slow\ngenerate: {}\n' });
+  const w = await world(t, {
+    'rotor.yaml': CONFIG,
+    'policies.yaml': slow,
+    'secrets.yaml': 'kind: Secret\nname: app/key\npolicy: slow\ngenerate: {}\n',
+  });
   const d = await w.start();
   t.teardown(() => d.stop());
   const { statSync } = await import('node:fs');
@@ -210,7 +267,13 @@ t.test('rotor rotate over the admin socket; concurrent requests for one secret r
   t.same(new Set(results.map((x) => x.version)), new Set([3]), 'every request sees the same new version');
   await d.stop();
   const rotated = (await remoteAudit(t, w.remote)).filter((e) => e.secret === 'app/key' && e.event === 'rotated');
-  t.same(rotated.map((e) => [e.to, e.trigger, e.reason]), [[2, 'cli', 'suspected leak'], [3, 'cli', 'ten at once']]);
+  t.same(
+    rotated.map((e) => [e.to, e.trigger, e.reason]),
+    [
+      [2, 'cli', 'suspected leak'],
+      [3, 'cli', 'ten at once'],
+    ],
+  );
 });
 
 t.test('a person pushing to the branch while the daemon rotates loses no audit entry', async (t) => {
@@ -223,39 +286,81 @@ t.test('a person pushing to the branch while the daemon rotates loses no audit e
     await next;
   }
   await d.stop();
-  const local = readdirSync(path.join(w.dataDir, 'repo', 'audit')).flatMap((f) => readFileSync(path.join(w.dataDir, 'repo', 'audit', f), 'utf8').split('\n').filter(Boolean));
+  const local = readdirSync(path.join(w.dataDir, 'repo', 'audit')).flatMap((f) =>
+    readFileSync(path.join(w.dataDir, 'repo', 'audit', f), 'utf8')
+      .split('\n')
+      .filter(Boolean),
+  );
   const remote = await remoteAudit(t, w.remote);
   t.equal(remote.length, local.length, 'every audit entry the daemon wrote is on the remote');
-  t.same(remote.map((e) => e.seq), local.map((_, i) => i + 1), 'exactly once each, in order');
+  t.same(
+    remote.map((e) => e.seq),
+    local.map((_, i) => i + 1),
+    'exactly once each, in order',
+  );
   const log = git(w.remote, 'log', '--format=%s', 'main');
-  for (let i = 0; i < 5; i++) t.match(log, new RegExp(`^a person's commit ${i}$`, 'm'), `the person's commit ${i} is there`);
-  t.equal(git(w.remote, 'rev-list', '--merges', '--count', 'main'), '0', 'a linear history: audit commits are rebased, never merged');
+  for (let i = 0; i < 5; i++)
+    t.match(log, new RegExp(`^a person's commit ${i}$`, 'm'), `the person's commit ${i} is there`);
+  t.equal(
+    git(w.remote, 'rev-list', '--merges', '--count', 'main'),
+    '0',
+    'a linear history: audit commits are rebased, never merged',
+  );
 });
 
 t.test('rotor daemon as a process: SIGHUP fetches at once, SIGTERM stops cleanly', async (t) => {
   const { spawn } = await import('node:child_process');
   const { ROOT } = await import('./helpers.js');
-  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n', 'secrets.yaml': 'kind: Secret\nname: a/one\npolicy: p\ngenerate: {}\n' });
-  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', '--repo', w.remote, '--data-dir', w.dataDir, '--socket-dir', path.join(w.dataDir, 'sockets'), '--agent-listen', '127.0.0.1:0', '--metrics-listen', 'off'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const w = await world(t, {
+    'rotor.yaml': CONFIG,
+    'policies.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n',
+    'secrets.yaml': 'kind: Secret\nname: a/one\npolicy: p\ngenerate: {}\n',
+  });
+  const child = spawn(
+    '/usr/bin/env',
+    [
+      '-u',
+      'NODE_OPTIONS',
+      process.execPath,
+      path.join(ROOT, 'dist/src/cli/main.js'),
+      'daemon',
+      '--repo',
+      w.remote,
+      '--data-dir',
+      w.dataDir,
+      '--socket-dir',
+      path.join(w.dataDir, 'sockets'),
+      '--agent-listen',
+      '127.0.0.1:0',
+      '--metrics-listen',
+      'off',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   let err = '';
   const waiting = new Set<() => void>();
   child.stderr.on('data', (c: Buffer) => {
     err += c.toString();
     for (const check of [...waiting]) check();
   });
-  const waitFor = (re: RegExp) => new Promise<void>((resolve, reject) => {
-    const check = () => {
-      if (re.test(err)) {
-        waiting.delete(check);
-        resolve();
-      }
-    };
-    waiting.add(check);
-    child.once('exit', () => reject(new Error(`the daemon exited: ${err.slice(-1000)}`)));
-    check();
-  });
+  const waitFor = (re: RegExp) =>
+    new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (re.test(err)) {
+          waiting.delete(check);
+          resolve();
+        }
+      };
+      waiting.add(check);
+      child.once('exit', () => reject(new Error(`the daemon exited: ${err.slice(-1000)}`)));
+      check();
+    });
   await waitFor(/"msg":"daemon started"/);
-  w.push('secrets.yaml', 'kind: Secret\nname: a/one\npolicy: p\ngenerate: {}\n---\nkind: Secret\nname: a/two\npolicy: p\ngenerate: {}\n', 'add a/two');
+  w.push(
+    'secrets.yaml',
+    'kind: Secret\nname: a/one\npolicy: p\ngenerate: {}\n---\nkind: Secret\nname: a/two\npolicy: p\ngenerate: {}\n',
+    'add a/two',
+  );
   child.kill('SIGHUP');
   await waitFor(/"msg":"secret created","secret":"a\/two"/);
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
@@ -263,11 +368,21 @@ t.test('rotor daemon as a process: SIGHUP fetches at once, SIGTERM stops cleanly
   t.equal(await exited, 0, 'a clean exit on SIGTERM');
   await new Promise((resolve) => (child.stderr.readableEnded ? resolve(undefined) : child.stderr.once('end', resolve)));
   t.match(err, /"msg":"stopping"/);
-  t.ok(err.split('\n').filter(Boolean).every((l) => JSON.parse(l).level !== undefined), 'logs are JSON lines');
+  t.ok(
+    err
+      .split('\n')
+      .filter(Boolean)
+      .every((l) => JSON.parse(l).level !== undefined),
+    'logs are JSON lines',
+  );
 });
 
 t.test('after downtime an overdue secret rotates once; a changed policy reschedules it', async (t) => {
-  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': 'kind: Policy\nname: hourly\nevery: 1h\noverlap: 10m\n', 'secrets.yaml': 'kind: Secret\nname: app/key\npolicy: hourly\ngenerate: {}\n' });
+  const w = await world(t, {
+    'rotor.yaml': CONFIG,
+    'policies.yaml': 'kind: Policy\nname: hourly\nevery: 1h\noverlap: 10m\n',
+    'secrets.yaml': 'kind: Secret\nname: app/key\npolicy: hourly\ngenerate: {}\n',
+  });
   let clock = Date.parse('2026-11-26T00:00:00Z');
   let d = await w.start({ now: () => clock });
   t.equal(d.served('app/key')?.version, 1);
@@ -275,12 +390,17 @@ t.test('after downtime an overdue secret rotates once; a changed policy reschedu
   clock += 10 * 3_600_000 + 123; // ten slots missed
   d = await w.start({ now: () => clock });
   t.equal(d.served('app/key')?.version, 2, 'one rotation for ten missed slots');
-  const next = () => (d.status().secrets as { name: string; nextRotationAt?: number }[]).find((s) => s.name === 'app/key')!.nextRotationAt;
+  const next = () =>
+    (d.status().secrets as { name: string; nextRotationAt?: number }[]).find((s) => s.name === 'app/key')!
+      .nextRotationAt;
   t.equal(next(), clock + 3_600_000, 'the cadence starts again from the catch-up rotation');
   w.push('policies.yaml', 'kind: Policy\nname: hourly\nevery: 2h\noverlap: 10m\n', 'every 2h');
   await d.syncNow();
   t.equal(next(), clock + 2 * 3_600_000, 'a changed policy reschedules the secret');
   await d.stop();
   const rotated = (await remoteAudit(t, w.remote)).filter((e) => e.secret === 'app/key' && e.event === 'rotated');
-  t.same(rotated.map((e) => [e.from, e.to, e.trigger]), [[1, 2, 'schedule']]);
+  t.same(
+    rotated.map((e) => [e.from, e.to, e.trigger]),
+    [[1, 2, 'schedule']],
+  );
 });

@@ -9,25 +9,25 @@
 import diagnostics_channel from 'node:diagnostics_channel';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import t from 'tap';
-import pg from 'pg';
-import mysql from 'mysql2/promise';
 import { Redis } from 'ioredis';
+import mysql from 'mysql2/promise';
+import pg from 'pg';
+import t from 'tap';
 import { Agent } from '../agent/src/agent.js';
 import { loadAgentConfig } from '../agent/src/config.js';
+import { getSecret } from '../src/client/index.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
-import { getSecret } from '../src/client/index.js';
-import { startPostgres } from './services/postgres.js';
+import { tempDir } from './helpers.js';
 import { startMariadb } from './services/mariadb.js';
+import { startPostgres } from './services/postgres.js';
 import { startRedis } from './services/redis.js';
 import { world } from './world.js';
-import { tempDir } from './helpers.js';
 
 type T = Parameters<Parameters<typeof t.test>[1]>[0];
 type Login = (username: string, password: string) => Promise<boolean>;
 const UID = process.getuid!();
-const ADMIN_PASSWORD = 'Admin-' + Math.random().toString(36).slice(2) + 'X9';
+const ADMIN_PASSWORD = `Admin-${Math.random().toString(36).slice(2)}X9`;
 
 function on(secret: string, step: string, version?: number): Promise<void> {
   const ch = diagnostics_channel.channel('rotor:rotation');
@@ -74,12 +74,26 @@ async function rotateThrough(t: T, c: Case, rotations = 3) {
   t.teardown(() => d.stop());
   const daemonKeys = await loadKeys(w.dataDir);
   const configFile = path.join(keysRoot, 'agent.yaml');
-  writeFileSync(configFile, [
-    `daemon: http://${d.agentAddress}`, 'name: db-host', `keyDir: ${path.join(keysRoot, 'agent')}`, `daemonSigningKey: "${daemonKeys.signingKey}"`,
-    'targets:', '  the-db:', `    url: ${c.url}`, '    password: { env: DB_ADMIN_PASSWORD }', '',
-  ].join('\n'), { mode: 0o600 });
+  writeFileSync(
+    configFile,
+    [
+      `daemon: http://${d.agentAddress}`,
+      'name: db-host',
+      `keyDir: ${path.join(keysRoot, 'agent')}`,
+      `daemonSigningKey: "${daemonKeys.signingKey}"`,
+      'targets:',
+      '  the-db:',
+      `    url: ${c.url}`,
+      '    password: { env: DB_ADMIN_PASSWORD }',
+      '',
+    ].join('\n'),
+    { mode: 0o600 },
+  );
   let agentLogs = '';
-  const agent = new Agent(await loadAgentConfig(configFile, { env: { DB_ADMIN_PASSWORD: c.adminPassword ?? ADMIN_PASSWORD } }), { log: jsonLogger((l) => void (agentLogs += l)), wait: 5, backoff: { baseMs: 50, capMs: 500 } });
+  const agent = new Agent(
+    await loadAgentConfig(configFile, { env: { DB_ADMIN_PASSWORD: c.adminPassword ?? ADMIN_PASSWORD } }),
+    { log: jsonLogger((l) => void (agentLogs += l)), wait: 5, backoff: { baseMs: 50, capMs: 500 } },
+  );
   agent.start();
   t.teardown(() => agent.stop({ graceMs: 5000 }));
   await first;
@@ -96,7 +110,11 @@ async function rotateThrough(t: T, c: Case, rotations = 3) {
     cur = d.served(name)!;
     values.push(String(cur.value));
     t.equal(cur.version, before.version + 1);
-    t.equal(cur.username, c.strategy === 'alternate' ? c.users[(i + 1) % 2] : c.users[0], `version ${cur.version} is for ${cur.username}`);
+    t.equal(
+      cur.username,
+      c.strategy === 'alternate' ? c.users[(i + 1) % 2] : c.users[0],
+      `version ${cur.version} is for ${cur.username}`,
+    );
     t.ok(await c.login(cur.username!, String(cur.value)), `version ${cur.version}: the served value logs in`);
     t.equal(cur.previous?.version, before.version, 'the previous version is served during the overlap');
     const prevWorks = await c.login(before.username!, String(before.value));
@@ -106,11 +124,17 @@ async function rotateThrough(t: T, c: Case, rotations = 3) {
     const retired = on(name, 'retired');
     t.equal((await getSecret(name, { socket })).version, cur.version);
     await retired;
-    t.notOk(await c.login(before.username!, String(before.value)), `after retire, version ${before.version} no longer logs in`);
+    t.notOk(
+      await c.login(before.username!, String(before.value)),
+      `after retire, version ${before.version} no longer logs in`,
+    );
     t.ok(await c.login(cur.username!, String(cur.value)), `after retire, version ${cur.version} still logs in`);
   }
   const logs = w.logs() + agentLogs;
-  t.notOk(values.some((v) => logs.includes(v)), 'no value in the daemon\'s or the agent\'s logs');
+  t.notOk(
+    values.some((v) => logs.includes(v)),
+    "no value in the daemon's or the agent's logs",
+  );
   return { d, w, name };
 }
 
@@ -119,7 +143,8 @@ t.test('PostgreSQL through the agent', async (t) => {
   if (!server) return;
   await server.query(`CREATE ROLE rotor_admin LOGIN CREATEROLE PASSWORD '${ADMIN_PASSWORD}'`);
   await server.query('CREATE ROLE app_owner NOLOGIN');
-  for (const r of ['app_blue', 'app_green', 'gate_blue']) await server.query(`CREATE ROLE ${r} LOGIN IN ROLE app_owner`);
+  for (const r of ['app_blue', 'app_green', 'gate_blue'])
+    await server.query(`CREATE ROLE ${r} LOGIN IN ROLE app_owner`);
   await server.query('CREATE ROLE gate_green NOLOGIN IN ROLE app_owner'); // accepts a password, refuses the login
   const odd = `o'brien"; DROP ROLE rotor_admin; --`;
   await server.query(`CREATE ROLE ${pg.escapeIdentifier(odd)} LOGIN`);
@@ -137,13 +162,23 @@ t.test('PostgreSQL through the agent', async (t) => {
     }
   };
   const url = `postgres://rotor_admin@127.0.0.1:${server.port}/postgres`;
-  await t.test('alternate', (t) => rotateThrough(t, { engine: 'postgres', url, strategy: 'alternate', users: ['app_blue', 'app_green'], login }));
+  await t.test('alternate', (t) =>
+    rotateThrough(t, { engine: 'postgres', url, strategy: 'alternate', users: ['app_blue', 'app_green'], login }),
+  );
   await t.test('single, with a user name built to inject SQL', async (t) => {
     await rotateThrough(t, { engine: 'postgres', url, strategy: 'single', users: [odd], login });
-    t.equal((await server.query(`SELECT count(*)::int AS n FROM pg_roles WHERE rolname = 'rotor_admin'`))[0]!.n, 1, 'rotor_admin still exists');
+    t.equal(
+      (await server.query(`SELECT count(*)::int AS n FROM pg_roles WHERE rolname = 'rotor_admin'`))[0]!.n,
+      1,
+      'rotor_admin still exists',
+    );
   });
   await t.test('the test gate: accepted by the database, refused at login: not promoted', async (t) => {
-    const { d, w, name } = await rotateThrough(t, { engine: 'postgres', url, strategy: 'alternate', users: ['gate_blue', 'gate_green'], login }, 0);
+    const { d, w, name } = await rotateThrough(
+      t,
+      { engine: 'postgres', url, strategy: 'alternate', users: ['gate_blue', 'gate_green'], login },
+      0,
+    );
     const before = d.served(name)!;
     await t.rejects(d.rotateNow(name, 'gate'), { code: 'DB_TEST_FAILED' });
     const after = d.served(name)!;
@@ -152,8 +187,14 @@ t.test('PostgreSQL through the agent', async (t) => {
     t.ok(await login(after.username!, String(after.value)), 'and still logs in');
     await d.stop();
     const dir = path.join(w.dataDir, 'repo', 'audit');
-    const audit = readdirSync(dir).map((f) => readFileSync(path.join(dir, f), 'utf8')).join('');
-    t.match(audit, /"event":"rotation-failed","secret":"db\/postgres-alternate","to":2,.*"detail":"DB_TEST_FAILED: the previous version stays current"/, 'rotation-failed is audited');
+    const audit = readdirSync(dir)
+      .map((f) => readFileSync(path.join(dir, f), 'utf8'))
+      .join('');
+    t.match(
+      audit,
+      /"event":"rotation-failed","secret":"db\/postgres-alternate","to":2,.*"detail":"DB_TEST_FAILED: the previous version stays current"/,
+      'rotation-failed is audited',
+    );
   });
 });
 
@@ -165,7 +206,8 @@ t.test('MariaDB through the agent', async (t) => {
   await root.query(`CREATE USER 'rotor_admin'@'127.0.0.1' IDENTIFIED BY '${ADMIN_PASSWORD}'`);
   await root.query(`GRANT CREATE USER ON *.* TO 'rotor_admin'@'127.0.0.1'`);
   await root.query(`GRANT SELECT ON mysql.global_priv TO 'rotor_admin'@'127.0.0.1'`);
-  for (const u of ['m_dual', 'm_blue', 'm_green', 'm_single']) await root.query(`CREATE USER '${u}'@'127.0.0.1' IDENTIFIED BY 'Initial-${u}-9'`);
+  for (const u of ['m_dual', 'm_blue', 'm_green', 'm_single'])
+    await root.query(`CREATE USER '${u}'@'127.0.0.1' IDENTIFIED BY 'Initial-${u}-9'`);
   const login: Login = async (user, password) => {
     try {
       const c = await mysql.createConnection({ host: '127.0.0.1', port: server.port, user, password });
@@ -179,8 +221,12 @@ t.test('MariaDB through the agent', async (t) => {
   };
   const url = `mysql://rotor_admin@127.0.0.1:${server.port}/`;
   await t.test('dual', (t) => rotateThrough(t, { engine: 'mariadb', url, strategy: 'dual', users: ['m_dual'], login }));
-  await t.test('alternate', (t) => rotateThrough(t, { engine: 'mariadb', url, strategy: 'alternate', users: ['m_blue', 'm_green'], login }));
-  await t.test('single', (t) => rotateThrough(t, { engine: 'mariadb', url, strategy: 'single', users: ['m_single'], login }));
+  await t.test('alternate', (t) =>
+    rotateThrough(t, { engine: 'mariadb', url, strategy: 'alternate', users: ['m_blue', 'm_green'], login }),
+  );
+  await t.test('single', (t) =>
+    rotateThrough(t, { engine: 'mariadb', url, strategy: 'single', users: ['m_single'], login }),
+  );
 });
 
 t.test('Redis through the agent', async (t) => {
@@ -188,7 +234,17 @@ t.test('Redis through the agent', async (t) => {
   if (!server) return;
   for (const u of ['r_dual', 'r_single']) await server.createUser(u, `Initial-${u}-9`);
   const login: Login = async (user, password) => {
-    const r = new Redis({ host: '127.0.0.1', port: server.port, lazyConnect: true, protocol: 2, retryStrategy: null, maxRetriesPerRequest: 0, enableOfflineQueue: false, enableReadyCheck: false, disableClientInfo: true });
+    const r = new Redis({
+      host: '127.0.0.1',
+      port: server.port,
+      lazyConnect: true,
+      protocol: 2,
+      retryStrategy: null,
+      maxRetriesPerRequest: 0,
+      enableOfflineQueue: false,
+      enableReadyCheck: false,
+      disableClientInfo: true,
+    });
     r.on('error', () => {});
     try {
       await r.connect();

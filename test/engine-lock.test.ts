@@ -6,11 +6,12 @@
  * audited twice: seen by prove/1-faults.mjs under injected faults). Real store, real audit log; its
  * file-system layer holds a write at a gate to make the overlap certain.
  */
-import path from 'node:path';
+
 import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import t from 'tap';
-import { AuditLog, nodeAuditFs } from '../src/audit/log.js';
 import type { AuditEntry, AuditFs } from '../src/audit/log.js';
+import { AuditLog, nodeAuditFs } from '../src/audit/log.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import { loadModel } from '../src/model/load.js';
 import { DirectorySource } from '../src/model/source.js';
@@ -48,10 +49,11 @@ function gated() {
   return {
     fs,
     /** Holds the next write; resolves once a write is waiting there. */
-    hold: () => new Promise<void>((r) => {
-      closed = true;
-      arrived = r;
-    }),
+    hold: () =>
+      new Promise<void>((r) => {
+        closed = true;
+        arrived = r;
+      }),
     release: (fail: boolean) => release(fail),
   };
 }
@@ -60,19 +62,31 @@ t.test('overlapping runs and a rotate request never run two steps of one secret 
   const dir = tempDir(t, 'rotor-engine-lock-');
   mkdirSync(path.join(dir, 'repo'));
   writeFileSync(path.join(dir, 'repo', 'rotor.yaml'), 'kind: Config\n');
-  writeFileSync(path.join(dir, 'repo', 'all.yaml'), 'kind: Policy\nname: p\nevery: 30d\noverlap: 1s\n---\nkind: Secret\nname: app/key\npolicy: p\ngenerate: {}\n');
+  writeFileSync(
+    path.join(dir, 'repo', 'all.yaml'),
+    'kind: Policy\nname: p\nevery: 30d\noverlap: 1s\n---\nkind: Secret\nname: app/key\npolicy: p\ngenerate: {}\n',
+  );
   let clock = Date.parse('2026-11-26T00:00:00Z');
   const model = await loadModel(new DirectorySource(path.join(dir, 'repo')), { now: clock });
   await generateKeys(path.join(dir, 'keys'));
   const keys = await loadKeys(path.join(dir, 'keys'));
-  const store = await openStore({ dir: path.join(dir, 'state'), identity: keys.identity, recipients: [keys.recipient] });
+  const store = await openStore({
+    dir: path.join(dir, 'state'),
+    identity: keys.identity,
+    recipients: [keys.recipient],
+  });
   t.teardown(() => store.close());
   const gate = gated();
   const entries: AuditEntry[] = [];
   const log = await AuditLog.open(path.join(dir, 'audit'), { fs: gate.fs });
   const engine = new Engine({
     store,
-    audit: { append: async (events) => void entries.push(...(await log.append(events))), get head() { return log.head; } },
+    audit: {
+      append: async (events) => void entries.push(...(await log.append(events))),
+      get head() {
+        return log.head;
+      },
+    },
     audited: new Map(),
     fingerprintKey: Buffer.alloc(32, 7),
     now: () => clock,
@@ -86,7 +100,10 @@ t.test('overlapping runs and a rotate request never run two steps of one secret 
   // A rotation whose audit entry waits at the gate; meanwhile two runs of the due work (each would
   // retire version 1) and a rotate request queue up behind it.
   const held = gate.hold();
-  const rotation = engine.rotateNow('app/key', 'version 3').then(() => 'done', (e: { code?: string }) => e.code);
+  const rotation = engine.rotateNow('app/key', 'version 3').then(
+    () => 'done',
+    (e: { code?: string }) => e.code,
+  );
   await held;
   const runs = [engine.runDue(), engine.runDue()];
   gate.release(true); // the rotation's entry cannot be written: it fails, its pending value stays
@@ -95,7 +112,11 @@ t.test('overlapping runs and a rotate request never run two steps of one secret 
   await engine.idle();
 
   const retired = entries.filter((e) => e.event === 'retired');
-  t.same(retired.map((e) => e.from), [1], 'version 1 retired once');
+  t.same(
+    retired.map((e) => e.from),
+    [1],
+    'version 1 retired once',
+  );
   // A rotate request while a retirement runs is a rotation, not a join of the retirement.
   clock += 2000;
   await engine.runDue(); // the failed rotation's retry: version 3
@@ -110,8 +131,16 @@ t.test('overlapping runs and a rotate request never run two steps of one secret 
   await engine.idle();
   const made = entries.filter((e) => e.event === 'created' || e.event === 'rotated').map((e) => e.to);
   t.same(made, [...new Set(made)], 'no version audited twice');
-  t.same(made, made.map((_, i) => i + 1), 'versions 1..N in order');
+  t.same(
+    made,
+    made.map((_, i) => i + 1),
+    'versions 1..N in order',
+  );
   t.equal(engine.served('app/key')?.version, made.at(-1), 'the store serves the last audited version');
   t.same(made, [1, 2, 3, 4], 'the request made a version of its own');
-  t.same(entries.filter((e) => e.event === 'retired').map((e) => e.from), [1, 2], 'each previous version retired once');
+  t.same(
+    entries.filter((e) => e.event === 'retired').map((e) => e.from),
+    [1, 2],
+    'each previous version retired once',
+  );
 });

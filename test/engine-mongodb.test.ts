@@ -8,10 +8,18 @@
  * admin's custom role suffices) runs when ROTOR_TEST_MONGODB_URL is set (see the live test at the end).
  */
 import { randomBytes } from 'node:crypto';
-import { MongoClient, MongoNetworkError, MongoServerError, type Document, type MongoClientOptions } from 'mongodb';
+import { type Document, MongoClient, type MongoClientOptions, MongoNetworkError, MongoServerError } from 'mongodb';
 import t, { type Test } from 'tap';
-import { adminOptions, createMongodbEngine, mongoClientConnect, mongodbEngine, parseMongoTarget, testOptions, type MongoConnect } from '../agent/src/engines/mongodb.js';
-import { DbError, type Credential, type DbEngine } from '../agent/src/engines/types.js';
+import {
+  adminOptions,
+  createMongodbEngine,
+  type MongoConnect,
+  mongoClientConnect,
+  mongodbEngine,
+  parseMongoTarget,
+  testOptions,
+} from '../agent/src/engines/mongodb.js';
+import { type Credential, type DbEngine, DbError } from '../agent/src/engines/types.js';
 import { freePort } from './services/common.js';
 
 const URL_ = 'mongodb://rotor_admin@db1.example:27017,db2.example:27017/app?replicaSet=rs0&authSource=admin';
@@ -25,7 +33,15 @@ function value(): string {
 }
 
 type Entry =
-  | { kind: 'connect'; url: string; username: string | undefined; authSource: string | undefined; authMechanism: string | undefined; maxPoolSize: number | undefined; ok: boolean }
+  | {
+      kind: 'connect';
+      url: string;
+      username: string | undefined;
+      authSource: string | undefined;
+      authMechanism: string | undefined;
+      maxPoolSize: number | undefined;
+      ok: boolean;
+    }
   | { kind: 'command'; as: string; db: string; command: Document }
   | { kind: 'close'; as: string };
 
@@ -60,12 +76,22 @@ class FakeMongo {
     const cred = parsed.credentials;
     const username = cred?.username;
     const authSource = cred?.source;
-    const entry = { kind: 'connect' as const, url, username, authSource, authMechanism: cred?.mechanism, maxPoolSize: parsed.maxPoolSize, ok: false };
+    const entry = {
+      kind: 'connect' as const,
+      url,
+      username,
+      authSource,
+      authMechanism: cred?.mechanism,
+      maxPoolSize: parsed.maxPoolSize,
+      ok: false,
+    };
     this.log.push(entry);
     if (this.down) throw new MongoNetworkError('connect ECONNREFUSED 10.0.0.1:27017');
     const isAdmin = username === 'rotor_admin' && authSource === 'admin' && cred?.password === this.adminPassword;
-    const isUser = username !== undefined && authSource !== undefined && this.password(authSource, username) === cred?.password;
-    if (!isAdmin && !isUser) throw new MongoServerError({ errmsg: 'Authentication failed.', code: 18, codeName: 'AuthenticationFailed' });
+    const isUser =
+      username !== undefined && authSource !== undefined && this.password(authSource, username) === cred?.password;
+    if (!isAdmin && !isUser)
+      throw new MongoServerError({ errmsg: 'Authentication failed.', code: 18, codeName: 'AuthenticationFailed' });
     entry.ok = true;
     const as = username!;
     return {
@@ -83,8 +109,18 @@ class FakeMongo {
         }
         if ('ping' in command) return { ok: 1 };
         if ('updateUser' in command) {
-          if (!isAdmin || !this.adminMayChangePasswords) throw new MongoServerError({ errmsg: `not authorized on ${db} to execute command`, code: 13, codeName: 'Unauthorized' });
-          if (this.password(db, command.updateUser) === undefined) throw new MongoServerError({ errmsg: `Could not find user "${command.updateUser}" for db "${db}"`, code: 11, codeName: 'UserNotFound' });
+          if (!isAdmin || !this.adminMayChangePasswords)
+            throw new MongoServerError({
+              errmsg: `not authorized on ${db} to execute command`,
+              code: 13,
+              codeName: 'Unauthorized',
+            });
+          if (this.password(db, command.updateUser) === undefined)
+            throw new MongoServerError({
+              errmsg: `Could not find user "${command.updateUser}" for db "${db}"`,
+              code: 11,
+              codeName: 'UserNotFound',
+            });
           this.addUser(db, command.updateUser, command.pwd);
           return { ok: 1 };
         }
@@ -102,7 +138,12 @@ function setup(t: Test, url = URL_): { fake: FakeMongo; engine: DbEngine } {
   return { fake, engine };
 }
 
-const updateUser = (name: string, pwd: string): Document => ({ updateUser: name, pwd, mechanisms: ['SCRAM-SHA-256'], writeConcern: { w: 'majority', wtimeout: 10_000 } });
+const updateUser = (name: string, pwd: string): Document => ({
+  updateUser: name,
+  pwd,
+  mechanisms: ['SCRAM-SHA-256'],
+  writeConcern: { w: 'majority', wtimeout: 10_000 },
+});
 
 async function rejectsWith(t: Test, p: Promise<unknown>, code: string, what: string): Promise<DbError | undefined> {
   try {
@@ -113,34 +154,62 @@ async function rejectsWith(t: Test, p: Promise<unknown>, code: string, what: str
     t.type(err, DbError, `${what}: a DbError`);
     t.equal((err as DbError).code, code, `${what}: ${code}`);
     const e = err as Error;
-    const text = [String(e), e.message, e.stack ?? '', JSON.stringify(e), JSON.stringify(Object.getOwnPropertyDescriptors(e))].join('\n');
-    t.same(usedValues.filter((v) => text.includes(v)), [], `${what}: no password in the error`);
+    const text = [
+      String(e),
+      e.message,
+      e.stack ?? '',
+      JSON.stringify(e),
+      JSON.stringify(Object.getOwnPropertyDescriptors(e)),
+    ].join('\n');
+    t.same(
+      usedValues.filter((v) => text.includes(v)),
+      [],
+      `${what}: no password in the error`,
+    );
     return err as DbError;
   }
 }
 
-t.test('the Target URL and the driver options (checked with the real MongoClient, which parses without connecting)', async (t) => {
-  const ep = parseMongoTarget({ url: URL_, password: ADMIN_PASSWORD });
-  t.equal(ep.url, 'mongodb://db1.example:27017,db2.example:27017/app?replicaSet=rs0&authSource=admin', 'the seed list stays; the user info goes');
-  t.equal(ep.userDb, 'app', 'the rotated users live in the URL database');
+t.test(
+  'the Target URL and the driver options (checked with the real MongoClient, which parses without connecting)',
+  async (t) => {
+    const ep = parseMongoTarget({ url: URL_, password: ADMIN_PASSWORD });
+    t.equal(
+      ep.url,
+      'mongodb://db1.example:27017,db2.example:27017/app?replicaSet=rs0&authSource=admin',
+      'the seed list stays; the user info goes',
+    );
+    t.equal(ep.userDb, 'app', 'the rotated users live in the URL database');
 
-  const asUser = new MongoClient(ep.url, testOptions(ep, { username: `o'dd "name`, password: 'x' })).options;
-  t.equal(asUser.credentials?.username, `o'dd "name`);
-  t.equal(asUser.credentials?.source, 'app', "a test login authenticates against the users' database, not the URL's authSource=admin");
-  t.equal(asUser.credentials?.mechanism, 'SCRAM-SHA-256');
-  t.equal(asUser.maxPoolSize, 1);
-  t.same(asUser.hosts.map(String), ['db1.example:27017', 'db2.example:27017']);
+    const asUser = new MongoClient(ep.url, testOptions(ep, { username: `o'dd "name`, password: 'x' })).options;
+    t.equal(asUser.credentials?.username, `o'dd "name`);
+    t.equal(
+      asUser.credentials?.source,
+      'app',
+      "a test login authenticates against the users' database, not the URL's authSource=admin",
+    );
+    t.equal(asUser.credentials?.mechanism, 'SCRAM-SHA-256');
+    t.equal(asUser.maxPoolSize, 1);
+    t.same(asUser.hosts.map(String), ['db1.example:27017', 'db2.example:27017']);
 
-  const asAdmin = new MongoClient(ep.url, adminOptions(ep)).options;
-  t.equal(asAdmin.credentials?.username, 'rotor_admin');
-  t.equal(asAdmin.credentials?.source, 'admin');
+    const asAdmin = new MongoClient(ep.url, adminOptions(ep)).options;
+    t.equal(asAdmin.credentials?.username, 'rotor_admin');
+    t.equal(asAdmin.credentials?.source, 'admin');
 
-  const noSource = parseMongoTarget({ url: 'mongodb://rotor_admin@127.0.0.1/app', password: ADMIN_PASSWORD });
-  t.equal(new MongoClient(noSource.url, adminOptions(noSource)).options.credentials?.source, 'admin', 'without authSource= the admin authenticates against admin (the driver alone would pick the URL database)');
-  t.equal(parseMongoTarget({ url: 'mongodb://h/' }).userDb, 'admin', 'no database in the URL: admin');
-  t.equal(parseMongoTarget({ url: 'mongodb+srv://u@cluster0.example.net/app' }).url, 'mongodb+srv://cluster0.example.net/app');
-  t.throws(() => createMongodbEngine()({ url: 'redis://x@h' }), { code: 'DB_ERROR' }, 'not a mongodb:// URL');
-});
+    const noSource = parseMongoTarget({ url: 'mongodb://rotor_admin@127.0.0.1/app', password: ADMIN_PASSWORD });
+    t.equal(
+      new MongoClient(noSource.url, adminOptions(noSource)).options.credentials?.source,
+      'admin',
+      'without authSource= the admin authenticates against admin (the driver alone would pick the URL database)',
+    );
+    t.equal(parseMongoTarget({ url: 'mongodb://h/' }).userDb, 'admin', 'no database in the URL: admin');
+    t.equal(
+      parseMongoTarget({ url: 'mongodb+srv://u@cluster0.example.net/app' }).url,
+      'mongodb+srv://cluster0.example.net/app',
+    );
+    t.throws(() => createMongodbEngine()({ url: 'redis://x@h' }), { code: 'DB_ERROR' }, 'not a mongodb:// URL');
+  },
+);
 
 {
   const explicit = 'alternate' as const;
@@ -155,9 +224,23 @@ t.test('the Target URL and the driver options (checked with the real MongoClient
       await t.test(`rotation ${i}: set ${inactive}, test, retire ${current.username}`, async (t) => {
         const pending = { username: inactive, password: value() };
         const before = fake.log.length;
-        t.equal(await engine.set({ strategy: explicit, username: pending.username, password: pending.password, current }), 'applied');
+        t.equal(
+          await engine.set({ strategy: explicit, username: pending.username, password: pending.password, current }),
+          'applied',
+        );
         const setLog = fake.log.slice(before);
-        t.match(setLog[0], { kind: 'connect', username: inactive, authSource: 'app', authMechanism: 'SCRAM-SHA-256', maxPoolSize: 1, ok: false }, 'set first tries to log in with the pending value (it fails)');
+        t.match(
+          setLog[0],
+          {
+            kind: 'connect',
+            username: inactive,
+            authSource: 'app',
+            authMechanism: 'SCRAM-SHA-256',
+            maxPoolSize: 1,
+            ok: false,
+          },
+          'set first tries to log in with the pending value (it fails)',
+        );
         t.same(
           setLog.filter((e) => e.kind === 'command'),
           [{ kind: 'command', as: 'rotor_admin', db: 'app', command: updateUser(inactive, pending.password) }],
@@ -167,7 +250,11 @@ t.test('the Target URL and the driver options (checked with the real MongoClient
 
         const beforeTest = fake.log.length;
         t.equal(await engine.test(pending), true, 'test: the pending value logs in');
-        t.same(fake.log.slice(beforeTest).map((e) => e.kind === 'command' ? [e.kind, e.as, e.db, e.command] : [e.kind]), [['connect'], ['command', inactive, 'app', { ping: 1 }], ['close']], 'test: a fresh connection as the user, ping, close');
+        t.same(
+          fake.log.slice(beforeTest).map((e) => (e.kind === 'command' ? [e.kind, e.as, e.db, e.command] : [e.kind])),
+          [['connect'], ['command', inactive, 'app', { ping: 1 }], ['close']],
+          'test: a fresh connection as the user, ping, close',
+        );
         t.equal(await engine.test(current), true, 'overlap: the current value still logs in');
 
         const beforeRetire = fake.log.length;
@@ -176,8 +263,15 @@ t.test('the Target URL and the driver options (checked with the real MongoClient
         t.equal(retireCommands.length, 1, 'retire: one command');
         const cmd = (retireCommands[0] as Extract<Entry, { kind: 'command' }>).command;
         const random = String(cmd.pwd);
-        t.same(cmd, updateUser(current.username, random), 'retire: updateUser on the retired user, same mechanisms and write concern');
-        t.ok(random.length >= 40 && !usedValues.includes(random), 'retire: the password is a fresh random value, not one the daemon knows');
+        t.same(
+          cmd,
+          updateUser(current.username, random),
+          'retire: updateUser on the retired user, same mechanisms and write concern',
+        );
+        t.ok(
+          random.length >= 40 && !usedValues.includes(random),
+          'retire: the password is a fresh random value, not one the daemon knows',
+        );
         randoms.push(random);
         t.equal(await engine.test(current), false, 'after retire: the retired value fails');
         t.equal(await engine.test(pending), true, 'after retire: the new value logs in');
@@ -204,7 +298,10 @@ t.test('single: set changes the one user, the old value fails at once, retire se
   fake.addUser('app', 'app', current.password);
   const pending = { username: 'app', password: value() };
   t.equal(await engine.set({ strategy: 'single', username: 'app', password: pending.password, current }), 'applied');
-  t.same(fake.commands().map((c) => c.command), [updateUser('app', pending.password)]);
+  t.same(
+    fake.commands().map((c) => c.command),
+    [updateUser('app', pending.password)],
+  );
   t.equal(await engine.test(pending), true);
   t.equal(await engine.test(current), false, 'the old value fails at once');
   const n = fake.log.length;
@@ -214,8 +311,22 @@ t.test('single: set changes the one user, the old value fails at once, retire se
 
 t.test('dual is not supported', async (t) => {
   const { fake, engine } = setup(t);
-  await rejectsWith(t, engine.set({ strategy: 'dual', username: 'app', password: value() }), 'DB_UNSUPPORTED', 'set dual');
-  await rejectsWith(t, engine.retire({ strategy: 'dual', retired: { username: 'app', password: value() }, current: { username: 'app', password: value() } }), 'DB_UNSUPPORTED', 'retire dual');
+  await rejectsWith(
+    t,
+    engine.set({ strategy: 'dual', username: 'app', password: value() }),
+    'DB_UNSUPPORTED',
+    'set dual',
+  );
+  await rejectsWith(
+    t,
+    engine.retire({
+      strategy: 'dual',
+      retired: { username: 'app', password: value() },
+      current: { username: 'app', password: value() },
+    }),
+    'DB_UNSUPPORTED',
+    'retire dual',
+  );
   t.same(fake.log, [], 'nothing was sent');
 });
 
@@ -225,7 +336,11 @@ t.test('crash recovery: set twice -> already-applied, one updateUser', async (t)
     fake.addUser('app', 'app_b', 'old');
     const pw = value();
     t.equal(await engine.set({ strategy, username: 'app_b', password: pw }), 'applied', `${strategy}: applied`);
-    t.equal(await engine.set({ strategy, username: 'app_b', password: pw }), 'already-applied', `${strategy}: already-applied`);
+    t.equal(
+      await engine.set({ strategy, username: 'app_b', password: pw }),
+      'already-applied',
+      `${strategy}: already-applied`,
+    );
     t.equal(fake.commands().filter((c) => 'updateUser' in c.command).length, 1, `${strategy}: one updateUser`);
   }
 });
@@ -241,71 +356,147 @@ t.test('odd usernames stay one value in the command document', async (t) => {
     t.equal(typeof cmd.updateUser, 'string');
     t.equal(await engine.test({ username: name, password: pw }), true, `${JSON.stringify(name)}: logs in`);
   }
-  await rejectsWith(t, engine.set({ strategy: 'single', username: '', password: value() }), 'DB_USER_MISSING', 'an empty name');
+  await rejectsWith(
+    t,
+    engine.set({ strategy: 'single', username: '', password: value() }),
+    'DB_USER_MISSING',
+    'an empty name',
+  );
 });
 
 t.test('errors', async (t) => {
   await t.test('missing user', async (t) => {
     const { engine } = setup(t);
-    await rejectsWith(t, engine.set({ strategy: 'alternate', username: 'ghost', password: value() }), 'DB_USER_MISSING', 'set');
-    await rejectsWith(t, engine.retire({ strategy: 'alternate', retired: { username: 'ghost', password: value() }, current: { username: 'app_a', password: value() } }), 'DB_USER_MISSING', 'retire');
+    await rejectsWith(
+      t,
+      engine.set({ strategy: 'alternate', username: 'ghost', password: value() }),
+      'DB_USER_MISSING',
+      'set',
+    );
+    await rejectsWith(
+      t,
+      engine.retire({
+        strategy: 'alternate',
+        retired: { username: 'ghost', password: value() },
+        current: { username: 'app_a', password: value() },
+      }),
+      'DB_USER_MISSING',
+      'retire',
+    );
   });
   await t.test('wrong admin password, then the right one: the failed connection is not kept', async (t) => {
     const { fake, engine } = setup(t);
     fake.addUser('app', 'app_b', 'old');
     fake.adminPassword = 'something else';
-    await rejectsWith(t, engine.set({ strategy: 'alternate', username: 'app_b', password: value() }), 'DB_ADMIN_AUTH', 'set with a wrong admin password');
+    await rejectsWith(
+      t,
+      engine.set({ strategy: 'alternate', username: 'app_b', password: value() }),
+      'DB_ADMIN_AUTH',
+      'set with a wrong admin password',
+    );
     fake.adminPassword = ADMIN_PASSWORD;
-    t.equal(await engine.set({ strategy: 'alternate', username: 'app_b', password: value() }), 'applied', 'the next call connects again');
+    t.equal(
+      await engine.set({ strategy: 'alternate', username: 'app_b', password: value() }),
+      'applied',
+      'the next call connects again',
+    );
   });
   await t.test('admin without changePassword', async (t) => {
     const { fake, engine } = setup(t);
     fake.addUser('app', 'app_b', 'old');
     fake.adminMayChangePasswords = false;
-    const err = await rejectsWith(t, engine.set({ strategy: 'alternate', username: 'app_b', password: value() }), 'DB_PERMISSION', 'set');
+    const err = await rejectsWith(
+      t,
+      engine.set({ strategy: 'alternate', username: 'app_b', password: value() }),
+      'DB_PERMISSION',
+      'set',
+    );
     t.equal(err?.dbCode, '13');
   });
   await t.test('unreachable', async (t) => {
     const { fake, engine } = setup(t);
     fake.down = true;
     await rejectsWith(t, engine.test({ username: 'app_b', password: value() }), 'DB_UNREACHABLE', 'test');
-    await rejectsWith(t, engine.set({ strategy: 'alternate', username: 'app_b', password: value() }), 'DB_UNREACHABLE', 'set');
+    await rejectsWith(
+      t,
+      engine.set({ strategy: 'alternate', username: 'app_b', password: value() }),
+      'DB_UNREACHABLE',
+      'set',
+    );
   });
   await t.test('a write concern error in an ok:1 reply is not a success', async (t) => {
     const { fake, engine } = setup(t);
     fake.addUser('app', 'app_b', 'old');
-    fake.nextReply = { ok: 1, writeConcernError: { code: 64, codeName: 'WriteConcernFailed', errmsg: 'waiting for replication timed out' } };
-    const err = await rejectsWith(t, engine.retire({ strategy: 'alternate', retired: { username: 'app_b', password: value() }, current: { username: 'app_a', password: value() } }), 'DB_UNREACHABLE', 'retire');
+    fake.nextReply = {
+      ok: 1,
+      writeConcernError: { code: 64, codeName: 'WriteConcernFailed', errmsg: 'waiting for replication timed out' },
+    };
+    const err = await rejectsWith(
+      t,
+      engine.retire({
+        strategy: 'alternate',
+        retired: { username: 'app_b', password: value() },
+        current: { username: 'app_a', password: value() },
+      }),
+      'DB_UNREACHABLE',
+      'retire',
+    );
     t.equal(err?.dbCode, '64');
   });
   await t.test('another server error', async (t) => {
     const { fake, engine } = setup(t);
     fake.addUser('app', 'app_b', 'old');
     fake.nextError = new MongoServerError({ errmsg: 'something', code: 2, codeName: 'BadValue' });
-    const err = await rejectsWith(t, engine.set({ strategy: 'single', username: 'app_b', password: value() }), 'DB_ERROR', 'set');
+    const err = await rejectsWith(
+      t,
+      engine.set({ strategy: 'single', username: 'app_b', password: value() }),
+      'DB_ERROR',
+      'set',
+    );
     t.equal(err?.dbCode, '2');
   });
   await t.test('retire refuses to scramble the current user', async (t) => {
     const { fake, engine } = setup(t);
     const same = { username: 'app_a', password: value() };
-    await rejectsWith(t, engine.retire({ strategy: 'alternate', retired: same, current: same }), 'DB_ERROR', 'retired = current');
+    await rejectsWith(
+      t,
+      engine.retire({ strategy: 'alternate', retired: same, current: same }),
+      'DB_ERROR',
+      'retired = current',
+    );
     t.same(fake.log, [], 'nothing was sent');
   });
   await t.test('the real driver against a port nobody listens on', async (t) => {
-    const engine = mongodbEngine({ url: `mongodb://rotor_admin@127.0.0.1:${await freePort()}/app?directConnection=true`, password: ADMIN_PASSWORD, timeoutMs: 300 });
+    const engine = mongodbEngine({
+      url: `mongodb://rotor_admin@127.0.0.1:${await freePort()}/app?directConnection=true`,
+      password: ADMIN_PASSWORD,
+      timeoutMs: 300,
+    });
     t.teardown(() => engine.close());
     await rejectsWith(t, engine.test({ username: 'app', password: value() }), 'DB_UNREACHABLE', 'test');
-    await rejectsWith(t, engine.set({ strategy: 'alternate', username: 'app', password: value() }), 'DB_UNREACHABLE', 'set');
+    await rejectsWith(
+      t,
+      engine.set({ strategy: 'alternate', username: 'app', password: value() }),
+      'DB_UNREACHABLE',
+      'set',
+    );
   });
 });
 
 const LIVE_URL = process.env.ROTOR_TEST_MONGODB_URL;
 t.test(
   'live MongoDB (ROTOR_TEST_MONGODB_URL)',
-  { skip: LIVE_URL ? false : 'ROTOR_TEST_MONGODB_URL is not set (e.g. mongodb://root@127.0.0.1:27017/rotor_it?authSource=admin, password in ROTOR_TEST_MONGODB_PASSWORD): no live MongoDB test' },
+  {
+    skip: LIVE_URL
+      ? false
+      : 'ROTOR_TEST_MONGODB_URL is not set (e.g. mongodb://root@127.0.0.1:27017/rotor_it?authSource=admin, password in ROTOR_TEST_MONGODB_PASSWORD): no live MongoDB test',
+  },
   async (t) => {
     // The URL's account creates a role and two users in the URL's database, and drops them afterwards.
-    const target = { url: LIVE_URL!, ...(process.env.ROTOR_TEST_MONGODB_PASSWORD ? { password: process.env.ROTOR_TEST_MONGODB_PASSWORD } : {}) };
+    const target = {
+      url: LIVE_URL!,
+      ...(process.env.ROTOR_TEST_MONGODB_PASSWORD ? { password: process.env.ROTOR_TEST_MONGODB_PASSWORD } : {}),
+    };
     const ep = parseMongoTarget(target);
     const admin = await mongoClientConnect(ep.url, adminOptions(ep));
     const suffix = randomBytes(4).toString('hex');
@@ -319,17 +510,39 @@ t.test(
     });
     await admin.command(ep.userDb, { createRole: role, privileges: [], roles: [] });
     let current = { username: a, password: value() };
-    await admin.command(ep.userDb, { createUser: a, pwd: current.password, roles: [role], mechanisms: ['SCRAM-SHA-256'] });
-    await admin.command(ep.userDb, { createUser: b, pwd: randomBytes(24).toString('base64url'), roles: [role], mechanisms: ['SCRAM-SHA-256'] });
+    await admin.command(ep.userDb, {
+      createUser: a,
+      pwd: current.password,
+      roles: [role],
+      mechanisms: ['SCRAM-SHA-256'],
+    });
+    await admin.command(ep.userDb, {
+      createUser: b,
+      pwd: randomBytes(24).toString('base64url'),
+      roles: [role],
+      mechanisms: ['SCRAM-SHA-256'],
+    });
     const engine = mongodbEngine(target);
     t.teardown(() => engine.close());
 
-    t.equal(await engine.test({ username: a, password: 'wrong' }), false, 'a wrong password is refused (auth enforced)');
+    t.equal(
+      await engine.test({ username: a, password: 'wrong' }),
+      false,
+      'a wrong password is refused (auth enforced)',
+    );
     let inactive = b;
     for (let i = 1; i <= 2; i++) {
       const pending = { username: inactive, password: value() };
-      t.equal(await engine.set({ strategy: 'alternate', username: inactive, password: pending.password, current }), 'applied', `rotation ${i}: set`);
-      t.equal(await engine.set({ strategy: 'alternate', username: inactive, password: pending.password, current }), 'already-applied', `rotation ${i}: set again`);
+      t.equal(
+        await engine.set({ strategy: 'alternate', username: inactive, password: pending.password, current }),
+        'applied',
+        `rotation ${i}: set`,
+      );
+      t.equal(
+        await engine.set({ strategy: 'alternate', username: inactive, password: pending.password, current }),
+        'already-applied',
+        `rotation ${i}: set again`,
+      );
       t.equal(await engine.test(pending), true, `rotation ${i}: the new value logs in`);
       t.equal(await engine.test(current), true, `rotation ${i}: the current one still does`);
       await engine.retire({ strategy: 'alternate', retired: current, current: pending });
@@ -338,12 +551,26 @@ t.test(
       current = pending;
     }
     const next = { username: current.username, password: value() };
-    t.equal(await engine.set({ strategy: 'single', username: next.username, password: next.password, current }), 'applied', 'single: set');
+    t.equal(
+      await engine.set({ strategy: 'single', username: next.username, password: next.password, current }),
+      'applied',
+      'single: set',
+    );
     t.equal(await engine.test(current), false, 'single: the old value fails at once');
     t.equal(await engine.test(next), true, 'single: the new one logs in');
-    await rejectsWith(t, engine.set({ strategy: 'single', username: `rotor_it_missing_${suffix}`, password: value() }), 'DB_USER_MISSING', 'a missing user');
+    await rejectsWith(
+      t,
+      engine.set({ strategy: 'single', username: `rotor_it_missing_${suffix}`, password: value() }),
+      'DB_USER_MISSING',
+      'a missing user',
+    );
     const wrong = mongodbEngine({ url: target.url, password: value() });
     t.teardown(() => wrong.close());
-    await rejectsWith(t, wrong.set({ strategy: 'single', username: a, password: value() }), 'DB_ADMIN_AUTH', 'a wrong admin password');
+    await rejectsWith(
+      t,
+      wrong.set({ strategy: 'single', username: a, password: value() }),
+      'DB_ADMIN_AUTH',
+      'a wrong admin password',
+    );
   },
 );

@@ -4,45 +4,46 @@
  * repository reader is a RotorError, keeps its name and code, and says whether trying again can help:
  * the same decisions the callers made before from the code strings.
  */
-import t from 'tap';
-import { generateX25519Identity, identityToRecipient } from 'age-encryption';
-import { AgentError } from '../agent/src/errors.js';
-import { AgentConfigError } from '../agent/src/config.js';
-import { DbError } from '../agent/src/engines/types.js';
-import type { DbErrorCode } from '../agent/src/engines/types.js';
-import { createServer } from 'node:http';
+
 import { writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
 import path from 'node:path';
-import { AuditError, AuditLog, nodeAuditFs } from '../src/audit/index.js';
+import { generateX25519Identity, identityToRecipient } from 'age-encryption';
+import t from 'tap';
+import { AgentConfigError } from '../agent/src/config.js';
+import type { DbErrorCode } from '../agent/src/engines/types.js';
+import { DbError } from '../agent/src/engines/types.js';
+import { AgentError } from '../agent/src/errors.js';
 import type { AuditErrorCode } from '../src/audit/entry.js';
-import { RotorClientError } from '../src/client/index.js';
-import { BACKOFF, NEVER, RotorError, errnoOf, retryOf, storageOf } from '../src/errors.js';
-import { GitRepoError } from '../src/git/errors.js';
-import type { GitRepoErrorCode } from '../src/git/errors.js';
-import { GitError } from '../src/git/run.js';
-import { KeyError, loadKeys } from '../src/keys.js';
-import { openSealed, SealError, sealForAgent } from '../src/protocol/seal.js';
-import { ProtocolError } from '../src/protocol/sign.js';
-import { AuthFailure } from '../src/sops/cipher.js';
-import { openSops } from '../src/sops/index.js';
-import { SopsError } from '../src/sops/types.js';
-import { nodeFs, openStore } from '../src/state/store.js';
-import { StateError } from '../src/state/types.js';
-import type { StateErrorCode } from '../src/state/types.js';
+import { AuditError, AuditLog, nodeAuditFs } from '../src/audit/index.js';
 import { AdminError } from '../src/cli/admin-client.js';
-import { UsageError } from '../src/util/args.js';
 import { auditDirOf } from '../src/cli/audit.js';
 import { FieldError } from '../src/cli/get.js';
+import { RotorClientError } from '../src/client/index.js';
 import { daemonStopping, StepError } from '../src/daemon/agents.js';
-import { DataDirError, LockError, checkDataDir } from '../src/daemon/lock.js';
+import { checkDataDir, DataDirError, LockError } from '../src/daemon/lock.js';
+import { BACKOFF, errnoOf, NEVER, RotorError, retryOf, storageOf } from '../src/errors.js';
+import type { GitRepoErrorCode } from '../src/git/errors.js';
+import { GitRepoError } from '../src/git/errors.js';
+import { GitError } from '../src/git/run.js';
+import { KeyError, loadKeys } from '../src/keys.js';
 import { tooLarge } from '../src/model/source.js';
-import { Engine } from '../src/rotation/engine.js';
+import { openSealed, SealError, sealForAgent } from '../src/protocol/seal.js';
+import { ProtocolError } from '../src/protocol/sign.js';
 import type { EngineOptions } from '../src/rotation/engine.js';
+import { Engine } from '../src/rotation/engine.js';
 import { stopped } from '../src/rotation/steps.js';
 import { SocketError } from '../src/serve/consumer-sockets.js';
 import { HttpError } from '../src/serve/http-json.js';
 import { listenTcp } from '../src/serve/listen.js';
 import { parseMetricsHosts } from '../src/serve/metrics.js';
+import { AuthFailure } from '../src/sops/cipher.js';
+import { openSops } from '../src/sops/index.js';
+import { SopsError } from '../src/sops/types.js';
+import { nodeFs, openStore } from '../src/state/store.js';
+import type { StateErrorCode } from '../src/state/types.js';
+import { StateError } from '../src/state/types.js';
+import { UsageError } from '../src/util/args.js';
 import { tempDir } from './helpers.js';
 
 t.test('every error class is a RotorError and keeps its own name', async (t) => {
@@ -89,7 +90,11 @@ t.test('every error class is a RotorError and keeps its own name', async (t) => 
 
 t.test('the state store: STATE_IO is its storage failing, retried with backoff; the rest need a person', async (t) => {
   const codes: StateErrorCode[] = [
-    'STATE_CORRUPT', 'STATE_CHAIN_BROKEN', 'STATE_ROLLBACK', 'STATE_FOREIGN', 'STATE_KEY',
+    'STATE_CORRUPT',
+    'STATE_CHAIN_BROKEN',
+    'STATE_ROLLBACK',
+    'STATE_FOREIGN',
+    'STATE_KEY',
   ];
   for (const code of codes) {
     const e = new StateError(code, 'x');
@@ -105,7 +110,10 @@ t.test('the state store: STATE_IO is its storage failing, retried with backoff; 
       throw Object.assign(new Error('ENOSPC: injected'), { code: 'ENOSPC' });
     },
   };
-  const e = await openStore({ dir, identity, recipients, fs }).then(() => undefined, (e: unknown) => e);
+  const e = await openStore({ dir, identity, recipients, fs }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(e instanceof StateError, 'creating a store on a full disk fails');
   t.match(e, { name: 'StateError', code: 'STATE_IO' });
   t.same(retryOf(e), BACKOFF, 'with backoff');
@@ -125,20 +133,30 @@ t.test('the audit log: a failed append is its storage failing, retried with back
   const log = await AuditLog.open(dir, { fs });
   const time = '2026-11-26T02:00:00.000Z';
   const entry = { time, event: 'rotated', secret: 'a/b', from: 1, to: 2, trigger: 'schedule' };
-  const e = await log.append([entry as never]).then(() => undefined, (e: unknown) => e);
+  const e = await log.append([entry as never]).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(e instanceof AuditError);
   t.match(e, { name: 'AuditError', code: 'AUDIT_WRITE_FAILED' });
   t.same(retryOf(e), BACKOFF, 'with backoff');
   t.equal(storageOf(e), 'audit log', 'as the audit log failing');
   t.equal(errnoOf(e), 'EROFS');
-  const bad = await log.append([{ nonsense: true } as never]).then(() => undefined, (e: unknown) => e);
+  const bad = await log.append([{ nonsense: true } as never]).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.match(bad, { code: 'AUDIT_INVALID_ENTRY' });
   t.same(retryOf(bad), NEVER, 'an entry the writer refuses is never retried');
   t.equal(storageOf(bad), undefined);
   t.same(retryOf(new AuditError('AUDIT_IO', 'x')), BACKOFF, 'a read that failed is retried');
   t.equal(storageOf(new AuditError('AUDIT_IO', 'x')), undefined, 'but is not the log failing to be written');
   const permanent: AuditErrorCode[] = [
-    'AUDIT_MALFORMED', 'AUDIT_HASH_MISMATCH', 'AUDIT_CHAIN_BROKEN', 'AUDIT_SEQ_GAP', 'AUDIT_TRUNCATED',
+    'AUDIT_MALFORMED',
+    'AUDIT_HASH_MISMATCH',
+    'AUDIT_CHAIN_BROKEN',
+    'AUDIT_SEQ_GAP',
+    'AUDIT_TRUNCATED',
     'AUDIT_UNUSABLE',
   ];
   for (const code of permanent) t.same(retryOf(new AuditError(code, 'x')), NEVER, `${code} is never retried`);
@@ -146,13 +164,22 @@ t.test('the audit log: a failed append is its storage failing, retried with back
 
 t.test('permanent failures of the protocol, the SOPS reader and the keys are never retried', async (t) => {
   const sealed = await sealForAgent(await identityToRecipient(await generateX25519Identity()), { a: 1 });
-  const wrongKey = await openSealed(await generateX25519Identity(), sealed).then(() => undefined, (e: unknown) => e);
+  const wrongKey = await openSealed(await generateX25519Identity(), sealed).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.match(wrongKey, { name: 'SealError', code: 'SEAL_WRONG_KEY' });
   t.same(retryOf(wrongKey), NEVER);
-  const notSops = await openSops('a: 1\n', await generateX25519Identity()).then(() => undefined, (e: unknown) => e);
+  const notSops = await openSops('a: 1\n', await generateX25519Identity()).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.match(notSops, { name: 'SopsError', code: 'SOPS_NOT_SOPS' });
   t.same(retryOf(notSops), NEVER);
-  const missing = await loadKeys(tempDir(t)).then(() => undefined, (e: unknown) => e);
+  const missing = await loadKeys(tempDir(t)).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.match(missing, { name: 'KeyError', code: 'KEYS_MISSING' });
   t.same(retryOf(missing), NEVER);
   t.same(retryOf(new ProtocolError('PROTOCOL_INVALID', 'x')), NEVER);
@@ -161,9 +188,18 @@ t.test('permanent failures of the protocol, the SOPS reader and the keys are nev
 t.test('git: a remote that cannot be reached is retried with backoff; the repository content is not', async (t) => {
   const backoff: GitRepoErrorCode[] = ['GIT_CLONE_FAILED', 'GIT_FETCH_FAILED', 'GIT_PUSH_GAVE_UP'];
   const never: GitRepoErrorCode[] = [
-    'GIT_BAD_ARGUMENT', 'GIT_NOT_A_CLONE', 'GIT_ORIGIN_MISMATCH', 'GIT_BRANCH_MISSING', 'GIT_WORKTREE_DIRTY',
-    'GIT_AUDIT_CONFLICT', 'GIT_AUDIT_PATH_UNSAFE', 'GIT_LOCAL_DIVERGED', 'GIT_PATH_OUTSIDE_AUDIT', 'GIT_COMMIT_FAILED',
-    'GIT_PUSH_REFUSED', 'GIT_FAILED',
+    'GIT_BAD_ARGUMENT',
+    'GIT_NOT_A_CLONE',
+    'GIT_ORIGIN_MISMATCH',
+    'GIT_BRANCH_MISSING',
+    'GIT_WORKTREE_DIRTY',
+    'GIT_AUDIT_CONFLICT',
+    'GIT_AUDIT_PATH_UNSAFE',
+    'GIT_LOCAL_DIVERGED',
+    'GIT_PATH_OUTSIDE_AUDIT',
+    'GIT_COMMIT_FAILED',
+    'GIT_PUSH_REFUSED',
+    'GIT_FAILED',
   ];
   for (const code of backoff) t.same(retryOf(new GitRepoError(code, 'x')), BACKOFF, `${code}: backoff`);
   for (const code of never) t.same(retryOf(new GitRepoError(code, 'x')), NEVER, `${code}: never`);
@@ -175,7 +211,12 @@ t.test('git: a remote that cannot be reached is retried with backoff; the reposi
 
 t.test("a DbError's retry is what its code meant: only an unreachable database is retried", async (t) => {
   const codes: DbErrorCode[] = [
-    'DB_UNREACHABLE', 'DB_ADMIN_AUTH', 'DB_PERMISSION', 'DB_USER_MISSING', 'DB_VALUE_REJECTED', 'DB_UNSUPPORTED',
+    'DB_UNREACHABLE',
+    'DB_ADMIN_AUTH',
+    'DB_PERMISSION',
+    'DB_USER_MISSING',
+    'DB_VALUE_REJECTED',
+    'DB_UNSUPPORTED',
     'DB_ERROR',
   ];
   for (const code of codes) {
@@ -191,7 +232,12 @@ t.test('the agent drops results only when the daemon refused them for good', asy
   for (const status of [undefined, 401, 403, 409, 429, 500, 503]) {
     t.same(retryOf(new AgentError('AGENT_DAEMON_REFUSED', 'x', status)), BACKOFF, `refused with ${status}`);
   }
-  const others = ['AGENT_DAEMON_UNREACHABLE', 'AGENT_ANSWER_INVALID', 'AGENT_ANSWER_TOO_LARGE', 'AGENT_STOPPED'] as const;
+  const others = [
+    'AGENT_DAEMON_UNREACHABLE',
+    'AGENT_ANSWER_INVALID',
+    'AGENT_ANSWER_TOO_LARGE',
+    'AGENT_STOPPED',
+  ] as const;
   for (const code of others) {
     t.same(retryOf(new AgentError(code, 'x')), BACKOFF, code);
   }
@@ -213,7 +259,10 @@ t.test('the daemon: a data directory it refuses, or another daemon holding it, n
   const dir = tempDir(t);
   const file = path.join(dir, 'file');
   await writeFile(file, '');
-  const e = await checkDataDir(file).then(() => undefined, (e: unknown) => e);
+  const e = await checkDataDir(file).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(e instanceof DataDirError, 'a data directory that is a file');
   t.match(e, { name: 'DataDirError', code: 'DATA_DIR_UNSAFE' });
   t.same(retryOf(e), NEVER);
@@ -232,7 +281,11 @@ t.test("an agent's step: retried, unless no agent is declared; a stop is not a f
 });
 
 t.test('listeners: a bad flag value, and an address that cannot be bound, are never retried', async (t) => {
-  const failure = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => e);
+  const failure = (p: Promise<unknown>) =>
+    p.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
   const bad = await failure(listenTcp(createServer(), 'nonsense', '--agent-listen', 'AGENT_LISTEN'));
   t.ok(bad instanceof RotorError);
   t.match(bad, { code: 'AGENT_LISTEN_INVALID', message: '--agent-listen nonsense is not HOST:PORT' });
@@ -272,7 +325,10 @@ t.test('the command line: only a daemon that does not answer may pass', async (t
   }
   const repo = tempDir(t);
   await writeFile(path.join(repo, 'rotor.yaml'), 'kind: Config\naudit:\n  dir: ../outside\n');
-  const e = await auditDirOf(repo).then(() => undefined, (e: unknown) => e);
+  const e = await auditDirOf(repo).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(e instanceof RotorError, 'an audit.dir outside the repository');
   t.match(e, { name: 'ReadError', code: 'AUDIT_DIR_INVALID' });
   t.same(retryOf(e), NEVER);
@@ -287,7 +343,10 @@ t.test('the repository reader: a file over its limit is never retried', async (t
 
 t.test('the rotation engine: a request for a secret it does not rotate is never retried', async (t) => {
   const engine = new Engine({} as EngineOptions); // nothing applied: rotateNow looks no further
-  const e = await engine.rotateNow('app/key', 'x').then(() => undefined, (e: unknown) => e);
+  const e = await engine.rotateNow('app/key', 'x').then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(e instanceof RotorError);
   t.match(e, { code: 'SECRET_UNKNOWN', message: 'secret "app/key" is not declared' });
   t.same(retryOf(e), NEVER);

@@ -1,10 +1,14 @@
 import t from 'tap';
-import { BACKOFF, NEVER, RotorError, codeOf, errnoOf, retryAfter, retryOf, storageOf } from '../src/errors.js';
+import { BACKOFF, codeOf, errnoOf, NEVER, RotorError, retryAfter, retryOf, storageOf } from '../src/errors.js';
 
 t.test('a RotorError carries its code, cause, retry and storage', async (t) => {
   const cause = Object.assign(new Error('read-only file system'), { code: 'EROFS' });
   class AuditWriteError extends RotorError {}
-  const e = new AuditWriteError('AUDIT_WRITE_FAILED', 'the audit log cannot be written', { cause, retry: BACKOFF, storage: 'audit log' });
+  const e = new AuditWriteError('AUDIT_WRITE_FAILED', 'the audit log cannot be written', {
+    cause,
+    retry: BACKOFF,
+    storage: 'audit log',
+  });
   t.ok(e instanceof Error);
   t.equal(e.name, 'AuditWriteError', 'the name is the derived class');
   t.equal(e.code, 'AUDIT_WRITE_FAILED');

@@ -1,7 +1,7 @@
 /** Value generators: uniform choice by rejection sampling, every charset, structured secrets. */
 import t from 'tap';
-import { generate, generateSecretValue, randomString } from '../src/rotation/generate.js';
 import { CHARSETS } from '../src/model/charsets.js';
+import { generate, generateSecretValue, randomString } from '../src/rotation/generate.js';
 
 t.test('bytes at or above the largest multiple of the alphabet size are rejected', async (t) => {
   // 62 characters: 256 % 62 = 8, so bytes 248..255 must be thrown away, never mapped to "A".."H".
@@ -32,7 +32,10 @@ t.test('each charset gives only its own characters, at the length asked', async 
   for (const charset of ['alphanumeric', 'hex', 'base64url', 'ascii-printable'] as const) {
     const v = generate({ length: 200, charset });
     t.equal(v.length, 200);
-    t.ok([...v].every((c) => CHARSETS[charset].includes(c)), charset);
+    t.ok(
+      [...v].every((c) => CHARSETS[charset].includes(c)),
+      charset,
+    );
   }
   const custom = generate({ length: 50, charset: 'custom', chars: 'xyz' });
   t.match(custom, /^[xyz]{50}$/);
@@ -42,11 +45,17 @@ t.test('each charset gives only its own characters, at the length asked', async 
 
 t.test('structured secrets generate each field and keep static ones', async (t) => {
   const v = generateSecretValue({
-    kind: 'Secret', name: 'a/b', policy: 'p',
+    kind: 'Secret',
+    name: 'a/b',
+    policy: 'p',
     fields: { token: { generate: { length: 40, charset: 'base64url' } }, region: { value: 'eu-west-1' } },
   });
   t.match(v, { token: /^[A-Za-z0-9_-]{40}$/, region: 'eu-west-1' });
-  t.equal(generateSecretValue({ kind: 'Secret', name: 'a/c', policy: 'p', sops: { file: 'x', key: 'y' } }), undefined, 'sops values are not generated');
+  t.equal(
+    generateSecretValue({ kind: 'Secret', name: 'a/c', policy: 'p', sops: { file: 'x', key: 'y' } }),
+    undefined,
+    'sops values are not generated',
+  );
   const a = generateSecretValue({ kind: 'Secret', name: 'a/d', policy: 'p', generate: { length: 32 } });
   const b = generateSecretValue({ kind: 'Secret', name: 'a/d', policy: 'p', generate: { length: 32 } });
   t.not(a, b);

@@ -14,25 +14,29 @@ import t from 'tap';
 import { openRepo } from '../src/git/repo.js';
 import { git, gitInitBare, tempDir } from './helpers.js';
 
-t.test('entries that landed under replayed commits are not pushed again; the next push works over uncommitted appends', async (t) => {
-  const root = tempDir(t, 'rotor-ambiguous-push-');
-  const remote = path.join(root, 'remote.git');
-  gitInitBare(remote);
-  const seed = path.join(root, 'seed');
-  git(root, 'clone', '-q', remote, seed);
-  writeFileSync(path.join(seed, 'rotor.yaml'), 'kind: Config\n');
-  git(seed, 'add', '-A');
-  git(seed, 'commit', '-q', '-m', 'seed');
-  git(seed, 'push', '-q', 'origin', 'HEAD:main');
+t.test(
+  'entries that landed under replayed commits are not pushed again; the next push works over uncommitted appends',
+  async (t) => {
+    const root = tempDir(t, 'rotor-ambiguous-push-');
+    const remote = path.join(root, 'remote.git');
+    gitInitBare(remote);
+    const seed = path.join(root, 'seed');
+    git(root, 'clone', '-q', remote, seed);
+    writeFileSync(path.join(seed, 'rotor.yaml'), 'kind: Config\n');
+    git(seed, 'add', '-A');
+    git(seed, 'commit', '-q', '-m', 'seed');
+    git(seed, 'push', '-q', 'origin', 'HEAD:main');
 
-  // Each push takes its outcome from the next line of PLAN: "before" fails without pushing; "after"
-  // pushes, appends an audit line in the clone (a rotation writing meanwhile), then fails.
-  const bin = path.join(root, 'bin');
-  mkdirSync(bin);
-  const plan = path.join(root, 'plan');
-  const clone = path.join(root, 'clone');
-  const real = execFileSync('sh', ['-c', 'command -v git'], { encoding: 'utf8' }).trim();
-  writeFileSync(path.join(bin, 'git'), `#!/bin/bash
+    // Each push takes its outcome from the next line of PLAN: "before" fails without pushing; "after"
+    // pushes, appends an audit line in the clone (a rotation writing meanwhile), then fails.
+    const bin = path.join(root, 'bin');
+    mkdirSync(bin);
+    const plan = path.join(root, 'plan');
+    const clone = path.join(root, 'clone');
+    const real = execFileSync('sh', ['-c', 'command -v git'], { encoding: 'utf8' }).trim();
+    writeFileSync(
+      path.join(bin, 'git'),
+      `#!/bin/bash
 sub=""; skip=0
 for a in "$@"; do if [ "$skip" = 1 ]; then skip=0; continue; fi; case "$a" in -c|-C) skip=1;; -*) ;; *) sub="$a"; break;; esac; done
 if [ "$sub" = push ]; then
@@ -43,34 +47,49 @@ if [ "$sub" = push ]; then
   esac
 fi
 exec ${JSON.stringify(real)} "$@"
-`);
-  chmodSync(path.join(bin, 'git'), 0o755);
-  const PATH = process.env.PATH;
-  process.env.PATH = `${bin}:${PATH}`;
-  t.teardown(() => void (process.env.PATH = PATH));
+`,
+    );
+    chmodSync(path.join(bin, 'git'), 0o755);
+    const PATH = process.env.PATH;
+    process.env.PATH = `${bin}:${PATH}`;
+    t.teardown(() => void (process.env.PATH = PATH));
 
-  const repo = await openRepo({ url: remote, dir: clone, branch: 'main', retry: { attempts: 4, baseMs: 1, maxDelayMs: 5, totalMs: 30_000 } });
-  const file = path.join(clone, 'audit', 'log.jsonl');
-  mkdirSync(path.dirname(file));
-  appendFileSync(file, '{"seq":1}\n');
-  await repo.commitAudit(['audit'], 'audit 1');
-  // The first push fails; the retry re-creates the commit (replay) and pushes it, which lands, but
-  // git says it failed; a line is appended meanwhile. The third attempt must not need a rebase.
-  writeFileSync(plan, 'before\nafter\n');
-  const first = await repo.push();
-  t.equal(first.pushed.length, 0, 'nothing left to push: the entry is there');
-  t.equal(git(remote, 'show', 'main:audit/log.jsonl'), '{"seq":1}', 'the remote holds the entry, once');
+    const repo = await openRepo({
+      url: remote,
+      dir: clone,
+      branch: 'main',
+      retry: { attempts: 4, baseMs: 1, maxDelayMs: 5, totalMs: 30_000 },
+    });
+    const file = path.join(clone, 'audit', 'log.jsonl');
+    mkdirSync(path.dirname(file));
+    appendFileSync(file, '{"seq":1}\n');
+    await repo.commitAudit(['audit'], 'audit 1');
+    // The first push fails; the retry re-creates the commit (replay) and pushes it, which lands, but
+    // git says it failed; a line is appended meanwhile. The third attempt must not need a rebase.
+    writeFileSync(plan, 'before\nafter\n');
+    const first = await repo.push();
+    t.equal(first.pushed.length, 0, 'nothing left to push: the entry is there');
+    t.equal(git(remote, 'show', 'main:audit/log.jsonl'), '{"seq":1}', 'the remote holds the entry, once');
 
-  // With the appended line still uncommitted, the next entries go out by themselves.
-  appendFileSync(file, '{"seq":2}\n');
-  await repo.commitAudit(['audit'], 'audit 2');
-  appendFileSync(file, '{"seq":3}\n'); // a rotation writing while git works
-  const second = await repo.push();
-  t.equal(second.pushed.length, 1);
-  t.same(git(remote, 'show', 'main:audit/log.jsonl').split('\n'), ['{"seq":1}', '{"seq":"appended meanwhile"}', '{"seq":2}'], 'each entry once, in order');
-  t.equal(git(clone, 'rev-parse', 'main'), git(remote, 'rev-parse', 'main'), 'the clone is on the remote head');
-  t.match(git(clone, 'status', '--porcelain', '--untracked-files=no'), /audit\/log\.jsonl/, 'the line being written stays uncommitted, untouched');
-});
+    // With the appended line still uncommitted, the next entries go out by themselves.
+    appendFileSync(file, '{"seq":2}\n');
+    await repo.commitAudit(['audit'], 'audit 2');
+    appendFileSync(file, '{"seq":3}\n'); // a rotation writing while git works
+    const second = await repo.push();
+    t.equal(second.pushed.length, 1);
+    t.same(
+      git(remote, 'show', 'main:audit/log.jsonl').split('\n'),
+      ['{"seq":1}', '{"seq":"appended meanwhile"}', '{"seq":2}'],
+      'each entry once, in order',
+    );
+    t.equal(git(clone, 'rev-parse', 'main'), git(remote, 'rev-parse', 'main'), 'the clone is on the remote head');
+    t.match(
+      git(clone, 'status', '--porcelain', '--untracked-files=no'),
+      /audit\/log\.jsonl/,
+      'the line being written stays uncommitted, untouched',
+    );
+  },
+);
 
 t.test('an index.lock left by a killed git does not fail every later commit', async (t) => {
   const root = tempDir(t, 'rotor-stale-lock-');
@@ -83,7 +102,12 @@ t.test('an index.lock left by a killed git does not fail every later commit', as
   git(seed, 'commit', '-q', '-m', 'seed');
   git(seed, 'push', '-q', 'origin', 'HEAD:main');
   const warnings: string[] = [];
-  const repo = await openRepo({ url: remote, dir: path.join(root, 'clone'), branch: 'main', onWarning: (w) => void warnings.push(w.code) });
+  const repo = await openRepo({
+    url: remote,
+    dir: path.join(root, 'clone'),
+    branch: 'main',
+    onWarning: (w) => void warnings.push(w.code),
+  });
   mkdirSync(path.join(repo.dir, 'audit'));
   appendFileSync(path.join(repo.dir, 'audit', 'log.jsonl'), '{"seq":1}\n');
   // What a git commit killed by its time limit (or any signal) leaves behind.

@@ -2,12 +2,30 @@
  * The daemon's clone (src/git/repo.ts) against real git: a bare repository as the remote, the
  * daemon's clone beside it, and other clones acting as people and as concurrent writers.
  */
-import { appendFileSync, chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+
 import { randomInt } from 'node:crypto';
+import {
+  appendFileSync,
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { backoffDelay, GitRepoError, openRepo, type GitRepo, type GitWarning, type OpenRepoOptions } from '../src/git/repo.js';
+import {
+  backoffDelay,
+  type GitRepo,
+  GitRepoError,
+  type GitWarning,
+  type OpenRepoOptions,
+  openRepo,
+} from '../src/git/repo.js';
 import { GitError, redactUrls } from '../src/git/run.js';
 import { git, gitAsync, gitInitBare, tempDir } from './helpers.js';
 
@@ -29,7 +47,13 @@ function setup(t: T) {
   git(seed, 'push', '-q', 'origin', 'HEAD:refs/heads/main');
   const warnings: GitWarning[] = [];
   const open = (extra: Partial<OpenRepoOptions> = {}) =>
-    openRepo({ url: remote, dir: path.join(root, 'daemon'), branch: 'main', onWarning: (w) => warnings.push(w), ...extra });
+    openRepo({
+      url: remote,
+      dir: path.join(root, 'daemon'),
+      branch: 'main',
+      onWarning: (w) => warnings.push(w),
+      ...extra,
+    });
   return { root, remote, daemonDir: path.join(root, 'daemon'), warnings, open };
 }
 
@@ -84,14 +108,19 @@ t.test('clone, commit and push, reopen, wrong origin', async (t) => {
   const repo = await open();
   t.equal(git(daemonDir, 'config', '--get', 'remote.origin.url'), remote);
   t.equal(git(daemonDir, 'symbolic-ref', 'HEAD'), 'refs/heads/main');
-  t.same(readdirSync(root).filter((n) => n.includes('.clone-')), [], 'no temporary clone left behind');
+  t.same(
+    readdirSync(root).filter((n) => n.includes('.clone-')),
+    [],
+    'no temporary clone left behind',
+  );
   t.equal(await repo.remoteHead(), git(remote, 'rev-parse', 'main'));
   t.equal(await repo.unpushed(), 0);
 
   // the operator's configuration must not break commits: signing on, hooks that fail
   const hooks = path.join(root, 'hooks');
   mkdirSync(hooks);
-  for (const h of ['pre-commit', 'commit-msg', 'post-commit', 'pre-push']) writeFileSync(path.join(hooks, h), '#!/bin/sh\nexit 1\n', { mode: 0o755 });
+  for (const h of ['pre-commit', 'commit-msg', 'post-commit', 'pre-push'])
+    writeFileSync(path.join(hooks, h), '#!/bin/sh\nexit 1\n', { mode: 0o755 });
   git(daemonDir, 'config', 'core.hooksPath', hooks);
   git(daemonDir, 'config', 'commit.gpgSign', 'true');
   git(daemonDir, 'config', 'user.signingKey', 'NO-SUCH-KEY');
@@ -99,7 +128,11 @@ t.test('clone, commit and push, reopen, wrong origin', async (t) => {
   const id = await audit(repo, '{"seq":1}');
   t.match(id, /^[0-9a-f]{40}$/);
   t.equal(await repo.unpushed(), 1);
-  t.equal(git(daemonDir, 'log', '-1', '--format=%an <%ae>|%cn <%ce>|%G?'), 'rotor <rotor@localhost>|rotor <rotor@localhost>|N', 'default author, unsigned');
+  t.equal(
+    git(daemonDir, 'log', '-1', '--format=%an <%ae>|%cn <%ce>|%G?'),
+    'rotor <rotor@localhost>|rotor <rotor@localhost>|N',
+    'default author, unsigned',
+  );
   t.equal(await repo.commitAudit([AUDIT], 'nothing changed'), null, 'no commit when nothing changed');
   t.equal(await repo.head(), id);
 
@@ -108,7 +141,11 @@ t.test('clone, commit and push, reopen, wrong origin', async (t) => {
   git(daemonDir, 'add', 'audit/other.jsonl');
   appendFileSync(path.join(daemonDir, AUDIT), '{"seq":2}\n');
   const id2 = await repo.commitAudit([path.join(daemonDir, AUDIT)], 'audit: seq 2'); // absolute paths are accepted
-  t.same(git(daemonDir, 'show', '--format=', '--name-only', id2!).split('\n'), [AUDIT], 'only the given path is committed');
+  t.same(
+    git(daemonDir, 'show', '--format=', '--name-only', id2!).split('\n'),
+    [AUDIT],
+    'only the given path is committed',
+  );
   t.equal(git(daemonDir, 'diff', '--cached', '--name-only'), 'audit/other.jsonl', 'the other staged file stays staged');
   git(daemonDir, 'rm', '-q', '--cached', 'audit/other.jsonl');
   rmSync(path.join(daemonDir, 'audit', 'other.jsonl'));
@@ -122,7 +159,14 @@ t.test('clone, commit and push, reopen, wrong origin', async (t) => {
 
   // paths outside the audit directory are refused
   writeFileSync(path.join(daemonDir, 'rotor.yaml'), 'kind: Config\n');
-  for (const p of ['rotor.yaml', '../x', 'audit/../rotor.yaml', path.join(root, 'elsewhere'), 'auditx/a', '.git/config']) {
+  for (const p of [
+    'rotor.yaml',
+    '../x',
+    'audit/../rotor.yaml',
+    path.join(root, 'elsewhere'),
+    'auditx/a',
+    '.git/config',
+  ]) {
     await rejectsWith(t, repo.commitAudit([p], 'no'), 'GIT_PATH_OUTSIDE_AUDIT');
   }
   git(daemonDir, 'checkout', '--', 'rotor.yaml');
@@ -153,9 +197,16 @@ t.test('clone, commit and push, reopen, wrong origin', async (t) => {
   mkdirSync(junk);
   writeFileSync(path.join(junk, 'file'), 'x');
   await rejectsWith(t, openRepo({ url: remote, dir: junk, branch: 'main' }), 'GIT_NOT_A_CLONE');
-  await rejectsWith(t, openRepo({ url: remote, dir: path.join(root, 'nobranch'), branch: 'release' }), 'GIT_BRANCH_MISSING');
+  await rejectsWith(
+    t,
+    openRepo({ url: remote, dir: path.join(root, 'nobranch'), branch: 'release' }),
+    'GIT_BRANCH_MISSING',
+  );
   t.notOk(existsSync(path.join(root, 'nobranch')), 'a failed clone leaves nothing');
-  t.same(readdirSync(root).filter((n) => n.includes('.clone-')), []);
+  t.same(
+    readdirSync(root).filter((n) => n.includes('.clone-')),
+    [],
+  );
   // an existing empty directory is cloned into
   const empty = path.join(root, 'empty');
   mkdirSync(empty);
@@ -164,7 +215,11 @@ t.test('clone, commit and push, reopen, wrong origin', async (t) => {
   t.equal(await third.head(), id2);
   t.equal((await import('node:fs')).statSync(empty).mode & 0o777, 0o700, 'the directory keeps its mode');
   await rejectsWith(t, openRepo({ url: remote, dir: path.join(root, 'x'), branch: '-x' }), 'GIT_BAD_ARGUMENT');
-  await rejectsWith(t, openRepo({ url: remote, dir: path.join(root, 'x'), branch: 'main', auditDir: '../up' }), 'GIT_BAD_ARGUMENT');
+  await rejectsWith(
+    t,
+    openRepo({ url: remote, dir: path.join(root, 'x'), branch: 'main', auditDir: '../up' }),
+    'GIT_BAD_ARGUMENT',
+  );
 });
 
 t.test('commitAudit: new files, whole directories, deletions, odd names', async (t) => {
@@ -174,12 +229,24 @@ t.test('commitAudit: new files, whole directories, deletions, odd names', async 
   writeFileSync(path.join(daemonDir, 'audit', '2026', '11.jsonl'), 'a\n');
   writeFileSync(path.join(daemonDir, 'audit', '*.jsonl'), 'a file named like a glob\n');
   const c1 = await repo.commitAudit(['audit/2026'], 'audit: a directory');
-  t.same(git(daemonDir, 'show', '--format=', '--name-only', c1!).split('\n'), ['audit/2026/11.jsonl'], 'a directory commits what is under it');
+  t.same(
+    git(daemonDir, 'show', '--format=', '--name-only', c1!).split('\n'),
+    ['audit/2026/11.jsonl'],
+    'a directory commits what is under it',
+  );
   const c2 = await repo.commitAudit(['audit/*.jsonl'], 'audit: a literal name');
-  t.same(git(daemonDir, 'show', '--format=', '--name-only', c2!).split('\n'), ['audit/*.jsonl'], 'names are literal, not globs');
+  t.same(
+    git(daemonDir, 'show', '--format=', '--name-only', c2!).split('\n'),
+    ['audit/*.jsonl'],
+    'names are literal, not globs',
+  );
   rmSync(path.join(daemonDir, 'audit', '2026', '11.jsonl'));
   const c3 = await repo.commitAudit(['audit/2026/11.jsonl'], 'audit: remove a file');
-  t.equal(git(daemonDir, 'show', '--format=', '--name-status', c3!), 'D\taudit/2026/11.jsonl', 'deletions are committed');
+  t.equal(
+    git(daemonDir, 'show', '--format=', '--name-status', c3!),
+    'D\taudit/2026/11.jsonl',
+    'deletions are committed',
+  );
   await rejectsWith(t, repo.commitAudit([], 'x'), 'GIT_BAD_ARGUMENT');
   await rejectsWith(t, repo.commitAudit([AUDIT], '  '), 'GIT_BAD_ARGUMENT');
   await rejectsWith(t, repo.commitAudit(['audit/missing.jsonl'], 'x'), 'GIT_COMMIT_FAILED');
@@ -191,12 +258,19 @@ t.test('sync brings remote changes and keeps local audit commits on top', async 
   const { root, remote, daemonDir, open } = setup(t);
   const repo = await open();
   const alice = person(root, remote, 'alice');
-  writeFileSync(path.join(alice, 'rotor.yaml'), 'kind: Config\naudit: { dir: audit, push: true }\nsync: { interval: 1m }\n');
+  writeFileSync(
+    path.join(alice, 'rotor.yaml'),
+    'kind: Config\naudit: { dir: audit, push: true }\nsync: { interval: 1m }\n',
+  );
   git(alice, 'commit', '-q', '-am', 'sync every minute');
   git(alice, 'push', '-q');
 
   let s = await repo.sync();
-  t.same(s, { head: git(remote, 'rev-parse', 'main'), remoteHead: git(remote, 'rev-parse', 'main'), rebased: 0, unpushed: 0 }, 'fast-forward');
+  t.same(
+    s,
+    { head: git(remote, 'rev-parse', 'main'), remoteHead: git(remote, 'rev-parse', 'main'), rebased: 0, unpushed: 0 },
+    'fast-forward',
+  );
   t.match(readFileSync(path.join(daemonDir, 'rotor.yaml'), 'utf8'), 'interval: 1m');
 
   await audit(repo, '{"seq":1}');
@@ -250,9 +324,13 @@ t.test('a person pushes between the daemon commit and push: rebase and retry', a
   t.equal(remoteFile(remote, AUDIT), '{"seq":0}\n{"seq":1}');
   t.equal(remoteFile(remote, 'app.yaml'), 'kind: Secret');
   t.equal(git(remote, 'log', '-1', '--format=%an|%s', 'main'), 'rotor|audit: {"seq":1}');
-  t.ok(warnings.some((w) => w.code === 'GIT_PUSH_RETRY'), 'the retry was reported');
+  t.ok(
+    warnings.some((w) => w.code === 'GIT_PUSH_RETRY'),
+    'the retry was reported',
+  );
   const updates = remoteUpdates(remote);
-  for (let i = 1; i < updates.length; i++) t.ok(isAncestor(remote, updates[i - 1]!, updates[i]!), `update ${i} is a fast-forward`);
+  for (let i = 1; i < updates.length; i++)
+    t.ok(isAncestor(remote, updates[i - 1]!, updates[i]!), `update ${i} is a fast-forward`);
   t.equal(await repo.unpushed(), 0);
   t.equal(git(daemonDir, 'status', '--porcelain'), '');
   t.equal(git(daemonDir, 'rev-parse', 'HEAD'), r.head, 'the local branch is what was pushed');
@@ -280,12 +358,25 @@ t.test('a nested audit directory, several unpushed commits, a busy remote', asyn
   const r = await repo.push();
   t.equal(r.attempts, 2);
   t.equal(r.pushed.length, 3);
-  t.same(git(remote, 'log', '--format=%s', '-4', 'main').split('\n'), ['audit 3', 'audit 2', 'audit 1', 'bob writes notes']);
-  t.same(git(remote, 'log', '--format=%an <%ae>', '-3', 'main').split('\n'), Array(3).fill('rotor <rotor@localhost>'), 'authors kept');
+  t.same(git(remote, 'log', '--format=%s', '-4', 'main').split('\n'), [
+    'audit 3',
+    'audit 2',
+    'audit 1',
+    'bob writes notes',
+  ]);
+  t.same(
+    git(remote, 'log', '--format=%an <%ae>', '-3', 'main').split('\n'),
+    Array(3).fill('rotor <rotor@localhost>'),
+    'authors kept',
+  );
   t.equal(remoteFile(remote, 'ops/audit/log.jsonl'), '{"seq":1}\n{"seq":2}\n{"seq":3}');
   t.equal(remoteFile(remote, 'ops/notes.md'), 'next to the audit directory');
   for (let i = 0; i < 3; i++) {
-    t.equal(git(daemonDir, 'diff', `${ids[i]}~1`, ids[i]!), git(remote, 'diff', `${r.pushed[i]}~1`, r.pushed[i]!), `commit ${i + 1}: the same change`);
+    t.equal(
+      git(daemonDir, 'diff', `${ids[i]}~1`, ids[i]!),
+      git(remote, 'diff', `${r.pushed[i]}~1`, r.pushed[i]!),
+      `commit ${i + 1}: the same change`,
+    );
   }
   t.equal(git(daemonDir, 'rev-parse', 'HEAD'), r.head);
   t.equal(git(daemonDir, 'status', '--porcelain'), '');
@@ -300,7 +391,10 @@ t.test('an audit line written but not yet committed is left alone by sync and pu
   await audit(repo, '{"seq":1}');
   appendFileSync(path.join(daemonDir, AUDIT), '{"seq":2}\n'); // the audit log writes; the commit comes later
   const bob = person(root, remote, 'bob');
-  for (const [file, op] of [['a.yaml', 'push'], ['b.yaml', 'sync']] as const) {
+  for (const [file, op] of [
+    ['a.yaml', 'push'],
+    ['b.yaml', 'sync'],
+  ] as const) {
     git(bob, 'pull', '-q', '--rebase');
     writeFileSync(path.join(bob, file), 'kind: Policy\n');
     git(bob, 'add', file);
@@ -309,7 +403,11 @@ t.test('an audit line written but not yet committed is left alone by sync and pu
     if (op === 'push') t.equal((await repo.push()).pushed.length, 1, 'pushed past the busy remote');
     else t.equal((await repo.sync()).rebased, 0, 'synced');
     t.ok(existsSync(path.join(daemonDir, file)), `${op}: the new file is there`);
-    t.equal(readFileSync(path.join(daemonDir, AUDIT), 'utf8'), '{"seq":0}\n{"seq":1}\n{"seq":2}\n', `${op}: the uncommitted line is still there`);
+    t.equal(
+      readFileSync(path.join(daemonDir, AUDIT), 'utf8'),
+      '{"seq":0}\n{"seq":1}\n{"seq":2}\n',
+      `${op}: the uncommitted line is still there`,
+    );
     t.equal(git(daemonDir, 'status', '--porcelain'), `M ${AUDIT}`);
   }
   // a local audit commit and another uncommitted line, and the remote moved: sync replays the commit
@@ -321,8 +419,16 @@ t.test('an audit line written but not yet committed is left alone by sync and pu
   git(bob, 'commit', '-q', '-m', 'bob adds c.yaml');
   git(bob, 'push', '-q');
   t.equal((await repo.sync()).rebased, 1);
-  t.equal(git(daemonDir, 'rev-parse', 'HEAD~1'), git(remote, 'rev-parse', 'main'), 'the audit commit is on top of the remote');
-  t.equal(readFileSync(path.join(daemonDir, AUDIT), 'utf8'), '{"seq":0}\n{"seq":1}\n{"seq":2}\n{"seq":3}\n', 'the uncommitted line is still there');
+  t.equal(
+    git(daemonDir, 'rev-parse', 'HEAD~1'),
+    git(remote, 'rev-parse', 'main'),
+    'the audit commit is on top of the remote',
+  );
+  t.equal(
+    readFileSync(path.join(daemonDir, AUDIT), 'utf8'),
+    '{"seq":0}\n{"seq":1}\n{"seq":2}\n{"seq":3}\n',
+    'the uncommitted line is still there',
+  );
   await repo.commitAudit([AUDIT], 'audit: 3');
   t.equal((await repo.push()).pushed.length, 2);
   t.equal(remoteFile(remote, AUDIT), '{"seq":0}\n{"seq":1}\n{"seq":2}\n{"seq":3}');
@@ -416,7 +522,11 @@ t.test('push race: the daemon and four writers pushing to one branch', async (t)
   const expected = Array.from({ length: ROUNDS + 1 }, (_, i) => `{"seq":${i}}`).join('\n');
   t.equal(remoteFile(remote, AUDIT), expected, 'every audit line on the remote exactly once, in order');
   const auditCommits = git(remote, 'log', '--reverse', '--format=%ae %s', 'main', '--', AUDIT).split('\n').slice(1);
-  t.same(auditCommits, Array.from({ length: ROUNDS }, (_, i) => `rotor@localhost audit: {"seq":${i + 1}}`), 'one rotor commit per entry, in order');
+  t.same(
+    auditCommits,
+    Array.from({ length: ROUNDS }, (_, i) => `rotor@localhost audit: {"seq":${i + 1}}`),
+    'one rotor commit per entry, in order',
+  );
 
   const files = new Set(git(remote, 'ls-tree', '-r', '--name-only', 'main').split('\n'));
   const subjects = new Set(git(remote, 'log', '--format=%s', 'main').split('\n'));
@@ -439,7 +549,9 @@ t.test('push race: the daemon and four writers pushing to one branch', async (t)
 
   const retries = warnings.filter((w) => w.code === 'GIT_PUSH_RETRY').length;
   if (process.env.ROTOR_DEBUG_RACE) for (const w of warnings) t.comment(w.message);
-  t.comment(`race: ${ROUNDS} audit entries, ${daemonPushes} daemon pushes in ${attempts + last.attempts} attempts, ${retries} retries, ${gaveUp} push calls gave up (sent later); writers: ${writerPushes} pushes, ${seen.length} rejections`);
+  t.comment(
+    `race: ${ROUNDS} audit entries, ${daemonPushes} daemon pushes in ${attempts + last.attempts} attempts, ${retries} retries, ${gaveUp} push calls gave up (sent later); writers: ${writerPushes} pushes, ${seen.length} rejections`,
+  );
 });
 
 t.test('unpushed commits survive a refused push and an unreachable remote', async (t) => {
@@ -507,7 +619,10 @@ t.test('someone edits the audit file on the remote: GIT_AUDIT_CONFLICT, nothing 
     t.equal(readFileSync(path.join(daemonDir, AUDIT), 'utf8'), '{"seq":0}\n{"seq":1}\n{"seq":2}\n');
     t.equal(await repo.unpushed(), 1);
   }
-  t.ok(warnings.some((w) => w.code === 'GIT_AUDIT_CHANGED_REMOTELY'), 'the foreign audit change was reported');
+  t.ok(
+    warnings.some((w) => w.code === 'GIT_AUDIT_CHANGED_REMOTELY'),
+    'the foreign audit change was reported',
+  );
 
   // what the message asks for: revert the edit; then the daemon's entry goes out
   git(eve, 'revert', '--no-edit', eves);
@@ -543,12 +658,22 @@ t.test('backoff: crypto jitter within exponential bounds', async (t) => {
 });
 
 t.test('errors never carry URL credentials', async (t) => {
-  t.equal(redactUrls("fatal: unable to access 'https://bot:s3cr3t@git.example/x.git/'"), "fatal: unable to access 'https://***@git.example/x.git/'");
-  const e = new GitError(['clone', 'https://bot:s3cr3t@git.example/x.git'], 128, 'fatal: https://bot:s3cr3t@git.example/x.git not found');
+  t.equal(
+    redactUrls("fatal: unable to access 'https://bot:s3cr3t@git.example/x.git/'"),
+    "fatal: unable to access 'https://***@git.example/x.git/'",
+  );
+  const e = new GitError(
+    ['clone', 'https://bot:s3cr3t@git.example/x.git'],
+    128,
+    'fatal: https://bot:s3cr3t@git.example/x.git not found',
+  );
   t.notMatch(JSON.stringify({ m: e.message, a: e.args, s: e.stderr }), 's3cr3t');
   const err = new GitRepoError('GIT_FAILED', 'could not fetch from https://bot:s3cr3t@git.example/x.git');
   t.notMatch(err.message, 's3cr3t');
-  t.equal(redactUrls('see HTTPS://bot:x@h/a and ssh://git:y@h:22/b, not user@host:path'), 'see HTTPS://***@h/a and ssh://***@h:22/b, not user@host:path');
+  t.equal(
+    redactUrls('see HTTPS://bot:x@h/a and ssh://git:y@h:22/b, not user@host:path'),
+    'see HTTPS://***@h/a and ssh://***@h:22/b, not user@host:path',
+  );
   // Text a remote can shape, in linear time: a scheme scanned from every word start took hours on this.
   const dots = 'a.'.repeat(2_000_000);
   t.equal(redactUrls(dots), dots);

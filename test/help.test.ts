@@ -7,12 +7,12 @@
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import t from 'tap';
 import type { Test } from 'tap';
-import { COMMANDS, HELP } from '../src/cli/main.js';
-import { flagEnv, flagLabel, parse } from '../src/util/args.js';
-import type { Flags } from '../src/util/args.js';
+import t from 'tap';
 import { AGENT_FLAGS, HELP as AGENT_HELP } from '../agent/src/main.js';
+import { COMMANDS, HELP } from '../src/cli/main.js';
+import type { Flags } from '../src/util/args.js';
+import { flagEnv, flagLabel, parse } from '../src/util/args.js';
 import { ROOT, rotor } from './helpers.js';
 
 const ROTOR = path.join(ROOT, 'dist/src/cli/main.js');
@@ -21,7 +21,9 @@ const AGENT = path.join(ROOT, 'agent/dist/main.js');
 function node(script: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     // env -i: no ROTOR_* of the developer's shell changes what help prints; -u NODE_OPTIONS drops tap's loaders.
-    const child = spawn('/usr/bin/env', ['-i', `PATH=${process.env.PATH ?? ''}`, process.execPath, script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('/usr/bin/env', ['-i', `PATH=${process.env.PATH ?? ''}`, process.execPath, script, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -63,16 +65,28 @@ function checkHelp(t: Test, help: string, o: { summary: RegExp; usage: RegExp; f
     const text = entries.get(flagLabel(name, spec)) ?? '';
     t.ok(text.startsWith(spec.description.replace(/\s+/g, ' ')), `--${name} is described`);
     const shown = spec.defaultText ?? spec.default;
-    if (shown !== undefined) t.ok(text.includes(`(default: ${shown.replace(/\s+/g, ' ')})`), `--${name} shows its default, ${shown}`);
+    if (shown !== undefined)
+      t.ok(text.includes(`(default: ${shown.replace(/\s+/g, ' ')})`), `--${name} shows its default, ${shown}`);
     const env = flagEnv(name, spec);
     if (env) t.ok(text.endsWith(`[env ${env}]`), `--${name} shows its variable, ${env}`);
     else t.notMatch(text, /\[env /, `--${name} reads no variable and names none`);
   }
   t.match(help, o.exit, 'the exit status');
   const at = help.indexOf('\nExamples:\n');
-  const examples = at < 0 ? [] : help.slice(at + 11).split('\n\n')[0]!.split('\n').filter((l) => /^ {2}\S/.test(l));
+  const examples =
+    at < 0
+      ? []
+      : help
+          .slice(at + 11)
+          .split('\n\n')[0]!
+          .split('\n')
+          .filter((l) => /^ {2}\S/.test(l));
   t.ok(examples.length >= 1 && examples.length <= 3, `1 to 3 examples (${examples.length})`);
-  t.same(help.split('\n').filter((l) => l.length > 104), [], 'no line wider than the 104 columns the help texts are wrapped to');
+  t.same(
+    help.split('\n').filter((l) => l.length > 104),
+    [],
+    'no line wider than the 104 columns the help texts are wrapped to',
+  );
 }
 
 /** Every variable the help names is one the parser reads: a value set there arrives in the flag. */
@@ -96,12 +110,22 @@ for (const [name, command] of Object.entries(COMMANDS)) {
     const r = await node(ROTOR, [name, '--help']);
     t.equal(r.code, 0, 'exit 0');
     t.equal(r.stderr, '', 'nothing on stderr');
-    t.equal(r.stdout, command.help, 'stdout is the command\'s help');
-    checkHelp(t, r.stdout, { summary: SUMMARY[name]!, usage: new RegExp(`\\nUsage: rotor ${name}\\b`), flags: command.flags, exit: EXIT_STATUS });
+    t.equal(r.stdout, command.help, "stdout is the command's help");
+    checkHelp(t, r.stdout, {
+      summary: SUMMARY[name]!,
+      usage: new RegExp(`\\nUsage: rotor ${name}\\b`),
+      flags: command.flags,
+      exit: EXIT_STATUS,
+    });
     checkVariables(t, command.flags);
     t.equal((await rotor([name, '-h'])).stdout, command.help, '-h is the same');
     t.equal((await rotor(['help', name])).stdout, command.help, 'rotor help NAME is the same');
-    t.equal((await rotor([name, '--help'], { env: { ROTOR_HELP: '0', ROTOR_FORMAT: 'json', ROTOR_DATA_DIR: '/nowhere' } })).stdout, command.help, 'the environment does not change it');
+    t.equal(
+      (await rotor([name, '--help'], { env: { ROTOR_HELP: '0', ROTOR_FORMAT: 'json', ROTOR_DATA_DIR: '/nowhere' } }))
+        .stdout,
+      command.help,
+      'the environment does not change it',
+    );
   });
 }
 
@@ -116,7 +140,12 @@ t.test('rotor-agent --help', async (t) => {
   t.equal(r.code, 0, 'exit 0');
   t.equal(r.stderr, '');
   t.equal(r.stdout, AGENT_HELP);
-  checkHelp(t, r.stdout, { summary: /^rotor-agent: \S.{10,}$/, usage: /\nUsage: rotor-agent --config FILE/, flags: AGENT_FLAGS, exit: /\nExit codes: 0 .*1 .*2 .*\n3 / });
+  checkHelp(t, r.stdout, {
+    summary: /^rotor-agent: \S.{10,}$/,
+    usage: /\nUsage: rotor-agent --config FILE/,
+    flags: AGENT_FLAGS,
+    exit: /\nExit codes: 0 .*1 .*2 .*\n3 /,
+  });
   checkVariables(t, AGENT_FLAGS);
 });
 
@@ -134,14 +163,22 @@ t.test('rotor with no command, an unknown one, or --help', async (t) => {
   t.equal(help.code, 0);
   t.equal(help.stdout, HELP);
   const list = HELP.slice(HELP.indexOf('Commands:'), HELP.indexOf('\n\n', HELP.indexOf('Commands:')));
-  for (const name of Object.keys(COMMANDS)) t.match(list, new RegExp(`^  ${name}\\b`, 'm'), `${name} is in the command list`);
-  t.same(HELP.split('\n').filter((l) => l.length > 104), [], 'no line wider than the 104 columns the help texts are wrapped to');
+  for (const name of Object.keys(COMMANDS))
+    t.match(list, new RegExp(`^  ${name}\\b`, 'm'), `${name} is in the command list`);
+  t.same(
+    HELP.split('\n').filter((l) => l.length > 104),
+    [],
+    'no line wider than the 104 columns the help texts are wrapped to',
+  );
 });
 
 t.test('every parser takes its flags from a declaration the help test sees', async (t) => {
   // A flag declared inline in a parse() call would escape the checks above: parse() is only ever given
   // a command's exported *_FLAGS (AGENT_FLAGS for rotor-agent), the ones in COMMANDS.
-  const files = [...readdirSync(path.join(ROOT, 'src/cli')).map((f) => path.join('src/cli', f)), 'agent/src/main.ts'].filter((f) => f.endsWith('.ts'));
+  const files = [
+    ...readdirSync(path.join(ROOT, 'src/cli')).map((f) => path.join('src/cli', f)),
+    'agent/src/main.ts',
+  ].filter((f) => f.endsWith('.ts'));
   const calls: string[] = [];
   for (const f of files) {
     const text = readFileSync(path.join(ROOT, f), 'utf8');
@@ -151,5 +188,6 @@ t.test('every parser takes its flags from a declaration the help test sees', asy
   const declared = new Set(['AGENT_FLAGS', ...Object.keys(COMMANDS).map((n) => `${n.toUpperCase()}_FLAGS`)]);
   t.ok(calls.length >= Object.keys(COMMANDS).length + 1, `${calls.length} parse() calls found`);
   for (const c of calls) t.ok(declared.has(c.split(': ')[1]!), `${c}: a declared *_FLAGS`);
-  for (const [name, command] of Object.entries(COMMANDS)) t.ok(Object.keys(command.flags).includes('help'), `${name} takes --help`);
+  for (const [name, command] of Object.entries(COMMANDS))
+    t.ok(Object.keys(command.flags).includes('help'), `${name} takes --help`);
 });

@@ -4,8 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
-import { run } from '../src/cli/main.js';
 import type { Io } from '../src/cli/io.js';
+import { run } from '../src/cli/main.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const FIXED_NOW = Date.parse('2026-11-26T00:00:00Z');
@@ -31,7 +31,10 @@ export interface CliResult {
 }
 
 /** Runs `rotor ARGS` in-process with a fixed clock and captured output. */
-export async function rotor(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; now?: number } = {}): Promise<CliResult> {
+export async function rotor(
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; now?: number } = {},
+): Promise<CliResult> {
   let stdout = '';
   let stderr = '';
   const io: Io = {
@@ -50,9 +53,12 @@ import { execFileSync } from 'node:child_process';
 
 const GIT_ENV = {
   ...process.env,
-  GIT_AUTHOR_NAME: 'rotor test', GIT_AUTHOR_EMAIL: 'test@rotor.invalid',
-  GIT_COMMITTER_NAME: 'rotor test', GIT_COMMITTER_EMAIL: 'test@rotor.invalid',
-  GIT_CONFIG_NOSYSTEM: '1', HOME: ROOT,
+  GIT_AUTHOR_NAME: 'rotor test',
+  GIT_AUTHOR_EMAIL: 'test@rotor.invalid',
+  GIT_COMMITTER_NAME: 'rotor test',
+  GIT_COMMITTER_EMAIL: 'test@rotor.invalid',
+  GIT_CONFIG_NOSYSTEM: '1',
+  HOME: ROOT,
 };
 
 export function git(cwd: string, ...args: string[]): string {
@@ -76,10 +82,15 @@ import { execFile } from 'node:child_process';
 /** git without blocking the event loop (for tests where several clones work at once); rejects with git's stderr. */
 export function gitAsync(cwd: string, ...args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile('git', args, { cwd, env: GIT_ENV, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`git ${args.join(' ')} failed: ${stderr.trim()}`, { cause: err }));
-      else resolve(stdout.trim());
-    });
+    execFile(
+      'git',
+      args,
+      { cwd, env: GIT_ENV, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+      (err, stdout, stderr) => {
+        if (err) reject(new Error(`git ${args.join(' ')} failed: ${stderr.trim()}`, { cause: err }));
+        else resolve(stdout.trim());
+      },
+    );
   });
 }
 

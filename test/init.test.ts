@@ -6,22 +6,38 @@ import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { initCommand, INIT_HELP } from '../src/cli/init.js';
+import { verifyAuditDir } from '../src/audit/log.js';
+import { INIT_HELP, initCommand } from '../src/cli/init.js';
 import type { Io } from '../src/cli/io.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import { jsonLogger } from '../src/log.js';
-import { verifyAuditDir } from '../src/audit/log.js';
 import { commitAll, FIXED_NOW, git, ROOT, rotor, tempDir } from './helpers.js';
 
 async function init(args: string[], cwd: string, env: NodeJS.ProcessEnv = {}) {
   let stdout = '';
   let stderr = '';
-  const io: Io = { stdout: (s) => void (stdout += s), stderr: (s) => void (stderr += s), env, cwd, now: () => FIXED_NOW, isTTY: false };
+  const io: Io = {
+    stdout: (s) => void (stdout += s),
+    stderr: (s) => void (stderr += s),
+    env,
+    cwd,
+    now: () => FIXED_NOW,
+    isTTY: false,
+  };
   const code = await initCommand(args, io);
   return { code, stdout, stderr };
 }
 
-const SCAFFOLD = ['rotor.yaml', 'policies.yaml', 'example/secrets.yaml', 'consumers.yaml', '.gitattributes', '.gitignore', 'package.json', '.github/workflows/rotor.yml'];
+const SCAFFOLD = [
+  'rotor.yaml',
+  'policies.yaml',
+  'example/secrets.yaml',
+  'consumers.yaml',
+  '.gitattributes',
+  '.gitignore',
+  'package.json',
+  '.github/workflows/rotor.yml',
+];
 
 async function validateClean(t: Parameters<Parameters<typeof t.test>[1]>[0], dir: string) {
   const v = await rotor(['validate', dir, '--format', 'json']);
@@ -55,17 +71,22 @@ t.test('the scaffold passes rotor validate with no problems; keys 0600 outside t
     const m = /^# yaml-language-server: \$schema=(\S+)$/m.exec(readFileSync(path.join(dir, f), 'utf8'));
     t.ok(m && existsSync(path.resolve(path.dirname(path.join(dir, f)), m[1]!)), `${f}: the schema path resolves`);
   }
-  t.match(readFileSync(path.join(dir, 'consumers.yaml'), 'utf8'), new RegExp(`^uid: ${process.getuid!()} +# CHANGE THIS`, 'm'));
+  t.match(
+    readFileSync(path.join(dir, 'consumers.yaml'), 'utf8'),
+    new RegExp(`^uid: ${process.getuid!()} +# CHANGE THIS`, 'm'),
+  );
 
   const wf = readFileSync(path.join(dir, '.github/workflows/rotor.yml'), 'utf8');
   t.match(wf, 'npx rotor validate --format github');
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a GitHub Actions expression, not a template
   t.match(wf, 'npx rotor plan --base "origin/${{ github.base_ref }}" --format markdown >> "$GITHUB_STEP_SUMMARY"');
   t.match(wf, /pull_request/);
 
   // git: a repository was made; the audit log is not text to git; the keys are nowhere in it.
   t.equal(git(dir, 'rev-parse', '--show-toplevel'), dir);
   t.equal(git(dir, 'check-attr', 'text', 'audit/2026-11.jsonl'), 'audit/2026-11.jsonl: text: unset');
-  for (const k of ['identity.age', 'signing.key']) t.equal(statSync(path.join(data, k)).mode & 0o777, 0o600, `${k} is 0600`);
+  for (const k of ['identity.age', 'signing.key'])
+    t.equal(statSync(path.join(data, k)).mode & 0o777, 0o600, `${k} is 0600`);
   t.equal(statSync(data).mode & 0o777, 0o700, 'the data directory is 0700');
   t.notMatch(git(dir, 'status', '--porcelain', '--untracked-files=all'), /identity|signing|data/);
 });
@@ -99,7 +120,8 @@ t.test('refuses to overwrite, listing the files; --force overwrites but keeps ke
   const again = await init([dir, '--data-dir', path.join(root, 'data')], root);
   t.equal(again.code, 1);
   t.match(again.stderr, /these files exist .*nothing was written \(--force overwrites them\)/);
-  for (const f of ['rotor.yaml', 'policies.yaml', 'example/secrets.yaml', '.github/workflows/rotor.yml']) t.match(again.stderr, `  ${f}\n`);
+  for (const f of ['rotor.yaml', 'policies.yaml', 'example/secrets.yaml', '.github/workflows/rotor.yml'])
+    t.match(again.stderr, `  ${f}\n`);
   t.notMatch(again.stderr, /package\.json/, 'an existing package.json is never a conflict: it is kept');
   t.equal(readFileSync(path.join(dir, 'policies.yaml'), 'utf8'), 'mine\n', 'untouched');
 
@@ -109,7 +131,7 @@ t.test('refuses to overwrite, listing the files; --force overwrites but keeps ke
   writeFileSync(path.join(other, 'rotor.yaml'), 'kind: Config\n');
   const one = await init([other, '--data-dir', path.join(root, 'data2')], root);
   t.equal(one.code, 1);
-  t.match(one.stderr, /this file exists[^\n]*\n  rotor\.yaml\n$/);
+  t.match(one.stderr, /this file exists[^\n]*\n {2}rotor\.yaml\n$/);
   t.notOk(existsSync(path.join(root, 'data2')), 'no keys made');
 
   const forced = await init([dir, '--data-dir', path.join(root, 'data'), '--force'], root);
@@ -134,14 +156,19 @@ t.test('a data directory that cannot be made: says so, writes nothing', async (t
   const h = await init(['repo', '--data-dir', half], root);
   t.equal(h.code, 1);
   t.match(h.stderr, /rotor never replaces keys/);
-  await t.rejects(init(['repo', '--data-dir', 'repo'], root), /must not be DIR itself/, 'the data directory is not the repository');
+  await t.rejects(
+    init(['repo', '--data-dir', 'repo'], root),
+    /must not be DIR itself/,
+    'the data directory is not the repository',
+  );
 });
 
 t.test('--help', async (t) => {
   const r = await init(['--help'], '/');
   t.equal(r.code, 0);
   t.equal(r.stdout, INIT_HELP);
-  for (const s of ['--data-dir', '--force', 'ROTOR_DATA_DIR', '.gitattributes', 'rotor keygen', 'git init']) t.match(r.stdout, s);
+  for (const s of ['--data-dir', '--force', 'ROTOR_DATA_DIR', '.gitattributes', 'rotor keygen', 'git init'])
+    t.match(r.stdout, s);
 });
 
 t.test('rotor daemon runs on what init made: version 1 of the example secret, audit log pushed', async (t) => {
@@ -154,7 +181,15 @@ t.test('rotor daemon runs on what init made: version 1 of the example secret, au
   const remote = path.join(root, 'remote.git');
   execFileSync('git', ['clone', '-q', '--bare', dir, remote]);
   let logs = '';
-  const d = new Daemon({ repo: remote, branch: 'main', dataDir: data, breakGlass: [], log: jsonLogger((l) => void (logs += l)), commitDelayMs: 50, socketDir: path.join(root, 'sockets') });
+  const d = new Daemon({
+    repo: remote,
+    branch: 'main',
+    dataDir: data,
+    breakGlass: [],
+    log: jsonLogger((l) => void (logs += l)),
+    commitDelayMs: 50,
+    socketDir: path.join(root, 'sockets'),
+  });
   await d.start();
   let stopped = false;
   t.teardown(() => (stopped ? undefined : d.stop()));
@@ -170,7 +205,20 @@ t.test('rotor daemon runs on what init made: version 1 of the example secret, au
   execFileSync('git', ['clone', '-q', remote, check]);
   const v = await verifyAuditDir(path.join(check, 'audit'));
   t.ok(v.result.ok, 'the pushed audit log verifies');
-  const lines = readdirSync(path.join(check, 'audit')).flatMap((f) => readFileSync(path.join(check, 'audit', f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event: string; secret?: string; to?: number }));
-  t.ok(lines.some((e) => e.event === 'created' && e.secret === 'example/api-token' && e.to === 1), 'created, version 1, in the audit log');
-  t.equal(git(check, 'check-attr', 'text', ...readdirSync(path.join(check, 'audit')).map((f) => `audit/${f}`)).split('\n').every((l) => l.endsWith('text: unset')), true);
+  const lines = readdirSync(path.join(check, 'audit')).flatMap((f) =>
+    readFileSync(path.join(check, 'audit', f), 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { event: string; secret?: string; to?: number }),
+  );
+  t.ok(
+    lines.some((e) => e.event === 'created' && e.secret === 'example/api-token' && e.to === 1),
+    'created, version 1, in the audit log',
+  );
+  t.equal(
+    git(check, 'check-attr', 'text', ...readdirSync(path.join(check, 'audit')).map((f) => `audit/${f}`))
+      .split('\n')
+      .every((l) => l.endsWith('text: unset')),
+    true,
+  );
 });

@@ -1,10 +1,10 @@
 /** rotor keygen and the daemon's key loading. */
 import { execFileSync } from 'node:child_process';
+import { sign, verify } from 'node:crypto';
 import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import t from 'tap';
 import { Decrypter, Encrypter } from 'age-encryption';
-import { sign, verify } from 'node:crypto';
+import t from 'tap';
 import { loadKeys, parseSigningKey } from '../src/keys.js';
 import { rotor, tempDir } from './helpers.js';
 
@@ -15,7 +15,8 @@ t.test('keygen makes private keys only their owner can read and prints the publi
   const m = /^recipient: "(age1[02-9ac-hj-np-z]{58})"\nsigningKey: "(ed25519:[A-Za-z0-9+/]{43}=)"\n$/.exec(r.stdout);
   t.ok(m, r.stdout);
   t.equal(statSync(dir).mode & 0o777, 0o700);
-  for (const f of ['identity.age', 'signing.key']) t.equal(statSync(path.join(dir, f)).mode & 0o777, 0o600, `${f} is 0600`);
+  for (const f of ['identity.age', 'signing.key'])
+    t.equal(statSync(path.join(dir, f)).mode & 0o777, 0o600, `${f} is 0600`);
 
   const keys = await loadKeys(dir);
   t.equal(keys.recipient, m![1]);

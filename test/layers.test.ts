@@ -29,7 +29,17 @@ const LAYERS: readonly (readonly string[])[] = [
  * (src/internal.ts, its one door into this package: test/packages.test.ts), so this is what
  * src/internal.ts may re-export.
  */
-const AGENT_MAY_IMPORT: readonly string[] = ['errors', 'util', 'log', 'paths', 'keys', 'sops', 'schedule', 'model', 'protocol'];
+const AGENT_MAY_IMPORT: readonly string[] = [
+  'errors',
+  'util',
+  'log',
+  'paths',
+  'keys',
+  'sops',
+  'schedule',
+  'model',
+  'protocol',
+];
 
 /**
  * Imports that break the order and are known, each with what mends it. The test fails when one of
@@ -63,7 +73,9 @@ function groupOf(file: string): string | undefined {
 }
 
 const rank = new Map<string, number>();
-LAYERS.forEach((row, i) => row.forEach((g) => rank.set(g, i)));
+LAYERS.forEach((row, i) => {
+  for (const g of row) rank.set(g, i);
+});
 
 const files = [...tsFiles('src'), ...tsFiles('agent/src')];
 const arrows: { from: string; to: string }[] = [];
@@ -88,8 +100,14 @@ t.test('every group of src/ has a place in the layers', async (t) => {
 
 t.test('the import statements are found', async (t) => {
   t.ok(arrows.length > 200, `${arrows.length} imports read`);
-  t.ok(arrows.some((a) => a.from === 'src/daemon/daemon.ts' && a.to === 'src/serve/admin.ts'), 'an import the daemon has');
-  t.ok(arrows.some((a) => a.from === 'agent/src/agent.ts' && a.to === 'src/internal.ts'), 'the agent through rotor/internal');
+  t.ok(
+    arrows.some((a) => a.from === 'src/daemon/daemon.ts' && a.to === 'src/serve/admin.ts'),
+    'an import the daemon has',
+  );
+  t.ok(
+    arrows.some((a) => a.from === 'agent/src/agent.ts' && a.to === 'src/internal.ts'),
+    'the agent through rotor/internal',
+  );
 });
 
 t.test('no module imports a layer above its own, nor a peer group', async (t) => {
@@ -110,5 +128,6 @@ t.test('no module imports a layer above its own, nor a peer group', async (t) =>
 
 t.test('the known exceptions still exist', async (t) => {
   const present = new Set(arrows.map((a) => `${a.from} -> ${a.to}`));
-  for (const [arrow, why] of Object.entries(KNOWN)) t.ok(present.has(arrow), `${arrow} (${why}): remove it from KNOWN once mended`);
+  for (const [arrow, why] of Object.entries(KNOWN))
+    t.ok(present.has(arrow), `${arrow} (${why}): remove it from KNOWN once mended`);
 });

@@ -57,7 +57,7 @@ t.test('a file of 100,000 documents is refused at the limit', async (t) => {
 
 t.test('deep nesting is refused, not a stack overflow', async (t) => {
   const dir = copyFixture(t, 'test/corpus/base');
-  writeFileSync(path.join(dir, 'deep.yaml'), 'a: ' + '['.repeat(200_000) + ']'.repeat(200_000) + '\n');
+  writeFileSync(path.join(dir, 'deep.yaml'), `a: ${'['.repeat(200_000)}${']'.repeat(200_000)}\n`);
   const r = await load(dir);
   t.notOk(r.valid);
   t.ok(r.problems.some((p) => p.file === 'deep.yaml' && (p.code === 'YAML_TOO_DEEP' || p.code === 'YAML_SYNTAX')));
@@ -65,7 +65,10 @@ t.test('deep nesting is refused, not a stack overflow', async (t) => {
 
 t.test('a file that is not UTF-8 is refused at its first bad byte', async (t) => {
   const dir = copyFixture(t, 'test/corpus/base');
-  writeFileSync(path.join(dir, 'latin1.yaml'), Buffer.concat([Buffer.from('kind: Policy\nname: caf'), Buffer.from([0xe9]), Buffer.from('\n')]));
+  writeFileSync(
+    path.join(dir, 'latin1.yaml'),
+    Buffer.concat([Buffer.from('kind: Policy\nname: caf'), Buffer.from([0xe9]), Buffer.from('\n')]),
+  );
   const r = await load(dir);
   const p = only(r, 'FILE_NOT_UTF8');
   t.equal(p.length, 1);
@@ -83,14 +86,23 @@ t.test('symbolic links that leave the repository are ignored with a warning', as
   symlinkSync(path.join(dir, 'inner', 'real.yaml'), path.join(dir, 'link-inside.yaml'));
   const r = await load(dir);
   const warnings = only(r, 'SYMLINK_OUTSIDE');
-  t.same(warnings.map((w) => [w.file, w.severity]), [['evil-dir', 'warning'], ['evil.yaml', 'warning']]);
+  t.same(
+    warnings.map((w) => [w.file, w.severity]),
+    [
+      ['evil-dir', 'warning'],
+      ['evil.yaml', 'warning'],
+    ],
+  );
   t.notOk(r.desired.secrets.has('stolen'), 'nothing is read through the link');
-  t.ok(r.problems.some((p) => p.code === 'NAME_DUPLICATE' && p.file === 'link-inside.yaml'), 'a link inside the repository is read like its target');
+  t.ok(
+    r.problems.some((p) => p.code === 'NAME_DUPLICATE' && p.file === 'link-inside.yaml'),
+    'a link inside the repository is read like its target',
+  );
 });
 
 t.test('more YAML than the repository limit is refused', async (t) => {
   const dir = copyFixture(t, 'test/corpus/base');
-  const chunk = '#' + 'x'.repeat(1000) + '\n';
+  const chunk = `#${'x'.repeat(1000)}\n`;
   const body = chunk.repeat(1000); // just under 1 MiB of comments
   for (let i = 0; i < 70; i++) writeFileSync(path.join(dir, `filler-${String(i).padStart(2, '0')}.yaml`), body);
   const r = await load(dir);

@@ -7,18 +7,18 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, constants, openSync, writeSync } from 'node:fs';
-import { createServer, Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
+import { createServer, Socket } from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import t from 'tap';
-import type { Test } from 'tap';
 import { pino } from 'pino';
-import { jsonLogger, LEVELS, pinoOptions, REDACTED, writeFdSync } from '../src/log.js';
-import type { Level } from '../src/log.js';
+import type { Test } from 'tap';
+import t from 'tap';
 import { loadKeys } from '../src/keys.js';
-import { openStore } from '../src/state/store.js';
+import type { Level } from '../src/log.js';
+import { jsonLogger, LEVELS, pinoOptions, REDACTED, writeFdSync } from '../src/log.js';
 import type { SecretRecord } from '../src/rotation/record.js';
+import { openStore } from '../src/state/store.js';
 import { ROOT, tempDir } from './helpers.js';
 import { finishes, world } from './world.js';
 
@@ -32,13 +32,20 @@ interface Line {
 /** Parses log text as pino JSON lines, failing the test on anything else. */
 function lines(t: Test, text: string): Line[] {
   t.ok(text === '' || text.endsWith('\n'), 'the log ends with a newline');
-  return text.split('\n').filter(Boolean).map((l) => {
-    const o = JSON.parse(l) as Line;
-    if (!LEVELS.includes(o.level as Level) || typeof o.msg !== 'string' || new Date(o.time).toISOString() !== o.time) {
-      t.fail(`not a rotor log line: ${l.slice(0, 300)}`);
-    }
-    return o;
-  });
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => {
+      const o = JSON.parse(l) as Line;
+      if (
+        !LEVELS.includes(o.level as Level) ||
+        typeof o.msg !== 'string' ||
+        new Date(o.time).toISOString() !== o.time
+      ) {
+        t.fail(`not a rotor log line: ${l.slice(0, 300)}`);
+      }
+      return o;
+    });
 }
 
 function collector(minLevel: Level = 'info', now?: () => number) {
@@ -52,7 +59,10 @@ t.test('one JSON object per line: level as a label, time as ISO 8601, msg, then 
   c.log('info', 'secret rotated', { secret: 'app/db', version: 3, early: false });
   c.log('warn', 'a 100% literal %s message %d', { code: 'X' });
   t.equal(c.written.length, 2, 'one write per call, made before the call returns');
-  t.equal(c.written[0], '{"level":"info","time":"2026-11-26T10:00:00.000Z","msg":"secret rotated","secret":"app/db","version":3,"early":false}\n');
+  t.equal(
+    c.written[0],
+    '{"level":"info","time":"2026-11-26T10:00:00.000Z","msg":"secret rotated","secret":"app/db","version":3,"early":false}\n',
+  );
   const [, second] = lines(t, c.text());
   t.equal(second!.msg, 'a 100% literal %s message %d', 'a message is never a format string');
   t.equal(second!.level, 'warn');
@@ -66,16 +76,26 @@ t.test('one JSON object per line: level as a label, time as ISO 8601, msg, then 
 
   const fields = collector();
   fields.log('info', 'the message wins', { msg: 'a field named msg', other: undefined });
-  t.same(JSON.parse(fields.written[0]!), { level: 'info', time: JSON.parse(fields.written[0]!).time, msg: 'the message wins' }, 'a msg field does not replace the message; undefined fields are left out');
+  t.same(
+    JSON.parse(fields.written[0]!),
+    { level: 'info', time: JSON.parse(fields.written[0]!).time, msg: 'the message wins' },
+    'a msg field does not replace the message; undefined fields are left out',
+  );
 });
 
 t.test('field names that suggest a value are redacted, at the top and nested, in any capitalisation', async (t) => {
   const c = collector('debug');
   const leaks = ['pw-1', 'val-2', 'tok-3', 'key-4', 'pw-5', 'pk-6', 'vals-7', 'tok-8', 'pw-9', 'plain-10'];
   const fields = {
-    secret: 'app/db', version: 2,
-    password: leaks[0], value: leaks[1], token: leaks[2], key: leaks[3],
-    PASSWORD: leaks[4], PrivateKey: leaks[5], values: [leaks[6]],
+    secret: 'app/db',
+    version: 2,
+    password: leaks[0],
+    value: leaks[1],
+    token: leaks[2],
+    key: leaks[3],
+    PASSWORD: leaks[4],
+    PrivateKey: leaks[5],
+    values: [leaks[6]],
     nested: { token: leaks[7], deeper: { Passwd: leaks[8], list: [{ plaintext: leaks[9] }], keep: 'me' } },
   };
   const original = JSON.stringify(fields);
@@ -84,20 +104,44 @@ t.test('field names that suggest a value are redacted, at the top and nested, in
   for (const v of leaks) t.notOk(text.includes(v), `${v} is not in the line`);
   const [line] = lines(t, text);
   t.match(line, {
-    secret: 'app/db', version: 2,
-    password: REDACTED, value: REDACTED, token: REDACTED, key: REDACTED, PASSWORD: REDACTED, PrivateKey: REDACTED, values: REDACTED,
+    secret: 'app/db',
+    version: 2,
+    password: REDACTED,
+    value: REDACTED,
+    token: REDACTED,
+    key: REDACTED,
+    PASSWORD: REDACTED,
+    PrivateKey: REDACTED,
+    values: REDACTED,
     nested: { token: REDACTED, deeper: { Passwd: REDACTED, list: [{ plaintext: REDACTED }], keep: 'me' } },
   });
-  t.equal(JSON.stringify(fields), original, 'the caller\'s object is left as it was');
+  t.equal(JSON.stringify(fields), original, "the caller's object is left as it was");
 
   // pino's own redact paths, without the name walk in front of them: the documented floor.
   const written: string[] = [];
   const options = pinoOptions('info');
-  const bare = pino({ ...options, formatters: { level: options.formatters!.level! } }, { write: (s: string) => void written.push(s) });
-  bare.info({ password: 'p1', token: 't1', db: { password: 'p2', privateKey: 'k2' }, a: { b: { value: 'v3' } }, secret: 'kept' }, 'paths');
+  const bare = pino(
+    { ...options, formatters: { level: options.formatters!.level! } },
+    { write: (s: string) => void written.push(s) },
+  );
+  bare.info(
+    {
+      password: 'p1',
+      token: 't1',
+      db: { password: 'p2', privateKey: 'k2' },
+      a: { b: { value: 'v3' } },
+      secret: 'kept',
+    },
+    'paths',
+  );
   const out = written.join('');
   for (const v of ['p1', 't1', 'p2', 'k2', 'v3']) t.notOk(out.includes(`"${v}"`), `pino's redact paths hide ${v}`);
-  t.match(JSON.parse(out), { password: REDACTED, db: { password: REDACTED, privateKey: REDACTED }, a: { b: { value: REDACTED } }, secret: 'kept' });
+  t.match(JSON.parse(out), {
+    password: REDACTED,
+    db: { password: REDACTED, privateKey: REDACTED },
+    a: { b: { value: REDACTED } },
+    secret: 'kept',
+  });
 });
 
 t.test('levels filter: below the minimum nothing is written', async (t) => {
@@ -160,7 +204,9 @@ t.test('lines logged into a full stderr pipe, then a SIGKILL: every one arrives,
   const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
   const writeFd = openSync(fifo, constants.O_WRONLY); // a reader is open: does not wait
   // env -u NODE_OPTIONS: tap's loaders in NODE_OPTIONS would be inherited by the child.
-  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, '--input-type=module', '-e', script], { stdio: ['ignore', 'ignore', writeFd, 'pipe'] });
+  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, '--input-type=module', '-e', script], {
+    stdio: ['ignore', 'ignore', writeFd, 'pipe'],
+  });
   closeSync(writeFd);
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
     child.on('error', reject);
@@ -192,7 +238,10 @@ t.test('lines logged into a full stderr pipe, then a SIGKILL: every one arrives,
   t.equal(r.signal, 'SIGKILL');
   const all = text.split('\n');
   t.equal(all.pop(), '', 'what arrived ends with a newline');
-  t.ok(all.slice(0, filled).every((l) => `${l}\n` === FILLER), 'first the filler, whole');
+  t.ok(
+    all.slice(0, filled).every((l) => `${l}\n` === FILLER),
+    'first the filler, whole',
+  );
   const rest = all.slice(filled);
   const expected: string[] = [];
   for (let i = 0; i < N; i++) {
@@ -209,8 +258,14 @@ t.test('lines logged into a full stderr pipe, then a SIGKILL: every one arrives,
     }
   });
   t.equal(got.filter((l) => l.startsWith('line ')).length, N, 'every line logged before the kill reached the reader');
-  t.same(got, expected, 'whole, in order, and io.stderr\'s own lines where they were written');
-  const logged = lines(t, rest.filter((_, k) => got[k]!.startsWith('line ')).map((l) => `${l}\n`).join(''));
+  t.same(got, expected, "whole, in order, and io.stderr's own lines where they were written");
+  const logged = lines(
+    t,
+    rest
+      .filter((_, k) => got[k]!.startsWith('line '))
+      .map((l) => `${l}\n`)
+      .join(''),
+  );
   t.equal(logged[0]?.pad, 'x'.repeat(4 * filled * FILLER.length), 'the long first line whole');
 });
 
@@ -240,7 +295,7 @@ policy: fast
 fields: { token: { generate: { length: 30, charset: base64url } }, password: { generate: { length: 30 } }, region: { value: eu-west-1 } }
 `;
 
-t.test('a daemon\'s logs are pino JSON lines and hold none of the values it generated', async (t) => {
+t.test("a daemon's logs are pino JSON lines and hold none of the values it generated", async (t) => {
   const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': FAST, 'secrets.yaml': SECRETS });
   const done = finishes('demo/ticker', 3);
   const d = await w.start();
@@ -248,7 +303,11 @@ t.test('a daemon\'s logs are pino JSON lines and hold none of the values it gene
   await d.stop();
 
   const keys = await loadKeys(w.dataDir);
-  const store = await openStore({ dir: path.join(w.dataDir, 'state'), identity: keys.identity, recipients: [keys.recipient] });
+  const store = await openStore({
+    dir: path.join(w.dataDir, 'state'),
+    identity: keys.identity,
+    recipients: [keys.recipient],
+  });
   const values: string[] = [];
   for (const [, v] of store.entries('secret/')) {
     for (const ver of (v as unknown as SecretRecord).versions) {
@@ -261,15 +320,25 @@ t.test('a daemon\'s logs are pino JSON lines and hold none of the values it gene
 
   const text = w.logs();
   const logged = lines(t, text);
-  t.ok(logged.some((l) => l.msg === 'daemon started'), 'the start is logged');
-  t.ok(logged.filter((l) => l.msg === 'secret rotated' && l.secret === 'demo/ticker').length >= 2, 'rotations are logged, with the secret');
-  t.ok(logged.some((l) => l.msg === 'secret created' && l.secret === 'demo/config' && l.version === 1), 'the structured secret\'s creation is logged');
+  t.ok(
+    logged.some((l) => l.msg === 'daemon started'),
+    'the start is logged',
+  );
+  t.ok(
+    logged.filter((l) => l.msg === 'secret rotated' && l.secret === 'demo/ticker').length >= 2,
+    'rotations are logged, with the secret',
+  );
+  t.ok(
+    logged.some((l) => l.msg === 'secret created' && l.secret === 'demo/config' && l.version === 1),
+    "the structured secret's creation is logged",
+  );
   for (const v of values) {
-    for (const form of [v, Buffer.from(v).toString('base64'), Buffer.from(v).toString('hex')]) t.notOk(text.includes(form), 'a value is not in the logs');
+    for (const form of [v, Buffer.from(v).toString('base64'), Buffer.from(v).toString('hex')])
+      t.notOk(text.includes(form), 'a value is not in the logs');
   }
 });
 
-t.test('rotor daemon --log-level and ROTOR_LOG_LEVEL filter the daemon\'s stderr', async (t) => {
+t.test("rotor daemon --log-level and ROTOR_LOG_LEVEL filter the daemon's stderr", async (t) => {
   // The metrics port is taken: the daemon logs "listening for agents" (info), then "the daemon cannot
   // start" (error). Lines are written in order and at once, so when the error is on stderr, the info
   // line before it is there too, unless its level is filtered out.
@@ -279,8 +348,26 @@ t.test('rotor daemon --log-level and ROTOR_LOG_LEVEL filter the daemon\'s stderr
   const port = (busy.address() as AddressInfo).port;
   const run = async (extra: string[], env: Record<string, string>) => {
     const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': FAST, 'secrets.yaml': SECRETS });
-    const args = [path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', '--repo', w.remote, '--data-dir', w.dataDir, '--socket-dir', path.join(w.dataDir, 'sockets'), '--agent-listen', '127.0.0.1:0', '--metrics-listen', `127.0.0.1:${port}`, ...extra];
-    const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const args = [
+      path.join(ROOT, 'dist/src/cli/main.js'),
+      'daemon',
+      '--repo',
+      w.remote,
+      '--data-dir',
+      w.dataDir,
+      '--socket-dir',
+      path.join(w.dataDir, 'sockets'),
+      '--agent-listen',
+      '127.0.0.1:0',
+      '--metrics-listen',
+      `127.0.0.1:${port}`,
+      ...extra,
+    ];
+    const child = spawn(
+      '/usr/bin/env',
+      ['-u', 'NODE_OPTIONS', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, ...args],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     let stderr = '';
     const ended = new Promise<void>((resolve) => child.on('close', () => resolve()));
     child.stderr.on('data', (c: Buffer) => {
@@ -288,18 +375,38 @@ t.test('rotor daemon --log-level and ROTOR_LOG_LEVEL filter the daemon\'s stderr
       if (stderr.includes('[METRICS_LISTEN_FAILED]\n')) child.kill('SIGKILL');
     });
     await ended;
-    t.match(stderr, /rotor daemon: cannot listen on .* \[METRICS_LISTEN_FAILED\]\n/, 'the daemon failed to start as arranged');
-    return lines(t, stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => `${l}\n`).join(''));
+    t.match(
+      stderr,
+      /rotor daemon: cannot listen on .* \[METRICS_LISTEN_FAILED\]\n/,
+      'the daemon failed to start as arranged',
+    );
+    return lines(
+      t,
+      stderr
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => `${l}\n`)
+        .join(''),
+    );
   };
   const info = await run([], {});
-  t.ok(info.some((l) => l.level === 'info' && l.msg === 'listening for agents'), 'info by default: the info line is there');
+  t.ok(
+    info.some((l) => l.level === 'info' && l.msg === 'listening for agents'),
+    'info by default: the info line is there',
+  );
   t.match(info.at(-1), { level: 'error', msg: 'the daemon cannot start', code: 'METRICS_LISTEN_FAILED' });
   const flag = await run(['--log-level', 'error'], {});
   t.ok(flag.length > 0 && flag.every((l) => l.level === 'error'), '--log-level error: only errors');
   t.match(flag.at(-1), { msg: 'the daemon cannot start' });
   const env = await run([], { ROTOR_LOG_LEVEL: 'warn' });
-  t.ok(env.length > 0 && env.every((l) => l.level === 'warn' || l.level === 'error'), 'ROTOR_LOG_LEVEL=warn: no info line');
+  t.ok(
+    env.length > 0 && env.every((l) => l.level === 'warn' || l.level === 'error'),
+    'ROTOR_LOG_LEVEL=warn: no info line',
+  );
   t.match(env.at(-1), { msg: 'the daemon cannot start' });
   const both = await run(['--log-level', 'info'], { ROTOR_LOG_LEVEL: 'error' });
-  t.ok(both.some((l) => l.msg === 'listening for agents'), 'the command line wins over the environment');
+  t.ok(
+    both.some((l) => l.msg === 'listening for agents'),
+    'the command line wins over the environment',
+  );
 });

@@ -8,8 +8,8 @@ import { request } from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import t from 'tap';
 import type { Test } from 'tap';
+import t from 'tap';
 import { hostAllowed, listenMetrics, parseHost, parseMetricsHosts } from '../src/serve/metrics.js';
 import { rotor } from './helpers.js';
 import { world } from './world.js';
@@ -24,7 +24,12 @@ async function listener(t: Test, listen: string, hosts: string[] = []) {
 }
 
 /** GET `p` from `connectTo` (an address without brackets) and `port`, with the given Host header. */
-function get(connectTo: string, port: number, p: string, host: string): Promise<{ status: number; body: string; type: string }> {
+function get(
+  connectTo: string,
+  port: number,
+  p: string,
+  host: string,
+): Promise<{ status: number; body: string; type: string }> {
   return new Promise((resolve, reject) => {
     const req = request({ host: connectTo, port, path: p, headers: { host }, agent: false }, (res) => {
       let body = '';
@@ -49,7 +54,7 @@ function raw(port: number, text: string): Promise<string> {
   });
 }
 
-t.test('a DNS-rebinding page is refused; the listener\'s own address and configured names are served', async (t) => {
+t.test("a DNS-rebinding page is refused; the listener's own address and configured names are served", async (t) => {
   const { port } = await listener(t, '127.0.0.1:0', ['rotor.internal', 'prom.example:9999']);
   for (const p of ['/metrics', '/', '/status']) {
     const evil = await get('127.0.0.1', port, p, `evil.example:${port}`);
@@ -58,7 +63,16 @@ t.test('a DNS-rebinding page is refused; the listener\'s own address and configu
     t.match(JSON.parse(evil.body).error.message, /--metrics-host NAME/, 'the message says what to do');
     t.notMatch(evil.body, /rotor_|<html/i, 'nothing of the page or the metrics');
   }
-  const served: string[] = [`127.0.0.1:${port}`, `localhost:${port}`, `LOCALHOST:${port}`, 'rotor.internal', `rotor.internal:${port}`, 'rotor.internal:8443', 'ROTOR.Internal', 'prom.example:9999'];
+  const served: string[] = [
+    `127.0.0.1:${port}`,
+    `localhost:${port}`,
+    `LOCALHOST:${port}`,
+    'rotor.internal',
+    `rotor.internal:${port}`,
+    'rotor.internal:8443',
+    'ROTOR.Internal',
+    'prom.example:9999',
+  ];
   for (const host of served) {
     const r = await get('127.0.0.1', port, '/metrics', host);
     t.equal(r.status, 200, `Host ${host} is served`);
@@ -76,25 +90,60 @@ t.test('a DNS-rebinding page is refused; the listener\'s own address and configu
     `[::1]:${port}`,
     `rotor.internal.:${port}`,
   ];
-  for (const host of refused) t.equal((await get('127.0.0.1', port, '/metrics', host)).status, 421, `Host ${JSON.stringify(host)} is refused`);
+  for (const host of refused)
+    t.equal((await get('127.0.0.1', port, '/metrics', host)).status, 421, `Host ${JSON.stringify(host)} is refused`);
   // No Host at all: only HTTP/1.0 may omit it, and a browser never does.
-  t.match(await raw(port, 'GET /metrics HTTP/1.0\r\n\r\n'), /^HTTP\/1\.1 200/, 'HTTP/1.0 without Host is served (old scrapers; a browser always sends Host)');
-  t.match(await raw(port, 'GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 400/, 'HTTP/1.1 without Host is a bad request');
+  t.match(
+    await raw(port, 'GET /metrics HTTP/1.0\r\n\r\n'),
+    /^HTTP\/1\.1 200/,
+    'HTTP/1.0 without Host is served (old scrapers; a browser always sends Host)',
+  );
+  t.match(
+    await raw(port, 'GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n'),
+    /^HTTP\/1\.1 400/,
+    'HTTP/1.1 without Host is a bad request',
+  );
   t.match(await raw(port, 'GET /metrics HTTP/1.1\r\nHost: \r\n\r\n'), /^HTTP\/1\.1 421/, 'an empty Host is refused');
-  t.match(await raw(port, `GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 5\r\n\r\nhello`), /^HTTP\/1\.1 400[^]*BODY_NOT_ALLOWED/, 'a body is refused');
+  t.match(
+    await raw(port, `GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 5\r\n\r\nhello`),
+    /^HTTP\/1\.1 400[\s\S]*BODY_NOT_ALLOWED/,
+    'a body is refused',
+  );
 });
 
 t.test('bound to 0.0.0.0: the address each request came in on', async (t) => {
   const { port } = await listener(t, '0.0.0.0:0');
   t.equal((await get('127.0.0.1', port, '/metrics', `127.0.0.1:${port}`)).status, 200);
-  t.equal((await get('127.0.0.1', port, '/metrics', `localhost:${port}`)).status, 200, 'localhost, when it came in on loopback');
-  t.equal((await get('127.0.0.2', port, '/metrics', `127.0.0.2:${port}`)).status, 200, 'another loopback address it was reached at');
-  t.equal((await get('127.0.0.1', port, '/metrics', `127.0.0.2:${port}`)).status, 421, 'not an address other than the one it was reached at');
+  t.equal(
+    (await get('127.0.0.1', port, '/metrics', `localhost:${port}`)).status,
+    200,
+    'localhost, when it came in on loopback',
+  );
+  t.equal(
+    (await get('127.0.0.2', port, '/metrics', `127.0.0.2:${port}`)).status,
+    200,
+    'another loopback address it was reached at',
+  );
+  t.equal(
+    (await get('127.0.0.1', port, '/metrics', `127.0.0.2:${port}`)).status,
+    421,
+    'not an address other than the one it was reached at',
+  );
   t.equal((await get('127.0.0.1', port, '/metrics', `evil.example:${port}`)).status, 421);
-  const external = Object.values(os.networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal);
+  const external = Object.values(os.networkInterfaces())
+    .flat()
+    .find((i) => i && i.family === 'IPv4' && !i.internal);
   if (external) {
-    t.equal((await get(external.address, port, '/metrics', `${external.address}:${port}`)).status, 200, `reached at ${external.address}: that address`);
-    t.equal((await get(external.address, port, '/metrics', `localhost:${port}`)).status, 421, 'localhost only on loopback');
+    t.equal(
+      (await get(external.address, port, '/metrics', `${external.address}:${port}`)).status,
+      200,
+      `reached at ${external.address}: that address`,
+    );
+    t.equal(
+      (await get(external.address, port, '/metrics', `localhost:${port}`)).status,
+      421,
+      'localhost only on loopback',
+    );
   } else {
     t.comment('no non-loopback IPv4 address on this machine: that case is not run');
   }
@@ -112,7 +161,11 @@ t.test('IPv6 loopback', async (t) => {
   }
   const { port } = await listener(t, '[::1]:0');
   t.equal((await get('::1', port, '/metrics', `[::1]:${port}`)).status, 200);
-  t.equal((await get('::1', port, '/metrics', `[0:0:0:0:0:0:0:1]:${port}`)).status, 200, 'the same address written out');
+  t.equal(
+    (await get('::1', port, '/metrics', `[0:0:0:0:0:0:0:1]:${port}`)).status,
+    200,
+    'the same address written out',
+  );
   t.equal((await get('::1', port, '/metrics', `localhost:${port}`)).status, 200);
   t.equal((await get('::1', port, '/metrics', `127.0.0.1:${port}`)).status, 421);
 });
@@ -121,7 +174,8 @@ t.test('parsing Host headers and --metrics-host values', async (t) => {
   t.same(parseHost('Example.COM:80'), { host: 'example.com', port: 80 });
   t.same(parseHost('127.1'), { host: '127.0.0.1' }, 'as a browser writes it');
   t.same(parseHost('[::1]:9464'), { host: '[::1]', port: 9464 });
-  for (const bad of ['a b', 'a@b', 'a/b', 'x:99999', ':80', 'a:', '[::1', 'é.example']) t.equal(parseHost(bad), undefined, `${bad} is not a host`);
+  for (const bad of ['a b', 'a@b', 'a/b', 'x:99999', ':80', 'a:', '[::1', 'é.example'])
+    t.equal(parseHost(bad), undefined, `${bad} is not a host`);
   const names = parseMetricsHosts(['rotor.internal', 'prom.example:9090', 'prom.example:9091']);
   t.ok(hostAllowed('prom.example:9091', '127.0.0.1', 9464, names));
   t.notOk(hostAllowed('prom.example:9092', '127.0.0.1', 9464, names));
@@ -133,15 +187,21 @@ t.test('rotor daemon --metrics-host: the flag, its environment variable, its hel
   const bad = await rotor(['daemon', '--repo', '/nonexistent', '--metrics-host', 'rotor.internal,bad/host']);
   t.equal(bad.code, 2, 'a value that is not a host name is a usage error');
   t.match(bad.stderr, /--metrics-host bad\/host is not a host name/);
-  const badEnv = await rotor(['daemon', '--repo', '/nonexistent'], { env: { ROTOR_METRICS_HOST: 'rotor.internal, bad/host' } });
+  const badEnv = await rotor(['daemon', '--repo', '/nonexistent'], {
+    env: { ROTOR_METRICS_HOST: 'rotor.internal, bad/host' },
+  });
   t.equal(badEnv.code, 2, 'ROTOR_METRICS_HOST is read (comma-separated)');
   const help = await rotor(['daemon', '--help']);
-  t.match(help.stdout, /--metrics-host NAME\.\.\.[^]*HOST_NOT_ALLOWED[^]*\[env ROTOR_METRICS_HOST\]/);
+  t.match(help.stdout, /--metrics-host NAME\.\.\.[\s\S]*HOST_NOT_ALLOWED[\s\S]*\[env ROTOR_METRICS_HOST\]/);
 });
 
 t.test('the daemon passes --metrics-host to its listener', async (t) => {
   const w = await world(t, { 'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n' });
-  const d = await w.start({ socketDir: path.join(w.root, 'sockets'), metricsListen: '127.0.0.1:0', metricsHosts: ['rotor.internal'] });
+  const d = await w.start({
+    socketDir: path.join(w.root, 'sockets'),
+    metricsListen: '127.0.0.1:0',
+    metricsHosts: ['rotor.internal'],
+  });
   t.teardown(() => d.stop());
   const port = Number(d.metricsAddress!.split(':').pop());
   t.equal((await get('127.0.0.1', port, '/metrics', 'rotor.internal')).status, 200);

@@ -8,12 +8,15 @@ import { world } from './world.js';
 function scrape(address: string): Promise<{ status: number; type: string; text: string }> {
   const i = address.lastIndexOf(':');
   return new Promise((resolve, reject) => {
-    const req = request({ host: address.slice(0, i), port: Number(address.slice(i + 1)), path: '/metrics', agent: false }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (text += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), text }));
-    });
+    const req = request(
+      { host: address.slice(0, i), port: Number(address.slice(i + 1)), path: '/metrics', agent: false },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), text }));
+      },
+    );
     req.on('error', reject);
     req.end();
   });
@@ -21,7 +24,7 @@ function scrape(address: string): Promise<{ status: number; type: string; text: 
 
 /** The value of one series, e.g. value(text, 'rotor_rotations_total{result="success"}'). */
 function value(text: string, series: string): number | undefined {
-  const line = text.split('\n').find((l) => l.startsWith(series + ' '));
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
   return line === undefined ? undefined : Number(line.slice(series.length + 1));
 }
 

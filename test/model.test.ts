@@ -2,24 +2,31 @@
 import { cpSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
+import { GitTreeSource } from '../src/git/tree.js';
 import { loadModel } from '../src/model/load.js';
 import { DirectorySource } from '../src/model/source.js';
-import { GitTreeSource } from '../src/git/tree.js';
 import { commitAll, FIXED_NOW, gitInit, ROOT, tempDir } from './helpers.js';
 
 const KINDS = ['Config', 'Policy', 'Secret', 'Target', 'Agent', 'Consumer'];
 
 /** Every property path a schema declares (through $refs into common.schema.json), e.g. `generate.charset`. */
-function schemaPaths(schema: Record<string, any>, prefix = '', out = new Set<string>()): Set<string> {
+// biome-ignore lint/suspicious/noExplicitAny: JSON Schema documents, walked loosely
+type AnyRecord = Record<string, any>;
+
+function schemaPaths(schema: AnyRecord, prefix = '', out = new Set<string>()): Set<string> {
   const common = JSON.parse(readFileSync(path.join(ROOT, 'schemas/common.schema.json'), 'utf8'));
-  const resolve = (s: Record<string, any>): Record<string, any> => (typeof s.$ref === 'string' && s.$ref.startsWith('common.schema.json#/$defs/') ? common.$defs[s.$ref.split('/').pop()!] : s);
-  const props = resolve(schema).properties as Record<string, Record<string, any>> | undefined;
+  const resolve = (s: AnyRecord): AnyRecord =>
+    typeof s.$ref === 'string' && s.$ref.startsWith('common.schema.json#/$defs/')
+      ? common.$defs[s.$ref.split('/').pop()!]
+      : s;
+  const props = resolve(schema).properties as Record<string, AnyRecord> | undefined;
   for (const [k, v] of Object.entries(props ?? {})) {
     const p = prefix ? `${prefix}.${k}` : k;
     out.add(p);
     const r = resolve(v);
     if (r.type === 'object' && r.properties) schemaPaths(r, p, out);
-    if (r.type === 'object' && typeof r.additionalProperties === 'object') schemaPaths(r.additionalProperties, `${p}.*`, out);
+    if (r.type === 'object' && typeof r.additionalProperties === 'object')
+      schemaPaths(r.additionalProperties, `${p}.*`, out);
   }
   return out;
 }
@@ -40,8 +47,12 @@ t.test('the example repository uses every kind and every field', async (t) => {
   t.same(r.problems, []);
   const d = r.desired;
   const byKind: Record<string, unknown[]> = {
-    Config: [d.config!.decl], Policy: [...d.policies.values()].map((x) => x.decl), Secret: [...d.secrets.values()].map((x) => x.decl),
-    Target: [...d.targets.values()].map((x) => x.decl), Agent: [...d.agents.values()].map((x) => x.decl), Consumer: [...d.consumers.values()].map((x) => x.decl),
+    Config: [d.config!.decl],
+    Policy: [...d.policies.values()].map((x) => x.decl),
+    Secret: [...d.secrets.values()].map((x) => x.decl),
+    Target: [...d.targets.values()].map((x) => x.decl),
+    Agent: [...d.agents.values()].map((x) => x.decl),
+    Consumer: [...d.consumers.values()].map((x) => x.decl),
   };
   for (const kind of KINDS) {
     const schema = JSON.parse(readFileSync(path.join(ROOT, 'schemas', `${kind.toLowerCase()}.schema.json`), 'utf8'));
@@ -50,8 +61,16 @@ t.test('the example repository uses every kind and every field', async (t) => {
     for (const p of schemaPaths(schema)) t.ok(used.has(p), `${kind}.${p} is used in policies/`);
   }
   const engines = new Set([...d.targets.values()].map((x) => x.decl.engine));
-  t.same([...engines].sort(), ['mariadb', 'mongodb', 'mssql', 'mysql', 'postgres', 'redis'], 'a target for each engine');
-  const strategies = new Set([...d.secrets.values()].map((x) => x.decl.database?.strategy ?? (x.decl.database ? 'default' : undefined)).filter(Boolean));
+  t.same(
+    [...engines].sort(),
+    ['mariadb', 'mongodb', 'mssql', 'mysql', 'postgres', 'redis'],
+    'a target for each engine',
+  );
+  const strategies = new Set(
+    [...d.secrets.values()]
+      .map((x) => x.decl.database?.strategy ?? (x.decl.database ? 'default' : undefined))
+      .filter(Boolean),
+  );
   t.ok(strategies.has('single') && strategies.has('dual') && strategies.has('alternate'));
 });
 
@@ -75,6 +94,7 @@ t.test('a git commit loads to the same model as its work tree', async (t) => {
   const fromDisk = await loadModel(new DirectorySource(path.join(dir, 'ops', 'rotor')), { now: FIXED_NOW });
   t.ok(fromGit.valid);
   t.same(fromGit.problems, fromDisk.problems);
-  const plain = (m: typeof fromGit.desired) => JSON.stringify([...m.secrets, ...m.policies, ...m.consumers, ...m.targets, ...m.agents]);
+  const plain = (m: typeof fromGit.desired) =>
+    JSON.stringify([...m.secrets, ...m.policies, ...m.consumers, ...m.targets, ...m.agents]);
   t.equal(plain(fromGit.desired), plain(fromDisk.desired));
 });

@@ -38,11 +38,12 @@ t.test('rotor-agent reaches rotor only through rotor/internal', async (t) => {
 t.test('rotor does not import the agent', async (t) => {
   const imported = (file: string) => specifiers(readFileSync(path.join(ROOT, file), 'utf8'));
   const offenders = tsFiles('src').filter((file) =>
-    imported(file).some((s) => s.includes('agent/src') || s === 'rotor-agent'));
+    imported(file).some((s) => s.includes('agent/src') || s === 'rotor-agent'),
+  );
   t.same(offenders, []);
 });
 
-t.test('the database drivers are the agent package\'s, not rotor\'s', async (t) => {
+t.test("the database drivers are the agent package's, not rotor's", async (t) => {
   const root = json('package.json');
   const agent = json('agent/package.json');
   t.same(root.workspaces, ['agent']);

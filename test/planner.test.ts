@@ -5,7 +5,6 @@
 import t from 'tap';
 import type { Desired } from '../src/model/model.js';
 import type { Policy, Secret } from '../src/model/schema-types.js';
-import { compileSchedule, intoWindow, jitterOf, nextBase } from '../src/schedule/schedule.js';
 import type { Failure, ManualValue, PlanInput } from '../src/rotation/planner.js';
 import {
   dueAt,
@@ -19,6 +18,7 @@ import {
   storageBackoff,
 } from '../src/rotation/planner.js';
 import type { SecretRecord, Version } from '../src/rotation/record.js';
+import { compileSchedule, intoWindow, jitterOf, nextBase } from '../src/schedule/schedule.js';
 import { backoffDelay } from '../src/util/backoff.js';
 
 const T0 = Date.parse('2026-11-26T00:00:00Z');
@@ -188,7 +188,10 @@ t.test('retireAfter: consumers retires early once every consumer read the curren
   const r = record('app/key', T0, { previousUntil: T0 + HOUR });
   const desired = model([secret('app/key')], policy({ retireAfter: 'consumers' }));
   const seen: Array<[string, number]> = [];
-  const all = (read: boolean | undefined) => (name: string, version: number) => (seen.push([name, version]), read);
+  const all = (read: boolean | undefined) => (name: string, version: number) => {
+    seen.push([name, version]);
+    return read;
+  };
   t.same(retireAt(T0 + 60_000, r, input(desired, { readByAll: all(true) })), { at: T0 + 60_000, early: true });
   t.same(seen[0], ['app/key', 2]);
   t.same(plan(T0 + 60_000, input(desired, { records: [r], readByAll: all(true) })).actions, [
@@ -323,7 +326,10 @@ t.test('backoffDelay: capped doubling, or a full-jitter draw from an injectable 
   );
   t.equal(backoffDelay(3, { ...o, jitter: 'none' }), 400);
   const bounds: number[] = [];
-  const random = (bound: number) => (bounds.push(bound), bound - 1);
+  const random = (bound: number) => {
+    bounds.push(bound);
+    return bound - 1;
+  };
   t.equal(backoffDelay(3, { ...o, jitter: 'full', random }), 400, 'the draw may reach the cap');
   t.equal(backoffDelay(9, { ...o, jitter: 'full', random: () => 0 }), 0);
   t.same(bounds, [401]);
@@ -338,16 +344,30 @@ t.test('backoffDelay: capped doubling, or a full-jitter draw from an injectable 
 t.test("backoffDelay with equal jitter: a draw from the cap's upper half", async (t) => {
   const o = { baseMs: 100, maxMs: 1000, jitter: 'equal' as const };
   const bounds: number[] = [];
-  const low = (bound: number) => (bounds.push(bound), 0);
+  const low = (bound: number) => {
+    bounds.push(bound);
+    return 0;
+  };
   const high = (bound: number) => bound - 1;
   const attempts = [1, 2, 3, 5, 60];
-  t.same(attempts.map((n) => backoffDelay(n, { ...o, random: low })), [50, 100, 200, 500, 500], 'at least half');
-  t.same(attempts.map((n) => backoffDelay(n, { ...o, random: high })), [100, 200, 400, 1000, 1000], 'the cap');
+  t.same(
+    attempts.map((n) => backoffDelay(n, { ...o, random: low })),
+    [50, 100, 200, 500, 500],
+    'at least half',
+  );
+  t.same(
+    attempts.map((n) => backoffDelay(n, { ...o, random: high })),
+    [100, 200, 400, 1000, 1000],
+    'the cap',
+  );
   t.same(bounds, [51, 101, 201, 501, 501], 'one draw over the upper half, both ends included');
   t.equal(backoffDelay(1, { baseMs: 101, maxMs: 1000, jitter: 'equal', random: () => 0 }), 50, 'an odd cap');
   t.equal(backoffDelay(1, { baseMs: 101, maxMs: 1000, jitter: 'equal', random: high }), 101);
   const draws = Array.from({ length: 50 }, () => backoffDelay(4, o));
-  t.ok(draws.every((d) => Number.isInteger(d) && d >= 400 && d <= 800), 'the default source draws within [400, 800]');
+  t.ok(
+    draws.every((d) => Number.isInteger(d) && d >= 400 && d <= 800),
+    'the default source draws within [400, 800]',
+  );
   t.equal(backoffDelay(1, { baseMs: 0, maxMs: 1000, jitter: 'equal' }), 0);
   t.equal(backoffDelay(1, { baseMs: 1, maxMs: 1000, jitter: 'equal', random: high }), 1, 'a cap of 1 ms');
 });

@@ -17,7 +17,10 @@ interface PartEntry {
 interface Harness {
   discover(): Promise<PartEntry[]>;
   loadPart(entry: PartEntry): Promise<{ part: number; title: string }>;
-  runPart(entry: PartEntry, o: { short: boolean; log: (text: string) => void }): Promise<{ part: number; title: string; rows: Row[]; ms: number }>;
+  runPart(
+    entry: PartEntry,
+    o: { short: boolean; log: (text: string) => void },
+  ): Promise<{ part: number; title: string; rows: Row[]; ms: number }>;
   table(results: { part: number; rows: Row[] }[]): string;
   parseOnly(text: string): Set<number>;
   validRow(row: unknown): boolean;
@@ -33,14 +36,29 @@ t.setTimeout(20 * 60_000);
 
 t.test('the parts keep the contract: numbered files, sorted, exporting part, title and run', async (t) => {
   t.ok(parts.length > 0, `${parts.length} parts: ${parts.map((p) => p.name).join(', ')}`);
-  t.same(parts.map((p) => p.number), [...parts.map((p) => p.number)].sort((a, b) => a - b), 'in the order of their numbers');
+  t.same(
+    parts.map((p) => p.number),
+    [...parts.map((p) => p.number)].sort((a, b) => a - b),
+    'in the order of their numbers',
+  );
   for (const p of parts) {
     const mod = await harness.loadPart(p);
     t.equal(mod.part, p.number, `${p.name}: part ${mod.part}, "${mod.title}"`);
   }
-  t.match(harness.table([{ part: 9, rows: [{ check: 'a | b', figure: '1\n2', ok: false }] }]), /\| 9 \| a \\\| b \| 1 2 \| \*\*FAILED\*\* \|/, 'the table escapes cells and marks failures');
-  t.match(harness.table([{ part: 9, rows: [{ check: 'c', figure: '', skip: 'no mounts' }] }]), /\| 9 \| c \| not checked: no mounts \| skipped \|/, 'a skipped row says skipped, with its reason');
-  t.notOk(harness.validRow({ check: 'c', figure: '', ok: true, skip: 'why' }), 'a row is either checked or skipped, not both');
+  t.match(
+    harness.table([{ part: 9, rows: [{ check: 'a | b', figure: '1\n2', ok: false }] }]),
+    /\| 9 \| a \\\| b \| 1 2 \| \*\*FAILED\*\* \|/,
+    'the table escapes cells and marks failures',
+  );
+  t.match(
+    harness.table([{ part: 9, rows: [{ check: 'c', figure: '', skip: 'no mounts' }] }]),
+    /\| 9 \| c \| not checked: no mounts \| skipped \|/,
+    'a skipped row says skipped, with its reason',
+  );
+  t.notOk(
+    harness.validRow({ check: 'c', figure: '', ok: true, skip: 'why' }),
+    'a row is either checked or skipped, not both',
+  );
   t.notOk(harness.validRow({ check: 'c', figure: '', skip: '' }), 'a skip names its reason');
 });
 

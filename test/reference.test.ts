@@ -7,13 +7,13 @@
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { COMMANDS, HELP } from '../src/cli/main.js';
-import { flagEnv, flagLabel, optionsHelp } from '../src/util/args.js';
-import { AGENT_FLAGS, HELP as AGENT_HELP } from '../agent/src/main.js';
-import { CODES } from '../src/model/problems.js';
 import { AGENT_CONFIG_CODES } from '../agent/src/config.js';
+import { AGENT_FLAGS, HELP as AGENT_HELP } from '../agent/src/main.js';
 // @ts-expect-error: a plain ES module without type declarations
 import { pages, readSchemas, slug } from '../scripts/gen-reference.mjs';
+import { COMMANDS, HELP } from '../src/cli/main.js';
+import { CODES } from '../src/model/problems.js';
+import { flagEnv, flagLabel, optionsHelp } from '../src/util/args.js';
 import { ROOT } from './helpers.js';
 
 const generate = pages as (m: object, s: unknown) => Map<string, string>;
@@ -21,7 +21,15 @@ const anchorOf = slug as (heading: string) => string;
 
 t.test('docs/reference/ is what scripts/gen-reference.mjs makes from the sources', async (t) => {
   const modules = {
-    COMMANDS, HELP, optionsHelp, flagEnv, flagLabel, AGENT_FLAGS, AGENT_HELP, CODES, AGENT_CONFIG_CODES,
+    COMMANDS,
+    HELP,
+    optionsHelp,
+    flagEnv,
+    flagLabel,
+    AGENT_FLAGS,
+    AGENT_HELP,
+    CODES,
+    AGENT_CONFIG_CODES,
   };
   const made = generate(modules, (readSchemas as (root: string) => unknown)(ROOT));
   t.ok(made.size >= 3, 'the generator makes the reference pages');
@@ -31,9 +39,10 @@ t.test('docs/reference/ is what scripts/gen-reference.mjs makes from the sources
     const a = (committed ?? '').split('\n');
     const b = text.split('\n');
     const at = committed === text ? -1 : b.findIndex((line, i) => line !== a[i]);
-    const where = committed === undefined
-      ? 'it is missing'
-      : `first difference at line ${at + 1}: ${JSON.stringify(b[at] ?? '(end)')}`;
+    const where =
+      committed === undefined
+        ? 'it is missing'
+        : `first difference at line ${at + 1}: ${JSON.stringify(b[at] ?? '(end)')}`;
     const stale = `${rel} is stale (${where}): run \`npm run docs:reference\``;
     t.ok(committed === text, committed === text ? `${rel} is up to date` : stale);
   }

@@ -6,15 +6,15 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import t from 'tap';
 import { generateX25519Identity, identityToRecipient } from 'age-encryption';
+import t from 'tap';
 import { openStore } from '../src/state/store.js';
 import { tempDir } from './helpers.js';
 
 const IDENTITY = await generateX25519Identity();
 const RECIPIENT = await identityToRecipient(IDENTITY);
 
-t.test('a flipped bit in the snapshot\'s X25519 stanza is damage, not the wrong identity', async (t) => {
+t.test("a flipped bit in the snapshot's X25519 stanza is damage, not the wrong identity", async (t) => {
   const dir = tempDir(t);
   const store = await openStore({ dir, identity: IDENTITY, recipients: [RECIPIENT] });
   await store.write([{ op: 'put', key: 'k', value: 'v' }]);
@@ -29,11 +29,19 @@ t.test('a flipped bit in the snapshot\'s X25519 stanza is damage, not the wrong 
     const b = Buffer.from(snap);
     b[at]! ^= 0x02;
     writeFileSync(file, b);
-    await t.rejects(openStore({ dir, identity: IDENTITY, recipients: [RECIPIENT] }), { name: 'StateError', code: 'STATE_CORRUPT', message: /snapshot\.age .*damaged/ }, `byte ${at}`);
+    await t.rejects(
+      openStore({ dir, identity: IDENTITY, recipients: [RECIPIENT] }),
+      { name: 'StateError', code: 'STATE_CORRUPT', message: /snapshot\.age .*damaged/ },
+      `byte ${at}`,
+    );
   }
   writeFileSync(file, snap);
   const wrong = await generateX25519Identity();
-  await t.rejects(openStore({ dir, identity: wrong, recipients: [await identityToRecipient(wrong)] }), { name: 'StateError', code: 'STATE_KEY' }, 'the wrong identity is still STATE_KEY');
+  await t.rejects(
+    openStore({ dir, identity: wrong, recipients: [await identityToRecipient(wrong)] }),
+    { name: 'StateError', code: 'STATE_KEY' },
+    'the wrong identity is still STATE_KEY',
+  );
   const ok = await openStore({ dir, identity: IDENTITY, recipients: [RECIPIENT] });
   t.equal(ok.get('k'), 'v', 'the undamaged snapshot opens');
   await ok.close();

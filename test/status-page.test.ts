@@ -4,8 +4,8 @@ import path from 'node:path';
 import t from 'tap';
 import { getSecret } from '../src/client/index.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
-import { renderStatusPage } from '../src/serve/status-page.js';
 import type { StatusView } from '../src/serve/status-page.js';
+import { renderStatusPage } from '../src/serve/status-page.js';
 import { tempDir } from './helpers.js';
 import { step, world } from './world.js';
 
@@ -18,15 +18,80 @@ const HOSTILE = '<script>alert(1)</script>';
 function sample(): StatusView {
   return {
     now: iso(NOW),
-    config: { applied: { commit: 'a'.repeat(40), at: iso(NOW - 2 * H) }, attempted: { commit: 'b'.repeat(40), at: iso(NOW - H), problems: 3 } },
+    config: {
+      applied: { commit: 'a'.repeat(40), at: iso(NOW - 2 * H) },
+      attempted: { commit: 'b'.repeat(40), at: iso(NOW - H), problems: 3 },
+    },
     secrets: [
-      { name: 'app/ok', version: 3, rotatedAt: iso(NOW - 15 * D), nextRotationAt: NOW + 15 * D, pending: false, overdue: false, policy: 'p', source: 'generate', consumers: [{ name: 'web', version: 3, behind: false }] },
-      { name: 'app/db', version: 7, rotatedAt: iso(NOW - 50 * D), nextRotationAt: NOW - 20 * D, pending: true, overdue: true, policy: 'weekly', source: 'database', strategy: 'alternate', target: 'pg', engine: 'postgres', failing: { attempts: 4, error: 'AGENT_TIMEOUT', retryAt: NOW + 30_000 }, consumers: [] },
-      { name: 'app/old', version: 2, rotatedAt: iso(NOW - 46 * D), nextRotationAt: NOW - 16 * D, pending: false, overdue: true, policy: 'p', source: 'generate', consumers: [] },
-      { name: 'app/turning', version: 1, rotatedAt: iso(NOW - H), nextRotationAt: NOW + H, pending: true, overdue: false, source: 'generate', consumers: [] },
-      { name: `evil/${HOSTILE}`, version: 1, rotatedAt: iso(NOW - D), nextRotationAt: NOW + D, pending: false, overdue: false, policy: `"><${'img'} src=x>`, source: 'fields', consumers: [{ name: `<img src=x onerror="alert(1)">`, version: 0, behind: true }, { name: 'web', version: 1, behind: false }] },
+      {
+        name: 'app/ok',
+        version: 3,
+        rotatedAt: iso(NOW - 15 * D),
+        nextRotationAt: NOW + 15 * D,
+        pending: false,
+        overdue: false,
+        policy: 'p',
+        source: 'generate',
+        consumers: [{ name: 'web', version: 3, behind: false }],
+      },
+      {
+        name: 'app/db',
+        version: 7,
+        rotatedAt: iso(NOW - 50 * D),
+        nextRotationAt: NOW - 20 * D,
+        pending: true,
+        overdue: true,
+        policy: 'weekly',
+        source: 'database',
+        strategy: 'alternate',
+        target: 'pg',
+        engine: 'postgres',
+        failing: { attempts: 4, error: 'AGENT_TIMEOUT', retryAt: NOW + 30_000 },
+        consumers: [],
+      },
+      {
+        name: 'app/old',
+        version: 2,
+        rotatedAt: iso(NOW - 46 * D),
+        nextRotationAt: NOW - 16 * D,
+        pending: false,
+        overdue: true,
+        policy: 'p',
+        source: 'generate',
+        consumers: [],
+      },
+      {
+        name: 'app/turning',
+        version: 1,
+        rotatedAt: iso(NOW - H),
+        nextRotationAt: NOW + H,
+        pending: true,
+        overdue: false,
+        source: 'generate',
+        consumers: [],
+      },
+      {
+        name: `evil/${HOSTILE}`,
+        version: 1,
+        rotatedAt: iso(NOW - D),
+        nextRotationAt: NOW + D,
+        pending: false,
+        overdue: false,
+        policy: `"><${'img'} src=x>`,
+        source: 'fields',
+        consumers: [
+          { name: `<img src=x onerror="alert(1)">`, version: 0, behind: true },
+          { name: 'web', version: 1, behind: false },
+        ],
+      },
     ],
-    agents: { listen: '127.0.0.1:7700', agents: [{ name: 'db&<host>', lastSeen: iso(NOW - 5000), queued: 2 }, { name: 'idle', queued: 0 }] },
+    agents: {
+      listen: '127.0.0.1:7700',
+      agents: [
+        { name: 'db&<host>', lastSeen: iso(NOW - 5000), queued: 2 },
+        { name: 'idle', queued: 0 },
+      ],
+    },
     audit: { commitPending: false, pushFailures: 2 },
     recent: [
       { time: iso(NOW - 30 * H), secret: 'app/ok', event: 'rotated', from: 1, to: 2, trigger: 'schedule' },
@@ -34,7 +99,15 @@ function sample(): StatusView {
       { time: iso(NOW - 19 * H), secret: 'app/ok', event: 'retired', from: 2 },
       { time: iso(NOW - 15 * H), secret: 'app/db', event: 'rotation-failed', to: 8, error: 'AGENT_TIMEOUT' },
       { time: iso(NOW - 5 * H), secret: `evil/${HOSTILE}`, event: 'created', to: 1, trigger: 'new' },
-      { time: iso(NOW - 4 * H), secret: 'app/turning', event: 'rotated', from: 1, to: 2, trigger: 'cli', reason: `</title>${HOSTILE}` },
+      {
+        time: iso(NOW - 4 * H),
+        secret: 'app/turning',
+        event: 'rotated',
+        from: 1,
+        to: 2,
+        trigger: 'cli',
+        reason: `</title>${HOSTILE}`,
+      },
     ],
   };
 }
@@ -74,13 +147,24 @@ t.test('renderStatusPage: failing and overdue rows are highlighted, rotating one
   t.match(row(html, 'app/old'), /^<tr class="overdue"/);
   t.match(row(html, 'app/turning'), /^<tr class="rotating"[\s\S]*badge info">rotating/);
   t.match(row(html, 'app/ok'), /^<tr class=""[\s\S]*badge ok">ok/);
-  t.ok(html.indexOf('data-secret="app/db"') < html.indexOf('data-secret="app/old"') && html.indexOf('data-secret="app/old"') < html.indexOf('data-secret="app/ok"'), 'problems first: failing, overdue, then the rest');
+  t.ok(
+    html.indexOf('data-secret="app/db"') < html.indexOf('data-secret="app/old"') &&
+      html.indexOf('data-secret="app/old"') < html.indexOf('data-secret="app/ok"'),
+    'problems first: failing, overdue, then the rest',
+  );
   t.match(html, /class="tile bad"><div class="n">1<\/div><div class="label">Failing/);
   t.match(html, /class="tile warn"><div class="n">2<\/div><div class="label">Overdue/);
   // The age bar: half of the interval (15 of 30 days) fills half of the 96-pixel track.
-  t.match(row(html, 'app/ok'), /aria-label="50% of the rotation interval elapsed"[\s\S]*<rect class="fill ok" width="48"/);
+  t.match(
+    row(html, 'app/ok'),
+    /aria-label="50% of the rotation interval elapsed"[\s\S]*<rect class="fill ok" width="48"/,
+  );
   t.match(row(html, 'app/old'), /<rect class="fill bad" width="96"/, 'past its interval: a full red bar');
-  t.match(html, /class="err"><code title="b{40}">b{12}<\/code>[\s\S]*rejected with 3 problems/, 'the rejected commit, apart from the applied one');
+  t.match(
+    html,
+    /class="err"><code title="b{40}">b{12}<\/code>[\s\S]*rejected with 3 problems/,
+    'the rejected commit, apart from the applied one',
+  );
   t.match(html, /2 failed pushes/, 'audit entries not pushed');
   t.match(html, /<td class="num">2<\/td>/, 'queued agent jobs');
   t.match(html, /badge warn">never seen/, 'an agent never seen');
@@ -88,10 +172,24 @@ t.test('renderStatusPage: failing and overdue rows are highlighted, rotating one
 
 t.test('renderStatusPage: consumers still on an old version', async (t) => {
   const html = renderStatusPage(sample(), NOW);
-  const behind = html.slice(html.indexOf('<table class="behind">'), html.indexOf('</table>', html.indexOf('<table class="behind">')));
-  t.equal(count(behind, /<tr data-consumer=/g), 1, 'one consumer is behind; the one on the current version is not listed');
-  t.match(behind, /evil\/&lt;script&gt;[\s\S]*<span class="stale">v0<\/span><\/td>\n<td class="num">v1<\/td>/, 'version read against current');
-  const none = renderStatusPage({ ...sample(), secrets: sample().secrets.filter((s) => !s.name.startsWith('evil/')) }, NOW);
+  const behind = html.slice(
+    html.indexOf('<table class="behind">'),
+    html.indexOf('</table>', html.indexOf('<table class="behind">')),
+  );
+  t.equal(
+    count(behind, /<tr data-consumer=/g),
+    1,
+    'one consumer is behind; the one on the current version is not listed',
+  );
+  t.match(
+    behind,
+    /evil\/&lt;script&gt;[\s\S]*<span class="stale">v0<\/span><\/td>\n<td class="num">v1<\/td>/,
+    'version read against current',
+  );
+  const none = renderStatusPage(
+    { ...sample(), secrets: sample().secrets.filter((s) => !s.name.startsWith('evil/')) },
+    NOW,
+  );
   t.match(none, /Every consumer has read the current version/);
 });
 
@@ -106,20 +204,34 @@ t.test('renderStatusPage: the SVG timeline has one mark per event of the last 24
   t.equal(count(svg, /class="ev ev-retired"/g), 1);
   t.equal(count(svg, /class="ev ev-failed"/g), 1);
   t.equal(count(svg, /class="ev ev-created"/g), 1);
-  t.match(svg, /<title>2026-11-25 21:00:00: app\/db rotation failed \(v8\), AGENT_TIMEOUT<\/title>/, 'a tooltip says what happened');
+  t.match(
+    svg,
+    /<title>2026-11-25 21:00:00: app\/db rotation failed \(v8\), AGENT_TIMEOUT<\/title>/,
+    'a tooltip says what happened',
+  );
   t.match(svg, /app\/ok rotated v2 → v3 \(schedule\)/);
   t.notMatch(svg, /v1 → v2 \(schedule\)/, 'the event of 30 hours ago is not drawn');
   t.match(renderStatusPage(status, NOW), /1 older event not drawn/);
   // Later marks are further right, on a shared axis.
   const x = (re: RegExp) => Number(re.exec(svg)?.[1]);
-  t.ok(x(/<rect class="ev ev-retired" x="([\d.]+)"/) < x(/<circle class="ev ev-created" cx="([\d.]+)"/), 'time runs left to right');
-  t.match(renderStatusPage(status, NOW), /<ul class="legend">(<li><svg[^]*?<\/li>){4}<\/ul>/, 'a legend of the four kinds');
+  t.ok(
+    x(/<rect class="ev ev-retired" x="([\d.]+)"/) < x(/<circle class="ev ev-created" cx="([\d.]+)"/),
+    'time runs left to right',
+  );
+  t.match(
+    renderStatusPage(status, NOW),
+    /<ul class="legend">(<li><svg[\s\S]*?<\/li>){4}<\/ul>/,
+    'a legend of the four kinds',
+  );
   t.match(renderStatusPage({ ...status, recent: [] }, NOW), /No rotation in this period/);
 });
 
 t.test('renderStatusPage: no value ever, even when the status carries one', async (t) => {
   const status = sample();
-  const withValue = { ...status, secrets: status.secrets.map((s) => ({ ...s, value: 'VALUE-SENTINEL-1', previous: { value: 'VALUE-SENTINEL-2' } })) } as StatusView;
+  const withValue = {
+    ...status,
+    secrets: status.secrets.map((s) => ({ ...s, value: 'VALUE-SENTINEL-1', previous: { value: 'VALUE-SENTINEL-2' } })),
+  } as StatusView;
   const html = renderStatusPage(withValue, NOW);
   t.notOk(html.includes('VALUE-SENTINEL'), 'the page shows only the fields it knows');
 });
@@ -127,9 +239,24 @@ t.test('renderStatusPage: no value ever, even when the status carries one', asyn
 t.test('renderStatusPage: an audit log or state store that cannot be written is shown with its code', async (t) => {
   const ok = renderStatusPage(sample(), NOW);
   t.notMatch(ok, /cannot be written/, 'nothing when both work');
-  const failing = { code: 'AUDIT_WRITE_FAILED', errno: 'EROFS', since: '2026-11-26T11:59:00Z', retryAt: '2026-11-26T12:00:04Z' };
-  const html = renderStatusPage({ ...sample(), audit: { commitPending: false, pushFailures: 0, failing }, store: { failing: { ...failing, code: 'STATE_IO', errno: 'ENOSPC' } } }, NOW);
-  t.match(html, /<dt>Audit log<\/dt><dd class="err"><span class="badge bad">cannot be written<\/span>.*?\(<code>AUDIT_WRITE_FAILED, EROFS<\/code>\): rotations are paused/);
+  const failing = {
+    code: 'AUDIT_WRITE_FAILED',
+    errno: 'EROFS',
+    since: '2026-11-26T11:59:00Z',
+    retryAt: '2026-11-26T12:00:04Z',
+  };
+  const html = renderStatusPage(
+    {
+      ...sample(),
+      audit: { commitPending: false, pushFailures: 0, failing },
+      store: { failing: { ...failing, code: 'STATE_IO', errno: 'ENOSPC' } },
+    },
+    NOW,
+  );
+  t.match(
+    html,
+    /<dt>Audit log<\/dt><dd class="err"><span class="badge bad">cannot be written<\/span>.*?\(<code>AUDIT_WRITE_FAILED, EROFS<\/code>\): rotations are paused/,
+  );
   t.match(html, /<dt>State store<\/dt><dd class="err">.*<code>STATE_IO, ENOSPC<\/code>/);
 });
 
@@ -144,12 +271,15 @@ interface Response {
 function http(address: string, urlPath: string, method = 'GET'): Promise<Response> {
   const i = address.lastIndexOf(':');
   return new Promise((resolve, reject) => {
-    const req = request({ host: address.slice(0, i), port: Number(address.slice(i + 1)), path: urlPath, method, agent: false }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (text += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text }));
-    });
+    const req = request(
+      { host: address.slice(0, i), port: Number(address.slice(i + 1)), path: urlPath, method, agent: false },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text }));
+      },
+    );
     req.on('error', reject);
     req.end();
   });
@@ -163,13 +293,19 @@ t.test('GET / on the metrics listener: the page of a running daemon, its headers
   const w = await world(t, {
     'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
     'policy.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n',
-    'secrets.yaml': 'kind: Secret\nname: app/token\npolicy: p\ngenerate: {}\n---\nkind: Secret\nname: app/db\npolicy: p\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [blue, green] }\n',
+    'secrets.yaml':
+      'kind: Secret\nname: app/token\npolicy: p\ngenerate: {}\n---\nkind: Secret\nname: app/db\npolicy: p\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [blue, green] }\n',
     'db.yaml': `kind: Agent\nname: db-host\nsigningKey: "${a.signingKey}"\nrecipient: ${a.recipient}\n---\nkind: Target\nname: pg\nengine: postgres\nagent: db-host\n`,
     'consumers.yaml': `kind: Consumer\nname: web\nuid: ${uid}\nsecrets: ["app/*"]\n---\nkind: Consumer\nname: worker\nuid: ${uid}\nsecrets: ["app/token"]\n`,
   });
   // No agent runs: the database secret's first version times out and fails.
   const failed = step('app/db', 'failed');
-  const d = await w.start({ socketDir: path.join(w.root, 'sockets'), metricsListen: '127.0.0.1:0', agentListen: '127.0.0.1:0', agentJobTimeoutMs: 100 });
+  const d = await w.start({
+    socketDir: path.join(w.root, 'sockets'),
+    metricsListen: '127.0.0.1:0',
+    agentListen: '127.0.0.1:0',
+    agentJobTimeoutMs: 100,
+  });
   t.teardown(() => d.stop());
   await failed;
   const sockets = path.join(w.root, 'sockets');
@@ -181,9 +317,19 @@ t.test('GET / on the metrics listener: the page of a running daemon, its headers
   t.equal(values[0]!.length, 32, 'the generated values were read');
 
   const recent = d.status().recent;
-  t.same(recent.map((e) => `${e.secret} ${e.event}`), ['app/token created', 'app/db rotation-failed', 'app/token rotated'], 'the daemon keeps the rotation outcomes');
-  t.match(recent.find((e) => e.event === 'rotation-failed'), { secret: 'app/db', to: 1, error: 'AGENT_TIMEOUT' });
-  t.match(recent.find((e) => e.event === 'rotated'), { secret: 'app/token', from: 1, to: 2, trigger: 'cli', reason: 'status page test' });
+  t.same(
+    recent.map((e) => `${e.secret} ${e.event}`),
+    ['app/token created', 'app/db rotation-failed', 'app/token rotated'],
+    'the daemon keeps the rotation outcomes',
+  );
+  t.match(
+    recent.find((e) => e.event === 'rotation-failed'),
+    { secret: 'app/db', to: 1, error: 'AGENT_TIMEOUT' },
+  );
+  t.match(
+    recent.find((e) => e.event === 'rotated'),
+    { secret: 'app/token', from: 1, to: 2, trigger: 'cli', reason: 'status page test' },
+  );
 
   const page = await http(d.metricsAddress!, '/');
   t.equal(page.status, 200);
@@ -199,7 +345,11 @@ t.test('GET / on the metrics listener: the page of a running daemon, its headers
   const svg = timelineSvg(page.text);
   t.equal(count(svg, /class="ev /g), recent.length, 'one mark per recent event');
   t.match(svg, /app\/token rotated v1 → v2 \(cli: status page test\)/);
-  t.match(page.text, /<tr data-consumer="worker">[\s\S]*?<span class="stale">v1<\/span><\/td>\n<td class="num">v2<\/td>/, 'the worker still reads version 1');
+  t.match(
+    page.text,
+    /<tr data-consumer="worker">[\s\S]*?<span class="stale">v1<\/span><\/td>\n<td class="num">v2<\/td>/,
+    'the worker still reads version 1',
+  );
   t.match(page.text, /<tr data-agent="db-host">[\s\S]*?never seen/);
   t.match(page.text, new RegExp(`Listening for agents on <code>${d.agentAddress!.replace(/[.[\]]/g, '\\$&')}</code>`));
   for (const v of values) t.notOk(page.text.includes(v), 'no generated value in the page');

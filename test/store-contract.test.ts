@@ -4,8 +4,8 @@
  * test/state-store.test.ts.
  */
 import t from 'tap';
-import { memoryStoreBackend } from './lib/memory-store.js';
 import type { MemoryPlace } from './lib/memory-store.js';
+import { memoryStoreBackend } from './lib/memory-store.js';
 import { storeContract } from './lib/store-contract.js';
 
 await storeContract(t, 'memory backend', async () => {

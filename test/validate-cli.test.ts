@@ -19,7 +19,10 @@ t.test('the built binary validates the example and fails on a bad repository', a
   writeFileSync(path.join(dir, 'bad.yaml'), 'kind: Policy\nname: p\nevery: 1d\noverlap: 2d\n');
   const bad = spawnSync(process.execPath, [bin, 'validate', dir], { encoding: 'utf8' });
   t.equal(bad.status, 1);
-  t.match(bad.stdout, /^bad.yaml:4:10: error: overlap 2d must be shorter than the rotation interval, every 1d; shorten the overlap or rotate less often \[OVERLAP_TOO_LONG\]$/m);
+  t.match(
+    bad.stdout,
+    /^bad.yaml:4:10: error: overlap 2d must be shorter than the rotation interval, every 1d; shorten the overlap or rotate less often \[OVERLAP_TOO_LONG\]$/m,
+  );
   t.match(bad.stdout, /: invalid \(1 error, 1 warning\)\n$/, 'the unused policy is a warning');
 });
 
@@ -30,11 +33,10 @@ t.test('every problem is reported, not only the first', async (t) => {
   const r = await rotor(['validate', dir]);
   t.equal(r.code, 1);
   const lines = r.stdout.trim().split('\n');
-  t.same(lines.slice(0, -1).map((l) => l.replace(/: error: .*\[/, ' [')), [
-    'a.yaml:3:9 [POLICY_UNKNOWN]',
-    'a.yaml:4:21 [ENTROPY_TOO_LOW]',
-    'b.yaml:3:9 [SCHEMA_ENUM]',
-  ]);
+  t.same(
+    lines.slice(0, -1).map((l) => l.replace(/: error: .*\[/, ' [')),
+    ['a.yaml:3:9 [POLICY_UNKNOWN]', 'a.yaml:4:21 [ENTROPY_TOO_LOW]', 'b.yaml:3:9 [SCHEMA_ENUM]'],
+  );
 });
 
 t.test('--format json and --format github', async (t) => {
@@ -44,14 +46,22 @@ t.test('--format json and --format github', async (t) => {
   t.equal(json.code, 1);
   const out = JSON.parse(json.stdout);
   t.equal(out.valid, false);
-  t.match(out.problems, [{ file: 'bad.yaml', line: 2, col: 7, severity: 'error', code: 'NAME_INVALID', message: /try "upper\/case"/ }]);
+  t.match(out.problems, [
+    { file: 'bad.yaml', line: 2, col: 7, severity: 'error', code: 'NAME_INVALID', message: /try "upper\/case"/ },
+  ]);
   t.match(out.counts, { secrets: 5, policies: 1 });
 
   const gh = await rotor(['validate', 'repo', '--format', 'github'], { cwd: path.dirname(dir), env: {} });
   t.equal(gh.code, 2, 'a missing directory is a usage error');
   const gh2 = await rotor(['validate', path.basename(dir), '--format', 'github'], { cwd: path.dirname(dir) });
   t.equal(gh2.code, 1);
-  t.match(gh2.stdout, new RegExp(`^::error file=${path.basename(dir)}/bad.yaml,line=2,col=7,title=NAME_INVALID::name "Upper/Case" is not valid`, 'm'));
+  t.match(
+    gh2.stdout,
+    new RegExp(
+      `^::error file=${path.basename(dir)}/bad.yaml,line=2,col=7,title=NAME_INVALID::name "Upper/Case" is not valid`,
+      'm',
+    ),
+  );
   const viaEnv = await rotor(['validate', dir], { env: { ROTOR_FORMAT: 'json' } });
   t.doesNotThrow(() => JSON.parse(viaEnv.stdout), 'ROTOR_FORMAT selects the format');
 });
@@ -59,7 +69,10 @@ t.test('--format json and --format github', async (t) => {
 t.test('GitHub annotations escape what would break them', async (t) => {
   const { githubLine } = await import('../src/cli/report.js');
   t.equal(
-    githubLine({ file: 'a,b:c.yaml', line: 1, col: 2, severity: 'warning', code: 'UNUSED', message: '50% done\nnext' }, 'dir'),
+    githubLine(
+      { file: 'a,b:c.yaml', line: 1, col: 2, severity: 'warning', code: 'UNUSED', message: '50% done\nnext' },
+      'dir',
+    ),
     '::warning file=dir/a%2Cb%3Ac.yaml,line=1,col=2,title=UNUSED::50%25 done%0Anext',
   );
 });
@@ -91,11 +104,17 @@ t.test('a repository without rotor.yaml is told how to make one', async (t) => {
   execFileSync('rm', [path.join(dir, 'rotor.yaml')]);
   const r = await rotor(['validate', dir]);
   t.equal(r.code, 1);
-  t.match(r.stdout, /^rotor.yaml:1:1: error: there is no rotor.yaml at the repository root; create it with "kind: Config".*\[CONFIG_MISSING\]$/m);
+  t.match(
+    r.stdout,
+    /^rotor.yaml:1:1: error: there is no rotor.yaml at the repository root; create it with "kind: Config".*\[CONFIG_MISSING\]$/m,
+  );
 });
 
 t.test('the generated types match the schemas', async (t) => {
-  const r = spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'gen-types.mjs'), '--check'], { cwd: ROOT, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'gen-types.mjs'), '--check'], {
+    cwd: ROOT,
+    encoding: 'utf8',
+  });
   t.equal(r.status, 0, r.stderr || 'src/model/schema-types.ts is stale: run npm run gen:types');
 });
 
@@ -103,5 +122,6 @@ t.test('the error code reference documents every problem code', async (t) => {
   const { readFileSync } = await import('node:fs');
   const { CODES } = await import('../src/model/problems.js');
   const page = readFileSync(path.join(ROOT, 'docs/reference/errors.md'), 'utf8');
-  for (const code of Object.keys(CODES)) t.ok(page.includes(`| \`${code}\` |`), `docs/reference/errors.md lists ${code}`);
+  for (const code of Object.keys(CODES))
+    t.ok(page.includes(`| \`${code}\` |`), `docs/reference/errors.md lists ${code}`);
 });

@@ -21,27 +21,27 @@
  */
 import { randomInt } from 'node:crypto';
 import { setTimeout as sleepFor } from 'node:timers/promises';
-import { MAX_AGENT_WAIT } from 'rotor/internal';
 import type { EngineName, Job, Logger, Result } from 'rotor/internal';
+import { MAX_AGENT_WAIT } from 'rotor/internal';
 import type { AgentConfig } from './config.js';
 import type { EngineFactory } from './engines/types.js';
 import { AgentError, transportProblem } from './errors.js';
 import { executeJob } from './execute.js';
-import { pollLoop, reportAll, reportLoop, ResultStore } from './loops.js';
 import type { Retry } from './loops.js';
+import { pollLoop, ResultStore, reportAll, reportLoop } from './loops.js';
 import { Changes, Pump } from './pump.js';
 import { EngineRegistry } from './registry.js';
 import { publishStep } from './steps.js';
-import { DaemonClient, nodeTransport } from './transport.js';
 import type { Transport } from './transport.js';
+import { DaemonClient, nodeTransport } from './transport.js';
 import { jobOf, malformedJobStub } from './wire.js';
 
-export { AgentError } from './errors.js';
 export type { AgentErrorCode } from './errors.js';
-export { agentStepChannel } from './steps.js';
+export { AgentError } from './errors.js';
 export type { AgentStep, AgentStepMessage } from './steps.js';
-export { nodeTransport } from './transport.js';
+export { agentStepChannel } from './steps.js';
 export type { HttpAnswer, HttpExchange, Transport } from './transport.js';
+export { nodeTransport } from './transport.js';
 
 export interface AgentOptions {
   readonly log?: Logger;
@@ -155,7 +155,12 @@ export class Agent {
       run: (job) =>
         executeJob(job, { config, engines, log }).catch((e: unknown): Result => {
           const cause = (e as Error)?.name;
-          log('error', 'a job failed in the agent itself', { job: job.id, secret: job.secret, code: 'AGENT_INTERNAL', cause });
+          log('error', 'a job failed in the agent itself', {
+            job: job.id,
+            secret: job.secret,
+            code: 'AGENT_INTERNAL',
+            cause,
+          });
           const message = 'the agent failed unexpectedly (see its log)';
           return { id: job.id, outcome: 'failed', code: 'AGENT_INTERNAL', message };
         }),

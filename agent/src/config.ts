@@ -18,36 +18,57 @@
  * environment variable or an unreadable SOPS file stops the agent at start, with the file, line and
  * column of the entry at fault and a stable code. No password ever appears in a message.
  */
-import { access, constants, readFile, stat } from 'node:fs/promises';
+
 import type { KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { access, constants, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import {
-  decodeUtf8, KeyError, LIMITS, loadKeys, parseDocuments, parseDuration, parseSigningKey, positionOf, SCHEMAS_DIR,
-  RotorError, suggest,
-} from 'rotor/internal';
+import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { Keys, ParsedDoc, Path, Problem } from 'rotor/internal';
+import {
+  decodeUtf8,
+  KeyError,
+  LIMITS,
+  loadKeys,
+  parseDocuments,
+  parseDuration,
+  parseSigningKey,
+  positionOf,
+  RotorError,
+  SCHEMAS_DIR,
+  suggest,
+} from 'rotor/internal';
 import type { EngineName, TargetConnection } from './engines/types.js';
-import { openSopsFile, SopsError } from './sops.js';
 import type { SopsDocument, SopsValue } from './sops.js';
+import { openSopsFile, SopsError } from './sops.js';
 
 /** The codes this loader adds to those of the YAML reader, the schema check, loadKeys and the SOPS reader. */
 export const AGENT_CONFIG_CODES = {
   AGENT_CONFIG_UNREADABLE: 'The configuration file cannot be read. Check the path and its permissions.',
-  AGENT_CONFIG_NOT_MAPPING: 'The configuration must be one YAML mapping (daemon, name, keyDir, daemonSigningKey, targets).',
-  AGENT_CONFIG_DAEMON_URL: '`daemon` must be http://HOST:PORT or https://HOST:PORT: the address of the daemon\'s --agent-listen, without credentials or a path.',
-  AGENT_CONFIG_SIGNING_KEY: '`daemonSigningKey` must be the daemon\'s public key as `rotor keygen` printed it for the daemon\'s data directory (not the agent\'s own).',
+  AGENT_CONFIG_NOT_MAPPING:
+    'The configuration must be one YAML mapping (daemon, name, keyDir, daemonSigningKey, targets).',
+  AGENT_CONFIG_DAEMON_URL:
+    "`daemon` must be http://HOST:PORT or https://HOST:PORT: the address of the daemon's --agent-listen, without credentials or a path.",
+  AGENT_CONFIG_SIGNING_KEY:
+    "`daemonSigningKey` must be the daemon's public key as `rotor keygen` printed it for the daemon's data directory (not the agent's own).",
   AGENT_CONFIG_URL_INVALID: 'A target `url` cannot be read: write SCHEME://USER@HOST:PORT/...',
-  AGENT_CONFIG_URL_SCHEME: 'A target `url` has a scheme rotor-agent does not drive: postgres, postgresql, mysql, mariadb, redis, rediss, mongodb, mongodb+srv, mssql, sqlserver.',
-  AGENT_CONFIG_PASSWORD_IN_URL: 'A target `url` holds a password. Secrets do not go in URLs (they end up in logs and process lists): use `password:`.',
-  AGENT_CONFIG_ENV_UNSET: 'A `password: { env: VAR }` names an environment variable that is not set (or is empty) for the agent.',
-  AGENT_CONFIG_SOPS_FILE_UNREADABLE: 'A `password: { sops: FILE }` names a file that does not exist or cannot be read (paths are relative to the configuration file).',
-  AGENT_CONFIG_SOPS_KEY_MISSING: 'A `password: { sops: FILE, key: PATH }` names a PATH that is not in the decrypted file.',
-  AGENT_CONFIG_SOPS_VALUE_INVALID: 'The value at a SOPS `key` is not a non-empty string (a number, a list, ...): a password is a string; quote it in the file.',
-  AGENT_CONFIG_SOPS_VALUE_CLEARTEXT: 'The value at a SOPS `key` is stored in clear in the file (its key matches the file\'s unencrypted_suffix or regex): encrypt it.',
-  AGENT_CONFIG_PLAIN_PASSWORD: 'A password is written in the configuration file itself. Prefer `{ env: VAR }` or `{ sops: FILE, key: PATH }`.',
+  AGENT_CONFIG_URL_SCHEME:
+    'A target `url` has a scheme rotor-agent does not drive: postgres, postgresql, mysql, mariadb, redis, rediss, mongodb, mongodb+srv, mssql, sqlserver.',
+  AGENT_CONFIG_PASSWORD_IN_URL:
+    'A target `url` holds a password. Secrets do not go in URLs (they end up in logs and process lists): use `password:`.',
+  AGENT_CONFIG_ENV_UNSET:
+    'A `password: { env: VAR }` names an environment variable that is not set (or is empty) for the agent.',
+  AGENT_CONFIG_SOPS_FILE_UNREADABLE:
+    'A `password: { sops: FILE }` names a file that does not exist or cannot be read (paths are relative to the configuration file).',
+  AGENT_CONFIG_SOPS_KEY_MISSING:
+    'A `password: { sops: FILE, key: PATH }` names a PATH that is not in the decrypted file.',
+  AGENT_CONFIG_SOPS_VALUE_INVALID:
+    'The value at a SOPS `key` is not a non-empty string (a number, a list, ...): a password is a string; quote it in the file.',
+  AGENT_CONFIG_SOPS_VALUE_CLEARTEXT:
+    "The value at a SOPS `key` is stored in clear in the file (its key matches the file's unencrypted_suffix or regex): encrypt it.",
+  AGENT_CONFIG_PLAIN_PASSWORD:
+    'A password is written in the configuration file itself. Prefer `{ env: VAR }` or `{ sops: FILE, key: PATH }`.',
   AGENT_CONFIG_FILE_READABLE: 'The configuration holds a password and other users can read it: chmod 600 it.',
   AGENT_CONFIG_NO_TARGETS: 'The agent serves no target yet.',
 } as const;
@@ -194,11 +215,19 @@ function knownFields(at: Path): string[] {
 }
 
 function schemaProblem(pd: ParsedDoc, err: ErrorObject): AgentConfigProblem | undefined {
-  const at: string[] = err.instancePath.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  const at: string[] = err.instancePath
+    .split('/')
+    .slice(1)
+    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
   const field = fieldName(at);
   const value = at.reduce<unknown>((v, k) => (v as Record<string, unknown> | undefined)?.[k], pd.data);
   const isPassword = at.length === 3 && at[0] === 'targets' && at[2] === 'password';
-  const mk = (code: string, message: string, where: Path = at, key = false): AgentConfigProblem => ({ ...positionOf(pd, where, key), severity: 'error', code, message });
+  const mk = (code: string, message: string, where: Path = at, key = false): AgentConfigProblem => ({
+    ...positionOf(pd, where, key),
+    severity: 'error',
+    code,
+    message,
+  });
   switch (err.keyword) {
     case 'if':
     case 'propertyNames':
@@ -207,7 +236,12 @@ function schemaProblem(pd: ParsedDoc, err: ErrorObject): AgentConfigProblem | un
       const prop = String((err.params as { additionalProperty: string }).additionalProperty);
       const known = knownFields(at);
       const hint = suggest(prop, known);
-      return mk('SCHEMA_UNKNOWN_FIELD', `unknown field "${prop}" in ${field}${hint ? `; did you mean "${hint}"?` : known.length ? `; allowed: ${known.join(', ')}` : ''}`, [...at, prop], true);
+      return mk(
+        'SCHEMA_UNKNOWN_FIELD',
+        `unknown field "${prop}" in ${field}${hint ? `; did you mean "${hint}"?` : known.length ? `; allowed: ${known.join(', ')}` : ''}`,
+        [...at, prop],
+        true,
+      );
     }
     case 'required': {
       const prop = (err.params as { missingProperty: string }).missingProperty;
@@ -215,29 +249,64 @@ function schemaProblem(pd: ParsedDoc, err: ErrorObject): AgentConfigProblem | un
       return mk('SCHEMA_REQUIRED', `${field} needs the field "${prop}"`, at, at.length > 0);
     }
     case 'maxProperties':
-      if (isPassword) return mk('SCHEMA_INVALID', `${field} takes either { env: VAR } or { sops: FILE, key: PATH }, not both`, at, true);
+      if (isPassword)
+        return mk(
+          'SCHEMA_INVALID',
+          `${field} takes either { env: VAR } or { sops: FILE, key: PATH }, not both`,
+          at,
+          true,
+        );
       return mk('SCHEMA_RANGE', `${field} has too many fields`);
     case 'type': {
-      if (isPassword) return mk('SCHEMA_TYPE', `${field} must be ${PASSWORD_FORMS}, not ${describe(value)}${typeof value === 'number' || typeof value === 'boolean' ? ' (quote it: "…")' : ''}`);
+      if (isPassword)
+        return mk(
+          'SCHEMA_TYPE',
+          `${field} must be ${PASSWORD_FORMS}, not ${describe(value)}${typeof value === 'number' || typeof value === 'boolean' ? ' (quote it: "…")' : ''}`,
+        );
       const want = (err.params as { type: string }).type;
-      const quote = want === 'string' && (typeof value === 'number' || typeof value === 'boolean') ? ' (quote it: "…")' : '';
+      const quote =
+        want === 'string' && (typeof value === 'number' || typeof value === 'boolean') ? ' (quote it: "…")' : '';
       return mk('SCHEMA_TYPE', `${field} must be a ${want}, not ${describe(value)}${quote}`);
     }
     case 'pattern': {
       if (err.propertyName !== undefined) {
-        return mk('NAME_INVALID', `target name ${JSON.stringify(err.propertyName)} is not valid: use the Target's name, lower case letters, digits, ".", "_" and "-", starting with a letter or digit, at most 63 characters`, [...at, err.propertyName], true);
+        return mk(
+          'NAME_INVALID',
+          `target name ${JSON.stringify(err.propertyName)} is not valid: use the Target's name, lower case letters, digits, ".", "_" and "-", starting with a letter or digit, at most 63 characters`,
+          [...at, err.propertyName],
+          true,
+        );
       }
-      if (at[0] === 'name') return mk('NAME_INVALID', `name ${JSON.stringify(value)} is not valid: use the Agent's name, lower case letters, digits, ".", "_" and "-", starting with a letter or digit, at most 63 characters`);
-      if (at[0] === 'daemonSigningKey') return mk('AGENT_CONFIG_SIGNING_KEY', 'daemonSigningKey must be "ed25519:" followed by the base64 of a 32-byte Ed25519 public key, as `rotor keygen` printed it for the daemon');
-      if (at[at.length - 1] === 'timeout') return mk('DURATION_INVALID', `${field} ${JSON.stringify(value)} is not valid: use a whole number and a unit, s, m, h or d (e.g. 10s)`);
-      if (at[at.length - 1] === 'env') return mk('SCHEMA_INVALID', `${field} must be the name of an environment variable (letters, digits and "_", not starting with a digit)`);
+      if (at[0] === 'name')
+        return mk(
+          'NAME_INVALID',
+          `name ${JSON.stringify(value)} is not valid: use the Agent's name, lower case letters, digits, ".", "_" and "-", starting with a letter or digit, at most 63 characters`,
+        );
+      if (at[0] === 'daemonSigningKey')
+        return mk(
+          'AGENT_CONFIG_SIGNING_KEY',
+          'daemonSigningKey must be "ed25519:" followed by the base64 of a 32-byte Ed25519 public key, as `rotor keygen` printed it for the daemon',
+        );
+      if (at[at.length - 1] === 'timeout')
+        return mk(
+          'DURATION_INVALID',
+          `${field} ${JSON.stringify(value)} is not valid: use a whole number and a unit, s, m, h or d (e.g. 10s)`,
+        );
+      if (at[at.length - 1] === 'env')
+        return mk(
+          'SCHEMA_INVALID',
+          `${field} must be the name of an environment variable (letters, digits and "_", not starting with a digit)`,
+        );
       return mk('SCHEMA_INVALID', `${field} must match ${(err.params as { pattern: string }).pattern}`);
     }
     case 'minLength':
     case 'maxLength': {
       const limit = (err.params as { limit: number }).limit;
       if (err.keyword === 'minLength' && limit === 1) return mk('SCHEMA_RANGE', `${field} must not be empty`);
-      return mk('SCHEMA_RANGE', `${field} must be ${err.keyword === 'minLength' ? 'at least' : 'at most'} ${limit} characters long`);
+      return mk(
+        'SCHEMA_RANGE',
+        `${field} must be ${err.keyword === 'minLength' ? 'at least' : 'at most'} ${limit} characters long`,
+      );
     }
     default:
       return mk('SCHEMA_INVALID', `${field} ${err.message ?? 'is invalid'}`);
@@ -250,13 +319,15 @@ function checkDaemonUrl(text: string): URL | string {
   try {
     u = new URL(text);
   } catch {
-    return 'daemon must be a URL such as http://127.0.0.1:7700 (the daemon\'s --agent-listen address)';
+    return "daemon must be a URL such as http://127.0.0.1:7700 (the daemon's --agent-listen address)";
   }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') return `daemon must start with http:// or https://, not ${u.protocol}//`;
-  if (u.username !== '' || u.password !== '') return 'daemon must not carry a user or password: the agent signs its requests with its own key';
+  if (u.protocol !== 'http:' && u.protocol !== 'https:')
+    return `daemon must start with http:// or https://, not ${u.protocol}//`;
+  if (u.username !== '' || u.password !== '')
+    return 'daemon must not carry a user or password: the agent signs its requests with its own key';
   if (u.hostname === '') return 'daemon has no host';
   if ((u.pathname !== '/' && u.pathname !== '') || u.search !== '' || u.hash !== '') {
-    return 'daemon is the address of the daemon\'s --agent-listen, http://HOST:PORT, without a path, query or fragment';
+    return "daemon is the address of the daemon's --agent-listen, http://HOST:PORT, without a path, query or fragment";
   }
   return u;
 }
@@ -273,7 +344,11 @@ interface UrlCheck {
  */
 function checkTargetUrl(field: string, url: string): UrlCheck {
   const m = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)([^?#]*)(\?[^#]*)?(#.*)?$/s.exec(url);
-  if (!m) return { code: 'AGENT_CONFIG_URL_INVALID', message: `${field} is not a URL: write SCHEME://USER@HOST:PORT/... (e.g. postgres://rotor_admin@127.0.0.1:5432/postgres)` };
+  if (!m)
+    return {
+      code: 'AGENT_CONFIG_URL_INVALID',
+      message: `${field} is not a URL: write SCHEME://USER@HOST:PORT/... (e.g. postgres://rotor_admin@127.0.0.1:5432/postgres)`,
+    };
   const scheme = m[1]!.toLowerCase();
   const authority = m[2]!;
   const query = m[4] ?? '';
@@ -281,14 +356,21 @@ function checkTargetUrl(field: string, url: string): UrlCheck {
   const userinfo = atSign >= 0 ? authority.slice(0, atSign) : undefined;
   const hosts = authority.slice(atSign + 1);
   if (userinfo?.includes(':') || /[?&](?:password|passwd|pwd|pass)=/i.test(query)) {
-    return { code: 'AGENT_CONFIG_PASSWORD_IN_URL', message: `${field} holds a password: secrets do not go in URLs (logs and process lists show them); remove it from the URL and use password: { env: VAR } or { sops: FILE, key: PATH }` };
+    return {
+      code: 'AGENT_CONFIG_PASSWORD_IN_URL',
+      message: `${field} holds a password: secrets do not go in URLs (logs and process lists show them); remove it from the URL and use password: { env: VAR } or { sops: FILE, key: PATH }`,
+    };
   }
   if (!Object.hasOwn(URL_SCHEMES, scheme)) {
     const known = Object.keys(URL_SCHEMES);
     const hint = suggest(scheme, known);
-    return { code: 'AGENT_CONFIG_URL_SCHEME', message: `${field} starts with ${JSON.stringify(`${scheme}://`)}, which rotor-agent does not drive${hint ? `; did you mean ${hint}://?` : ''} (known: ${known.join(', ')})` };
+    return {
+      code: 'AGENT_CONFIG_URL_SCHEME',
+      message: `${field} starts with ${JSON.stringify(`${scheme}://`)}, which rotor-agent does not drive${hint ? `; did you mean ${hint}://?` : ''} (known: ${known.join(', ')})`,
+    };
   }
-  if (hosts === '' && !/[?&]host=/i.test(query)) return { code: 'AGENT_CONFIG_URL_INVALID', message: `${field} names no host` };
+  if (hosts === '' && !/[?&]host=/i.test(query))
+    return { code: 'AGENT_CONFIG_URL_INVALID', message: `${field} names no host` };
   if (m[5] !== undefined) return { code: 'AGENT_CONFIG_URL_INVALID', message: `${field} must not have a #fragment` };
   return { scheme };
 }
@@ -298,11 +380,19 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
   const env = options.env ?? process.env;
   const absFile = path.resolve(file);
   const problems: AgentConfigProblem[] = [];
-  const sorted = () => [...problems].sort((a, b) => a.line - b.line || a.col - b.col || (a.code < b.code ? -1 : a.code > b.code ? 1 : 0));
+  const sorted = () =>
+    [...problems].sort((a, b) => a.line - b.line || a.col - b.col || (a.code < b.code ? -1 : a.code > b.code ? 1 : 0));
   const fail = (): never => {
     throw new AgentConfigError(file, sorted());
   };
-  const atStart = (code: string, message: string): AgentConfigProblem => ({ file, line: 1, col: 1, severity: 'error', code, message });
+  const atStart = (code: string, message: string): AgentConfigProblem => ({
+    file,
+    line: 1,
+    col: 1,
+    severity: 'error',
+    code,
+    message,
+  });
 
   let mode = 0;
   let buf: Buffer;
@@ -317,7 +407,12 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
     buf = await readFile(absFile);
   } catch (e) {
     if (e instanceof AgentConfigError) throw e;
-    problems.push(atStart('AGENT_CONFIG_UNREADABLE', `${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`));
+    problems.push(
+      atStart(
+        'AGENT_CONFIG_UNREADABLE',
+        `${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+      ),
+    );
     return fail();
   }
 
@@ -325,11 +420,25 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
   const yamlProblems: Problem[] = [];
   const text = decodeUtf8(file, buf, yamlProblems);
   const docs = text === undefined ? [] : parseDocuments(file, text, yamlProblems, { docs: 10 });
-  problems.push(...yamlProblems.map((p) => ({ file: p.file, line: p.line, col: p.col, severity: p.severity, code: p.code, message: p.message })));
+  problems.push(
+    ...yamlProblems.map((p) => ({
+      file: p.file,
+      line: p.line,
+      col: p.col,
+      severity: p.severity,
+      code: p.code,
+      message: p.message,
+    })),
+  );
   if (problems.some((p) => p.severity === 'error')) fail();
   const pd = docs[0];
   if (docs.length !== 1 || !pd || typeof pd.data !== 'object' || pd.data === null || Array.isArray(pd.data)) {
-    problems.push(atStart('AGENT_CONFIG_NOT_MAPPING', 'the agent configuration must be one YAML mapping with daemon, name, keyDir, daemonSigningKey and targets'));
+    problems.push(
+      atStart(
+        'AGENT_CONFIG_NOT_MAPPING',
+        'the agent configuration must be one YAML mapping with daemon, name, keyDir, daemonSigningKey and targets',
+      ),
+    );
     return fail();
   }
   const v = validate();
@@ -338,8 +447,10 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
     fail();
   }
   const raw = pd.data as RawConfig;
-  const error = (at: Path, code: string, message: string, key = false) => problems.push({ ...positionOf(pd, at, key), severity: 'error', code, message });
-  const warn = (at: Path, code: string, message: string, key = false) => problems.push({ ...positionOf(pd, at, key), severity: 'warning', code, message });
+  const error = (at: Path, code: string, message: string, key = false) =>
+    problems.push({ ...positionOf(pd, at, key), severity: 'error', code, message });
+  const warn = (at: Path, code: string, message: string, key = false) =>
+    problems.push({ ...positionOf(pd, at, key), severity: 'warning', code, message });
 
   // The daemon, the keys.
   const daemon = checkDaemonUrl(raw.daemon);
@@ -348,7 +459,11 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
   try {
     daemonSigningKey = parseSigningKey(raw.daemonSigningKey);
   } catch {
-    error(['daemonSigningKey'], 'AGENT_CONFIG_SIGNING_KEY', 'daemonSigningKey must be "ed25519:" followed by the base64 of a 32-byte Ed25519 public key, as `rotor keygen` printed it for the daemon');
+    error(
+      ['daemonSigningKey'],
+      'AGENT_CONFIG_SIGNING_KEY',
+      'daemonSigningKey must be "ed25519:" followed by the base64 of a 32-byte Ed25519 public key, as `rotor keygen` printed it for the daemon',
+    );
   }
   const keyDir = path.resolve(path.dirname(absFile), raw.keyDir);
   let keys: Keys | undefined;
@@ -359,7 +474,11 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
     error(['keyDir'], e.code, `keyDir: ${e.message.replace("the daemon's keys", "the agent's keys")}`);
   }
   if (keys && keys.signingKey === raw.daemonSigningKey) {
-    error(['daemonSigningKey'], 'AGENT_CONFIG_SIGNING_KEY', `daemonSigningKey is this agent's own public key (from ${raw.keyDir}); write the daemon's, printed by \`rotor keygen\` for the daemon's data directory`);
+    error(
+      ['daemonSigningKey'],
+      'AGENT_CONFIG_SIGNING_KEY',
+      `daemonSigningKey is this agent's own public key (from ${raw.keyDir}); write the daemon's, printed by \`rotor keygen\` for the daemon's data directory`,
+    );
   }
 
   // The targets.
@@ -369,7 +488,8 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
   const sopsFiles = new Map<string, Promise<SopsDocument>>();
   let firstPlain: Path | undefined;
   const names = Object.keys(raw.targets);
-  if (names.length === 0) warn(['targets'], 'AGENT_CONFIG_NO_TARGETS', 'targets is empty: this agent serves no database yet', true);
+  if (names.length === 0)
+    warn(['targets'], 'AGENT_CONFIG_NO_TARGETS', 'targets is empty: this agent serves no database yet', true);
   for (const name of names) {
     const t = raw.targets[name]!;
     const at = ['targets', name];
@@ -379,27 +499,47 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
     let timeoutMs: number | undefined;
     if (t.timeout !== undefined) {
       timeoutMs = parseDuration(t.timeout);
-      if (timeoutMs === undefined || timeoutMs === 0) error([...at, 'timeout'], 'DURATION_INVALID', `${field}.timeout must be a positive duration such as 10s`);
+      if (timeoutMs === undefined || timeoutMs === 0)
+        error([...at, 'timeout'], 'DURATION_INVALID', `${field}.timeout must be a positive duration such as 10s`);
     }
     const password = await resolvePassword(t.password, [...at, 'password'], `${field}.password`);
     if (url.scheme !== undefined && password !== null) {
       schemes.set(name, url.scheme);
       sources.set(name, password.source);
-      targets.set(name, Object.freeze({ url: t.url, ...(password.value !== undefined ? { password: password.value } : {}), ...(timeoutMs ? { timeoutMs } : {}) }));
+      targets.set(
+        name,
+        Object.freeze({
+          url: t.url,
+          ...(password.value !== undefined ? { password: password.value } : {}),
+          ...(timeoutMs ? { timeoutMs } : {}),
+        }),
+      );
     }
   }
 
-  async function resolvePassword(p: RawPassword | undefined, at: Path, field: string): Promise<{ value?: string; source: PasswordSource } | null> {
+  async function resolvePassword(
+    p: RawPassword | undefined,
+    at: Path,
+    field: string,
+  ): Promise<{ value?: string; source: PasswordSource } | null> {
     if (p === undefined) return { source: 'none' };
     if (typeof p === 'string') {
-      warn(at, 'AGENT_CONFIG_PLAIN_PASSWORD', `${field} is written in this file; prefer { env: VAR } or { sops: FILE, key: PATH }, and keep the file mode 0600`);
+      warn(
+        at,
+        'AGENT_CONFIG_PLAIN_PASSWORD',
+        `${field} is written in this file; prefer { env: VAR } or { sops: FILE, key: PATH }, and keep the file mode 0600`,
+      );
       firstPlain ??= at;
       return { value: p, source: 'plain' };
     }
     if ('env' in p) {
       const value = env[p.env];
       if (value === undefined || value === '') {
-        error([...at, 'env'], 'AGENT_CONFIG_ENV_UNSET', `${field}: the environment variable ${p.env} is ${value === undefined ? 'not set' : 'empty'} for the agent; set it (e.g. in the service's EnvironmentFile) or use another source`);
+        error(
+          [...at, 'env'],
+          'AGENT_CONFIG_ENV_UNSET',
+          `${field}: the environment variable ${p.env} is ${value === undefined ? 'not set' : 'empty'} for the agent; set it (e.g. in the service's EnvironmentFile) or use another source`,
+        );
         return null;
       }
       return { value, source: 'env' };
@@ -409,7 +549,11 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
       await access(sopsFile, constants.R_OK);
       if (!(await stat(sopsFile)).isFile()) throw new Error('not a file');
     } catch {
-      error([...at, 'sops'], 'AGENT_CONFIG_SOPS_FILE_UNREADABLE', `${field}.sops: ${p.sops} does not exist or cannot be read (looked for ${sopsFile}; a relative path is relative to this file)`);
+      error(
+        [...at, 'sops'],
+        'AGENT_CONFIG_SOPS_FILE_UNREADABLE',
+        `${field}.sops: ${p.sops} does not exist or cannot be read (looked for ${sopsFile}; a relative path is relative to this file)`,
+      );
       return null;
     }
     if (!keys) return null; // reported at keyDir: without the identity no SOPS file opens
@@ -425,23 +569,39 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
     }
     const entry = doc.get(p.key);
     if (!entry) {
-      error([...at, 'key'], 'AGENT_CONFIG_SOPS_KEY_MISSING', `${field}.key: ${p.sops} has no value at "${p.key}"${missingKeyHint(doc, p.key)}`);
+      error(
+        [...at, 'key'],
+        'AGENT_CONFIG_SOPS_KEY_MISSING',
+        `${field}.key: ${p.sops} has no value at "${p.key}"${missingKeyHint(doc, p.key)}`,
+      );
       return null;
     }
     if (typeof entry.value !== 'string' || entry.value === '') {
       const what = typeof entry.value === 'string' ? 'empty' : describe(entry.value);
-      error([...at, 'key'], 'AGENT_CONFIG_SOPS_VALUE_INVALID', `${field}.key: the value at "${p.key}" in ${p.sops} is ${what}; a password is a non-empty string (quote it in the file)`);
+      error(
+        [...at, 'key'],
+        'AGENT_CONFIG_SOPS_VALUE_INVALID',
+        `${field}.key: the value at "${p.key}" in ${p.sops} is ${what}; a password is a non-empty string (quote it in the file)`,
+      );
       return null;
     }
     if (!entry.encrypted) {
-      error([...at, 'key'], 'AGENT_CONFIG_SOPS_VALUE_CLEARTEXT', `${field}.key: the value at "${p.key}" is stored in clear in ${p.sops} (its key matches the file's unencrypted_suffix or regex); rename the key or change the rule, and encrypt it with sops`);
+      error(
+        [...at, 'key'],
+        'AGENT_CONFIG_SOPS_VALUE_CLEARTEXT',
+        `${field}.key: the value at "${p.key}" is stored in clear in ${p.sops} (its key matches the file's unencrypted_suffix or regex); rename the key or change the rule, and encrypt it with sops`,
+      );
       return null;
     }
     return { value: entry.value, source: 'sops' };
   }
 
   if (firstPlain && (mode & 0o004) !== 0) {
-    warn(firstPlain, 'AGENT_CONFIG_FILE_READABLE', `${file} holds a password and every user can read it (mode ${(mode & 0o777).toString(8)}); run: chmod 600 ${file}`);
+    warn(
+      firstPlain,
+      'AGENT_CONFIG_FILE_READABLE',
+      `${file} holds a password and every user can read it (mode ${(mode & 0o777).toString(8)}); run: chmod 600 ${file}`,
+    );
   }
   if (problems.some((p) => p.severity === 'error')) fail();
   return Object.freeze({
@@ -472,5 +632,7 @@ function missingKeyHint(doc: SopsDocument, key: string): string {
   const keys = Object.keys(parent);
   const hint = suggest(steps[i]!, keys);
   if (hint) return `; did you mean "${[...steps.slice(0, i), hint].join('.')}"?`;
-  return keys.length && keys.length <= 20 ? ` (keys${i ? ` under "${steps.slice(0, i).join('.')}"` : ''}: ${keys.join(', ')})` : '';
+  return keys.length && keys.length <= 20
+    ? ` (keys${i ? ` under "${steps.slice(0, i).join('.')}"` : ''}: ${keys.join(', ')})`
+    : '';
 }

@@ -7,8 +7,9 @@
  *
  * Logs: identifiers, steps and codes only; never a value, a sealed text, or a driver's message.
  */
-import { openSealed, SealError } from 'rotor/internal';
+
 import type { Job, Logger, Result } from 'rotor/internal';
+import { openSealed, SealError } from 'rotor/internal';
 import type { AgentConfig } from './config.js';
 import { schemeFitsEngine } from './config.js';
 import { DbError } from './engines/types.js';

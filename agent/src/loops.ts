@@ -6,8 +6,9 @@
  * backoff. When the agent dies before that, the daemon delivers the job again after its lease, and the
  * steps are idempotent.
  */
-import { backoffDelay, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from 'rotor/internal';
+
 import type { Job, Logger, Result } from 'rotor/internal';
+import { backoffDelay, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from 'rotor/internal';
 import { AgentError, transportProblem } from './errors.js';
 import { publishStep } from './steps.js';
 import type { DaemonClient } from './transport.js';
@@ -127,7 +128,10 @@ export async function reportBatch(ctx: ReportContext, signal: AbortSignal): Prom
   if (batch.length === 0) return undefined;
   let accepted: number | undefined;
   try {
-    accepted = await client.report(batch.map((p) => p.result), signal);
+    accepted = await client.report(
+      batch.map((p) => p.result),
+      signal,
+    );
   } catch (e) {
     if (e instanceof AgentError && e.retry.kind === 'never') {
       // The same request would be refused again: drop it; the daemon delivers those jobs again after their lease.

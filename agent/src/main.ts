@@ -5,19 +5,33 @@
  */
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { HELP_FLAG, jsonLogger, LEVELS, optionsHelp, parse, writeStderr } from 'rotor/internal';
 import type { Flags, Level, Logger } from 'rotor/internal';
-import { Agent, AgentError } from './agent.js';
+import { HELP_FLAG, jsonLogger, LEVELS, optionsHelp, parse, writeStderr } from 'rotor/internal';
 import type { AgentOptions } from './agent.js';
+import { Agent, AgentError } from './agent.js';
 import { AgentConfigError, agentConfigProblemLine, loadAgentConfig } from './config.js';
 
 export const AGENT_FLAGS = {
-  config: { type: 'string', arg: 'FILE', env: 'ROTOR_AGENT_CONFIG', description: 'the agent\'s configuration (required)' },
-  once: {
-    type: 'boolean', env: false,
-    description: 'poll the daemon once, apply the jobs it hands out, report the results, exit (for tests and cron); without it the agent runs until SIGTERM or SIGINT',
+  config: {
+    type: 'string',
+    arg: 'FILE',
+    env: 'ROTOR_AGENT_CONFIG',
+    description: "the agent's configuration (required)",
   },
-  'log-level': { type: 'string', arg: 'LEVEL', default: 'info', choices: LEVELS, env: 'ROTOR_AGENT_LOG_LEVEL', description: 'the least important log lines written: debug, info, warn or error' },
+  once: {
+    type: 'boolean',
+    env: false,
+    description:
+      'poll the daemon once, apply the jobs it hands out, report the results, exit (for tests and cron); without it the agent runs until SIGTERM or SIGINT',
+  },
+  'log-level': {
+    type: 'string',
+    arg: 'LEVEL',
+    default: 'info',
+    choices: LEVELS,
+    env: 'ROTOR_AGENT_LOG_LEVEL',
+    description: 'the least important log lines written: debug, info, warn or error',
+  },
   help: HELP_FLAG,
   version: { type: 'boolean', env: false, description: 'print the version' },
 } as const satisfies Flags;
@@ -75,7 +89,10 @@ function processSignal(log: Logger): AbortSignal {
       log('info', `${sig}: stopping (running jobs finish and are reported)`, { signal: sig });
       ac.abort();
     } else {
-      log('warn', `${sig} again: exiting now; unfinished jobs are delivered again by the daemon`, { signal: sig, code: 'AGENT_FORCED_EXIT' });
+      log('warn', `${sig} again: exiting now; unfinished jobs are delivered again by the daemon`, {
+        signal: sig,
+        code: 'AGENT_FORCED_EXIT',
+      });
       process.exit(1);
     }
   };
@@ -84,7 +101,10 @@ function processSignal(log: Logger): AbortSignal {
   return ac.signal;
 }
 
-export async function main(argv: readonly string[], io: AgentCliIo = { stdout: (t) => void process.stdout.write(t), stderr: writeStderr, env: process.env }): Promise<number> {
+export async function main(
+  argv: readonly string[],
+  io: AgentCliIo = { stdout: (t) => void process.stdout.write(t), stderr: writeStderr, env: process.env },
+): Promise<number> {
   let flags;
   try {
     flags = parse(argv, AGENT_FLAGS, io.env, 0).flags;
@@ -111,7 +131,9 @@ export async function main(argv: readonly string[], io: AgentCliIo = { stdout: (
     config = await loadAgentConfig(flags.config, { env: io.env });
   } catch (e) {
     if (!(e instanceof AgentConfigError)) throw e;
-    io.stderr(`rotor-agent: ${flags.config}: the configuration is invalid:\n${e.problems.map((p) => `  ${agentConfigProblemLine(p)}\n`).join('')}`);
+    io.stderr(
+      `rotor-agent: ${flags.config}: the configuration is invalid:\n${e.problems.map((p) => `  ${agentConfigProblemLine(p)}\n`).join('')}`,
+    );
     return AGENT_EXIT.invalid;
   }
   for (const w of config.warnings) log('warn', `${w.file}:${w.line}:${w.col}: ${w.message}`, { code: w.code });

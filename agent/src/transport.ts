@@ -3,11 +3,12 @@
  * and DaemonClient, which signs each request with the agent's Ed25519 key and has every answer checked
  * (./wire.ts) against this request's nonce before anything in it is used.
  */
-import http from 'node:http';
+
 import type { IncomingHttpHeaders } from 'node:http';
+import http from 'node:http';
 import https from 'node:https';
-import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, H_NONCE, signRequest } from 'rotor/internal';
 import type { Logger, Result } from 'rotor/internal';
+import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, H_NONCE, signRequest } from 'rotor/internal';
 import type { AgentConfig } from './config.js';
 import { AgentError } from './errors.js';
 import { acceptedOf, answerData, jobsOf } from './wire.js';
@@ -81,14 +82,20 @@ export function nodeTransport(): Transport & { close(): void } {
         r.on('data', (chunk: Buffer) => {
           size += chunk.length;
           if (size > x.maxBytes) {
-            settle(new AgentError('AGENT_ANSWER_TOO_LARGE', `the daemon's answer is over the ${x.maxBytes}-byte limit`));
+            settle(
+              new AgentError('AGENT_ANSWER_TOO_LARGE', `the daemon's answer is over the ${x.maxBytes}-byte limit`),
+            );
           } else {
             chunks.push(chunk);
           }
         });
-        r.on('end', () => settle(undefined, { status: r.statusCode ?? 0, headers: r.headers, body: Buffer.concat(chunks) }));
+        r.on('end', () =>
+          settle(undefined, { status: r.statusCode ?? 0, headers: r.headers, body: Buffer.concat(chunks) }),
+        );
         r.on('error', (e) => settle(e));
-        r.on('close', () => settle(new AgentError('AGENT_DAEMON_UNREACHABLE', 'the daemon closed the connection mid-answer')));
+        r.on('close', () =>
+          settle(new AgentError('AGENT_DAEMON_UNREACHABLE', 'the daemon closed the connection mid-answer')),
+        );
       });
       req.on('error', (e) => settle(e));
       req.on('close', () => {

@@ -4,10 +4,11 @@
  * AGENT_DAEMON_UNVERIFIED), its JSON and status, the shape of each job (AGENT_JOB_INVALID), and the shape
  * of a job's payload once opened. The problems name fields, never values.
  */
-import type { IncomingHttpHeaders } from 'node:http';
+
 import type { KeyObject } from 'node:crypto';
-import { ENGINE_NAMES, verifyResponse } from 'rotor/internal';
+import type { IncomingHttpHeaders } from 'node:http';
 import type { Credential, EngineName, Job, RetirePayload, SetPayload, Strategy } from 'rotor/internal';
+import { ENGINE_NAMES, verifyResponse } from 'rotor/internal';
 import { AgentError } from './errors.js';
 
 const MAX_ID = 256;

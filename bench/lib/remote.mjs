@@ -4,7 +4,12 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
-export const git = (cwd, ...args) => execFileSync('git', ['-c', 'user.name=bench', '-c', 'user.email=b@rotor.invalid', '-c', 'commit.gpgsign=false', ...args], { cwd, stdio: 'ignore' });
+export const git = (cwd, ...args) =>
+  execFileSync(
+    'git',
+    ['-c', 'user.name=bench', '-c', 'user.email=b@rotor.invalid', '-c', 'commit.gpgsign=false', ...args],
+    { cwd, stdio: 'ignore' },
+  );
 
 export function benchRemote(root, files) {
   const work = path.join(root, 'work');

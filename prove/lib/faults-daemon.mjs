@@ -16,7 +16,10 @@ const { nodeFs } = await import(dist('state/fs.js'));
 const { nodeAuditFs } = await import(dist('audit/log.js'));
 
 const cfg = JSON.parse(process.argv[2]);
-const plans = { store: new FaultPlan('store', cfg.store, cfg.seed ?? 1), audit: new FaultPlan('audit', cfg.audit, (cfg.seed ?? 1) + 1) };
+const plans = {
+  store: new FaultPlan('store', cfg.store, cfg.seed ?? 1),
+  audit: new FaultPlan('audit', cfg.audit, (cfg.seed ?? 1) + 1),
+};
 const log = jsonLogger((line) => void writeSync(2, line));
 const daemon = new Daemon({
   repo: cfg.repo,
@@ -30,7 +33,8 @@ const daemon = new Daemon({
   auditFs: faultyAuditFs(nodeAuditFs, plans.audit),
 });
 
-const reply = (id, body) => new Promise((resolve) => (process.send ? process.send({ id, ...body }, undefined, {}, () => resolve()) : resolve()));
+const reply = (id, body) =>
+  new Promise((resolve) => (process.send ? process.send({ id, ...body }, undefined, {}, () => resolve()) : resolve()));
 let stopping;
 const stop = () => (stopping ??= daemon.stop());
 

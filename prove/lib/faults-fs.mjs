@@ -34,7 +34,13 @@ const MESSAGES = { EIO: 'i/o error', EROFS: 'read-only file system', ENOSPC: 'no
 
 /** An error shaped like node's own (code, syscall, path), marked as injected. */
 export function fsError(code, syscall, file) {
-  return Object.assign(new Error(`${code}: ${MESSAGES[code] ?? 'error'} (injected), ${syscall} '${file}'`), { code, errno: code, syscall, path: file, injected: true });
+  return Object.assign(new Error(`${code}: ${MESSAGES[code] ?? 'error'} (injected), ${syscall} '${file}'`), {
+    code,
+    errno: code,
+    syscall,
+    path: file,
+    injected: true,
+  });
 }
 
 export class FaultPlan {
@@ -167,7 +173,14 @@ export function faultyAuditFs(base, plan) {
     readFile: (file) => base.readFile(file),
     async mkdir(dir, options) {
       // an existing directory is no error on a read-only mount either
-      if (plan.mode === 'readonly' && !(await stat(dir).then((s) => s.isDirectory(), () => false))) throw fsError('EROFS', 'mkdir', dir);
+      if (
+        plan.mode === 'readonly' &&
+        !(await stat(dir).then(
+          (s) => s.isDirectory(),
+          () => false,
+        ))
+      )
+        throw fsError('EROFS', 'mkdir', dir);
       return base.mkdir(dir, options);
     },
     async open(file, flags) {

@@ -90,7 +90,8 @@ export function gitFaults(dir) {
   writeFileSync(path.join(bin, 'git'), SCRIPT(realGit));
   chmodSync(path.join(bin, 'git'), 0o755);
   writeFileSync(path.join(dir, 'rate'), '0\n');
-  const lines = (f) => (existsSync(path.join(dir, f)) ? readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean) : []);
+  const lines = (f) =>
+    existsSync(path.join(dir, f)) ? readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean) : [];
   const tally = (f) => {
     const out = {};
     for (const l of lines(f)) out[l] = (out[l] ?? 0) + 1;
@@ -101,20 +102,30 @@ export function gitFaults(dir) {
     /** Sets the failure rate (0 to 1). */
     setRate: (rate) => writeFileSync(path.join(dir, 'rate'), `${Math.round(rate * 1000)}\n`),
     /** Injected failures by kind ("git.push.after": 3, ...). */
-    faults: () => Object.fromEntries(Object.entries(tally('faults.log')).map(([k, n]) => [`git.${k.replace(' ', '.')}`, n])),
+    faults: () =>
+      Object.fromEntries(Object.entries(tally('faults.log')).map(([k, n]) => [`git.${k.replace(' ', '.')}`, n])),
     /** commit/push/fetch calls made. */
     calls: () => tally('calls.log'),
     /** The argument lists of every push the daemon ran. */
     pushes: () => lines('push-args.log'),
     /** Another writer pushes just before each of the daemon's next `n` pushes (never two in a row). */
     race(remote, n) {
-      execFileSync('git', ['clone', '-q', remote, path.join(dir, 'racer')], { env: { ...process.env, GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null' }, stdio: 'ignore' });
+      execFileSync('git', ['clone', '-q', remote, path.join(dir, 'racer')], {
+        env: { ...process.env, GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null' },
+        stdio: 'ignore',
+      });
       writeFileSync(path.join(dir, 'race'), `${n}\n`);
     },
     /** Races run: { raced, failed } (failed: the racer could not land its commit). */
-    races: () => ({ raced: lines('races.log').filter((l) => l === 'raced').length, failed: lines('races.log').filter((l) => l === 'racer failed').length }),
+    races: () => ({
+      raced: lines('races.log').filter((l) => l === 'raced').length,
+      failed: lines('races.log').filter((l) => l === 'racer failed').length,
+    }),
     /** The racer's commits that landed ("racer commit N", N = 1..). */
-    racerCommits: () => Number(existsSync(path.join(dir, 'racer-commits')) ? readFileSync(path.join(dir, 'racer-commits'), 'utf8').trim() : 0),
+    racerCommits: () =>
+      Number(
+        existsSync(path.join(dir, 'racer-commits')) ? readFileSync(path.join(dir, 'racer-commits'), 'utf8').trim() : 0,
+      ),
   };
 }
 

@@ -5,7 +5,7 @@
 // Values are kept in memory only as long as the run needs them, and never printed.
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -25,19 +25,34 @@ export const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
 /** git for the people and scripts of the world (not the daemon): no user or system configuration. */
 export const GIT_ENV = {
   ...process.env,
-  GIT_AUTHOR_NAME: 'prove', GIT_AUTHOR_EMAIL: 'prove@rotor.invalid', GIT_COMMITTER_NAME: 'prove', GIT_COMMITTER_EMAIL: 'prove@rotor.invalid',
-  GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null', GIT_TERMINAL_PROMPT: '0',
+  GIT_AUTHOR_NAME: 'prove',
+  GIT_AUTHOR_EMAIL: 'prove@rotor.invalid',
+  GIT_COMMITTER_NAME: 'prove',
+  GIT_COMMITTER_EMAIL: 'prove@rotor.invalid',
+  GIT_CONFIG_NOSYSTEM: '1',
+  GIT_CONFIG_GLOBAL: '/dev/null',
+  GIT_TERMINAL_PROMPT: '0',
 };
 
 export function git(cwd, ...args) {
-  return execFileSync('git', args, { cwd, env: GIT_ENV, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 256 * 1024 * 1024 }).trim();
+  return execFileSync('git', args, {
+    cwd,
+    env: GIT_ENV,
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+    maxBuffer: 256 * 1024 * 1024,
+  }).trim();
 }
 
 /** git without blocking the event loop; resolves { code, stdout, stderr } (never rejects). */
 export function gitRun(cwd, args, env = GIT_ENV) {
   return new Promise((resolve) => {
     execFile('git', args, { cwd, env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout: stdout.trim(), stderr: stderr.trim() });
+      resolve({
+        code: err ? (typeof err.code === 'number' ? err.code : -1) : 0,
+        stdout: stdout.trim(),
+        stderr: stderr.trim(),
+      });
     });
   });
 }
@@ -82,14 +97,20 @@ export async function makeWorld(prefix, files) {
   await generateKeys(dataDir);
   const socketDir = path.join(root, 'sockets');
   // ROTOR_PROVE_KEEP=1 keeps the world (repositories, data directory, daemon.log) for a post-mortem.
-  const cleanup = () => (process.env.ROTOR_PROVE_KEEP ? process.stderr.write(`kept ${root}\n`) : rmSync(root, { recursive: true, force: true }));
+  const cleanup = () =>
+    process.env.ROTOR_PROVE_KEEP
+      ? process.stderr.write(`kept ${root}\n`)
+      : rmSync(root, { recursive: true, force: true });
   return { root, person, remote, dataDir, socketDir, cleanup };
 }
 
 /** Declarations: `n` generated secrets under load/ on a policy `every`, and one consumer with our uid. */
 export function declarations({ n, every, overlap, prefix = 'load' }) {
   const secrets = [];
-  for (let i = 0; i < n; i++) secrets.push(`kind: Secret\nname: ${prefix}/s${String(i).padStart(3, '0')}\npolicy: fast\n${i % 3 === 2 ? 'fields: { token: { generate: { length: 24 } }, region: { value: eu-west-1 } }' : 'generate: { length: 24 }'}\n`);
+  for (let i = 0; i < n; i++)
+    secrets.push(
+      `kind: Secret\nname: ${prefix}/s${String(i).padStart(3, '0')}\npolicy: fast\n${i % 3 === 2 ? 'fields: { token: { generate: { length: 24 } }, region: { value: eu-west-1 } }' : 'generate: { length: 24 }'}\n`,
+    );
   return {
     'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
     'policy.yaml': `kind: Policy\nname: fast\nevery: ${every}\noverlap: ${overlap}\n`,
@@ -98,7 +119,8 @@ export function declarations({ n, every, overlap, prefix = 'load' }) {
   };
 }
 
-export const secretNames = (n, prefix = 'load') => Array.from({ length: n }, (_, i) => `${prefix}/s${String(i).padStart(3, '0')}`);
+export const secretNames = (n, prefix = 'load') =>
+  Array.from({ length: n }, (_, i) => `${prefix}/s${String(i).padStart(3, '0')}`);
 
 /**
  * Starts the daemon (faults-daemon.mjs) in its own process; resolves once it started. `env` is added
@@ -109,7 +131,10 @@ export async function startDaemon(w, { env = {}, store, audit, seed = 1, commitD
   const fd = openSync(logFile, 'a');
   const cfg = { repo: w.remote, dataDir: w.dataDir, socketDir: w.socketDir, seed, commitDelayMs, store, audit };
   // env -u NODE_OPTIONS: a test runner's loaders in NODE_OPTIONS would double the child's start-up.
-  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, DAEMON, JSON.stringify(cfg)], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', fd, 'ipc'] });
+  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, DAEMON, JSON.stringify(cfg)], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'ignore', fd, 'ipc'],
+  });
   closeSync(fd);
   let next = 0;
   const waiting = new Map();
@@ -121,7 +146,8 @@ export async function startDaemon(w, { env = {}, store, audit, seed = 1, commitD
   const started = new Promise((resolve, reject) => {
     child.on('message', (m) => {
       if (m.type === 'started') resolve();
-      else if (m.type === 'failed') reject(Object.assign(new Error(`the daemon did not start: ${m.message}`), { code: m.code }));
+      else if (m.type === 'failed')
+        reject(Object.assign(new Error(`the daemon did not start: ${m.message}`), { code: m.code }));
       else if (m.id !== undefined) {
         const p = waiting.get(m.id);
         waiting.delete(m.id);
@@ -129,7 +155,9 @@ export async function startDaemon(w, { env = {}, store, audit, seed = 1, commitD
         else p?.reject(new Error(m.error));
       }
     });
-    void exited.then(({ code, signal }) => reject(new Error(`the daemon exited (${code ?? signal}) before it started: ${tail(logFile)}`)));
+    void exited.then(({ code, signal }) =>
+      reject(new Error(`the daemon exited (${code ?? signal}) before it started: ${tail(logFile)}`)),
+    );
   });
   await started;
   const send = (cmd, extra = {}) =>
@@ -150,7 +178,11 @@ export async function startDaemon(w, { env = {}, store, audit, seed = 1, commitD
     },
     kill: () => child.kill('SIGKILL'),
     exited,
-    logLines: () => readFileSync(logFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)),
+    logLines: () =>
+      readFileSync(logFile, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l)),
   };
 }
 
@@ -163,15 +195,21 @@ function tail(file) {
 }
 
 export const status = (w) => callAdmin(path.join(w.dataDir, 'admin.sock'), 'GET', '/v1/status');
-export const rotate = (w, name, reason) => callAdmin(path.join(w.dataDir, 'admin.sock'), 'POST', '/v1/rotate', { name, reason });
+export const rotate = (w, name, reason) =>
+  callAdmin(path.join(w.dataDir, 'admin.sock'), 'POST', '/v1/rotate', { name, reason });
 
 /** `rotor ARGS` as its own process (the real CLI): { code, stdout, stderr }. */
 export function cli(args) {
   return new Promise((resolve) => {
     const { NODE_OPTIONS: _loaders, ...env } = process.env; // a test runner's loaders would slow the CLI's start
-    execFile(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...env, NO_COLOR: '1' } }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      [CLI, ...args],
+      { encoding: 'utf8', env: { ...env, NO_COLOR: '1' } },
+      (err, stdout, stderr) => {
+        resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -244,7 +282,10 @@ export function startReader(w, names, { consumer = 'prove', loops = 4, pauseMs =
 export function canonicalJson(v) {
   if (v === null || typeof v !== 'object') return JSON.stringify(v);
   if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson(v[k])}`).join(',')}}`;
+  return `{${Object.keys(v)
+    .sort()
+    .map((k) => `${JSON.stringify(k)}:${canonicalJson(v[k])}`)
+    .join(',')}}`;
 }
 
 /** The keyed fingerprint of a value, computed here independently of src/: "hmac-sha256:" + 16 bytes, base64url. */
@@ -256,11 +297,18 @@ export function fingerprintOf(key, canonical) {
 export function auditEntries(dir) {
   let files;
   try {
-    files = readdirSync(dir).filter((f) => f.endsWith('.jsonl')).sort();
+    files = readdirSync(dir)
+      .filter((f) => f.endsWith('.jsonl'))
+      .sort();
   } catch {
     return [];
   }
-  return files.flatMap((f) => readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)));
+  return files.flatMap((f) =>
+    readFileSync(path.join(dir, f), 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l)),
+  );
 }
 
 /** The remote's audit log: a fresh clone of main, verified with src/audit's verifier. */
@@ -281,7 +329,10 @@ export async function localAudit(w) {
 
 /** The highest seq on the remote's main right now (reads the bare repository, cheap enough to poll). */
 export function remoteSeq(w) {
-  const files = git(w.remote, 'ls-tree', '--name-only', 'main', 'audit/').split('\n').filter((f) => f.endsWith('.jsonl')).sort();
+  const files = git(w.remote, 'ls-tree', '--name-only', 'main', 'audit/')
+    .split('\n')
+    .filter((f) => f.endsWith('.jsonl'))
+    .sort();
   const last = files.at(-1);
   if (!last) return 0;
   const lines = git(w.remote, 'show', `main:${last}`).split('\n').filter(Boolean);
@@ -297,7 +348,13 @@ export function localSeq(w) {
 /** After the daemon stopped: the fingerprint key and every secret record in the store. */
 export async function storeView(w, anchorSeq) {
   const keys = await loadKeys(w.dataDir);
-  const store = await openStore({ dir: path.join(w.dataDir, 'state'), identity: keys.identity, recipients: [keys.recipient], ...(anchorSeq ? { anchor: { seq: anchorSeq } } : {}), onWarning: () => undefined });
+  const store = await openStore({
+    dir: path.join(w.dataDir, 'state'),
+    identity: keys.identity,
+    recipients: [keys.recipient],
+    ...(anchorSeq ? { anchor: { seq: anchorSeq } } : {}),
+    onWarning: () => undefined,
+  });
   try {
     const key = Buffer.from(store.get('meta/fingerprint-key'), 'base64');
     const records = new Map([...store.entries('secret/')].map(([, r]) => [r.name, r]));
@@ -320,8 +377,12 @@ export function auditVersions(entries) {
     if ((e.event !== 'created' && e.event !== 'rotated') || !e.secret) continue;
     const want = (last.get(e.secret) ?? 0) + 1;
     if (e.to !== want) problems.push(`${e.secret}: entry ${e.seq} makes version ${e.to} current, expected ${want}`);
-    if (e.event === 'rotated' && e.from !== e.to - 1) problems.push(`${e.secret}: entry ${e.seq} rotates from ${e.from} to ${e.to}`);
-    if (byVersion.has(`${e.secret}@${e.to}`)) problems.push(`${e.secret}: version ${e.to} audited twice (entries ${byVersion.get(`${e.secret}@${e.to}`).seq} and ${e.seq})`);
+    if (e.event === 'rotated' && e.from !== e.to - 1)
+      problems.push(`${e.secret}: entry ${e.seq} rotates from ${e.from} to ${e.to}`);
+    if (byVersion.has(`${e.secret}@${e.to}`))
+      problems.push(
+        `${e.secret}: version ${e.to} audited twice (entries ${byVersion.get(`${e.secret}@${e.to}`).seq} and ${e.seq})`,
+      );
     byVersion.set(`${e.secret}@${e.to}`, e);
     last.set(e.secret, e.to);
   }
@@ -361,14 +422,18 @@ export function forcedUpdates(w) {
     const [oldHead, newHead] = line.split(' ');
     if (prev !== undefined && oldHead !== prev) {
       gaps++;
-      if (examples.length < 3) examples.push(`an update from ${oldHead.slice(0, 12)}, but main was at ${prev.slice(0, 12)}`);
+      if (examples.length < 3)
+        examples.push(`an update from ${oldHead.slice(0, 12)}, but main was at ${prev.slice(0, 12)}`);
     }
     if (!ZERO.test(oldHead)) {
       try {
         git(w.remote, 'merge-base', '--is-ancestor', oldHead, newHead);
       } catch {
         forced++;
-        if (examples.length < 3) examples.push(`${oldHead.slice(0, 12)} -> ${newHead.slice(0, 12)} is not a fast-forward (${line.split('\t')[1] ?? ''})`);
+        if (examples.length < 3)
+          examples.push(
+            `${oldHead.slice(0, 12)} -> ${newHead.slice(0, 12)} is not a fast-forward (${line.split('\t')[1] ?? ''})`,
+          );
       }
     }
     prev = newHead;
@@ -378,7 +443,10 @@ export function forcedUpdates(w) {
 
 /** "a 3, b 1" from a count object, largest first. */
 export function tally(counts) {
-  const parts = Object.entries(counts).filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ${n}`);
+  const parts = Object.entries(counts)
+    .filter(([, n]) => n > 0)
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, n]) => `${k} ${n}`);
   return parts.length ? parts.join(', ') : 'none';
 }
 

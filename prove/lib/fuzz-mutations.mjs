@@ -4,24 +4,184 @@
 // library's document model, then written out again), edits of its text or bytes, and edits of the file
 // set. Positions are fractions (0..1) of whatever they index, so that any mutation applies to any file.
 import fc from 'fast-check';
-import { Pair, isAlias, isMap, isScalar, isSeq, parseAllDocuments } from 'yaml';
+import { isAlias, isMap, isScalar, isSeq, Pair, parseAllDocuments } from 'yaml';
 
 /** Text that means something to YAML, or to a reader of it. */
 export const SPECIAL = [
-  ':', ': ', '- ', '? ', '|', '|-\n', '>', '>+\n', '&a ', '*a', '*undefined', '!', '!!str ', '!!binary ', '!!set ', '!<tag:x> ', '%', '@', '`', '#', ' #', "'", '"', "''", '""',
-  '{', '}', '[', ']', ',', '{}', '[]', '\t', '\n', '\r', '\r\n', '\n\n', '---\n', '--- ', '...\n', '<<: *a\n', '<<: {}\n', '\u0000', '\u0007', '\ufeff', '\u2028', '\u2029', '\u202e',
-  '\u00e9', '\ud83d\ude00', '\\', '\\u0000', '~', 'null', 'Null', 'true', 'yes', 'on', '0x1F', '0o17', '0b101', '1_000', '1e309', '-0', '.nan', '-.inf', '=', '  ', '\n  ', '\n    - ',
-  '- - - ', '{a: [b, {c: d}]}', '[a, b', '{a: b', 'kind: Secret\n', 'kind: Config\n', 'name: x\n', 'name: ../etc\n', '%YAML 1.1\n', '%TAG !e! tag:e.com,2000:\n', '? [a]\n: b\n',
+  ':',
+  ': ',
+  '- ',
+  '? ',
+  '|',
+  '|-\n',
+  '>',
+  '>+\n',
+  '&a ',
+  '*a',
+  '*undefined',
+  '!',
+  '!!str ',
+  '!!binary ',
+  '!!set ',
+  '!<tag:x> ',
+  '%',
+  '@',
+  '`',
+  '#',
+  ' #',
+  "'",
+  '"',
+  "''",
+  '""',
+  '{',
+  '}',
+  '[',
+  ']',
+  ',',
+  '{}',
+  '[]',
+  '\t',
+  '\n',
+  '\r',
+  '\r\n',
+  '\n\n',
+  '---\n',
+  '--- ',
+  '...\n',
+  '<<: *a\n',
+  '<<: {}\n',
+  '\u0000',
+  '\u0007',
+  '\ufeff',
+  '\u2028',
+  '\u2029',
+  '\u202e',
+  '\u00e9',
+  '\ud83d\ude00',
+  '\\',
+  '\\u0000',
+  '~',
+  'null',
+  'Null',
+  'true',
+  'yes',
+  'on',
+  '0x1F',
+  '0o17',
+  '0b101',
+  '1_000',
+  '1e309',
+  '-0',
+  '.nan',
+  '-.inf',
+  '=',
+  '  ',
+  '\n  ',
+  '\n    - ',
+  '- - - ',
+  '{a: [b, {c: d}]}',
+  '[a, b',
+  '{a: b',
+  'kind: Secret\n',
+  'kind: Config\n',
+  'name: x\n',
+  'name: ../etc\n',
+  '%YAML 1.1\n',
+  '%TAG !e! tag:e.com,2000:\n',
+  '? [a]\n: b\n',
 ];
 
 /** Values a field may be set to: every type, the forms YAML resolves surprisingly, limits. */
 const WEIRD = [
-  '', ' ', '0', '-1', '1.5', '0x1F', '0o17', '1_000', 'yes', 'no', 'on', 'off', 'True', 'NULL', '~', '.inf', '.nan', '30d', '0s', '-1d', '1s', '24h', '999999999999d', '36500d',
-  '36501d', '10m', '1.5h', '02:00', '24:00', '2:00', '25:61', '* * * * *', '0 3 * * 0', '61 * * * *', '* * * * * * *', '0 0 31 2 *', 'UTC', 'Europe/Berlin', 'Mars/Olympus', 'utc',
-  'a/b', '../x', 'a//b', '/abs', 'A', 'a b', 'x'.repeat(254), 'é', '\u0000', 'line\nbreak', 'Secret', 'Policy', 'Config', 'Target', 'Agent', 'Consumer', 'Unknown', 'standard',
-  'weekly-sunday', 'payments/webhook-signing', 'payments/*', '**', '*', 'a*b', 'postgres', 'mysql', 'mariadb', 'redis', 'mongodb', 'mssql', 'oracle', 'dual', 'alternate', 'single',
-  'custom', 'alphanumeric', 'hex', 'base64url', 'ascii', 'consumers', 'age1fsr2ptuq2f0pmk8q4hv2zhsyc9jlcvxaaaygvetxveakz87h298qwpeds6', 'age1invalid', 'ed25519:AAAA',
-  'ed25519:ZpCJ0z+bwOxe4KxuR0czh92ZcOoZyrdZBJvQg8MaBKI=', 'secrets/stripe.enc.yaml', 'audit/x.yaml', 'missing.yaml', '"quoted"', "it's",
+  '',
+  ' ',
+  '0',
+  '-1',
+  '1.5',
+  '0x1F',
+  '0o17',
+  '1_000',
+  'yes',
+  'no',
+  'on',
+  'off',
+  'True',
+  'NULL',
+  '~',
+  '.inf',
+  '.nan',
+  '30d',
+  '0s',
+  '-1d',
+  '1s',
+  '24h',
+  '999999999999d',
+  '36500d',
+  '36501d',
+  '10m',
+  '1.5h',
+  '02:00',
+  '24:00',
+  '2:00',
+  '25:61',
+  '* * * * *',
+  '0 3 * * 0',
+  '61 * * * *',
+  '* * * * * * *',
+  '0 0 31 2 *',
+  'UTC',
+  'Europe/Berlin',
+  'Mars/Olympus',
+  'utc',
+  'a/b',
+  '../x',
+  'a//b',
+  '/abs',
+  'A',
+  'a b',
+  'x'.repeat(254),
+  'é',
+  '\u0000',
+  'line\nbreak',
+  'Secret',
+  'Policy',
+  'Config',
+  'Target',
+  'Agent',
+  'Consumer',
+  'Unknown',
+  'standard',
+  'weekly-sunday',
+  'payments/webhook-signing',
+  'payments/*',
+  '**',
+  '*',
+  'a*b',
+  'postgres',
+  'mysql',
+  'mariadb',
+  'redis',
+  'mongodb',
+  'mssql',
+  'oracle',
+  'dual',
+  'alternate',
+  'single',
+  'custom',
+  'alphanumeric',
+  'hex',
+  'base64url',
+  'ascii',
+  'consumers',
+  'age1fsr2ptuq2f0pmk8q4hv2zhsyc9jlcvxaaaygvetxveakz87h298qwpeds6',
+  'age1invalid',
+  'ed25519:AAAA',
+  'ed25519:ZpCJ0z+bwOxe4KxuR0czh92ZcOoZyrdZBJvQg8MaBKI=',
+  'secrets/stripe.enc.yaml',
+  'audit/x.yaml',
+  'missing.yaml',
+  '"quoted"',
+  "it's",
 ];
 
 /** A position in 0..1, uniform (fast-check's bias toward 0 and the bounds would hit the first node nearly always). */
@@ -44,7 +204,14 @@ const value = fc.oneof(
   { weight: 1, arbitrary: fc.boolean() },
   { weight: 1, arbitrary: fc.constant(null) },
   { weight: 1, arbitrary: fc.array(fc.constantFrom(...WEIRD), { maxLength: 5 }) },
-  { weight: 1, arbitrary: fc.dictionary(fc.constantFrom('a', 'name', 'kind', 'every', 'generate', 'length', 'x'), fc.constantFrom(...WEIRD), { maxKeys: 4 }) },
+  {
+    weight: 1,
+    arbitrary: fc.dictionary(
+      fc.constantFrom('a', 'name', 'kind', 'every', 'generate', 'length', 'x'),
+      fc.constantFrom(...WEIRD),
+      { maxKeys: 4 },
+    ),
+  },
   { weight: 1, arbitrary: fc.record({ huge: fc.integer({ min: 1_000, max: 400_000 }) }) },
   { weight: 1, arbitrary: fc.record({ deep: fc.integer({ min: 2, max: 400 }) }) },
 );
@@ -59,9 +226,56 @@ function realize(v) {
   return v;
 }
 
-const KEYS = ['kind', 'name', 'policy', 'every', 'cron', 'overlap', 'retain', 'generate', 'length', 'charset', 'chars', 'fields', 'database', 'target', 'username', 'usernames',
-  'strategy', 'secrets', 'uid', 'agent', 'engine', 'recipient', 'signingKey', 'audit', 'dir', 'sync', 'interval', 'ignore', 'window', 'start', 'end', 'timezone', 'jitter', 'maxAge',
-  'rotate', 'request', 'sops', 'file', 'key', 'allowWeak', 'retireAfter', 'description', 'nmae', 'Kind', 'unknownField', '<<', '', '? x'];
+const KEYS = [
+  'kind',
+  'name',
+  'policy',
+  'every',
+  'cron',
+  'overlap',
+  'retain',
+  'generate',
+  'length',
+  'charset',
+  'chars',
+  'fields',
+  'database',
+  'target',
+  'username',
+  'usernames',
+  'strategy',
+  'secrets',
+  'uid',
+  'agent',
+  'engine',
+  'recipient',
+  'signingKey',
+  'audit',
+  'dir',
+  'sync',
+  'interval',
+  'ignore',
+  'window',
+  'start',
+  'end',
+  'timezone',
+  'jitter',
+  'maxAge',
+  'rotate',
+  'request',
+  'sops',
+  'file',
+  'key',
+  'allowWeak',
+  'retireAfter',
+  'description',
+  'nmae',
+  'Kind',
+  'unknownField',
+  '<<',
+  '',
+  '? x',
+];
 
 /** Structured edits of one document of the file, by path (fractions pick the document and the node). */
 export const structuredOp = fc.oneof(
@@ -72,7 +286,12 @@ export const structuredOp = fc.oneof(
   fc.record({ kind: fc.constant('add-key'), doc: frac, at: frac, key: fc.constantFrom(...KEYS), value }),
   fc.record({ kind: fc.constant('alias'), doc: frac, at: frac, to: frac }),
   fc.record({ kind: fc.constant('retype'), doc: frac, at: frac, as: fc.constantFrom('map', 'seq', 'scalar', 'null') }),
-  fc.record({ kind: fc.constant('style'), doc: frac, at: frac, style: fc.constantFrom('flow', 'block', 'QUOTE_DOUBLE', 'QUOTE_SINGLE', 'BLOCK_LITERAL', 'BLOCK_FOLDED', 'PLAIN') }),
+  fc.record({
+    kind: fc.constant('style'),
+    doc: frac,
+    at: frac,
+    style: fc.constantFrom('flow', 'block', 'QUOTE_DOUBLE', 'QUOTE_SINGLE', 'BLOCK_LITERAL', 'BLOCK_FOLDED', 'PLAIN'),
+  }),
   fc.record({ kind: fc.constant('copy-doc'), doc: frac }),
   fc.record({ kind: fc.constant('drop-doc'), doc: frac }),
   fc.record({ kind: fc.constant('swap-values'), doc: frac, at: frac, to: frac }),
@@ -82,16 +301,70 @@ export const structuredOp = fc.oneof(
 export const textOp = fc.oneof(
   { weight: 3, arbitrary: fc.record({ kind: fc.constant('flip'), at: frac, mask: fc.integer({ min: 1, max: 255 }) }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('delete'), at: frac, len: fc.integer({ min: 1, max: 80 }) }) },
-  { weight: 4, arbitrary: fc.record({ kind: fc.constant('insert'), at: frac, text: fc.oneof({ weight: 5, arbitrary: fc.constantFrom(...SPECIAL) }, { weight: 1, arbitrary: fc.string({ unit: 'binary', maxLength: 8 }) }) }) },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      kind: fc.constant('insert'),
+      at: frac,
+      text: fc.oneof(
+        { weight: 5, arbitrary: fc.constantFrom(...SPECIAL) },
+        { weight: 1, arbitrary: fc.string({ unit: 'binary', maxLength: 8 }) },
+      ),
+    }),
+  },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('dup-line'), at: frac }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('swap-lines'), at: frac, to: frac }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('indent'), at: frac, by: fc.constantFrom('\t', ' ', '  ', '   ', '\t  '), all: fc.boolean() }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('indent'),
+      at: frac,
+      by: fc.constantFrom('\t', ' ', '  ', '   ', '\t  '),
+      all: fc.boolean(),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('truncate'), at: frac }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('huge'), at: frac, size: fc.constantFrom(4_096, 65_537, 500_000, 1_048_000, 1_048_577, 3_000_000), quote: fc.constantFrom('', '"', "'") }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('deep-flow'), at: frac, depth: fc.integer({ min: 50, max: 5_000 }), open: fc.constantFrom('[', '{', '{a: ', '[{', '- [') , close: fc.boolean() }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('deep-block'), at: frac, depth: fc.integer({ min: 10, max: 700 }), seq: fc.boolean() }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('alias-bomb'), at: frac, levels: fc.integer({ min: 1, max: 12 }), fan: fc.integer({ min: 2, max: 10 }) }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('line-ends'), to: fc.constantFrom('\r\n', '\r', '\u2028', '\u0085') }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('huge'),
+      at: frac,
+      size: fc.constantFrom(4_096, 65_537, 500_000, 1_048_000, 1_048_577, 3_000_000),
+      quote: fc.constantFrom('', '"', "'"),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('deep-flow'),
+      at: frac,
+      depth: fc.integer({ min: 50, max: 5_000 }),
+      open: fc.constantFrom('[', '{', '{a: ', '[{', '- ['),
+      close: fc.boolean(),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('deep-block'),
+      at: frac,
+      depth: fc.integer({ min: 10, max: 700 }),
+      seq: fc.boolean(),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('alias-bomb'),
+      at: frac,
+      levels: fc.integer({ min: 1, max: 12 }),
+      fan: fc.integer({ min: 2, max: 10 }),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({ kind: fc.constant('line-ends'), to: fc.constantFrom('\r\n', '\r', '\u2028', '\u0085') }),
+  },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('bom'), at: frac }) },
   // Many documents: empty ones up to and over the per-file limit; a few thousand non-empty ones (each a
   // problem, with its position) rarely, as they take seconds.
@@ -101,20 +374,66 @@ export const textOp = fc.oneof(
       kind: fc.constant('documents'),
       at: frac,
       many: fc.oneof(
-        { weight: 12, arbitrary: fc.constantFrom(['---\n', 9_999], ['---\n', 10_001], ['---\n', 20_000], ['--- {}\n', 10_001], ['--- x\n', 2], ['--- {}\n', 40], ['...\n---\n', 100], ['--- []\n', 3]) },
+        {
+          weight: 12,
+          arbitrary: fc.constantFrom(
+            ['---\n', 9_999],
+            ['---\n', 10_001],
+            ['---\n', 20_000],
+            ['--- {}\n', 10_001],
+            ['--- x\n', 2],
+            ['--- {}\n', 40],
+            ['...\n---\n', 100],
+            ['--- []\n', 3],
+          ),
+        },
         { weight: 1, arbitrary: fc.constantFrom(['--- {}\n', 9_999], ['--- x\n', 5_000]) },
       ),
     }),
   },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('directive'), text: fc.constantFrom('%YAML 1.1\n---\n', '%YAML 1.2\n---\n', '%YAML 9.9\n---\n', '%TAG !x! tag:x,2000:\n---\n', '%FOO bar\n---\n', '%YAML 1.2\n') }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('bad-utf8'), at: frac, bytes: fc.constantFrom('c3', 'ff', 'eda080', 'f4908080', 'c0af', 'e282', 'f0') }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('directive'),
+      text: fc.constantFrom(
+        '%YAML 1.1\n---\n',
+        '%YAML 1.2\n---\n',
+        '%YAML 9.9\n---\n',
+        '%TAG !x! tag:x,2000:\n---\n',
+        '%FOO bar\n---\n',
+        '%YAML 1.2\n',
+      ),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('bad-utf8'),
+      at: frac,
+      bytes: fc.constantFrom('c3', 'ff', 'eda080', 'f4908080', 'c0af', 'e282', 'f0'),
+    }),
+  },
 );
 
 /** Edits of the set of files. */
 export const fileOp = fc.oneof(
   fc.record({ kind: fc.constant('drop-file') }),
-  fc.record({ kind: fc.constant('copy-file'), to: fc.constantFrom('copy.yaml', 'x/y/copy.yml', 'rotor.yaml', 'audit/copy.yaml', 'copy.txt', 'docs/copy.yaml', '.hidden.yaml') }),
-  fc.record({ kind: fc.constant('rename-file'), to: fc.constantFrom('renamed.yaml', 'renamed.yml', 'renamed.YAML', 'sub/rotor.yaml', 'audit/r.yaml', 'r.json') }),
+  fc.record({
+    kind: fc.constant('copy-file'),
+    to: fc.constantFrom(
+      'copy.yaml',
+      'x/y/copy.yml',
+      'rotor.yaml',
+      'audit/copy.yaml',
+      'copy.txt',
+      'docs/copy.yaml',
+      '.hidden.yaml',
+    ),
+  }),
+  fc.record({
+    kind: fc.constant('rename-file'),
+    to: fc.constantFrom('renamed.yaml', 'renamed.yml', 'renamed.YAML', 'sub/rotor.yaml', 'audit/r.yaml', 'r.json'),
+  }),
   fc.record({ kind: fc.constant('empty-file') }),
 );
 
@@ -173,7 +492,8 @@ function applyStructured(docs, op) {
   }
   const nodes = nodesOf(doc);
   if (nodes.length === 0) {
-    if (op.kind === 'set' || op.kind === 'add-key') doc.contents = doc.createNode({ [op.key ?? 'kind']: realize(op.value) });
+    if (op.kind === 'set' || op.kind === 'add-key')
+      doc.contents = doc.createNode({ [op.key ?? 'kind']: realize(op.value) });
     return;
   }
   const n = pick(nodes, op.at);
@@ -188,7 +508,15 @@ function applyStructured(docs, op) {
       if (n.pair) n.pair.key = doc.createNode(op.to);
       break;
     case 'duplicate-key':
-      if (n.pair) n.parent.items.splice(n.index + 1, 0, new Pair(doc.createNode(isScalar(n.pair.key) ? n.pair.key.value : String(n.pair.key)), doc.createNode('duplicate')));
+      if (n.pair)
+        n.parent.items.splice(
+          n.index + 1,
+          0,
+          new Pair(
+            doc.createNode(isScalar(n.pair.key) ? n.pair.key.value : String(n.pair.key)),
+            doc.createNode('duplicate'),
+          ),
+        );
       break;
     case 'add-key':
       if (isMap(n.parent)) n.parent.items.push(new Pair(doc.createNode(op.key), doc.createNode(realize(op.value))));
@@ -232,10 +560,12 @@ function structured(text, ops) {
   if (!Array.isArray(docs)) return undefined; // an empty stream
   for (const op of ops) applyStructured(docs, op);
   try {
-    return docs.map((d, i) => {
-      const s = d.toString({ lineWidth: 0 });
-      return i === 0 || s.startsWith('---') ? s : `---\n${s}`;
-    }).join('');
+    return docs
+      .map((d, i) => {
+        const s = d.toString({ lineWidth: 0 });
+        return i === 0 || s.startsWith('---') ? s : `---\n${s}`;
+      })
+      .join('');
   } catch {
     return undefined; // e.g. an alias whose anchor a later edit removed: left out, counted
   }
@@ -303,8 +633,13 @@ function applyText(buf, op) {
       const lines = text.split('\n');
       const i = Math.min(lines.length - 1, Math.floor(op.at * lines.length));
       // Leading spaces become `by` (tabs, odd widths): on every line, or on one (prefixed if it has none).
-      const reindent = (l) => (/^ /.test(l) ? l.replace(/^ +/, (sp) => op.by.repeat(Math.max(1, sp.length >> 1))) : op.by + l);
-      out = lines.map((l, k) => (op.all ? l.replace(/^ +/, (sp) => op.by.repeat(Math.max(1, sp.length >> 1))) : k === i ? reindent(l) : l)).join('\n');
+      const reindent = (l) =>
+        /^ /.test(l) ? l.replace(/^ +/, (sp) => op.by.repeat(Math.max(1, sp.length >> 1))) : op.by + l;
+      out = lines
+        .map((l, k) =>
+          op.all ? l.replace(/^ +/, (sp) => op.by.repeat(Math.max(1, sp.length >> 1))) : k === i ? reindent(l) : l,
+        )
+        .join('\n');
       break;
     }
     case 'huge': {
@@ -328,7 +663,8 @@ function applyText(buf, op) {
     case 'alias-bomb': {
       const i = starts[lineAt(op.at)];
       let bomb = 'bomb0: &b0 [lol]\n';
-      for (let l = 1; l <= op.levels; l++) bomb += `bomb${l}: &b${l} [${Array.from({ length: op.fan }, () => `*b${l - 1}`).join(', ')}]\n`;
+      for (let l = 1; l <= op.levels; l++)
+        bomb += `bomb${l}: &b${l} [${Array.from({ length: op.fan }, () => `*b${l - 1}`).join(', ')}]\n`;
       out = text.slice(0, i) + bomb + text.slice(i);
       break;
     }
@@ -379,19 +715,58 @@ export function applyMutation(base, m) {
 
 /** A short description of a mutation for a report (long strings cut, never more than ~300 characters). */
 export function describe(m, target) {
-  const json = JSON.stringify(m, (k, v) => (typeof v === 'string' && v.length > 24 ? `${v.slice(0, 24)}...(${v.length})` : typeof v === 'number' && !Number.isInteger(v) ? Math.round(v * 1000) / 1000 : v));
+  const json = JSON.stringify(m, (_k, v) =>
+    typeof v === 'string' && v.length > 24
+      ? `${v.slice(0, 24)}...(${v.length})`
+      : typeof v === 'number' && !Number.isInteger(v)
+        ? Math.round(v * 1000) / 1000
+        : v,
+  );
   return `${target}: ${json.length > 300 ? `${json.slice(0, 300)}...` : json}`;
 }
 
 /** The kinds of edits in a mutation, for the tally: "text:flip", "yaml:set", "file:drop-file". */
 export function kindsOf(m) {
-  return [...m.structured.map((o) => `yaml:${o.kind}`), ...m.text.map((o) => `text:${o.kind}`), ...m.files.map((o) => `file:${o.kind}`)];
+  return [
+    ...m.structured.map((o) => `yaml:${o.kind}`),
+    ...m.text.map((o) => `text:${o.kind}`),
+    ...m.files.map((o) => `file:${o.kind}`),
+  ];
 }
 
 /** Every kind of edit a mutation can make (kindsOf's names): the fuzzer must have made each. */
 export const EDIT_KINDS = [
-  ...['set', 'delete', 'rename', 'duplicate-key', 'add-key', 'alias', 'retype', 'style', 'copy-doc', 'drop-doc', 'swap-values'].map((k) => `yaml:${k}`),
-  ...['flip', 'delete', 'insert', 'dup-line', 'swap-lines', 'indent', 'truncate', 'huge', 'deep-flow', 'deep-block', 'alias-bomb', 'line-ends', 'bom', 'documents', 'directive', 'bad-utf8'].map((k) => `text:${k}`),
+  ...[
+    'set',
+    'delete',
+    'rename',
+    'duplicate-key',
+    'add-key',
+    'alias',
+    'retype',
+    'style',
+    'copy-doc',
+    'drop-doc',
+    'swap-values',
+  ].map((k) => `yaml:${k}`),
+  ...[
+    'flip',
+    'delete',
+    'insert',
+    'dup-line',
+    'swap-lines',
+    'indent',
+    'truncate',
+    'huge',
+    'deep-flow',
+    'deep-block',
+    'alias-bomb',
+    'line-ends',
+    'bom',
+    'documents',
+    'directive',
+    'bad-utf8',
+  ].map((k) => `text:${k}`),
   ...['drop-file', 'copy-file', 'rename-file', 'empty-file'].map((k) => `file:${k}`),
 ];
 
@@ -402,17 +777,58 @@ export const EDIT_KINDS = [
  * of the repository: `edit(files)` (a Map of path -> Buffer).
  */
 export const TARGETED = [
-  { code: 'FILE_TOO_LARGE', what: 'a file of 1 MiB + 1 byte', edit: (f) => f.set('hostile.yaml', Buffer.from(`description: ${'x'.repeat(1024 * 1024 - 13)}\n`)) },
-  { code: 'FILE_NOT_UTF8', what: 'a byte 0xff in a name', edit: (f) => f.set('hostile.yaml', Buffer.concat([Buffer.from('kind: Policy\nname: a'), Buffer.from([0xff]), Buffer.from('\nevery: 30d\n')])) },
-  { code: 'YAML_SYNTAX', what: 'an unclosed flow sequence', edit: (f) => f.set('hostile.yaml', Buffer.from('kind: Policy\nname: [a, b\nevery: 30d\n')) },
-  { code: 'YAML_DUPLICATE_KEY', what: 'name given twice', edit: (f) => f.set('hostile.yaml', Buffer.from('kind: Policy\nname: a\nname: b\nevery: 30d\n')) },
-  { code: 'YAML_ALIAS_LIMIT', what: 'a billion laughs (10 aliases to 10 aliases, 9 levels)', edit: (f) => {
-    let bomb = 'kind: Policy\nname: bomb\nevery: 30d\nb0: &b0 [lol]\n';
-    for (let l = 1; l <= 9; l++) bomb += `b${l}: &b${l} [${Array.from({ length: 10 }, () => `*b${l - 1}`).join(', ')}]\n`;
-    f.set('hostile.yaml', Buffer.from(bomb));
-  } },
-  { code: 'YAML_TOO_DEEP', what: '5,000 nested flow sequences', edit: (f) => f.set('hostile.yaml', Buffer.from(`kind: Policy\nname: deep\nevery: 30d\ndeep: ${'['.repeat(5000)}${']'.repeat(5000)}\n`)) },
-  { code: 'YAML_TOO_MANY_DOCUMENTS', what: '20,000 empty documents', edit: (f) => f.set('hostile.yaml', Buffer.from('---\n'.repeat(20_000))) },
-  { code: 'SCHEMA_TYPE', what: 'retain: a list', edit: (f) => f.set('hostile.yaml', Buffer.from('kind: Policy\nname: typed\nevery: 30d\nretain: [3]\n')) },
+  {
+    code: 'FILE_TOO_LARGE',
+    what: 'a file of 1 MiB + 1 byte',
+    edit: (f) => f.set('hostile.yaml', Buffer.from(`description: ${'x'.repeat(1024 * 1024 - 13)}\n`)),
+  },
+  {
+    code: 'FILE_NOT_UTF8',
+    what: 'a byte 0xff in a name',
+    edit: (f) =>
+      f.set(
+        'hostile.yaml',
+        Buffer.concat([Buffer.from('kind: Policy\nname: a'), Buffer.from([0xff]), Buffer.from('\nevery: 30d\n')]),
+      ),
+  },
+  {
+    code: 'YAML_SYNTAX',
+    what: 'an unclosed flow sequence',
+    edit: (f) => f.set('hostile.yaml', Buffer.from('kind: Policy\nname: [a, b\nevery: 30d\n')),
+  },
+  {
+    code: 'YAML_DUPLICATE_KEY',
+    what: 'name given twice',
+    edit: (f) => f.set('hostile.yaml', Buffer.from('kind: Policy\nname: a\nname: b\nevery: 30d\n')),
+  },
+  {
+    code: 'YAML_ALIAS_LIMIT',
+    what: 'a billion laughs (10 aliases to 10 aliases, 9 levels)',
+    edit: (f) => {
+      let bomb = 'kind: Policy\nname: bomb\nevery: 30d\nb0: &b0 [lol]\n';
+      for (let l = 1; l <= 9; l++)
+        bomb += `b${l}: &b${l} [${Array.from({ length: 10 }, () => `*b${l - 1}`).join(', ')}]\n`;
+      f.set('hostile.yaml', Buffer.from(bomb));
+    },
+  },
+  {
+    code: 'YAML_TOO_DEEP',
+    what: '5,000 nested flow sequences',
+    edit: (f) =>
+      f.set(
+        'hostile.yaml',
+        Buffer.from(`kind: Policy\nname: deep\nevery: 30d\ndeep: ${'['.repeat(5000)}${']'.repeat(5000)}\n`),
+      ),
+  },
+  {
+    code: 'YAML_TOO_MANY_DOCUMENTS',
+    what: '20,000 empty documents',
+    edit: (f) => f.set('hostile.yaml', Buffer.from('---\n'.repeat(20_000))),
+  },
+  {
+    code: 'SCHEMA_TYPE',
+    what: 'retain: a list',
+    edit: (f) => f.set('hostile.yaml', Buffer.from('kind: Policy\nname: typed\nevery: 30d\nretain: [3]\n')),
+  },
   { code: 'CONFIG_MISSING', what: 'rotor.yaml removed', edit: (f) => f.delete('rotor.yaml') },
 ];

@@ -7,8 +7,8 @@
 //   { type: 'done', stats }       the summary (see `stats` below); stats.failure is set when a check failed
 import { parentPort, workerData } from 'node:worker_threads';
 import fc from 'fast-check';
-import { dist } from './harness.mjs';
 import { applyMutation, describe, kindsOf, mutation, TARGETED } from './fuzz-mutations.mjs';
+import { dist } from './harness.mjs';
 import { MemorySource, readTree } from './memory-source.mjs';
 
 const { loadModel } = await dist('src/model/load.js');
@@ -19,7 +19,9 @@ const { dir, runs, seed, targeted } = workerData;
 const processWarnings = { count: 0, example: '' };
 process.emitWarning = (w) => {
   processWarnings.count++;
-  processWarnings.example ||= String(w?.message ?? w).split('\n')[0].slice(0, 120);
+  processWarnings.example ||= String(w?.message ?? w)
+    .split('\n')[0]
+    .slice(0, 120);
 };
 const NOW = Date.parse('2026-11-26T00:00:00Z');
 const base = readTree(dir);
@@ -68,7 +70,11 @@ async function loadAndCheck(files, desc) {
   try {
     r = await loadModel(new MemorySource(files), { now: NOW });
   } catch (e) {
-    throw new Error(`loadModel threw ${e?.name ?? typeof e}: ${String(e?.message ?? e).split('\n')[0].slice(0, 200)}`);
+    throw new Error(
+      `loadModel threw ${e?.name ?? typeof e}: ${String(e?.message ?? e)
+        .split('\n')[0]
+        .slice(0, 200)}`,
+    );
   } finally {
     parentPort.postMessage({ type: 'returned', n: id });
   }
@@ -76,11 +82,20 @@ async function loadAndCheck(files, desc) {
   const errors = r.problems.filter((p) => p.severity === 'error');
   for (const p of r.problems) {
     const where = `${p.code} at ${JSON.stringify(p.file)}:${p.line}:${p.col}`;
-    if (p.severity === 'error' && (typeof p.file !== 'string' || p.file === '' || !Number.isSafeInteger(p.line) || p.line < 1 || !Number.isSafeInteger(p.col) || p.col < 1)) {
+    if (
+      p.severity === 'error' &&
+      (typeof p.file !== 'string' ||
+        p.file === '' ||
+        !Number.isSafeInteger(p.line) ||
+        p.line < 1 ||
+        !Number.isSafeInteger(p.col) ||
+        p.col < 1)
+    ) {
       throw new Error(`an error problem without a file and a line: ${where}`);
     }
     if (!(p.code in CODES)) throw new Error(`a problem with an unknown code: ${where}`);
-    if (typeof p.message !== 'string' || p.message === '' || /[\n\r]/.test(p.message)) throw new Error(`a problem whose message is empty or not one line: ${where}`);
+    if (typeof p.message !== 'string' || p.message === '' || /[\n\r]/.test(p.message))
+      throw new Error(`a problem whose message is empty or not one line: ${where}`);
   }
   if (r.valid !== (errors.length === 0)) throw new Error(`valid is ${r.valid} with ${errors.length} errors`);
   return { r, errors, took };

@@ -44,10 +44,13 @@ export async function discover(dir = PROVE_DIR) {
 
 /** Parses "4,5,6" (or "4 5") into a set of part numbers; throws on anything else. */
 export function parseOnly(text) {
-  const numbers = String(text).split(/[\s,]+/).filter(Boolean).map((s) => {
-    if (!/^\d+$/.test(s)) throw new Error(`--only takes part numbers separated by commas (4,5,6), not "${s}"`);
-    return Number(s);
-  });
+  const numbers = String(text)
+    .split(/[\s,]+/)
+    .filter(Boolean)
+    .map((s) => {
+      if (!/^\d+$/.test(s)) throw new Error(`--only takes part numbers separated by commas (4,5,6), not "${s}"`);
+      return Number(s);
+    });
   if (numbers.length === 0) throw new Error('--only needs at least one part number');
   return new Set(numbers);
 }
@@ -56,7 +59,8 @@ export function parseOnly(text) {
 export async function loadPart(entry) {
   const mod = await import(pathToFileURL(entry.file).href);
   const problems = [];
-  if (mod.part !== entry.number) problems.push(`exports part = ${JSON.stringify(mod.part)}, but its file name says ${entry.number}`);
+  if (mod.part !== entry.number)
+    problems.push(`exports part = ${JSON.stringify(mod.part)}, but its file name says ${entry.number}`);
   if (typeof mod.title !== 'string' || mod.title === '') problems.push('exports no title');
   if (typeof mod.run !== 'function') problems.push('exports no run({ short, log }) function');
   if (problems.length > 0) throw new Error(`${entry.name}: ${problems.join('; ')}`);
@@ -71,10 +75,13 @@ export function validRow(r) {
 }
 
 function checkRows(result, name) {
-  if (!result || !Array.isArray(result.rows) || result.rows.length === 0) throw new Error(`${name}: run() returned no rows`);
+  if (!result || !Array.isArray(result.rows) || result.rows.length === 0)
+    throw new Error(`${name}: run() returned no rows`);
   for (const r of result.rows) {
     if (!validRow(r)) {
-      throw new Error(`${name}: a row is not { check: string, figure: string, ok: boolean } nor { check: string, figure: string, skip: reason }: ${JSON.stringify(r)?.slice(0, 200)}`);
+      throw new Error(
+        `${name}: a row is not { check: string, figure: string, ok: boolean } nor { check: string, figure: string, skip: reason }: ${JSON.stringify(r)?.slice(0, 200)}`,
+      );
     }
   }
   return result.rows;
@@ -83,7 +90,11 @@ function checkRows(result, name) {
 /** The rows of results that failed, held and were skipped: { failed, held, skipped } (arrays of rows). */
 export function outcome(results) {
   const rows = results.flatMap((r) => r.rows);
-  return { failed: rows.filter((row) => !('skip' in row) && !row.ok), held: rows.filter((row) => !('skip' in row) && row.ok), skipped: rows.filter((row) => 'skip' in row) };
+  return {
+    failed: rows.filter((row) => !('skip' in row) && !row.ok),
+    held: rows.filter((row) => !('skip' in row) && row.ok),
+    skipped: rows.filter((row) => 'skip' in row),
+  };
 }
 
 /**
@@ -99,10 +110,21 @@ export async function runPart(entry, { short, log }) {
     const result = await mod.run({ short, log });
     const rows = checkRows(result, entry.name);
     // `details`: optional markdown (a table, a curve) written under the results table.
-    return { part: entry.number, title, rows, ms: performance.now() - t0, ...(typeof result?.details === 'string' ? { details: result.details } : {}) };
+    return {
+      part: entry.number,
+      title,
+      rows,
+      ms: performance.now() - t0,
+      ...(typeof result?.details === 'string' ? { details: result.details } : {}),
+    };
   } catch (e) {
     const why = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-    return { part: entry.number, title, rows: [{ check: 'the part ran to its end', figure: why.split('\n')[0].slice(0, 300), ok: false }], ms: performance.now() - t0 };
+    return {
+      part: entry.number,
+      title,
+      rows: [{ check: 'the part ran to its end', figure: why.split('\n')[0].slice(0, 300), ok: false }],
+      ms: performance.now() - t0,
+    };
   }
 }
 
@@ -117,7 +139,9 @@ export function table(results) {
     for (const row of r.rows) {
       const skipped = 'skip' in row;
       const figure = skipped ? `${row.figure ? `${row.figure}; ` : ''}not checked: ${row.skip}` : row.figure;
-      lines.push(`| ${r.part} | ${cell(row.check)} | ${cell(figure)} | ${skipped ? 'skipped' : row.ok ? 'ok' : '**FAILED**'} |`);
+      lines.push(
+        `| ${r.part} | ${cell(row.check)} | ${cell(figure)} | ${skipped ? 'skipped' : row.ok ? 'ok' : '**FAILED**'} |`,
+      );
     }
   }
   return lines.join('\n');
@@ -171,12 +195,14 @@ export function count(counts, key, by = 1) {
 export async function pool(items, width, fn) {
   const out = new Array(items.length);
   let next = 0;
-  await Promise.all(Array.from({ length: Math.min(width, items.length) }, async (_, lane) => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i], lane);
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: Math.min(width, items.length) }, async (_, lane) => {
+      while (next < items.length) {
+        const i = next++;
+        out[i] = await fn(items[i], lane);
+      }
+    }),
+  );
   return out;
 }
 

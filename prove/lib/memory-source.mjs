@@ -24,7 +24,14 @@ export class MemorySource {
     const out = new Map();
     for (const p of paths) {
       const buf = this.files.get(p);
-      out.set(p, buf === undefined ? new Error(`no file ${p}`) : buf.length > maxBytes ? new Error(`${p} is over ${maxBytes} bytes`) : buf);
+      out.set(
+        p,
+        buf === undefined
+          ? new Error(`no file ${p}`)
+          : buf.length > maxBytes
+            ? new Error(`${p} is over ${maxBytes} bytes`)
+            : buf,
+      );
     }
     return out;
   }

@@ -30,9 +30,22 @@ const { openStore } = await dist('src/state/store.js');
 const identity = readFileSync(identityFile, 'utf8').trim();
 await new Promise((resolve) => process.stdin.once('data', resolve));
 process.stdin.pause();
-const kind = (m) => (/incomplete record/.test(m) ? 'torn' : /compaction was interrupted/.test(m) ? 'compaction' : /finished creating/.test(m) ? 'creation' : 'other');
+const kind = (m) =>
+  /incomplete record/.test(m)
+    ? 'torn'
+    : /compaction was interrupted/.test(m)
+      ? 'compaction'
+      : /finished creating/.test(m)
+        ? 'creation'
+        : 'other';
 out('open\n');
-const store = await openStore({ dir, identity, recipients: [recipient], compactAfter: { records: 25 }, onWarning: (m) => out(`warn ${kind(m)}\n`) });
+const store = await openStore({
+  dir,
+  identity,
+  recipients: [recipient],
+  compactAfter: { records: 25 },
+  onWarning: (m) => out(`warn ${kind(m)}\n`),
+});
 const counter = store.get('counter') ?? 0;
 out(`ready ${counter}\n`);
 let next = counter + 1;

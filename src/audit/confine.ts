@@ -32,7 +32,8 @@ export async function confineAuditFs(root: string, fs: AuditFs): Promise<AuditFs
   async function checked(p: string, last: boolean): Promise<string> {
     const rel = path.relative(abs, path.resolve(p));
     if (rel === '') return real;
-    if (rel.startsWith('..') || path.isAbsolute(rel)) throw fsError('EXDEV', `${p} is outside ${abs}: the audit log stays inside the clone`);
+    if (rel.startsWith('..') || path.isAbsolute(rel))
+      throw fsError('EXDEV', `${p} is outside ${abs}: the audit log stays inside the clone`);
     const segs = rel.split(path.sep);
     let at = real;
     for (let i = 0; i < segs.length; i++) {
@@ -45,8 +46,16 @@ export async function confineAuditFs(root: string, fs: AuditFs): Promise<AuditFs
       });
       if (!st) break;
       const shown = path.join(abs, ...segs.slice(0, i + 1));
-      if (st.isSymbolicLink()) throw fsError('ELOOP', `${shown} is a symbolic link: rotor never reads or writes its audit log through a link; make it a plain directory of the repository`);
-      if (i < segs.length - 1 && !st.isDirectory()) throw fsError('ENOTDIR', `${shown} is not a directory: the audit directory must be a plain directory of the repository`);
+      if (st.isSymbolicLink())
+        throw fsError(
+          'ELOOP',
+          `${shown} is a symbolic link: rotor never reads or writes its audit log through a link; make it a plain directory of the repository`,
+        );
+      if (i < segs.length - 1 && !st.isDirectory())
+        throw fsError(
+          'ENOTDIR',
+          `${shown} is not a directory: the audit directory must be a plain directory of the repository`,
+        );
     }
     return path.join(real, rel);
   }
@@ -66,7 +75,8 @@ export async function confineAuditFs(root: string, fs: AuditFs): Promise<AuditFs
         at = path.join(at, seg);
         const st = await lstat(at).catch(() => undefined);
         if (st) {
-          if (st.isSymbolicLink()) throw fsError('ELOOP', `${at} is a symbolic link: rotor never writes its audit log through a link`);
+          if (st.isSymbolicLink())
+            throw fsError('ELOOP', `${at} is a symbolic link: rotor never writes its audit log through a link`);
           if (!st.isDirectory()) throw fsError('ENOTDIR', `${at} is not a directory`);
           continue;
         }

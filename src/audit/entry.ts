@@ -23,7 +23,17 @@ export type AuditTrigger = 'schedule' | 'request' | 'cli' | 'new' | 'removal' | 
 export const TRIGGERS: readonly AuditTrigger[] = ['schedule', 'request', 'cli', 'new', 'removal', 'config', 'commit'];
 
 /** The events rotor writes today; `event` is any short lowercase word so that new ones need no migration. */
-export const KNOWN_EVENTS = ['created', 'rotated', 'retired', 'purged', 'removed', 'rotation-failed', 'config-applied', 'config-rejected', 'access-denied'] as const;
+export const KNOWN_EVENTS = [
+  'created',
+  'rotated',
+  'retired',
+  'purged',
+  'removed',
+  'rotation-failed',
+  'config-applied',
+  'config-rejected',
+  'access-denied',
+] as const;
 export type KnownAuditEvent = (typeof KNOWN_EVENTS)[number];
 
 export interface AuditEntry {
@@ -60,7 +70,24 @@ export interface AuditEntry {
 export type AuditInput = Omit<AuditEntry, 'seq' | 'prev' | 'hash'>;
 
 /** The serialization order of the fields. */
-export const FIELDS = ['seq', 'time', 'event', 'secret', 'from', 'to', 'trigger', 'reason', 'commit', 'fingerprint', 'stateSeq', 'storeId', 'problems', 'detail', 'prev', 'hash'] as const;
+export const FIELDS = [
+  'seq',
+  'time',
+  'event',
+  'secret',
+  'from',
+  'to',
+  'trigger',
+  'reason',
+  'commit',
+  'fingerprint',
+  'stateSeq',
+  'storeId',
+  'problems',
+  'detail',
+  'prev',
+  'hash',
+] as const;
 const FIELD_SET: ReadonlySet<string> = new Set(FIELDS);
 const INPUT_FIELDS: ReadonlySet<string> = new Set(FIELDS.filter((f) => f !== 'seq' && f !== 'prev' && f !== 'hash'));
 
@@ -118,7 +145,9 @@ const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
 export function jsonString(s: string): string {
   if (PLAIN.test(s)) return `"${s}"`;
   const json = JSON.stringify(s);
-  return NEEDS_EXTRA.test(json) ? json.replace(EXTRA_ESCAPES, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`) : json;
+  return NEEDS_EXTRA.test(json)
+    ? json.replace(EXTRA_ESCAPES, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+    : json;
 }
 
 // crypto.hash (Node 20.12+) is a one-shot digest, about twice as fast as createHash for short lines.
@@ -219,16 +248,25 @@ export function entryProblem(e: Record<string, unknown>, chained: boolean): stri
     if (!isHex64(e.hash)) return 'hash must be 64 lowercase hex digits';
   }
   if (!isIsoTime(e.time)) return 'time must be an ISO 8601 UTC time with milliseconds (2026-11-26T02:00:00.000Z)';
-  if (typeof e.event !== 'string' || !EVENT.test(e.event)) return 'event must be a lowercase word of letters, digits and "-" (at most 64)';
-  if (e.secret !== undefined && (typeof e.secret !== 'string' || e.secret.length === 0 || e.secret.length > MAX_SECRET)) return `secret must be a name of 1 to ${MAX_SECRET} characters`;
+  if (typeof e.event !== 'string' || !EVENT.test(e.event))
+    return 'event must be a lowercase word of letters, digits and "-" (at most 64)';
+  if (e.secret !== undefined && (typeof e.secret !== 'string' || e.secret.length === 0 || e.secret.length > MAX_SECRET))
+    return `secret must be a name of 1 to ${MAX_SECRET} characters`;
   if (e.from !== undefined && !isCount(e.from, 0)) return 'from must be a non-negative integer';
   if (e.to !== undefined && !isCount(e.to, 0)) return 'to must be a non-negative integer';
-  if (e.trigger !== undefined && !TRIGGER_SET.has(e.trigger as string)) return `trigger must be one of ${TRIGGERS.join(', ')}`;
+  if (e.trigger !== undefined && !TRIGGER_SET.has(e.trigger as string))
+    return `trigger must be one of ${TRIGGERS.join(', ')}`;
   if (e.reason !== undefined && !isText(e.reason)) return `reason must be a string of at most ${MAX_TEXT} characters`;
-  if (e.commit !== undefined && (typeof e.commit !== 'string' || !COMMIT.test(e.commit))) return 'commit must be a full git commit id (40 or 64 lowercase hex digits)';
-  if (e.fingerprint !== undefined && (typeof e.fingerprint !== 'string' || !FINGERPRINT.test(e.fingerprint))) return 'fingerprint must be "hmac-sha256:" and 22 base64url characters';
+  if (e.commit !== undefined && (typeof e.commit !== 'string' || !COMMIT.test(e.commit)))
+    return 'commit must be a full git commit id (40 or 64 lowercase hex digits)';
+  if (e.fingerprint !== undefined && (typeof e.fingerprint !== 'string' || !FINGERPRINT.test(e.fingerprint)))
+    return 'fingerprint must be "hmac-sha256:" and 22 base64url characters';
   if (e.stateSeq !== undefined && !isCount(e.stateSeq, 0)) return 'stateSeq must be a non-negative integer';
-  if (e.storeId !== undefined && (typeof e.storeId !== 'string' || e.storeId.length === 0 || e.storeId.length > MAX_STORE_ID)) return `storeId must be a string of 1 to ${MAX_STORE_ID} characters`;
+  if (
+    e.storeId !== undefined &&
+    (typeof e.storeId !== 'string' || e.storeId.length === 0 || e.storeId.length > MAX_STORE_ID)
+  )
+    return `storeId must be a string of 1 to ${MAX_STORE_ID} characters`;
   if (e.problems !== undefined && !isCount(e.problems, 0)) return 'problems must be a non-negative integer';
   if (e.detail !== undefined && !isText(e.detail)) return `detail must be a string of at most ${MAX_TEXT} characters`;
   return undefined;
@@ -258,7 +296,8 @@ export function boundText(s: string): string {
  * AUDIT_INVALID_ENTRY for anything else that is wrong (a bug in the caller, never silently fixed).
  */
 export function normalizeInput(input: AuditInput): AuditInput {
-  if (typeof input !== 'object' || input === null) throw new AuditError('AUDIT_INVALID_ENTRY', 'an audit entry must be an object');
+  if (typeof input !== 'object' || input === null)
+    throw new AuditError('AUDIT_INVALID_ENTRY', 'an audit entry must be an object');
   const out: Record<string, unknown> = {};
   for (const f of FIELDS) {
     let v = (input as Record<string, unknown>)[f];
@@ -268,7 +307,10 @@ export function normalizeInput(input: AuditInput): AuditInput {
   }
   for (const k of Object.keys(input)) {
     if (!INPUT_FIELDS.has(k) && (input as Record<string, unknown>)[k] !== undefined) {
-      throw new AuditError('AUDIT_INVALID_ENTRY', `audit entry: unknown field ${jsonString(k.slice(0, 40))}${FIELD_SET.has(k) ? ' (the log assigns it)' : ''}`);
+      throw new AuditError(
+        'AUDIT_INVALID_ENTRY',
+        `audit entry: unknown field ${jsonString(k.slice(0, 40))}${FIELD_SET.has(k) ? ' (the log assigns it)' : ''}`,
+      );
     }
   }
   const why = entryProblem(out, false);

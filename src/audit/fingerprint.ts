@@ -36,7 +36,8 @@ export function canonicalJson(value: unknown): string {
       out = `[${v.map(walk).join(',')}]`;
     } else {
       const proto = Object.getPrototypeOf(v);
-      if (proto !== Object.prototype && proto !== null) throw new TypeError('canonical JSON: only plain objects and arrays');
+      if (proto !== Object.prototype && proto !== null)
+        throw new TypeError('canonical JSON: only plain objects and arrays');
       const keys = Object.keys(v).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
       out = `{${keys.map((k) => `${JSON.stringify(k)}:${walk((v as Record<string, unknown>)[k])}`).join(',')}}`;
     }

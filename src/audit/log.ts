@@ -20,7 +20,17 @@ import { constants as fsConstants } from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { AuditEntry, AuditInput } from './entry.js';
-import { AuditError, FILE_NAME, lineHash as sha, MAX_LINE_BYTES, monthFile, normalizeInput, sealEntry, serializeBody, ZERO_HASH } from './entry.js';
+import {
+  AuditError,
+  FILE_NAME,
+  MAX_LINE_BYTES,
+  monthFile,
+  normalizeInput,
+  sealEntry,
+  serializeBody,
+  lineHash as sha,
+  ZERO_HASH,
+} from './entry.js';
 import type { Anchor, EntryLocation, VerifyResult } from './verify.js';
 import { ChainVerifier } from './verify.js';
 
@@ -111,7 +121,10 @@ export async function verifyAuditDir(dir: string, options: ReadOptions = {}): Pr
   try {
     names = await fs.readdir(dir);
   } catch (e) {
-    if (errno(e) !== 'ENOENT') throw new AuditError('AUDIT_IO', `cannot list the audit directory ${dir}: ${describe(e)}`, undefined, { cause: e });
+    if (errno(e) !== 'ENOENT')
+      throw new AuditError('AUDIT_IO', `cannot list the audit directory ${dir}: ${describe(e)}`, undefined, {
+        cause: e,
+      });
     const v = new ChainVerifier(options);
     return { result: v.finish(), files: [], exists: false, lineHash: v.head.lineHash };
   }
@@ -123,7 +136,9 @@ export async function verifyAuditDir(dir: string, options: ReadOptions = {}): Pr
     try {
       buf = await fs.readFile(path.join(dir, name));
     } catch (e) {
-      throw new AuditError('AUDIT_IO', `cannot read the audit file ${label(name)}: ${describe(e)}`, undefined, { cause: e });
+      throw new AuditError('AUDIT_IO', `cannot read the audit file ${label(name)}: ${describe(e)}`, undefined, {
+        cause: e,
+      });
     }
     last = { name, size: buf.length };
     let text: string;
@@ -145,7 +160,8 @@ export async function verifyAuditDir(dir: string, options: ReadOptions = {}): Pr
         start = end + 1;
         line++;
       }
-      if (!v.addFile(label(name), decoder.decode(buf.subarray(0, start)))) v.unreadable(label(name), line, 'the line is not valid UTF-8');
+      if (!v.addFile(label(name), decoder.decode(buf.subarray(0, start))))
+        v.unreadable(label(name), line, 'the line is not valid UTF-8');
       break;
     }
     if (v.addFile(label(name), text)) break;
@@ -158,7 +174,11 @@ export const GROUP_ENTRIES = 1000;
 
 /** The bytes a line of this input takes at most (with the longest seq). */
 function maxLineBytes(input: AuditInput): number {
-  return Buffer.byteLength(serializeBody({ seq: Number.MAX_SAFE_INTEGER, ...input, prev: ZERO_HASH }), 'utf8') + ',"hash":""'.length + 64;
+  return (
+    Buffer.byteLength(serializeBody({ seq: Number.MAX_SAFE_INTEGER, ...input, prev: ZERO_HASH }), 'utf8') +
+    ',"hash":""'.length +
+    64
+  );
 }
 
 interface Call {
@@ -194,7 +214,11 @@ export class AuditLog {
   private undo: readonly Touched[] | undefined;
   private closed = false;
 
-  private constructor(readonly dir: string, private readonly fs: AuditFs, v: DirVerification & { result: { ok: true } }) {
+  private constructor(
+    readonly dir: string,
+    private readonly fs: AuditFs,
+    v: DirVerification & { result: { ok: true } },
+  ) {
     this.seq = v.result.head.seq;
     this.hash = v.result.head.hash;
     this.lineHash = v.lineHash;
@@ -213,7 +237,11 @@ export class AuditLog {
     const v = await verifyAuditDir(dir, { ...options, fs });
     if (!v.result.ok) {
       const r = v.result;
-      throw new AuditError(r.code, `${r.file}:${r.line}: ${r.message}`, { file: r.file, line: r.line, ...(r.seq !== undefined ? { seq: r.seq } : {}) });
+      throw new AuditError(r.code, `${r.file}:${r.line}: ${r.message}`, {
+        file: r.file,
+        line: r.line,
+        ...(r.seq !== undefined ? { seq: r.seq } : {}),
+      });
     }
     return new AuditLog(dir, fs, v as DirVerification & { result: { ok: true } });
   }
@@ -234,7 +262,11 @@ export class AuditLog {
       if (this.closed) throw new AuditError('AUDIT_UNUSABLE', 'the audit log is closed');
       inputs = entries.map(normalizeInput);
       for (const input of inputs) {
-        if (maxLineBytes(input) > MAX_LINE_BYTES) throw new AuditError('AUDIT_INVALID_ENTRY', `an audit entry would be a line over ${MAX_LINE_BYTES / 1024} KiB`);
+        if (maxLineBytes(input) > MAX_LINE_BYTES)
+          throw new AuditError(
+            'AUDIT_INVALID_ENTRY',
+            `an audit entry would be a line over ${MAX_LINE_BYTES / 1024} KiB`,
+          );
       }
     } catch (e) {
       return Promise.reject(e);
@@ -256,7 +288,8 @@ export class AuditLog {
     while (this.pending.length > 0) {
       let count = 0;
       let n = 0;
-      while (n < this.pending.length && (n === 0 || count + this.pending[n]!.inputs.length <= GROUP_ENTRIES)) count += this.pending[n++]!.inputs.length;
+      while (n < this.pending.length && (n === 0 || count + this.pending[n]!.inputs.length <= GROUP_ENTRIES))
+        count += this.pending[n++]!.inputs.length;
       const group = this.pending.splice(0, n);
       try {
         const written = await this.write(group.flatMap((c) => c.inputs));
@@ -280,11 +313,16 @@ export class AuditLog {
     for (const input of inputs) {
       seq++;
       const { entry, line } = sealEntry({ seq, ...input, prev });
-      if (Buffer.byteLength(line, 'utf8') > MAX_LINE_BYTES) throw new AuditError('AUDIT_INVALID_ENTRY', `audit entry ${seq} would be a line over ${MAX_LINE_BYTES / 1024} KiB`);
+      if (Buffer.byteLength(line, 'utf8') > MAX_LINE_BYTES)
+        throw new AuditError(
+          'AUDIT_INVALID_ENTRY',
+          `audit entry ${seq} would be a line over ${MAX_LINE_BYTES / 1024} KiB`,
+        );
       // The file of the entry's month, or the last file if the clock went back across a month.
       const month = monthFile(entry.time);
       file = file !== undefined && file > month ? file : month;
-      if (!FILE_NAME.test(file)) throw new AuditError('AUDIT_INVALID_ENTRY', `audit entry ${seq}: time ${entry.time} gives no audit file name`);
+      if (!FILE_NAME.test(file))
+        throw new AuditError('AUDIT_INVALID_ENTRY', `audit entry ${seq}: time ${entry.time} gives no audit file name`);
       out.push({ entry: Object.freeze(entry), line, file });
       prev = sha(line);
     }
@@ -298,7 +336,12 @@ export class AuditLog {
         await this.undoAppend(this.undo);
         this.undo = undefined;
       } catch (e) {
-        throw new AuditError('AUDIT_WRITE_FAILED', `cannot append to the audit log in ${this.dir}: the bytes of an earlier failed append are still to be removed, and that failed again: ${describe(e)}`, undefined, { cause: e });
+        throw new AuditError(
+          'AUDIT_WRITE_FAILED',
+          `cannot append to the audit log in ${this.dir}: the bytes of an earlier failed append are still to be removed, and that failed again: ${describe(e)}`,
+          undefined,
+          { cause: e },
+        );
       }
     }
     const prepared = this.prepare(inputs);
@@ -334,11 +377,19 @@ export class AuditLog {
         lastSize = data.length + (created ? 0 : this.lastSize);
       }
     } catch (e) {
-      const undoFailed = await this.undoAppend(touched).then(() => '', (u: unknown) => {
-        this.undo = touched;
-        return `; undoing the partial append failed too (done again before the next append): ${describe(u)}`;
-      });
-      throw new AuditError('AUDIT_WRITE_FAILED', `cannot append to the audit log in ${this.dir}: ${describe(e)}${undoFailed}`, undefined, { cause: e });
+      const undoFailed = await this.undoAppend(touched).then(
+        () => '',
+        (u: unknown) => {
+          this.undo = touched;
+          return `; undoing the partial append failed too (done again before the next append): ${describe(u)}`;
+        },
+      );
+      throw new AuditError(
+        'AUDIT_WRITE_FAILED',
+        `cannot append to the audit log in ${this.dir}: ${describe(e)}${undoFailed}`,
+        undefined,
+        { cause: e },
+      );
     }
     const last = prepared.at(-1)!;
     this.seq = last.entry.seq;

@@ -23,7 +23,17 @@
  * It keeps only the previous line's hash and a few counters: memory does not grow with the log.
  */
 import type { AuditEntry, AuditErrorCode } from './entry.js';
-import { entryProblem, FILE_NAME, jsonString, lineHash, MAX_LINE_BYTES, serializeBody, sha256, withHash, ZERO_HASH } from './entry.js';
+import {
+  entryProblem,
+  FILE_NAME,
+  jsonString,
+  lineHash,
+  MAX_LINE_BYTES,
+  serializeBody,
+  sha256,
+  withHash,
+  ZERO_HASH,
+} from './entry.js';
 
 export interface Anchor {
   readonly seq: number;
@@ -81,13 +91,25 @@ function baseName(p: string): string {
 
 function checkAnchor(anchor: Anchor | undefined): void {
   if (anchor === undefined) return;
-  if (!Number.isSafeInteger(anchor.seq) || anchor.seq < 1 || typeof anchor.hash !== 'string' || !HEX64.test(anchor.hash)) {
+  if (
+    !Number.isSafeInteger(anchor.seq) ||
+    anchor.seq < 1 ||
+    typeof anchor.hash !== 'string' ||
+    !HEX64.test(anchor.hash)
+  ) {
     throw new TypeError('an audit anchor is { seq: a positive integer, hash: 64 lowercase hex digits }');
   }
 }
 
 function checkState(s: ChainState): void {
-  if (!Number.isSafeInteger(s.seq) || s.seq < 0 || typeof s.hash !== 'string' || !HEX64.test(s.hash) || typeof s.lineHash !== 'string' || !HEX64.test(s.lineHash)) {
+  if (
+    !Number.isSafeInteger(s.seq) ||
+    s.seq < 0 ||
+    typeof s.hash !== 'string' ||
+    !HEX64.test(s.hash) ||
+    typeof s.lineHash !== 'string' ||
+    !HEX64.test(s.lineHash)
+  ) {
     throw new TypeError('a chain state is { seq: a non-negative integer, hash and lineHash: 64 lowercase hex digits }');
   }
 }
@@ -106,7 +128,9 @@ export class ChainVerifier {
   private failure: VerifyFailure | undefined;
 
   constructor(
-    private readonly options: VerifyOptions & { readonly onEntry?: (entry: AuditEntry, at: EntryLocation) => void } = {},
+    private readonly options: VerifyOptions & {
+      readonly onEntry?: (entry: AuditEntry, at: EntryLocation) => void;
+    } = {},
   ) {
     checkAnchor(options.anchor);
     const from = options.from ?? GENESIS;
@@ -134,8 +158,20 @@ export class ChainVerifier {
     this.lastName = name;
     this.files++;
     this.lastFile = { path, lines: firstLine - 1 };
-    if (before !== undefined && !(name > before)) return this.fail(path, 1, 'AUDIT_MALFORMED', `${jsonString(name)} comes after ${jsonString(before)}: audit files are read in name order, each name once`);
-    if (!FILE_NAME.test(name)) return this.fail(path, 1, 'AUDIT_MALFORMED', `${jsonString(name)} is not an audit file name: the log's files are named YYYY-MM.jsonl`);
+    if (before !== undefined && !(name > before))
+      return this.fail(
+        path,
+        1,
+        'AUDIT_MALFORMED',
+        `${jsonString(name)} comes after ${jsonString(before)}: audit files are read in name order, each name once`,
+      );
+    if (!FILE_NAME.test(name))
+      return this.fail(
+        path,
+        1,
+        'AUDIT_MALFORMED',
+        `${jsonString(name)} is not an audit file name: the log's files are named YYYY-MM.jsonl`,
+      );
     const fileMonth = name.slice(0, 7);
     let start = 0;
     let line = firstLine - 1;
@@ -151,21 +187,47 @@ export class ChainVerifier {
     return undefined;
   }
 
-  private checkLine(file: string, line: number, s: string, fileMonth: string, partial: boolean): VerifyFailure | undefined {
+  private checkLine(
+    file: string,
+    line: number,
+    s: string,
+    fileMonth: string,
+    partial: boolean,
+  ): VerifyFailure | undefined {
     // 1. Form.
     if (s.length > MAX_LINE_BYTES / 3 && Buffer.byteLength(s, 'utf8') > MAX_LINE_BYTES) {
-      return this.fail(file, line, 'AUDIT_MALFORMED', `the line is longer than ${MAX_LINE_BYTES / 1024} KiB; rotor never writes such a line`);
+      return this.fail(
+        file,
+        line,
+        'AUDIT_MALFORMED',
+        `the line is longer than ${MAX_LINE_BYTES / 1024} KiB; rotor never writes such a line`,
+      );
     }
     if (s.endsWith('\r')) {
-      return this.fail(file, line, 'AUDIT_MALFORMED', 'the line ends with a carriage return: the file was converted to CRLF line endings (mark audit files "-text" in .gitattributes)');
+      return this.fail(
+        file,
+        line,
+        'AUDIT_MALFORMED',
+        'the line ends with a carriage return: the file was converted to CRLF line endings (mark audit files "-text" in .gitattributes)',
+      );
     }
     let parsed: unknown;
     try {
       parsed = JSON.parse(s);
     } catch {
-      return this.fail(file, line, 'AUDIT_MALFORMED', partial ? 'the last line is incomplete (no newline, not JSON): a write was cut off, or the file was edited' : s.length === 0 ? 'an empty line' : 'the line is not valid JSON');
+      return this.fail(
+        file,
+        line,
+        'AUDIT_MALFORMED',
+        partial
+          ? 'the last line is incomplete (no newline, not JSON): a write was cut off, or the file was edited'
+          : s.length === 0
+            ? 'an empty line'
+            : 'the line is not valid JSON',
+      );
     }
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return this.fail(file, line, 'AUDIT_MALFORMED', 'the line is not a JSON object');
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+      return this.fail(file, line, 'AUDIT_MALFORMED', 'the line is not a JSON object');
     const rec = parsed as Record<string, unknown>;
     const seq = Number.isSafeInteger(rec.seq) ? (rec.seq as number) : undefined;
     const why = entryProblem(rec, true);
@@ -173,30 +235,71 @@ export class ChainVerifier {
     const e = rec as unknown as AuditEntry;
     const body = serializeBody(e);
     if (withHash(body, e.hash) !== s) {
-      return this.fail(file, line, 'AUDIT_MALFORMED', 'the line is not in canonical form (field order, spacing, number or string escaping differ from what rotor writes)', seq);
+      return this.fail(
+        file,
+        line,
+        'AUDIT_MALFORMED',
+        'the line is not in canonical form (field order, spacing, number or string escaping differ from what rotor writes)',
+        seq,
+      );
     }
-    if (partial) return this.fail(file, line, 'AUDIT_MALFORMED', 'the last line has no newline: a write was cut off, or the file was edited', seq);
+    if (partial)
+      return this.fail(
+        file,
+        line,
+        'AUDIT_MALFORMED',
+        'the last line has no newline: a write was cut off, or the file was edited',
+        seq,
+      );
     // 2. Its own hash.
-    if (sha256(body) !== e.hash) return this.fail(file, line, 'AUDIT_HASH_MISMATCH', `entry ${e.seq} does not match its hash: the line was edited`, seq);
+    if (sha256(body) !== e.hash)
+      return this.fail(
+        file,
+        line,
+        'AUDIT_HASH_MISMATCH',
+        `entry ${e.seq} does not match its hash: the line was edited`,
+        seq,
+      );
     // 3. Its place.
     const expected = this.seq + 1;
     if (e.seq !== expected) {
-      const message = e.seq > expected
-        ? `expected entry ${expected}, found ${e.seq}: ${e.seq - expected === 1 ? 'an entry is' : `${e.seq - expected} entries are`} missing (a deleted line or a missing file), or this line was moved`
-        : `expected entry ${expected}, found ${e.seq} again: a line was inserted or moved here`;
+      const message =
+        e.seq > expected
+          ? `expected entry ${expected}, found ${e.seq}: ${e.seq - expected === 1 ? 'an entry is' : `${e.seq - expected} entries are`} missing (a deleted line or a missing file), or this line was moved`
+          : `expected entry ${expected}, found ${e.seq} again: a line was inserted or moved here`;
       return this.fail(file, line, 'AUDIT_SEQ_GAP', message, seq);
     }
     // 4. The chain.
     if (e.prev !== this.prevLineHash) {
-      return this.fail(file, line, 'AUDIT_CHAIN_BROKEN', expected === 1 ? 'the first entry must have prev of 64 zeros: the log does not start here' : `entry ${e.seq} does not follow the line before it (prev differs): that line was changed, or this one was moved`, seq);
+      return this.fail(
+        file,
+        line,
+        'AUDIT_CHAIN_BROKEN',
+        expected === 1
+          ? 'the first entry must have prev of 64 zeros: the log does not start here'
+          : `entry ${e.seq} does not follow the line before it (prev differs): that line was changed, or this one was moved`,
+        seq,
+      );
     }
     const anchor = this.options.anchor;
     if (anchor && anchor.seq === e.seq && anchor.hash !== e.hash) {
-      return this.fail(file, line, 'AUDIT_CHAIN_BROKEN', `entry ${e.seq} is not the one anchored (hash ${anchor.hash.slice(0, 12)}..., found ${e.hash.slice(0, 12)}...): the log was rewritten at or before this entry`, seq);
+      return this.fail(
+        file,
+        line,
+        'AUDIT_CHAIN_BROKEN',
+        `entry ${e.seq} is not the one anchored (hash ${anchor.hash.slice(0, 12)}..., found ${e.hash.slice(0, 12)}...): the log was rewritten at or before this entry`,
+        seq,
+      );
     }
     // 5. Its file.
     if (e.time.slice(0, 7) > fileMonth) {
-      return this.fail(file, line, 'AUDIT_MALFORMED', `entry ${e.seq} is dated ${e.time.slice(0, 7)} but is in the file of ${fileMonth}: entries go to the file of their month or a later one`, seq);
+      return this.fail(
+        file,
+        line,
+        'AUDIT_MALFORMED',
+        `entry ${e.seq} is dated ${e.time.slice(0, 7)} but is in the file of ${fileMonth}: entries go to the file of their month or a later one`,
+        seq,
+      );
     }
     this.seq = e.seq;
     this.headHash = e.hash;
@@ -217,7 +320,13 @@ export class ChainVerifier {
     if (anchor && anchor.seq > this.seq) {
       const last = this.lastFile;
       const missing = anchor.seq - this.seq;
-      return this.fail(last?.path ?? '', (last?.lines ?? 0) + 1, 'AUDIT_TRUNCATED', `the log ends at entry ${this.seq} but the anchor is entry ${anchor.seq}: ${missing === 1 ? 'the last entry was' : `${missing} entries were`} removed`, this.seq + 1);
+      return this.fail(
+        last?.path ?? '',
+        (last?.lines ?? 0) + 1,
+        'AUDIT_TRUNCATED',
+        `the log ends at entry ${this.seq} but the anchor is entry ${anchor.seq}: ${missing === 1 ? 'the last entry was' : `${missing} entries were`} removed`,
+        this.seq + 1,
+      );
     }
     return { ok: true, entries: this.seq, files: this.files, head: { seq: this.seq, hash: this.headHash } };
   }

@@ -20,11 +20,22 @@ export function adminSocket(dataDir: string): string {
   return path.join(dataDir, 'admin.sock');
 }
 
-export function callAdmin(socketPath: string, method: 'GET' | 'POST', urlPath: string, body?: unknown): Promise<unknown> {
+export function callAdmin(
+  socketPath: string,
+  method: 'GET' | 'POST',
+  urlPath: string,
+  body?: unknown,
+): Promise<unknown> {
   const payload = body === undefined ? undefined : JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = request(
-      { socketPath, method, path: urlPath, headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}, timeout: 120_000 },
+      {
+        socketPath,
+        method,
+        path: urlPath,
+        headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
+        timeout: 120_000,
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -45,8 +56,20 @@ export function callAdmin(socketPath: string, method: 'GET' | 'POST', urlPath: s
     req.on('timeout', () => req.destroy(new AdminError('TIMEOUT', 'the daemon did not answer in time')));
     req.on('error', (e: NodeJS.ErrnoException) => {
       if (e instanceof AdminError) reject(e);
-      else if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') reject(new AdminError('DAEMON_NOT_RUNNING', `no daemon is listening on ${socketPath}; start it with rotor daemon, or pass its --data-dir`));
-      else if (e.code === 'EACCES') reject(new AdminError('ADMIN_DENIED', `cannot connect to ${socketPath}: the admin socket is for the daemon's user (usually root)`));
+      else if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED')
+        reject(
+          new AdminError(
+            'DAEMON_NOT_RUNNING',
+            `no daemon is listening on ${socketPath}; start it with rotor daemon, or pass its --data-dir`,
+          ),
+        );
+      else if (e.code === 'EACCES')
+        reject(
+          new AdminError(
+            'ADMIN_DENIED',
+            `cannot connect to ${socketPath}: the admin socket is for the daemon's user (usually root)`,
+          ),
+        );
       else reject(new AdminError('ADMIN_IO', `cannot talk to the daemon: ${e.code ?? e.message}`));
     });
     if (payload) req.write(payload);

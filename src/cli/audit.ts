@@ -2,20 +2,24 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { NEVER, RotorError } from '../errors.js';
-import { DEFAULT_AUDIT_DIR } from '../model/model.js';
-import { LIMITS } from '../model/yaml.js';
 import { jsonString } from '../audit/entry.js';
 import { verifyAuditDir } from '../audit/log.js';
 import type { Anchor } from '../audit/verify.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import { NEVER, RotorError } from '../errors.js';
+import { DEFAULT_AUDIT_DIR } from '../model/model.js';
+import { LIMITS } from '../model/yaml.js';
 import type { Flags } from '../util/args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 
 export const AUDIT_FLAGS = {
   format: { type: 'string', arg: 'FORMAT', default: 'text', choices: ['text', 'json'], description: 'text or json' },
-  anchor: { type: 'string', arg: 'SEQ:HASH', description: 'a head kept elsewhere: SEQ and the entry\'s full 64-digit hash, as --format json prints it ("head")' },
+  anchor: {
+    type: 'string',
+    arg: 'SEQ:HASH',
+    description: 'a head kept elsewhere: SEQ and the entry\'s full 64-digit hash, as --format json prints it ("head")',
+  },
   help: HELP_FLAG,
 } as const satisfies Flags;
 
@@ -68,7 +72,10 @@ class ReadError extends RotorError {
 
 export function parseAnchor(text: string): Anchor {
   const m = /^(\d{1,15}):([0-9a-fA-F]{64})$/.exec(text.trim());
-  if (!m || Number(m[1]) < 1) throw new UsageError(`--anchor must be SEQ:HASH, a positive entry number and its full 64-digit hash, not "${text.slice(0, 100)}"`);
+  if (!m || Number(m[1]) < 1)
+    throw new UsageError(
+      `--anchor must be SEQ:HASH, a positive entry number and its full 64-digit hash, not "${text.slice(0, 100)}"`,
+    );
   return { seq: Number(m[1]), hash: m[2]!.toLowerCase() };
 }
 
@@ -82,7 +89,8 @@ export async function auditDirOf(repo: string): Promise<{ dir: string; warning?:
   let text: string;
   try {
     const st = await stat(file);
-    if (st.size > LIMITS.fileBytes) throw new ReadError('FILE_TOO_LARGE', `${CONFIG_FILE} is larger than ${LIMITS.fileBytes / 1024 / 1024} MiB`);
+    if (st.size > LIMITS.fileBytes)
+      throw new ReadError('FILE_TOO_LARGE', `${CONFIG_FILE} is larger than ${LIMITS.fileBytes / 1024 / 1024} MiB`);
     text = await readFile(file, 'utf8');
   } catch (e) {
     if ((e as { code?: string }).code === 'ENOENT') return { dir: DEFAULT_AUDIT_DIR };
@@ -92,7 +100,11 @@ export async function auditDirOf(repo: string): Promise<{ dir: string; warning?:
   try {
     const docs = parseAllDocuments(text, { uniqueKeys: false });
     for (const d of docs) {
-      if (d.errors.length > 0) return { dir: DEFAULT_AUDIT_DIR, warning: `${CONFIG_FILE} does not parse (run rotor validate); using "${DEFAULT_AUDIT_DIR}"` };
+      if (d.errors.length > 0)
+        return {
+          dir: DEFAULT_AUDIT_DIR,
+          warning: `${CONFIG_FILE} does not parse (run rotor validate); using "${DEFAULT_AUDIT_DIR}"`,
+        };
       const data: unknown = d.toJS({ maxAliasCount: LIMITS.aliasCount });
       if (typeof data === 'object' && data !== null && (data as Record<string, unknown>).kind === 'Config') {
         config = data as Record<string, unknown>;
@@ -100,13 +112,19 @@ export async function auditDirOf(repo: string): Promise<{ dir: string; warning?:
       }
     }
   } catch {
-    return { dir: DEFAULT_AUDIT_DIR, warning: `${CONFIG_FILE} does not parse (run rotor validate); using "${DEFAULT_AUDIT_DIR}"` };
+    return {
+      dir: DEFAULT_AUDIT_DIR,
+      warning: `${CONFIG_FILE} does not parse (run rotor validate); using "${DEFAULT_AUDIT_DIR}"`,
+    };
   }
   const audit = config?.audit;
   const dir = typeof audit === 'object' && audit !== null ? (audit as Record<string, unknown>).dir : undefined;
   if (dir === undefined) return { dir: DEFAULT_AUDIT_DIR };
   if (typeof dir !== 'string' || dir.length > 200 || !AUDIT_DIR.test(dir)) {
-    throw new ReadError('AUDIT_DIR_INVALID', `${CONFIG_FILE}: audit.dir ${typeof dir === 'string' ? jsonString(dir.slice(0, 200)) : typeof dir} is not a relative path inside the repository (run rotor validate)`);
+    throw new ReadError(
+      'AUDIT_DIR_INVALID',
+      `${CONFIG_FILE}: audit.dir ${typeof dir === 'string' ? jsonString(dir.slice(0, 200)) : typeof dir} is not a relative path inside the repository (run rotor validate)`,
+    );
   }
   return { dir };
 }
@@ -133,14 +151,33 @@ export async function auditCommand(argv: readonly string[], io: Io): Promise<num
   const { dir: auditDir, warning } = await auditDirOf(repo);
   if (warning) io.stderr(`rotor audit: ${warning}\n`);
   const shown = path.join(repoArg, auditDir);
-  const v = await verifyAuditDir(path.join(repo, auditDir), { ...(anchor ? { anchor } : {}), label: (name) => path.join(shown, name) });
+  const v = await verifyAuditDir(path.join(repo, auditDir), {
+    ...(anchor ? { anchor } : {}),
+    label: (name) => path.join(shown, name),
+  });
   const r = v.result;
   if (flags.format === 'json') {
-    io.stdout(`${JSON.stringify(r.ok
-      ? { ok: true, dir: shown, files: r.files, entries: r.entries, head: r.head }
-      : { ok: false, dir: shown, file: r.file || shown, line: r.line, ...(r.seq !== undefined ? { seq: r.seq } : {}), code: r.code, message: r.message }, null, 2)}\n`);
+    io.stdout(
+      `${JSON.stringify(
+        r.ok
+          ? { ok: true, dir: shown, files: r.files, entries: r.entries, head: r.head }
+          : {
+              ok: false,
+              dir: shown,
+              file: r.file || shown,
+              line: r.line,
+              ...(r.seq !== undefined ? { seq: r.seq } : {}),
+              code: r.code,
+              message: r.message,
+            },
+        null,
+        2,
+      )}\n`,
+    );
   } else if (r.ok) {
-    io.stdout(`${shown}: ${plural(r.entries, 'entry', 'entries')} in ${plural(r.files, 'file', 'files')}, chain intact, head ${r.head.seq}:${r.head.hash.slice(0, 12)}${anchor ? `, anchor ${anchor.seq} matches` : ''}\n`);
+    io.stdout(
+      `${shown}: ${plural(r.entries, 'entry', 'entries')} in ${plural(r.files, 'file', 'files')}, chain intact, head ${r.head.seq}:${r.head.hash.slice(0, 12)}${anchor ? `, anchor ${anchor.seq} matches` : ''}\n`,
+    );
   } else {
     io.stdout(`${r.file || shown}:${r.line}: error: ${r.message} [${r.code}]\n`);
   }

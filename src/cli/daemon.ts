@@ -2,39 +2,68 @@
 import path from 'node:path';
 import { Daemon } from '../daemon/daemon.js';
 import { RotorError } from '../errors.js';
-import { jsonLogger, LEVELS } from '../log.js';
 import type { Level } from '../log.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import { jsonLogger, LEVELS } from '../log.js';
+import { parseMetricsHosts } from '../serve/metrics.js';
 import type { Flags } from '../util/args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
-import { parseMetricsHosts } from '../serve/metrics.js';
 
 export const DEFAULT_SOCKET_DIR = '/run/rotor';
 
 export const DAEMON_FLAGS = {
   repo: { type: 'string', arg: 'URL|PATH', description: 'the GitOps repository (required)' },
   branch: { type: 'string', arg: 'NAME', default: 'main', description: 'the branch to follow' },
-  'data-dir': { type: 'string', arg: 'DIR', default: DEFAULT_DATA_DIR, description: 'keys, state, clone and admin socket' },
+  'data-dir': {
+    type: 'string',
+    arg: 'DIR',
+    default: DEFAULT_DATA_DIR,
+    description: 'keys, state, clone and admin socket',
+  },
   'socket-dir': {
-    type: 'string', arg: 'DIR', defaultText: `$RUNTIME_DIRECTORY under systemd, else ${DEFAULT_SOCKET_DIR}`,
-    description: 'the consumer sockets; made 0711 if missing, refused if it is a symbolic link or others may write to it',
+    type: 'string',
+    arg: 'DIR',
+    defaultText: `$RUNTIME_DIRECTORY under systemd, else ${DEFAULT_SOCKET_DIR}`,
+    description:
+      'the consumer sockets; made 0711 if missing, refused if it is a symbolic link or others may write to it',
   },
   'agent-listen': {
-    type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:7700',
-    description: 'where rotor-agent polls for database jobs (port 0 picks a free one). Requests are signed by each agent\'s key (its Agent declaration); answers are signed with DATA_DIR\'s signing key, and credentials are sealed to the agent\'s age recipient',
+    type: 'string',
+    arg: 'HOST:PORT',
+    default: '127.0.0.1:7700',
+    description:
+      "where rotor-agent polls for database jobs (port 0 picks a free one). Requests are signed by each agent's key (its Agent declaration); answers are signed with DATA_DIR's signing key, and credentials are sealed to the agent's age recipient",
   },
-  'metrics-listen': { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:9464', description: 'Prometheus metrics at GET /metrics and the status page at GET / (loopback by default; "off" for none)' },
+  'metrics-listen': {
+    type: 'string',
+    arg: 'HOST:PORT',
+    default: '127.0.0.1:9464',
+    description:
+      'Prometheus metrics at GET /metrics and the status page at GET / (loopback by default; "off" for none)',
+  },
   'metrics-host': {
-    type: 'string', arg: 'NAME', multiple: true,
-    description: 'a name the metrics listener also answers to, NAME (any port) or NAME:PORT, for a reverse proxy or Prometheus that asks for it by name (repeatable, or several separated by commas). Without it only the listener\'s own address and port (and localhost on loopback; on 0.0.0.0 or ::, the address each request came in on) are answered: any other Host header gets 421 HOST_NOT_ALLOWED, so that a web page cannot read the metrics through DNS rebinding',
+    type: 'string',
+    arg: 'NAME',
+    multiple: true,
+    description:
+      "a name the metrics listener also answers to, NAME (any port) or NAME:PORT, for a reverse proxy or Prometheus that asks for it by name (repeatable, or several separated by commas). Without it only the listener's own address and port (and localhost on loopback; on 0.0.0.0 or ::, the address each request came in on) are answered: any other Host header gets 421 HOST_NOT_ALLOWED, so that a web page cannot read the metrics through DNS rebinding",
   },
   'break-glass': {
-    type: 'string', arg: 'RECIPIENT', multiple: true,
-    description: 'also encrypt the state to this age recipient, age1... (repeatable, or several separated by commas), so that an operator holding its identity can open a snapshot offline with age -d',
+    type: 'string',
+    arg: 'RECIPIENT',
+    multiple: true,
+    description:
+      'also encrypt the state to this age recipient, age1... (repeatable, or several separated by commas), so that an operator holding its identity can open a snapshot offline with age -d',
   },
-  'log-level': { type: 'string', arg: 'LEVEL', default: 'info', choices: LEVELS, description: 'the least important log lines written: debug, info, warn or error' },
+  'log-level': {
+    type: 'string',
+    arg: 'LEVEL',
+    default: 'info',
+    choices: LEVELS,
+    description: 'the least important log lines written: debug, info, warn or error',
+  },
   help: HELP_FLAG,
 } as const satisfies Flags;
 
@@ -88,7 +117,9 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
   }
   if (!flags.repo) throw new UsageError('--repo URL|PATH is required: the GitOps repository to follow');
   const breakGlass = flags['break-glass'].flatMap((r) => r.split(/[\s,]+/)).filter(Boolean);
-  for (const r of breakGlass) if (!/^age1[02-9ac-hj-np-z]{58}$/.test(r)) throw new UsageError(`--break-glass ${r} is not an age recipient (age1...)`);
+  for (const r of breakGlass)
+    if (!/^age1[02-9ac-hj-np-z]{58}$/.test(r))
+      throw new UsageError(`--break-glass ${r} is not an age recipient (age1...)`);
   const metricsHosts = flags['metrics-host'].flatMap((h) => h.split(/[\s,]+/)).filter(Boolean);
   try {
     parseMetricsHosts(metricsHosts);
@@ -96,9 +127,25 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
     throw new UsageError(`${(e as Error).message}: give a name such as rotor.internal or rotor.internal:9464`);
   }
   const log = jsonLogger(io.stderr, io.now, flags['log-level'] as Level);
-  const repo = /^[a-z+]+:\/\//i.test(flags.repo) || /^[^/]+@[^:]+:/.test(flags.repo) ? flags.repo : path.resolve(io.cwd, flags.repo);
-  const socketDir = path.resolve(io.cwd, flags['socket-dir'] ?? io.env.RUNTIME_DIRECTORY?.split(':')[0] ?? DEFAULT_SOCKET_DIR);
-  const daemon = new Daemon({ repo, branch: flags.branch!, dataDir: path.resolve(io.cwd, flags['data-dir']!), socketDir, agentListen: flags['agent-listen']!, ...(flags['metrics-listen'] !== 'off' ? { metricsListen: flags['metrics-listen']!, metricsHosts } : {}), breakGlass, log, now: io.now });
+  const repo =
+    /^[a-z+]+:\/\//i.test(flags.repo) || /^[^/]+@[^:]+:/.test(flags.repo)
+      ? flags.repo
+      : path.resolve(io.cwd, flags.repo);
+  const socketDir = path.resolve(
+    io.cwd,
+    flags['socket-dir'] ?? io.env.RUNTIME_DIRECTORY?.split(':')[0] ?? DEFAULT_SOCKET_DIR,
+  );
+  const daemon = new Daemon({
+    repo,
+    branch: flags.branch!,
+    dataDir: path.resolve(io.cwd, flags['data-dir']!),
+    socketDir,
+    agentListen: flags['agent-listen']!,
+    ...(flags['metrics-listen'] !== 'off' ? { metricsListen: flags['metrics-listen']!, metricsHosts } : {}),
+    breakGlass,
+    log,
+    now: io.now,
+  });
   try {
     await daemon.start();
   } catch (e) {

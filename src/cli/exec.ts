@@ -2,18 +2,24 @@
  * `rotor exec [--socket PATH] --env VAR=NAME[.field] ... [--restart] -- CMD ARGS...`: run a command with
  * secrets in its environment; with --restart, restart it (SIGTERM, then start again) on a new version.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import type { Secret } from '../client/index.js';
 import { getSecret, listSecrets, RotorClientError, watchSecret } from '../client/index.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Flags } from '../util/args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import { FieldError, pickField, render } from './get.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 
 export const EXEC_FLAGS = {
-  socket: { type: 'string', arg: 'PATH', description: 'the consumer\'s socket, SOCKET_DIR/<consumer>.sock (required)' },
-  env: { type: 'string', arg: 'VAR=NAME[.field]', multiple: true, env: false, description: 'a variable to set for CMD (at least one; repeatable)' },
+  socket: { type: 'string', arg: 'PATH', description: "the consumer's socket, SOCKET_DIR/<consumer>.sock (required)" },
+  env: {
+    type: 'string',
+    arg: 'VAR=NAME[.field]',
+    multiple: true,
+    env: false,
+    description: 'a variable to set for CMD (at least one; repeatable)',
+  },
   restart: { type: 'boolean', description: 'restart CMD when a secret it uses rotates' },
   grace: { type: 'string', arg: 'SECONDS', default: '10', description: 'how long CMD may take to stop before SIGKILL' },
   help: HELP_FLAG,
@@ -63,8 +69,12 @@ export async function execCommand(argv: readonly string[], io: Io): Promise<numb
     io.stdout(EXEC_HELP);
     return EXIT.ok;
   }
-  if (command.length === 0) throw new UsageError('give the command to run after "--": rotor exec --env DB_PASSWORD=app/db -- ./server');
-  if (!flags.socket) throw new UsageError('--socket PATH is required (or ROTOR_SOCKET): the consumer socket, SOCKET_DIR/<consumer>.sock');
+  if (command.length === 0)
+    throw new UsageError('give the command to run after "--": rotor exec --env DB_PASSWORD=app/db -- ./server');
+  if (!flags.socket)
+    throw new UsageError(
+      '--socket PATH is required (or ROTOR_SOCKET): the consumer socket, SOCKET_DIR/<consumer>.sock',
+    );
   if (flags.env.length === 0) throw new UsageError('give at least one --env VAR=NAME[.field]');
   if (!/^\d{1,5}$/.test(flags.grace!)) throw new UsageError('--grace must be a number of seconds');
   const socket = flags.socket;
@@ -130,7 +140,9 @@ export async function execCommand(argv: readonly string[], io: Io): Promise<numb
           fresh = await fetchAll(bindings, socket);
           envOf(bindings, fresh);
         } catch (e) {
-          io.stderr(`rotor exec: a new version of ${why} appeared but could not be read (${(e as { code?: string }).code ?? 'ERROR'}); ${command[0]} keeps running with the values it has\n`);
+          io.stderr(
+            `rotor exec: a new version of ${why} appeared but could not be read (${(e as { code?: string }).code ?? 'ERROR'}); ${command[0]} keeps running with the values it has\n`,
+          );
           return;
         }
         if ([...fresh].every(([n, s]) => values.get(n)?.version === s.version)) return;
@@ -147,7 +159,11 @@ export async function execCommand(argv: readonly string[], io: Io): Promise<numb
     for (const name of new Set(bindings.map((b) => b.secret))) {
       void (async () => {
         try {
-          for await (const s of watchSecret(name, { socket, after: values.get(name)!.version, signal: stopWatch.signal })) {
+          for await (const s of watchSecret(name, {
+            socket,
+            after: values.get(name)!.version,
+            signal: stopWatch.signal,
+          })) {
             restart(`${name} (version ${s.version})`);
           }
         } catch (e) {
@@ -164,7 +180,8 @@ async function resolveBindings(specs: readonly string[], socket: string): Promis
     const eq = spec.indexOf('=');
     const variable = spec.slice(0, eq);
     const ref = spec.slice(eq + 1);
-    if (eq <= 0 || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(variable) || ref === '') throw new UsageError(`--env ${spec}: expected VAR=NAME or VAR=NAME.field`);
+    if (eq <= 0 || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(variable) || ref === '')
+      throw new UsageError(`--env ${spec}: expected VAR=NAME or VAR=NAME.field`);
     return { variable, ref };
   });
   const needList = parsed.some((p) => p.ref.includes('.'));
@@ -204,6 +221,14 @@ function stopChild(c: ChildProcess, graceMs: number): Promise<void> {
 }
 
 function signalNumber(signal: NodeJS.Signals): number {
-  const n: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGUSR1: 10, SIGUSR2: 12, SIGTERM: 15 };
+  const n: Partial<Record<NodeJS.Signals, number>> = {
+    SIGHUP: 1,
+    SIGINT: 2,
+    SIGQUIT: 3,
+    SIGKILL: 9,
+    SIGUSR1: 10,
+    SIGUSR2: 12,
+    SIGTERM: 15,
+  };
   return n[signal] ?? 0;
 }

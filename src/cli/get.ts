@@ -2,16 +2,16 @@
 import type { Secret, SecretVersion } from '../client/index.js';
 import { getSecret, RotorClientError } from '../client/index.js';
 import { NEVER, RotorError } from '../errors.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Flags } from '../util/args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 
 export const GET_FLAGS = {
-  socket: { type: 'string', arg: 'PATH', description: 'the consumer\'s socket, SOCKET_DIR/<consumer>.sock (required)' },
+  socket: { type: 'string', arg: 'PATH', description: "the consumer's socket, SOCKET_DIR/<consumer>.sock (required)" },
   field: { type: 'string', arg: 'F', description: 'one field of a structured secret, or username' },
   version: { type: 'string', arg: 'N', defaultText: 'the current one', description: 'a retained older version' },
-  json: { type: 'boolean', description: 'print the daemon\'s whole answer as JSON' },
+  json: { type: 'boolean', description: "print the daemon's whole answer as JSON" },
   help: HELP_FLAG,
 } as const satisfies Flags;
 
@@ -46,16 +46,23 @@ export async function getCommand(argv: readonly string[], io: Io): Promise<numbe
   }
   const name = positionals[0];
   if (!name) throw new UsageError('NAME is required: the secret to print');
-  if (!flags.socket) throw new UsageError('--socket PATH is required (or ROTOR_SOCKET): the consumer socket, SOCKET_DIR/<consumer>.sock');
-  if (flags.version !== undefined && !/^[1-9]\d{0,8}$/.test(flags.version)) throw new UsageError('--version must be a version number (1, 2, ...)');
+  if (!flags.socket)
+    throw new UsageError(
+      '--socket PATH is required (or ROTOR_SOCKET): the consumer socket, SOCKET_DIR/<consumer>.sock',
+    );
+  if (flags.version !== undefined && !/^[1-9]\d{0,8}$/.test(flags.version))
+    throw new UsageError('--version must be a version number (1, 2, ...)');
   try {
-    const s = flags.version !== undefined
-      ? await getSecret(name, { socket: flags.socket, version: Number(flags.version) })
-      : await getSecret(name, { socket: flags.socket });
+    const s =
+      flags.version !== undefined
+        ? await getSecret(name, { socket: flags.socket, version: Number(flags.version) })
+        : await getSecret(name, { socket: flags.socket });
     if (flags.json) {
-      io.stdout(JSON.stringify(flags.field !== undefined ? { ...s, value: pickField(s, flags.field) } : s, null, 2) + '\n');
+      io.stdout(
+        `${JSON.stringify(flags.field !== undefined ? { ...s, value: pickField(s, flags.field) } : s, null, 2)}\n`,
+      );
     } else {
-      io.stdout(flags.field !== undefined ? pickField(s, flags.field) + '\n' : render(s.value) + '\n');
+      io.stdout(flags.field !== undefined ? `${pickField(s, flags.field)}\n` : `${render(s.value)}\n`);
     }
     return EXIT.ok;
   } catch (e) {
@@ -87,5 +94,7 @@ export function pickField(s: Secret | SecretVersion, field: string): string {
   if (field === 'value') return render(s.value);
   const fields = typeof s.value === 'string' ? [] : Object.keys(s.value);
   if (s.username !== undefined) fields.push('username');
-  throw new FieldError(`"${s.name}" has no field "${field}"${fields.length ? `; it has: ${fields.join(', ')}` : ' (it is a plain value: leave out --field)'}`);
+  throw new FieldError(
+    `"${s.name}" has no field "${field}"${fields.length ? `; it has: ${fields.join(', ')}` : ' (it is a plain value: leave out --field)'}`,
+  );
 }

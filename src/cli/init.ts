@@ -8,21 +8,27 @@ import { access, constants, lstat, mkdir, realpath, stat, writeFile } from 'node
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { IDENTITY_FILE, KeyError, SIGNING_FILE, generateKeys, loadKeys } from '../keys.js';
+import { runGit } from '../git/run.js';
 import type { PublicKeys } from '../keys.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import { generateKeys, IDENTITY_FILE, KeyError, loadKeys, SIGNING_FILE } from '../keys.js';
 import type { Flags } from '../util/args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
-import { runGit } from '../git/run.js';
 
 export const INIT_FLAGS = {
   'data-dir': {
-    type: 'string', arg: 'KEYS_DIR', default: DEFAULT_DATA_DIR,
-    description: 'the daemon\'s data directory, where the keys go; later "rotor daemon --data-dir KEYS_DIR". If the default is not writable, pass a directory you can write',
+    type: 'string',
+    arg: 'KEYS_DIR',
+    default: DEFAULT_DATA_DIR,
+    description:
+      'the daemon\'s data directory, where the keys go; later "rotor daemon --data-dir KEYS_DIR". If the default is not writable, pass a directory you can write',
   },
-  force: { type: 'boolean', description: 'overwrite the scaffold\'s files where they exist (never the keys, never an existing package.json)' },
+  force: {
+    type: 'boolean',
+    description: "overwrite the scaffold's files where they exist (never the keys, never an existing package.json)",
+  },
   help: HELP_FLAG,
 } as const satisfies Flags;
 
@@ -74,7 +80,10 @@ function ownVersion(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 5; i++) {
     try {
-      const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
+      const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as {
+        name?: string;
+        version?: string;
+      };
       if (pkg.name === 'rotor' && pkg.version) return pkg.version;
     } catch {
       // not here; look further up
@@ -107,7 +116,9 @@ function scaffold(o: ScaffoldOptions): Map<string, string> {
   // A data directory under a dot-directory is skipped by the loader anyway.
   const ignoreData = inside !== undefined && !inside.split('/').some((s) => s.startsWith('.'));
 
-  files.set('rotor.yaml', `${modeline('rotor.yaml')}
+  files.set(
+    'rotor.yaml',
+    `${modeline('rotor.yaml')}
 #
 # The line above points editors that use the YAML language server (VS Code's YAML extension, Neovim's
 # yamlls, ...) at rotor's JSON Schemas, for completion and checks as you type. The path is relative to
@@ -127,9 +138,12 @@ sync:
   interval: 30s       # how often the daemon fetches this repository (it also fetches on SIGHUP)
 ignore:               # YAML that is not a declaration (dot-directories and SOPS files are always skipped)
   - node_modules/**   # npm's packages: rotor for CI and the editor schemas
-${ignoreData ? `  - ${inside}/**${' '.repeat(Math.max(1, 18 - inside!.length))}# the daemon's data directory (keys, state, its clone): never commit it\n` : ''}`);
+${ignoreData ? `  - ${inside}/**${' '.repeat(Math.max(1, 18 - inside!.length))}# the daemon's data directory (keys, state, its clone): never commit it\n` : ''}`,
+  );
 
-  files.set('policies.yaml', `${modeline('policies.yaml')}
+  files.set(
+    'policies.yaml',
+    `${modeline('policies.yaml')}
 #
 # Policies say when secrets rotate and how long a previous version stays valid. A secret names one.
 # (The schema line above: see rotor.yaml.)
@@ -143,9 +157,12 @@ jitter: 10m                 # spread the secrets of this policy over up to 10 mi
 overlap: 24h                # the previous version stays valid and readable for a day
 retain: 3                   # versions kept in the store: current, previous and one more
 maxAge: 45d                 # past this age a secret shows as overdue
-`);
+`,
+  );
 
-  files.set('example/secrets.yaml', `${modeline('example/secrets.yaml')}
+  files.set(
+    'example/secrets.yaml',
+    `${modeline('example/secrets.yaml')}
 #
 # Secrets are named like paths: [a-z0-9._-] segments joined by "/". Consumers are granted them by glob.
 # The daemon gives a new generated secret version 1 at once, then rotates it on its policy.
@@ -157,9 +174,12 @@ policy: standard
 generate: { length: 40, charset: base64url }    # 40 x 6 = 240 bits
 # To rotate now: add a request, change its value to anything new and merge; rotor rotates once.
 # rotate: { request: "1", reason: "why" }
-`);
+`,
+  );
 
-  files.set('consumers.yaml', `${modeline('consumers.yaml')}
+  files.set(
+    'consumers.yaml',
+    `${modeline('consumers.yaml')}
 #
 # Consumers are applications on the daemon's host. Each gets its own Unix socket, <name>.sock in the
 # daemon's socket directory (default /run/rotor), owned by its uid with mode 0600, and sees only the
@@ -171,17 +191,26 @@ name: example-app
 description: An example application; rename it after yours.
 uid: ${o.uid}${' '.repeat(Math.max(1, 10 - String(o.uid).length))}# CHANGE THIS to the uid your application runs as (id -u APPUSER); ${o.uid} is the uid of whoever ran rotor init
 secrets: ["example/*"]
-`);
+`,
+  );
 
-  files.set('.gitattributes', `# The audit log is hash-chained line by line: git must never convert its line endings (core.autocrlf,
+  files.set(
+    '.gitattributes',
+    `# The audit log is hash-chained line by line: git must never convert its line endings (core.autocrlf,
 # text=auto), or the chain breaks in a checkout and the daemon's commits rewrite every line.
 audit/*.jsonl -text
-`);
+`,
+  );
 
-  files.set('.gitignore', `node_modules/
-${inside !== undefined ? `# the daemon's data directory (keys, state, its clone): never commit it\n/${inside}/\n` : ''}`);
+  files.set(
+    '.gitignore',
+    `node_modules/
+${inside !== undefined ? `# the daemon's data directory (keys, state, its clone): never commit it\n/${inside}/\n` : ''}`,
+  );
 
-  files.set('.github/workflows/rotor.yml', `# Checks every pull request against the declarations: rotor validate annotates the problems on the
+  files.set(
+    '.github/workflows/rotor.yml',
+    `# Checks every pull request against the declarations: rotor validate annotates the problems on the
 # diff, and rotor plan writes what the change will do (rotations, access changes, removals) to the job
 # summary. It uses the rotor of package.json (npm ci needs package-lock.json: commit it).
 name: rotor
@@ -204,14 +233,22 @@ jobs:
         run: npx rotor validate --format github
       - name: rotor plan
         run: npx rotor plan --base "origin/\${{ github.base_ref }}" --format markdown >> "$GITHUB_STEP_SUMMARY"
-`);
+`,
+  );
 
-  files.set('package.json', `${JSON.stringify({
-    private: true,
-    description: 'rotor declarations: secrets, their rotation policies and consumers',
-    scripts: { validate: 'rotor validate' },
-    devDependencies: { rotor: `^${o.version}` },
-  }, null, 2)}\n`);
+  files.set(
+    'package.json',
+    `${JSON.stringify(
+      {
+        private: true,
+        description: 'rotor declarations: secrets, their rotation policies and consumers',
+        scripts: { validate: 'rotor validate' },
+        devDependencies: { rotor: `^${o.version}` },
+      },
+      null,
+      2,
+    )}\n`,
+  );
   return files;
 }
 
@@ -247,10 +284,15 @@ export async function initCommand(argv: readonly string[], io: Io): Promise<numb
   const dataDirArg = flags['data-dir'] ?? DEFAULT_DATA_DIR;
   const dataDir = path.resolve(io.cwd, dataDirArg);
   const rel = path.relative(dir, dataDir);
-  if (rel === '') throw new UsageError('--data-dir must not be DIR itself: the keys must never be committed; choose a directory outside the repository');
+  if (rel === '')
+    throw new UsageError(
+      '--data-dir must not be DIR itself: the keys must never be committed; choose a directory outside the repository',
+    );
   const inside = !rel.startsWith('..') && !path.isAbsolute(rel) ? rel.split(path.sep).join('/') : undefined;
-  if (inside !== undefined && (inside === '.git' || inside.startsWith('.git/'))) throw new UsageError('--data-dir must not be inside DIR/.git');
-  if (!path.relative(dataDir, dir).startsWith('..')) throw new UsageError('DIR must not be inside --data-dir: the daemon keeps its own clone there');
+  if (inside !== undefined && (inside === '.git' || inside.startsWith('.git/')))
+    throw new UsageError('--data-dir must not be inside DIR/.git');
+  if (!path.relative(dataDir, dir).startsWith('..'))
+    throw new UsageError('DIR must not be inside --data-dir: the daemon keeps its own clone there');
 
   const uid = typeof process.getuid === 'function' ? process.getuid() : 1000;
   const files = scaffold({ uid, version: ownVersion(), ...(inside !== undefined ? { dataDirInside: inside } : {}) });
@@ -264,7 +306,9 @@ export async function initCommand(argv: readonly string[], io: Io): Promise<numb
     else existing.push(f);
   }
   if (existing.length && !flags.force) {
-    io.stderr(`rotor init: ${existing.length === 1 ? 'this file exists' : 'these files exist'} in ${dir}; nothing was written (--force overwrites them):\n${existing.map((f) => `  ${f}\n`).join('')}`);
+    io.stderr(
+      `rotor init: ${existing.length === 1 ? 'this file exists' : 'these files exist'} in ${dir}; nothing was written (--force overwrites them):\n${existing.map((f) => `  ${f}\n`).join('')}`,
+    );
     return EXIT.invalid;
   }
 
@@ -283,18 +327,23 @@ export async function initCommand(argv: readonly string[], io: Io): Promise<numb
       return EXIT.invalid;
     }
   } else if (present.length > 0) {
-    io.stderr(`rotor init: ${path.join(dataDir, present[0]!)} exists but not the rest of the keys; rotor never replaces keys: move it away, or pass another --data-dir. Nothing was written\n`);
+    io.stderr(
+      `rotor init: ${path.join(dataDir, present[0]!)} exists but not the rest of the keys; rotor never replaces keys: move it away, or pass another --data-dir. Nothing was written\n`,
+    );
     return EXIT.invalid;
   } else {
     const base = await nearestExisting(dataDir);
-    const writable = await access(base, constants.W_OK | constants.X_OK).then(() => true, () => false);
+    const writable = await access(base, constants.W_OK | constants.X_OK).then(
+      () => true,
+      () => false,
+    );
     const baseStat = await stat(base).catch(() => undefined);
     if (!writable || !baseStat?.isDirectory()) {
       io.stderr(
         `rotor init: cannot create the daemon's keys in ${dataDir}: ${base} is not a directory you can write. ` +
-        `Pass --data-dir DIR (or set ROTOR_DATA_DIR): a directory outside the repository that only the daemon's ` +
-        `user may read, e.g. --data-dir ${sh(path.join(os.homedir(), '.local/share/rotor'))}; or run as a user who may ` +
-        `write ${dataDir}. Nothing was written\n`,
+          `Pass --data-dir DIR (or set ROTOR_DATA_DIR): a directory outside the repository that only the daemon's ` +
+          `user may read, e.g. --data-dir ${sh(path.join(os.homedir(), '.local/share/rotor'))}; or run as a user who may ` +
+          `write ${dataDir}. Nothing was written\n`,
       );
       return EXIT.invalid;
     }
@@ -325,16 +374,26 @@ export async function initCommand(argv: readonly string[], io: Io): Promise<numb
     gitNote = `warning: ${dir} is inside the git repository ${top.out}, not its top: rotor.yaml must be at the root of the repository the daemon follows.`;
   } else {
     const init = await git(dir, ['init', '-q', '-b', 'main']);
-    gitNote = init.ok ? `Initialized a git repository in ${dir} (branch main).` : `git init failed (${init.out}): run "git init -b main" in ${dir} yourself.`;
+    gitNote = init.ok
+      ? `Initialized a git repository in ${dir} (branch main).`
+      : `git init failed (${init.out}): run "git init -b main" in ${dir} yourself.`;
   }
 
   const d = sh(dir);
   const dd = sh(dataDir);
   const out: string[] = [];
   out.push(`Created in ${dir}:\n${written.map((f) => `  ${f}\n`).join('')}`);
-  if (skipped.length) out.push(`Kept the existing ${skipped.join(', ')}: add rotor to its devDependencies (npm install -D rotor@^${ownVersion()}).\n`);
-  out.push(`${keptKeys ? 'Kept the daemon\'s existing keys' : 'The daemon\'s keys (mode 0600; never commit them, never share them)'} in ${dataDir}:\n  ${IDENTITY_FILE}, ${SIGNING_FILE}\n  recipient: "${keys.recipient}"\n  signingKey: "${keys.signingKey}"\n`);
-  if (inside !== undefined) out.push(`warning: ${dataDir} is inside the repository; it is in .gitignore, but a directory outside it is safer.\n`);
+  if (skipped.length)
+    out.push(
+      `Kept the existing ${skipped.join(', ')}: add rotor to its devDependencies (npm install -D rotor@^${ownVersion()}).\n`,
+    );
+  out.push(
+    `${keptKeys ? "Kept the daemon's existing keys" : "The daemon's keys (mode 0600; never commit them, never share them)"} in ${dataDir}:\n  ${IDENTITY_FILE}, ${SIGNING_FILE}\n  recipient: "${keys.recipient}"\n  signingKey: "${keys.signingKey}"\n`,
+  );
+  if (inside !== undefined)
+    out.push(
+      `warning: ${dataDir} is inside the repository; it is in .gitignore, but a directory outside it is safer.\n`,
+    );
   out.push(`${gitNote}\n`);
   out.push(`
 Next steps:
@@ -352,4 +411,3 @@ Next steps:
   io.stdout(out.join(''));
   return EXIT.ok;
 }
-

@@ -1,10 +1,11 @@
 /** `rotor keygen DIR` (or --data-dir DIR): create a daemon's (or an agent's) keys and print their public halves. */
-import { KeyError, generateKeys } from '../keys.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+
+import path from 'node:path';
+import { generateKeys, KeyError } from '../keys.js';
 import type { Flags } from '../util/args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
-import path from 'node:path';
 
 export const KEYGEN_FLAGS = {
   'data-dir': { type: 'string', arg: 'DIR', description: 'the directory to create the keys in, if DIR is not given' },
@@ -45,7 +46,7 @@ export async function keygenCommand(argv: readonly string[], io: Io): Promise<nu
     return EXIT.ok;
   }
   const dirArg = positionals[0] ?? flags['data-dir'];
-  if (!dirArg) throw new UsageError('DIR is required: the directory to create the keys in (a daemon\'s data directory)');
+  if (!dirArg) throw new UsageError("DIR is required: the directory to create the keys in (a daemon's data directory)");
   try {
     const keys = await generateKeys(path.resolve(io.cwd, dirArg), new Date(io.now()));
     io.stdout(`recipient: "${keys.recipient}"\nsigningKey: "${keys.signingKey}"\n`);

@@ -2,20 +2,20 @@
 /** The rotor command line: one file per command, wired here by hand. */
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { UsageError } from '../util/args.js';
 import type { Flags } from '../util/args.js';
-import type { Io } from './io.js';
-import { EXIT, processIo } from './io.js';
-import { VALIDATE_FLAGS, VALIDATE_HELP, validateCommand } from './validate.js';
-import { PLAN_FLAGS, PLAN_HELP, planCommand } from './plan.js';
-import { KEYGEN_FLAGS, KEYGEN_HELP, keygenCommand } from './keygen.js';
+import { UsageError } from '../util/args.js';
 import { AUDIT_FLAGS, AUDIT_HELP, auditCommand } from './audit.js';
 import { DAEMON_FLAGS, DAEMON_HELP, daemonCommand } from './daemon.js';
-import { ROTATE_FLAGS, ROTATE_HELP, rotateCommand } from './rotate.js';
-import { GET_FLAGS, GET_HELP, getCommand } from './get.js';
 import { EXEC_FLAGS, EXEC_HELP, execCommand } from './exec.js';
-import { STATUS_FLAGS, STATUS_HELP, statusCommand } from './status.js';
+import { GET_FLAGS, GET_HELP, getCommand } from './get.js';
 import { INIT_FLAGS, INIT_HELP, initCommand } from './init.js';
+import type { Io } from './io.js';
+import { EXIT, processIo } from './io.js';
+import { KEYGEN_FLAGS, KEYGEN_HELP, keygenCommand } from './keygen.js';
+import { PLAN_FLAGS, PLAN_HELP, planCommand } from './plan.js';
+import { ROTATE_FLAGS, ROTATE_HELP, rotateCommand } from './rotate.js';
+import { STATUS_FLAGS, STATUS_HELP, statusCommand } from './status.js';
+import { VALIDATE_FLAGS, VALIDATE_HELP, validateCommand } from './validate.js';
 
 export const HELP = `rotor: declarative secret rotation from a Git repository
 

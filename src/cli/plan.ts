@@ -1,25 +1,31 @@
 /** `rotor plan --base REF [--head REF] [DIR]`: what a change to the declarations does. */
 import { realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { GitError, gitText } from '../git/run.js';
+import { GitTreeSource } from '../git/tree.js';
 import { loadModel } from '../model/load.js';
 import type { RepoSource } from '../model/source.js';
 import { DirectorySource } from '../model/source.js';
-import { GitTreeSource } from '../git/tree.js';
-import { GitError, gitText } from '../git/run.js';
 import { AUDIT_FILE_READ_LIMIT, checkAppendOnly } from '../plan/append-only.js';
-import { plan } from '../plan/plan.js';
 import { attributeChanges } from '../plan/attributes.js';
 import type { PlanFormat, PlanReport } from '../plan/format.js';
 import { formatPlan } from '../plan/format.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import { plan } from '../plan/plan.js';
 import type { Flags } from '../util/args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 
 export const PLAN_FLAGS = {
   base: { type: 'string', arg: 'REF', description: 'the revision to compare against, e.g. origin/main (required)' },
   head: { type: 'string', arg: 'REF', defaultText: 'the work tree as it is', description: 'the revision to plan' },
-  format: { type: 'string', arg: 'FORMAT', default: 'text', choices: ['text', 'markdown', 'json'], description: 'text, markdown (a pull-request comment) or json' },
+  format: {
+    type: 'string',
+    arg: 'FORMAT',
+    default: 'text',
+    choices: ['text', 'markdown', 'json'],
+    description: 'text, markdown (a pull-request comment) or json',
+  },
   now: { type: 'string', arg: 'TIME', defaultText: 'now', description: 'the time to plan from, ISO 8601' },
   help: HELP_FLAG,
 } as const satisfies Flags;
@@ -61,7 +67,9 @@ async function lastRotations(source: RepoSource, auditDir: string): Promise<Map<
   const out = new Map<string, number>();
   const done = new Set<string>();
   const { files } = await source.list();
-  const logs = [...files.values()].filter((f) => f.path.startsWith(`${auditDir}/`) && f.path.endsWith('.jsonl')).sort((a, b) => (a.path < b.path ? 1 : -1));
+  const logs = [...files.values()]
+    .filter((f) => f.path.startsWith(`${auditDir}/`) && f.path.endsWith('.jsonl'))
+    .sort((a, b) => (a.path < b.path ? 1 : -1));
   let budget = REMINDER_READ_LIMIT;
   for (const f of logs) {
     if (f.size > budget) break;
@@ -93,7 +101,9 @@ async function resolveCommit(top: string, ref: string): Promise<string> {
   try {
     return await gitText(top, ['rev-parse', '--verify', '--quiet', '--end-of-options', `${ref}^{commit}`]);
   } catch {
-    throw new UsageError(`"${ref}" is not a commit of this repository (try: git fetch, or a branch name such as origin/main)`);
+    throw new UsageError(
+      `"${ref}" is not a commit of this repository (try: git fetch, or a branch name such as origin/main)`,
+    );
   }
 }
 
@@ -103,7 +113,8 @@ export async function planCommand(argv: readonly string[], io: Io): Promise<numb
     io.stdout(PLAN_HELP);
     return EXIT.ok;
   }
-  if (!flags.base) throw new UsageError('--base REF is required (the revision the change starts from, e.g. origin/main)');
+  if (!flags.base)
+    throw new UsageError('--base REF is required (the revision the change starts from, e.g. origin/main)');
   let now = io.now();
   if (flags.now !== undefined) {
     now = Date.parse(flags.now);
@@ -119,16 +130,24 @@ export async function planCommand(argv: readonly string[], io: Io): Promise<numb
     if (e instanceof GitError) throw new UsageError(`${dirArg} is not inside a git work tree`);
     throw e;
   }
-  const prefix = path.relative(await realpath(top), await realpath(dir)).split(path.sep).join('/');
+  const prefix = path
+    .relative(await realpath(top), await realpath(dir))
+    .split(path.sep)
+    .join('/');
   const baseCommit = await resolveCommit(top, flags.base);
   const headCommit = flags.head ? await resolveCommit(top, flags.head) : null;
 
   const baseSource = new GitTreeSource(top, baseCommit, prefix);
   const headSource: RepoSource = headCommit ? new GitTreeSource(top, headCommit, prefix) : new DirectorySource(dir);
-  const [base, head] = await Promise.all([loadModel(baseSource, { now, sopsValues: true }), loadModel(headSource, { now, sopsValues: true })]);
+  const [base, head] = await Promise.all([
+    loadModel(baseSource, { now, sopsValues: true }),
+    loadModel(headSource, { now, sopsValues: true }),
+  ]);
   const audit = await checkAppendOnly(baseSource, headSource, base.auditDir);
   const changes = plan(base.desired, head.desired, now, await lastRotations(headSource, head.auditDir));
-  const auditFiles = [...(await baseSource.list()).files.keys(), ...(await headSource.list()).files.keys()].filter((f) => f.startsWith(`${head.auditDir}/`));
+  const auditFiles = [...(await baseSource.list()).files.keys(), ...(await headSource.list()).files.keys()].filter(
+    (f) => f.startsWith(`${head.auditDir}/`),
+  );
   const attributes = await attributeChanges(baseSource, headSource, head.auditDir, auditFiles, now);
   const report: PlanReport = {
     base: { ref: flags.base, commit: baseCommit },

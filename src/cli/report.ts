@@ -1,8 +1,8 @@
 /** Printing problems: one line each for people, JSON for programs, annotations for GitHub Actions. */
 import path from 'node:path';
+import type { LoadResult } from '../model/model.js';
 import type { Problem } from '../model/problems.js';
 import { problemLine } from '../model/problems.js';
-import type { LoadResult } from '../model/model.js';
 
 export type ProblemFormat = 'text' | 'json' | 'github';
 
@@ -50,10 +50,10 @@ export function summaryLine(result: LoadResult, label: string): string {
 export function formatProblems(result: LoadResult, format: ProblemFormat, label: string, dirArg: string): string {
   switch (format) {
     case 'json':
-      return JSON.stringify({ valid: result.valid, counts: counts(result), problems: result.problems }, null, 2) + '\n';
+      return `${JSON.stringify({ valid: result.valid, counts: counts(result), problems: result.problems }, null, 2)}\n`;
     case 'github':
-      return result.problems.map((p) => githubLine(p, dirArg) + '\n').join('') + summaryLine(result, label) + '\n';
+      return `${result.problems.map((p) => `${githubLine(p, dirArg)}\n`).join('') + summaryLine(result, label)}\n`;
     case 'text':
-      return result.problems.map((p) => problemLine(p) + '\n').join('') + summaryLine(result, label) + '\n';
+      return `${result.problems.map((p) => `${problemLine(p)}\n`).join('') + summaryLine(result, label)}\n`;
   }
 }

@@ -1,7 +1,7 @@
 /** `rotor rotate NAME --reason TEXT [--data-dir DIR]`: rotate a secret now, through the admin socket. */
 import path from 'node:path';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Flags } from '../util/args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import { AdminError, adminSocket, callAdmin } from './admin-client.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
@@ -9,8 +9,12 @@ import { EXIT } from './io.js';
 export const DEFAULT_DATA_DIR = '/var/lib/rotor';
 
 export const ROTATE_FLAGS = {
-  reason: { type: 'string', arg: 'TEXT', description: 'why (required, 1 to 500 characters); it goes into the audit log' },
-  'data-dir': { type: 'string', arg: 'DIR', default: DEFAULT_DATA_DIR, description: 'the daemon\'s data directory' },
+  reason: {
+    type: 'string',
+    arg: 'TEXT',
+    description: 'why (required, 1 to 500 characters); it goes into the audit log',
+  },
+  'data-dir': { type: 'string', arg: 'DIR', default: DEFAULT_DATA_DIR, description: "the daemon's data directory" },
   help: HELP_FLAG,
 } as const satisfies Flags;
 
@@ -42,9 +46,13 @@ export async function rotateCommand(argv: readonly string[], io: Io): Promise<nu
   }
   const name = positionals[0];
   if (!name) throw new UsageError('NAME is required: the secret to rotate');
-  if (!flags.reason || flags.reason.trim() === '') throw new UsageError('--reason TEXT is required: it is recorded in the audit log');
+  if (!flags.reason || flags.reason.trim() === '')
+    throw new UsageError('--reason TEXT is required: it is recorded in the audit log');
   try {
-    const r = (await callAdmin(adminSocket(path.resolve(io.cwd, flags['data-dir']!)), 'POST', '/v1/rotate', { name, reason: flags.reason })) as { name: string; version: number };
+    const r = (await callAdmin(adminSocket(path.resolve(io.cwd, flags['data-dir']!)), 'POST', '/v1/rotate', {
+      name,
+      reason: flags.reason,
+    })) as { name: string; version: number };
     io.stdout(`${r.name}: rotated, version ${r.version} is current\n`);
     return EXIT.ok;
   } catch (e) {

@@ -1,16 +1,16 @@
 /** `rotor status [--json] [--data-dir DIR]`: what the running daemon knows, over its admin socket. */
 import path from 'node:path';
-import { HELP_FLAG, optionsHelp, parse } from '../util/args.js';
+import type { StatusReading } from '../serve/status.js';
 import type { Flags } from '../util/args.js';
+import { HELP_FLAG, optionsHelp, parse } from '../util/args.js';
 import { AdminError, adminSocket, callAdmin } from './admin-client.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
-import type { StatusReading } from '../serve/status.js';
 
 export const STATUS_FLAGS = {
-  json: { type: 'boolean', description: 'the daemon\'s status as JSON (for scripts)' },
-  'data-dir': { type: 'string', arg: 'DIR', default: DEFAULT_DATA_DIR, description: 'the daemon\'s data directory' },
+  json: { type: 'boolean', description: "the daemon's status as JSON (for scripts)" },
+  'data-dir': { type: 'string', arg: 'DIR', default: DEFAULT_DATA_DIR, description: "the daemon's data directory" },
   help: HELP_FLAG,
 } as const satisfies Flags;
 
@@ -55,9 +55,11 @@ export async function statusCommand(argv: readonly string[], io: Io): Promise<nu
     }
     throw e;
   }
-  const trouble = status.secrets.some((s) => s.overdue || s.failing) || Boolean(status.audit?.failing || status.store?.failing || status.config.held);
+  const trouble =
+    status.secrets.some((s) => s.overdue || s.failing) ||
+    Boolean(status.audit?.failing || status.store?.failing || status.config.held);
   if (flags.json) {
-    io.stdout(JSON.stringify(status, null, 2) + '\n');
+    io.stdout(`${JSON.stringify(status, null, 2)}\n`);
     return trouble ? EXIT.invalid : EXIT.ok;
   }
   io.stdout(render(status, io.isTTY && !io.env.NO_COLOR));
@@ -69,7 +71,12 @@ const C = { red: '\x1b[31m', yellow: '\x1b[33m', green: '\x1b[32m', dim: '\x1b[2
 /** "3d 4h", "5m", "12s": a duration for people. */
 export function human(ms: number): string {
   const s = Math.round(Math.abs(ms) / 1000);
-  const units: [number, string][] = [[86400, 'd'], [3600, 'h'], [60, 'm'], [1, 's']];
+  const units: [number, string][] = [
+    [86400, 'd'],
+    [3600, 'h'],
+    [60, 'm'],
+    [1, 's'],
+  ];
   const parts: string[] = [];
   let rest = s;
   for (const [n, u] of units) {
@@ -84,14 +91,37 @@ export function human(ms: number): string {
 export function render(st: Status, color: boolean): string {
   const paint = (c: keyof typeof C, text: string) => (color ? C[c] + text + C.reset : text);
   const now = Date.parse(st.now);
-  const rows: string[][] = [['SECRET', 'VER', 'AGE', 'NEXT', 'STATE', 'STRATEGY', 'TARGET', 'CONSUMERS (version read)']];
+  const rows: string[][] = [
+    ['SECRET', 'VER', 'AGE', 'NEXT', 'STATE', 'STRATEGY', 'TARGET', 'CONSUMERS (version read)'],
+  ];
   const states: (keyof typeof C | undefined)[] = [undefined];
   for (const s of [...st.secrets].sort((a, b) => a.name.localeCompare(b.name))) {
     const age = s.rotatedAt ? human(now - Date.parse(s.rotatedAt)) : '-';
-    const next = s.nextRotationAt === undefined ? '-' : s.nextRotationAt <= now ? 'due' : 'in ' + human(s.nextRotationAt - now);
-    const state = s.failing ? `failing: ${s.failing.error} (${s.failing.attempts}x)` : s.overdue ? 'overdue' : s.pending ? 'rotating' : s.version === undefined ? 'no value yet' : 'ok';
-    const consumers = s.consumers.map((c) => `${c.name}${c.version !== undefined ? `@${c.version}` : ''}${c.behind ? '*' : ''}`).join(', ') || '-';
-    rows.push([s.name, s.version === undefined ? '-' : String(s.version), age, next, state, s.strategy ?? s.source ?? '-', s.target ? `${s.target} (${s.engine})` : '-', consumers]);
+    const next =
+      s.nextRotationAt === undefined ? '-' : s.nextRotationAt <= now ? 'due' : `in ${human(s.nextRotationAt - now)}`;
+    const state = s.failing
+      ? `failing: ${s.failing.error} (${s.failing.attempts}x)`
+      : s.overdue
+        ? 'overdue'
+        : s.pending
+          ? 'rotating'
+          : s.version === undefined
+            ? 'no value yet'
+            : 'ok';
+    const consumers =
+      s.consumers
+        .map((c) => `${c.name}${c.version !== undefined ? `@${c.version}` : ''}${c.behind ? '*' : ''}`)
+        .join(', ') || '-';
+    rows.push([
+      s.name,
+      s.version === undefined ? '-' : String(s.version),
+      age,
+      next,
+      state,
+      s.strategy ?? s.source ?? '-',
+      s.target ? `${s.target} (${s.engine})` : '-',
+      consumers,
+    ]);
     states.push(s.failing ? 'red' : s.overdue ? 'yellow' : s.version === undefined || s.pending ? 'dim' : 'green');
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
@@ -106,18 +136,42 @@ export function render(st: Status, color: boolean): string {
   const agents = st.agents?.agents ?? [];
   if (agents.length) {
     out.push(paint('bold', 'AGENTS') + (st.agents?.listen ? `  (listening on ${st.agents.listen})` : ''));
-    for (const a of agents) out.push(`  ${a.name}: ${a.lastSeen ? `last seen ${human(now - Date.parse(a.lastSeen))} ago` : paint('yellow', 'never seen')}${a.queued ? `, ${a.queued} job(s) waiting` : ''}`);
+    for (const a of agents)
+      out.push(
+        `  ${a.name}: ${a.lastSeen ? `last seen ${human(now - Date.parse(a.lastSeen))} ago` : paint('yellow', 'never seen')}${a.queued ? `, ${a.queued} job(s) waiting` : ''}`,
+      );
     out.push('');
   }
   const applied = st.config.applied;
   const attempted = st.config.attempted;
-  out.push(paint('bold', 'CONFIG') + `  applied ${applied ? `${applied.commit.slice(0, 12)} at ${applied.at}` : 'none'}`);
-  if (attempted && attempted.commit !== applied?.commit) out.push(paint('red', `  last attempted ${attempted.commit.slice(0, 12)} at ${attempted.at}: rejected (${attempted.problems ?? '?'} problems); the applied commit stays in force`));
+  out.push(
+    `${paint('bold', 'CONFIG')}  applied ${applied ? `${applied.commit.slice(0, 12)} at ${applied.at}` : 'none'}`,
+  );
+  if (attempted && attempted.commit !== applied?.commit)
+    out.push(
+      paint(
+        'red',
+        `  last attempted ${attempted.commit.slice(0, 12)} at ${attempted.at}: rejected (${attempted.problems ?? '?'} problems); the applied commit stays in force`,
+      ),
+    );
   const held = st.config.held;
-  if (held) out.push(paint('red', `  the clone stays before ${held.commit.slice(0, 12)} (${held.code}): ${held.message}`));
-  for (const [what, f] of [['audit log', st.audit?.failing], ['state store', st.store?.failing]] as const) {
-    if (f) out.push(paint('red', `  ${what}: cannot be written since ${f.since} (${f.code}${f.errno ? `, ${f.errno}` : ''}): rotations are paused; next try ${Date.parse(f.retryAt) <= now ? 'now' : `in ${human(Date.parse(f.retryAt) - now)}`} (${f.attempts} failed)`));
+  if (held)
+    out.push(paint('red', `  the clone stays before ${held.commit.slice(0, 12)} (${held.code}): ${held.message}`));
+  for (const [what, f] of [
+    ['audit log', st.audit?.failing],
+    ['state store', st.store?.failing],
+  ] as const) {
+    if (f)
+      out.push(
+        paint(
+          'red',
+          `  ${what}: cannot be written since ${f.since} (${f.code}${f.errno ? `, ${f.errno}` : ''}): rotations are paused; next try ${Date.parse(f.retryAt) <= now ? 'now' : `in ${human(Date.parse(f.retryAt) - now)}`} (${f.attempts} failed)`,
+        ),
+      );
   }
-  if (st.audit) out.push(`  audit: ${st.audit.pushFailures > 0 ? paint('yellow', `entries not yet pushed (${st.audit.pushFailures} failed pushes${st.audit.pushError ? `, last ${st.audit.pushError.code}` : ''}; they are kept and retried)`) : st.audit.commitPending ? 'entries being committed' : 'all entries pushed'}`);
-  return out.join('\n') + '\n';
+  if (st.audit)
+    out.push(
+      `  audit: ${st.audit.pushFailures > 0 ? paint('yellow', `entries not yet pushed (${st.audit.pushFailures} failed pushes${st.audit.pushError ? `, last ${st.audit.pushError.code}` : ''}; they are kept and retried)`) : st.audit.commitPending ? 'entries being committed' : 'all entries pushed'}`,
+    );
+  return `${out.join('\n')}\n`;
 }

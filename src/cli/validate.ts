@@ -3,15 +3,21 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { loadModel } from '../model/load.js';
 import { DirectorySource } from '../model/source.js';
-import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Flags } from '../util/args.js';
+import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import type { ProblemFormat } from './report.js';
 import { formatProblems } from './report.js';
 
 export const VALIDATE_FLAGS = {
-  format: { type: 'string', arg: 'FORMAT', default: 'text', choices: ['text', 'json', 'github'], description: 'text, json, or github (GitHub Actions annotations)' },
+  format: {
+    type: 'string',
+    arg: 'FORMAT',
+    default: 'text',
+    choices: ['text', 'json', 'github'],
+    description: 'text, json, or github (GitHub Actions annotations)',
+  },
   help: HELP_FLAG,
 } as const satisfies Flags;
 

@@ -13,8 +13,8 @@
  */
 import { Agent, request } from 'node:http';
 import { BACKOFF, NEVER, RotorError, retryOf } from '../errors.js';
-import { backoffDelay } from '../util/backoff.js';
 import type { BackoffOptions } from '../util/backoff.js';
+import { backoffDelay } from '../util/backoff.js';
 
 export type SecretValue = string | Readonly<Record<string, string>>;
 
@@ -70,7 +70,11 @@ const PERMANENT: ReadonlySet<string> = new Set([
 ]);
 
 export class RotorClientError extends RotorError {
-  constructor(code: string, message: string, readonly status?: number) {
+  constructor(
+    code: string,
+    message: string,
+    readonly status?: number,
+  ) {
     super(code, message, { retry: PERMANENT.has(code) ? NEVER : BACKOFF });
   }
 }
@@ -87,7 +91,11 @@ function agentFor(socket: string): Agent {
 
 function socketOf(o: ClientOptions): string {
   const socket = o.socket ?? process.env.ROTOR_SOCKET;
-  if (!socket) throw new RotorClientError('NO_SOCKET', 'no socket given: pass { socket } or set ROTOR_SOCKET to the consumer socket (SOCKET_DIR/<consumer>.sock)');
+  if (!socket)
+    throw new RotorClientError(
+      'NO_SOCKET',
+      'no socket given: pass { socket } or set ROTOR_SOCKET to the consumer socket (SOCKET_DIR/<consumer>.sock)',
+    );
   return socket;
 }
 
@@ -99,31 +107,68 @@ export function call<T>(path: string, o: ClientOptions = {}, extraMs = 0): Promi
       reject(new RotorClientError('ABORTED', 'the request was aborted'));
       return;
     }
-    const req = request({ socketPath: socket, path, method: 'GET', agent: agentFor(socket), timeout: (o.timeoutMs ?? 10_000) + extraMs, ...(o.signal ? { signal: o.signal } : {}) }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('error', (e) => reject(new RotorClientError('IO', `the answer from ${socket} broke off: ${(e as NodeJS.ErrnoException).code ?? e.message}`)));
-      res.on('end', () => {
-        let body: unknown;
-        try {
-          body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-        } catch {
-          reject(new RotorClientError('BAD_RESPONSE', `${socket} answered something that is not JSON (status ${res.statusCode})`, res.statusCode));
-          return;
-        }
-        const status = res.statusCode ?? 500;
-        if (status >= 400) {
-          const err = (body as { error?: { code?: string; message?: string } }).error;
-          reject(new RotorClientError(err?.code ?? 'HTTP_' + status, err?.message ?? `status ${status}`, status));
-        } else resolve(body as T);
-      });
-    });
-    req.on('timeout', () => req.destroy(new RotorClientError('TIMEOUT', `the daemon did not answer on ${socket} in time`)));
+    const req = request(
+      {
+        socketPath: socket,
+        path,
+        method: 'GET',
+        agent: agentFor(socket),
+        timeout: (o.timeoutMs ?? 10_000) + extraMs,
+        ...(o.signal ? { signal: o.signal } : {}),
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', (e) =>
+          reject(
+            new RotorClientError(
+              'IO',
+              `the answer from ${socket} broke off: ${(e as NodeJS.ErrnoException).code ?? e.message}`,
+            ),
+          ),
+        );
+        res.on('end', () => {
+          let body: unknown;
+          try {
+            body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+          } catch {
+            reject(
+              new RotorClientError(
+                'BAD_RESPONSE',
+                `${socket} answered something that is not JSON (status ${res.statusCode})`,
+                res.statusCode,
+              ),
+            );
+            return;
+          }
+          const status = res.statusCode ?? 500;
+          if (status >= 400) {
+            const err = (body as { error?: { code?: string; message?: string } }).error;
+            reject(new RotorClientError(err?.code ?? `HTTP_${status}`, err?.message ?? `status ${status}`, status));
+          } else resolve(body as T);
+        });
+      },
+    );
+    req.on('timeout', () =>
+      req.destroy(new RotorClientError('TIMEOUT', `the daemon did not answer on ${socket} in time`)),
+    );
     req.on('error', (e: NodeJS.ErrnoException) => {
       if (e instanceof RotorClientError) reject(e);
       else if (e.name === 'AbortError') reject(new RotorClientError('ABORTED', 'the request was aborted'));
-      else if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') reject(new RotorClientError('DAEMON_NOT_RUNNING', `nothing listens on ${socket}: is the daemon running, and is this consumer declared?`));
-      else if (e.code === 'EACCES') reject(new RotorClientError('SOCKET_DENIED', `cannot connect to ${socket}: it belongs to another user (each consumer's socket is owned by its uid)`));
+      else if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED')
+        reject(
+          new RotorClientError(
+            'DAEMON_NOT_RUNNING',
+            `nothing listens on ${socket}: is the daemon running, and is this consumer declared?`,
+          ),
+        );
+      else if (e.code === 'EACCES')
+        reject(
+          new RotorClientError(
+            'SOCKET_DENIED',
+            `cannot connect to ${socket}: it belongs to another user (each consumer's socket is owned by its uid)`,
+          ),
+        );
       else reject(new RotorClientError('IO', `cannot talk to the daemon on ${socket}: ${e.code ?? e.message}`));
     });
     req.end();
@@ -131,7 +176,7 @@ export function call<T>(path: string, o: ClientOptions = {}, extraMs = 0): Promi
 }
 
 function secretPath(name: string): string {
-  return '/v1/secrets/' + name.split('/').map(encodeURIComponent).join('/');
+  return `/v1/secrets/${name.split('/').map(encodeURIComponent).join('/')}`;
 }
 
 /** The current version of a secret (with `previous` during the overlap), or a retained one with `version`. */
@@ -168,9 +213,10 @@ export async function* watchSecret(name: string, o: WatchOptions = {}): AsyncGen
   let failures = 0;
   while (!o.signal?.aborted) {
     try {
-      const s: Secret = after === undefined
-        ? await call<Secret>(secretPath(name), o)
-        : await call<Secret>(`${secretPath(name)}?wait=${wait}&after=${after}`, o, wait * 1000);
+      const s: Secret =
+        after === undefined
+          ? await call<Secret>(secretPath(name), o)
+          : await call<Secret>(`${secretPath(name)}?wait=${wait}&after=${after}`, o, wait * 1000);
       failures = 0;
       if (after === undefined || s.version > after) {
         after = s.version;
@@ -183,7 +229,14 @@ export async function* watchSecret(name: string, o: WatchOptions = {}): AsyncGen
       const delay = backoffDelay(failures, WATCH_BACKOFF);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, delay);
-        o.signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+        o.signal?.addEventListener(
+          'abort',
+          () => {
+            clearTimeout(t);
+            resolve();
+          },
+          { once: true },
+        );
       });
     }
   }

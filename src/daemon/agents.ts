@@ -6,15 +6,16 @@
  * pending value is in the store), which makes a new job with the same credentials; the agent's steps
  * are idempotent (set tries the pending value first), so a job delivered twice does no harm.
  */
-import { randomUUID } from 'node:crypto';
+
 import type { KeyObject } from 'node:crypto';
-import { BACKOFF, NEVER, RotorError } from '../errors.js';
+import { randomUUID } from 'node:crypto';
 import type { Retry } from '../errors.js';
+import { BACKOFF, NEVER, RotorError } from '../errors.js';
 import { parseSigningKey } from '../keys.js';
 import type { Logger } from '../log.js';
+import { defaultStrategy } from '../model/engines.js';
 import type { Desired } from '../model/model.js';
 import type { Secret } from '../model/schema-types.js';
-import { defaultStrategy } from '../model/engines.js';
 import type { Credential, EngineName, Job, Result, RetirePayload, SetPayload, Strategy } from '../protocol/jobs.js';
 import { JOB_LEASE_MS } from '../protocol/jobs.js';
 import { sealForAgent } from '../protocol/seal.js';
@@ -71,9 +72,12 @@ export class AgentHub implements AgentJobs {
   /** Takes the agents and targets of a newly applied model. Jobs for agents no longer declared fail. */
   setModel(desired: Desired): void {
     const agents = new Map<string, AgentInfo>();
-    for (const [name, a] of desired.agents) agents.set(name, { name, key: parseSigningKey(a.decl.signingKey), recipient: a.decl.recipient });
+    for (const [name, a] of desired.agents)
+      agents.set(name, { name, key: parseSigningKey(a.decl.signingKey), recipient: a.decl.recipient });
     this.agents = agents;
-    this.targets = new Map([...desired.targets].map(([name, t]) => [name, { agent: t.decl.agent, engine: t.decl.engine as EngineName }]));
+    this.targets = new Map(
+      [...desired.targets].map(([name, t]) => [name, { agent: t.decl.agent, engine: t.decl.engine as EngineName }]),
+    );
     for (const [agent, queue] of this.queues) {
       if (agents.has(agent)) continue;
       const removed = () => new StepError('AGENT_REMOVED', `agent "${agent}" is no longer declared`, { retry: NEVER });
@@ -117,21 +121,47 @@ export class AgentHub implements AgentJobs {
     return this.run(secret, 'retire', version, payload);
   }
 
-  private async run(secret: Secret, kind: Job['kind'], version: number, payload: SetPayload | RetirePayload): Promise<Result> {
+  private async run(
+    secret: Secret,
+    kind: Job['kind'],
+    version: number,
+    payload: SetPayload | RetirePayload,
+  ): Promise<Result> {
     const r = this.route(secret);
-    const job: Job = { id: randomUUID(), kind, secret: secret.name, version, target: r.target, engine: r.engine, strategy: r.strategy, sealed: await sealForAgent(r.agent.recipient, payload) };
+    const job: Job = {
+      id: randomUUID(),
+      kind,
+      secret: secret.name,
+      version,
+      target: r.target,
+      engine: r.engine,
+      strategy: r.strategy,
+      sealed: await sealForAgent(r.agent.recipient, payload),
+    };
     const result = await new Promise<Result>((resolve, reject) => {
       let queue = this.queues.get(r.agent.name);
       if (!queue) this.queues.set(r.agent.name, (queue = new Map()));
       const timeout = this.o.jobTimeoutMs ?? 600_000;
       const timer = setTimeout(() => {
         const p = queue.get(job.id);
-        if (p) this.settle(r.agent.name, p, new StepError('AGENT_TIMEOUT', `agent "${r.agent.name}" did not report on the ${kind} job of "${secret.name}" within ${Math.round(timeout / 1000)} s (is it running? it polls the daemon's --agent-listen address)`));
+        if (p)
+          this.settle(
+            r.agent.name,
+            p,
+            new StepError(
+              'AGENT_TIMEOUT',
+              `agent "${r.agent.name}" did not report on the ${kind} job of "${secret.name}" within ${Math.round(timeout / 1000)} s (is it running? it polls the daemon's --agent-listen address)`,
+            ),
+          );
       }, timeout);
       queue.set(job.id, { job, leasedUntil: 0, resolve, reject, timer });
       this.wake(r.agent.name);
     });
-    if (result.outcome !== 'done') throw new StepError(result.code ?? 'AGENT_FAILED', `agent reported ${result.code ?? 'a failure'} on the ${kind} job of "${secret.name}"${result.message ? `: ${result.message.slice(0, 300)}` : ''}`);
+    if (result.outcome !== 'done')
+      throw new StepError(
+        result.code ?? 'AGENT_FAILED',
+        `agent reported ${result.code ?? 'a failure'} on the ${kind} job of "${secret.name}"${result.message ? `: ${result.message.slice(0, 300)}` : ''}`,
+      );
     return result;
   }
 

@@ -4,13 +4,13 @@
  * Commits and pushes run on the daemon's git queue, one git operation at a time.
  */
 import diagnostics_channel from 'node:diagnostics_channel';
-import type { Logger } from '../log.js';
-import type { GitRepo } from '../git/repo.js';
 import type { AuditLog } from '../audit/log.js';
+import type { GitRepo } from '../git/repo.js';
+import type { Logger } from '../log.js';
 import type { AuditEvent } from '../rotation/engine.js';
 import type { AuditStatus } from '../serve/status.js';
-import { backoffDelay } from '../util/backoff.js';
 import type { BackoffOptions } from '../util/backoff.js';
+import { backoffDelay } from '../util/backoff.js';
 import type { SerialQueue } from '../util/serial.js';
 import type { Timers } from './timers.js';
 
@@ -92,13 +92,20 @@ export class AuditPublisher {
       this.pushError = { code, message: e instanceof Error ? e.message : String(e) };
       if (auditPushChannel.hasSubscribers) auditPushChannel.publish({ ok: false, code });
       const delay = backoffDelay(this.pushFailures, PUSH_BACKOFF);
-      this.o.log('warn', 'audit commit or push failed; the entries are kept and pushed later', { code, retryInMs: delay });
+      this.o.log('warn', 'audit commit or push failed; the entries are kept and pushed later', {
+        code,
+        retryInMs: delay,
+      });
       this.o.timers.later(delay, () => void this.publish());
     }
   }
 
   /** The publishing part of the audit status. */
   status(): Pick<AuditStatus, 'commitPending' | 'pushFailures' | 'pushError'> {
-    return { commitPending: this.commitPending, pushFailures: this.pushFailures, ...(this.pushError ? { pushError: this.pushError } : {}) };
+    return {
+      commitPending: this.commitPending,
+      pushFailures: this.pushFailures,
+      ...(this.pushError ? { pushError: this.pushError } : {}),
+    };
   }
 }

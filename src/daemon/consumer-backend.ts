@@ -84,7 +84,11 @@ export class DaemonConsumers implements ConsumerBackend {
     }
     const next = this.o.engine.dueAt(name);
     const view: CurrentView = {
-      name, version: s.version, value: s.value, ...(s.username !== undefined ? { username: s.username } : {}), rotatedAt: s.rotatedAt,
+      name,
+      version: s.version,
+      value: s.value,
+      ...(s.username !== undefined ? { username: s.username } : {}),
+      rotatedAt: s.rotatedAt,
       nextRotationAt: next === undefined ? null : new Date(next).toISOString(),
       ...(s.previous ? { previous: s.previous } : {}),
     };
@@ -145,7 +149,12 @@ export class DaemonConsumers implements ConsumerBackend {
     const now = this.o.now();
     const d = this.denials.get(consumer) ?? { lastLog: -Infinity, suppressed: 0 };
     if (now - d.lastLog >= 10_000) {
-      this.o.log('warn', 'consumer asked for a secret it is not granted', { consumer, secret: name, code, alsoRefusedSinceLastLine: d.suppressed });
+      this.o.log('warn', 'consumer asked for a secret it is not granted', {
+        consumer,
+        secret: name,
+        code,
+        alsoRefusedSinceLastLine: d.suppressed,
+      });
       this.denials.set(consumer, { lastLog: now, suppressed: 0 });
     } else {
       this.denials.set(consumer, { lastLog: d.lastLog, suppressed: d.suppressed + 1 });
@@ -155,7 +164,8 @@ export class DaemonConsumers implements ConsumerBackend {
   /** Consumer API requests by consumer and status (the status's sockets.requests). */
   requestCounts(): SocketsStatus['requests'] {
     const requests: { consumer: string; status: number; count: number }[] = [];
-    for (const [consumer, counts] of this.requests) for (const [status, count] of counts) requests.push({ consumer, status, count });
+    for (const [consumer, counts] of this.requests)
+      for (const [status, count] of counts) requests.push({ consumer, status, count });
     return requests;
   }
 }

@@ -13,37 +13,36 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import path from 'node:path';
+import { confineAuditFs } from '../audit/confine.js';
+import type { AuditEntry } from '../audit/entry.js';
+import { AuditError } from '../audit/entry.js';
+import type { AuditFs } from '../audit/log.js';
+import { AuditLog, nodeAuditFs, verifyAuditDir } from '../audit/log.js';
+import type { GitRepo as Repo } from '../git/repo.js';
+import { openRepo } from '../git/repo.js';
 import { loadKeys } from '../keys.js';
 import type { Logger } from '../log.js';
 import { auditDirShapeProblem } from '../model/audit-path.js';
-import { DEFAULT_AUDIT_DIR } from '../model/model.js';
 import type { Desired } from '../model/model.js';
-import { openRepo } from '../git/repo.js';
-import type { GitRepo as Repo } from '../git/repo.js';
-import { AuditLog, nodeAuditFs, verifyAuditDir } from '../audit/log.js';
-import { confineAuditFs } from '../audit/confine.js';
-import type { AuditFs } from '../audit/log.js';
-import type { AuditEntry } from '../audit/entry.js';
-import { AuditError } from '../audit/entry.js';
-import { fileStoreBackend } from '../state/index.js';
-import type { StateStore, StoreFs } from '../state/index.js';
-import { Engine } from '../rotation/engine.js';
+import { DEFAULT_AUDIT_DIR } from '../model/model.js';
 import type { AuditEvent } from '../rotation/engine.js';
-import { AUDIT_HEAD_KEY } from '../rotation/engine.js';
+import { AUDIT_HEAD_KEY, Engine } from '../rotation/engine.js';
 import { listenAdmin } from '../serve/admin.js';
+import { type AgentApiLimits, listenAgentApi } from '../serve/agent-api.js';
 import { consumerHandler } from '../serve/consumer-api.js';
 import { ConsumerSockets } from '../serve/consumer-sockets.js';
-import { listenAgentApi, type AgentApiLimits } from '../serve/agent-api.js';
 import type { ListenerLimits } from '../serve/limits.js';
 import { listenMetrics } from '../serve/metrics.js';
 import type { DaemonStatus, RecentView } from '../serve/status.js';
+import type { StateStore, StoreFs } from '../state/index.js';
+import { fileStoreBackend } from '../state/index.js';
 import { SerialQueue } from '../util/serial.js';
+import { AgentHub } from './agents.js';
 import { committedAuditHead } from './audit-anchor.js';
 import { AuditPublisher } from './audit-publisher.js';
 import { DaemonConsumers } from './consumer-backend.js';
 import { checkDataDir, lockDataDir } from './lock.js';
 import { Receipts } from './receipts.js';
-import { AgentHub } from './agents.js';
 import { readSopsValues } from './sops-values.js';
 import { daemonStatus, keepRecent } from './status.js';
 import { RepoSync } from './sync.js';
@@ -152,14 +151,20 @@ export class Daemon {
     const { dataDir, log } = this.o;
     this.identity = keys.identity;
     await mkdir(path.join(dataDir, 'state'), { recursive: true, mode: 0o700 });
-    const repoOptions = { url: this.o.repo, dir: path.join(dataDir, 'repo'), branch: this.o.branch, onWarning: (w: { code: string; message: string }) => log('warn', w.message, { code: w.code }) };
+    const repoOptions = {
+      url: this.o.repo,
+      dir: path.join(dataDir, 'repo'),
+      branch: this.o.branch,
+      onWarning: (w: { code: string; message: string }) => log('warn', w.message, { code: w.code }),
+    };
     this.repo = await openRepo(repoOptions);
     // Audit entries written just before a crash are durable in the clone but not yet committed:
     // commit them first (under the audit directory the clone's own commit declares).
     const local = await this.sync.load(await this.repo.head());
     const localDir = usableAuditDir(local);
     if (localDir !== 'audit') this.repo = await openRepo({ ...repoOptions, auditDir: localDir });
-    if ((await lstat(path.join(this.repo.dir, localDir)).catch(() => undefined))?.isDirectory()) await this.repo.commitAudit([localDir], 'rotor: audit entries written before a restart');
+    if ((await lstat(path.join(this.repo.dir, localDir)).catch(() => undefined))?.isDirectory())
+      await this.repo.commitAudit([localDir], 'rotor: audit entries written before a restart');
     const synced = await this.repo.sync(); // sync fetches
     const head = synced.remoteHead;
     this.sync.noteHeld(synced);
@@ -184,15 +189,23 @@ export class Daemon {
       fs: auditFs,
     });
     if (pushed && pushedHash !== pushed.hash) {
-      const where = pushedHash === undefined ? `ends at entry ${this.audit.head.seq}, before entry ${pushed.seq}` : `differs at entry ${pushed.seq}`;
-      throw new AuditError(pushedHash === undefined ? 'AUDIT_TRUNCATED' : 'AUDIT_CHAIN_BROKEN', `the audit log ${auditPath} ${where}, which the remote holds (commit ${head}): entries were removed or changed in the clone. Nothing of it was pushed; compare with the remote (git -C ${this.repo.dir} diff ${head} -- ${this.auditDir}) and restore them`);
+      const where =
+        pushedHash === undefined
+          ? `ends at entry ${this.audit.head.seq}, before entry ${pushed.seq}`
+          : `differs at entry ${pushed.seq}`;
+      throw new AuditError(
+        pushedHash === undefined ? 'AUDIT_TRUNCATED' : 'AUDIT_CHAIN_BROKEN',
+        `the audit log ${auditPath} ${where}, which the remote holds (commit ${head}): entries were removed or changed in the clone. Nothing of it was pushed; compare with the remote (git -C ${this.repo.dir} diff ${head} -- ${this.auditDir}) and restore them`,
+      );
     }
     const stateDir = path.join(dataDir, 'state');
     const stateBackend = fileStoreBackend({ dir: stateDir, ...(this.o.storeFs ? { fs: this.o.storeFs } : {}) });
     this.store = await stateBackend.open({
       identity: keys.identity,
       recipients: [keys.recipient, ...this.o.breakGlass],
-      ...(index.stateSeq !== undefined ? { anchor: { seq: index.stateSeq, ...(index.storeId ? { storeId: index.storeId } : {}) } } : {}),
+      ...(index.stateSeq !== undefined
+        ? { anchor: { seq: index.stateSeq, ...(index.storeId ? { storeId: index.storeId } : {}) } }
+        : {}),
       onWarning: (m: string) => log('warn', m),
     });
     // ...and the store anchors the audit log: a log cut back behind what the store saw is refused.
@@ -212,19 +225,33 @@ export class Daemon {
     }
     const audit = this.audit;
     this.publisher = new AuditPublisher({
-      audit, repo: this.repo, auditDir: this.auditDir, queue: this.gitQueue, timers: this.timers, log,
+      audit,
+      repo: this.repo,
+      auditDir: this.auditDir,
+      queue: this.gitQueue,
+      timers: this.timers,
+      log,
       commitDelayMs: this.o.commitDelayMs ?? 1000,
       onAppended: (events) => {
         for (const e of events) keepRecent(this.recent, e);
       },
     });
-    this.hub = new AgentHub({ log, now: this.now, ...(this.o.agentJobTimeoutMs !== undefined ? { jobTimeoutMs: this.o.agentJobTimeoutMs } : {}) });
+    this.hub = new AgentHub({
+      log,
+      now: this.now,
+      ...(this.o.agentJobTimeoutMs !== undefined ? { jobTimeoutMs: this.o.agentJobTimeoutMs } : {}),
+    });
     const hub = this.hub;
     this.receipts = new Receipts(this.store, log, this.now);
     this.engine = new Engine({
       database: { set: (s, v, p, c) => hub.set(s, v, p, c), retire: (s, v, r, c) => hub.retire(s, v, r, c) },
       store: this.store,
-      audit: { append: (events) => this.appendAudit(events), get head() { return audit.head; } },
+      audit: {
+        append: (events) => this.appendAudit(events),
+        get head() {
+          return audit.head;
+        },
+      },
       audited: index.audited,
       fingerprintKey: Buffer.from(fpKey, 'base64'),
       now: this.now,
@@ -236,20 +263,37 @@ export class Daemon {
       readByAll: (name, version) => this.consumers.readByAll(name, version),
     });
     this.consumers = new DaemonConsumers({
-      engine: this.engine, receipts: this.receipts, log, now: this.now,
+      engine: this.engine,
+      receipts: this.receipts,
+      log,
+      now: this.now,
       running: () => !this.stopped,
       rearmSoon: () => this.rearmSoon(),
     });
     const consumers = this.consumers;
-    this.sockets = new ConsumerSockets({ dir: this.socketDir, log, handler: (consumer) => consumerHandler(consumer, consumers) });
+    this.sockets = new ConsumerSockets({
+      dir: this.socketDir,
+      log,
+      handler: (consumer) => consumerHandler(consumer, consumers),
+    });
     await this.sockets.open();
     this.sync.startAt(head);
     if (this.o.agentListen !== undefined) {
-      this.agentApi = await listenAgentApi(this.o.agentListen, { hub: this.hub, signing: keys.signing, log, now: this.now, ...(this.o.agentApiLimits ? { limits: this.o.agentApiLimits } : {}) });
+      this.agentApi = await listenAgentApi(this.o.agentListen, {
+        hub: this.hub,
+        signing: keys.signing,
+        log,
+        now: this.now,
+        ...(this.o.agentApiLimits ? { limits: this.o.agentApiLimits } : {}),
+      });
       log('info', 'listening for agents', { address: this.agentApi.address });
     }
     if (this.o.metricsListen !== undefined) {
-      this.metrics = await listenMetrics(this.o.metricsListen, this, { hosts: this.o.metricsHosts ?? [], log, ...(this.o.metricsLimits ? { limits: this.o.metricsLimits } : {}) });
+      this.metrics = await listenMetrics(this.o.metricsListen, this, {
+        hosts: this.o.metricsHosts ?? [],
+        log,
+        ...(this.o.metricsLimits ? { limits: this.o.metricsLimits } : {}),
+      });
       log('info', 'serving metrics', { address: this.metrics.address });
     }
     // An invalid head after a restart: the last commit the audit log says was applied stays in force
@@ -257,7 +301,12 @@ export class Daemon {
     if (!first.valid && index.lastApplied && index.lastApplied !== head) {
       const prior = await this.sync.load(index.lastApplied).catch(() => undefined);
       if (prior?.valid) await this.sync.consider(index.lastApplied, prior);
-      else log('warn', 'the last applied commit cannot be read again; no declarations are in force until a valid commit arrives', { commit: index.lastApplied });
+      else
+        log(
+          'warn',
+          'the last applied commit cannot be read again; no declarations are in force until a valid commit arrives',
+          { commit: index.lastApplied },
+        );
     }
     await this.sync.consider(head, first);
     this.admin = await listenAdmin(path.join(dataDir, 'admin.sock'), {
@@ -266,7 +315,12 @@ export class Daemon {
     });
     this.sync.schedule();
     this.rearm();
-    log('info', 'daemon started', { repo: this.o.repo, branch: this.o.branch, commit: head, secrets: this.desired?.secrets.size ?? 0 });
+    log('info', 'daemon started', {
+      repo: this.o.repo,
+      branch: this.o.branch,
+      commit: head,
+      secrets: this.desired?.secrets.size ?? 0,
+    });
   }
 
   /** Fetches now (SIGHUP), applying a new commit if there is one. */
@@ -285,7 +339,11 @@ export class Daemon {
     // New secrets get version 1 and rotate-now requests run before this returns.
     await this.engine.runDue();
     this.receipts.prune((consumer, secret) => desired.consumers.has(consumer) && desired.secrets.has(secret));
-    const specs = [...desired.consumers.values()].map(({ decl }) => ({ name: decl.name, uid: decl.uid, ...(decl.gid !== undefined ? { gid: decl.gid } : {}) }));
+    const specs = [...desired.consumers.values()].map(({ decl }) => ({
+      name: decl.name,
+      uid: decl.uid,
+      ...(decl.gid !== undefined ? { gid: decl.gid } : {}),
+    }));
     await this.sockets?.sync(specs);
     this.consumers.notifyAll(); // grants may have changed
     this.rearm();
@@ -342,8 +400,19 @@ export class Daemon {
       consumersOf: (name) => this.consumers.consumersOf(name),
       receipt: (consumer, name) => this.receipts.get(consumer, name),
       config: this.sync.status(),
-      sockets: { dir: this.socketDir, consumers: this.sockets?.names() ?? [], requests: this.consumers.requestCounts() },
-      agents: { listen: this.agentApi?.address, agents: this.hub.lastSeen().map((a) => ({ name: a.name, queued: a.queued, ...(a.lastSeen !== undefined ? { lastSeen: new Date(a.lastSeen).toISOString() } : {}) })) },
+      sockets: {
+        dir: this.socketDir,
+        consumers: this.sockets?.names() ?? [],
+        requests: this.consumers.requestCounts(),
+      },
+      agents: {
+        listen: this.agentApi?.address,
+        agents: this.hub.lastSeen().map((a) => ({
+          name: a.name,
+          queued: a.queued,
+          ...(a.lastSeen !== undefined ? { lastSeen: new Date(a.lastSeen).toISOString() } : {}),
+        })),
+      },
       store: { seq: this.store.seq, storeId: this.store.storeId },
       audit: this.publisher.status(),
       recent: this.recent,
@@ -375,7 +444,11 @@ export class Daemon {
     await this.receipts?.flush().catch(() => undefined);
     await this.publisher?.publish().catch(() => undefined);
     // A full snapshot on the way out: what an operator opens offline with age -d is then complete.
-    await this.store?.compact().catch((e: unknown) => this.o.log('warn', 'state compaction on stop failed', { code: (e as { code?: string }).code ?? 'ERROR' }));
+    await this.store
+      ?.compact()
+      .catch((e: unknown) =>
+        this.o.log('warn', 'state compaction on stop failed', { code: (e as { code?: string }).code ?? 'ERROR' }),
+      );
     await this.store?.close();
     await this.unlock?.();
   }
@@ -396,7 +469,8 @@ function newAuditIndex() {
     lastApplied: undefined as string | undefined,
     add(e: AuditEntry) {
       if (e.event === 'config-applied' && e.commit) index.lastApplied = e.commit;
-      if ((e.event === 'created' || e.event === 'rotated') && e.secret && e.to !== undefined) index.audited.set(e.secret, e.to);
+      if ((e.event === 'created' || e.event === 'rotated') && e.secret && e.to !== undefined)
+        index.audited.set(e.secret, e.to);
       if (e.event === 'purged' && e.secret) index.audited.delete(e.secret);
       if (e.stateSeq !== undefined) index.stateSeq = Math.max(index.stateSeq ?? 0, e.stateSeq);
       if (e.storeId !== undefined) index.storeId = e.storeId;

@@ -32,9 +32,14 @@ export class DataDirError extends RotorError {
 export async function checkDataDir(dataDir: string): Promise<void> {
   const st = await stat(dataDir).catch(() => undefined);
   if (!st) return;
-  if (!st.isDirectory()) throw new DataDirError(`${dataDir} is not a directory: pass the daemon's data directory (rotor keygen DIR makes one)`);
+  if (!st.isDirectory())
+    throw new DataDirError(
+      `${dataDir} is not a directory: pass the daemon's data directory (rotor keygen DIR makes one)`,
+    );
   if ((st.mode & 0o022) !== 0) {
-    throw new DataDirError(`${dataDir} is writable by others (mode ${(st.mode & 0o777).toString(8)}): another user could replace the keys or plant links where the daemon writes; make it the daemon's own: chmod 700 ${dataDir}`);
+    throw new DataDirError(
+      `${dataDir} is writable by others (mode ${(st.mode & 0o777).toString(8)}): another user could replace the keys or plant links where the daemon writes; make it the daemon's own: chmod 700 ${dataDir}`,
+    );
   }
 }
 
@@ -64,7 +69,9 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
       if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
-        throw new LockError(`another rotor daemon (pid ${pid}) is using ${dataDir}; stop it first, or give this one its own --data-dir`);
+        throw new LockError(
+          `another rotor daemon (pid ${pid}) is using ${dataDir}; stop it first, or give this one its own --data-dir`,
+        );
       }
       await unlink(file).catch(() => undefined); // a stale lock from a process that is gone
     }

@@ -20,8 +20,13 @@ export class Receipts {
   private dirty = new Map<string, Receipt | undefined>();
   private flushing: Promise<void> | undefined;
 
-  constructor(private readonly store: StateStore, private readonly log: Logger, private readonly now: () => number) {
-    for (const [key, value] of store.entries(PREFIX)) this.seen.set(key.slice(PREFIX.length), value as unknown as Receipt);
+  constructor(
+    private readonly store: StateStore,
+    private readonly log: Logger,
+    private readonly now: () => number,
+  ) {
+    for (const [key, value] of store.entries(PREFIX))
+      this.seen.set(key.slice(PREFIX.length), value as unknown as Receipt);
   }
 
   get(consumer: string, secret: string): Receipt | undefined {
@@ -60,13 +65,19 @@ export class Receipts {
     while (this.dirty.size > 0) {
       const batch = this.dirty;
       this.dirty = new Map();
-      const ops = [...batch].map(([id, r]) => (r ? { op: 'put' as const, key: PREFIX + id, value: r as unknown as Json } : { op: 'delete' as const, key: PREFIX + id }));
+      const ops = [...batch].map(([id, r]) =>
+        r
+          ? { op: 'put' as const, key: PREFIX + id, value: r as unknown as Json }
+          : { op: 'delete' as const, key: PREFIX + id },
+      );
       try {
         await this.store.write(ops);
       } catch (e) {
         // Kept in memory; a later change writes them again. Losing one only delays an early retirement.
         for (const [id, r] of batch) if (!this.dirty.has(id)) this.dirty.set(id, r);
-        this.log('warn', 'read receipts could not be stored; will retry with the next change', { code: (e as { code?: string }).code ?? 'ERROR' });
+        this.log('warn', 'read receipts could not be stored; will retry with the next change', {
+          code: (e as { code?: string }).code ?? 'ERROR',
+        });
         break;
       }
     }

@@ -3,10 +3,19 @@
  * the sockets, the agents, the store, the audit log, the recent rotation outcomes. Names, versions,
  * times and codes: never a value.
  */
-import type { Desired } from '../model/model.js';
+
 import { defaultStrategy } from '../model/engines.js';
+import type { Desired } from '../model/model.js';
 import type { AuditEvent, Engine, StorageName } from '../rotation/engine.js';
-import type { AgentsStatus, AuditStatus, ConfigStatus, DaemonStatus, RecentView, SocketsStatus, StorageFailingView } from '../serve/status.js';
+import type {
+  AgentsStatus,
+  AuditStatus,
+  ConfigStatus,
+  DaemonStatus,
+  RecentView,
+  SocketsStatus,
+  StorageFailingView,
+} from '../serve/status.js';
 import { parseDuration } from '../util/duration.js';
 
 /** What the status is taken from: the parts of the daemon, each giving its own section. */
@@ -30,20 +39,31 @@ export function daemonStatus(p: StatusParts): DaemonStatus {
   const secrets = p.engine.status().map((s) => {
     const consumers = p.consumersOf(s.name).map((c) => {
       const r = p.receipt(c, s.name);
-      return { name: c, ...(r ? { version: r.version, readAt: r.at } : {}), behind: s.version !== undefined && (r?.version ?? 0) < s.version };
+      return {
+        name: c,
+        ...(r ? { version: r.version, readAt: r.at } : {}),
+        behind: s.version !== undefined && (r?.version ?? 0) < s.version,
+      };
     });
     const decl = desired?.secrets.get(s.name)?.decl;
     const policy = decl ? desired?.policies.get(decl.policy)?.decl : undefined;
     const target = decl?.database ? desired?.targets.get(decl.database.target)?.decl : undefined;
     const maxAge = policy?.maxAge ? parseDuration(policy.maxAge) : undefined;
     const age = s.rotatedAt ? now() - Date.parse(s.rotatedAt) : undefined;
-    const overdue = (maxAge !== undefined && age !== undefined && age > maxAge)
-      || (s.nextRotationAt !== undefined && s.version !== undefined && now() - s.nextRotationAt > 3600_000);
+    const overdue =
+      (maxAge !== undefined && age !== undefined && age > maxAge) ||
+      (s.nextRotationAt !== undefined && s.version !== undefined && now() - s.nextRotationAt > 3600_000);
     return {
       ...s,
       policy: decl?.policy,
       source: decl?.database ? 'database' : decl?.sops ? 'sops' : decl?.fields ? 'fields' : 'generate',
-      ...(target ? { target: target.name, engine: target.engine, strategy: decl!.database!.strategy ?? defaultStrategy(target.engine) } : {}),
+      ...(target
+        ? {
+            target: target.name,
+            engine: target.engine,
+            strategy: decl!.database!.strategy ?? defaultStrategy(target.engine),
+          }
+        : {}),
       overdue,
       consumers,
     };
@@ -66,19 +86,36 @@ function storageStatus(engine: Pick<Engine, 'storageFailure'>, what: StorageName
   if (!f) return {};
   const since = new Date(f.since).toISOString();
   const retryAt = new Date(f.retryAt).toISOString();
-  return { failing: { code: f.code, ...(f.errno ? { errno: f.errno } : {}), message: f.message, since, attempts: f.attempts, retryAt } };
+  return {
+    failing: {
+      code: f.code,
+      ...(f.errno ? { errno: f.errno } : {}),
+      message: f.message,
+      since,
+      attempts: f.attempts,
+      retryAt,
+    },
+  };
 }
 
 const RECENT_MAX = 200;
 
 /** Keeps the last RECENT_MAX rotation outcomes in `ring` (other audit events are not outcomes). */
 export function keepRecent(ring: RecentView[], e: AuditEvent): void {
-  if (!e.secret || (e.event !== 'created' && e.event !== 'rotated' && e.event !== 'retired' && e.event !== 'rotation-failed')) return;
+  if (
+    !e.secret ||
+    (e.event !== 'created' && e.event !== 'rotated' && e.event !== 'retired' && e.event !== 'rotation-failed')
+  )
+    return;
   const error = e.event === 'rotation-failed' ? /^([A-Z][A-Z0-9_]*):/.exec(e.detail ?? '')?.[1] : undefined;
   ring.push({
-    time: e.time, secret: e.secret, event: e.event,
-    ...(e.from !== undefined ? { from: e.from } : {}), ...(e.to !== undefined ? { to: e.to } : {}),
-    ...(e.trigger !== undefined ? { trigger: e.trigger } : {}), ...(e.reason !== undefined ? { reason: e.reason } : {}),
+    time: e.time,
+    secret: e.secret,
+    event: e.event,
+    ...(e.from !== undefined ? { from: e.from } : {}),
+    ...(e.to !== undefined ? { to: e.to } : {}),
+    ...(e.trigger !== undefined ? { trigger: e.trigger } : {}),
+    ...(e.reason !== undefined ? { reason: e.reason } : {}),
     ...(error !== undefined ? { error } : {}),
   });
   if (ring.length > RECENT_MAX) ring.splice(0, ring.length - RECENT_MAX);

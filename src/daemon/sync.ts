@@ -4,12 +4,13 @@
  * good model stays in force (as Flux keeps the last applied revision apart from the last attempted
  * one). Runs on the daemon's git queue, one git operation at a time.
  */
+
+import type { GitRepo } from '../git/repo.js';
+import { runGit } from '../git/run.js';
+import { GitTreeSource } from '../git/tree.js';
 import type { Logger } from '../log.js';
 import { loadModel } from '../model/load.js';
 import type { Desired, LoadResult } from '../model/model.js';
-import { GitTreeSource } from '../git/tree.js';
-import { runGit } from '../git/run.js';
-import type { GitRepo } from '../git/repo.js';
 import type { ConfigStatus } from '../serve/status.js';
 import { parseDuration } from '../util/duration.js';
 import type { SerialQueue } from '../util/serial.js';
@@ -68,29 +69,44 @@ export class RepoSync {
 
   /** Fetches now (SIGHUP), applying a new commit if there is one. */
   syncNow(): Promise<void> {
-    return this.o.queue.run(async () => {
-      await this.o.beforeFetch();
-      const repo = this.o.repo();
-      const synced = await repo.sync(); // sync fetches
-      this.noteHeld(synced);
-      const head = synced.remoteHead;
-      if (head === this.seenHead) return;
-      const previous = this.seenHead;
-      this.seenHead = head;
-      // The daemon's own audit commits (and anyone else's that touch only the audit log) change no
-      // declaration: the applied model stays as it is. Not so when the clone holds (the audit path
-      // itself changed: a link, a file) or the last commit was rejected (this one may mend it).
-      const lastWasApplied = this.attempted?.commit === this.applied?.commit;
-      if (previous && !synced.held && lastWasApplied && (await this.declarationsUnchanged(previous, head))) return;
-      await this.consider(head, await this.load(head));
-    })
-      .catch((e: unknown) => this.o.log('error', 'sync with the repository failed; will retry', { code: (e as { code?: string }).code ?? 'ERROR' }))
+    return this.o.queue
+      .run(async () => {
+        await this.o.beforeFetch();
+        const repo = this.o.repo();
+        const synced = await repo.sync(); // sync fetches
+        this.noteHeld(synced);
+        const head = synced.remoteHead;
+        if (head === this.seenHead) return;
+        const previous = this.seenHead;
+        this.seenHead = head;
+        // The daemon's own audit commits (and anyone else's that touch only the audit log) change no
+        // declaration: the applied model stays as it is. Not so when the clone holds (the audit path
+        // itself changed: a link, a file) or the last commit was rejected (this one may mend it).
+        const lastWasApplied = this.attempted?.commit === this.applied?.commit;
+        if (previous && !synced.held && lastWasApplied && (await this.declarationsUnchanged(previous, head))) return;
+        await this.consider(head, await this.load(head));
+      })
+      .catch((e: unknown) =>
+        this.o.log('error', 'sync with the repository failed; will retry', {
+          code: (e as { code?: string }).code ?? 'ERROR',
+        }),
+      )
       .finally(() => this.o.afterSync());
   }
 
   /** Whether nothing but the audit directory differs between two commits. */
   private async declarationsUnchanged(a: string, b: string): Promise<boolean> {
-    const args = ['diff', '--quiet', '--no-ext-diff', '--no-renames', a, b, '--', '.', `:(exclude)${this.o.auditDir()}`];
+    const args = [
+      'diff',
+      '--quiet',
+      '--no-ext-diff',
+      '--no-renames',
+      a,
+      b,
+      '--',
+      '.',
+      `:(exclude)${this.o.auditDir()}`,
+    ];
     const r = await runGit(this.o.repo().dir, args);
     return r.exitCode === 0; // 1: differences; anything else: look at the commit
   }
@@ -102,7 +118,8 @@ export class RepoSync {
       this.held = undefined;
       return;
     }
-    if (this.held?.commit !== synced.remoteHead) this.o.log('error', synced.held.message, { code: synced.held.code, commit: synced.remoteHead });
+    if (this.held?.commit !== synced.remoteHead)
+      this.o.log('error', synced.held.message, { code: synced.held.code, commit: synced.remoteHead });
     this.held = { commit: synced.remoteHead, code: synced.held.code, message: synced.held.message };
   }
 
@@ -113,8 +130,20 @@ export class RepoSync {
       const problems = result.problems.filter((p) => p.severity === 'error').length;
       this.attempted = { commit, at, problems };
       await this.o.rejected(commit, at, problems);
-      this.o.log('error', 'commit rejected: its declarations are invalid; the last good commit stays in force', { commit, problems, applied: this.applied?.commit });
-      for (const p of result.problems.slice(0, 20)) this.o.log('warn', 'declaration problem', { commit, file: p.file, line: p.line, col: p.col, code: p.code, problem: p.message });
+      this.o.log('error', 'commit rejected: its declarations are invalid; the last good commit stays in force', {
+        commit,
+        problems,
+        applied: this.applied?.commit,
+      });
+      for (const p of result.problems.slice(0, 20))
+        this.o.log('warn', 'declaration problem', {
+          commit,
+          file: p.file,
+          line: p.line,
+          col: p.col,
+          code: p.code,
+          problem: p.message,
+        });
       return;
     }
     this.attempted = { commit, at };

@@ -43,8 +43,14 @@ export function checkAuthor(a: { name: string; email: string }): { name: string;
 export function checkBranch(branch: string): string {
   // the rules of git check-ref-format, for a branch name
   if (
-    !branch || branch.startsWith('-') || branch.startsWith('/') || branch.endsWith('/') || branch.endsWith('.') ||
-    branch.endsWith('.lock') || branch === '@' || /\.\.|@\{|\/\/|\/\.|^\.|[\0-\x20\x7f~^:?*[\\]/.test(branch)
+    !branch ||
+    branch.startsWith('-') ||
+    branch.startsWith('/') ||
+    branch.endsWith('/') ||
+    branch.endsWith('.') ||
+    branch.endsWith('.lock') ||
+    branch === '@' ||
+    /\.\.|@\{|\/\/|\/\.|^\.|[\0-\x20\x7f~^:?*[\\]/.test(branch)
   ) {
     throw new GitRepoError('GIT_BAD_ARGUMENT', `"${branch}" is not a valid branch name`);
   }
@@ -63,7 +69,10 @@ const BYTE_EXACT = '-text -eol -crlf -ident -filter -working-tree-encoding';
  * checkout and break its hash chain): $GIT_DIR/info/attributes overrides every .gitattributes.
  */
 async function writeAttributes(c: LocalClone, dir = c.dir): Promise<void> {
-  const file = path.resolve(dir, (await c.must(['rev-parse', '--git-path', 'info/attributes'], { cwd: dir })).toString('utf8').trim());
+  const file = path.resolve(
+    dir,
+    (await c.must(['rev-parse', '--git-path', 'info/attributes'], { cwd: dir })).toString('utf8').trim(),
+  );
   const text =
     '# Written by rotor: its audit log is kept byte for byte, whatever .gitattributes say.\n' +
     `/${c.auditDir}/** ${BYTE_EXACT}\n`;
@@ -79,7 +88,21 @@ export async function cloneInto(c: LocalClone, dirExists: boolean): Promise<void
   const parent = path.dirname(c.dir);
   await mkdir(parent, { recursive: true });
   const tmp = path.join(parent, `.${path.basename(c.dir)}.clone-${randomBytes(6).toString('hex')}`);
-  const args = ['clone', '--quiet', '--no-checkout', '--no-tags', '--single-branch', '--branch', c.branch, '--origin', 'origin', '--template=', '--', c.url, tmp];
+  const args = [
+    'clone',
+    '--quiet',
+    '--no-checkout',
+    '--no-tags',
+    '--single-branch',
+    '--branch',
+    c.branch,
+    '--origin',
+    'origin',
+    '--template=',
+    '--',
+    c.url,
+    tmp,
+  ];
   try {
     const r = await c.run(args, { network: true, cwd: parent });
     if (r.exitCode !== 0) {
@@ -97,7 +120,10 @@ export async function cloneInto(c: LocalClone, dirExists: boolean): Promise<void
     await writeAttributes(c, tmp);
     const unsafe = await c.run(['rev-parse', '--verify', '--quiet', 'HEAD^{commit}'], { cwd: tmp });
     const headId = unsafe.stdout.toString('utf8').trim();
-    const bad = unsafe.exitCode === 0 ? unsafeAuditPath(c.auditDir, await new GitTreeSource(tmp, headId, '').probe(c.auditDir)) : undefined;
+    const bad =
+      unsafe.exitCode === 0
+        ? unsafeAuditPath(c.auditDir, await new GitTreeSource(tmp, headId, '').probe(c.auditDir))
+        : undefined;
     if (bad) {
       throw new GitRepoError(
         'GIT_AUDIT_PATH_UNSAFE',
@@ -106,7 +132,12 @@ export async function cloneInto(c: LocalClone, dirExists: boolean): Promise<void
       );
     }
     const co = await c.run(['reset', '--quiet', '--hard', 'HEAD'], { cwd: tmp });
-    if (co.exitCode !== 0) throw new GitRepoError('GIT_CLONE_FAILED', `could not check out ${c.branch} in ${tmp}: ${gitFailure(['reset'], co).message}`, { cause: gitFailure(['reset'], co) });
+    if (co.exitCode !== 0)
+      throw new GitRepoError(
+        'GIT_CLONE_FAILED',
+        `could not check out ${c.branch} in ${tmp}: ${gitFailure(['reset'], co).message}`,
+        { cause: gitFailure(['reset'], co) },
+      );
     if (dirExists) {
       const mode = (await stat(c.dir)).mode & 0o7777;
       await chmod(tmp, mode);
@@ -140,13 +171,22 @@ export async function checkExisting(c: LocalClone): Promise<void> {
   await recover(c);
   await ensureBranch(c);
   const n = await c.countUnpushed();
-  if (n > 0) c.warn('GIT_UNPUSHED', `${plural(n, 'audit commit')} from before are not on ${c.where} yet; the next push sends them`);
+  if (n > 0)
+    c.warn(
+      'GIT_UNPUSHED',
+      `${plural(n, 'audit commit')} from before are not on ${c.where} yet; the next push sends them`,
+    );
   const { tracked } = await c.changes();
   if (tracked.length > 0) {
     const audit = tracked.filter((p) => c.isAuditPath(p));
     const other = tracked.filter((p) => !c.isAuditPath(p));
-    if (audit.length) c.warn('GIT_UNCOMMITTED_AUDIT', `uncommitted changes in the audit directory: ${audit.join(', ')}`);
-    if (other.length) c.warn('GIT_WORKTREE_DIRTY', `files outside ${c.auditDir}/ were changed in the daemon's clone (${other.join(', ')}); a sync that brings remote changes refuses until they are restored (git -C ${c.dir} checkout -- .)`);
+    if (audit.length)
+      c.warn('GIT_UNCOMMITTED_AUDIT', `uncommitted changes in the audit directory: ${audit.join(', ')}`);
+    if (other.length)
+      c.warn(
+        'GIT_WORKTREE_DIRTY',
+        `files outside ${c.auditDir}/ were changed in the daemon's clone (${other.join(', ')}); a sync that brings remote changes refuses until they are restored (git -C ${c.dir} checkout -- .)`,
+      );
   }
 }
 

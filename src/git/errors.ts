@@ -2,7 +2,7 @@
  * What the daemon's clone reports: GitRepoError with a stable `code` (when git failed, `cause` is a
  * GitError holding git's stderr, URL credentials removed), and warnings that do not stop it.
  */
-import { BACKOFF, NEVER, RotorError, type Retry } from '../errors.js';
+import { BACKOFF, NEVER, type Retry, RotorError } from '../errors.js';
 import { redactUrls } from './run.js';
 
 export type GitRepoErrorCode =
@@ -59,7 +59,11 @@ const RETRY: Readonly<Record<GitRepoErrorCode, Retry>> = {
 
 export class GitRepoError extends RotorError {
   declare readonly code: GitRepoErrorCode;
-  constructor(code: GitRepoErrorCode, message: string, options: { cause?: unknown; details?: GitRepoErrorDetails } = {}) {
+  constructor(
+    code: GitRepoErrorCode,
+    message: string,
+    options: { cause?: unknown; details?: GitRepoErrorDetails } = {},
+  ) {
     super(code, redactUrls(message), { cause: options.cause, retry: RETRY[code] });
     this.details = options.details ?? {};
   }

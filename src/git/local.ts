@@ -5,8 +5,8 @@
  * No network call and no change of the branch here: those are clone.ts, sync.ts and push.ts.
  */
 import { unsafeAuditPath } from '../model/audit-path.js';
-import { GitRepoError, plural, type GitWarning } from './errors.js';
-import { GitError, LOCAL_TIMEOUT_MS, redactUrls, runGit, type GitResult } from './run.js';
+import { GitRepoError, type GitWarning, plural } from './errors.js';
+import { GitError, type GitResult, LOCAL_TIMEOUT_MS, redactUrls, runGit } from './run.js';
 import { GitTreeSource } from './tree.js';
 
 const MAX_OUTPUT = 64 * 1024 * 1024;
@@ -24,7 +24,10 @@ export interface OwnCommit {
 
 /** The records of git's -z output. */
 export function nul(out: Buffer): string[] {
-  return out.toString('utf8').split('\0').filter((s) => s.length > 0);
+  return out
+    .toString('utf8')
+    .split('\0')
+    .filter((s) => s.length > 0);
 }
 
 /** The GitError of a git call that failed. */
@@ -85,7 +88,10 @@ export class LocalClone {
     }
   }
 
-  run(args: readonly string[], o: { network?: boolean; timeoutMs?: number; asAuthor?: boolean; cwd?: string; input?: string | Buffer } = {}): Promise<GitResult> {
+  run(
+    args: readonly string[],
+    o: { network?: boolean; timeoutMs?: number; asAuthor?: boolean; cwd?: string; input?: string | Buffer } = {},
+  ): Promise<GitResult> {
     return runGit(o.cwd ?? this.dir, args, {
       identity: this.author,
       asAuthor: o.asAuthor ?? false,
@@ -96,7 +102,10 @@ export class LocalClone {
   }
 
   /** Runs git; throws GitError unless it exits 0. */
-  async must(args: readonly string[], o: { network?: boolean; timeoutMs?: number; asAuthor?: boolean; cwd?: string } = {}): Promise<Buffer> {
+  async must(
+    args: readonly string[],
+    o: { network?: boolean; timeoutMs?: number; asAuthor?: boolean; cwd?: string } = {},
+  ): Promise<Buffer> {
     const r = await this.run(args, o);
     if (r.exitCode !== 0) throw gitFailure(args, r);
     return r.stdout;
@@ -185,7 +194,14 @@ export class LocalClone {
    */
   async ownCommits(): Promise<OwnCommit[]> {
     const out = await this.must([
-      'log', '--no-renames', '--name-only', '--date=raw', '--format=%x01%H %P%x02%an%x02%ae%x02%ad%x02%B', '-z', '--reverse', `${this.remoteRef}..${this.localRef}`,
+      'log',
+      '--no-renames',
+      '--name-only',
+      '--date=raw',
+      '--format=%x01%H %P%x02%an%x02%ae%x02%ad%x02%B',
+      '-z',
+      '--reverse',
+      `${this.remoteRef}..${this.localRef}`,
     ]);
     const own: OwnCommit[] = [];
     const bad: string[] = [];
@@ -198,7 +214,16 @@ export class LocalClone {
         close();
         const [ids = '', authorName = '', authorEmail = '', authorDate = '', ...msg] = tok.slice(1).split('\x02');
         const [id = '', ...parents] = ids.trim().split(' ');
-        current = { id, parent: parents[0] ?? '', authorName, authorEmail, authorDate, message: msg.join('\x02'), merge: parents.length !== 1, outside: false };
+        current = {
+          id,
+          parent: parents[0] ?? '',
+          authorName,
+          authorEmail,
+          authorDate,
+          message: msg.join('\x02'),
+          merge: parents.length !== 1,
+          outside: false,
+        };
         own.push(current);
       } else if (current) {
         const file = tok.replace(/^\n/, '');
@@ -209,7 +234,10 @@ export class LocalClone {
     if (bad.length > 0) {
       throw new GitRepoError(
         'GIT_LOCAL_DIVERGED',
-        `branch ${this.branch} in ${this.dir} has ${plural(bad.length, 'commit')} not on ${this.where} that ${bad.length === 1 ? 'is not an audit commit' : 'are not audit commits'} (a merge, or changes outside ${this.auditDir}/): ${bad.slice(0, 5).map((c) => c.slice(0, 12)).join(', ')}. ` +
+        `branch ${this.branch} in ${this.dir} has ${plural(bad.length, 'commit')} not on ${this.where} that ${bad.length === 1 ? 'is not an audit commit' : 'are not audit commits'} (a merge, or changes outside ${this.auditDir}/): ${bad
+          .slice(0, 5)
+          .map((c) => c.slice(0, 12))
+          .join(', ')}. ` +
           `rotor commits only under ${this.auditDir}/, so someone committed in its clone or ${this.where} was rewritten. ` +
           `Inspect with git -C ${this.dir} log ${this.where}..${this.branch}; then remove those commits (keep rotor's audit commits), or move the clone away so that rotor clones afresh`,
         { details: { commits: bad } },
@@ -221,7 +249,11 @@ export class LocalClone {
   wrap(e: unknown, what: 'sync' | 'commit' | 'push'): Error {
     if (e instanceof GitRepoError) return e;
     if (e instanceof GitError) {
-      return new GitRepoError(what === 'commit' ? 'GIT_COMMIT_FAILED' : 'GIT_FAILED', `${what} in ${this.dir} failed: ${e.message}`, { cause: e });
+      return new GitRepoError(
+        what === 'commit' ? 'GIT_COMMIT_FAILED' : 'GIT_FAILED',
+        `${what} in ${this.dir} failed: ${e.message}`,
+        { cause: e },
+      );
     }
     return e instanceof Error ? e : new Error(String(e));
   }

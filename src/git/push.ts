@@ -6,7 +6,7 @@
  */
 import { GitRepoError } from './errors.js';
 import { gitFailure, type LocalClone } from './local.js';
-import { auditTrees, onRemoteAlready, replay, REPLAY_REF } from './replay.js';
+import { auditTrees, onRemoteAlready, REPLAY_REF, replay } from './replay.js';
 import type { GitError, GitResult } from './run.js';
 import { fetchAndIntegrate, fetchLocked, integrate, noticeRemoteChanges } from './sync.js';
 
@@ -16,15 +16,27 @@ export type PushOutcome =
 
 /** What a failed `git push --porcelain` means. */
 function classifyPush(r: GitResult): { kind: 'behind' | 'transient' | 'refused'; reason: string } {
-  const line = r.stdout.toString('utf8').split('\n').find((l) => l.startsWith('!\t'));
-  if (!line || r.killed) return { kind: 'transient', reason: r.killed ? `git push ${r.killed === 'timeout' ? 'timed out' : 'was stopped'}` : 'the remote could not be reached' };
+  const line = r.stdout
+    .toString('utf8')
+    .split('\n')
+    .find((l) => l.startsWith('!\t'));
+  if (!line || r.killed)
+    return {
+      kind: 'transient',
+      reason: r.killed
+        ? `git push ${r.killed === 'timeout' ? 'timed out' : 'was stopped'}`
+        : 'the remote could not be reached',
+    };
   const reason = line.split('\t')[2] ?? '';
   if (reason.startsWith('[rejected]')) {
     return { kind: /fetch first|non-fast-forward|stale info/.test(reason) ? 'behind' : 'refused', reason };
   }
   if (reason.startsWith('[remote rejected]')) {
     // another push held or moved the ref while the remote updated it: a race, worth retrying
-    return { kind: /lock|failed to update ref|incorrect old value|expected/i.test(reason) ? 'transient' : 'refused', reason };
+    return {
+      kind: /lock|failed to update ref|incorrect old value|expected/i.test(reason) ? 'transient' : 'refused',
+      reason,
+    };
   }
   return { kind: reason.startsWith('[remote failure]') ? 'transient' : 'refused', reason };
 }
@@ -36,7 +48,13 @@ export async function pushOnce(c: LocalClone, deadline: number, refresh: boolean
     const own = await c.ownCommits();
     const tip = own.at(-1)?.id;
     if (!tip) return { done: true, pushed: [], head: await c.mustRev(c.remoteRef) };
-    return await pushTip(c, tip, own.map((o) => o.id), null, timeoutMs());
+    return await pushTip(
+      c,
+      tip,
+      own.map((o) => o.id),
+      null,
+      timeoutMs(),
+    );
   } catch (e) {
     throw c.wrap(e, 'push');
   }
@@ -85,14 +103,26 @@ async function refreshAndPush(c: LocalClone, timeoutMs: () => number): Promise<P
   await integrate(c); // the remote changed the audit directory: a rebase (or GIT_AUDIT_CONFLICT)
   const rebased = await c.ownCommits();
   if (rebased.length === 0) return { done: true, pushed: [], head: await c.mustRev(c.remoteRef) };
-  return pushTip(c, rebased.at(-1)!.id, rebased.map((o) => o.id), null, timeoutMs());
+  return pushTip(
+    c,
+    rebased.at(-1)!.id,
+    rebased.map((o) => o.id),
+    null,
+    timeoutMs(),
+  );
 }
 
 /**
  * Pushes commit `tip` to BRANCH. `replacing`: the local tip that `tip` re-creates (replay());
  * the local branch moves to `tip` once the push landed.
  */
-async function pushTip(c: LocalClone, tip: string, ids: string[], replacing: string | null, timeoutMs: number): Promise<PushOutcome> {
+async function pushTip(
+  c: LocalClone,
+  tip: string,
+  ids: string[],
+  replacing: string | null,
+  timeoutMs: number,
+): Promise<PushOutcome> {
   // an exact commit to an exact branch: no '+', no --force, no configured push refspecs
   const args = ['push', '--porcelain', '--no-verify', 'origin', `${tip}:${c.localRef}`];
   const r = await c.run(args, { network: true, timeoutMs });
@@ -123,6 +153,10 @@ async function moveBranch(c: LocalClone, from: string, to: string): Promise<void
 
 /** What the remote said about a refused push (its `remote:` lines), for the error message. */
 export function remoteSays(stderr: string): string {
-  const lines = stderr.split('\n').filter((l) => l.startsWith('remote:')).map((l) => l.slice(7).trim()).filter(Boolean);
+  const lines = stderr
+    .split('\n')
+    .filter((l) => l.startsWith('remote:'))
+    .map((l) => l.slice(7).trim())
+    .filter(Boolean);
   return lines.length ? ` (the remote says: ${lines.slice(0, 3).join(' / ').slice(0, 300)})` : '';
 }

@@ -16,7 +16,12 @@ export const REPLAY_REF = 'refs/rotor/replay';
  * audit directory of `onto` is that of the first commit's parent, which makes the result the
  * same as a rebase's. Returns the new commits, oldest first, or null when git could not do it.
  */
-export async function replay(c: LocalClone, onto: string, own: readonly OwnCommit[], trees: ReadonlyArray<string | null>): Promise<string[] | null> {
+export async function replay(
+  c: LocalClone,
+  onto: string,
+  own: readonly OwnCommit[],
+  trees: ReadonlyArray<string | null>,
+): Promise<string[] | null> {
   const now = `${Math.floor(Date.now() / 1000)} +0000`;
   const parts: Buffer[] = [Buffer.from('feature done\n')];
   own.forEach((o, i) => {
@@ -27,14 +32,19 @@ export async function replay(c: LocalClone, onto: string, own: readonly OwnCommi
         `commit ${REPLAY_REF}\nmark :${i + 1}\nauthor ${o.authorName} <${o.authorEmail}> ${o.authorDate}\ncommitter ${c.author.name} <${c.author.email}> ${now}\ndata ${msg.length}\n`,
       ),
       msg,
-      Buffer.from(`\n${i === 0 ? `from ${onto}\n` : ''}${tree ? `M 040000 ${tree} ${c.auditDir}` : `D ${c.auditDir}`}\n\n`),
+      Buffer.from(
+        `\n${i === 0 ? `from ${onto}\n` : ''}${tree ? `M 040000 ${tree} ${c.auditDir}` : `D ${c.auditDir}`}\n\n`,
+      ),
     );
   });
   parts.push(Buffer.from(`${own.map((_, i) => `get-mark :${i + 1}\n`).join('')}done\n`));
   // --force: the temporary ref of an earlier attempt is overwritten (a local ref, never a push)
   const r = await c.run(['fast-import', '--quiet', '--force', '--done'], { input: Buffer.concat(parts) });
   if (r.exitCode !== 0) {
-    c.warn('GIT_REPLAY_FAILED', `could not re-create the audit commits with fast-import (a rebase does it instead): ${gitFailure(['fast-import'], r).message}`);
+    c.warn(
+      'GIT_REPLAY_FAILED',
+      `could not re-create the audit commits with fast-import (a rebase does it instead): ${gitFailure(['fast-import'], r).message}`,
+    );
     return null;
   }
   const ids = r.stdout.toString('utf8').split('\n').filter(Boolean);
@@ -53,7 +63,11 @@ async function auditUnchanged(c: LocalClone, commit: string): Promise<boolean> {
  * touched it), k when it is that of own[k-1] (the first k were pushed as re-created commits, by a push
  * that landed although git reported a failure), -1 when it is neither (someone else changed it).
  */
-export async function onRemoteAlready(c: LocalClone, own: readonly OwnCommit[], trees: ReadonlyArray<string | null>): Promise<number> {
+export async function onRemoteAlready(
+  c: LocalClone,
+  own: readonly OwnCommit[],
+  trees: ReadonlyArray<string | null>,
+): Promise<number> {
   if (await auditUnchanged(c, own[0]!.parent)) return 0;
   const r = await c.run(['rev-parse', '--verify', '--quiet', `${c.remoteRef}:${c.auditDir}`]);
   const k = r.exitCode === 0 ? trees.lastIndexOf(r.stdout.toString('utf8').trim()) : -1;
@@ -62,7 +76,13 @@ export async function onRemoteAlready(c: LocalClone, own: readonly OwnCommit[], 
 
 /** The audit directory's tree in each commit (null where it has none), for replay(). */
 export async function auditTrees(c: LocalClone, own: readonly OwnCommit[]): Promise<Array<string | null> | null> {
-  const check = await c.run(['cat-file', '--batch-check=%(objectname) %(objecttype)'], { input: own.map((o) => `${o.id}:${c.auditDir}\n`).join('') });
+  const check = await c.run(['cat-file', '--batch-check=%(objectname) %(objecttype)'], {
+    input: own.map((o) => `${o.id}:${c.auditDir}\n`).join(''),
+  });
   if (check.exitCode !== 0) return null;
-  return check.stdout.toString('utf8').split('\n').slice(0, own.length).map((l) => (l.endsWith(' tree') ? l.split(' ')[0]! : null));
+  return check.stdout
+    .toString('utf8')
+    .split('\n')
+    .slice(0, own.length)
+    .map((l) => (l.endsWith(' tree') ? l.split(' ')[0]! : null));
 }

@@ -41,18 +41,23 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { backoffDelay as sharedBackoffDelay } from '../util/backoff.js';
 import {
-  checkAuthor, checkBranch, checkExisting, cloneInto, isLocalPath, normalizeAuditDir, removeStaleLock,
+  checkAuthor,
+  checkBranch,
+  checkExisting,
+  cloneInto,
+  isLocalPath,
+  normalizeAuditDir,
+  removeStaleLock,
 } from './clone.js';
-import { GitRepoError, plural, type GitWarning } from './errors.js';
+import { GitRepoError, type GitWarning, plural } from './errors.js';
 import { gitFailure, LocalClone } from './local.js';
 import { RepoLock } from './lock.js';
-import { pushOnce, remoteSays, type PushOutcome } from './push.js';
+import { type PushOutcome, pushOnce, remoteSays } from './push.js';
 import { DEFAULT_AUTHOR } from './run.js';
 import { fetchAndIntegrate, fetchLocked, integrate, noticeRemoteChanges } from './sync.js';
 
-export { DEFAULT_AUTHOR };
-export { GitRepoError };
 export type { GitRepoErrorCode, GitRepoErrorDetails, GitWarning } from './errors.js';
+export { DEFAULT_AUTHOR, GitRepoError };
 
 export interface RetryPolicy {
   /** Push attempts per push() call, the first one included. */
@@ -64,7 +69,12 @@ export interface RetryPolicy {
   totalMs: number;
 }
 
-export const DEFAULT_RETRY: Readonly<RetryPolicy> = Object.freeze({ attempts: 8, baseMs: 200, maxDelayMs: 10_000, totalMs: 120_000 });
+export const DEFAULT_RETRY: Readonly<RetryPolicy> = Object.freeze({
+  attempts: 8,
+  baseMs: 200,
+  maxDelayMs: 10_000,
+  totalMs: 120_000,
+});
 
 export interface OpenRepoOptions {
   /** The remote: a URL or a path (git stores paths absolute; they are compared resolved). */
@@ -128,7 +138,16 @@ export class GitRepo {
   private busyRemote = false;
 
   /** Use openRepo(). */
-  constructor(o: { dir: string; url: string; branch: string; auditDir: string; author: { name: string; email: string }; onWarning?: (w: GitWarning) => void; retry: RetryPolicy; networkTimeoutMs: number }) {
+  constructor(o: {
+    dir: string;
+    url: string;
+    branch: string;
+    auditDir: string;
+    author: { name: string; email: string };
+    onWarning?: (w: GitWarning) => void;
+    retry: RetryPolicy;
+    networkTimeoutMs: number;
+  }) {
     this.c = new LocalClone(o);
     this.dir = this.c.dir;
     this.url = this.c.url;
@@ -192,7 +211,13 @@ export class GitRepo {
           if (!(e instanceof GitRepoError && e.code === 'GIT_AUDIT_PATH_UNSAFE')) throw e;
           held = e;
         }
-        return { head: await this.c.mustRev(this.c.localRef), remoteHead, rebased, unpushed: await this.c.countUnpushed(), ...(held ? { held } : {}) };
+        return {
+          head: await this.c.mustRev(this.c.localRef),
+          remoteHead,
+          rebased,
+          unpushed: await this.c.countUnpushed(),
+          ...(held ? { held } : {}),
+        };
       } catch (e) {
         throw this.c.wrap(e, 'sync');
       }
@@ -202,8 +227,19 @@ export class GitRepo {
   private auditPath(p: string): string {
     const rel = path.isAbsolute(p) ? path.relative(this.dir, p) : p;
     const norm = path.posix.normalize(rel.split(path.sep).join('/')).replace(/\/+$/, '');
-    if (!norm || norm.startsWith('../') || norm === '..' || path.posix.isAbsolute(norm) || !this.c.isAuditPath(norm) || norm.split('/').includes('.git')) {
-      throw new GitRepoError('GIT_PATH_OUTSIDE_AUDIT', `${p} is outside the audit directory ${this.auditDir}/: rotor commits only audit files`, { details: { files: [p] } });
+    if (
+      !norm ||
+      norm.startsWith('../') ||
+      norm === '..' ||
+      path.posix.isAbsolute(norm) ||
+      !this.c.isAuditPath(norm) ||
+      norm.split('/').includes('.git')
+    ) {
+      throw new GitRepoError(
+        'GIT_PATH_OUTSIDE_AUDIT',
+        `${p} is outside the audit directory ${this.auditDir}/: rotor commits only audit files`,
+        { details: { files: [p] } },
+      );
     }
     return norm;
   }
@@ -224,10 +260,33 @@ export class GitRepo {
         await removeStaleLock(this.c);
         // --literal-pathspecs: a file name is a name, never a glob or pathspec magic
         await this.c.must(['--literal-pathspecs', 'add', '--all', '--force', '--', ...rels]);
-        const diff = await this.c.run(['--literal-pathspecs', 'diff', '--cached', '--quiet', '--no-ext-diff', '--', ...rels]);
+        const diff = await this.c.run([
+          '--literal-pathspecs',
+          'diff',
+          '--cached',
+          '--quiet',
+          '--no-ext-diff',
+          '--',
+          ...rels,
+        ]);
         if (diff.exitCode === 0) return null;
         if (diff.exitCode !== 1) throw gitFailure(['diff', '--cached'], diff);
-        await this.c.must(['--literal-pathspecs', 'commit', '--quiet', '--no-verify', '--no-gpg-sign', '--cleanup=strip', '--only', '-m', message, '--', ...rels], { asAuthor: true });
+        await this.c.must(
+          [
+            '--literal-pathspecs',
+            'commit',
+            '--quiet',
+            '--no-verify',
+            '--no-gpg-sign',
+            '--cleanup=strip',
+            '--only',
+            '-m',
+            message,
+            '--',
+            ...rels,
+          ],
+          { asAuthor: true },
+        );
         return await this.c.mustRev(this.c.localRef);
       } catch (e) {
         throw this.c.wrap(e, 'commit');
@@ -255,7 +314,8 @@ export class GitRepo {
       const refresh: boolean = last !== null || this.busyRemote;
       const outcome: PushOutcome = await this.lock.run(() => pushOnce(this.c, deadline, refresh));
       if (outcome.done) this.busyRemote = false;
-      if (outcome.done) return { pushed: outcome.pushed, head: outcome.head, attempts: outcome.pushed.length ? attempt : attempt - 1 };
+      if (outcome.done)
+        return { pushed: outcome.pushed, head: outcome.head, attempts: outcome.pushed.length ? attempt : attempt - 1 };
       last = outcome;
       if (outcome.kind === 'refused') {
         const n = await this.unpushed();
@@ -269,15 +329,20 @@ export class GitRepo {
       if (attempt >= this.retry.attempts) break;
       const delay = backoffDelay(attempt, this.retry.baseMs, this.retry.maxDelayMs);
       if (Date.now() + delay >= deadline) break;
-      this.c.warn('GIT_PUSH_RETRY', `push to ${this.c.where} ${outcome.kind === 'behind' ? 'rejected because the remote moved on' : `failed (${outcome.reason})`}; fetch, rebase and retry ${attempt + 1} of ${this.retry.attempts} in ${delay} ms`);
+      this.c.warn(
+        'GIT_PUSH_RETRY',
+        `push to ${this.c.where} ${outcome.kind === 'behind' ? 'rejected because the remote moved on' : `failed (${outcome.reason})`}; fetch, rebase and retry ${attempt + 1} of ${this.retry.attempts} in ${delay} ms`,
+      );
       await sleep(delay, undefined, opts.signal ? { signal: opts.signal } : undefined);
     }
     if (last?.kind === 'behind') {
       this.busyRemote = true;
       // leave the clone rebased onto what the remote has now (a conflict is the better error)
-      await this.lock.run(() => fetchAndIntegrate(this.c, Math.max(1000, deadline - Date.now()))).catch((e: unknown) => {
-        if (e instanceof GitRepoError && e.retry.kind === 'never') throw e;
-      });
+      await this.lock
+        .run(() => fetchAndIntegrate(this.c, Math.max(1000, deadline - Date.now())))
+        .catch((e: unknown) => {
+          if (e instanceof GitRepoError && e.retry.kind === 'never') throw e;
+        });
     }
     const n = await this.unpushed();
     throw new GitRepoError(
@@ -297,14 +362,24 @@ export async function openRepo(opts: OpenRepoOptions): Promise<GitRepo> {
   const branch = checkBranch(opts.branch);
   const auditDir = normalizeAuditDir(opts.auditDir ?? 'audit');
   const author = checkAuthor(opts.author ?? DEFAULT_AUTHOR);
-  if (!opts.url || opts.url.startsWith('-')) throw new GitRepoError('GIT_BAD_ARGUMENT', 'the repository URL must not be empty or start with "-"');
+  if (!opts.url || opts.url.startsWith('-'))
+    throw new GitRepoError('GIT_BAD_ARGUMENT', 'the repository URL must not be empty or start with "-"');
   const retry: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retry };
   if (!(retry.attempts >= 1) || !(retry.baseMs >= 0) || !(retry.maxDelayMs >= 0) || !(retry.totalMs > 0)) {
     throw new GitRepoError('GIT_BAD_ARGUMENT', 'retry: attempts >= 1, delays >= 0 and totalMs > 0');
   }
   const dir = path.resolve(opts.dir);
   const url = isLocalPath(opts.url) ? path.resolve(opts.url) : opts.url;
-  const repo = new GitRepo({ dir, url, branch, auditDir, author, ...(opts.onWarning ? { onWarning: opts.onWarning } : {}), retry, networkTimeoutMs: opts.networkTimeoutMs ?? 120_000 });
+  const repo = new GitRepo({
+    dir,
+    url,
+    branch,
+    auditDir,
+    author,
+    ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+    retry,
+    networkTimeoutMs: opts.networkTimeoutMs ?? 120_000,
+  });
   let entries: string[] | null;
   try {
     entries = await readdir(dir);

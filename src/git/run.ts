@@ -87,12 +87,27 @@ export class GitError extends RotorError {
   declare readonly code: 'GIT_FAILED';
   readonly args: readonly string[];
   readonly stderr: string;
-  constructor(args: readonly string[], readonly exitCode: number, stderr: string, readonly killed?: GitResult['killed']) {
+  constructor(
+    args: readonly string[],
+    readonly exitCode: number,
+    stderr: string,
+    readonly killed?: GitResult['killed'],
+  ) {
     const err = keepTail(redactUrls(stderr), MAX_STDERR);
     const lines = err.trim().split('\n');
     const first = lines.find((l) => /^(fatal|error):/.test(l)) ?? lines[0] ?? '';
     const why =
-      killed === 'timeout' ? 'timed out' : killed === 'maxBuffer' ? 'produced too much output' : killed === 'spawn' ? 'could not start' : killed === 'signal' ? 'killed by a signal' : killed === 'stopped' ? 'stopped early' : `exit ${exitCode}`;
+      killed === 'timeout'
+        ? 'timed out'
+        : killed === 'maxBuffer'
+          ? 'produced too much output'
+          : killed === 'spawn'
+            ? 'could not start'
+            : killed === 'signal'
+              ? 'killed by a signal'
+              : killed === 'stopped'
+                ? 'stopped early'
+                : `exit ${exitCode}`;
     const sub = subcommand(args);
     super('GIT_FAILED', `git ${sub} failed (${why}): ${first}`, {
       retry: NETWORK_SUBCOMMANDS.has(sub) || killed === 'timeout' ? BACKOFF : NEVER,
@@ -140,11 +155,29 @@ export function hardenedArgs(identity: GitIdentity = DEFAULT_AUTHOR): string[] {
  * credentials that way, and the `-c` overrides above take precedence over it.)
  */
 const STRIPPED_ENV = [
-  'GIT_DIR', 'GIT_WORK_TREE', 'GIT_INDEX_FILE', 'GIT_OBJECT_DIRECTORY', 'GIT_ALTERNATE_OBJECT_DIRECTORIES',
-  'GIT_COMMON_DIR', 'GIT_NAMESPACE', 'GIT_PREFIX', 'GIT_QUARANTINE_PATH', 'GIT_REFLOG_ACTION',
-  'GIT_AUTHOR_NAME', 'GIT_AUTHOR_EMAIL', 'GIT_AUTHOR_DATE', 'GIT_COMMITTER_NAME', 'GIT_COMMITTER_EMAIL', 'GIT_COMMITTER_DATE',
-  'GIT_LITERAL_PATHSPECS', 'GIT_GLOB_PATHSPECS', 'GIT_NOGLOB_PATHSPECS', 'GIT_ICASE_PATHSPECS',
-  'GIT_EXTERNAL_DIFF', 'GIT_DIFF_OPTS', 'GIT_ATTR_SOURCE',
+  'GIT_DIR',
+  'GIT_WORK_TREE',
+  'GIT_INDEX_FILE',
+  'GIT_OBJECT_DIRECTORY',
+  'GIT_ALTERNATE_OBJECT_DIRECTORIES',
+  'GIT_COMMON_DIR',
+  'GIT_NAMESPACE',
+  'GIT_PREFIX',
+  'GIT_QUARANTINE_PATH',
+  'GIT_REFLOG_ACTION',
+  'GIT_AUTHOR_NAME',
+  'GIT_AUTHOR_EMAIL',
+  'GIT_AUTHOR_DATE',
+  'GIT_COMMITTER_NAME',
+  'GIT_COMMITTER_EMAIL',
+  'GIT_COMMITTER_DATE',
+  'GIT_LITERAL_PATHSPECS',
+  'GIT_GLOB_PATHSPECS',
+  'GIT_NOGLOB_PATHSPECS',
+  'GIT_ICASE_PATHSPECS',
+  'GIT_EXTERNAL_DIFF',
+  'GIT_DIFF_OPTS',
+  'GIT_ATTR_SOURCE',
 ];
 
 /** The environment of every git process: this process's, cleaned (see STRIPPED_ENV), without prompts. */
@@ -154,9 +187,13 @@ export function hardenedEnv(identity: GitIdentity = DEFAULT_AUTHOR, asAuthor = f
   Object.assign(env, {
     GIT_TERMINAL_PROMPT: '0', // fail instead of asking for a user name or password
     GCM_INTERACTIVE: 'never', // Git Credential Manager: no dialogs
-    GIT_EDITOR: ':', GIT_SEQUENCE_EDITOR: ':', GIT_MERGE_AUTOEDIT: 'no', GIT_PAGER: 'cat',
+    GIT_EDITOR: ':',
+    GIT_SEQUENCE_EDITOR: ':',
+    GIT_MERGE_AUTOEDIT: 'no',
+    GIT_PAGER: 'cat',
     LC_ALL: 'C', // stable, untranslated messages to classify
-    GIT_COMMITTER_NAME: identity.name, GIT_COMMITTER_EMAIL: identity.email,
+    GIT_COMMITTER_NAME: identity.name,
+    GIT_COMMITTER_EMAIL: identity.email,
   });
   if (asAuthor) Object.assign(env, { GIT_AUTHOR_NAME: identity.name, GIT_AUTHOR_EMAIL: identity.email });
   return env;
@@ -167,6 +204,7 @@ export interface SpawnGitOptions extends Omit<GitRunOptions, 'maxBuffer'> {
    * Receives stdout as it arrives. Returning false stops git (killed: 'stopped'): the caller has read
    * all it wants, or more than it accepts.
    */
+  // biome-ignore lint/suspicious/noConfusingVoidType: a callback that returns nothing goes on reading
   onStdout: (chunk: Buffer) => boolean | void;
 }
 
@@ -254,7 +292,12 @@ export async function gitText(cwd: string, args: readonly string[], opts: GitRun
  * The last `maxBytes` bytes of what git prints (a blob, say), whatever its size: memory stays bounded,
  * the time by the time limit. `size` is the whole output's length.
  */
-export async function gitTail(cwd: string, args: readonly string[], maxBytes: number, opts: Omit<GitRunOptions, 'maxBuffer'> = {}): Promise<{ tail: Buffer; size: number }> {
+export async function gitTail(
+  cwd: string,
+  args: readonly string[],
+  maxBytes: number,
+  opts: Omit<GitRunOptions, 'maxBuffer'> = {},
+): Promise<{ tail: Buffer; size: number }> {
   let keep: Buffer[] = [];
   let kept = 0;
   let size = 0;

@@ -6,8 +6,8 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { GitRepoError, plural } from './errors.js';
-import { gitFailure, nul, type LocalClone } from './local.js';
-import { auditTrees, onRemoteAlready, replay, REPLAY_REF } from './replay.js';
+import { gitFailure, type LocalClone, nul } from './local.js';
+import { auditTrees, onRemoteAlready, REPLAY_REF, replay } from './replay.js';
 
 /**
  * Fetches BRANCH into origin/BRANCH. Only the fetch itself: what changed is looked at later
@@ -17,13 +17,23 @@ export async function fetchLocked(c: LocalClone, timeoutMs?: number): Promise<vo
   c.seenRemote ??= await c.rev(c.remoteRef);
   // '+' on the remote-tracking side only: a rewritten remote branch must be seen (and is then
   // refused by ownCommits), not hidden. Pushes never use '+'.
-  const args = ['fetch', '--quiet', '--no-tags', '--no-write-fetch-head', '--no-recurse-submodules', 'origin', `+${c.localRef}:${c.remoteRef}`];
+  const args = [
+    'fetch',
+    '--quiet',
+    '--no-tags',
+    '--no-write-fetch-head',
+    '--no-recurse-submodules',
+    'origin',
+    `+${c.localRef}:${c.remoteRef}`,
+  ];
   const r = await c.run(args, { network: true, ...(timeoutMs ? { timeoutMs } : {}) });
   if (r.exitCode !== 0) {
     const missing = /couldn't find remote ref/i.test(r.stderr);
     throw new GitRepoError(
       missing ? 'GIT_BRANCH_MISSING' : 'GIT_FETCH_FAILED',
-      missing ? `${c.url} has no branch "${c.branch}" any more` : `could not fetch ${c.branch} from ${c.url}: ${gitFailure(args, r).message}`,
+      missing
+        ? `${c.url} has no branch "${c.branch}" any more`
+        : `could not fetch ${c.branch} from ${c.url}: ${gitFailure(args, r).message}`,
       { cause: gitFailure(args, r) },
     );
   }
@@ -36,13 +46,23 @@ export async function noticeRemoteChanges(c: LocalClone): Promise<void> {
   c.seenRemote = after;
   if (!before || !after || before === after) return;
   if (!(await c.isAncestor(before, after))) {
-    c.warn('GIT_REMOTE_REWRITTEN', `${c.where} was rewritten (force-pushed): ${before.slice(0, 12)} is not in its history any more`);
+    c.warn(
+      'GIT_REMOTE_REWRITTEN',
+      `${c.where} was rewritten (force-pushed): ${before.slice(0, 12)} is not in its history any more`,
+    );
     return;
   }
   const out = await c.text(['log', '--format=%H %ae', `${before}..${after}`, '--', c.auditDir]);
-  const foreign = out.split('\n').filter(Boolean).map((l) => l.split(' ')).filter(([, email]) => email !== c.author.email);
+  const foreign = out
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.split(' '))
+    .filter(([, email]) => email !== c.author.email);
   if (foreign.length > 0) {
-    c.warn('GIT_AUDIT_CHANGED_REMOTELY', `${plural(foreign.length, 'commit')} on ${c.where} not made by rotor changed ${c.auditDir}/: ${foreign.map(([id]) => id!.slice(0, 12)).join(', ')}`);
+    c.warn(
+      'GIT_AUDIT_CHANGED_REMOTELY',
+      `${plural(foreign.length, 'commit')} on ${c.where} not made by rotor changed ${c.auditDir}/: ${foreign.map(([id]) => id!.slice(0, 12)).join(', ')}`,
+    );
   }
 }
 
@@ -64,7 +84,12 @@ export async function integrate(c: LocalClone): Promise<number> {
   if (own.length > 0) {
     const trees = await auditTrees(c, own);
     const landed = trees ? await onRemoteAlready(c, own, trees) : -1;
-    const onto = landed < 0 ? null : landed === own.length ? await c.mustRev(c.remoteRef) : (await replay(c, c.remoteRef, own.slice(landed), trees!.slice(landed)))?.at(-1);
+    const onto =
+      landed < 0
+        ? null
+        : landed === own.length
+          ? await c.mustRev(c.remoteRef)
+          : (await replay(c, c.remoteRef, own.slice(landed), trees!.slice(landed)))?.at(-1);
     if (onto) {
       const moved = await c.run(['reset', '--quiet', '--keep', onto]);
       await c.run(['update-ref', '-d', REPLAY_REF]);
@@ -72,7 +97,10 @@ export async function integrate(c: LocalClone): Promise<number> {
     }
   }
   const local = own.at(-1)?.id ?? null; // the tip (own is linear, oldest first); null: a fast-forward
-  const args = own.length === 0 ? ['merge', '--ff-only', '--quiet', '--no-stat', c.remoteRef] : ['rebase', '--quiet', '--no-fork-point', c.remoteRef, c.branch];
+  const args =
+    own.length === 0
+      ? ['merge', '--ff-only', '--quiet', '--no-stat', c.remoteRef]
+      : ['rebase', '--quiet', '--no-fork-point', c.remoteRef, c.branch];
   const r = await c.run(args);
   if (r.exitCode === 0) return own.length;
   const cause = gitFailure(args, r);
@@ -81,14 +109,20 @@ export async function integrate(c: LocalClone): Promise<number> {
   const conflicted = stopped ? nul(await c.must(['diff', '--name-only', '-z', '--diff-filter=U'])) : [];
   if (stopped) await c.must(['rebase', '--abort']);
   const now = await c.mustRev(c.localRef);
-  if (local && now !== local) throw new GitRepoError('GIT_FAILED', `${args[0]} failed and ${c.branch} moved from ${local} to ${now}`, { cause });
+  if (local && now !== local)
+    throw new GitRepoError('GIT_FAILED', `${args[0]} failed and ${c.branch} moved from ${local} to ${now}`, { cause });
   if (conflicted.length === 0) {
     await c.requireClean(); // git refuses to rebase or fast-forward over local changes: say which
-    throw new GitRepoError('GIT_FAILED', `could not bring ${c.branch} to ${c.where}: ${cause.message}`, { cause, details: { unpushed: own.length } });
+    throw new GitRepoError('GIT_FAILED', `could not bring ${c.branch} to ${c.where}: ${cause.message}`, {
+      cause,
+      details: { unpushed: own.length },
+    });
   }
   const remote = await c.mustRev(c.remoteRef);
   const base = await c.text(['merge-base', now, remote]);
-  const theirs = (await c.text(['log', '-n', '5', '--format=%h %an: %s', `${base}..${remote}`, '--', ...conflicted])).split('\n').filter(Boolean);
+  const theirs = (await c.text(['log', '-n', '5', '--format=%h %an: %s', `${base}..${remote}`, '--', ...conflicted]))
+    .split('\n')
+    .filter(Boolean);
   const first = theirs[0]?.split(' ')[0];
   throw new GitRepoError(
     'GIT_AUDIT_CONFLICT',

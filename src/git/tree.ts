@@ -8,9 +8,16 @@
  * the sizes the listing gave and again on the size cat-file announces, before its content arrives.
  */
 import path from 'node:path';
-import type { EntryKind, Listing, PathProbe, ReadOptions, RepoSource, SourceFile } from '../model/source.js';
-import { ATTRIBUTES_FILE, attributeFilesAbove, leadingPaths, MAX_ENTRIES, PROBE_INSIDE_MAX, tooLarge } from '../model/source.js';
 import type { Problem } from '../model/problems.js';
+import type { EntryKind, Listing, PathProbe, ReadOptions, RepoSource, SourceFile } from '../model/source.js';
+import {
+  ATTRIBUTES_FILE,
+  attributeFilesAbove,
+  leadingPaths,
+  MAX_ENTRIES,
+  PROBE_INSIDE_MAX,
+  tooLarge,
+} from '../model/source.js';
 import { GitError, spawnGit } from './run.js';
 
 /** A symbolic link's target is a path: longer than this (PATH_MAX on Linux) it is not read. */
@@ -29,14 +36,28 @@ export interface TreeEntry {
 
 /** What a git tree entry's mode says it is. */
 export function kindOfMode(mode: string): EntryKind {
-  return mode === '040000' ? 'dir' : mode === '120000' ? 'symlink' : mode === '160000' ? 'submodule' : mode === '100644' || mode === '100755' ? 'file' : 'other';
+  return mode === '040000'
+    ? 'dir'
+    : mode === '120000'
+      ? 'symlink'
+      : mode === '160000'
+        ? 'submodule'
+        : mode === '100644' || mode === '100755'
+          ? 'file'
+          : 'other';
 }
 
 /**
  * Streams `git ls-tree -z --long ARGS` and calls `onEntry` for each entry, stopping after `limit`
  * entries. Returns whether it stopped early (more entries, or a record over MAX_RECORD bytes).
  */
-export async function lsTree(repo: string, args: readonly string[], limit: number, onEntry: (e: TreeEntry) => void, strip = ''): Promise<{ truncated: boolean }> {
+export async function lsTree(
+  repo: string,
+  args: readonly string[],
+  limit: number,
+  onEntry: (e: TreeEntry) => void,
+  strip = '',
+): Promise<{ truncated: boolean }> {
   const full = ['--literal-pathspecs', 'ls-tree', '-z', '--long', ...args];
   let pending: Buffer = Buffer.alloc(0);
   let count = 0;
@@ -83,7 +104,11 @@ export class GitTreeSource implements RepoSource {
    * @param commit  a full commit id
    * @param prefix  the declarations' directory relative to the repository's top level ('' for the top)
    */
-  constructor(private readonly repo: string, readonly commit: string, private readonly prefix: string) {
+  constructor(
+    private readonly repo: string,
+    readonly commit: string,
+    private readonly prefix: string,
+  ) {
     this.label = `commit ${commit.slice(0, 12)}`;
   }
 
@@ -99,30 +124,47 @@ export class GitTreeSource implements RepoSource {
     const args = ['-r', '--full-tree', this.commit];
     if (this.prefix) args.push('--', this.prefix);
     const entries = new Map<string, TreeEntry>();
-    const { truncated } = await lsTree(this.repo, args, MAX_ENTRIES, (e) => {
-      if (!e.path.split('/').some((seg) => seg.startsWith('.'))) entries.set(e.path, e);
-    }, this.prefix);
+    const { truncated } = await lsTree(
+      this.repo,
+      args,
+      MAX_ENTRIES,
+      (e) => {
+        if (!e.path.split('/').some((seg) => seg.startsWith('.'))) entries.set(e.path, e);
+      },
+      this.prefix,
+    );
     const files = new Map<string, SourceFile>();
     const problems: Problem[] = [];
     const links = [...entries.values()].filter((e) => e.mode === '120000');
-    const targets = await catFiles(this.repo, links.filter((e) => e.size <= MAX_LINK_TARGET).map((e) => ({ sha: e.sha, maxBytes: MAX_LINK_TARGET })));
+    const targets = await catFiles(
+      this.repo,
+      links.filter((e) => e.size <= MAX_LINK_TARGET).map((e) => ({ sha: e.sha, maxBytes: MAX_LINK_TARGET })),
+    );
     for (const [rel, e] of entries) {
       if (e.mode === '100644' || e.mode === '100755') {
         files.set(rel, { path: rel, size: e.size, id: e.sha });
         this.blobs.set(rel, e);
       } else if (e.mode === '120000') {
         const text = targets.get(e.sha);
-        const target = text instanceof Buffer ? path.posix.normalize(path.posix.join(path.posix.dirname(rel), text.toString('utf8'))) : undefined;
+        const target =
+          text instanceof Buffer
+            ? path.posix.normalize(path.posix.join(path.posix.dirname(rel), text.toString('utf8')))
+            : undefined;
         const te = target === undefined ? undefined : entries.get(target);
         if (target !== undefined && !target.startsWith('../') && te && (te.mode === '100644' || te.mode === '100755')) {
           files.set(rel, { path: rel, size: te.size, id: te.sha });
           this.blobs.set(rel, te);
         } else {
           problems.push({
-            file: rel, line: 1, col: 1, severity: 'warning', code: 'SYMLINK_OUTSIDE',
-            message: e.size > MAX_LINK_TARGET
-              ? `symbolic link with a target of ${e.size} bytes (over ${MAX_LINK_TARGET}) ignored; copy the file into the repository instead`
-              : 'symbolic link leaving the repository (or to a directory) ignored; copy the file into the repository instead',
+            file: rel,
+            line: 1,
+            col: 1,
+            severity: 'warning',
+            code: 'SYMLINK_OUTSIDE',
+            message:
+              e.size > MAX_LINK_TARGET
+                ? `symbolic link with a target of ${e.size} bytes (over ${MAX_LINK_TARGET}) ignored; copy the file into the repository instead`
+                : 'symbolic link leaving the repository (or to a directory) ignored; copy the file into the repository instead',
           });
         }
       }
@@ -143,7 +185,14 @@ export class GitTreeSource implements RepoSource {
     for (const p of paths) {
       if (out.has(p)) continue;
       const got = blobs.get(this.blobs.get(p)!.sha);
-      out.set(p, got instanceof Buffer ? got : got instanceof Error ? new Error(`${p}: ${got.message}`) : new Error(`${p} could not be read from ${this.label}`));
+      out.set(
+        p,
+        got instanceof Buffer
+          ? got
+          : got instanceof Error
+            ? new Error(`${p}: ${got.message}`)
+            : new Error(`${p} could not be read from ${this.label}`),
+      );
     }
     return out;
   }
@@ -153,7 +202,13 @@ export class GitTreeSource implements RepoSource {
     const chainPaths = leadingPaths(dir);
     const above = attributeFilesAbove(dir);
     const found = new Map<string, TreeEntry>();
-    await lsTree(this.repo, ['--full-tree', this.commit, '--', ...[...chainPaths, ...above].map(full)], chainPaths.length + above.length, (e) => found.set(e.path, e), this.prefix);
+    await lsTree(
+      this.repo,
+      ['--full-tree', this.commit, '--', ...[...chainPaths, ...above].map(full)],
+      chainPaths.length + above.length,
+      (e) => found.set(e.path, e),
+      this.prefix,
+    );
     const attributes: string[] = [];
     const attribute = (e: TreeEntry) => {
       if (kindOfMode(e.mode) !== 'file' || attributes.length >= PROBE_INSIDE_MAX || attributes.includes(e.path)) return;
@@ -171,11 +226,17 @@ export class GitTreeSource implements RepoSource {
     }
     const inside: Array<{ path: string; kind: EntryKind }> = [];
     if (chain.length === chainPaths.length && chain.at(-1)?.kind === 'dir') {
-      await lsTree(this.repo, ['-r', '--full-tree', this.commit, '--', `${full(dir)}/`], MAX_ENTRIES, (e) => {
-        const kind = kindOfMode(e.mode);
-        if (kind !== 'file' && inside.length < PROBE_INSIDE_MAX) inside.push({ path: e.path, kind });
-        if (kind === 'file' && path.posix.basename(e.path) === ATTRIBUTES_FILE) attribute(e);
-      }, this.prefix);
+      await lsTree(
+        this.repo,
+        ['-r', '--full-tree', this.commit, '--', `${full(dir)}/`],
+        MAX_ENTRIES,
+        (e) => {
+          const kind = kindOfMode(e.mode);
+          if (kind !== 'file' && inside.length < PROBE_INSIDE_MAX) inside.push({ path: e.path, kind });
+          if (kind === 'file' && path.posix.basename(e.path) === ATTRIBUTES_FILE) attribute(e);
+        },
+        this.prefix,
+      );
     }
     return { chain, inside, attributes };
   }
@@ -186,7 +247,10 @@ export class GitTreeSource implements RepoSource {
  * is larger (by the size cat-file announces before its content) stops the read and maps to an Error,
  * as does a missing one. Memory stays within the sum of the limits.
  */
-export async function catFiles(repo: string, items: ReadonlyArray<{ sha: string; maxBytes: number }>): Promise<Map<string, Buffer | Error>> {
+export async function catFiles(
+  repo: string,
+  items: ReadonlyArray<{ sha: string; maxBytes: number }>,
+): Promise<Map<string, Buffer | Error>> {
   const limits = new Map<string, number>();
   for (const { sha, maxBytes } of items) limits.set(sha, Math.min(limits.get(sha) ?? Infinity, maxBytes));
   const out = new Map<string, Buffer | Error>();
@@ -198,7 +262,7 @@ export async function catFiles(repo: string, items: ReadonlyArray<{ sha: string;
   let over: string | undefined;
   const args = ['cat-file', '--batch'];
   const r = await spawnGit(repo, args, {
-    input: order.join('\n') + '\n',
+    input: `${order.join('\n')}\n`,
     onStdout: (chunk) => {
       let c: Buffer = chunk;
       while (c.length > 0) {

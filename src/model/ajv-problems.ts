@@ -8,7 +8,10 @@ import type { Position } from './problems.js';
 
 /** The path of the value an error is about (its JSON pointer, unescaped). */
 export function errorPath(err: Pick<ErrorObject, 'instancePath'>): string[] {
-  return err.instancePath.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  return err.instancePath
+    .split('/')
+    .slice(1)
+    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
 }
 
 /** The value at `at` in `data` (undefined when the path leads nowhere). */

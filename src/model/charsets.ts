@@ -1,15 +1,16 @@
 /** The alphabets of `generate.charset`. Shared by validation (entropy, safety) and the generators. */
 import type { Generator } from './schema-types.js';
 
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => String.fromCharCode(from + i)).join('');
+const range = (from: number, to: number) =>
+  Array.from({ length: to - from + 1 }, (_, i) => String.fromCharCode(from + i)).join('');
 const UPPER = range(65, 90);
 const LOWER = range(97, 122);
 const DIGITS = range(48, 57);
 
 export const CHARSETS = {
   alphanumeric: UPPER + LOWER + DIGITS,
-  hex: DIGITS + 'abcdef',
-  base64url: UPPER + LOWER + DIGITS + '-_',
+  hex: `${DIGITS}abcdef`,
+  base64url: `${UPPER + LOWER + DIGITS}-_`,
   'ascii-printable': range(0x21, 0x7e),
 } as const;
 

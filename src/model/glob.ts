@@ -52,7 +52,8 @@ interface Meter {
 
 /** Compiles a glob, or returns an error message saying what is wrong with it. */
 export function compileGlob(source: string): Glob | string {
-  if (source.length > GLOB_LIMITS.length) return `a glob is at most ${GLOB_LIMITS.length} characters; this one has ${source.length}`;
+  if (source.length > GLOB_LIMITS.length)
+    return `a glob is at most ${GLOB_LIMITS.length} characters; this one has ${source.length}`;
   const parts = source.split('/');
   if (parts.length > GLOB_LIMITS.segments) {
     return `a glob has at most ${GLOB_LIMITS.segments} segments; this one has ${parts.length} (use "**" for the segments in between, or a shorter name)`;

@@ -4,25 +4,24 @@
  * every problem found. Pure apart from reading through the RepoSource.
  */
 import { bech32 } from '@scure/base';
-import type { Agent, Config, Consumer, Policy, Secret, Target } from './schema-types.js';
-import type { Desired, LoadResult, Located } from './model.js';
-import { DEFAULT_AUDIT_DIR } from './model.js';
-import { auditDirNameProblem, auditDirShapeProblem, auditPathProblems } from './audit-path.js';
-import type { Code, Problem, Severity } from './problems.js';
-import { compareProblems, hasErrors, suggest } from './problems.js';
-import type { RepoSource, SourceFile } from './source.js';
-import type { Kind } from './schemas.js';
-import { KINDS, validateSchema } from './schemas.js';
-import type { ParsedDoc, Path } from './yaml.js';
-import { decodeUtf8, LIMITS, parseDocuments, positionOf } from './yaml.js';
-import { parseDuration, formatDuration } from '../util/duration.js';
-import type { Glob } from './glob.js';
-import { compileGlob, NameIndex } from './glob.js';
-import { alphabetOf, DB_UNSAFE, DEFAULT_LENGTH, entropyBits } from './charsets.js';
-import type { Generator } from './schema-types.js';
-import { defaultStrategy, ENGINES } from './engines.js';
 import { checkCron, compileSchedule, intervalOf, isTimeZone } from '../schedule/schedule.js';
 import { MAX_SOPS_FILE_BYTES, sopsCleartextMessage, sopsFormatOf, sopsOutline } from '../sops/index.js';
+import { formatDuration, parseDuration } from '../util/duration.js';
+import { auditDirNameProblem, auditDirShapeProblem, auditPathProblems } from './audit-path.js';
+import { alphabetOf, DB_UNSAFE, DEFAULT_LENGTH, entropyBits } from './charsets.js';
+import { defaultStrategy, ENGINES } from './engines.js';
+import type { Glob } from './glob.js';
+import { compileGlob, NameIndex } from './glob.js';
+import type { Desired, LoadResult, Located } from './model.js';
+import { DEFAULT_AUDIT_DIR } from './model.js';
+import type { Code, Problem, Severity } from './problems.js';
+import { compareProblems, hasErrors, suggest } from './problems.js';
+import type { Agent, Config, Consumer, Generator, Policy, Secret, Target } from './schema-types.js';
+import type { Kind } from './schemas.js';
+import { KINDS, validateSchema } from './schemas.js';
+import type { RepoSource, SourceFile } from './source.js';
+import type { ParsedDoc, Path } from './yaml.js';
+import { decodeUtf8, LIMITS, parseDocuments, positionOf } from './yaml.js';
 
 export interface LoadOptions {
   /** The current time (ms since the epoch), for checks that look at upcoming cron times. */
@@ -108,14 +107,26 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
   const listing = await source.list();
   r.problems.push(...listing.problems);
   if (listing.truncated) {
-    r.problems.push({ file: '.', line: 1, col: 1, severity: 'error', code: 'REPO_TOO_LARGE', message: `the repository has more than ${100_000} files and directories (or a path longer than 8 KiB); rotor stopped listing there` });
+    r.problems.push({
+      file: '.',
+      line: 1,
+      col: 1,
+      severity: 'error',
+      code: 'REPO_TOO_LARGE',
+      message: `the repository has more than ${100_000} files and directories (or a path longer than 8 KiB); rotor stopped listing there`,
+    });
   }
   const budget = { docs: LIMITS.docsTotal };
 
   // rotor.yaml first: it says where the audit log is and what to ignore.
-  const configDocs = listing.files.has(CONFIG_FILE) ? await readAndParse(source, [listing.files.get(CONFIG_FILE)!], r, budget) : [];
-  const configData = configDocs.map((pd) => pd.data).find((d) => isRecord(d) && d.kind === 'Config') as Record<string, unknown> | undefined;
-  const auditDirRaw = isRecord(configData?.audit) && typeof configData.audit.dir === 'string' ? configData.audit.dir : DEFAULT_AUDIT_DIR;
+  const configDocs = listing.files.has(CONFIG_FILE)
+    ? await readAndParse(source, [listing.files.get(CONFIG_FILE)!], r, budget)
+    : [];
+  const configData = configDocs.map((pd) => pd.data).find((d) => isRecord(d) && d.kind === 'Config') as
+    | Record<string, unknown>
+    | undefined;
+  const auditDirRaw =
+    isRecord(configData?.audit) && typeof configData.audit.dir === 'string' ? configData.audit.dir : DEFAULT_AUDIT_DIR;
   // Read before the schema checks rotor.yaml, so bounded here too: a regex such as /\/+$/ takes
   // quadratic time on a long run of "/", and every ignore glob is tried on every file.
   const auditDir = withoutTrailingSlashes(auditDirRaw);
@@ -129,29 +140,45 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
   }
   const ignore: Glob[] = [];
   if (Array.isArray(configData?.ignore)) {
-    for (const g of configData.ignore.slice(0, MAX_IGNORE)) if (typeof g === 'string') {
-      const c = compileGlob(g);
-      if (typeof c !== 'string') ignore.push(c);
-    }
+    for (const g of configData.ignore.slice(0, MAX_IGNORE))
+      if (typeof g === 'string') {
+        const c = compileGlob(g);
+        if (typeof c !== 'string') ignore.push(c);
+      }
   }
 
   const candidates: SourceFile[] = [];
   for (const f of listing.files.values()) {
     if (f.path === CONFIG_FILE || !isYaml(f.path)) continue;
-    if (f.path === auditDir || f.path.startsWith(auditDir + '/')) continue;
+    if (f.path === auditDir || f.path.startsWith(`${auditDir}/`)) continue;
     if (ignore.some((g) => g.test(f.path))) continue;
     candidates.push(f);
   }
   candidates.sort((a, b) => (a.path < b.path ? -1 : 1));
-  const docs = [...configDocs, ...(await readAndParse(source, candidates, r, budget, listing.files.get(CONFIG_FILE)?.size ?? 0))];
+  const docs = [
+    ...configDocs,
+    ...(await readAndParse(source, candidates, r, budget, listing.files.get(CONFIG_FILE)?.size ?? 0)),
+  ];
 
   // Kinds and schemas.
   const decls: Decls = { Config: [], Policy: [], Secret: [], Target: [], Agent: [], Consumer: [] };
   /** Names of every document of a kind, valid or not: references to a broken declaration are not reported twice. */
-  const mentioned: Record<Kind, Set<string>> = { Config: new Set(), Policy: new Set(), Secret: new Set(), Target: new Set(), Agent: new Set(), Consumer: new Set() };
+  const mentioned: Record<Kind, Set<string>> = {
+    Config: new Set(),
+    Policy: new Set(),
+    Secret: new Set(),
+    Target: new Set(),
+    Agent: new Set(),
+    Consumer: new Set(),
+  };
   for (const pd of docs) {
     if (!isRecord(pd.data)) {
-      r.error(pd, [], 'DOC_NOT_MAPPING', `each YAML document must be a mapping with a kind, not ${Array.isArray(pd.data) ? 'a list' : typeof pd.data}`);
+      r.error(
+        pd,
+        [],
+        'DOC_NOT_MAPPING',
+        `each YAML document must be a mapping with a kind, not ${Array.isArray(pd.data) ? 'a list' : typeof pd.data}`,
+      );
       continue;
     }
     const kind = pd.data.kind;
@@ -162,7 +189,12 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
     }
     if (typeof kind !== 'string' || !(KINDS as readonly string[]).includes(kind)) {
       const hint = typeof kind === 'string' ? suggest(kind, KINDS) : undefined;
-      r.error(pd, ['kind'], 'KIND_UNKNOWN', `unknown kind ${JSON.stringify(kind)}${hint ? `; did you mean "${hint}"?` : `; use one of ${KINDS.join(', ')}`}`);
+      r.error(
+        pd,
+        ['kind'],
+        'KIND_UNKNOWN',
+        `unknown kind ${JSON.stringify(kind)}${hint ? `; did you mean "${hint}"?` : `; use one of ${KINDS.join(', ')}`}`,
+      );
       continue;
     }
     const k = kind as Kind;
@@ -175,7 +207,12 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
     (decls[k] as Entry<unknown>[]).push({ decl: pd.data, pd });
   }
 
-  const config = checkConfig(decls.Config, r, listing.files.has(CONFIG_FILE), mentioned.Config.size > 0 || docs.some((d) => isRecord(d.data) && d.data.kind === 'Config'));
+  const config = checkConfig(
+    decls.Config,
+    r,
+    listing.files.has(CONFIG_FILE),
+    mentioned.Config.size > 0 || docs.some((d) => isRecord(d.data) && d.data.kind === 'Config'),
+  );
   const policies = unique('Policy', decls.Policy, r);
   const targets = unique('Target', decls.Target, r);
   const agents = unique('Agent', decls.Agent, r);
@@ -184,9 +221,11 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
 
   for (const e of policies.values()) checkPolicy(e, r, options.now);
   for (const e of agents.values()) checkAgent(e, agents, r);
-  for (const e of targets.values()) checkRef(e.pd, ['agent'], 'Agent', e.decl.agent, agents, mentioned.Agent, 'AGENT_UNKNOWN', r);
+  for (const e of targets.values())
+    checkRef(e.pd, ['agent'], 'Agent', e.decl.agent, agents, mentioned.Agent, 'AGENT_UNKNOWN', r);
   const dbUsers = new Map<string, string>();
-  for (const e of secrets.values()) checkSecret(e, { policies, targets, mentioned, files: listing.files, auditDir, dbUsers }, r);
+  for (const e of secrets.values())
+    checkSecret(e, { policies, targets, mentioned, files: listing.files, auditDir, dbUsers }, r);
   if (options.sopsValues) await checkSopsValues(source, listing.files, secrets, r);
   const index = new NameIndex(secrets.keys());
   for (const e of consumers.values()) checkConsumer(e, index, r);
@@ -216,18 +255,38 @@ function locatedOf<T>(e: Entry<T>): Located<T> {
   return deepFreeze({ decl: e.decl, source: { file: e.pd.file, line, col: m[0].length + 1 } });
 }
 
-async function readAndParse(source: RepoSource, files: readonly SourceFile[], r: Reporter, budget: { docs: number }, usedBytes = 0): Promise<ParsedDoc[]> {
+async function readAndParse(
+  source: RepoSource,
+  files: readonly SourceFile[],
+  r: Reporter,
+  budget: { docs: number },
+  usedBytes = 0,
+): Promise<ParsedDoc[]> {
   const toRead: string[] = [];
   let total = usedBytes;
   let count = 0;
   for (const f of files) {
     if (f.size > LIMITS.fileBytes) {
-      r.problems.push({ file: f.path, line: 1, col: 1, severity: 'error', code: 'FILE_TOO_LARGE', message: `the file is ${formatBytes(f.size)}, over the limit of ${formatBytes(LIMITS.fileBytes)}; split it into several files` });
+      r.problems.push({
+        file: f.path,
+        line: 1,
+        col: 1,
+        severity: 'error',
+        code: 'FILE_TOO_LARGE',
+        message: `the file is ${formatBytes(f.size)}, over the limit of ${formatBytes(LIMITS.fileBytes)}; split it into several files`,
+      });
       continue;
     }
     total += f.size;
     if (total > LIMITS.totalBytes || ++count > LIMITS.files) {
-      r.problems.push({ file: f.path, line: 1, col: 1, severity: 'error', code: 'REPO_TOO_LARGE', message: `rotor reads at most ${LIMITS.files} declaration files and ${formatBytes(LIMITS.totalBytes)} in all; it stopped before this file. Move unrelated YAML under Config.ignore` });
+      r.problems.push({
+        file: f.path,
+        line: 1,
+        col: 1,
+        severity: 'error',
+        code: 'REPO_TOO_LARGE',
+        message: `rotor reads at most ${LIMITS.files} declaration files and ${formatBytes(LIMITS.totalBytes)} in all; it stopped before this file. Move unrelated YAML under Config.ignore`,
+      });
       break;
     }
     toRead.push(f.path);
@@ -237,11 +296,25 @@ async function readAndParse(source: RepoSource, files: readonly SourceFile[], r:
   for (const p of toRead) {
     const buf = contents.get(p);
     if (!(buf instanceof Buffer)) {
-      r.problems.push({ file: p, line: 1, col: 1, severity: 'error', code: 'FILE_UNREADABLE', message: `cannot read the file (${(buf as Error | undefined)?.message ?? 'unknown error'})` });
+      r.problems.push({
+        file: p,
+        line: 1,
+        col: 1,
+        severity: 'error',
+        code: 'FILE_UNREADABLE',
+        message: `cannot read the file (${(buf as Error | undefined)?.message ?? 'unknown error'})`,
+      });
       continue;
     }
     if (buf.length > LIMITS.fileBytes) {
-      r.problems.push({ file: p, line: 1, col: 1, severity: 'error', code: 'FILE_TOO_LARGE', message: `the file is over the limit of ${formatBytes(LIMITS.fileBytes)}; split it into several files` });
+      r.problems.push({
+        file: p,
+        line: 1,
+        col: 1,
+        severity: 'error',
+        code: 'FILE_TOO_LARGE',
+        message: `the file is over the limit of ${formatBytes(LIMITS.fileBytes)}; split it into several files`,
+      });
       continue;
     }
     const text = decodeUtf8(p, buf, r.problems);
@@ -252,16 +325,33 @@ async function readAndParse(source: RepoSource, files: readonly SourceFile[], r:
 }
 
 function formatBytes(n: number): string {
-  return n >= 1024 * 1024 ? `${(n / 1024 / 1024).toFixed(n % (1024 * 1024) ? 1 : 0)} MiB` : `${Math.ceil(n / 1024)} KiB`;
+  return n >= 1024 * 1024
+    ? `${(n / 1024 / 1024).toFixed(n % (1024 * 1024) ? 1 : 0)} MiB`
+    : `${Math.ceil(n / 1024)} KiB`;
 }
 
-function checkConfig(configs: Entry<Config>[], r: Reporter, hasFile: boolean, declared: boolean): Entry<Config> | undefined {
+function checkConfig(
+  configs: Entry<Config>[],
+  r: Reporter,
+  hasFile: boolean,
+  declared: boolean,
+): Entry<Config> | undefined {
   let chosen: Entry<Config> | undefined;
   for (const e of configs) {
     if (e.pd.file !== CONFIG_FILE) {
-      r.error(e.pd, ['kind'], 'CONFIG_LOCATION', `kind: Config must be in ${CONFIG_FILE} at the repository root, not in ${e.pd.file}; move it there`);
+      r.error(
+        e.pd,
+        ['kind'],
+        'CONFIG_LOCATION',
+        `kind: Config must be in ${CONFIG_FILE} at the repository root, not in ${e.pd.file}; move it there`,
+      );
     } else if (chosen) {
-      r.error(e.pd, ['kind'], 'CONFIG_DUPLICATE', `a second kind: Config (the first is at ${chosen.pd.file}:${positionOf(chosen.pd, []).line}); keep exactly one`);
+      r.error(
+        e.pd,
+        ['kind'],
+        'CONFIG_DUPLICATE',
+        `a second kind: Config (the first is at ${chosen.pd.file}:${positionOf(chosen.pd, []).line}); keep exactly one`,
+      );
     } else {
       chosen = e;
     }
@@ -270,20 +360,33 @@ function checkConfig(configs: Entry<Config>[], r: Reporter, hasFile: boolean, de
     const interval = chosen.decl.sync?.interval;
     if (interval !== undefined) {
       const ms = parseDuration(interval);
-      if (ms === undefined || ms < 1000 || ms > 86_400_000) r.error(chosen.pd, ['sync', 'interval'], 'DURATION_INVALID', `sync.interval ${interval} must be between 1s and 1d`);
+      if (ms === undefined || ms < 1000 || ms > 86_400_000)
+        r.error(
+          chosen.pd,
+          ['sync', 'interval'],
+          'DURATION_INVALID',
+          `sync.interval ${interval} must be between 1s and 1d`,
+        );
     }
     const dir = chosen.decl.audit?.dir;
     const bad = dir === undefined ? undefined : auditDirNameProblem(withoutTrailingSlashes(dir));
     if (bad) r.error(chosen.pd, ['audit', 'dir'], 'AUDIT_DIR_INVALID', bad);
     chosen.decl.ignore?.forEach((g, i) => {
       const glob = compileGlob(g);
-      if (typeof glob === 'string') r.error(chosen!.pd, ['ignore', i], 'GLOB_INVALID', `ignore[${i}] ${JSON.stringify(g)}: ${glob}`);
+      if (typeof glob === 'string')
+        r.error(chosen!.pd, ['ignore', i], 'GLOB_INVALID', `ignore[${i}] ${JSON.stringify(g)}: ${glob}`);
     });
   }
   if (!chosen && configs.length === 0 && !declared) {
     r.problems.push({
-      file: CONFIG_FILE, line: 1, col: 1, severity: 'error', code: 'CONFIG_MISSING',
-      message: hasFile ? `${CONFIG_FILE} has no document with kind: Config; add one (see schemas/config.schema.json)` : `there is no ${CONFIG_FILE} at the repository root; create it with "kind: Config" (rotor init makes one)`,
+      file: CONFIG_FILE,
+      line: 1,
+      col: 1,
+      severity: 'error',
+      code: 'CONFIG_MISSING',
+      message: hasFile
+        ? `${CONFIG_FILE} has no document with kind: Config; add one (see schemas/config.schema.json)`
+        : `there is no ${CONFIG_FILE} at the repository root; create it with "kind: Config" (rotor init makes one)`,
     });
   }
   return chosen;
@@ -295,7 +398,12 @@ function unique<T extends { name: string }>(kind: Kind, entries: Entry<T>[], r: 
     const first = out.get(e.decl.name);
     if (first) {
       const at = positionOf(first.pd, ['name']);
-      r.error(e.pd, ['name'], 'NAME_DUPLICATE', `${kind} "${e.decl.name}" is already declared at ${at.file}:${at.line}; rename or remove one`);
+      r.error(
+        e.pd,
+        ['name'],
+        'NAME_DUPLICATE',
+        `${kind} "${e.decl.name}" is already declared at ${at.file}:${at.line}; rename or remove one`,
+      );
     } else {
       out.set(e.decl.name, e);
     }
@@ -303,11 +411,25 @@ function unique<T extends { name: string }>(kind: Kind, entries: Entry<T>[], r: 
   return out;
 }
 
-function checkRef<T>(pd: ParsedDoc, path: Path, kind: Kind, name: string, known: Map<string, T>, mentioned: Set<string>, code: Code, r: Reporter): boolean {
+function checkRef<T>(
+  pd: ParsedDoc,
+  path: Path,
+  kind: Kind,
+  name: string,
+  known: Map<string, T>,
+  mentioned: Set<string>,
+  code: Code,
+  r: Reporter,
+): boolean {
   if (known.has(name)) return true;
   if (mentioned.has(name)) return false; // declared, but broken: its own problem says why
   const hint = suggest(name, known.keys());
-  r.error(pd, path, code, `${kind} "${name}" is not declared${hint ? `; did you mean "${hint}"?` : `; declare it with kind: ${kind}`}`);
+  r.error(
+    pd,
+    path,
+    code,
+    `${kind} "${name}" is not declared${hint ? `; did you mean "${hint}"?` : `; declare it with kind: ${kind}`}`,
+  );
   return false;
 }
 
@@ -330,7 +452,12 @@ function checkPolicy(e: Entry<Policy>, r: Reporter, now: number): boolean {
     return false;
   }
   if (p.every === undefined && p.cron === undefined) {
-    r.error(pd, ['name'], 'POLICY_SCHEDULE_MISSING', 'the policy says neither when to rotate; add "every: 30d" or "cron: 0 3 * * 0"');
+    r.error(
+      pd,
+      ['name'],
+      'POLICY_SCHEDULE_MISSING',
+      'the policy says neither when to rotate; add "every: 30d" or "cron: 0 3 * * 0"',
+    );
     return false;
   }
   if (p.every !== undefined && parseDuration(p.every) === 0) {
@@ -340,7 +467,12 @@ function checkPolicy(e: Entry<Policy>, r: Reporter, now: number): boolean {
   const tz = p.timezone ?? 'UTC';
   if (!isTimeZone(tz)) {
     const hint = suggest(tz, Intl.supportedValuesOf('timeZone'));
-    r.error(pd, ['timezone'], 'TIMEZONE_INVALID', `unknown time zone "${tz}"${hint ? `; did you mean "${hint}"?` : '; use an IANA name such as UTC or Europe/Berlin'}`);
+    r.error(
+      pd,
+      ['timezone'],
+      'TIMEZONE_INVALID',
+      `unknown time zone "${tz}"${hint ? `; did you mean "${hint}"?` : '; use an IANA name such as UTC or Europe/Berlin'}`,
+    );
     return false;
   }
   if (p.cron !== undefined) {
@@ -351,33 +483,60 @@ function checkPolicy(e: Entry<Policy>, r: Reporter, now: number): boolean {
     }
   }
   if (p.window && p.window.start === p.window.end) {
-    r.error(pd, ['window'], 'WINDOW_EMPTY', `the window starts and ends at ${p.window.start}; give it a length (for a whole day, remove the window)`);
+    r.error(
+      pd,
+      ['window'],
+      'WINDOW_EMPTY',
+      `the window starts and ends at ${p.window.start}; give it a length (for a whole day, remove the window)`,
+    );
     ok = false;
   }
   if (!ok) return false;
 
   const interval = intervalOf(compileSchedule(p), now);
-  const scheduleWord = p.every !== undefined ? `every ${p.every}` : `the shortest gap of cron "${p.cron}" (${formatDuration(interval)})`;
+  const scheduleWord =
+    p.every !== undefined ? `every ${p.every}` : `the shortest gap of cron "${p.cron}" (${formatDuration(interval)})`;
   const overlap = parseDuration(p.overlap)!;
   if (overlap >= interval) {
-    r.error(pd, ['overlap'], 'OVERLAP_TOO_LONG', `overlap ${p.overlap} must be shorter than the rotation interval, ${scheduleWord}; shorten the overlap or rotate less often`);
+    r.error(
+      pd,
+      ['overlap'],
+      'OVERLAP_TOO_LONG',
+      `overlap ${p.overlap} must be shorter than the rotation interval, ${scheduleWord}; shorten the overlap or rotate less often`,
+    );
     ok = false;
   }
   if (p.jitter !== undefined) {
     const jitter = parseDuration(p.jitter)!;
     if (jitter >= interval) {
-      r.error(pd, ['jitter'], 'JITTER_TOO_LONG', `jitter ${p.jitter} must be shorter than the rotation interval, ${scheduleWord}`);
+      r.error(
+        pd,
+        ['jitter'],
+        'JITTER_TOO_LONG',
+        `jitter ${p.jitter} must be shorter than the rotation interval, ${scheduleWord}`,
+      );
       ok = false;
     }
     if (p.window) {
       const [sh, sm] = p.window.start.split(':').map(Number);
       const [eh, em] = p.window.end.split(':').map(Number);
-      const length = ((((eh! * 60 + em!) - (sh! * 60 + sm!)) + 1440) % 1440) * 60_000;
-      if (jitter > length) r.warn(pd, ['jitter'], 'JITTER_EXCEEDS_WINDOW', `jitter ${p.jitter} is longer than the window ${p.window.start}-${p.window.end}: rotations may start after it closes`);
+      const length = ((eh! * 60 + em! - (sh! * 60 + sm!) + 1440) % 1440) * 60_000;
+      if (jitter > length)
+        r.warn(
+          pd,
+          ['jitter'],
+          'JITTER_EXCEEDS_WINDOW',
+          `jitter ${p.jitter} is longer than the window ${p.window.start}-${p.window.end}: rotations may start after it closes`,
+        );
     }
   }
   if (p.maxAge !== undefined && parseDuration(p.maxAge)! < interval) {
-    r.warn(pd, ['maxAge'], 'MAXAGE_TOO_SHORT', `maxAge ${p.maxAge} is shorter than the rotation interval, ${scheduleWord}: the secret will show as overdue before each rotation`);
+    r.warn(
+      pd,
+      ['maxAge'],
+      'MAXAGE_TOO_SHORT',
+      `maxAge ${p.maxAge} is shorter than the rotation interval, ${scheduleWord}: the secret will show as overdue before each rotation`,
+    );
   }
   return ok;
 }
@@ -387,12 +546,24 @@ function checkAgent(e: Entry<Agent>, agents: Map<string, Entry<Agent>>, r: Repor
     const { prefix, words } = bech32.decode(e.decl.recipient as `${string}1${string}`, 90);
     if (prefix !== 'age' || bech32.fromWords(words).length !== 32) throw new Error('not an age X25519 recipient');
   } catch {
-    r.error(e.pd, ['recipient'], 'AGENT_RECIPIENT_INVALID', 'recipient is not a valid age recipient (its checksum does not match); copy it again from the output of rotor keygen');
+    r.error(
+      e.pd,
+      ['recipient'],
+      'AGENT_RECIPIENT_INVALID',
+      'recipient is not a valid age recipient (its checksum does not match); copy it again from the output of rotor keygen',
+    );
   }
   for (const other of agents.values()) {
     if (other === e) break;
-    if (Buffer.from(other.decl.signingKey.slice(8), 'base64').equals(Buffer.from(e.decl.signingKey.slice(8), 'base64'))) {
-      r.error(e.pd, ['signingKey'], 'AGENT_KEY_REUSED', `agent "${e.decl.name}" has the same signing key as agent "${other.decl.name}"; run rotor keygen on each agent's host`);
+    if (
+      Buffer.from(other.decl.signingKey.slice(8), 'base64').equals(Buffer.from(e.decl.signingKey.slice(8), 'base64'))
+    ) {
+      r.error(
+        e.pd,
+        ['signingKey'],
+        'AGENT_KEY_REUSED',
+        `agent "${e.decl.name}" has the same signing key as agent "${other.decl.name}"; run rotor keygen on each agent's host`,
+      );
       break;
     }
   }
@@ -417,16 +588,33 @@ function checkSecret(e: Entry<Secret>, ctx: SecretContext, r: Reporter): void {
 
   const sources = (['generate', 'fields', 'sops'] as const).filter((k) => s[k] !== undefined);
   if (sources.length === 0) {
-    r.error(pd, ['name'], 'SECRET_SOURCE_MISSING', 'the secret has no value source; add one of generate (a random value), fields (a structured value) or sops (a value kept by a person)');
+    r.error(
+      pd,
+      ['name'],
+      'SECRET_SOURCE_MISSING',
+      'the secret has no value source; add one of generate (a random value), fields (a structured value) or sops (a value kept by a person)',
+    );
   } else if (sources.length > 1) {
-    r.error(pd, [sources[1]!], 'SECRET_SOURCE_MULTIPLE', `the secret has ${sources.join(' and ')}; keep exactly one value source`, true);
+    r.error(
+      pd,
+      [sources[1]!],
+      'SECRET_SOURCE_MULTIPLE',
+      `the secret has ${sources.join(' and ')}; keep exactly one value source`,
+      true,
+    );
   }
   if (s.generate) checkGenerator(pd, ['generate'], s.generate, s, r);
   if (s.fields) {
     for (const [field, def] of Object.entries(s.fields)) {
       const n = (def.generate !== undefined ? 1 : 0) + (def.value !== undefined ? 1 : 0);
       if (n !== 1) {
-        r.error(pd, ['fields', field], 'FIELD_SOURCE_INVALID', `field "${field}" needs exactly one of generate (a random value) or value (a static one)${n === 2 ? ', not both' : ''}`, true);
+        r.error(
+          pd,
+          ['fields', field],
+          'FIELD_SOURCE_INVALID',
+          `field "${field}" needs exactly one of generate (a random value) or value (a static one)${n === 2 ? ', not both' : ''}`,
+          true,
+        );
       } else if (def.generate) {
         checkGenerator(pd, ['fields', field, 'generate'], def.generate, s, r);
       }
@@ -435,10 +623,27 @@ function checkSecret(e: Entry<Secret>, ctx: SecretContext, r: Reporter): void {
   if (s.sops) {
     const file = s.sops.file;
     const segs = file.split('/');
-    if (file.startsWith('/') || segs.includes('..') || segs.includes('.') || segs.includes('') || file === ctx.auditDir || file.startsWith(ctx.auditDir + '/')) {
-      r.error(pd, ['sops', 'file'], 'SOPS_FILE_INVALID', `sops.file "${file}" must be a relative path inside the repository, without "." or ".." segments, outside the audit directory "${ctx.auditDir}"`);
+    if (
+      file.startsWith('/') ||
+      segs.includes('..') ||
+      segs.includes('.') ||
+      segs.includes('') ||
+      file === ctx.auditDir ||
+      file.startsWith(`${ctx.auditDir}/`)
+    ) {
+      r.error(
+        pd,
+        ['sops', 'file'],
+        'SOPS_FILE_INVALID',
+        `sops.file "${file}" must be a relative path inside the repository, without "." or ".." segments, outside the audit directory "${ctx.auditDir}"`,
+      );
     } else if (!ctx.files.has(file)) {
-      r.error(pd, ['sops', 'file'], 'SOPS_FILE_MISSING', `sops.file "${file}" does not exist in the repository; add the encrypted file (sops --encrypt --age ...) or fix the path`);
+      r.error(
+        pd,
+        ['sops', 'file'],
+        'SOPS_FILE_MISSING',
+        `sops.file "${file}" does not exist in the repository; add the encrypted file (sops --encrypt --age ...) or fix the path`,
+      );
     }
   }
   if (s.database) checkDatabase(e, ctx, r);
@@ -453,7 +658,12 @@ export const SOPS_READ_BUDGET = 64 * 1024 * 1024;
  * beyond those, or that cannot be read or parsed, says nothing here: the daemon opens it with its
  * key and reports what is wrong (SOPS_UNSUPPORTED, SOPS_NOT_SOPS...).
  */
-async function checkSopsValues(source: RepoSource, files: ReadonlyMap<string, SourceFile>, secrets: ReadonlyMap<string, Entry<Secret>>, r: Reporter): Promise<void> {
+async function checkSopsValues(
+  source: RepoSource,
+  files: ReadonlyMap<string, SourceFile>,
+  secrets: ReadonlyMap<string, Entry<Secret>>,
+  r: Reporter,
+): Promise<void> {
   const byFile = new Map<string, Entry<Secret>[]>();
   for (const e of secrets.values()) {
     const file = e.decl.sops?.file;
@@ -475,7 +685,8 @@ async function checkSopsValues(source: RepoSource, files: ReadonlyMap<string, So
     }
     for (const e of byFile.get(file)!) {
       const key = e.decl.sops!.key;
-      if (outline.stateOf(key) === 'clear') r.error(e.pd, ['sops', 'key'], 'SOPS_VALUE_CLEARTEXT', sopsCleartextMessage(file, key));
+      if (outline.stateOf(key) === 'clear')
+        r.error(e.pd, ['sops', 'key'], 'SOPS_VALUE_CLEARTEXT', sopsCleartextMessage(file, key));
     }
   }
 }
@@ -484,24 +695,47 @@ function checkGenerator(pd: ParsedDoc, path: Path, gen: Generator, s: Secret, r:
   const charset = gen.charset ?? 'alphanumeric';
   if (charset === 'custom') {
     if (gen.chars === undefined) {
-      r.error(pd, [...path, 'charset'], 'CHARSET_CHARS_MISSING', 'charset custom needs chars, the characters to choose from (e.g. chars: "ABCDEFGHJKLMNPQRSTUVWXYZ23456789")');
+      r.error(
+        pd,
+        [...path, 'charset'],
+        'CHARSET_CHARS_MISSING',
+        'charset custom needs chars, the characters to choose from (e.g. chars: "ABCDEFGHJKLMNPQRSTUVWXYZ23456789")',
+      );
       return;
     }
     const chars = gen.chars;
     const invalid = [...chars].find((c) => c < '!' || c > '~');
     const dup = [...chars].find((c, i) => chars.indexOf(c) !== i);
     if (invalid !== undefined || dup !== undefined) {
-      r.error(pd, [...path, 'chars'], 'CHARSET_CHARS_INVALID', invalid !== undefined ? `chars may hold only printable ASCII characters without space; found ${JSON.stringify(invalid)}` : `chars lists ${JSON.stringify(dup)} twice, which would make it more likely; list each character once`);
+      r.error(
+        pd,
+        [...path, 'chars'],
+        'CHARSET_CHARS_INVALID',
+        invalid !== undefined
+          ? `chars may hold only printable ASCII characters without space; found ${JSON.stringify(invalid)}`
+          : `chars lists ${JSON.stringify(dup)} twice, which would make it more likely; list each character once`,
+      );
       return;
     }
   } else if (gen.chars !== undefined) {
-    r.error(pd, [...path, 'chars'], 'CHARSET_CHARS_UNUSED', `chars is only used with charset: custom (this generator uses ${charset}); remove chars or set charset: custom`, true);
+    r.error(
+      pd,
+      [...path, 'chars'],
+      'CHARSET_CHARS_UNUSED',
+      `chars is only used with charset: custom (this generator uses ${charset}); remove chars or set charset: custom`,
+      true,
+    );
   }
   const bits = entropyBits(gen);
   if (bits < MIN_ENTROPY_BITS && s.allowWeak !== true) {
     const size = new Set(alphabetOf(gen)).size;
     const need = Math.ceil(MIN_ENTROPY_BITS / Math.log2(size));
-    r.error(pd, [...path, gen.length !== undefined ? 'length' : 'charset'], 'ENTROPY_TOO_LOW', `this generator gives ${Math.floor(bits)} bits of entropy (${gen.length ?? DEFAULT_LENGTH} characters from ${size}); 128 are needed: use length ${need} or more, or set allowWeak: true on the secret`);
+    r.error(
+      pd,
+      [...path, gen.length !== undefined ? 'length' : 'charset'],
+      'ENTROPY_TOO_LOW',
+      `this generator gives ${Math.floor(bits)} bits of entropy (${gen.length ?? DEFAULT_LENGTH} characters from ${size}); 128 are needed: use length ${need} or more, or set allowWeak: true on the secret`,
+    );
   }
 }
 
@@ -510,54 +744,131 @@ function checkDatabase(e: Entry<Secret>, ctx: SecretContext, r: Reporter): void 
   const db = s.database!;
   const pd = e.pd;
   if (s.fields || s.sops) {
-    r.error(pd, ['database'], 'DB_SOURCE_INVALID', `a database secret's value is the user's password: use generate, not ${s.fields ? 'fields' : 'sops'}`, true);
+    r.error(
+      pd,
+      ['database'],
+      'DB_SOURCE_INVALID',
+      `a database secret's value is the user's password: use generate, not ${s.fields ? 'fields' : 'sops'}`,
+      true,
+    );
   }
   if (s.generate) {
     const alphabet = alphabetOf(s.generate);
     const unsafe = [...alphabet].find((c) => DB_UNSAFE.test(c));
     if (unsafe !== undefined) {
-      r.error(pd, ['generate', 'charset'], 'DB_CHARSET_UNSAFE', `database passwords must not contain quotes, backslashes or whitespace, and this charset has ${JSON.stringify(unsafe)}; use alphanumeric, hex or base64url`);
+      r.error(
+        pd,
+        ['generate', 'charset'],
+        'DB_CHARSET_UNSAFE',
+        `database passwords must not contain quotes, backslashes or whitespace, and this charset has ${JSON.stringify(unsafe)}; use alphanumeric, hex or base64url`,
+      );
     }
   }
   const target = ctx.targets.get(db.target);
-  if (!checkRef(pd, ['database', 'target'], 'Target', db.target, ctx.targets, ctx.mentioned.Target, 'TARGET_UNKNOWN', r) || !target) return;
+  if (
+    !checkRef(
+      pd,
+      ['database', 'target'],
+      'Target',
+      db.target,
+      ctx.targets,
+      ctx.mentioned.Target,
+      'TARGET_UNKNOWN',
+      r,
+    ) ||
+    !target
+  )
+    return;
   const engine = target.decl.engine;
   const traits = ENGINES[engine];
   const strategy = db.strategy ?? defaultStrategy(engine);
   if (!traits.strategies.includes(strategy)) {
-    const why = strategy === 'dual' ? ` (it cannot hold two passwords for one user); use strategy: alternate with usernames: [${db.username ?? 'app'}_blue, ${db.username ?? 'app'}_green]` : `; use one of ${traits.strategies.join(', ')}`;
-    r.error(pd, ['database', 'strategy'], 'STRATEGY_UNSUPPORTED', `${traits.label} (target "${target.decl.name}") has no ${strategy} strategy${why}`);
+    const why =
+      strategy === 'dual'
+        ? ` (it cannot hold two passwords for one user); use strategy: alternate with usernames: [${db.username ?? 'app'}_blue, ${db.username ?? 'app'}_green]`
+        : `; use one of ${traits.strategies.join(', ')}`;
+    r.error(
+      pd,
+      ['database', 'strategy'],
+      'STRATEGY_UNSUPPORTED',
+      `${traits.label} (target "${target.decl.name}") has no ${strategy} strategy${why}`,
+    );
     return;
   }
   const implicit = db.strategy === undefined ? ` (the default for ${traits.label})` : '';
   let users: string[] = [];
   if (strategy === 'alternate') {
     if (db.username !== undefined) {
-      r.error(pd, ['database', 'username'], 'USERNAME_CONFLICT', `strategy alternate${implicit} takes two users, usernames: [a, b], not username`, true);
+      r.error(
+        pd,
+        ['database', 'username'],
+        'USERNAME_CONFLICT',
+        `strategy alternate${implicit} takes two users, usernames: [a, b], not username`,
+        true,
+      );
     } else if (!db.usernames) {
-      r.error(pd, ['database'], 'USERNAME_MISSING', `strategy alternate${implicit} needs usernames: [a, b], the two users that take turns`, true);
+      r.error(
+        pd,
+        ['database'],
+        'USERNAME_MISSING',
+        `strategy alternate${implicit} needs usernames: [a, b], the two users that take turns`,
+        true,
+      );
     } else if (db.usernames[0] === db.usernames[1]) {
-      r.error(pd, ['database', 'usernames'], 'USERNAMES_SAME', `strategy alternate needs two different users, not "${db.usernames[0]}" twice`);
+      r.error(
+        pd,
+        ['database', 'usernames'],
+        'USERNAMES_SAME',
+        `strategy alternate needs two different users, not "${db.usernames[0]}" twice`,
+      );
     } else users = [...db.usernames];
   } else {
     if (db.usernames !== undefined) {
-      r.error(pd, ['database', 'usernames'], 'USERNAME_CONFLICT', `strategy ${strategy}${implicit} takes one user, username: NAME, not usernames${engine !== 'redis' && traits.strategies.includes('alternate') ? ' (or set strategy: alternate)' : ''}`, true);
+      r.error(
+        pd,
+        ['database', 'usernames'],
+        'USERNAME_CONFLICT',
+        `strategy ${strategy}${implicit} takes one user, username: NAME, not usernames${engine !== 'redis' && traits.strategies.includes('alternate') ? ' (or set strategy: alternate)' : ''}`,
+        true,
+      );
     } else if (db.username === undefined) {
-      r.error(pd, ['database'], 'USERNAME_MISSING', `strategy ${strategy}${implicit} needs username: NAME, the database user`, true);
+      r.error(
+        pd,
+        ['database'],
+        'USERNAME_MISSING',
+        `strategy ${strategy}${implicit} needs username: NAME, the database user`,
+        true,
+      );
     } else users = [db.username];
   }
   users.forEach((u, i) => {
     if (u.length > traits.maxUsername) {
-      r.error(pd, ['database', db.usernames ? 'usernames' : 'username', ...(db.usernames ? [i] : [])], 'USERNAME_TOO_LONG', `${traits.label} user names are at most ${traits.maxUsername} characters; "${u}" has ${u.length}`);
+      r.error(
+        pd,
+        ['database', db.usernames ? 'usernames' : 'username', ...(db.usernames ? [i] : [])],
+        'USERNAME_TOO_LONG',
+        `${traits.label} user names are at most ${traits.maxUsername} characters; "${u}" has ${u.length}`,
+      );
     }
     const key = `${target.decl.name}\0${u}`;
     const other = ctx.dbUsers.get(key);
     if (other !== undefined && other !== s.name) {
-      r.error(pd, ['database'], 'DB_USER_SHARED', `user "${u}" on target "${target.decl.name}" is already rotated by secret "${other}"; two secrets would undo each other's passwords`, true);
+      r.error(
+        pd,
+        ['database'],
+        'DB_USER_SHARED',
+        `user "${u}" on target "${target.decl.name}" is already rotated by secret "${other}"; two secrets would undo each other's passwords`,
+        true,
+      );
     } else ctx.dbUsers.set(key, s.name);
   });
   if (s.generate && (s.generate.length ?? DEFAULT_LENGTH) > traits.maxPassword) {
-    r.error(pd, ['generate', 'length'], 'DB_PASSWORD_TOO_LONG', `${traits.label} accepts passwords of at most ${traits.maxPassword} characters`);
+    r.error(
+      pd,
+      ['generate', 'length'],
+      'DB_PASSWORD_TOO_LONG',
+      `${traits.label} accepts passwords of at most ${traits.maxPassword} characters`,
+    );
   }
 }
 
@@ -567,12 +878,23 @@ function checkConsumer(e: Entry<Consumer>, index: NameIndex, r: Reporter): void 
     if (typeof glob === 'string') {
       r.error(e.pd, ['secrets', i], 'GLOB_INVALID', `secrets[${i}] "${g}": ${glob}`);
     } else if (!index.any(glob)) {
-      r.warn(e.pd, ['secrets', i], 'CONSUMER_GLOB_UNMATCHED', `"${g}" matches no declared secret; check the name (the consumer gains access once such a secret is declared)`);
+      r.warn(
+        e.pd,
+        ['secrets', i],
+        'CONSUMER_GLOB_UNMATCHED',
+        `"${g}" matches no declared secret; check the name (the consumer gains access once such a secret is declared)`,
+      );
     }
   });
 }
 
-function checkUnused(policies: Map<string, Entry<Policy>>, targets: Map<string, Entry<Target>>, agents: Map<string, Entry<Agent>>, secrets: Map<string, Entry<Secret>>, r: Reporter): void {
+function checkUnused(
+  policies: Map<string, Entry<Policy>>,
+  targets: Map<string, Entry<Target>>,
+  agents: Map<string, Entry<Agent>>,
+  secrets: Map<string, Entry<Secret>>,
+  r: Reporter,
+): void {
   const usedPolicies = new Set<string>();
   const usedTargets = new Set<string>();
   for (const s of secrets.values()) {
@@ -580,7 +902,10 @@ function checkUnused(policies: Map<string, Entry<Policy>>, targets: Map<string, 
     if (s.decl.database) usedTargets.add(s.decl.database.target);
   }
   const usedAgents = new Set([...targets.values()].map((t) => t.decl.agent));
-  for (const [name, e] of policies) if (!usedPolicies.has(name)) r.warn(e.pd, ['name'], 'UNUSED', `policy "${name}" is used by no secret`);
-  for (const [name, e] of targets) if (!usedTargets.has(name)) r.warn(e.pd, ['name'], 'UNUSED', `target "${name}" is used by no secret`);
-  for (const [name, e] of agents) if (!usedAgents.has(name)) r.warn(e.pd, ['name'], 'UNUSED', `agent "${name}" is used by no target`);
+  for (const [name, e] of policies)
+    if (!usedPolicies.has(name)) r.warn(e.pd, ['name'], 'UNUSED', `policy "${name}" is used by no secret`);
+  for (const [name, e] of targets)
+    if (!usedTargets.has(name)) r.warn(e.pd, ['name'], 'UNUSED', `target "${name}" is used by no secret`);
+  for (const [name, e] of agents)
+    if (!usedAgents.has(name)) r.warn(e.pd, ['name'], 'UNUSED', `agent "${name}" is used by no target`);
 }

@@ -1,6 +1,7 @@
 /** The desired state declared in a repository: immutable, typed from the schemas. */
-import type { Agent, Config, Consumer, Policy, Secret, Target } from './schema-types.js';
+
 import type { Position, Problem } from './problems.js';
+import type { Agent, Config, Consumer, Policy, Secret, Target } from './schema-types.js';
 
 export type { Agent, Config, Consumer, Policy, Secret, Target };
 

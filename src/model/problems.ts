@@ -9,7 +9,8 @@ export type Severity = 'error' | 'warning';
 export const CODES = {
   // Files and YAML
   FILE_TOO_LARGE: 'A declaration file is larger than the limit (1 MiB). Split it into several files.',
-  REPO_TOO_LARGE: 'The repository holds more YAML than rotor reads (file count or total size). Move unrelated YAML under `Config.ignore`.',
+  REPO_TOO_LARGE:
+    'The repository holds more YAML than rotor reads (file count or total size). Move unrelated YAML under `Config.ignore`.',
   FILE_NOT_UTF8: 'A file is not valid UTF-8. Save it as UTF-8.',
   FILE_UNREADABLE: 'A file could not be read. Check its permissions.',
   SYMLINK_OUTSIDE: 'A symbolic link points outside the repository (or to a directory) and is ignored.',
@@ -24,22 +25,29 @@ export const CODES = {
   // Schema
   SCHEMA_UNKNOWN_FIELD: 'A field is not part of this kind. Check its spelling against schemas/.',
   SCHEMA_REQUIRED: 'A required field is missing.',
-  SCHEMA_TYPE: 'A field has the wrong type (a number where a string is expected, say). Quote strings that look like numbers.',
+  SCHEMA_TYPE:
+    'A field has the wrong type (a number where a string is expected, say). Quote strings that look like numbers.',
   SCHEMA_ENUM: 'A field has a value outside its allowed set.',
   SCHEMA_RANGE: 'A number, string or list is too small or too large.',
   SCHEMA_INVALID: 'A field does not match the schema.',
-  NAME_INVALID: 'A name breaks the naming rule: lower case letters, digits, `.`, `_`, `-`; secrets may use `/` between segments; no `..`.',
-  DURATION_INVALID: 'A duration is not a whole number followed by s, m, h or d (`30s`, `10m`, `24h`, `30d`), or is out of range.',
+  NAME_INVALID:
+    'A name breaks the naming rule: lower case letters, digits, `.`, `_`, `-`; secrets may use `/` between segments; no `..`.',
+  DURATION_INVALID:
+    'A duration is not a whole number followed by s, m, h or d (`30s`, `10m`, `24h`, `30d`), or is out of range.',
   CLOCK_INVALID: 'A window time is not HH:MM in 24-hour form.',
   RETAIN_TOO_SMALL: '`retain` must be at least 2: the current and the previous version.',
-  GLOB_INVALID: 'A consumer or ignore glob is malformed: use names, `*` within a segment, `**` as a whole segment; at most 253 characters and 32 segments.',
+  GLOB_INVALID:
+    'A consumer or ignore glob is malformed: use names, `*` within a segment, `**` as a whole segment; at most 253 characters and 32 segments.',
   // Config
-  CONFIG_MISSING: 'There is no `kind: Config` in rotor.yaml at the repository root. Create it (`rotor init` makes one).',
+  CONFIG_MISSING:
+    'There is no `kind: Config` in rotor.yaml at the repository root. Create it (`rotor init` makes one).',
   CONFIG_DUPLICATE: 'There is more than one `kind: Config`. Keep exactly one, in rotor.yaml.',
   CONFIG_LOCATION: '`kind: Config` must be in rotor.yaml at the repository root.',
   AUDIT_DIR_INVALID: '`audit.dir` must be a relative directory outside `.git`, such as `audit`.',
-  AUDIT_PATH_SYMLINK: 'The audit directory, a parent of it or a file in it is a symbolic link. rotor never writes through links: make it a plain directory.',
-  AUDIT_PATH_NOT_PLAIN: 'The audit directory or a parent of it is a file or submodule, or the audit directory holds one. Make it a plain directory of plain files.',
+  AUDIT_PATH_SYMLINK:
+    'The audit directory, a parent of it or a file in it is a symbolic link. rotor never writes through links: make it a plain directory.',
+  AUDIT_PATH_NOT_PLAIN:
+    'The audit directory or a parent of it is a file or submodule, or the audit directory holds one. Make it a plain directory of plain files.',
   // Names and references
   NAME_DUPLICATE: 'Two declarations of the same kind have the same name.',
   POLICY_UNKNOWN: 'A secret names a policy that is not declared.',
@@ -64,22 +72,27 @@ export const CODES = {
   CHARSET_CHARS_MISSING: 'A `custom` charset needs `chars`.',
   CHARSET_CHARS_UNUSED: '`chars` is only used with `charset: custom`.',
   CHARSET_CHARS_INVALID: '`chars` must be distinct printable ASCII characters (no space).',
-  ENTROPY_TOO_LOW: 'A generator gives less than 128 bits of entropy. Make it longer, use a larger charset, or set `allowWeak: true`.',
+  ENTROPY_TOO_LOW:
+    'A generator gives less than 128 bits of entropy. Make it longer, use a larger charset, or set `allowWeak: true`.',
   SOPS_FILE_INVALID: 'A `sops.file` path must be relative, inside the repository and outside the audit directory.',
   SOPS_FILE_MISSING: 'A `sops.file` does not exist in the repository.',
-  SOPS_VALUE_CLEARTEXT: 'The value at a `sops.key` is stored in clear in its file (the key matches the file\'s unencrypted_suffix or regex, or the file is not a SOPS file): make sops encrypt it, and replace the value, which is in the repository\'s history.',
+  SOPS_VALUE_CLEARTEXT:
+    "The value at a `sops.key` is stored in clear in its file (the key matches the file's unencrypted_suffix or regex, or the file is not a SOPS file): make sops encrypt it, and replace the value, which is in the repository's history.",
   // Database credentials
   DB_SOURCE_INVALID: 'A database secret must use `generate` (a password), not `fields` or `sops`.',
-  DB_CHARSET_UNSAFE: 'A database password charset contains quotes, backslashes or whitespace. Use alphanumeric, hex or base64url.',
+  DB_CHARSET_UNSAFE:
+    'A database password charset contains quotes, backslashes or whitespace. Use alphanumeric, hex or base64url.',
   DB_PASSWORD_TOO_LONG: 'The password is longer than the engine accepts.',
   STRATEGY_UNSUPPORTED: 'The engine does not support this strategy.',
   USERNAME_MISSING: 'The strategy needs `username` (dual, single) or `usernames` (alternate).',
-  USERNAME_CONFLICT: '`username` and `usernames` do not fit the strategy: `usernames` is for alternate, `username` for dual and single.',
+  USERNAME_CONFLICT:
+    '`username` and `usernames` do not fit the strategy: `usernames` is for alternate, `username` for dual and single.',
   USERNAMES_SAME: '`alternate` needs two different usernames.',
   USERNAME_TOO_LONG: 'A username is longer than the engine accepts.',
   DB_USER_SHARED: 'Two secrets manage the same database user on the same target; they would undo each other.',
   // Agents
-  AGENT_RECIPIENT_INVALID: '`recipient` is not a valid age recipient (bad checksum or length). Copy it again from `rotor keygen`.',
+  AGENT_RECIPIENT_INVALID:
+    '`recipient` is not a valid age recipient (bad checksum or length). Copy it again from `rotor keygen`.',
   AGENT_KEY_REUSED: 'Two agents share a signing key; each agent needs its own (`rotor keygen`).',
 } as const;
 
@@ -104,7 +117,9 @@ export interface Problem extends Position {
  * One line for people, as compilers print them: `FILE:LINE:COL: SEVERITY: MESSAGE [CODE]`. Takes any
  * problem of that shape (the agent's configuration problems have codes of their own).
  */
-export function problemLine(p: Position & { readonly severity: Severity; readonly code: string; readonly message: string }): string {
+export function problemLine(
+  p: Position & { readonly severity: Severity; readonly code: string; readonly message: string },
+): string {
   return `${p.file}:${p.line}:${p.col}: ${p.severity}: ${p.message} [${p.code}]`;
 }
 
@@ -113,7 +128,11 @@ export function hasErrors(problems: readonly Problem[]): boolean {
 }
 
 export function compareProblems(a: Problem, b: Problem): number {
-  return a.file < b.file ? -1 : a.file > b.file ? 1 : a.line - b.line || a.col - b.col || (a.code < b.code ? -1 : a.code > b.code ? 1 : 0);
+  return a.file < b.file
+    ? -1
+    : a.file > b.file
+      ? 1
+      : a.line - b.line || a.col - b.col || (a.code < b.code ? -1 : a.code > b.code ? 1 : 0);
 }
 
 /** Levenshtein distance, for "did you mean" suggestions on short words. */

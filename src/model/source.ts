@@ -121,9 +121,13 @@ export class DirectorySource implements RepoSource {
           const target = await realpath(abs).catch(() => undefined);
           const inside = target !== undefined && (target === rootReal || target.startsWith(rootReal + path.sep));
           st = target ? await stat(target).catch(() => undefined) : undefined;
-          if (!inside || !st || !st.isFile()) {
+          if (!inside || !st?.isFile()) {
             problems.push({
-              file: relPath, line: 1, col: 1, severity: 'warning', code: 'SYMLINK_OUTSIDE',
+              file: relPath,
+              line: 1,
+              col: 1,
+              severity: 'warning',
+              code: 'SYMLINK_OUTSIDE',
               message: `symbolic link ${inside ? 'to a directory' : 'leaving the repository'} ignored; copy the file into the repository instead`,
             });
             continue;

@@ -2,9 +2,10 @@
  * Parsing declaration files: UTF-8 only, multi-document YAML 1.2 with source positions, duplicate keys
  * rejected, alias expansion and document counts bounded, deep nesting caught. Never throws on input.
  */
-import { Composer, isMap, isPair, isScalar, isSeq, LineCounter, Parser, visit } from 'yaml';
-import type { Document, Node } from 'yaml';
+
 import jsyaml from 'js-yaml';
+import type { Document, Node } from 'yaml';
+import { Composer, isMap, isPair, isScalar, isSeq, LineCounter, Parser, visit } from 'yaml';
 import type { Code, Position, Problem } from './problems.js';
 
 export const LIMITS = {
@@ -48,7 +49,13 @@ export class ParsedDoc {
   get positions(): { doc: Document.Parsed; lines: LineCounter } {
     if (!this.parsed) {
       const lines = new LineCounter();
-      const docs = [...new Composer(COMPOSER_OPTIONS).compose(new Parser(lines.addNewLine).parse(this.text), true, this.text.length)];
+      const docs = [
+        ...new Composer(COMPOSER_OPTIONS).compose(
+          new Parser(lines.addNewLine).parse(this.text),
+          true,
+          this.text.length,
+        ),
+      ];
       this.parsed = { doc: docs.find((d) => d.contents !== null) ?? docs[0]!, lines };
     }
     return this.parsed;
@@ -91,7 +98,14 @@ export function decodeUtf8(file: string, buf: Buffer, problems: Problem[]): stri
     const before = buf.subarray(0, firstInvalidUtf8(buf)).toString('utf8');
     const line = before.split('\n').length;
     const col = before.length - (before.lastIndexOf('\n') + 1) + 1;
-    problems.push({ file, line, col, severity: 'error', code: 'FILE_NOT_UTF8', message: 'the file is not valid UTF-8 (first bad byte here); save it as UTF-8' });
+    problems.push({
+      file,
+      line,
+      col,
+      severity: 'error',
+      code: 'FILE_NOT_UTF8',
+      message: 'the file is not valid UTF-8 (first bad byte here); save it as UTF-8',
+    });
     return undefined;
   }
 }
@@ -117,13 +131,18 @@ const CORE_1_2 = jsyaml.FAILSAFE_SCHEMA.extend({
     new jsyaml.Type('tag:yaml.org,2002:int', {
       kind: 'scalar',
       resolve: (s: string) => /^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$/.test(s),
-      construct: (s: string) => (s.startsWith('0o') ? parseInt(s.slice(2), 8) : s.startsWith('0x') ? parseInt(s.slice(2), 16) : Number(s)),
+      construct: (s: string) =>
+        s.startsWith('0o') ? parseInt(s.slice(2), 8) : s.startsWith('0x') ? parseInt(s.slice(2), 16) : Number(s),
       predicate: (v: unknown) => typeof v === 'number' && Number.isInteger(v),
     }),
     new jsyaml.Type('tag:yaml.org,2002:float', {
       kind: 'scalar',
-      resolve: (s: string) => /^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$/.test(s),
-      construct: (s: string) => (/\.(?:nan|NaN|NAN)$/.test(s) ? NaN : /inf$/i.test(s) ? (s[0] === '-' ? -Infinity : Infinity) : Number(s)),
+      resolve: (s: string) =>
+        /^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$/.test(
+          s,
+        ),
+      construct: (s: string) =>
+        /\.(?:nan|NaN|NAN)$/.test(s) ? NaN : /inf$/i.test(s) ? (s[0] === '-' ? -Infinity : Infinity) : Number(s),
       predicate: (v: unknown) => typeof v === 'number',
     }),
   ],
@@ -143,7 +162,14 @@ export function flowTooDeep(text: string): number {
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (c === 0x20 || c === 0x09 || c === 0x0d) continue;
-    const opening = prev === 0x0a || prev === 0x3a || prev === 0x2c || prev === 0x2d || prev === 0x3f || prev === 0x5b || prev === 0x7b;
+    const opening =
+      prev === 0x0a ||
+      prev === 0x3a ||
+      prev === 0x2c ||
+      prev === 0x2d ||
+      prev === 0x3f ||
+      prev === 0x5b ||
+      prev === 0x7b;
     if (c === 0x23 && (i === 0 || /\s/.test(text[i - 1]!))) {
       const nl = text.indexOf('\n', i);
       if (nl < 0) break;
@@ -225,15 +251,32 @@ export function parseDocuments(file: string, text: string, problems: Problem[], 
   if (deep >= 0) {
     const before = text.slice(0, deep);
     const line = before.split('\n').length;
-    problems.push({ file, line, col: deep - before.lastIndexOf('\n'), severity: 'error', code: 'YAML_TOO_DEEP', message: `flow collections nest more than ${MAX_FLOW_DEPTH} levels deep here; declarations need only a few levels` });
+    problems.push({
+      file,
+      line,
+      col: deep - before.lastIndexOf('\n'),
+      severity: 'error',
+      code: 'YAML_TOO_DEEP',
+      message: `flow collections nest more than ${MAX_FLOW_DEPTH} levels deep here; declarations need only a few levels`,
+    });
     return [];
   }
   if (/^%/m.test(text)) return parseWithYaml(file, { text, firstLine: 0, offset: 0 }, problems, budget, 0);
   const chunks = splitDocuments(text);
   const limit = Math.max(0, Math.min(LIMITS.docsPerFile, budget.docs));
   if (chunks.length > limit) {
-    const which = limit === LIMITS.docsPerFile ? `this file has more than ${LIMITS.docsPerFile} YAML documents` : `the repository has more than ${LIMITS.docsTotal} YAML documents`;
-    problems.push({ file, line: chunks[limit]!.firstLine + 1, col: 1, severity: 'error', code: 'YAML_TOO_MANY_DOCUMENTS', message: `${which}; split the declarations or remove empty documents` });
+    const which =
+      limit === LIMITS.docsPerFile
+        ? `this file has more than ${LIMITS.docsPerFile} YAML documents`
+        : `the repository has more than ${LIMITS.docsTotal} YAML documents`;
+    problems.push({
+      file,
+      line: chunks[limit]!.firstLine + 1,
+      col: 1,
+      severity: 'error',
+      code: 'YAML_TOO_MANY_DOCUMENTS',
+      message: `${which}; split the declarations or remove empty documents`,
+    });
     budget.docs -= limit;
     return [];
   }
@@ -250,7 +293,14 @@ export function parseDocuments(file: string, text: string, problems: Problem[], 
         if ((data === undefined || data === null) && !HAS_CONTENT.test(chunk.text)) return; // an empty document
       } catch (e) {
         if (e instanceof RangeError) {
-          problems.push({ file, line: chunk.firstLine + 1, col: 1, severity: 'error', code: 'YAML_TOO_DEEP', message: 'the YAML nests too deeply to read; declarations need only a few levels' });
+          problems.push({
+            file,
+            line: chunk.firstLine + 1,
+            col: 1,
+            severity: 'error',
+            code: 'YAML_TOO_DEEP',
+            message: 'the YAML nests too deeply to read; declarations need only a few levels',
+          });
           return;
         }
         // fall through: the yaml library says exactly what is wrong
@@ -261,7 +311,13 @@ export function parseDocuments(file: string, text: string, problems: Problem[], 
   return out;
 }
 
-function parseWithYaml(file: string, chunk: Chunk, problems: Problem[], budget: { docs: number }, firstIndex: number): ParsedDoc[] {
+function parseWithYaml(
+  file: string,
+  chunk: Chunk,
+  problems: Problem[],
+  budget: { docs: number },
+  firstIndex: number,
+): ParsedDoc[] {
   const lines = new LineCounter();
   const parser = new Parser(lines.addNewLine);
   const composer = new Composer(COMPOSER_OPTIONS);
@@ -270,25 +326,39 @@ function parseWithYaml(file: string, chunk: Chunk, problems: Problem[], budget: 
     const p = lines.linePos(offset);
     return { line: p.line + chunk.firstLine, col: p.col };
   };
-  const report = (offset: number, code: Code, message: string) => problems.push({ file, ...at(offset), severity: 'error', code, message });
+  const report = (offset: number, code: Code, message: string) =>
+    problems.push({ file, ...at(offset), severity: 'error', code, message });
   let index = firstIndex;
   try {
     for (const doc of composer.compose(parser.parse(chunk.text), true, chunk.text.length)) {
       if (index - firstIndex >= LIMITS.docsPerFile || budget.docs <= 0) {
-        report(doc.range[0], 'YAML_TOO_MANY_DOCUMENTS', `this file has more YAML documents than the limit (${LIMITS.docsPerFile} per file, ${LIMITS.docsTotal} in all); split the declarations or remove empty documents`);
+        report(
+          doc.range[0],
+          'YAML_TOO_MANY_DOCUMENTS',
+          `this file has more YAML documents than the limit (${LIMITS.docsPerFile} per file, ${LIMITS.docsTotal} in all); split the declarations or remove empty documents`,
+        );
         break;
       }
       budget.docs--;
       const i = index++;
       if (doc.errors.length > 0) {
         for (const e of doc.errors) {
-          if (e.code === 'DUPLICATE_KEY') report(e.pos[0], 'YAML_DUPLICATE_KEY', 'this key appears twice in the same mapping; remove one');
-          else if (e.code === 'RESOURCE_EXHAUSTION' || /call stack/i.test(e.message)) report(e.pos[0], 'YAML_TOO_DEEP', 'the YAML nests too deeply to read; declarations need only a few levels');
+          if (e.code === 'DUPLICATE_KEY')
+            report(e.pos[0], 'YAML_DUPLICATE_KEY', 'this key appears twice in the same mapping; remove one');
+          else if (e.code === 'RESOURCE_EXHAUSTION' || /call stack/i.test(e.message))
+            report(e.pos[0], 'YAML_TOO_DEEP', 'the YAML nests too deeply to read; declarations need only a few levels');
           else report(e.pos[0], 'YAML_SYNTAX', cleanYamlMessage(e.message));
         }
         continue;
       }
-      for (const w of doc.warnings) problems.push({ file, ...at(w.pos[0]), severity: 'warning', code: 'YAML_SYNTAX', message: cleanYamlMessage(w.message) });
+      for (const w of doc.warnings)
+        problems.push({
+          file,
+          ...at(w.pos[0]),
+          severity: 'warning',
+          code: 'YAML_SYNTAX',
+          message: cleanYamlMessage(w.message),
+        });
       if (doc.contents === null) continue; // an empty document, such as a trailing ---
       let data: unknown;
       try {
@@ -297,7 +367,11 @@ function parseWithYaml(file: string, chunk: Chunk, problems: Problem[], budget: 
         if (e instanceof RangeError) throw e;
         const message = String((e as Error).message);
         if (/alias count/i.test(message)) {
-          report(doc.range[0], 'YAML_ALIAS_LIMIT', `aliases in this document expand to too many nodes (more than ${LIMITS.aliasCount}); write the values out instead of nesting aliases`);
+          report(
+            doc.range[0],
+            'YAML_ALIAS_LIMIT',
+            `aliases in this document expand to too many nodes (more than ${LIMITS.aliasCount}); write the values out instead of nesting aliases`,
+          );
         } else {
           let where = doc.range[0];
           visit(doc, {
@@ -320,7 +394,14 @@ function parseWithYaml(file: string, chunk: Chunk, problems: Problem[], budget: 
     }
   } catch (e) {
     if (!(e instanceof RangeError)) throw e;
-    problems.push({ file, line: chunk.firstLine + 1, col: 1, severity: 'error', code: 'YAML_TOO_DEEP', message: 'the YAML nests too deeply to read; declarations need only a few levels' });
+    problems.push({
+      file,
+      line: chunk.firstLine + 1,
+      col: 1,
+      severity: 'error',
+      code: 'YAML_TOO_DEEP',
+      message: 'the YAML nests too deeply to read; declarations need only a few levels',
+    });
     return [];
   }
   return out;

@@ -27,7 +27,12 @@ export function compareAppendOnly(file: string, before: Buffer, after: Buffer): 
     // `after` differs from or stops inside the old content.
     if (i === after.length) {
       const line = lineAt(i);
-      return { file, line, kind: 'truncated', message: `lines from ${line} on were removed from the audit log ${file}` };
+      return {
+        file,
+        line,
+        kind: 'truncated',
+        message: `lines from ${line} on were removed from the audit log ${file}`,
+      };
     }
     // Report the start of the line that changed.
     const line = lineAt(i);
@@ -35,7 +40,12 @@ export function compareAppendOnly(file: string, before: Buffer, after: Buffer): 
   }
   if (after.length > before.length && before.length > 0 && before[before.length - 1] !== 10) {
     const line = lineAt(before.length);
-    return { file, line, kind: 'edited', message: `line ${line} of the audit log ${file} was extended (it had no final newline)` };
+    return {
+      file,
+      line,
+      kind: 'edited',
+      message: `line ${line} of the audit log ${file} was extended (it had no final newline)`,
+    };
   }
   return undefined;
 }
@@ -51,7 +61,7 @@ export const AUDIT_FILE_READ_LIMIT = 256 * 1024 * 1024;
  * ids are the same in both (git blob ids) are equal and not read.
  */
 export async function checkAppendOnly(base: RepoSource, head: RepoSource, auditDir: string): Promise<AuditViolation[]> {
-  const under = (p: string) => p === auditDir || p.startsWith(auditDir + '/');
+  const under = (p: string) => p === auditDir || p.startsWith(`${auditDir}/`);
   const [b, h] = await Promise.all([base.list(), head.list()]);
   const files = [...b.files.keys()].filter(under).sort();
   const out: AuditViolation[] = [];
@@ -60,7 +70,8 @@ export async function checkAppendOnly(base: RepoSource, head: RepoSource, auditD
     return h.files.has(f) && (before === undefined || before !== h.files.get(f)!.id);
   });
   for (const f of files) {
-    if (!h.files.has(f)) out.push({ file: f, line: 1, kind: 'deleted-file', message: `the audit log ${f} was deleted` });
+    if (!h.files.has(f))
+      out.push({ file: f, line: 1, kind: 'deleted-file', message: `the audit log ${f} was deleted` });
   }
   const limit = { maxBytes: AUDIT_FILE_READ_LIMIT };
   const [before, after] = await Promise.all([base.readMany(present, limit), head.readMany(present, limit)]);
@@ -69,7 +80,12 @@ export async function checkAppendOnly(base: RepoSource, head: RepoSource, auditD
     const y = after.get(f);
     if (!(x instanceof Buffer) || !(y instanceof Buffer)) {
       const why = [x, y].find((v): v is Error => v instanceof Error)?.message;
-      out.push({ file: f, line: 1, kind: 'edited', message: `the audit log ${f} could not be read in both revisions${why ? ` (${why})` : ''}` });
+      out.push({
+        file: f,
+        line: 1,
+        kind: 'edited',
+        message: `the audit log ${f} could not be read in both revisions${why ? ` (${why})` : ''}`,
+      });
       continue;
     }
     const v = compareAppendOnly(f, x, y);

@@ -79,14 +79,27 @@ function patternOf(line: string): string | undefined {
 }
 
 function linesOf(buf: Buffer | Error | undefined): Set<string> {
-  return new Set(buf instanceof Buffer ? buf.toString('utf8').split('\n').map((l) => l.replace(/\r$/, '')) : []);
+  return new Set(
+    buf instanceof Buffer
+      ? buf
+          .toString('utf8')
+          .split('\n')
+          .map((l) => l.replace(/\r$/, ''))
+      : [],
+  );
 }
 
 /**
  * The attention items of `.gitattributes` changes between base and head that apply to the audit log.
  * `auditFiles`: paths of audit files (either revision); `now` names the month file still to come.
  */
-export async function attributeChanges(base: RepoSource, head: RepoSource, auditDir: string, auditFiles: readonly string[], now: number): Promise<Attention[]> {
+export async function attributeChanges(
+  base: RepoSource,
+  head: RepoSource,
+  auditDir: string,
+  auditFiles: readonly string[],
+  now: number,
+): Promise<Attention[]> {
   const [b, h] = await Promise.all([base.probe(auditDir), head.probe(auditDir)]);
   const files = [...new Set([...b.attributes, ...h.attributes])].sort();
   if (files.length === 0) return [];
@@ -100,9 +113,14 @@ export async function attributeChanges(base: RepoSource, head: RepoSource, audit
     const y = after.get(file);
     if (x instanceof Buffer && y instanceof Buffer && x.equals(y)) continue;
     const dir = path.posix.dirname(file) === '.' ? '' : path.posix.dirname(file);
-    const under = samples.filter((s) => !dir || s.startsWith(`${dir}/`)).map((s) => (dir ? s.slice(dir.length + 1) : s));
+    const under = samples
+      .filter((s) => !dir || s.startsWith(`${dir}/`))
+      .map((s) => (dir ? s.slice(dir.length + 1) : s));
     const [old, now_] = [linesOf(x), linesOf(y)];
-    const changed = [...[...now_].filter((l) => !old.has(l)).map((l) => ({ l, how: 'added' })), ...[...old].filter((l) => !now_.has(l)).map((l) => ({ l, how: 'removed' }))];
+    const changed = [
+      ...[...now_].filter((l) => !old.has(l)).map((l) => ({ l, how: 'added' })),
+      ...[...old].filter((l) => !now_.has(l)).map((l) => ({ l, how: 'removed' })),
+    ];
     const hits = changed.filter(({ l }) => {
       if (l.length > MAX_LINE) return false;
       if (l.trim().startsWith('[attr]')) return true; // a macro can change what any line means
@@ -111,7 +129,10 @@ export async function attributeChanges(base: RepoSource, head: RepoSource, audit
     });
     const unread = [x, y].find((v): v is Error => v instanceof Error);
     if (hits.length === 0 && !unread) continue;
-    const shown = hits.slice(0, 3).map(({ l, how }) => `${how} "${l.trim().slice(0, 120)}"`).join('; ');
+    const shown = hits
+      .slice(0, 3)
+      .map(({ l, how }) => `${how} "${l.trim().slice(0, 120)}"`)
+      .join('; ');
     out.push({
       subject: file,
       code: 'AUDIT_ATTRIBUTES_CHANGED',

@@ -22,7 +22,7 @@ export type PlanFormat = 'text' | 'markdown' | 'json';
 export function formatPlan(r: PlanReport, format: PlanFormat): string {
   switch (format) {
     case 'json':
-      return JSON.stringify(r, null, 2) + '\n';
+      return `${JSON.stringify(r, null, 2)}\n`;
     case 'markdown':
       return markdown(r);
     case 'text':
@@ -47,11 +47,16 @@ function fieldText(f: FieldChange, action: DeclChange['action']): string {
 }
 
 function when(t: string): string {
-  return t.replace('T', ' ').replace(/:00\.000Z$/, 'Z').replace(/\.\d{3}Z$/, 'Z');
+  return t
+    .replace('T', ' ')
+    .replace(/:00\.000Z$/, 'Z')
+    .replace(/\.\d{3}Z$/, 'Z');
 }
 
 function nextTimes(f: RotationForecast): string[] {
-  return f.next.map((t, i) => (i === 0 && (f.why === 'new' || f.why === 'rotate now') && !f.manual ? 'on apply' : when(t)));
+  return f.next.map((t, i) =>
+    i === 0 && (f.why === 'new' || f.why === 'rotate now') && !f.manual ? 'on apply' : when(t),
+  );
 }
 
 function counts(p: Plan) {
@@ -65,7 +70,8 @@ function summary(r: PlanReport): string {
   const parts = [`${c.added} added`, `${c.changed} changed`, `${c.removed} removed`];
   if (r.plan.rotateNow.length) parts.push(`${r.plan.rotateNow.length} rotate-now`);
   if (r.plan.access.length) parts.push(`${r.plan.access.length} access change${r.plan.access.length === 1 ? '' : 's'}`);
-  if (r.plan.attention.length) parts.push(`${r.plan.attention.length} need${r.plan.attention.length === 1 ? 's' : ''} attention`);
+  if (r.plan.attention.length)
+    parts.push(`${r.plan.attention.length} need${r.plan.attention.length === 1 ? 's' : ''} attention`);
   if (r.plan.reminders.length) parts.push(`${r.plan.reminders.length} to rotate by hand`);
   return parts.join(', ');
 }
@@ -80,7 +86,8 @@ function text(r: PlanReport): string {
   out.push(`rotor plan: ${baseLabel(r)} -> ${headLabel(r)}`);
   if (!r.ok) {
     out.push('REFUSED:');
-    for (const v of r.audit) out.push(`  ${v.file}:${v.line}: the audit log is append-only: ${v.message} [AUDIT_NOT_APPEND_ONLY]`);
+    for (const v of r.audit)
+      out.push(`  ${v.file}:${v.line}: the audit log is append-only: ${v.message} [AUDIT_NOT_APPEND_ONLY]`);
     for (const p of r.problems.filter((x) => x.severity === 'error')) out.push(`  ${problemLine(p)}`);
   }
   out.push(summary(r));
@@ -91,7 +98,8 @@ function text(r: PlanReport): string {
   }
   if (r.plan.reminders.length) {
     out.push('', 'Rotate by hand (sops: secrets):');
-    for (const x of r.plan.reminders) out.push(`  ! ${reminderText(x)} [${x.overdue ? 'SOPS_OVERDUE' : 'SOPS_DUE_SOON'}]`);
+    for (const x of r.plan.reminders)
+      out.push(`  ! ${reminderText(x)} [${x.overdue ? 'SOPS_OVERDUE' : 'SOPS_DUE_SOON'}]`);
   }
   if (r.plan.changes.length) {
     out.push('', 'Changes:');
@@ -103,17 +111,21 @@ function text(r: PlanReport): string {
   }
   if (r.plan.rotateNow.length) {
     out.push('', 'Rotate now:');
-    for (const x of r.plan.rotateNow) out.push(`  ${x.secret}: request ${JSON.stringify(x.request)}, reason ${JSON.stringify(x.reason)}`);
+    for (const x of r.plan.rotateNow)
+      out.push(`  ${x.secret}: request ${JSON.stringify(x.request)}, reason ${JSON.stringify(x.reason)}`);
   }
   if (r.plan.rotations.length) {
     out.push('', 'Next rotations (UTC):');
-    for (const f of r.plan.rotations) out.push(`  ${f.secret} [${f.why}; policy ${f.policy}${f.manual ? '; rotated by a person: due' : ''}]: ${nextTimes(f).join(', ')}${f.jitter ? ` (+ up to ${f.jitter} jitter)` : ''}`);
+    for (const f of r.plan.rotations)
+      out.push(
+        `  ${f.secret} [${f.why}; policy ${f.policy}${f.manual ? '; rotated by a person: due' : ''}]: ${nextTimes(f).join(', ')}${f.jitter ? ` (+ up to ${f.jitter} jitter)` : ''}`,
+      );
   }
   if (r.plan.access.length) {
     out.push('', 'Access:');
     for (const a of r.plan.access) out.push(`  ${a.consumer} ${a.change === 'gained' ? 'gains' : 'loses'} ${a.secret}`);
   }
-  return out.join('\n') + '\n';
+  return `${out.join('\n')}\n`;
 }
 
 function md(s: string): string {
@@ -121,7 +133,7 @@ function md(s: string): string {
 }
 function code(s: string): string {
   const t = s.replace(/\n/g, ' ');
-  return t.includes('`') ? `<code>${md(t)}</code>` : '`' + t.replace(/\|/g, '\\|') + '`';
+  return t.includes('`') ? `<code>${md(t)}</code>` : `\`${t.replace(/\|/g, '\\|')}\``;
 }
 
 function mdField(f: FieldChange, action: DeclChange['action']): string {
@@ -137,8 +149,14 @@ const FOLD = 30;
 
 function table(head: string[], rows: string[][], title: string): string[] {
   if (rows.length === 0) return [];
-  const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)];
-  return rows.length > FOLD ? ['<details>', `<summary>${title}: ${rows.length} rows</summary>`, '', ...lines, '', '</details>'] : lines;
+  const lines = [
+    `| ${head.join(' | ')} |`,
+    `|${head.map(() => '---').join('|')}|`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ];
+  return rows.length > FOLD
+    ? ['<details>', `<summary>${title}: ${rows.length} rows</summary>`, '', ...lines, '', '</details>']
+    : lines;
 }
 
 function markdown(r: PlanReport): string {
@@ -148,10 +166,15 @@ function markdown(r: PlanReport): string {
   out.push(`${r.ok ? '✅' : '⛔'} ${summary(r)}`);
   if (!r.ok) {
     out.push('', '> [!CAUTION]', '> This change cannot be applied as it is:');
-    for (const v of r.audit) out.push(`> - **${md(v.file)}:${v.line}**: ${md(v.message)}; the audit log is append-only (\`AUDIT_NOT_APPEND_ONLY\`)`);
-    for (const p of r.problems.filter((x) => x.severity === 'error')) out.push(`> - **${md(p.file)}:${p.line}:${p.col}**: ${md(p.message)} (\`${p.code}\`)`);
+    for (const v of r.audit)
+      out.push(
+        `> - **${md(v.file)}:${v.line}**: ${md(v.message)}; the audit log is append-only (\`AUDIT_NOT_APPEND_ONLY\`)`,
+      );
+    for (const p of r.problems.filter((x) => x.severity === 'error'))
+      out.push(`> - **${md(p.file)}:${p.line}:${p.col}**: ${md(p.message)} (\`${p.code}\`)`);
   }
-  if (r.baseErrors) out.push('', `_The base has ${r.baseErrors} errors of its own; it is compared as far as it is valid._`);
+  if (r.baseErrors)
+    out.push('', `_The base has ${r.baseErrors} errors of its own; it is compared as far as it is valid._`);
   const warnings = r.problems.filter((p) => p.severity === 'warning');
   if (r.plan.attention.length) {
     out.push('', '#### ⚠️ Needs attention', '');
@@ -159,30 +182,65 @@ function markdown(r: PlanReport): string {
   }
   if (r.plan.reminders.length) {
     out.push('', '#### ⏰ Rotate by hand', '');
-    for (const x of r.plan.reminders) out.push(`- **${md(x.secret)}**: ${md(reminderText(x).slice(x.secret.length + 2))} (\`${x.overdue ? 'SOPS_OVERDUE' : 'SOPS_DUE_SOON'}\`)`);
+    for (const x of r.plan.reminders)
+      out.push(
+        `- **${md(x.secret)}**: ${md(reminderText(x).slice(x.secret.length + 2))} (\`${x.overdue ? 'SOPS_OVERDUE' : 'SOPS_DUE_SOON'}\`)`,
+      );
   }
   if (r.plan.changes.length) {
     out.push('', '#### Changes', '');
     const icon = { added: '➕ added', removed: '➖ removed', changed: '✏️ changed' } as const;
-    out.push(...table(['', 'Kind', 'Name', 'Details'], r.plan.changes.map((c) => [
-      icon[c.action], c.kind, code(c.name),
-      c.action === 'removed' ? '' : c.fields.map((f) => mdField(f, c.action)).join('<br>'),
-    ]), 'Changes'));
+    out.push(
+      ...table(
+        ['', 'Kind', 'Name', 'Details'],
+        r.plan.changes.map((c) => [
+          icon[c.action],
+          c.kind,
+          code(c.name),
+          c.action === 'removed' ? '' : c.fields.map((f) => mdField(f, c.action)).join('<br>'),
+        ]),
+        'Changes',
+      ),
+    );
   }
   if (r.plan.rotateNow.length) {
     out.push('', '#### 🔁 Rotate now', '');
-    out.push(...table(['Secret', 'Request', 'Reason'], r.plan.rotateNow.map((x) => [code(x.secret), code(x.request), md(x.reason)]), 'Rotate now'));
+    out.push(
+      ...table(
+        ['Secret', 'Request', 'Reason'],
+        r.plan.rotateNow.map((x) => [code(x.secret), code(x.request), md(x.reason)]),
+        'Rotate now',
+      ),
+    );
   }
   if (r.plan.rotations.length) {
     out.push('', '#### Next rotations', '');
-    out.push(...table(['Secret', 'Why', 'Policy', 'Next three (UTC)'], r.plan.rotations.map((f) => [
-      code(f.secret), f.manual ? `${f.why}; rotated by a person` : f.why, code(f.policy),
-      nextTimes(f).join(' · ') + (f.jitter ? ` _(+ up to ${f.jitter} jitter)_` : ''),
-    ]), 'Next rotations'));
+    out.push(
+      ...table(
+        ['Secret', 'Why', 'Policy', 'Next three (UTC)'],
+        r.plan.rotations.map((f) => [
+          code(f.secret),
+          f.manual ? `${f.why}; rotated by a person` : f.why,
+          code(f.policy),
+          nextTimes(f).join(' · ') + (f.jitter ? ` _(+ up to ${f.jitter} jitter)_` : ''),
+        ]),
+        'Next rotations',
+      ),
+    );
   }
   if (r.plan.access.length) {
     out.push('', '#### Access', '');
-    out.push(...table(['Consumer', 'Secret', 'Change'], r.plan.access.map((a) => [code(a.consumer), code(a.secret), a.change === 'gained' ? '🔓 gains read' : '🔒 loses read']), 'Access'));
+    out.push(
+      ...table(
+        ['Consumer', 'Secret', 'Change'],
+        r.plan.access.map((a) => [
+          code(a.consumer),
+          code(a.secret),
+          a.change === 'gained' ? '🔓 gains read' : '🔒 loses read',
+        ]),
+        'Access',
+      ),
+    );
   }
   if (warnings.length) {
     out.push('', '<details>', `<summary>${warnings.length} warning${warnings.length === 1 ? '' : 's'}</summary>`, '');
@@ -190,5 +248,5 @@ function markdown(r: PlanReport): string {
     out.push('', '</details>');
   }
   if (r.plan.changes.length === 0 && r.audit.length === 0) out.push('', '_No declaration changes._');
-  return out.join('\n') + '\n';
+  return `${out.join('\n')}\n`;
 }

@@ -2,12 +2,13 @@
  * What a change to the declarations does: the pure comparison of two models behind `rotor plan`.
  * plan(base, head, now) knows nothing of git or files.
  */
-import type { Desired, Located } from '../model/model.js';
-import type { Kind } from '../model/schemas.js';
-import type { Secret } from '../model/schema-types.js';
-import { compileGlob, NameIndex } from '../model/glob.js';
-import { defaultStrategy, ENGINES } from '../model/engines.js';
+
 import type { Strategy } from '../model/engines.js';
+import { defaultStrategy, ENGINES } from '../model/engines.js';
+import { compileGlob, NameIndex } from '../model/glob.js';
+import type { Desired, Located } from '../model/model.js';
+import type { Secret } from '../model/schema-types.js';
+import type { Kind } from '../model/schemas.js';
 import { compileSchedule, nextRotations } from '../schedule/schedule.js';
 import { parseDuration } from '../util/duration.js';
 
@@ -58,9 +59,19 @@ export interface AccessChange {
 }
 
 export type AttentionCode =
-  | 'STRATEGY_CHANGED' | 'STRATEGY_SINGLE' | 'USERS_CHANGED' | 'TARGET_CHANGED' | 'ENGINE_CHANGED'
-  | 'SECRET_REMOVED' | 'SOURCE_CHANGED' | 'RETAIN_REDUCED' | 'OVERLAP_SHORTENED' | 'AGENT_KEYS_CHANGED'
-  | 'CONSUMER_UID_CHANGED' | 'CONSUMER_REMOVED' | 'AUDIT_ATTRIBUTES_CHANGED';
+  | 'STRATEGY_CHANGED'
+  | 'STRATEGY_SINGLE'
+  | 'USERS_CHANGED'
+  | 'TARGET_CHANGED'
+  | 'ENGINE_CHANGED'
+  | 'SECRET_REMOVED'
+  | 'SOURCE_CHANGED'
+  | 'RETAIN_REDUCED'
+  | 'OVERLAP_SHORTENED'
+  | 'AGENT_KEYS_CHANGED'
+  | 'CONSUMER_UID_CHANGED'
+  | 'CONSUMER_REMOVED'
+  | 'AUDIT_ATTRIBUTES_CHANGED';
 
 export interface Attention {
   readonly subject: string;
@@ -121,18 +132,38 @@ export function diffFields(from: unknown, to: unknown): FieldChange[] {
   return out;
 }
 
-function diffMaps<T>(kind: DeclChange['kind'], base: ReadonlyMap<string, Located<T>>, head: ReadonlyMap<string, Located<T>>): DeclChange[] {
+function diffMaps<T>(
+  kind: DeclChange['kind'],
+  base: ReadonlyMap<string, Located<T>>,
+  head: ReadonlyMap<string, Located<T>>,
+): DeclChange[] {
   const out: DeclChange[] = [];
   for (const [name, h] of head) {
     const b = base.get(name);
-    if (!b) out.push({ kind, name, action: 'added', fields: diffFields(undefined, h.decl), file: h.source.file, line: h.source.line });
+    if (!b)
+      out.push({
+        kind,
+        name,
+        action: 'added',
+        fields: diffFields(undefined, h.decl),
+        file: h.source.file,
+        line: h.source.line,
+      });
     else {
       const fields = diffFields(b.decl, h.decl);
       if (fields.length) out.push({ kind, name, action: 'changed', fields, file: h.source.file, line: h.source.line });
     }
   }
   for (const [name, b] of base) {
-    if (!head.has(name)) out.push({ kind, name, action: 'removed', fields: diffFields(b.decl, undefined), file: b.source.file, line: b.source.line });
+    if (!head.has(name))
+      out.push({
+        kind,
+        name,
+        action: 'removed',
+        fields: diffFields(b.decl, undefined),
+        file: b.source.file,
+        line: b.source.line,
+      });
   }
   return out.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
 }
@@ -175,16 +206,26 @@ function sourceOf(s: Secret): string {
 }
 
 function consumersOf(g: Map<string, Set<string>>, secret: string): string[] {
-  return [...g].filter(([, set]) => set.has(secret)).map(([c]) => c).sort();
+  return [...g]
+    .filter(([, set]) => set.has(secret))
+    .map(([c]) => c)
+    .sort();
 }
 
 /**
  * @param lastRotated  secret -> when its current version became current, from the audit log; used to
  *   remind of `sops:` secrets near or past their policy's `maxAge`.
  */
-export function plan(base: Desired, head: Desired, now: number, lastRotated: ReadonlyMap<string, number> = new Map()): Plan {
+export function plan(
+  base: Desired,
+  head: Desired,
+  now: number,
+  lastRotated: ReadonlyMap<string, number> = new Map(),
+): Plan {
   const changes = [
-    ...(base.config && head.config ? diffMaps('Config', new Map([['rotor.yaml', base.config]]), new Map([['rotor.yaml', head.config]])) : []),
+    ...(base.config && head.config
+      ? diffMaps('Config', new Map([['rotor.yaml', base.config]]), new Map([['rotor.yaml', head.config]]))
+      : []),
     ...diffMaps('Policy', base.policies, head.policies),
     ...diffMaps('Secret', base.secrets, head.secrets),
     ...diffMaps('Target', base.targets, head.targets),
@@ -196,17 +237,27 @@ export function plan(base: Desired, head: Desired, now: number, lastRotated: Rea
   const headGrants = grants(head);
 
   // Policies whose schedule changed.
-  const changedPolicies = new Set(changes.filter((c) => c.kind === 'Policy' && c.action === 'changed').map((c) => c.name));
+  const changedPolicies = new Set(
+    changes.filter((c) => c.kind === 'Policy' && c.action === 'changed').map((c) => c.name),
+  );
   for (const [name, h] of head.policies) {
     const b = base.policies.get(name);
     if (!b) continue;
     if ((h.decl.retain ?? 3) < (b.decl.retain ?? 3)) {
-      attention.push({ subject: `Policy ${name}`, code: 'RETAIN_REDUCED', message: `retain goes from ${b.decl.retain ?? 3} to ${h.decl.retain ?? 3}: older versions beyond it are deleted from the store at the next rotation of each secret` });
+      attention.push({
+        subject: `Policy ${name}`,
+        code: 'RETAIN_REDUCED',
+        message: `retain goes from ${b.decl.retain ?? 3} to ${h.decl.retain ?? 3}: older versions beyond it are deleted from the store at the next rotation of each secret`,
+      });
     }
     const ho = parseDuration(h.decl.overlap)!;
     const bo = parseDuration(b.decl.overlap);
     if (bo !== undefined && ho < bo) {
-      attention.push({ subject: `Policy ${name}`, code: 'OVERLAP_SHORTENED', message: `overlap goes from ${b.decl.overlap} to ${h.decl.overlap}: consumers have less time to pick up each new version` });
+      attention.push({
+        subject: `Policy ${name}`,
+        code: 'OVERLAP_SHORTENED',
+        message: `overlap goes from ${b.decl.overlap} to ${h.decl.overlap}: consumers have less time to pick up each new version`,
+      });
     }
   }
 
@@ -235,7 +286,13 @@ export function plan(base: Desired, head: Desired, now: number, lastRotated: Rea
     const subject = `Secret ${name}`;
     const hdb = dbShape(head, s);
     const request = s.rotate && (!b?.rotate || b.rotate.request !== s.rotate.request) ? s.rotate : undefined;
-    if (request && b) rotateNow.push({ secret: name, request: request.request, reason: request.reason, ...(b.rotate ? { previousRequest: b.rotate.request } : {}) });
+    if (request && b)
+      rotateNow.push({
+        secret: name,
+        request: request.request,
+        reason: request.reason,
+        ...(b.rotate ? { previousRequest: b.rotate.request } : {}),
+      });
     if (!b) {
       forecast(s, 'new');
       if (hdb?.strategy === 'single') attention.push({ subject, code: 'STRATEGY_SINGLE', message: singleWarning(hdb) });
@@ -246,27 +303,49 @@ export function plan(base: Desired, head: Desired, now: number, lastRotated: Rea
     else if (fieldsChanged) forecast(s, 'changed');
     else if (changedPolicies.has(s.policy)) forecast(s, 'policy changed');
     if (sourceOf(b) !== sourceOf(s)) {
-      attention.push({ subject, code: 'SOURCE_CHANGED', message: `the value source changes from ${sourceOf(b)} to ${sourceOf(s)}: the next version comes from the new source, and consumers that parse the value must expect its new shape` });
+      attention.push({
+        subject,
+        code: 'SOURCE_CHANGED',
+        message: `the value source changes from ${sourceOf(b)} to ${sourceOf(s)}: the next version comes from the new source, and consumers that parse the value must expect its new shape`,
+      });
     }
     const bdb = dbShape(base, b);
     if (bdb || hdb) {
       if (bdb?.target !== hdb?.target) {
-        attention.push({ subject, code: 'TARGET_CHANGED', message: `the database target changes from ${bdb?.target ?? 'none'} to ${hdb?.target ?? 'none'}: the next rotation sets a password on ${hdb ? `"${hdb.target}"` : 'no database'}${bdb ? ` and "${bdb.target}" keeps the last one it had` : ''}` });
+        attention.push({
+          subject,
+          code: 'TARGET_CHANGED',
+          message: `the database target changes from ${bdb?.target ?? 'none'} to ${hdb?.target ?? 'none'}: the next rotation sets a password on ${hdb ? `"${hdb.target}"` : 'no database'}${bdb ? ` and "${bdb.target}" keeps the last one it had` : ''}`,
+        });
       } else if (bdb && hdb && bdb.engine !== hdb.engine) {
-        attention.push({ subject, code: 'ENGINE_CHANGED', message: `target ${hdb.target} changes engine from ${bdb.engine} to ${hdb.engine}` });
+        attention.push({
+          subject,
+          code: 'ENGINE_CHANGED',
+          message: `target ${hdb.target} changes engine from ${bdb.engine} to ${hdb.engine}`,
+        });
       }
       if (bdb && hdb && bdb.strategy !== hdb.strategy) {
-        attention.push({ subject, code: 'STRATEGY_CHANGED', message: `strategy changes from ${bdb.strategy} to ${hdb.strategy}: the next rotation switches to it; check that the database users and the agent's grants fit the new strategy before merging` });
+        attention.push({
+          subject,
+          code: 'STRATEGY_CHANGED',
+          message: `strategy changes from ${bdb.strategy} to ${hdb.strategy}: the next rotation switches to it; check that the database users and the agent's grants fit the new strategy before merging`,
+        });
       }
       if (bdb && hdb && !same(bdb.users, hdb.users)) {
-        attention.push({ subject, code: 'USERS_CHANGED', message: `database users change from ${bdb.users.join(', ') || 'none'} to ${hdb.users.join(', ') || 'none'}: the users must exist before the next rotation, and the old ones keep their last password until someone removes them` });
+        attention.push({
+          subject,
+          code: 'USERS_CHANGED',
+          message: `database users change from ${bdb.users.join(', ') || 'none'} to ${hdb.users.join(', ') || 'none'}: the users must exist before the next rotation, and the old ones keep their last password until someone removes them`,
+        });
       }
-      if (hdb?.strategy === 'single' && bdb?.strategy !== 'single') attention.push({ subject, code: 'STRATEGY_SINGLE', message: singleWarning(hdb) });
+      if (hdb?.strategy === 'single' && bdb?.strategy !== 'single')
+        attention.push({ subject, code: 'STRATEGY_SINGLE', message: singleWarning(hdb) });
     }
   }
   // Rotate-now requests on new secrets are covered by version 1; list them anyway so the reason is seen.
   for (const [name, h] of head.secrets) {
-    if (!base.secrets.has(name) && h.decl.rotate) rotateNow.push({ secret: name, request: h.decl.rotate.request, reason: h.decl.rotate.reason });
+    if (!base.secrets.has(name) && h.decl.rotate)
+      rotateNow.push({ secret: name, request: h.decl.rotate.request, reason: h.decl.rotate.reason });
   }
   for (const [name, b] of base.secrets) {
     if (head.secrets.has(name)) continue;
@@ -283,26 +362,41 @@ export function plan(base: Desired, head: Desired, now: number, lastRotated: Rea
   for (const [name, h] of head.agents) {
     const b = base.agents.get(name);
     if (b && (b.decl.signingKey !== h.decl.signingKey || b.decl.recipient !== h.decl.recipient)) {
-      attention.push({ subject: `Agent ${name}`, code: 'AGENT_KEYS_CHANGED', message: 'the agent\'s keys change: the daemon rejects the old keys once this is applied, so the agent must already run with the new ones' });
+      attention.push({
+        subject: `Agent ${name}`,
+        code: 'AGENT_KEYS_CHANGED',
+        message:
+          "the agent's keys change: the daemon rejects the old keys once this is applied, so the agent must already run with the new ones",
+      });
     }
   }
   for (const [name, h] of head.consumers) {
     const b = base.consumers.get(name);
     if (b && (b.decl.uid !== h.decl.uid || b.decl.gid !== h.decl.gid)) {
-      attention.push({ subject: `Consumer ${name}`, code: 'CONSUMER_UID_CHANGED', message: `the socket's owner changes (uid ${b.decl.uid} to ${h.decl.uid}${b.decl.gid !== h.decl.gid ? `, gid ${b.decl.gid ?? 'default'} to ${h.decl.gid ?? 'default'}` : ''}): processes running as the old user lose access` });
+      attention.push({
+        subject: `Consumer ${name}`,
+        code: 'CONSUMER_UID_CHANGED',
+        message: `the socket's owner changes (uid ${b.decl.uid} to ${h.decl.uid}${b.decl.gid !== h.decl.gid ? `, gid ${b.decl.gid ?? 'default'} to ${h.decl.gid ?? 'default'}` : ''}): processes running as the old user lose access`,
+      });
     }
   }
   for (const name of base.consumers.keys()) {
-    if (!head.consumers.has(name)) attention.push({ subject: `Consumer ${name}`, code: 'CONSUMER_REMOVED', message: `the consumer's socket is removed; it could read ${baseGrants.get(name)?.size ?? 0} secrets` });
+    if (!head.consumers.has(name))
+      attention.push({
+        subject: `Consumer ${name}`,
+        code: 'CONSUMER_REMOVED',
+        message: `the consumer's socket is removed; it could read ${baseGrants.get(name)?.size ?? 0} secrets`,
+      });
   }
 
   const access: AccessChange[] = [];
   for (const [consumer, set] of headGrants) {
     const before = baseGrants.get(consumer) ?? new Set<string>();
     for (const s of set) if (!before.has(s)) access.push({ consumer, secret: s, change: 'gained' });
-    for (const s of before) if (!set.has(s) && head.secrets.has(s)) access.push({ consumer, secret: s, change: 'lost' });
+    for (const s of before)
+      if (!set.has(s) && head.secrets.has(s)) access.push({ consumer, secret: s, change: 'lost' });
   }
-  access.sort((a, b) => (a.consumer + '\0' + a.secret < b.consumer + '\0' + b.secret ? -1 : 1));
+  access.sort((a, b) => (`${a.consumer}\0${a.secret}` < `${b.consumer}\0${b.secret}` ? -1 : 1));
   rotations.sort((a, b) => (a.secret < b.secret ? -1 : 1));
   rotateNow.sort((a, b) => (a.secret < b.secret ? -1 : 1));
   return { reminders: reminders(head, now, lastRotated), changes, rotations, rotateNow, access, attention };
@@ -317,7 +411,14 @@ function reminders(head: Desired, now: number, lastRotated: ReadonlyMap<string, 
     if (!decl.sops || maxAge === undefined || last === undefined) continue;
     const due = last + maxAge;
     if (due - now > Math.min(REMIND_BEFORE_MS, maxAge / 4)) continue;
-    out.push({ secret: name, file: decl.sops.file, maxAge: maxAgeText!, lastRotatedAt: new Date(last).toISOString(), dueAt: new Date(due).toISOString(), overdue: now > due });
+    out.push({
+      secret: name,
+      file: decl.sops.file,
+      maxAge: maxAgeText!,
+      lastRotatedAt: new Date(last).toISOString(),
+      dueAt: new Date(due).toISOString(),
+      overdue: now > due,
+    });
   }
   return out.sort((a, b) => (a.secret < b.secret ? -1 : 1));
 }

@@ -10,7 +10,7 @@
  * No error carries the plaintext, in its message or its cause: JSON's errors quote their input, so they
  * are never passed on; age's errors are about the ciphertext and are kept as cause.
  */
-import { Decrypter, Encrypter, armor } from 'age-encryption';
+import { armor, Decrypter, Encrypter } from 'age-encryption';
 import { RotorError } from '../errors.js';
 
 /** The largest JSON payload that is sealed, and opened, in bytes. */
@@ -41,7 +41,8 @@ export class SealError extends RotorError {
 export async function sealForAgent(recipient: string, payload: unknown): Promise<string> {
   const enc = new Encrypter();
   try {
-    if (typeof recipient !== 'string' || recipient.length > MAX_KEY_TEXT || !recipient.startsWith('age1')) throw new Error('not age1...');
+    if (typeof recipient !== 'string' || recipient.length > MAX_KEY_TEXT || !recipient.startsWith('age1'))
+      throw new Error('not age1...');
     enc.addRecipient(recipient);
   } catch (e) {
     throw new SealError('SEAL_RECIPIENT', "the agent's recipient is not an age recipient (age1...)", { cause: e });
@@ -52,9 +53,17 @@ export async function sealForAgent(recipient: string, payload: unknown): Promise
   } catch {
     json = undefined; // a BigInt or a cycle; the error may name the payload's properties: not passed on
   }
-  if (json === undefined) throw new SealError('SEAL_UNSERIALIZABLE', 'the payload has no JSON form (undefined, a function, a BigInt or a cycle)');
+  if (json === undefined)
+    throw new SealError(
+      'SEAL_UNSERIALIZABLE',
+      'the payload has no JSON form (undefined, a function, a BigInt or a cycle)',
+    );
   const bytes = Buffer.from(json, 'utf8');
-  if (bytes.length > MAX_SEALED_PAYLOAD) throw new SealError('SEAL_TOO_LARGE', `the payload is ${bytes.length} bytes of JSON, over the ${MAX_SEALED_PAYLOAD}-byte limit`);
+  if (bytes.length > MAX_SEALED_PAYLOAD)
+    throw new SealError(
+      'SEAL_TOO_LARGE',
+      `the payload is ${bytes.length} bytes of JSON, over the ${MAX_SEALED_PAYLOAD}-byte limit`,
+    );
   return armor.encode(await enc.encrypt(bytes));
 }
 
@@ -62,14 +71,16 @@ export async function sealForAgent(recipient: string, payload: unknown): Promise
 export async function openSealed(identity: string, sealed: string): Promise<unknown> {
   const dec = new Decrypter();
   try {
-    if (typeof identity !== 'string' || identity.length > MAX_KEY_TEXT || !identity.startsWith('AGE-SECRET-KEY-')) throw new Error('not AGE-SECRET-KEY-...');
+    if (typeof identity !== 'string' || identity.length > MAX_KEY_TEXT || !identity.startsWith('AGE-SECRET-KEY-'))
+      throw new Error('not AGE-SECRET-KEY-...');
     dec.addIdentity(identity);
   } catch {
     // The identity is a secret: neither it nor an error that might quote it goes anywhere.
     throw new SealError('SEAL_IDENTITY', "the agent's identity is not an age identity (AGE-SECRET-KEY-1...)");
   }
   if (typeof sealed !== 'string') throw new SealError('SEAL_MALFORMED', 'the sealed value is not a string');
-  if (sealed.length > MAX_SEALED_TEXT) throw new SealError('SEAL_TOO_LARGE', `the sealed text is over ${MAX_SEALED_TEXT} characters`);
+  if (sealed.length > MAX_SEALED_TEXT)
+    throw new SealError('SEAL_TOO_LARGE', `the sealed text is over ${MAX_SEALED_TEXT} characters`);
   let file: Uint8Array;
   try {
     file = armor.decode(sealed);
@@ -84,9 +95,12 @@ export async function openSealed(identity: string, sealed: string): Promise<unkn
     if (e instanceof Error && /no identity matched/.test(e.message)) {
       throw new SealError('SEAL_WRONG_KEY', "the sealed text is not encrypted to this agent's identity", { cause: e });
     }
-    throw new SealError('SEAL_CORRUPT', 'the sealed text fails to decrypt: it is damaged or was tampered with', { cause: e });
+    throw new SealError('SEAL_CORRUPT', 'the sealed text fails to decrypt: it is damaged or was tampered with', {
+      cause: e,
+    });
   }
-  if (plaintext.length > MAX_SEALED_PAYLOAD) throw new SealError('SEAL_TOO_LARGE', `the sealed payload is over ${MAX_SEALED_PAYLOAD} bytes`);
+  if (plaintext.length > MAX_SEALED_PAYLOAD)
+    throw new SealError('SEAL_TOO_LARGE', `the sealed payload is over ${MAX_SEALED_PAYLOAD} bytes`);
   try {
     return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(plaintext)) as unknown;
   } catch {

@@ -55,8 +55,9 @@
  * gives the nonce back, so that someone who saw the agent's headers go by cannot burn its nonce with a
  * bad body either (a request is only served once, with the body its agent signed).
  */
-import { createHash, randomBytes, sign, timingSafeEqual, verify } from 'node:crypto';
+
 import type { KeyObject } from 'node:crypto';
+import { createHash, randomBytes, sign, timingSafeEqual, verify } from 'node:crypto';
 import { RotorError } from '../errors.js';
 
 export const H_AGENT = 'x-rotor-agent';
@@ -117,10 +118,14 @@ export type RequestVerdict =
   | { readonly ok: true; readonly agent: string; readonly nonce: string; readonly timestamp: number }
   | { readonly ok: false; readonly code: AgentAuthCode; readonly message: string };
 
-export type ResponseVerdict = { readonly ok: true } | { readonly ok: false; readonly code: DaemonAuthCode; readonly message: string };
+export type ResponseVerdict =
+  | { readonly ok: true }
+  | { readonly ok: false; readonly code: DaemonAuthCode; readonly message: string };
 
 /** Node's req.headers (lower-case names), a plain record, or a fetch Headers. */
-export type HeaderSource = Readonly<Record<string, string | readonly string[] | undefined>> | { get(name: string): string | null };
+export type HeaderSource =
+  | Readonly<Record<string, string | readonly string[] | undefined>>
+  | { get(name: string): string | null };
 
 export type Body = string | Uint8Array;
 
@@ -148,7 +153,10 @@ export function newNonce(): string {
 }
 
 function header(h: HeaderSource, name: string): string | undefined {
-  const v = typeof (h as { get?: unknown }).get === 'function' ? (h as { get(n: string): string | null }).get(name) : (h as Record<string, unknown>)[name];
+  const v =
+    typeof (h as { get?: unknown }).get === 'function'
+      ? (h as { get(n: string): string | null }).get(name)
+      : (h as Record<string, unknown>)[name];
   // An array is a repeated header: refuse rather than pick one.
   return typeof v === 'string' && v.length <= MAX_HEADER ? v : undefined;
 }
@@ -221,10 +229,12 @@ export function signRequest(input: SignRequestInput): RequestHeaders {
   const now = input.now ?? Date.now();
   const nonce = input.nonce ?? newNonce();
   checkKey(privateKey, 'private', 'the agent signing key');
-  if (typeof agent !== 'string' || !AGENT_RE.test(agent)) throw new ProtocolError('PROTOCOL_INVALID', 'the agent name must match ^[a-z0-9][a-z0-9._-]{0,62}$');
+  if (typeof agent !== 'string' || !AGENT_RE.test(agent))
+    throw new ProtocolError('PROTOCOL_INVALID', 'the agent name must match ^[a-z0-9][a-z0-9._-]{0,62}$');
   const problem = requestLineProblem(method, path);
   if (problem) throw new ProtocolError('PROTOCOL_INVALID', problem);
-  if (!Number.isSafeInteger(now) || now < 0) throw new ProtocolError('PROTOCOL_INVALID', 'the timestamp must be a non-negative integer of ms');
+  if (!Number.isSafeInteger(now) || now < 0)
+    throw new ProtocolError('PROTOCOL_INVALID', 'the timestamp must be a non-negative integer of ms');
   if (!isNonce(nonce)) throw new ProtocolError('PROTOCOL_INVALID', 'the nonce must be 16 bytes in base64url');
   const fields: RequestFields = { method, path, timestamp: String(now), nonce, contentSha256: sha256Hex(body), agent };
   const signature = sign(null, Buffer.from(canonicalRequest(fields), 'utf8'), privateKey).toString('base64');
@@ -264,9 +274,14 @@ export interface SignedHeaders {
   readonly contentSha256: string;
 }
 
-export type HeadersVerdict = SignedHeaders | { readonly ok: false; readonly code: AgentAuthCode; readonly message: string };
+export type HeadersVerdict =
+  | SignedHeaders
+  | { readonly ok: false; readonly code: AgentAuthCode; readonly message: string };
 
-function reject(code: AgentAuthCode, message: string): { readonly ok: false; readonly code: AgentAuthCode; readonly message: string } {
+function reject(
+  code: AgentAuthCode,
+  message: string,
+): { readonly ok: false; readonly code: AgentAuthCode; readonly message: string } {
   return { ok: false, code, message };
 }
 
@@ -288,13 +303,24 @@ export function verifyRequestHeaders(input: VerifyRequestHeadersInput): HeadersV
   const nonce = header(headers, H_NONCE);
   const contentSha256 = header(headers, H_CONTENT_SHA256);
   const sigText = header(headers, H_SIGNATURE);
-  if (agent === undefined || timestamp === undefined || nonce === undefined || contentSha256 === undefined || sigText === undefined) {
-    return reject('AGENT_UNSIGNED', `a request to the agent API must carry ${H_AGENT}, ${H_TIMESTAMP}, ${H_NONCE}, ${H_CONTENT_SHA256} and ${H_SIGNATURE}, each once`);
+  if (
+    agent === undefined ||
+    timestamp === undefined ||
+    nonce === undefined ||
+    contentSha256 === undefined ||
+    sigText === undefined
+  ) {
+    return reject(
+      'AGENT_UNSIGNED',
+      `a request to the agent API must carry ${H_AGENT}, ${H_TIMESTAMP}, ${H_NONCE}, ${H_CONTENT_SHA256} and ${H_SIGNATURE}, each once`,
+    );
   }
   if (!AGENT_RE.test(agent)) return reject('AGENT_UNSIGNED', `${H_AGENT} is not an agent name`);
-  if (!TIMESTAMP_RE.test(timestamp) || !Number.isSafeInteger(Number(timestamp))) return reject('AGENT_UNSIGNED', `${H_TIMESTAMP} is not an integer of ms since the epoch`);
+  if (!TIMESTAMP_RE.test(timestamp) || !Number.isSafeInteger(Number(timestamp)))
+    return reject('AGENT_UNSIGNED', `${H_TIMESTAMP} is not an integer of ms since the epoch`);
   if (!isNonce(nonce)) return reject('AGENT_UNSIGNED', `${H_NONCE} is not 16 bytes in base64url`);
-  if (!SHA256_RE.test(contentSha256)) return reject('AGENT_UNSIGNED', `${H_CONTENT_SHA256} is not a lower-case hex SHA-256`);
+  if (!SHA256_RE.test(contentSha256))
+    return reject('AGENT_UNSIGNED', `${H_CONTENT_SHA256} is not a lower-case hex SHA-256`);
   const signature = signatureBytes(sigText);
   if (!signature) return reject('AGENT_UNSIGNED', `${H_SIGNATURE} is not the base64 of a 64-byte Ed25519 signature`);
   const problem = requestLineProblem(method, path);
@@ -307,17 +333,27 @@ export function verifyRequestHeaders(input: VerifyRequestHeadersInput): HeadersV
   const ts = Number(timestamp);
   const skew = now - ts;
   if (Math.abs(skew) > maxSkewMs) {
-    return reject('AGENT_SKEW', `the request's timestamp is ${Math.round(Math.abs(skew) / 1000)} s ${skew > 0 ? 'behind' : 'ahead of'} the daemon's clock (at most ${maxSkewMs / 1000} s either way): check the clocks of both hosts`);
+    return reject(
+      'AGENT_SKEW',
+      `the request's timestamp is ${Math.round(Math.abs(skew) / 1000)} s ${skew > 0 ? 'behind' : 'ahead of'} the daemon's clock (at most ${maxSkewMs / 1000} s either way): check the clocks of both hosts`,
+    );
   }
 
   const data = Buffer.from(canonicalRequest({ method, path, timestamp, nonce, contentSha256, agent }), 'utf8');
-  if (!verify(null, data, key, signature)) return reject('AGENT_BAD_SIGNATURE', `the signature does not verify with the signing key declared for agent "${agent}"`);
+  if (!verify(null, data, key, signature))
+    return reject(
+      'AGENT_BAD_SIGNATURE',
+      `the signature does not verify with the signing key declared for agent "${agent}"`,
+    );
 
   switch (nonces.reserve(agent, nonce, now)) {
     case 'replay':
       return reject('AGENT_REPLAY', 'this request was already received (its nonce was seen within the replay window)');
     case 'full':
-      return reject('AGENT_RATE', `agent "${agent}" sent more than ${nonces.maxPerAgent} requests within ${nonces.ttlMs / 1000} s; slow down and retry`);
+      return reject(
+        'AGENT_RATE',
+        `agent "${agent}" sent more than ${nonces.maxPerAgent} requests within ${nonces.ttlMs / 1000} s; slow down and retry`,
+      );
     case 'fresh':
       return { ok: true, agent, nonce, timestamp: ts, contentSha256 };
   }
@@ -363,10 +399,16 @@ export interface SignResponseInput {
 export function signResponse(input: SignResponseInput): ResponseHeaders {
   const { status, requestNonce, body, privateKey } = input;
   checkKey(privateKey, 'private', 'the daemon signing key');
-  if (!Number.isInteger(status) || status < 100 || status > 599) throw new ProtocolError('PROTOCOL_INVALID', 'the status must be an HTTP status (100-599)');
-  if (typeof requestNonce !== 'string' || !isNonce(requestNonce)) throw new ProtocolError('PROTOCOL_INVALID', 'the request nonce must be 16 bytes in base64url');
+  if (!Number.isInteger(status) || status < 100 || status > 599)
+    throw new ProtocolError('PROTOCOL_INVALID', 'the status must be an HTTP status (100-599)');
+  if (typeof requestNonce !== 'string' || !isNonce(requestNonce))
+    throw new ProtocolError('PROTOCOL_INVALID', 'the request nonce must be 16 bytes in base64url');
   const contentSha256 = sha256Hex(body);
-  const signature = sign(null, Buffer.from(canonicalResponse(status, requestNonce, contentSha256), 'utf8'), privateKey).toString('base64');
+  const signature = sign(
+    null,
+    Buffer.from(canonicalResponse(status, requestNonce, contentSha256), 'utf8'),
+    privateKey,
+  ).toString('base64');
   return { [H_CONTENT_SHA256]: contentSha256, [H_SIGNATURE]: signature };
 }
 
@@ -388,14 +430,32 @@ export function verifyResponse(input: VerifyResponseInput): ResponseVerdict {
   const sigText = header(headers, H_SIGNATURE);
   const signature = sigText === undefined ? undefined : signatureBytes(sigText);
   if (contentSha256 === undefined || !SHA256_RE.test(contentSha256) || !signature) {
-    return { ok: false, code: 'DAEMON_UNSIGNED', message: `the answer lacks a well-formed ${H_CONTENT_SHA256} and ${H_SIGNATURE}: it does not come from a rotor daemon` };
+    return {
+      ok: false,
+      code: 'DAEMON_UNSIGNED',
+      message: `the answer lacks a well-formed ${H_CONTENT_SHA256} and ${H_SIGNATURE}: it does not come from a rotor daemon`,
+    };
   }
-  const okInput = Number.isInteger(status) && status >= 100 && status <= 599 && typeof requestNonce === 'string' && isNonce(requestNonce);
+  const okInput =
+    Number.isInteger(status) &&
+    status >= 100 &&
+    status <= 599 &&
+    typeof requestNonce === 'string' &&
+    isNonce(requestNonce);
   const data = Buffer.from(canonicalResponse(status, requestNonce, contentSha256), 'utf8');
   if (!okInput || !verify(null, data, publicKey, signature)) {
-    return { ok: false, code: 'DAEMON_BAD_SIGNATURE', message: "the answer's signature does not verify with daemonSigningKey for this request" };
+    return {
+      ok: false,
+      code: 'DAEMON_BAD_SIGNATURE',
+      message: "the answer's signature does not verify with daemonSigningKey for this request",
+    };
   }
-  if (!sameHex(sha256Hex(body), contentSha256)) return { ok: false, code: 'DAEMON_BODY_ALTERED', message: 'the body of the answer is not the one the daemon signed' };
+  if (!sameHex(sha256Hex(body), contentSha256))
+    return {
+      ok: false,
+      code: 'DAEMON_BODY_ALTERED',
+      message: 'the body of the answer is not the one the daemon signed',
+    };
   return { ok: true };
 }
 
@@ -434,7 +494,8 @@ export class NonceCache {
     this.ttlMs = options.ttlMs ?? 2 * DEFAULT_MAX_SKEW_MS;
     this.maxPerAgent = options.maxPerAgent ?? 4096;
     if (!Number.isSafeInteger(this.ttlMs) || this.ttlMs <= 0) throw new RangeError('ttlMs must be a positive integer');
-    if (!Number.isSafeInteger(this.maxPerAgent) || this.maxPerAgent <= 0) throw new RangeError('maxPerAgent must be a positive integer');
+    if (!Number.isSafeInteger(this.maxPerAgent) || this.maxPerAgent <= 0)
+      throw new RangeError('maxPerAgent must be a positive integer');
   }
 
   /** Records a nonce as used: 'fresh' if it was not remembered (now it is), 'replay' if it was, 'full' if the agent is at its cap. */

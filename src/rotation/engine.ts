@@ -15,19 +15,19 @@
  * which is how the crash tests stop the process at each boundary without a test branch here.
  */
 import diagnostics_channel from 'node:diagnostics_channel';
+import { fingerprint } from '../audit/fingerprint.js';
+import type { Storage } from '../errors.js';
+import { codeOf, errnoOf, NEVER, RotorError, retryOf, storageOf } from '../errors.js';
+import { parseDuration } from '../model/duration.js';
 import type { Desired } from '../model/model.js';
 import type { Policy, Secret } from '../model/schema-types.js';
-import { parseDuration } from '../model/duration.js';
 import type { Json, Op, StateStore } from '../state/types.js';
-import { fingerprint } from '../audit/fingerprint.js';
-import { codeOf, errnoOf, NEVER, retryOf, RotorError, storageOf } from '../errors.js';
-import type { Storage } from '../errors.js';
 import type { RandomSource, SecretValue } from './generate.js';
 import { generate, generateSecretValue } from './generate.js';
+import type { Failure, ManualValue, PlanInput, RotationExtra } from './planner.js';
+import * as planner from './planner.js';
 import type { Pending, SecretRecord, Trigger } from './record.js';
 import { create, currentVersion, finish, previousVersion, retire } from './record.js';
-import * as planner from './planner.js';
-import type { Failure, ManualValue, PlanInput, RotationExtra } from './planner.js';
 import type { Step, StepFailure, StepResult } from './steps.js';
 import { attempt, DONE, retry, runSteps, stopped } from './steps.js';
 
@@ -38,7 +38,15 @@ export const stepChannel = diagnostics_channel.channel('rotor:rotation');
 /** What the engine writes to the audit log (the log adds seq, prev and hash). */
 export interface AuditEvent {
   time: string;
-  event: 'created' | 'rotated' | 'retired' | 'removed' | 'purged' | 'rotation-failed' | 'config-applied' | 'config-rejected';
+  event:
+    | 'created'
+    | 'rotated'
+    | 'retired'
+    | 'removed'
+    | 'purged'
+    | 'rotation-failed'
+    | 'config-applied'
+    | 'config-rejected';
   secret?: string;
   from?: number;
   to?: number;
@@ -62,9 +70,11 @@ export interface AuditSink {
 /** Where the store keeps the audit log's head as of its last step. */
 export const AUDIT_HEAD_KEY = 'meta/audit-head';
 
-export interface EngineLog {
-  (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, string | number | boolean | undefined>): void;
-}
+export type EngineLog = (
+  level: 'info' | 'warn' | 'error',
+  message: string,
+  fields?: Record<string, string | number | boolean | undefined>,
+) => void;
 
 /** A database user and password, as the agent applies them. */
 export interface DbCredential {
@@ -114,7 +124,12 @@ export interface Served {
   readonly value: SecretValue;
   readonly username?: string;
   readonly rotatedAt: string;
-  readonly previous?: { readonly version: number; readonly value: SecretValue; readonly username?: string; readonly validUntil: string };
+  readonly previous?: {
+    readonly version: number;
+    readonly value: SecretValue;
+    readonly username?: string;
+    readonly validUntil: string;
+  };
 }
 
 /** One retained version, for `?version=N`. */
@@ -134,7 +149,12 @@ export interface SecretStatus {
   readonly nextRotationAt?: number;
   readonly pending: boolean;
   /** A failing rotation; `retryAt` is absent when only a new commit can mend it (an unreadable SOPS file). */
-  readonly failing?: { readonly since: number; readonly attempts: number; readonly error: string; readonly retryAt?: number };
+  readonly failing?: {
+    readonly since: number;
+    readonly attempts: number;
+    readonly error: string;
+    readonly retryAt?: number;
+  };
 }
 
 const KEY = (name: string) => `secret/${name}`;
@@ -220,8 +240,21 @@ export class Engine {
     if (!r || !cur) return undefined;
     const prev = previousVersion(r, this.o.now());
     return {
-      name, version: cur.version, value: cur.value, ...(cur.username !== undefined ? { username: cur.username } : {}), rotatedAt: cur.createdAt,
-      ...(prev ? { previous: { version: prev.version, value: prev.value, ...(prev.username !== undefined ? { username: prev.username } : {}), validUntil: prev.validUntil! } } : {}),
+      name,
+      version: cur.version,
+      value: cur.value,
+      ...(cur.username !== undefined ? { username: cur.username } : {}),
+      rotatedAt: cur.createdAt,
+      ...(prev
+        ? {
+            previous: {
+              version: prev.version,
+              value: prev.value,
+              ...(prev.username !== undefined ? { username: prev.username } : {}),
+              validUntil: prev.validUntil!,
+            },
+          }
+        : {}),
     };
   }
 
@@ -234,7 +267,14 @@ export class Engine {
     if (!v) return undefined;
     const prev = previousVersion(r, this.o.now());
     const state = i === 0 ? 'current' : prev?.version === version ? 'previous' : 'retired';
-    return { version, value: v.value, ...(v.username !== undefined ? { username: v.username } : {}), rotatedAt: v.createdAt, state, ...(v.validUntil ? { validUntil: v.validUntil } : {}) };
+    return {
+      version,
+      value: v.value,
+      ...(v.username !== undefined ? { username: v.username } : {}),
+      rotatedAt: v.createdAt,
+      state,
+      ...(v.validUntil ? { validUntil: v.validUntil } : {}),
+    };
   }
 
   /**
@@ -253,8 +293,13 @@ export class Engine {
       }
     }
     return {
-      desired: this.desired, records, failures: this.failures, running: this.running, manual: this.manual,
-      readByAll: this.o.readByAll, database: this.o.database !== undefined,
+      desired: this.desired,
+      records,
+      failures: this.failures,
+      running: this.running,
+      manual: this.manual,
+      readByAll: this.o.readByAll,
+      database: this.o.database !== undefined,
     };
   }
 
@@ -270,16 +315,29 @@ export class Engine {
     this.manual = manual;
     const now = this.o.now();
     // SOPS files the daemon cannot open: the secret keeps its current version; audited once per cause.
-    for (const name of [...this.manualFailing.keys()]) if (!desired.secrets.get(name)?.decl.sops || !('error' in (manual.get(name) ?? {}))) this.manualFailing.delete(name);
+    for (const name of [...this.manualFailing.keys()])
+      if (!desired.secrets.get(name)?.decl.sops || !('error' in (manual.get(name) ?? {})))
+        this.manualFailing.delete(name);
     for (const [name, m] of manual) {
       if (!('error' in m) || !desired.secrets.get(name)?.decl.sops) continue;
       if (this.manualFailing.get(name)?.code === m.error.code) continue;
       this.manualFailing.set(name, { since: now, code: m.error.code });
-      await this.o.audit.append([{
-        time: new Date(now).toISOString(), event: 'rotation-failed', secret: name, ...(commit ? { commit } : {}),
-        detail: `${m.error.code}: ${m.error.message}; the current version stays`, stateSeq: this.o.store.seq, storeId: this.o.store.storeId,
-      }]);
-      this.o.log('error', 'the SOPS value of a secret cannot be used; its current version stays', { secret: name, code: m.error.code, problem: m.error.message });
+      await this.o.audit.append([
+        {
+          time: new Date(now).toISOString(),
+          event: 'rotation-failed',
+          secret: name,
+          ...(commit ? { commit } : {}),
+          detail: `${m.error.code}: ${m.error.message}; the current version stays`,
+          stateSeq: this.o.store.seq,
+          storeId: this.o.store.storeId,
+        },
+      ]);
+      this.o.log('error', 'the SOPS value of a secret cannot be used; its current version stays', {
+        secret: name,
+        code: m.error.code,
+        problem: m.error.message,
+      });
     }
     for (const [name, s] of before?.secrets ?? []) {
       const overlap = before?.policies.get(s.decl.policy)?.decl.overlap;
@@ -291,9 +349,26 @@ export class Engine {
       if (desired.secrets.has(r.name) || r.purgeAfter) continue;
       const overlap = this.removedOverlap.get(r.name) ?? 0;
       await this.step(r.name, 'removed', async () => {
-        await this.o.audit.append([{ time: new Date(now).toISOString(), event: 'removed', secret: r.name, trigger: 'removal', ...(commit ? { commit } : {}), stateSeq: this.o.store.seq, storeId: this.o.store.storeId }]);
-        await this.o.store.write(this.withHead([{ op: 'put', key, value: { ...r, purgeAfter: new Date(now + overlap).toISOString() } as unknown as Json }]));
-        this.o.log('info', 'secret removed from the repository; values kept for the overlap', { secret: r.name, purgeAfter: new Date(now + overlap).toISOString() });
+        await this.o.audit.append([
+          {
+            time: new Date(now).toISOString(),
+            event: 'removed',
+            secret: r.name,
+            trigger: 'removal',
+            ...(commit ? { commit } : {}),
+            stateSeq: this.o.store.seq,
+            storeId: this.o.store.storeId,
+          },
+        ]);
+        await this.o.store.write(
+          this.withHead([
+            { op: 'put', key, value: { ...r, purgeAfter: new Date(now + overlap).toISOString() } as unknown as Json },
+          ]),
+        );
+        this.o.log('info', 'secret removed from the repository; values kept for the overlap', {
+          secret: r.name,
+          purgeAfter: new Date(now + overlap).toISOString(),
+        });
         return DONE;
       });
     }
@@ -322,9 +397,12 @@ export class Engine {
     const { actions } = planner.plan(this.o.now(), this.planInput());
     const work: Promise<void>[] = [];
     for (const a of actions) {
-      const p = a.kind === 'rotate' ? this.rotate(a.secret, a.trigger, a.extra)
-        : a.kind === 'retire' ? this.retireNow(a.secret)
-        : this.purge(KEY(a.secret), a.secret);
+      const p =
+        a.kind === 'rotate'
+          ? this.rotate(a.secret, a.trigger, a.extra)
+          : a.kind === 'retire'
+            ? this.retireNow(a.secret)
+            : this.purge(KEY(a.secret), a.secret);
       // A database step waits for its agent (up to the job timeout): it runs on its own, and its end
       // (done or failed) re-arms the timers through onChange. The rest is awaited here.
       if (a.kind !== 'purge' && a.detached) void p.catch(() => undefined).finally(() => this.o.onChange?.(a.secret));
@@ -474,19 +552,21 @@ export class Engine {
     const { name } = c;
     const pending = c.pending!;
     const from = currentVersion(c.record)?.version;
-    await this.o.audit.append([{
-      time: new Date(this.o.now()).toISOString(),
-      event: from === undefined ? 'created' : 'rotated',
-      secret: name,
-      ...(from !== undefined ? { from } : {}),
-      to: pending.version,
-      trigger: pending.trigger,
-      ...(pending.reason !== undefined ? { reason: pending.reason } : {}),
-      ...(this.commit ? { commit: this.commit } : {}),
-      fingerprint: fingerprint(this.o.fingerprintKey, pending.value),
-      stateSeq: this.o.store.seq,
-      storeId: this.o.store.storeId,
-    }]);
+    await this.o.audit.append([
+      {
+        time: new Date(this.o.now()).toISOString(),
+        event: from === undefined ? 'created' : 'rotated',
+        secret: name,
+        ...(from !== undefined ? { from } : {}),
+        to: pending.version,
+        trigger: pending.trigger,
+        ...(pending.reason !== undefined ? { reason: pending.reason } : {}),
+        ...(this.commit ? { commit: this.commit } : {}),
+        fingerprint: fingerprint(this.o.fingerprintKey, pending.value),
+        stateSeq: this.o.store.seq,
+        storeId: this.o.store.storeId,
+      },
+    ]);
     this.o.audited.set(name, pending.version);
     return DONE;
   }
@@ -508,12 +588,20 @@ export class Engine {
     const rejections = (pending.rejections ?? 0) + (code === 'DB_VALUE_REJECTED' ? 1 : 0);
     const discard = rejections >= MAX_VALUE_REJECTIONS;
     if (!prev || prev.error !== code || discard) {
-      await this.o.audit.append([{
-        time: new Date(this.o.now()).toISOString(), event: 'rotation-failed', secret: name, to: pending.version,
-        ...(this.commit ? { commit: this.commit } : {}),
-        detail: discard ? `${code}: the database refused this value ${rejections} times; it is discarded and a new one generated` : `${code}: the previous version stays current`,
-        stateSeq: this.o.store.seq, storeId: this.o.store.storeId,
-      }]);
+      await this.o.audit.append([
+        {
+          time: new Date(this.o.now()).toISOString(),
+          event: 'rotation-failed',
+          secret: name,
+          to: pending.version,
+          ...(this.commit ? { commit: this.commit } : {}),
+          detail: discard
+            ? `${code}: the database refused this value ${rejections} times; it is discarded and a new one generated`
+            : `${code}: the previous version stays current`,
+          stateSeq: this.o.store.seq,
+          storeId: this.o.store.storeId,
+        },
+      ]);
     }
     if (code === 'DB_VALUE_REJECTED') {
       const { pending: _p, ...rest } = r;
@@ -535,11 +623,29 @@ export class Engine {
       // The database's part first (expire the inactive user, drop the old password; the agents know
       // that single has none).
       if (s?.database && this.o.database && prev.username !== undefined) {
-        await this.o.database.retire(s, prev.version, { username: prev.username, password: String(prev.value) }, { username: cur.username!, password: String(cur.value) });
+        await this.o.database.retire(
+          s,
+          prev.version,
+          { username: prev.username, password: String(prev.value) },
+          { username: cur.username!, password: String(cur.value) },
+        );
         stepChannel.publish({ secret: name, step: 'retire-applied', version: prev.version });
       }
-      const detail = due.early ? `every consumer has read version ${currentVersion(r)!.version} (retireAfter: consumers)` : undefined;
-      await this.o.audit.append([{ time: new Date(this.o.now()).toISOString(), event: 'retired', secret: name, from: prev.version, ...(this.commit ? { commit: this.commit } : {}), stateSeq: this.o.store.seq, storeId: this.o.store.storeId, ...(detail ? { detail } : {}) }]);
+      const detail = due.early
+        ? `every consumer has read version ${currentVersion(r)!.version} (retireAfter: consumers)`
+        : undefined;
+      await this.o.audit.append([
+        {
+          time: new Date(this.o.now()).toISOString(),
+          event: 'retired',
+          secret: name,
+          from: prev.version,
+          ...(this.commit ? { commit: this.commit } : {}),
+          stateSeq: this.o.store.seq,
+          storeId: this.o.store.storeId,
+          ...(detail ? { detail } : {}),
+        },
+      ]);
       await this.o.store.write(this.withHead([{ op: 'put', key: KEY(name), value: retire(r) as unknown as Json }]));
       this.o.log('info', 'previous version retired', { secret: name, version: prev.version, early: due.early });
       this.o.onChange?.(name);
@@ -551,7 +657,17 @@ export class Engine {
   private async purge(key: string, name: string): Promise<void> {
     await this.step(name, 'purged', async () => {
       if (this.o.store.get(key) === undefined) return DONE; // an earlier run purged it
-      await this.o.audit.append([{ time: new Date(this.o.now()).toISOString(), event: 'purged', secret: name, trigger: 'removal', ...(this.commit ? { commit: this.commit } : {}), stateSeq: this.o.store.seq, storeId: this.o.store.storeId }]);
+      await this.o.audit.append([
+        {
+          time: new Date(this.o.now()).toISOString(),
+          event: 'purged',
+          secret: name,
+          trigger: 'removal',
+          ...(this.commit ? { commit: this.commit } : {}),
+          stateSeq: this.o.store.seq,
+          storeId: this.o.store.storeId,
+        },
+      ]);
       await this.o.store.write(this.withHead([{ op: 'delete', key }]));
       this.o.audited.delete(name);
       this.o.log('info', 'values of a removed secret purged', { secret: name });
@@ -576,15 +692,17 @@ export class Engine {
       throw result.error;
     };
     // Recorded in the tick the step ends (no await in between): whoever waits for its effects sees them.
-    await this.locked(name, () => fn().then(
-      (result) => {
-        if (result.kind !== 'done') return failed(result);
-        this.failures.delete(name);
-        this.storageWorks();
-        stepChannel.publish({ secret: name, step: what });
-      },
-      (e: unknown) => failed(retry(e)),
-    ));
+    await this.locked(name, () =>
+      fn().then(
+        (result) => {
+          if (result.kind !== 'done') return failed(result);
+          this.failures.delete(name);
+          this.storageWorks();
+          stepChannel.publish({ secret: name, step: what });
+        },
+        (e: unknown) => failed(retry(e)),
+      ),
+    );
   }
 
   /**
@@ -613,7 +731,12 @@ export class Engine {
     stepChannel.publish({ secret: name, step: 'failed', code: error });
     // A storage failure is logged once for all secrets (storageFailed), not once per secret and retry.
     if (!storage) {
-      this.o.log('error', 'rotation step failed; will retry', { secret: name, code: error, attempts: f.attempts, retryInMs: f.retryAt - now });
+      this.o.log('error', 'rotation step failed; will retry', {
+        secret: name,
+        code: error,
+        attempts: f.attempts,
+        retryInMs: f.retryAt - now,
+      });
     }
   }
 
@@ -636,15 +759,33 @@ export class Engine {
     if (!logged) {
       const last = this.storageLogged.get(storageCause(what, code, errno));
       // Not logged: a new blip of a cause that blipped less than a minute ago (logged if it lasts).
-      if (!last || !last.blip || now - last.at >= STORAGE_LOG_EVERY_MS || attempts >= 2) {
-        this.o.log('error', `the ${what} cannot be written: rotations are paused and retried every few seconds until it can`, { code, errno, reason: message, retryInMs: retryAt - now, ...(last?.again ? { blipsSinceLastLine: last.again } : {}) });
+      if (!last?.blip || now - last.at >= STORAGE_LOG_EVERY_MS || attempts >= 2) {
+        this.o.log(
+          'error',
+          `the ${what} cannot be written: rotations are paused and retried every few seconds until it can`,
+          {
+            code,
+            errno,
+            reason: message,
+            retryInMs: retryAt - now,
+            ...(last?.again ? { blipsSinceLastLine: last.again } : {}),
+          },
+        );
         this.storageLogged.set(storageCause(what, code, errno), { at: now, again: 0, blip: false });
         logged = true;
       } else if (changed) {
         last.again++;
       }
     }
-    this.storage.set(what, { code, ...(errno ? { errno } : {}), message, since: prev?.since ?? now, attempts, retryAt, logged });
+    this.storage.set(what, {
+      code,
+      ...(errno ? { errno } : {}),
+      message,
+      since: prev?.since ?? now,
+      attempts,
+      retryAt,
+      logged,
+    });
     return retryAt;
   }
 
@@ -653,7 +794,13 @@ export class Engine {
     if (this.storage.size === 0) return;
     const now = this.o.now();
     for (const [what, s] of this.storage) {
-      if (s.logged) this.o.log('info', `the ${what} can be written again: rotations resume`, { code: s.code, errno: s.errno, downMs: now - s.since, attempts: s.attempts });
+      if (s.logged)
+        this.o.log('info', `the ${what} can be written again: rotations resume`, {
+          code: s.code,
+          errno: s.errno,
+          downMs: now - s.since,
+          attempts: s.attempts,
+        });
       const logged = this.storageLogged.get(storageCause(what, s.code, s.errno));
       if (logged) logged.blip = s.attempts <= 1;
     }
@@ -675,7 +822,8 @@ export class Engine {
       const cur = r ? currentVersion(r) : undefined;
       const due = planner.dueAt(name, input);
       const manual = this.manualFailing.get(name);
-      const failing = this.failures.get(name) ?? (manual ? { since: manual.since, attempts: 1, error: manual.code } : undefined);
+      const failing =
+        this.failures.get(name) ?? (manual ? { since: manual.since, attempts: 1, error: manual.code } : undefined);
       out.push({
         name,
         ...(cur ? { version: cur.version, rotatedAt: cur.createdAt } : {}),

@@ -4,8 +4,8 @@
  * of the alphabet size is thrown away), so that no character is more likely than another.
  */
 import { randomBytes } from 'node:crypto';
-import type { Generator, Secret } from '../model/schema-types.js';
 import { alphabetOf, DEFAULT_LENGTH } from '../model/charsets.js';
+import type { Generator, Secret } from '../model/schema-types.js';
 
 /** Fills a buffer with random bytes; node:crypto's randomBytes unless a test passes another. */
 export type RandomSource = (size: number) => Buffer;

@@ -11,8 +11,8 @@
 import type { Desired } from '../model/model.js';
 import type { Policy, Secret } from '../model/schema-types.js';
 import { compileSchedule, intervalOf, intoWindow, nextBase, withJitter } from '../schedule/schedule.js';
-import { backoffDelay } from '../util/backoff.js';
 import type { BackoffOptions } from '../util/backoff.js';
+import { backoffDelay } from '../util/backoff.js';
 import type { SecretRecord, Trigger } from './record.js';
 import { currentVersion, retireDue } from './record.js';
 
@@ -21,7 +21,8 @@ import { currentVersion, retireDue } from './record.js';
  * or why it could not (a stable code and a message without any value).
  */
 export type ManualValue =
-  { readonly value: string } | { readonly error: { readonly code: string; readonly message: string } };
+  | { readonly value: string }
+  | { readonly error: { readonly code: string; readonly message: string } };
 
 /** A secret whose last step failed: retried at `retryAt`. */
 export interface Failure {

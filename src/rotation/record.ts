@@ -62,7 +62,13 @@ export function previousVersion(r: SecretRecord, now: number): Version | undefin
 }
 
 /** Step 1, create: the next value, stored as pending. A pending value is reused, never replaced. */
-export function create(r: SecretRecord, value: SecretValue, now: number, trigger: Trigger, extra: { reason?: string; request?: string; scheduledBase?: number; username?: string } = {}): SecretRecord {
+export function create(
+  r: SecretRecord,
+  value: SecretValue,
+  now: number,
+  trigger: Trigger,
+  extra: { reason?: string; request?: string; scheduledBase?: number; username?: string } = {},
+): SecretRecord {
   if (r.pending) return r;
   const version = (currentVersion(r)?.version ?? 0) + 1;
   return { ...r, pending: { version, value, createdAt: new Date(now).toISOString(), trigger, ...extra } };
@@ -81,7 +87,15 @@ export function finish(r: SecretRecord, now: number, overlapMs: number, retain: 
   const { pending: _done, ...rest } = r;
   return {
     ...rest,
-    versions: [{ version: p.version, value: p.value, ...(p.username !== undefined ? { username: p.username } : {}), createdAt: at }, ...older].slice(0, Math.max(2, retain)),
+    versions: [
+      {
+        version: p.version,
+        value: p.value,
+        ...(p.username !== undefined ? { username: p.username } : {}),
+        createdAt: at,
+      },
+      ...older,
+    ].slice(0, Math.max(2, retain)),
     rotatedAt: at,
     ...(p.scheduledBase !== undefined ? { scheduledBase: p.scheduledBase } : { scheduledBase: now }),
     ...(p.request !== undefined ? { lastRequest: p.request } : {}),

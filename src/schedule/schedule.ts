@@ -40,12 +40,15 @@ export function isTimeZone(tz: string): boolean {
 /** Parses a cron expression of 5 or 6 fields; returns an error message when it is not one. */
 export function checkCron(expr: string, timezone: string): string | undefined {
   const fields = expr.trim().split(/\s+/);
-  if (fields.length !== 5 && fields.length !== 6) return `a cron expression has 5 fields (or 6 with seconds first), this one has ${fields.length}`;
+  if (fields.length !== 5 && fields.length !== 6)
+    return `a cron expression has 5 fields (or 6 with seconds first), this one has ${fields.length}`;
   try {
     if (!cron(expr, timezone).nextRun(new Date(0))) return 'it never fires (no date matches it)';
     return undefined;
   } catch (e) {
-    return String((e as Error).message).split('\n')[0]!.replace(/^CronPattern: /, '');
+    return String((e as Error).message)
+      .split('\n')[0]!
+      .replace(/^CronPattern: /, '');
   }
 }
 
@@ -61,7 +64,9 @@ export function compileSchedule(policy: ScheduleSpec): Schedule {
     ...(policy.every !== undefined ? { everyMs: parseDuration(policy.every)! } : {}),
     ...(policy.cron !== undefined ? { cron: policy.cron } : {}),
     timezone,
-    ...(policy.window ? { window: { start: clockMinutes(policy.window.start), end: clockMinutes(policy.window.end) } } : {}),
+    ...(policy.window
+      ? { window: { start: clockMinutes(policy.window.start), end: clockMinutes(policy.window.end) } }
+      : {}),
     jitterMs: policy.jitter !== undefined ? parseDuration(policy.jitter)! : 0,
   };
 }
@@ -88,7 +93,9 @@ export function cronNext(expr: string, timezone: string, after: number): number 
 
 /** The shortest gap between the next `count` times of a cron expression after `from`. */
 export function cronMinInterval(expr: string, timezone: string, from: number, count = 32): number {
-  const runs = cron(expr, timezone).nextRuns(count, new Date(from)).map((d) => d.getTime());
+  const runs = cron(expr, timezone)
+    .nextRuns(count, new Date(from))
+    .map((d) => d.getTime());
   let min = Infinity;
   for (let i = 1; i < runs.length; i++) min = Math.min(min, runs[i]! - runs[i - 1]!);
   return min;
@@ -103,7 +110,16 @@ const formatters = new Map<string, Intl.DateTimeFormat>();
 /** Minutes after midnight of instant `t` in `timezone`. */
 export function minutesOfDay(t: number, timezone: string): number {
   let f = formatters.get(timezone);
-  if (!f) formatters.set(timezone, (f = new Intl.DateTimeFormat('en-US', { timeZone: timezone, hour: '2-digit', minute: '2-digit', hourCycle: 'h23' })));
+  if (!f)
+    formatters.set(
+      timezone,
+      (f = new Intl.DateTimeFormat('en-US', {
+        timeZone: timezone,
+        hour: '2-digit',
+        minute: '2-digit',
+        hourCycle: 'h23',
+      })),
+    );
   const parts = f.formatToParts(new Date(t));
   const hour = Number(parts.find((p) => p.type === 'hour')!.value);
   const minute = Number(parts.find((p) => p.type === 'minute')!.value);

@@ -7,8 +7,8 @@
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { NEVER, RotorError } from '../errors.js';
-import { HttpError, readJson, sendError, sendJson } from './http-json.js';
 import { listenPrivately } from './consumer-sockets.js';
+import { HttpError, readJson, sendError, sendJson } from './http-json.js';
 import { boundedServer, type ListenerLimits } from './limits.js';
 import type { DaemonStatus } from './status.js';
 
@@ -35,7 +35,12 @@ export async function listenAdmin(socketPath: string, handlers: AdminHandlers): 
       try {
         if (req.method === 'POST' && req.url === '/v1/rotate') {
           const body = (await readJson(req, ADMIN_BODY)) as { name?: unknown; reason?: unknown };
-          if (typeof body.name !== 'string' || typeof body.reason !== 'string' || body.reason.trim() === '' || body.reason.length > 500) {
+          if (
+            typeof body.name !== 'string' ||
+            typeof body.reason !== 'string' ||
+            body.reason.trim() === '' ||
+            body.reason.length > 500
+          ) {
             throw new HttpError(400, 'BAD_REQUEST', 'give "name" and a "reason" of 1 to 500 characters');
           }
           sendJson(res, 200, await handlers.rotate(body.name, body.reason));
@@ -46,10 +51,13 @@ export async function listenAdmin(socketPath: string, handlers: AdminHandlers): 
         }
       } catch (e) {
         const err = e as { code?: string; message?: string };
-        if (!(e instanceof HttpError) && err.code === 'SECRET_UNKNOWN') sendError(res, new HttpError(404, err.code, err.message ?? ''));
-        else if (!(e instanceof HttpError) && err.code === 'SECRET_NOT_ROTATABLE') sendError(res, new HttpError(409, err.code, err.message ?? ''));
+        if (!(e instanceof HttpError) && err.code === 'SECRET_UNKNOWN')
+          sendError(res, new HttpError(404, err.code, err.message ?? ''));
+        else if (!(e instanceof HttpError) && err.code === 'SECRET_NOT_ROTATABLE')
+          sendError(res, new HttpError(409, err.code, err.message ?? ''));
         // A rotation that failed (the audit log or the store cannot be written, an agent...): its code, not INTERNAL.
-        else if (!(e instanceof HttpError) && typeof err.code === 'string' && /^[A-Z][A-Z0-9_]+$/.test(err.code)) sendError(res, new HttpError(503, err.code, `the rotation failed: ${err.message ?? err.code}`));
+        else if (!(e instanceof HttpError) && typeof err.code === 'string' && /^[A-Z][A-Z0-9_]+$/.test(err.code))
+          sendError(res, new HttpError(503, err.code, `the rotation failed: ${err.message ?? err.code}`));
         else sendError(res, e);
       }
     })();

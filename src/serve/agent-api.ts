@@ -10,14 +10,32 @@
  * the body timeout, and checked against the signed hash. The connections are bounded in number, per
  * peer address and in time (src/serve/limits.ts).
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+
 import type { KeyObject } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
-import { abandonRequest, AGENT_AUTH_STATUS, H_AGENT, H_NONCE, NonceCache, signResponse, verifyRequestBody, verifyRequestHeaders } from '../protocol/sign.js';
-import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_AGENT_WAIT, MAX_JOBS_BODY, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY, MAX_RESULTS_PER_REQUEST } from '../protocol/jobs.js';
 import type { Job, Result } from '../protocol/jobs.js';
+import {
+  AGENT_JOBS_PATH,
+  AGENT_RESULTS_PATH,
+  MAX_AGENT_WAIT,
+  MAX_JOBS_BODY,
+  MAX_RESULT_MESSAGE,
+  MAX_RESULTS_BODY,
+  MAX_RESULTS_PER_REQUEST,
+} from '../protocol/jobs.js';
+import {
+  AGENT_AUTH_STATUS,
+  abandonRequest,
+  H_AGENT,
+  H_NONCE,
+  NonceCache,
+  signResponse,
+  verifyRequestBody,
+  verifyRequestHeaders,
+} from '../protocol/sign.js';
 import { HttpError, readBody } from './http-json.js';
-import { boundedServer, rateLimited, type ListenerLimits } from './limits.js';
+import { boundedServer, type ListenerLimits, rateLimited } from './limits.js';
 import { listenTcp } from './listen.js';
 
 const NONCE_RE = /^[A-Za-z0-9_-]{22}$/;
@@ -63,7 +81,10 @@ export interface AgentApiOptions {
   readonly limits?: Partial<AgentApiLimits>;
 }
 
-export async function listenAgentApi(listen: string, o: AgentApiOptions): Promise<{ address: string; close: () => Promise<void> }> {
+export async function listenAgentApi(
+  listen: string,
+  o: AgentApiOptions,
+): Promise<{ address: string; close: () => Promise<void> }> {
   const limits: AgentApiLimits = { ...AGENT_API_LIMITS, ...o.limits };
   const nonces = new NonceCache();
   const once = rateLimited(10_000);
@@ -75,9 +96,22 @@ export async function listenAgentApi(listen: string, o: AgentApiOptions): Promis
       answer(req, res, 500, { error: { code: 'INTERNAL', message: 'internal error (see the daemon log)' } });
     });
   };
-  const server = boundedServer(limits, dispatch(false), (why, peer) => once(`connection-${why}`, (suppressed) => {
-    o.log('warn', why === 'peer' ? 'agent API connection refused: too many from one address' : 'agent API connection refused: too many open', { code: why === 'peer' ? 'AGENT_PEER_CONNECTIONS' : 'AGENT_CONNECTIONS', peer, limit: why === 'peer' ? limits.maxConnectionsPerPeer : limits.maxConnections, suppressed });
-  }));
+  const server = boundedServer(limits, dispatch(false), (why, peer) =>
+    once(`connection-${why}`, (suppressed) => {
+      o.log(
+        'warn',
+        why === 'peer'
+          ? 'agent API connection refused: too many from one address'
+          : 'agent API connection refused: too many open',
+        {
+          code: why === 'peer' ? 'AGENT_PEER_CONNECTIONS' : 'AGENT_CONNECTIONS',
+          peer,
+          limit: why === 'peer' ? limits.maxConnectionsPerPeer : limits.maxConnections,
+          suppressed,
+        },
+      );
+    }),
+  );
   // Expect: 100-continue: the agent is authenticated before it is asked for the body.
   server.on('checkContinue', dispatch(true));
 
@@ -86,28 +120,52 @@ export async function listenAgentApi(listen: string, o: AgentApiOptions): Promis
     if (res.headersSent || res.destroyed) return;
     const text = JSON.stringify(body);
     const nonce = req.headers[H_NONCE];
-    const signed = typeof nonce === 'string' && NONCE_RE.test(nonce) ? signResponse({ status, requestNonce: nonce, body: text, privateKey: o.signing }) : {};
-    res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...(status !== 200 ? { connection: 'close' } : {}), ...signed });
+    const signed =
+      typeof nonce === 'string' && NONCE_RE.test(nonce)
+        ? signResponse({ status, requestNonce: nonce, body: text, privateKey: o.signing })
+        : {};
+    res.writeHead(status, {
+      'content-type': 'application/json',
+      'cache-control': 'no-store',
+      'content-length': Buffer.byteLength(text),
+      ...(status !== 200 ? { connection: 'close' } : {}),
+      ...signed,
+    });
     res.end(text);
   }
 
   function refuse(req: IncomingMessage, res: ServerResponse, status: number, code: string, message: string): void {
     once(code, (suppressed) => {
       const agent = req.headers[H_AGENT];
-      o.log('warn', 'agent request refused', { code, agent: typeof agent === 'string' ? agent.slice(0, 64) : undefined, path: (req.url ?? '').slice(0, 100), ...(suppressed ? { suppressed } : {}) });
+      o.log('warn', 'agent request refused', {
+        code,
+        agent: typeof agent === 'string' ? agent.slice(0, 64) : undefined,
+        path: (req.url ?? '').slice(0, 100),
+        ...(suppressed ? { suppressed } : {}),
+      });
     });
     answer(req, res, status, { error: { code, message } });
   }
 
   async function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
     // Phase 1, before any of the body is read: who is calling, and is this request new?
-    const signed = verifyRequestHeaders({ headers: req.headers, method: req.method ?? '', path: req.url ?? '', now: o.now(), keyOf: (a) => o.hub.keyOf(a), nonces });
+    const signed = verifyRequestHeaders({
+      headers: req.headers,
+      method: req.method ?? '',
+      path: req.url ?? '',
+      now: o.now(),
+      keyOf: (a) => o.hub.keyOf(a),
+      nonces,
+    });
     if (!signed.ok) return refuse(req, res, AGENT_AUTH_STATUS[signed.code], signed.code, signed.message);
     try {
       const agent = signed.agent;
-      if (req.method !== 'POST') return answer(req, res, 405, { error: { code: 'METHOD_NOT_ALLOWED', message: 'the agent API takes POST' } });
-      const limit = req.url === AGENT_JOBS_PATH ? limits.jobsBody : req.url === AGENT_RESULTS_PATH ? limits.resultsBody : undefined;
-      if (limit === undefined) return answer(req, res, 404, { error: { code: 'NOT_FOUND', message: `no ${req.url} here` } });
+      if (req.method !== 'POST')
+        return answer(req, res, 405, { error: { code: 'METHOD_NOT_ALLOWED', message: 'the agent API takes POST' } });
+      const limit =
+        req.url === AGENT_JOBS_PATH ? limits.jobsBody : req.url === AGENT_RESULTS_PATH ? limits.resultsBody : undefined;
+      if (limit === undefined)
+        return answer(req, res, 404, { error: { code: 'NOT_FOUND', message: `no ${req.url} here` } });
       if (expectsContinue && !(Number(req.headers['content-length']) > limit)) res.writeContinue();
       let body: Buffer;
       try {
@@ -127,7 +185,10 @@ export async function listenAgentApi(listen: string, o: AgentApiOptions): Promis
       }
       if (req.url === AGENT_JOBS_PATH) {
         const wait = (parsed as { wait?: unknown }).wait ?? 0;
-        if (typeof wait !== 'number' || !(wait >= 0 && wait <= MAX_AGENT_WAIT)) return answer(req, res, 400, { error: { code: 'BAD_REQUEST', message: `wait is 0 to ${MAX_AGENT_WAIT} seconds` } });
+        if (typeof wait !== 'number' || !(wait >= 0 && wait <= MAX_AGENT_WAIT))
+          return answer(req, res, 400, {
+            error: { code: 'BAD_REQUEST', message: `wait is 0 to ${MAX_AGENT_WAIT} seconds` },
+          });
         const gone = new Promise<void>((resolve) => res.once('close', () => resolve()));
         const jobs = await o.hub.take(agent, wait * 1000, Promise.race([closed, gone]));
         if (jobs.length) o.log('info', 'jobs handed to an agent', { agent, jobs: jobs.length });
@@ -135,7 +196,12 @@ export async function listenAgentApi(listen: string, o: AgentApiOptions): Promis
       }
       const results = (parsed as { results?: unknown }).results;
       if (!Array.isArray(results) || results.length > MAX_RESULTS_PER_REQUEST || !results.every(isResult)) {
-        return answer(req, res, 400, { error: { code: 'BAD_REQUEST', message: `results must be a list of at most ${MAX_RESULTS_PER_REQUEST} {id, outcome, detail?, code?, message?}` } });
+        return answer(req, res, 400, {
+          error: {
+            code: 'BAD_REQUEST',
+            message: `results must be a list of at most ${MAX_RESULTS_PER_REQUEST} {id, outcome, detail?, code?, message?}`,
+          },
+        });
       }
       const accepted = o.hub.complete(agent, results);
       return answer(req, res, 200, { accepted });
@@ -157,8 +223,12 @@ export async function listenAgentApi(listen: string, o: AgentApiOptions): Promis
 function isResult(r: unknown): r is Result {
   if (typeof r !== 'object' || r === null) return false;
   const x = r as Record<string, unknown>;
-  return typeof x.id === 'string' && x.id.length <= 64 && (x.outcome === 'done' || x.outcome === 'failed')
-    && (x.code === undefined || (typeof x.code === 'string' && x.code.length <= 64))
-    && (x.message === undefined || (typeof x.message === 'string' && x.message.length <= MAX_RESULT_MESSAGE))
-    && (x.detail === undefined || x.detail === 'applied' || x.detail === 'already-applied' || x.detail === 'retired');
+  return (
+    typeof x.id === 'string' &&
+    x.id.length <= 64 &&
+    (x.outcome === 'done' || x.outcome === 'failed') &&
+    (x.code === undefined || (typeof x.code === 'string' && x.code.length <= 64)) &&
+    (x.message === undefined || (typeof x.message === 'string' && x.message.length <= MAX_RESULT_MESSAGE)) &&
+    (x.detail === undefined || x.detail === 'applied' || x.detail === 'already-applied' || x.detail === 'retired')
+  );
 }

@@ -12,10 +12,11 @@
  * error is {"error": {"code", "message"}} with a stable code. No value is ever logged.
  */
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
-import type { SecretValue } from '../rotation/generate.js';
 import type { Served, VersionView } from '../rotation/engine.js';
+import type { SecretValue } from '../rotation/generate.js';
 
 export type { VersionView };
+
 import { HttpError, sendError, sendJson, sendText } from './http-json.js';
 
 /** What the handler needs from the daemon. */
@@ -55,7 +56,6 @@ export interface CurrentView {
   readonly previous?: Served['previous'];
 }
 
-
 export const MAX_WAIT_SECONDS = 300;
 /** Long-polls one consumer may hold open at once. */
 export const MAX_WAITERS = 256;
@@ -83,7 +83,11 @@ export function consumerHandler(consumer: string, backend: ConsumerBackend): Req
   function handle(req: IncomingMessage, res: ServerResponse): Promise<void> | undefined {
     if (req.method !== 'GET') {
       res.setHeader('allow', 'GET');
-      throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed: the consumer API is read-only (GET)`);
+      throw new HttpError(
+        405,
+        'METHOD_NOT_ALLOWED',
+        `${req.method} is not allowed: the consumer API is read-only (GET)`,
+      );
     }
     if ((req.headers['content-length'] && req.headers['content-length'] !== '0') || req.headers['transfer-encoding']) {
       res.setHeader('connection', 'close');
@@ -102,24 +106,39 @@ export function consumerHandler(consumer: string, backend: ConsumerBackend): Req
           throw new HttpError(400, 'BAD_NAME', 'the secret name is not valid percent-encoding');
         }
       }
-      if (name.length > 253 || !NAME.test(name)) throw new HttpError(400, 'BAD_NAME', 'not a secret name: lowercase segments of a-z 0-9 . _ - separated by /');
+      if (name.length > 253 || !NAME.test(name))
+        throw new HttpError(400, 'BAD_NAME', 'not a secret name: lowercase segments of a-z 0-9 . _ - separated by /');
       return secret(name, query, res);
     }
-    if (query && [...query.keys()].length > 0) throw new HttpError(400, 'BAD_REQUEST', `${pathPart} takes no query parameters`);
+    if (query && [...query.keys()].length > 0)
+      throw new HttpError(400, 'BAD_REQUEST', `${pathPart} takes no query parameters`);
     if (pathPart === '/v1/secrets') {
       sendJson(res, 200, { consumer, secrets: backend.readable(consumer) });
     } else if (pathPart === '/v1/health') {
       sendJson(res, 200, { status: backend.running ? 'ok' : 'stopping', consumer });
     } else {
-      throw new HttpError(404, 'NOT_FOUND', `no ${pathPart} here: see GET /v1/secrets/NAME, /v1/secrets and /v1/health`);
+      throw new HttpError(
+        404,
+        'NOT_FOUND',
+        `no ${pathPart} here: see GET /v1/secrets/NAME, /v1/secrets and /v1/health`,
+      );
     }
     backend.observe(consumer, 200);
     return undefined;
   }
 
   function check(name: string): void {
-    if (!backend.granted(consumer, name)) throw Object.assign(new HttpError(403, 'ACCESS_DENIED', `consumer "${consumer}" may not read "${name}": no glob of its Consumer declaration grants it`), { secret: name });
-    if (!backend.declared(name)) throw Object.assign(new HttpError(404, 'SECRET_UNKNOWN', `no secret "${name}" is declared`), { secret: name });
+    if (!backend.granted(consumer, name))
+      throw Object.assign(
+        new HttpError(
+          403,
+          'ACCESS_DENIED',
+          `consumer "${consumer}" may not read "${name}": no glob of its Consumer declaration grants it`,
+        ),
+        { secret: name },
+      );
+    if (!backend.declared(name))
+      throw Object.assign(new HttpError(404, 'SECRET_UNKNOWN', `no secret "${name}" is declared`), { secret: name });
   }
 
   function secret(name: string, query: URLSearchParams | undefined, res: ServerResponse): Promise<void> | undefined {
@@ -127,8 +146,21 @@ export function consumerHandler(consumer: string, backend: ConsumerBackend): Req
     const params = parseQuery(query);
     if (params.version !== undefined) {
       const v = backend.version(name, params.version);
-      if (!v) throw new HttpError(404, 'VERSION_UNKNOWN', `version ${params.version} of "${name}" is not retained (the policy's retain says how many are kept)`);
-      sendJson(res, 200, { name, version: v.version, value: v.value, ...(v.username !== undefined ? { username: v.username } : {}), rotatedAt: v.rotatedAt, state: v.state, ...(v.validUntil ? { validUntil: v.validUntil } : {}) });
+      if (!v)
+        throw new HttpError(
+          404,
+          'VERSION_UNKNOWN',
+          `version ${params.version} of "${name}" is not retained (the policy's retain says how many are kept)`,
+        );
+      sendJson(res, 200, {
+        name,
+        version: v.version,
+        value: v.value,
+        ...(v.username !== undefined ? { username: v.username } : {}),
+        rotatedAt: v.rotatedAt,
+        state: v.state,
+        ...(v.validUntil ? { validUntil: v.validUntil } : {}),
+      });
       backend.observe(consumer, 200);
       return undefined;
     }
@@ -142,14 +174,24 @@ export function consumerHandler(consumer: string, backend: ConsumerBackend): Req
   }
 
   function answer(name: string, cur: { version: number; json: string } | undefined, res: ServerResponse): void {
-    if (!cur) throw new HttpError(503, 'SECRET_NOT_READY', `"${name}" has no value yet (a new secret is being created, or its source has not given one); retry, or long-poll with ?wait=`);
+    if (!cur)
+      throw new HttpError(
+        503,
+        'SECRET_NOT_READY',
+        `"${name}" has no value yet (a new secret is being created, or its source has not given one); retry, or long-poll with ?wait=`,
+      );
     sendText(res, 200, cur.json);
     backend.receipt(consumer, name, cur.version);
     backend.observe(consumer, 200);
   }
 
   async function longPoll(name: string, after: number, waitSeconds: number, res: ServerResponse): Promise<void> {
-    if (waiting >= MAX_WAITERS) throw new HttpError(429, 'TOO_MANY_WAITERS', `consumer "${consumer}" already holds ${MAX_WAITERS} long-polls open`);
+    if (waiting >= MAX_WAITERS)
+      throw new HttpError(
+        429,
+        'TOO_MANY_WAITERS',
+        `consumer "${consumer}" already holds ${MAX_WAITERS} long-polls open`,
+      );
     waiting++;
     let cur = backend.current(name);
     try {
@@ -176,12 +218,16 @@ function parseQuery(query: URLSearchParams | undefined): { version?: number; wai
   const out: { version?: number; wait?: number; after?: number } = {};
   if (!query) return out;
   for (const [k, v] of query) {
-    if (k !== 'version' && k !== 'wait' && k !== 'after') throw new HttpError(400, 'BAD_REQUEST', `unknown parameter "${k.slice(0, 40)}": use version, or wait and after`);
+    if (k !== 'version' && k !== 'wait' && k !== 'after')
+      throw new HttpError(400, 'BAD_REQUEST', `unknown parameter "${k.slice(0, 40)}": use version, or wait and after`);
     if (!/^\d{1,9}$/.test(v)) throw new HttpError(400, 'BAD_REQUEST', `${k} must be a whole number`);
     out[k] = Number(v);
   }
-  if (out.version !== undefined && (out.wait !== undefined || out.after !== undefined)) throw new HttpError(400, 'BAD_REQUEST', 'version cannot be combined with wait or after');
-  if (out.after !== undefined && out.wait === undefined) throw new HttpError(400, 'BAD_REQUEST', 'after needs wait (seconds to wait for a newer version)');
-  if (out.wait !== undefined && out.wait > MAX_WAIT_SECONDS) throw new HttpError(400, 'BAD_REQUEST', `wait is at most ${MAX_WAIT_SECONDS} seconds`);
+  if (out.version !== undefined && (out.wait !== undefined || out.after !== undefined))
+    throw new HttpError(400, 'BAD_REQUEST', 'version cannot be combined with wait or after');
+  if (out.after !== undefined && out.wait === undefined)
+    throw new HttpError(400, 'BAD_REQUEST', 'after needs wait (seconds to wait for a newer version)');
+  if (out.wait !== undefined && out.wait > MAX_WAIT_SECONDS)
+    throw new HttpError(400, 'BAD_REQUEST', `wait is at most ${MAX_WAIT_SECONDS} seconds`);
   return out;
 }

@@ -76,17 +76,27 @@ export class ConsumerSockets {
   /** Creates or checks SOCKET_DIR and clears what a crashed daemon left. */
   async open(): Promise<void> {
     const dir = this.o.dir;
-    const symlink = () => new SocketError('SOCKET_DIR_SYMLINK', `${dir} is a symbolic link; the daemon does not follow one to chmod its target or put sockets there: remove the link, or pass the real directory as --socket-dir`);
+    const symlink = () =>
+      new SocketError(
+        'SOCKET_DIR_SYMLINK',
+        `${dir} is a symbolic link; the daemon does not follow one to chmod its target or put sockets there: remove the link, or pass the real directory as --socket-dir`,
+      );
     const existing = await lstat(dir).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return undefined;
-      throw new SocketError('SOCKET_DIR_UNUSABLE', `cannot examine the socket directory ${dir} (${e.code}): check the permissions of its parents, or pass another --socket-dir`);
+      throw new SocketError(
+        'SOCKET_DIR_UNUSABLE',
+        `cannot examine the socket directory ${dir} (${e.code}): check the permissions of its parents, or pass another --socket-dir`,
+      );
     });
     if (existing?.isSymbolicLink()) throw symlink();
     if (!existing) {
       try {
         await mkdir(dir, { recursive: true, mode: 0o711 });
       } catch (e) {
-        throw new SocketError('SOCKET_DIR_UNUSABLE', `cannot create the socket directory ${dir} (${(e as NodeJS.ErrnoException).code}): create it for the daemon's user, or pass another --socket-dir`);
+        throw new SocketError(
+          'SOCKET_DIR_UNUSABLE',
+          `cannot create the socket directory ${dir} (${(e as NodeJS.ErrnoException).code}): create it for the daemon's user, or pass another --socket-dir`,
+        );
       }
     }
     // O_NOFOLLOW: a link put in place since the lstat is refused, not followed; what is checked and
@@ -98,13 +108,24 @@ export class ConsumerSockets {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ELOOP') throw symlink();
       if (code === 'ENOTDIR') throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} is not a directory`);
-      throw new SocketError('SOCKET_DIR_UNUSABLE', `cannot open the socket directory ${dir} (${code}): make it the daemon's, or pass another --socket-dir`);
+      throw new SocketError(
+        'SOCKET_DIR_UNUSABLE',
+        `cannot open the socket directory ${dir} (${code}): make it the daemon's, or pass another --socket-dir`,
+      );
     }
     try {
       const st = await fh.stat();
       const uid = process.getuid?.() ?? 0;
-      if (st.uid !== uid) throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} belongs to uid ${st.uid}, not to the daemon's user (${uid}): use a directory of the daemon's own (--socket-dir)`);
-      if ((st.mode & 0o022) !== 0) throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}): another user could replace a socket; make it 0711 (chmod 711 ${dir})`);
+      if (st.uid !== uid)
+        throw new SocketError(
+          'SOCKET_DIR_UNSAFE',
+          `${dir} belongs to uid ${st.uid}, not to the daemon's user (${uid}): use a directory of the daemon's own (--socket-dir)`,
+        );
+      if ((st.mode & 0o022) !== 0)
+        throw new SocketError(
+          'SOCKET_DIR_UNSAFE',
+          `${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}): another user could replace a socket; make it 0711 (chmod 711 ${dir})`,
+        );
       if ((st.mode & 0o777) !== 0o711) await fh.chmod(0o711);
     } finally {
       await fh.close();
@@ -116,7 +137,11 @@ export class ConsumerSockets {
       } else if (entry.endsWith('.sock')) {
         const s = await lstat(p).catch(() => undefined);
         if (!s?.isSocket()) continue;
-        if (await answers(p)) throw new SocketError('SOCKET_DIR_IN_USE', `${p} is served by another process (another rotor daemon?): stop it or give this daemon its own --socket-dir`);
+        if (await answers(p))
+          throw new SocketError(
+            'SOCKET_DIR_IN_USE',
+            `${p} is served by another process (another rotor daemon?): stop it or give this daemon its own --socket-dir`,
+          );
         await unlink(p).catch(() => undefined);
       }
     }
@@ -145,10 +170,18 @@ export class ConsumerSockets {
         const server = await this.bind(spec);
         this.bound.set(spec.name, { spec, server, path: this.pathOf(spec.name) });
         if (old) await closeServer(old.server); // connections of the old owner end
-        this.o.log('info', old ? 'consumer socket rebound for a new owner' : 'consumer socket ready', { consumer: spec.name, uid: spec.uid, gid: spec.gid ?? process.getgid?.() });
+        this.o.log('info', old ? 'consumer socket rebound for a new owner' : 'consumer socket ready', {
+          consumer: spec.name,
+          uid: spec.uid,
+          gid: spec.gid ?? process.getgid?.(),
+        });
       } catch (e) {
         const err = e as { code?: string; message?: string };
-        this.o.log('error', 'consumer socket could not be made; that consumer cannot read until this is fixed', { consumer: spec.name, code: err.code ?? 'ERROR', reason: err.message });
+        this.o.log('error', 'consumer socket could not be made; that consumer cannot read until this is fixed', {
+          consumer: spec.name,
+          code: err.code ?? 'ERROR',
+          reason: err.message,
+        });
       }
     }
   }
@@ -159,11 +192,19 @@ export class ConsumerSockets {
 
   private async bind(spec: ConsumerSocketSpec): Promise<Server> {
     const final = this.pathOf(spec.name);
-    if (Buffer.byteLength(final) > MAX_SOCKET_PATH) throw new SocketError('SOCKET_PATH_TOO_LONG', `${final} is longer than the ${MAX_SOCKET_PATH} bytes a Unix socket path may have: use a shorter --socket-dir`);
+    if (Buffer.byteLength(final) > MAX_SOCKET_PATH)
+      throw new SocketError(
+        'SOCKET_PATH_TOO_LONG',
+        `${final} is longer than the ${MAX_SOCKET_PATH} bytes a Unix socket path may have: use a shorter --socket-dir`,
+      );
     const priv = await mkdtemp(path.join(this.o.dir, '.bind-')); // 0700, the daemon's
     try {
       const tmp = path.join(priv, 's');
-      if (Buffer.byteLength(tmp) > MAX_SOCKET_PATH) throw new SocketError('SOCKET_PATH_TOO_LONG', `${tmp} is longer than ${MAX_SOCKET_PATH} bytes: use a shorter --socket-dir`);
+      if (Buffer.byteLength(tmp) > MAX_SOCKET_PATH)
+        throw new SocketError(
+          'SOCKET_PATH_TOO_LONG',
+          `${tmp} is longer than ${MAX_SOCKET_PATH} bytes: use a shorter --socket-dir`,
+        );
       const server = boundedServer(CONSUMER_SOCKET_LIMITS, this.o.handler(spec.name));
       await listenPrivately(server, tmp);
       try {
@@ -172,7 +213,10 @@ export class ConsumerSockets {
         await lchown(tmp, spec.uid, spec.gid ?? process.getgid?.() ?? 0);
         const given = await lstat(tmp);
         if (!given.isSocket() || given.ino !== bound.ino || given.dev !== bound.dev) {
-          throw new SocketError('SOCKET_DIR_UNSAFE', `${tmp} was replaced while the daemon made it: something else writes to ${this.o.dir}; give the daemon a directory of its own (--socket-dir)`);
+          throw new SocketError(
+            'SOCKET_DIR_UNSAFE',
+            `${tmp} was replaced while the daemon made it: something else writes to ${this.o.dir}; give the daemon a directory of its own (--socket-dir)`,
+          );
         }
         await chmod(tmp, 0o600);
         await rename(tmp, final);
@@ -180,7 +224,11 @@ export class ConsumerSockets {
         await closeServer(server);
         if (e instanceof SocketError) throw e;
         const err = e as NodeJS.ErrnoException;
-        if (err.code === 'EPERM') throw new SocketError('SOCKET_CHOWN_DENIED', `cannot give ${final} to uid ${spec.uid}: serving consumers of other users needs root, or CAP_CHOWN and CAP_FOWNER (as deploy/systemd/rotor.service grants)`);
+        if (err.code === 'EPERM')
+          throw new SocketError(
+            'SOCKET_CHOWN_DENIED',
+            `cannot give ${final} to uid ${spec.uid}: serving consumers of other users needs root, or CAP_CHOWN and CAP_FOWNER (as deploy/systemd/rotor.service grants)`,
+          );
         throw e;
       }
       return server;
@@ -193,10 +241,12 @@ export class ConsumerSockets {
   async close(): Promise<void> {
     this.closed = true;
     await this.queue.idle();
-    await Promise.all([...this.bound.values()].map(async (b) => {
-      await unlink(b.path).catch(() => undefined);
-      await closeServer(b.server);
-    }));
+    await Promise.all(
+      [...this.bound.values()].map(async (b) => {
+        await unlink(b.path).catch(() => undefined);
+        await closeServer(b.server);
+      }),
+    );
     this.bound.clear();
   }
 

@@ -1,6 +1,7 @@
 /** Which consumer may read which secret, from the Consumer declarations of the model in force. */
-import type { Desired } from '../model/model.js';
+
 import { compileGlob, type Glob } from '../model/glob.js';
+import type { Desired } from '../model/model.js';
 
 export class Grants {
   private readonly globs = new Map<string, Glob[]>();
@@ -9,7 +10,10 @@ export class Grants {
   constructor(private readonly desired: Desired | undefined) {
     for (const [name, c] of desired?.consumers ?? []) {
       // The loader rejected invalid globs before a model is applied.
-      this.globs.set(name, c.decl.secrets.map((g) => compileGlob(g)).filter((g): g is Glob => typeof g !== 'string'));
+      this.globs.set(
+        name,
+        c.decl.secrets.map((g) => compileGlob(g)).filter((g): g is Glob => typeof g !== 'string'),
+      );
     }
   }
 

@@ -4,7 +4,11 @@ import { NEVER, RotorError } from '../errors.js';
 
 /** A request refused with an HTTP status and a code: the client must send another request. */
 export class HttpError extends RotorError {
-  constructor(readonly status: number, code: string, message: string) {
+  constructor(
+    readonly status: number,
+    code: string,
+    message: string,
+  ) {
     super(code, message, { retry: NEVER });
   }
 }
@@ -26,15 +30,38 @@ export function readBody(req: IncomingMessage, limits: BodyLimits): Promise<Buff
   const declared = req.headers['content-length'];
   // node:http has refused a malformed or repeated Content-Length already (400).
   if (declared !== undefined && Number(declared) > limits.limit) {
-    return Promise.reject(new HttpError(413, 'BODY_TOO_LARGE', `the request body is ${declared} bytes, over the ${limits.limit}-byte limit of ${req.method} ${(req.url ?? '').slice(0, 100)}`));
+    return Promise.reject(
+      new HttpError(
+        413,
+        'BODY_TOO_LARGE',
+        `the request body is ${declared} bytes, over the ${limits.limit}-byte limit of ${req.method} ${(req.url ?? '').slice(0, 100)}`,
+      ),
+    );
   }
   return new Promise<Buffer>((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
-    const timer = setTimeout(() => fail(new HttpError(408, 'BODY_TIMEOUT', `the request body did not arrive within ${limits.timeoutMs} ms: send it at once`)), limits.timeoutMs);
+    const timer = setTimeout(
+      () =>
+        fail(
+          new HttpError(
+            408,
+            'BODY_TIMEOUT',
+            `the request body did not arrive within ${limits.timeoutMs} ms: send it at once`,
+          ),
+        ),
+      limits.timeoutMs,
+    );
     const onData = (chunk: Buffer) => {
       size += chunk.length;
-      if (size > limits.limit) fail(new HttpError(413, 'BODY_TOO_LARGE', `the request body is over the ${limits.limit}-byte limit of ${req.method} ${(req.url ?? '').slice(0, 100)}`));
+      if (size > limits.limit)
+        fail(
+          new HttpError(
+            413,
+            'BODY_TOO_LARGE',
+            `the request body is over the ${limits.limit}-byte limit of ${req.method} ${(req.url ?? '').slice(0, 100)}`,
+          ),
+        );
       else chunks.push(chunk);
     };
     const onEnd = () => {
@@ -42,7 +69,8 @@ export function readBody(req: IncomingMessage, limits: BodyLimits): Promise<Buff
       resolve(Buffer.concat(chunks, size));
     };
     const onClose = () => {
-      if (!req.complete) fail(new HttpError(400, 'BODY_INCOMPLETE', 'the connection closed before the request body was complete'));
+      if (!req.complete)
+        fail(new HttpError(400, 'BODY_INCOMPLETE', 'the connection closed before the request body was complete'));
     };
     const done = () => {
       clearTimeout(timer);
@@ -81,7 +109,14 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
 
 /** Sends JSON text (already serialized). */
 export function sendText(res: ServerResponse, status: number, text: string): void {
-  res.writeHead(status, ['content-type', 'application/json', 'cache-control', 'no-store', 'content-length', String(Buffer.byteLength(text))]);
+  res.writeHead(status, [
+    'content-type',
+    'application/json',
+    'cache-control',
+    'no-store',
+    'content-length',
+    String(Buffer.byteLength(text)),
+  ]);
   res.end(text);
 }
 

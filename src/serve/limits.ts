@@ -32,15 +32,22 @@ export type RefusedConnection = (why: 'peer' | 'total', peer: string | undefined
  * An http.Server with these limits. Connections over the total are dropped by Node (server.maxConnections);
  * over the per-peer count, destroyed before their first byte is parsed.
  */
-export function boundedServer(limits: ListenerLimits, listener: RequestListener | undefined, onRefused?: RefusedConnection): Server {
-  const server = createServer({
-    maxHeaderSize: limits.maxHeaderSize,
-    headersTimeout: limits.headersTimeoutMs,
-    requestTimeout: Math.max(limits.requestTimeoutMs, limits.headersTimeoutMs),
-    keepAliveTimeout: limits.keepAliveTimeoutMs,
-    connectionsCheckingInterval: checkingInterval(limits),
-    requireHostHeader: true,
-  }, listener);
+export function boundedServer(
+  limits: ListenerLimits,
+  listener: RequestListener | undefined,
+  onRefused?: RefusedConnection,
+): Server {
+  const server = createServer(
+    {
+      maxHeaderSize: limits.maxHeaderSize,
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: Math.max(limits.requestTimeoutMs, limits.headersTimeoutMs),
+      keepAliveTimeout: limits.keepAliveTimeoutMs,
+      connectionsCheckingInterval: checkingInterval(limits),
+      requireHostHeader: true,
+    },
+    listener,
+  );
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;
   server.maxHeadersCount = 100;
   server.maxConnections = limits.maxConnections;
@@ -78,7 +85,10 @@ function checkingInterval(limits: ListenerLimits): number {
  * At most one log line per key every `intervalMs`, with the number of events it stands for. For
  * refusals that a peer can cause at will, so that a flood does not become a flood of log lines.
  */
-export function rateLimited(intervalMs: number, now: () => number = Date.now): (key: string, emit: (suppressed: number) => void) => void {
+export function rateLimited(
+  intervalMs: number,
+  now: () => number = Date.now,
+): (key: string, emit: (suppressed: number) => void) => void {
   const last = new Map<string, { at: number; suppressed: number }>();
   return (key, emit) => {
     const t = now();

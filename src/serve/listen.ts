@@ -9,7 +9,12 @@ import { NEVER, RotorError } from '../errors.js';
  * its cause), neither retried: the daemon does not start. Returns the bound address and a close that
  * also ends open connections.
  */
-export async function listenTcp(server: Server, listen: string, flag: string, code: string): Promise<{ address: string; close: () => Promise<void> }> {
+export async function listenTcp(
+  server: Server,
+  listen: string,
+  flag: string,
+  code: string,
+): Promise<{ address: string; close: () => Promise<void> }> {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:]+):(\d{1,5})$/.exec(listen);
   if (!m || Number(m[2]) > 65535) {
     throw new RotorError(`${code}_INVALID`, `${flag} ${listen} is not HOST:PORT`, { retry: NEVER });
@@ -24,9 +29,10 @@ export async function listenTcp(server: Server, listen: string, flag: string, co
   const a = server.address() as AddressInfo;
   return {
     address: `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`,
-    close: () => new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      server.closeAllConnections();
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
 }

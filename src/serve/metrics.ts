@@ -10,24 +10,38 @@
  */
 import diagnostics_channel from 'node:diagnostics_channel';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { NEVER, RotorError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { boundedServer, rateLimited, type ListenerLimits } from './limits.js';
+import { boundedServer, type ListenerLimits, rateLimited } from './limits.js';
 import { listenTcp } from './listen.js';
-import { renderStatusPage, STATUS_PAGE_HEADERS } from './status-page.js';
 import type { StatusReading } from './status.js';
+import { renderStatusPage, STATUS_PAGE_HEADERS } from './status-page.js';
 
 /** What the metrics read from the daemon at scrape time: its status. */
 export interface MetricsSource {
   status(): StatusReading;
 }
 
-export function metricsRegistry(source: MetricsSource): { registry: Registry; newScrape: () => void; close: () => void } {
+export function metricsRegistry(source: MetricsSource): {
+  registry: Registry;
+  newScrape: () => void;
+  close: () => void;
+} {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'rotor_process_' });
-  const rotations = new Counter({ name: 'rotor_rotations_total', help: 'Rotations by result (success: a new version became current; failure: a failed attempt, retried with backoff).', labelNames: ['result'], registers: [registry] });
-  const duration = new Histogram({ name: 'rotor_rotation_duration_seconds', help: 'Time from a new pending value to its promotion (database secrets: including the agent).', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers: [registry] });
+  const rotations = new Counter({
+    name: 'rotor_rotations_total',
+    help: 'Rotations by result (success: a new version became current; failure: a failed attempt, retried with backoff).',
+    labelNames: ['result'],
+    registers: [registry],
+  });
+  const duration = new Histogram({
+    name: 'rotor_rotation_duration_seconds',
+    help: 'Time from a new pending value to its promotion (database secrets: including the agent).',
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [registry],
+  });
   const started = new Map<string, number>();
   const onStep = (m: unknown) => {
     const e = m as { secret: string; step: string };
@@ -48,7 +62,10 @@ export function metricsRegistry(source: MetricsSource): { registry: Registry; ne
   let snapshot: ReturnType<MetricsSource['status']> | undefined;
   const st = () => (snapshot ??= source.status());
   new Gauge({
-    name: 'rotor_secret_age_seconds', help: 'Age of each secret\'s current version.', labelNames: ['secret'], registers: [registry],
+    name: 'rotor_secret_age_seconds',
+    help: "Age of each secret's current version.",
+    labelNames: ['secret'],
+    registers: [registry],
     collect() {
       this.reset();
       const s = st();
@@ -57,53 +74,133 @@ export function metricsRegistry(source: MetricsSource): { registry: Registry; ne
     },
   });
   new Gauge({
-    name: 'rotor_secret_version', help: 'Current version of each secret.', labelNames: ['secret'], registers: [registry],
+    name: 'rotor_secret_version',
+    help: 'Current version of each secret.',
+    labelNames: ['secret'],
+    registers: [registry],
     collect() {
       this.reset();
       for (const x of st().secrets) if (x.version !== undefined) this.set({ secret: x.name }, x.version);
     },
   });
   new Gauge({
-    name: 'rotor_secret_overdue', help: '1 for a secret older than its policy\'s maxAge or more than an hour late.', labelNames: ['secret'], registers: [registry],
+    name: 'rotor_secret_overdue',
+    help: "1 for a secret older than its policy's maxAge or more than an hour late.",
+    labelNames: ['secret'],
+    registers: [registry],
     collect() {
       this.reset();
       for (const x of st().secrets) this.set({ secret: x.name }, x.overdue ? 1 : 0);
     },
   });
-  new Gauge({ name: 'rotor_secrets_overdue', help: 'How many secrets are overdue.', registers: [registry], collect() { this.set(st().secrets.filter((x) => x.overdue).length); } });
-  new Gauge({ name: 'rotor_rotations_failing', help: 'How many secrets have a failing rotation (retried with backoff).', registers: [registry], collect() { this.set(st().secrets.filter((x) => x.failing).length); } });
-  new Gauge({ name: 'rotor_consumers_behind', help: 'Consumers that last read an older version than the current one, per secret.', labelNames: ['secret'], registers: [registry], collect() {
-    this.reset();
-    for (const x of st().secrets) this.set({ secret: x.name }, x.consumers.filter((c) => c.behind).length);
-  } });
-  new Gauge({ name: 'rotor_audit_unpushed', help: '1 while audit entries wait to be committed or pushed.', registers: [registry], collect() { const a = st().audit; this.set(a && (a.commitPending || a.pushFailures > 0) ? 1 : 0); } });
   new Gauge({
-    name: 'rotor_storage_failing', help: '1 while the audit log or the state store cannot be written (rotations are paused).', labelNames: ['store'], registers: [registry],
+    name: 'rotor_secrets_overdue',
+    help: 'How many secrets are overdue.',
+    registers: [registry],
+    collect() {
+      this.set(st().secrets.filter((x) => x.overdue).length);
+    },
+  });
+  new Gauge({
+    name: 'rotor_rotations_failing',
+    help: 'How many secrets have a failing rotation (retried with backoff).',
+    registers: [registry],
+    collect() {
+      this.set(st().secrets.filter((x) => x.failing).length);
+    },
+  });
+  new Gauge({
+    name: 'rotor_consumers_behind',
+    help: 'Consumers that last read an older version than the current one, per secret.',
+    labelNames: ['secret'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const x of st().secrets) this.set({ secret: x.name }, x.consumers.filter((c) => c.behind).length);
+    },
+  });
+  new Gauge({
+    name: 'rotor_audit_unpushed',
+    help: '1 while audit entries wait to be committed or pushed.',
+    registers: [registry],
+    collect() {
+      const a = st().audit;
+      this.set(a && (a.commitPending || a.pushFailures > 0) ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'rotor_storage_failing',
+    help: '1 while the audit log or the state store cannot be written (rotations are paused).',
+    labelNames: ['store'],
+    registers: [registry],
     collect() {
       const s = st();
       this.set({ store: 'audit' }, s.audit?.failing ? 1 : 0);
       this.set({ store: 'state' }, s.store?.failing ? 1 : 0);
     },
   });
-  new Gauge({ name: 'rotor_audit_push_failures', help: 'Failed pushes of the audit log since the last success.', registers: [registry], collect() { this.set(st().audit?.pushFailures ?? 0); } });
-  new Gauge({ name: 'rotor_agent_last_contact_seconds', help: 'Seconds since each declared agent last called (absent: never).', labelNames: ['agent'], registers: [registry], collect() {
-    this.reset();
-    const s = st();
-    const now = Date.parse(s.now);
-    for (const a of s.agents?.agents ?? []) if (a.lastSeen) this.set({ agent: a.name }, (now - Date.parse(a.lastSeen)) / 1000);
-  } });
-  new Gauge({ name: 'rotor_config_info', help: 'The config commit applied (value 1), and the last attempted one if it differs (rejected).', labelNames: ['commit', 'state'], registers: [registry], collect() {
-    this.reset();
-    const c = st().config;
-    if (c.applied) this.set({ commit: c.applied.commit, state: 'applied' }, 1);
-    if (c.attempted && c.attempted.commit !== c.applied?.commit) this.set({ commit: c.attempted.commit, state: 'rejected' }, 1);
-  } });
-  new Gauge({ name: 'rotor_repository_held', help: '1 while the clone does not take the remote head (its audit path is a link, a file or a submodule: GIT_AUDIT_PATH_UNSAFE).', registers: [registry], collect() { this.set(st().config.held ? 1 : 0); } });
-  new Gauge({ name: 'rotor_config_applied_timestamp_seconds', help: 'When the applied commit was applied.', registers: [registry], collect() { const a = st().config.applied; if (a) this.set(Date.parse(a.at) / 1000); } });
-  new Gauge({ name: 'rotor_socket_requests', help: 'Consumer socket requests by consumer and HTTP status (a counter kept by the daemon).', labelNames: ['consumer', 'status'], registers: [registry], collect() {
-    this.reset();
-    for (const r of st().sockets?.requests ?? []) this.set({ consumer: r.consumer, status: String(r.status) }, r.count);
-  } });
+  new Gauge({
+    name: 'rotor_audit_push_failures',
+    help: 'Failed pushes of the audit log since the last success.',
+    registers: [registry],
+    collect() {
+      this.set(st().audit?.pushFailures ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'rotor_agent_last_contact_seconds',
+    help: 'Seconds since each declared agent last called (absent: never).',
+    labelNames: ['agent'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const s = st();
+      const now = Date.parse(s.now);
+      for (const a of s.agents?.agents ?? [])
+        if (a.lastSeen) this.set({ agent: a.name }, (now - Date.parse(a.lastSeen)) / 1000);
+    },
+  });
+  new Gauge({
+    name: 'rotor_config_info',
+    help: 'The config commit applied (value 1), and the last attempted one if it differs (rejected).',
+    labelNames: ['commit', 'state'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const c = st().config;
+      if (c.applied) this.set({ commit: c.applied.commit, state: 'applied' }, 1);
+      if (c.attempted && c.attempted.commit !== c.applied?.commit)
+        this.set({ commit: c.attempted.commit, state: 'rejected' }, 1);
+    },
+  });
+  new Gauge({
+    name: 'rotor_repository_held',
+    help: '1 while the clone does not take the remote head (its audit path is a link, a file or a submodule: GIT_AUDIT_PATH_UNSAFE).',
+    registers: [registry],
+    collect() {
+      this.set(st().config.held ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'rotor_config_applied_timestamp_seconds',
+    help: 'When the applied commit was applied.',
+    registers: [registry],
+    collect() {
+      const a = st().config.applied;
+      if (a) this.set(Date.parse(a.at) / 1000);
+    },
+  });
+  new Gauge({
+    name: 'rotor_socket_requests',
+    help: 'Consumer socket requests by consumer and HTTP status (a counter kept by the daemon).',
+    labelNames: ['consumer', 'status'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const r of st().sockets?.requests ?? [])
+        this.set({ consumer: r.consumer, status: String(r.status) }, r.count);
+    },
+  });
   return { registry, newScrape: () => (snapshot = undefined), close: () => channel.unsubscribe(onStep) };
 }
 
@@ -164,7 +261,12 @@ function isLoopback(host: string): boolean {
  * allowed: only HTTP/1.0 may omit it (node:http refuses an HTTP/1.1 request without one), and a
  * browser always sends it, so a rebinding page cannot.
  */
-export function hostAllowed(hostHeader: string | undefined, localAddress: string | undefined, port: number, names: HostNames): boolean {
+export function hostAllowed(
+  hostHeader: string | undefined,
+  localAddress: string | undefined,
+  port: number,
+  names: HostNames,
+): boolean {
   if (hostHeader === undefined) return true;
   const h = parseHost(hostHeader);
   if (!h) return false;
@@ -196,7 +298,11 @@ export function parseMetricsHosts(values: readonly string[]): HostNames {
 }
 
 /** Listens on HOST:PORT for GET /metrics and the status page (GET or HEAD / and /status). */
-export async function listenMetrics(listen: string, source: MetricsSource & StatusPageSource, o: MetricsOptions = {}): Promise<{ address: string; close: () => Promise<void> }> {
+export async function listenMetrics(
+  listen: string,
+  source: MetricsSource & StatusPageSource,
+  o: MetricsOptions = {},
+): Promise<{ address: string; close: () => Promise<void> }> {
   const limits: ListenerLimits = { ...METRICS_LIMITS, ...o.limits };
   const names = parseMetricsHosts(o.hosts ?? []);
   const once = rateLimited(10_000);
@@ -205,18 +311,38 @@ export async function listenMetrics(listen: string, source: MetricsSource & Stat
   let port = 0;
   const refuse = (res: ServerResponse, status: number, code: string, message: string) => {
     const text = JSON.stringify({ error: { code, message } });
-    res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'content-length': Buffer.byteLength(text), connection: 'close' });
+    res.writeHead(status, {
+      'content-type': 'application/json',
+      'cache-control': 'no-store',
+      'x-content-type-options': 'nosniff',
+      'content-length': Buffer.byteLength(text),
+      connection: 'close',
+    });
     res.end(text);
   };
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     const host = req.headers.host;
     if (!hostAllowed(host, req.socket.localAddress, port, names)) {
       const shown = JSON.stringify((host ?? '').slice(0, 100));
-      once('HOST_NOT_ALLOWED', (suppressed) => o.log?.('warn', 'metrics request refused: Host is not this listener', { code: 'HOST_NOT_ALLOWED', host: (host ?? '').slice(0, 100), ...(suppressed ? { suppressed } : {}) }));
-      refuse(res, 421, 'HOST_NOT_ALLOWED', `the Host header ${shown} names neither this listener (its address and port, or localhost on loopback) nor a name given with --metrics-host: to reach it through a proxy or by another name, start the daemon with --metrics-host NAME`);
+      once('HOST_NOT_ALLOWED', (suppressed) =>
+        o.log?.('warn', 'metrics request refused: Host is not this listener', {
+          code: 'HOST_NOT_ALLOWED',
+          host: (host ?? '').slice(0, 100),
+          ...(suppressed ? { suppressed } : {}),
+        }),
+      );
+      refuse(
+        res,
+        421,
+        'HOST_NOT_ALLOWED',
+        `the Host header ${shown} names neither this listener (its address and port, or localhost on loopback) nor a name given with --metrics-host: to reach it through a proxy or by another name, start the daemon with --metrics-host NAME`,
+      );
       return;
     }
-    if ((req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0') || req.headers['transfer-encoding'] !== undefined) {
+    if (
+      (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0') ||
+      req.headers['transfer-encoding'] !== undefined
+    ) {
       refuse(res, 400, 'BODY_NOT_ALLOWED', 'the metrics listener takes GET and HEAD, without a body');
       return;
     }
@@ -242,21 +368,32 @@ export async function listenMetrics(listen: string, source: MetricsSource & Stat
     }
     if (req.method === 'GET' && req.url === '/metrics') {
       newScrape();
-      registry.metrics().then((text) => {
-        res.writeHead(200, { 'content-type': registry.contentType, 'cache-control': 'no-store' });
-        res.end(text);
-      }, () => {
-        res.writeHead(500, { 'content-type': 'text/plain' });
-        res.end('metrics failed\n');
-      });
+      registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { 'content-type': registry.contentType, 'cache-control': 'no-store' });
+          res.end(text);
+        },
+        () => {
+          res.writeHead(500, { 'content-type': 'text/plain' });
+          res.end('metrics failed\n');
+        },
+      );
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
     res.end('GET /metrics (Prometheus), GET / (the status page)\n');
   };
-  const server: Server = boundedServer(limits, handler, (why, peer) => once(`connection-${why}`, (suppressed) => {
-    o.log?.('warn', why === 'peer' ? 'metrics connection refused: too many from one address' : 'metrics connection refused: too many open', { code: why === 'peer' ? 'METRICS_PEER_CONNECTIONS' : 'METRICS_CONNECTIONS', peer, suppressed });
-  }));
+  const server: Server = boundedServer(limits, handler, (why, peer) =>
+    once(`connection-${why}`, (suppressed) => {
+      o.log?.(
+        'warn',
+        why === 'peer'
+          ? 'metrics connection refused: too many from one address'
+          : 'metrics connection refused: too many open',
+        { code: why === 'peer' ? 'METRICS_PEER_CONNECTIONS' : 'METRICS_CONNECTIONS', peer, suppressed },
+      );
+    }),
+  );
   const bound = await listenTcp(server, listen, '--metrics-listen', 'METRICS_LISTEN');
   port = Number(bound.address.slice(bound.address.lastIndexOf(':') + 1));
   return {

@@ -7,6 +7,7 @@
  */
 
 import type { RecentView, SecretStatusView, StatusReading } from './status.js';
+
 export type { RecentView, StorageFailingView } from './status.js';
 
 /** What the page reads: the daemon's status. */
@@ -41,7 +42,12 @@ export function esc(text: string | number | undefined): string {
 function human(ms: number): string {
   let rest = Math.round(Math.abs(ms) / 1000);
   const parts: string[] = [];
-  for (const [n, u] of [[86400, 'd'], [3600, 'h'], [60, 'm'], [1, 's']] as const) {
+  for (const [n, u] of [
+    [86400, 'd'],
+    [3600, 'h'],
+    [60, 'm'],
+    [1, 's'],
+  ] as const) {
     if (rest >= n && parts.length < 2) {
       parts.push(`${Math.floor(rest / n)}${u}`);
       rest %= n;
@@ -131,15 +137,19 @@ function secretsTable(all: readonly SecretView[], now: number): string {
   if (all.length === 0) return '<p class="empty">No secret is declared in the applied commit.</p>';
   const rows = [...all].sort((a, b) => rank(a) - rank(b) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const shown = rows.slice(0, MAX_SECRET_ROWS);
-  const body = shown.map((s) => {
-    const cls = s.failing ? 'failing' : s.overdue ? 'overdue' : s.pending ? 'rotating' : '';
-    const rotated = s.rotatedAt ? Date.parse(s.rotatedAt) : undefined;
-    const source = s.target
-      ? `${esc(s.source ?? 'database')}<div class="sub">${esc(s.strategy)} → ${esc(s.target)}${s.engine ? ` (${esc(s.engine)})` : ''}</div>`
-      : esc(s.source ?? '–');
-    const next = nextCell(s, now);
-    const last = rotated === undefined ? '<span class="muted">never</span>' : `${esc(ago(now, rotated))}<div class="sub">${esc(utc(rotated))}</div>`;
-    return `<tr class="${cls}" data-secret="${esc(s.name)}">
+  const body = shown
+    .map((s) => {
+      const cls = s.failing ? 'failing' : s.overdue ? 'overdue' : s.pending ? 'rotating' : '';
+      const rotated = s.rotatedAt ? Date.parse(s.rotatedAt) : undefined;
+      const source = s.target
+        ? `${esc(s.source ?? 'database')}<div class="sub">${esc(s.strategy)} → ${esc(s.target)}${s.engine ? ` (${esc(s.engine)})` : ''}</div>`
+        : esc(s.source ?? '–');
+      const next = nextCell(s, now);
+      const last =
+        rotated === undefined
+          ? '<span class="muted">never</span>'
+          : `${esc(ago(now, rotated))}<div class="sub">${esc(utc(rotated))}</div>`;
+      return `<tr class="${cls}" data-secret="${esc(s.name)}">
 <td><span class="name">${esc(s.name)}</span>${s.policy ? `<div class="sub">policy ${esc(s.policy)}</div>` : ''}</td>
 <td class="num">${version(s.version)}</td>
 <td>${source}</td>
@@ -148,8 +158,12 @@ function secretsTable(all: readonly SecretView[], now: number): string {
 <td>${next}</td>
 <td>${stateCell(s, now)}</td>
 </tr>`;
-  }).join('\n');
-  const more = rows.length > shown.length ? `<p class="muted small">${rows.length - shown.length} more secrets not shown (all without problems); <code>rotor status --json</code> lists every one.</p>` : '';
+    })
+    .join('\n');
+  const more =
+    rows.length > shown.length
+      ? `<p class="muted small">${rows.length - shown.length} more secrets not shown (all without problems); <code>rotor status --json</code> lists every one.</p>`
+      : '';
   return `<table class="secrets">
 <thead><tr><th>Secret</th><th class="num">Version</th><th>Source</th><th>Age</th><th>Last rotation</th><th>Next rotation</th><th>State</th></tr></thead>
 <tbody>
@@ -184,10 +198,16 @@ function nextCell(s: SecretView, now: number): string {
 
 function stateCell(s: SecretView, now: number): string {
   const badges: string[] = [];
-  if (s.failing) badges.push(`<span class="badge bad">failing</span><div class="sub err"><code>${esc(s.failing.error)}</code> · ${s.failing.attempts} attempt${s.failing.attempts === 1 ? '' : 's'} · ${retry(s.failing.retryAt, now)}</div>`);
+  if (s.failing)
+    badges.push(
+      `<span class="badge bad">failing</span><div class="sub err"><code>${esc(s.failing.error)}</code> · ${s.failing.attempts} attempt${s.failing.attempts === 1 ? '' : 's'} · ${retry(s.failing.retryAt, now)}</div>`,
+    );
   if (s.overdue) badges.push('<span class="badge warn">overdue</span>');
   if (s.pending && !s.failing) badges.push('<span class="badge info">rotating</span>');
-  if (badges.length === 0) badges.push(s.version === undefined ? '<span class="badge none">no version yet</span>' : '<span class="badge ok">ok</span>');
+  if (badges.length === 0)
+    badges.push(
+      s.version === undefined ? '<span class="badge none">no version yet</span>' : '<span class="badge ok">ok</span>',
+    );
   return badges.join(' ');
 }
 
@@ -195,21 +215,33 @@ function retry(at: number | undefined, now: number): string {
   return at === undefined ? 'needs a new commit' : at > now ? esc(`retry in ${human(at - now)}`) : 'retrying now';
 }
 
-function behindTable(rows: readonly { consumer: SecretView['consumers'][number]; secret: SecretView }[], now: number): string {
-  if (rows.length === 0) return '<p class="empty">Every consumer has read the current version of each secret it may read.</p>';
+function behindTable(
+  rows: readonly { consumer: SecretView['consumers'][number]; secret: SecretView }[],
+  now: number,
+): string {
+  if (rows.length === 0)
+    return '<p class="empty">Every consumer has read the current version of each secret it may read.</p>';
   // Those on an older version first (they are using it), then those that never read the secret.
-  const sorted = [...rows].sort((a, b) => Number(a.consumer.version === undefined) - Number(b.consumer.version === undefined)
-    || (a.consumer.name < b.consumer.name ? -1 : a.consumer.name > b.consumer.name ? 1 : 0)
-    || (a.secret.name < b.secret.name ? -1 : a.secret.name > b.secret.name ? 1 : 0));
+  const sorted = [...rows].sort(
+    (a, b) =>
+      Number(a.consumer.version === undefined) - Number(b.consumer.version === undefined) ||
+      (a.consumer.name < b.consumer.name ? -1 : a.consumer.name > b.consumer.name ? 1 : 0) ||
+      (a.secret.name < b.secret.name ? -1 : a.secret.name > b.secret.name ? 1 : 0),
+  );
   const shown = sorted.slice(0, MAX_BEHIND_ROWS);
-  const body = shown.map(({ consumer: c, secret: s }) => `<tr data-consumer="${esc(c.name)}">
+  const body = shown
+    .map(
+      ({ consumer: c, secret: s }) => `<tr data-consumer="${esc(c.name)}">
 <td><span class="name">${esc(c.name)}</span></td>
 <td><span class="name">${esc(s.name)}</span></td>
 <td class="num">${c.version === undefined ? '<span class="muted">never read</span>' : `<span class="stale">${version(c.version)}</span>`}</td>
 <td class="num">${version(s.version)}</td>
 <td>${c.readAt ? esc(ago(now, Date.parse(c.readAt))) : '<span class="muted">–</span>'}</td>
-</tr>`).join('\n');
-  const more = sorted.length > shown.length ? `<p class="muted small">${sorted.length - shown.length} more not shown.</p>` : '';
+</tr>`,
+    )
+    .join('\n');
+  const more =
+    sorted.length > shown.length ? `<p class="muted small">${sorted.length - shown.length} more not shown.</p>` : '';
   return `<table class="behind">
 <thead><tr><th>Consumer</th><th>Secret</th><th class="num">Version read</th><th class="num">Current</th><th>Last read</th></tr></thead>
 <tbody>
@@ -220,13 +252,19 @@ ${body}
 
 function agentsTable(agents: StatusView['agents'], now: number): string {
   const list = agents?.agents ?? [];
-  const where = agents?.listen ? `<p class="muted small">Listening for agents on <code>${esc(agents.listen)}</code>.</p>` : '<p class="muted small">Not listening for agents (no <code>--agent-listen</code>).</p>';
+  const where = agents?.listen
+    ? `<p class="muted small">Listening for agents on <code>${esc(agents.listen)}</code>.</p>`
+    : '<p class="muted small">Not listening for agents (no <code>--agent-listen</code>).</p>';
   if (list.length === 0) return `${where}<p class="empty">No agent is declared.</p>`;
-  const body = list.map((a) => `<tr data-agent="${esc(a.name)}">
+  const body = list
+    .map(
+      (a) => `<tr data-agent="${esc(a.name)}">
 <td><span class="name">${esc(a.name)}</span></td>
 <td>${a.lastSeen ? `${esc(ago(now, Date.parse(a.lastSeen)))}<div class="sub">${esc(utc(Date.parse(a.lastSeen)))}</div>` : '<span class="badge warn">never seen</span>'}</td>
 <td class="num">${a.queued}</td>
-</tr>`).join('\n');
+</tr>`,
+    )
+    .join('\n');
   return `${where}<table class="agents">
 <thead><tr><th>Agent</th><th>Last seen</th><th class="num">Queued jobs</th></tr></thead>
 <tbody>
@@ -237,24 +275,41 @@ ${body}
 
 function configList(status: StatusView, now: number): string {
   const { applied, attempted } = status.config;
-  const when = (at: string) => `${esc(ago(now, Date.parse(at)))} <span class="muted small">(${esc(utc(Date.parse(at)))})</span>`;
+  const when = (at: string) =>
+    `${esc(ago(now, Date.parse(at)))} <span class="muted small">(${esc(utc(Date.parse(at)))})</span>`;
   const rows: string[] = [];
-  rows.push(`<dt>Applied commit</dt><dd>${applied ? `<code title="${esc(applied.commit)}">${esc(applied.commit.slice(0, 12))}</code> · ${when(applied.at)}` : '<span class="muted">none yet</span>'}</dd>`);
+  rows.push(
+    `<dt>Applied commit</dt><dd>${applied ? `<code title="${esc(applied.commit)}">${esc(applied.commit.slice(0, 12))}</code> · ${when(applied.at)}` : '<span class="muted">none yet</span>'}</dd>`,
+  );
   if (attempted && attempted.commit !== applied?.commit) {
-    rows.push(`<dt>Last attempted</dt><dd class="err"><code title="${esc(attempted.commit)}">${esc(attempted.commit.slice(0, 12))}</code> · ${when(attempted.at)}<div>rejected${attempted.problems !== undefined ? ` with ${attempted.problems} problem${attempted.problems === 1 ? '' : 's'}` : ''}; the applied commit stays in force</div></dd>`);
+    rows.push(
+      `<dt>Last attempted</dt><dd class="err"><code title="${esc(attempted.commit)}">${esc(attempted.commit.slice(0, 12))}</code> · ${when(attempted.at)}<div>rejected${attempted.problems !== undefined ? ` with ${attempted.problems} problem${attempted.problems === 1 ? '' : 's'}` : ''}; the applied commit stays in force</div></dd>`,
+    );
   } else if (attempted) {
     rows.push('<dt>Last attempted</dt><dd>the applied commit</dd>');
   }
   const held = status.config.held;
-  if (held) rows.push(`<dt>Repository</dt><dd class="err"><span class="badge bad">not followed</span> the clone stays before <code title="${esc(held.commit)}">${esc(held.commit.slice(0, 12))}</code> (<code>${esc(held.code)}</code>)<div>${esc(held.message)}</div></dd>`);
-  for (const [label, f] of [['Audit log', status.audit?.failing], ['State store', status.store?.failing]] as const) {
-    if (f) rows.push(`<dt>${label}</dt><dd class="err"><span class="badge bad">cannot be written</span> since ${when(f.since)} (<code>${esc(f.code)}${f.errno ? `, ${esc(f.errno)}` : ''}</code>): rotations are paused and retried by themselves</dd>`);
+  if (held)
+    rows.push(
+      `<dt>Repository</dt><dd class="err"><span class="badge bad">not followed</span> the clone stays before <code title="${esc(held.commit)}">${esc(held.commit.slice(0, 12))}</code> (<code>${esc(held.code)}</code>)<div>${esc(held.message)}</div></dd>`,
+    );
+  for (const [label, f] of [
+    ['Audit log', status.audit?.failing],
+    ['State store', status.store?.failing],
+  ] as const) {
+    if (f)
+      rows.push(
+        `<dt>${label}</dt><dd class="err"><span class="badge bad">cannot be written</span> since ${when(f.since)} (<code>${esc(f.code)}${f.errno ? `, ${esc(f.errno)}` : ''}</code>): rotations are paused and retried by themselves</dd>`,
+      );
   }
   const a = status.audit;
   if (a) {
-    const text = a.pushFailures > 0
-      ? `<span class="badge warn">not pushed</span> ${a.pushFailures} failed push${a.pushFailures === 1 ? '' : 'es'}${a.pushError ? ` (last <code>${esc(a.pushError.code)}</code>)` : ''}; the entries are kept and retried`
-      : a.commitPending ? '<span class="badge info">committing</span> entries waiting to be committed and pushed' : '<span class="badge ok">pushed</span> every entry is pushed';
+    const text =
+      a.pushFailures > 0
+        ? `<span class="badge warn">not pushed</span> ${a.pushFailures} failed push${a.pushFailures === 1 ? '' : 'es'}${a.pushError ? ` (last <code>${esc(a.pushError.code)}</code>)` : ''}; the entries are kept and retried`
+        : a.commitPending
+          ? '<span class="badge info">committing</span> entries waiting to be committed and pushed'
+          : '<span class="badge ok">pushed</span> every entry is pushed';
     rows.push(`<dt>Audit log</dt><dd>${text}</dd>`);
   }
   return `<dl class="config">${rows.join('')}</dl>`;
@@ -262,7 +317,12 @@ function configList(status: StatusView, now: number): string {
 
 // --- the timeline ---
 
-const EVENT_LABEL: Record<RecentView['event'], string> = { created: 'created', rotated: 'rotated', retired: 'retired', 'rotation-failed': 'failed' };
+const EVENT_LABEL: Record<RecentView['event'], string> = {
+  created: 'created',
+  rotated: 'rotated',
+  retired: 'retired',
+  'rotation-failed': 'failed',
+};
 
 /** One mark for an event at (x, y): the shape as well as the colour tells the kind. */
 function mark(event: RecentView['event'], x: number, y: number, title?: string): string {
@@ -283,16 +343,32 @@ function mark(event: RecentView['event'], x: number, y: number, title?: string):
 }
 
 function describe(e: RecentView): string {
-  const versions = e.event === 'rotated' ? ` ${version(e.from)} → ${version(e.to)}` : e.event === 'created' ? ` ${version(e.to)}` : e.event === 'retired' ? ` ${version(e.from)}` : e.to !== undefined ? ` (${version(e.to)})` : '';
+  const versions =
+    e.event === 'rotated'
+      ? ` ${version(e.from)} → ${version(e.to)}`
+      : e.event === 'created'
+        ? ` ${version(e.to)}`
+        : e.event === 'retired'
+          ? ` ${version(e.from)}`
+          : e.to !== undefined
+            ? ` (${version(e.to)})`
+            : '';
   const why = [e.trigger, e.reason].filter((x) => x !== undefined && x !== '').join(': ');
   return `${utc(Date.parse(e.time))}: ${e.secret} ${e.event === 'rotation-failed' ? 'rotation failed' : e.event}${versions}${e.error ? `, ${e.error}` : ''}${why ? ` (${why})` : ''}`;
 }
 
-const TICKS_MS = [1, 2, 5, 10, 15, 30].map((s) => s * 1000).concat([1, 2, 5, 10, 15, 30].map((m) => m * 60_000), [1, 2, 3, 6, 12].map((h) => h * 3600_000));
+const TICKS_MS = [1, 2, 5, 10, 15, 30]
+  .map((s) => s * 1000)
+  .concat(
+    [1, 2, 5, 10, 15, 30].map((m) => m * 60_000),
+    [1, 2, 3, 6, 12].map((h) => h * 3600_000),
+  );
 
 function timeline(recent: readonly RecentView[], now: number): string {
   const legend = `<ul class="legend">${(['rotated', 'created', 'retired', 'rotation-failed'] as const).map((k) => `<li><svg width="14" height="14" viewBox="0 0 14 14" aria-hidden="true">${mark(k, 7, 7)}</svg>${EVENT_LABEL[k]}</li>`).join('')}</ul>`;
-  const events = recent.filter((e) => Number.isFinite(Date.parse(e.time)) && Date.parse(e.time) >= now - TIMELINE_SPAN_MS);
+  const events = recent.filter(
+    (e) => Number.isFinite(Date.parse(e.time)) && Date.parse(e.time) >= now - TIMELINE_SPAN_MS,
+  );
   const older = recent.length - events.length;
   const caption = `<p class="muted small">Rotations since the daemon started (the most recent ones, up to 24 hours back), newest on the right; each mark's tooltip tells what happened.${older ? ` ${older} older event${older === 1 ? '' : 's'} not drawn.` : ''}</p>`;
   if (events.length === 0) return `${caption}<p class="empty">No rotation in this period.</p>`;
@@ -313,26 +389,39 @@ function timeline(recent: readonly RecentView[], now: number): string {
   const lane = new Map(laneNames.map((n, i) => [n, i]));
   const lanes = laneNames.length + (others ? 1 : 0);
 
-  const W = 1000, left = 200, right = 16, top = 8, laneH = 22, axisH = 28;
+  const W = 1000,
+    left = 200,
+    right = 16,
+    top = 8,
+    laneH = 22,
+    axisH = 28;
   const H = top + lanes * laneH + axisH;
   const x = (ms: number) => left + ((Math.min(ms, now) - start) / span) * (W - left - right);
   const parts: string[] = [];
   for (let i = 0; i < lanes; i++) {
     const y = top + i * laneH;
     const name = i < laneNames.length ? laneNames[i]! : `${lastActive.size - laneNames.length} other secrets`;
-    const short = name.length > 28 ? name.slice(0, 27) + '…' : name;
-    parts.push(`<rect class="lane${i % 2 ? ' odd' : ''}" x="${left}" y="${y}" width="${W - left - right}" height="${laneH}"/>`);
-    parts.push(`<text class="lane-label" x="${left - 10}" y="${y + laneH / 2 + 4}" text-anchor="end">${esc(short)}${short !== name ? `<title>${esc(name)}</title>` : ''}</text>`);
+    const short = name.length > 28 ? `${name.slice(0, 27)}…` : name;
+    parts.push(
+      `<rect class="lane${i % 2 ? ' odd' : ''}" x="${left}" y="${y}" width="${W - left - right}" height="${laneH}"/>`,
+    );
+    parts.push(
+      `<text class="lane-label" x="${left - 10}" y="${y + laneH / 2 + 4}" text-anchor="end">${esc(short)}${short !== name ? `<title>${esc(name)}</title>` : ''}</text>`,
+    );
   }
   const step = TICKS_MS.find((s) => span / s <= 7) ?? 6 * 3600_000;
   const axisY = top + lanes * laneH;
   for (let t = Math.ceil(start / step) * step; x(now) - x(t) > 36; t += step) {
     const tx = Math.round(x(t) * 10) / 10;
     const label = new Date(t).toISOString().slice(11, step < 60_000 ? 19 : 16);
-    parts.push(`<line class="grid" x1="${tx}" y1="${top}" x2="${tx}" y2="${axisY + 4}"/><text class="tick" x="${tx}" y="${axisY + 17}" text-anchor="middle">${label}</text>`);
+    parts.push(
+      `<line class="grid" x1="${tx}" y1="${top}" x2="${tx}" y2="${axisY + 4}"/><text class="tick" x="${tx}" y="${axisY + 17}" text-anchor="middle">${label}</text>`,
+    );
   }
   parts.push(`<line class="axis" x1="${left}" y1="${axisY}" x2="${W - right}" y2="${axisY}"/>`);
-  parts.push(`<line class="now" x1="${x(now)}" y1="${top}" x2="${x(now)}" y2="${axisY}"/><text class="tick now-label" x="${x(now) - 4}" y="${axisY + 17}" text-anchor="end">now</text>`);
+  parts.push(
+    `<line class="now" x1="${x(now)}" y1="${top}" x2="${x(now)}" y2="${axisY}"/><text class="tick now-label" x="${x(now) - 4}" y="${axisY + 17}" text-anchor="end">now</text>`,
+  );
   parts.push(`<text class="tick" x="${left - 10}" y="${axisY + 17}" text-anchor="end">UTC</text>`);
   // Retirements first and failures last: where marks meet (a rotation and, seconds later, the
   // retirement it brings), the rotation shows over its retirement and a failure over everything.
@@ -341,7 +430,9 @@ function timeline(recent: readonly RecentView[], now: number): string {
     const i = lane.get(e.secret) ?? laneNames.length;
     parts.push(mark(e.event, x(Date.parse(e.time)), top + i * laneH + laneH / 2, describe(e)));
   }
-  const counts = (['rotated', 'created', 'retired', 'rotation-failed'] as const).map((k) => [k, events.filter((e) => e.event === k).length] as const).filter(([, n]) => n > 0);
+  const counts = (['rotated', 'created', 'retired', 'rotation-failed'] as const)
+    .map((k) => [k, events.filter((e) => e.event === k).length] as const)
+    .filter(([, n]) => n > 0);
   const label = `Timeline of ${events.length} rotation events: ${counts.map(([k, n]) => `${n} ${EVENT_LABEL[k]}`).join(', ')}`;
   return `${caption}<svg class="timeline" viewBox="0 0 ${W} ${H}" width="100%" role="img" aria-label="${esc(label)}" preserveAspectRatio="xMinYMin meet"><title>${esc(label)}</title>${parts.join('')}</svg>${legend}`;
 }

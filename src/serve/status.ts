@@ -40,7 +40,12 @@ export interface SecretStatusView {
   readonly pending: boolean;
   readonly overdue: boolean;
   /** `retryAt` is absent when only a new commit can mend it (an unreadable SOPS file). */
-  readonly failing?: { readonly since: number; readonly attempts: number; readonly error: string; readonly retryAt?: number };
+  readonly failing?: {
+    readonly since: number;
+    readonly attempts: number;
+    readonly error: string;
+    readonly retryAt?: number;
+  };
   readonly policy?: string;
   /** database, sops, fields or generate. */
   readonly source?: string;

@@ -3,9 +3,9 @@
  * with that key.
  */
 import { createDecipheriv } from 'node:crypto';
-import { Decrypter, armor } from 'age-encryption';
-import { INT64_MAX, INT64_MIN } from './go-number.js';
+import { armor, Decrypter } from 'age-encryption';
 import { RotorError } from '../errors.js';
+import { INT64_MAX, INT64_MIN } from './go-number.js';
 import type { Metadata } from './metadata.js';
 import { SopsError } from './types.js';
 
@@ -33,7 +33,10 @@ export async function unwrapDataKey(meta: Metadata, identities: readonly string[
   }
   if (meta.ageKeys.length === 0) {
     const others = meta.otherKeyTypes.length ? ` (only ${meta.otherKeyTypes.join(', ')})` : '';
-    throw new SopsError('SOPS_NO_MATCHING_KEY', `${name} is not encrypted to any age recipient${others}; add the agent's recipient: sops updatekeys, or sops rotate --add-age <recipient>`);
+    throw new SopsError(
+      'SOPS_NO_MATCHING_KEY',
+      `${name} is not encrypted to any age recipient${others}; add the agent's recipient: sops updatekeys, or sops rotate --add-age <recipient>`,
+    );
   }
   const recipients = meta.ageKeys.map((k) => k.recipient).join(', ');
   throw new SopsError(
@@ -43,7 +46,12 @@ export async function unwrapDataKey(meta: Metadata, identities: readonly string[
 }
 
 /** A decrypted value, typed as its `type:` says. */
-export type Plain = { k: 'str'; v: string; bytes: Buffer } | { k: 'int'; v: bigint } | { k: 'float'; v: number } | { k: 'bool'; v: boolean } | { k: 'bytes'; v: Buffer };
+export type Plain =
+  | { k: 'str'; v: string; bytes: Buffer }
+  | { k: 'int'; v: bigint }
+  | { k: 'float'; v: number }
+  | { k: 'bool'; v: boolean }
+  | { k: 'bytes'; v: Buffer };
 
 const ENC = /^ENC\[AES256_GCM,data:([A-Za-z0-9+/=]+),iv:([A-Za-z0-9+/=]+),tag:([A-Za-z0-9+/=]+),type:([a-z0-9]+)\]$/;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
@@ -60,11 +68,15 @@ export function decryptValue(text: string, key: Buffer, aad: string, where: () =
   if (text === '') return { k: 'str', v: '', bytes: Buffer.alloc(0) };
   const m = ENC.exec(text);
   if (!m || !BASE64.test(m[1]!) || !BASE64.test(m[2]!) || !BASE64.test(m[3]!)) {
-    throw new SopsError('SOPS_CORRUPT', `${name}: ${where()} should hold an encrypted value (ENC[AES256_GCM,...]) and does not`);
+    throw new SopsError(
+      'SOPS_CORRUPT',
+      `${name}: ${where()} should hold an encrypted value (ENC[AES256_GCM,...]) and does not`,
+    );
   }
   const [data, iv, tag] = [m[1]!, m[2]!, m[3]!].map((b) => Buffer.from(b, 'base64')) as [Buffer, Buffer, Buffer];
   const type = m[4]!;
-  if (iv.length === 0 || tag.length !== 16) throw new SopsError('SOPS_CORRUPT', `${name}: ${where()} has a malformed IV or tag`);
+  if (iv.length === 0 || tag.length !== 16)
+    throw new SopsError('SOPS_CORRUPT', `${name}: ${where()} has a malformed IV or tag`);
   let out: Buffer;
   try {
     const d = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: 16 });

@@ -4,7 +4,14 @@ import { checkMac, macBytes, macHash } from './mac.js';
 import type { Metadata } from './metadata.js';
 import { encryptionRule } from './rule.js';
 import type { Leaf, MapNode, Node } from './tree.js';
-import { SopsError, type SopsDocument, type SopsEntry, type SopsFormat, type SopsTree, type SopsValue } from './types.js';
+import {
+  type SopsDocument,
+  type SopsEntry,
+  SopsError,
+  type SopsFormat,
+  type SopsTree,
+  type SopsValue,
+} from './types.js';
 
 function toValue(v: Plain | Leaf): SopsValue {
   switch (v.k) {
@@ -23,11 +30,18 @@ function newTree(): SopsTree {
   return Object.create(null) as SopsTree;
 }
 
-export function decryptTree(tree: MapNode, meta: Metadata, key: Buffer, format: SopsFormat, name: string): SopsDocument {
+export function decryptTree(
+  tree: MapNode,
+  meta: Metadata,
+  key: Buffer,
+  format: SopsFormat,
+  name: string,
+): SopsDocument {
   const hash = macHash(meta.macOnlyEncrypted);
   const encryptedPaths = new Set<string>();
   const shouldBeEncrypted = encryptionRule(meta.rule, name);
-  const describe = (at: readonly (string | number)[]) => () => (at.length ? `the value at ${at.map(String).join('.')}` : 'a value');
+  const describe = (at: readonly (string | number)[]) => () =>
+    at.length ? `the value at ${at.map(String).join('.')}` : 'a value';
 
   // `keys` is SOPS's path (mapping keys only); `at` adds list indices, for messages and lookups.
   const walk = (node: Node, keys: string[], at: (string | number)[]): SopsValue => {
@@ -45,12 +59,19 @@ export function decryptTree(tree: MapNode, meta: Metadata, key: Buffer, format: 
         const encrypted = shouldBeEncrypted(keys);
         let v: Plain | Leaf = node;
         if (encrypted) {
-          if (node.k !== 'str') throw new SopsError('SOPS_CORRUPT', `${name}: ${describe(at)()} should be encrypted but is a ${node.k === 'bool' ? 'boolean' : 'number'} in clear`);
+          if (node.k !== 'str')
+            throw new SopsError(
+              'SOPS_CORRUPT',
+              `${name}: ${describe(at)()} should be encrypted but is a ${node.k === 'bool' ? 'boolean' : 'number'} in clear`,
+            );
           try {
             v = decryptValue(node.v, key, `${keys.join(':')}:`, describe(at), name);
           } catch (e) {
             if (e instanceof AuthFailure) {
-              throw new SopsError('SOPS_MAC_MISMATCH', `${name}: ${describe(at)()} does not authenticate: it was edited, moved to another key, or encrypted with another data key`);
+              throw new SopsError(
+                'SOPS_MAC_MISMATCH',
+                `${name}: ${describe(at)()} does not authenticate: it was edited, moved to another key, or encrypted with another data key`,
+              );
             }
             throw e;
           }

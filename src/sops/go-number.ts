@@ -30,7 +30,10 @@ export function goFormatFloat(f: number): string {
   let out: string;
   if (e >= 0) {
     const intLen = e + 1;
-    out = digits.length <= intLen ? digits + '0'.repeat(intLen - digits.length) : `${digits.slice(0, intLen)}.${digits.slice(intLen)}`;
+    out =
+      digits.length <= intLen
+        ? digits + '0'.repeat(intLen - digits.length)
+        : `${digits.slice(0, intLen)}.${digits.slice(intLen)}`;
   } else {
     out = `0.${'0'.repeat(-e - 1)}${digits}`;
   }

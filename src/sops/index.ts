@@ -36,18 +36,24 @@ import path from 'node:path';
 import { unwrapDataKey } from './cipher.js';
 import { decryptTree } from './document.js';
 import { parseJson } from './json-store.js';
-import { readMetadata, type Metadata } from './metadata.js';
+import { type Metadata, readMetadata } from './metadata.js';
 import { encryptionRule } from './rule.js';
 import type { MapNode, Node } from './tree.js';
-import { SopsError, type OpenSopsOptions, type SopsDocument, type SopsFormat } from './types.js';
+import { type OpenSopsOptions, type SopsDocument, SopsError, type SopsFormat } from './types.js';
 import { parseYaml } from './yaml-store.js';
 
 export { goFormatFloat } from './go-number.js';
 export { REGEX_LIMITS } from './rule.js';
-export { SopsError } from './types.js';
 export type {
-  OpenSopsOptions, SopsDocument, SopsEntry, SopsErrorCode, SopsFormat, SopsTree, SopsValue,
+  OpenSopsOptions,
+  SopsDocument,
+  SopsEntry,
+  SopsErrorCode,
+  SopsFormat,
+  SopsTree,
+  SopsValue,
 } from './types.js';
+export { SopsError } from './types.js';
 
 /** Files larger than this are refused (SOPS files are small; this bounds memory and work). */
 export const MAX_SOPS_FILE_BYTES = 4 * 1024 * 1024;
@@ -58,7 +64,11 @@ export function sopsFormatOf(file: string): SopsFormat {
 }
 
 /** Reads and opens a SOPS file with one or more age identities (`AGE-SECRET-KEY-1...`). */
-export async function openSopsFile(file: string, identity: string | readonly string[], options: OpenSopsOptions = {}): Promise<SopsDocument> {
+export async function openSopsFile(
+  file: string,
+  identity: string | readonly string[],
+  options: OpenSopsOptions = {},
+): Promise<SopsDocument> {
   const name = options.name ?? file;
   let buf: Buffer;
   const fh = await open(file, 'r').catch((e: NodeJS.ErrnoException) => {
@@ -67,7 +77,8 @@ export async function openSopsFile(file: string, identity: string | readonly str
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new SopsError('SOPS_NOT_SOPS', `${name} is not a regular file`);
-    if (st.size > MAX_SOPS_FILE_BYTES) throw new SopsError('SOPS_UNSUPPORTED', `${name} is larger than ${MAX_SOPS_FILE_BYTES} bytes`);
+    if (st.size > MAX_SOPS_FILE_BYTES)
+      throw new SopsError('SOPS_UNSUPPORTED', `${name} is larger than ${MAX_SOPS_FILE_BYTES} bytes`);
     buf = await fh.readFile();
   } finally {
     await fh.close();
@@ -76,10 +87,17 @@ export async function openSopsFile(file: string, identity: string | readonly str
 }
 
 /** Opens the text of a SOPS file: decrypts the data key with `identity`, every value, and checks the MAC. */
-export async function openSops(content: string | Uint8Array, identity: string | readonly string[], options: OpenSopsOptions = {}): Promise<SopsDocument> {
+export async function openSops(
+  content: string | Uint8Array,
+  identity: string | readonly string[],
+  options: OpenSopsOptions = {},
+): Promise<SopsDocument> {
   const { format, name, tree, meta } = parseSopsText(content, options);
   if (!meta) {
-    throw new SopsError('SOPS_NOT_SOPS', `${name} has no "sops" metadata: it is not a SOPS-encrypted file (encrypt it with sops to the age recipient of whoever reads it: the agent, or the daemon for a sops: secret)`);
+    throw new SopsError(
+      'SOPS_NOT_SOPS',
+      `${name} has no "sops" metadata: it is not a SOPS-encrypted file (encrypt it with sops to the age recipient of whoever reads it: the agent, or the daemon for a sops: secret)`,
+    );
   }
   const dataKey = await unwrapDataKey(meta, [identity].flat(), name);
   try {
@@ -133,7 +151,11 @@ export function sopsOutline(content: string | Uint8Array, options: OpenSopsOptio
   };
 }
 
-export function sopsValueState(content: string | Uint8Array, at: string | readonly (string | number)[], options: OpenSopsOptions = {}): SopsValueState {
+export function sopsValueState(
+  content: string | Uint8Array,
+  at: string | readonly (string | number)[],
+  options: OpenSopsOptions = {},
+): SopsValueState {
   return sopsOutline(content, options).stateOf(at);
 }
 
@@ -146,13 +168,17 @@ export function sopsCleartextMessage(file: string, key: string): string {
 }
 
 /** The text of a file parsed as its store, the `sops` metadata (if any) apart from the data. */
-function parseSopsText(content: string | Uint8Array, options: OpenSopsOptions): { format: SopsFormat; name: string; tree: MapNode; meta: Metadata | undefined } {
+function parseSopsText(
+  content: string | Uint8Array,
+  options: OpenSopsOptions,
+): { format: SopsFormat; name: string; tree: MapNode; meta: Metadata | undefined } {
   const format = options.format ?? 'yaml';
   const name = options.name ?? 'the SOPS file';
   let text: string;
   if (typeof content === 'string') text = content;
   else {
-    if (content.length > MAX_SOPS_FILE_BYTES) throw new SopsError('SOPS_UNSUPPORTED', `${name} is larger than ${MAX_SOPS_FILE_BYTES} bytes`);
+    if (content.length > MAX_SOPS_FILE_BYTES)
+      throw new SopsError('SOPS_UNSUPPORTED', `${name} is larger than ${MAX_SOPS_FILE_BYTES} bytes`);
     try {
       text = new TextDecoder('utf-8', { fatal: true }).decode(content);
     } catch {

@@ -82,7 +82,11 @@ export function parseJson(text: string, name: string): MapNode {
       }
     }
     if (c === '"') return { k: 'str', v: str() };
-    for (const [word, leaf] of [['true', { k: 'bool', v: true }], ['false', { k: 'bool', v: false }], ['null', { k: 'null' }]] as const) {
+    for (const [word, leaf] of [
+      ['true', { k: 'bool', v: true }],
+      ['false', { k: 'bool', v: false }],
+      ['null', { k: 'null' }],
+    ] as const) {
       if (text.startsWith(word, i)) {
         i += word.length;
         return leaf;
@@ -104,6 +108,7 @@ export function parseJson(text: string, name: string): MapNode {
   const root = value(0);
   ws();
   if (i !== text.length) notJson();
-  if (root.k !== 'map') throw new SopsError('SOPS_NOT_SOPS', `${name} is not a SOPS JSON file: its top level is not an object`);
+  if (root.k !== 'map')
+    throw new SopsError('SOPS_NOT_SOPS', `${name} is not a SOPS JSON file: its top level is not an object`);
   return root;
 }

@@ -3,7 +3,7 @@
  * or with `mac_only_encrypted` over the encrypted ones after SHA-256("sops"); stored upper-case hex,
  * encrypted with `sops.lastmodified` as the additional data.
  */
-import { createHash, timingSafeEqual, type Hash } from 'node:crypto';
+import { createHash, type Hash, timingSafeEqual } from 'node:crypto';
 import { AuthFailure, decryptValue, type Plain } from './cipher.js';
 import { goFormatFloat } from './go-number.js';
 import type { Metadata } from './metadata.js';
@@ -41,16 +41,24 @@ export function macHash(macOnlyEncrypted: boolean): Hash {
 /** Checks the stored MAC (sops.mac) against `hash`, which has taken every value; SOPS_MAC_MISMATCH if not. */
 export function checkMac(hash: Hash, meta: Metadata, key: Buffer, name: string): void {
   const computed = Buffer.from(hash.digest('hex').toUpperCase(), 'utf8');
-  if (meta.mac === undefined) throw new SopsError('SOPS_MAC_MISMATCH', `${name} has no MAC (sops.mac); re-encrypt it with sops`);
+  if (meta.mac === undefined)
+    throw new SopsError('SOPS_MAC_MISMATCH', `${name} has no MAC (sops.mac); re-encrypt it with sops`);
   let stored: Plain;
   try {
     stored = decryptValue(meta.mac, key, meta.lastModifiedAad, () => 'sops.mac', name);
   } catch (e) {
-    if (e instanceof AuthFailure) throw new SopsError('SOPS_MAC_MISMATCH', `${name}: the MAC does not authenticate (sops.mac or sops.lastmodified was changed)`);
+    if (e instanceof AuthFailure)
+      throw new SopsError(
+        'SOPS_MAC_MISMATCH',
+        `${name}: the MAC does not authenticate (sops.mac or sops.lastmodified was changed)`,
+      );
     throw e;
   }
   const storedBytes = stored.k === 'str' ? stored.bytes : Buffer.alloc(0);
   if (storedBytes.length !== computed.length || !timingSafeEqual(storedBytes, computed)) {
-    throw new SopsError('SOPS_MAC_MISMATCH', `${name} was changed after SOPS encrypted it: its MAC does not match its ${meta.macOnlyEncrypted ? 'encrypted values' : 'values'} (a value was edited, added, removed or reordered)`);
+    throw new SopsError(
+      'SOPS_MAC_MISMATCH',
+      `${name} was changed after SOPS encrypted it: its MAC does not match its ${meta.macOnlyEncrypted ? 'encrypted values' : 'values'} (a value was edited, added, removed or reordered)`,
+    );
   }
 }

@@ -23,6 +23,7 @@ export type EncryptionRule =
 setFlagsFromString('--enable-experimental-regexp-engine');
 const LINEAR_REGEX = ((): boolean => {
   try {
+    // biome-ignore lint/complexity/useRegexLiterals: the `l` flag exists only once the V8 option above is set, at run time
     return new RegExp('a', 'l').test('a');
   } catch {
     return false;
@@ -40,7 +41,8 @@ export const REGEX_LIMITS = { length: 256, work: 1 << 22 } as const;
  */
 export function keyRegex(source: string, which: string, name: string): RegExp {
   const unsupported = (why: string) => new SopsError('SOPS_UNSUPPORTED', `${name}: sops.${which} ${why}`);
-  if (source.length > REGEX_LIMITS.length) throw unsupported(`has ${source.length} characters; rotor reads key regexes of at most ${REGEX_LIMITS.length}`);
+  if (source.length > REGEX_LIMITS.length)
+    throw unsupported(`has ${source.length} characters; rotor reads key regexes of at most ${REGEX_LIMITS.length}`);
   try {
     new RegExp(source, 'u');
   } catch {
@@ -49,13 +51,21 @@ export function keyRegex(source: string, which: string, name: string): RegExp {
   for (let i = 0; i < source.length; i++) {
     if (source[i] !== '\\') continue;
     const next = source[++i];
-    if (next === 'p' || next === 'P' || (next === 'u' && source[i + 1] === '{')) throw unsupported(`uses \\${next}${next === 'u' ? '{...}' : ''}, which rotor does not read; write the characters out`);
+    if (next === 'p' || next === 'P' || (next === 'u' && source[i + 1] === '{'))
+      throw unsupported(
+        `uses \\${next}${next === 'u' ? '{...}' : ''}, which rotor does not read; write the characters out`,
+      );
   }
-  if (!LINEAR_REGEX) throw unsupported(`cannot be run in linear time on this Node.js (${process.version}), which has no linear-time regex engine; use encrypted_suffix or unencrypted_suffix`);
+  if (!LINEAR_REGEX)
+    throw unsupported(
+      `cannot be run in linear time on this Node.js (${process.version}), which has no linear-time regex engine; use encrypted_suffix or unencrypted_suffix`,
+    );
   try {
     return new RegExp(source, 'l');
   } catch {
-    throw unsupported('cannot be run in linear time (it uses a backreference or a lookaround, which sops refuses too, or very large nested counts)');
+    throw unsupported(
+      'cannot be run in linear time (it uses a backreference or a lookaround, which sops refuses too, or very large nested counts)',
+    );
   }
 }
 
@@ -72,9 +82,16 @@ export function encryptionRule(rule: EncryptionRule, name: string): (keys: reado
     if (hit === undefined) {
       work += (re.source.length + 1) * (k.length + 1);
       if (work > REGEX_LIMITS.work) {
-        throw new SopsError('SOPS_UNSUPPORTED', `${name}: its keys are too many or too long to try sops.${rule.kind} on (more than ${REGEX_LIMITS.work} steps); use a shorter regex, or encrypted_suffix or unencrypted_suffix`);
+        throw new SopsError(
+          'SOPS_UNSUPPORTED',
+          `${name}: its keys are too many or too long to try sops.${rule.kind} on (more than ${REGEX_LIMITS.work} steps); use a shorter regex, or encrypted_suffix or unencrypted_suffix`,
+        );
       }
-      if (/[\uD800-\uDFFF]/.test(k)) throw new SopsError('SOPS_UNSUPPORTED', `${name}: a key has a character outside the Basic Multilingual Plane, which rotor does not try sops.${rule.kind} on; use encrypted_suffix or unencrypted_suffix`);
+      if (/[\uD800-\uDFFF]/.test(k))
+        throw new SopsError(
+          'SOPS_UNSUPPORTED',
+          `${name}: a key has a character outside the Basic Multilingual Plane, which rotor does not try sops.${rule.kind} on; use encrypted_suffix or unencrypted_suffix`,
+        );
       hit = re.test(k);
       tried.set(k, hit);
     }

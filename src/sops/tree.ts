@@ -2,7 +2,12 @@
  * The tree a store parses a file into: mappings keep their order (the MAC depends on it); leaves keep
  * their store type.
  */
-export type Leaf = { k: 'str'; v: string } | { k: 'int'; v: bigint } | { k: 'float'; v: number } | { k: 'bool'; v: boolean } | { k: 'null' };
+export type Leaf =
+  | { k: 'str'; v: string }
+  | { k: 'int'; v: bigint }
+  | { k: 'float'; v: number }
+  | { k: 'bool'; v: boolean }
+  | { k: 'null' };
 export interface MapNode {
   k: 'map';
   entries: [string, Node][];

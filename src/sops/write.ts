@@ -10,7 +10,7 @@
  * binary is at hand. People keep using `sops` itself.
  */
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
-import { Encrypter, armor } from 'age-encryption';
+import { armor, Encrypter } from 'age-encryption';
 import { stringify } from 'yaml';
 
 export interface SopsPlainTree {
@@ -30,18 +30,26 @@ function encryptValue(value: string, key: Buffer, aad: string): string {
 export type SopsClearRule = { readonly unencryptedSuffix: string } | { readonly unencryptedRegex: string };
 
 /** The text of a SOPS YAML file holding `tree`, readable with the identity of any of `recipients`. */
-export async function sealSops(tree: SopsPlainTree, recipients: readonly string[], now: Date = new Date(), rule: SopsClearRule = { unencryptedSuffix: '_unencrypted' }): Promise<string> {
+export async function sealSops(
+  tree: SopsPlainTree,
+  recipients: readonly string[],
+  now: Date = new Date(),
+  rule: SopsClearRule = { unencryptedSuffix: '_unencrypted' },
+): Promise<string> {
   if (recipients.length === 0) throw new Error('sealSops needs at least one age recipient');
   const key = randomBytes(32);
   const mac = createHash('sha512');
-  const clear = 'unencryptedRegex' in rule ? (k: string) => new RegExp(rule.unencryptedRegex, 'u').test(k) : (k: string) => k.endsWith(rule.unencryptedSuffix);
+  const clear =
+    'unencryptedRegex' in rule
+      ? (k: string) => new RegExp(rule.unencryptedRegex, 'u').test(k)
+      : (k: string) => k.endsWith(rule.unencryptedSuffix);
   const walk = (node: SopsPlainTree, keys: string[]): Record<string, unknown> => {
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(node)) {
       const at = [...keys, k];
       if (typeof v === 'string') {
         mac.update(v, 'utf8');
-        out[k] = at.some(clear) ? v : encryptValue(v, key, at.join(':') + ':');
+        out[k] = at.some(clear) ? v : encryptValue(v, key, `${at.join(':')}:`);
       } else out[k] = walk(v, at);
     }
     return out;
@@ -58,7 +66,9 @@ export async function sealSops(tree: SopsPlainTree, recipients: readonly string[
     age,
     lastmodified,
     mac: encryptValue(mac.digest('hex').toUpperCase(), key, lastmodified),
-    ...('unencryptedRegex' in rule ? { unencrypted_regex: rule.unencryptedRegex } : { unencrypted_suffix: rule.unencryptedSuffix }),
+    ...('unencryptedRegex' in rule
+      ? { unencrypted_regex: rule.unencryptedRegex }
+      : { unencrypted_suffix: rule.unencryptedSuffix }),
     version: '3.9.0',
   };
   return stringify({ ...data, sops }, { lineWidth: 0 });

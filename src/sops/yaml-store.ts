@@ -5,7 +5,7 @@
  */
 import { isAlias, isMap, isPair, isScalar, isSeq, parseAllDocuments, Scalar } from 'yaml';
 import { goParseIntBase0, INT64_MAX, INT64_MIN, UINT64_MAX } from './go-number.js';
-import { MAX_DEPTH, type Leaf, type MapNode, type Node } from './tree.js';
+import { type Leaf, MAX_DEPTH, type MapNode, type Node } from './tree.js';
 import { SopsError } from './types.js';
 
 export function parseYaml(text: string, name: string): MapNode {
@@ -34,7 +34,11 @@ export function parseYaml(text: string, name: string): MapNode {
   }
   const nonEmpty = list.filter((d) => d.contents !== null);
   if (nonEmpty.length === 0) throw notSops('it is empty');
-  if (nonEmpty.length > 1) throw new SopsError('SOPS_UNSUPPORTED', `${name} holds several YAML documents; rotor reads single-document SOPS files`);
+  if (nonEmpty.length > 1)
+    throw new SopsError(
+      'SOPS_UNSUPPORTED',
+      `${name} holds several YAML documents; rotor reads single-document SOPS files`,
+    );
   const node = yamlNode(nonEmpty[0]!.contents, name, 0);
   if (node.k !== 'map') throw notSops('its top level is not a mapping');
   return node;
@@ -63,7 +67,10 @@ function yamlKey(key: unknown, name: string): string {
     const leaf = yamlScalar(key, name);
     if (leaf.k === 'str') return leaf.v;
   }
-  throw new SopsError('SOPS_UNSUPPORTED', `${name} has a mapping key that is not a string (SOPS supports only string keys; quote it)`);
+  throw new SopsError(
+    'SOPS_UNSUPPORTED',
+    `${name} has a mapping key that is not a string (SOPS supports only string keys; quote it)`,
+  );
 }
 
 /** A scalar as gopkg.in/yaml.v3 decodes it into interface{}. */
@@ -71,19 +78,36 @@ function yamlScalar(node: Scalar, name: string): Leaf {
   const raw = String(node.value ?? '');
   const tag = node.tag;
   if (tag === 'tag:yaml.org,2002:str' || tag === '!!str') return { k: 'str', v: raw };
-  if (tag !== undefined) throw new SopsError('SOPS_UNSUPPORTED', `${name} uses the YAML tag ${tag}; rotor reads untagged values only`);
+  if (tag !== undefined)
+    throw new SopsError('SOPS_UNSUPPORTED', `${name} uses the YAML tag ${tag}; rotor reads untagged values only`);
   if (node.type !== Scalar.PLAIN) return { k: 'str', v: raw };
   return resolveYamlV3(raw, name);
 }
 
 const V3_MAP: Record<string, Leaf> = {
-  true: { k: 'bool', v: true }, True: { k: 'bool', v: true }, TRUE: { k: 'bool', v: true },
-  false: { k: 'bool', v: false }, False: { k: 'bool', v: false }, FALSE: { k: 'bool', v: false },
-  '': { k: 'null' }, '~': { k: 'null' }, null: { k: 'null' }, Null: { k: 'null' }, NULL: { k: 'null' },
-  '.nan': { k: 'float', v: NaN }, '.NaN': { k: 'float', v: NaN }, '.NAN': { k: 'float', v: NaN },
-  '.inf': { k: 'float', v: Infinity }, '.Inf': { k: 'float', v: Infinity }, '.INF': { k: 'float', v: Infinity },
-  '+.inf': { k: 'float', v: Infinity }, '+.Inf': { k: 'float', v: Infinity }, '+.INF': { k: 'float', v: Infinity },
-  '-.inf': { k: 'float', v: -Infinity }, '-.Inf': { k: 'float', v: -Infinity }, '-.INF': { k: 'float', v: -Infinity },
+  true: { k: 'bool', v: true },
+  True: { k: 'bool', v: true },
+  TRUE: { k: 'bool', v: true },
+  false: { k: 'bool', v: false },
+  False: { k: 'bool', v: false },
+  FALSE: { k: 'bool', v: false },
+  '': { k: 'null' },
+  '~': { k: 'null' },
+  null: { k: 'null' },
+  Null: { k: 'null' },
+  NULL: { k: 'null' },
+  '.nan': { k: 'float', v: NaN },
+  '.NaN': { k: 'float', v: NaN },
+  '.NAN': { k: 'float', v: NaN },
+  '.inf': { k: 'float', v: Infinity },
+  '.Inf': { k: 'float', v: Infinity },
+  '.INF': { k: 'float', v: Infinity },
+  '+.inf': { k: 'float', v: Infinity },
+  '+.Inf': { k: 'float', v: Infinity },
+  '+.INF': { k: 'float', v: Infinity },
+  '-.inf': { k: 'float', v: -Infinity },
+  '-.Inf': { k: 'float', v: -Infinity },
+  '-.INF': { k: 'float', v: -Infinity },
 };
 
 /** yaml.v3's resolve() for an untagged plain scalar (resolve.go), as decoded into interface{}. */
@@ -102,7 +126,10 @@ function resolveYamlV3(s: string, name: string): Leaf {
     const n = goParseIntBase0(plain);
     if (n !== undefined && n >= INT64_MIN && n <= INT64_MAX) return { k: 'int', v: n };
     if (n !== undefined && n >= 0n && n <= UINT64_MAX && plain[0] !== '+' && plain[0] !== '-') {
-      throw new SopsError('SOPS_UNSUPPORTED', `${name} has an integer beyond the signed 64-bit range, which SOPS cannot read either`);
+      throw new SopsError(
+        'SOPS_UNSUPPORTED',
+        `${name} has an integer beyond the signed 64-bit range, which SOPS cannot read either`,
+      );
     }
     if (/^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$/.test(plain)) {
       const f = Number(plain);

@@ -25,17 +25,26 @@ export function checkAnchor(
 ): void {
   if (!anchor) return;
   if (storeId === undefined && (anchor.seq > 0 || anchor.storeId !== undefined)) {
-    throw new StateError('STATE_ROLLBACK', `${place} holds no state store, but the audit log records store `
-      + `${anchor.storeId ?? '(unnamed)'} at generation ${anchor.seq}: the state files are missing; `
-      + 'restore them from a backup');
+    throw new StateError(
+      'STATE_ROLLBACK',
+      `${place} holds no state store, but the audit log records store ` +
+        `${anchor.storeId ?? '(unnamed)'} at generation ${anchor.seq}: the state files are missing; ` +
+        'restore them from a backup',
+    );
   }
   if (anchor.storeId !== undefined && anchor.storeId !== storeId) {
-    throw new StateError('STATE_FOREIGN', `the state store in ${place} is ${storeId}, but the audit log names `
-      + `${anchor.storeId}: these are another store's files`);
+    throw new StateError(
+      'STATE_FOREIGN',
+      `the state store in ${place} is ${storeId}, but the audit log names ` +
+        `${anchor.storeId}: these are another store's files`,
+    );
   }
   if (seq < anchor.seq) {
-    throw new StateError('STATE_ROLLBACK', `the state store in ${place} is at generation ${seq}, older than `
-      + `generation ${anchor.seq} recorded in the audit log: an older copy was put back, or acknowledged writes `
-      + 'are missing');
+    throw new StateError(
+      'STATE_ROLLBACK',
+      `the state store in ${place} is at generation ${seq}, older than ` +
+        `generation ${anchor.seq} recorded in the audit log: an older copy was put back, or acknowledged writes ` +
+        'are missing',
+    );
   }
 }

@@ -65,13 +65,14 @@ export function frameLength(header: Uint8Array, remaining: number): number | 'to
   if (remaining < FRAME_HEADER) return 'torn';
   const b = Buffer.from(header.buffer, header.byteOffset, FRAME_HEADER);
   const len = b.readUInt32BE(0);
-  if ((~len >>> 0) !== b.readUInt32BE(4) || len > MAX_FRAME) return 'bad';
+  if (~len >>> 0 !== b.readUInt32BE(4) || len > MAX_FRAME) return 'bad';
   return len > remaining - FRAME_HEADER ? 'torn' : len;
 }
 
 /** The frames of a whole log file, for tools and tests: [start, end) of each, and a torn tail if any. */
 export function splitFrames(log: Uint8Array): { frames: [number, number][]; torn?: number } {
-  if (log.length < LOG_MAGIC.length || !LOG_MAGIC.equals(log.subarray(0, LOG_MAGIC.length))) throw new Error('not a rotor log');
+  if (log.length < LOG_MAGIC.length || !LOG_MAGIC.equals(log.subarray(0, LOG_MAGIC.length)))
+    throw new Error('not a rotor log');
   const frames: [number, number][] = [];
   let pos = LOG_MAGIC.length;
   while (pos < log.length) {
@@ -124,7 +125,8 @@ export function parseRecord(plaintext: Buffer): LogRecord | undefined {
   }
   if (r === null || typeof r !== 'object') return undefined;
   const { seq, prev, ops } = r as { seq?: unknown; prev?: unknown; ops?: unknown };
-  if (!Number.isSafeInteger(seq) || (seq as number) < 1 || typeof prev !== 'string' || !HEX64.test(prev)) return undefined;
+  if (!Number.isSafeInteger(seq) || (seq as number) < 1 || typeof prev !== 'string' || !HEX64.test(prev))
+    return undefined;
   const checked = checkStoredOps(ops);
   return checked && { seq: seq as number, prev, ops: checked };
 }
@@ -144,13 +146,22 @@ export function decrypter(identity: string): Decrypter {
 }
 
 /** Decrypts an age file; STATE_KEY when none of its recipients is the identity, else STATE_CORRUPT. */
-export async function ageDecrypt(d: Decrypter, file: Uint8Array, what: string, keyCode: 'STATE_KEY' | 'STATE_CORRUPT' = 'STATE_KEY'): Promise<Buffer> {
+export async function ageDecrypt(
+  d: Decrypter,
+  file: Uint8Array,
+  what: string,
+  keyCode: 'STATE_KEY' | 'STATE_CORRUPT' = 'STATE_KEY',
+): Promise<Buffer> {
   try {
     return Buffer.from(await d.decrypt(file));
   } catch (e) {
     // age-encryption 0.3.1's words for "no stanza opens with this identity"; anything else is damage.
     if (e instanceof Error && /no identity matched/.test(e.message)) {
-      throw new StateError(keyCode, `${what} is not encrypted to this identity (wrong identity, or the file was replaced)`, { cause: e });
+      throw new StateError(
+        keyCode,
+        `${what} is not encrypted to this identity (wrong identity, or the file was replaced)`,
+        { cause: e },
+      );
     }
     throw new StateError('STATE_CORRUPT', `${what} fails to decrypt: it is damaged`, { cause: e });
   }
@@ -168,7 +179,11 @@ export interface Snapshot extends SnapshotHead {
   readonly entries: Map<string, Json>;
 }
 
-export function encodeSnapshot(head: SnapshotHead, keys: readonly string[], get: (key: string) => Json | undefined): string {
+export function encodeSnapshot(
+  head: SnapshotHead,
+  keys: readonly string[],
+  get: (key: string) => Json | undefined,
+): string {
   const lines = keys.map((k) => `    ${JSON.stringify(k)}: ${JSON.stringify(get(k))}`);
   const entries = lines.length === 0 ? '{}' : `{\n${lines.join(',\n')}\n  }`;
   return `{\n  "format": "${SNAPSHOT_FORMAT}",\n  "storeId": ${JSON.stringify(head.storeId)},\n  "seq": ${head.seq},\n  "chainHead": "${head.chainHead}",\n  "entries": ${entries}\n}\n`;
@@ -185,8 +200,10 @@ function parseObject(text: Buffer): Record<string, unknown> | undefined {
 
 function checkHead(o: Record<string, unknown>, format: string): SnapshotHead | undefined {
   const { storeId, seq, chainHead } = o;
-  if (o.format !== format || typeof storeId !== 'string' || storeId.length === 0 || storeId.length > 200) return undefined;
-  if (!Number.isSafeInteger(seq) || (seq as number) < 0 || typeof chainHead !== 'string' || !HEX64.test(chainHead)) return undefined;
+  if (o.format !== format || typeof storeId !== 'string' || storeId.length === 0 || storeId.length > 200)
+    return undefined;
+  if (!Number.isSafeInteger(seq) || (seq as number) < 0 || typeof chainHead !== 'string' || !HEX64.test(chainHead))
+    return undefined;
   return { storeId, seq: seq as number, chainHead };
 }
 
@@ -199,7 +216,8 @@ export function parseSnapshot(plaintext: Buffer, what: string): Snapshot {
   }
   const map = new Map<string, Json>();
   for (const [k, v] of Object.entries(entries as Record<string, Json>)) {
-    if (k.length === 0 || Buffer.byteLength(k) > MAX_KEY_BYTES) throw new StateError('STATE_CORRUPT', `${what} holds an invalid key`);
+    if (k.length === 0 || Buffer.byteLength(k) > MAX_KEY_BYTES)
+      throw new StateError('STATE_CORRUPT', `${what} holds an invalid key`);
     map.set(k, deepFreeze(v));
   }
   return { ...head, entries: map };
@@ -210,13 +228,20 @@ export interface LogHeader extends SnapshotHead {
 }
 
 export function encodeLogHeader(h: LogHeader): string {
-  return JSON.stringify({ format: LOG_FORMAT, storeId: h.storeId, seq: h.seq, chainHead: h.chainHead, key: h.key.toString('base64') });
+  return JSON.stringify({
+    format: LOG_FORMAT,
+    storeId: h.storeId,
+    seq: h.seq,
+    chainHead: h.chainHead,
+    key: h.key.toString('base64'),
+  });
 }
 
 export function parseLogHeader(plaintext: Buffer): LogHeader {
   const o = parseObject(plaintext);
   const head = o && checkHead(o, LOG_FORMAT);
   const key = typeof o?.key === 'string' ? Buffer.from(o.key, 'base64') : undefined;
-  if (!head || !key || key.length !== 32) throw new StateError('STATE_CORRUPT', `the header of log.bin decrypts but is not a ${LOG_FORMAT} header`);
+  if (!head || !key || key.length !== 32)
+    throw new StateError('STATE_CORRUPT', `the header of log.bin decrypts but is not a ${LOG_FORMAT} header`);
   return { ...head, key };
 }

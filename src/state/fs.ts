@@ -7,8 +7,8 @@
  * durable before writing again).
  */
 import { constants } from 'node:fs';
-import { mkdir, open, rename, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, stat, unlink } from 'node:fs/promises';
 
 export interface StoreFile {
   /** Reads up to buffer.length bytes at `position`; returns how many were read (0 at the end). */

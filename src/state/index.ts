@@ -11,7 +11,8 @@
  * batches, checkAnchor (anchor.ts) to refuse a rolled-back or foreign store, StateError for its failures;
  * and it passes test/lib/store-contract.ts.
  */
+
+export type { FileStoreConfig, StoreFile, StoreFs } from './store.js';
+export { fileStoreBackend } from './store.js';
 export type { Json, Op, StateErrorCode, StateStore, StoreAnchor, StoreBackend, StoreOpenOptions } from './types.js';
 export { StateError } from './types.js';
-export { fileStoreBackend } from './store.js';
-export type { FileStoreConfig, StoreFile, StoreFs } from './store.js';

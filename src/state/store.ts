@@ -26,19 +26,35 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import path from 'node:path';
 import type { Decrypter, Encrypter } from 'age-encryption';
 import { identityToRecipient } from 'age-encryption';
+import { checkAnchor, checkAnchorOption } from './anchor.js';
+import type { LogHeader, Snapshot, SnapshotHead } from './codec.js';
 import {
-  ageDecrypt, decrypter, encodeLogHeader, encodeSnapshot, encrypter, FRAME_HEADER, frame, frameLength, genesisHead,
-  LOG_MAGIC, MAX_FRAME, MAX_SNAPSHOT, openRecord, parseLogHeader, parseRecord, parseSnapshot, recordPlaintext, sealRecord,
+  ageDecrypt,
+  decrypter,
+  encodeLogHeader,
+  encodeSnapshot,
+  encrypter,
+  FRAME_HEADER,
+  frame,
+  frameLength,
+  genesisHead,
+  LOG_MAGIC,
+  MAX_FRAME,
+  MAX_SNAPSHOT,
+  openRecord,
+  parseLogHeader,
+  parseRecord,
+  parseSnapshot,
+  recordPlaintext,
+  sealRecord,
   sha256hex,
 } from './codec.js';
-import type { LogHeader, Snapshot, SnapshotHead } from './codec.js';
-import { checkAnchor, checkAnchorOption } from './anchor.js';
-import { nodeFs } from './fs.js';
 import type { StoreFile, StoreFs } from './fs.js';
+import { nodeFs } from './fs.js';
 import type { Json, Op, StateStore, StoreAnchor, StoreBackend, StoreOpenOptions } from './types.js';
 import { StateError } from './types.js';
-import { prepareBatch } from './values.js';
 import type { Batch } from './values.js';
+import { prepareBatch } from './values.js';
 
 export type { StoreFile, StoreFs } from './fs.js';
 export { nodeFs } from './fs.js';
@@ -96,7 +112,9 @@ async function context(o: StoreOptions): Promise<Context> {
   }
   const recipients = [...new Set(o.recipients)];
   if (!recipients.includes(own)) {
-    throw new Error(`the state store recipients must include the identity's own recipient ${own}, or the store could not be opened again`);
+    throw new Error(
+      `the state store recipients must include the identity's own recipient ${own}, or the store could not be opened again`,
+    );
   }
   const enc = encrypter(recipients); // throws on a malformed recipient
   const limit = (v: number | undefined, d: number, what: string): number => {
@@ -161,42 +179,65 @@ async function open(ctx: Context, anchor: StoreAnchor | undefined): Promise<Stat
     return create(ctx);
   }
   if (logSize === undefined) {
-    throw corrupt(`${ctx.file(SNAPSHOT_FILE)} exists but ${LOG_FILE} does not: the store is incomplete and is not opened (restore ${LOG_FILE}, or the whole directory, from a backup)`);
+    throw corrupt(
+      `${ctx.file(SNAPSHOT_FILE)} exists but ${LOG_FILE} does not: the store is incomplete and is not opened (restore ${LOG_FILE}, or the whole directory, from a backup)`,
+    );
   }
   const rollForward = snapSize === undefined;
   if (rollForward && snapTmpSize === undefined) {
-    throw corrupt(`${ctx.file(LOG_FILE)} exists but ${SNAPSHOT_FILE} does not: the store is incomplete and is not opened (restore ${SNAPSHOT_FILE}, or the whole directory, from a backup)`);
+    throw corrupt(
+      `${ctx.file(LOG_FILE)} exists but ${SNAPSHOT_FILE} does not: the store is incomplete and is not opened (restore ${SNAPSHOT_FILE}, or the whole directory, from a backup)`,
+    );
   }
   const snapName = rollForward ? SNAPSHOT_FILE + TMP : SNAPSHOT_FILE;
-  const snap = parseSnapshot(await decryptSnapshot(ctx, await readWhole(fs, ctx.file(snapName), MAX_SNAPSHOT, snapName), snapName), snapName);
+  const snap = parseSnapshot(
+    await decryptSnapshot(ctx, await readWhole(fs, ctx.file(snapName), MAX_SNAPSHOT, snapName), snapName),
+    snapName,
+  );
   const log = await fs.open(ctx.file(LOG_FILE), 'write');
   try {
     const scan = await scanLog(ctx, log, snap);
     if (rollForward && scan.header.seq !== snap.seq) {
-      throw corrupt(`${SNAPSHOT_FILE} is missing and ${SNAPSHOT_FILE}${TMP} is not the snapshot that ${LOG_FILE} follows: the store is not opened (restore ${SNAPSHOT_FILE} from a backup)`);
+      throw corrupt(
+        `${SNAPSHOT_FILE} is missing and ${SNAPSHOT_FILE}${TMP} is not the snapshot that ${LOG_FILE} follows: the store is not opened (restore ${SNAPSHOT_FILE} from a backup)`,
+      );
     }
     checkAnchor(ctx.dir, anchor, snap.storeId, scan.seq);
     // Everything is verified; only now do the files change.
     if (scan.torn) {
       await log.truncate(scan.end);
       await log.sync();
-      ctx.warn(`${ctx.file(LOG_FILE)} ended in an incomplete record (${scan.torn.bytes} bytes at byte ${scan.torn.offset}), a write that a crash interrupted before it was acknowledged: truncated it`);
+      ctx.warn(
+        `${ctx.file(LOG_FILE)} ended in an incomplete record (${scan.torn.bytes} bytes at byte ${scan.torn.offset}), a write that a crash interrupted before it was acknowledged: truncated it`,
+      );
     }
     if (rollForward) {
       await fs.rename(ctx.file(SNAPSHOT_FILE + TMP), ctx.file(SNAPSHOT_FILE));
       await fs.syncDir(ctx.dir);
-      ctx.warn(`${ctx.dir}: finished creating the state store (a crash had interrupted it before ${SNAPSHOT_FILE} was in place)`);
+      ctx.warn(
+        `${ctx.dir}: finished creating the state store (a crash had interrupted it before ${SNAPSHOT_FILE} was in place)`,
+      );
     }
     await cleanTmp(!rollForward); // left by an interrupted compaction: never authoritative
     const store = new FileStore(ctx, {
-      storeId: snap.storeId, seq: scan.seq, head: scan.head, data: snap.entries,
-      log, logKey: scan.header.key, logEnd: scan.end, logRecords: scan.records,
+      storeId: snap.storeId,
+      seq: scan.seq,
+      head: scan.head,
+      data: snap.entries,
+      log,
+      logKey: scan.header.key,
+      logEnd: scan.end,
+      logRecords: scan.records,
     });
     if (scan.header.seq < snap.seq) {
       // The log belongs to an older snapshot (a compaction was interrupted): finish it. The store is
       // consistent either way (later records chain on in the old log), so a failure is only a warning.
-      ctx.warn(`${ctx.file(LOG_FILE)} follows an older snapshot (a compaction was interrupted): finishing the compaction`);
-      await store.compact().catch((e: unknown) => ctx.warn(`finishing an interrupted compaction failed (retried later): ${describe(e)}`));
+      ctx.warn(
+        `${ctx.file(LOG_FILE)} follows an older snapshot (a compaction was interrupted): finishing the compaction`,
+      );
+      await store
+        .compact()
+        .catch((e: unknown) => ctx.warn(`finishing an interrupted compaction failed (retried later): ${describe(e)}`));
     }
     return store;
   } catch (e) {
@@ -215,7 +256,9 @@ async function decryptSnapshot(ctx: Context, file: Uint8Array, name: string): Pr
     return await ageDecrypt(ctx.dec, file, name);
   } catch (e) {
     if (e instanceof StateError && e.code === 'STATE_KEY' && (await logHeaderOpens(ctx))) {
-      throw corrupt(`${name} does not open with this identity, but ${LOG_FILE} beside it does: ${name} is damaged, or is another store's (restore it from a backup)`);
+      throw corrupt(
+        `${name} does not open with this identity, but ${LOG_FILE} beside it does: ${name} is damaged, or is another store's (restore it from a backup)`,
+      );
     }
     throw e;
   }
@@ -268,7 +311,10 @@ async function readWhole(fs: StoreFs, file: string, max: number, what: string): 
 class Reader {
   private buf = Buffer.alloc(0);
   private start = 0;
-  constructor(private readonly file: StoreFile, readonly size: number) {}
+  constructor(
+    private readonly file: StoreFile,
+    readonly size: number,
+  ) {}
 
   async bytes(pos: number, len: number): Promise<Buffer> {
     if (pos < this.start || pos + len > this.start + this.buf.length) {
@@ -309,11 +355,18 @@ async function scanLog(ctx: Context, file: StoreFile, snap: Snapshot): Promise<L
   // The header frame is written and fsynced before the file gets its name: it is never torn.
   const hlen = frameLength(await r.bytes(pos, FRAME_HEADER), size - pos);
   if (typeof hlen !== 'number') throw corrupt(`the header of ${ctx.file(LOG_FILE)} is damaged`);
-  const header = parseLogHeader(await ageDecrypt(ctx.dec, await r.bytes(pos + FRAME_HEADER, hlen), `the header of ${LOG_FILE}`, 'STATE_CORRUPT'));
+  const header = parseLogHeader(
+    await ageDecrypt(ctx.dec, await r.bytes(pos + FRAME_HEADER, hlen), `the header of ${LOG_FILE}`, 'STATE_CORRUPT'),
+  );
   pos += FRAME_HEADER + hlen;
-  if (header.storeId !== snap.storeId) throw chainBroken(`${LOG_FILE} belongs to store ${header.storeId}, not to ${snap.storeId} of ${SNAPSHOT_FILE}`);
-  if (header.seq > snap.seq) throw chainBroken(`${LOG_FILE} follows generation ${header.seq}, but ${SNAPSHOT_FILE} is at ${snap.seq}: the records in between are missing`);
-  if (header.seq === snap.seq && header.chainHead !== snap.chainHead) throw chainBroken(`${LOG_FILE} does not follow this ${SNAPSHOT_FILE}`);
+  if (header.storeId !== snap.storeId)
+    throw chainBroken(`${LOG_FILE} belongs to store ${header.storeId}, not to ${snap.storeId} of ${SNAPSHOT_FILE}`);
+  if (header.seq > snap.seq)
+    throw chainBroken(
+      `${LOG_FILE} follows generation ${header.seq}, but ${SNAPSHOT_FILE} is at ${snap.seq}: the records in between are missing`,
+    );
+  if (header.seq === snap.seq && header.chainHead !== snap.chainHead)
+    throw chainBroken(`${LOG_FILE} does not follow this ${SNAPSHOT_FILE}`);
 
   let seq = header.seq;
   let head = header.chainHead;
@@ -325,22 +378,28 @@ async function scanLog(ctx: Context, file: StoreFile, snap: Snapshot): Promise<L
       torn = { offset: pos, bytes: size - pos };
       break;
     }
-    if (len === 'bad') throw corrupt(`${ctx.file(LOG_FILE)}: the frame of record ${seq + 1} (byte ${pos}) has a damaged length`);
+    if (len === 'bad')
+      throw corrupt(`${ctx.file(LOG_FILE)}: the frame of record ${seq + 1} (byte ${pos}) has a damaged length`);
     const plain = openRecord(header.key, await r.bytes(pos + FRAME_HEADER, len));
     if (!plain) throw corrupt(`${ctx.file(LOG_FILE)}: record ${seq + 1} (byte ${pos}) fails to decrypt: it is damaged`);
     const rec = parseRecord(plain);
-    if (!rec) throw corrupt(`${ctx.file(LOG_FILE)}: record ${seq + 1} (byte ${pos}) decrypts but is not a valid record`);
+    if (!rec)
+      throw corrupt(`${ctx.file(LOG_FILE)}: record ${seq + 1} (byte ${pos}) decrypts but is not a valid record`);
     if (rec.seq !== seq + 1 || rec.prev !== head) {
-      throw chainBroken(`${ctx.file(LOG_FILE)}: the record at byte ${pos} is generation ${rec.seq} and does not follow generation ${seq}: records are missing or out of order`);
+      throw chainBroken(
+        `${ctx.file(LOG_FILE)}: the record at byte ${pos} is generation ${rec.seq} and does not follow generation ${seq}: records are missing or out of order`,
+      );
     }
     seq = rec.seq;
     head = sha256hex(plain);
-    if (seq === snap.seq && head !== snap.chainHead) throw chainBroken(`${ctx.file(LOG_FILE)}: record ${seq} is not the one ${SNAPSHOT_FILE} ends with`);
+    if (seq === snap.seq && head !== snap.chainHead)
+      throw chainBroken(`${ctx.file(LOG_FILE)}: record ${seq} is not the one ${SNAPSHOT_FILE} ends with`);
     if (seq > snap.seq) apply(snap.entries, rec.ops);
     records += 1;
     pos += FRAME_HEADER + len;
   }
-  if (seq < snap.seq) throw chainBroken(`${LOG_FILE} ends at generation ${seq}, before generation ${snap.seq} of ${SNAPSHOT_FILE}`);
+  if (seq < snap.seq)
+    throw chainBroken(`${LOG_FILE} ends at generation ${seq}, before generation ${snap.seq} of ${SNAPSHOT_FILE}`);
   return { header, seq, head, end: pos, records, ...(torn && { torn }) };
 }
 
@@ -402,7 +461,16 @@ async function create(ctx: Context): Promise<StateStore> {
     await log.file.close().catch(noop);
     throw e;
   }
-  return new FileStore(ctx, { storeId, seq: 0, head: head.chainHead, data: new Map(), log: log.file, logKey: log.key, logEnd: log.end, logRecords: 0 });
+  return new FileStore(ctx, {
+    storeId,
+    seq: 0,
+    head: head.chainHead,
+    data: new Map(),
+    log: log.file,
+    logKey: log.key,
+    logEnd: log.end,
+    logRecords: 0,
+  });
 }
 
 interface Pending {
@@ -446,7 +514,10 @@ class FileStore implements StateStore {
   private queue: Promise<void> = Promise.resolve();
   private closing: Promise<void> | undefined;
 
-  constructor(private readonly ctx: Context, init: Initial) {
+  constructor(
+    private readonly ctx: Context,
+    init: Initial,
+  ) {
     this.storeId = init.storeId;
     this.seqValue = init.seq;
     this.head = init.head;
@@ -487,7 +558,8 @@ class FileStore implements StateStore {
     try {
       batch = prepareBatch(ops);
       bytes = Buffer.byteLength(batch.json);
-      if (bytes + RECORD_OVERHEAD > MAX_FRAME) throw new Error(`a batch is at most ${MAX_FRAME - RECORD_OVERHEAD} bytes as JSON (this one has ${bytes})`);
+      if (bytes + RECORD_OVERHEAD > MAX_FRAME)
+        throw new Error(`a batch is at most ${MAX_FRAME - RECORD_OVERHEAD} bytes as JSON (this one has ${bytes})`);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -508,13 +580,20 @@ class FileStore implements StateStore {
       try {
         if (this.dirty) await this.prepareAppend();
       } catch (e) {
-        throw new StateError('STATE_IO', `closing the state store: the bytes of a failed write could not be removed from ${LOG_FILE}, so that write may reappear when the store is opened again`, { cause: e });
+        throw new StateError(
+          'STATE_IO',
+          `closing the state store: the bytes of a failed write could not be removed from ${LOG_FILE}, so that write may reappear when the store is opened again`,
+          { cause: e },
+        );
       } finally {
         await this.log.close().catch(noop);
       }
       // A rename whose directory fsync failed carries no acknowledged write (appends wait for that
       // fsync), and either name is a consistent store: one more try, then only a warning.
-      if (this.dirSyncPending) await this.ctx.fs.syncDir(this.ctx.dir).catch((e: unknown) => this.ctx.warn(`fsyncing ${this.ctx.dir} failed at close: ${describe(e)}`));
+      if (this.dirSyncPending)
+        await this.ctx.fs
+          .syncDir(this.ctx.dir)
+          .catch((e: unknown) => this.ctx.warn(`fsyncing ${this.ctx.dir} failed at close: ${describe(e)}`));
     });
     return this.closing;
   }
@@ -536,7 +615,8 @@ class FileStore implements StateStore {
     this.flushScheduled = false;
     let n = 0;
     let bytes = 0;
-    while (n < this.pending.length && (n === 0 || bytes + this.pending[n]!.bytes <= MAX_GROUP_BYTES)) bytes += this.pending[n++]!.bytes;
+    while (n < this.pending.length && (n === 0 || bytes + this.pending[n]!.bytes <= MAX_GROUP_BYTES))
+      bytes += this.pending[n++]!.bytes;
     const group = this.pending.splice(0, n);
     if (this.pending.length > 0) this.scheduleFlush();
     if (group.length === 0) return;
@@ -557,7 +637,11 @@ class FileStore implements StateStore {
       this.logEnd += data.length;
       this.logRecords += group.length;
     } catch (e) {
-      const err = new StateError('STATE_IO', `writing ${this.ctx.file(LOG_FILE)} failed; the batch is not applied (${describe(e)})`, { cause: e });
+      const err = new StateError(
+        'STATE_IO',
+        `writing ${this.ctx.file(LOG_FILE)} failed; the batch is not applied (${describe(e)})`,
+        { cause: e },
+      );
       for (const p of group) p.reject(err);
       return;
     }
@@ -565,9 +649,13 @@ class FileStore implements StateStore {
     for (const p of group) if (apply(this.data, p.batch.ops)) this.sorted = undefined;
     this.seqValue = seq;
     this.head = head;
-    group.forEach((p, i) => p.resolve(first + i));
+    group.forEach((p, i) => {
+      p.resolve(first + i);
+    });
     if (this.logRecords >= this.ctx.compactRecords || this.logEnd >= this.ctx.compactBytes) {
-      await this.compactNow().catch((e: unknown) => this.ctx.warn(`compacting the state store failed (retried after the next write): ${describe(e)}`));
+      await this.compactNow().catch((e: unknown) =>
+        this.ctx.warn(`compacting the state store failed (retried after the next write): ${describe(e)}`),
+      );
     }
   }
 
@@ -592,7 +680,8 @@ class FileStore implements StateStore {
       const head: SnapshotHead = { storeId: this.storeId, seq: this.seqValue, chainHead: this.head };
       const keys = (this.sorted ??= [...this.data.keys()].sort());
       const snapshot = await this.ctx.enc.encrypt(encodeSnapshot(head, keys, (k) => this.data.get(k)));
-      if (snapshot.length > MAX_SNAPSHOT) throw new StateError('STATE_IO', `the state has outgrown the ${MAX_SNAPSHOT}-byte snapshot limit`);
+      if (snapshot.length > MAX_SNAPSHOT)
+        throw new StateError('STATE_IO', `the state has outgrown the ${MAX_SNAPSHOT}-byte snapshot limit`);
       const snapTmp = this.ctx.file(SNAPSHOT_FILE + TMP);
       await (await writeNewFile(fs, snapTmp, snapshot)).close();
       try {

@@ -39,7 +39,9 @@ import { BACKOFF, NEVER, RotorError } from '../errors.js';
 /** A JSON value as stored. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
-export type Op = { readonly op: 'put'; readonly key: string; readonly value: Json } | { readonly op: 'delete'; readonly key: string };
+export type Op =
+  | { readonly op: 'put'; readonly key: string; readonly value: Json }
+  | { readonly op: 'delete'; readonly key: string };
 
 export interface StateStore {
   /** A random id made when the store was created; the audit log records it. */

@@ -25,16 +25,19 @@ function checkJson(value: unknown, key: string, depth: number): void {
     case 'boolean':
       return;
     case 'number':
-      if (!Number.isFinite(value)) throw new Error(`the value of ${keyName(key)} is not JSON: it holds a number that is not finite`);
+      if (!Number.isFinite(value))
+        throw new Error(`the value of ${keyName(key)} is not JSON: it holds a number that is not finite`);
       return;
     case 'object': {
-      if (depth >= MAX_DEPTH) throw new Error(`the value of ${keyName(key)} is nested deeper than ${MAX_DEPTH} levels (or is circular)`);
+      if (depth >= MAX_DEPTH)
+        throw new Error(`the value of ${keyName(key)} is nested deeper than ${MAX_DEPTH} levels (or is circular)`);
       if (Array.isArray(value)) {
         for (let i = 0; i < value.length; i++) checkJson(value[i], key, depth + 1);
         return;
       }
       const proto: unknown = Object.getPrototypeOf(value);
-      if (proto !== Object.prototype && proto !== null) throw new Error(`the value of ${keyName(key)} is not JSON: it holds an object that is not a plain object`);
+      if (proto !== Object.prototype && proto !== null)
+        throw new Error(`the value of ${keyName(key)} is not JSON: it holds an object that is not a plain object`);
       for (const k of Object.keys(value)) checkJson((value as Record<string, unknown>)[k], key, depth + 1);
       return;
     }
@@ -63,7 +66,8 @@ export function prepareBatch(ops: readonly Op[]): Batch {
   if (!Array.isArray(ops)) throw new Error('a batch is an array of operations');
   const plain: Op[] = [];
   for (const op of ops as readonly unknown[]) {
-    if (op === null || typeof op !== 'object') throw new Error('an operation is { op: "put", key, value } or { op: "delete", key }');
+    if (op === null || typeof op !== 'object')
+      throw new Error('an operation is { op: "put", key, value } or { op: "delete", key }');
     const { op: kind, key, value } = op as { op?: unknown; key?: unknown; value?: unknown };
     checkKey(key);
     if (kind === 'put') {

@@ -34,7 +34,12 @@ export interface FlagSpec {
 export type Flags = Readonly<Record<string, FlagSpec>>;
 
 /** -h, --help: every command takes it, and it is never read from the environment. */
-export const HELP_FLAG = { type: 'boolean', short: 'h', env: false, description: 'show this help' } as const satisfies FlagSpec;
+export const HELP_FLAG = {
+  type: 'boolean',
+  short: 'h',
+  env: false,
+  description: 'show this help',
+} as const satisfies FlagSpec;
 
 export function envName(flag: string): string {
   return `ROTOR_${flag.replace(/-/g, '_').toUpperCase()}`;
@@ -81,7 +86,11 @@ export function optionsHelp(flags: Flags): string {
   const entries = Object.entries(flags).map(([name, spec]) => {
     const shown = spec.defaultText ?? spec.default;
     const env = flagEnv(name, spec);
-    const words = [...spec.description.split(/\s+/), ...(shown !== undefined ? `(default: ${shown})`.split(/\s+/) : []), ...(env ? [`[env ${env}]`] : [])];
+    const words = [
+      ...spec.description.split(/\s+/),
+      ...(shown !== undefined ? `(default: ${shown})`.split(/\s+/) : []),
+      ...(env ? [`[env ${env}]`] : []),
+    ];
     return { label: flagLabel(name, spec), words };
   });
   const col = 2 + Math.min(MAX_LABEL, Math.max(...entries.map((e) => e.label.length))) + 2;
@@ -96,23 +105,40 @@ export function optionsHelp(flags: Flags): string {
 }
 
 export interface Parsed<F extends Flags> {
-  readonly flags: { [K in keyof F]: F[K]['type'] extends 'boolean' ? boolean : F[K]['multiple'] extends true ? string[] : string | undefined };
+  readonly flags: {
+    [K in keyof F]: F[K]['type'] extends 'boolean'
+      ? boolean
+      : F[K]['multiple'] extends true
+        ? string[]
+        : string | undefined;
+  };
   readonly positionals: string[];
 }
 
-export function parse<F extends Flags>(argv: readonly string[], specs: F, env: NodeJS.ProcessEnv, maxPositionals: number): Parsed<F> {
+export function parse<F extends Flags>(
+  argv: readonly string[],
+  specs: F,
+  env: NodeJS.ProcessEnv,
+  maxPositionals: number,
+): Parsed<F> {
   let parsed;
   try {
     parsed = parseArgs({
       args: [...argv],
-      options: Object.fromEntries(Object.entries(specs).map(([k, s]) => [k, { type: s.type, ...(s.short ? { short: s.short } : {}), ...(s.multiple ? { multiple: true } : {}) }])),
+      options: Object.fromEntries(
+        Object.entries(specs).map(([k, s]) => [
+          k,
+          { type: s.type, ...(s.short ? { short: s.short } : {}), ...(s.multiple ? { multiple: true } : {}) },
+        ]),
+      ),
       allowPositionals: true,
       strict: true,
     });
   } catch (e) {
     throw new UsageError((e as Error).message.replace(/\. To specify a positional argument.*$/, ''));
   }
-  if (parsed.positionals.length > maxPositionals) throw new UsageError(`unexpected argument "${parsed.positionals[maxPositionals]}"`);
+  if (parsed.positionals.length > maxPositionals)
+    throw new UsageError(`unexpected argument "${parsed.positionals[maxPositionals]}"`);
   const flags: Record<string, unknown> = {};
   for (const [name, spec] of Object.entries(specs)) {
     let v: unknown = (parsed.values as Record<string, unknown>)[name];

@@ -7,8 +7,8 @@
 import { randomUUID } from 'node:crypto';
 import { checkAnchor, checkAnchorOption } from '../../src/state/anchor.js';
 import type { Json, Op, StateStore, StoreBackend, StoreOpenOptions } from '../../src/state/index.js';
-import { prepareBatch } from '../../src/state/values.js';
 import type { Batch } from '../../src/state/values.js';
+import { prepareBatch } from '../../src/state/values.js';
 
 /** What a memory store keeps "durably": survives close and reopen. */
 export interface MemoryPlace {
@@ -85,7 +85,9 @@ class MemoryStore implements StateStore {
     for (const { batch } of group) apply(this.data, batch.ops);
     this.seqValue = this.durable.seq;
     this.flushing = undefined;
-    group.forEach((p, i) => p.resolve(first + i));
+    group.forEach((p, i) => {
+      p.resolve(first + i);
+    });
   }
 
   compact(): Promise<void> {

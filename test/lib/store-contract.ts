@@ -44,26 +44,46 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
       const copy = { ...mutable };
       mutable.password = 'changed by the caller';
       t.same(store.get('db/b'), copy, 'the store keeps its own copy');
-      t.equal(await store.write([
-        { op: 'put', key: 'db/a', value: [1, 'two', null, true] },
-        { op: 'put', key: 'db/c', value: 3 },
-        { op: 'put', key: 'dbx', value: 'x' },
-      ]), 2);
-      t.equal(await store.write([
-        { op: 'delete', key: 'db/c' },
-        { op: 'put', key: 'api/k', value: { n: { deep: [1] } } },
-        { op: 'delete', key: 'missing' },
-      ]), 3);
-      const tmp: Op[] = [{ op: 'put', key: 'tmp', value: 1 }, { op: 'delete', key: 'tmp' }];
+      t.equal(
+        await store.write([
+          { op: 'put', key: 'db/a', value: [1, 'two', null, true] },
+          { op: 'put', key: 'db/c', value: 3 },
+          { op: 'put', key: 'dbx', value: 'x' },
+        ]),
+        2,
+      );
+      t.equal(
+        await store.write([
+          { op: 'delete', key: 'db/c' },
+          { op: 'put', key: 'api/k', value: { n: { deep: [1] } } },
+          { op: 'delete', key: 'missing' },
+        ]),
+        3,
+      );
+      const tmp: Op[] = [
+        { op: 'put', key: 'tmp', value: 1 },
+        { op: 'delete', key: 'tmp' },
+      ];
       t.equal(await store.write(tmp), 4, 'ops apply in order');
       t.equal(store.seq, 4);
 
       const value = store.get('api/k') as { n: { deep: number[] } };
       t.ok(Object.isFrozen(value) && Object.isFrozen(value.n) && Object.isFrozen(value.n.deep), 'values are frozen');
-      t.throws(() => { (value.n.deep as number[]).push(2); });
-      t.same([...store.entries()].map(([k]) => k), ['api/k', 'db/a', 'db/b', 'dbx']);
-      t.same([...store.entries('db/')].map(([k]) => k), ['db/a', 'db/b']);
-      t.same([...store.entries('db')].map(([k]) => k), ['db/a', 'db/b', 'dbx']);
+      t.throws(() => {
+        (value.n.deep as number[]).push(2);
+      });
+      t.same(
+        [...store.entries()].map(([k]) => k),
+        ['api/k', 'db/a', 'db/b', 'dbx'],
+      );
+      t.same(
+        [...store.entries('db/')].map(([k]) => k),
+        ['db/a', 'db/b'],
+      );
+      t.same(
+        [...store.entries('db')].map(([k]) => k),
+        ['db/a', 'db/b', 'dbx'],
+      );
       t.same([...store.entries('zz')], []);
       const expected = all(store);
       await store.close();
@@ -112,15 +132,27 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
       const p = await place(t);
       const store = await p.open();
       t.equal(await store.write([{ op: 'put', key: 'a', value: 1 }]), 1);
-      await t.rejects(store.write([{ op: 'put', key: 'a', value: 2 }, { op: 'put', key: 'b', value: NaN }]), Error);
+      await t.rejects(
+        store.write([
+          { op: 'put', key: 'a', value: 2 },
+          { op: 'put', key: 'b', value: NaN },
+        ]),
+        Error,
+      );
       t.equal(store.get('a'), 1, 'the valid first operation of the refused batch is not applied');
       t.equal(store.get('b'), undefined);
       const results = await Promise.allSettled([
         store.write([{ op: 'put', key: 'c', value: 1 }]),
-        store.write([{ op: 'put', key: 'd', value: 1 }, { op: 'delete', key: '' }]),
+        store.write([
+          { op: 'put', key: 'd', value: 1 },
+          { op: 'delete', key: '' },
+        ]),
         store.write([{ op: 'put', key: 'e', value: 1 }]),
       ]);
-      t.same(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled']);
+      t.same(
+        results.map((r) => r.status),
+        ['fulfilled', 'rejected', 'fulfilled'],
+      );
       const seqs = results.map((r) => (r.status === 'fulfilled' ? r.value : null));
       t.same(seqs, [2, null, 3], 'the batches around it get consecutive generations');
       t.same(all(store), { a: 1, c: 1, e: 1 });
@@ -149,7 +181,11 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
       const key = (i: number): string => `k/${String(i).padStart(3, '0')}`;
       const writes200 = Array.from({ length: 200 }, (_, i) => store.write([{ op: 'put', key: key(i), value: i }]));
       const seqs = await Promise.all(writes200);
-      t.same(seqs, Array.from({ length: 200 }, (_, i) => i + 1), 'one seq per batch, in submission order');
+      t.same(
+        seqs,
+        Array.from({ length: 200 }, (_, i) => i + 1),
+        'one seq per batch, in submission order',
+      );
       t.equal(store.seq, 200);
       // Writes still waiting when close() is called are written before it resolves.
       const writes = [1, 2, 3].map((i) => store.write([{ op: 'put', key: `late/${i}`, value: i }]));
@@ -157,7 +193,10 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
       t.same(await Promise.all(writes), [201, 202, 203], 'close waited for every write submitted before it');
       const again = await p.open();
       t.equal(again.seq, 203);
-      t.same([...again.entries('k/')].map(([, v]) => v), Array.from({ length: 200 }, (_, i) => i));
+      t.same(
+        [...again.entries('k/')].map(([, v]) => v),
+        Array.from({ length: 200 }, (_, i) => i),
+      );
       t.same(all(again)['late/3'], 3);
       await again.close();
     });
@@ -166,12 +205,35 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
       const store = await (await place(t)).open();
       const keys = ['b', 'a/2', 'a/10', 'a', 'a/1', 'ab', 'B', 'é', 'z'];
       await store.write(keys.map((key, i) => ({ op: 'put', key, value: { i } })));
-      t.same([...store.entries()].map(([k]) => k), [...keys].sort(), 'code unit order');
-      t.same([...store.entries('a/')].map(([k]) => k), ['a/1', 'a/10', 'a/2']);
-      t.same([...store.entries('a')].map(([k]) => k), ['a', 'a/1', 'a/10', 'a/2', 'ab']);
-      t.ok([...store.entries()].every(([, v]) => Object.isFrozen(v)), 'every value from entries() is frozen');
-      await store.write([{ op: 'delete', key: 'a/10' }, { op: 'put', key: 'a/0', value: null }]);
-      t.same([...store.entries('a/')], [['a/0', null], ['a/1', { i: 4 }], ['a/2', { i: 1 }]]);
+      t.same(
+        [...store.entries()].map(([k]) => k),
+        [...keys].sort(),
+        'code unit order',
+      );
+      t.same(
+        [...store.entries('a/')].map(([k]) => k),
+        ['a/1', 'a/10', 'a/2'],
+      );
+      t.same(
+        [...store.entries('a')].map(([k]) => k),
+        ['a', 'a/1', 'a/10', 'a/2', 'ab'],
+      );
+      t.ok(
+        [...store.entries()].every(([, v]) => Object.isFrozen(v)),
+        'every value from entries() is frozen',
+      );
+      await store.write([
+        { op: 'delete', key: 'a/10' },
+        { op: 'put', key: 'a/0', value: null },
+      ]);
+      t.same(
+        [...store.entries('a/')],
+        [
+          ['a/0', null],
+          ['a/1', { i: 4 }],
+          ['a/2', { i: 1 }],
+        ],
+      );
       t.equal(store.get('a/10'), undefined);
       await store.close();
     });
@@ -180,7 +242,10 @@ export async function storeContract(t: Test, name: string, newPlace: () => Promi
       const p = await place(t);
       const store = await p.open();
       for (let i = 0; i < 5; i++) {
-        await store.write([{ op: 'put', key: `k${i}`, value: secret() }, { op: 'delete', key: `k${i - 2}` }]);
+        await store.write([
+          { op: 'put', key: `k${i}`, value: secret() },
+          { op: 'delete', key: `k${i - 2}` },
+        ]);
       }
       const expected = all(store);
       await store.compact();

@@ -33,7 +33,8 @@ export function findBinary(...candidates: string[]): string | undefined {
 export function needService(t: Test, what: string, available: boolean, install: string): boolean {
   if (available) return true;
   const message = `${what} is not installed here: ${install}`;
-  if (process.env.ROTOR_REQUIRE_SERVICES === '1') t.fail(`${message} (ROTOR_REQUIRE_SERVICES=1: a missing server fails the run)`);
+  if (process.env.ROTOR_REQUIRE_SERVICES === '1')
+    t.fail(`${message} (ROTOR_REQUIRE_SERVICES=1: a missing server fails the run)`);
   else t.skip(`${message}; skipping the live ${what} tests`, () => undefined);
   return false;
 }

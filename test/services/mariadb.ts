@@ -9,14 +9,15 @@
  * mysql_native_password hash). --skip-name-resolve makes a TCP login from 127.0.0.1 match the
  * '127.0.0.1' rows and a socket login the 'localhost' rows, so a test can reach each host row of a user.
  */
-import { execFile, spawn } from 'node:child_process';
+
 import type { ChildProcess } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createConnection } from 'mysql2/promise';
 import type { Connection } from 'mysql2/promise';
+import { createConnection } from 'mysql2/promise';
 import type { Test } from 'tap';
 import { findBinary, freePort, needService, waitUntil } from './common.js';
 
@@ -75,7 +76,11 @@ function tail(file: string, lines = 30): string {
  */
 export async function startMariadb(t: Test, options: MariadbOptions = {}): Promise<MariadbServer | undefined> {
   const mariadbd = findBinary('/usr/sbin/mariadbd', '/usr/bin/mariadbd', '/usr/local/bin/mariadbd');
-  const installDb = findBinary('/usr/bin/mariadb-install-db', '/usr/local/bin/mariadb-install-db', '/usr/bin/mysql_install_db');
+  const installDb = findBinary(
+    '/usr/bin/mariadb-install-db',
+    '/usr/local/bin/mariadb-install-db',
+    '/usr/bin/mysql_install_db',
+  );
   if (!needService(t, 'MariaDB', mariadbd !== undefined && installDb !== undefined, INSTALL_HINT)) return undefined;
 
   const dir = mkdtempSync(path.join(os.tmpdir(), 'rotor-mariadb-'));
@@ -118,7 +123,11 @@ export async function startMariadb(t: Test, options: MariadbOptions = {}): Promi
 
   const rootPassword = randomBytes(18).toString('base64url');
   const sha1 = (b: Buffer): Buffer => createHash('sha1').update(b).digest();
-  const rootHash = '*' + sha1(sha1(Buffer.from(rootPassword))).toString('hex').toUpperCase();
+  const rootHash =
+    '*' +
+    sha1(sha1(Buffer.from(rootPassword)))
+      .toString('hex')
+      .toUpperCase();
   const initFile = path.join(dir, 'init.sql');
   writeFileSync(
     initFile,
@@ -165,7 +174,8 @@ export async function startMariadb(t: Test, options: MariadbOptions = {}): Promi
     });
   });
 
-  const root = (): Promise<Connection> => createConnection({ socketPath: socket, user: 'root', password: rootPassword, multipleStatements: false });
+  const root = (): Promise<Connection> =>
+    createConnection({ socketPath: socket, user: 'root', password: rootPassword, multipleStatements: false });
   const died = exited.then(() => {
     throw new Error(`mariadbd exited during start-up:\n${tail(errorLog)}`);
   });

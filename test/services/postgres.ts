@@ -7,10 +7,21 @@
  * initdb and postgres refuse to run as root; when the tests run as root the server runs as the
  * `postgres` Unix user, with the temporary directory chowned to it.
  */
-import { execFileSync, spawn } from 'node:child_process';
+
 import type { ChildProcess } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -40,7 +51,9 @@ const INSTALL = 'apt-get install postgresql';
 function findBinaries(): { initdb: string; postgres: string } | undefined {
   const root = '/usr/lib/postgresql';
   const majors = existsSync(root)
-    ? readdirSync(root).filter((d) => /^\d+$/.test(d)).sort((a, b) => Number(b) - Number(a))
+    ? readdirSync(root)
+        .filter((d) => /^\d+$/.test(d))
+        .sort((a, b) => Number(b) - Number(a))
     : [];
   for (const m of majors) {
     const bin = path.join(root, m, 'bin');
@@ -56,11 +69,14 @@ function findBinaries(): { initdb: string; postgres: string } | undefined {
 /** The uid/gid to run the server as: the `postgres` user when we are root, else ourselves (undefined). */
 function serverIdentity(): { uid: number; gid: number } | undefined {
   if (process.getuid?.() !== 0) return undefined;
-  const id = (flag: string) => Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
+  const id = (flag: string) =>
+    Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
   try {
     return { uid: id('-u'), gid: id('-g') };
   } catch {
-    throw new Error('the tests run as root, and initdb/postgres refuse to: a `postgres` Unix user is needed to run the server (the postgresql package creates it)');
+    throw new Error(
+      'the tests run as root, and initdb/postgres refuse to: a `postgres` Unix user is needed to run the server (the postgresql package creates it)',
+    );
   }
 }
 
@@ -102,7 +118,19 @@ export async function startPostgres(t: Test): Promise<PgServer | undefined> {
   try {
     execFileSync(
       bins.initdb,
-      ['-D', data, '-U', superuser, `--pwfile=${pwfile}`, '--auth=scram-sha-256', '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions'],
+      [
+        '-D',
+        data,
+        '-U',
+        superuser,
+        `--pwfile=${pwfile}`,
+        '--auth=scram-sha-256',
+        '-E',
+        'UTF8',
+        '--locale=C',
+        '--no-sync',
+        '--no-instructions',
+      ],
       { ...spawnAs, cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] },
     );
   } catch (err) {
@@ -118,13 +146,32 @@ export async function startPostgres(t: Test): Promise<PgServer | undefined> {
   const proc = spawn(
     bins.postgres,
     [
-      '-D', data, '-p', String(port),
-      '-c', `listen_addresses=${host}`,
-      '-c', `unix_socket_directories=${dir}`,
-      '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off',
-      '-c', 'password_encryption=scram-sha-256',
-      '-c', 'log_statement=all', '-c', 'log_connections=on', '-c', 'logging_collector=off',
-      '-c', 'max_connections=40', '-c', 'shared_buffers=16MB',
+      '-D',
+      data,
+      '-p',
+      String(port),
+      '-c',
+      `listen_addresses=${host}`,
+      '-c',
+      `unix_socket_directories=${dir}`,
+      '-c',
+      'fsync=off',
+      '-c',
+      'synchronous_commit=off',
+      '-c',
+      'full_page_writes=off',
+      '-c',
+      'password_encryption=scram-sha-256',
+      '-c',
+      'log_statement=all',
+      '-c',
+      'log_connections=on',
+      '-c',
+      'logging_collector=off',
+      '-c',
+      'max_connections=40',
+      '-c',
+      'shared_buffers=16MB',
     ],
     { ...spawnAs, cwd: dir, env, stdio: ['ignore', logFd, logFd] },
   );
@@ -138,7 +185,14 @@ export async function startPostgres(t: Test): Promise<PgServer | undefined> {
   died.catch(() => {}); // observed by the race below; later exits (stop) are expected
 
   const connect = async () => {
-    const c = new pg.Client({ host, port, user: superuser, password: superPassword, database: 'postgres', connectionTimeoutMillis: 5000 });
+    const c = new pg.Client({
+      host,
+      port,
+      user: superuser,
+      password: superPassword,
+      database: 'postgres',
+      connectionTimeoutMillis: 5000,
+    });
     c.on('error', () => {});
     await c.connect();
     return c;
@@ -152,7 +206,17 @@ export async function startPostgres(t: Test): Promise<PgServer | undefined> {
     }
   };
   try {
-    await Promise.race([died, waitUntil(async () => ((await (await connect()).end()), true), 15_000, 'PostgreSQL')]);
+    await Promise.race([
+      died,
+      waitUntil(
+        async () => {
+          await (await connect()).end();
+          return true;
+        },
+        15_000,
+        'PostgreSQL',
+      ),
+    ]);
   } catch (err) {
     const log = existsSync(logFile) ? readFileSync(logFile, 'utf8').slice(-2000) : '';
     throw new Error(`PostgreSQL did not start (${(err as Error).message}); log tail:\n${log}`);
@@ -161,7 +225,12 @@ export async function startPostgres(t: Test): Promise<PgServer | undefined> {
   const version = Math.floor(Number(row?.v) / 10000);
 
   return {
-    host, port, superuser, superPassword, logFile, version,
+    host,
+    port,
+    superuser,
+    superPassword,
+    logFile,
+    version,
     adminUrl: `postgres://${superuser}@${host}:${port}/postgres`,
     query,
     stop,

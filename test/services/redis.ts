@@ -8,7 +8,7 @@
  * works), `config-file` (users in redis.conf, `CONFIG REWRITE` works), `none` (everything on the command
  * line: neither works).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -49,7 +49,10 @@ function redisServerBinary(): string | undefined {
 }
 
 /** Starts a server for this test, or returns undefined when redis-server is missing (the test is skipped/failed by needService). */
-export async function startRedis(t: Test, opts: { persistence?: RedisPersistence; adminRules?: readonly string[] } = {}): Promise<RedisServer | undefined> {
+export async function startRedis(
+  t: Test,
+  opts: { persistence?: RedisPersistence; adminRules?: readonly string[] } = {},
+): Promise<RedisServer | undefined> {
   const bin = redisServerBinary();
   if (!needService(t, 'Redis', bin !== undefined, 'apt-get install redis-server')) return undefined;
   const persistence = opts.persistence ?? 'aclfile';
@@ -64,12 +67,23 @@ export async function startRedis(t: Test, opts: { persistence?: RedisPersistence
     ['rotor_admin', 'on', `#${sha256(adminPassword)}`, ...adminRules],
     ['rotor_root', 'on', `#${sha256(rootPassword)}`, '~*', '&*', '+@all'],
   ];
-  const base = [['port', String(port)], ['bind', '127.0.0.1'], ['save', ''], ['appendonly', 'no'], ['dir', dir], ['protected-mode', 'yes'], ['logfile', '']];
+  const base = [
+    ['port', String(port)],
+    ['bind', '127.0.0.1'],
+    ['save', ''],
+    ['appendonly', 'no'],
+    ['dir', dir],
+    ['protected-mode', 'yes'],
+    ['logfile', ''],
+  ];
 
   let args: string[];
   let savedFile: string | undefined;
   if (persistence === 'none') {
-    args = [...base, ...users.map((u) => ['user', ...u])].flatMap(([name, ...values]) => [`--${name}`, ...values.map((v) => v)]);
+    args = [...base, ...users.map((u) => ['user', ...u])].flatMap(([name, ...values]) => [
+      `--${name}`,
+      ...values.map((v) => v),
+    ]);
   } else {
     const conf = path.join(dir, 'redis.conf');
     const lines = base.map(([k, v]) => `${k} ${v === '' ? '""' : v}`);
@@ -81,7 +95,7 @@ export async function startRedis(t: Test, opts: { persistence?: RedisPersistence
       savedFile = conf;
       lines.push(...users.map((u) => `user ${u.join(' ')}`));
     }
-    writeFileSync(conf, lines.join('\n') + '\n');
+    writeFileSync(conf, `${lines.join('\n')}\n`);
     args = [conf];
   }
 
@@ -102,7 +116,18 @@ export async function startRedis(t: Test, opts: { persistence?: RedisPersistence
 
   // A fresh connection per command: ACL LOAD, for one, disconnects every client of the users it reloads.
   const root = async (command: string, ...rest: string[]): Promise<unknown> => {
-    const conn = new Redis({ host: '127.0.0.1', port, username: 'rotor_root', password: rootPassword, lazyConnect: true, protocol: 2, retryStrategy: null, maxRetriesPerRequest: 0, enableReadyCheck: false, disableClientInfo: true });
+    const conn = new Redis({
+      host: '127.0.0.1',
+      port,
+      username: 'rotor_root',
+      password: rootPassword,
+      lazyConnect: true,
+      protocol: 2,
+      retryStrategy: null,
+      maxRetriesPerRequest: 0,
+      enableReadyCheck: false,
+      disableClientInfo: true,
+    });
     conn.on('error', () => {});
     try {
       await conn.connect();

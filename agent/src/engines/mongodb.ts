@@ -18,8 +18,17 @@
  * users of `app`; the admin account authenticates against `?authSource=` (default `admin`).
  */
 import { randomBytes } from 'node:crypto';
-import { MongoClient, type Document, type MongoClientOptions } from 'mongodb';
-import { DbError, type Credential, type DbEngine, type EngineFactory, type RetireJob, type SetJob, type SetOutcome, type TargetConnection } from './types.js';
+import { type Document, MongoClient, type MongoClientOptions } from 'mongodb';
+import {
+  type Credential,
+  type DbEngine,
+  DbError,
+  type EngineFactory,
+  type RetireJob,
+  type SetJob,
+  type SetOutcome,
+  type TargetConnection,
+} from './types.js';
 
 /** What the engine needs from a connected client: run one command document on one database. */
 export interface MongoSession {
@@ -68,7 +77,11 @@ interface Endpoint {
 export function parseMongoTarget(target: TargetConnection): Endpoint {
   // Not WHATWG URL: `mongodb://h1:1,h2:2/db` (a seed list) is not a valid URL there.
   const m = /^(mongodb(?:\+srv)?:\/\/)(?:([^@/?#]*)@)?([^/?#]+)(?:\/([^?#]*))?(\?[^#]*)?$/.exec(target.url);
-  if (!m) throw new DbError('DB_ERROR', 'the MongoDB target URL cannot be parsed (expected mongodb://user@host:port/database)');
+  if (!m)
+    throw new DbError(
+      'DB_ERROR',
+      'the MongoDB target URL cannot be parsed (expected mongodb://user@host:port/database)',
+    );
   const [, scheme, userinfo, hosts, path, query] = m;
   let adminUser: string | undefined;
   let urlPassword: string | undefined;
@@ -130,10 +143,22 @@ export function testOptions(ep: Endpoint, c: Credential): MongoClientOptions {
 
 /** The `updateUser` command of a password change. */
 export function updateUserCommand(username: string, password: string, timeoutMs: number): Document {
-  return { updateUser: username, pwd: password, mechanisms: [...MONGO_MECHANISMS], writeConcern: { w: 'majority', wtimeout: timeoutMs } };
+  return {
+    updateUser: username,
+    pwd: password,
+    mechanisms: [...MONGO_MECHANISMS],
+    writeConcern: { w: 'majority', wtimeout: timeoutMs },
+  };
 }
 
-const NETWORK_ERRORS = new Set(['MongoServerSelectionError', 'MongoNetworkError', 'MongoNetworkTimeoutError', 'MongoTopologyClosedError', 'MongoNotConnectedError', 'MongoOperationTimeoutError']);
+const NETWORK_ERRORS = new Set([
+  'MongoServerSelectionError',
+  'MongoNetworkError',
+  'MongoNetworkTimeoutError',
+  'MongoTopologyClosedError',
+  'MongoNotConnectedError',
+  'MongoOperationTimeoutError',
+]);
 /** Server codes that mean "try again later": shutdown, failover, write concern not satisfied in time. */
 const TRANSIENT_CODES = new Set([6, 7, 64, 89, 91, 189, 10107, 11600, 11602, 13435, 13436]);
 
@@ -162,19 +187,33 @@ function mapError(err: unknown, doing: string, asAdmin: boolean): DbError {
       ? new DbError('DB_ADMIN_AUTH', 'MongoDB refused the admin credential (AuthenticationFailed)', dbCode)
       : new DbError('DB_ERROR', `MongoDB refused a login while trying to ${doing}`, dbCode);
   }
-  if (code === 11) return new DbError('DB_USER_MISSING', `MongoDB has no such user (UserNotFound) in the target database while trying to ${doing}`, dbCode);
-  if (code === 13) return new DbError('DB_PERMISSION', `the MongoDB admin account lacks a privilege needed to ${doing} (Unauthorized; it needs changePassword on the users' database)`, dbCode);
+  if (code === 11)
+    return new DbError(
+      'DB_USER_MISSING',
+      `MongoDB has no such user (UserNotFound) in the target database while trying to ${doing}`,
+      dbCode,
+    );
+  if (code === 13)
+    return new DbError(
+      'DB_PERMISSION',
+      `the MongoDB admin account lacks a privilege needed to ${doing} (Unauthorized; it needs changePassword on the users' database)`,
+      dbCode,
+    );
   if (isNetworkError(err) || (code !== undefined && TRANSIENT_CODES.has(code))) {
     return new DbError('DB_UNREACHABLE', `MongoDB is unreachable or not ready while trying to ${doing}`, dbCode);
   }
-  if ((err as { name?: string })?.name === 'MongoParseError' || (err as { name?: string })?.name === 'MongoInvalidArgumentError') {
+  if (
+    (err as { name?: string })?.name === 'MongoParseError' ||
+    (err as { name?: string })?.name === 'MongoInvalidArgumentError'
+  ) {
     return new DbError('DB_ERROR', 'the MongoDB target URL or its options are invalid');
   }
   return new DbError('DB_ERROR', `MongoDB failed while trying to ${doing}`, dbCode);
 }
 
 function checkUsername(username: string): void {
-  if (typeof username !== 'string' || username === '') throw new DbError('DB_USER_MISSING', 'a MongoDB username cannot be empty');
+  if (typeof username !== 'string' || username === '')
+    throw new DbError('DB_USER_MISSING', 'a MongoDB username cannot be empty');
 }
 
 export function createMongodbEngine(options: MongodbEngineOptions = {}): EngineFactory {
@@ -226,11 +265,18 @@ class MongodbEngine implements DbEngine {
     if (job.strategy === 'dual') throw unsupportedDual();
     checkUsername(job.retired.username);
     if (job.retired.username === job.current.username) {
-      throw new DbError('DB_ERROR', `refusing to retire: alternate needs two users, but the retired and the current user are both ${JSON.stringify(job.current.username)}`);
+      throw new DbError(
+        'DB_ERROR',
+        `refusing to retire: alternate needs two users, but the retired and the current user are both ${JSON.stringify(job.current.username)}`,
+      );
     }
     // A value nobody knows: never stored, never logged; the next set gives the user a known one again.
     const unknowable = randomBytes(32).toString('base64url');
-    await this.updatePassword(job.retired.username, unknowable, 'retire the previous user (updateUser with an unknown password)');
+    await this.updatePassword(
+      job.retired.username,
+      unknowable,
+      'retire the previous user (updateUser with an unknown password)',
+    );
   }
 
   async close(): Promise<void> {
@@ -252,7 +298,11 @@ class MongodbEngine implements DbEngine {
     const wce = reply?.writeConcernError as { code?: unknown } | undefined;
     if (wce) {
       const code = typeof wce.code === 'number' ? wce.code : undefined;
-      throw new DbError('DB_UNREACHABLE', `MongoDB applied the change on the primary but a majority did not confirm it in time while trying to ${doing}; it is retried`, code === undefined ? undefined : String(code));
+      throw new DbError(
+        'DB_UNREACHABLE',
+        `MongoDB applied the change on the primary but a majority did not confirm it in time while trying to ${doing}; it is retried`,
+        code === undefined ? undefined : String(code),
+      );
     }
   }
 
@@ -269,5 +319,8 @@ class MongodbEngine implements DbEngine {
 }
 
 function unsupportedDual(): DbError {
-  return new DbError('DB_UNSUPPORTED', 'the dual strategy is not supported for MongoDB: a user holds one password; use alternate (two users) or single');
+  return new DbError(
+    'DB_UNSUPPORTED',
+    'the dual strategy is not supported for MongoDB: a user holds one password; use alternate (two users) or single',
+  );
 }

@@ -14,7 +14,16 @@
  * never builds SQL from a name or a value.
  */
 import sql from 'mssql';
-import { DbError, type Credential, type DbEngine, type EngineFactory, type RetireJob, type SetJob, type SetOutcome, type TargetConnection } from './types.js';
+import {
+  type Credential,
+  type DbEngine,
+  DbError,
+  type EngineFactory,
+  type RetireJob,
+  type SetJob,
+  type SetOutcome,
+  type TargetConnection,
+} from './types.js';
 
 /** One bound parameter of a batch (always nvarchar). */
 export interface MssqlParam {
@@ -56,7 +65,12 @@ export const mssqlPoolConnect: MssqlConnect = async (config) => {
     await pool.connect();
   } catch (err) {
     await pool.close().catch(() => {});
-    if (err && typeof err === 'object' && loginErrorNumber !== undefined && (err as { number?: unknown }).number === undefined) {
+    if (
+      err &&
+      typeof err === 'object' &&
+      loginErrorNumber !== undefined &&
+      (err as { number?: unknown }).number === undefined
+    ) {
       (err as { number?: number }).number = loginErrorNumber;
     }
     throw err;
@@ -126,9 +140,13 @@ export function parseMssqlTarget(target: TargetConnection): Endpoint {
   try {
     u = new URL(target.url);
   } catch {
-    throw new DbError('DB_ERROR', 'the SQL Server target URL cannot be parsed (expected mssql://user@host:port/database)');
+    throw new DbError(
+      'DB_ERROR',
+      'the SQL Server target URL cannot be parsed (expected mssql://user@host:port/database)',
+    );
   }
-  if (u.protocol !== 'mssql:' && u.protocol !== 'sqlserver:') throw new DbError('DB_ERROR', `a SQL Server target URL starts with mssql://, not ${u.protocol}//`);
+  if (u.protocol !== 'mssql:' && u.protocol !== 'sqlserver:')
+    throw new DbError('DB_ERROR', `a SQL Server target URL starts with mssql://, not ${u.protocol}//`);
   const server = u.hostname.replace(/^\[(.*)\]$/, '$1');
   if (!server) throw new DbError('DB_ERROR', 'the SQL Server target URL has no host');
   const flag = (name: string, dflt: boolean): boolean => {
@@ -183,11 +201,23 @@ const LOGIN_REFUSED = new Set([18456, 18470, 18486, 18487, 18488]);
 /** Password policy (15116 too short, 15118 not complex enough, and their neighbours) or over 128 characters: generate another value. */
 const VALUE_REJECTED = new Set([15115, 15116, 15117, 15118, 50003]);
 const PERMISSION = new Set([15151, 15247, 229, 230, 297, 300]);
-const NETWORK_CODES = new Set(['ESOCKET', 'ETIMEOUT', 'ECONNCLOSED', 'ENOTOPEN', 'EINSTLOOKUP', 'ENOCONN', 'ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN']);
+const NETWORK_CODES = new Set([
+  'ESOCKET',
+  'ETIMEOUT',
+  'ECONNCLOSED',
+  'ENOTOPEN',
+  'EINSTLOOKUP',
+  'ENOCONN',
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
 
 function errorNumber(err: unknown): number | undefined {
   const e = err as { number?: unknown; originalError?: { number?: unknown; info?: { number?: unknown } } } | undefined;
-  for (const n of [e?.number, e?.originalError?.number, e?.originalError?.info?.number]) if (typeof n === 'number') return n;
+  for (const n of [e?.number, e?.originalError?.number, e?.originalError?.info?.number])
+    if (typeof n === 'number') return n;
   return undefined;
 }
 
@@ -210,10 +240,26 @@ function mapError(err: unknown, doing: string, asAdmin: boolean): DbError {
   const n = errorNumber(err);
   const code = errorCode(err);
   const dbCode = n !== undefined ? String(n) : code;
-  if (code === 'ELOGIN' && asAdmin && isLoginRefused(err)) return new DbError('DB_ADMIN_AUTH', 'SQL Server refused the admin login', dbCode);
-  if (n === 50001 || n === 50002) return new DbError('DB_USER_MISSING', `SQL Server has no such SQL login, or the admin account cannot see it, while trying to ${doing}`, dbCode);
-  if (n !== undefined && VALUE_REJECTED.has(n)) return new DbError('DB_VALUE_REJECTED', `SQL Server refused the new password (password policy ${n}) while trying to ${doing}`, dbCode);
-  if (n !== undefined && PERMISSION.has(n)) return new DbError('DB_PERMISSION', `the SQL Server admin account lacks a permission needed to ${doing} (it needs ALTER ANY LOGIN)`, dbCode);
+  if (code === 'ELOGIN' && asAdmin && isLoginRefused(err))
+    return new DbError('DB_ADMIN_AUTH', 'SQL Server refused the admin login', dbCode);
+  if (n === 50001 || n === 50002)
+    return new DbError(
+      'DB_USER_MISSING',
+      `SQL Server has no such SQL login, or the admin account cannot see it, while trying to ${doing}`,
+      dbCode,
+    );
+  if (n !== undefined && VALUE_REJECTED.has(n))
+    return new DbError(
+      'DB_VALUE_REJECTED',
+      `SQL Server refused the new password (password policy ${n}) while trying to ${doing}`,
+      dbCode,
+    );
+  if (n !== undefined && PERMISSION.has(n))
+    return new DbError(
+      'DB_PERMISSION',
+      `the SQL Server admin account lacks a permission needed to ${doing} (it needs ALTER ANY LOGIN)`,
+      dbCode,
+    );
   if ((code !== undefined && NETWORK_CODES.has(code)) || (err as { isTransient?: unknown })?.isTransient === true) {
     return new DbError('DB_UNREACHABLE', `SQL Server is unreachable while trying to ${doing}`, dbCode);
   }
@@ -221,15 +267,29 @@ function mapError(err: unknown, doing: string, asAdmin: boolean): DbError {
 }
 
 function checkLogin(login: string): void {
-  if (typeof login !== 'string' || login === '') throw new DbError('DB_USER_MISSING', 'a SQL Server login name cannot be empty');
-  if (login.length > MAX_NAME) throw new DbError('DB_USER_MISSING', `a SQL Server login name has at most ${MAX_NAME} characters, so no such login can exist`);
+  if (typeof login !== 'string' || login === '')
+    throw new DbError('DB_USER_MISSING', 'a SQL Server login name cannot be empty');
+  if (login.length > MAX_NAME)
+    throw new DbError(
+      'DB_USER_MISSING',
+      `a SQL Server login name has at most ${MAX_NAME} characters, so no such login can exist`,
+    );
 }
 
 function checkPassword(password: string): void {
-  if (password.length > MAX_PASSWORD) throw new DbError('DB_VALUE_REJECTED', `SQL Server passwords have at most ${MAX_PASSWORD} characters; generate a shorter one`);
+  if (password.length > MAX_PASSWORD)
+    throw new DbError(
+      'DB_VALUE_REJECTED',
+      `SQL Server passwords have at most ${MAX_PASSWORD} characters; generate a shorter one`,
+    );
 }
 
-const nvarchar = (name: string, value: string, length: number): MssqlParam => ({ name, type: 'NVarChar', length, value });
+const nvarchar = (name: string, value: string, length: number): MssqlParam => ({
+  name,
+  type: 'NVarChar',
+  length,
+  value,
+});
 
 export function createMssqlEngine(options: MssqlEngineOptions = {}): EngineFactory {
   const connect = options.connect ?? mssqlPoolConnect;
@@ -254,7 +314,11 @@ class MssqlEngine implements DbEngine {
     // An alternate login that was retired (disabled) fails this test (18470), so it is set and enabled again.
     if (await this.test({ username: job.username, password: job.password })) return 'already-applied';
     const batch = job.strategy === 'alternate' ? MSSQL_BATCHES.setAlternate : MSSQL_BATCHES.setSingle;
-    await this.run(batch, [nvarchar('login', job.username, MAX_NAME), nvarchar('pw', job.password, MAX_PASSWORD)], 'set the new password (ALTER LOGIN)');
+    await this.run(
+      batch,
+      [nvarchar('login', job.username, MAX_NAME), nvarchar('pw', job.password, MAX_PASSWORD)],
+      'set the new password (ALTER LOGIN)',
+    );
     return 'applied';
   }
 
@@ -283,9 +347,16 @@ class MssqlEngine implements DbEngine {
     checkLogin(job.retired.username);
     // Login names compare case-insensitively under the usual server collations: refuse anything alike.
     if (job.retired.username.toLowerCase() === job.current.username.toLowerCase()) {
-      throw new DbError('DB_ERROR', `refusing to retire: alternate needs two logins, but the retired and the current login are both ${JSON.stringify(job.current.username)}`);
+      throw new DbError(
+        'DB_ERROR',
+        `refusing to retire: alternate needs two logins, but the retired and the current login are both ${JSON.stringify(job.current.username)}`,
+      );
     }
-    await this.run(MSSQL_BATCHES.retireAlternate, [nvarchar('login', job.retired.username, MAX_NAME)], 'disable the previous login (ALTER LOGIN ... DISABLE)');
+    await this.run(
+      MSSQL_BATCHES.retireAlternate,
+      [nvarchar('login', job.retired.username, MAX_NAME)],
+      'disable the previous login (ALTER LOGIN ... DISABLE)',
+    );
   }
 
   async close(): Promise<void> {
@@ -306,10 +377,12 @@ class MssqlEngine implements DbEngine {
 
   private adminSession(): Promise<MssqlSession> {
     if (!this.#admin) {
-      const opening = this.connect(mssqlConfig(this.ep, this.ep.adminUser, this.ep.adminPassword)).catch((err: unknown) => {
-        if (this.#admin === opening) this.#admin = undefined;
-        throw mapError(err, 'connect as the admin', true);
-      });
+      const opening = this.connect(mssqlConfig(this.ep, this.ep.adminUser, this.ep.adminPassword)).catch(
+        (err: unknown) => {
+          if (this.#admin === opening) this.#admin = undefined;
+          throw mapError(err, 'connect as the admin', true);
+        },
+      );
       this.#admin = opening;
     }
     return this.#admin;
@@ -317,5 +390,8 @@ class MssqlEngine implements DbEngine {
 }
 
 function unsupportedDual(): DbError {
-  return new DbError('DB_UNSUPPORTED', 'the dual strategy is not supported for SQL Server: a login holds one password; use alternate (two logins) or single');
+  return new DbError(
+    'DB_UNSUPPORTED',
+    'the dual strategy is not supported for SQL Server: a login holds one password; use alternate (two logins) or single',
+  );
 }

@@ -13,8 +13,17 @@
  */
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import pg from 'pg';
+import type {
+  Credential,
+  DbEngine,
+  DbErrorCode,
+  EngineFactory,
+  RetireJob,
+  SetJob,
+  SetOutcome,
+  TargetConnection,
+} from './types.js';
 import { DbError } from './types.js';
-import type { Credential, DbEngine, DbErrorCode, EngineFactory, RetireJob, SetJob, SetOutcome, TargetConnection } from './types.js';
 
 const { Client, DatabaseError, escapeIdentifier, escapeLiteral } = pg;
 
@@ -45,7 +54,16 @@ const AUTH_FAILED = new Set(['28P01', '28000']);
 const CONNECTION_LOST = new Set(['57P01', '57P02', '57P03', '08000', '08003', '08006']);
 /** Server states worth a retry with backoff, like an unreachable server (plus too_many_connections, query_canceled by statement_timeout). */
 const UNAVAILABLE = new Set([...CONNECTION_LOST, '53300', '57014', '08001', '08004']);
-const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE']);
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+]);
 
 /**
  * A DbError for a driver error. Only stable codes travel: the SQLSTATE, or Node's error code. The
@@ -58,28 +76,61 @@ function toDbError(err: unknown, step: Step, role?: string): DbError {
     const sqlstate = err.code;
     const at = ` (SQLSTATE ${sqlstate})`;
     const make = (code: DbErrorCode, msg: string) => new DbError(code, msg + at, sqlstate);
-    if (step === 'admin' && AUTH_FAILED.has(sqlstate)) return make('DB_ADMIN_AUTH', 'PostgreSQL refused the agent\'s admin credential: check the admin user and password');
+    if (step === 'admin' && AUTH_FAILED.has(sqlstate))
+      return make(
+        'DB_ADMIN_AUTH',
+        "PostgreSQL refused the agent's admin credential: check the admin user and password",
+      );
     if (sqlstate === '42704') return make('DB_USER_MISSING', `PostgreSQL has no role to rotate${who}`);
-    if (sqlstate === '42501' && step === 'test') return make('DB_PERMISSION', `the role may not connect to the database named in the target URL${who} (CONNECT privilege)`);
-    if (sqlstate === '42501') return make('DB_PERMISSION', `the agent's admin role lacks a privilege${who}: it needs CREATEROLE, and on PostgreSQL 16+ ADMIN OPTION on the role`);
-    if (step === 'set' && sqlstate === '22023') return make('DB_VALUE_REJECTED', `PostgreSQL rejected the new value${who} (a password check): generate another one`);
-    if (UNAVAILABLE.has(sqlstate)) return make('DB_UNREACHABLE', 'PostgreSQL is unavailable (shutting down, starting, out of connections) or the statement timed out');
+    if (sqlstate === '42501' && step === 'test')
+      return make(
+        'DB_PERMISSION',
+        `the role may not connect to the database named in the target URL${who} (CONNECT privilege)`,
+      );
+    if (sqlstate === '42501')
+      return make(
+        'DB_PERMISSION',
+        `the agent's admin role lacks a privilege${who}: it needs CREATEROLE, and on PostgreSQL 16+ ADMIN OPTION on the role`,
+      );
+    if (step === 'set' && sqlstate === '22023')
+      return make(
+        'DB_VALUE_REJECTED',
+        `PostgreSQL rejected the new value${who} (a password check): generate another one`,
+      );
+    if (UNAVAILABLE.has(sqlstate))
+      return make(
+        'DB_UNREACHABLE',
+        'PostgreSQL is unavailable (shutting down, starting, out of connections) or the statement timed out',
+      );
     return make('DB_ERROR', `PostgreSQL refused the ${step} step${who}`);
   }
   const e = err as { code?: unknown; message?: unknown };
   const nodeCode = typeof e?.code === 'string' ? e.code : undefined;
   const message = typeof e?.message === 'string' ? e.message : '';
   if ((nodeCode && NETWORK_CODES.has(nodeCode)) || /timeout|Connection terminated/i.test(message)) {
-    return new DbError('DB_UNREACHABLE', `PostgreSQL could not be reached${nodeCode ? ` (${nodeCode})` : ' (connection closed or timed out)'}`);
+    return new DbError(
+      'DB_UNREACHABLE',
+      `PostgreSQL could not be reached${nodeCode ? ` (${nodeCode})` : ' (connection closed or timed out)'}`,
+    );
   }
   if (step === 'admin' && message.startsWith('SASL:')) {
-    return new DbError('DB_ADMIN_AUTH', 'the admin login failed during SCRAM authentication: check that the agent has the admin password');
+    return new DbError(
+      'DB_ADMIN_AUTH',
+      'the admin login failed during SCRAM authentication: check that the agent has the admin password',
+    );
   }
-  return new DbError('DB_ERROR', `the ${step} step failed on the PostgreSQL client side${nodeCode ? ` (${nodeCode})` : ''}${who}`);
+  return new DbError(
+    'DB_ERROR',
+    `the ${step} step failed on the PostgreSQL client side${nodeCode ? ` (${nodeCode})` : ''}${who}`,
+  );
 }
 
 /** Where to connect, from the admin URL: host, port, database and TLS are shared by the admin and test logins. */
-function parseTarget(target: TargetConnection): { base: pg.ClientConfig; adminUser: string; adminPassword: string | undefined } {
+function parseTarget(target: TargetConnection): {
+  base: pg.ClientConfig;
+  adminUser: string;
+  adminPassword: string | undefined;
+} {
   let u: URL;
   try {
     u = new URL(target.url);
@@ -92,9 +143,7 @@ function parseTarget(target: TargetConnection): { base: pg.ClientConfig; adminUs
   const timeout = target.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const sslmode = u.searchParams.get('sslmode') ?? 'disable';
   const ssl: pg.ClientConfig['ssl'] =
-    sslmode === 'disable' ? false
-    : sslmode === 'no-verify' ? { rejectUnauthorized: false }
-    : true; // any other mode (require, verify-ca, verify-full): TLS with the certificate verified, stricter than libpq's `require`
+    sslmode === 'disable' ? false : sslmode === 'no-verify' ? { rejectUnauthorized: false } : true; // any other mode (require, verify-ca, verify-full): TLS with the certificate verified, stricter than libpq's `require`
   const base: pg.ClientConfig = {
     // ?host=/run/postgresql selects a unix socket directory, as in libpq URLs.
     host: u.searchParams.get('host') ?? (decodeURIComponent(u.hostname.replace(/^\[(.*)\]$/, '$1')) || '127.0.0.1'),
@@ -108,7 +157,11 @@ function parseTarget(target: TargetConnection): { base: pg.ClientConfig; adminUs
   };
   // An empty user would make pg fall back to PGUSER or the OS user: the agent's config must name it.
   const adminUser = decodeURIComponent(u.username);
-  if (adminUser === '') throw new DbError('DB_ERROR', 'the PostgreSQL target URL must name the admin user (postgres://rotor_admin@host/db)');
+  if (adminUser === '')
+    throw new DbError(
+      'DB_ERROR',
+      'the PostgreSQL target URL must name the admin user (postgres://rotor_admin@host/db)',
+    );
   const urlPassword = u.password ? decodeURIComponent(u.password) : undefined;
   return { base, adminUser, adminPassword: target.password ?? urlPassword };
 }
@@ -116,7 +169,10 @@ function parseTarget(target: TargetConnection): { base: pg.ClientConfig; adminUs
 /** A role name the server would take verbatim: not empty (pg would fall back to PGUSER) and not truncated. */
 function checkRoleName(name: string): void {
   if (name === '' || Buffer.byteLength(name, 'utf8') > MAX_NAME_BYTES || name.includes('\0')) {
-    throw new DbError('DB_USER_MISSING', `no PostgreSQL role can have that name (empty, a NUL, or longer than ${MAX_NAME_BYTES} bytes)`);
+    throw new DbError(
+      'DB_USER_MISSING',
+      `no PostgreSQL role can have that name (empty, a NUL, or longer than ${MAX_NAME_BYTES} bytes)`,
+    );
   }
 }
 
@@ -140,14 +196,18 @@ class PostgresEngine implements DbEngine {
     }
     // Printable ASCII only: the server SASLpreps other values, so a client-side verifier could differ.
     if (!/^[\x20-\x7e]+$/.test(job.password)) {
-      throw new DbError('DB_VALUE_REJECTED', 'PostgreSQL values must be non-empty printable ASCII: generate another one');
+      throw new DbError(
+        'DB_VALUE_REJECTED',
+        'PostgreSQL values must be non-empty printable ASCII: generate another one',
+      );
     }
     const role = escapeIdentifier(job.username);
     if ((await this.login({ username: job.username, password: job.password })) === true) {
       // Crash recovery: the value is in place. Under `alternate` the role may still carry an expiry (an
       // earlier retire whose time has not come on the server's clock, or an operator's VALID UNTIL): the
       // value is about to be served as current, so it must not lapse. The password stays untouched.
-      if (job.strategy === 'alternate') await this.adminQuery(`ALTER ROLE ${role} VALID UNTIL 'infinity'`, 'set', job.username);
+      if (job.strategy === 'alternate')
+        await this.adminQuery(`ALTER ROLE ${role} VALID UNTIL 'infinity'`, 'set', job.username);
       return 'already-applied';
     }
     const verifier = escapeLiteral(scramSha256Verifier(job.password));
@@ -172,7 +232,11 @@ class PostgresEngine implements DbEngine {
     // retire, and expiring the role would lock out that newer value.
     if ((await this.login(job.retired)) === '28P01') return;
     // 'now' is read by the server, in its own clock: no skew with the agent's.
-    await this.adminQuery(`ALTER ROLE ${escapeIdentifier(job.retired.username)} VALID UNTIL 'now'`, 'retire', job.retired.username);
+    await this.adminQuery(
+      `ALTER ROLE ${escapeIdentifier(job.retired.username)} VALID UNTIL 'now'`,
+      'retire',
+      job.retired.username,
+    );
   }
 
   async close(): Promise<void> {
@@ -246,7 +310,8 @@ class PostgresEngine implements DbEngine {
         await client.query(sql);
         return;
       } catch (err) {
-        if (err instanceof DatabaseError && !(err.code && CONNECTION_LOST.has(err.code))) throw toDbError(err, step, role);
+        if (err instanceof DatabaseError && !(err.code && CONNECTION_LOST.has(err.code)))
+          throw toDbError(err, step, role);
         // The connection is unusable (closed, timed out, server shutting down): drop it.
         if (this.admin === connecting) this.admin = undefined;
         void client.end().catch(() => {});
@@ -257,7 +322,10 @@ class PostgresEngine implements DbEngine {
 }
 
 function unsupported(): DbError {
-  return new DbError('DB_UNSUPPORTED', 'PostgreSQL keeps one password per role: use strategy alternate (two roles) or single');
+  return new DbError(
+    'DB_UNSUPPORTED',
+    'PostgreSQL keeps one password per role: use strategy alternate (two roles) or single',
+  );
 }
 
 export const postgresEngine: EngineFactory = (target) => new PostgresEngine(target);

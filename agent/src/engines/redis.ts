@@ -16,7 +16,16 @@
  */
 import { createHash } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
-import { DbError, type Credential, type DbEngine, type EngineFactory, type RetireJob, type SetJob, type SetOutcome, type TargetConnection } from './types.js';
+import {
+  type Credential,
+  type DbEngine,
+  DbError,
+  type EngineFactory,
+  type RetireJob,
+  type SetJob,
+  type SetOutcome,
+  type TargetConnection,
+} from './types.js';
 
 /** Something the agent should log: the rotation went on, but not everything it wanted happened. */
 export interface EngineWarning {
@@ -54,7 +63,8 @@ export function parseRedisTarget(target: TargetConnection): Endpoint {
     // The URL itself is not repeated: it could hold a password.
     throw new DbError('DB_ERROR', 'the Redis target URL cannot be parsed (expected redis://user@host:port)');
   }
-  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new DbError('DB_ERROR', `a Redis target URL starts with redis:// or rediss://, not ${u.protocol}//`);
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:')
+    throw new DbError('DB_ERROR', `a Redis target URL starts with redis:// or rediss://, not ${u.protocol}//`);
   const host = u.hostname.replace(/^\[(.*)\]$/, '$1');
   if (!host) throw new DbError('DB_ERROR', 'the Redis target URL has no host');
   const port = u.port ? Number(u.port) : 6379;
@@ -82,9 +92,13 @@ export function redisPasswordHash(password: string): string {
 export function checkRedisUsername(username: string): void {
   if (username === '') throw new DbError('DB_USER_MISSING', 'a Redis username cannot be empty');
   if (/[\0\t\n\v\f\r ]/.test(username)) {
-    throw new DbError('DB_USER_MISSING', `Redis usernames cannot contain spaces, tabs, line breaks or NUL characters, so no user ${JSON.stringify(username)} can exist`);
+    throw new DbError(
+      'DB_USER_MISSING',
+      `Redis usernames cannot contain spaces, tabs, line breaks or NUL characters, so no user ${JSON.stringify(username)} can exist`,
+    );
   }
-  if (/[\uD800-\uDFFF]/u.test(username)) throw new DbError('DB_USER_MISSING', 'the Redis username is not well-formed Unicode (a lone surrogate)');
+  if (/[\uD800-\uDFFF]/u.test(username))
+    throw new DbError('DB_USER_MISSING', 'the Redis username is not well-formed Unicode (a lone surrogate)');
 }
 
 /** Names that `CONFIG REWRITE` writes unquoted into a config file Redis then cannot read back. */
@@ -99,7 +113,16 @@ function replyPrefix(err: unknown): string | undefined {
   return m?.[1];
 }
 
-const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE']);
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+]);
 
 /**
  * A DbError for anything ioredis threw. Never copies the driver's error: ioredis errors carry the command's
@@ -108,12 +131,19 @@ const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOST
 function mapError(err: unknown, doing: string, connectError?: Error): DbError {
   if (err instanceof DbError) return err;
   const prefix = replyPrefix(err);
-  if (prefix === 'NOPERM') return new DbError('DB_PERMISSION', `the Redis admin account lacks a permission needed to ${doing} (see docs/databases/redis.md for the ACL rules it needs)`, prefix);
-  if (prefix === 'WRONGPASS' || prefix === 'NOAUTH') return new DbError('DB_ADMIN_AUTH', `Redis refused the admin credential while trying to ${doing}`, prefix);
+  if (prefix === 'NOPERM')
+    return new DbError(
+      'DB_PERMISSION',
+      `the Redis admin account lacks a permission needed to ${doing} (see docs/databases/redis.md for the ACL rules it needs)`,
+      prefix,
+    );
+  if (prefix === 'WRONGPASS' || prefix === 'NOAUTH')
+    return new DbError('DB_ADMIN_AUTH', `Redis refused the admin credential while trying to ${doing}`, prefix);
   if (prefix) return new DbError('DB_ERROR', `Redis answered ${prefix} while trying to ${doing}`, prefix);
   const cause = connectError ?? err;
   const code = (cause as { code?: unknown })?.code;
-  if (typeof code === 'string' && NETWORK_CODES.has(code)) return new DbError('DB_UNREACHABLE', `Redis is unreachable (${code}) while trying to ${doing}`, code);
+  if (typeof code === 'string' && NETWORK_CODES.has(code))
+    return new DbError('DB_UNREACHABLE', `Redis is unreachable (${code}) while trying to ${doing}`, code);
   const message = cause instanceof Error ? cause.message : '';
   if (/Connection is closed|Command timed out|Stream isn't writeable|connect ETIMEDOUT/i.test(message)) {
     return new DbError('DB_UNREACHABLE', `Redis is unreachable (no connection or no answer) while trying to ${doing}`);
@@ -222,7 +252,10 @@ class RedisEngine implements DbEngine {
       // Never leave the user without the current password: removing the old hash must not lock it out.
       if (oldHash === redisPasswordHash(current.password)) return;
       if (!user.passwords.includes(redisPasswordHash(current.password))) {
-        throw new DbError('DB_ERROR', `refusing to retire: the current password is not among user ${JSON.stringify(retired.username)}'s passwords, so removing the old one could lock it out`);
+        throw new DbError(
+          'DB_ERROR',
+          `refusing to retire: the current password is not among user ${JSON.stringify(retired.username)}'s passwords, so removing the old one could lock it out`,
+        );
       }
     }
     await this.refuseUnsavableName(retired.username);
@@ -246,7 +279,10 @@ class RedisEngine implements DbEngine {
     if (reply === null) throw new DbError('DB_USER_MISSING', `Redis has no user ${JSON.stringify(username)}`);
     if (!Array.isArray(reply)) throw new DbError('DB_ERROR', 'unexpected reply to ACL GETUSER');
     const i = reply.indexOf('passwords');
-    const passwords = i >= 0 && Array.isArray(reply[i + 1]) ? (reply[i + 1] as unknown[]).filter((p): p is string => typeof p === 'string') : [];
+    const passwords =
+      i >= 0 && Array.isArray(reply[i + 1])
+        ? (reply[i + 1] as unknown[]).filter((p): p is string => typeof p === 'string')
+        : [];
     return { passwords };
   }
 
@@ -289,7 +325,9 @@ class RedisEngine implements DbEngine {
     this.notPersisted('CONFIG REWRITE', rewritten);
   }
 
-  private async tryPersist(command: string[]): Promise<true | { kind: 'no-aclfile' | 'no-config-file' | 'other'; prefix?: string }> {
+  private async tryPersist(
+    command: string[],
+  ): Promise<true | { kind: 'no-aclfile' | 'no-config-file' | 'other'; prefix?: string }> {
     const conn = await this.connection();
     try {
       await conn.redis.call(command[0]!, command.slice(1));
@@ -352,7 +390,11 @@ class RedisEngine implements DbEngine {
       conn.redis.disconnect();
       const prefix = replyPrefix(err);
       if (prefix === 'WRONGPASS' || prefix === 'NOAUTH' || (prefix === 'ERR' && /AUTH/i.test((err as Error).message))) {
-        throw new DbError('DB_ADMIN_AUTH', `Redis refused the admin credential of ${this.ep.username || 'default'}`, prefix);
+        throw new DbError(
+          'DB_ADMIN_AUTH',
+          `Redis refused the admin credential of ${this.ep.username || 'default'}`,
+          prefix,
+        );
       }
       throw mapError(err, 'log in as the admin', conn.connectError());
     }
@@ -367,5 +409,8 @@ function mapTestError(err: unknown, connectError: Error | undefined): DbError {
 }
 
 function unsupportedAlternate(): DbError {
-  return new DbError('DB_UNSUPPORTED', 'the alternate strategy is not supported for Redis: one user holds two passwords at once, use dual (or single)');
+  return new DbError(
+    'DB_UNSUPPORTED',
+    'the alternate strategy is not supported for Redis: one user holds two passwords at once, use dual (or single)',
+  );
 }

@@ -12,8 +12,8 @@
  *   properties: errors carry a stable code and the database's error code only.
  */
 
-import { BACKOFF, NEVER, RotorError } from 'rotor/internal';
 import type { EngineName } from 'rotor/internal';
+import { BACKOFF, NEVER, RotorError } from 'rotor/internal';
 
 /** The schema's engine names (src/model/engines.ts), as the daemon sends them in a job. */
 export type { EngineName };
@@ -85,7 +85,11 @@ export type DbErrorCode =
 /** DB_UNREACHABLE is retried with backoff; every other code needs a person or a new value. */
 export class DbError extends RotorError {
   declare readonly code: DbErrorCode;
-  constructor(code: DbErrorCode, message: string, readonly dbCode?: string) {
+  constructor(
+    code: DbErrorCode,
+    message: string,
+    readonly dbCode?: string,
+  ) {
     super(code, message, { retry: code === 'DB_UNREACHABLE' ? BACKOFF : NEVER });
   }
 }

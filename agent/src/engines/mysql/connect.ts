@@ -6,8 +6,8 @@
  * statements fail as server-side prepared statements, ER_UNSUPPORTED_PS 1295).
  */
 import { createConnection } from 'mysql2/promise';
-import { DbError } from '../types.js';
 import type { TargetConnection } from '../types.js';
+import { DbError } from '../types.js';
 
 export type Flavour = 'mysql' | 'mariadb';
 
@@ -101,14 +101,18 @@ export function connectOptions(target: TargetConnection): ConnectOptions {
   } catch {
     throw new DbError('DB_ERROR', 'mysql: the target url is not a valid URL');
   }
-  if (u.protocol !== 'mysql:' && u.protocol !== 'mariadb:') throw new DbError('DB_ERROR', `mysql: the target url must start with mysql:// or mariadb://, not ${u.protocol}//`);
+  if (u.protocol !== 'mysql:' && u.protocol !== 'mariadb:')
+    throw new DbError('DB_ERROR', `mysql: the target url must start with mysql:// or mariadb://, not ${u.protocol}//`);
   const user = decodeURIComponent(u.username);
-  if (user === '') throw new DbError('DB_ERROR', 'mysql: the target url names no admin user (mysql://rotor_admin@host:3306/)');
+  if (user === '')
+    throw new DbError('DB_ERROR', 'mysql: the target url names no admin user (mysql://rotor_admin@host:3306/)');
   const socketPath = u.searchParams.get('socket') ?? undefined;
   const database = decodeURIComponent(u.pathname.replace(/^\//, '')) || undefined;
   const ssl = ['1', 'true', 'required'].includes((u.searchParams.get('ssl') ?? '').toLowerCase());
   return {
-    ...(socketPath ? { socketPath } : { host: u.hostname.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1', port: u.port ? Number(u.port) : 3306 }),
+    ...(socketPath
+      ? { socketPath }
+      : { host: u.hostname.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1', port: u.port ? Number(u.port) : 3306 }),
     user,
     password: target.password ?? decodeURIComponent(u.password),
     ...(database ? { database } : {}),

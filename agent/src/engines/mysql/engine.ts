@@ -10,12 +10,13 @@
  * removed.
  */
 import type { Logger } from 'rotor/internal';
-import { DbError } from '../types.js';
 import type { Credential, DbEngine, RetireJob, SetJob, SetOutcome, Strategy } from '../types.js';
-import { account } from './accounts.js';
+import { DbError } from '../types.js';
 import type { AccountOps, AccountRow } from './accounts.js';
-import { parseServerVersion } from './connect.js';
+import { account } from './accounts.js';
 import type { ConnectOptions, Connector, Flavour, Row, ServerInfo, SqlConnection } from './connect.js';
+import { parseServerVersion } from './connect.js';
+import type { DriverError } from './errors.js';
 import {
   dbErrorOf,
   driverError,
@@ -25,7 +26,6 @@ import {
   StrictPasswordValidation,
   VALUE_REJECTED,
 } from './errors.js';
-import type { DriverError } from './errors.js';
 import {
   isNative,
   mariadbAccountRow,
@@ -105,7 +105,13 @@ export class MysqlFamilyEngine implements DbEngine {
     await this.tail.catch(() => {});
     const s = this.session;
     this.session = undefined;
-    if (s) await s.then((x) => x.conn.end(), () => {}).catch(() => {});
+    if (s)
+      await s
+        .then(
+          (x) => x.conn.end(),
+          () => {},
+        )
+        .catch(() => {});
   }
 
   /** One admin operation at a time: a statement and its SHOW WARNINGS must share the session. */
@@ -148,7 +154,11 @@ export class MysqlFamilyEngine implements DbEngine {
   private dropSession(): void {
     const s = this.session;
     this.session = undefined;
-    if (s) s.then((x) => x.conn.end(), () => {}).catch(() => {});
+    if (s)
+      s.then(
+        (x) => x.conn.end(),
+        () => {},
+      ).catch(() => {});
   }
 
   private async openSession(): Promise<Session> {
@@ -163,13 +173,19 @@ export class MysqlFamilyEngine implements DbEngine {
       const server = parseServerVersion(String(info?.version ?? ''));
       if (server.flavour !== this.engine && !this.warned) {
         this.warned = true;
-        this.log?.('warn', `the ${this.engine} target is a ${server.flavour} server: using ${server.flavour} statements`, {
-          engine: this.engine,
-          server: server.flavour,
-          version: server.version.join('.'),
-        });
+        this.log?.(
+          'warn',
+          `the ${this.engine} target is a ${server.flavour} server: using ${server.flavour} statements`,
+          {
+            engine: this.engine,
+            server: server.flavour,
+            version: server.version.join('.'),
+          },
+        );
       }
-      const modes = String(info?.sql_mode ?? '').split(',').filter((m) => m !== '');
+      const modes = String(info?.sql_mode ?? '')
+        .split(',')
+        .filter((m) => m !== '');
       if (modes.includes('NO_BACKSLASH_ESCAPES')) {
         // The driver escapes quotes with backslashes; under NO_BACKSLASH_ESCAPES a backslash is a plain
         // character and a value could end a literal. Drop the mode for this session (mode names are
@@ -178,7 +194,12 @@ export class MysqlFamilyEngine implements DbEngine {
         if (!kept.every((m) => /^[A-Z_]+$/.test(m))) throw this.noBackslashEscapes();
         await conn.query(`SET SESSION sql_mode = '${kept.join(',')}'`);
         const [after] = await conn.query('SELECT @@SESSION.sql_mode AS sql_mode');
-        if (String(after?.sql_mode ?? '').split(',').includes('NO_BACKSLASH_ESCAPES')) throw this.noBackslashEscapes();
+        if (
+          String(after?.sql_mode ?? '')
+            .split(',')
+            .includes('NO_BACKSLASH_ESCAPES')
+        )
+          throw this.noBackslashEscapes();
       }
       return { conn, server };
     } catch (e) {
@@ -188,11 +209,15 @@ export class MysqlFamilyEngine implements DbEngine {
   }
 
   private noBackslashEscapes(): DbError {
-    return new DbError('DB_UNSUPPORTED', `${this.engine}: the session runs NO_BACKSLASH_ESCAPES and it could not be turned off; the driver's escaping is unsafe under it, so nothing is sent`);
+    return new DbError(
+      'DB_UNSUPPORTED',
+      `${this.engine}: the session runs NO_BACKSLASH_ESCAPES and it could not be turned off; the driver's escaping is unsafe under it, so nothing is sent`,
+    );
   }
 
   private requireStrategy(server: ServerInfo, strategy: Strategy): void {
-    if (!STRATEGIES.includes(strategy)) throw new DbError('DB_UNSUPPORTED', `${this.engine}: unknown strategy ${JSON.stringify(strategy)}`);
+    if (!STRATEGIES.includes(strategy))
+      throw new DbError('DB_UNSUPPORTED', `${this.engine}: unknown strategy ${JSON.stringify(strategy)}`);
     if (server.flavour === 'mariadb') requireMariadb(this.engine, server);
     else requireMysql(this.engine, server, strategy);
   }
@@ -210,7 +235,11 @@ export class MysqlFamilyEngine implements DbEngine {
       const row = maria ? mariadbAccountRow(r, this.engine, username) : mysqlAccountRow(r);
       if (row) rows.push(row);
     }
-    if (rows.length === 0) throw new DbError('DB_USER_MISSING', `${this.engine}: user ${JSON.stringify(username)} has no account on the server; create it (see docs/databases/mysql-mariadb.md) or fix the declaration`);
+    if (rows.length === 0)
+      throw new DbError(
+        'DB_USER_MISSING',
+        `${this.engine}: user ${JSON.stringify(username)} has no account on the server; create it (see docs/databases/mysql-mariadb.md) or fix the declaration`,
+      );
     return rows;
   }
 
@@ -242,17 +271,28 @@ export class MysqlFamilyEngine implements DbEngine {
       let errno = d.errno;
       if (errno === 1396 && s.server.flavour === 'mariadb') {
         // MariaDB reports any per-account failure as ER_CANNOT_USER; the cause is in the warnings.
-        const codes = await s.conn.query('SHOW WARNINGS').then((rows) => rows.map((r) => Number(r.Code)), () => [] as number[]);
+        const codes = await s.conn.query('SHOW WARNINGS').then(
+          (rows) => rows.map((r) => Number(r.Code)),
+          () => [] as number[],
+        );
         errno = codes.find((c) => c !== 1396 && (c === 1290 || VALUE_REJECTED.has(c) || PERMISSION.has(c))) ?? 1396;
       }
       if (errno === 1290 && s.server.flavour === 'mariadb') {
-        const [g] = await this.run(s, 'SELECT @@GLOBAL.read_only AS ro, @@GLOBAL.strict_password_validation AS spv', 'reading read_only');
+        const [g] = await this.run(
+          s,
+          'SELECT @@GLOBAL.read_only AS ro, @@GLOBAL.strict_password_validation AS spv',
+          'reading read_only',
+        );
         const on = (v: unknown): boolean => !['0', 'OFF', ''].includes(String(v ?? '0').toUpperCase());
         if (!on(g?.ro) && on(g?.spv)) throw new StrictPasswordValidation(this.engine);
       }
       if (errno === 1396) {
         await this.accountRows(username); // DB_USER_MISSING if the user went away meanwhile
-        throw new DbError('DB_ERROR', `${this.engine}: ALTER USER failed for an account of ${JSON.stringify(username)} (1396)`, '1396');
+        throw new DbError(
+          'DB_ERROR',
+          `${this.engine}: ALTER USER failed for an account of ${JSON.stringify(username)} (1396)`,
+          '1396',
+        );
       }
       throw this.error({ ...d, errno }, 'admin', 'ALTER USER');
     }
@@ -275,14 +315,22 @@ export class MysqlFamilyEngine implements DbEngine {
   // ---- set
 
   private async doSet(job: SetJob): Promise<SetOutcome> {
-    if (typeof job.username !== 'string' || job.username === '') throw new DbError('DB_ERROR', `${this.engine}: set: no username`);
-    if (typeof job.password !== 'string' || job.password === '') throw new DbError('DB_VALUE_REJECTED', `${this.engine}: set: the pending value is empty`);
+    if (typeof job.username !== 'string' || job.username === '')
+      throw new DbError('DB_ERROR', `${this.engine}: set: no username`);
+    if (typeof job.password !== 'string' || job.password === '')
+      throw new DbError('DB_VALUE_REJECTED', `${this.engine}: set: the pending value is empty`);
     const current = job.strategy === 'single' ? undefined : job.current;
     if (job.strategy === 'dual' && current && current.username !== job.username) {
-      throw new DbError('DB_ERROR', `${this.engine}: dual: the current credential belongs to another user than ${JSON.stringify(job.username)}`);
+      throw new DbError(
+        'DB_ERROR',
+        `${this.engine}: dual: the current credential belongs to another user than ${JSON.stringify(job.username)}`,
+      );
     }
     if (job.strategy === 'alternate' && current && current.username === job.username) {
-      throw new DbError('DB_ERROR', `${this.engine}: alternate: ${JSON.stringify(job.username)} is the user being served; set must change the inactive one`);
+      throw new DbError(
+        'DB_ERROR',
+        `${this.engine}: alternate: ${JSON.stringify(job.username)} is the user being served; set must change the inactive one`,
+      );
     }
     const { server } = await this.liveSession();
     this.requireStrategy(server, job.strategy);
@@ -301,7 +349,8 @@ export class MysqlFamilyEngine implements DbEngine {
       const done = rows.every(
         (r) =>
           !(job.strategy === 'alternate' && r.locked) &&
-          (!maria || (r.rules.some((x) => isNative(x, hp)) && (hc === undefined || r.rules.some((x) => isNative(x, hc))))),
+          (!maria ||
+            (r.rules.some((x) => isNative(x, hp)) && (hc === undefined || r.rules.some((x) => isNative(x, hc))))),
       );
       if (done) return 'already-applied';
     }
@@ -316,27 +365,40 @@ export class MysqlFamilyEngine implements DbEngine {
     if (job.strategy === 'single') return; // the old value stopped working at set
     const { retired, current } = job;
     if (job.strategy === 'dual') {
-      if (retired.username !== current.username) throw new DbError('DB_ERROR', `${this.engine}: dual: the retired and current credentials belong to different users`);
-      if (retired.password === current.password) throw new DbError('DB_ERROR', `${this.engine}: dual: the retired value is the current value; nothing retired`);
+      if (retired.username !== current.username)
+        throw new DbError(
+          'DB_ERROR',
+          `${this.engine}: dual: the retired and current credentials belong to different users`,
+        );
+      if (retired.password === current.password)
+        throw new DbError('DB_ERROR', `${this.engine}: dual: the retired value is the current value; nothing retired`);
     }
     if (job.strategy === 'alternate' && retired.username === current.username) {
-      throw new DbError('DB_ERROR', `${this.engine}: alternate: the retired user ${JSON.stringify(retired.username)} is the current user; not locking it`);
+      throw new DbError(
+        'DB_ERROR',
+        `${this.engine}: alternate: the retired user ${JSON.stringify(retired.username)} is the current user; not locking it`,
+      );
     }
     const { server } = await this.liveSession();
     this.requireStrategy(server, job.strategy);
     // Never take the last working credential away.
     if (!(await this.test(current))) {
-      throw new DbError('DB_ERROR', `${this.engine}: retire: the current credential of ${JSON.stringify(current.username)} does not log in; the previous one is left in place`);
+      throw new DbError(
+        'DB_ERROR',
+        `${this.engine}: retire: the current credential of ${JSON.stringify(current.username)} does not log in; the previous one is left in place`,
+      );
     }
     if (job.strategy === 'alternate') {
       const rows = await this.accountRows(retired.username);
       const open = rows.filter((r) => !r.locked);
       if (open.length === 0) return;
-      await this.alter(`ALTER USER ${open.map((r) => account(retired.username, r.host)).join(', ')} ACCOUNT LOCK`, retired.username);
+      await this.alter(
+        `ALTER USER ${open.map((r) => account(retired.username, r.host)).join(', ')} ACCOUNT LOCK`,
+        retired.username,
+      );
       return;
     }
     if (server.flavour === 'mysql') await retireMysqlDual(this.ops, retired);
     else await retireMariadbDual(this.ops, retired, current);
   }
-
 }

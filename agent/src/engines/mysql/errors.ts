@@ -36,12 +36,29 @@ const UNREACHABLE_ERRNO = new Set([
   1053, // ER_SERVER_SHUTDOWN
   1077, // ER_NORMAL_SHUTDOWN
   1152, // ER_ABORTING_CONNECTION
-  1158, 1159, 1160, 1161, // network read/write errors
-  2002, 2003, 2006, 2013, // client-side: can't connect, server gone, lost connection
+  1158,
+  1159,
+  1160,
+  1161, // network read/write errors
+  2002,
+  2003,
+  2006,
+  2013, // client-side: can't connect, server gone, lost connection
 ]);
 const UNREACHABLE_CODE = new Set([
-  'ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND',
-  'EAI_AGAIN', 'EPIPE', 'ENOENT', 'EACCES', 'PROTOCOL_CONNECTION_LOST', 'PROTOCOL_SEQUENCE_TIMEOUT',
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+  'ENOENT',
+  'EACCES',
+  'PROTOCOL_CONNECTION_LOST',
+  'PROTOCOL_SEQUENCE_TIMEOUT',
   'ER_SERVER_SHUTDOWN',
 ]);
 
@@ -99,20 +116,47 @@ export function dbErrorOf(
 ): DbError {
   const dbCode = dbCodeOf(d);
   const tag = `${engine}: ${what}`;
-  if (isUnreachable(d)) return new DbError('DB_UNREACHABLE', `${tag}: the server at ${where} could not be reached (${dbCode}); retry later`, dbCode);
+  if (isUnreachable(d))
+    return new DbError(
+      'DB_UNREACHABLE',
+      `${tag}: the server at ${where} could not be reached (${dbCode}); retry later`,
+      dbCode,
+    );
   const errno = d.errno;
   if (errno !== undefined) {
     if (ctx === 'admin-login' && (LOGIN_REFUSED.has(errno) || errno === 3955)) {
-      return new DbError('DB_ADMIN_AUTH', `${tag}: the server refused the admin account ${JSON.stringify(adminUser)} (${dbCode}); check the admin password in the agent's configuration`, dbCode);
+      return new DbError(
+        'DB_ADMIN_AUTH',
+        `${tag}: the server refused the admin account ${JSON.stringify(adminUser)} (${dbCode}); check the admin password in the agent's configuration`,
+        dbCode,
+      );
     }
     if (ctx === 'admin' && (errno === 1820 || errno === 1862)) {
       return new DbError('DB_ADMIN_AUTH', `${tag}: the admin account's own password has expired (${dbCode})`, dbCode);
     }
     if (PERMISSION.has(errno)) {
-      return new DbError('DB_PERMISSION', `${tag}: the admin account lacks a privilege (${dbCode}); it needs CREATE USER on *.* and SELECT on mysql.global_priv (MariaDB) or mysql.user (MySQL); see docs/databases/mysql-mariadb.md`, dbCode);
+      return new DbError(
+        'DB_PERMISSION',
+        `${tag}: the admin account lacks a privilege (${dbCode}); it needs CREATE USER on *.* and SELECT on mysql.global_priv (MariaDB) or mysql.user (MySQL); see docs/databases/mysql-mariadb.md`,
+        dbCode,
+      );
     }
-    if (errno === 1290) return new DbError('DB_PERMISSION', `${tag}: a server option prevents the statement (${dbCode}); a read_only server needs READ_ONLY ADMIN (MariaDB) / a writable primary`, dbCode);
-    if (VALUE_REJECTED.has(errno)) return new DbError('DB_VALUE_REJECTED', `${tag}: the server's password policy refused the new value (${dbCode}); generate another one`, dbCode);
+    if (errno === 1290)
+      return new DbError(
+        'DB_PERMISSION',
+        `${tag}: a server option prevents the statement (${dbCode}); a read_only server needs READ_ONLY ADMIN (MariaDB) / a writable primary`,
+        dbCode,
+      );
+    if (VALUE_REJECTED.has(errno))
+      return new DbError(
+        'DB_VALUE_REJECTED',
+        `${tag}: the server's password policy refused the new value (${dbCode}); generate another one`,
+        dbCode,
+      );
   }
-  return new DbError('DB_ERROR', `${tag}: the server answered with an error (${d.code ?? 'unknown'}${errno !== undefined ? ` ${errno}` : ''})`, dbCode);
+  return new DbError(
+    'DB_ERROR',
+    `${tag}: the server answered with an error (${d.code ?? 'unknown'}${errno !== undefined ? ` ${errno}` : ''})`,
+    dbCode,
+  );
 }

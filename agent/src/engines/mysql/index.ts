@@ -36,12 +36,12 @@
  */
 import type { Logger } from 'rotor/internal';
 import type { DbEngine, EngineFactory, TargetConnection } from '../types.js';
-import { connectOptions, mysql2Connector } from './connect.js';
 import type { Connector, Flavour } from './connect.js';
+import { connectOptions, mysql2Connector } from './connect.js';
 import { MysqlFamilyEngine } from './engine.js';
 
-export { connectOptions, mysql2Connector, parseServerVersion } from './connect.js';
 export type { ConnectOptions, Connector, Flavour, Row, ServerInfo, SqlConnection } from './connect.js';
+export { connectOptions, mysql2Connector, parseServerVersion } from './connect.js';
 export { nativePasswordHash } from './mariadb-dialect.js';
 
 export interface MysqlEngineOptions {
@@ -52,7 +52,11 @@ export interface MysqlEngineOptions {
 }
 
 /** The engine with its collaborators passed in (tests pass a recording connector). */
-export function createMysqlFamilyEngine(target: TargetConnection, expected: Flavour, options: MysqlEngineOptions = {}): DbEngine {
+export function createMysqlFamilyEngine(
+  target: TargetConnection,
+  expected: Flavour,
+  options: MysqlEngineOptions = {},
+): DbEngine {
   return new MysqlFamilyEngine(expected, connectOptions(target), options.connect ?? mysql2Connector, options.log);
 }
 

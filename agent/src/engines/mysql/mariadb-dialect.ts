@@ -15,18 +15,23 @@
  */
 import { createHash } from 'node:crypto';
 import { format } from 'mysql2/promise';
-import { DbError } from '../types.js';
 import type { Credential, SetJob } from '../types.js';
-import { account, literal } from './accounts.js';
+import { DbError } from '../types.js';
 import type { AccountOps, AccountRow, AuthRule } from './accounts.js';
-import { atLeast } from './connect.js';
+import { account, literal } from './accounts.js';
 import type { Row, ServerInfo } from './connect.js';
+import { atLeast } from './connect.js';
 import { StrictPasswordValidation } from './errors.js';
 
 /** mysql_native_password's stored form of `password`: '*' + HEX(SHA1(SHA1(password))), as PASSWORD() gives. */
 export function nativePasswordHash(password: string): string {
   const sha1 = (b: Buffer): Buffer => createHash('sha1').update(b).digest();
-  return '*' + sha1(sha1(Buffer.from(password, 'utf8'))).toString('hex').toUpperCase();
+  return (
+    '*' +
+    sha1(sha1(Buffer.from(password, 'utf8')))
+      .toString('hex')
+      .toUpperCase()
+  );
 }
 
 export const NATIVE = 'mysql_native_password';
@@ -57,13 +62,19 @@ function parsePriv(value: unknown): { rules: AuthRule[]; locked: boolean; isRole
 }
 
 function pluginName(name: string): string {
-  if (!/^[A-Za-z0-9_]+$/.test(name)) throw new DbError('DB_UNSUPPORTED', 'mariadb: an account has an authentication plugin with an unexpected name; not re-issuing its rules');
+  if (!/^[A-Za-z0-9_]+$/.test(name))
+    throw new DbError(
+      'DB_UNSUPPORTED',
+      'mariadb: an account has an authentication plugin with an unexpected name; not re-issuing its rules',
+    );
   return name;
 }
 
 function identifiedVia(rules: readonly RuleSpec[]): string {
   const one = (r: RuleSpec): string =>
-    'plaintext' in r ? `${NATIVE} USING PASSWORD(${literal(r.plaintext)})` : `${pluginName(r.plugin)} USING ${literal(r.auth)}`;
+    'plaintext' in r
+      ? `${NATIVE} USING PASSWORD(${literal(r.plaintext)})`
+      : `${pluginName(r.plugin)} USING ${literal(r.auth)}`;
   return `IDENTIFIED VIA ${rules.map(one).join(' OR ')}`;
 }
 
@@ -101,7 +112,8 @@ export async function setMariadb(
   rows: readonly AccountRow[],
 ): Promise<void> {
   const hp = nativePasswordHash(job.password);
-  const keepCurrent = job.strategy === 'dual' && current !== undefined && current.password !== job.password ? current : undefined;
+  const keepCurrent =
+    job.strategy === 'dual' && current !== undefined && current.password !== job.password ? current : undefined;
   const hc = keepCurrent ? nativePasswordHash(keepCurrent.password) : undefined;
   const build = (plaintext: boolean): string => {
     const specs = rows.map((r) => {
@@ -109,7 +121,11 @@ export async function setMariadb(
       if (keepCurrent && hc) {
         // The current value's rule as the server stores it (the unsalted hash is the same string the
         // agent computes; computed if this row does not have it yet).
-        rules.push(plaintext ? { plaintext: keepCurrent.password } : (r.rules.find((x) => isNative(x, hc)) ?? { plugin: NATIVE, auth: hc }));
+        rules.push(
+          plaintext
+            ? { plaintext: keepCurrent.password }
+            : (r.rules.find((x) => isNative(x, hc)) ?? { plugin: NATIVE, auth: hc }),
+        );
       }
       return `${account(job.username, r.host)} ${identifiedVia(rules)}`;
     });
@@ -129,7 +145,10 @@ export async function retireMariadbDual(ops: AccountOps, retired: Credential, cu
   if (changes.length === 0) return;
   for (const c of changes) {
     if (c.keep.length === 0) {
-      throw new DbError('DB_ERROR', `${ops.engine}: retire: the retired value is the only password of ${account(retired.username, c.host)}; left in place`);
+      throw new DbError(
+        'DB_ERROR',
+        `${ops.engine}: retire: the retired value is the only password of ${account(retired.username, c.host)}; left in place`,
+      );
     }
   }
   const build = (plaintext: boolean): string => {

@@ -9,12 +9,12 @@
  *   single set         a IDENTIFIED BY P, b ...
  */
 import { format } from 'mysql2/promise';
-import { DbError } from '../types.js';
 import type { Credential, SetJob, Strategy } from '../types.js';
-import { account, literal } from './accounts.js';
+import { DbError } from '../types.js';
 import type { AccountOps, AccountRow } from './accounts.js';
-import { atLeast } from './connect.js';
+import { account, literal } from './accounts.js';
 import type { Row, ServerInfo } from './connect.js';
+import { atLeast } from './connect.js';
 
 /** The account rows of a user, with whether each is locked. */
 export function mysqlAccountRowsSql(username: string): string {
@@ -30,7 +30,10 @@ export function mysqlAccountRow(r: Row): AccountRow {
 export function requireMysql(engine: string, server: ServerInfo, strategy: Strategy): void {
   const v = server.version.join('.');
   if (!atLeast(server.version, [5, 7, 6])) {
-    throw new DbError('DB_UNSUPPORTED', `${engine}: MySQL ${v} is too old: the engine needs 5.7.6 or later (8.0.14 for dual)`);
+    throw new DbError(
+      'DB_UNSUPPORTED',
+      `${engine}: MySQL ${v} is too old: the engine needs 5.7.6 or later (8.0.14 for dual)`,
+    );
   }
   if (strategy === 'dual' && !atLeast(server.version, [8, 0, 14])) {
     const needs = 'dual needs MySQL 8.0.14 or later (RETAIN CURRENT PASSWORD)';
@@ -47,7 +50,8 @@ export async function setMysql(
   restoreCurrent: boolean,
 ): Promise<void> {
   const accounts = rows.map((r) => account(job.username, r.host));
-  const identified = (value: string, suffix = ''): string => accounts.map((a) => `${a} IDENTIFIED BY ${literal(value)}${suffix}`).join(', ');
+  const identified = (value: string, suffix = ''): string =>
+    accounts.map((a) => `${a} IDENTIFIED BY ${literal(value)}${suffix}`).join(', ');
   if (job.strategy === 'dual' && current) {
     if (restoreCurrent) {
       // The pending value already logs in but the current does not: RETAIN would keep the pending
@@ -60,7 +64,10 @@ export async function setMysql(
     await ops.alter(`ALTER USER ${identified(job.password, ' RETAIN CURRENT PASSWORD')}`, job.username);
     return;
   }
-  await ops.alter(`ALTER USER ${identified(job.password)}${job.strategy === 'alternate' ? ' ACCOUNT UNLOCK' : ''}`, job.username);
+  await ops.alter(
+    `ALTER USER ${identified(job.password)}${job.strategy === 'alternate' ? ' ACCOUNT UNLOCK' : ''}`,
+    job.username,
+  );
 }
 
 /** Dual retire: drops the secondary password of every row, while it is still the retired value. */
@@ -69,5 +76,8 @@ export async function retireMysqlDual(ops: AccountOps, retired: Credential): Pro
   // already, and the secondary may be the current value (a later set ran RETAIN): leave it.
   if (!(await ops.test(retired))) return;
   const rows = await ops.accountRows(retired.username);
-  await ops.alter(`ALTER USER ${rows.map((r) => `${account(retired.username, r.host)} DISCARD OLD PASSWORD`).join(', ')}`, retired.username);
+  await ops.alter(
+    `ALTER USER ${rows.map((r) => `${account(retired.username, r.host)} DISCARD OLD PASSWORD`).join(', ')}`,
+    retired.username,
+  );
 }
