@@ -28,6 +28,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { Keys, ParsedDoc, Path, Problem } from 'rotor/internal';
 import {
   decodeUtf8,
+  errorPath,
   KeyError,
   LIMITS,
   loadKeys,
@@ -35,9 +36,13 @@ import {
   parseDuration,
   parseSigningKey,
   positionOf,
+  problemLine,
+  quoteHint,
   RotorError,
   SCHEMAS_DIR,
   suggest,
+  uniqueProblems,
+  valueAt,
 } from 'rotor/internal';
 import type { EngineName, TargetConnection } from './engines/types.js';
 import type { SopsDocument, SopsValue } from './sops.js';
@@ -85,8 +90,9 @@ export interface AgentConfigProblem {
   readonly message: string;
 }
 
+/** One line for people: `FILE:LINE:COL: SEVERITY: MESSAGE [CODE]`, as rotor validate prints its problems. */
 export function agentConfigProblemLine(p: AgentConfigProblem): string {
-  return `${p.file}:${p.line}:${p.col}: ${p.severity}: ${p.message} [${p.code}]`;
+  return problemLine(p);
 }
 
 /** The configuration needs a person's edit: never retried. */
@@ -195,16 +201,7 @@ const PASSWORD_FORMS = 'a string, { env: VAR } or { sops: FILE, key: PATH }';
 
 /** ajv's errors as problems, one per place and code. */
 function schemaProblems(pd: ParsedDoc, errors: readonly ErrorObject[]): AgentConfigProblem[] {
-  const out: AgentConfigProblem[] = [];
-  const seen = new Set<string>();
-  const push = (p: AgentConfigProblem | undefined) => {
-    if (!p) return;
-    const id = `${p.line}:${p.col}:${p.code}`;
-    if (!seen.has(id)) out.push(p);
-    seen.add(id);
-  };
-  for (const err of errors) push(schemaProblem(pd, err));
-  return out;
+  return uniqueProblems(errors, (err) => schemaProblem(pd, err));
 }
 
 function knownFields(at: Path): string[] {
@@ -215,12 +212,9 @@ function knownFields(at: Path): string[] {
 }
 
 function schemaProblem(pd: ParsedDoc, err: ErrorObject): AgentConfigProblem | undefined {
-  const at: string[] = err.instancePath
-    .split('/')
-    .slice(1)
-    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  const at = errorPath(err);
   const field = fieldName(at);
-  const value = at.reduce<unknown>((v, k) => (v as Record<string, unknown> | undefined)?.[k], pd.data);
+  const value = valueAt(pd.data, at);
   const isPassword = at.length === 3 && at[0] === 'targets' && at[2] === 'password';
   const mk = (code: string, message: string, where: Path = at, key = false): AgentConfigProblem => ({
     ...positionOf(pd, where, key),
@@ -264,9 +258,7 @@ function schemaProblem(pd: ParsedDoc, err: ErrorObject): AgentConfigProblem | un
           `${field} must be ${PASSWORD_FORMS}, not ${describe(value)}${typeof value === 'number' || typeof value === 'boolean' ? ' (quote it: "…")' : ''}`,
         );
       const want = (err.params as { type: string }).type;
-      const quote =
-        want === 'string' && (typeof value === 'number' || typeof value === 'boolean') ? ' (quote it: "…")' : '';
-      return mk('SCHEMA_TYPE', `${field} must be a ${want}, not ${describe(value)}${quote}`);
+      return mk('SCHEMA_TYPE', `${field} must be a ${want}, not ${describe(value)}${quoteHint(want, value)}`);
     }
     case 'pattern': {
       if (err.propertyName !== undefined) {
