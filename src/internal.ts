@@ -62,3 +62,4 @@ export {
 export type { Flags } from './util/args.js';
 export { HELP_FLAG, optionsHelp, parse } from './util/args.js';
 export { backoffDelay } from './util/backoff.js';
+export { boundedBody, declaredOver } from './util/bounded.js';

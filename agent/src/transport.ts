@@ -8,7 +8,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import http from 'node:http';
 import https from 'node:https';
 import type { Logger, Result } from 'rotor/internal';
-import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, H_NONCE, signRequest } from 'rotor/internal';
+import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, boundedBody, declaredOver, H_NONCE, signRequest } from 'rotor/internal';
 import type { AgentConfig } from './config.js';
 import { AgentError } from './errors.js';
 import { acceptedOf, answerData, jobsOf } from './wire.js';
@@ -71,27 +71,20 @@ export function nodeTransport(): Transport & { close(): void } {
       x.signal.addEventListener('abort', onAbort, { once: true });
       req.on('response', (r: http.IncomingMessage) => {
         res = r;
-        const declared = Number(r.headers['content-length']);
-        if (Number.isFinite(declared) && declared > x.maxBytes) {
-          const message = `the daemon's answer is ${declared} bytes, over the ${x.maxBytes}-byte limit`;
+        if (declaredOver(r.headers['content-length'], x.maxBytes)) {
+          const message = `the daemon's answer is ${r.headers['content-length']} bytes, over the ${x.maxBytes}-byte limit`;
           settle(new AgentError('AGENT_ANSWER_TOO_LARGE', message));
           return;
         }
-        const chunks: Buffer[] = [];
-        let size = 0;
+        const collected = boundedBody(x.maxBytes);
         r.on('data', (chunk: Buffer) => {
-          size += chunk.length;
-          if (size > x.maxBytes) {
+          if (!collected.add(chunk)) {
             settle(
               new AgentError('AGENT_ANSWER_TOO_LARGE', `the daemon's answer is over the ${x.maxBytes}-byte limit`),
             );
-          } else {
-            chunks.push(chunk);
           }
         });
-        r.on('end', () =>
-          settle(undefined, { status: r.statusCode ?? 0, headers: r.headers, body: Buffer.concat(chunks) }),
-        );
+        r.on('end', () => settle(undefined, { status: r.statusCode ?? 0, headers: r.headers, body: collected.body() }));
         r.on('error', (e) => settle(e));
         r.on('close', () =>
           settle(new AgentError('AGENT_DAEMON_UNREACHABLE', 'the daemon closed the connection mid-answer')),

@@ -2,6 +2,10 @@
 import { request } from 'node:http';
 import path from 'node:path';
 import { BACKOFF, NEVER, RotorError } from '../errors.js';
+import { boundedBody } from '../util/bounded.js';
+
+/** The largest answer read from the admin socket (the status of many thousands of secrets). */
+const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
 
 /** No daemon listening, no answer in time, a broken connection: these may pass. */
 const TRANSIENT: ReadonlySet<string> = new Set(['DAEMON_NOT_RUNNING', 'TIMEOUT', 'ADMIN_IO']);
@@ -37,12 +41,16 @@ export function callAdmin(
         timeout: 120_000,
       },
       (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
+        const collected = boundedBody(MAX_ANSWER_BYTES);
+        res.on('data', (c: Buffer) => {
+          if (collected.add(c)) return;
+          reject(new AdminError('BAD_RESPONSE', `the daemon answered more than ${MAX_ANSWER_BYTES} bytes`));
+          res.destroy();
+        });
         res.on('end', () => {
           let parsed: unknown;
           try {
-            parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+            parsed = JSON.parse(collected.body().toString('utf8'));
           } catch {
             reject(new AdminError('BAD_RESPONSE', 'the daemon answered something that is not JSON'));
             return;

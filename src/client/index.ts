@@ -15,6 +15,10 @@ import { Agent, request } from 'node:http';
 import { BACKOFF, NEVER, RotorError, retryOf } from '../errors.js';
 import type { BackoffOptions } from '../util/backoff.js';
 import { backoffDelay } from '../util/backoff.js';
+import { boundedBody } from '../util/bounded.js';
+
+/** The largest answer read from a socket (the list of a consumer's secrets, or one structured value). */
+export const MAX_ANSWER_BYTES = 16 * 1024 * 1024;
 
 export type SecretValue = string | Readonly<Record<string, string>>;
 
@@ -117,8 +121,18 @@ export function call<T>(path: string, o: ClientOptions = {}, extraMs = 0): Promi
         ...(o.signal ? { signal: o.signal } : {}),
       },
       (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
+        const collected = boundedBody(MAX_ANSWER_BYTES);
+        res.on('data', (c: Buffer) => {
+          if (collected.add(c)) return;
+          reject(
+            new RotorClientError(
+              'BAD_RESPONSE',
+              `${socket} answered more than ${MAX_ANSWER_BYTES} bytes (status ${res.statusCode})`,
+              res.statusCode,
+            ),
+          );
+          res.destroy();
+        });
         res.on('error', (e) =>
           reject(
             new RotorClientError(
@@ -130,7 +144,7 @@ export function call<T>(path: string, o: ClientOptions = {}, extraMs = 0): Promi
         res.on('end', () => {
           let body: unknown;
           try {
-            body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+            body = JSON.parse(collected.body().toString('utf8'));
           } catch {
             reject(
               new RotorClientError(

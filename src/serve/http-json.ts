@@ -1,6 +1,8 @@
 /** Small helpers for the daemon's JSON-over-HTTP APIs: bounded bodies (readBody), JSON errors with codes. */
+
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { NEVER, RotorError } from '../errors.js';
+import { boundedBody, declaredOver } from '../util/bounded.js';
 
 /** A request refused with an HTTP status and a code: the client must send another request. */
 export class HttpError extends RotorError {
@@ -29,7 +31,7 @@ export interface BodyLimits {
 export function readBody(req: IncomingMessage, limits: BodyLimits): Promise<Buffer> {
   const declared = req.headers['content-length'];
   // node:http has refused a malformed or repeated Content-Length already (400).
-  if (declared !== undefined && Number(declared) > limits.limit) {
+  if (declaredOver(declared, limits.limit)) {
     return Promise.reject(
       new HttpError(
         413,
@@ -39,8 +41,7 @@ export function readBody(req: IncomingMessage, limits: BodyLimits): Promise<Buff
     );
   }
   return new Promise<Buffer>((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
+    const collected = boundedBody(limits.limit);
     const timer = setTimeout(
       () =>
         fail(
@@ -53,8 +54,7 @@ export function readBody(req: IncomingMessage, limits: BodyLimits): Promise<Buff
       limits.timeoutMs,
     );
     const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limits.limit)
+      if (!collected.add(chunk))
         fail(
           new HttpError(
             413,
@@ -62,11 +62,10 @@ export function readBody(req: IncomingMessage, limits: BodyLimits): Promise<Buff
             `the request body is over the ${limits.limit}-byte limit of ${req.method} ${(req.url ?? '').slice(0, 100)}`,
           ),
         );
-      else chunks.push(chunk);
     };
     const onEnd = () => {
       done();
-      resolve(Buffer.concat(chunks, size));
+      resolve(collected.body());
     };
     const onClose = () => {
       if (!req.complete)
@@ -82,7 +81,6 @@ export function readBody(req: IncomingMessage, limits: BodyLimits): Promise<Buff
     const fail = (e: HttpError) => {
       done();
       req.pause(); // read no further; the answer closes the connection
-      chunks.length = 0;
       reject(e);
     };
     req.on('data', onData);
