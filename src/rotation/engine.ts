@@ -29,7 +29,7 @@ import * as planner from './planner.js';
 import type { Pending, SecretRecord, Trigger } from './record.js';
 import { create, currentVersion, finish, previousVersion, retire } from './record.js';
 import type { Step, StepFailure, StepResult } from './steps.js';
-import { attempt, DONE, retry, runSteps, stopped } from './steps.js';
+import { DONE, retry, runSteps, stopped } from './steps.js';
 
 export type { ManualValue } from './planner.js';
 
@@ -281,20 +281,20 @@ export class Engine {
    * What the planner decides from: the model, the stored records (all, or only that of `only`), the
    * failures, the steps running, the SOPS values.
    */
-  private planInput(only?: string): PlanInput {
-    const records = new Map<string, SecretRecord>();
-    if (only !== undefined) {
-      const r = this.record(only);
-      if (r) records.set(only, r);
-    } else {
-      for (const [, value] of this.o.store.entries('secret/')) {
-        const r = value as unknown as SecretRecord;
-        records.set(r.name, r);
-      }
-    }
+  /** The store's records, as the planner reads them (a view: nothing is copied). */
+  private readonly records: planner.Records = {
+    get: (name) => this.record(name),
+    values: () => this.storedRecords(),
+  };
+
+  private *storedRecords(): Generator<SecretRecord> {
+    for (const [, value] of this.o.store.entries('secret/')) yield value as unknown as SecretRecord;
+  }
+
+  private planInput(): PlanInput {
     return {
       desired: this.desired,
-      records,
+      records: this.records,
       failures: this.failures,
       running: this.running,
       manual: this.manual,
@@ -389,7 +389,7 @@ export class Engine {
 
   /** When a declared secret must rotate next (a time in the past means now). */
   dueAt(name: string): number | undefined {
-    return planner.dueAt(name, this.planInput(name));
+    return planner.dueAt(name, this.planInput());
   }
 
   /** Runs everything due at the current time. Failures are kept per secret and retried with backoff. */
@@ -485,15 +485,18 @@ export class Engine {
     const secret = this.desired!.secrets.get(name)!.decl;
     const policy = this.desired!.policies.get(secret.policy)!.decl;
     const c: Rotation = { name, secret, policy, trigger, extra, record: { name, versions: [] }, pending: undefined };
-    const result = await attempt(async () => {
+    let result: StepResult;
+    try {
       c.record = this.record(name) ?? c.record;
       c.pending = c.record.pending;
-      return runSteps(this.rotationSteps, c, (step) => {
+      result = await runSteps(this.rotationSteps, c, (step) => {
         stepChannel.publish({ secret: name, step: step.name, version: c.pending!.version });
         // In the same tick as the last step's event: whoever waits for it sees the outcome recorded.
         if (step.name === 'finished') this.rotated(name, c.pending!);
       });
-    });
+    } catch (e) {
+      result = retry(e);
+    }
     if (result.kind !== 'done') {
       this.fail(name, result);
       throw result.error;

@@ -34,12 +34,21 @@ export interface Failure {
   readonly retryAt: number;
 }
 
+/**
+ * The stored records, looked up by name or walked in the store's order. A Map is one; the engine
+ * passes a view of its store, so that planning copies nothing.
+ */
+export interface Records {
+  get(name: string): SecretRecord | undefined;
+  values(): Iterable<SecretRecord>;
+}
+
 /** What the planner decides from. */
 export interface PlanInput {
   /** The applied model (undefined before the first apply). */
   readonly desired: Desired | undefined;
   /** The stored records by secret name, in the store's order (removed secrets included until purged). */
-  readonly records: ReadonlyMap<string, SecretRecord>;
+  readonly records: Records;
   readonly failures: ReadonlyMap<string, Failure>;
   /** Secrets with a step running now (a database step waiting for its agent). */
   readonly running: ReadonlySet<string> | ReadonlyMap<string, unknown>;

@@ -37,15 +37,6 @@ export function stopped(e: unknown): boolean {
   return e instanceof RotorError && (e as { readonly stopping?: unknown }).stopping === true;
 }
 
-/** Runs a step function; an error it throws is a retry. */
-export async function attempt(fn: () => Promise<StepResult>): Promise<StepResult> {
-  try {
-    return await fn();
-  } catch (e) {
-    return retry(e);
-  }
-}
-
 /**
  * Walks `steps` in order: each one whose `when` holds runs, and `done(step)` is called once it is done.
  * Returns the first result that is not done (the later steps do not run), or done.
@@ -57,10 +48,15 @@ export async function runSteps<C>(
 ): Promise<StepResult> {
   for (const step of steps) {
     let skip = false;
-    const result = await attempt(async () => {
+    // An error a step throws is a retry. Caught here, not in a wrapper: thousands of rotations wait in
+    // here at once (for a group commit), and every nested async frame stays alive while they wait.
+    let result: StepResult;
+    try {
       skip = step.when !== undefined && !step.when(ctx);
-      return skip ? DONE : step.run(ctx);
-    });
+      result = skip ? DONE : await step.run(ctx);
+    } catch (e) {
+      result = retry(e);
+    }
     if (result.kind !== 'done') return result;
     if (!skip) done(step);
   }
