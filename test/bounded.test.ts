@@ -54,3 +54,24 @@ t.test('rotor/client stops reading an answer past its limit', async (t) => {
   t.match((err as Error).message, `more than ${MAX_ANSWER_BYTES} bytes`);
   server.closeAllConnections();
 });
+
+t.test(
+  'the admin client opens a connection for each call (no kept-alive socket the daemon may close under it)',
+  async (t) => {
+    const { callAdmin } = await import('../src/cli/admin-client.js');
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'rotor-admin-conn-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const socket = path.join(dir, 'admin.sock');
+    let connections = 0;
+    const server = createServer({ keepAliveTimeout: 60_000 }, (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{"ok":true}');
+    });
+    server.on('connection', () => connections++);
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+    t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    for (let i = 0; i < 3; i++) t.same(await callAdmin(socket, 'GET', '/v1/status'), { ok: true });
+    t.equal(connections, 3, 'three calls, three connections');
+    server.closeAllConnections();
+  },
+);

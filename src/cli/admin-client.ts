@@ -39,6 +39,9 @@ export function callAdmin(
         path: urlPath,
         headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
         timeout: 120_000,
+        // A connection of its own for each call: a kept-alive socket that the daemon closes for being idle
+        // just as a request is written on it fails that request (EPIPE, ECONNRESET).
+        agent: false,
       },
       (res) => {
         const collected = boundedBody(MAX_ANSWER_BYTES);
