@@ -393,6 +393,11 @@ export class Daemon {
     return this.engine.served(name);
   }
 
+  /** A version the store still retains (current, previous or retired), as `?version=N` serves it. */
+  version(name: string, version: number) {
+    return this.engine.version(name, version);
+  }
+
   status(): DaemonStatus {
     return daemonStatus({
       engine: this.engine,
