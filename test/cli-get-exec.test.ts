@@ -1,6 +1,7 @@
 /** rotor get (in-process) and rotor exec (as a process, with a real child) against a running daemon. */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import t from 'tap';
@@ -135,7 +136,7 @@ t.test('rotor exec --restart: secrets in the environment, a restart on rotation,
   t.equal(await p.next(), `term ${second[1]}`, 'SIGTERM to rotor exec is passed to the child');
   t.equal(await p.exited, 0, "rotor exec exits with the child's status");
   t.notOk(p.stderr().includes(String(d.served('app/token')!.value)), "no value in rotor exec's messages");
-  t.match(p.stderr(), /app\/token \(version 2\) has a new version; restarting/);
+  t.match(p.stderr(), /app\/token is now at version 2; restarting/);
 });
 
 t.test("rotor exec without --restart: the child's exit status; errors before the start", async (t) => {
@@ -171,3 +172,87 @@ t.test("rotor exec without --restart: the child's exit status; errors before the
   const badEnv = await rotor(['exec', '--socket', socket, '--env', '1X=app/token', '--', 'true']);
   t.equal(badEnv.code, 2);
 });
+
+/** Alive and not a zombie (a zombie left to a PID 1 that does not reap has ended all the same). */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+// A shell that starts a grandchild and waits for it: the shell and the sleep are both in CMD's group.
+const SHELL = (trap: string) =>
+  `${trap} sleep 600 & echo "started $$ $! $(printf %s "$TOKEN" | sha256sum | cut -c1-64)"; wait`;
+
+t.test("rotor exec stops CMD's whole process group: on a restart and at its own end", async (t) => {
+  const { d, socket } = await setup(t);
+  const p = execProcess(['--socket', socket, '--env', 'TOKEN=app/token', '--restart', '--', 'sh', '-c', SHELL('')]);
+  const pids: number[] = [];
+  t.teardown(() => {
+    p.child.kill('SIGKILL');
+    for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  });
+  const [, shell1, sleep1, hash1] = (await p.next()).split(' ');
+  pids.push(Number(shell1), Number(sleep1));
+  t.equal(hash1, sha(String(d.served('app/token')!.value)), 'the shell got the token');
+  t.ok(alive(Number(sleep1)), 'the grandchild runs');
+  await d.rotateNow('app/token', 'exec group test');
+  const [, shell2, sleep2, hash2] = (await p.next()).split(' ');
+  pids.push(Number(shell2), Number(sleep2));
+  t.equal(hash2, sha(String(d.served('app/token')!.value)), 'started again with version 2');
+  t.notOk(alive(Number(shell1)), 'the old shell ended');
+  t.notOk(alive(Number(sleep1)), "the old shell's child ended before the new one started");
+  t.match(p.stderr(), /app\/token is now at version 2; restarting sh/);
+  p.child.kill('SIGTERM');
+  t.equal(await p.exited, 128 + 15, 'the shell ended by SIGTERM');
+  t.notOk(alive(Number(sleep2)), "the grandchild did not outlive rotor exec's end");
+  t.notOk(alive(Number(shell2)));
+});
+
+t.test(
+  'rotor exec: a group that ignores SIGTERM gets SIGKILL after --grace; leftovers of a CMD that exits stop',
+  async (t) => {
+    const { socket } = await setup(t);
+    const p = execProcess([
+      '--socket',
+      socket,
+      '--env',
+      'TOKEN=app/token',
+      '--grace',
+      '1',
+      '--',
+      'sh',
+      '-c',
+      SHELL("trap '' TERM;"),
+    ]);
+    const pids: number[] = [];
+    t.teardown(() => {
+      p.child.kill('SIGKILL');
+      for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    });
+    const [, shell, sleep] = (await p.next()).split(' ');
+    pids.push(Number(shell), Number(sleep));
+    p.child.kill('SIGTERM');
+    t.equal(await p.exited, 128 + 9, 'the shell ignored SIGTERM and was killed');
+    t.notOk(alive(Number(sleep)), 'so was its child');
+
+    // CMD exits by itself and leaves a child behind in its group: it does not outlive rotor exec.
+    const q = execProcess([
+      '--socket',
+      socket,
+      '--env',
+      'TOKEN=app/token',
+      '--',
+      'sh',
+      '-c',
+      'sleep 600 & echo "left $!"; exit 3',
+    ]);
+    const left = Number((await q.next()).split(' ')[1]);
+    pids.push(left);
+    t.equal(await q.exited, 3, "CMD's own status");
+    t.notOk(alive(left), 'what it left in its group was stopped');
+  },
+);

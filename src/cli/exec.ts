@@ -21,7 +21,12 @@ export const EXEC_FLAGS = {
     description: 'a variable to set for CMD (at least one; repeatable)',
   },
   restart: { type: 'boolean', description: 'restart CMD when a secret it uses rotates' },
-  grace: { type: 'string', arg: 'SECONDS', default: '10', description: 'how long CMD may take to stop before SIGKILL' },
+  grace: {
+    type: 'string',
+    arg: 'SECONDS',
+    default: '10',
+    description: "how long CMD's process group may take to stop before SIGKILL",
+  },
   help: HELP_FLAG,
 } as const satisfies Flags;
 
@@ -33,12 +38,18 @@ Usage: rotor exec [--socket PATH] --env VAR=NAME[.field]... [--restart] [--grace
 Reads the secrets from the daemon over the consumer socket, then runs CMD with them in its
 environment (never in its arguments): VAR=NAME gives the value of NAME (a structured secret as
 JSON), VAR=NAME.field one field of it (.username: the database user). Signals sent to rotor exec (TERM,
-INT, HUP, QUIT, USR1, USR2) are passed to CMD; rotor exec exits with CMD's status.
+INT, HUP, QUIT, USR1, USR2) are passed to CMD's process group; after TERM or INT the group has --grace
+seconds to end before SIGKILL. rotor exec exits with CMD's status.
+
+CMD runs in a process group of its own (a session: it has no controlling terminal), and every
+signal goes to the whole group, so that the children CMD starts (a shell's, a server's workers)
+stop with it. When CMD exits, whatever it left running in its group gets SIGTERM, then SIGKILL after
+--grace seconds, before rotor exec exits.
 
 With --restart, rotor exec watches the secrets (long-polls) and, when one of them has a new version,
-sends CMD SIGTERM, waits up to --grace seconds (then SIGKILL), and starts it again with the new
-values. The previous version stays valid for the policy's overlap, so open connections keep working
-while CMD restarts.
+sends CMD's group SIGTERM, waits up to --grace seconds for every process in it to end (then SIGKILL
+to the group), and starts CMD again with the new values. The previous version stays valid for the
+policy's overlap, so open connections keep working while CMD restarts.
 
 Options:
 ${optionsHelp(EXEC_FLAGS)}
@@ -100,22 +111,33 @@ export async function execCommand(argv: readonly string[], io: Io): Promise<numb
   const stopWatch = new AbortController();
   const start = () => {
     const env = { ...io.env, ...envOf(bindings, values) };
-    child = spawn(command[0]!, command.slice(1), { env, stdio: 'inherit', cwd: io.cwd });
+    // detached: setsid(2), so CMD leads a new process group and signals reach its children too.
+    child = spawn(command[0]!, command.slice(1), { env, stdio: 'inherit', cwd: io.cwd, detached: true });
     return child;
   };
+  // To the whole group, while any of it lives (the leader may be gone and its children not). SIGTERM
+  // and SIGINT ask rotor exec to end: the group gets --grace seconds to follow, then SIGKILL.
+  let ending: Promise<void> | undefined;
   const forward = (signal: NodeJS.Signals) => () => {
-    if (child && child.exitCode === null && child.signalCode === null) child.kill(signal);
+    if (child?.pid === undefined) return;
+    if ((signal === 'SIGTERM' || signal === 'SIGINT') && ending === undefined)
+      ending = stopGroup(child.pid, graceMs, signal);
+    else signalGroup(child.pid, signal);
   };
   const handlers = FORWARDED.map((s) => [s, forward(s)] as const);
   for (const [s, h] of handlers) process.on(s, h);
 
   return new Promise<number>((resolve) => {
-    const done = (code: number) => {
+    const done = (code: number, group?: number) => {
       if (finished) return;
       finished = true;
       stopWatch.abort();
-      for (const [s, h] of handlers) process.off(s, h);
-      resolve(code);
+      // What CMD left behind in its group stops with it (within the grace), then rotor exec exits.
+      const leftovers = ending ?? (group === undefined ? Promise.resolve() : stopGroup(group, graceMs));
+      void leftovers.then(() => {
+        for (const [s, h] of handlers) process.off(s, h);
+        resolve(code);
+      });
     };
     const watchExit = (c: ChildProcess) => {
       c.once('error', (e: NodeJS.ErrnoException) => {
@@ -124,7 +146,7 @@ export async function execCommand(argv: readonly string[], io: Io): Promise<numb
       });
       c.once('exit', (code, signal) => {
         if (restarting) return;
-        done(code ?? 128 + (signal ? signalNumber(signal) : 0));
+        done(code ?? 128 + (signal ? signalNumber(signal) : 0), c.pid);
       });
     };
     watchExit(start());
@@ -141,13 +163,13 @@ export async function execCommand(argv: readonly string[], io: Io): Promise<numb
           envOf(bindings, fresh);
         } catch (e) {
           io.stderr(
-            `rotor exec: a new version of ${why} appeared but could not be read (${(e as { code?: string }).code ?? 'ERROR'}); ${command[0]} keeps running with the values it has\n`,
+            `rotor exec: ${why} but could not be read (${(e as { code?: string }).code ?? 'ERROR'}); ${command[0]} keeps running with the values it has\n`,
           );
           return;
         }
         if ([...fresh].every(([n, s]) => values.get(n)?.version === s.version)) return;
         values = fresh;
-        io.stderr(`rotor exec: ${why} has a new version; restarting ${command[0]}\n`);
+        io.stderr(`rotor exec: ${why}; restarting ${command[0]}\n`);
         restarting = true;
         const old = child!;
         await stopChild(old, graceMs);
@@ -164,7 +186,7 @@ export async function execCommand(argv: readonly string[], io: Io): Promise<numb
             after: values.get(name)!.version,
             signal: stopWatch.signal,
           })) {
-            restart(`${name} (version ${s.version})`);
+            restart(`${name} is now at version ${s.version}`);
           }
         } catch (e) {
           if (!finished) io.stderr(`rotor exec: stopped watching ${name}: ${(e as Error).message}\n`);
@@ -208,16 +230,52 @@ function envOf(bindings: readonly Binding[], values: Map<string, Secret>): Recor
   return env;
 }
 
-function stopChild(c: ChildProcess, graceMs: number): Promise<void> {
-  if (c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const kill = setTimeout(() => c.kill('SIGKILL'), graceMs);
-    c.once('exit', () => {
-      clearTimeout(kill);
-      resolve();
-    });
-    c.kill('SIGTERM');
-  });
+/** Sends a signal to a process group; false when no process is left in it. */
+function signalGroup(pgid: number, signal: NodeJS.Signals | 0): boolean {
+  try {
+    process.kill(-pgid, signal);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ESRCH') return false;
+    throw e;
+  }
+}
+
+/** How often an ending group is looked at: no event says that a process which is not ours ended. */
+const GROUP_POLL_MS = 25;
+
+/** After SIGKILL, how long to look for the group to empty: a zombie that nobody reaps (a container
+ * whose PID 1 does not) stays in it forever, and must not keep rotor exec waiting. */
+const AFTER_KILL_MS = 2000;
+
+/**
+ * SIGTERM (or `signal`) to the group, then wait until no process is left in it; at the end of the grace, SIGKILL
+ * to the group and wait again, a little (a SIGKILLed process ends at once; init reaps the ones that
+ * are not our child).
+ */
+async function stopGroup(pgid: number, graceMs: number, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (!signalGroup(pgid, signal)) return;
+  let deadline = Date.now() + graceMs;
+  let killed = false;
+  while (signalGroup(pgid, 0)) {
+    if (Date.now() >= deadline) {
+      if (killed) return;
+      killed = true;
+      signalGroup(pgid, 'SIGKILL');
+      deadline = Date.now() + AFTER_KILL_MS;
+    }
+    await new Promise((r) => setTimeout(r, GROUP_POLL_MS));
+  }
+}
+
+/** Stops CMD and its group: the leader's exit is awaited (it is our child), then the rest of its group. */
+async function stopChild(c: ChildProcess, graceMs: number): Promise<void> {
+  const pgid = c.pid;
+  if (pgid === undefined) return;
+  const exited =
+    c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise((r) => c.once('exit', r));
+  await stopGroup(pgid, graceMs);
+  await exited;
 }
 
 function signalNumber(signal: NodeJS.Signals): number {
