@@ -12,7 +12,7 @@ import type { SocketsStatus } from '../serve/status.js';
 import type { Receipts } from './receipts.js';
 
 export interface DaemonConsumersOptions {
-  readonly engine: Pick<Engine, 'served' | 'version' | 'dueAt'>;
+  readonly engine: Pick<Engine, 'served' | 'version' | 'nextRotationAt'>;
   readonly receipts: Receipts;
   readonly log: Logger;
   readonly now: () => number;
@@ -82,7 +82,7 @@ export class DaemonConsumers implements ConsumerBackend {
       this.answers.delete(name);
       return undefined;
     }
-    const next = this.o.engine.dueAt(name);
+    const next = this.o.engine.nextRotationAt(name);
     const view: CurrentView = {
       name,
       version: s.version,

@@ -34,6 +34,9 @@ export interface StatusParts {
   readonly now: () => number;
 }
 
+/** How late a scheduled rotation may be before the secret shows as overdue. */
+export const OVERDUE_GRACE_MS = 3600_000;
+
 export function daemonStatus(p: StatusParts): DaemonStatus {
   const { desired, now } = p;
   const secrets = p.engine.status().map((s) => {
@@ -50,9 +53,11 @@ export function daemonStatus(p: StatusParts): DaemonStatus {
     const target = decl?.database ? desired?.targets.get(decl.database.target)?.decl : undefined;
     const maxAge = policy?.maxAge ? parseDuration(policy.maxAge) : undefined;
     const age = s.rotatedAt ? now() - Date.parse(s.rotatedAt) : undefined;
+    // Past maxAge, or more than the grace behind its schedule slot: never because a rotation is under
+    // way (a database rotation waiting for its agent) or was asked for.
     const overdue =
       (maxAge !== undefined && age !== undefined && age > maxAge) ||
-      (s.nextRotationAt !== undefined && s.version !== undefined && now() - s.nextRotationAt > 3600_000);
+      (s.scheduledAt !== undefined && now() - s.scheduledAt > OVERDUE_GRACE_MS);
     return {
       ...s,
       policy: decl?.policy,

@@ -147,6 +147,8 @@ export interface SecretStatus {
   readonly version?: number;
   readonly rotatedAt?: string;
   readonly nextRotationAt?: number;
+  /** The schedule slot the current version is due by; overdue is measured from it. */
+  readonly scheduledAt?: number;
   readonly pending: boolean;
   /** A failing rotation; `retryAt` is absent when only a new commit can mend it (an unreadable SOPS file). */
   readonly failing?: {
@@ -390,6 +392,11 @@ export class Engine {
   /** When a declared secret must rotate next (a time in the past means now). */
   dueAt(name: string): number | undefined {
     return planner.dueAt(name, this.planInput());
+  }
+
+  /** When its next rotation is, as shown (never 0 for a rotation under way: the time it fell due). */
+  nextRotationAt(name: string): number | undefined {
+    return planner.nextRotationAt(this.o.now(), name, this.planInput());
   }
 
   /** Runs everything due at the current time. Failures are kept per secret and retried with backoff. */
@@ -820,10 +827,12 @@ export class Engine {
   status(): SecretStatus[] {
     const out: SecretStatus[] = [];
     const input = this.planInput();
+    const now = this.o.now();
     for (const name of this.desired?.secrets.keys() ?? []) {
       const r = this.record(name);
       const cur = r ? currentVersion(r) : undefined;
-      const due = planner.dueAt(name, input);
+      const due = planner.nextRotationAt(now, name, input);
+      const scheduled = planner.scheduledAt(name, input);
       const manual = this.manualFailing.get(name);
       const failing =
         this.failures.get(name) ?? (manual ? { since: manual.since, attempts: 1, error: manual.code } : undefined);
@@ -831,6 +840,7 @@ export class Engine {
         name,
         ...(cur ? { version: cur.version, rotatedAt: cur.createdAt } : {}),
         ...(due !== undefined ? { nextRotationAt: due } : {}),
+        ...(scheduled !== undefined ? { scheduledAt: scheduled } : {}),
         pending: Boolean(r?.pending),
         ...(failing ? { failing } : {}),
       });

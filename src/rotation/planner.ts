@@ -162,6 +162,31 @@ export function dueAt(name: string, input: PlanInput): number | undefined {
   return Math.max(due, input.failures.get(name)?.retryAt ?? 0);
 }
 
+/**
+ * The schedule slot the current version is due by: overdue is measured from it, never from a
+ * rotation in progress, a retry or a request to rotate now. Undefined for a secret without a version,
+ * a `sops:` one, or one rotor does not rotate.
+ */
+export function scheduledAt(name: string, input: PlanInput): number | undefined {
+  const s = input.desired?.secrets.get(name)?.decl;
+  const policy = s && input.desired?.policies.get(s.policy)?.decl;
+  if (!s || !policy || s.sops || !rotatable(s, input.database)) return undefined;
+  const r = input.records.get(name);
+  if (!r || !currentVersion(r)) return undefined;
+  return slot(name, policy, r).at;
+}
+
+/**
+ * When the next rotation is, as shown to people and consumers: the due time when it is ahead; when it
+ * is due or under way, the time it fell due (its schedule slot, or now for one started at once).
+ */
+export function nextRotationAt(now: number, name: string, input: PlanInput): number | undefined {
+  const due = dueAt(name, input);
+  if (due === undefined) return undefined;
+  if (due > now) return due;
+  return Math.min(scheduledAt(name, input) ?? now, now);
+}
+
 /** A `sops:` secret is due when its file holds a value other than the current one (or a rotation is unfinished). */
 function manualDue(name: string, input: PlanInput): number | undefined {
   const m = input.manual.get(name);

@@ -178,7 +178,8 @@ function ageCell(s: SecretView, rotated: number | undefined, now: number): strin
   const age = esc(human(now - rotated));
   if (s.nextRotationAt === undefined || s.nextRotationAt <= rotated) return age;
   const fraction = Math.max(0, (now - rotated) / (s.nextRotationAt - rotated));
-  const tone = s.overdue || fraction > 1 ? 'bad' : fraction > 0.8 ? 'warn' : 'ok';
+  // Red only when overdue: a rotation under way (or within the grace) past its slot is not late yet.
+  const tone = s.overdue ? 'bad' : fraction > 0.8 ? 'warn' : 'ok';
   const w = 96;
   // A started interval shows at least a sliver, so that the bar reads as a bar.
   const fill = Math.max(fraction > 0 ? 3 : 0, Math.round(Math.min(1, fraction) * w * 10) / 10);
@@ -192,7 +193,7 @@ function nextCell(s: SecretView, now: number): string {
   if (at === undefined) return '<span class="muted">–</span>';
   if (at > now) return `${esc(`in ${human(at - now)}`)}<div class="sub">${esc(utc(at))}</div>`;
   if (s.pending && !s.failing) return 'in progress';
-  // A pending or retried step is due at 0 ("now"): no time to show.
+  // Due since its schedule slot, or (a request, a retry) now.
   return at > 0 && s.rotatedAt !== undefined ? `due<div class="sub">since ${esc(utc(at))}</div>` : 'due';
 }
 

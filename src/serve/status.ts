@@ -35,8 +35,10 @@ export interface SecretStatusView {
   readonly name: string;
   readonly version?: number;
   readonly rotatedAt?: string;
-  /** When the next rotation is due (ms since the epoch). */
+  /** When the next rotation is due (ms since the epoch); for one due or under way, when it fell due. */
   readonly nextRotationAt?: number;
+  /** The schedule slot the current version is due by: overdue is measured from it. */
+  readonly scheduledAt?: number;
   readonly pending: boolean;
   readonly overdue: boolean;
   /** `retryAt` is absent when only a new commit can mend it (an unreadable SOPS file). */
