@@ -16,7 +16,7 @@ export type { Problem } from './model/problems.js';
 export { problemLine, suggest } from './model/problems.js';
 export type { ParsedDoc, Path } from './model/yaml.js';
 export { decodeUtf8, LIMITS, parseDocuments, positionOf } from './model/yaml.js';
-export { SCHEMAS_DIR } from './paths.js';
+export { readSchema } from './paths.js';
 export type {
   Credential,
   EngineName,
@@ -63,3 +63,4 @@ export type { Flags } from './util/args.js';
 export { HELP_FLAG, optionsHelp, parse } from './util/args.js';
 export { backoffDelay } from './util/backoff.js';
 export { boundedBody, declaredOver } from './util/bounded.js';
+export { isMain, VERSION } from './version.js';

@@ -14,7 +14,7 @@ import { ROOT } from './helpers.js';
  */
 const LAYERS: readonly (readonly string[])[] = [
   ['errors'],
-  ['util', 'log', 'paths', 'keys', 'sops'],
+  ['util', 'log', 'paths', 'version', 'keys', 'sops'],
   ['schedule'],
   ['model'],
   ['state', 'audit', 'protocol', 'client'],
@@ -34,6 +34,7 @@ const AGENT_MAY_IMPORT: readonly string[] = [
   'util',
   'log',
   'paths',
+  'version',
   'keys',
   'sops',
   'schedule',

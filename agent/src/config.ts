@@ -39,7 +39,7 @@ import {
   problemLine,
   quoteHint,
   RotorError,
-  SCHEMAS_DIR,
+  readSchema,
   suggest,
   uniqueProblems,
   valueAt,
@@ -176,7 +176,7 @@ interface RawTarget {
 let validator: ValidateFunction | undefined;
 function validate(): ValidateFunction {
   if (!validator) {
-    const load = (f: string) => JSON.parse(readFileSync(path.join(SCHEMAS_DIR, f), 'utf8')) as Record<string, unknown>;
+    const load = readSchema;
     const ajv = new Ajv2020({ allErrors: true, strict: true, allowUnionTypes: true });
     ajv.addSchema(load('common.schema.json'));
     validator = ajv.compile(load('agent-config.schema.json'));

@@ -3,10 +3,8 @@
  * rotor-agent: runs on a database host, takes the daemon's database jobs (set, test, retire) and applies
  * them with the admin accounts of its own configuration (agent/src/config.ts). See agent/src/agent.ts.
  */
-import { realpathSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import type { Flags, Level, Logger } from 'rotor/internal';
-import { HELP_FLAG, jsonLogger, LEVELS, optionsHelp, parse, writeStderr } from 'rotor/internal';
+import { HELP_FLAG, isMain, jsonLogger, LEVELS, optionsHelp, parse, VERSION, writeStderr } from 'rotor/internal';
 import type { AgentOptions } from './agent.js';
 import { Agent, AgentError } from './agent.js';
 import { AgentConfigError, agentConfigProblemLine, loadAgentConfig } from './config.js';
@@ -117,7 +115,7 @@ export async function main(
     return AGENT_EXIT.ok;
   }
   if (flags.version) {
-    io.stdout('rotor-agent 0.1.0\n');
+    io.stdout(`rotor-agent ${VERSION}\n`);
     return AGENT_EXIT.ok;
   }
   if (flags.config === undefined) {
@@ -155,7 +153,7 @@ export async function main(
   return AGENT_EXIT.ok;
 }
 
-if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
+if (isMain(import.meta.url)) {
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;

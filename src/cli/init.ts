@@ -3,16 +3,15 @@
  * consumer, .gitattributes, .gitignore, package.json and a CI workflow) and the daemon's keys, kept
  * outside the repository.
  */
-import { readFileSync } from 'node:fs';
 import { access, constants, lstat, mkdir, realpath, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { runGit } from '../git/run.js';
 import type { PublicKeys } from '../keys.js';
 import { generateKeys, IDENTITY_FILE, KeyError, loadKeys, SIGNING_FILE } from '../keys.js';
 import type { Flags } from '../util/args.js';
 import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import { VERSION } from '../version.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
@@ -74,24 +73,6 @@ Examples:
   sudo rotor init /srv/secrets                              # keys in /var/lib/rotor
   rotor init . --force                                      # refresh the scaffold's files here
 `;
-
-/** rotor's own version, for the devDependency the scaffold's package.json declares. */
-function ownVersion(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    try {
-      const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as {
-        name?: string;
-        version?: string;
-      };
-      if (pkg.name === 'rotor' && pkg.version) return pkg.version;
-    } catch {
-      // not here; look further up
-    }
-    dir = path.dirname(dir);
-  }
-  return '0.1.0';
-}
 
 /** A path as it can be pasted into a shell. */
 function sh(p: string): string {
@@ -295,7 +276,7 @@ export async function initCommand(argv: readonly string[], io: Io): Promise<numb
     throw new UsageError('DIR must not be inside --data-dir: the daemon keeps its own clone there');
 
   const uid = typeof process.getuid === 'function' ? process.getuid() : 1000;
-  const files = scaffold({ uid, version: ownVersion(), ...(inside !== undefined ? { dataDirInside: inside } : {}) });
+  const files = scaffold({ uid, version: VERSION, ...(inside !== undefined ? { dataDirInside: inside } : {}) });
 
   // Everything is checked before anything is written.
   const existing: string[] = [];
@@ -385,7 +366,7 @@ export async function initCommand(argv: readonly string[], io: Io): Promise<numb
   out.push(`Created in ${dir}:\n${written.map((f) => `  ${f}\n`).join('')}`);
   if (skipped.length)
     out.push(
-      `Kept the existing ${skipped.join(', ')}: add rotor to its devDependencies (npm install -D rotor@^${ownVersion()}).\n`,
+      `Kept the existing ${skipped.join(', ')}: add rotor to its devDependencies (npm install -D rotor@^${VERSION}).\n`,
     );
   out.push(
     `${keptKeys ? "Kept the daemon's existing keys" : "The daemon's keys (mode 0600; never commit them, never share them)"} in ${dataDir}:\n  ${IDENTITY_FILE}, ${SIGNING_FILE}\n  recipient: "${keys.recipient}"\n  signingKey: "${keys.signingKey}"\n`,

@@ -1,9 +1,8 @@
 #!/usr/bin/env node
 /** The rotor command line: one file per command, wired here by hand. */
-import { realpathSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import type { Flags } from '../util/args.js';
 import { UsageError } from '../util/args.js';
+import { isMain, VERSION } from '../version.js';
 import { AUDIT_FLAGS, AUDIT_HELP, auditCommand } from './audit.js';
 import { DAEMON_FLAGS, DAEMON_HELP, daemonCommand } from './daemon.js';
 import { EXEC_FLAGS, EXEC_HELP, execCommand } from './exec.js';
@@ -79,7 +78,7 @@ export async function run(argv: readonly string[], io: Io = processIo()): Promis
     return name === undefined ? EXIT.usage : EXIT.ok;
   }
   if (name === '--version' || name === '-v') {
-    io.stdout('rotor 0.1.0\n');
+    io.stdout(`rotor ${VERSION}\n`);
     return EXIT.ok;
   }
   const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name]!.run : undefined;
@@ -101,7 +100,7 @@ export async function run(argv: readonly string[], io: Io = processIo()): Promis
   }
 }
 
-if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
+if (isMain(import.meta.url)) {
   run(process.argv.slice(2)).then((code) => {
     process.exitCode = code;
   });

@@ -2,10 +2,8 @@
  * Validation of each document against the JSON Schema of its kind (schemas/, the single source of
  * truth). ajv errors become problems with positions, stable codes and messages that say what to do.
  */
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { SCHEMAS_DIR } from '../paths.js';
+import { readSchema } from '../paths.js';
 import { errorPath, lengthMessage, quoteHint, uniqueProblems, valueAt } from './ajv-problems.js';
 import type { Code, Problem } from './problems.js';
 import { suggest } from './problems.js';
@@ -17,7 +15,7 @@ export const KINDS = ['Config', 'Policy', 'Secret', 'Target', 'Agent', 'Consumer
 export type Kind = (typeof KINDS)[number];
 
 function loadSchema(file: string): Record<string, unknown> {
-  return JSON.parse(readFileSync(path.join(SCHEMAS_DIR, file), 'utf8')) as Record<string, unknown>;
+  return readSchema(file);
 }
 
 /**
