@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# rotor: the daemon (default) and rotor-agent, from one image.
+# rotor: the daemon (default) and rotor-agent (--entrypoint rotor-agent), from one image.
 #   docker build -t rotor .
 #   docker run --rm -v rotor-data:/var/lib/rotor rotor keygen /var/lib/rotor
 #   docker run -d --name rotor -v rotor-data:/var/lib/rotor -v rotor-sockets:/run/rotor \
@@ -9,17 +9,17 @@
 FROM node:20-bookworm-slim AS build
 WORKDIR /src
 # Dependencies first (cached while package*.json stay the same). --ignore-scripts: "prepare"
-# would build before the sources are copied; no dependency has an install script.
+# would build before the sources are copied (esbuild's install script only checks its binary).
 COPY package.json package-lock.json ./
 COPY agent/package.json agent/
 RUN npm ci --ignore-scripts --no-audit --no-fund
-COPY tsconfig.json ./
+COPY tsconfig.json LICENSE README.md ./
 COPY schemas/ schemas/
+COPY scripts/ scripts/
 COPY src/ src/
 COPY agent/ agent/
-RUN npm run build \
- && npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
- && rm -rf dist/test
+# The release tarballs (no dependencies: everything bundled); no single executables in an image.
+RUN npm run build && node scripts/release.mjs --out /release --no-sea
 
 FROM node:20-bookworm-slim
 RUN apt-get update \
@@ -31,14 +31,9 @@ RUN groupadd --system --gid 10001 rotor \
  && useradd --system --uid 10001 --gid rotor --home-dir /var/lib/rotor --no-create-home --shell /usr/sbin/nologin rotor \
  && install -d -o rotor -g rotor -m 0700 /var/lib/rotor /var/lib/rotor-agent \
  && install -d -o rotor -g rotor -m 0711 /run/rotor
-WORKDIR /app
-COPY --from=build /src/package.json ./package.json
-COPY --from=build /src/schemas/ ./schemas/
-COPY --from=build /src/node_modules/ ./node_modules/
-COPY --from=build /src/dist/ ./dist/
-# rotor-agent: its own package (node_modules/rotor-agent links to it); node /app/agent/dist/main.js.
-COPY --from=build /src/agent/package.json ./agent/package.json
-COPY --from=build /src/agent/dist/ ./agent/dist/
+COPY --from=build /release/ /tmp/release/
+RUN npm install -g --offline --no-audit --no-fund /tmp/release/rotor-*.tgz /tmp/release/rotor-agent-*.tgz \
+ && rm -rf /tmp/release /root/.npm
 ENV NODE_ENV=production \
     ROTOR_DATA_DIR=/var/lib/rotor \
     ROTOR_SOCKET_DIR=/run/rotor
@@ -50,5 +45,5 @@ VOLUME ["/var/lib/rotor", "/run/rotor"]
 # For a Prometheus in another container: -e ROTOR_METRICS_LISTEN=0.0.0.0:9464 -e ROTOR_METRICS_HOST=rotor
 # (the name it scrapes by; other Host headers get 421 HOST_NOT_ALLOWED).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["node", "/app/dist/src/cli/main.js"]
+ENTRYPOINT ["rotor"]
 CMD ["daemon"]

@@ -11,9 +11,25 @@ import { INIT_HELP, initCommand } from '../src/cli/init.js';
 import type { Io } from '../src/cli/io.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import { jsonLogger } from '../src/log.js';
+import { integrity, packTarball } from '../src/util/tarball.js';
 import { commitAll, FIXED_NOW, git, ROOT, rotor, tempDir } from './helpers.js';
 
-async function init(args: string[], cwd: string, env: NodeJS.ProcessEnv = {}) {
+/**
+ * A stand-in rotor package to vendor: tests run rotor from its sources, which vendor nothing
+ * (test/packages.test.ts vendors the real release tarball and runs npm ci on the scaffold).
+ */
+const FAKE_MANIFEST = { name: 'rotor', version: '9.8.7', license: 'Apache-2.0', bin: { rotor: 'dist/rotor.cjs' } };
+const FAKE_TARBALL = packTarball([
+  { path: 'package.json', bytes: Buffer.from(JSON.stringify(FAKE_MANIFEST)) },
+  { path: 'dist/rotor.cjs', bytes: Buffer.from('#!/usr/bin/env node\n'), executable: true },
+]);
+
+async function init(args: string[], cwd: string, env: NodeJS.ProcessEnv = {}, vendor = true) {
+  if (vendor && !args.includes('--rotor-tarball')) {
+    const file = path.join(cwd, 'rotor-9.8.7.tgz');
+    writeFileSync(file, FAKE_TARBALL);
+    args = [...args, '--rotor-tarball', file];
+  }
   let stdout = '';
   let stderr = '';
   const io: Io = {
@@ -35,7 +51,9 @@ const SCAFFOLD = [
   'consumers.yaml',
   '.gitattributes',
   '.gitignore',
+  'vendor/rotor-9.8.7.tgz',
   'package.json',
+  'package-lock.json',
   '.github/workflows/rotor.yml',
 ];
 
@@ -90,6 +108,48 @@ t.test('the scaffold passes rotor validate with no problems; keys 0600 outside t
   t.equal(statSync(data).mode & 0o777, 0o700, 'the data directory is 0700');
   t.notMatch(git(dir, 'status', '--porcelain', '--untracked-files=all'), /identity|signing|data/);
 });
+
+t.test(
+  'rotor is vendored and pinned by its checksum, never a version range; a source checkout has nothing to vendor',
+  async (t) => {
+    const root = tempDir(t);
+    const r = await init(['repo', '--data-dir', 'data'], root);
+    t.equal(r.code, 0, r.stderr);
+    const dir = path.join(root, 'repo');
+    t.same(readFileSync(path.join(dir, 'vendor/rotor-9.8.7.tgz')), FAKE_TARBALL, 'the given tarball, byte for byte');
+    const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8'));
+    t.same(pkg.devDependencies, { rotor: 'file:vendor/rotor-9.8.7.tgz' });
+    const lock = JSON.parse(readFileSync(path.join(dir, 'package-lock.json'), 'utf8'));
+    t.match(lock.packages['node_modules/rotor'], {
+      version: '9.8.7',
+      resolved: 'file:vendor/rotor-9.8.7.tgz',
+      integrity: integrity(FAKE_TARBALL),
+      bin: { rotor: 'dist/rotor.cjs' },
+    });
+    t.notMatch(readFileSync(path.join(dir, 'package.json'), 'utf8'), /[\^~]\d|"\*"|latest/, 'no range anywhere');
+    t.match(r.stdout, /npm ci +# rotor from vendor\//);
+    t.equal(git(dir, 'check-attr', 'binary', 'vendor/rotor-9.8.7.tgz'), 'vendor/rotor-9.8.7.tgz: binary: set');
+
+    const bare = await init(['bare', '--data-dir', 'data2'], root, {}, false);
+    t.equal(bare.code, 1, 'from a source checkout, without --rotor-tarball: refused');
+    t.match(bare.stderr, /runs from a source checkout.*npm run release.*--rotor-tarball/);
+    t.notOk(existsSync(path.join(root, 'bare')), 'nothing written');
+    t.notOk(existsSync(path.join(root, 'data2')), 'no keys made');
+
+    const other = path.join(root, 'other.tgz');
+    writeFileSync(
+      other,
+      packTarball([{ path: 'package.json', bytes: Buffer.from('{"name":"evil","version":"1.0.0"}') }]),
+    );
+    const wrong = await init(['wrong', '--data-dir', 'data3', '--rotor-tarball', other], root);
+    t.equal(wrong.code, 1);
+    t.match(wrong.stderr, /is not a rotor package/);
+    writeFileSync(other, 'not a tarball');
+    const junk = await init(['junk', '--data-dir', 'data3', '--rotor-tarball', other], root);
+    t.equal(junk.code, 1);
+    t.match(junk.stderr, /is not an npm package tarball/);
+  },
+);
 
 t.test('--data-dir from ROTOR_DATA_DIR; a data directory inside DIR is ignored by git and by rotor', async (t) => {
   const root = tempDir(t);

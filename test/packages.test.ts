@@ -56,3 +56,9 @@ t.test("the database drivers are the agent package's, not rotor's", async (t) =>
     t.ok(agent.dependencies[d], `rotor-agent depends on ${d}`);
   }
 });
+
+t.test('one version: package.json, agent/package.json and src/version.ts agree', async (t) => {
+  const { VERSION } = await import('../src/version.js');
+  for (const f of ['package.json', 'agent/package.json'])
+    t.equal(JSON.parse(readFileSync(path.join(ROOT, f), 'utf8')).version, VERSION, f);
+});

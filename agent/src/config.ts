@@ -20,7 +20,6 @@
  */
 
 import type { KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { access, constants, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { ErrorObject, ValidateFunction } from 'ajv';

@@ -3,7 +3,7 @@
  * consumer, .gitattributes, .gitignore, package.json and a CI workflow) and the daemon's keys, kept
  * outside the repository.
  */
-import { access, constants, lstat, mkdir, realpath, stat, writeFile } from 'node:fs/promises';
+import { access, constants, lstat, mkdir, readFile, realpath, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { runGit } from '../git/run.js';
@@ -11,9 +11,10 @@ import type { PublicKeys } from '../keys.js';
 import { generateKeys, IDENTITY_FILE, KeyError, loadKeys, SIGNING_FILE } from '../keys.js';
 import type { Flags } from '../util/args.js';
 import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
-import { VERSION } from '../version.js';
+import { integrity, readTarEntry } from '../util/tarball.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
+import { ownTarball } from './own-package.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
 
 export const INIT_FLAGS = {
@@ -28,12 +29,18 @@ export const INIT_FLAGS = {
     type: 'boolean',
     description: "overwrite the scaffold's files where they exist (never the keys, never an existing package.json)",
   },
+  'rotor-tarball': {
+    type: 'string',
+    arg: 'FILE',
+    description:
+      'the rotor npm package to vendor (default: the rotor that runs, as its own release tarball; a source checkout has none: run "npm run release" there and pass release/rotor-VERSION.tgz)',
+  },
   help: HELP_FLAG,
 } as const satisfies Flags;
 
 export const INIT_HELP = `rotor init: scaffold a new GitOps repository, and the daemon's keys
 
-Usage: rotor init [DIR] [--data-dir KEYS_DIR] [--force]
+Usage: rotor init [DIR] [--data-dir KEYS_DIR] [--force] [--rotor-tarball FILE]
 
 Scaffolds a GitOps repository for rotor in DIR (default: the current directory; made if missing) and
 creates the daemon's keys in KEYS_DIR, outside the repository:
@@ -46,10 +53,18 @@ creates the daemon's keys in KEYS_DIR, outside the repository:
   .gitattributes              audit/*.jsonl -text: git must never rewrite the audit log's line
                               endings
   .gitignore                  node_modules/ (and KEYS_DIR, should it be inside DIR)
-  package.json                rotor as a devDependency, for CI and for the editor schemas (only
-                              written when DIR has none)
-  .github/workflows/rotor.yml on pull requests: rotor validate (annotations) and rotor plan (job
-                              summary)
+  vendor/rotor-VERSION.tgz    this rotor, as its npm package: what CI and editors use
+  package.json                rotor as a devDependency, "file:vendor/rotor-VERSION.tgz", for CI and
+                              for the editor schemas (only written when DIR has none)
+  package-lock.json           with the tarball's checksum: "npm ci" installs exactly that file,
+                              offline, and refuses any other (only written with package.json)
+  .github/workflows/rotor.yml on pull requests: npm ci, rotor validate (annotations) and rotor plan
+                              (job summary)
+
+rotor is vendored, not fetched: the scaffold installs the very rotor that made it, pinned by its
+checksum, and nothing by a version range from a registry. To move to another rotor later, put its
+tarball in vendor/ and run "npm install -D ./vendor/rotor-VERSION.tgz" (it rewrites package.json
+and package-lock.json), then remove the old one.
 
 Every YAML file starts with "# yaml-language-server: $schema=...node_modules/rotor/schemas/...",
 so that editors with the YAML language server complete and check declarations offline once
@@ -74,6 +89,56 @@ Examples:
   rotor init . --force                                      # refresh the scaffold's files here
 `;
 
+interface Manifest {
+  readonly name?: string;
+  readonly version?: string;
+  readonly license?: string;
+  readonly bin?: Record<string, string>;
+  readonly engines?: Record<string, string>;
+}
+
+/** The package.json inside an npm tarball. */
+function readManifest(tgz: Buffer): Manifest {
+  const bytes = readTarEntry(tgz, 'package/package.json');
+  if (!bytes) throw new Error('no package/package.json in it');
+  return JSON.parse(bytes.toString('utf8')) as Manifest;
+}
+
+/** The rotor package to vendor: --rotor-tarball, or this rotor's own; a message when there is none. */
+async function vendorTarball(
+  file: string | undefined,
+  cwd: string,
+): Promise<{ tarball: Buffer; version: string } | { error: string }> {
+  let tarball: Buffer | undefined;
+  if (file !== undefined) {
+    try {
+      tarball = await readFile(path.resolve(cwd, file));
+    } catch (e) {
+      return {
+        error: `cannot read --rotor-tarball ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+      };
+    }
+  } else {
+    tarball = await ownTarball();
+    if (!tarball)
+      return {
+        error:
+          'this rotor runs from a source checkout, which is not a package to vendor: run "npm run release" in the checkout and pass --rotor-tarball release/rotor-VERSION.tgz, or run an installed rotor (see the README, "Install")',
+      };
+  }
+  let m: Manifest;
+  try {
+    m = readManifest(tarball);
+  } catch (e) {
+    return { error: `${file ?? 'this rotor'} is not an npm package tarball: ${(e as Error).message}` };
+  }
+  if (m.name !== 'rotor' || typeof m.version !== 'string' || !/^\d+\.\d+\.\d+([-+][\w.-]+)?$/.test(m.version))
+    return {
+      error: `${file ?? 'this rotor'} is not a rotor package (its package.json names ${JSON.stringify(m.name)} ${JSON.stringify(m.version)})`,
+    };
+  return { tarball, version: m.version };
+}
+
 /** A path as it can be pasted into a shell. */
 function sh(p: string): string {
   return /^[\w@%+=:,./-]+$/.test(p) ? p : `'${p.replace(/'/g, `'\\''`)}'`;
@@ -87,12 +152,14 @@ function modeline(file: string): string {
 interface ScaffoldOptions {
   readonly uid: number;
   readonly version: string;
+  /** The vendored rotor tarball. */
+  readonly tarball: Buffer;
   /** The data directory relative to DIR, when it is inside it. */
   readonly dataDirInside?: string;
 }
 
-function scaffold(o: ScaffoldOptions): Map<string, string> {
-  const files = new Map<string, string>();
+function scaffold(o: ScaffoldOptions): Map<string, string | Buffer> {
+  const files = new Map<string, string | Buffer>();
   const inside = o.dataDirInside;
   // A data directory under a dot-directory is skipped by the loader anyway.
   const ignoreData = inside !== undefined && !inside.split('/').some((s) => s.startsWith('.'));
@@ -103,8 +170,8 @@ function scaffold(o: ScaffoldOptions): Map<string, string> {
 #
 # The line above points editors that use the YAML language server (VS Code's YAML extension, Neovim's
 # yamlls, ...) at rotor's JSON Schemas, for completion and checks as you type. The path is relative to
-# this file and leads into node_modules/rotor, which "npm install" makes from package.json: it works
-# offline and always matches the rotor version that CI runs. (Without node_modules editors just skip
+# this file and leads into node_modules/rotor, which "npm ci" makes from package.json and the rotor
+# tarball in vendor/: it works offline and always matches the rotor that CI runs. (Without node_modules editors just skip
 # the schema; rotor itself never reads this line.)
 #
 # rotor.yaml: the one Config of this repository. It must sit at the repository root. Everything else
@@ -180,6 +247,8 @@ secrets: ["example/*"]
     `# The audit log is hash-chained line by line: git must never convert its line endings (core.autocrlf,
 # text=auto), or the chain breaks in a checkout and the daemon's commits rewrite every line.
 audit/*.jsonl -text
+# rotor's npm package, vendored: bytes, checked against package-lock.json's checksum
+vendor/*.tgz binary
 `,
   );
 
@@ -193,7 +262,8 @@ ${inside !== undefined ? `# the daemon's data directory (keys, state, its clone)
     '.github/workflows/rotor.yml',
     `# Checks every pull request against the declarations: rotor validate annotates the problems on the
 # diff, and rotor plan writes what the change will do (rotations, access changes, removals) to the job
-# summary. It uses the rotor of package.json (npm ci needs package-lock.json: commit it).
+# summary. It uses the rotor in vendor/, which npm ci installs offline after checking it against the
+# checksum in package-lock.json (commit both).
 name: rotor
 on:
   pull_request:
@@ -217,6 +287,9 @@ jobs:
 `,
   );
 
+  const vendored = `vendor/rotor-${o.version}.tgz`;
+  const spec = `file:${vendored}`;
+  files.set(vendored, o.tarball);
   files.set(
     'package.json',
     `${JSON.stringify(
@@ -224,7 +297,32 @@ jobs:
         private: true,
         description: 'rotor declarations: secrets, their rotation policies and consumers',
         scripts: { validate: 'rotor validate' },
-        devDependencies: { rotor: `^${o.version}` },
+        devDependencies: { rotor: spec },
+      },
+      null,
+      2,
+    )}\n`,
+  );
+  // What "npm install" writes for this package.json (lockfile v3), with the tarball's checksum.
+  const manifest = readManifest(o.tarball);
+  files.set(
+    'package-lock.json',
+    `${JSON.stringify(
+      {
+        lockfileVersion: 3,
+        requires: true,
+        packages: {
+          '': { devDependencies: { rotor: spec } },
+          'node_modules/rotor': {
+            version: manifest.version,
+            resolved: spec,
+            integrity: integrity(o.tarball),
+            dev: true,
+            ...(manifest.license ? { license: manifest.license } : {}),
+            ...(manifest.bin ? { bin: manifest.bin } : {}),
+            ...(manifest.engines ? { engines: manifest.engines } : {}),
+          },
+        },
       },
       null,
       2,
@@ -234,7 +332,7 @@ jobs:
 }
 
 /** Written only where absent, even with --force: it may be the project's own. */
-const ONLY_IF_ABSENT = new Set(['package.json']);
+const ONLY_IF_ABSENT = new Set(['package.json', 'package-lock.json']);
 
 async function git(cwd: string, args: string[]): Promise<{ ok: boolean; out: string }> {
   const r = await runGit(cwd, args, { timeoutMs: 30_000 });
@@ -276,7 +374,17 @@ export async function initCommand(argv: readonly string[], io: Io): Promise<numb
     throw new UsageError('DIR must not be inside --data-dir: the daemon keeps its own clone there');
 
   const uid = typeof process.getuid === 'function' ? process.getuid() : 1000;
-  const files = scaffold({ uid, version: VERSION, ...(inside !== undefined ? { dataDirInside: inside } : {}) });
+  const vendor = await vendorTarball(flags['rotor-tarball'], io.cwd);
+  if ('error' in vendor) {
+    io.stderr(`rotor init: ${vendor.error}. Nothing was written\n`);
+    return EXIT.invalid;
+  }
+  const files = scaffold({
+    uid,
+    version: vendor.version,
+    tarball: vendor.tarball,
+    ...(inside !== undefined ? { dataDirInside: inside } : {}),
+  });
 
   // Everything is checked before anything is written.
   const existing: string[] = [];
@@ -339,7 +447,8 @@ export async function initCommand(argv: readonly string[], io: Io): Promise<numb
 
   const written: string[] = [];
   for (const [f, text] of files) {
-    if (skipped.includes(f)) continue;
+    // The lock file belongs to the package.json written with it.
+    if (skipped.includes(f) || (f === 'package-lock.json' && skipped.includes('package.json'))) continue;
     const abs = path.join(dir, f);
     await mkdir(path.dirname(abs), { recursive: true });
     await writeFile(abs, text, { flag: flags.force ? 'w' : 'wx' });
@@ -366,7 +475,7 @@ export async function initCommand(argv: readonly string[], io: Io): Promise<numb
   out.push(`Created in ${dir}:\n${written.map((f) => `  ${f}\n`).join('')}`);
   if (skipped.length)
     out.push(
-      `Kept the existing ${skipped.join(', ')}: add rotor to its devDependencies (npm install -D rotor@^${VERSION}).\n`,
+      `Kept the existing ${skipped.join(', ')}: add the vendored rotor to its devDependencies (cd ${sh(dir)} && npm install -D ./vendor/rotor-${vendor.version}.tgz).\n`,
     );
   out.push(
     `${keptKeys ? "Kept the daemon's existing keys" : "The daemon's keys (mode 0600; never commit them, never share them)"} in ${dataDir}:\n  ${IDENTITY_FILE}, ${SIGNING_FILE}\n  recipient: "${keys.recipient}"\n  signingKey: "${keys.signingKey}"\n`,
@@ -379,7 +488,7 @@ export async function initCommand(argv: readonly string[], io: Io): Promise<numb
   out.push(`
 Next steps:
   1. Set uid in consumers.yaml to the user your application runs as (it is ${uid}, yours, now).
-  2. cd ${d} && npm install      # rotor for CI and the editor schemas; commit package-lock.json
+  2. cd ${d} && npm ci           # rotor from vendor/, checked against package-lock.json (offline)
   3. npx rotor validate
   4. git add -A && git commit -m "rotor: initial declarations"
      git remote add origin git@HOST:TEAM/secrets.git && git push -u origin main
