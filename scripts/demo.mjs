@@ -4,7 +4,7 @@
 // directory is .rotor/data (keys made on first run), and the daemon rotates demo/ticker every 10 s,
 // printing what it does, until Ctrl-C. Start afresh with: rm -rf .rotor
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,7 +14,8 @@ const dist = (p) => new URL(`../dist/src/${p}`, import.meta.url).href;
 const { run } = await import(dist('cli/main.js'));
 const { generateKeys, loadKeys } = await import(dist('keys.js'));
 
-const base = path.join(root, '.rotor');
+// ROTOR_DEMO_DIR: somewhere else than .rotor (the tests use it).
+const base = process.env.ROTOR_DEMO_DIR ? path.resolve(process.env.ROTOR_DEMO_DIR) : path.join(root, '.rotor');
 const remote = path.join(base, 'remote.git');
 const dataDir = path.join(base, 'data');
 const git = (cwd, ...args) =>
@@ -39,6 +40,18 @@ if (!existsSync(remote)) {
     path.join(work, 'secrets/stripe.enc.yaml'),
     await sealSops({ apiKey: 'sk_test_example_only_not_a_real_key' }, [recipient]),
   );
+  // Not root: the daemon cannot give sockets to the example's uids (1001-1003), so the demo declares
+  // its consumers as you, and you can read through every socket.
+  if (process.getuid() !== 0) {
+    const file = path.join(work, 'consumers.yaml');
+    writeFileSync(
+      file,
+      readFileSync(file, 'utf8')
+        .replace(/^uid: \d+$/gm, `uid: ${process.getuid()}`)
+        .replace(/^gid: \d+$/gm, `gid: ${process.getgid()}`),
+    );
+    console.log(`the demo's consumers run as you (uid ${process.getuid()}): the example declares uids 1001-1003`);
+  }
   git(work, 'init', '-q', '-b', 'main');
   git(work, 'add', '-A');
   git(work, 'commit', '-q', '-m', 'The example declarations (policies/)');
@@ -47,9 +60,17 @@ if (!existsSync(remote)) {
   rmSync(work, { recursive: true, force: true });
   console.log(`made ${path.relative(root, remote)} from policies/ (a stand-in for your GitOps remote)`);
 }
-console.log(
-  `rotor daemon --repo ${path.relative(root, remote)} --data-dir ${path.relative(root, dataDir)}   (Ctrl-C to stop)\n`,
-);
+const sockets = path.join(base, 'sockets');
+const cli = 'node dist/src/cli/main.js';
+const rel = (p) => path.relative(root, p);
+console.log(`rotor daemon --repo ${path.relative(root, remote)} --data-dir ${path.relative(root, dataDir)}   (Ctrl-C to stop)
+
+In another terminal, here (each consumer's socket serves only the secrets granted to it):
+  ${cli} get demo/ticker --socket ${rel(path.join(sockets, 'reporting.sock'))}      # changes every 10 s
+  ${cli} get payments/webhook-signing --socket ${rel(path.join(sockets, 'billing-api.sock'))}
+  ${cli} status --data-dir ${rel(dataDir)}
+  ${cli} rotate payments/webhook-signing --data-dir ${rel(dataDir)} --reason "trying it"
+`);
 
 // The daemon logs JSON lines; show them as short lines. Values never appear in them.
 const pretty = (line) => {
@@ -87,7 +108,7 @@ process.exitCode = await run(
     '--data-dir',
     dataDir,
     '--socket-dir',
-    path.join(root, '.rotor', 'sockets'),
+    sockets,
     '--agent-listen',
     '127.0.0.1:0',
     '--metrics-listen',
