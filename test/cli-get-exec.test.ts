@@ -1,11 +1,12 @@
 /** rotor get (in-process) and rotor exec (as a process, with a real child) against a running daemon. */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import t from 'tap';
-import { ROOT, rotor } from './helpers.js';
+import { ROOT, rotor, tempDir } from './helpers.js';
 import { world } from './world.js';
 
 const UID = process.getuid!();
@@ -256,3 +257,40 @@ t.test(
     t.notOk(alive(left), 'what it left in its group was stopped');
   },
 );
+
+t.test('a refused socket says why: a directory on the way, not "another user", when the socket is yours', async (t) => {
+  const root = tempDir(t, 'rotor-denied-');
+  chmodSync(root, 0o755);
+  // As root, the reader is nobody (root may enter any directory); otherwise the reader is you.
+  const asRoot = process.getuid!() === 0;
+  const uid = asRoot ? 65534 : process.getuid!();
+  const gid = asRoot ? 65534 : process.getgid!();
+  const dir = path.join(root, 'closed');
+  mkdirSync(dir);
+  const socket = path.join(dir, 'app.sock');
+  const server = createServer((c) => c.end());
+  await new Promise<void>((resolve) => server.listen(socket, resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  chownSync(socket, uid, gid);
+  chownSync(dir, uid, gid);
+  chmodSync(socket, 0o600);
+  chmodSync(dir, 0o600); // the reader's own directory, but not searchable
+  const get = () =>
+    spawnSync(process.execPath, [path.join(ROOT, 'dist/src/cli/main.js'), 'get', 'app/token', '--socket', socket], {
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH },
+      ...(asRoot ? { uid, gid } : {}),
+    });
+  const closed = get();
+  t.equal(closed.status, 1);
+  t.match(closed.stderr, `the directory ${dir} (owner uid ${uid}, mode 0600) cannot be entered by uid ${uid}`);
+  t.notMatch(closed.stderr, /belongs to/);
+  t.match(closed.stderr, /\[SOCKET_DENIED\]/);
+  if (asRoot) {
+    // Searchable now; the socket belongs to someone else.
+    chmodSync(dir, 0o711);
+    chownSync(socket, 0, 0);
+    const other = get();
+    t.match(other.stderr, `it belongs to uid 0, and this is uid ${uid}`);
+  }
+});

@@ -3,6 +3,7 @@ import { request } from 'node:http';
 import path from 'node:path';
 import { BACKOFF, NEVER, RotorError } from '../errors.js';
 import { boundedBody } from '../util/bounded.js';
+import { whyDenied } from '../util/socket-access.js';
 
 /** The largest answer read from the admin socket (the status of many thousands of secrets). */
 const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
@@ -78,7 +79,7 @@ export function callAdmin(
         reject(
           new AdminError(
             'ADMIN_DENIED',
-            `cannot connect to ${socketPath}: the admin socket is for the daemon's user (usually root)`,
+            `cannot connect to ${socketPath}: ${whyDenied(socketPath)}; the admin socket is for the daemon's user (usually root)`,
           ),
         );
       else reject(new AdminError('ADMIN_IO', `cannot talk to the daemon: ${e.code ?? e.message}`));

@@ -16,6 +16,7 @@ import { BACKOFF, NEVER, RotorError, retryOf } from '../errors.js';
 import type { BackoffOptions } from '../util/backoff.js';
 import { backoffDelay } from '../util/backoff.js';
 import { boundedBody } from '../util/bounded.js';
+import { whyDenied } from '../util/socket-access.js';
 
 /** The largest answer read from a socket (the list of a consumer's secrets, or one structured value). */
 export const MAX_ANSWER_BYTES = 16 * 1024 * 1024;
@@ -177,12 +178,7 @@ export function call<T>(path: string, o: ClientOptions = {}, extraMs = 0): Promi
           ),
         );
       else if (e.code === 'EACCES')
-        reject(
-          new RotorClientError(
-            'SOCKET_DENIED',
-            `cannot connect to ${socket}: it belongs to another user (each consumer's socket is owned by its uid)`,
-          ),
-        );
+        reject(new RotorClientError('SOCKET_DENIED', `cannot connect to ${socket}: ${whyDenied(socket)}`));
       else reject(new RotorClientError('IO', `cannot talk to the daemon on ${socket}: ${e.code ?? e.message}`));
     });
     req.end();
