@@ -37,11 +37,14 @@ t.test('keygen makes private keys only their owner can read and prints the publi
 
 t.test('keygen never replaces keys; the daemon refuses missing or exposed keys and says what to do', async (t) => {
   const dir = tempDir(t);
-  t.equal((await rotor(['keygen', dir])).code, 0);
+  const made = await rotor(['keygen', dir]);
+  t.equal(made.code, 0);
   const before = readFileSync(path.join(dir, 'identity.age'), 'utf8');
   const again = await rotor(['keygen', dir]);
   t.equal(again.code, 1);
-  t.match(again.stderr, /already exists; rotor keygen never replaces keys.*\[KEYS_EXIST\]/);
+  t.match(again.stderr, /keys exist in .*kept \(never replaced\); their public halves: \[KEYS_EXIST\]/);
+  t.equal(again.stdout, made.stdout, 'the public halves are printed again');
+  t.match(again.stdout, /^recipient: "age1[a-z0-9]+"\nsigningKey: "ed25519:/);
   t.equal(readFileSync(path.join(dir, 'identity.age'), 'utf8'), before);
 
   chmodSync(path.join(dir, 'signing.key'), 0o644);

@@ -1,7 +1,7 @@
 /** `rotor keygen DIR` (or --data-dir DIR): create a daemon's (or an agent's) keys and print their public halves. */
 
 import path from 'node:path';
-import { generateKeys, KeyError } from '../keys.js';
+import { generateKeys, KeyError, loadKeys } from '../keys.js';
 import type { Flags } from '../util/args.js';
 import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
@@ -31,8 +31,11 @@ The daemon reads its keys from its data directory: "rotor keygen DATA_DIR" prepa
 
 Options:
 ${optionsHelp(KEYGEN_FLAGS)}
-Exit status: 0 created, 1 keys exist there already, 2 usage error, 3 the directory cannot be made or
-written.
+Keys already in DIR are kept, and their public halves printed again (exit status 1, KEYS_EXIST):
+"rotor keygen DIR" is also how to show them later.
+
+Exit status: 0 created, 1 keys exist there already (kept; public halves printed), 2 usage error, 3 the
+directory cannot be made or written.
 
 Examples:
   rotor keygen /var/lib/rotor            # the daemon's keys, in its data directory
@@ -47,15 +50,28 @@ export async function keygenCommand(argv: readonly string[], io: Io): Promise<nu
   }
   const dirArg = positionals[0] ?? flags['data-dir'];
   if (!dirArg) throw new UsageError("DIR is required: the directory to create the keys in (a daemon's data directory)");
-  try {
-    const keys = await generateKeys(path.resolve(io.cwd, dirArg), new Date(io.now()));
+  const dir = path.resolve(io.cwd, dirArg);
+  const show = (keys: { recipient: string; signingKey: string }) =>
     io.stdout(`recipient: "${keys.recipient}"\nsigningKey: "${keys.signingKey}"\n`);
+  try {
+    show(await generateKeys(dir, new Date(io.now())));
     return EXIT.ok;
   } catch (e) {
-    if (e instanceof KeyError) {
-      io.stderr(`rotor keygen: ${e.message} [${e.code}]\n`);
-      return EXIT.invalid;
+    if (!(e instanceof KeyError)) throw e;
+    if (e.code === 'KEYS_EXIST') {
+      // Kept; their public halves are what the person came for, most likely.
+      try {
+        const keys = await loadKeys(dir);
+        io.stderr(`rotor keygen: keys exist in ${dir}, kept (never replaced); their public halves: [KEYS_EXIST]\n`);
+        show(keys);
+        return EXIT.invalid;
+      } catch (l) {
+        if (!(l instanceof KeyError)) throw l;
+        io.stderr(`rotor keygen: ${e.message} [${e.code}]; they cannot be read: ${l.message} [${l.code}]\n`);
+        return EXIT.invalid;
+      }
     }
-    throw e;
+    io.stderr(`rotor keygen: ${e.message} [${e.code}]\n`);
+    return EXIT.invalid;
   }
 }
