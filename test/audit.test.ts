@@ -750,19 +750,21 @@ t.test('rotor audit verify: an intact log, in text and json, from the repository
   t.equal(r.code, 0, r.stderr);
   t.equal(
     r.stdout,
-    `${path.join(dir, 'audit')}: 3 entries in 2 files, chain intact, head 3:${log.head.hash.slice(0, 12)}\n`,
+    `${path.join(dir, 'audit')}: 3 entries in 2 files, chain intact, head 3:${log.head.hash}\n`,
   );
   r = await rotor(['audit', 'verify'], { cwd: dir });
   t.equal(
     r.stdout,
-    `audit: 3 entries in 2 files, chain intact, head 3:${log.head.hash.slice(0, 12)}\n`,
+    `audit: 3 entries in 2 files, chain intact, head 3:${log.head.hash}\n`,
     'DIR defaults to the current directory',
   );
   r = await rotor(['audit', 'verify', '--format', 'json'], { cwd: dir });
   t.equal(r.code, 0);
   t.same(JSON.parse(r.stdout), { ok: true, dir: 'audit', files: 2, entries: 3, head: log.head });
-  r = await rotor(['audit', 'verify', '--anchor', `${log.head.seq}:${log.head.hash}`], { cwd: dir });
-  t.equal(r.code, 0);
+  // The head it prints is what --anchor takes.
+  const printed = /head (\d+:[0-9a-f]{64})\n$/.exec((await rotor(['audit', 'verify'], { cwd: dir })).stdout)![1]!;
+  r = await rotor(['audit', 'verify', '--anchor', printed], { cwd: dir });
+  t.equal(r.code, 0, r.stdout + r.stderr);
   t.match(r.stdout, /, anchor 3 matches\n$/);
 });
 
@@ -773,7 +775,10 @@ t.test('rotor audit verify: audit.dir from rotor.yaml, and a repository without 
   t.match(r.stdout, /^logs\/audit: 3 entries in 2 files, chain intact/);
   const empty = copyFixture(t, 'test/corpus/base');
   const e = await rotor(['audit', 'verify', '.'], { cwd: empty });
-  t.equal(e.stdout, `audit: 0 entries in 0 files, chain intact, head 0:000000000000\n`);
+  t.equal(e.code, 1, 'no log: nothing to vouch for');
+  t.match(e.stdout, /^audit: error: no audit log here: no YYYY-MM\.jsonl file in audit .*\[AUDIT_EMPTY\]\n$/);
+  const ej = await rotor(['audit', 'verify', '.', '--format', 'json'], { cwd: empty });
+  t.match(JSON.parse(ej.stdout), { ok: false, code: 'AUDIT_EMPTY' });
   const anchored = await rotor(['audit', 'verify', '.', '--anchor', `3:${'a'.repeat(64)}`], { cwd: empty });
   t.equal(anchored.code, 1);
   t.equal(
@@ -786,7 +791,7 @@ t.test('rotor audit verify: audit.dir from rotor.yaml, and a repository without 
   t.match(bad.stderr, /audit.dir "..\/..\/etc" is not a relative path inside the repository.*\[AUDIT_DIR_INVALID\]/);
   writeFileSync(path.join(empty, 'rotor.yaml'), 'kind: Config\naudit: [unclosed\n');
   const broken = await rotor(['audit', 'verify', '.'], { cwd: empty });
-  t.equal(broken.code, 0);
+  t.equal(broken.code, 1, 'it falls back to "audit", where there is no log');
   t.match(broken.stderr, /rotor.yaml does not parse \(run rotor validate\); using "audit"/);
 });
 
@@ -831,7 +836,7 @@ t.test('rotor audit: help and usage errors', async (t) => {
   t.match(r.stdout, /verify \[DIR\]/);
   t.match(r.stdout, /does NOT detect/);
   t.match(r.stdout, /--anchor SEQ:HASH/);
-  t.match(r.stdout, /Exit status: 0 intact, 1 broken, 2 usage error/);
+  t.match(r.stdout, /Exit status: 0 intact, 1 broken or empty, 2 usage error/);
   r = await rotor(['audit', 'verify', '-h']);
   t.equal(r.code, 0);
   r = await rotor(['--help']);

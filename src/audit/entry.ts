@@ -104,6 +104,7 @@ export type AuditErrorCode =
   | 'AUDIT_CHAIN_BROKEN' // a line's prev does not match the line before, or an anchor does not match
   | 'AUDIT_SEQ_GAP' // seq is not the one expected: a line deleted, inserted or moved, or a file missing
   | 'AUDIT_TRUNCATED' // the log ends before the anchor's seq
+  | 'AUDIT_EMPTY' // rotor audit verify found no log at all: nothing to vouch for
   | 'AUDIT_INVALID_ENTRY' // the writer was given an entry it refuses (a programming error)
   | 'AUDIT_WRITE_FAILED' // an append could not be made durable; nothing of it remains
   | 'AUDIT_UNUSABLE' // an earlier failure left the files in an unknown state: reopen the log

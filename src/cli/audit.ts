@@ -49,9 +49,12 @@ revision checked out, so a change of audit.dir deserves the same review as an ed
 
 Options:
 ${optionsHelp(AUDIT_FLAGS)}
-Output: "audit: N entries in F files, chain intact, head SEQ:HASH12", or
-"FILE:LINE: error: MESSAGE [CODE]" for the first bad line, FILE relative to the current directory.
-Exit status: 0 intact, 1 broken, 2 usage error, 3 the log or rotor.yaml cannot be read.
+Output: "audit: N entries in F files, chain intact, head SEQ:HASH" (the full hash: keep it, and pass
+it back as --anchor SEQ:HASH), or "FILE:LINE: error: MESSAGE [CODE]" for the first bad line, FILE
+relative to the current directory. A directory without a log (no YYYY-MM.jsonl file) is not intact
+but AUDIT_EMPTY: there is nothing to vouch for (the daemon writes the first file with its first
+entry; check audit.dir).
+Exit status: 0 intact, 1 broken or empty, 2 usage error, 3 the log or rotor.yaml cannot be read.
 
 Examples:
   rotor audit verify                          # the repository you are in
@@ -155,7 +158,15 @@ export async function auditCommand(argv: readonly string[], io: Io): Promise<num
     ...(anchor ? { anchor } : {}),
     label: (name) => path.join(shown, name),
   });
-  const r = v.result;
+  let r = v.result;
+  if (r.ok && r.entries === 0)
+    r = {
+      ok: false,
+      file: shown,
+      line: 0,
+      code: 'AUDIT_EMPTY',
+      message: `no audit log here: no YYYY-MM.jsonl file in ${shown} (the daemon writes the first with its first entry; audit.dir in rotor.yaml names the directory)`,
+    };
   if (flags.format === 'json') {
     io.stdout(
       `${JSON.stringify(
@@ -176,10 +187,10 @@ export async function auditCommand(argv: readonly string[], io: Io): Promise<num
     );
   } else if (r.ok) {
     io.stdout(
-      `${shown}: ${plural(r.entries, 'entry', 'entries')} in ${plural(r.files, 'file', 'files')}, chain intact, head ${r.head.seq}:${r.head.hash.slice(0, 12)}${anchor ? `, anchor ${anchor.seq} matches` : ''}\n`,
+      `${shown}: ${plural(r.entries, 'entry', 'entries')} in ${plural(r.files, 'file', 'files')}, chain intact, head ${r.head.seq}:${r.head.hash}${anchor ? `, anchor ${anchor.seq} matches` : ''}\n`,
     );
   } else {
-    io.stdout(`${r.file || shown}:${r.line}: error: ${r.message} [${r.code}]\n`);
+    io.stdout(`${r.file || shown}${r.line ? `:${r.line}` : ''}: error: ${r.message} [${r.code}]\n`);
   }
   return r.ok ? EXIT.ok : EXIT.invalid;
 }
