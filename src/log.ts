@@ -138,3 +138,36 @@ export function jsonLogger(write: (line: string) => void, now?: () => number, mi
     p[level](obj);
   };
 }
+
+export type LogFormat = 'text' | 'json';
+export const LOG_FORMATS: readonly LogFormat[] = ['text', 'json'];
+
+/** One field of a text line: bare when it is a plain word, else as JSON (quoted, escaped). */
+function textValue(v: unknown): string {
+  if (typeof v === 'string') return /^[\w@%+=:,./-]+$/.test(v) ? v : JSON.stringify(v);
+  return JSON.stringify(v) ?? String(v);
+}
+
+/**
+ * A line of a JSON log as a person reads it: `TIME LEVEL  msg  key=value ...`. Any control character
+ * in a string comes out escaped (JSON.stringify), so a field cannot forge a line.
+ */
+export function textLine(json: string): string {
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(json) as Record<string, unknown>;
+  } catch {
+    return json.endsWith('\n') ? json : `${json}\n`;
+  }
+  const { time, level, msg, ...fields } = o;
+  const head = `${String(time)} ${String(level).toUpperCase().padEnd(5)} ${textValue(msg).replace(/^"|"$/g, '')}`;
+  const rest = Object.entries(fields)
+    .map(([k, v]) => `${k}=${textValue(v)}`)
+    .join(' ');
+  return `${head}${rest ? `  ${rest}` : ''}\n`;
+}
+
+/** A Logger in `format`: JSON lines (jsonLogger), or the same lines, redacted alike, as text (textLine). */
+export function logger(format: LogFormat, write: (line: string) => void, now?: () => number, minLevel?: Level): Logger {
+  return format === 'json' ? jsonLogger(write, now, minLevel) : jsonLogger((l) => write(textLine(l)), now, minLevel);
+}

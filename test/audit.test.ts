@@ -748,10 +748,7 @@ t.test('rotor audit verify: an intact log, in text and json, from the repository
   const { dir, log } = await repoWithLog(t);
   let r = await rotor(['audit', 'verify', dir]);
   t.equal(r.code, 0, r.stderr);
-  t.equal(
-    r.stdout,
-    `${path.join(dir, 'audit')}: 3 entries in 2 files, chain intact, head 3:${log.head.hash}\n`,
-  );
+  t.equal(r.stdout, `${path.join(dir, 'audit')}: 3 entries in 2 files, chain intact, head 3:${log.head.hash}\n`);
   r = await rotor(['audit', 'verify'], { cwd: dir });
   t.equal(
     r.stdout,

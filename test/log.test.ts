@@ -16,7 +16,7 @@ import type { Test } from 'tap';
 import t from 'tap';
 import { loadKeys } from '../src/keys.js';
 import type { Level } from '../src/log.js';
-import { jsonLogger, LEVELS, pinoOptions, REDACTED, writeFdSync } from '../src/log.js';
+import { jsonLogger, LEVELS, logger, pinoOptions, REDACTED, textLine, writeFdSync } from '../src/log.js';
 import type { SecretRecord } from '../src/rotation/record.js';
 import { openStore } from '../src/state/store.js';
 import { ROOT, tempDir } from './helpers.js';
@@ -410,3 +410,75 @@ t.test("rotor daemon --log-level and ROTOR_LOG_LEVEL filter the daemon's stderr"
     'the command line wins over the environment',
   );
 });
+
+t.test(
+  '--log-format text: the same events as lines for people, redacted alike, no field can break a line',
+  async (t) => {
+    let out = '';
+    const log = logger(
+      'text',
+      (l) => void (out += l),
+      () => Date.parse('2026-12-03T17:14:04.312Z'),
+    );
+    log('info', 'secret rotated', { secret: 'demo/ticker', version: 2, trigger: 'schedule' });
+    log('warn', 'odd', { reason: 'two words\nforged INFO line', password: 'hunter2', nested: { token: 'x' } });
+    const lines = out.split('\n');
+    t.equal(lines[0], '2026-12-03T17:14:04.312Z INFO  secret rotated  secret=demo/ticker version=2 trigger=schedule');
+    t.equal(
+      lines[1],
+      `2026-12-03T17:14:04.312Z WARN  odd  reason="two words\\nforged INFO line" password="${REDACTED}" nested={"token":"${REDACTED}"}`,
+    );
+    t.equal(lines.length, 3, 'two lines: the newline in a field is escaped');
+    t.notMatch(out, /hunter2/);
+    t.equal(textLine('not json'), 'not json\n', 'anything else passes through');
+  },
+);
+
+t.test(
+  'rotor daemon: JSON logs when stderr is not a terminal, text with --log-format text or ROTOR_LOG_FORMAT',
+  async (t) => {
+    const busy = createServer();
+    await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+    t.teardown(() => busy.close());
+    const port = (busy.address() as AddressInfo).port;
+    const run = async (extra: string[], env: Record<string, string>) => {
+      const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': FAST, 'secrets.yaml': SECRETS });
+      const args = [
+        path.join(ROOT, 'dist/src/cli/main.js'),
+        'daemon',
+        '--repo',
+        w.remote,
+        '--data-dir',
+        w.dataDir,
+        '--socket-dir',
+        path.join(w.dataDir, 'sockets'),
+        '--agent-listen',
+        '127.0.0.1:0',
+        '--metrics-listen',
+        `127.0.0.1:${port}`,
+        ...extra,
+      ];
+      const child = spawn(
+        '/usr/bin/env',
+        ['-u', 'NODE_OPTIONS', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, ...args],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      let stderr = '';
+      const ended = new Promise<void>((resolve) => child.on('close', () => resolve()));
+      child.stderr.on('data', (c: Buffer) => {
+        stderr += c.toString();
+        if (stderr.includes('[METRICS_LISTEN_FAILED]\n')) child.kill('SIGKILL');
+      });
+      await ended;
+      return stderr;
+    };
+    t.match(
+      await run([], {}),
+      /^\{"level":"info","time":"[^"]+","msg":"listening for agents","address":"127\.0\.0\.1:\d+"\}$/m,
+    );
+    const text = /^\d{4}-\d\d-\d\dT[\d:.]+Z INFO {2}listening for agents {2}address=127\.0\.0\.1:\d+$/m;
+    t.match(await run(['--log-format', 'text'], {}), text);
+    t.match(await run([], { ROTOR_LOG_FORMAT: 'text' }), text);
+    t.match(await run(['--log-format', 'yaml'], {}), /--log-format/, 'an unknown format is a usage error');
+  },
+);

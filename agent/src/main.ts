@@ -3,8 +3,18 @@
  * rotor-agent: runs on a database host, takes the daemon's database jobs (set, test, retire) and applies
  * them with the admin accounts of its own configuration (agent/src/config.ts). See agent/src/agent.ts.
  */
-import type { Flags, Level, Logger } from 'rotor/internal';
-import { HELP_FLAG, isMain, jsonLogger, LEVELS, optionsHelp, parse, VERSION, writeStderr } from 'rotor/internal';
+import type { Flags, Level, LogFormat, Logger } from 'rotor/internal';
+import {
+  HELP_FLAG,
+  isMain,
+  LEVELS,
+  LOG_FORMATS,
+  logger,
+  optionsHelp,
+  parse,
+  VERSION,
+  writeStderr,
+} from 'rotor/internal';
 import type { AgentOptions } from './agent.js';
 import { Agent, AgentError } from './agent.js';
 import { AgentConfigError, agentConfigProblemLine, loadAgentConfig } from './config.js';
@@ -30,13 +40,20 @@ export const AGENT_FLAGS = {
     env: 'ROTOR_AGENT_LOG_LEVEL',
     description: 'the least important log lines written: debug, info, warn or error',
   },
+  'log-format': {
+    type: 'string',
+    arg: 'FORMAT',
+    choices: LOG_FORMATS,
+    env: 'ROTOR_AGENT_LOG_FORMAT',
+    description: 'text or json; default: text when stderr is a terminal, json otherwise',
+  },
   help: HELP_FLAG,
   version: { type: 'boolean', env: false, description: 'print the version' },
 } as const satisfies Flags;
 
 export const HELP = `rotor-agent: applies rotor's database rotation steps on this host
 
-Usage: rotor-agent --config FILE [--once] [--log-level LEVEL]
+Usage: rotor-agent --config FILE [--once] [--log-level LEVEL] [--log-format text|json]
 
 Options:
 ${optionsHelp(AGENT_FLAGS)}
@@ -55,8 +72,10 @@ The configuration is one YAML file on the database host, never in the repository
 See docs/databases/README.md ("rotor-agent") for every field, the admin privileges each database
 needs, and the codes.
 
-Logs are JSON lines on stderr, one object each: "time" (ISO 8601), "level", "msg", and fields such
-as job, secret, target, step and code; never a value (fields named like one are "[redacted]").
+Logs go to stderr, one line per event: "time" (ISO 8601), "level", "msg", and fields such as job,
+secret, target, step and code; never a value (fields named like one are "[redacted]"). JSON objects
+(--log-format json, the default when stderr is not a terminal) or text for people (the default on a
+terminal).
 
 Exit codes: 0 done (or stopped by SIGTERM/SIGINT), 1 configuration invalid, 2 usage,
 3 --once did not complete (the daemon unreachable, its answer refused, or the results not accepted).
@@ -72,6 +91,8 @@ export interface AgentCliIo {
   readonly stdout: (text: string) => void;
   readonly stderr: (text: string) => void;
   readonly env: NodeJS.ProcessEnv;
+  /** Whether stderr is a terminal (logs are text there by default); false when absent. */
+  readonly stderrIsTTY?: boolean;
   /** Resolves (once) on SIGTERM/SIGINT; default: the process's signals. */
   readonly stopSignal?: AbortSignal;
   /** Extra options for the Agent (tests). */
@@ -101,7 +122,12 @@ function processSignal(log: Logger): AbortSignal {
 
 export async function main(
   argv: readonly string[],
-  io: AgentCliIo = { stdout: (t) => void process.stdout.write(t), stderr: writeStderr, env: process.env },
+  io: AgentCliIo = {
+    stdout: (t) => void process.stdout.write(t),
+    stderr: writeStderr,
+    env: process.env,
+    stderrIsTTY: Boolean(process.stderr.isTTY),
+  },
 ): Promise<number> {
   let flags;
   try {
@@ -123,7 +149,8 @@ export async function main(
     return AGENT_EXIT.usage;
   }
 
-  const log = jsonLogger(io.stderr, undefined, flags['log-level'] as Level);
+  const format = (flags['log-format'] ?? (io.stderrIsTTY ? 'text' : 'json')) as LogFormat;
+  const log = logger(format, io.stderr, undefined, flags['log-level'] as Level);
   let config;
   try {
     config = await loadAgentConfig(flags.config, { env: io.env });

@@ -2,8 +2,8 @@
 import path from 'node:path';
 import { Daemon } from '../daemon/daemon.js';
 import { RotorError } from '../errors.js';
-import type { Level } from '../log.js';
-import { jsonLogger, LEVELS } from '../log.js';
+import type { Level, LogFormat } from '../log.js';
+import { LEVELS, LOG_FORMATS, logger } from '../log.js';
 import { parseMetricsHosts } from '../serve/metrics.js';
 import type { Flags } from '../util/args.js';
 import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
@@ -64,6 +64,13 @@ export const DAEMON_FLAGS = {
     choices: LEVELS,
     description: 'the least important log lines written: debug, info, warn or error',
   },
+  'log-format': {
+    type: 'string',
+    arg: 'FORMAT',
+    choices: LOG_FORMATS,
+    description:
+      'text (one readable line per event) or json (one JSON object per line, for a log collector); default: text when stderr is a terminal, json otherwise',
+  },
   help: HELP_FLAG,
 } as const satisfies Flags;
 
@@ -71,7 +78,7 @@ export const DAEMON_HELP = `rotor daemon: follow the repository, rotate on sched
 
 Usage: rotor daemon --repo URL|PATH [--branch main] [--data-dir DIR] [--socket-dir DIR]
                     [--agent-listen HOST:PORT] [--metrics-listen HOST:PORT] [--metrics-host NAME]...
-                    [--break-glass RECIPIENT]... [--log-level LEVEL]
+                    [--break-glass RECIPIENT]... [--log-level LEVEL] [--log-format text|json]
 
 Follows the GitOps repository at URL|PATH: clones it into DATA_DIR/repo (or opens that clone), fetches
 on the Config's sync.interval and on SIGHUP, applies each new commit whose declarations are valid (an
@@ -92,9 +99,11 @@ timestamp, nonce, signature) before it reads a byte of its body, reads at most 1
 listener takes 64, 16 from one address, and answers only for a Host header that names it (see
 --metrics-host). A peer gets 10 s to send its headers on every listener.
 
-Logs are JSON lines on stderr, one object each: "time" (ISO 8601), "level", "msg", and fields such as
-secret, version, step and code. They never contain a secret value: fields named like one (password,
-token, value, key...) are replaced by "[redacted]".
+Logs go to stderr, one line per event: "time" (ISO 8601), "level", "msg", and fields such as secret,
+version, step and code. As JSON objects (--log-format json, the default when stderr is not a
+terminal: journald, a container, a pipe) or as text for people ("TIME LEVEL  msg  key=value ...",
+the default on a terminal). They never contain a secret value: fields named like one (password,
+token, value, key...) are replaced by "[redacted]", in both formats.
 
 Options:
 ${optionsHelp(DAEMON_FLAGS)}
@@ -126,7 +135,8 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
   } catch (e) {
     throw new UsageError(`${(e as Error).message}: give a name such as rotor.internal or rotor.internal:9464`);
   }
-  const log = jsonLogger(io.stderr, io.now, flags['log-level'] as Level);
+  const format = (flags['log-format'] ?? (io.stderrIsTTY ? 'text' : 'json')) as LogFormat;
+  const log = logger(format, io.stderr, io.now, flags['log-level'] as Level);
   const repo =
     /^[a-z+]+:\/\//i.test(flags.repo) || /^[^/]+@[^:]+:/.test(flags.repo)
       ? flags.repo

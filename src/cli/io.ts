@@ -7,7 +7,10 @@ export interface Io {
   readonly env: NodeJS.ProcessEnv;
   readonly cwd: string;
   readonly now: () => number;
+  /** Whether stdout is a terminal. */
   readonly isTTY: boolean;
+  /** Whether stderr is a terminal (logs are text there by default); false when absent. */
+  readonly stderrIsTTY?: boolean;
 }
 
 /**
@@ -23,6 +26,7 @@ export function processIo(): Io {
     cwd: process.cwd(),
     now: () => Date.now(),
     isTTY: Boolean(process.stdout.isTTY),
+    stderrIsTTY: Boolean(process.stderr.isTTY),
   };
 }
 
