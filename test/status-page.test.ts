@@ -368,3 +368,26 @@ t.test('GET / on the metrics listener: the page of a running daemon, its headers
   t.equal((await http(d.metricsAddress!, '/nothing')).status, 404);
   t.equal((await http(d.metricsAddress!, '/metrics')).status, 200, 'the metrics are still served');
 });
+
+t.test('renderStatusPage: no tick label of the timeline runs into the "UTC" label', async (t) => {
+  // Events 10 minutes back: ticks every 2 minutes; "now" placed so that the first tick falls a
+  // second after the axis starts, right beside "UTC".
+  const span = 10 * 60_000 * 1.04;
+  for (const offset of [1000, 5000, 20_000, 60_000]) {
+    const boundary = Date.parse('2026-11-26T11:50:00Z');
+    const now = boundary - offset + span;
+    const status = {
+      ...sample(),
+      recent: [
+        { time: iso(now - 10 * 60_000), secret: 'a/b', event: 'rotated' as const, from: 1, to: 2, trigger: 'schedule' },
+      ],
+    };
+    const svg = timelineSvg(renderStatusPage(status as StatusView, now))!;
+    const utc = /<text class="tick" x="([\d.]+)"[^>]*text-anchor="end">UTC<\/text>/.exec(svg);
+    t.ok(utc, 'the UTC label');
+    for (const m of svg.matchAll(/<text class="tick" x="([\d.]+)"[^>]*text-anchor="middle">([\d:]+)<\/text>/g)) {
+      const leftEdge = Number(m[1]) - (m[2]!.length * 7) / 2;
+      t.ok(leftEdge > Number(utc![1]), `${m[2]} (first tick ${offset / 1000} s into the axis) starts right of "UTC"`);
+    }
+  }
+});

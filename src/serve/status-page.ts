@@ -365,6 +365,10 @@ const TICKS_MS = [1, 2, 5, 10, 15, 30]
     [1, 2, 3, 6, 12].map((h) => h * 3600_000),
   );
 
+/** The widest a character of a tick label is (11px digits and colons, with room), and the least gap. */
+const TICK_CHAR_PX = 7;
+const TICK_GAP_PX = 6;
+
 function timeline(recent: readonly RecentView[], now: number): string {
   const legend = `<ul class="legend">${(['rotated', 'created', 'retired', 'rotation-failed'] as const).map((k) => `<li><svg width="14" height="14" viewBox="0 0 14 14" aria-hidden="true">${mark(k, 7, 7)}</svg>${EVENT_LABEL[k]}</li>`).join('')}</ul>`;
   const events = recent.filter(
@@ -412,8 +416,13 @@ function timeline(recent: readonly RecentView[], now: number): string {
   }
   const step = TICKS_MS.find((s) => span / s <= 7) ?? 6 * 3600_000;
   const axisY = top + lanes * laneH;
+  // A tick's label is centred on it: one whose left half would reach into the "UTC" label (which
+  // ends at left - 10) is not drawn, nor one that would meet "now" on the right.
+  const labelLength = step < 60_000 ? 8 : 5;
+  const half = (labelLength * TICK_CHAR_PX) / 2;
   for (let t = Math.ceil(start / step) * step; x(now) - x(t) > 36; t += step) {
     const tx = Math.round(x(t) * 10) / 10;
+    if (tx - half < left - 10 + TICK_GAP_PX) continue;
     const label = new Date(t).toISOString().slice(11, step < 60_000 ? 19 : 16);
     parts.push(
       `<line class="grid" x1="${tx}" y1="${top}" x2="${tx}" y2="${axisY + 4}"/><text class="tick" x="${tx}" y="${axisY + 17}" text-anchor="middle">${label}</text>`,
