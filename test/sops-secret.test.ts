@@ -171,6 +171,37 @@ t.test('rotor plan reminds of a sops secret near or past maxAge', async (t) => {
   t.match(md.stdout, /#### ⏰ Rotate by hand\n\n- \*\*payments\/stripe\*\*: overdue since 2026-11-15/);
 });
 
+t.test('with audit.branch, rotor plan reads the last rotations from the audit branch', async (t) => {
+  const w = await world(t, {
+    'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\naudit: { branch: rotor-audit }\n',
+    'policies.yaml': POLICY,
+    'secrets.yaml': SECRET,
+    'secrets/stripe.enc.yaml': '',
+  });
+  const daemon = (await loadKeys(w.dataDir)).recipient;
+  w.push('secrets/stripe.enc.yaml', await sealed('sk_live_first', [daemon]), 'the first key');
+  const d = await w.start({ now: () => Date.parse('2026-10-01T00:00:00Z') });
+  await d.stop();
+  git(w.person, 'fetch', '-q', 'origin'); // origin/rotor-audit, as actions/checkout with fetch-depth: 0 has it
+  const plan = () =>
+    rotor(['plan', '--base', 'HEAD', '--now', '2026-11-08T00:00:00Z', '--format', 'json'], { cwd: w.person });
+  const soon = await plan();
+  t.same(
+    JSON.parse(soon.stdout).plan.reminders.map((r: { secret: string; dueAt: string }) => [r.secret, r.dueAt]),
+    [['payments/stripe', '2026-11-15T00:00:00.000Z']],
+    'the reminder, from the entry on the audit branch',
+  );
+  t.equal(soon.stderr, '');
+  git(w.person, 'update-ref', '-d', 'refs/remotes/origin/rotor-audit');
+  const blind = await plan();
+  t.same(JSON.parse(blind.stdout).plan.reminders, [], 'without the branch, no reminder...');
+  t.match(
+    blind.stderr,
+    /the audit log is on branch rotor-audit \(audit\.branch\), which this clone does not have: git fetch origin rotor-audit/,
+    '...and a warning that says why',
+  );
+});
+
 t.test('the reader tells values SOPS left in clear from encrypted ones, with a key and without', async (t) => {
   const id = await generateX25519Identity();
   const me = [await identityToRecipient(id)];

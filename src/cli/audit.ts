@@ -1,11 +1,14 @@
 /** `rotor audit verify [DIR]`: check the hash chain of a repository's audit log. */
-import { readFile, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { jsonString } from '../audit/entry.js';
 import { verifyAuditDir } from '../audit/log.js';
 import type { Anchor } from '../audit/verify.js';
 import { NEVER, RotorError } from '../errors.js';
+import { checkBranch } from '../git/clone.js';
+import { git, runGit } from '../git/run.js';
 import { DEFAULT_AUDIT_DIR } from '../model/model.js';
 import { LIMITS } from '../model/yaml.js';
 import type { Flags } from '../util/args.js';
@@ -47,6 +50,10 @@ pass it back with --anchor: then a log that ends before it is AUDIT_TRUNCATED, a
 SEQ is not that entry is AUDIT_CHAIN_BROKEN. verify checks the directory that rotor.yaml names in the
 revision checked out, so a change of audit.dir deserves the same review as an edit of the log.
 
+When rotor.yaml keeps the log on its own branch (audit.branch), verify reads it from that branch:
+origin/BRANCH, else a local BRANCH (git fetch origin BRANCH first; a clone without it exits 3,
+AUDIT_BRANCH_MISSING). Lines are then named BRANCH:DIR/FILE:LINE.
+
 Options:
 ${optionsHelp(AUDIT_FLAGS)}
 Output: "audit: N entries in F files, chain intact, head SEQ:HASH" (the full hash: keep it, and pass
@@ -87,7 +94,7 @@ export function parseAnchor(text: string): Anchor {
  * when there is no rotor.yaml, no Config or no audit.dir. Only that file is read: the log can be
  * checked even when other declarations are broken.
  */
-export async function auditDirOf(repo: string): Promise<{ dir: string; warning?: string }> {
+export async function auditDirOf(repo: string): Promise<{ dir: string; branch?: string; warning?: string }> {
   const file = path.join(repo, CONFIG_FILE);
   let text: string;
   try {
@@ -122,14 +129,68 @@ export async function auditDirOf(repo: string): Promise<{ dir: string; warning?:
   }
   const audit = config?.audit;
   const dir = typeof audit === 'object' && audit !== null ? (audit as Record<string, unknown>).dir : undefined;
-  if (dir === undefined) return { dir: DEFAULT_AUDIT_DIR };
+  const branchRaw = typeof audit === 'object' && audit !== null ? (audit as Record<string, unknown>).branch : undefined;
+  let branch: string | undefined;
+  if (branchRaw !== undefined) {
+    try {
+      if (typeof branchRaw !== 'string' || branchRaw.length > 200) throw new Error('not a branch name');
+      branch = checkBranch(branchRaw);
+    } catch {
+      throw new ReadError(
+        'AUDIT_DIR_INVALID',
+        `${CONFIG_FILE}: audit.branch ${typeof branchRaw === 'string' ? jsonString(branchRaw.slice(0, 200)) : typeof branchRaw} is not a branch name (run rotor validate)`,
+      );
+    }
+  }
+  const withBranch = branch !== undefined ? { branch } : {};
+  if (dir === undefined) return { dir: DEFAULT_AUDIT_DIR, ...withBranch };
   if (typeof dir !== 'string' || dir.length > 200 || !AUDIT_DIR.test(dir)) {
     throw new ReadError(
       'AUDIT_DIR_INVALID',
       `${CONFIG_FILE}: audit.dir ${typeof dir === 'string' ? jsonString(dir.slice(0, 200)) : typeof dir} is not a relative path inside the repository (run rotor validate)`,
     );
   }
-  return { dir };
+  return { dir, ...withBranch };
+}
+
+/**
+ * The audit log as a branch of the repository DIR holds it (audit.branch): origin/BRANCH, else the
+ * local BRANCH. Its files (directly under the audit directory) are copied into a fresh directory,
+ * which the verifier then reads; undefined when the repository has neither ref.
+ */
+async function logFromBranch(
+  repo: string,
+  branch: string,
+  auditDir: string,
+): Promise<{ dir: string; ref: string; cleanup: () => Promise<void> } | undefined> {
+  let ref: string | undefined;
+  for (const candidate of [`refs/remotes/origin/${branch}`, `refs/heads/${branch}`]) {
+    const r = await runGit(repo, ['rev-parse', '--verify', '--quiet', `${candidate}^{commit}`]);
+    if (r.exitCode === 0) {
+      ref = candidate;
+      break;
+    }
+  }
+  if (ref === undefined) return undefined;
+  const tmp = await mkdtemp(path.join(os.tmpdir(), 'rotor-audit-verify-'));
+  const cleanup = () => rm(tmp, { recursive: true, force: true });
+  try {
+    const target = path.join(tmp, ...auditDir.split('/'));
+    await mkdir(target, { recursive: true });
+    const listing = await git(repo, ['--literal-pathspecs', 'ls-tree', '-z', ref, '--', `${auditDir}/`]);
+    for (const line of listing.toString('utf8').split('\0').filter(Boolean)) {
+      const tab = line.indexOf('\t');
+      const [, type, id] = line.slice(0, tab).split(' ');
+      const name = line.slice(tab + 1).slice(auditDir.length + 1);
+      // Plain files with plain names only: the verifier then reports a name that is not YYYY-MM.jsonl.
+      if (type !== 'blob' || !/^[\w.-]{1,64}$/.test(name) || name.startsWith('.')) continue;
+      await writeFile(path.join(target, name), await git(repo, ['cat-file', 'blob', id!]));
+    }
+    return { dir: target, ref: ref.replace(/^refs\/(remotes\/|heads\/)/, ''), cleanup };
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
 }
 
 function plural(n: number, one: string, many: string): string {
@@ -151,13 +212,28 @@ export async function auditCommand(argv: readonly string[], io: Io): Promise<num
   const repo = path.resolve(io.cwd, repoArg);
   const st = await stat(repo).catch(() => undefined);
   if (!st?.isDirectory()) throw new UsageError(`${repoArg} is not a directory`);
-  const { dir: auditDir, warning } = await auditDirOf(repo);
+  const { dir: auditDir, branch, warning } = await auditDirOf(repo);
   if (warning) io.stderr(`rotor audit: ${warning}\n`);
-  const shown = path.join(repoArg, auditDir);
-  const v = await verifyAuditDir(path.join(repo, auditDir), {
+  let shown = path.join(repoArg, auditDir);
+  let logDir = path.join(repo, auditDir);
+  let cleanup = async () => {};
+  if (branch !== undefined) {
+    // The log is on its own branch (audit.branch): read it from there, not from this checkout.
+    const fromBranch = await logFromBranch(repo, branch, auditDir);
+    if (!fromBranch) {
+      io.stderr(
+        `rotor audit: the audit log is on branch ${branch} (audit.branch in rotor.yaml), which ${repoArg} does not have: git fetch origin ${branch} [AUDIT_BRANCH_MISSING]\n`,
+      );
+      return EXIT.failure;
+    }
+    shown = `${fromBranch.ref}:${auditDir}`;
+    logDir = fromBranch.dir;
+    cleanup = fromBranch.cleanup;
+  }
+  const v = await verifyAuditDir(logDir, {
     ...(anchor ? { anchor } : {}),
-    label: (name) => path.join(shown, name),
-  });
+    label: (name) => (branch !== undefined ? `${shown}/${name}` : path.join(shown, name)),
+  }).finally(cleanup);
   let r = v.result;
   if (r.ok && r.entries === 0)
     r = {

@@ -182,6 +182,8 @@ audit:
   dir: audit          # the daemon appends its hash-chained log here (it makes the directory); never
                       # edit it by hand: \`rotor plan\` refuses changes to its lines
   push: true          # push the daemon's audit commits to the remote (false: commit locally only)
+  # branch: rotor-audit # keep the log on its own branch, so that the daemon never pushes to this one
+                      # (for a protected main; see "The audit log" in rotor's docs/operations.md)
 sync:
   interval: 30s       # how often the daemon fetches this repository (it also fetches on SIGHUP)
 ignore:               # YAML that is not a declaration (dot-directories and SOPS files are always skipped)

@@ -97,6 +97,18 @@ async function lastRotations(source: RepoSource, auditDir: string): Promise<Map<
   return out;
 }
 
+/** The commit of the first of `refs` the repository has, or undefined. */
+async function firstCommit(top: string, refs: readonly string[]): Promise<string | undefined> {
+  for (const ref of refs) {
+    try {
+      return await gitText(top, ['rev-parse', '--verify', '--quiet', '--end-of-options', `${ref}^{commit}`]);
+    } catch {
+      // not this one
+    }
+  }
+  return undefined;
+}
+
 async function resolveCommit(top: string, ref: string): Promise<string> {
   try {
     return await gitText(top, ['rev-parse', '--verify', '--quiet', '--end-of-options', `${ref}^{commit}`]);
@@ -144,7 +156,18 @@ export async function planCommand(argv: readonly string[], io: Io): Promise<numb
     loadModel(headSource, { now, sopsValues: true }),
   ]);
   const audit = await checkAppendOnly(baseSource, headSource, base.auditDir);
-  const changes = plan(base.desired, head.desired, now, await lastRotations(headSource, head.auditDir));
+  // The log the reminders read: the head's, or the audit branch's when the Config keeps it on one.
+  let logSource: RepoSource = headSource;
+  const auditBranch = head.valid ? head.desired.config?.decl.audit?.branch : undefined;
+  if (auditBranch !== undefined) {
+    const ref = await firstCommit(top, [`refs/remotes/origin/${auditBranch}`, `refs/heads/${auditBranch}`]);
+    if (ref) logSource = new GitTreeSource(top, ref, prefix);
+    else
+      io.stderr(
+        `rotor plan: warning: the audit log is on branch ${auditBranch} (audit.branch), which this clone does not have: git fetch origin ${auditBranch} (in CI: fetch-depth: 0); the SOPS reminders are given without it\n`,
+      );
+  }
+  const changes = plan(base.desired, head.desired, now, await lastRotations(logSource, head.auditDir));
   const auditFiles = [...(await baseSource.list()).files.keys(), ...(await headSource.list()).files.keys()].filter(
     (f) => f.startsWith(`${head.auditDir}/`),
   );

@@ -171,7 +171,7 @@ export function render(st: Status, color: boolean): string {
   }
   if (st.audit)
     out.push(
-      `  audit: ${st.audit.pushFailures > 0 ? paint('yellow', `entries not yet pushed (${st.audit.pushFailures} failed pushes${st.audit.pushError ? `, last ${st.audit.pushError.code}` : ''}; they are kept and retried)`) : st.audit.commitPending ? 'entries being committed' : 'all entries pushed'}`,
+      `  audit: ${st.audit.pushFailures > 0 ? paint('yellow', `entries not yet pushed (${st.audit.pushFailures} failed pushes${st.audit.pushError ? `, last ${st.audit.pushError.code}` : ''}; they are kept and retried)`) : st.audit.commitPending ? 'entries being committed' : 'all entries pushed'}${st.audit.branch ? ` (to branch ${st.audit.branch})` : ''}`,
     );
   return `${out.join('\n')}\n`;
 }

@@ -31,6 +31,8 @@ export interface AuditPublisherOptions {
   readonly repo: GitRepo;
   /** The audit directory inside the clone (what is committed). */
   readonly auditDir: string;
+  /** The audit log's own branch (audit.branch), when it is kept on one. */
+  readonly branch?: string;
   /** The daemon's git queue (shared with the sync of the repository). */
   readonly queue: SerialQueue;
   readonly timers: Timers;
@@ -101,8 +103,9 @@ export class AuditPublisher {
   }
 
   /** The publishing part of the audit status. */
-  status(): Pick<AuditStatus, 'commitPending' | 'pushFailures' | 'pushError'> {
+  status(): Pick<AuditStatus, 'commitPending' | 'pushFailures' | 'pushError' | 'branch'> {
     return {
+      ...(this.o.branch !== undefined ? { branch: this.o.branch } : {}),
       commitPending: this.commitPending,
       pushFailures: this.pushFailures,
       ...(this.pushError ? { pushError: this.pushError } : {}),

@@ -18,12 +18,13 @@ import type { AuditEntry } from '../audit/entry.js';
 import { AuditError } from '../audit/entry.js';
 import type { AuditFs } from '../audit/log.js';
 import { AuditLog, nodeAuditFs, verifyAuditDir } from '../audit/log.js';
+import { ensureAuditBranch } from '../git/audit-branch.js';
 import type { GitRepo as Repo } from '../git/repo.js';
-import { openRepo } from '../git/repo.js';
+import { GitRepoError, openRepo } from '../git/repo.js';
 import { loadKeys } from '../keys.js';
 import type { Logger } from '../log.js';
 import { auditDirShapeProblem } from '../model/audit-path.js';
-import type { Desired } from '../model/model.js';
+import type { Desired, LoadResult } from '../model/model.js';
 import { DEFAULT_AUDIT_DIR } from '../model/model.js';
 import type { AuditEvent } from '../rotation/engine.js';
 import { AUDIT_HEAD_KEY, Engine } from '../rotation/engine.js';
@@ -95,6 +96,8 @@ export class Daemon {
   private engine!: Engine;
   private admin: Server | undefined;
   private auditDir = 'audit';
+  /** The Config's audit.branch at start: the log is committed and pushed there, not beside the declarations. */
+  private auditBranch: string | undefined;
   private desired: Desired | undefined;
   private readonly sync: RepoSync;
   /** Git operations (sync, audit commit and push) run one at a time. */
@@ -159,27 +162,67 @@ export class Daemon {
     };
     this.repo = await openRepo(repoOptions);
     // Audit entries written just before a crash are durable in the clone but not yet committed:
-    // commit them first (under the audit directory the clone's own commit declares).
+    // commit them first (under the audit directory the clone's own commit declares), in the clone of
+    // the audit branch too when the log is kept on one.
     const local = await this.sync.load(await this.repo.head());
     const localDir = usableAuditDir(local);
+    const localBranch = auditBranchOf(local);
     if (localDir !== 'audit') this.repo = await openRepo({ ...repoOptions, auditDir: localDir });
     if ((await lstat(path.join(this.repo.dir, localDir)).catch(() => undefined))?.isDirectory())
       await this.repo.commitAudit([localDir], 'rotor: audit entries written before a restart');
+    const auditClone = path.join(dataDir, 'audit-repo');
+    if (localBranch && (await lstat(path.join(auditClone, localDir)).catch(() => undefined))?.isDirectory()) {
+      const leftover = await openRepo({ ...repoOptions, dir: auditClone, branch: localBranch, auditDir: localDir });
+      await leftover.commitAudit([localDir], 'rotor: audit entries written before a restart');
+    }
     const synced = await this.repo.sync(); // sync fetches
     const head = synced.remoteHead;
     this.sync.noteHeld(synced);
     const first = await this.sync.load(head);
     this.auditDir = first.valid ? first.auditDir : localDir;
+    this.auditBranch = first.valid ? auditBranchOf(first) : localBranch;
     if (this.auditDir !== localDir) this.repo = await openRepo({ ...repoOptions, auditDir: this.auditDir });
 
+    // Where the log is committed: the declarations' clone, or a clone of the audit branch (made on the
+    // remote from the declarations' audit directory when it is not there yet).
+    let auditRepo = this.repo;
+    let auditRemoteHead = head;
+    if (this.auditBranch !== undefined) {
+      if (this.auditBranch === this.repo.branch)
+        throw new GitRepoError(
+          'GIT_BAD_ARGUMENT',
+          `audit.branch "${this.auditBranch}" is the declarations' branch: name another branch, or remove audit.branch to keep the log beside the declarations`,
+        );
+      const created = await ensureAuditBranch({
+        url: this.repo.url,
+        from: this.repo.branch,
+        branch: this.auditBranch,
+        auditDir: this.auditDir,
+        scratch: dataDir,
+        author: this.repo.author,
+        networkTimeoutMs: 120_000,
+      });
+      if (created)
+        log('info', 'made the audit branch on the remote', { branch: this.auditBranch, from: this.repo.branch });
+      auditRepo = await openRepo({
+        ...repoOptions,
+        dir: auditClone,
+        branch: this.auditBranch,
+        auditDir: this.auditDir,
+      });
+      const s = await auditRepo.sync();
+      if (s.held) throw s.held;
+      auditRemoteHead = s.remoteHead;
+    }
+
     // The audit log anchors the store: it must not be older than the last generation the log records.
-    const auditPath = path.join(this.repo.dir, this.auditDir);
+    const auditPath = path.join(auditRepo.dir, this.auditDir);
     // Every read and write of the log is confined to plain directories of the clone (no link followed).
-    const auditFs = await confineAuditFs(this.repo.dir, this.o.auditFs ?? nodeAuditFs);
+    const auditFs = await confineAuditFs(auditRepo.dir, this.o.auditFs ?? nodeAuditFs);
     const index = newAuditIndex();
     // The remote anchors the clone's log too: its last entry must be there, unchanged. Otherwise entries
     // were removed or changed in the clone (and the commit above took that for entries to push).
-    const pushed = await committedAuditHead(this.repo.dir, head, this.auditDir);
+    const pushed = await committedAuditHead(auditRepo.dir, auditRemoteHead, this.auditDir);
     let pushedHash: string | undefined;
     this.audit = await AuditLog.open(auditPath, {
       onEntry: (e) => {
@@ -195,7 +238,7 @@ export class Daemon {
           : `differs at entry ${pushed.seq}`;
       throw new AuditError(
         pushedHash === undefined ? 'AUDIT_TRUNCATED' : 'AUDIT_CHAIN_BROKEN',
-        `the audit log ${auditPath} ${where}, which the remote holds (commit ${head}): entries were removed or changed in the clone. Nothing of it was pushed; compare with the remote (git -C ${this.repo.dir} diff ${head} -- ${this.auditDir}) and restore them`,
+        `the audit log ${auditPath} ${where}, which the remote holds (commit ${auditRemoteHead}): entries were removed or changed in the clone. Nothing of it was pushed; compare with the remote (git -C ${auditRepo.dir} diff ${auditRemoteHead} -- ${this.auditDir}) and restore them`,
       );
     }
     const stateDir = path.join(dataDir, 'state');
@@ -226,8 +269,9 @@ export class Daemon {
     const audit = this.audit;
     this.publisher = new AuditPublisher({
       audit,
-      repo: this.repo,
+      repo: auditRepo,
       auditDir: this.auditDir,
+      ...(this.auditBranch !== undefined ? { branch: this.auditBranch } : {}),
       queue: this.gitQueue,
       timers: this.timers,
       log,
@@ -457,6 +501,11 @@ export class Daemon {
     await this.store?.close();
     await this.unlock?.();
   }
+}
+
+/** The audit branch a model names (a valid one only). */
+function auditBranchOf(m: LoadResult): string | undefined {
+  return m.valid ? m.desired.config?.decl.audit?.branch : undefined;
 }
 
 /** The audit directory a model names, when it can be one; else the default (its commit is rejected anyway). */

@@ -20,6 +20,7 @@ export type GitRepoErrorCode =
   | 'GIT_COMMIT_FAILED'
   | 'GIT_PUSH_REFUSED' // the remote refused the push (hook, protection, permissions)
   | 'GIT_PUSH_GAVE_UP' // bounded retries exhausted; the commits stay local
+  | 'GIT_AUDIT_BRANCH_FAILED' // the audit log's branch (audit.branch) could not be looked up or created
   | 'GIT_FAILED'; // anything else git reported
 
 export interface GitRepoErrorDetails {
@@ -45,6 +46,7 @@ const RETRY: Readonly<Record<GitRepoErrorCode, Retry>> = {
   GIT_ORIGIN_MISMATCH: NEVER,
   GIT_CLONE_FAILED: BACKOFF,
   GIT_BRANCH_MISSING: NEVER,
+  GIT_AUDIT_BRANCH_FAILED: BACKOFF,
   GIT_FETCH_FAILED: BACKOFF,
   GIT_WORKTREE_DIRTY: NEVER,
   GIT_AUDIT_CONFLICT: NEVER,

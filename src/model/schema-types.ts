@@ -85,6 +85,10 @@ export interface Config {
      * Whether the daemon pushes its audit commits to the remote. Default true.
      */
     push?: boolean;
+    /**
+     * Keep the audit log on this branch of the same remote instead of the declarations' branch. The daemon creates it (holding only the audit directory, the log so far included), commits and pushes only there, fast-forward only, and never writes to the declarations' branch: people's pushes never race the daemon's, and that branch may require reviews. `rotor audit verify` and `rotor plan` read the log from it. Read when the daemon starts: a change takes effect at its next start.
+     */
+    branch?: string;
   };
   /**
    * How the daemon follows the repository.

@@ -4,11 +4,12 @@
 import runtime0 from 'ajv/dist/runtime/ucs2length.js';
 
 export const config = validate20;
-const schema31 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"config.schema.json","title":"Config","description":"The repository-wide settings of rotor. Exactly one, in rotor.yaml at the root of the repository.","type":"object","additionalProperties":false,"required":["kind"],"properties":{"kind":{"const":"Config","description":"Declaration kind."},"audit":{"description":"Where the daemon appends its audit log in this repository.","type":"object","additionalProperties":false,"properties":{"dir":{"description":"Directory of the audit log, relative to the repository root. Files under it are never read as declarations, and `rotor plan` refuses changes that edit or delete its lines. Default `audit`.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$","default":"audit","examples":["audit"]},"push":{"description":"Whether the daemon pushes its audit commits to the remote. Default true.","type":"boolean","default":true}}},"sync":{"description":"How the daemon follows the repository.","type":"object","additionalProperties":false,"properties":{"interval":{"$ref":"common.schema.json#/$defs/duration","description":"How often the daemon fetches the repository. Default 30s.","default":"30s"}}},"ignore":{"description":"Paths (globs relative to the repository root; `*` within a segment, `**` across segments) whose YAML files are not declarations, such as Helm charts kept in the same repository. At most 100 globs, each at most 200 characters and 32 segments. Dot-directories (.git, .github) and SOPS-encrypted files are always skipped.","type":"array","maxItems":100,"items":{"type":"string","minLength":1,"maxLength":200},"examples":[["charts/**","docs/**"]]}},"examples":[{"kind":"Config","audit":{"dir":"audit","push":true},"sync":{"interval":"30s"}}]};
+const schema31 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"config.schema.json","title":"Config","description":"The repository-wide settings of rotor. Exactly one, in rotor.yaml at the root of the repository.","type":"object","additionalProperties":false,"required":["kind"],"properties":{"kind":{"const":"Config","description":"Declaration kind."},"audit":{"description":"Where the daemon appends its audit log in this repository.","type":"object","additionalProperties":false,"properties":{"dir":{"description":"Directory of the audit log, relative to the repository root. Files under it are never read as declarations, and `rotor plan` refuses changes that edit or delete its lines. Default `audit`.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$","default":"audit","examples":["audit"]},"push":{"description":"Whether the daemon pushes its audit commits to the remote. Default true.","type":"boolean","default":true},"branch":{"description":"Keep the audit log on this branch of the same remote instead of the declarations' branch. The daemon creates it (holding only the audit directory, the log so far included), commits and pushes only there, fast-forward only, and never writes to the declarations' branch: people's pushes never race the daemon's, and that branch may require reviews. `rotor audit verify` and `rotor plan` read the log from it. Read when the daemon starts: a change takes effect at its next start.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$","examples":["rotor-audit"]}}},"sync":{"description":"How the daemon follows the repository.","type":"object","additionalProperties":false,"properties":{"interval":{"$ref":"common.schema.json#/$defs/duration","description":"How often the daemon fetches the repository. Default 30s.","default":"30s"}}},"ignore":{"description":"Paths (globs relative to the repository root; `*` within a segment, `**` across segments) whose YAML files are not declarations, such as Helm charts kept in the same repository. At most 100 globs, each at most 200 characters and 32 segments. Dot-directories (.git, .github) and SOPS-encrypted files are always skipped.","type":"array","maxItems":100,"items":{"type":"string","minLength":1,"maxLength":200},"examples":[["charts/**","docs/**"]]}},"examples":[{"kind":"Config","audit":{"dir":"audit","push":true},"sync":{"interval":"30s"}}]};
 const schema33 = {"title":"Duration","description":"A duration: a whole number followed by s (seconds), m (minutes), h (hours) or d (days).","type":"string","pattern":"^[0-9]{1,9}[smhd]$","examples":["30s","10m","24h","30d"]};
 const func1 = runtime0.default;
 const pattern4 = new RegExp("^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", "u");
-const pattern5 = new RegExp("^[0-9]{1,9}[smhd]$", "u");
+const pattern5 = new RegExp("^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$", "u");
+const pattern6 = new RegExp("^[0-9]{1,9}[smhd]$", "u");
 
 function validate20(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="config.schema.json" */;
@@ -60,7 +61,7 @@ if(data.audit !== undefined){
 let data1 = data.audit;
 if(data1 && typeof data1 == "object" && !Array.isArray(data1)){
 for(const key1 in data1){
-if(!((key1 === "dir") || (key1 === "push"))){
+if(!(((key1 === "dir") || (key1 === "push")) || (key1 === "branch"))){
 const err3 = {instancePath:instancePath+"/audit",schemaPath:"#/properties/audit/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err3];
@@ -128,9 +129,11 @@ vErrors.push(err8);
 errors++;
 }
 }
-}
-else {
-const err9 = {instancePath:instancePath+"/audit",schemaPath:"#/properties/audit/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(data1.branch !== undefined){
+let data4 = data1.branch;
+if(typeof data4 === "string"){
+if(func1(data4) > 200){
+const err9 = {instancePath:instancePath+"/audit/branch",schemaPath:"#/properties/audit/properties/branch/maxLength",keyword:"maxLength",params:{limit: 200},message:"must NOT have more than 200 characters"};
 if(vErrors === null){
 vErrors = [err9];
 }
@@ -139,13 +142,8 @@ vErrors.push(err9);
 }
 errors++;
 }
-}
-if(data.sync !== undefined){
-let data4 = data.sync;
-if(data4 && typeof data4 == "object" && !Array.isArray(data4)){
-for(const key2 in data4){
-if(!(key2 === "interval")){
-const err10 = {instancePath:instancePath+"/sync",schemaPath:"#/properties/sync/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key2},message:"must NOT have additional properties"};
+if(func1(data4) < 1){
+const err10 = {instancePath:instancePath+"/audit/branch",schemaPath:"#/properties/audit/properties/branch/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err10];
 }
@@ -154,12 +152,8 @@ vErrors.push(err10);
 }
 errors++;
 }
-}
-if(data4.interval !== undefined){
-let data5 = data4.interval;
-if(typeof data5 === "string"){
-if(!pattern5.test(data5)){
-const err11 = {instancePath:instancePath+"/sync/interval",schemaPath:"common.schema.json#/$defs/duration/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,9}[smhd]$"},message:"must match pattern \""+"^[0-9]{1,9}[smhd]$"+"\""};
+if(!pattern5.test(data4)){
+const err11 = {instancePath:instancePath+"/audit/branch",schemaPath:"#/properties/audit/properties/branch/pattern",keyword:"pattern",params:{pattern: "^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$"},message:"must match pattern \""+"^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$"+"\""};
 if(vErrors === null){
 vErrors = [err11];
 }
@@ -170,7 +164,7 @@ errors++;
 }
 }
 else {
-const err12 = {instancePath:instancePath+"/sync/interval",schemaPath:"common.schema.json#/$defs/duration/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err12 = {instancePath:instancePath+"/audit/branch",schemaPath:"#/properties/audit/properties/branch/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err12];
 }
@@ -182,7 +176,7 @@ errors++;
 }
 }
 else {
-const err13 = {instancePath:instancePath+"/sync",schemaPath:"#/properties/sync/type",keyword:"type",params:{type: "object"},message:"must be object"};
+const err13 = {instancePath:instancePath+"/audit",schemaPath:"#/properties/audit/type",keyword:"type",params:{type: "object"},message:"must be object"};
 if(vErrors === null){
 vErrors = [err13];
 }
@@ -192,11 +186,12 @@ vErrors.push(err13);
 errors++;
 }
 }
-if(data.ignore !== undefined){
-let data6 = data.ignore;
-if(Array.isArray(data6)){
-if(data6.length > 100){
-const err14 = {instancePath:instancePath+"/ignore",schemaPath:"#/properties/ignore/maxItems",keyword:"maxItems",params:{limit: 100},message:"must NOT have more than 100 items"};
+if(data.sync !== undefined){
+let data5 = data.sync;
+if(data5 && typeof data5 == "object" && !Array.isArray(data5)){
+for(const key2 in data5){
+if(!(key2 === "interval")){
+const err14 = {instancePath:instancePath+"/sync",schemaPath:"#/properties/sync/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key2},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -205,12 +200,12 @@ vErrors.push(err14);
 }
 errors++;
 }
-const len0 = data6.length;
-for(let i0=0; i0<len0; i0++){
-let data7 = data6[i0];
-if(typeof data7 === "string"){
-if(func1(data7) > 200){
-const err15 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/maxLength",keyword:"maxLength",params:{limit: 200},message:"must NOT have more than 200 characters"};
+}
+if(data5.interval !== undefined){
+let data6 = data5.interval;
+if(typeof data6 === "string"){
+if(!pattern6.test(data6)){
+const err15 = {instancePath:instancePath+"/sync/interval",schemaPath:"common.schema.json#/$defs/duration/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,9}[smhd]$"},message:"must match pattern \""+"^[0-9]{1,9}[smhd]$"+"\""};
 if(vErrors === null){
 vErrors = [err15];
 }
@@ -219,8 +214,9 @@ vErrors.push(err15);
 }
 errors++;
 }
-if(func1(data7) < 1){
-const err16 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+}
+else {
+const err16 = {instancePath:instancePath+"/sync/interval",schemaPath:"common.schema.json#/$defs/duration/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err16];
 }
@@ -230,8 +226,9 @@ vErrors.push(err16);
 errors++;
 }
 }
+}
 else {
-const err17 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err17 = {instancePath:instancePath+"/sync",schemaPath:"#/properties/sync/type",keyword:"type",params:{type: "object"},message:"must be object"};
 if(vErrors === null){
 vErrors = [err17];
 }
@@ -241,9 +238,11 @@ vErrors.push(err17);
 errors++;
 }
 }
-}
-else {
-const err18 = {instancePath:instancePath+"/ignore",schemaPath:"#/properties/ignore/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(data.ignore !== undefined){
+let data7 = data.ignore;
+if(Array.isArray(data7)){
+if(data7.length > 100){
+const err18 = {instancePath:instancePath+"/ignore",schemaPath:"#/properties/ignore/maxItems",keyword:"maxItems",params:{limit: 100},message:"must NOT have more than 100 items"};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -252,15 +251,62 @@ vErrors.push(err18);
 }
 errors++;
 }
-}
-}
-else {
-const err19 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+const len0 = data7.length;
+for(let i0=0; i0<len0; i0++){
+let data8 = data7[i0];
+if(typeof data8 === "string"){
+if(func1(data8) > 200){
+const err19 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/maxLength",keyword:"maxLength",params:{limit: 200},message:"must NOT have more than 200 characters"};
 if(vErrors === null){
 vErrors = [err19];
 }
 else {
 vErrors.push(err19);
+}
+errors++;
+}
+if(func1(data8) < 1){
+const err20 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+}
+else {
+const err21 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+}
+}
+else {
+const err22 = {instancePath:instancePath+"/ignore",schemaPath:"#/properties/ignore/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err22];
+}
+else {
+vErrors.push(err22);
+}
+errors++;
+}
+}
+}
+else {
+const err23 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err23];
+}
+else {
+vErrors.push(err23);
 }
 errors++;
 }
@@ -273,9 +319,9 @@ export const policy = validate22;
 const schema34 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"policy.schema.json","title":"Policy","description":"When secrets rotate and how long their previous versions stay valid. Secrets name one policy each.","type":"object","additionalProperties":false,"required":["kind","name","overlap"],"properties":{"kind":{"const":"Policy","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The policy's name, referenced by `Secret.policy`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"every":{"$ref":"common.schema.json#/$defs/duration","description":"Rotate this long after the previous rotation. Exclusive with `cron`; one of the two is required.","examples":["30d","12h"]},"cron":{"description":"Rotate at the times of a cron expression: 5 fields (minute hour day-of-month month day-of-week) or 6 (with seconds first). Exclusive with `every`; one of the two is required.","type":"string","minLength":1,"maxLength":200,"examples":["0 3 * * 0","0 */15 * * * *"]},"timezone":{"description":"IANA time zone for `cron` and `window`. Default UTC.","type":"string","minLength":1,"maxLength":64,"default":"UTC","examples":["UTC","Europe/Berlin","America/New_York"]},"window":{"description":"Rotations start only between `start` and `end` (wall-clock times in `timezone`; a window may span midnight). A rotation due outside the window waits for the next one.","type":"object","additionalProperties":false,"required":["start","end"],"properties":{"start":{"$ref":"common.schema.json#/$defs/clock"},"end":{"$ref":"common.schema.json#/$defs/clock"}},"examples":[{"start":"02:00","end":"05:00"}]},"jitter":{"$ref":"common.schema.json#/$defs/duration","description":"Delay each rotation by up to this much, different for each secret, so that secrets on the same policy do not all rotate at once.","examples":["10m"]},"overlap":{"$ref":"common.schema.json#/$defs/duration","description":"How long the previous version stays valid and readable after a rotation. Must be shorter than the rotation interval.","examples":["24h"]},"retain":{"description":"How many versions the store keeps (current, previous and older ones), at least 2. Default 3.","type":"integer","minimum":2,"maximum":100,"default":3},"maxAge":{"$ref":"common.schema.json#/$defs/duration","description":"Report a secret as overdue once its current version is older than this. Meant for secrets rotated by a person (`sops`), useful for all.","examples":["45d"]},"retireAfter":{"description":"When the previous version is retired: `overlap` (when the overlap ends; the default) or `consumers` (as soon as every consumer of the secret has read the new version, and at the latest when the overlap ends).","type":"string","enum":["overlap","consumers"],"default":"overlap"}},"examples":[{"kind":"Policy","name":"standard","every":"30d","window":{"start":"02:00","end":"05:00"},"jitter":"10m","overlap":"24h","retain":3}]};
 const schema35 = {"title":"Name","description":"Name of a Policy, Target, Agent or Consumer: lower case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters.","type":"string","pattern":"^[a-z0-9][a-z0-9._-]{0,62}$","examples":["standard","payments-pg","db-host-1","billing-api"]};
 const schema37 = {"title":"ClockTime","description":"A wall-clock time, HH:MM in 24-hour form, in the policy's time zone.","type":"string","pattern":"^([01][0-9]|2[0-3]):[0-5][0-9]$","examples":["02:00","17:30"]};
-const func5 = Object.prototype.hasOwnProperty;
-const pattern6 = new RegExp("^[a-z0-9][a-z0-9._-]{0,62}$", "u");
-const pattern8 = new RegExp("^([01][0-9]|2[0-3]):[0-5][0-9]$", "u");
+const func7 = Object.prototype.hasOwnProperty;
+const pattern7 = new RegExp("^[a-z0-9][a-z0-9._-]{0,62}$", "u");
+const pattern9 = new RegExp("^([01][0-9]|2[0-3]):[0-5][0-9]$", "u");
 
 function validate22(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="policy.schema.json" */;
@@ -320,7 +366,7 @@ vErrors.push(err2);
 errors++;
 }
 for(const key0 in data){
-if(!(func5.call(schema34.properties, key0))){
+if(!(func7.call(schema34.properties, key0))){
 const err3 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err3];
@@ -346,7 +392,7 @@ errors++;
 if(data.name !== undefined){
 let data1 = data.name;
 if(typeof data1 === "string"){
-if(!pattern6.test(data1)){
+if(!pattern7.test(data1)){
 const err5 = {instancePath:instancePath+"/name",schemaPath:"common.schema.json#/$defs/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9][a-z0-9._-]{0,62}$"},message:"must match pattern \""+"^[a-z0-9][a-z0-9._-]{0,62}$"+"\""};
 if(vErrors === null){
 vErrors = [err5];
@@ -396,7 +442,7 @@ errors++;
 if(data.every !== undefined){
 let data3 = data.every;
 if(typeof data3 === "string"){
-if(!pattern5.test(data3)){
+if(!pattern6.test(data3)){
 const err9 = {instancePath:instancePath+"/every",schemaPath:"common.schema.json#/$defs/duration/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,9}[smhd]$"},message:"must match pattern \""+"^[0-9]{1,9}[smhd]$"+"\""};
 if(vErrors === null){
 vErrors = [err9];
@@ -526,7 +572,7 @@ errors++;
 if(data6.start !== undefined){
 let data7 = data6.start;
 if(typeof data7 === "string"){
-if(!pattern8.test(data7)){
+if(!pattern9.test(data7)){
 const err20 = {instancePath:instancePath+"/window/start",schemaPath:"common.schema.json#/$defs/clock/pattern",keyword:"pattern",params:{pattern: "^([01][0-9]|2[0-3]):[0-5][0-9]$"},message:"must match pattern \""+"^([01][0-9]|2[0-3]):[0-5][0-9]$"+"\""};
 if(vErrors === null){
 vErrors = [err20];
@@ -551,7 +597,7 @@ errors++;
 if(data6.end !== undefined){
 let data8 = data6.end;
 if(typeof data8 === "string"){
-if(!pattern8.test(data8)){
+if(!pattern9.test(data8)){
 const err22 = {instancePath:instancePath+"/window/end",schemaPath:"common.schema.json#/$defs/clock/pattern",keyword:"pattern",params:{pattern: "^([01][0-9]|2[0-3]):[0-5][0-9]$"},message:"must match pattern \""+"^([01][0-9]|2[0-3]):[0-5][0-9]$"+"\""};
 if(vErrors === null){
 vErrors = [err22];
@@ -588,7 +634,7 @@ errors++;
 if(data.jitter !== undefined){
 let data9 = data.jitter;
 if(typeof data9 === "string"){
-if(!pattern5.test(data9)){
+if(!pattern6.test(data9)){
 const err25 = {instancePath:instancePath+"/jitter",schemaPath:"common.schema.json#/$defs/duration/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,9}[smhd]$"},message:"must match pattern \""+"^[0-9]{1,9}[smhd]$"+"\""};
 if(vErrors === null){
 vErrors = [err25];
@@ -613,7 +659,7 @@ errors++;
 if(data.overlap !== undefined){
 let data10 = data.overlap;
 if(typeof data10 === "string"){
-if(!pattern5.test(data10)){
+if(!pattern6.test(data10)){
 const err27 = {instancePath:instancePath+"/overlap",schemaPath:"common.schema.json#/$defs/duration/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,9}[smhd]$"},message:"must match pattern \""+"^[0-9]{1,9}[smhd]$"+"\""};
 if(vErrors === null){
 vErrors = [err27];
@@ -673,7 +719,7 @@ errors++;
 if(data.maxAge !== undefined){
 let data12 = data.maxAge;
 if(typeof data12 === "string"){
-if(!pattern5.test(data12)){
+if(!pattern6.test(data12)){
 const err32 = {instancePath:instancePath+"/maxAge",schemaPath:"common.schema.json#/$defs/duration/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,9}[smhd]$"},message:"must match pattern \""+"^[0-9]{1,9}[smhd]$"+"\""};
 if(vErrors === null){
 vErrors = [err32];
@@ -738,9 +784,9 @@ export const secret = validate23;
 const schema42 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"secret.schema.json","title":"Secret","description":"A secret rotor keeps and rotates. Its value comes from exactly one source: `generate` (a random value), `fields` (a JSON object of generated and static fields) or `sops` (a value a person rotates in a SOPS-encrypted file of this repository). With `database`, the generated value is also the password of a live database user.","type":"object","additionalProperties":false,"required":["kind","name","policy"],"properties":{"kind":{"const":"Secret","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/secretName","description":"The secret's path-like name, which consumers ask for and grant by glob."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"policy":{"$ref":"common.schema.json#/$defs/name","description":"The Policy that schedules this secret."},"generate":{"$ref":"common.schema.json#/$defs/generator","description":"Generate the value at random."},"fields":{"description":"A structured secret: a JSON object whose fields are each generated or static.","type":"object","minProperties":1,"maxProperties":100,"propertyNames":{"pattern":"^[A-Za-z_][A-Za-z0-9_]{0,63}$"},"additionalProperties":{"title":"Field","description":"One field: `generate` for a random value, or `value` for a static one.","type":"object","additionalProperties":false,"properties":{"generate":{"$ref":"common.schema.json#/$defs/generator"},"value":{"type":"string","maxLength":65536,"description":"A static value, stored as declared. It is in the repository in clear: never put a secret here."}}},"examples":[{"token":{"generate":{"length":40,"charset":"base64url"}},"region":{"value":"eu-west-1"}}]},"sops":{"description":"The value is kept by a person in a SOPS-encrypted file of this repository; a commit that changes it becomes the secret's next version.","type":"object","additionalProperties":false,"required":["file","key"],"properties":{"file":{"type":"string","minLength":1,"maxLength":500,"description":"Path of the SOPS file, relative to the repository root.","examples":["secrets/stripe.enc.yaml"]},"key":{"type":"string","minLength":1,"maxLength":500,"description":"The key in the SOPS file; nested keys joined by '.'.","examples":["apiKey"]}}},"database":{"description":"The value is the password of a database user, applied by the target's agent before anyone is told about it.","type":"object","additionalProperties":false,"required":["target"],"properties":{"target":{"$ref":"common.schema.json#/$defs/name","description":"The Target (database) the credential belongs to."},"strategy":{"description":"dual: two passwords on one user during the overlap (Redis, MySQL 8, MariaDB); alternate: two users, rotating the inactive one (needs `usernames`); single: change the password in place, so new logins with the old value fail at once. Default: the engine's zero-downtime strategy.","type":"string","enum":["dual","alternate","single"]},"username":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"The database user, for `dual` and `single`. Any characters but control characters: the agent quotes it with each database's own escaping (Redis refuses whitespace in user names).","examples":["app","o'brien-app"]},"usernames":{"description":"The two database users that take turns, for `alternate`.","type":"array","minItems":2,"maxItems":2,"items":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\u0000-\\u001f\\u007f]+$"},"examples":[["app_blue","app_green"]]}}},"rotate":{"description":"Rotate now, once: each new `request` value (a date and a counter, say) rotates the secret one time, with `reason` recorded in the audit log.","type":"object","additionalProperties":false,"required":["request","reason"],"properties":{"request":{"type":"string","minLength":1,"maxLength":128,"description":"Any value; a new one asks for one rotation.","examples":["2026-11-26-1"]},"reason":{"type":"string","minLength":1,"maxLength":500,"description":"Why; recorded in the audit log.","examples":["seen in a log"]}}},"allowWeak":{"description":"Accept a generator with less than 128 bits of entropy (a short PIN, say). Default false.","type":"boolean","default":false}},"examples":[{"kind":"Secret","name":"payments/webhook-signing","policy":"standard","generate":{"length":48,"charset":"alphanumeric"}}]};
 const schema43 = {"title":"SecretName","description":"Path-like secret name: segments of lower case letters, digits, '.', '_' and '-', joined by '/'. No leading or trailing '/', no empty, '.' or '..' segment, at most 253 characters.","type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._-]+(/[a-z0-9._-]+)*$","examples":["payments/webhook-signing","payments/db-app"]};
 const schema45 = {"title":"Generator","description":"How a value is generated: `length` characters chosen uniformly at random from `charset`, using the operating system's cryptographic random source.","type":"object","additionalProperties":false,"properties":{"length":{"description":"Number of characters (1 to 4096). Default 32.","type":"integer","minimum":1,"maximum":4096,"default":32,"examples":[32,48]},"charset":{"description":"The alphabet: alphanumeric (A-Z a-z 0-9), hex (0-9 a-f), base64url (A-Z a-z 0-9 - _), ascii-printable (every printable ASCII character but space), or custom (the characters of `chars`). Default alphanumeric.","type":"string","enum":["alphanumeric","hex","base64url","ascii-printable","custom"],"default":"alphanumeric"},"chars":{"description":"The alphabet of a `custom` charset: at least 2 distinct printable ASCII characters.","type":"string","minLength":2,"maxLength":95,"examples":["ABCDEFGHJKLMNPQRSTUVWXYZ23456789"]}},"examples":[{"length":48,"charset":"alphanumeric"}]};
-const pattern13 = new RegExp("^[a-z0-9._-]+(/[a-z0-9._-]+)*$", "u");
-const pattern15 = new RegExp("^[A-Za-z_][A-Za-z0-9_]{0,63}$", "u");
-const pattern17 = new RegExp("^[^\\u0000-\\u001f\\u007f]+$", "u");
+const pattern14 = new RegExp("^[a-z0-9._-]+(/[a-z0-9._-]+)*$", "u");
+const pattern16 = new RegExp("^[A-Za-z_][A-Za-z0-9_]{0,63}$", "u");
+const pattern18 = new RegExp("^[^\\u0000-\\u001f\\u007f]+$", "u");
 
 function validate23(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="secret.schema.json" */;
@@ -785,7 +831,7 @@ vErrors.push(err2);
 errors++;
 }
 for(const key0 in data){
-if(!(func5.call(schema42.properties, key0))){
+if(!(func7.call(schema42.properties, key0))){
 const err3 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err3];
@@ -831,7 +877,7 @@ vErrors.push(err6);
 }
 errors++;
 }
-if(!pattern13.test(data1)){
+if(!pattern14.test(data1)){
 const err7 = {instancePath:instancePath+"/name",schemaPath:"common.schema.json#/$defs/secretName/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._-]+(/[a-z0-9._-]+)*$"},message:"must match pattern \""+"^[a-z0-9._-]+(/[a-z0-9._-]+)*$"+"\""};
 if(vErrors === null){
 vErrors = [err7];
@@ -881,7 +927,7 @@ errors++;
 if(data.policy !== undefined){
 let data3 = data.policy;
 if(typeof data3 === "string"){
-if(!pattern6.test(data3)){
+if(!pattern7.test(data3)){
 const err11 = {instancePath:instancePath+"/policy",schemaPath:"common.schema.json#/$defs/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9][a-z0-9._-]{0,62}$"},message:"must match pattern \""+"^[a-z0-9][a-z0-9._-]{0,62}$"+"\""};
 if(vErrors === null){
 vErrors = [err11];
@@ -1049,7 +1095,7 @@ errors++;
 for(const key2 in data8){
 const _errs23 = errors;
 if(typeof key2 === "string"){
-if(!pattern15.test(key2)){
+if(!pattern16.test(key2)){
 const err25 = {instancePath:instancePath+"/fields",schemaPath:"#/properties/fields/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},message:"must match pattern \""+"^[A-Za-z_][A-Za-z0-9_]{0,63}$"+"\"",propertyName:key2};
 if(vErrors === null){
 vErrors = [err25];
@@ -1401,7 +1447,7 @@ errors++;
 if(data18.target !== undefined){
 let data19 = data18.target;
 if(typeof data19 === "string"){
-if(!pattern6.test(data19)){
+if(!pattern7.test(data19)){
 const err54 = {instancePath:instancePath+"/database/target",schemaPath:"common.schema.json#/$defs/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9][a-z0-9._-]{0,62}$"},message:"must match pattern \""+"^[a-z0-9][a-z0-9._-]{0,62}$"+"\""};
 if(vErrors === null){
 vErrors = [err54];
@@ -1469,7 +1515,7 @@ vErrors.push(err59);
 }
 errors++;
 }
-if(!pattern17.test(data21)){
+if(!pattern18.test(data21)){
 const err60 = {instancePath:instancePath+"/database/username",schemaPath:"#/properties/database/properties/username/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err60];
@@ -1538,7 +1584,7 @@ vErrors.push(err65);
 }
 errors++;
 }
-if(!pattern17.test(data23)){
+if(!pattern18.test(data23)){
 const err66 = {instancePath:instancePath+"/database/usernames/" + i0,schemaPath:"#/properties/database/properties/usernames/items/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err66];
@@ -1811,7 +1857,7 @@ errors++;
 if(data.name !== undefined){
 let data1 = data.name;
 if(typeof data1 === "string"){
-if(!pattern6.test(data1)){
+if(!pattern7.test(data1)){
 const err6 = {instancePath:instancePath+"/name",schemaPath:"common.schema.json#/$defs/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9][a-z0-9._-]{0,62}$"},message:"must match pattern \""+"^[a-z0-9][a-z0-9._-]{0,62}$"+"\""};
 if(vErrors === null){
 vErrors = [err6];
@@ -1884,7 +1930,7 @@ errors++;
 if(data.agent !== undefined){
 let data4 = data.agent;
 if(typeof data4 === "string"){
-if(!pattern6.test(data4)){
+if(!pattern7.test(data4)){
 const err12 = {instancePath:instancePath+"/agent",schemaPath:"common.schema.json#/$defs/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9][a-z0-9._-]{0,62}$"},message:"must match pattern \""+"^[a-z0-9][a-z0-9._-]{0,62}$"+"\""};
 if(vErrors === null){
 vErrors = [err12];
@@ -1924,8 +1970,8 @@ validate24.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const agent = validate25;
 const schema51 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"agent.schema.json","title":"Agent","description":"A rotor-agent running near one or more databases. Its public keys are printed by `rotor keygen` on the agent's host.","type":"object","additionalProperties":false,"required":["kind","name","signingKey","recipient"],"properties":{"kind":{"const":"Agent","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The agent's name, referenced by `Target.agent` and by the agent's configuration."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"signingKey":{"description":"The agent's Ed25519 public key, `ed25519:` followed by the base64 of its 32 bytes. The daemon accepts only requests signed with it.","type":"string","pattern":"^ed25519:[A-Za-z0-9+/]{43}=$","examples":["ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="]},"recipient":{"description":"The agent's age recipient (`age1...`). Credentials sent to the agent are encrypted to it.","type":"string","pattern":"^age1[02-9ac-hj-np-z]{58}$","examples":["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]}}};
-const pattern22 = new RegExp("^ed25519:[A-Za-z0-9+/]{43}=$", "u");
-const pattern23 = new RegExp("^age1[02-9ac-hj-np-z]{58}$", "u");
+const pattern23 = new RegExp("^ed25519:[A-Za-z0-9+/]{43}=$", "u");
+const pattern24 = new RegExp("^age1[02-9ac-hj-np-z]{58}$", "u");
 
 function validate25(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="agent.schema.json" */;
@@ -2006,7 +2052,7 @@ errors++;
 if(data.name !== undefined){
 let data1 = data.name;
 if(typeof data1 === "string"){
-if(!pattern6.test(data1)){
+if(!pattern7.test(data1)){
 const err6 = {instancePath:instancePath+"/name",schemaPath:"common.schema.json#/$defs/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9][a-z0-9._-]{0,62}$"},message:"must match pattern \""+"^[a-z0-9][a-z0-9._-]{0,62}$"+"\""};
 if(vErrors === null){
 vErrors = [err6];
@@ -2056,7 +2102,7 @@ errors++;
 if(data.signingKey !== undefined){
 let data3 = data.signingKey;
 if(typeof data3 === "string"){
-if(!pattern22.test(data3)){
+if(!pattern23.test(data3)){
 const err10 = {instancePath:instancePath+"/signingKey",schemaPath:"#/properties/signingKey/pattern",keyword:"pattern",params:{pattern: "^ed25519:[A-Za-z0-9+/]{43}=$"},message:"must match pattern \""+"^ed25519:[A-Za-z0-9+/]{43}=$"+"\""};
 if(vErrors === null){
 vErrors = [err10];
@@ -2081,7 +2127,7 @@ errors++;
 if(data.recipient !== undefined){
 let data4 = data.recipient;
 if(typeof data4 === "string"){
-if(!pattern23.test(data4)){
+if(!pattern24.test(data4)){
 const err12 = {instancePath:instancePath+"/recipient",schemaPath:"#/properties/recipient/pattern",keyword:"pattern",params:{pattern: "^age1[02-9ac-hj-np-z]{58}$"},message:"must match pattern \""+"^age1[02-9ac-hj-np-z]{58}$"+"\""};
 if(vErrors === null){
 vErrors = [err12];
@@ -2121,7 +2167,7 @@ validate25.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const consumer = validate26;
 const schema53 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"consumer.schema.json","title":"Consumer","description":"An application on the daemon's host that reads secrets over its own Unix socket, `<name>.sock` in the daemon's socket directory.","type":"object","additionalProperties":false,"required":["kind","name","uid","secrets"],"properties":{"kind":{"const":"Consumer","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The consumer's name; its socket is `<name>.sock`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"uid":{"description":"The Unix user id that owns the consumer's socket (mode 0600): only that user can connect.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"gid":{"description":"The Unix group id of the socket. Default: the daemon's group.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"secrets":{"description":"The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments), each at most 253 characters and 32 segments.","type":"array","minItems":1,"maxItems":1000,"items":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},"examples":[["payments/*"],["payments/**","shared/tls-session-key"]]}},"examples":[{"kind":"Consumer","name":"billing-api","uid":1001,"secrets":["payments/*"]}]};
-const pattern25 = new RegExp("^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$", "u");
+const pattern26 = new RegExp("^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$", "u");
 
 function validate26(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="consumer.schema.json" */;
@@ -2202,7 +2248,7 @@ errors++;
 if(data.name !== undefined){
 let data1 = data.name;
 if(typeof data1 === "string"){
-if(!pattern6.test(data1)){
+if(!pattern7.test(data1)){
 const err6 = {instancePath:instancePath+"/name",schemaPath:"common.schema.json#/$defs/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9][a-z0-9._-]{0,62}$"},message:"must match pattern \""+"^[a-z0-9][a-z0-9._-]{0,62}$"+"\""};
 if(vErrors === null){
 vErrors = [err6];
@@ -2366,7 +2412,7 @@ vErrors.push(err19);
 }
 errors++;
 }
-if(!pattern25.test(data6)){
+if(!pattern26.test(data6)){
 const err20 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},message:"must match pattern \""+"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"+"\""};
 if(vErrors === null){
 vErrors = [err20];

@@ -311,7 +311,8 @@ function configList(status: StatusView, now: number): string {
         : a.commitPending
           ? '<span class="badge info">committing</span> entries waiting to be committed and pushed'
           : '<span class="badge ok">pushed</span> every entry is pushed';
-    rows.push(`<dt>Audit log</dt><dd>${text}</dd>`);
+    const where = a.branch ? ` · on branch <code>${esc(a.branch)}</code>` : '';
+    rows.push(`<dt>Audit log</dt><dd>${text}${where}</dd>`);
   }
   return `<dl class="config">${rows.join('')}</dl>`;
 }

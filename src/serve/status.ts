@@ -78,6 +78,8 @@ export interface AgentsStatus {
 }
 
 export interface AuditStatus {
+  /** The branch the log is committed to when it is not the declarations' one (audit.branch). */
+  readonly branch?: string;
   readonly commitPending: boolean;
   readonly pushFailures: number;
   /** The code and message of the last failed commit or push, while pushes fail. */
