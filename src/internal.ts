@@ -33,8 +33,28 @@ export {
   MAX_RESULT_MESSAGE,
   MAX_RESULTS_BODY,
 } from './protocol/jobs.js';
-export { openSealed, SealError } from './protocol/seal.js';
+export { openSealed, SealError, sealForAgent } from './protocol/seal.js';
 export { H_NONCE, signRequest, verifyResponse } from './protocol/sign.js';
+export type {
+  HostedConsumer,
+  Receipt as ValuesReceipt,
+  SecretCopy,
+  ValuesAnswer,
+  ValuesPayload,
+} from './protocol/values.js';
+export {
+  AGENT_RECEIPTS_PATH,
+  AGENT_VALUES_PATH,
+  MAX_RECEIPTS_PER_REQUEST,
+  MAX_VALUES_ANSWER,
+  ValuesOpener,
+} from './protocol/values.js';
+export type { Health } from './serve/consumer-api.js';
+export { consumerHandler } from './serve/consumer-api.js';
+export type { ReceiptBook, Served, ValueSource, VersionView } from './serve/consumer-service.js';
+export { ConsumerService } from './serve/consumer-service.js';
+export type { ConsumerSocketSpec } from './serve/consumer-sockets.js';
+export { ConsumerSockets } from './serve/consumer-sockets.js';
 export type {
   OpenSopsOptions,
   SopsDocument,

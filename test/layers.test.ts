@@ -40,6 +40,9 @@ const AGENT_MAY_IMPORT: readonly string[] = [
   'schedule',
   'model',
   'protocol',
+  // The consumer sockets an agent serves on its host: the daemon's own serving code (ConsumerSockets,
+  // consumerHandler, ConsumerService), not a second one.
+  'serve',
 ];
 
 /**

@@ -8,7 +8,7 @@ import { copyFixture, ROOT, rotor } from './helpers.js';
 t.test('the bundled example is valid, without warnings', async (t) => {
   const r = await rotor(['validate', 'policies']);
   t.equal(r.code, 0, r.stdout);
-  t.equal(r.stdout, 'policies: valid (12 secrets, 4 policies, 6 targets, 1 agent, 3 consumers; 0 warnings)\n');
+  t.equal(r.stdout, 'policies: valid (12 secrets, 4 policies, 6 targets, 2 agents, 4 consumers; 0 warnings)\n');
 });
 
 t.test('the built binary validates the example and fails on a bad repository', async (t) => {

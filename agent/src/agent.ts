@@ -16,6 +16,8 @@
  *   them, retried with backoff; when the agent dies before that, the daemon delivers the job again after
  *   its lease, and the steps are idempotent).
  * - ./steps.ts: step boundaries on the diagnostics channel `rotor-agent:step`.
+ * - ./host.ts: the consumers declared on this agent (hostConsumers): their sockets, the values the
+ *   daemon pushes for them, read receipts back, the sealed cache.
  *
  * Logs: identifiers, steps and codes only; never a value, a sealed text, or a driver's message.
  */
@@ -27,6 +29,7 @@ import type { AgentConfig } from './config.js';
 import type { EngineFactory } from './engines/types.js';
 import { AgentError, transportProblem } from './errors.js';
 import { executeJob } from './execute.js';
+import { ConsumerHost } from './host.js';
 import type { Retry } from './loops.js';
 import { pollLoop, ResultStore, reportAll, reportLoop } from './loops.js';
 import { Changes, Pump } from './pump.js';
@@ -38,6 +41,8 @@ import { jobOf, malformedJobStub } from './wire.js';
 
 export type { AgentErrorCode } from './errors.js';
 export { AgentError } from './errors.js';
+export type { AgentValuesMessage } from './host.js';
+export { agentValuesChannel, CACHE_FILE, ConsumerHost } from './host.js';
 export type { AgentStep, AgentStepMessage } from './steps.js';
 export { agentStepChannel } from './steps.js';
 export type { HttpAnswer, HttpExchange, Transport } from './transport.js';
@@ -65,6 +70,11 @@ export interface AgentOptions {
   readonly transport?: Transport;
   /** How many report attempts runOnce makes before it gives up on results (default 5). */
   readonly onceReportAttempts?: number;
+  /**
+   * Serve the consumers declared on this agent (./host.ts) beside the jobs (default false; the
+   * rotor-agent command turns it on). `{ sockets: false, cache: false }` runs the values loop alone.
+   */
+  readonly hostConsumers?: boolean | { readonly sockets?: boolean; readonly cache?: boolean; readonly wait?: number };
 }
 
 export interface StopOptions {
@@ -109,10 +119,14 @@ export class Agent {
   readonly #pump: Pump;
   readonly #store = new ResultStore();
   readonly #changes = new Changes();
+  /** The consumers this agent hosts, when it hosts them. */
+  readonly host: ConsumerHost | undefined;
   /** Receives each finished result (runOnce's summary). */
   #onResult: ((r: Result) => void) | undefined;
 
   #started = false;
+  /** Resolves once the consumer host read its cache and started (undefined without one). */
+  hosting: Promise<void> | undefined;
   #stopping = false;
   #stopped: Promise<void> | undefined;
   /** Aborted at stop: ends the long poll and the poll loop's delays. */
@@ -149,6 +163,17 @@ export class Agent {
       now: options.now ?? Date.now,
       maxAnswerBytes: options.maxAnswerBytes ?? DEFAULT_MAX_ANSWER,
     });
+    const hosting = options.hostConsumers;
+    this.host = hosting
+      ? new ConsumerHost({
+          config,
+          client: this.#client,
+          log,
+          retry: this.#retry,
+          ...(options.now ? { now: options.now } : {}),
+          ...(typeof hosting === 'object' ? hosting : {}),
+        })
+      : undefined;
     const engines = (this.#engines = new EngineRegistry(options.engines ?? {}));
     this.#pump = new Pump({
       limit,
@@ -168,7 +193,10 @@ export class Agent {
     });
   }
 
-  /** Starts polling and reporting in the background; stop() ends it. */
+  /**
+   * Starts polling and reporting in the background; stop() ends it. The consumers' values loop starts
+   * too (after the sealed cache is read: `hosting` resolves then).
+   */
   start(): void {
     if (this.#started || this.#stopping) throw new Error('the agent was already started or stopped');
     this.#started = true;
@@ -176,6 +204,7 @@ export class Agent {
     this.#log('info', 'agent started', { agent: name, daemon: daemon.origin, targets: targets.size });
     const changed = (signal: AbortSignal) => this.#changes.wait(signal);
     const stopping = () => this.#stopping;
+    this.hosting = this.host?.start();
     this.#loops = [
       pollLoop({
         log: this.#log,
@@ -231,7 +260,8 @@ export class Agent {
       for (const job of this.#pump.dropQueued()) this.#store.release(job.id);
     }
     this.#changes.notify();
-    const all = Promise.all([...this.#loops, ...this.#pump.running()]).then(() => {});
+    const hostStopped = this.hosting?.catch(() => undefined).then(() => this.host?.stop());
+    const all = Promise.all([...this.#loops, ...this.#pump.running(), hostStopped]).then(() => {});
     const gaveUp = new Promise<void>((resolve) => {
       if (this.#deadline.signal.aborted) resolve();
       else this.#deadline.signal.addEventListener('abort', () => resolve(), { once: true });

@@ -7,7 +7,8 @@
  *   name: db-host-1                          # its Agent declaration
  *   keyDir: /var/lib/rotor-agent             # made by `rotor keygen`
  *   daemonSigningKey: "ed25519:..."          # printed by `rotor keygen` for the daemon
- *   targets:
+ *   socketDir: /run/rotor-agent              # optional: the sockets of the consumers declared on this agent
+ *   targets:                                 # optional: the databases this agent changes
  *     payments-pg:
  *       url: postgres://rotor_admin@127.0.0.1:5432/postgres
  *       password: { env: PG_ADMIN_PASSWORD } # or { sops: admin.enc.yaml, key: pg }, or the password itself (warned)
@@ -143,6 +144,8 @@ export interface AgentConfig {
   readonly keys: Keys;
   /** Verifies the daemon's answers. */
   readonly daemonSigningKey: KeyObject;
+  /** Where the consumers' sockets go, absolute. */
+  readonly socketDir: string;
   /** How to reach each Target, by name, with its admin password resolved. */
   readonly targets: ReadonlyMap<string, TargetConnection>;
   /** Each target URL's scheme, lower case (see schemeFitsEngine). */
@@ -163,7 +166,8 @@ interface RawConfig {
   name: string;
   keyDir: string;
   daemonSigningKey: string;
-  targets: Record<string, RawTarget>;
+  socketDir?: string;
+  targets?: Record<string, RawTarget>;
 }
 type RawPassword = string | { env: string } | { sops: string; key: string };
 interface RawTarget {
@@ -478,11 +482,12 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
   const sources = new Map<string, PasswordSource>();
   const sopsFiles = new Map<string, Promise<SopsDocument>>();
   let firstPlain: Path | undefined;
-  const names = Object.keys(raw.targets);
-  if (names.length === 0)
+  const rawTargets = raw.targets ?? {};
+  const names = Object.keys(rawTargets);
+  if (raw.targets !== undefined && names.length === 0)
     warn(['targets'], 'AGENT_CONFIG_NO_TARGETS', 'targets is empty: this agent serves no database yet', true);
   for (const name of names) {
-    const t = raw.targets[name]!;
+    const t = rawTargets[name]!;
     const at = ['targets', name];
     const field = `targets.${name}`;
     const url = checkTargetUrl(`${field}.url`, t.url);
@@ -600,6 +605,7 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
     daemon: daemon as URL,
     name: raw.name,
     keyDir,
+    socketDir: path.resolve(path.dirname(absFile), raw.socketDir ?? defaultSocketDir(env)),
     keys: keys!,
     daemonSigningKey: daemonSigningKey!,
     targets,
@@ -607,6 +613,12 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
     passwordSources: sources,
     warnings: sorted(),
   });
+}
+
+/** $RUNTIME_DIRECTORY (the first, when systemd lists several), else /run/rotor. */
+export function defaultSocketDir(env: NodeJS.ProcessEnv): string {
+  const first = env.RUNTIME_DIRECTORY?.split(':')[0];
+  return first && path.isAbsolute(first) ? first : '/run/rotor';
 }
 
 /** " (keys there: a, b)" or "; did you mean ...": names only, never values. */

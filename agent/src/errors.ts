@@ -15,7 +15,9 @@ export type AgentErrorCode =
   /** An answer over maxAnswerBytes. */
   | 'AGENT_ANSWER_TOO_LARGE'
   /** The agent is stopping. */
-  | 'AGENT_STOPPED';
+  | 'AGENT_STOPPED'
+  /** A verified values answer that does not open with the agent's identity (another recipient declared for it?). */
+  | 'AGENT_VALUES_SEAL';
 
 /** The statuses of a verified refusal that the same request would get again: the daemon refuses it for good. */
 const REFUSED_FOR_GOOD: ReadonlySet<number> = new Set([400, 413, 422]);

@@ -103,7 +103,12 @@ export interface Retry {
   readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
 }
 
-export function logExchangeFailure(log: Logger, what: 'poll' | 'report', e: unknown, delayMs: number): void {
+export function logExchangeFailure(
+  log: Logger,
+  what: 'poll' | 'report' | 'values' | 'receipts',
+  e: unknown,
+  delayMs: number,
+): void {
   const p = transportProblem(e);
   const level = p.code === 'AGENT_DAEMON_UNREACHABLE' ? 'warn' : 'error';
   log(level, `${what}: ${p.message}; retrying`, {

@@ -163,7 +163,7 @@ export async function main(
   }
   for (const w of config.warnings) log('warn', `${w.file}:${w.line}:${w.col}: ${w.message}`, { code: w.code });
 
-  const agent = new Agent(config, { log, ...io.agentOptions });
+  const agent = new Agent(config, { log, hostConsumers: true, ...io.agentOptions });
   if (flags.once) {
     try {
       const summary = await agent.runOnce();

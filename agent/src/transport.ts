@@ -7,11 +7,21 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import http from 'node:http';
 import https from 'node:https';
-import type { Logger, Result } from 'rotor/internal';
-import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, boundedBody, declaredOver, H_NONCE, signRequest } from 'rotor/internal';
+import type { Logger, Result, ValuesAnswer, ValuesReceipt } from 'rotor/internal';
+import {
+  AGENT_JOBS_PATH,
+  AGENT_RECEIPTS_PATH,
+  AGENT_RESULTS_PATH,
+  AGENT_VALUES_PATH,
+  boundedBody,
+  declaredOver,
+  H_NONCE,
+  MAX_VALUES_ANSWER,
+  signRequest,
+} from 'rotor/internal';
 import type { AgentConfig } from './config.js';
 import { AgentError } from './errors.js';
-import { acceptedOf, answerData, jobsOf } from './wire.js';
+import { acceptedOf, answerData, jobsOf, valuesOf } from './wire.js';
 
 export interface HttpExchange {
   readonly url: URL;
@@ -135,15 +145,34 @@ export class DaemonClient {
     return acceptedOf(await this.#exchange(AGENT_RESULTS_PATH, { results }, EXCHANGE_MS, signal));
   }
 
+  /** One values long-poll of at most `wait` seconds (src/protocol/values.ts): the answer, still sealed. */
+  async values(cursor: { epoch?: string; after?: number }, wait: number, signal: AbortSignal): Promise<ValuesAnswer> {
+    const body = { wait, ...cursor };
+    return valuesOf(
+      await this.#exchange(AGENT_VALUES_PATH, body, wait * 1000 + POLL_MARGIN_MS, signal, MAX_VALUES_ANSWER),
+    );
+  }
+
+  /** Sends read receipts: how many the daemon took (undefined if its answer does not say). */
+  async receipts(receipts: readonly ValuesReceipt[], signal: AbortSignal): Promise<number | undefined> {
+    return acceptedOf(await this.#exchange(AGENT_RECEIPTS_PATH, { receipts }, EXCHANGE_MS, signal));
+  }
+
   /** One signed POST; the answer's JSON when it verified and its status is 200. */
-  async #exchange(path: string, payload: unknown, timeoutMs: number, signal: AbortSignal): Promise<unknown> {
+  async #exchange(
+    path: string,
+    payload: unknown,
+    timeoutMs: number,
+    signal: AbortSignal,
+    maxBytes = this.#o.maxAnswerBytes,
+  ): Promise<unknown> {
     if (signal.aborted) throw new AgentError('AGENT_STOPPED', 'the agent is stopping');
     const { config } = this.#o;
     const body = Buffer.from(JSON.stringify(payload), 'utf8');
     const privateKey = config.keys.signing;
     const headers = signRequest({ agent: config.name, method: 'POST', path, body, privateKey, now: this.#o.now() });
     const url = new URL(path, config.daemon);
-    const answer = await this.#o.transport({ url, headers, body, timeoutMs, maxBytes: this.#o.maxAnswerBytes, signal });
+    const answer = await this.#o.transport({ url, headers, body, timeoutMs, maxBytes, signal });
     return answerData(path, answer, headers[H_NONCE], config.daemonSigningKey);
   }
 }

@@ -7,7 +7,7 @@
 
 import type { KeyObject } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
-import type { Credential, EngineName, Job, RetirePayload, SetPayload, Strategy } from 'rotor/internal';
+import type { Credential, EngineName, Job, RetirePayload, SetPayload, Strategy, ValuesAnswer } from 'rotor/internal';
 import { ENGINE_NAMES, verifyResponse } from 'rotor/internal';
 import { AgentError } from './errors.js';
 
@@ -61,6 +61,23 @@ export function jobsOf(data: unknown): unknown[] {
     throw new AgentError('AGENT_ANSWER_INVALID', 'the daemon\'s answer to a poll has no "jobs" list', 200);
   }
   return data.jobs;
+}
+
+/** A values answer's fields, checked for shape (the sealed part is opened by ValuesOpener). */
+export function valuesOf(data: unknown): ValuesAnswer {
+  if (
+    !isRecord(data) ||
+    typeof data.epoch !== 'string' ||
+    !Number.isSafeInteger(data.cursor) ||
+    typeof data.kx !== 'string' ||
+    typeof data.sealed !== 'string'
+  )
+    throw new AgentError(
+      'AGENT_ANSWER_INVALID',
+      "the daemon's answer to a values poll lacks epoch, cursor, kx or sealed",
+      200,
+    );
+  return { epoch: data.epoch, cursor: data.cursor as number, kx: data.kx, sealed: data.sealed };
 }
 
 /** How many results the daemon says it accepted, if it says so. */

@@ -110,7 +110,10 @@ export function render(st: Status, color: boolean): string {
             : 'ok';
     const consumers =
       s.consumers
-        .map((c) => `${c.name}${c.version !== undefined ? `@${c.version}` : ''}${c.behind ? '*' : ''}`)
+        .map(
+          (c) =>
+            `${c.name}${c.host && c.host !== 'daemon' ? ` (${c.host})` : ''}${c.version !== undefined ? `@${c.version}` : ''}${c.behind ? '*' : ''}`,
+        )
         .join(', ') || '-';
     rows.push([
       s.name,

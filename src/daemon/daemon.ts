@@ -6,7 +6,7 @@
  * and pushes it, and answers the admin socket.
  *
  * The parts: sync.ts follows the repository and applies commits, audit-publisher.ts commits and
- * pushes the audit log, consumer-backend.ts answers the consumer sockets, status.ts builds the
+ * pushes the audit log, serve/consumer-service.ts answers the consumer sockets, status.ts builds the
  * status snapshot; this file opens them in order and wires them together.
  */
 import { randomBytes } from 'node:crypto';
@@ -31,17 +31,19 @@ import { AUDIT_HEAD_KEY, Engine } from '../rotation/engine.js';
 import { listenAdmin } from '../serve/admin.js';
 import { type AgentApiLimits, listenAgentApi } from '../serve/agent-api.js';
 import { consumerHandler } from '../serve/consumer-api.js';
+import { ConsumerService } from '../serve/consumer-service.js';
 import { ConsumerSockets } from '../serve/consumer-sockets.js';
+import { accessOf } from '../serve/grants.js';
 import type { ListenerLimits } from '../serve/limits.js';
 import { listenMetrics } from '../serve/metrics.js';
 import type { DaemonStatus, RecentView } from '../serve/status.js';
 import type { StateStore, StoreFs } from '../state/index.js';
 import { fileStoreBackend } from '../state/index.js';
 import { SerialQueue } from '../util/serial.js';
+import { AgentValues } from './agent-values.js';
 import { AgentHub } from './agents.js';
 import { committedAuditHead } from './audit-anchor.js';
 import { AuditPublisher } from './audit-publisher.js';
-import { DaemonConsumers } from './consumer-backend.js';
 import { checkDataDir, lockDataDir } from './lock.js';
 import { Receipts } from './receipts.js';
 import { readSopsValues } from './sops-values.js';
@@ -86,10 +88,11 @@ export class Daemon {
   private repo!: Repo;
   private sockets: ConsumerSockets | undefined;
   private hub!: AgentHub;
+  private agentValues!: AgentValues;
   private agentApi: Awaited<ReturnType<typeof listenAgentApi>> | undefined;
   private metrics: Awaited<ReturnType<typeof listenMetrics>> | undefined;
   private receipts!: Receipts;
-  private consumers!: DaemonConsumers;
+  private consumers!: ConsumerService;
   private store!: StateStore;
   private audit!: AuditLog;
   private publisher!: AuditPublisher;
@@ -302,19 +305,21 @@ export class Daemon {
       log: (level, message, fields) => log(level, message, fields),
       onChange: (name) => {
         this.consumers.notify(name);
+        this.agentValues.changed(name);
         this.rearmSoon();
       },
       readByAll: (name, version) => this.consumers.readByAll(name, version),
     });
-    this.consumers = new DaemonConsumers({
-      engine: this.engine,
+    this.consumers = new ConsumerService({
+      source: this.engine,
       receipts: this.receipts,
       log,
       now: this.now,
       running: () => !this.stopped,
-      rearmSoon: () => this.rearmSoon(),
+      onNewer: () => this.rearmSoon(),
     });
     const consumers = this.consumers;
+    this.agentValues = new AgentValues({ engine: this.engine, consumers, log });
     this.sockets = new ConsumerSockets({
       dir: this.socketDir,
       log,
@@ -325,6 +330,7 @@ export class Daemon {
     if (this.o.agentListen !== undefined) {
       this.agentApi = await listenAgentApi(this.o.agentListen, {
         hub: this.hub,
+        values: this.agentValues,
         signing: keys.signing,
         log,
         now: this.now,
@@ -375,19 +381,19 @@ export class Daemon {
   /** Puts a valid commit's declarations in force (RepoSync.consider calls it). */
   private async apply(desired: Desired, commit: string, at: string): Promise<void> {
     this.desired = desired;
-    this.consumers.setModel(desired);
+    this.consumers.setModel(accessOf(desired));
     this.hub.setModel(desired);
+    this.agentValues.setModel(desired);
     await this.engine.apply(desired, commit, await readSopsValues(this.repo.dir, commit, desired, this.identity));
     await this.appendAudit([{ time: at, event: 'config-applied', commit }]);
     this.o.log('info', 'commit applied', { commit, secrets: desired.secrets.size });
     // New secrets get version 1 and rotate-now requests run before this returns.
     await this.engine.runDue();
     this.receipts.prune((consumer, secret) => desired.consumers.has(consumer) && desired.secrets.has(secret));
-    const specs = [...desired.consumers.values()].map(({ decl }) => ({
-      name: decl.name,
-      uid: decl.uid,
-      ...(decl.gid !== undefined ? { gid: decl.gid } : {}),
-    }));
+    // A consumer that names an agent is served by that agent on its own host, not here.
+    const specs = [...desired.consumers.values()]
+      .filter(({ decl }) => decl.agent === undefined)
+      .map(({ decl }) => ({ name: decl.name, uid: decl.uid, ...(decl.gid !== undefined ? { gid: decl.gid } : {}) }));
     await this.sockets?.sync(specs);
     this.consumers.notifyAll(); // grants may have changed
     this.rearm();
@@ -486,6 +492,7 @@ export class Daemon {
     this.timers.stop();
     this.consumers?.notifyAll();
     this.hub?.close();
+    this.agentValues?.close();
     await this.agentApi?.close();
     await this.metrics?.close();
     await this.sockets?.close();

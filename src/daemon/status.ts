@@ -44,6 +44,7 @@ export function daemonStatus(p: StatusParts): DaemonStatus {
       const r = p.receipt(c, s.name);
       return {
         name: c,
+        host: desired?.consumers.get(c)?.decl.agent ?? 'daemon',
         ...(r ? { version: r.version, readAt: r.at } : {}),
         behind: s.version !== undefined && (r?.version ?? 0) < s.version,
       };

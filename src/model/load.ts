@@ -228,8 +228,12 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
     checkSecret(e, { policies, targets, mentioned, files: listing.files, auditDir, dbUsers }, r);
   if (options.sopsValues) await checkSopsValues(source, listing.files, secrets, r);
   const index = new NameIndex(secrets.keys());
-  for (const e of consumers.values()) checkConsumer(e, index, r);
-  checkUnused(policies, targets, agents, secrets, r);
+  for (const e of consumers.values()) {
+    checkConsumer(e, index, r);
+    if (e.decl.agent !== undefined)
+      checkRef(e.pd, ['agent'], 'Agent', e.decl.agent, agents, mentioned.Agent, 'AGENT_UNKNOWN', r);
+  }
+  checkUnused(policies, targets, agents, secrets, consumers, r);
 
   const locate = <T>(m: Map<string, Entry<T>>) => new Map([...m].map(([k, e]) => [k, locatedOf(e)]));
   const desired: Desired = Object.freeze({
@@ -893,6 +897,7 @@ function checkUnused(
   targets: Map<string, Entry<Target>>,
   agents: Map<string, Entry<Agent>>,
   secrets: Map<string, Entry<Secret>>,
+  consumers: Map<string, Entry<Consumer>>,
   r: Reporter,
 ): void {
   const usedPolicies = new Set<string>();
@@ -902,10 +907,11 @@ function checkUnused(
     if (s.decl.database) usedTargets.add(s.decl.database.target);
   }
   const usedAgents = new Set([...targets.values()].map((t) => t.decl.agent));
+  for (const c of consumers.values()) if (c.decl.agent !== undefined) usedAgents.add(c.decl.agent);
   for (const [name, e] of policies)
     if (!usedPolicies.has(name)) r.warn(e.pd, ['name'], 'UNUSED', `policy "${name}" is used by no secret`);
   for (const [name, e] of targets)
     if (!usedTargets.has(name)) r.warn(e.pd, ['name'], 'UNUSED', `target "${name}" is used by no secret`);
   for (const [name, e] of agents)
-    if (!usedAgents.has(name)) r.warn(e.pd, ['name'], 'UNUSED', `agent "${name}" is used by no target`);
+    if (!usedAgents.has(name)) r.warn(e.pd, ['name'], 'UNUSED', `agent "${name}" is used by no target and no consumer`);
 }

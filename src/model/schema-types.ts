@@ -56,6 +56,10 @@ export type Name5 = string;
  * The consumer's name; its socket is `<name>.sock`.
  */
 export type Name6 = string;
+/**
+ * The Agent on whose host the consumer runs: that rotor-agent serves its socket (in the agent's `socketDir`) with the values the daemon sends it. Without it, the daemon serves the consumer on its own host.
+ */
+export type Name7 = string;
 
 export interface Declarations {
   config?: Config;
@@ -303,7 +307,7 @@ export interface Agent {
   recipient: string;
 }
 /**
- * An application on the daemon's host that reads secrets over its own Unix socket, `<name>.sock` in the daemon's socket directory.
+ * An application that reads secrets over its own Unix socket, `<name>.sock`: in the daemon's socket directory, or, with `agent:`, in the socket directory of that rotor-agent on the application's host.
  */
 export interface Consumer {
   /**
@@ -323,6 +327,7 @@ export interface Consumer {
    * The Unix group id of the socket. Default: the daemon's group.
    */
   gid?: number;
+  agent?: Name7;
   /**
    * The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments), each at most 253 characters and 32 segments.
    *

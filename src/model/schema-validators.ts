@@ -2166,8 +2166,8 @@ return errors === 0;
 validate25.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const consumer = validate26;
-const schema53 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"consumer.schema.json","title":"Consumer","description":"An application on the daemon's host that reads secrets over its own Unix socket, `<name>.sock` in the daemon's socket directory.","type":"object","additionalProperties":false,"required":["kind","name","uid","secrets"],"properties":{"kind":{"const":"Consumer","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The consumer's name; its socket is `<name>.sock`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"uid":{"description":"The Unix user id that owns the consumer's socket (mode 0600): only that user can connect.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"gid":{"description":"The Unix group id of the socket. Default: the daemon's group.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"secrets":{"description":"The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments), each at most 253 characters and 32 segments.","type":"array","minItems":1,"maxItems":1000,"items":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},"examples":[["payments/*"],["payments/**","shared/tls-session-key"]]}},"examples":[{"kind":"Consumer","name":"billing-api","uid":1001,"secrets":["payments/*"]}]};
-const pattern26 = new RegExp("^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$", "u");
+const schema53 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"consumer.schema.json","title":"Consumer","description":"An application that reads secrets over its own Unix socket, `<name>.sock`: in the daemon's socket directory, or, with `agent:`, in the socket directory of that rotor-agent on the application's host.","type":"object","additionalProperties":false,"required":["kind","name","uid","secrets"],"properties":{"kind":{"const":"Consumer","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The consumer's name; its socket is `<name>.sock`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"uid":{"description":"The Unix user id that owns the consumer's socket (mode 0600): only that user can connect.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"gid":{"description":"The Unix group id of the socket. Default: the daemon's group.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"agent":{"$ref":"common.schema.json#/$defs/name","description":"The Agent on whose host the consumer runs: that rotor-agent serves its socket (in the agent's `socketDir`) with the values the daemon sends it. Without it, the daemon serves the consumer on its own host.","examples":["web-1"]},"secrets":{"description":"The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments), each at most 253 characters and 32 segments.","type":"array","minItems":1,"maxItems":1000,"items":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},"examples":[["payments/*"],["payments/**","shared/tls-session-key"]]}},"examples":[{"kind":"Consumer","name":"billing-api","uid":1001,"secrets":["payments/*"]},{"kind":"Consumer","name":"web","agent":"web-1","uid":1002,"secrets":["payments/db"]}]};
+const pattern27 = new RegExp("^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$", "u");
 
 function validate26(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="consumer.schema.json" */;
@@ -2222,7 +2222,7 @@ vErrors.push(err3);
 errors++;
 }
 for(const key0 in data){
-if(!((((((key0 === "kind") || (key0 === "name")) || (key0 === "description")) || (key0 === "uid")) || (key0 === "gid")) || (key0 === "secrets"))){
+if(!(((((((key0 === "kind") || (key0 === "name")) || (key0 === "description")) || (key0 === "uid")) || (key0 === "gid")) || (key0 === "agent")) || (key0 === "secrets"))){
 const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err4];
@@ -2365,11 +2365,11 @@ errors++;
 }
 }
 }
-if(data.secrets !== undefined){
-let data5 = data.secrets;
-if(Array.isArray(data5)){
-if(data5.length > 1000){
-const err16 = {instancePath:instancePath+"/secrets",schemaPath:"#/properties/secrets/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
+if(data.agent !== undefined){
+let data5 = data.agent;
+if(typeof data5 === "string"){
+if(!pattern7.test(data5)){
+const err16 = {instancePath:instancePath+"/agent",schemaPath:"common.schema.json#/$defs/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9][a-z0-9._-]{0,62}$"},message:"must match pattern \""+"^[a-z0-9][a-z0-9._-]{0,62}$"+"\""};
 if(vErrors === null){
 vErrors = [err16];
 }
@@ -2378,8 +2378,9 @@ vErrors.push(err16);
 }
 errors++;
 }
-if(data5.length < 1){
-const err17 = {instancePath:instancePath+"/secrets",schemaPath:"#/properties/secrets/minItems",keyword:"minItems",params:{limit: 1},message:"must NOT have fewer than 1 items"};
+}
+else {
+const err17 = {instancePath:instancePath+"/agent",schemaPath:"common.schema.json#/$defs/name/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err17];
 }
@@ -2388,12 +2389,12 @@ vErrors.push(err17);
 }
 errors++;
 }
-const len0 = data5.length;
-for(let i0=0; i0<len0; i0++){
-let data6 = data5[i0];
-if(typeof data6 === "string"){
-if(func1(data6) > 253){
-const err18 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters"};
+}
+if(data.secrets !== undefined){
+let data6 = data.secrets;
+if(Array.isArray(data6)){
+if(data6.length > 1000){
+const err18 = {instancePath:instancePath+"/secrets",schemaPath:"#/properties/secrets/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -2402,8 +2403,8 @@ vErrors.push(err18);
 }
 errors++;
 }
-if(func1(data6) < 1){
-const err19 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(data6.length < 1){
+const err19 = {instancePath:instancePath+"/secrets",schemaPath:"#/properties/secrets/minItems",keyword:"minItems",params:{limit: 1},message:"must NOT have fewer than 1 items"};
 if(vErrors === null){
 vErrors = [err19];
 }
@@ -2412,8 +2413,12 @@ vErrors.push(err19);
 }
 errors++;
 }
-if(!pattern26.test(data6)){
-const err20 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},message:"must match pattern \""+"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"+"\""};
+const len0 = data6.length;
+for(let i0=0; i0<len0; i0++){
+let data7 = data6[i0];
+if(typeof data7 === "string"){
+if(func1(data7) > 253){
+const err20 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters"};
 if(vErrors === null){
 vErrors = [err20];
 }
@@ -2422,9 +2427,8 @@ vErrors.push(err20);
 }
 errors++;
 }
-}
-else {
-const err21 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(func1(data7) < 1){
+const err21 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err21];
 }
@@ -2433,10 +2437,8 @@ vErrors.push(err21);
 }
 errors++;
 }
-}
-}
-else {
-const err22 = {instancePath:instancePath+"/secrets",schemaPath:"#/properties/secrets/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(!pattern27.test(data7)){
+const err22 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},message:"must match pattern \""+"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"+"\""};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -2446,14 +2448,37 @@ vErrors.push(err22);
 errors++;
 }
 }
-}
 else {
-const err23 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+const err23 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err23];
 }
 else {
 vErrors.push(err23);
+}
+errors++;
+}
+}
+}
+else {
+const err24 = {instancePath:instancePath+"/secrets",schemaPath:"#/properties/secrets/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err24];
+}
+else {
+vErrors.push(err24);
+}
+errors++;
+}
+}
+}
+else {
+const err25 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err25];
+}
+else {
+vErrors.push(err25);
 }
 errors++;
 }

@@ -37,8 +37,15 @@ export class SealError extends RotorError {
   }
 }
 
-/** The armored age encryption of JSON.stringify(payload) to `recipient` (age1...). */
-export async function sealForAgent(recipient: string, payload: unknown): Promise<string> {
+/**
+ * The armored age encryption of JSON.stringify(payload) to `recipient` (age1...); `maxPayload` bounds
+ * the JSON (default MAX_SEALED_PAYLOAD; the agent's sealed cache of consumer values allows more).
+ */
+export async function sealForAgent(
+  recipient: string,
+  payload: unknown,
+  maxPayload = MAX_SEALED_PAYLOAD,
+): Promise<string> {
   const enc = new Encrypter();
   try {
     if (typeof recipient !== 'string' || recipient.length > MAX_KEY_TEXT || !recipient.startsWith('age1'))
@@ -59,16 +66,16 @@ export async function sealForAgent(recipient: string, payload: unknown): Promise
       'the payload has no JSON form (undefined, a function, a BigInt or a cycle)',
     );
   const bytes = Buffer.from(json, 'utf8');
-  if (bytes.length > MAX_SEALED_PAYLOAD)
+  if (bytes.length > maxPayload)
     throw new SealError(
       'SEAL_TOO_LARGE',
-      `the payload is ${bytes.length} bytes of JSON, over the ${MAX_SEALED_PAYLOAD}-byte limit`,
+      `the payload is ${bytes.length} bytes of JSON, over the ${maxPayload}-byte limit`,
     );
   return armor.encode(await enc.encrypt(bytes));
 }
 
-/** The payload of a sealed text, opened with the agent's age identity (AGE-SECRET-KEY-1...). */
-export async function openSealed(identity: string, sealed: string): Promise<unknown> {
+/** The payload of a sealed text, opened with the agent's age identity (AGE-SECRET-KEY-1...); `maxPayload` as for sealForAgent. */
+export async function openSealed(identity: string, sealed: string, maxPayload = MAX_SEALED_PAYLOAD): Promise<unknown> {
   const dec = new Decrypter();
   try {
     if (typeof identity !== 'string' || identity.length > MAX_KEY_TEXT || !identity.startsWith('AGE-SECRET-KEY-'))
@@ -79,8 +86,8 @@ export async function openSealed(identity: string, sealed: string): Promise<unkn
     throw new SealError('SEAL_IDENTITY', "the agent's identity is not an age identity (AGE-SECRET-KEY-1...)");
   }
   if (typeof sealed !== 'string') throw new SealError('SEAL_MALFORMED', 'the sealed value is not a string');
-  if (sealed.length > MAX_SEALED_TEXT)
-    throw new SealError('SEAL_TOO_LARGE', `the sealed text is over ${MAX_SEALED_TEXT} characters`);
+  const maxText = maxPayload === MAX_SEALED_PAYLOAD ? MAX_SEALED_TEXT : Math.ceil(maxPayload * 1.4) + 4096;
+  if (sealed.length > maxText) throw new SealError('SEAL_TOO_LARGE', `the sealed text is over ${maxText} characters`);
   let file: Uint8Array;
   try {
     file = armor.decode(sealed);
@@ -99,8 +106,8 @@ export async function openSealed(identity: string, sealed: string): Promise<unkn
       cause: e,
     });
   }
-  if (plaintext.length > MAX_SEALED_PAYLOAD)
-    throw new SealError('SEAL_TOO_LARGE', `the sealed payload is over ${MAX_SEALED_PAYLOAD} bytes`);
+  if (plaintext.length > maxPayload)
+    throw new SealError('SEAL_TOO_LARGE', `the sealed payload is over ${maxPayload} bytes`);
   try {
     return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(plaintext)) as unknown;
   } catch {

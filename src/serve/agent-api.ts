@@ -34,6 +34,15 @@ import {
   verifyRequestBody,
   verifyRequestHeaders,
 } from '../protocol/sign.js';
+import {
+  AGENT_RECEIPTS_PATH,
+  AGENT_VALUES_PATH,
+  MAX_RECEIPTS_BODY,
+  MAX_RECEIPTS_PER_REQUEST,
+  MAX_VALUES_BODY,
+  type Receipt,
+  type ValuesAnswer,
+} from '../protocol/values.js';
 import { HttpError, readBody } from './http-json.js';
 import { boundedServer, type ListenerLimits, rateLimited } from './limits.js';
 import { listenTcp } from './listen.js';
@@ -46,6 +55,8 @@ export interface AgentApiLimits extends ListenerLimits {
   /** Body limits per route, bytes. */
   readonly jobsBody: number;
   readonly resultsBody: number;
+  readonly valuesBody: number;
+  readonly receiptsBody: number;
 }
 
 export const AGENT_API_LIMITS: AgentApiLimits = {
@@ -60,6 +71,8 @@ export const AGENT_API_LIMITS: AgentApiLimits = {
   maxHeaderSize: 8192,
   jobsBody: MAX_JOBS_BODY,
   resultsBody: MAX_RESULTS_BODY,
+  valuesBody: MAX_VALUES_BODY,
+  receiptsBody: MAX_RECEIPTS_BODY,
 };
 
 /** What the listener needs of the daemon's side of the agents (the daemon's AgentHub implements it). */
@@ -72,8 +85,22 @@ export interface AgentJobs {
   complete(agent: string, results: readonly Result[]): number;
 }
 
+/** What the listener needs of the daemon's side of the consumers on agents' hosts (AgentValues implements it). */
+export interface AgentValuesApi {
+  /** The values long-poll: the changes after the cursor (or everything), waiting up to `waitMs` for one. */
+  take(
+    agent: string,
+    cursor: { epoch?: string; after?: number },
+    waitMs: number,
+    closed?: Promise<void>,
+  ): Promise<ValuesAnswer>;
+  /** Read receipts; returns how many were taken. */
+  receipts(agent: string, list: readonly Receipt[]): number;
+}
+
 export interface AgentApiOptions {
   readonly hub: AgentJobs;
+  readonly values: AgentValuesApi;
   readonly signing: KeyObject;
   readonly log: Logger;
   readonly now: () => number;
@@ -162,8 +189,12 @@ export async function listenAgentApi(
       const agent = signed.agent;
       if (req.method !== 'POST')
         return answer(req, res, 405, { error: { code: 'METHOD_NOT_ALLOWED', message: 'the agent API takes POST' } });
-      const limit =
-        req.url === AGENT_JOBS_PATH ? limits.jobsBody : req.url === AGENT_RESULTS_PATH ? limits.resultsBody : undefined;
+      const limit = {
+        [AGENT_JOBS_PATH]: limits.jobsBody,
+        [AGENT_RESULTS_PATH]: limits.resultsBody,
+        [AGENT_VALUES_PATH]: limits.valuesBody,
+        [AGENT_RECEIPTS_PATH]: limits.receiptsBody,
+      }[req.url ?? ''];
       if (limit === undefined)
         return answer(req, res, 404, { error: { code: 'NOT_FOUND', message: `no ${req.url} here` } });
       if (expectsContinue && !(Number(req.headers['content-length']) > limit)) res.writeContinue();
@@ -194,6 +225,38 @@ export async function listenAgentApi(
         if (jobs.length) o.log('info', 'jobs handed to an agent', { agent, jobs: jobs.length });
         return answer(req, res, 200, { jobs });
       }
+      if (req.url === AGENT_VALUES_PATH) {
+        const { wait = 0, epoch, after } = parsed as { wait?: unknown; epoch?: unknown; after?: unknown };
+        if (
+          typeof wait !== 'number' ||
+          !(wait >= 0 && wait <= MAX_AGENT_WAIT) ||
+          (epoch !== undefined && (typeof epoch !== 'string' || epoch.length > 64)) ||
+          (after !== undefined && !(Number.isSafeInteger(after) && (after as number) >= 0))
+        )
+          return answer(req, res, 400, {
+            error: {
+              code: 'BAD_REQUEST',
+              message: `wait is 0 to ${MAX_AGENT_WAIT} seconds, epoch a string, after a whole number`,
+            },
+          });
+        const gone = new Promise<void>((resolve) => res.once('close', () => resolve()));
+        const cursor = {
+          ...(epoch !== undefined ? { epoch } : {}),
+          ...(after !== undefined ? { after: after as number } : {}),
+        };
+        return answer(req, res, 200, await o.values.take(agent, cursor, wait * 1000, Promise.race([closed, gone])));
+      }
+      if (req.url === AGENT_RECEIPTS_PATH) {
+        const receipts = (parsed as { receipts?: unknown }).receipts;
+        if (!Array.isArray(receipts) || receipts.length > MAX_RECEIPTS_PER_REQUEST || !receipts.every(isReceipt))
+          return answer(req, res, 400, {
+            error: {
+              code: 'BAD_REQUEST',
+              message: `receipts must be a list of at most ${MAX_RECEIPTS_PER_REQUEST} {consumer, secret, version}`,
+            },
+          });
+        return answer(req, res, 200, { accepted: o.values.receipts(agent, receipts) });
+      }
       const results = (parsed as { results?: unknown }).results;
       if (!Array.isArray(results) || results.length > MAX_RESULTS_PER_REQUEST || !results.every(isResult)) {
         return answer(req, res, 400, {
@@ -218,6 +281,19 @@ export async function listenAgentApi(
       return bound.close();
     },
   };
+}
+
+function isReceipt(r: unknown): r is Receipt {
+  if (typeof r !== 'object' || r === null) return false;
+  const x = r as Record<string, unknown>;
+  return (
+    typeof x.consumer === 'string' &&
+    x.consumer.length <= 64 &&
+    typeof x.secret === 'string' &&
+    x.secret.length <= 253 &&
+    Number.isSafeInteger(x.version) &&
+    (x.version as number) >= 1
+  );
 }
 
 function isResult(r: unknown): r is Result {

@@ -40,8 +40,21 @@ export interface ConsumerBackend {
   receipt(consumer: string, name: string, version: number): void;
   /** Counts a request by consumer and status; logs refusals (without values). */
   observe(consumer: string, status: number, code?: string, name?: string): void;
-  /** False while the daemon stops. */
+  /** False while the server stops. */
   readonly running: boolean;
+  /** What GET /v1/health answers (besides the consumer's name). */
+  health(): Health;
+}
+
+/**
+ * The server's health as a consumer sees it: ok; stale (an agent that has not heard from the daemon
+ * since `since`: it serves the last values it received, and never a previous one past its
+ * validUntil); stopping.
+ */
+export interface Health {
+  readonly status: 'ok' | 'stale' | 'stopping';
+  /** For stale: ISO time of the last answer from the daemon (absent when there never was one). */
+  readonly since?: string;
 }
 
 /** The answer of GET /v1/secrets/NAME. */
@@ -115,7 +128,7 @@ export function consumerHandler(consumer: string, backend: ConsumerBackend): Req
     if (pathPart === '/v1/secrets') {
       sendJson(res, 200, { consumer, secrets: backend.readable(consumer) });
     } else if (pathPart === '/v1/health') {
-      sendJson(res, 200, { status: backend.running ? 'ok' : 'stopping', consumer });
+      sendJson(res, 200, { ...backend.health(), consumer });
     } else {
       throw new HttpError(
         404,

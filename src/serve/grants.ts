@@ -1,20 +1,44 @@
-/** Which consumer may read which secret, from the Consumer declarations of the model in force. */
+/**
+ * Which consumer may read which secret: the consumers' globs and the declared secrets of the model in
+ * force (the daemon's whole model, or the part of it the daemon sent an agent for its own consumers).
+ */
 
 import { compileGlob, type Glob } from '../model/glob.js';
 import type { Desired } from '../model/model.js';
 
+/** The consumers (name -> their globs) and the declared secrets a Grants answers for. */
+export interface Access {
+  readonly consumers: ReadonlyMap<string, readonly string[]>;
+  readonly secrets: Iterable<string>;
+}
+
+/** The Access of a whole model; `only` keeps the consumers it accepts. */
+export function accessOf(desired: Desired | undefined, only?: (consumer: string, agent?: string) => boolean): Access {
+  const consumers = new Map<string, readonly string[]>();
+  for (const [name, c] of desired?.consumers ?? [])
+    if (!only || only(name, c.decl.agent)) consumers.set(name, c.decl.secrets);
+  return { consumers, secrets: desired?.secrets.keys() ?? [] };
+}
+
 export class Grants {
   private readonly globs = new Map<string, Glob[]>();
   private readonly bySecret = new Map<string, string[]>();
+  private readonly secrets: readonly string[];
 
-  constructor(private readonly desired: Desired | undefined) {
-    for (const [name, c] of desired?.consumers ?? []) {
-      // The loader rejected invalid globs before a model is applied.
+  constructor(access: Access | undefined) {
+    for (const [name, globs] of access?.consumers ?? []) {
+      // The loader rejected invalid globs before a model is applied (and the agent drops what does not compile).
       this.globs.set(
         name,
-        c.decl.secrets.map((g) => compileGlob(g)).filter((g): g is Glob => typeof g !== 'string'),
+        globs.map((g) => compileGlob(g)).filter((g): g is Glob => typeof g !== 'string'),
       );
     }
+    this.secrets = [...(access?.secrets ?? [])];
+  }
+
+  /** Whether a consumer is one of these. */
+  has(consumer: string): boolean {
+    return this.globs.has(consumer);
   }
 
   private readonly answers = new Map<string, Map<string, boolean>>();
@@ -44,6 +68,6 @@ export class Grants {
 
   /** The declared secrets a consumer may read, in name order. */
   readable(consumer: string): string[] {
-    return [...(this.desired?.secrets.keys() ?? [])].filter((s) => this.granted(consumer, s)).sort();
+    return this.secrets.filter((s) => this.granted(consumer, s)).sort();
   }
 }

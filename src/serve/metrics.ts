@@ -120,6 +120,18 @@ export function metricsRegistry(source: MetricsSource): {
     },
   });
   new Gauge({
+    name: 'rotor_consumer_version_read',
+    help: 'The version of a secret a consumer last read as current (0: never), by consumer, secret and host (an agent, or "daemon").',
+    labelNames: ['consumer', 'secret', 'host'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const x of st().secrets)
+        for (const c of x.consumers)
+          this.set({ consumer: c.name, secret: x.name, host: c.host ?? 'daemon' }, c.version ?? 0);
+    },
+  });
+  new Gauge({
     name: 'rotor_audit_unpushed',
     help: '1 while audit entries wait to be committed or pushed.',
     registers: [registry],

@@ -234,6 +234,7 @@ function behindTable(
     .map(
       ({ consumer: c, secret: s }) => `<tr data-consumer="${esc(c.name)}">
 <td><span class="name">${esc(c.name)}</span></td>
+<td>${c.host === undefined || c.host === 'daemon' ? '<span class="muted">daemon</span>' : `<span class="name">${esc(c.host)}</span>`}</td>
 <td><span class="name">${esc(s.name)}</span></td>
 <td class="num">${c.version === undefined ? '<span class="muted">never read</span>' : `<span class="stale">${version(c.version)}</span>`}</td>
 <td class="num">${version(s.version)}</td>
@@ -244,7 +245,7 @@ function behindTable(
   const more =
     sorted.length > shown.length ? `<p class="muted small">${sorted.length - shown.length} more not shown.</p>` : '';
   return `<table class="behind">
-<thead><tr><th>Consumer</th><th>Secret</th><th class="num">Version read</th><th class="num">Current</th><th>Last read</th></tr></thead>
+<thead><tr><th>Consumer</th><th>Host</th><th>Secret</th><th class="num">Version read</th><th class="num">Current</th><th>Last read</th></tr></thead>
 <tbody>
 ${body}
 </tbody>

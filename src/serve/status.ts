@@ -57,9 +57,11 @@ export interface SecretStatusView {
   readonly consumers: readonly ConsumerReadView[];
 }
 
-/** A consumer of a secret: the version it last read, and whether that is older than the current one. */
+/** A consumer of a secret: where it runs, the version it last read, and whether that is older than the current one. */
 export interface ConsumerReadView {
   readonly name: string;
+  /** The agent whose host serves the consumer's socket, or "daemon" for the daemon's own host. */
+  readonly host: string;
   readonly version?: number;
   readonly readAt?: string;
   readonly behind: boolean;

@@ -2,41 +2,63 @@
  * What the consumer sockets call (the consumer API's ConsumerBackend): grants as of the model in
  * force, the answers for current versions (serialized once, shared by every reader), long-poll
  * waits, read receipts, and the request counts and refusal log lines.
+ *
+ * One class for both places a consumer's socket lives: the daemon (values from its rotation engine)
+ * and a rotor-agent on the consumer's host (values the daemon sent it); they differ only in the
+ * ValueSource, the receipt book and what a newer receipt sets off.
  */
 import type { Logger } from '../log.js';
-import type { Desired } from '../model/model.js';
-import type { Engine } from '../rotation/engine.js';
-import type { ConsumerBackend, CurrentView } from '../serve/consumer-api.js';
-import { Grants } from '../serve/grants.js';
-import type { SocketsStatus } from '../serve/status.js';
-import type { Receipts } from './receipts.js';
+import type { Served, VersionView } from '../rotation/engine.js';
+import type { ConsumerBackend, CurrentView, Health } from './consumer-api.js';
+import { type Access, Grants } from './grants.js';
+import type { SocketsStatus } from './status.js';
 
-export interface DaemonConsumersOptions {
-  readonly engine: Pick<Engine, 'served' | 'version' | 'nextRotationAt'>;
-  readonly receipts: Receipts;
-  readonly log: Logger;
-  readonly now: () => number;
-  /** Whether the daemon still runs (long-polls end when it stops). */
-  readonly running: () => boolean;
-  /** Asks the daemon to look at the engine's schedule again (a receipt may complete a retirement). */
-  readonly rearmSoon: () => void;
+export type { Served, VersionView };
+
+/** Where the values come from: the daemon's engine, or the agent's copy of what the daemon sent. */
+export interface ValueSource {
+  served(name: string): Served | undefined;
+  version(name: string, version: number): VersionView | undefined;
+  /** ms since the epoch, or undefined when rotor does not schedule the secret. */
+  nextRotationAt(name: string): number | undefined;
 }
 
-export class DaemonConsumers implements ConsumerBackend {
+/** The version each consumer was last given as current. */
+export interface ReceiptBook {
+  /** Records a read; true when the consumer is on a newer version than before. */
+  record(consumer: string, secret: string, version: number): boolean;
+  get(consumer: string, secret: string): { readonly version: number } | undefined;
+}
+
+export interface ConsumerServiceOptions {
+  readonly source: ValueSource;
+  readonly receipts: ReceiptBook;
+  readonly log: Logger;
+  readonly now: () => number;
+  /** Whether the server still runs (long-polls end when it stops). */
+  readonly running: () => boolean;
+  /** A consumer read a newer version than before (the daemon looks at its schedule; an agent tells the daemon). */
+  readonly onNewer: (consumer: string, secret: string, version: number) => void;
+  /** What /v1/health says beyond ok/stopping (an agent that lost the daemon reports stale). */
+  readonly health?: () => Health;
+}
+
+export class ConsumerService implements ConsumerBackend {
   private grants = new Grants(undefined);
-  private desired: Desired | undefined;
   private readonly waiters = new Map<string, Set<() => void>>();
   /** Consumer API requests by consumer and status. */
   private readonly requests = new Map<string, Map<number, number>>();
   private readonly answers = new Map<string, { version: number; json: string; until: number }>();
   private readonly denials = new Map<string, { lastLog: number; suppressed: number }>();
 
-  constructor(private readonly o: DaemonConsumersOptions) {}
+  private declaredSecrets: ReadonlySet<string> = new Set();
+
+  constructor(private readonly o: ConsumerServiceOptions) {}
 
   /** Takes the grants of a newly applied model; every cached answer is dropped. */
-  setModel(desired: Desired): void {
-    this.desired = desired;
-    this.grants = new Grants(desired);
+  setModel(access: Access): void {
+    this.declaredSecrets = new Set(access.secrets);
+    this.grants = new Grants({ consumers: access.consumers, secrets: this.declaredSecrets });
     this.answers.clear();
   }
 
@@ -44,12 +66,17 @@ export class DaemonConsumers implements ConsumerBackend {
     return this.o.running();
   }
 
+  health(): Health {
+    if (!this.o.running()) return { status: 'stopping' };
+    return this.o.health?.() ?? { status: 'ok' };
+  }
+
   granted(consumer: string, name: string): boolean {
     return this.grants.granted(consumer, name);
   }
 
   declared(name: string): boolean {
-    return this.desired?.secrets.has(name) ?? false;
+    return this.declaredSecrets.has(name);
   }
 
   /** The consumers whose grants cover a secret. */
@@ -59,13 +86,13 @@ export class DaemonConsumers implements ConsumerBackend {
 
   readable(consumer: string): { name: string; version?: number }[] {
     return this.grants.readable(consumer).map((name) => {
-      const v = this.o.engine.served(name)?.version;
+      const v = this.o.source.served(name)?.version;
       return v === undefined ? { name } : { name, version: v };
     });
   }
 
   version(name: string, version: number) {
-    return this.o.engine.version(name, version);
+    return this.o.source.version(name, version);
   }
 
   /**
@@ -77,12 +104,12 @@ export class DaemonConsumers implements ConsumerBackend {
     const now = this.o.now();
     const hit = this.answers.get(name);
     if (hit && now < hit.until) return hit;
-    const s = this.o.engine.served(name);
+    const s = this.o.source.served(name);
     if (!s) {
       this.answers.delete(name);
       return undefined;
     }
-    const next = this.o.engine.nextRotationAt(name);
+    const next = this.o.source.nextRotationAt(name);
     const view: CurrentView = {
       name,
       version: s.version,
@@ -130,7 +157,7 @@ export class DaemonConsumers implements ConsumerBackend {
 
   receipt(consumer: string, name: string, version: number): void {
     // A consumer now on a newer version may complete a retireAfter: consumers secret.
-    if (this.o.receipts.record(consumer, name, version)) this.o.rearmSoon();
+    if (this.o.receipts.record(consumer, name, version)) this.o.onNewer(consumer, name, version);
   }
 
   /** Whether every consumer of a secret has read `version` or a newer one; undefined when it has none. */
