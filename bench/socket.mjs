@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // bench/socket: GET /v1/secrets/NAME on a consumer socket of a running `rotor daemon` (its own
-// process), beside a bare node:http server on a Unix socket (also its own process) that answers a
-// body of the same size with the same headers. Both are loaded in the same run by the same load
+// process), on the socket of a consumer declared on a running `rotor-agent` (its own process, fed by
+// that daemon), and on a bare node:http server on a Unix socket (also its own process) that answers a
+// body of the same size with the same headers. All three are loaded in the same run by the same load
 // generator (bench/lib/load.mjs: 32 keep-alive connections, closed loop, latencies to the microsecond),
-// alternately, three times each. Prints requests per second and p50/p99 latency, and the ratio
-// rotor/bare. Targets: ratio >= 0.7, p99 < 2 ms.
+// in turn, three times each. Prints requests per second and p50/p99 latency, and the ratios to bare.
+// Targets: daemon/bare >= 0.7, p99 < 2 ms; agent/bare within 10% of daemon/bare.
 // Usage: npm run bench:socket [-- --seconds 10]
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,6 +22,7 @@ const { values: opts } = parseArgs({
 const SECONDS = Number(opts.seconds);
 const CONNECTIONS = Number(opts.connections);
 const BIN = new URL('../dist/src/cli/main.js', import.meta.url).pathname;
+const AGENT_BIN = new URL('../agent/dist/main.js', import.meta.url).pathname;
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'rotor-bench-socket-'));
 const children = [];
@@ -47,15 +49,23 @@ function getOnce(socketPath, p) {
   });
 }
 
-// The daemon, as a user runs it.
+// The daemon, as a user runs it, and an agent serving a second consumer of the same secret.
+const keysOf = (dir) => {
+  const out = execFileSync(process.execPath, [BIN, 'keygen', dir], { encoding: 'utf8' });
+  return { recipient: /recipient: "?([^"\s]+)/.exec(out)[1], signingKey: /signingKey: "?([^"\s]+)/.exec(out)[1] };
+};
+const agentDir = path.join(root, 'agent');
+const agentKeys = keysOf(agentDir);
 const remote = benchRemote(root, {
   'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
   'policy.yaml': 'kind: Policy\nname: monthly\nevery: 30d\noverlap: 1d\n',
   'secret.yaml': 'kind: Secret\nname: payments/api-token\npolicy: monthly\ngenerate: { length: 40 }\n',
   'consumer.yaml': `kind: Consumer\nname: bench\nuid: ${process.getuid()}\nsecrets: ["payments/*"]\n`,
+  'agent.yaml': `kind: Agent\nname: bench-host\nsigningKey: "${agentKeys.signingKey}"\nrecipient: ${agentKeys.recipient}\n`,
+  'remote-consumer.yaml': `kind: Consumer\nname: bench-remote\nagent: bench-host\nuid: ${process.getuid()}\nsecrets: ["payments/*"]\n`,
 });
 const dataDir = path.join(root, 'data');
-execFileSync(process.execPath, [BIN, 'keygen', dataDir], { stdio: 'ignore' });
+const daemonKeys = keysOf(dataDir);
 const socketDir = path.join(root, 'sockets');
 const daemon = spawn(
   process.execPath,
@@ -73,15 +83,44 @@ const daemon = spawn(
     '127.0.0.1:0',
     '--metrics-listen',
     'off',
+    '--log-format',
+    'json',
   ],
-  { stdio: ['ignore', 'ignore', process.env.BENCH_DEBUG ? 'inherit' : 'ignore'] },
+  { stdio: ['ignore', 'ignore', 'pipe'] },
 );
 children.push(daemon);
+const agentAddress = await new Promise((resolve, reject) => {
+  let text = '';
+  daemon.stderr.on('data', (b) => {
+    if (process.env.BENCH_DEBUG) process.stderr.write(b);
+    text += b;
+    const m = /"msg":"listening for agents"[^\n]*"address":"([^"]+)"/.exec(text);
+    if (m) resolve(m[1]);
+  });
+  daemon.once('exit', () => reject(new Error(`the daemon exited: ${text.slice(-500)}`)));
+});
+const agentSockets = path.join(root, 'agent-sockets');
+const agentConfig = path.join(root, 'agent.yaml');
+writeFileSync(
+  agentConfig,
+  `daemon: http://${agentAddress}\nname: bench-host\nkeyDir: ${agentDir}\ndaemonSigningKey: "${daemonKeys.signingKey}"\nsocketDir: ${agentSockets}\n`,
+  { mode: 0o600 },
+);
+const agent = spawn(process.execPath, [AGENT_BIN, '--config', agentConfig, '--log-format', 'json'], {
+  stdio: ['ignore', 'ignore', process.env.BENCH_DEBUG ? 'inherit' : 'ignore'],
+});
+children.push(agent);
 const rotorSocket = path.join(socketDir, 'bench.sock');
 await waitFor(rotorSocket);
 const urlPath = '/v1/secrets/payments/api-token';
 const sample = await getOnce(rotorSocket, urlPath);
 if (sample.status !== 200) throw new Error(`the daemon answered ${sample.status}`);
+const agentSocket = path.join(agentSockets, 'bench-remote.sock');
+await waitFor(agentSocket);
+const agentSample = await getOnce(agentSocket, urlPath);
+if (agentSample.status !== 200) throw new Error(`the agent answered ${agentSample.status}`);
+if (agentSample.body.length !== sample.body.length)
+  throw new Error('the agent and the daemon answer bodies of different sizes');
 
 // The bare server: same body size, same headers, nothing else.
 const bareSocket = path.join(root, 'bare.sock');
@@ -107,11 +146,13 @@ async function load(socketPath, p, seconds = SECONDS) {
 
 // Warm both up, then alternate so that neither always runs on a hotter machine.
 await load(rotorSocket, urlPath, 2);
+await load(agentSocket, urlPath, 2);
 await load(bareSocket, '/', 2);
-const runs = { rotor: [], bare: [] };
+const runs = { rotor: [], agent: [], bare: [] };
 for (let i = 0; i < 3; i++) {
   runs.bare.push(await load(bareSocket, '/'));
   runs.rotor.push(await load(rotorSocket, urlPath));
+  runs.agent.push(await load(agentSocket, urlPath));
 }
 const avg = (xs, k) => xs.reduce((s, x) => s + x[k], 0) / xs.length;
 const max = (xs, k) => Math.max(...xs.map((x) => x[k]));
@@ -122,10 +163,16 @@ console.log(
 );
 console.log(row('bare node:http (baseline)', runs.bare));
 console.log(row('rotor consumer socket', runs.rotor));
+console.log(row('rotor-agent consumer socket', runs.agent));
 const ratio = avg(runs.rotor, 'rps') / avg(runs.bare, 'rps');
+const agentRatio = avg(runs.agent, 'rps') / avg(runs.bare, 'rps');
 console.log(
   `ratio rotor/bare: ${ratio.toFixed(2)} (target >= 0.70); rotor p99 ${max(runs.rotor, 'p99').toFixed(3)} ms (target < 2 ms)`,
 );
+console.log(
+  `ratio agent/bare: ${agentRatio.toFixed(2)}, ${((agentRatio / ratio - 1) * 100).toFixed(1)}% from rotor/bare (target within 10%); agent p99 ${max(runs.agent, 'p99').toFixed(3)} ms`,
+);
+agent.kill('SIGTERM');
 daemon.kill('SIGTERM');
 bare.kill('SIGTERM');
 await new Promise((r) => daemon.once('exit', r));

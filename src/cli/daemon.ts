@@ -95,7 +95,7 @@ users). rotor get, rotor exec and the rotor/client module talk to them.
 
 The listeners are bounded: the agent API authenticates each request from its headers (agent,
 timestamp, nonce, signature) before it reads a byte of its body, reads at most 1 KiB (a poll) or
-256 KiB (results) within 10 s, and takes 1,024 connections, 128 from one address; the metrics
+256 KiB (results) within 10 s, and takes 4,096 connections, 128 from one address; the metrics
 listener takes 64, 16 from one address, and answers only for a Host header that names it (see
 --metrics-host). A peer gets 10 s to send its headers on every listener.
 

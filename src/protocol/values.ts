@@ -11,9 +11,9 @@
  * applied commit, or absent (`full: true`). Like every answer of the agent API it is signed over the
  * request's nonce (sign.ts), so it cannot be replayed or altered; `sealed` makes it confidential.
  *
- * Sealing. age per agent per version costs an X25519 agreement and a fresh file key each time (about
- * 0.4 ms of CPU in this process's age-encryption, bench/agent-propagation measures it): at 1,000
- * agents that is 0.4 s of the daemon's CPU per rotation. Instead a key is agreed once per daemon
+ * Sealing. age per agent per version costs an X25519 agreement, a fresh file key and the armor each
+ * time, in age-encryption's JavaScript: about 2.5 ms of CPU per answer (bench/agent-propagation
+ * measures it), 2.5 s of the daemon's CPU per rotation at 1,000 agents. Instead a key is agreed once per daemon
  * process and agent: the daemon makes an ephemeral X25519 key pair when it starts (`kx`, its public
  * half, travels in every answer), agrees a secret with the agent's age recipient (an X25519 public
  * key), and derives an AES-256-GCM key with HKDF-SHA256 bound to both public keys and the agent's

@@ -60,7 +60,9 @@ export interface AgentApiLimits extends ListenerLimits {
 }
 
 export const AGENT_API_LIMITS: AgentApiLimits = {
-  maxConnections: 1024,
+  // Each agent holds up to two long-polls (jobs, and the values of the consumers on its host): room
+  // for 2,000 agents. About 45 KB each while handled (docs/security.md): a full flood is about 180 MB.
+  maxConnections: 4096,
   maxConnectionsPerPeer: 128,
   headersTimeoutMs: 10_000,
   bodyTimeoutMs: 10_000,
