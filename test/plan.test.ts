@@ -196,6 +196,15 @@ t.test('plan reads declarations from a subdirectory of the repository', async (t
   t.match(out.plan.attention, [{ code: 'CONSUMER_UID_CHANGED' }]);
 });
 
+t.test('plan says when a consumer moves to another host', async (t) => {
+  const dir = exampleRepo(t);
+  edit(path.join(dir, 'consumers.yaml'), 'agent: web-host-1\n', '');
+  const r = await rotor(['plan', '--base', 'HEAD', '--format', 'json'], { cwd: dir });
+  t.equal(r.code, 0, r.stdout + r.stderr);
+  const moved = JSON.parse(r.stdout).plan.attention.filter((a: { code: string }) => a.code === 'CONSUMER_MOVED');
+  t.match(moved, [{ subject: 'Consumer storefront', message: /from agent web-host-1's host to the daemon's host/ }]);
+});
+
 t.test('plan usage errors exit 2 and say what to do', async (t) => {
   const dir = exampleRepo(t);
   let r = await rotor(['plan'], { cwd: dir });

@@ -141,7 +141,7 @@ export function render(st: Status, color: boolean): string {
     out.push(paint('bold', 'AGENTS') + (st.agents?.listen ? `  (listening on ${st.agents.listen})` : ''));
     for (const a of agents)
       out.push(
-        `  ${a.name}: ${a.lastSeen ? `last seen ${human(now - Date.parse(a.lastSeen))} ago` : paint('yellow', 'never seen')}${a.queued ? `, ${a.queued} job(s) waiting` : ''}`,
+        `  ${a.name}: ${a.lastSeen ? `last seen ${human(now - Date.parse(a.lastSeen))} ago` : paint('yellow', 'never seen')}${a.queued ? `, ${a.queued} job(s) waiting` : ''}${a.consumers ? `, serves ${a.consumers} consumer(s)` : ''}`,
       );
     out.push('');
   }

@@ -90,6 +90,11 @@ export class AgentHub implements AgentJobs {
     return this.agents.get(agent)?.key;
   }
 
+  /** An agent called on any route (the values long-poll, receipts): it is alive. */
+  touch(agent: string): void {
+    this.seen.set(agent, this.o.now());
+  }
+
   /** When each declared agent last called (ms), if it has. */
   lastSeen(): { name: string; lastSeen?: number; queued: number }[] {
     return [...this.agents.keys()].map((name) => {

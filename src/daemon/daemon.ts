@@ -449,6 +449,7 @@ export class Daemon {
   }
 
   status(): DaemonStatus {
+    const hosted = this.agentValues.hostedCounts();
     return daemonStatus({
       engine: this.engine,
       desired: this.desired,
@@ -465,6 +466,7 @@ export class Daemon {
         agents: this.hub.lastSeen().map((a) => ({
           name: a.name,
           queued: a.queued,
+          consumers: hosted.get(a.name) ?? 0,
           ...(a.lastSeen !== undefined ? { lastSeen: new Date(a.lastSeen).toISOString() } : {}),
         })),
       },

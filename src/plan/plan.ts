@@ -71,6 +71,7 @@ export type AttentionCode =
   | 'AGENT_KEYS_CHANGED'
   | 'CONSUMER_UID_CHANGED'
   | 'CONSUMER_REMOVED'
+  | 'CONSUMER_MOVED'
   | 'AUDIT_ATTRIBUTES_CHANGED';
 
 export interface Attention {
@@ -377,6 +378,14 @@ export function plan(
         subject: `Consumer ${name}`,
         code: 'CONSUMER_UID_CHANGED',
         message: `the socket's owner changes (uid ${b.decl.uid} to ${h.decl.uid}${b.decl.gid !== h.decl.gid ? `, gid ${b.decl.gid ?? 'default'} to ${h.decl.gid ?? 'default'}` : ''}): processes running as the old user lose access`,
+      });
+    }
+    if (b && b.decl.agent !== h.decl.agent) {
+      const host = (agent: string | undefined) => (agent === undefined ? "the daemon's host" : `agent ${agent}'s host`);
+      attention.push({
+        subject: `Consumer ${name}`,
+        code: 'CONSUMER_MOVED',
+        message: `the consumer's socket moves from ${host(b.decl.agent)} to ${host(h.decl.agent)}: the old one is closed when this commit is applied, so the application must run on the new host by then`,
       });
     }
   }

@@ -85,6 +85,8 @@ export interface AgentJobs {
   take(agent: string, waitMs: number, closed?: Promise<void>): Promise<Job[]>;
   /** Results reported by `agent`; returns how many matched a job of its own. */
   complete(agent: string, results: readonly Result[]): number;
+  /** `agent` called on another route: it is alive. */
+  touch?(agent: string): void;
 }
 
 /** What the listener needs of the daemon's side of the consumers on agents' hosts (AgentValues implements it). */
@@ -228,6 +230,7 @@ export async function listenAgentApi(
         return answer(req, res, 200, { jobs });
       }
       if (req.url === AGENT_VALUES_PATH) {
+        o.hub.touch?.(agent);
         const { wait = 0, epoch, after } = parsed as { wait?: unknown; epoch?: unknown; after?: unknown };
         if (
           typeof wait !== 'number' ||
@@ -249,6 +252,7 @@ export async function listenAgentApi(
         return answer(req, res, 200, await o.values.take(agent, cursor, wait * 1000, Promise.race([closed, gone])));
       }
       if (req.url === AGENT_RECEIPTS_PATH) {
+        o.hub.touch?.(agent);
         const receipts = (parsed as { receipts?: unknown }).receipts;
         if (!Array.isArray(receipts) || receipts.length > MAX_RECEIPTS_PER_REQUEST || !receipts.every(isReceipt))
           return answer(req, res, 400, {

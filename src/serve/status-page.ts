@@ -264,11 +264,12 @@ function agentsTable(agents: StatusView['agents'], now: number): string {
 <td><span class="name">${esc(a.name)}</span></td>
 <td>${a.lastSeen ? `${esc(ago(now, Date.parse(a.lastSeen)))}<div class="sub">${esc(utc(Date.parse(a.lastSeen)))}</div>` : '<span class="badge warn">never seen</span>'}</td>
 <td class="num">${a.queued}</td>
+<td class="num">${a.consumers ?? 0}</td>
 </tr>`,
     )
     .join('\n');
   return `${where}<table class="agents">
-<thead><tr><th>Agent</th><th>Last seen</th><th class="num">Queued jobs</th></tr></thead>
+<thead><tr><th>Agent</th><th>Last seen</th><th class="num">Queued jobs</th><th class="num">Consumers</th></tr></thead>
 <tbody>
 ${body}
 </tbody>

@@ -76,7 +76,13 @@ export interface SocketsStatus {
 
 export interface AgentsStatus {
   readonly listen?: string;
-  readonly agents: readonly { readonly name: string; readonly lastSeen?: string; readonly queued: number }[];
+  readonly agents: readonly {
+    readonly name: string;
+    readonly lastSeen?: string;
+    readonly queued: number;
+    /** The consumers declared on the agent, whose sockets it serves on its host. */
+    readonly consumers?: number;
+  }[];
 }
 
 export interface AuditStatus {
