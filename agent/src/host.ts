@@ -154,6 +154,7 @@ export class ConsumerHost {
         dir: o.config.socketDir,
         log: o.log,
         handler: (consumer) => consumerHandler(consumer, service),
+        words: { who: 'the agent', flag: 'socketDir (in the agent configuration)' },
       });
   }
 

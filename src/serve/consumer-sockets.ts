@@ -67,7 +67,22 @@ export class ConsumerSockets {
   private readonly queue = new SerialQueue();
   private closed = false;
 
-  constructor(private readonly o: { dir: string; log: Logger; handler: (consumer: string) => RequestListener }) {}
+  /** Who serves the sockets, and where the directory is set, for the messages. */
+  private readonly who: string;
+  private readonly flag: string;
+
+  constructor(
+    private readonly o: {
+      dir: string;
+      log: Logger;
+      handler: (consumer: string) => RequestListener;
+      /** Default "the daemon" and "--socket-dir"; the agent says "the agent" and "socketDir in its configuration". */
+      words?: { who: string; flag: string };
+    },
+  ) {
+    this.who = o.words?.who ?? 'the daemon';
+    this.flag = o.words?.flag ?? '--socket-dir';
+  }
 
   get dir(): string {
     return this.o.dir;
@@ -79,13 +94,13 @@ export class ConsumerSockets {
     const symlink = () =>
       new SocketError(
         'SOCKET_DIR_SYMLINK',
-        `${dir} is a symbolic link; the daemon does not follow one to chmod its target or put sockets there: remove the link, or pass the real directory as --socket-dir`,
+        `${dir} is a symbolic link; ${this.who} does not follow one to chmod its target or put sockets there: remove the link, or pass the real directory as ${this.flag}`,
       );
     const existing = await lstat(dir).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return undefined;
       throw new SocketError(
         'SOCKET_DIR_UNUSABLE',
-        `cannot examine the socket directory ${dir} (${e.code}): check the permissions of its parents, or pass another --socket-dir`,
+        `cannot examine the socket directory ${dir} (${e.code}): check the permissions of its parents, or pass another ${this.flag}`,
       );
     });
     if (existing?.isSymbolicLink()) throw symlink();
@@ -95,7 +110,7 @@ export class ConsumerSockets {
       } catch (e) {
         throw new SocketError(
           'SOCKET_DIR_UNUSABLE',
-          `cannot create the socket directory ${dir} (${(e as NodeJS.ErrnoException).code}): create it for the daemon's user, or pass another --socket-dir`,
+          `cannot create the socket directory ${dir} (${(e as NodeJS.ErrnoException).code}): create it for ${this.who}'s user, or pass another ${this.flag}`,
         );
       }
     }
@@ -110,7 +125,7 @@ export class ConsumerSockets {
       if (code === 'ENOTDIR') throw new SocketError('SOCKET_DIR_UNSAFE', `${dir} is not a directory`);
       throw new SocketError(
         'SOCKET_DIR_UNUSABLE',
-        `cannot open the socket directory ${dir} (${code}): make it the daemon's, or pass another --socket-dir`,
+        `cannot open the socket directory ${dir} (${code}): make it ${this.who}'s, or pass another ${this.flag}`,
       );
     }
     try {
@@ -119,7 +134,7 @@ export class ConsumerSockets {
       if (st.uid !== uid)
         throw new SocketError(
           'SOCKET_DIR_UNSAFE',
-          `${dir} belongs to uid ${st.uid}, not to the daemon's user (${uid}): use a directory of the daemon's own (--socket-dir)`,
+          `${dir} belongs to uid ${st.uid}, not to ${this.who}'s user (${uid}): use a directory of ${this.who}'s own (${this.flag})`,
         );
       if ((st.mode & 0o022) !== 0)
         throw new SocketError(
@@ -140,7 +155,7 @@ export class ConsumerSockets {
         if (await answers(p))
           throw new SocketError(
             'SOCKET_DIR_IN_USE',
-            `${p} is served by another process (another rotor daemon?): stop it or give this daemon its own --socket-dir`,
+            `${p} is served by another process (another rotor daemon or agent?): stop it or give this one its own ${this.flag}`,
           );
         await unlink(p).catch(() => undefined);
       }
@@ -195,7 +210,7 @@ export class ConsumerSockets {
     if (Buffer.byteLength(final) > MAX_SOCKET_PATH)
       throw new SocketError(
         'SOCKET_PATH_TOO_LONG',
-        `${final} is longer than the ${MAX_SOCKET_PATH} bytes a Unix socket path may have: use a shorter --socket-dir`,
+        `${final} is longer than the ${MAX_SOCKET_PATH} bytes a Unix socket path may have: use a shorter ${this.flag}`,
       );
     const priv = await mkdtemp(path.join(this.o.dir, '.bind-')); // 0700, the daemon's
     try {
@@ -203,7 +218,7 @@ export class ConsumerSockets {
       if (Buffer.byteLength(tmp) > MAX_SOCKET_PATH)
         throw new SocketError(
           'SOCKET_PATH_TOO_LONG',
-          `${tmp} is longer than ${MAX_SOCKET_PATH} bytes: use a shorter --socket-dir`,
+          `${tmp} is longer than ${MAX_SOCKET_PATH} bytes: use a shorter ${this.flag}`,
         );
       const server = boundedServer(CONSUMER_SOCKET_LIMITS, this.o.handler(spec.name));
       await listenPrivately(server, tmp);
@@ -215,7 +230,7 @@ export class ConsumerSockets {
         if (!given.isSocket() || given.ino !== bound.ino || given.dev !== bound.dev) {
           throw new SocketError(
             'SOCKET_DIR_UNSAFE',
-            `${tmp} was replaced while the daemon made it: something else writes to ${this.o.dir}; give the daemon a directory of its own (--socket-dir)`,
+            `${tmp} was replaced while ${this.who} made it: something else writes to ${this.o.dir}; give ${this.who} a directory of its own (${this.flag})`,
           );
         }
         await chmod(tmp, 0o600);
