@@ -30,7 +30,7 @@ export const AGENT_FLAGS = {
     type: 'boolean',
     env: false,
     description:
-      'poll the daemon once, apply the jobs it hands out, report the results, exit (for tests and cron); without it the agent runs until SIGTERM or SIGINT',
+      'poll the daemon once, apply the database jobs it hands out, report the results, exit (for tests and cron; no consumer is served); without it the agent runs until SIGTERM or SIGINT',
   },
   'log-level': {
     type: 'string',
@@ -51,19 +51,33 @@ export const AGENT_FLAGS = {
   version: { type: 'boolean', env: false, description: 'print the version' },
 } as const satisfies Flags;
 
-export const HELP = `rotor-agent: applies rotor's database rotation steps on this host
+export const HELP = `rotor-agent: applies rotor's database rotation steps on this host, and serves the
+sockets of the consumers declared on it
 
 Usage: rotor-agent --config FILE [--once] [--log-level LEVEL] [--log-format text|json]
 
+Database jobs: for each Target declared with agent: this agent's name, it long-polls the daemon for
+signed, sealed jobs, applies the new credential with the admin account of its configuration, logs in
+with it on a fresh connection, and reports back.
+
+Consumers: for each Consumer declared with agent: this agent's name, it serves
+SOCKET_DIR/<consumer>.sock (the configuration's socketDir; default $RUNTIME_DIRECTORY, else
+/run/rotor) with the same API and rules as the daemon's sockets, from values the daemon pushes to it
+as soon as they change. When the daemon is away it keeps serving the last values (/v1/health says
+stale), never a previous value past its validUntil, also after its own restart, from
+KEY_DIR/consumer-values.age (sealed to its own key, 0600). Serving consumers of other users needs
+root, or CAP_CHOWN and CAP_FOWNER.
+
 Options:
 ${optionsHelp(AGENT_FLAGS)}
-The configuration is one YAML file on the database host, never in the repository (mode 0600):
+The configuration is one YAML file on the agent's host, never in the repository (mode 0600):
 
   daemon: http://127.0.0.1:7700            # the daemon's --agent-listen address (https:// allowed)
   name: db-host-1                          # this agent's Agent declaration in the repository
   keyDir: /var/lib/rotor-agent             # made by \`rotor keygen\` on this host
   daemonSigningKey: "ed25519:..."          # printed by \`rotor keygen\` for the daemon
-  targets:
+  socketDir: /run/rotor-agent              # optional: the consumers' sockets
+  targets:                                 # optional: the databases this agent changes
     payments-pg:                           # a Target whose agent is this one
       url: postgres://rotor_admin@127.0.0.1:5432/postgres
       password: { env: PG_ADMIN_PASSWORD } # or { sops: FILE, key: PATH }, or the password (warned)

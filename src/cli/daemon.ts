@@ -34,7 +34,7 @@ export const DAEMON_FLAGS = {
     arg: 'HOST:PORT',
     default: '127.0.0.1:7700',
     description:
-      "where rotor-agent polls for database jobs (port 0 picks a free one). Requests are signed by each agent's key (its Agent declaration); answers are signed with DATA_DIR's signing key, and credentials are sealed to the agent's age recipient",
+      "where rotor-agent polls for database jobs and for the values of the consumers declared on it (port 0 picks a free one). Requests are signed by each agent's key (its Agent declaration); answers are signed with DATA_DIR's signing key, and credentials are sealed to the agent's age recipient",
   },
   'metrics-listen': {
     type: 'string',
