@@ -15,11 +15,11 @@ import { Agent } from '../agent/src/agent.js';
 import { loadAgentConfig } from '../agent/src/config.js';
 import type { AgentReceiptsMessage, AgentValuesMessage } from '../agent/src/host.js';
 import { CACHE_FILE } from '../agent/src/host.js';
-import { getSecret } from '../src/client/index.js';
+import { getSecret, watchSecret } from '../src/client/index.js';
 import type { Daemon } from '../src/daemon/daemon.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
-import { tempDir } from './helpers.js';
+import { rotor, tempDir } from './helpers.js';
 import { world } from './world.js';
 
 const UID = process.getuid!();
@@ -231,10 +231,17 @@ t.test(
     d = await w.start({ socketDir: daemonSockets, agentListen: `127.0.0.1:${port}` });
     await caughtUp;
     t.equal((await get(sock, '/v1/health')).body.status, 'ok', 'health ok again');
-    const v3arrived = applied((m) => m.secrets.some((s) => s.name === 'app/key' && s.version === 3));
+    // rotor/client's watchSecret and `rotor get` work unchanged against the agent's socket.
+    const watch = new AbortController();
+    const watcher = watchSecret('app/key', { socket: sock, signal: watch.signal });
+    t.equal((await watcher.next()).value?.version, 2, 'watchSecret yields the current version');
+    const next = watcher.next();
     await d.rotateNow('app/key', 'after restart');
-    await v3arrived;
-    t.equal((await getSecret('app/key', { socket: sock })).version, 3);
+    t.equal((await next).value?.version, 3, 'then the new one, pushed through the agent');
+    watch.abort();
+    const cli = await rotor(['get', 'app/key', '--socket', sock]);
+    t.equal(cli.code, 0, cli.stderr);
+    t.equal(cli.stdout, `${d.served('app/key')!.value}\n`, 'rotor get prints the value through the agent');
 
     // The consumer moves to the daemon's host: its socket on web-1 goes at the next applied commit.
     const moved = applied((m) => m.full && m.secrets.length === 0);
