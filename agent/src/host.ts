@@ -254,6 +254,7 @@ export class ConsumerHost {
     while (!signal.aborted) {
       try {
         const answer = await this.#o.client.values(this.#cursor, this.#o.wait ?? 25, signal);
+        const at = this.#now();
         let payload: ValuesPayload;
         try {
           payload = this.#opener.open(answer);
@@ -264,10 +265,11 @@ export class ConsumerHost {
             `the daemon's values answer does not open with this agent's identity (${why}): is the recipient of its Agent declaration the one \`rotor keygen\` printed for this keyDir?`,
           );
         }
+        // Before #apply: the cache it writes records this answer's time.
+        this.#heardAt = at;
         await this.#apply(payload, answer);
         const was = this.#connected;
         this.#connected = true;
-        this.#heardAt = this.#now();
         failures = 0;
         if (!was) this.#o.log('info', 'values from the daemon are current', { agent: this.#o.config.name });
         if (agentValuesChannel.hasSubscribers)

@@ -175,9 +175,10 @@ export class AgentValues {
     for (const r of list) {
       const hosts = h?.consumers.some((c) => c.name === r.consumer) ?? false;
       if (!hosts || !h!.grants.granted(r.consumer, r.secret)) {
-        this.once(`foreign-${agent}`, (suppressed) =>
+        const code = hosts ? 'AGENT_SECRET_NOT_GRANTED' : 'AGENT_CONSUMER_FOREIGN';
+        this.once(`${code}-${agent}`, (suppressed) =>
           this.o.log('warn', 'agent reported a read it cannot have served: refused', {
-            code: hosts ? 'AGENT_SECRET_NOT_GRANTED' : 'AGENT_CONSUMER_FOREIGN',
+            code,
             agent,
             consumer: r.consumer,
             secret: r.secret,
