@@ -193,6 +193,33 @@ t.test('renderStatusPage: consumers still on an old version', async (t) => {
   t.match(none, /Every consumer has read the current version/);
 });
 
+t.test('renderStatusPage: every consumer with the host that serves it and what it read', async (t) => {
+  const status = sample();
+  const secrets = status.secrets.map((s) =>
+    s.name.startsWith('evil/')
+      ? { ...s, consumers: s.consumers.map((c) => (c.name === 'web' ? { ...c, host: 'web-host-1' } : c)) }
+      : s.consumers.some((c) => c.name === 'web')
+        ? { ...s, consumers: s.consumers.map((c) => ({ ...c, host: 'web-host-1' })) }
+        : s,
+  );
+  const html = renderStatusPage({ ...status, secrets }, NOW);
+  const hosts = html.slice(
+    html.indexOf('<table class="hosts">'),
+    html.indexOf('</table>', html.indexOf('<table class="hosts">')),
+  );
+  t.match(
+    hosts,
+    /<tr data-consumer="web">\n<td><span class="name">web<\/span><\/td>\n<td><span class="name">web-host-1<\/span><\/td>\n<td class="num">2 of 2<\/td>/,
+    'web: served on web-host-1, on the current version of both its secrets',
+  );
+  t.match(
+    hosts,
+    /&lt;img src=x[\s\S]*<span class="muted">daemon<\/span>[\s\S]*0 of 1/,
+    'the other one: on the daemon, behind',
+  );
+  t.notMatch(hosts, /<img/, 'names are escaped');
+});
+
 t.test('renderStatusPage: the SVG timeline has one mark per event of the last 24 hours', async (t) => {
   const status = sample();
   const svg = timelineSvg(renderStatusPage(status, NOW));

@@ -107,6 +107,10 @@ ${timeline(status.recent ?? [], now)}
 <h2>Consumers not on the current version</h2>
 ${behindTable(behind, now)}
 </section>
+<section id="hosts">
+<h2>Consumers and their hosts</h2>
+${hostsTable(secrets, now)}
+</section>
 <div class="columns">
 <section id="agents">
 <h2>Agents</h2>
@@ -246,6 +250,39 @@ function behindTable(
     sorted.length > shown.length ? `<p class="muted small">${sorted.length - shown.length} more not shown.</p>` : '';
   return `<table class="behind">
 <thead><tr><th>Consumer</th><th>Host</th><th>Secret</th><th class="num">Version read</th><th class="num">Current</th><th>Last read</th></tr></thead>
+<tbody>
+${body}
+</tbody>
+</table>${more}`;
+}
+
+/** Every consumer once: the host that serves its socket, how many of its secrets it read at the current version, its last read. */
+function hostsTable(secrets: readonly SecretView[], now: number): string {
+  const by = new Map<string, { host: string; total: number; current: number; lastRead?: number }>();
+  for (const s of secrets)
+    for (const c of s.consumers) {
+      let row = by.get(c.name);
+      if (!row) by.set(c.name, (row = { host: c.host ?? 'daemon', total: 0, current: 0 }));
+      row.total++;
+      if (!c.behind && c.version !== undefined) row.current++;
+      const at = c.readAt ? Date.parse(c.readAt) : undefined;
+      if (at !== undefined && !(at <= (row.lastRead ?? -Infinity))) row.lastRead = at;
+    }
+  if (by.size === 0) return '<p class="empty">No consumer is declared.</p>';
+  const rows = [...by].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).slice(0, MAX_BEHIND_ROWS);
+  const body = rows
+    .map(
+      ([name, r]) => `<tr data-consumer="${esc(name)}">
+<td><span class="name">${esc(name)}</span></td>
+<td>${r.host === 'daemon' ? '<span class="muted">daemon</span>' : `<span class="name">${esc(r.host)}</span>`}</td>
+<td class="num">${r.current} of ${r.total}</td>
+<td>${r.lastRead !== undefined ? esc(ago(now, r.lastRead)) : '<span class="muted">never</span>'}</td>
+</tr>`,
+    )
+    .join('\n');
+  const more = by.size > rows.length ? `<p class="muted small">${by.size - rows.length} more not shown.</p>` : '';
+  return `<table class="hosts">
+<thead><tr><th>Consumer</th><th>Host</th><th class="num">On the current version</th><th>Last read</th></tr></thead>
 <tbody>
 ${body}
 </tbody>
