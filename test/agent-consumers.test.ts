@@ -67,8 +67,19 @@ function step(secret: string, name: string): Promise<void> {
   });
 }
 
+/** The fields of the consumer API's answers these tests look at. */
+interface Body {
+  version?: number;
+  previous?: { version: number };
+  error?: { code: string };
+  status?: string;
+  since?: string;
+  consumer?: string;
+  secrets?: unknown;
+}
+
 /** GET on a Unix socket: status and parsed JSON. */
-function get(socketPath: string, p: string): Promise<{ status: number; body: any }> {
+function get(socketPath: string, p: string): Promise<{ status: number; body: Body }> {
   return new Promise((resolve, reject) => {
     http
       .get({ socketPath, path: p }, (res) => {
