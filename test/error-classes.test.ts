@@ -236,6 +236,7 @@ t.test('the agent drops results only when the daemon refused them for good', asy
   }
   const others = [
     'AGENT_DAEMON_UNREACHABLE',
+    'AGENT_DAEMON_CERT',
     'AGENT_ANSWER_INVALID',
     'AGENT_ANSWER_TOO_LARGE',
     'AGENT_STOPPED',
