@@ -41,7 +41,8 @@ USER rotor
 # Keys, encrypted state, clone, admin.sock / the consumer sockets (share it with the consumers).
 VOLUME ["/var/lib/rotor", "/run/rotor"]
 # Nothing exposed: the agent API (7700) and metrics (9464) listen on 127.0.0.1 by default.
-# For agents on other hosts: -e ROTOR_AGENT_LISTEN=0.0.0.0:7700 -p 7700:7700.
+# For agents on other hosts: -e ROTOR_AGENT_LISTEN=0.0.0.0:7700 -p 7700:7700, with a certificate
+# (-e ROTOR_AGENT_TLS_CERT=FILE -e ROTOR_AGENT_TLS_KEY=FILE, mounted read-only; see docs/security.md).
 # For a Prometheus in another container: -e ROTOR_METRICS_LISTEN=0.0.0.0:9464 -e ROTOR_METRICS_HOST=rotor
 # (the name it scrapes by; other Host headers get 421 HOST_NOT_ALLOWED).
 STOPSIGNAL SIGTERM

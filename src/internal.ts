@@ -35,6 +35,7 @@ export {
 } from './protocol/jobs.js';
 export { openSealed, SealError, sealForAgent } from './protocol/seal.js';
 export { H_NONCE, signRequest, verifyResponse } from './protocol/sign.js';
+export { spkiPin, TLS_MIN_VERSION } from './protocol/tls.js';
 export type {
   HostedConsumer,
   Receipt as ValuesReceipt,

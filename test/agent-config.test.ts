@@ -14,7 +14,7 @@
  * No sops binary is available on this machine (Debian has no `sops` package here).
  */
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { armor, Encrypter, generateX25519Identity, identityToRecipient } from 'age-encryption';
@@ -26,6 +26,7 @@ import { AgentConfigError, loadAgentConfig, schemeFitsEngine } from '../agent/sr
 import type { SopsErrorCode } from '../agent/src/sops.js';
 import { goFormatFloat, openSops, openSopsFile, SopsError } from '../agent/src/sops.js';
 import { formatSigningKey, generateKeys } from '../src/keys.js';
+import { makeTls } from './services/tls.js';
 
 function tempDir(t: Test): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'rotor-agent-config-'));
@@ -1430,6 +1431,158 @@ t.test('files that are not a configuration', async (t) => {
     line: 1,
     col: 1,
   });
+});
+
+t.test('tls: a CA file, pins, both; read and checked with their place', async (t) => {
+  const s = await setup(t);
+  const certs = makeTls(t);
+  mkdirSync(path.join(s.dir, 'tls'));
+  writeFileSync(path.join(s.dir, 'tls', 'ca.crt'), readFileSync(certs.ca.cert));
+  const head = (daemon: string, tls: string) =>
+    `daemon: ${daemon}\n${tls}name: db-host-1\nkeyDir: keys\ndaemonSigningKey: "${s.daemon.signingKey}"\n`;
+  const targets = '  cache:\n    url: redis://127.0.0.1\n';
+  const load = (text: string) => loadAgentConfig(writeConfig(s, text), { env: {} });
+
+  // Good: a CA (relative to the file), a pin, a list of pins, both.
+  const withCa = await load(configText(s, targets, head('https://rotor.internal:7700', 'tls: { ca: tls/ca.crt }\n')));
+  t.equal(withCa.tls?.caFile, 'tls/ca.crt', 'the CA file as written');
+  t.equal(withCa.tls?.ca?.trim(), readFileSync(certs.ca.cert, 'utf8').trim(), 'its certificate, read');
+  t.equal(withCa.tls?.pins, undefined, 'no pin');
+  const pin = certs.server.pin;
+  const pinned = await load(configText(s, targets, head('https://10.0.0.5:7700', `tls:\n  pin: "${pin}"\n`)));
+  t.same(pinned.tls, { pins: [pin] }, 'a pin alone');
+  const both = await load(
+    configText(
+      s,
+      targets,
+      head('https://10.0.0.5:7700', `tls:\n  ca: tls/ca.crt\n  pin: ["${pin}", "${certs.ca.pin}"]\n`),
+    ),
+  );
+  t.same(both.tls?.pins, [pin, certs.ca.pin], 'a list of pins, with a CA');
+  t.equal(
+    (await load(configText(s, targets, head('https://rotor.internal:7700', '')))).tls,
+    undefined,
+    'https:// without tls: the system CAs',
+  );
+
+  // The schema: a pin's spelling, an empty mapping, unknown fields.
+  const schema = configText(
+    s,
+    targets,
+    head(
+      'https://rotor.internal:7700',
+      [
+        'tls:',
+        '  pin:',
+        `    - "${pin}"`,
+        `    - "sha256//${pin.slice(7)}"`,
+        `    - "${pin.slice(7)}"`,
+        '    - 42',
+        '  pins: x',
+        '',
+      ].join('\n'),
+    ),
+  );
+  const p1 = await configFails(t, writeConfig(s, schema));
+  expectProblem(
+    t,
+    p1,
+    'AGENT_CONFIG_TLS_PIN',
+    at(schema, '"sha256//'),
+    /tls\.pin\.1 .* is not a pin \(this is curl's spelling, sha256\/\/: rotor writes one slash\)/,
+  );
+  expectProblem(
+    t,
+    p1,
+    'AGENT_CONFIG_TLS_PIN',
+    at(schema, `"${pin.slice(7)}"`),
+    /tls\.pin\.2 .* is not a pin \(prefix it with "sha256\/"\)/,
+  );
+  expectProblem(
+    t,
+    p1,
+    'AGENT_CONFIG_TLS_PIN',
+    at(schema, '42'),
+    /tls\.pin\.3 must be a pin "sha256\/BASE64" \(or a list of them\), not a number/,
+  );
+  expectProblem(t, p1, 'SCHEMA_UNKNOWN_FIELD', at(schema, 'pins'), /unknown field "pins" in tls; did you mean "pin"\?/);
+  t.equal(p1.length, 4, 'one problem each');
+  const empty = configText(s, targets, head('https://rotor.internal:7700', 'tls: {}\n'));
+  expectProblem(
+    t,
+    await configFails(t, writeConfig(s, empty)),
+    'SCHEMA_REQUIRED',
+    at(empty, 'tls'),
+    /tls needs ca .*, pin .*, or both/,
+  );
+  const noPins = configText(s, targets, head('https://rotor.internal:7700', 'tls: { pin: [] }\n'));
+  expectProblem(
+    t,
+    await configFails(t, writeConfig(s, noPins)),
+    'AGENT_CONFIG_TLS_PIN',
+    at(noPins, '[]'),
+    /not an empty list/,
+  );
+  const number = configText(s, targets, head('https://rotor.internal:7700', 'tls: { pin: 12 }\n'));
+  expectProblem(
+    t,
+    await configFails(t, writeConfig(s, number)),
+    'AGENT_CONFIG_TLS_PIN',
+    at(number, '12'),
+    /not a number/,
+  );
+
+  // After the schema, together: tls over http://, a CA file missing, not PEM, or with a broken certificate.
+  const clear = configText(s, targets, head('http://127.0.0.1:7700', 'tls: { ca: tls/missing.crt }\n'));
+  const p2 = await configFails(t, writeConfig(s, clear));
+  expectProblem(
+    t,
+    p2,
+    'AGENT_CONFIG_TLS_CLEAR',
+    at(clear, 'tls:'),
+    /tls is for an https:\/\/ daemon, and daemon is http:\/\/127\.0\.0\.1:7700/,
+  );
+  expectProblem(
+    t,
+    p2,
+    'AGENT_CONFIG_TLS_CA_UNREADABLE',
+    at(clear, 'tls/missing.crt'),
+    /tls\.ca: tls\/missing\.crt cannot be read \(ENOENT; looked for .*tls\/missing\.crt/,
+  );
+  writeFileSync(path.join(s.dir, 'tls', 'key.pem'), readFileSync(certs.ca.key));
+  const notPem = configText(s, targets, head('https://rotor.internal:7700', 'tls: { ca: tls/key.pem }\n'));
+  expectProblem(
+    t,
+    await configFails(t, writeConfig(s, notPem)),
+    'AGENT_CONFIG_TLS_CA_INVALID',
+    at(notPem, 'tls/key.pem'),
+    /holds no PEM certificate/,
+  );
+  writeFileSync(
+    path.join(s.dir, 'tls', 'broken.crt'),
+    `${readFileSync(certs.ca.cert, 'utf8')}-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n`,
+  );
+  const broken = configText(s, targets, head('https://rotor.internal:7700', 'tls: { ca: tls/broken.crt }\n'));
+  expectProblem(
+    t,
+    await configFails(t, writeConfig(s, broken)),
+    'AGENT_CONFIG_TLS_CA_INVALID',
+    at(broken, 'tls/broken.crt'),
+    /certificate 2 of 2 in tls\/broken\.crt cannot be read/,
+  );
+  const dirAsCa = configText(s, targets, head('https://rotor.internal:7700', 'tls: { ca: tls }\n'));
+  expectProblem(
+    t,
+    await configFails(t, writeConfig(s, dirAsCa)),
+    'AGENT_CONFIG_TLS_CA_UNREADABLE',
+    at(dirAsCa, 'tls }'),
+    /not a file/,
+  );
+  // No key text in any of them.
+  t.notOk(
+    seenErrors.some((m) => m.includes(readFileSync(certs.ca.key, 'utf8').split('\n')[1]!)),
+    'no line of a key file in an error',
+  );
 });
 
 t.test('no decrypted value, password or cleartext secret is in any error seen above', async (t) => {

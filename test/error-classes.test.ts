@@ -37,6 +37,7 @@ import { SocketError } from '../src/serve/consumer-sockets.js';
 import { HttpError } from '../src/serve/http-json.js';
 import { listenTcp } from '../src/serve/listen.js';
 import { parseMetricsHosts } from '../src/serve/metrics.js';
+import { AgentTlsError } from '../src/serve/tls.js';
 import { AuthFailure } from '../src/sops/cipher.js';
 import { openSops } from '../src/sops/index.js';
 import { SopsError } from '../src/sops/types.js';
@@ -66,6 +67,7 @@ t.test('every error class is a RotorError and keeps its own name', async (t) => 
     ['StepError', new StepError('AGENT_TIMEOUT', 'x')],
     ['HttpError', new HttpError(404, 'NOT_FOUND', 'x')],
     ['SocketError', new SocketError('SOCKET_DIR_UNSAFE', 'x')],
+    ['AgentTlsError', new AgentTlsError('AGENT_TLS_INVALID', 'x')],
     ['FieldError', new FieldError('x')],
     ['AdminError', new AdminError('ADMIN_DENIED', 'x')],
     ['UsageError', new UsageError('x')],
@@ -234,6 +236,7 @@ t.test('the agent drops results only when the daemon refused them for good', asy
   }
   const others = [
     'AGENT_DAEMON_UNREACHABLE',
+    'AGENT_DAEMON_CERT',
     'AGENT_ANSWER_INVALID',
     'AGENT_ANSWER_TOO_LARGE',
     'AGENT_STOPPED',
@@ -308,6 +311,8 @@ t.test('listeners: a bad flag value, and an address that cannot be bound, are ne
   t.match(host, { code: 'METRICS_HOST_INVALID' });
   t.same(retryOf(host), NEVER);
   t.match(new HttpError(413, 'BODY_TOO_LARGE', 'x'), { status: 413, code: 'BODY_TOO_LARGE' });
+  for (const code of ['AGENT_TLS_UNREADABLE', 'AGENT_TLS_INVALID'] as const)
+    t.same(retryOf(new AgentTlsError(code, 'x')), NEVER, `${code}: a TLS file needs a person`);
   t.match(new SocketError('SOCKET_CHOWN_DENIED', 'x'), { code: 'SOCKET_CHOWN_DENIED' });
   t.same(retryOf(new SocketError('SOCKET_CHOWN_DENIED', 'x')), NEVER);
 });

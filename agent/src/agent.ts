@@ -2,7 +2,8 @@
  * The agent: long-polls the daemon for jobs (src/protocol/jobs.ts), applies them to the databases of its
  * own configuration through the engines, and reports the results. This module wires the parts:
  *
- * - ./transport.ts: HTTP to the daemon. Every request is signed with the agent's Ed25519 key.
+ * - ./transport.ts: HTTP to the daemon. Every request is signed with the agent's Ed25519 key; over
+ *   https:// the daemon's certificate is checked first (./tls.ts: tls.ca, tls.pin or the system's CAs).
  * - ./wire.ts: every answer must verify against daemonSigningKey over this request's nonce (so an old
  *   answer cannot be replayed), or it is refused whole (AGENT_DAEMON_UNVERIFIED) and nothing in it runs;
  *   then each job's shape. Jobs carry their credentials sealed to the agent's age recipient, opened only
@@ -66,7 +67,7 @@ export interface AgentOptions {
   readonly maxAnswerBytes?: number;
   /** Engine factories by engine name (default: the engines in ./engines, loaded on first use). */
   readonly engines?: Partial<Record<EngineName, EngineFactory>>;
-  /** The HTTP seam (default: node:http / node:https with a keep-alive agent). */
+  /** The HTTP seam (default: node:http / node:https with keep-alive agents; https:// checked per `tls`). */
   readonly transport?: Transport;
   /** How many report attempts runOnce makes before it gives up on results (default 5). */
   readonly onceReportAttempts?: number;
@@ -155,7 +156,7 @@ export class Agent {
     };
     this.#onceReportAttempts = options.onceReportAttempts ?? 5;
     let transport = options.transport;
-    if (!transport) transport = this.#ownTransport = nodeTransport();
+    if (!transport) transport = this.#ownTransport = nodeTransport(config.tls ? { tls: config.tls } : {});
     this.#client = new DaemonClient({
       config,
       transport,
@@ -200,8 +201,11 @@ export class Agent {
   start(): void {
     if (this.#started || this.#stopping) throw new Error('the agent was already started or stopped');
     this.#started = true;
-    const { name, daemon, targets } = this.#config;
-    this.#log('info', 'agent started', { agent: name, daemon: daemon.origin, targets: targets.size });
+    const { name, daemon, targets, tls } = this.#config;
+    // How the daemon's certificate is checked, when there is one: tls.ca, tls.pin, both, or the system's CAs.
+    const checked = tls ? [tls.caFile !== undefined && 'ca', tls.pins && 'pin'].filter(Boolean).join('+') : 'system';
+    const fields = { agent: name, daemon: daemon.origin, ...(daemon.protocol === 'https:' ? { tls: checked } : {}) };
+    this.#log('info', 'agent started', { ...fields, targets: targets.size });
     const changed = (signal: AbortSignal) => this.#changes.wait(signal);
     const stopping = () => this.#stopping;
     this.hosting = this.host?.start();

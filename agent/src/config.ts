@@ -4,6 +4,7 @@
  * signing key, and how to reach each Target as its admin account:
  *
  *   daemon: http://127.0.0.1:7700            # the daemon's --agent-listen address (https:// allowed)
+ *   # tls: { ca: agent-api-ca.crt }          # https:// only: { ca: FILE } and/or { pin: "sha256/..." }
  *   name: db-host-1                          # its Agent declaration
  *   keyDir: /var/lib/rotor-agent             # made by `rotor keygen`
  *   daemonSigningKey: "ed25519:..."          # printed by `rotor keygen` for the daemon
@@ -15,9 +16,10 @@
  *       timeout: 10s                         # optional
  *
  * The file is validated against schemas/agent-config.schema.json, then: the URLs (a known scheme, no
- * password in them), the keys (loadKeys), and every admin password is resolved now, so that a missing
- * environment variable or an unreadable SOPS file stops the agent at start, with the file, line and
- * column of the entry at fault and a stable code. No password ever appears in a message.
+ * password in them), the keys (loadKeys), `tls` (./config-tls.ts), and every admin password is resolved
+ * now, so that a missing environment variable or an unreadable SOPS or CA file stops the agent at start,
+ * with the file, line and column of the entry at fault and a stable code. No password ever appears in a
+ * message.
  */
 
 import type { KeyObject } from 'node:crypto';
@@ -44,6 +46,7 @@ import {
   uniqueProblems,
   valueAt,
 } from 'rotor/internal';
+import { type AgentTls, pinMessage, type RawTls, readTlsConfig } from './config-tls.js';
 import type { EngineName, TargetConnection } from './engines/types.js';
 import type { SopsDocument, SopsValue } from './sops.js';
 import { openSopsFile, SopsError } from './sops.js';
@@ -55,6 +58,14 @@ export const AGENT_CONFIG_CODES = {
     'The configuration must be one YAML mapping (daemon, name, keyDir, daemonSigningKey, targets).',
   AGENT_CONFIG_DAEMON_URL:
     "`daemon` must be http://HOST:PORT or https://HOST:PORT: the address of the daemon's --agent-listen, without credentials or a path.",
+  AGENT_CONFIG_TLS_CLEAR:
+    '`tls` is for an https:// daemon: over http:// there is no certificate to check. Write https:// (the daemon needs --agent-tls-cert and --agent-tls-key), or remove `tls`.',
+  AGENT_CONFIG_TLS_CA_UNREADABLE:
+    '`tls.ca` names a file that does not exist or cannot be read (a relative path is relative to the configuration file).',
+  AGENT_CONFIG_TLS_CA_INVALID:
+    '`tls.ca` holds no PEM certificate ("-----BEGIN CERTIFICATE-----"): give the certificate authority that signed the daemon\'s certificate, or the daemon\'s self-signed certificate.',
+  AGENT_CONFIG_TLS_PIN:
+    '`tls.pin` must be "sha256/" and the base64 of the SHA-256 of the daemon certificate\'s public key (44 characters), as the daemon logs it at start, or a list of them.',
   AGENT_CONFIG_SIGNING_KEY:
     "`daemonSigningKey` must be the daemon's public key as `rotor keygen` printed it for the daemon's data directory (not the agent's own).",
   AGENT_CONFIG_URL_INVALID: 'A target `url` cannot be read: write SCHEME://USER@HOST:PORT/...',
@@ -131,11 +142,15 @@ export function schemeFitsEngine(scheme: string, engine: EngineName): boolean {
 
 export type PasswordSource = 'env' | 'sops' | 'plain' | 'none';
 
+export type { AgentTls } from './config-tls.js';
+
 export interface AgentConfig {
   /** The configuration file, absolute. */
   readonly file: string;
   /** The daemon's agent API (origin only). */
   readonly daemon: URL;
+  /** How an https:// daemon's certificate is checked; absent: the system's certificate authorities. */
+  readonly tls?: AgentTls;
   /** The name of this agent's Agent declaration. */
   readonly name: string;
   /** The key directory, absolute. */
@@ -163,6 +178,7 @@ export interface LoadAgentConfigOptions {
 
 interface RawConfig {
   daemon: string;
+  tls?: RawTls;
   name: string;
   keyDir: string;
   daemonSigningKey: string;
@@ -208,7 +224,8 @@ function schemaProblems(pd: ParsedDoc, errors: readonly ErrorObject[]): AgentCon
 }
 
 function knownFields(at: Path): string[] {
-  if (at.length === 0) return ['daemon', 'name', 'keyDir', 'daemonSigningKey', 'targets'];
+  if (at.length === 0) return ['daemon', 'tls', 'name', 'keyDir', 'daemonSigningKey', 'targets'];
+  if (at.length === 1 && at[0] === 'tls') return ['ca', 'pin'];
   if (at.length === 2 && at[0] === 'targets') return ['url', 'password', 'timeout'];
   if (at.length === 3 && at[2] === 'password') return ['env', 'sops', 'key'];
   return [];
@@ -219,16 +236,27 @@ function schemaProblem(pd: ParsedDoc, err: ErrorObject): AgentConfigProblem | un
   const field = fieldName(at);
   const value = valueAt(pd.data, at);
   const isPassword = at.length === 3 && at[0] === 'targets' && at[2] === 'password';
+  const isPin = at[0] === 'tls' && at[1] === 'pin';
   const mk = (code: string, message: string, where: Path = at, key = false): AgentConfigProblem => ({
     ...positionOf(pd, where, key),
     severity: 'error',
     code,
     message,
   });
+  if (isPin && err.keyword !== 'if') return mk('AGENT_CONFIG_TLS_PIN', pinMessage(field, value, describe(value)));
   switch (err.keyword) {
     case 'if':
     case 'propertyNames':
       return undefined; // the errors of the branch taken, or of the name itself, say what is wrong
+    case 'minProperties':
+      if (at.length === 1 && at[0] === 'tls')
+        return mk(
+          'SCHEMA_REQUIRED',
+          'tls needs ca (a PEM file of the CA or of the daemon\'s certificate), pin ("sha256/..."), or both',
+          at,
+          true,
+        );
+      return mk('SCHEMA_INVALID', `${field} ${err.message ?? 'is invalid'}`);
     case 'additionalProperties': {
       const prop = String((err.params as { additionalProperty: string }).additionalProperty);
       const known = knownFields(at);
@@ -450,6 +478,16 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
   // The daemon, the keys.
   const daemon = checkDaemonUrl(raw.daemon);
   if (typeof daemon === 'string') error(['daemon'], 'AGENT_CONFIG_DAEMON_URL', daemon);
+  const tls = raw.tls === undefined ? undefined : await readTlsConfig(raw.tls, path.dirname(absFile));
+  if (tls && 'code' in tls) error(['tls', 'ca'], tls.code, tls.message);
+  if (raw.tls !== undefined && typeof daemon !== 'string' && daemon.protocol === 'http:') {
+    error(
+      ['tls'],
+      'AGENT_CONFIG_TLS_CLEAR',
+      `tls is for an https:// daemon, and daemon is ${daemon.origin}: write https:// (the daemon needs --agent-tls-cert and --agent-tls-key), or remove tls`,
+      true,
+    );
+  }
   let daemonSigningKey: KeyObject | undefined;
   try {
     daemonSigningKey = parseSigningKey(raw.daemonSigningKey);
@@ -603,6 +641,7 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
   return Object.freeze({
     file: absFile,
     daemon: daemon as URL,
+    ...(tls ? { tls: tls as AgentTls } : {}),
     name: raw.name,
     keyDir,
     socketDir: path.resolve(path.dirname(absFile), raw.socketDir ?? defaultSocketDir(env)),

@@ -6,6 +6,8 @@ import { BACKOFF, NEVER, RotorError } from 'rotor/internal';
 export type AgentErrorCode =
   /** The daemon could not be reached, or the connection broke or timed out. */
   | 'AGENT_DAEMON_UNREACHABLE'
+  /** The daemon's TLS certificate is refused (tls.ca, tls.pin, or the system's CAs): nothing was sent. */
+  | 'AGENT_DAEMON_CERT'
   /** An answer that does not verify with daemonSigningKey for this request: refused whole. */
   | 'AGENT_DAEMON_UNVERIFIED'
   /** A verified answer with an error status (the daemon's code is in daemonCode). */

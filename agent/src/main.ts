@@ -73,6 +73,7 @@ ${optionsHelp(AGENT_FLAGS)}
 The configuration is one YAML file on the agent's host, never in the repository (mode 0600):
 
   daemon: http://127.0.0.1:7700            # the daemon's --agent-listen address (https:// allowed)
+  # tls: { ca: agent-api-ca.crt }          # https:// only: { ca: FILE } and/or { pin: "sha256/..." }
   name: db-host-1                          # this agent's Agent declaration in the repository
   keyDir: /var/lib/rotor-agent             # made by \`rotor keygen\` on this host
   daemonSigningKey: "ed25519:..."          # printed by \`rotor keygen\` for the daemon

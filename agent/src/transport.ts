@@ -1,6 +1,7 @@
 /**
- * HTTP to the daemon: the transport seam (node:http / node:https with keep-alive agents, bounded answers)
- * and DaemonClient, which signs each request with the agent's Ed25519 key and has every answer checked
+ * HTTP to the daemon: the transport seam (node:http / node:https with keep-alive agents, bounded answers;
+ * over https:// the daemon's certificate is checked before a request is sent: ./tls.ts) and
+ * DaemonClient, which signs each request with the agent's Ed25519 key and has every answer checked
  * (./wire.ts) against this request's nonce before anything in it is used.
  */
 
@@ -20,7 +21,9 @@ import {
   signRequest,
 } from 'rotor/internal';
 import type { AgentConfig } from './config.js';
+import type { AgentTls } from './config-tls.js';
 import { AgentError } from './errors.js';
+import { DaemonTlsAgent } from './tls.js';
 import { acceptedOf, answerData, jobsOf, valuesOf } from './wire.js';
 
 export interface HttpExchange {
@@ -47,9 +50,14 @@ export type Transport = (x: HttpExchange) => Promise<HttpAnswer>;
 const EXCHANGE_MS = 30_000;
 const POLL_MARGIN_MS = 15_000;
 
+export interface NodeTransportOptions {
+  /** How an https:// daemon's certificate is checked (the configuration's `tls`); default: the system's CAs. */
+  readonly tls?: AgentTls;
+}
+
 /** node:http / node:https, one keep-alive agent each, bounded answers. */
-export function nodeTransport(): Transport & { close(): void } {
-  const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+export function nodeTransport(options: NodeTransportOptions = {}): Transport & { close(): void } {
+  const agents = { http: new http.Agent({ keepAlive: true }), https: new DaemonTlsAgent(options.tls) };
   const transport = (x: HttpExchange): Promise<HttpAnswer> =>
     new Promise((resolve, reject) => {
       const secure = x.url.protocol === 'https:';

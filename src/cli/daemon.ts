@@ -5,6 +5,7 @@ import { RotorError } from '../errors.js';
 import type { Level, LogFormat } from '../log.js';
 import { LEVELS, LOG_FORMATS, logger } from '../log.js';
 import { parseMetricsHosts } from '../serve/metrics.js';
+import { readAgentTls } from '../serve/tls.js';
 import type { Flags } from '../util/args.js';
 import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
@@ -35,6 +36,18 @@ export const DAEMON_FLAGS = {
     default: '127.0.0.1:7700',
     description:
       "where rotor-agent polls for database jobs and for the values of the consumers declared on it (port 0 picks a free one). Requests are signed by each agent's key (its Agent declaration); answers are signed with DATA_DIR's signing key, and credentials are sealed to the agent's age recipient",
+  },
+  'agent-tls-cert': {
+    type: 'string',
+    arg: 'FILE',
+    description:
+      'with --agent-tls-key: serve the agent API over HTTPS (TLS 1.2 or later) with this certificate, PEM, the leaf first, then any intermediates. Without both, it is plain HTTP, and a warning (AGENT_LISTEN_CLEAR) when the address is not loopback',
+  },
+  'agent-tls-key': {
+    type: 'string',
+    arg: 'FILE',
+    description:
+      "the private key of --agent-tls-cert, PEM, unencrypted (keep it mode 0600, readable by the daemon's user only)",
   },
   'metrics-listen': {
     type: 'string',
@@ -77,7 +90,8 @@ export const DAEMON_FLAGS = {
 export const DAEMON_HELP = `rotor daemon: follow the repository, rotate on schedule, serve the secrets, commit the audit log
 
 Usage: rotor daemon --repo URL|PATH [--branch main] [--data-dir DIR] [--socket-dir DIR]
-                    [--agent-listen HOST:PORT] [--metrics-listen HOST:PORT] [--metrics-host NAME]...
+                    [--agent-listen HOST:PORT] [--agent-tls-cert FILE --agent-tls-key FILE]
+                    [--metrics-listen HOST:PORT] [--metrics-host NAME]...
                     [--break-glass RECIPIENT]... [--log-level LEVEL] [--log-format text|json]
 
 Follows the GitOps repository at URL|PATH: clones it into DATA_DIR/repo (or opens that clone), fetches
@@ -99,6 +113,13 @@ timestamp, nonce, signature) before it reads a byte of its body, reads at most 1
 listener takes 64, 16 from one address, and answers only for a Host header that names it (see
 --metrics-host). A peer gets 10 s to send its headers on every listener.
 
+The agent API is plain HTTP unless --agent-tls-cert and --agent-tls-key are given (both, PEM, checked
+at start: AGENT_TLS_UNREADABLE, AGENT_TLS_INVALID); then it is HTTPS, TLS 1.2 or later, and the log
+line "listening for agents" shows the certificate's pin (sha256/..., for an agent's tls.pin). The
+signatures protect the exchange either way; TLS keeps secret names, versions and the timing of
+rotations off the network. Plain HTTP on an address that is not loopback is logged as a warning
+(AGENT_LISTEN_CLEAR); the daemon starts all the same.
+
 Logs go to stderr, one line per event: "time" (ISO 8601), "level", "msg", and fields such as secret,
 version, step and code. As JSON objects (--log-format json, the default when stderr is not a
 terminal: journald, a container, a pipe) or as text for people ("TIME LEVEL  msg  key=value ...",
@@ -114,7 +135,8 @@ or writable by others, sockets, listeners, the repository), 2 usage error, 3 an 
 
 Examples:
   rotor keygen /var/lib/rotor            # once
-  rotor daemon --repo git@git.example.com:platform/secrets.git --data-dir /var/lib/rotor
+  rotor daemon --repo git@git.example.com:platform/secrets.git --data-dir /var/lib/rotor \\
+      --agent-listen 0.0.0.0:7700 --agent-tls-cert /etc/rotor/tls.crt --agent-tls-key /etc/rotor/tls.key
   ROTOR_REPO=/srv/secrets.git rotor daemon --data-dir ./data --socket-dir ./sockets --log-level debug
 `;
 
@@ -135,6 +157,16 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
   } catch (e) {
     throw new UsageError(`${(e as Error).message}: give a name such as rotor.internal or rotor.internal:9464`);
   }
+  const certFile = flags['agent-tls-cert'];
+  const keyFile = flags['agent-tls-key'];
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    // A usage error, with a code of its own: a TLS listener half configured must not start as plain HTTP.
+    const [given, missing] = certFile === undefined ? ['key', 'cert'] : ['cert', 'key'];
+    io.stderr(
+      `rotor daemon: --agent-tls-${given} needs --agent-tls-${missing}: give both (the agent API's certificate and its key, PEM) or neither [AGENT_TLS_INCOMPLETE]\nRun "rotor daemon --help" for usage.\n`,
+    );
+    return EXIT.usage;
+  }
   const format = (flags['log-format'] ?? (io.stderrIsTTY ? 'text' : 'json')) as LogFormat;
   const log = logger(format, io.stderr, io.now, flags['log-level'] as Level);
   const repo =
@@ -145,23 +177,32 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
     io.cwd,
     flags['socket-dir'] ?? io.env.RUNTIME_DIRECTORY?.split(':')[0] ?? DEFAULT_SOCKET_DIR,
   );
-  const daemon = new Daemon({
-    repo,
-    branch: flags.branch!,
-    dataDir: path.resolve(io.cwd, flags['data-dir']!),
-    socketDir,
-    agentListen: flags['agent-listen']!,
-    ...(flags['metrics-listen'] !== 'off' ? { metricsListen: flags['metrics-listen']!, metricsHosts } : {}),
-    breakGlass,
-    log,
-    now: io.now,
-  });
+  let daemon: Daemon;
   try {
+    const agentTls =
+      certFile !== undefined && keyFile !== undefined
+        ? await readAgentTls(path.resolve(io.cwd, certFile), path.resolve(io.cwd, keyFile), {
+            cert: certFile,
+            key: keyFile,
+          })
+        : undefined;
+    daemon = new Daemon({
+      repo,
+      branch: flags.branch!,
+      dataDir: path.resolve(io.cwd, flags['data-dir']!),
+      socketDir,
+      agentListen: flags['agent-listen']!,
+      ...(agentTls ? { agentTls } : {}),
+      ...(flags['metrics-listen'] !== 'off' ? { metricsListen: flags['metrics-listen']!, metricsHosts } : {}),
+      breakGlass,
+      log,
+      now: io.now,
+    });
     await daemon.start();
   } catch (e) {
-    // An error rotor raised on purpose (a data directory, keys, state, audit log, repository or
-    // listener it refuses) has a code and a message for the user: exit 1. Anything else is a bug or
-    // an unforeseen failure: main reports it (exit 3).
+    // An error rotor raised on purpose (a TLS file, a data directory, keys, state, audit log,
+    // repository or listener it refuses) has a code and a message for the user: exit 1. Anything else
+    // is a bug or an unforeseen failure: main reports it (exit 3).
     if (e instanceof RotorError) {
       log('error', 'the daemon cannot start', { code: e.code, reason: e.message });
       io.stderr(`rotor daemon: ${e.message} [${e.code}]\n`);

@@ -29,12 +29,12 @@ import { DEFAULT_AUDIT_DIR } from '../model/model.js';
 import type { AuditEvent } from '../rotation/engine.js';
 import { AUDIT_HEAD_KEY, Engine } from '../rotation/engine.js';
 import { listenAdmin } from '../serve/admin.js';
-import { type AgentApiLimits, listenAgentApi } from '../serve/agent-api.js';
+import { type AgentApiLimits, type AgentApiListener, listenAgentApi } from '../serve/agent-api.js';
 import { consumerHandler } from '../serve/consumer-api.js';
 import { ConsumerService } from '../serve/consumer-service.js';
 import { ConsumerSockets } from '../serve/consumer-sockets.js';
 import { accessOf } from '../serve/grants.js';
-import type { ListenerLimits } from '../serve/limits.js';
+import type { ListenerLimits, ListenerTls } from '../serve/limits.js';
 import { listenMetrics } from '../serve/metrics.js';
 import type { DaemonStatus, RecentView } from '../serve/status.js';
 import type { StateStore, StoreFs } from '../state/index.js';
@@ -72,6 +72,8 @@ export interface DaemonOptions {
   readonly agentApiLimits?: Partial<AgentApiLimits>;
   /** HOST:PORT where agents poll for database jobs (port 0: any free port); none when absent. */
   readonly agentListen?: string;
+  /** The agent API's certificate and key, PEM (--agent-tls-cert, --agent-tls-key, read by readAgentTls): HTTPS; plain HTTP without. */
+  readonly agentTls?: ListenerTls;
   /** How long a database step waits for its agent before it fails (AGENT_TIMEOUT) and is retried. */
   readonly agentJobTimeoutMs?: number;
   /** Where the consumer sockets go (SOCKET_DIR/<consumer>.sock); default DATA_DIR/sockets. */
@@ -89,7 +91,7 @@ export class Daemon {
   private sockets: ConsumerSockets | undefined;
   private hub!: AgentHub;
   private agentValues!: AgentValues;
-  private agentApi: Awaited<ReturnType<typeof listenAgentApi>> | undefined;
+  private agentApi: AgentApiListener | undefined;
   private metrics: Awaited<ReturnType<typeof listenMetrics>> | undefined;
   private receipts!: Receipts;
   private consumers!: ConsumerService;
@@ -335,8 +337,11 @@ export class Daemon {
         log,
         now: this.now,
         ...(this.o.agentApiLimits ? { limits: this.o.agentApiLimits } : {}),
+        ...(this.o.agentTls ? { tls: this.o.agentTls } : {}),
       });
-      log('info', 'listening for agents', { address: this.agentApi.address });
+      // The pin is public (a hash of the public key): logged so that agents' tls.pin can be copied from here.
+      const { address, pin } = this.agentApi;
+      log('info', 'listening for agents', { address, ...(pin !== undefined ? { tls: true, pin } : {}) });
     }
     if (this.o.metricsListen !== undefined) {
       this.metrics = await listenMetrics(this.o.metricsListen, this, {

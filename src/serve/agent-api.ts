@@ -9,9 +9,13 @@
  * route's limit (MAX_JOBS_BODY, MAX_RESULTS_BODY; a larger Content-Length is refused at once) and
  * the body timeout, and checked against the signed hash. The connections are bounded in number, per
  * peer address and in time (src/serve/limits.ts).
+ *
+ * With `tls` (--agent-tls-cert, --agent-tls-key) it is HTTPS, TLS 1.2 or later. The signatures give
+ * integrity either way; TLS hides what crosses the network (secret names, versions, when rotations
+ * happen). Without it, on an address other hosts can reach, the listener warns (AGENT_LISTEN_CLEAR).
  */
 
-import type { KeyObject } from 'node:crypto';
+import { type KeyObject, X509Certificate } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import type { Job, Result } from '../protocol/jobs.js';
@@ -34,6 +38,7 @@ import {
   verifyRequestBody,
   verifyRequestHeaders,
 } from '../protocol/sign.js';
+import { spkiPin } from '../protocol/tls.js';
 import {
   AGENT_RECEIPTS_PATH,
   AGENT_VALUES_PATH,
@@ -44,8 +49,8 @@ import {
   type ValuesAnswer,
 } from '../protocol/values.js';
 import { HttpError, readBody } from './http-json.js';
-import { boundedServer, type ListenerLimits, rateLimited } from './limits.js';
-import { listenTcp } from './listen.js';
+import { boundedServer, type ListenerLimits, type ListenerTls, rateLimited } from './limits.js';
+import { isLoopback, listenTcp } from './listen.js';
 
 const NONCE_RE = /^[A-Za-z0-9_-]{22}$/;
 
@@ -110,12 +115,19 @@ export interface AgentApiOptions {
   readonly now: () => number;
   /** Defaults: AGENT_API_LIMITS (tests pass small timeouts). */
   readonly limits?: Partial<AgentApiLimits>;
+  /** Serve HTTPS with this certificate and key (checked beforehand: see readAgentTls); plain HTTP without. */
+  readonly tls?: ListenerTls;
 }
 
-export async function listenAgentApi(
-  listen: string,
-  o: AgentApiOptions,
-): Promise<{ address: string; close: () => Promise<void> }> {
+export interface AgentApiListener {
+  /** The bound HOST:PORT. */
+  readonly address: string;
+  /** With TLS: the pin of the certificate's public key, as an agent's tls.pin takes it. */
+  readonly pin?: string;
+  close(): Promise<void>;
+}
+
+export async function listenAgentApi(listen: string, o: AgentApiOptions): Promise<AgentApiListener> {
   const limits: AgentApiLimits = { ...AGENT_API_LIMITS, ...o.limits };
   const nonces = new NonceCache();
   const once = rateLimited(10_000);
@@ -127,7 +139,7 @@ export async function listenAgentApi(
       answer(req, res, 500, { error: { code: 'INTERNAL', message: 'internal error (see the daemon log)' } });
     });
   };
-  const server = boundedServer(limits, dispatch(false), (why, peer) =>
+  const onRefused = (why: 'peer' | 'total', peer: string | undefined) =>
     once(`connection-${why}`, (suppressed) => {
       o.log(
         'warn',
@@ -141,8 +153,21 @@ export async function listenAgentApi(
           suppressed,
         },
       );
-    }),
-  );
+    });
+  const server = boundedServer(limits, dispatch(false), onRefused, o.tls);
+  // A handshake that fails says why only here (a peer that closes, as an agent refusing the
+  // certificate does, is not worth a line). Node closes the connection either way.
+  server.on('tlsClientError', (e: NodeJS.ErrnoException) => {
+    const cause = e.code ?? 'ERROR';
+    if (cause === 'ECONNRESET' || cause === 'EPIPE') return;
+    once(`tls-${cause}`, (suppressed) =>
+      o.log('warn', 'agent API TLS handshake failed', {
+        code: 'AGENT_TLS_HANDSHAKE',
+        cause,
+        ...(suppressed ? { suppressed } : {}),
+      }),
+    );
+  });
   // Expect: 100-continue: the agent is authenticated before it is asked for the body.
   server.on('checkContinue', dispatch(true));
 
@@ -280,8 +305,17 @@ export async function listenAgentApi(
   }
 
   const bound = await listenTcp(server, listen, '--agent-listen', 'AGENT_LISTEN');
+  const host = bound.address.slice(0, bound.address.lastIndexOf(':'));
+  if (!o.tls && !isLoopback(host)) {
+    o.log(
+      'warn',
+      'the agent API listens without TLS on an address other hosts can reach: secret names, versions and the timing of rotations cross the network in clear (requests and answers are still signed, credentials sealed); give --agent-tls-cert and --agent-tls-key, or listen on loopback',
+      { code: 'AGENT_LISTEN_CLEAR', address: bound.address },
+    );
+  }
   return {
     address: bound.address,
+    ...(o.tls ? { pin: spkiPin(new X509Certificate(o.tls.cert)) } : {}),
     close: () => {
       closing();
       return bound.close();

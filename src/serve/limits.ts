@@ -6,9 +6,16 @@
  *
  * Node checks headersTimeout and requestTimeout only every connectionsCheckingInterval (30 s by
  * default, which would stretch a 10 s header timeout to 40 s); here the interval follows the timeouts.
+ *
+ * With TLS (the agent API's --agent-tls-cert and --agent-tls-key) the same limits hold: the counts
+ * are taken on the raw TCP connection ('connection'; 'secureConnection' carries the TLS socket after
+ * the handshake), so a refused peer costs no handshake, and the handshake itself must end within the
+ * header timeout (Node's own default is 120 s), since the header timeout starts only after it.
  */
 import { createServer, type RequestListener, type Server } from 'node:http';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:https';
 import type { Socket } from 'node:net';
+import { TLS_MIN_VERSION } from '../protocol/tls.js';
 
 export interface ListenerLimits {
   /** Connections open at once; further ones are closed as soon as they are accepted. */
@@ -28,26 +35,56 @@ export interface ListenerLimits {
 /** What the listener reports about connections it refused (for a rate-limited log line). */
 export type RefusedConnection = (why: 'peer' | 'total', peer: string | undefined) => void;
 
+/** A listener's certificate (PEM, the leaf first, then any intermediates) and its private key (PEM). */
+export interface ListenerTls {
+  readonly cert: string | Buffer;
+  readonly key: string | Buffer;
+}
+
 /**
- * An http.Server with these limits. Connections over the total are dropped by Node (server.maxConnections);
- * over the per-peer count, destroyed before their first byte is parsed.
+ * An http.Server with these limits, or an https.Server with `tls`. Connections over the total are
+ * dropped by Node (server.maxConnections); over the per-peer count, destroyed before their first byte
+ * is parsed (and, with TLS, before the handshake).
  */
 export function boundedServer(
   limits: ListenerLimits,
   listener: RequestListener | undefined,
   onRefused?: RefusedConnection,
-): Server {
-  const server = createServer(
-    {
-      maxHeaderSize: limits.maxHeaderSize,
-      headersTimeout: limits.headersTimeoutMs,
-      requestTimeout: Math.max(limits.requestTimeoutMs, limits.headersTimeoutMs),
-      keepAliveTimeout: limits.keepAliveTimeoutMs,
-      connectionsCheckingInterval: checkingInterval(limits),
-      requireHostHeader: true,
-    },
-    listener,
-  );
+): Server;
+export function boundedServer(
+  limits: ListenerLimits,
+  listener: RequestListener | undefined,
+  onRefused: RefusedConnection | undefined,
+  tls: ListenerTls | undefined,
+): Server | TlsServer;
+export function boundedServer(
+  limits: ListenerLimits,
+  listener: RequestListener | undefined,
+  onRefused?: RefusedConnection,
+  tls?: ListenerTls,
+): Server | TlsServer {
+  const options = {
+    maxHeaderSize: limits.maxHeaderSize,
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: Math.max(limits.requestTimeoutMs, limits.headersTimeoutMs),
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    connectionsCheckingInterval: checkingInterval(limits),
+    requireHostHeader: true,
+  };
+  const server = tls
+    ? createTlsServer(
+        {
+          ...options,
+          cert: tls.cert,
+          key: tls.key,
+          minVersion: TLS_MIN_VERSION,
+          // The header timeout runs from the end of the handshake: a peer that never finishes one is
+          // held to the same bound.
+          handshakeTimeout: limits.headersTimeoutMs,
+        },
+        listener,
+      )
+    : createServer(options, listener);
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;
   server.maxHeadersCount = 100;
   server.maxConnections = limits.maxConnections;
@@ -55,7 +92,8 @@ export function boundedServer(
   const perPeer = limits.maxConnectionsPerPeer;
   if (perPeer !== undefined) {
     const open = new Map<string, number>();
-    // Before node:http's own listener, so that a refused connection gets no parser.
+    // Before node:http's (or node:tls's) own listener, so that a refused connection gets no parser
+    // and no handshake. The raw socket closes with the TLS socket over it, which frees the count.
     server.prependListener('connection', (socket: Socket) => {
       const peer = socket.remoteAddress;
       if (peer === undefined) return; // a Unix socket

@@ -1,6 +1,7 @@
 /** Listening on a HOST:PORT flag value (--agent-listen, --metrics-listen): parsing, errors with codes, the bound address. */
 import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { Server as TlsServer } from 'node:https';
+import { type AddressInfo, isIP } from 'node:net';
 import { NEVER, RotorError } from '../errors.js';
 
 /**
@@ -10,7 +11,7 @@ import { NEVER, RotorError } from '../errors.js';
  * also ends open connections.
  */
 export async function listenTcp(
-  server: Server,
+  server: Server | TlsServer,
   listen: string,
   flag: string,
   code: string,
@@ -35,4 +36,15 @@ export async function listenTcp(
         server.closeAllConnections();
       }),
   };
+}
+
+/**
+ * Whether HOST (a bound address as listenTcp returns it, brackets allowed) is loopback: 127.0.0.0/8,
+ * ::1, ::ffff:127.x (IPv4 loopback as IPv6 maps it) or localhost. 0.0.0.0 and :: are every address.
+ */
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  if (h === 'localhost') return true;
+  if (isIP(h) === 4) return h.startsWith('127.');
+  return isIP(h) === 6 && (h === '::1' || h.startsWith('::ffff:127.'));
 }
