@@ -19,7 +19,9 @@ import { getSecret, watchSecret } from '../src/client/index.js';
 import type { Daemon } from '../src/daemon/daemon.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
+import { readAgentTls } from '../src/serve/tls.js';
 import { rotor, tempDir } from './helpers.js';
+import { makeTls } from './services/tls.js';
 import { world } from './world.js';
 
 const UID = process.getuid!();
@@ -268,5 +270,58 @@ t.test(
       values.some((v) => logs.includes(v) || cache.includes(v)),
       'no value in any log or in the cache in clear',
     );
+  },
+);
+
+t.test(
+  'over TLS: the values and the receipts of a consumer on an agent host travel on an https:// listener the agent checks',
+  async (t) => {
+    const f = makeTls(t);
+    const keysRoot = tempDir(t, 'rotor-host-tls-');
+    const agentDir = path.join(keysRoot, 'web-1');
+    await generateKeys(agentDir);
+    const agentKeys = await loadKeys(agentDir);
+    const w = await world(t, {
+      'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
+      'policy.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\nretireAfter: consumers\n',
+      'agent.yaml': `kind: Agent\nname: web-1\nsigningKey: "${agentKeys.signingKey}"\nrecipient: ${agentKeys.recipient}\n`,
+      'secret.yaml': 'kind: Secret\nname: app/key\npolicy: p\ngenerate: { length: 32 }\n',
+      'consumer.yaml': `kind: Consumer\nname: web\nagent: web-1\nuid: ${UID}\nsecrets: ["app/*"]\n`,
+    });
+    const d = await w.start({
+      socketDir: path.join(w.root, 'sockets'),
+      agentListen: '127.0.0.1:0',
+      agentTls: await readAgentTls(f.server.cert, f.server.key),
+    });
+    t.teardown(() => d.stop());
+    const configFile = path.join(keysRoot, 'agent.yaml');
+    writeFileSync(
+      configFile,
+      [
+        `daemon: https://127.0.0.1:${d.agentAddress!.split(':').pop()}`,
+        'name: web-1',
+        `keyDir: ${agentDir}`,
+        `daemonSigningKey: "${(await loadKeys(w.dataDir)).signingKey}"`,
+        `socketDir: ${path.join(keysRoot, 'run')}`,
+        `tls: { ca: ${f.ca.cert} }`,
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
+    const first = applied((m) => m.full && m.secrets.some((s) => s.name === 'app/key' && s.version === 1));
+    const agent = new Agent(await loadAgentConfig(configFile), {
+      log: awaitableLog().log,
+      wait: 5,
+      backoff: { baseMs: 20, capMs: 200 },
+      hostConsumers: { wait: 5 },
+    });
+    agent.start();
+    t.teardown(() => agent.stop({ graceMs: 2000 }));
+    await first;
+    const sock = path.join(keysRoot, 'run', 'web.sock');
+    const read = receipted('web', 'app/key', 1);
+    t.equal((await getSecret('app/key', { socket: sock })).value, d.served('app/key')!.value, 'the value, over TLS');
+    await read;
+    t.equal(d.status().secrets[0]!.consumers[0]!.version, 1, 'the receipt came back over TLS');
   },
 );
