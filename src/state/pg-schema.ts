@@ -80,7 +80,10 @@ export async function migrate(client: PoolClient, schema: string, place: string)
     [schema],
   );
   if (rows[0]?.n === '0') {
-    for (const statement of ddl(schema)) await client.query(statement);
+    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists: a schema
+    // made beforehand (CREATE SCHEMA rotor AUTHORIZATION the_user) needs only its own CREATE.
+    const ns = await client.query('SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1', [schema]);
+    for (const statement of ddl(schema).slice(ns.rows.length > 0 ? 1 : 0)) await client.query(statement);
     return;
   }
   const v = await client.query<{ version: number }>(`SELECT version FROM ${t.version} LIMIT 2`);

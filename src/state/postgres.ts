@@ -107,7 +107,10 @@ export async function openPostgresStore(config: PostgresStoreConfig, options: St
     keepAlive: true,
     max: 4,
   });
-  pool.on('error', noop); // an idle connection that dies is dropped by the pool; the next use reconnects
+  // A connection that dies is dropped by the pool (idle) or fails its query (in use); either way the
+  // client also emits 'error', which must not become an uncaught exception.
+  pool.on('error', noop);
+  pool.on('connect', (client) => client.on('error', noop));
   const onWarning = options.onWarning ?? ((m: string) => process.emitWarning(m, 'RotorStateWarning'));
   const ctx: PgContext = {
     place: url.place,
