@@ -10,6 +10,7 @@ import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
+import { STATE_FLAGS, stateBackendOf } from './state-flags.js';
 
 export const DEFAULT_SOCKET_DIR = '/run/rotor';
 
@@ -22,6 +23,7 @@ export const DAEMON_FLAGS = {
     default: DEFAULT_DATA_DIR,
     description: 'keys, state, clone and admin socket',
   },
+  ...STATE_FLAGS,
   'socket-dir': {
     type: 'string',
     arg: 'DIR',
@@ -79,6 +81,7 @@ export const DAEMON_HELP = `rotor daemon: follow the repository, rotate on sched
 Usage: rotor daemon --repo URL|PATH [--branch main] [--data-dir DIR] [--socket-dir DIR]
                     [--agent-listen HOST:PORT] [--metrics-listen HOST:PORT] [--metrics-host NAME]...
                     [--break-glass RECIPIENT]... [--log-level LEVEL] [--log-format text|json]
+                    [--state postgres://USER@HOST:PORT/DATABASE [--state-password-file FILE]]
 
 Follows the GitOps repository at URL|PATH: clones it into DATA_DIR/repo (or opens that clone), fetches
 on the Config's sync.interval and on SIGHUP, applies each new commit whose declarations are valid (an
@@ -87,7 +90,10 @@ their schedules, and commits the audit log back to the repository and pushes it.
 
 The data directory holds the keys (make them first: rotor keygen DATA_DIR), the encrypted state
 store (DATA_DIR/state), the clone, and the admin socket (DATA_DIR/admin.sock) used by rotor rotate
-and rotor status.
+and rotor status. With --state postgres://... the state store lives in that database instead (in
+the schema rotor by default, made at the first start; ciphertext only, as in the files), and
+nothing is written to DATA_DIR/state. One daemon per store: a second one writing it is refused
+(STATE_FENCED). See "State on PostgreSQL" in docs/operations.md for the grants it needs.
 
 Applications read their secrets over SOCKET_DIR/<consumer>.sock, one socket per Consumer declaration,
 owned by the consumer's uid and mode 0600 (so the daemon runs as root to serve consumers of other
@@ -145,6 +151,7 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
     io.cwd,
     flags['socket-dir'] ?? io.env.RUNTIME_DIRECTORY?.split(':')[0] ?? DEFAULT_SOCKET_DIR,
   );
+  const state = stateBackendOf(flags, io);
   const daemon = new Daemon({
     repo,
     branch: flags.branch!,
@@ -155,6 +162,7 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
     breakGlass,
     log,
     now: io.now,
+    ...state,
   });
   try {
     await daemon.start();
