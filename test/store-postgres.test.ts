@@ -14,6 +14,7 @@ import type { PoolClient } from 'pg';
 import type { Test } from 'tap';
 import t from 'tap';
 import type { Json, StateStore } from '../src/state/types.js';
+import { tempDir } from './helpers.js';
 import type { PgPlace } from './lib/pg-store.js';
 import { IDENTITY, pgPlace, RECIPIENT } from './lib/pg-store.js';
 import { storeContract } from './lib/store-contract.js';
@@ -316,7 +317,10 @@ async function suite(p: PgPlace): Promise<void> {
 
   t.test('a dump of the database and the server log show no value and no key name', async (t) => {
     const schema = p.schema();
-    const store = await p.open(schema);
+    const keyFile = path.join(tempDir(t), 'break-glass.key');
+    execFileSync('age-keygen', ['-o', keyFile], { stdio: 'ignore' });
+    const glass = execFileSync('age-keygen', ['-y', keyFile], { encoding: 'utf8' }).trim();
+    const store = await p.open(schema, { recipients: [RECIPIENT, glass] });
     const names = Array.from({ length: 20 }, () => `secret/${randomBytes(9).toString('hex')}`);
     const values = names.map(() => secret());
     await store.write(names.map((key, i) => ({ op: 'put', key, value: { current: values[i]! } })));
@@ -339,5 +343,9 @@ async function suite(p: PgPlace): Promise<void> {
     const keyNames = names.map((n) => n.slice('secret/'.length));
     const leaked = [...keyNames, ...values].filter((s) => dump.includes(s) || log.includes(s));
     t.same(leaked, [], 'none of the 20 key names and 25 values is in the dump or the server log');
+    // Break-glass, offline, with Debian's age: the segment's snapshot is a standard age file.
+    const [seg] = await p.sql<{ snapshot: Buffer }>(`SELECT snapshot FROM ${schema}.segments`);
+    const snapshot = JSON.parse(execFileSync('age', ['-d', '-i', keyFile], { input: seg!.snapshot, encoding: 'utf8' }));
+    t.same(snapshot.entries[names[19]!], { current: values[19] }, 'the break-glass identity opens the snapshot');
   });
 }
