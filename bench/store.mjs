@@ -1,11 +1,14 @@
 #!/usr/bin/env node
 import { randomBytes } from 'node:crypto';
-// bench/store: the cost of one durable write (one put of a ~200-byte value, written and fsynced) in a
-// state store holding 100 keys and in one holding 10,000 keys, measured in the same run (interleaved, so
-// that a noisy machine hurts both alike), and their ratio (target: <= 1.5: a write must not grow with
-// the store). Then the throughput of 32 concurrent writers (group commit), the time of one compaction
-// and of one open at 10,000 keys. Usage: npm run build && node bench/store.mjs [--writes N] [--dir DIR]
-// (DIR: where the stores are made, default the system's temp directory; fsync cost depends on it).
+// bench/store: the cost of one durable write (one put of a ~200-byte value, written and fsynced, or
+// committed) in a state store holding 100 keys and in one holding 10,000 keys, measured in the same run
+// (interleaved, so that a noisy machine hurts both alike), and their ratio (target: <= 1.5: a write must
+// not grow with the store). Then the throughput of 32 concurrent writers (group commit), the time of one
+// compaction and of one open at 10,000 keys.
+// Usage: npm run build && node bench/store.mjs [--backend file|postgres|both] [--writes N] [--dir DIR]
+// (file, the default: the stores are made in DIR, default the system's temp directory, and fsync cost
+// depends on it; postgres: a throwaway durable PostgreSQL, bench/lib/pg-server.mjs, its data in the temp
+// directory; both: the two, one after the other, in one run.)
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,9 +17,15 @@ import { generateX25519Identity, identityToRecipient } from 'age-encryption';
 import { nodeFs, openStore } from '../dist/src/state/store.js';
 
 const { values } = parseArgs({
-  options: { writes: { type: 'string', default: '1000' }, dir: { type: 'string', default: os.tmpdir() } },
+  options: {
+    writes: { type: 'string', default: '1000' },
+    dir: { type: 'string', default: os.tmpdir() },
+    backend: { type: 'string', default: 'file' },
+  },
 });
 const WRITES = Number(values.writes);
+const BACKENDS = values.backend === 'both' ? ['file', 'postgres'] : [values.backend];
+if (!BACKENDS.every((b) => b === 'file' || b === 'postgres')) throw new Error('--backend file, postgres or both');
 const identity = await generateX25519Identity();
 const recipients = [await identityToRecipient(identity)];
 const never = { records: 2 ** 40, bytes: 2 ** 50 };
@@ -47,11 +56,55 @@ const counting = {
   },
 };
 
-const dirs = [];
-async function makeStore(keys) {
-  const dir = mkdtempSync(path.join(values.dir, 'rotor-bench-'));
-  dirs.push(dir);
-  const store = await openStore({ dir, identity, recipients, fs: counting, compactAfter: never });
+/** The file backend: a directory per store. */
+function fileBackend() {
+  const dirs = [];
+  return {
+    name: 'file store',
+    unit: 'fsync',
+    count: () => fsyncs,
+    async make() {
+      const dir = mkdtempSync(path.join(values.dir, 'rotor-bench-'));
+      dirs.push(dir);
+      return {
+        store: await openStore({ dir, identity, recipients, fs: counting, compactAfter: never }),
+        reopen: () => openStore({ dir, identity, recipients }),
+      };
+    },
+    async stop() {
+      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The PostgreSQL backend: a schema per store on one durable throwaway server. Counts the INSERTs of records. */
+async function postgresBackend() {
+  const { benchPostgres } = await import('./lib/pg-server.mjs');
+  const { openPostgresStore } = await import('../dist/src/state/postgres.js');
+  const server = await benchPostgres();
+  const pg = (await import('pg')).default;
+  let commits = 0;
+  const query = pg.Client.prototype.query;
+  pg.Client.prototype.query = function (q, ...rest) {
+    if (typeof q === 'string' && /^INSERT INTO "[a-z0-9_]+"\.records/.test(q)) commits++;
+    return query.call(this, q, ...rest);
+  };
+  let n = 0;
+  return {
+    name: `PostgreSQL ${server.version} store`,
+    unit: 'commit',
+    count: () => commits,
+    async make() {
+      const config = { url: server.url(`bench_${n++}`), env: server.env, compactAfter: never };
+      const open = () => openPostgresStore(config, { identity, recipients });
+      return { store: await open(), reopen: open };
+    },
+    stop: () => server.stop(),
+  };
+}
+
+async function makeStore(backend, keys) {
+  const { store, reopen } = await backend.make();
   for (let i = 0; i < keys; i += 500) {
     const ops = [];
     for (let j = i; j < Math.min(keys, i + 500); j++)
@@ -59,12 +112,12 @@ async function makeStore(keys) {
     await store.write(ops);
   }
   await store.compact(); // the keys are in the snapshot, the log starts empty
-  return { dir, store, keys };
+  return { store, reopen, keys };
 }
 
-try {
-  const small = await makeStore(100);
-  const large = await makeStore(10_000);
+async function measure(backend) {
+  const small = await makeStore(backend, 100);
+  const large = await makeStore(backend, 10_000);
   const lat = new Map([
     [small, []],
     [large, []],
@@ -82,14 +135,14 @@ try {
   }
   const m100 = median(lat.get(small));
   const m10k = median(lat.get(large));
-  console.log(`one write (put of a ~200-byte value, fsynced), median of ${WRITES}:`);
+  console.log(`${backend.name}: one write (put of a ~200-byte value, durable), median of ${WRITES}:`);
   console.log(`  store of    100 keys: ${ms(m100)}`);
   console.log(`  store of 10,000 keys: ${ms(m10k)}`);
   console.log(`  ratio 10,000 / 100:   ${(m10k / m100).toFixed(2)} (target <= 1.5)`);
 
   const WRITERS = 32;
   const EACH = 100;
-  const before = fsyncs;
+  const before = backend.count();
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: WRITERS }, async (_, w) => {
@@ -99,8 +152,10 @@ try {
   );
   const secs = (performance.now() - t0) / 1000;
   const n = WRITERS * EACH;
+  const shared = backend.count() - before;
+  const u = backend.unit;
   console.log(
-    `${WRITERS} concurrent writers, ${n} writes into 10,000 keys: ${(n / secs).toFixed(0)} writes/s, ${fsyncs - before} fsyncs (${(n / (fsyncs - before)).toFixed(1)} writes per fsync)`,
+    `  ${WRITERS} concurrent writers, ${n} writes into 10,000 keys: ${(n / secs).toFixed(0)} writes/s, ${shared} ${u}s (${(n / shared).toFixed(1)} writes per ${u})`,
   );
 
   const compactions = [];
@@ -109,17 +164,28 @@ try {
     await large.store.compact();
     compactions.push(performance.now() - c0);
   }
-  console.log(`one compaction at 10,000 keys: ${ms(median(compactions))} (median of 5)`);
+  console.log(`  one compaction at 10,000 keys: ${ms(median(compactions))} (median of 5)`);
   await large.store.close();
   const opens = [];
   for (let i = 0; i < 3; i++) {
     const o0 = performance.now();
-    const s = await openStore({ dir: large.dir, identity, recipients });
+    const s = await large.reopen();
     opens.push(performance.now() - o0);
     await s.close();
   }
-  console.log(`one open at 10,000 keys: ${ms(median(opens))} (median of 3)`);
+  console.log(`  one open at 10,000 keys: ${ms(median(opens))} (median of 3)`);
   await small.store.close();
-} finally {
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  return { m100, m10k };
+}
+
+console.log(
+  `bench/store (node ${process.version}, ${os.cpus().length} cpus, load ${os.loadavg()[0].toFixed(1)}, ${new Date().toISOString().slice(0, 10)})`,
+);
+for (const name of BACKENDS) {
+  const backend = name === 'file' ? fileBackend() : await postgresBackend();
+  try {
+    await measure(backend);
+  } finally {
+    await backend.stop();
+  }
 }

@@ -97,6 +97,13 @@ t.test('the state store: STATE_IO is its storage failing, retried with backoff; 
     'STATE_ROLLBACK',
     'STATE_FOREIGN',
     'STATE_KEY',
+    'STATE_FENCED',
+    'STATE_URL_PASSWORD',
+    'STATE_URL_INVALID',
+    'STATE_PASSWORD_FILE',
+    'STATE_AUTH',
+    'STATE_PERMISSION',
+    'STATE_SCHEMA',
   ];
   for (const code of codes) {
     const e = new StateError(code, 'x');

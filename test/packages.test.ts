@@ -43,7 +43,7 @@ t.test('rotor does not import the agent', async (t) => {
   t.same(offenders, []);
 });
 
-t.test("the database drivers are the agent package's, not rotor's", async (t) => {
+t.test("the database drivers are the agent package's, not rotor's (but pg, for the state store)", async (t) => {
   const root = json('package.json');
   const agent = json('agent/package.json');
   t.same(root.workspaces, ['agent']);
@@ -52,7 +52,9 @@ t.test("the database drivers are the agent package's, not rotor's", async (t) =>
   t.equal(agent.dependencies.rotor, 'file:..');
   t.ok(root.exports['./internal'], 'rotor exports ./internal');
   for (const d of DRIVERS) {
-    t.notOk(root.dependencies?.[d] ?? root.devDependencies?.[d], `rotor does not list ${d}`);
+    // rotor keeps its own state on PostgreSQL when asked to (src/state/postgres.ts): pg is the one driver it lists.
+    if (d === 'pg') t.ok(root.dependencies?.[d], 'rotor depends on pg (the PostgreSQL state store)');
+    else t.notOk(root.dependencies?.[d] ?? root.devDependencies?.[d], `rotor does not list ${d}`);
     t.ok(agent.dependencies[d], `rotor-agent depends on ${d}`);
   }
 });

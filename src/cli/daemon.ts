@@ -11,6 +11,7 @@ import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
+import { STATE_FLAGS, stateBackendOf } from './state-flags.js';
 
 export const DEFAULT_SOCKET_DIR = '/run/rotor';
 
@@ -23,6 +24,7 @@ export const DAEMON_FLAGS = {
     default: DEFAULT_DATA_DIR,
     description: 'keys, state, clone and admin socket',
   },
+  ...STATE_FLAGS,
   'socket-dir': {
     type: 'string',
     arg: 'DIR',
@@ -93,6 +95,7 @@ Usage: rotor daemon --repo URL|PATH [--branch main] [--data-dir DIR] [--socket-d
                     [--agent-listen HOST:PORT] [--agent-tls-cert FILE --agent-tls-key FILE]
                     [--metrics-listen HOST:PORT] [--metrics-host NAME]...
                     [--break-glass RECIPIENT]... [--log-level LEVEL] [--log-format text|json]
+                    [--state postgres://USER@HOST:PORT/DATABASE [--state-password-file FILE]]
 
 Follows the GitOps repository at URL|PATH: clones it into DATA_DIR/repo (or opens that clone), fetches
 on the Config's sync.interval and on SIGHUP, applies each new commit whose declarations are valid (an
@@ -101,7 +104,10 @@ their schedules, and commits the audit log back to the repository and pushes it.
 
 The data directory holds the keys (make them first: rotor keygen DATA_DIR), the encrypted state
 store (DATA_DIR/state), the clone, and the admin socket (DATA_DIR/admin.sock) used by rotor rotate
-and rotor status.
+and rotor status. With --state postgres://... the state store lives in that database instead (in
+the schema rotor by default, made at the first start; ciphertext only, as in the files), and
+nothing is written to DATA_DIR/state. One daemon per store: a second one writing it is refused
+(STATE_FENCED). See "State on PostgreSQL" in docs/operations.md for the grants it needs.
 
 Applications read their secrets over SOCKET_DIR/<consumer>.sock, one socket per Consumer declaration,
 owned by the consumer's uid and mode 0600 (so the daemon runs as root to serve consumers of other
@@ -177,6 +183,7 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
     io.cwd,
     flags['socket-dir'] ?? io.env.RUNTIME_DIRECTORY?.split(':')[0] ?? DEFAULT_SOCKET_DIR,
   );
+  const state = stateBackendOf(flags, io);
   let daemon: Daemon;
   try {
     const agentTls =
@@ -197,6 +204,7 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
       breakGlass,
       log,
       now: io.now,
+      ...state,
     });
     await daemon.start();
   } catch (e) {

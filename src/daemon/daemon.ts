@@ -37,7 +37,7 @@ import { accessOf } from '../serve/grants.js';
 import type { ListenerLimits, ListenerTls } from '../serve/limits.js';
 import { listenMetrics } from '../serve/metrics.js';
 import type { DaemonStatus, RecentView } from '../serve/status.js';
-import type { StateStore, StoreFs } from '../state/index.js';
+import type { StateStore, StoreBackend, StoreFs } from '../state/index.js';
 import { fileStoreBackend } from '../state/index.js';
 import { SerialQueue } from '../util/serial.js';
 import { AgentValues } from './agent-values.js';
@@ -80,6 +80,8 @@ export interface DaemonOptions {
   readonly socketDir?: string;
   /** The file-system layer under the state store (default node:fs); fault-injection runs plug in a failing one. */
   readonly storeFs?: StoreFs;
+  /** Where the state store lives (rotor daemon --state: PostgreSQL); default the file store in DATA_DIR/state. */
+  readonly stateBackend?: StoreBackend;
   /** The file-system layer under the audit log (default node:fs/promises); likewise. */
   readonly auditFs?: AuditFs;
 }
@@ -158,7 +160,7 @@ export class Daemon {
   private async open(keys: Awaited<ReturnType<typeof loadKeys>>): Promise<void> {
     const { dataDir, log } = this.o;
     this.identity = keys.identity;
-    await mkdir(path.join(dataDir, 'state'), { recursive: true, mode: 0o700 });
+    if (!this.o.stateBackend) await mkdir(path.join(dataDir, 'state'), { recursive: true, mode: 0o700 });
     const repoOptions = {
       url: this.o.repo,
       dir: path.join(dataDir, 'repo'),
@@ -247,7 +249,8 @@ export class Daemon {
       );
     }
     const stateDir = path.join(dataDir, 'state');
-    const stateBackend = fileStoreBackend({ dir: stateDir, ...(this.o.storeFs ? { fs: this.o.storeFs } : {}) });
+    const stateBackend =
+      this.o.stateBackend ?? fileStoreBackend({ dir: stateDir, ...(this.o.storeFs ? { fs: this.o.storeFs } : {}) });
     this.store = await stateBackend.open({
       identity: keys.identity,
       recipients: [keys.recipient, ...this.o.breakGlass],

@@ -23,7 +23,7 @@
  * nonces are safe up to 2^32 records per key; a log is compacted after 10,000 by default.
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { Decrypter, Encrypter } from 'age-encryption';
+import { Decrypter, Encrypter, identityToRecipient } from 'age-encryption';
 import type { Json, Op } from './types.js';
 import { StateError } from './types.js';
 import { checkStoredOps, deepFreeze, MAX_KEY_BYTES } from './values.js';
@@ -145,6 +145,29 @@ export function decrypter(identity: string): Decrypter {
   return d;
 }
 
+/**
+ * The age encrypter and decrypter of a store, after checking the options every backend takes: an age
+ * identity, and recipients that include its own (or the store could not be opened again). Plain Errors.
+ */
+export async function storeCrypto(
+  identity: string,
+  recipients: readonly string[],
+): Promise<{ enc: Encrypter; dec: Decrypter }> {
+  let own: string;
+  try {
+    own = await identityToRecipient(identity);
+  } catch {
+    throw new Error('the state store identity is not an age identity (AGE-SECRET-KEY-1...)');
+  }
+  const unique = [...new Set(recipients)];
+  if (!unique.includes(own)) {
+    throw new Error(
+      `the state store recipients must include the identity's own recipient ${own}, or the store could not be opened again`,
+    );
+  }
+  return { enc: encrypter(unique), dec: decrypter(identity) }; // encrypter throws on a malformed recipient
+}
+
 /** Decrypts an age file; STATE_KEY when none of its recipients is the identity, else STATE_CORRUPT. */
 export async function ageDecrypt(
   d: Decrypter,
@@ -237,11 +260,11 @@ export function encodeLogHeader(h: LogHeader): string {
   });
 }
 
-export function parseLogHeader(plaintext: Buffer): LogHeader {
+export function parseLogHeader(plaintext: Buffer, what = 'the header of log.bin'): LogHeader {
   const o = parseObject(plaintext);
   const head = o && checkHead(o, LOG_FORMAT);
   const key = typeof o?.key === 'string' ? Buffer.from(o.key, 'base64') : undefined;
   if (!head || !key || key.length !== 32)
-    throw new StateError('STATE_CORRUPT', `the header of log.bin decrypts but is not a ${LOG_FORMAT} header`);
+    throw new StateError('STATE_CORRUPT', `${what} decrypts but is not a ${LOG_FORMAT} header`);
   return { ...head, key };
 }

@@ -6,12 +6,16 @@
  * Backends:
  * - file (fileStoreBackend): one directory; store.ts with its formats (codec.ts) and file-system layer
  *   (fs.ts, the seam for fault injection).
- * A new backend (say PostgreSQL) is a factory returning a StoreBackend. It meets the guarantees listed in
+ * - PostgreSQL (postgresStoreBackend): four tables in a schema, the same formats (postgres.ts, with
+ *   pg-connect.ts, pg-schema.ts, pg-read.ts and pg-store.ts); the pg driver is loaded only when it opens.
+ * A new backend is a factory returning a StoreBackend. It meets the guarantees listed in
  * types.ts, using what every backend shares: prepareBatch and deepFreeze (values.ts) to check and copy
  * batches, checkAnchor (anchor.ts) to refuse a rolled-back or foreign store, StateError for its failures;
  * and it passes test/lib/store-contract.ts.
  */
 
+export type { PostgresStoreConfig } from './postgres.js';
+export { postgresStoreBackend } from './postgres.js';
 export type { FileStoreConfig, StoreFile, StoreFs } from './store.js';
 export { fileStoreBackend } from './store.js';
 export type { Json, Op, StateErrorCode, StateStore, StoreAnchor, StoreBackend, StoreOpenOptions } from './types.js';

@@ -25,15 +25,12 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import path from 'node:path';
 import type { Decrypter, Encrypter } from 'age-encryption';
-import { identityToRecipient } from 'age-encryption';
 import { checkAnchor, checkAnchorOption } from './anchor.js';
 import type { LogHeader, Snapshot, SnapshotHead } from './codec.js';
 import {
   ageDecrypt,
-  decrypter,
   encodeLogHeader,
   encodeSnapshot,
-  encrypter,
   FRAME_HEADER,
   frame,
   frameLength,
@@ -48,6 +45,7 @@ import {
   recordPlaintext,
   sealRecord,
   sha256hex,
+  storeCrypto,
 } from './codec.js';
 import type { StoreFile, StoreFs } from './fs.js';
 import { nodeFs } from './fs.js';
@@ -104,19 +102,7 @@ function chainBroken(message: string): StateError {
 
 async function context(o: StoreOptions): Promise<Context> {
   if (typeof o.dir !== 'string' || o.dir === '') throw new Error('openStore needs a dir');
-  let own: string;
-  try {
-    own = await identityToRecipient(o.identity);
-  } catch {
-    throw new Error('the state store identity is not an age identity (AGE-SECRET-KEY-1...)');
-  }
-  const recipients = [...new Set(o.recipients)];
-  if (!recipients.includes(own)) {
-    throw new Error(
-      `the state store recipients must include the identity's own recipient ${own}, or the store could not be opened again`,
-    );
-  }
-  const enc = encrypter(recipients); // throws on a malformed recipient
+  const { enc, dec } = await storeCrypto(o.identity, o.recipients);
   const limit = (v: number | undefined, d: number, what: string): number => {
     if (v === undefined) return d;
     if (!Number.isSafeInteger(v) || v < 1) throw new Error(`compactAfter.${what} is a positive integer`);
@@ -129,7 +115,7 @@ async function context(o: StoreOptions): Promise<Context> {
     dir,
     fs: o.fs ?? nodeFs,
     enc,
-    dec: decrypter(o.identity),
+    dec,
     warn: (m) => {
       try {
         onWarning(m);

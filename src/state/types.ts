@@ -1,8 +1,9 @@
 /**
  * The state store's contract: a durable, encrypted key-value store of JSON values with atomic batches
  * and a generation counter. Rotation, serving and audit code see only this module (and index.ts, which
- * re-exports it with the backends), so that another backend (PostgreSQL, for several daemons) can be
- * added without touching them. Today's backend keeps the store in files (store.ts, codec.ts, fs.ts).
+ * re-exports it with the backends), so that a backend can be added without touching them. The file
+ * backend keeps the store in files (store.ts, codec.ts, fs.ts), the PostgreSQL backend in tables
+ * (postgres.ts), with the same formats.
  *
  * What every backend guarantees (test/lib/store-contract.ts checks it against any backend):
  * - Atomic batches. write(ops) applies all of its operations, in order, or none of them; a batch that
@@ -24,8 +25,10 @@
  *   never a value; so does every error and warning of the store.
  * - Errors as StateError codes. Apart from invalid options, refused input and use after close (plain
  *   Errors), opening, writing and compacting fail with a StateError: STATE_IO when the medium fails (a
- *   write may then be retried), the other codes when the store cannot be trusted. close() waits for the
- *   writes submitted before it; write and compact reject afterwards.
+ *   write may then be retried), the other codes when the store cannot be trusted, cannot be reached as
+ *   configured (a database backend's URL, password or grants), or may no longer be written by this
+ *   process (STATE_FENCED). close() waits for the writes submitted before it; write and compact reject
+ *   afterwards.
  * - Refusing, never resetting. A store older than its anchor (STATE_ROLLBACK, also when the store is
  *   missing entirely), another store than the anchor names (STATE_FOREIGN), records missing, reordered
  *   or from another store (STATE_CHAIN_BROKEN), damaged data (STATE_CORRUPT) or data the identity
@@ -100,11 +103,23 @@ export type StateErrorCode =
   | 'STATE_ROLLBACK' // the store is older than its anchor (an older valid copy was swapped in)
   | 'STATE_FOREIGN' // the store's id is not the one the anchor names
   | 'STATE_KEY' // the identity cannot decrypt the store
-  | 'STATE_IO'; // reading or writing failed
+  | 'STATE_IO' // reading or writing failed
+  // A write refused because this process may no longer write the store: the fence of a write transaction
+  // threw (a deposed leader's late write), or another writer wrote or compacted the store meanwhile (its
+  // seq or segment is taken). Never retried as is; the store object writes nothing more.
+  | 'STATE_FENCED'
+  // Configuring and reaching a database backend (PostgreSQL):
+  | 'STATE_URL_PASSWORD' // the store's URL holds a password (give it through PGPASSWORD, PGPASSFILE or a file)
+  | 'STATE_URL_INVALID' // the store's URL cannot be used (scheme, user, database, parameters, schema name)
+  | 'STATE_PASSWORD_FILE' // a password file cannot be used (missing, unreadable, readable by others, empty)
+  | 'STATE_AUTH' // the server refused the login (password, role, pg_hba.conf) or the database does not exist
+  | 'STATE_PERMISSION' // the database user lacks a privilege the store needs
+  | 'STATE_SCHEMA'; // the store's tables are from a newer rotor, or not as rotor made them
 
 /**
- * STATE_IO means the store cannot be read or written now (a full or read-only disk, an I/O error):
- * retried with backoff, and reported as rotor's own storage failing. Every other code needs a person.
+ * STATE_IO means the store cannot be read or written now (a full or read-only disk, an I/O error, a
+ * database server that cannot be reached): retried with backoff, and reported as rotor's own storage
+ * failing. Every other code needs a person (STATE_FENCED: another daemon writes the store).
  */
 export class StateError extends RotorError {
   declare readonly code: StateErrorCode;

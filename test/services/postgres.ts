@@ -1,8 +1,10 @@
 /**
  * A throwaway PostgreSQL server for the integration tests: initdb with scram-sha-256 enforced for every
  * connection (local and TCP), a superuser password passed through a file, a free port on 127.0.0.1, the
- * unix socket inside the temporary directory, fsync off, every statement logged (so a test can scan the
- * log for values that must never reach the server in clear). Stopped and removed on t.teardown.
+ * unix socket inside the temporary directory, fsync off and every statement logged (so a test can scan
+ * the log for values that must never reach the server in clear). A benchmark of durable writes asks for
+ * `durable` (fsync and synchronous commits, as the server's defaults) and `quiet` (no statement log).
+ * Stopped and removed on t.teardown.
  *
  * initdb and postgres refuse to run as root; when the tests run as root the server runs as the
  * `postgres` Unix user, with the temporary directory chowned to it.
@@ -80,7 +82,10 @@ function serverIdentity(): { uid: number; gid: number } | undefined {
   }
 }
 
-export async function startPostgres(t: Test): Promise<PgServer | undefined> {
+export async function startPostgres(
+  t: Test,
+  options: { durable?: boolean; quiet?: boolean } = {},
+): Promise<PgServer | undefined> {
   const bins = findBinaries();
   if (!needService(t, 'PostgreSQL', bins !== undefined, INSTALL) || !bins) return undefined;
   const owner = serverIdentity();
@@ -154,16 +159,11 @@ export async function startPostgres(t: Test): Promise<PgServer | undefined> {
       `listen_addresses=${host}`,
       '-c',
       `unix_socket_directories=${dir}`,
-      '-c',
-      'fsync=off',
-      '-c',
-      'synchronous_commit=off',
-      '-c',
-      'full_page_writes=off',
+      ...(options.durable ? [] : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']),
       '-c',
       'password_encryption=scram-sha-256',
       '-c',
-      'log_statement=all',
+      `log_statement=${options.quiet ? 'none' : 'all'}`,
       '-c',
       'log_connections=on',
       '-c',
