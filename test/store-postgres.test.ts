@@ -19,6 +19,9 @@ import type { PgPlace } from './lib/pg-store.js';
 import { IDENTITY, pgPlace, RECIPIENT } from './lib/pg-store.js';
 import { storeContract } from './lib/store-contract.js';
 
+/** Every table of the store's schema (version 2). */
+const TABLES = ['schema_version', 'store', 'segments', 'records', 'lease', 'terms', 'daemons', 'audit', 'receipts'];
+
 const p = await pgPlace(t);
 if (p) await suite(p);
 
@@ -53,7 +56,7 @@ async function suite(p: PgPlace): Promise<void> {
   /** A digest of every row of the store's tables: what "left as it was" compares. */
   const rowsOf = async (schema: string): Promise<string> => {
     const out: unknown[] = [];
-    for (const table of ['schema_version', 'store', 'segments', 'records'])
+    for (const table of TABLES)
       out.push(
         await p.sql(`SELECT md5(string_agg(md5(x::text), ',' ORDER BY x::text)) AS d FROM ${schema}.${table} x`),
       );
@@ -92,11 +95,11 @@ async function suite(p: PgPlace): Promise<void> {
   const copyOf = async (schema: string): Promise<string> => {
     const copy = p.schema();
     await p.sql(`CREATE SCHEMA ${copy}`);
-    for (const table of ['schema_version', 'store', 'segments', 'records'])
+    for (const table of TABLES)
       await p.sql(`CREATE TABLE ${copy}.${table} (LIKE ${schema}.${table} INCLUDING ALL)`);
     await p.sql(`ALTER TABLE ${copy}.records ADD FOREIGN KEY (segment) REFERENCES ${copy}.segments (id)`);
     await p.sql(`ALTER SCHEMA ${copy} OWNER TO rotor_state`);
-    for (const table of ['schema_version', 'store', 'segments', 'records']) {
+    for (const table of TABLES) {
       await p.sql(`INSERT INTO ${copy}.${table} SELECT * FROM ${schema}.${table}`);
       await p.sql(`ALTER TABLE ${copy}.${table} OWNER TO rotor_state`);
     }
@@ -159,7 +162,7 @@ async function suite(p: PgPlace): Promise<void> {
       'STATE_CORRUPT',
       'a record past the 64 MiB limit (never fetched)',
     );
-    await tampered(`UPDATE S.schema_version SET version = 2`, 'STATE_SCHEMA', 'tables of a newer rotor');
+    await tampered(`UPDATE S.schema_version SET version = 3`, 'STATE_SCHEMA', 'tables of a newer rotor');
     await tampered(
       `INSERT INTO S.segments SELECT gen_random_uuid(), base_seq, header, snapshot FROM S.segments`,
       'STATE_CORRUPT',
@@ -264,6 +267,27 @@ async function suite(p: PgPlace): Promise<void> {
     const again = await p.open(schema);
     t.equal(again.get('k'), 'a3');
     await again.close();
+  });
+
+  t.test('tables of version 1 are migrated to version 2, and the store in them opens unchanged', async (t) => {
+    const schema = p.schema();
+    const store = await p.open(schema);
+    await store.write([{ op: 'put', key: 'kept', value: 'yes' }]);
+    await store.close();
+    for (const table of ['lease', 'terms', 'daemons', 'audit', 'receipts']) await p.sql(`DROP TABLE ${schema}.${table}`);
+    await p.sql(`UPDATE ${schema}.schema_version SET version = 1`);
+    const again = await p.open(schema);
+    t.equal(again.get('kept'), 'yes', 'the store of version 1 opens with its entries');
+    await again.close();
+    const [v] = await p.sql<{ version: number }>(`SELECT version FROM ${schema}.schema_version`);
+    t.equal(v?.version, 2, 'the tables are version 2 now');
+    const [lease] = await p.sql<{ term: string }>(`SELECT term FROM ${schema}.lease`);
+    t.equal(lease?.term, '0', 'the lease row was made, at term 0');
+    const tables = await p.sql<{ n: string }>(
+      `SELECT count(*) AS n FROM pg_catalog.pg_tables WHERE schemaname = $1`,
+      [schema],
+    );
+    t.equal(tables[0]?.n, String(TABLES.length), 'every table of version 2 is there');
   });
 
   t.test('concurrent first opens on an empty database create one store', async (t) => {

@@ -3,7 +3,7 @@
  * migrates its own tables, in one transaction under a transaction-level advisory lock (two daemons
  * starting at once on an empty database: one makes the tables, the other waits and then sees them).
  *
- * Version 1, in the store's schema (default rotor):
+ * Version 2, in the store's schema (default rotor):
  *   schema_version  one row: the version of these tables (a newer one is refused: STATE_SCHEMA)
  *   store           one row: the store's id (as the audit log records it; checked against the
  *                   encrypted header and snapshot, which carry it too)
@@ -12,13 +12,27 @@
  *                   base_seq), snapshot (an age file: rotor-state/1, every entry at base_seq)
  *   records         one row per batch after base_seq: seq (primary key), segment, frame (nonce |
  *                   ChaCha20-Poly1305(segment key, {seq, prev, ops}) | tag)
+ *   lease           one row: the leadership of several daemons on this store (daemon/leadership.ts):
+ *                   term (only grows), holder (a daemon's random id, null when nobody leads), its
+ *                   name, the server process of its lease connection (pid and start: a hint that it
+ *                   is gone), acquired, renewed and expires, all on the database clock
+ *   terms           one row per term ever granted: who held it, when and why (never two holders of a
+ *                   term: the primary key; the proof harness checks it)
+ *   daemons         one row per daemon process seen: its id, name, agent URL, role and last sighting
+ *   audit           the audit log's hash chain (seq, hash, the entry's JSON line): the leader appends
+ *                   here, fenced by its term, and commits the lines to Git (audit/pg-log.ts)
+ *   receipts        read receipts taken by followers (consumer, secret, version, at), which the
+ *                   leader folds into the store
+ * Version 1 had the first four; opening it migrates it to 2 (adds the other five tables).
  * Only the store id, the seqs, the segment ids and ciphertext are in clear: no value and no key name.
+ * The audit lines, the receipts and the daemons' names are in clear: they hold names, versions and
+ * times, as the audit log in Git does, never a value.
  * The ciphertext columns are STORAGE EXTERNAL: random bytes do not compress, so PostgreSQL need not try.
  */
 import type { PoolClient } from 'pg';
 import { StateError } from './types.js';
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 /** The first key of the migration's advisory lock: "roto". The second is hashtext(schema). */
 const LOCK_CLASS = 0x726f746f;
 
@@ -29,6 +43,11 @@ export function qualified(schema: string): {
   store: string;
   segments: string;
   records: string;
+  lease: string;
+  terms: string;
+  daemons: string;
+  audit: string;
+  receipts: string;
 } {
   const s = `"${schema.replace(/"/g, '""')}"`;
   return {
@@ -37,6 +56,11 @@ export function qualified(schema: string): {
     store: `${s}.store`,
     segments: `${s}.segments`,
     records: `${s}.records`,
+    lease: `${s}.lease`,
+    terms: `${s}.terms`,
+    daemons: `${s}.daemons`,
+    audit: `${s}.audit`,
+    receipts: `${s}.receipts`,
   };
 }
 
@@ -63,7 +87,51 @@ function ddl(schema: string): string[] {
        frame bytea NOT NULL)`,
     `ALTER TABLE ${t.segments} ALTER COLUMN header SET STORAGE EXTERNAL, ALTER COLUMN snapshot SET STORAGE EXTERNAL`,
     `ALTER TABLE ${t.records} ALTER COLUMN frame SET STORAGE EXTERNAL`,
+    ...ddl2(schema),
     `INSERT INTO ${t.version} (version) VALUES (${SCHEMA_VERSION})`,
+  ];
+}
+
+/** The tables version 2 added (run on a new schema, or on one of version 1 to migrate it). */
+function ddl2(schema: string): string[] {
+  const t = qualified(schema);
+  return [
+    `CREATE TABLE ${t.lease} (
+       one boolean PRIMARY KEY DEFAULT true CHECK (one),
+       term bigint NOT NULL CHECK (term >= 0),
+       holder text,
+       holder_name text,
+       holder_pid integer,
+       holder_backend_start timestamptz,
+       acquired_at timestamptz,
+       renewed_at timestamptz,
+       expires_at timestamptz)`,
+    `INSERT INTO ${t.lease} (term) VALUES (0)`,
+    `CREATE TABLE ${t.terms} (
+       term bigint PRIMARY KEY CHECK (term > 0),
+       holder text NOT NULL,
+       holder_name text NOT NULL,
+       how text NOT NULL,
+       acquired_at timestamptz NOT NULL DEFAULT now())`,
+    `CREATE TABLE ${t.daemons} (
+       id text PRIMARY KEY,
+       name text NOT NULL,
+       agent_url text,
+       role text NOT NULL,
+       term bigint,
+       started_at timestamptz NOT NULL DEFAULT now(),
+       seen_at timestamptz NOT NULL DEFAULT now())`,
+    `CREATE TABLE ${t.audit} (
+       seq bigint PRIMARY KEY CHECK (seq > 0),
+       hash text NOT NULL CHECK (hash ~ '^[0-9a-f]{64}$'),
+       line text NOT NULL,
+       term bigint NOT NULL)`,
+    `CREATE TABLE ${t.receipts} (
+       consumer text NOT NULL,
+       secret text NOT NULL,
+       version integer NOT NULL CHECK (version > 0),
+       at timestamptz NOT NULL,
+       PRIMARY KEY (consumer, secret))`,
   ];
 }
 
@@ -89,6 +157,11 @@ export async function migrate(client: PoolClient, schema: string, place: string)
   const v = await client.query<{ version: number }>(`SELECT version FROM ${t.version} LIMIT 2`);
   const version = v.rows.length === 1 ? v.rows[0]!.version : undefined;
   if (version === SCHEMA_VERSION) return;
+  if (version === 1) {
+    for (const statement of ddl2(schema)) await client.query(statement);
+    await client.query(`UPDATE ${t.version} SET version = ${SCHEMA_VERSION}`);
+    return;
+  }
   if (typeof version === 'number' && version > SCHEMA_VERSION)
     throw new StateError(
       'STATE_SCHEMA',
