@@ -37,10 +37,14 @@ export interface PgContext {
   readonly user: string;
   readonly t: ReturnType<typeof qualified>;
   readonly pool: Pool;
-  readonly fence: ((client: PoolClient) => Promise<void>) | undefined;
+  fence: ((client: PoolClient) => Promise<void>) | undefined;
   readonly compactRecords: number;
   readonly compactBytes: number;
   warn(message: string): void;
+  /** Announce each write transaction on the store's channel (several daemons: the followers listen). */
+  notify: boolean;
+  /** Reads and verifies the whole store again (a follower whose segment was compacted away). */
+  reload(): Promise<PgInitial>;
   /** A new segment at `head`, sealed to every recipient (outside any transaction: it is CPU work). */
   seal(head: SnapshotHead, keys: readonly string[], get: (key: string) => Json | undefined): Promise<SealedSegment>;
   error(e: unknown, what: string): StateError;
@@ -183,6 +187,76 @@ export class PgStore implements StateStore {
     return this.seqValue;
   }
 
+  /** The pool, tables and fence, for the parts kept beside the store (the lease, the audit chain, LISTEN). */
+  get context(): PgContext {
+    return this.ctx;
+  }
+
+  /**
+   * Shares the store with other daemons: every write transaction runs `fence` first (the lease at this
+   * daemon's term) and announces itself on the store's channel for the followers.
+   */
+  share(fence: (client: PoolClient) => Promise<void>): void {
+    this.ctx.fence = fence;
+    this.ctx.notify = true;
+  }
+
+  /**
+   * A follower's copy catches up: applies the records written since `seq` (by the leader), or reads the
+   * whole store again when it was compacted meanwhile. Resolves with the keys that changed. Runs in turn
+   * with this object's own writes, so that it never applies a record twice.
+   */
+  catchUp(max = 1000): Promise<string[]> {
+    if (this.closing) return Promise.reject(new Error('the state store is closed'));
+    return this.exclusive(async () => {
+      const changed = new Set<string>();
+      for (;;) {
+        const r = await readAfter(this.ctx, this.segment, this.seqValue, this.head, max);
+        if (r.compacted) {
+          const init = await this.ctx.reload();
+          if (init.storeId !== this.storeId)
+            throw new StateError('STATE_FOREIGN', `${this.ctx.place} now holds another store (${init.storeId})`);
+          if (init.seq < this.seqValue)
+            throw new StateError(
+              'STATE_ROLLBACK',
+              `${this.ctx.place} is at generation ${init.seq}, behind ${this.seqValue} which this daemon read before`,
+            );
+          for (const [k, v] of init.data) if (this.data.get(k) !== v) changed.add(k);
+          for (const k of this.data.keys()) if (!init.data.has(k)) changed.add(k);
+          this.data.clear();
+          for (const [k, v] of init.data) this.data.set(k, v);
+          this.sorted = undefined;
+          this.seqValue = init.seq;
+          this.head = init.head;
+          this.segment = init.segment;
+          this.records = init.records;
+          this.bytes = init.bytes;
+          continue;
+        }
+        for (const rec of r.records) {
+          for (const op of rec.ops) changed.add(op.key);
+          if (apply(this.data, rec.ops)) this.sorted = undefined;
+          this.seqValue = rec.seq;
+          this.records += 1;
+        }
+        this.head = r.head;
+        if (r.records.length < max) break;
+      }
+      return [...changed];
+    });
+  }
+
+  /**
+   * Writable again after a fence (a follower that now leads): call once caught up. Writes whose COMMIT
+   * outcome was unknown are either in the records read since, or were never committed.
+   */
+  resume(): Promise<void> {
+    return this.exclusive(async () => {
+      this.fenced = undefined;
+      this.unknown = undefined;
+    });
+  }
+
   /** The chain head at `seq` (the SHA-256 of the last record's plaintext): where readAfter(seq) goes on. */
   get chainHead(): string {
     return this.head;
@@ -308,7 +382,7 @@ export class PgStore implements StateStore {
     }
     let committing = false;
     try {
-      if (single && !this.ctx.fence && !this.unknown) {
+      if (single && !this.ctx.fence && !this.ctx.notify && !this.unknown) {
         committing = true;
         await body(client);
       } else {
@@ -316,6 +390,10 @@ export class PgStore implements StateStore {
         if (this.ctx.fence) await this.runFence(client, what);
         if (this.unknown) await this.settleUnknown(client, this.unknown);
         await body(client);
+        if (this.ctx.notify) {
+          const schema = this.ctx.t.schema.slice(1, -1).replace(/""/g, '"');
+          await client.query('SELECT pg_notify($1, $2)', ['rotor', `${schema} state ${this.seqValue}`]);
+        }
         committing = true;
         await client.query('COMMIT');
       }

@@ -65,6 +65,8 @@ export interface PostgresStoreConfig {
    * STATE_IO). For the leader election to come: the lease is checked in the same transaction.
    */
   fence?: (client: PoolClient) => Promise<void>;
+  /** Announce every write on the store's channel (several daemons on one store: followers LISTEN). */
+  notify?: boolean;
   /** Compact once the segment holds this many records or bytes (defaults: 10,000 records, 64 MiB). */
   compactAfter?: { records?: number; bytes?: number };
   /** Connecting gives up after this long (default 10 s); a statement after statementTimeoutMs (60 s). */
@@ -105,7 +107,9 @@ export async function openPostgresStore(config: PostgresStoreConfig, options: St
     statement_timeout: statementTimeout,
     idle_in_transaction_session_timeout: statementTimeout,
     keepAlive: true,
-    max: 4,
+    // Writes, the audit chain and reads take turns on a few; several daemons hold two more each, for
+    // the lease (its session holds the hint lock) and for LISTEN.
+    max: 8,
   });
   // A connection that dies is dropped by the pool (idle) or fails its query (in use); either way the
   // client also emits 'error', which must not become an uncaught exception.
@@ -118,6 +122,8 @@ export async function openPostgresStore(config: PostgresStoreConfig, options: St
     t: qualified(url.schema),
     pool,
     fence: config.fence,
+    notify: config.notify === true,
+    reload: () => readWhole(ctx, dec),
     compactRecords,
     compactBytes,
     warn: (m) => {
@@ -207,6 +213,13 @@ async function load(
   dec: Parameters<typeof readSegment>[2],
   anchor: StoreOpenOptions['anchor'],
 ): Promise<PgStore> {
+  const loaded = await readWhole(ctx, dec);
+  checkAnchor(ctx.place, anchor, loaded.storeId, loaded.seq);
+  return new PgStore(ctx, loaded);
+}
+
+/** The whole store, read and verified in one snapshot of the database. */
+async function readWhole(ctx: PgContext, dec: Parameters<typeof readSegment>[2]): Promise<PgInitial> {
   const client = await connect(ctx, 'opening the state store');
   let loaded: PgInitial;
   try {
@@ -238,9 +251,8 @@ async function load(
     loaded = { storeId, seq, head, data, segment, records, bytes };
   } catch (e) {
     client.release(true);
-    throw e;
+    throw ctx.error(e, 'reading the state store');
   }
   client.release();
-  checkAnchor(ctx.place, anchor, loaded.storeId, loaded.seq);
-  return new PgStore(ctx, loaded);
+  return loaded;
 }
