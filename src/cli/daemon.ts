@@ -95,7 +95,8 @@ Usage: rotor daemon --repo URL|PATH [--branch main] [--data-dir DIR] [--socket-d
                     [--agent-listen HOST:PORT] [--agent-tls-cert FILE --agent-tls-key FILE]
                     [--metrics-listen HOST:PORT] [--metrics-host NAME]...
                     [--break-glass RECIPIENT]... [--log-level LEVEL] [--log-format text|json]
-                    [--state postgres://USER@HOST:PORT/DATABASE [--state-password-file FILE]]
+                    [--state postgres://USER@HOST:PORT/DATABASE [--state-password-file FILE]
+                     [--name NAME] [--agent-url URL]]
 
 Follows the GitOps repository at URL|PATH: clones it into DATA_DIR/repo (or opens that clone), fetches
 on the Config's sync.interval and on SIGHUP, applies each new commit whose declarations are valid (an
@@ -106,8 +107,16 @@ The data directory holds the keys (make them first: rotor keygen DATA_DIR), the 
 store (DATA_DIR/state), the clone, and the admin socket (DATA_DIR/admin.sock) used by rotor rotate
 and rotor status. With --state postgres://... the state store lives in that database instead (in
 the schema rotor by default, made at the first start; ciphertext only, as in the files), and
-nothing is written to DATA_DIR/state. One daemon per store: a second one writing it is refused
-(STATE_FENCED). See "State on PostgreSQL" in docs/operations.md for the grants it needs.
+nothing is written to DATA_DIR/state. See "State on PostgreSQL" in docs/operations.md for the grants
+it needs.
+
+Several daemons may run on one PostgreSQL store, each with its own data directory holding copies of
+the same keys. One leads, by a lease on the database's clock with a term that only grows: it alone
+rotates, hands out agent jobs, and commits and pushes the audit log (whose chain is kept in the
+database). The others follow: they serve consumers and agents' values from the database, and one of
+them takes over when the leader stops (SIGTERM: at once), dies (within seconds) or is cut off from
+the database (once its lease expires, 15 s). Every write checks the term in its own transaction, so
+a deposed leader's late write is refused. See "Several daemons" in docs/operations.md.
 
 Applications read their secrets over SOCKET_DIR/<consumer>.sock, one socket per Consumer declaration,
 owned by the consumer's uid and mode 0600 (so the daemon runs as root to serve consumers of other

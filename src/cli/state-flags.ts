@@ -25,22 +25,65 @@ export const STATE_FLAGS = {
     description:
       "the PostgreSQL password for --state: the file's first line, read at each new connection; refused if group or others can read it. Without it, PGPASSWORD, then PGPASSFILE or ~/.pgpass",
   },
+  name: {
+    type: 'string',
+    arg: 'NAME',
+    defaultText: 'the host name',
+    description:
+      'with --state: how this daemon is shown to the others on the same store (rotor status, the status page, metrics)',
+  },
+  'agent-url': {
+    type: 'string',
+    arg: 'URL',
+    defaultText: 'http(s)://the --agent-listen address',
+    description:
+      "with --state: the agent API's address as agents reach it (https://rotor-2.example:7700); shown to the other daemons, and to agents that ask a follower where the leader is",
+  },
 } as const satisfies Flags;
 
 /** The StoreBackend that --state names, or none (the file store). Usage errors for a bad combination or URL. */
 export function stateBackendOf(
-  flags: { state?: string | undefined; 'state-password-file'?: string | undefined },
+  flags: {
+    state?: string | undefined;
+    'state-password-file'?: string | undefined;
+    name?: string | undefined;
+    'agent-url'?: string | undefined;
+  },
   io: Io,
-): { stateBackend?: StoreBackend } {
+): { stateBackend?: StoreBackend; name?: string; agentUrl?: string } {
   const file = flags['state-password-file'];
   if (flags.state === undefined) {
-    if (file !== undefined)
-      throw new UsageError('--state-password-file is the password for --state postgres://...; give --state too');
+    for (const flag of ['state-password-file', 'name', 'agent-url'] as const)
+      if (flags[flag] !== undefined)
+        throw new UsageError(`--${flag} is for several daemons on a PostgreSQL store; give --state postgres://... too`);
     return {};
   }
+  const name = flags.name;
+  if (name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(name))
+    throw new UsageError(
+      `--name ${JSON.stringify(name.slice(0, 70))}: use letters, digits, dots, dashes and underscores (at most 63)`,
+    );
+  let agentUrl: string | undefined;
+  if (flags['agent-url'] !== undefined) {
+    const u = URL.canParse(flags['agent-url']) ? new URL(flags['agent-url']) : undefined;
+    if (
+      !u ||
+      (u.protocol !== 'http:' && u.protocol !== 'https:') ||
+      u.username ||
+      u.password ||
+      u.pathname !== '/' ||
+      u.search ||
+      u.hash
+    )
+      throw new UsageError(
+        `--agent-url ${flags['agent-url']}: give http://HOST:PORT or https://HOST:PORT, without a path`,
+      );
+    agentUrl = u.origin;
+  }
+  const extra = { ...(name !== undefined ? { name } : {}), ...(agentUrl !== undefined ? { agentUrl } : {}) };
   try {
     const passwordFile = file === undefined ? {} : { passwordFile: path.resolve(io.cwd, file) };
-    return { stateBackend: postgresStoreBackend({ url: flags.state, ...passwordFile, env: io.env }) };
+    return { stateBackend: postgresStoreBackend({ url: flags.state, ...passwordFile, env: io.env }), ...extra };
   } catch (e) {
     if (e instanceof StateError) throw new UsageError(`--state: ${e.message} [${e.code}]`);
     throw e;

@@ -27,7 +27,12 @@ export const auditPushChannel = diagnostics_channel.channel('rotor:audit-push');
 export const PUSH_BACKOFF: BackoffOptions = { baseMs: 2000, maxMs: 300_000, jitter: 'equal' };
 
 export interface AuditPublisherOptions {
-  readonly audit: AuditLog;
+  /** Where entries are appended, durably (the clone's files, or the chain in the database). */
+  readonly audit: Pick<AuditLog, 'append'>;
+  /** Several daemons: writes the database's entries into the clone's files before each commit. */
+  readonly mirror?: () => Promise<void>;
+  /** Several daemons: whether this one publishes (it leads); a follower commits and pushes nothing. */
+  readonly active?: () => boolean;
   readonly repo: GitRepo;
   /** The audit directory inside the clone (what is committed). */
   readonly auditDir: string;
@@ -65,6 +70,14 @@ export class AuditPublisher {
 
   /** Commits the pending entries to the clone. Call it on the git queue (the sync does before it fetches). */
   async commit(): Promise<void> {
+    if (this.o.active && !this.o.active()) return;
+    if (this.o.mirror) {
+      this.commitPending = true; // what the database holds beyond the files is committed now
+      await this.o.mirror().catch((e: unknown) => {
+        this.commitFailed = true;
+        throw e;
+      });
+    }
     if (!this.commitPending && !this.commitFailed) return;
     this.commitPending = false;
     this.commitFailed = false;
@@ -82,6 +95,7 @@ export class AuditPublisher {
 
   /** Commits and pushes the audit entries written since the last flush; retries a failed push with backoff. */
   private async flush(): Promise<void> {
+    if (this.o.active && !this.o.active()) return;
     try {
       await this.commit();
       const pushed = (await this.o.repo.unpushed()) > 0 ? (await this.o.repo.push()).pushed.length : 0;

@@ -18,6 +18,7 @@ import type { AuditEntry } from '../audit/entry.js';
 import { AuditError } from '../audit/entry.js';
 import type { AuditFs } from '../audit/log.js';
 import { AuditLog, nodeAuditFs, verifyAuditDir } from '../audit/log.js';
+import { NEVER, RotorError } from '../errors.js';
 import { ensureAuditBranch } from '../git/audit-branch.js';
 import type { GitRepo as Repo } from '../git/repo.js';
 import { GitRepoError, openRepo } from '../git/repo.js';
@@ -39,11 +40,14 @@ import { listenMetrics } from '../serve/metrics.js';
 import type { DaemonStatus, RecentView } from '../serve/status.js';
 import type { StateStore, StoreBackend, StoreFs } from '../state/index.js';
 import { fileStoreBackend } from '../state/index.js';
+import { PgStore } from '../state/pg-store.js';
 import { SerialQueue } from '../util/serial.js';
 import { AgentValues } from './agent-values.js';
 import { AgentHub } from './agents.js';
 import { committedAuditHead } from './audit-anchor.js';
 import { AuditPublisher } from './audit-publisher.js';
+import type { DbAuditLog, LeaseTimings } from './cluster.js';
+import { Cluster } from './cluster.js';
 import { checkDataDir, lockDataDir } from './lock.js';
 import { Receipts } from './receipts.js';
 import { readSopsValues } from './sops-values.js';
@@ -84,6 +88,24 @@ export interface DaemonOptions {
   readonly stateBackend?: StoreBackend;
   /** The file-system layer under the audit log (default node:fs/promises); likewise. */
   readonly auditFs?: AuditFs;
+  /** Several daemons on a PostgreSQL store: this daemon's name as the others show it (default: the host name). */
+  readonly name?: string;
+  /** The agent API's URL as agents reach it (--agent-url), shown to the other daemons and to agents. */
+  readonly agentUrl?: string;
+  /** The lease's timings (tests shorten them). */
+  readonly leaseTimings?: Partial<LeaseTimings>;
+  /** Opens the audit chain in the database (several daemons on a PostgreSQL store). */
+  readonly openDbAudit?: (store: PgStore, fence: ReturnType<Cluster['fence']>) => Promise<DbAuditLog & DbAuditExtra>;
+}
+
+/** What the daemon needs of the database's audit chain besides appending and following. */
+export interface DbAuditExtra {
+  /** Brings the clone's files up to the chain in the database (the leader, before each commit). */
+  mirror(file: AuditLog): Promise<void>;
+  /** Every entry, oldest first (the index at start). */
+  entries(): Iterable<AuditEntry>;
+  /** Takes the file log's entries when the database holds none yet (a daemon moving onto PostgreSQL). */
+  seed(file: AuditLog): Promise<void>;
 }
 
 const FINGERPRINT_KEY = 'meta/fingerprint-key';
@@ -99,6 +121,12 @@ export class Daemon {
   private consumers!: ConsumerService;
   private store!: StateStore;
   private audit!: AuditLog;
+  /** Several daemons on a PostgreSQL store: the election and following, and the audit chain in the database. */
+  private cluster: Cluster | undefined;
+  private dbAudit: (DbAuditLog & DbAuditExtra) | undefined;
+  /** What the last applied commit put in force (a daemon that starts leading applies it as leader). */
+  private applied: { desired: Desired; commit: string; at: string } | undefined;
+  private auditIndex!: ReturnType<typeof newAuditIndex>;
   private publisher!: AuditPublisher;
   private engine!: Engine;
   private admin: Server | undefined;
@@ -132,7 +160,11 @@ export class Daemon {
       log: o.log,
       now: this.now,
       beforeFetch: () => this.publisher.commit(),
-      rejected: (commit, at, problems) => this.appendAudit([{ time: at, event: 'config-rejected', commit, problems }]),
+      // Recorded by the daemon that acts (a follower's leader records the same rejection).
+      rejected: (commit, at, problems) =>
+        this.acting()
+          ? this.appendAudit([{ time: at, event: 'config-rejected', commit, problems }])
+          : Promise.resolve(),
       apply: (desired, commit, at) => this.apply(desired, commit, at),
       afterSync: () => this.rearm(), // the schedule is looked at again after every sync
     });
@@ -259,9 +291,11 @@ export class Daemon {
         : {}),
       onWarning: (m: string) => log('warn', m),
     });
+    this.auditIndex = index;
+    if (this.store instanceof PgStore) await this.openCluster(this.store, index);
     // ...and the store anchors the audit log: a log cut back behind what the store saw is refused.
     const auditHead = this.store.get(AUDIT_HEAD_KEY) as { seq: number; hash: string } | undefined;
-    if (auditHead) {
+    if (auditHead && !this.cluster) {
       const v = await verifyAuditDir(auditPath, { anchor: auditHead, fs: auditFs });
       if (!v.result.ok) {
         const behind = `it ends before entry ${auditHead.seq}, or differs there`;
@@ -269,14 +303,15 @@ export class Daemon {
         throw new AuditError(v.result.code, message);
       }
     }
-    let fpKey = this.store.get(FINGERPRINT_KEY);
-    if (typeof fpKey !== 'string') {
-      fpKey = randomBytes(32).toString('base64');
-      await this.store.write([{ op: 'put', key: FINGERPRINT_KEY, value: fpKey }]);
-    }
-    const audit = this.audit;
+    if (!this.cluster) await this.ensureFingerprintKey();
+    const store = this.store;
+    const fingerprintKey = () => Buffer.from(store.get(FINGERPRINT_KEY) as string, 'base64');
+    const audit = this.dbAudit ?? this.audit;
+    const fileLog = this.audit;
+    const dbAudit = this.dbAudit;
     this.publisher = new AuditPublisher({
       audit,
+      ...(dbAudit ? { mirror: () => dbAudit.mirror(fileLog), active: () => this.acting() } : {}),
       repo: auditRepo,
       auditDir: this.auditDir,
       ...(this.auditBranch !== undefined ? { branch: this.auditBranch } : {}),
@@ -294,7 +329,24 @@ export class Daemon {
       ...(this.o.agentJobTimeoutMs !== undefined ? { jobTimeoutMs: this.o.agentJobTimeoutMs } : {}),
     });
     const hub = this.hub;
-    this.receipts = new Receipts(this.store, log, this.now);
+    const cluster = this.cluster;
+    this.receipts = new Receipts(this.store, log, this.now, {
+      ...(cluster
+        ? {
+            persist: (ops) =>
+              cluster.isLeader()
+                ? this.store.write(ops).then(() => undefined)
+                : cluster.putReceipts(
+                    ops.flatMap((op) => {
+                      if (op.op !== 'put') return []; // the leader prunes
+                      const [consumer, secret] = [op.key.split('/')[1]!, op.key.split('/').slice(2).join('/')];
+                      const r = op.value as unknown as { version: number; at: string };
+                      return [{ consumer, secret, version: r.version, at: r.at }];
+                    }),
+                  ),
+          }
+        : {}),
+    });
     this.engine = new Engine({
       database: { set: (s, v, p, c) => hub.set(s, v, p, c), retire: (s, v, r, c) => hub.retire(s, v, r, c) },
       store: this.store,
@@ -305,7 +357,7 @@ export class Daemon {
         },
       },
       audited: index.audited,
-      fingerprintKey: Buffer.from(fpKey, 'base64'),
+      fingerprintKey,
       now: this.now,
       log: (level, message, fields) => log(level, message, fields),
       onChange: (name) => {
@@ -366,7 +418,10 @@ export class Daemon {
           { commit: index.lastApplied },
         );
     }
+    // The first daemon on a store leads before it applies anything; the others follow from here.
+    if (this.cluster) await this.cluster.first();
     await this.sync.consider(head, first);
+    this.cluster?.start();
     this.admin = await listenAdmin(path.join(dataDir, 'admin.sock'), {
       rotate: (name, reason) => this.rotateNow(name, reason),
       status: () => this.status(),
@@ -389,15 +444,17 @@ export class Daemon {
   /** Puts a valid commit's declarations in force (RepoSync.consider calls it). */
   private async apply(desired: Desired, commit: string, at: string): Promise<void> {
     this.desired = desired;
+    this.applied = { desired, commit, at };
     this.consumers.setModel(accessOf(desired));
     this.hub.setModel(desired);
     this.agentValues.setModel(desired);
-    await this.engine.apply(desired, commit, await readSopsValues(this.repo.dir, commit, desired, this.identity));
-    await this.appendAudit([{ time: at, event: 'config-applied', commit }]);
-    this.o.log('info', 'commit applied', { commit, secrets: desired.secrets.size });
-    // New secrets get version 1 and rotate-now requests run before this returns.
-    await this.engine.runDue();
-    this.receipts.prune((consumer, secret) => desired.consumers.has(consumer) && desired.secrets.has(secret));
+    const manual = await readSopsValues(this.repo.dir, commit, desired, this.identity);
+    if (this.acting()) await this.applyAsLeader(desired, commit, at, manual);
+    else {
+      // A follower: the leader writes what the commit changes; this daemon serves with it.
+      this.engine.setModel(desired, commit, manual);
+      this.o.log('info', 'commit applied (following: the leader rotates)', { commit, secrets: desired.secrets.size });
+    }
     // A consumer that names an agent is served by that agent on its own host, not here.
     const specs = [...desired.consumers.values()]
       .filter(({ decl }) => decl.agent === undefined)
@@ -405,6 +462,131 @@ export class Daemon {
     await this.sockets?.sync(specs);
     this.consumers.notifyAll(); // grants may have changed
     this.rearm();
+  }
+
+  /** The writes a commit calls for: new secrets, removed ones, SOPS values; done by the one daemon that acts. */
+  private async applyAsLeader(
+    desired: Desired,
+    commit: string,
+    at: string,
+    manual: Awaited<ReturnType<typeof readSopsValues>>,
+  ): Promise<void> {
+    await this.engine.apply(desired, commit, manual);
+    await this.appendAudit([{ time: at, event: 'config-applied', commit }]);
+    this.o.log('info', 'commit applied', { commit, secrets: desired.secrets.size });
+    // New secrets get version 1 and rotate-now requests run before this returns.
+    await this.engine.runDue();
+    this.receipts.prune((consumer, secret) => desired.consumers.has(consumer) && desired.secrets.has(secret));
+  }
+
+  /** Whether this daemon acts (rotates, writes, hands out jobs, pushes): always, unless another daemon leads. */
+  private acting(): boolean {
+    return !this.cluster || this.cluster.isLeader();
+  }
+
+  private async ensureFingerprintKey(): Promise<void> {
+    if (typeof this.store.get(FINGERPRINT_KEY) !== 'string')
+      await this.store.write([{ op: 'put', key: FINGERPRINT_KEY, value: randomBytes(32).toString('base64') }]);
+  }
+
+  /** Several daemons on a PostgreSQL store: the election, LISTEN, and the audit chain in the database. */
+  private async openCluster(store: PgStore, index: ReturnType<typeof newAuditIndex>): Promise<void> {
+    const { log } = this.o;
+    const cluster = new Cluster({
+      store,
+      log,
+      ...(this.o.name !== undefined ? { name: this.o.name } : {}),
+      ...(this.o.leaseTimings ? { timings: this.o.leaseTimings } : {}),
+      agentUrl: () => this.agentUrl(),
+      onLead: (term) => this.lead(term),
+      onFollow: () => {
+        if (this.wakeTimer) clearTimeout(this.wakeTimer);
+        this.wakeTimer = undefined;
+      },
+      onState: (keys, entries) => this.followed(keys, entries),
+      onReceipts: () => void this.foldReceipts(),
+    });
+    this.cluster = cluster;
+    store.share(cluster.fence());
+    if (!this.o.openDbAudit) throw new Error('a daemon on a PostgreSQL store needs openDbAudit');
+    this.dbAudit = await this.o.openDbAudit(store, cluster.fence());
+    cluster.setAudit(this.dbAudit);
+    // The store anchors the chain: the chain in the database must reach the head the store recorded.
+    const auditHead = store.get(AUDIT_HEAD_KEY) as { seq: number; hash: string } | undefined;
+    let hashThere: string | undefined;
+    for (const e of this.dbAudit.entries()) {
+      index.add(e);
+      if (e.seq === auditHead?.seq) hashThere = e.hash;
+    }
+    if (auditHead && hashThere !== undefined && hashThere !== auditHead.hash)
+      throw new AuditError(
+        'AUDIT_CHAIN_BROKEN',
+        `the audit chain in ${store.context.place} differs at entry ${auditHead.seq} from what the state store recorded`,
+      );
+    if (auditHead && this.dbAudit.head.seq < auditHead.seq)
+      throw new AuditError(
+        'AUDIT_TRUNCATED',
+        `the audit chain in ${store.context.place} ends at entry ${this.dbAudit.head.seq}, before entry ${auditHead.seq} which the state store recorded`,
+      );
+  }
+
+  /** The agent API's URL as agents reach it. */
+  private agentUrl(): string | undefined {
+    if (this.o.agentUrl !== undefined) return this.o.agentUrl;
+    const a = this.agentApi;
+    return a ? `${a.pin !== undefined ? 'https' : 'http'}://${a.address}` : undefined;
+  }
+
+  /** This daemon took the lease: it catches up with the database, then acts. */
+  private async lead(term: number): Promise<void> {
+    const cluster = this.cluster!;
+    await cluster.catchUp();
+    await (this.store as PgStore).resume();
+    if (this.dbAudit!.head.seq === 0 && this.audit.head.seq > 0) await this.dbAudit!.seed(this.audit);
+    await this.ensureFingerprintKey();
+    this.o.log('info', 'leading: rotations run here now', { term, seq: this.store.seq });
+    if (this.applied && this.engine) {
+      const { desired, commit, at } = this.applied;
+      await this.applyAsLeader(
+        desired,
+        commit,
+        at,
+        await readSopsValues(this.repo.dir, commit, desired, this.identity),
+      );
+      await this.foldReceipts();
+      void this.publisher.publish();
+    }
+    this.rearm();
+  }
+
+  /** A follower caught up: consumers waiting for a newer version are answered, the index follows the chain. */
+  private followed(keys: readonly string[], entries: readonly AuditEntry[]): void {
+    for (const e of entries) {
+      this.auditIndex.add(e);
+      keepRecent(this.recent, e as unknown as AuditEvent);
+    }
+    for (const key of keys) {
+      if (key.startsWith('secret/')) {
+        const name = key.slice('secret/'.length);
+        this.consumers?.notify(name);
+        this.agentValues?.changed(name);
+      } else if (key.startsWith('receipt/')) this.receipts?.reload(key);
+    }
+  }
+
+  /** The leader folds the receipts followers stored into its own (and the store). */
+  private async foldReceipts(): Promise<void> {
+    if (!this.cluster?.isLeader()) return;
+    try {
+      let newer = false;
+      for (const r of await this.cluster.readReceipts())
+        if (this.receipts.record(r.consumer, r.secret, r.version, r.at)) newer = true;
+      if (newer) this.rearmSoon();
+    } catch (e) {
+      this.o.log('warn', "the followers' read receipts cannot be read; retried at the next one", {
+        code: (e as { code?: string }).code ?? 'ERROR',
+      });
+    }
   }
 
   /** Appends to the audit log (durable before it resolves) and schedules a commit of the batch. */
@@ -425,7 +607,7 @@ export class Daemon {
 
   /** Arms the engine's timer for its next due work. */
   private rearm(): void {
-    if (this.stopped) return;
+    if (this.stopped || !this.acting()) return;
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     const next = this.engine.nextWakeup();
     if (next === undefined) return;
@@ -438,6 +620,14 @@ export class Daemon {
 
   /** Rotates a secret now (rotor rotate); requests for a secret whose rotation is running join it. */
   async rotateNow(name: string, reason: string): Promise<{ name: string; version: number }> {
+    if (!this.acting()) {
+      const leader = this.cluster?.view().leader;
+      throw new RotorError(
+        'NOT_LEADER',
+        `this daemon follows${leader ? `; ${leader.name} leads` : ''}: rotations run on the leader, so run rotor rotate there`,
+        { retry: NEVER },
+      );
+    }
     try {
       await this.engine.rotateNow(name, reason);
     } finally {
@@ -481,6 +671,7 @@ export class Daemon {
       store: { seq: this.store.seq, storeId: this.store.storeId },
       audit: this.publisher.status(),
       recent: this.recent,
+      ...(this.cluster ? { leadership: this.cluster.view() } : {}),
       now: this.now,
     });
   }
@@ -508,13 +699,18 @@ export class Daemon {
     await this.sockets?.close();
     await new Promise<void>((resolve) => (this.admin ? this.admin.close(() => resolve()) : resolve()));
     await this.receipts?.flush().catch(() => undefined);
+    // The others take over at once: the lease is given up before the last push (whose entries the
+    // database holds, so the next leader pushes them if this push does not).
+    const wasLeading = this.acting();
+    await this.cluster?.stop();
     await this.publisher?.publish().catch(() => undefined);
     // A full snapshot on the way out: what an operator opens offline with age -d is then complete.
-    await this.store
-      ?.compact()
-      .catch((e: unknown) =>
-        this.o.log('warn', 'state compaction on stop failed', { code: (e as { code?: string }).code ?? 'ERROR' }),
-      );
+    if (!this.cluster && wasLeading)
+      await this.store
+        ?.compact()
+        .catch((e: unknown) =>
+          this.o.log('warn', 'state compaction on stop failed', { code: (e as { code?: string }).code ?? 'ERROR' }),
+        );
     await this.store?.close();
     await this.unlock?.();
   }

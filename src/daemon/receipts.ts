@@ -5,7 +5,7 @@
  * The writes of a burst go in one batch, off the request path.
  */
 import type { Logger } from '../log.js';
-import type { Json, StateStore } from '../state/types.js';
+import type { Json, Op, StateStore } from '../state/types.js';
 
 export interface Receipt {
   readonly version: number;
@@ -20,25 +20,39 @@ export class Receipts {
   private dirty = new Map<string, Receipt | undefined>();
   private flushing: Promise<void> | undefined;
 
+  private readonly persist: (ops: Op[]) => Promise<unknown>;
+
   constructor(
     private readonly store: StateStore,
     private readonly log: Logger,
     private readonly now: () => number,
+    /** Where the changed receipts go (default: the store; a follower of several daemons: the receipts table). */
+    options: { persist?: (ops: Op[]) => Promise<unknown> } = {},
   ) {
+    this.persist = options.persist ?? ((ops) => store.write(ops));
     for (const [key, value] of store.entries(PREFIX))
       this.seen.set(key.slice(PREFIX.length), value as unknown as Receipt);
+  }
+
+  /** A receipt the leader wrote to the store (a follower caught up): kept when newer than this daemon's. */
+  reload(key: string): void {
+    if (!key.startsWith(PREFIX)) return;
+    const id = key.slice(PREFIX.length);
+    const stored = this.store.get(key) as unknown as Receipt | undefined;
+    const mine = this.seen.get(id);
+    if (stored && (!mine || mine.version < stored.version)) this.seen.set(id, stored);
   }
 
   get(consumer: string, secret: string): Receipt | undefined {
     return this.seen.get(`${consumer}/${secret}`);
   }
 
-  /** Records a read; returns true when the consumer is on a newer version than before. */
-  record(consumer: string, secret: string, version: number): boolean {
+  /** Records a read (at `at`, default now); returns true when the consumer is on a newer version than before. */
+  record(consumer: string, secret: string, version: number, at?: string): boolean {
     const id = `${consumer}/${secret}`;
     const old = this.seen.get(id);
     if (old && old.version >= version) return false;
-    const r = { version, at: new Date(this.now()).toISOString() };
+    const r = { version, at: at ?? new Date(this.now()).toISOString() };
     this.seen.set(id, r);
     this.mark(id, r);
     return true;
@@ -71,7 +85,7 @@ export class Receipts {
           : { op: 'delete' as const, key: PREFIX + id },
       );
       try {
-        await this.store.write(ops);
+        await this.persist(ops);
       } catch (e) {
         // Kept in memory; a later change writes them again. Losing one only delays an early retirement.
         for (const [id, r] of batch) if (!this.dirty.has(id)) this.dirty.set(id, r);

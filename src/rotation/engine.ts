@@ -102,7 +102,8 @@ export interface EngineOptions {
   readonly audit: AuditSink;
   /** Secret -> the last version an audit entry says became current (from the audit log at start). */
   readonly audited: Map<string, number>;
-  readonly fingerprintKey: Buffer;
+  /** The key of the audited fingerprints (a function: several daemons learn it when one first leads). */
+  readonly fingerprintKey: Buffer | (() => Buffer);
   readonly now: () => number;
   readonly log: EngineLog;
   readonly random?: RandomSource;
@@ -310,6 +311,16 @@ export class Engine {
    * purge. `manual` holds the values of the `sops:` secrets in that commit: a value that differs from
    * the current one becomes the next version (runDue), with the policy's overlap as for any rotation.
    */
+  /**
+   * Puts a model in force without writing anything (a follower of several daemons: it serves and
+   * shows, the leader writes what the commit changes).
+   */
+  setModel(desired: Desired, commit: string, manual: ReadonlyMap<string, ManualValue> = new Map()): void {
+    this.desired = desired;
+    this.commit = commit;
+    this.manual = manual;
+  }
+
   async apply(desired: Desired, commit: string, manual: ReadonlyMap<string, ManualValue> = new Map()): Promise<void> {
     const before = this.desired;
     this.desired = desired;
@@ -572,7 +583,10 @@ export class Engine {
         trigger: pending.trigger,
         ...(pending.reason !== undefined ? { reason: pending.reason } : {}),
         ...(this.commit ? { commit: this.commit } : {}),
-        fingerprint: fingerprint(this.o.fingerprintKey, pending.value),
+        fingerprint: fingerprint(
+          typeof this.o.fingerprintKey === 'function' ? this.o.fingerprintKey() : this.o.fingerprintKey,
+          pending.value,
+        ),
         stateSeq: this.o.store.seq,
         storeId: this.o.store.storeId,
       },
