@@ -1,8 +1,7 @@
 /**
  * The daemon's status snapshot (DaemonStatus): every secret with its schedule, source and consumers,
  * the sockets, the agents, the store, the audit log, the recent rotation outcomes, and (daemons
- * sharing a PostgreSQL store) which one leads. Names, versions,
- * times and codes: never a value.
+ * sharing a PostgreSQL store) which one leads. Names, versions, times and codes: never a value.
  */
 
 import { defaultStrategy } from '../model/engines.js';
