@@ -4,6 +4,7 @@ import path from 'node:path';
 import t from 'tap';
 import { render, statusCommand } from '../src/cli/status.js';
 import { getSecret } from '../src/client/index.js';
+import { daemonStatus, type StatusParts } from '../src/daemon/status.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import type { StatusReading } from '../src/serve/status.js';
 import { rotor, tempDir } from './helpers.js';
@@ -172,4 +173,22 @@ t.test('rotor status --json: the leadership section as the daemon gives it', asy
   const text = await rotor(['status', '--data-dir', dataDir]);
   t.equal(text.code, 0);
   t.match(text.stdout, /^LEADERSHIP {2}this daemon \(rotor-b\) follows, term 7$/m);
+});
+
+t.test('daemonStatus: the leadership section is passed through when the daemon has one', async (t) => {
+  const parts: StatusParts = {
+    engine: { status: () => [], storageFailure: () => undefined },
+    desired: undefined,
+    consumersOf: () => [],
+    receipt: () => undefined,
+    config: {},
+    sockets: { dir: '/run/rotor', consumers: [], requests: [] },
+    agents: { agents: [] },
+    store: { seq: 1, storeId: 's' },
+    audit: { commitPending: false, pushFailures: 0 },
+    recent: [],
+    now: () => Date.parse('2026-11-26T10:00:00.000Z'),
+  };
+  t.notOk('leadership' in daemonStatus(parts), 'none with the file store');
+  t.same(daemonStatus({ ...parts, leadership: followerView() }).leadership, followerView());
 });
