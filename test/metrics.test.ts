@@ -1,8 +1,11 @@
-/** GET /metrics of a running daemon: the rotation and overdue series move when they should. */
+/** GET /metrics of a running daemon: the rotation and overdue series move when they should; the leadership series from a hand-made status. */
 import { request } from 'node:http';
 import path from 'node:path';
 import t from 'tap';
 import { getSecret } from '../src/client/index.js';
+import { metricsRegistry } from '../src/serve/metrics.js';
+import type { StatusReading } from '../src/serve/status.js';
+import { candidateView, followerView, leaderView } from './lib/leadership.js';
 import { world } from './world.js';
 
 function scrape(address: string): Promise<{ status: number; type: string; text: string }> {
@@ -67,4 +70,68 @@ t.test('metrics: rotations, duration, age, overdue, consumers, config, socket re
   t.equal(value(m2.text, 'rotor_socket_requests{consumer="web",status="200"}'), 1);
   t.equal(value(m2.text, 'rotor_consumers_behind{secret="app/token"}'), 0);
   t.notOk(m2.text.includes(String(d.served('app/token')!.value)), 'no value in the metrics');
+});
+
+t.test('metrics: the leadership of daemons sharing the store, only when the status has it', async (t) => {
+  const base: StatusReading = { now: '2026-11-26T00:00:00.000Z', config: {}, secrets: [] };
+  let status: StatusReading = { ...base, leadership: leaderView() };
+  const m = metricsRegistry({ status: () => status });
+  t.teardown(() => m.close());
+  const scrape = () => {
+    m.newScrape();
+    return m.registry.metrics();
+  };
+
+  const leader = await scrape();
+  t.equal(value(leader, 'rotor_leader'), 1, 'this daemon leads');
+  t.equal(value(leader, 'rotor_lease_term'), 7);
+  t.equal(value(leader, 'rotor_lease_age_seconds'), 2.4, 'the lease was renewed 2.4 s ago');
+  t.equal(value(leader, 'rotor_daemons'), 3, 'three daemons seen');
+  t.equal(value(leader, 'rotor_daemon_last_seen_seconds{daemon="rotor-a",role="leader"}'), 2.4);
+  t.equal(value(leader, 'rotor_daemon_last_seen_seconds{daemon="rotor-b",role="follower"}'), 1.2);
+  t.equal(
+    value(leader, 'rotor_daemon_last_seen_seconds{daemon="<img src=x onerror=\\"alert(1)\\">",role="follower"}'),
+    95,
+    'a quote in a name is escaped in its label value',
+  );
+  t.match(leader, /^# HELP rotor_leader 1 while this daemon leads/m);
+  t.match(leader, /^# TYPE rotor_daemon_last_seen_seconds gauge$/m);
+
+  status = { ...base, leadership: followerView() };
+  const follower = await scrape();
+  t.equal(value(follower, 'rotor_leader'), 0, 'a follower does not lead');
+  t.equal(value(follower, 'rotor_lease_term'), 7);
+
+  status = { ...base, leadership: candidateView() };
+  const candidate = await scrape();
+  t.equal(value(candidate, 'rotor_leader'), 0);
+  t.notMatch(candidate, /rotor_lease_age_seconds/, 'no lease age while nobody holds the lease');
+  t.equal(value(candidate, 'rotor_daemon_last_seen_seconds{daemon="rotor-a",role="candidate"}'), 2.4);
+
+  status = {
+    ...base,
+    leadership: {
+      ...leaderView(),
+      daemons: [
+        { id: '1', name: 'twin', role: 'follower', seenAgoMs: 9000 },
+        { id: '2', name: 'twin', role: 'follower', seenAgoMs: 3000 },
+        { id: '3', name: 'back\\slash\nline', role: 'follower', seenAgoMs: 0 },
+      ],
+    },
+  };
+  const twins = await scrape();
+  t.equal(
+    value(twins, 'rotor_daemon_last_seen_seconds{daemon="twin",role="follower"}'),
+    3,
+    'one name: the one seen last',
+  );
+  t.equal(value(twins, 'rotor_daemon_last_seen_seconds{daemon="back\\\\slash\\nline",role="follower"}'), 0);
+  t.equal(value(twins, 'rotor_daemons'), 3, 'but each daemon counted');
+
+  status = base;
+  const single = await scrape();
+  t.notMatch(single, /rotor_leader|rotor_lease_|rotor_daemon/, 'nothing of it with one daemon (the file store)');
+  t.match(single, /^rotor_secrets_overdue 0$/m, 'the other series as ever');
+  status = { ...base, leadership: followerView() };
+  t.equal(value(await scrape(), 'rotor_leader'), 0, 'and back when the status has it again');
 });

@@ -7,6 +7,7 @@ import { generateKeys, loadKeys } from '../src/keys.js';
 import type { StatusView } from '../src/serve/status-page.js';
 import { renderStatusPage } from '../src/serve/status-page.js';
 import { tempDir } from './helpers.js';
+import { candidateView, followerView, HOSTILE_DAEMON, leaderView } from './lib/leadership.js';
 import { step, world } from './world.js';
 
 const NOW = Date.parse('2026-11-26T12:00:00Z');
@@ -285,6 +286,91 @@ t.test('renderStatusPage: an audit log or state store that cannot be written is 
     /<dt>Audit log<\/dt><dd class="err"><span class="badge bad">cannot be written<\/span>.*?\(<code>AUDIT_WRITE_FAILED, EROFS<\/code>\): rotations are paused/,
   );
   t.match(html, /<dt>State store<\/dt><dd class="err">.*<code>STATE_IO, ENOSPC<\/code>/);
+});
+
+/** The Daemons table. */
+function daemonsTable(html: string): string {
+  const start = html.indexOf('<table class="daemons">');
+  return start < 0 ? '' : html.slice(start, html.indexOf('</table>', start));
+}
+
+t.test('renderStatusPage: the daemons sharing the store, the leader and the lease in the header', async (t) => {
+  const html = renderStatusPage({ ...sample(), leadership: leaderView() }, NOW);
+  const header = html.slice(html.indexOf('<header>'), html.indexOf('</header>'));
+  t.match(
+    header,
+    /<div class="lead small" id="leadership"><span class="badge ok">leader<\/span> this daemon: <span class="name">rotor-a<\/span> · leader <span class="name">rotor-a<\/span> · term 7 · lease renewed 2s ago · expires in 13s<\/div>/,
+    'the header: this daemon leads, term 7, the lease',
+  );
+  const table = daemonsTable(html);
+  t.ok(table, 'a Daemons table');
+  t.match(html, /<section id="daemons">\n<h2>Daemons<\/h2>/);
+  t.match(
+    table,
+    /<thead><tr><th>Daemon<\/th><th>Role<\/th><th class="num">Term<\/th><th>Agent URL<\/th><th>Last seen<\/th><\/tr><\/thead>/,
+  );
+  t.equal(count(table, /<tr data-daemon=/g), 3, 'a row per daemon seen');
+  t.match(
+    table,
+    /<tr data-daemon="id-a" class="self">\n<td><span class="name">rotor-a<\/span><div class="sub">this daemon<\/div><\/td>\n<td><span class="badge ok">leader<\/span><\/td>\n<td class="num">7<\/td>\n<td><code>https:\/\/10\.0\.0\.1:7700<\/code><\/td>\n<td>2s ago<\/td>/,
+    'the leader: this daemon, its term, agent URL, last seen',
+  );
+  t.match(
+    table,
+    /<tr data-daemon="id-b">\n<td><span class="name">rotor-b<\/span><\/td>\n<td><span class="badge none">follower<\/span><\/td>\n<td class="num">5<\/td>/,
+  );
+  t.ok(table.indexOf('id-a') < table.indexOf('id-b'), 'the leader first');
+  t.notMatch(html, /This daemon does not lead/, 'no note on the leader');
+
+  t.notOk(html.includes('<img'), 'no img element from a daemon name');
+  t.ok(
+    table.includes('<span class="name">&lt;img src=x onerror=&quot;alert(1)&quot;&gt;</span>'),
+    'the hostile daemon name is shown as text',
+  );
+  t.ok(HOSTILE_DAEMON.includes('<img'));
+  const hostile = renderStatusPage(
+    {
+      ...sample(),
+      leadership: {
+        ...followerView(),
+        self: { id: '"><x', name: '<img src=x>' },
+        leader: { id: 'l', name: '<img src=x>', agentUrl: 'javascript:alert(1)"><img src=x>' },
+        daemons: [
+          { id: '"><img src=x>', name: '<img src=x>', role: 'leader', agentUrl: '"><img src=x>', seenAgoMs: 0 },
+        ],
+      },
+    },
+    NOW,
+  );
+  t.notOk(hostile.includes('<img'), 'names, ids and URLs from the store are escaped in the header, note and table');
+  t.notMatch(hostile, /href=/, 'an agent URL is text, never a link');
+  t.match(hostile, /data-daemon="&quot;&gt;&lt;img src=x&gt;"/, 'in an attribute too');
+
+  const follower = renderStatusPage({ ...sample(), leadership: followerView() }, NOW);
+  t.match(
+    follower,
+    /<span class="badge none">follower<\/span> this daemon: <span class="name">rotor-b<\/span> · leader <span class="name">rotor-a<\/span> · term 7/,
+  );
+  t.match(
+    follower,
+    /<h2>Secrets<\/h2>\n<p class="note small">This daemon does not lead: the leader, <span class="name">rotor-a<\/span>, runs the rotations, and the next rotations are when it is due to run them\.<\/p>\n<table class="secrets">/,
+    'a follower says, above the secrets, that the leader rotates',
+  );
+  t.match(daemonsTable(follower), /<tr data-daemon="id-b" class="self">/, 'this daemon marked');
+
+  const candidate = renderStatusPage({ ...sample(), leadership: candidateView() }, NOW);
+  t.match(
+    candidate,
+    /<span class="badge warn">candidate<\/span> this daemon: <span class="name">rotor-b<\/span> · <span class="warn-text">no daemon leads as far as this one knows<\/span> · term 7 · expired 3s ago<\/div>/,
+  );
+  t.match(candidate, /nothing rotates until one takes the lease/);
+
+  const single = renderStatusPage(sample(), NOW);
+  t.notMatch(
+    single,
+    /id="leadership"|id="daemons"|class="daemons"|does not lead|leader/,
+    'nothing of it with one daemon',
+  );
 });
 
 // --- against a running daemon ---

@@ -1,6 +1,6 @@
 /** `rotor status [--json] [--data-dir DIR]`: what the running daemon knows, over its admin socket. */
 import path from 'node:path';
-import type { StatusReading } from '../serve/status.js';
+import type { LeadershipView, StatusReading } from '../serve/status.js';
 import type { Flags } from '../util/args.js';
 import { HELP_FLAG, optionsHelp, parse } from '../util/args.js';
 import { AdminError, adminSocket, callAdmin } from './admin-client.js';
@@ -23,7 +23,10 @@ its version, age, last and next rotation, whether it is overdue (older than the 
 its rotation more than an hour late), its strategy and target, the consumers that may read it and the
 version each last read (an asterisk marks one still on an older version), and the last error of a
 failing rotation; the agents and when each last called; the config commit last applied and last
-attempted; audit entries not yet pushed. Colours on a terminal, none when piped (or with NO_COLOR).
+attempted; audit entries not yet pushed. With daemons sharing a PostgreSQL state store, first which
+one leads: this daemon's role and the term, the leader and its lease, every daemon seen on the store
+(a follower does not rotate: the leader does, on its schedule). Colours on a terminal, none when
+piped (or with NO_COLOR).
 
 Options:
 ${optionsHelp(STATUS_FLAGS)}
@@ -95,6 +98,7 @@ export function render(st: Status, color: boolean): string {
     ['SECRET', 'VER', 'AGE', 'NEXT', 'STATE', 'STRATEGY', 'TARGET', 'CONSUMERS (version read)'],
   ];
   const states: (keyof typeof C | undefined)[] = [undefined];
+  const out: string[] = st.leadership ? [...leadershipLines(st.leadership, paint), ''] : [];
   for (const s of [...st.secrets].sort((a, b) => a.name.localeCompare(b.name))) {
     const age = s.rotatedAt ? human(now - Date.parse(s.rotatedAt)) : '-';
     const next =
@@ -135,7 +139,7 @@ export function render(st: Status, color: boolean): string {
     // Colour only the STATE column's meaning: the whole row for failing/overdue, else nothing.
     return c === 'red' || c === 'yellow' ? paint(c, text) : text;
   });
-  const out = [...lines, ''];
+  out.push(...lines, '');
   const agents = st.agents?.agents ?? [];
   if (agents.length) {
     out.push(paint('bold', 'AGENTS') + (st.agents?.listen ? `  (listening on ${st.agents.listen})` : ''));
@@ -177,4 +181,45 @@ export function render(st: Status, color: boolean): string {
       `  audit: ${st.audit.pushFailures > 0 ? paint('yellow', `entries not yet pushed (${st.audit.pushFailures} failed pushes${st.audit.pushError ? `, last ${st.audit.pushError.code}` : ''}; they are kept and retried)`) : st.audit.commitPending ? 'entries being committed' : 'all entries pushed'}${st.audit.branch ? ` (to branch ${st.audit.branch})` : ''}`,
     );
   return `${out.join('\n')}\n`;
+}
+
+const ROLE_WORDS = {
+  leader: 'leads',
+  follower: 'follows',
+  candidate: 'is a candidate (no daemon leads as far as it knows)',
+};
+
+/** A name or URL from the store, with no control character that could work on the terminal. */
+const plain = (text: string) => text.replace(/\p{Cc}/gu, '?');
+
+/** The LEADERSHIP block: this daemon's role and term, the leader and its lease, every daemon seen. */
+function leadershipLines(l: LeadershipView, paint: (c: keyof typeof C, text: string) => string): string[] {
+  const out = [
+    `${paint('bold', 'LEADERSHIP')}  this daemon (${plain(l.self.name)}) ${ROLE_WORDS[l.role]}, term ${l.term}`,
+  ];
+  const lease = [
+    l.leaseAgeMs !== undefined ? `lease renewed ${human(l.leaseAgeMs)} ago` : undefined,
+    l.leaseExpiresInMs === undefined
+      ? undefined
+      : l.leaseExpiresInMs > 0
+        ? `expires in ${human(l.leaseExpiresInMs)}`
+        : `expired ${human(l.leaseExpiresInMs)} ago`,
+  ].filter((x) => x !== undefined);
+  if (l.leader)
+    out.push(
+      `  leader: ${plain(l.leader.name)}${l.leader.agentUrl ? ` (agents: ${plain(l.leader.agentUrl)})` : ''}${lease.length ? `, ${lease.join(', ')}` : ''}`,
+    );
+  if (l.role === 'follower')
+    out.push(
+      `  rotations are run by the leader${l.leader ? ` (${plain(l.leader.name)})` : ''}, not this daemon: NEXT is when the leader is due to rotate`,
+    );
+  if (l.role === 'candidate' && !l.leader)
+    out.push(paint('yellow', '  no daemon holds the lease: nothing rotates until one takes it'));
+  const rank = { leader: 0, follower: 1, candidate: 2 };
+  const daemons = [...l.daemons].sort((a, b) => rank[a.role] - rank[b.role] || a.name.localeCompare(b.name));
+  for (const d of daemons)
+    out.push(
+      `  ${plain(d.name)}${d.id === l.self.id ? ' (this daemon)' : ''}: ${d.role}${d.term !== undefined ? `, term ${d.term}` : ''}${d.agentUrl ? `, agents: ${plain(d.agentUrl)}` : ''}, seen ${human(d.seenAgoMs)} ago`,
+    );
+  return out;
 }

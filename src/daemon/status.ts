@@ -1,7 +1,7 @@
 /**
  * The daemon's status snapshot (DaemonStatus): every secret with its schedule, source and consumers,
- * the sockets, the agents, the store, the audit log, the recent rotation outcomes. Names, versions,
- * times and codes: never a value.
+ * the sockets, the agents, the store, the audit log, the recent rotation outcomes, and (daemons
+ * sharing a PostgreSQL store) which one leads. Names, versions, times and codes: never a value.
  */
 
 import { defaultStrategy } from '../model/engines.js';
@@ -12,6 +12,7 @@ import type {
   AuditStatus,
   ConfigStatus,
   DaemonStatus,
+  LeadershipView,
   RecentView,
   SocketsStatus,
   StorageFailingView,
@@ -31,6 +32,8 @@ export interface StatusParts {
   readonly store: { readonly seq: number; readonly storeId: string };
   readonly audit: Omit<AuditStatus, 'failing'>;
   readonly recent: readonly RecentView[];
+  /** Which daemon leads the ones sharing the state store; absent with the file store. */
+  readonly leadership?: LeadershipView;
   readonly now: () => number;
 }
 
@@ -82,6 +85,7 @@ export function daemonStatus(p: StatusParts): DaemonStatus {
     store: { ...p.store, ...storageStatus(p.engine, 'state store') },
     audit: { ...p.audit, ...storageStatus(p.engine, 'audit log') },
     recent: [...p.recent],
+    ...(p.leadership ? { leadership: p.leadership } : {}),
     now: new Date(now()).toISOString(),
   };
 }

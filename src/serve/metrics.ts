@@ -5,12 +5,14 @@
  * came in on, with the listener's port; localhost too on loopback) or a name given with --metrics-host,
  * so that a web page that rebinds its own DNS name to this address cannot read it (421 HOST_NOT_ALLOWED).
  * Gauges are read from the daemon's status at scrape time; counters and the duration histogram follow
- * the rotation steps on the `rotor:rotation` diagnostics channel. No label or value ever holds a secret
- * value: secret, consumer, agent and target names, codes and numbers only.
+ * the rotation steps on the `rotor:rotation` diagnostics channel. The leadership series (rotor_leader,
+ * rotor_lease_*, rotor_daemon*) are scraped only while the status has a leadership section (daemons
+ * sharing a PostgreSQL store). No label or value ever holds a secret value: secret, consumer, agent,
+ * daemon and target names, codes and numbers only.
  */
 import diagnostics_channel from 'node:diagnostics_channel';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, type Metric, Registry } from 'prom-client';
 import { NEVER, RotorError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { boundedServer, type ListenerLimits, rateLimited } from './limits.js';
@@ -23,12 +25,35 @@ export interface MetricsSource {
   status(): StatusReading;
 }
 
+/**
+ * A registry with series that are in it only while the status holds what they read (the leadership,
+ * absent with the file store): registered again or taken out at each scrape. Left registered, a gauge
+ * without labels would be scraped as 0, and `rotor_leader 0` on the one daemon of a file store would
+ * read as a daemon that does not lead.
+ */
+class StatusRegistry extends Registry {
+  readonly #optional: { name: string; metric: Metric; present: () => boolean }[] = [];
+
+  /** `metric` (registered nowhere) is scraped only while `present()` holds. */
+  optional(name: string, metric: Metric, present: () => boolean): void {
+    this.#optional.push({ name, metric, present });
+  }
+
+  override metrics(): Promise<string> {
+    for (const o of this.#optional) {
+      if (o.present()) this.registerMetric(o.metric);
+      else this.removeSingleMetric(o.name);
+    }
+    return super.metrics();
+  }
+}
+
 export function metricsRegistry(source: MetricsSource): {
   registry: Registry;
   newScrape: () => void;
   close: () => void;
 } {
-  const registry = new Registry();
+  const registry = new StatusRegistry();
   collectDefaultMetrics({ register: registry, prefix: 'rotor_process_' });
   const rotations = new Counter({
     name: 'rotor_rotations_total',
@@ -213,7 +238,86 @@ export function metricsRegistry(source: MetricsSource): {
         this.set({ consumer: r.consumer, status: String(r.status) }, r.count);
     },
   });
+  leadershipMetrics(registry, st);
   return { registry, newScrape: () => (snapshot = undefined), close: () => channel.unsubscribe(onStep) };
+}
+
+/** The leadership among daemons sharing the state store: scraped only while the status has it (not with the file store). */
+function leadershipMetrics(registry: StatusRegistry, st: () => StatusReading): void {
+  const gauge = (
+    name: string,
+    help: string,
+    present: (l: NonNullable<StatusReading['leadership']>) => boolean,
+    collect: (this: Gauge, l: NonNullable<StatusReading['leadership']>) => void,
+    labelNames: readonly string[] = [],
+  ) => {
+    const metric = new Gauge({
+      name,
+      help,
+      labelNames,
+      registers: [],
+      collect() {
+        const l = st().leadership;
+        if (l) collect.call(this, l);
+      },
+    });
+    registry.optional(name, metric, () => {
+      const l = st().leadership;
+      return l !== undefined && present(l);
+    });
+  };
+  const always = () => true;
+  gauge(
+    'rotor_leader',
+    '1 while this daemon leads the daemons sharing the state store (it holds the lease and rotates), else 0.',
+    always,
+    function (l) {
+      this.set(l.role === 'leader' ? 1 : 0);
+    },
+  );
+  gauge(
+    'rotor_lease_term',
+    'The term of the lease as this daemon last read it (it only grows; 0 before any daemon led).',
+    always,
+    function (l) {
+      this.set(l.term);
+    },
+  );
+  gauge(
+    'rotor_lease_age_seconds',
+    'Seconds since the leader last renewed the lease (database clock); absent while no daemon holds it.',
+    (l) => l.leaseAgeMs !== undefined,
+    function (l) {
+      if (l.leaseAgeMs !== undefined) this.set(l.leaseAgeMs / 1000);
+    },
+  );
+  gauge(
+    'rotor_daemons',
+    'How many daemons were seen on the state store recently, this one included.',
+    always,
+    function (l) {
+      this.set(l.daemons.length);
+    },
+  );
+  gauge(
+    'rotor_daemon_last_seen_seconds',
+    'Seconds since each daemon seen on the state store last wrote its row (database clock), by name and role.',
+    always,
+    function (l) {
+      this.reset();
+      // Two daemons of one name and role make one series: the one seen last.
+      const seen = new Map<string, number>();
+      for (const d of l.daemons) {
+        const key = JSON.stringify([d.name, d.role]);
+        seen.set(key, Math.min(seen.get(key) ?? Infinity, d.seenAgoMs));
+      }
+      for (const [key, ms] of seen) {
+        const [daemon, role] = JSON.parse(key) as [string, string];
+        this.set({ daemon, role }, ms / 1000);
+      }
+    },
+    ['daemon', 'role'],
+  );
 }
 
 /** What the status page reads from the daemon (its status, with the recent rotations). */

@@ -6,7 +6,7 @@
  * that goes into the page is escaped (names come from the repository).
  */
 
-import type { RecentView, SecretStatusView, StatusReading } from './status.js';
+import type { LeadershipView, RecentView, SecretStatusView, StatusReading } from './status.js';
 
 export type { RecentView, StorageFailingView } from './status.js';
 
@@ -91,13 +91,13 @@ export function renderStatusPage(status: StatusView, now: number): string {
 <body>
 <header>
 <div class="brand"><h1>rotor</h1><span class="muted">secret rotation status</span></div>
-<div class="muted small">as of ${esc(utc(now))} UTC (all times in UTC) · refreshes every 30 s · read-only</div>
+${status.leadership ? leadershipLine(status.leadership) : ''}<div class="muted small">as of ${esc(utc(now))} UTC (all times in UTC) · refreshes every 30 s · read-only</div>
 </header>
 <main>
 <section class="tiles" aria-label="summary">${tiles}</section>
 <section id="secrets">
 <h2>Secrets</h2>
-${secretsTable(secrets, now)}
+${status.leadership ? followerNote(status.leadership) : ''}${secretsTable(secrets, now)}
 </section>
 <section id="timeline">
 <h2>Recent rotations</h2>
@@ -111,7 +111,15 @@ ${behindTable(behind, now)}
 <h2>Consumers and their hosts</h2>
 ${hostsTable(secrets, now)}
 </section>
-<div class="columns">
+${
+  status.leadership
+    ? `<section id="daemons">
+<h2>Daemons</h2>
+${daemonsTable(status.leadership)}
+</section>
+`
+    : ''
+}<div class="columns">
 <section id="agents">
 <h2>Agents</h2>
 ${agentsTable(status.agents, now)}
@@ -311,6 +319,68 @@ function agentsTable(agents: StatusView['agents'], now: number): string {
 ${body}
 </tbody>
 </table>`;
+}
+
+const ROLE_BADGE: Record<LeadershipView['role'], string> = { leader: 'ok', follower: 'none', candidate: 'warn' };
+
+function roleBadge(role: LeadershipView['role']): string {
+  return `<span class="badge ${ROLE_BADGE[role]}">${esc(role)}</span>`;
+}
+
+/** In the header: this daemon's role, the leader, the term and the lease (durations on the database clock). */
+function leadershipLine(l: LeadershipView): string {
+  const parts = [
+    `${roleBadge(l.role)} this daemon: <span class="name">${esc(l.self.name)}</span>`,
+    l.leader
+      ? `leader <span class="name">${esc(l.leader.name)}</span>`
+      : '<span class="warn-text">no daemon leads as far as this one knows</span>',
+    `term ${esc(l.term)}`,
+  ];
+  if (l.leaseAgeMs !== undefined) parts.push(esc(`lease renewed ${human(l.leaseAgeMs)} ago`));
+  if (l.leaseExpiresInMs !== undefined)
+    parts.push(
+      esc(
+        l.leaseExpiresInMs > 0 ? `expires in ${human(l.leaseExpiresInMs)}` : `expired ${human(l.leaseExpiresInMs)} ago`,
+      ),
+    );
+  return `<div class="lead small" id="leadership">${parts.join(' · ')}</div>\n`;
+}
+
+/** Above the secrets, on a daemon that does not lead: the rotations are the leader's. */
+function followerNote(l: LeadershipView): string {
+  if (l.role === 'leader') return '';
+  const who = l.leader ? `the leader, <span class="name">${esc(l.leader.name)}</span>,` : 'the leader';
+  const none = l.leader ? '' : ' (no daemon leads right now: nothing rotates until one takes the lease)';
+  return `<p class="note small">This daemon does not lead: ${who} runs the rotations, and the next rotations are when it is due to run them${none}.</p>\n`;
+}
+
+function daemonsTable(l: LeadershipView): string {
+  if (l.daemons.length === 0) return '<p class="empty">No daemon seen on the state store.</p>';
+  const rank = { leader: 0, follower: 1, candidate: 2 };
+  const rows = [...l.daemons]
+    .sort((a, b) => rank[a.role] - rank[b.role] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    .slice(0, MAX_BEHIND_ROWS);
+  const body = rows
+    .map(
+      (d) => `<tr data-daemon="${esc(d.id)}"${d.id === l.self.id ? ' class="self"' : ''}>
+<td><span class="name">${esc(d.name)}</span>${d.id === l.self.id ? '<div class="sub">this daemon</div>' : ''}</td>
+<td>${roleBadge(d.role)}</td>
+<td class="num">${d.term === undefined ? '<span class="muted">–</span>' : esc(d.term)}</td>
+<td>${d.agentUrl ? `<code>${esc(d.agentUrl)}</code>` : '<span class="muted">–</span>'}</td>
+<td>${esc(`${human(d.seenAgoMs)} ago`)}</td>
+</tr>`,
+    )
+    .join('\n');
+  const more =
+    l.daemons.length > rows.length
+      ? `<p class="muted small">${l.daemons.length - rows.length} more not shown.</p>`
+      : '';
+  return `<p class="muted small">The daemons seen on the state store (times on the database clock); only the leader rotates.</p><table class="daemons">
+<thead><tr><th>Daemon</th><th>Role</th><th class="num">Term</th><th>Agent URL</th><th>Last seen</th></tr></thead>
+<tbody>
+${body}
+</tbody>
+</table>${more}`;
 }
 
 function configList(status: StatusView, now: number): string {
@@ -532,6 +602,9 @@ tr.rotating td:first-child{box-shadow:inset 3px 0 0 var(--info)}
 .bar .track{fill:#eaeef2}
 .bar .fill.ok{fill:#4ac26b}.bar .fill.warn{fill:#d4a72c}.bar .fill.bad{fill:var(--bad)}
 .empty{color:var(--muted);font-style:italic}
+.warn-text{color:var(--warn);font-weight:600}
+.note{margin:0 0 10px;padding:6px 10px;border-left:3px solid var(--info);background:var(--infobg)}
+tr.self td:first-child{box-shadow:inset 3px 0 0 var(--info)}
 .timeline{display:block;border:1px solid var(--line);border-radius:6px;background:#fff}
 .timeline .lane{fill:#fff}.timeline .lane.odd{fill:#fafbfc}
 .timeline .lane-label{font:11.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;fill:var(--fg)}

@@ -16,32 +16,8 @@ export interface DaemonStatus {
   readonly audit: AuditStatus;
   /** Recent rotation outcomes, oldest first. */
   readonly recent: readonly RecentView[];
-  /** Several daemons on one PostgreSQL store: who leads. Absent with the file store. */
+  /** Which daemon leads, when several share the state store (PostgreSQL); absent with the file store (one daemon). */
   readonly leadership?: LeadershipView;
-}
-
-export interface LeadershipView {
-  /** This daemon: leading, following (another daemon leads) or candidate (nobody leads as far as it knows). */
-  readonly role: 'leader' | 'follower' | 'candidate';
-  readonly self: { readonly id: string; readonly name: string };
-  /** The current term, as last read from the lease (0 before any daemon led). */
-  readonly term: number;
-  /** The daemon holding the lease, when one does. */
-  readonly leader?: { readonly id: string; readonly name: string; readonly agentUrl?: string };
-  /** Since the leader last renewed the lease, and until it expires (database clock), in ms. */
-  readonly leaseAgeMs?: number;
-  readonly leaseExpiresInMs?: number;
-  /** Every daemon seen on the store recently, this one included. */
-  readonly daemons: readonly {
-    readonly id: string;
-    readonly name: string;
-    readonly role: 'leader' | 'follower' | 'candidate';
-    readonly agentUrl?: string;
-    /** Since it last wrote its row (database clock), ms. */
-    readonly seenAgoMs: number;
-    /** The term it leads or last led. */
-    readonly term?: number;
-  }[];
 }
 
 /** The sections a reader does without: a status made by hand (a test, a tool) may leave them out. */
@@ -142,4 +118,33 @@ export interface RecentView {
   readonly reason?: string;
   /** The error code of a failed rotation (the start of its audit detail). */
   readonly error?: string;
+}
+
+/**
+ * The leadership among the daemons that share one state store: one leads by a lease whose term only
+ * grows, and only the leader rotates; the others follow. Durations are measured on the database's
+ * clock, so that the daemons' own clocks do not matter.
+ */
+export interface LeadershipView {
+  /** This daemon: leading, following (another daemon leads) or candidate (nobody leads as far as it knows). */
+  readonly role: 'leader' | 'follower' | 'candidate';
+  readonly self: { readonly id: string; readonly name: string };
+  /** The current term, as last read from the lease (0 before any daemon led). */
+  readonly term: number;
+  /** The daemon holding the lease, when one does. */
+  readonly leader?: { readonly id: string; readonly name: string; readonly agentUrl?: string };
+  /** Since the leader last renewed the lease, and until it expires (database clock), in ms. */
+  readonly leaseAgeMs?: number;
+  readonly leaseExpiresInMs?: number;
+  /** Every daemon seen on the store recently, this one included. */
+  readonly daemons: readonly {
+    readonly id: string;
+    readonly name: string;
+    readonly role: 'leader' | 'follower' | 'candidate';
+    readonly agentUrl?: string;
+    /** Since it last wrote its row (database clock), ms. */
+    readonly seenAgoMs: number;
+    /** The term it leads or last led. */
+    readonly term?: number;
+  }[];
 }
