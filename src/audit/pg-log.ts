@@ -116,6 +116,11 @@ export class PgAuditLog {
     return log;
   }
 
+  /** Where the table is, for messages. */
+  get place(): string {
+    return this.deps.place;
+  }
+
   /** The last entry (seq 0 and 64 zeros when the table is empty). */
   get head(): Anchor {
     return { seq: this.state.seq, hash: this.state.hash };
