@@ -35,7 +35,8 @@ import type { PoolClient } from 'pg';
 import { connectionFailed, sqlstate } from '../util/pg-errors.js';
 import type { AuditEntry, AuditInput } from './entry.js';
 import { AuditError, lineHash, MAX_LINE_BYTES } from './entry.js';
-import { checkInputs, GROUP_ENTRIES, sealInputs, verifyLines } from './log.js';
+import { GROUP_ENTRIES } from './log.js';
+import { checkInputs, sealInputs, verifyLines } from './seal.js';
 import type { Anchor, ChainState } from './verify.js';
 import { ChainVerifier, GENESIS } from './verify.js';
 
