@@ -108,6 +108,7 @@ export type AuditErrorCode =
   | 'AUDIT_INVALID_ENTRY' // the writer was given an entry it refuses (a programming error)
   | 'AUDIT_WRITE_FAILED' // an append could not be made durable; nothing of it remains
   | 'AUDIT_UNUSABLE' // an earlier failure left the files in an unknown state: reopen the log
+  | 'AUDIT_FENCED' // the audit table in the database refused the append: this daemon no longer leads (its fence threw), or another writer appended; never retried (open the log again as the new leader)
   | 'AUDIT_IO'; // reading the log failed
 
 /**

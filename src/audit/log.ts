@@ -13,25 +13,18 @@
  *
  * One process writes a directory (the daemon); appends are queued and written in call order. Appends
  * made while a write is in progress are written together with one fsync (group commit, up to
- * GROUP_ENTRIES entries; one call's entries are never split), and share its outcome. Every file access
+ * GROUP_ENTRIES entries; one call's entries are never split), and share its outcome (a call refused before
+ * anything is written, an oversize entry or a line that does not follow the chain, fails alone).
+ * appendLines writes lines sealed elsewhere (the database's chain) through the same path. Every file access
  * goes through a small AuditFs, node:fs/promises by default, so that tests can fail it.
  */
 import { constants as fsConstants } from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { AuditEntry, AuditInput } from './entry.js';
-import {
-  AuditError,
-  FILE_NAME,
-  MAX_LINE_BYTES,
-  monthFile,
-  normalizeInput,
-  sealEntry,
-  serializeBody,
-  lineHash as sha,
-  ZERO_HASH,
-} from './entry.js';
-import type { Anchor, EntryLocation, VerifyResult } from './verify.js';
+import { AuditError, FILE_NAME, monthFile, lineHash as sha, ZERO_HASH } from './entry.js';
+import { checkInputs, sealInputs, verifyLines } from './seal.js';
+import type { Anchor, ChainState, EntryLocation, VerifyResult } from './verify.js';
 import { ChainVerifier } from './verify.js';
 
 /** The part of a file handle the log uses (node's FileHandle fits). */
@@ -172,17 +165,11 @@ export async function verifyAuditDir(dir: string, options: ReadOptions = {}): Pr
 /** At most this many entries are written with one fsync, unless one call appends more. */
 export const GROUP_ENTRIES = 1000;
 
-/** The bytes a line of this input takes at most (with the longest seq). */
-function maxLineBytes(input: AuditInput): number {
-  return (
-    Buffer.byteLength(serializeBody({ seq: Number.MAX_SAFE_INTEGER, ...input, prev: ZERO_HASH }), 'utf8') +
-    ',"hash":""'.length +
-    64
-  );
-}
-
+/** One append or appendLines call: entries to seal, or lines already sealed. */
 interface Call {
-  readonly inputs: readonly AuditInput[];
+  readonly count: number;
+  readonly inputs?: readonly AuditInput[];
+  readonly lines?: readonly string[];
   readonly resolve: (entries: AuditEntry[]) => void;
   readonly reject: (e: unknown) => void;
 }
@@ -260,19 +247,30 @@ export class AuditLog {
     let inputs: AuditInput[];
     try {
       if (this.closed) throw new AuditError('AUDIT_UNUSABLE', 'the audit log is closed');
-      inputs = entries.map(normalizeInput);
-      for (const input of inputs) {
-        if (maxLineBytes(input) > MAX_LINE_BYTES)
-          throw new AuditError(
-            'AUDIT_INVALID_ENTRY',
-            `an audit entry would be a line over ${MAX_LINE_BYTES / 1024} KiB`,
-          );
-      }
+      inputs = checkInputs(entries);
     } catch (e) {
       return Promise.reject(e);
     }
+    return this.enqueue({ count: inputs.length, inputs });
+  }
+
+  /**
+   * Appends lines sealed elsewhere (the database's chain, mirrored here: daemon/audit-mirror.ts), in
+   * order, after those of every earlier call. Each must be the next entry of this log's chain (seq one
+   * more than the head, prev the hash of the last line) and pass every check of the verifier, else
+   * the call rejects with AUDIT_CHAIN_BROKEN and none of its lines is written. Otherwise as append:
+   * written to the file of its month, durable before it resolves, undone when the write fails.
+   */
+  appendLines(lines: readonly string[]): Promise<AuditEntry[]> {
+    if (this.closed) return Promise.reject(new AuditError('AUDIT_UNUSABLE', 'the audit log is closed'));
+    if (!Array.isArray(lines) || !lines.every((l) => typeof l === 'string'))
+      return Promise.reject(new AuditError('AUDIT_INVALID_ENTRY', 'appendLines takes an array of strings'));
+    return this.enqueue({ count: lines.length, lines: [...lines] });
+  }
+
+  private enqueue(call: Omit<Call, 'resolve' | 'reject'>): Promise<AuditEntry[]> {
     return new Promise<AuditEntry[]>((resolve, reject) => {
-      this.pending.push({ inputs, resolve, reject });
+      this.pending.push({ ...call, resolve, reject });
       this.draining ??= this.drain();
     });
   }
@@ -288,49 +286,66 @@ export class AuditLog {
     while (this.pending.length > 0) {
       let count = 0;
       let n = 0;
-      while (n < this.pending.length && (n === 0 || count + this.pending[n]!.inputs.length <= GROUP_ENTRIES))
-        count += this.pending[n++]!.inputs.length;
+      while (n < this.pending.length && (n === 0 || count + this.pending[n]!.count <= GROUP_ENTRIES))
+        count += this.pending[n++]!.count;
       const group = this.pending.splice(0, n);
-      try {
-        const written = await this.write(group.flatMap((c) => c.inputs));
-        let at = 0;
-        for (const c of group) {
-          c.resolve(written.slice(at, at + c.inputs.length));
-          at += c.inputs.length;
+      // Each call is sealed or verified after the ones before it; a call refused here fails alone.
+      const ready: { call: Call; prepared: Prepared[] }[] = [];
+      let state: Omit<ChainState, 'hash'> & { file: string | undefined } = {
+        seq: this.seq,
+        lineHash: this.lineHash,
+        file: this.lastFile,
+      };
+      for (const call of group) {
+        try {
+          const prepared = this.prepare(call, state);
+          const last = prepared.at(-1);
+          if (last) state = { seq: last.entry.seq, lineHash: sha(last.line), file: last.file };
+          ready.push({ call, prepared });
+        } catch (e) {
+          call.reject(e);
         }
+      }
+      try {
+        await this.write(ready.flatMap((r) => r.prepared));
+        for (const r of ready) r.call.resolve(r.prepared.map((p) => p.entry));
       } catch (e) {
-        for (const c of group) c.reject(e);
+        for (const r of ready) r.call.reject(e);
       }
     }
     this.draining = undefined;
   }
 
-  private prepare(inputs: readonly AuditInput[]): Prepared[] {
-    const out: Prepared[] = [];
-    let seq = this.seq;
-    let prev = this.lineHash;
-    let file = this.lastFile;
-    for (const input of inputs) {
-      seq++;
-      const { entry, line } = sealEntry({ seq, ...input, prev });
-      if (Buffer.byteLength(line, 'utf8') > MAX_LINE_BYTES)
+  /** A call's entries and lines after `from`, each with its month file. */
+  private prepare(call: Call, from: Omit<ChainState, 'hash'> & { file: string | undefined }): Prepared[] {
+    let sealed: { entry: AuditEntry; line: string }[];
+    if (call.lines) {
+      const checked = verifyLines(call.lines, { ...from, hash: ZERO_HASH }, `lines for ${this.dir}`);
+      if (!checked.ok)
         throw new AuditError(
-          'AUDIT_INVALID_ENTRY',
-          `audit entry ${seq} would be a line over ${MAX_LINE_BYTES / 1024} KiB`,
+          'AUDIT_CHAIN_BROKEN',
+          `line ${checked.line} of the lines to append is not the next entry of the audit log in ${this.dir} (at entry ${from.seq}): ${checked.message} [${checked.code}]`,
+          undefined,
         );
+      sealed = checked.entries.map((entry, i) => ({ entry, line: call.lines![i]! }));
+    } else sealed = sealInputs(call.inputs ?? [], from);
+    let file = from.file;
+    return sealed.map(({ entry, line }) => {
       // The file of the entry's month, or the last file if the clock went back across a month.
       const month = monthFile(entry.time);
       file = file !== undefined && file > month ? file : month;
       if (!FILE_NAME.test(file))
-        throw new AuditError('AUDIT_INVALID_ENTRY', `audit entry ${seq}: time ${entry.time} gives no audit file name`);
-      out.push({ entry: Object.freeze(entry), line, file });
-      prev = sha(line);
-    }
-    return out;
+        throw new AuditError(
+          'AUDIT_INVALID_ENTRY',
+          `audit entry ${entry.seq}: time ${entry.time} gives no audit file name`,
+        );
+      return { entry, line, file };
+    });
   }
 
-  private async write(inputs: readonly AuditInput[]): Promise<AuditEntry[]> {
-    if (inputs.length === 0) return [];
+  /** Writes prepared entries (durable, or undone and rejected), and moves the head past them. */
+  private async write(prepared: readonly Prepared[]): Promise<void> {
+    if (prepared.length === 0) return;
     if (this.undo) {
       try {
         await this.undoAppend(this.undo);
@@ -344,7 +359,6 @@ export class AuditLog {
         );
       }
     }
-    const prepared = this.prepare(inputs);
     // Consecutive entries of one file are one write.
     const groups: { file: string; lines: string[] }[] = [];
     for (const p of prepared) {
@@ -397,7 +411,6 @@ export class AuditLog {
     this.lineHash = sha(last.line);
     this.lastFile = last.file;
     this.lastSize = lastSize;
-    return prepared.map((p) => p.entry);
   }
 
   /** Undoes a failed append: cut the files back, remove those it created (again: a file already gone is fine). */

@@ -68,7 +68,10 @@ export type VerifyFailure = {
   readonly line: number;
   /** The seq the bad line carries when it could be read; for AUDIT_TRUNCATED, the first missing seq. */
   readonly seq?: number;
-  readonly code: Exclude<AuditErrorCode, 'AUDIT_INVALID_ENTRY' | 'AUDIT_WRITE_FAILED' | 'AUDIT_UNUSABLE' | 'AUDIT_IO'>;
+  readonly code: Exclude<
+    AuditErrorCode,
+    'AUDIT_INVALID_ENTRY' | 'AUDIT_WRITE_FAILED' | 'AUDIT_UNUSABLE' | 'AUDIT_IO' | 'AUDIT_FENCED'
+  >;
   readonly message: string;
 };
 
@@ -187,11 +190,23 @@ export class ChainVerifier {
     return undefined;
   }
 
+  /**
+   * Checks the next line of a log kept outside month files (the audit table of the PostgreSQL state
+   * store, audit/pg-log.ts): every rule but the month of its file. `where` and `line` say where it was
+   * read, for the failure (e.g. the table, and the row's position).
+   */
+  addLine(where: string, line: number, text: string): VerifyFailure | undefined {
+    if (this.failure) return this.failure;
+    if (!Number.isSafeInteger(line) || line < 1) throw new TypeError('line is a positive integer');
+    this.lastFile = { path: where, lines: line };
+    return this.checkLine(where, line, text, undefined, false);
+  }
+
   private checkLine(
     file: string,
     line: number,
     s: string,
-    fileMonth: string,
+    fileMonth: string | undefined,
     partial: boolean,
   ): VerifyFailure | undefined {
     // 1. Form.
@@ -292,7 +307,7 @@ export class ChainVerifier {
       );
     }
     // 5. Its file.
-    if (e.time.slice(0, 7) > fileMonth) {
+    if (fileMonth !== undefined && e.time.slice(0, 7) > fileMonth) {
       return this.fail(
         file,
         line,

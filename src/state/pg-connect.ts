@@ -20,7 +20,8 @@
 import { readFile, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { ClientConfig, DatabaseError } from 'pg';
+import type { ClientConfig } from 'pg';
+import { connectionFailed, sqlstate, transient } from '../util/pg-errors.js';
 import { StateError } from './types.js';
 
 /** The tables' schema: a plain lower-case identifier, so that it needs no quoting rules of its own. */
@@ -174,33 +175,7 @@ export function passwordSource(
   };
 }
 
-/** The SQLSTATE of a server error, if `e` is one. */
-export function sqlstate(e: unknown): string | undefined {
-  const code = (e as Partial<DatabaseError> | undefined)?.code;
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && 'severity' in (e as object) ? code : undefined;
-}
-
-/** Server states that pass (a restart, a failover, a full disk, too many connections, a timeout). */
-function transient(code: string): boolean {
-  return /^(08|53|57P|58)/.test(code) || ['40001', '40P01', '25006', '57014', '55P03'].includes(code);
-}
-
-const NETWORK = /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|EPIPE|ECONNABORTED)$/;
-
-/**
- * Whether `e` says the connection or the server failed, not the statement: a write may then be retried
- * (STATE_IO), and the outcome of a COMMIT in flight is unknown.
- */
-export function connectionFailed(e: unknown): boolean {
-  const code = sqlstate(e);
-  if (code) return transient(code);
-  const err = e as { code?: unknown; message?: unknown };
-  const message = typeof err?.message === 'string' ? err.message : '';
-  return (
-    (typeof err?.code === 'string' && NETWORK.test(err.code)) ||
-    /Connection terminated|timeout|connection (is )?closed|Client was closed|not queryable/i.test(message)
-  );
-}
+export { connectionFailed, sqlstate } from '../util/pg-errors.js';
 
 /** The first line of a message, at most 200 characters: the server's words, never a value (none is sent). */
 function short(message: unknown): string {
