@@ -262,12 +262,6 @@ export class PgStore implements StateStore {
     return this.head;
   }
 
-  /** What the audit log in the same schema needs (audit/pg-log.ts): the pool, the tables, the place, the fence. */
-  get context(): Pick<PgContext, 'pool' | 't' | 'place' | 'fence'> {
-    const { pool, t, place, fence } = this.ctx;
-    return { pool, t, place, fence };
-  }
-
   get(key: string): Json | undefined {
     return this.data.get(key);
   }
