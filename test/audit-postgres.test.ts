@@ -282,6 +282,22 @@ async function suite(p: PgPlace): Promise<void> {
     await t.rejects(mirrorAudit(db, file), { code: 'AUDIT_CHAIN_BROKEN', message: /ends at entry 7, after/ });
   });
 
+  t.test('linesAfter across seqs of one and two digits, in the order of the numbers', async (t) => {
+    const { deps } = await place(t);
+    const db = await PgAuditLog.open(deps);
+    await db.append(Array.from({ length: 12 }, (_, i) => ev(i + 1)));
+    t.same(
+      (await db.linesAfter(7, 4)).map((l) => l.seq),
+      [8, 9, 10, 11],
+      '8, 9, 10, 11 (not 10, 11, 8, 9 as text would sort them)',
+    );
+    const dir = path.join(tempDir(t), 'audit');
+    const file = await AuditLog.open(dir);
+    t.equal((await mirrorAudit(db, file)).length, 12, 'the mirror copies all twelve');
+    await db.append([ev(13)]);
+    t.equal((await mirrorAudit(db, file)).length, 1, 'and goes on past entry 9');
+  });
+
   t.test('a COMMIT whose answer is lost: refused, then adopted by the next append', async (t) => {
     const proxy = await lossyProxy(t, p.srv.port);
     const schema = p.schema();

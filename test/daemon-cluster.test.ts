@@ -149,15 +149,15 @@ if (p) {
       .flatMap((f) => readFileSync(path.join(auditDir, f), 'utf8').split('\n').filter(Boolean));
     t.same(
       pushed,
-      rows.slice(0, pushed.length).map((r) => r.line),
-      `the remote holds the database's chain (${pushed.length} of ${rows.length} entries)`,
+      rows.map((r) => r.line),
+      `the remote holds the database's chain, all ${rows.length} entries (the last leader pushed on its way out)`,
     );
-    t.ok(pushed.length > 0, 'the leaders pushed');
 
     // A version was only ever served with one value; the values are in no log line.
     for (const [version, values] of served) t.equal(values.size, 1, `version ${version} was served with one value`);
     const logs = [d0, d1, d2, again].map((d) => d.stderr()).join('\n');
-    for (const values of served.values()) for (const value of values) t.notOk(logs.includes(value), 'no value in the logs');
+    for (const values of served.values())
+      for (const value of values) t.notOk(logs.includes(value), 'no value in the logs');
     t.notOk(logs.includes(p.password), 'the password is in no log line');
   });
 }

@@ -110,11 +110,22 @@ export class PgAuditLog {
     this.state = state;
   }
 
-  /** Reads and verifies the whole chain in the table (refused with the verifier's codes). */
-  static async open(deps: PgAuditDeps): Promise<PgAuditLog> {
+  /** Reads and verifies the whole chain in the table (refused with the verifier's codes); onEntry sees each entry. */
+  static async open(deps: PgAuditDeps, onEntry?: (e: AuditEntry) => void): Promise<PgAuditLog> {
     const log = new PgAuditLog(deps, GENESIS);
-    await log.catchUpNow(false);
+    const entries = await log.catchUpNow(onEntry !== undefined);
+    if (onEntry) for (const e of entries) onEntry(e);
     return log;
+  }
+
+  /**
+   * Writable again after a fence: this daemon leads again (a new term), and has caught up (catchUp)
+   * with what the others appended meanwhile.
+   */
+  resume(): Promise<void> {
+    return this.exclusive(async () => {
+      this.fenced = undefined;
+    });
   }
 
   /** Where the table is, for messages. */
@@ -169,9 +180,10 @@ export class PgAuditLog {
     if (seq >= head.seq) return [];
     const rows = await this.read('reading the audit table', async (client) => {
       const { rows } = await client.query<Row>(
+        // ORDER BY a.seq, the number: the output column seq is text ('10' before '9').
         `SELECT seq::text AS seq, hash, octet_length(line) AS len,
                 CASE WHEN octet_length(line) <= $4 THEN line END AS line
-           FROM ${this.deps.t.audit} WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3`,
+           FROM ${this.deps.t.audit} a WHERE a.seq > $1 AND a.seq <= $2 ORDER BY a.seq LIMIT $3`,
         [seq, head.seq, max, MAX_LINE_BYTES],
       );
       return rows;

@@ -31,6 +31,8 @@ export interface AuditPublisherOptions {
   readonly audit: Pick<AuditLog, 'append'>;
   /** Several daemons: writes the database's entries into the clone's files before each commit. */
   readonly mirror?: () => Promise<void>;
+  /** Several daemons: told when a commit or push failed (the clone's files are then written again from the database). */
+  readonly onFailure?: () => void;
   /** Several daemons: whether this one publishes (it leads); a follower commits and pushes nothing. */
   readonly active?: () => boolean;
   readonly repo: GitRepo;
@@ -70,7 +72,7 @@ export class AuditPublisher {
 
   /** Commits the pending entries to the clone. Call it on the git queue (the sync does before it fetches). */
   async commit(): Promise<void> {
-    if (this.o.active && !this.o.active()) return;
+    if (this.inactive()) return;
     if (this.o.mirror) {
       this.commitPending = true; // what the database holds beyond the files is committed now
       await this.o.mirror().catch((e: unknown) => {
@@ -93,9 +95,24 @@ export class AuditPublisher {
     return this.o.queue.run(() => this.flush());
   }
 
+  /**
+   * The last commit and push of a leader that stops (several daemons): it has given the lease up, so
+   * `active` says no, but what it appended is pushed now rather than by the next leader, if any.
+   */
+  publishFinal(): Promise<void> {
+    this.final = true;
+    return this.o.queue.run(() => this.flush());
+  }
+
+  private final = false;
+
+  private inactive(): boolean {
+    return !this.final && this.o.active !== undefined && !this.o.active();
+  }
+
   /** Commits and pushes the audit entries written since the last flush; retries a failed push with backoff. */
   private async flush(): Promise<void> {
-    if (this.o.active && !this.o.active()) return;
+    if (this.inactive()) return;
     try {
       await this.commit();
       const pushed = (await this.o.repo.unpushed()) > 0 ? (await this.o.repo.push()).pushed.length : 0;
@@ -103,6 +120,7 @@ export class AuditPublisher {
       this.pushError = undefined;
       if (auditPushChannel.hasSubscribers) auditPushChannel.publish({ ok: true, pushed });
     } catch (e) {
+      this.o.onFailure?.();
       this.pushFailures++;
       const code = (e as { code?: string }).code ?? 'ERROR';
       this.pushError = { code, message: e instanceof Error ? e.message : String(e) };
@@ -110,6 +128,7 @@ export class AuditPublisher {
       const delay = backoffDelay(this.pushFailures, PUSH_BACKOFF);
       this.o.log('warn', 'audit commit or push failed; the entries are kept and pushed later', {
         code,
+        problem: this.pushError.message.slice(0, 500),
         retryInMs: delay,
       });
       this.o.timers.later(delay, () => void this.publish());

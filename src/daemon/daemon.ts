@@ -18,6 +18,7 @@ import type { AuditEntry } from '../audit/entry.js';
 import { AuditError } from '../audit/entry.js';
 import type { AuditFs } from '../audit/log.js';
 import { AuditLog, nodeAuditFs, verifyAuditDir } from '../audit/log.js';
+import { PgAuditLog } from '../audit/pg-log.js';
 import { NEVER, RotorError } from '../errors.js';
 import { ensureAuditBranch } from '../git/audit-branch.js';
 import type { GitRepo as Repo } from '../git/repo.js';
@@ -45,8 +46,9 @@ import { SerialQueue } from '../util/serial.js';
 import { AgentValues } from './agent-values.js';
 import { AgentHub } from './agents.js';
 import { committedAuditHead } from './audit-anchor.js';
+import { mirrorAudit, seedAudit } from './audit-mirror.js';
 import { AuditPublisher } from './audit-publisher.js';
-import type { DbAuditLog, LeaseTimings } from './cluster.js';
+import type { LeaseTimings } from './cluster.js';
 import { Cluster } from './cluster.js';
 import { checkDataDir, lockDataDir } from './lock.js';
 import { Receipts } from './receipts.js';
@@ -94,18 +96,6 @@ export interface DaemonOptions {
   readonly agentUrl?: string;
   /** The lease's timings (tests shorten them). */
   readonly leaseTimings?: Partial<LeaseTimings>;
-  /** Opens the audit chain in the database (several daemons on a PostgreSQL store). */
-  readonly openDbAudit?: (store: PgStore, fence: ReturnType<Cluster['fence']>) => Promise<DbAuditLog & DbAuditExtra>;
-}
-
-/** What the daemon needs of the database's audit chain besides appending and following. */
-export interface DbAuditExtra {
-  /** Brings the clone's files up to the chain in the database (the leader, before each commit). */
-  mirror(file: AuditLog): Promise<void>;
-  /** Every entry, oldest first (the index at start). */
-  entries(): Iterable<AuditEntry>;
-  /** Takes the file log's entries when the database holds none yet (a daemon moving onto PostgreSQL). */
-  seed(file: AuditLog): Promise<void>;
 }
 
 const FINGERPRINT_KEY = 'meta/fingerprint-key';
@@ -123,7 +113,13 @@ export class Daemon {
   private audit!: AuditLog;
   /** Several daemons on a PostgreSQL store: the election and following, and the audit chain in the database. */
   private cluster: Cluster | undefined;
-  private dbAudit: (DbAuditLog & DbAuditExtra) | undefined;
+  private dbAudit: PgAuditLog | undefined;
+  /** The clone the audit log is committed in, the log's directory there, and its confined file system. */
+  private auditRepo!: Repo;
+  private auditPath = '';
+  private auditFsConfined!: AuditFs;
+  /** The files must be put back at the remote's before the next mirror (this daemon just started leading). */
+  private mirrorStale = true;
   /** What the last applied commit put in force (a daemon that starts leading applies it as leader). */
   private applied: { desired: Desired; commit: string; at: string } | undefined;
   private auditIndex!: ReturnType<typeof newAuditIndex>;
@@ -258,6 +254,9 @@ export class Daemon {
     const auditPath = path.join(auditRepo.dir, this.auditDir);
     // Every read and write of the log is confined to plain directories of the clone (no link followed).
     const auditFs = await confineAuditFs(auditRepo.dir, this.o.auditFs ?? nodeAuditFs);
+    this.auditRepo = auditRepo;
+    this.auditPath = auditPath;
+    this.auditFsConfined = auditFs;
     const index = newAuditIndex();
     // The remote anchors the clone's log too: its last entry must be there, unchanged. Otherwise entries
     // were removed or changed in the clone (and the commit above took that for entries to push).
@@ -307,11 +306,20 @@ export class Daemon {
     const store = this.store;
     const fingerprintKey = () => Buffer.from(store.get(FINGERPRINT_KEY) as string, 'base64');
     const audit = this.dbAudit ?? this.audit;
-    const fileLog = this.audit;
     const dbAudit = this.dbAudit;
     this.publisher = new AuditPublisher({
       audit,
-      ...(dbAudit ? { mirror: () => dbAudit.mirror(fileLog), active: () => this.acting() } : {}),
+      ...(dbAudit
+        ? {
+            mirror: () => this.mirrorAudit(),
+            active: () => this.acting(),
+            // A push that met another leader's commits (or any failure): the files are put back at the
+            // remote's and written again from the database, which holds every entry.
+            onFailure: () => {
+              this.mirrorStale = true;
+            },
+          }
+        : {}),
       repo: auditRepo,
       auditDir: this.auditDir,
       ...(this.auditBranch !== undefined ? { branch: this.auditBranch } : {}),
@@ -508,16 +516,25 @@ export class Daemon {
     });
     this.cluster = cluster;
     store.share(cluster.fence());
-    if (!this.o.openDbAudit) throw new Error('a daemon on a PostgreSQL store needs openDbAudit');
-    this.dbAudit = await this.o.openDbAudit(store, cluster.fence());
-    cluster.setAudit(this.dbAudit);
     // The store anchors the chain: the chain in the database must reach the head the store recorded.
     const auditHead = store.get(AUDIT_HEAD_KEY) as { seq: number; hash: string } | undefined;
     let hashThere: string | undefined;
-    for (const e of this.dbAudit.entries()) {
-      index.add(e);
-      if (e.seq === auditHead?.seq) hashThere = e.hash;
-    }
+    const ctx = store.context;
+    this.dbAudit = await PgAuditLog.open(
+      {
+        pool: ctx.pool,
+        t: ctx.t,
+        place: ctx.place,
+        fence: cluster.fence(),
+        term: () => cluster.leadership.currentTerm(),
+        warn: (m) => log('warn', m),
+      },
+      (e) => {
+        index.add(e);
+        if (e.seq === auditHead?.seq) hashThere = e.hash;
+      },
+    );
+    cluster.setAudit(this.dbAudit);
     if (auditHead && hashThere !== undefined && hashThere !== auditHead.hash)
       throw new AuditError(
         'AUDIT_CHAIN_BROKEN',
@@ -528,6 +545,20 @@ export class Daemon {
         'AUDIT_TRUNCATED',
         `the audit chain in ${store.context.place} ends at entry ${this.dbAudit.head.seq}, before entry ${auditHead.seq} which the state store recorded`,
       );
+  }
+
+  /**
+   * The leader writes the database's chain into the clone's files before each commit. Once per
+   * leadership it first puts the clone back at the remote's (what it may have committed before, while
+   * leading earlier, is in the database, and another leader may have pushed since).
+   */
+  private async mirrorAudit(): Promise<void> {
+    if (this.mirrorStale) {
+      await this.auditRepo.resetToRemote();
+      this.audit = await AuditLog.open(this.auditPath, { fs: this.auditFsConfined });
+      this.mirrorStale = false;
+    }
+    await mirrorAudit(this.dbAudit!, this.audit);
   }
 
   /** The agent API's URL as agents reach it. */
@@ -542,7 +573,11 @@ export class Daemon {
     const cluster = this.cluster!;
     await cluster.catchUp();
     await (this.store as PgStore).resume();
-    if (this.dbAudit!.head.seq === 0 && this.audit.head.seq > 0) await this.dbAudit!.seed(this.audit);
+    await this.dbAudit!.resume();
+    // A daemon moving onto PostgreSQL: the chain goes on from the file log's entries.
+    if (this.dbAudit!.head.seq === 0 && this.audit.head.seq > 0)
+      await seedAudit(this.dbAudit!, this.auditPath, this.auditFsConfined);
+    this.mirrorStale = true;
     await this.ensureFingerprintKey();
     this.o.log('info', 'leading: rotations run here now', { term, seq: this.store.seq });
     if (this.applied && this.engine) {
@@ -703,7 +738,8 @@ export class Daemon {
     // database holds, so the next leader pushes them if this push does not).
     const wasLeading = this.acting();
     await this.cluster?.stop();
-    await this.publisher?.publish().catch(() => undefined);
+    if (!this.cluster) await this.publisher?.publish().catch(() => undefined);
+    else if (wasLeading) await this.publisher?.publishFinal().catch(() => undefined);
     // A full snapshot on the way out: what an operator opens offline with age -d is then complete.
     if (!this.cluster && wasLeading)
       await this.store

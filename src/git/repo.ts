@@ -224,6 +224,28 @@ export class GitRepo {
     });
   }
 
+  /**
+   * Fetches, then puts the local branch, the index and the files at origin/BRANCH, dropping unpushed
+   * commits and uncommitted or untracked files of the audit directory. For several daemons on one
+   * store: the audit files are a copy of the chain in the database, which a daemon that starts leading
+   * writes again from there on top of what the remote holds.
+   */
+  resetToRemote(): Promise<string> {
+    return this.lock.run(async () => {
+      try {
+        await fetchLocked(this.c);
+        await noticeRemoteChanges(this.c);
+        const remote = await this.c.mustRev(this.c.remoteRef);
+        await removeStaleLock(this.c);
+        await this.c.must(['reset', '--quiet', '--hard', remote]);
+        await this.c.must(['clean', '-q', '-f', '-d', '--', this.auditDir]);
+        return remote;
+      } catch (e) {
+        throw this.c.wrap(e, 'sync');
+      }
+    });
+  }
+
   private auditPath(p: string): string {
     const rel = path.isAbsolute(p) ? path.relative(this.dir, p) : p;
     const norm = path.posix.normalize(rel.split(path.sep).join('/')).replace(/\/+$/, '');

@@ -60,7 +60,7 @@ export class PgListener {
     }
     let lost = false;
     const onLost = (e?: unknown) => {
-      if (lost) return;
+      if (lost || this.stopped) return; // stop() released it
       lost = true;
       if (this.client === c) this.client = undefined;
       c.release(true);
