@@ -113,6 +113,7 @@ function shapes(s) {
 function typeName(s) {
   if (s.const !== undefined) return code(s.const);
   if (branches(s).length > 1) return shapes(s).join(' or ');
+  if (Array.isArray(s.type)) return s.type.map((type) => typeName({ ...s, type })).join(' or ');
   if (s.type === 'array') return `list of ${s.items ? typeName(s.items) : 'values'}`;
   if (s.type === 'object' && !s.properties && s.additionalProperties && typeof s.additionalProperties === 'object') {
     return 'map';
