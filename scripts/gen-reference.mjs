@@ -317,7 +317,7 @@ export function errorsPage(m) {
       '  [consumers and sockets](../concepts.md#consumers-and-sockets);',
       '- secrets a person rotates (`SOPS_*`): [concepts](../concepts.md#secrets-a-person-rotates-sops);',
       '- the consumer API (`ACCESS_DENIED`, `SECRET_UNKNOWN`, ...): [concepts](../concepts.md#the-api);',
-      '- the agent protocol and the databases (`AGENT_*`, `DB_*`): [databases](../databases/README.md);',
+      '- the agent protocol and the databases (`AGENT_*`, `DB_*`, `NOT_LEADER` from a daemon that follows): [databases](../databases/README.md);',
       "- the listeners' limits (`BODY_*`, `HOST_NOT_ALLOWED`, ...): [security](../security.md).\n",
     ].join('\n'),
   );
