@@ -95,8 +95,7 @@ async function suite(p: PgPlace): Promise<void> {
   const copyOf = async (schema: string): Promise<string> => {
     const copy = p.schema();
     await p.sql(`CREATE SCHEMA ${copy}`);
-    for (const table of TABLES)
-      await p.sql(`CREATE TABLE ${copy}.${table} (LIKE ${schema}.${table} INCLUDING ALL)`);
+    for (const table of TABLES) await p.sql(`CREATE TABLE ${copy}.${table} (LIKE ${schema}.${table} INCLUDING ALL)`);
     await p.sql(`ALTER TABLE ${copy}.records ADD FOREIGN KEY (segment) REFERENCES ${copy}.segments (id)`);
     await p.sql(`ALTER SCHEMA ${copy} OWNER TO rotor_state`);
     for (const table of TABLES) {
@@ -274,7 +273,8 @@ async function suite(p: PgPlace): Promise<void> {
     const store = await p.open(schema);
     await store.write([{ op: 'put', key: 'kept', value: 'yes' }]);
     await store.close();
-    for (const table of ['lease', 'terms', 'daemons', 'audit', 'receipts']) await p.sql(`DROP TABLE ${schema}.${table}`);
+    for (const table of ['lease', 'terms', 'daemons', 'audit', 'receipts'])
+      await p.sql(`DROP TABLE ${schema}.${table}`);
     await p.sql(`UPDATE ${schema}.schema_version SET version = 1`);
     const again = await p.open(schema);
     t.equal(again.get('kept'), 'yes', 'the store of version 1 opens with its entries');
@@ -283,10 +283,9 @@ async function suite(p: PgPlace): Promise<void> {
     t.equal(v?.version, 2, 'the tables are version 2 now');
     const [lease] = await p.sql<{ term: string }>(`SELECT term FROM ${schema}.lease`);
     t.equal(lease?.term, '0', 'the lease row was made, at term 0');
-    const tables = await p.sql<{ n: string }>(
-      `SELECT count(*) AS n FROM pg_catalog.pg_tables WHERE schemaname = $1`,
-      [schema],
-    );
+    const tables = await p.sql<{ n: string }>(`SELECT count(*) AS n FROM pg_catalog.pg_tables WHERE schemaname = $1`, [
+      schema,
+    ]);
     t.equal(tables[0]?.n, String(TABLES.length), 'every table of version 2 is there');
   });
 
