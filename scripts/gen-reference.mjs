@@ -113,6 +113,7 @@ function shapes(s) {
 function typeName(s) {
   if (s.const !== undefined) return code(s.const);
   if (branches(s).length > 1) return shapes(s).join(' or ');
+  if (Array.isArray(s.type)) return s.type.map((type) => typeName({ ...s, type })).join(' or ');
   if (s.type === 'array') return `list of ${s.items ? typeName(s.items) : 'values'}`;
   if (s.type === 'object' && !s.properties && s.additionalProperties && typeof s.additionalProperties === 'object') {
     return 'map';
@@ -316,7 +317,7 @@ export function errorsPage(m) {
       '  [consumers and sockets](../concepts.md#consumers-and-sockets);',
       '- secrets a person rotates (`SOPS_*`): [concepts](../concepts.md#secrets-a-person-rotates-sops);',
       '- the consumer API (`ACCESS_DENIED`, `SECRET_UNKNOWN`, ...): [concepts](../concepts.md#the-api);',
-      '- the agent protocol and the databases (`AGENT_*`, `DB_*`): [databases](../databases/README.md);',
+      '- the agent protocol and the databases (`AGENT_*`, `DB_*`, `NOT_LEADER` from a daemon that follows): [databases](../databases/README.md);',
       "- the listeners' limits (`BODY_*`, `HOST_NOT_ALLOWED`, ...): [security](../security.md).\n",
     ].join('\n'),
   );

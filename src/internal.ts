@@ -32,6 +32,7 @@ export {
   MAX_AGENT_WAIT,
   MAX_RESULT_MESSAGE,
   MAX_RESULTS_BODY,
+  NOT_LEADER,
 } from './protocol/jobs.js';
 export { openSealed, SealError, sealForAgent } from './protocol/seal.js';
 export { H_NONCE, signRequest, verifyResponse } from './protocol/sign.js';

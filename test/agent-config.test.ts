@@ -1032,7 +1032,11 @@ t.test('a good configuration: env, SOPS (YAML and JSON), plain and no password',
   const file = writeConfig(s, text);
   const config = await loadAgentConfig(file, { env: { PG_ADMIN_PASSWORD: 's3cr3t-pg-admin' } });
   t.equal(config.file, file);
-  t.equal(config.daemon.origin, 'http://127.0.0.1:7700');
+  t.same(
+    config.daemons.map((d) => d.origin),
+    ['http://127.0.0.1:7700'],
+    'one daemon',
+  );
   t.equal(config.name, 'db-host-1');
   t.equal(config.keyDir, path.join(s.dir, 'keys'), 'keyDir relative to the file');
   t.equal(config.keys.recipient, s.agent.recipient);
@@ -1090,7 +1094,7 @@ t.test('a good configuration: env, SOPS (YAML and JSON), plain and no password',
     `daemon: https://rotor.internal:7700\nname: db-host-1\nkeyDir: ${path.join(s.dir, 'keys')}\ndaemonSigningKey: "${s.daemon.signingKey}"\n`,
   );
   const readable = await loadAgentConfig(writeConfig(s, abs, 0o644), { env: {} });
-  t.equal(readable.daemon.protocol, 'https:');
+  t.equal(readable.daemons[0]!.protocol, 'https:');
   expectProblem(
     t,
     [...readable.warnings],

@@ -4,6 +4,8 @@
  *
  * - ./transport.ts: HTTP to the daemon. Every request is signed with the agent's Ed25519 key; over
  *   https:// the daemon's certificate is checked first (./tls.ts: tls.ca, tls.pin or the system's CAs).
+ * - ./daemons.ts: with several daemons (`daemon:` a list), jobs and results go to the one believed to
+ *   lead (a follower's NOT_LEADER names it), values and receipts to the one that answers.
  * - ./wire.ts: every answer must verify against daemonSigningKey over this request's nonce (so an old
  *   answer cannot be replayed), or it is refused whole (AGENT_DAEMON_UNVERIFIED) and nothing in it runs;
  *   then each job's shape. Jobs carry their credentials sealed to the agent's age recipient, opened only
@@ -32,7 +34,7 @@ import { AgentError, transportProblem } from './errors.js';
 import { executeJob } from './execute.js';
 import { ConsumerHost } from './host.js';
 import type { Retry } from './loops.js';
-import { pollLoop, ResultStore, reportAll, reportLoop } from './loops.js';
+import { logMove, pollLoop, ResultStore, reportAll, reportLoop } from './loops.js';
 import { Changes, Pump } from './pump.js';
 import { EngineRegistry } from './registry.js';
 import { publishStep } from './steps.js';
@@ -201,10 +203,11 @@ export class Agent {
   start(): void {
     if (this.#started || this.#stopping) throw new Error('the agent was already started or stopped');
     this.#started = true;
-    const { name, daemon, targets, tls } = this.#config;
+    const { name, daemons, targets, tls } = this.#config;
     // How the daemon's certificate is checked, when there is one: tls.ca, tls.pin, both, or the system's CAs.
     const checked = tls ? [tls.caFile !== undefined && 'ca', tls.pins && 'pin'].filter(Boolean).join('+') : 'system';
-    const fields = { agent: name, daemon: daemon.origin, ...(daemon.protocol === 'https:' ? { tls: checked } : {}) };
+    const daemon = daemons.map((d) => d.origin).join(' ');
+    const fields = { agent: name, daemon, ...(daemons[0]!.protocol === 'https:' ? { tls: checked } : {}) };
     this.#log('info', 'agent started', { ...fields, targets: targets.size });
     const changed = (signal: AbortSignal) => this.#changes.wait(signal);
     const stopping = () => this.#stopping;
@@ -213,6 +216,7 @@ export class Agent {
       pollLoop({
         log: this.#log,
         retry: this.#retry,
+        daemons: this.#client.jobDaemons,
         signal: this.#halt.signal,
         stopping,
         hasRoom: () => this.#pump.hasRoom,
@@ -225,6 +229,7 @@ export class Agent {
         store: this.#store,
         log: this.#log,
         retry: this.#retry,
+        daemons: this.#client.jobDaemons,
         signal: this.#deadline.signal,
         stopping,
         active: () => this.#pump.active,
@@ -298,9 +303,18 @@ export class Agent {
   async runOnce(options: { wait?: number } = {}): Promise<OnceSummary> {
     if (this.#started || this.#stopping) throw new Error('runOnce is for an agent that is neither started nor stopped');
     const wait = options.wait ?? 0;
-    let jobs: unknown[];
+    let jobs: unknown[] = [];
     try {
-      jobs = await this.#client.poll(wait, this.#halt.signal);
+      // One round: a follower's NOT_LEADER or a daemon down moves the poll to the next daemon of the list.
+      for (let tried = 1; ; tried++) {
+        try {
+          jobs = await this.#client.poll(wait, this.#halt.signal);
+          break;
+        } catch (e) {
+          if (tried >= this.#client.jobDaemons.size || this.#halt.signal.aborted) throw e;
+          logMove(this.#log, 'poll', e, this.#client.jobDaemons.current);
+        }
+      }
     } catch (e) {
       const p = transportProblem(e);
       const { status, daemonCode } = e as AgentError;

@@ -3,7 +3,7 @@
  * repository. It names the daemon, the agent's Agent declaration and key directory, the daemon's public
  * signing key, and how to reach each Target as its admin account:
  *
- *   daemon: http://127.0.0.1:7700            # the daemon's --agent-listen address (https:// allowed)
+ *   daemon: http://127.0.0.1:7700            # the daemon's --agent-listen address, or a list (./config-daemons.ts)
  *   # tls: { ca: agent-api-ca.crt }          # https:// only: { ca: FILE } and/or { pin: "sha256/..." }
  *   name: db-host-1                          # its Agent declaration
  *   keyDir: /var/lib/rotor-agent             # made by `rotor keygen`
@@ -46,6 +46,7 @@ import {
   uniqueProblems,
   valueAt,
 } from 'rotor/internal';
+import { DAEMON_CONFIG_CODES, daemonSchemaProblem, readDaemons } from './config-daemons.js';
 import { type AgentTls, pinMessage, type RawTls, readTlsConfig } from './config-tls.js';
 import type { EngineName, TargetConnection } from './engines/types.js';
 import type { SopsDocument, SopsValue } from './sops.js';
@@ -56,8 +57,7 @@ export const AGENT_CONFIG_CODES = {
   AGENT_CONFIG_UNREADABLE: 'The configuration file cannot be read. Check the path and its permissions.',
   AGENT_CONFIG_NOT_MAPPING:
     'The configuration must be one YAML mapping (daemon, name, keyDir, daemonSigningKey, targets).',
-  AGENT_CONFIG_DAEMON_URL:
-    "`daemon` must be http://HOST:PORT or https://HOST:PORT: the address of the daemon's --agent-listen, without credentials or a path.",
+  ...DAEMON_CONFIG_CODES,
   AGENT_CONFIG_TLS_CLEAR:
     '`tls` is for an https:// daemon: over http:// there is no certificate to check. Write https:// (the daemon needs --agent-tls-cert and --agent-tls-key), or remove `tls`.',
   AGENT_CONFIG_TLS_CA_UNREADABLE:
@@ -147,8 +147,8 @@ export type { AgentTls } from './config-tls.js';
 export interface AgentConfig {
   /** The configuration file, absolute. */
   readonly file: string;
-  /** The daemon's agent API (origin only). */
-  readonly daemon: URL;
+  /** The daemons' agent APIs (origins only), as listed: one, or several on one store (one leads). */
+  readonly daemons: readonly URL[];
   /** How an https:// daemon's certificate is checked; absent: the system's certificate authorities. */
   readonly tls?: AgentTls;
   /** The name of this agent's Agent declaration. */
@@ -177,7 +177,7 @@ export interface LoadAgentConfigOptions {
 }
 
 interface RawConfig {
-  daemon: string;
+  daemon: string | string[];
   tls?: RawTls;
   name: string;
   keyDir: string;
@@ -244,6 +244,8 @@ function schemaProblem(pd: ParsedDoc, err: ErrorObject): AgentConfigProblem | un
     message,
   });
   if (isPin && err.keyword !== 'if') return mk('AGENT_CONFIG_TLS_PIN', pinMessage(field, value, describe(value)));
+  const daemon = daemonSchemaProblem(err, at, describe(value));
+  if (daemon) return mk(daemon.code, daemon.message);
   switch (err.keyword) {
     case 'if':
     case 'propertyNames':
@@ -334,25 +336,6 @@ function schemaProblem(pd: ParsedDoc, err: ErrorObject): AgentConfigProblem | un
     default:
       return mk('SCHEMA_INVALID', `${field} ${err.message ?? 'is invalid'}`);
   }
-}
-
-/** The daemon URL: http(s), a host, no credentials, no path. */
-function checkDaemonUrl(text: string): URL | string {
-  let u: URL;
-  try {
-    u = new URL(text);
-  } catch {
-    return "daemon must be a URL such as http://127.0.0.1:7700 (the daemon's --agent-listen address)";
-  }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:')
-    return `daemon must start with http:// or https://, not ${u.protocol}//`;
-  if (u.username !== '' || u.password !== '')
-    return 'daemon must not carry a user or password: the agent signs its requests with its own key';
-  if (u.hostname === '') return 'daemon has no host';
-  if ((u.pathname !== '/' && u.pathname !== '') || u.search !== '' || u.hash !== '') {
-    return "daemon is the address of the daemon's --agent-listen, http://HOST:PORT, without a path, query or fragment";
-  }
-  return u;
 }
 
 interface UrlCheck {
@@ -476,18 +459,10 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
     problems.push({ ...positionOf(pd, at, key), severity: 'warning', code, message });
 
   // The daemon, the keys.
-  const daemon = checkDaemonUrl(raw.daemon);
-  if (typeof daemon === 'string') error(['daemon'], 'AGENT_CONFIG_DAEMON_URL', daemon);
+  const { daemons, problems: daemonProblems } = readDaemons(raw.daemon, raw.tls !== undefined);
+  for (const p of daemonProblems) error(p.at, p.code, p.message, p.key);
   const tls = raw.tls === undefined ? undefined : await readTlsConfig(raw.tls, path.dirname(absFile));
   if (tls && 'code' in tls) error(['tls', 'ca'], tls.code, tls.message);
-  if (raw.tls !== undefined && typeof daemon !== 'string' && daemon.protocol === 'http:') {
-    error(
-      ['tls'],
-      'AGENT_CONFIG_TLS_CLEAR',
-      `tls is for an https:// daemon, and daemon is ${daemon.origin}: write https:// (the daemon needs --agent-tls-cert and --agent-tls-key), or remove tls`,
-      true,
-    );
-  }
   let daemonSigningKey: KeyObject | undefined;
   try {
     daemonSigningKey = parseSigningKey(raw.daemonSigningKey);
@@ -640,7 +615,7 @@ export async function loadAgentConfig(file: string, options: LoadAgentConfigOpti
   if (problems.some((p) => p.severity === 'error')) fail();
   return Object.freeze({
     file: absFile,
-    daemon: daemon as URL,
+    daemons,
     ...(tls ? { tls: tls as AgentTls } : {}),
     name: raw.name,
     keyDir,

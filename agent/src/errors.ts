@@ -1,7 +1,7 @@
 /**
  * The errors of the agent's own exchanges with the daemon. A job's failure is a Result, not an error.
  */
-import { BACKOFF, NEVER, RotorError } from 'rotor/internal';
+import { BACKOFF, NEVER, NOT_LEADER, RotorError } from 'rotor/internal';
 
 export type AgentErrorCode =
   /** The daemon could not be reached, or the connection broke or timed out. */
@@ -38,10 +38,17 @@ export class AgentError extends RotorError {
     readonly status?: number,
     /** The daemon's error code of a verified refusal. */
     readonly daemonCode?: string,
+    /** A NOT_LEADER refusal: the leading daemon's agent API URL, when the follower named it (unchecked). */
+    readonly leader?: string,
   ) {
     const forGood = code === 'AGENT_DAEMON_REFUSED' && status !== undefined && REFUSED_FOR_GOOD.has(status);
     super(code, message, { retry: forGood ? NEVER : BACKOFF });
   }
+}
+
+/** Whether `e` is a follower's refusal of the jobs or results route (NOT_LEADER): another daemon leads. */
+export function isNotLeader(e: unknown): e is AgentError {
+  return e instanceof AgentError && e.daemonCode === NOT_LEADER;
 }
 
 /** A short, value-free description of a transport error. */

@@ -7,7 +7,9 @@
  *   secret of these consumers changes, sealed to this agent and signed over the request's nonce. A
  *   full answer replaces the consumers (their sockets follow) and every value; a delta updates the
  *   secrets it names. Failures are retried with jittered backoff; meanwhile the last values are served
- *   and /v1/health says stale, since the last answer.
+ *   and /v1/health says stale, since the last answer. With several daemons (./daemons.ts) the loop
+ *   stays with one while it answers and moves to the next on a failure (at once; the backoff, and
+ *   stale, come after a full round of failures); the new daemon's epoch differs, so it answers full.
  * - Reads: a consumer given a newer version than before is a read receipt, sent to the daemon (the
  *   receipts loop, batched, retried) so that `retireAfter: consumers` sees consumers on every host.
  * - The sealed cache: each applied answer is written to KEY_DIR/consumer-values.age (age, to this
@@ -44,8 +46,9 @@ import {
   ValuesOpener,
 } from 'rotor/internal';
 import type { AgentConfig } from './config.js';
+import { Rounds } from './daemons.js';
 import { AgentError } from './errors.js';
-import { backoffMs, logExchangeFailure, type Retry } from './loops.js';
+import { logExchangeFailure, logMove, type Retry } from './loops.js';
 import { Changes } from './pump.js';
 import type { DaemonClient } from './transport.js';
 
@@ -250,7 +253,7 @@ export class ConsumerHost {
 
   async #valuesLoop(): Promise<void> {
     const signal = this.#halt.signal;
-    let failures = 0;
+    const rounds = new Rounds(this.#o.client.valueDaemons, this.#o.retry);
     while (!signal.aborted) {
       try {
         const answer = await this.#o.client.values(this.#cursor, this.#o.wait ?? 25, signal);
@@ -270,7 +273,7 @@ export class ConsumerHost {
         await this.#apply(payload, answer);
         const was = this.#connected;
         this.#connected = true;
-        failures = 0;
+        rounds.ok();
         if (!was) this.#o.log('info', 'values from the daemon are current', { agent: this.#o.config.name });
         if (agentValuesChannel.hasSubscribers)
           agentValuesChannel.publish({
@@ -283,15 +286,19 @@ export class ConsumerHost {
           } satisfies AgentValuesMessage);
       } catch (e) {
         if (signal.aborted) break;
+        const delayMs = rounds.failed();
+        if (delayMs === undefined) {
+          logMove(this.#o.log, 'values', e, this.#o.client.valueDaemons.current);
+          continue;
+        }
         const was = this.#connected;
         this.#connected = false;
         if (was)
           this.#o.log('warn', 'lost the daemon: serving the last values received (health: stale)', {
             agent: this.#o.config.name,
           });
-        const delayMs = backoffMs(failures++, this.#o.retry.backoff);
         logExchangeFailure(this.#o.log, 'values', e, delayMs);
-        await this.#o.retry.sleep(delayMs, signal);
+        await rounds.sleep(delayMs, signal);
       }
     }
   }
@@ -351,7 +358,7 @@ export class ConsumerHost {
 
   async #receiptsLoop(): Promise<void> {
     const signal = this.#halt.signal;
-    let failures = 0;
+    const rounds = new Rounds(this.#o.client.valueDaemons, this.#o.retry);
     while (!signal.aborted) {
       if (this.#outbox.size === 0) {
         await this.#outboxChanged.wait(signal);
@@ -370,12 +377,16 @@ export class ConsumerHost {
           const id = `${r.consumer}/${r.secret}`;
           if (this.#outbox.get(id)?.version === r.version) this.#outbox.delete(id);
         }
-        failures = 0;
+        rounds.ok();
       } catch (e) {
         if (signal.aborted) break;
-        const delayMs = backoffMs(failures++, this.#o.retry.backoff);
+        const delayMs = rounds.failed();
+        if (delayMs === undefined) {
+          logMove(this.#o.log, 'receipts', e, this.#o.client.valueDaemons.current);
+          continue;
+        }
         logExchangeFailure(this.#o.log, 'receipts', e, delayMs);
-        await this.#o.retry.sleep(delayMs, signal);
+        await rounds.sleep(delayMs, signal);
       }
     }
   }

@@ -9,7 +9,8 @@
 
 import type { Job, Logger, Result } from 'rotor/internal';
 import { backoffDelay, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from 'rotor/internal';
-import { AgentError, transportProblem } from './errors.js';
+import { type DaemonList, Rounds } from './daemons.js';
+import { AgentError, isNotLeader, transportProblem } from './errors.js';
 import { publishStep } from './steps.js';
 import type { DaemonClient } from './transport.js';
 
@@ -120,6 +121,17 @@ export function logExchangeFailure(
   });
 }
 
+/** A failure followed at once by another daemon of the list: NOT_LEADER is routine (debug), the rest a warning. */
+export function logMove(log: Logger, what: 'poll' | 'report' | 'values' | 'receipts', e: unknown, next: URL): void {
+  const p = transportProblem(e);
+  log(isNotLeader(e) ? 'debug' : 'warn', `${what}: ${p.message}; trying the daemon at ${next.origin} now`, {
+    code: p.code,
+    cause: p.cause,
+    daemonCode: (e as AgentError).daemonCode,
+    daemon: next.origin,
+  });
+}
+
 export interface ReportContext {
   readonly client: DaemonClient;
   readonly store: ResultStore;
@@ -171,6 +183,8 @@ export async function reportBatch(ctx: ReportContext, signal: AbortSignal): Prom
 export interface PollLoopContext {
   readonly log: Logger;
   readonly retry: Retry;
+  /** The daemons jobs come from: a failed poll moved it on (./daemons.ts). */
+  readonly daemons: DaemonList;
   /** Ends the long poll and the delays. */
   readonly signal: AbortSignal;
   stopping(): boolean;
@@ -184,9 +198,12 @@ export interface PollLoopContext {
   accept(raw: unknown): void;
 }
 
-/** Polls while not stopping and there is room for more jobs; retries failed polls with backoff. */
+/**
+ * Polls while not stopping and there is room for more jobs. A failed poll is retried at once on the
+ * daemon the list moved to, with backoff after a full round of failures.
+ */
 export async function pollLoop(ctx: PollLoopContext): Promise<void> {
-  let failures = 0;
+  const rounds = new Rounds(ctx.daemons, ctx.retry);
   while (!ctx.stopping()) {
     if (!ctx.hasRoom()) {
       await ctx.changed(ctx.signal);
@@ -195,12 +212,16 @@ export async function pollLoop(ctx: PollLoopContext): Promise<void> {
     let jobs: unknown[];
     try {
       jobs = await ctx.poll(ctx.signal);
-      failures = 0;
+      rounds.ok();
     } catch (e) {
       if (ctx.stopping()) break;
-      const delayMs = backoffMs(failures++, ctx.retry.backoff);
+      const delayMs = rounds.failed();
+      if (delayMs === undefined) {
+        logMove(ctx.log, 'poll', e, ctx.daemons.current);
+        continue;
+      }
       logExchangeFailure(ctx.log, 'poll', e, delayMs);
-      await ctx.retry.sleep(delayMs, ctx.signal);
+      await rounds.sleep(delayMs, ctx.signal);
       continue;
     }
     for (const j of jobs) ctx.accept(j);
@@ -209,6 +230,8 @@ export async function pollLoop(ctx: PollLoopContext): Promise<void> {
 
 export interface ReportLoopContext extends ReportContext {
   readonly retry: Retry;
+  /** The daemons results go to (the leader's, as for the jobs). */
+  readonly daemons: DaemonList;
   /** Ends the reports (stop's grace ran out). */
   readonly signal: AbortSignal;
   stopping(): boolean;
@@ -219,7 +242,7 @@ export interface ReportLoopContext extends ReportContext {
 
 /** Reports results as they come, until stopped with nothing left running or to report, or `signal` aborts. */
 export async function reportLoop(ctx: ReportLoopContext): Promise<void> {
-  let failures = 0;
+  const rounds = new Rounds(ctx.daemons, ctx.retry);
   for (;;) {
     if (ctx.signal.aborted) return;
     if (ctx.store.size === 0) {
@@ -229,11 +252,15 @@ export async function reportLoop(ctx: ReportLoopContext): Promise<void> {
     }
     const error = await reportBatch(ctx, ctx.signal);
     if (error === undefined) {
-      failures = 0;
+      rounds.ok();
     } else if (!ctx.signal.aborted) {
-      const delayMs = backoffMs(failures++, ctx.retry.backoff);
+      const delayMs = rounds.failed();
+      if (delayMs === undefined) {
+        logMove(ctx.log, 'report', error, ctx.daemons.current);
+        continue;
+      }
       logExchangeFailure(ctx.log, 'report', error, delayMs);
-      await ctx.retry.sleep(delayMs, ctx.signal);
+      await rounds.sleep(delayMs, ctx.signal);
     }
   }
 }

@@ -72,7 +72,8 @@ Options:
 ${optionsHelp(AGENT_FLAGS)}
 The configuration is one YAML file on the agent's host, never in the repository (mode 0600):
 
-  daemon: http://127.0.0.1:7700            # the daemon's --agent-listen address (https:// allowed)
+  daemon: http://127.0.0.1:7700            # the daemon's --agent-listen address (https:// allowed),
+                                           # or a list of them: several daemons on one store
   # tls: { ca: agent-api-ca.crt }          # https:// only: { ca: FILE } and/or { pin: "sha256/..." }
   name: db-host-1                          # this agent's Agent declaration in the repository
   keyDir: /var/lib/rotor-agent             # made by \`rotor keygen\` on this host
@@ -83,6 +84,10 @@ The configuration is one YAML file on the agent's host, never in the repository 
       url: postgres://rotor_admin@127.0.0.1:5432/postgres
       password: { env: PG_ADMIN_PASSWORD } # or { sops: FILE, key: PATH }, or the password (warned)
       timeout: 10s                         # optional
+
+With several daemons listed (all https:// or all http://), database jobs come from the one that leads
+(a follower names it; the agent moves there at once, else to the next daemon of the list) and the
+consumers' values from whichever answers; the backoff starts when every daemon of the list failed.
 
 See docs/databases/README.md ("rotor-agent") for every field, the admin privileges each database
 needs, and the codes.

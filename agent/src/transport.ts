@@ -2,7 +2,9 @@
  * HTTP to the daemon: the transport seam (node:http / node:https with keep-alive agents, bounded answers;
  * over https:// the daemon's certificate is checked before a request is sent: ./tls.ts) and
  * DaemonClient, which signs each request with the agent's Ed25519 key and has every answer checked
- * (./wire.ts) against this request's nonce before anything in it is used.
+ * (./wire.ts) against this request's nonce before anything in it is used. With several daemons it
+ * sends jobs and results to the one it believes leads, values and receipts to the one that answers
+ * (./daemons.ts).
  */
 
 import type { IncomingHttpHeaders } from 'node:http';
@@ -22,6 +24,7 @@ import {
 } from 'rotor/internal';
 import type { AgentConfig } from './config.js';
 import type { AgentTls } from './config-tls.js';
+import { DaemonList } from './daemons.js';
 import { AgentError } from './errors.js';
 import { DaemonTlsAgent } from './tls.js';
 import { acceptedOf, answerData, jobsOf, valuesOf } from './wire.js';
@@ -124,7 +127,7 @@ export function nodeTransport(options: NodeTransportOptions = {}): Transport & {
 }
 
 export interface DaemonClientOptions {
-  readonly config: Pick<AgentConfig, 'name' | 'daemon' | 'keys' | 'daemonSigningKey'>;
+  readonly config: Pick<AgentConfig, 'name' | 'daemons' | 'keys' | 'daemonSigningKey'>;
   readonly transport: Transport;
   readonly log: Logger;
   /** ms since the epoch, for request timestamps. */
@@ -133,41 +136,61 @@ export interface DaemonClientOptions {
   readonly maxAnswerBytes: number;
 }
 
-/** The agent's two requests to the daemon, signed, with their answers checked. */
+/** The agent's requests to the daemons, signed, with their answers checked. */
 export class DaemonClient {
   readonly #o: DaemonClientOptions;
+  /** Where jobs are polled and results sent: the daemon believed to lead. */
+  readonly jobDaemons: DaemonList;
+  /** Where the values long-poll and the receipts go: the daemon that last answered. */
+  readonly valueDaemons: DaemonList;
 
   constructor(options: DaemonClientOptions) {
     this.#o = options;
+    const { daemons } = options.config;
+    this.jobDaemons = new DaemonList(daemons, options.log, 'database jobs come from the leading daemon at');
+    this.valueDaemons = new DaemonList(daemons, options.log, "consumers' values come from the daemon at");
   }
 
   /** One long-poll of at most `wait` seconds: the jobs in the answer, each still unchecked. */
   async poll(wait: number, signal: AbortSignal): Promise<unknown[]> {
-    const jobs = jobsOf(await this.#exchange(AGENT_JOBS_PATH, { wait }, wait * 1000 + POLL_MARGIN_MS, signal));
+    const answer = await this.#exchange(
+      this.jobDaemons,
+      AGENT_JOBS_PATH,
+      { wait },
+      wait * 1000 + POLL_MARGIN_MS,
+      signal,
+    );
+    const jobs = jobsOf(answer);
     if (jobs.length > 0) this.#o.log('debug', 'jobs received', { jobs: jobs.length });
     return jobs;
   }
 
   /** Sends results: how many the daemon says it accepted (undefined if its answer does not say). */
   async report(results: readonly Result[], signal: AbortSignal): Promise<number | undefined> {
-    return acceptedOf(await this.#exchange(AGENT_RESULTS_PATH, { results }, EXCHANGE_MS, signal));
+    return acceptedOf(await this.#exchange(this.jobDaemons, AGENT_RESULTS_PATH, { results }, EXCHANGE_MS, signal));
   }
 
   /** One values long-poll of at most `wait` seconds (src/protocol/values.ts): the answer, still sealed. */
   async values(cursor: { epoch?: string; after?: number }, wait: number, signal: AbortSignal): Promise<ValuesAnswer> {
     const body = { wait, ...cursor };
+    const timeoutMs = wait * 1000 + POLL_MARGIN_MS;
     return valuesOf(
-      await this.#exchange(AGENT_VALUES_PATH, body, wait * 1000 + POLL_MARGIN_MS, signal, MAX_VALUES_ANSWER),
+      await this.#exchange(this.valueDaemons, AGENT_VALUES_PATH, body, timeoutMs, signal, MAX_VALUES_ANSWER),
     );
   }
 
   /** Sends read receipts: how many the daemon took (undefined if its answer does not say). */
   async receipts(receipts: readonly ValuesReceipt[], signal: AbortSignal): Promise<number | undefined> {
-    return acceptedOf(await this.#exchange(AGENT_RECEIPTS_PATH, { receipts }, EXCHANGE_MS, signal));
+    return acceptedOf(await this.#exchange(this.valueDaemons, AGENT_RECEIPTS_PATH, { receipts }, EXCHANGE_MS, signal));
   }
 
-  /** One signed POST; the answer's JSON when it verified and its status is 200. */
+  /**
+   * One signed POST to the current daemon of `daemons`; the answer's JSON when it verified and its
+   * status is 200. A failure moves `daemons` on (unless the agent is stopping, or the request is
+   * refused for good, which another daemon would refuse too).
+   */
   async #exchange(
+    daemons: DaemonList,
     path: string,
     payload: unknown,
     timeoutMs: number,
@@ -179,8 +202,17 @@ export class DaemonClient {
     const body = Buffer.from(JSON.stringify(payload), 'utf8');
     const privateKey = config.keys.signing;
     const headers = signRequest({ agent: config.name, method: 'POST', path, body, privateKey, now: this.#o.now() });
-    const url = new URL(path, config.daemon);
-    const answer = await this.#o.transport({ url, headers, body, timeoutMs, maxBytes, signal });
-    return answerData(path, answer, headers[H_NONCE], config.daemonSigningKey);
+    const daemon = daemons.current;
+    const url = new URL(path, daemon);
+    try {
+      const answer = await this.#o.transport({ url, headers, body, timeoutMs, maxBytes, signal });
+      const data = answerData(path, answer, headers[H_NONCE], config.daemonSigningKey);
+      daemons.answered(daemon);
+      return data;
+    } catch (e) {
+      const forGood = e instanceof AgentError && e.retry.kind === 'never';
+      if (!signal.aborted && !forGood) daemons.failed(daemon, e);
+      throw e;
+    }
   }
 }

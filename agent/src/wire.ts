@@ -49,8 +49,9 @@ export function answerData(path: string, answer: ReceivedAnswer, requestNonce: s
   if (answer.status !== 200) {
     const err = isRecord(data) && isRecord(data.error) ? data.error : undefined;
     const daemonCode = typeof err?.code === 'string' && err.code.length <= 64 ? err.code : undefined;
+    const leader = typeof err?.leader === 'string' && err.leader.length <= 2048 ? err.leader : undefined;
     const message = `the daemon refused ${path} with status ${answer.status}${daemonCode ? ` (${daemonCode})` : ''}`;
-    throw new AgentError('AGENT_DAEMON_REFUSED', message, answer.status, daemonCode);
+    throw new AgentError('AGENT_DAEMON_REFUSED', message, answer.status, daemonCode, leader);
   }
   return data;
 }

@@ -94,7 +94,7 @@ for (const [i, a] of agents.entries()) {
     keys,
     keyDir: a.keyDir,
     socketDir: '/nonexistent',
-    daemon: new URL(daemon),
+    daemons: [new URL(daemon)],
     daemonSigningKey: signing,
   };
   const client = new DaemonClient({

@@ -13,12 +13,19 @@
  * never hold them in clear. A job is leased to the agent when delivered; a job without a result when
  * its lease runs out is delivered again, so an agent that crashed mid-job gets it again (the steps are
  * idempotent). An agent only ever receives jobs for the Targets whose `agent` is its own name.
+ *
+ * Several daemons on one store: only the leader hands out jobs and takes results. A follower answers
+ * both routes with 503 {"error": {"code": "NOT_LEADER", "message", "leader"?}}, `leader` being the
+ * leading daemon's agent API URL when the follower knows it; the agent then polls that one (if it is
+ * in its `daemon:` list) or the next daemon of its list. Every daemon serves values and receipts.
  */
 
 import type { Engine } from '../model/engines.js';
 
 export const AGENT_JOBS_PATH = '/v1/agent/jobs';
 export const AGENT_RESULTS_PATH = '/v1/agent/results';
+/** The error code of a follower's answer to the jobs and results routes (503). */
+export const NOT_LEADER = 'NOT_LEADER';
 /** The longest long-poll the daemon holds (seconds). */
 export const MAX_AGENT_WAIT = 60;
 /** How long a delivered job stays leased to the agent before it is delivered again (ms). */

@@ -27,6 +27,7 @@ import {
   MAX_RESULT_MESSAGE,
   MAX_RESULTS_BODY,
   MAX_RESULTS_PER_REQUEST,
+  NOT_LEADER,
 } from '../protocol/jobs.js';
 import {
   AGENT_AUTH_STATUS,
@@ -117,7 +118,16 @@ export interface AgentApiOptions {
   readonly limits?: Partial<AgentApiLimits>;
   /** Serve HTTPS with this certificate and key (checked beforehand: see readAgentTls); plain HTTP without. */
   readonly tls?: ListenerTls;
+  /**
+   * Whether this daemon leads now, and the agent API URL of the one that does when known (several
+   * daemons on one store). Absent: this daemon always leads. A follower answers the jobs and results
+   * routes with 503 NOT_LEADER (and `leader`, the URL, when known); it serves values and receipts.
+   */
+  readonly leader?: () => { leading: boolean; leader?: string };
 }
+
+/** The routes only the leading daemon serves: it alone hands out database jobs and takes their results. */
+const LEADER_ROUTES: ReadonlySet<string> = new Set([AGENT_JOBS_PATH, AGENT_RESULTS_PATH]);
 
 export interface AgentApiListener {
   /** The bound HOST:PORT. */
@@ -226,6 +236,15 @@ export async function listenAgentApi(listen: string, o: AgentApiOptions): Promis
       }[req.url ?? ''];
       if (limit === undefined)
         return answer(req, res, 404, { error: { code: 'NOT_FOUND', message: `no ${req.url} here` } });
+      // A follower hands out no job and takes no result: it says so (and who leads) before reading the body.
+      const role = LEADER_ROUTES.has(req.url ?? '') ? o.leader?.() : undefined;
+      if (role && !role.leading) {
+        const leader = role.leader;
+        const message = leader
+          ? `this daemon follows: the leading daemon's agent API is ${leader}`
+          : 'this daemon follows, and does not know which daemon leads now: try another';
+        return answer(req, res, 503, { error: { code: NOT_LEADER, message, ...(leader ? { leader } : {}) } });
+      }
       if (expectsContinue && !(Number(req.headers['content-length']) > limit)) res.writeContinue();
       let body: Buffer;
       try {
