@@ -58,6 +58,8 @@ export interface AgentHubOptions {
   readonly now: () => number;
   /** How long a job may wait for its agent's result before the step fails with AGENT_TIMEOUT (default 10 min). */
   readonly jobTimeoutMs?: number;
+  /** Several daemons: whether this one leads (a follower hands out no job; its long-polls end). */
+  readonly leading?: () => boolean;
 }
 
 export class AgentHub implements AgentJobs {
@@ -188,7 +190,7 @@ export class AgentHub implements AgentJobs {
     let isClosed = false;
     void closed?.then(() => (isClosed = true));
     for (;;) {
-      if (isClosed) return [];
+      if (isClosed || (this.o.leading && !this.o.leading())) return [];
       const now = Date.now();
       const ready = [...(this.queues.get(agent)?.values() ?? [])].filter((p) => p.leasedUntil <= now);
       if (ready.length > 0 || now >= deadline) {
@@ -222,6 +224,24 @@ export class AgentHub implements AgentJobs {
       this.settle(agent, p, r);
     }
     return n;
+  }
+
+  /**
+   * This daemon no longer leads: its waiting jobs fail (their rotations are the next leader's to run
+   * again) and the agents' long-polls end, so that they ask again and are sent to the leader.
+   */
+  depose(): void {
+    for (const [agent, queue] of this.queues) {
+      for (const p of [...queue.values()])
+        this.settle(
+          agent,
+          p,
+          new StepError('NOT_LEADER', "this daemon no longer leads: the job is the next leader's to hand out", {
+            retry: BACKOFF,
+          }),
+        );
+    }
+    for (const agent of this.waiters.keys()) this.wake(agent);
   }
 
   /** Fails every waiting job (the daemon stops). */

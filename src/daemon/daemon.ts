@@ -335,6 +335,7 @@ export class Daemon {
       log,
       now: this.now,
       ...(this.o.agentJobTimeoutMs !== undefined ? { jobTimeoutMs: this.o.agentJobTimeoutMs } : {}),
+      leading: () => this.acting(),
     });
     const hub = this.hub;
     const cluster = this.cluster;
@@ -401,6 +402,15 @@ export class Daemon {
         now: this.now,
         ...(this.o.agentApiLimits ? { limits: this.o.agentApiLimits } : {}),
         ...(this.o.agentTls ? { tls: this.o.agentTls } : {}),
+        // Several daemons: a follower sends agents asking for jobs to the leader.
+        ...(this.cluster
+          ? {
+              leader: () => {
+                const url = this.cluster?.leadership.leaderAgentUrl();
+                return { leading: this.acting(), ...(url !== undefined ? { leader: url } : {}) };
+              },
+            }
+          : {}),
       });
       // The pin is public (a hash of the public key): logged so that agents' tls.pin can be copied from here.
       const { address, pin } = this.agentApi;
@@ -510,6 +520,7 @@ export class Daemon {
       onFollow: () => {
         if (this.wakeTimer) clearTimeout(this.wakeTimer);
         this.wakeTimer = undefined;
+        this.hub?.depose();
       },
       onState: (keys, entries) => this.followed(keys, entries),
       onReceipts: () => void this.foldReceipts(),
