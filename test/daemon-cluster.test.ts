@@ -1,7 +1,8 @@
 /**
  * Three `rotor daemon` processes on one PostgreSQL store (a throwaway server, scram-sha-256), each with
  * its own data directory holding copies of the same keys, a secret rotating every 2 s, and a consumer
- * reading on every daemon's socket:
+ * reading on every daemon's socket (the first daemon makes the schema as its owner; the others log in
+ * as a role holding exactly the grants docs/operations.md lists):
  * - one leads and rotates; the followers serve the values it made, from the database;
  * - the leader SIGKILLed: another takes over and rotates on; SIGTERMed: it resigns and a third leads;
  * - the killed one restarts as a follower;
@@ -40,8 +41,12 @@ if (p) {
       for (const f of readdirSync(w.dataDir)) copyFileSync(path.join(w.dataDir, f), path.join(dataDir, f));
       return { dataDir, sockets: path.join(w.root, `${n}-sockets`) };
     });
+    // d0 makes the schema as its owner; the others log in as a role holding exactly the documented grants.
+    const grantedPassword = `pw-${Math.random().toString(36).slice(2)}-granted`;
+    const user = (i: number) =>
+      i === 0 ? { url, password: p.password } : { url: p.url(schema, 'rotor_daemon'), password: grantedPassword };
     const start = (i: number) =>
-      daemon(t, names[i]!, [
+      daemon(t, names[i]!, user(i).password, [
         '--repo',
         w.remote,
         '--data-dir',
@@ -53,7 +58,7 @@ if (p) {
         '--metrics-listen',
         'off',
         '--state',
-        url,
+        user(i).url,
         '--name',
         names[i]!,
       ]);
@@ -71,6 +76,14 @@ if (p) {
     const d0 = start(0);
     await d0.waitFor(/"msg":"leading"/);
     await d0.ready;
+    for (const sql of [
+      `CREATE ROLE rotor_daemon LOGIN PASSWORD '${grantedPassword}'`,
+      `GRANT USAGE ON SCHEMA ${schema} TO rotor_daemon`,
+      `GRANT SELECT, INSERT, DELETE ON ${schema}.schema_version, ${schema}.store, ${schema}.segments, ${schema}.records TO rotor_daemon`,
+      `GRANT SELECT, INSERT ON ${schema}.terms, ${schema}.audit TO rotor_daemon`,
+      `GRANT SELECT, INSERT, UPDATE ON ${schema}.lease, ${schema}.daemons, ${schema}.receipts TO rotor_daemon`,
+    ])
+      await p.sql(sql);
     const d1 = start(1);
     const d2 = start(2);
     await Promise.all([d1.ready, d2.ready]);
@@ -158,16 +171,16 @@ if (p) {
     const logs = [d0, d1, d2, again].map((d) => d.stderr()).join('\n');
     for (const values of served.values())
       for (const value of values) t.notOk(logs.includes(value), 'no value in the logs');
-    t.notOk(logs.includes(p.password), 'the password is in no log line');
+    t.notOk(logs.includes(p.password) || logs.includes(grantedPassword), 'no password is in any log line');
   });
 }
 
 /** `rotor daemon FLAGS` as a process, PGPASSWORD in its environment. */
-function daemon(t: Test, name: string, flags: string[]) {
+function daemon(t: Test, name: string, password: string, flags: string[]) {
   const { NODE_OPTIONS: _, ...inherited } = process.env;
   const child: ChildProcess = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', ...flags], {
     stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...inherited, PGPASSWORD: p!.password },
+    env: { ...inherited, PGPASSWORD: password },
   });
   let err = '';
   const waiting = new Set<() => void>();

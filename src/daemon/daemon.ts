@@ -10,24 +10,19 @@
  * status snapshot; this file opens them in order and wires them together.
  */
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import path from 'node:path';
-import { confineAuditFs } from '../audit/confine.js';
 import type { AuditEntry } from '../audit/entry.js';
 import { AuditError } from '../audit/entry.js';
 import type { AuditFs } from '../audit/log.js';
-import { AuditLog, nodeAuditFs, verifyAuditDir } from '../audit/log.js';
+import { AuditLog, verifyAuditDir } from '../audit/log.js';
 import { PgAuditLog } from '../audit/pg-log.js';
 import { NEVER, RotorError } from '../errors.js';
-import { ensureAuditBranch } from '../git/audit-branch.js';
 import type { GitRepo as Repo } from '../git/repo.js';
-import { GitRepoError, openRepo } from '../git/repo.js';
 import { loadKeys } from '../keys.js';
 import type { Logger } from '../log.js';
-import { auditDirShapeProblem } from '../model/audit-path.js';
-import type { Desired, LoadResult } from '../model/model.js';
-import { DEFAULT_AUDIT_DIR } from '../model/model.js';
+import type { Desired } from '../model/model.js';
 import type { AuditEvent } from '../rotation/engine.js';
 import { AUDIT_HEAD_KEY, Engine } from '../rotation/engine.js';
 import { listenAdmin } from '../serve/admin.js';
@@ -45,7 +40,8 @@ import { PgStore } from '../state/pg-store.js';
 import { SerialQueue } from '../util/serial.js';
 import { AgentValues } from './agent-values.js';
 import { AgentHub } from './agents.js';
-import { committedAuditHead } from './audit-anchor.js';
+import type { AuditIndex } from './audit-clone.js';
+import { openClones } from './audit-clone.js';
 import { mirrorAudit, seedAudit } from './audit-mirror.js';
 import { AuditPublisher } from './audit-publisher.js';
 import type { LeaseTimings } from './cluster.js';
@@ -122,7 +118,7 @@ export class Daemon {
   private mirrorStale = true;
   /** What the last applied commit put in force (a daemon that starts leading applies it as leader). */
   private applied: { desired: Desired; commit: string; at: string } | undefined;
-  private auditIndex!: ReturnType<typeof newAuditIndex>;
+  private auditIndex!: AuditIndex;
   private publisher!: AuditPublisher;
   private engine!: Engine;
   private admin: Server | undefined;
@@ -189,96 +185,23 @@ export class Daemon {
     const { dataDir, log } = this.o;
     this.identity = keys.identity;
     if (!this.o.stateBackend) await mkdir(path.join(dataDir, 'state'), { recursive: true, mode: 0o700 });
-    const repoOptions = {
-      url: this.o.repo,
-      dir: path.join(dataDir, 'repo'),
+    const opened = await openClones({
+      repo: this.o.repo,
       branch: this.o.branch,
-      onWarning: (w: { code: string; message: string }) => log('warn', w.message, { code: w.code }),
-    };
-    this.repo = await openRepo(repoOptions);
-    // Audit entries written just before a crash are durable in the clone but not yet committed:
-    // commit them first (under the audit directory the clone's own commit declares), in the clone of
-    // the audit branch too when the log is kept on one.
-    const local = await this.sync.load(await this.repo.head());
-    const localDir = usableAuditDir(local);
-    const localBranch = auditBranchOf(local);
-    if (localDir !== 'audit') this.repo = await openRepo({ ...repoOptions, auditDir: localDir });
-    if ((await lstat(path.join(this.repo.dir, localDir)).catch(() => undefined))?.isDirectory())
-      await this.repo.commitAudit([localDir], 'rotor: audit entries written before a restart');
-    const auditClone = path.join(dataDir, 'audit-repo');
-    if (localBranch && (await lstat(path.join(auditClone, localDir)).catch(() => undefined))?.isDirectory()) {
-      const leftover = await openRepo({ ...repoOptions, dir: auditClone, branch: localBranch, auditDir: localDir });
-      await leftover.commitAudit([localDir], 'rotor: audit entries written before a restart');
-    }
-    const synced = await this.repo.sync(); // sync fetches
-    const head = synced.remoteHead;
-    this.sync.noteHeld(synced);
-    const first = await this.sync.load(head);
-    this.auditDir = first.valid ? first.auditDir : localDir;
-    this.auditBranch = first.valid ? auditBranchOf(first) : localBranch;
-    if (this.auditDir !== localDir) this.repo = await openRepo({ ...repoOptions, auditDir: this.auditDir });
-
-    // Where the log is committed: the declarations' clone, or a clone of the audit branch (made on the
-    // remote from the declarations' audit directory when it is not there yet).
-    let auditRepo = this.repo;
-    let auditRemoteHead = head;
-    if (this.auditBranch !== undefined) {
-      if (this.auditBranch === this.repo.branch)
-        throw new GitRepoError(
-          'GIT_BAD_ARGUMENT',
-          `audit.branch "${this.auditBranch}" is the declarations' branch: name another branch, or remove audit.branch to keep the log beside the declarations`,
-        );
-      const created = await ensureAuditBranch({
-        url: this.repo.url,
-        from: this.repo.branch,
-        branch: this.auditBranch,
-        auditDir: this.auditDir,
-        scratch: dataDir,
-        author: this.repo.author,
-        networkTimeoutMs: 120_000,
-      });
-      if (created)
-        log('info', 'made the audit branch on the remote', { branch: this.auditBranch, from: this.repo.branch });
-      auditRepo = await openRepo({
-        ...repoOptions,
-        dir: auditClone,
-        branch: this.auditBranch,
-        auditDir: this.auditDir,
-      });
-      const s = await auditRepo.sync();
-      if (s.held) throw s.held;
-      auditRemoteHead = s.remoteHead;
-    }
-
-    // The audit log anchors the store: it must not be older than the last generation the log records.
-    const auditPath = path.join(auditRepo.dir, this.auditDir);
-    // Every read and write of the log is confined to plain directories of the clone (no link followed).
-    const auditFs = await confineAuditFs(auditRepo.dir, this.o.auditFs ?? nodeAuditFs);
+      dataDir,
+      log,
+      ...(this.o.auditFs ? { auditFs: this.o.auditFs } : {}),
+      sync: this.sync,
+      onRepo: (repo) => (this.repo = repo),
+    });
+    const { auditRepo, head, first, auditPath, auditFs, index } = opened;
+    this.repo = opened.repo;
+    this.auditDir = opened.auditDir;
+    this.auditBranch = opened.auditBranch;
+    this.audit = opened.audit;
     this.auditRepo = auditRepo;
     this.auditPath = auditPath;
     this.auditFsConfined = auditFs;
-    const index = newAuditIndex();
-    // The remote anchors the clone's log too: its last entry must be there, unchanged. Otherwise entries
-    // were removed or changed in the clone (and the commit above took that for entries to push).
-    const pushed = await committedAuditHead(auditRepo.dir, auditRemoteHead, this.auditDir);
-    let pushedHash: string | undefined;
-    this.audit = await AuditLog.open(auditPath, {
-      onEntry: (e) => {
-        index.add(e);
-        if (e.seq === pushed?.seq) pushedHash = e.hash;
-      },
-      fs: auditFs,
-    });
-    if (pushed && pushedHash !== pushed.hash) {
-      const where =
-        pushedHash === undefined
-          ? `ends at entry ${this.audit.head.seq}, before entry ${pushed.seq}`
-          : `differs at entry ${pushed.seq}`;
-      throw new AuditError(
-        pushedHash === undefined ? 'AUDIT_TRUNCATED' : 'AUDIT_CHAIN_BROKEN',
-        `the audit log ${auditPath} ${where}, which the remote holds (commit ${auditRemoteHead}): entries were removed or changed in the clone. Nothing of it was pushed; compare with the remote (git -C ${auditRepo.dir} diff ${auditRemoteHead} -- ${this.auditDir}) and restore them`,
-      );
-    }
     const stateDir = path.join(dataDir, 'state');
     const stateBackend =
       this.o.stateBackend ?? fileStoreBackend({ dir: stateDir, ...(this.o.storeFs ? { fs: this.o.storeFs } : {}) });
@@ -508,7 +431,7 @@ export class Daemon {
   }
 
   /** Several daemons on a PostgreSQL store: the election, LISTEN, and the audit chain in the database. */
-  private async openCluster(store: PgStore, index: ReturnType<typeof newAuditIndex>): Promise<void> {
+  private async openCluster(store: PgStore, index: AuditIndex): Promise<void> {
     const { log } = this.o;
     const cluster = new Cluster({
       store,
@@ -590,6 +513,7 @@ export class Daemon {
       await seedAudit(this.dbAudit!, this.auditPath, this.auditFsConfined);
     this.mirrorStale = true;
     await this.ensureFingerprintKey();
+    this.engine?.forgetFailures();
     this.o.log('info', 'leading: rotations run here now', { term, seq: this.store.seq });
     if (this.applied && this.engine) {
       const { desired, commit, at } = this.applied;
@@ -761,34 +685,4 @@ export class Daemon {
     await this.store?.close();
     await this.unlock?.();
   }
-}
-
-/** The audit branch a model names (a valid one only). */
-function auditBranchOf(m: LoadResult): string | undefined {
-  return m.valid ? m.desired.config?.decl.audit?.branch : undefined;
-}
-
-/** The audit directory a model names, when it can be one; else the default (its commit is rejected anyway). */
-function usableAuditDir(m: { valid: boolean; auditDir: string }): string {
-  return m.valid || auditDirShapeProblem(m.auditDir) === undefined ? m.auditDir : DEFAULT_AUDIT_DIR;
-}
-
-/** What the audit log says at start: the last version made current per secret, and the store's anchor. */
-function newAuditIndex() {
-  const index = {
-    audited: new Map<string, number>(),
-    stateSeq: undefined as number | undefined,
-    storeId: undefined as string | undefined,
-    /** The commit of the last config-applied entry. */
-    lastApplied: undefined as string | undefined,
-    add(e: AuditEntry) {
-      if (e.event === 'config-applied' && e.commit) index.lastApplied = e.commit;
-      if ((e.event === 'created' || e.event === 'rotated') && e.secret && e.to !== undefined)
-        index.audited.set(e.secret, e.to);
-      if (e.event === 'purged' && e.secret) index.audited.delete(e.secret);
-      if (e.stateSeq !== undefined) index.stateSeq = Math.max(index.stateSeq ?? 0, e.stateSeq);
-      if (e.storeId !== undefined) index.storeId = e.storeId;
-    },
-  };
-  return index;
 }

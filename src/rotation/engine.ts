@@ -395,6 +395,16 @@ export class Engine {
     }
   }
 
+  /**
+   * Forgets the failures and their backoff (a daemon that starts leading several on one store: what
+   * failed while it followed, fenced, must not delay the rotations it now runs).
+   */
+  forgetFailures(): void {
+    this.failures.clear();
+    this.waitingForStorage.clear();
+    this.storage.clear();
+  }
+
   /** The next time work is due (a rotation, a retirement, a purge or a retry), or undefined. */
   nextWakeup(): number | undefined {
     return planner.nextWakeup(this.o.now(), this.planInput());
