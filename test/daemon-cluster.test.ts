@@ -17,7 +17,7 @@ import path from 'node:path';
 import type { Test } from 'tap';
 import t from 'tap';
 import { verifyAuditDir } from '../src/audit/log.js';
-import { git, ROOT } from './helpers.js';
+import { git, ROOT, rotor } from './helpers.js';
 import { pgPlace } from './lib/pg-store.js';
 import { raw, world } from './world.js';
 
@@ -89,6 +89,16 @@ if (p) {
     await Promise.all([d1.ready, d2.ready]);
     await d0.waitFor(/"msg":"secret rotated","secret":"demo\/ticker","version":2/);
     t.notMatch(d1.stderr(), /"msg":"secret rotated"/, 'a follower rotates nothing');
+
+    // A follower says who leads, and refuses to rotate (the leader does).
+    const status = await rotor(['status', '--json', '--data-dir', dirs[1]!.dataDir]);
+    const seen = JSON.parse(status.stdout) as {
+      leadership?: { role: string; term: number; leader?: { name: string } };
+    };
+    t.match(seen.leadership, { role: 'follower', term: 1, leader: { name: 'd0' } }, 'd1 follows d0 at term 1');
+    const rotate = await rotor(['rotate', 'demo/ticker', '--reason', 'test', '--data-dir', dirs[1]!.dataDir]);
+    t.not(rotate.code, 0, 'rotor rotate on a follower fails');
+    t.match(rotate.stderr, /d0 leads.*NOT_LEADER|NOT_LEADER.*d0 leads/s, 'naming the leader and NOT_LEADER');
 
     // The followers serve what the leader made, learning of new versions from the database.
     const lead = await read(0);
