@@ -5,10 +5,11 @@ import { randomBytes } from 'node:crypto';
 // (interleaved, so that a noisy machine hurts both alike), and their ratio (target: <= 1.5: a write must
 // not grow with the store). Then the throughput of 32 concurrent writers (group commit), the time of one
 // compaction and of one open at 10,000 keys.
-// Usage: npm run build && node bench/store.mjs [--backend file|postgres|both] [--writes N] [--dir DIR]
+// Usage: npm run build && node bench/store.mjs [--backend file|postgres|shared|both] [--writes N] [--dir DIR]
 // (file, the default: the stores are made in DIR, default the system's temp directory, and fsync cost
 // depends on it; postgres: a throwaway durable PostgreSQL, bench/lib/pg-server.mjs, its data in the temp
-// directory; both: the two, one after the other, in one run.)
+// directory; shared: the same, written as a daemon on PostgreSQL writes it, holding the lease, every
+// write in a transaction with the fence and a NOTIFY; both: the three, one after the other, in one run.)
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,8 +25,9 @@ const { values } = parseArgs({
   },
 });
 const WRITES = Number(values.writes);
-const BACKENDS = values.backend === 'both' ? ['file', 'postgres'] : [values.backend];
-if (!BACKENDS.every((b) => b === 'file' || b === 'postgres')) throw new Error('--backend file, postgres or both');
+const BACKENDS = values.backend === 'both' ? ['file', 'postgres', 'shared'] : [values.backend];
+if (!BACKENDS.every((b) => b === 'file' || b === 'postgres' || b === 'shared'))
+  throw new Error('--backend file, postgres, shared or both');
 const identity = await generateX25519Identity();
 const recipients = [await identityToRecipient(identity)];
 const never = { records: 2 ** 40, bytes: 2 ** 50 };
@@ -78,9 +80,10 @@ function fileBackend() {
 }
 
 /** The PostgreSQL backend: a schema per store on one durable throwaway server. Counts the INSERTs of records. */
-async function postgresBackend() {
+async function postgresBackend(shared) {
   const { benchPostgres } = await import('./lib/pg-server.mjs');
   const { openPostgresStore } = await import('../dist/src/state/postgres.js');
+  const { PgLease } = await import('../dist/src/state/pg-lease.js');
   const server = await benchPostgres();
   const pg = (await import('pg')).default;
   let commits = 0;
@@ -91,13 +94,24 @@ async function postgresBackend() {
   };
   let n = 0;
   return {
-    name: `PostgreSQL ${server.version} store`,
+    name: `PostgreSQL ${server.version} store${shared ? ', shared (the lease fence and NOTIFY in every write)' : ''}`,
     unit: 'commit',
     count: () => commits,
     async make() {
       const config = { url: server.url(`bench_${n++}`), env: server.env, compactAfter: never };
       const open = () => openPostgresStore(config, { identity, recipients });
-      return { store: await open(), reopen: open };
+      const store = await open();
+      if (shared) {
+        const lease = new PgLease(store.context, { id: `bench-${n}`, name: 'bench', ttlMs: 3_600_000 });
+        const { term } = await lease.acquire();
+        store.share(lease.fence(() => term));
+        const close = store.close.bind(store);
+        store.close = async () => {
+          lease.close();
+          await close();
+        };
+      }
+      return { store, reopen: open };
     },
     stop: () => server.stop(),
   };
@@ -182,7 +196,7 @@ console.log(
   `bench/store (node ${process.version}, ${os.cpus().length} cpus, load ${os.loadavg()[0].toFixed(1)}, ${new Date().toISOString().slice(0, 10)})`,
 );
 for (const name of BACKENDS) {
-  const backend = name === 'file' ? fileBackend() : await postgresBackend();
+  const backend = name === 'file' ? fileBackend() : await postgresBackend(name === 'shared');
   try {
     await measure(backend);
   } finally {
