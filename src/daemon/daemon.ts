@@ -422,8 +422,11 @@ export class Daemon {
 
   /** Whether this daemon acts (rotates, writes, hands out jobs, pushes): always, unless another daemon leads. */
   private acting(): boolean {
-    return !this.cluster || this.cluster.isLeader();
+    return !this.cluster || (this.leadReady && this.cluster.isLeader());
   }
+
+  /** It leads and has caught up (lead() done): before that its timers and requests wait. */
+  private leadReady = false;
 
   private async ensureFingerprintKey(): Promise<void> {
     if (typeof this.store.get(FINGERPRINT_KEY) !== 'string')
@@ -441,6 +444,7 @@ export class Daemon {
       agentUrl: () => this.agentUrl(),
       onLead: (term) => this.lead(term),
       onFollow: () => {
+        this.leadReady = false;
         if (this.wakeTimer) clearTimeout(this.wakeTimer);
         this.wakeTimer = undefined;
         this.hub?.depose();
@@ -515,6 +519,7 @@ export class Daemon {
     await this.ensureFingerprintKey();
     this.engine?.forgetFailures();
     this.o.log('info', 'leading: rotations run here now', { term, seq: this.store.seq });
+    this.leadReady = true;
     if (this.applied && this.engine) {
       const { desired, commit, at } = this.applied;
       await this.applyAsLeader(
