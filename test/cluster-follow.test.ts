@@ -4,8 +4,8 @@
  * an unhandled rejection; the failure is logged once, and a later follow() that succeeds says so.
  */
 import t from 'tap';
-import { Cluster } from '../src/daemon/cluster.js';
 import { AuditError } from '../src/audit/entry.js';
+import { Cluster } from '../src/daemon/cluster.js';
 import { pgPlace } from './lib/pg-store.js';
 
 const p = await pgPlace(t);
