@@ -127,9 +127,9 @@ export async function run({ short, log }) {
     log(`part 8: three daemons up, ${leader.name} leads; schema ${schema}`);
 
     /** The first rotation logged by any live daemon after `since` (a marks() map): { d, line }. */
-    const nextRotation = async (since, timeoutMs = 30_000) => {
+    const nextRotation = async (since, timeoutMs = 30_000, among = slots) => {
       const got = await Promise.any(
-        slots.map((d) => d.waitLine(rotated, { since: since.get(d) ?? 0, timeoutMs }).then((line) => ({ d, line }))),
+        among.map((d) => d.waitLine(rotated, { since: since.get(d) ?? 0, timeoutMs }).then((line) => ({ d, line }))),
       ).catch(() => undefined);
       if (!got) throw new Error(`no daemon rotated within ${ms(timeoutMs)}: ${tails(slots)}`);
       return got;
@@ -176,7 +176,7 @@ export async function run({ short, log }) {
       const t0 = performance.now();
       old.kill('SIGKILL');
       const { d, line } = await nextLeader(others(old), since, 30_000);
-      const rot = await nextRotation(since);
+      const rot = await nextRotation(since, 30_000, others(old));
       kills.push({ lead: line.t - t0, rotate: rot.line.t - t0, term: line.o.term, because: line.o.because });
       leader = rot.d;
       await old.closed;
@@ -343,8 +343,9 @@ export async function run({ short, log }) {
         timeoutMs: 30_000,
       });
       const t0 = killed.t;
+      // The others' lines only: the killed one may have finished a rotation between the arming and the kill.
       const { line } = await nextLeader(others(old), since, 30_000);
-      const rot = await nextRotation(since);
+      const rot = await nextRotation(since, 30_000, others(old));
       const signal = await old.exited;
       stepKills.push({ step, lead: line.t - t0, rotate: rot.line.t - t0, version: rot.line.o.version, signal });
       leader = rot.d;
