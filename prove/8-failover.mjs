@@ -347,7 +347,14 @@ export async function run({ short, log }) {
       const { line } = await nextLeader(others(old), since, 30_000);
       const rot = await nextRotation(since, 30_000, others(old));
       const signal = await old.exited;
-      stepKills.push({ step, lead: line.t - t0, rotate: rot.line.t - t0, version: rot.line.o.version, signal });
+      stepKills.push({
+        step,
+        lead: line.t - t0,
+        because: line.o.because,
+        rotate: rot.line.t - t0,
+        version: rot.line.o.version,
+        signal,
+      });
       leader = rot.d;
       await old.closed;
       await restart(old.slot);
@@ -356,7 +363,7 @@ export async function run({ short, log }) {
     const stepMax = Math.max(...stepKills.map((k) => k.rotate));
     rows.push({
       check: `leader SIGKILLed at a rotation step boundary (${[...new Set(steps)].join(', ')}; ${steps.length} kills): another leads and rotates on within ${ms(KILL_ROTATES_MS)}`,
-      figure: `rotates after max ${ms(stepMax)} (${stepKills.map((k) => `${k.step}: ${ms(k.rotate)}, v${k.version}`).join('; ')})`,
+      figure: `rotates after max ${ms(stepMax)} (${stepKills.map((k) => `${k.step}: leads after ${ms(k.lead)} ${k.because}, rotates after ${ms(k.rotate)}, v${k.version}`).join('; ')})`,
       ok:
         stepKills.length === steps.length &&
         stepMax <= KILL_ROTATES_MS &&
@@ -472,12 +479,16 @@ async function invariants({ pg, schema, w, dirs, all, reader }) {
   let servedValues = 0;
   let twice = 0;
   let wrong = 0;
+  const wrongAt = []; // where each value without its audited fingerprint was first served (no value shown)
   for (const [version, values] of reader.served) {
     if (values.size > 1) twice++;
     for (const value of values) {
       servedValues++;
       const e = versions.byVersion.get(`${SECRET}@${version}`);
-      if (!e || e.fingerprint !== fingerprintOf(key, canonicalJson(value))) wrong++;
+      if (!e || e.fingerprint !== fingerprintOf(key, canonicalJson(value))) {
+        wrong++;
+        wrongAt.push(`v${version} by ${reader.where.get(`${version} ${value}`)}`);
+      }
     }
   }
   const logs = all.map((d) => d.text()).join('\n');
@@ -485,7 +496,7 @@ async function invariants({ pg, schema, w, dirs, all, reader }) {
   rows.push({
     check:
       'every value a consumer was served (on all three daemons) is the only value of its version and has its audited fingerprint; no value or password in a log',
-    figure: `${reader.stats.reads} reads (${reader.stats.byDaemon.join('/')} on d0/d1/d2, ${reader.stats.errors} refused while a daemon was down or starting), ${reader.served.size} versions, ${servedValues} values; ${twice} versions with two values, ${wrong} without their fingerprint, ${leaked} in a log`,
+    figure: `${reader.stats.reads} reads (${reader.stats.byDaemon.join('/')} on d0/d1/d2, ${reader.stats.errors} refused while a daemon was down or starting), ${reader.served.size} versions, ${servedValues} values; ${twice} versions with two values, ${wrong} without their fingerprint${wrongAt.length ? ` (${wrongAt.slice(0, 3).join('; ')})` : ''}, ${leaked} in a log`,
     ok:
       reader.served.size > 0 &&
       twice === 0 &&
@@ -719,7 +730,12 @@ function startReader(slots, dirs) {
   const stats = { reads: 0, errors: 0, byDaemon: [0, 0, 0] };
   let stopped = false;
   let getSecret;
-  const keep = (version, value) => served.set(version, (served.get(version) ?? new Set()).add(value));
+  const where = new Map(); // "version value" -> the first read that served it: daemon, time, current or previous
+  const keep = (version, value, i, as) => {
+    served.set(version, (served.get(version) ?? new Set()).add(value));
+    const k = `${version} ${value}`;
+    if (!where.has(k)) where.set(k, `${slots[i]?.name}#${slots[i]?.instance} as ${as} at ${new Date().toISOString()}`);
+  };
   const loop = (async () => {
     ({ getSecret } = await dist('src/client/index.js'));
     while (!stopped) {
@@ -729,8 +745,8 @@ function startReader(slots, dirs) {
           const s = await getSecret(SECRET, { socket: path.join(dirs[i].sockets, 'app.sock'), timeoutMs: 2_000 });
           stats.reads++;
           stats.byDaemon[i]++;
-          keep(s.version, s.value);
-          if (s.previous) keep(s.previous.version, s.previous.value);
+          keep(s.version, s.value, i, 'current');
+          if (s.previous) keep(s.previous.version, s.previous.value, i, 'previous');
           latest[i] = Math.max(latest[i], s.version);
         } catch {
           stats.errors++;
@@ -741,6 +757,7 @@ function startReader(slots, dirs) {
   })();
   return {
     served,
+    where,
     stats,
     /** Whether every daemon has served `version` or newer, polling up to timeoutMs. */
     async allServe(version, timeoutMs) {
