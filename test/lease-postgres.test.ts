@@ -121,6 +121,86 @@ if (p) {
     );
   });
 
+  t.test(
+    'a takeover that waited for the lease row sees the lease as it is then: a holder just in is not "gone"',
+    async (t) => {
+      // Two takeovers at once (a resignation wakes every follower): one locks the row, takes the hint
+      // lock and writes itself as holder; the other waits for the row. The hint must be read once the
+      // row is locked: read before, it says that nobody holds the hint (the resigner let it go, the new
+      // holder has not taken it yet), and the new holder would look gone at once.
+      const { schema, leases } = await two();
+      const [, b] = leases as [PgLease, PgLease];
+      const pg = (await import('pg')).default;
+      const first = new pg.Client({
+        host: p.srv.host,
+        port: p.srv.port,
+        user: 'rotor_state',
+        password: p.password,
+        database: 'rotor',
+      });
+      await first.connect();
+      t.teardown(() => first.end());
+      await first.query('BEGIN');
+      await first.query(`SELECT term FROM ${schema}.lease FOR UPDATE`);
+      const taking = b.acquire();
+      let waiting = 0;
+      for (let i = 0; i < 200 && waiting === 0; i++) {
+        const [r] = await p.sql<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'`,
+        );
+        waiting = r?.n ?? 0; // bounded: until b's takeover waits for the row
+      }
+      t.equal(waiting, 1, "the second takeover waits for the first's row lock");
+      await first.query('SELECT pg_advisory_lock($1, hashtext($2))', [0x726f746c, schema]);
+      await first.query(
+        `UPDATE ${schema}.lease SET term = term + 1, holder = 'first', holder_name = 'first', holder_pid = pg_backend_pid(),
+         acquired_at = now(), renewed_at = now(), expires_at = now() + interval '60 seconds'`,
+      );
+      await first.query('COMMIT');
+      t.equal(await taking, undefined, 'the second finds the lease held, not its holder gone');
+      const { lease } = await b.read();
+      t.match(lease, { term: 1, holder: 'first' }, 'the first holds term 1');
+      t.equal(lease.free, undefined, 'and its lease is not free');
+    },
+  );
+
+  t.test(
+    'a leader cut off inside a write holds the lease row only until the server ends its idle transaction',
+    async (t) => {
+      const schema = p.schema();
+      const defaults = await p.open(schema);
+      const [shown] = (await defaults.context.pool.query('SHOW idle_in_transaction_session_timeout')).rows;
+      t.equal(shown?.idle_in_transaction_session_timeout, '10s', 'by default 10 s, well within the 15 s lease');
+      await defaults.close();
+      const cut = await p.open(schema, {}, { idleInTransactionTimeoutMs: 500 });
+      const other = await p.open(schema);
+      t.teardown(async () => {
+        await cut.close().catch(() => undefined);
+        await other.close();
+      });
+      const a = new PgLease(cut.context, { id: `a-${schema}`, name: 'a', ttlMs: 200 });
+      const b = new PgLease(other.context, { id: `b-${schema}`, name: 'b', ttlMs: 60_000 });
+      t.teardown(() => {
+        a.close();
+        b.close();
+      });
+      t.same(await a.acquire(), { term: 1, reason: 'first' });
+      // A's write began (its fence holds the row FOR SHARE), and then nothing more came: a partition.
+      const c = await cut.context.pool.connect();
+      c.on('error', () => undefined);
+      await c.query('BEGIN');
+      await c.query(`SELECT term FROM ${schema}.lease FOR SHARE`);
+      let seen = await b.read();
+      for (let i = 0; i < 2000 && seen.lease.free !== 'expired'; i++) seen = await b.read(); // bounded: A's 200 ms lease runs out
+      t.equal(seen.lease.free, 'expired', "A's lease expired");
+      const t0 = performance.now();
+      const got = await b.acquire();
+      t.match(got, { term: 2 }, 'another takes the lease once the server ended the idle transaction');
+      t.ok(performance.now() - t0 < 5_000, 'within the timeout, not the statement timeout');
+      c.release(true);
+    },
+  );
+
   t.test('a follower catches up across a compaction', async (t) => {
     const schema = p.schema();
     const leader = await p.open(schema, {}, { compactAfter: { records: 5 } });

@@ -6,7 +6,10 @@ import { randomBytes } from 'node:crypto';
 
 const { startPostgres } = await import(new URL('../../dist/test/services/postgres.js', import.meta.url).href);
 
-/** Starts the server; returns { url(schema), env, version, stop() }. */
+/**
+ * Starts the server; returns { url(schema), env, version, host, port, password, stop(), restart() }
+ * (restart: a fast shutdown and a start on the same port and data directory, for the failover proof).
+ */
 export async function benchPostgres() {
   const cleanups = [];
   const fakeT = {
@@ -24,8 +27,12 @@ export async function benchPostgres() {
   await server.query('CREATE DATABASE rotor OWNER rotor_state');
   return {
     version: server.version,
+    host: server.host,
+    port: server.port,
+    password,
     env: { PGPASSWORD: password },
     url: (schema) => `postgres://rotor_state@${server.host}:${server.port}/rotor?schema=${schema}`,
+    restart: (o) => server.restart(o),
     stop: async () => {
       for (const f of cleanups) await f();
     },

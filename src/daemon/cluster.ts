@@ -126,7 +126,11 @@ export class Cluster {
     poll();
   }
 
-  /** A follower catches up with the store and the audit chain (one at a time; a request meanwhile runs again after). */
+  /**
+   * A follower catches up with the store and the audit chain (one at a time; a request meanwhile runs
+   * again after). Never rejects: a failure is logged by catchUp, and the next poll or NOTIFY tries
+   * again (its callers do not wait for it, and a rejection would end the process).
+   */
   follow(): Promise<void> {
     if (this.stopped) return Promise.resolve();
     if (this.following) {
@@ -138,9 +142,11 @@ export class Cluster {
         this.followAgain = false;
         await this.catchUp();
       } while (this.followAgain && !this.stopped);
-    })().finally(() => {
-      this.following = undefined;
-    });
+    })()
+      .catch(() => undefined)
+      .finally(() => {
+        this.following = undefined;
+      });
     return this.following;
   }
 

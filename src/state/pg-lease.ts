@@ -215,8 +215,12 @@ export class PgLease {
   async acquire(): Promise<{ term: number; reason: TakeoverReason } | undefined> {
     return this.on('taking the lease', async (c) => {
       await c.query('BEGIN');
+      // The row lock first, then the lease and the hint as they are once it is held, in a statement of
+      // its own: read in the locking statement, the hint would be from before the wait for the lock, and
+      // a daemon that took the lease meanwhile (and its hint lock) would look gone.
+      await c.query(`SELECT term FROM ${this.ctx.t.lease} FOR UPDATE`);
       const { rows } = await c.query<LeaseRowSql & { hinted: boolean }>(
-        `SELECT ${LEASE_COLUMNS}, ${this.hintSql()} AS hinted FROM ${this.ctx.t.lease} FOR UPDATE`,
+        `SELECT ${LEASE_COLUMNS}, ${this.hintSql()} AS hinted FROM ${this.ctx.t.lease}`,
         [this.schema],
       );
       const r = rows[0];

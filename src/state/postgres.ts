@@ -72,6 +72,13 @@ export interface PostgresStoreConfig {
   /** Connecting gives up after this long (default 10 s); a statement after statementTimeoutMs (60 s). */
   connectTimeoutMs?: number;
   statementTimeoutMs?: number;
+  /**
+   * The server ends a session that sits idle inside a transaction this long (default 10 s), freeing its
+   * locks. A leader cut off from the database in the middle of a write holds the lease row FOR SHARE
+   * (the fence) until then, and no other daemon can take the lease before: it must end well within
+   * the lease (15 s).
+   */
+  idleInTransactionTimeoutMs?: number;
 }
 
 const DEFAULT_COMPACT_RECORDS = 10_000;
@@ -105,7 +112,7 @@ export async function openPostgresStore(config: PostgresStoreConfig, options: St
     options: '-c synchronous_commit=on',
     connectionTimeoutMillis: limit(config.connectTimeoutMs, 10_000, 'connectTimeoutMs'),
     statement_timeout: statementTimeout,
-    idle_in_transaction_session_timeout: statementTimeout,
+    idle_in_transaction_session_timeout: limit(config.idleInTransactionTimeoutMs, 10_000, 'idleInTransactionTimeoutMs'),
     keepAlive: true,
     // Writes, the audit chain and reads take turns on a few; several daemons hold two more each, for
     // the lease (its session holds the hint lock) and for LISTEN.

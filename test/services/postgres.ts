@@ -45,6 +45,11 @@ export interface PgServer {
   query<R extends pg.QueryResultRow = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<R[]>;
   /** Stops the server (immediate shutdown). Idempotent; the teardown calls it too. */
   stop(): Promise<void>;
+  /**
+   * Stops the server (fast shutdown: clients are disconnected) and starts it again on the same port and
+   * data directory; resolves once it accepts connections again. `pauseMs`: how long it stays down.
+   */
+  restart(o?: { pauseMs?: number }): Promise<void>;
 }
 
 const INSTALL = 'apt-get install postgresql';
@@ -147,42 +152,29 @@ export async function startPostgres(
 
   const port = await freePort();
   const host = '127.0.0.1';
-  const logFd = openSync(logFile, 'a');
-  const proc = spawn(
-    bins.postgres,
-    [
-      '-D',
-      data,
-      '-p',
-      String(port),
-      '-c',
-      `listen_addresses=${host}`,
-      '-c',
-      `unix_socket_directories=${dir}`,
-      ...(options.durable ? [] : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']),
-      '-c',
-      'password_encryption=scram-sha-256',
-      '-c',
-      `log_statement=${options.quiet ? 'none' : 'all'}`,
-      '-c',
-      'log_connections=on',
-      '-c',
-      'logging_collector=off',
-      '-c',
-      'max_connections=40',
-      '-c',
-      'shared_buffers=16MB',
-    ],
-    { ...spawnAs, cwd: dir, env, stdio: ['ignore', logFd, logFd] },
-  );
-  closeSync(logFd);
-  child = proc;
-  exited = new Promise((resolve) => proc.once('exit', () => resolve()));
-  const died = new Promise<never>((_, reject) => {
-    proc.once('exit', (code, signal) => reject(new Error(`postgres exited (${signal ?? code})`)));
-    proc.once('error', reject);
-  });
-  died.catch(() => {}); // observed by the race below; later exits (stop) are expected
+  const args = [
+    '-D',
+    data,
+    '-p',
+    String(port),
+    '-c',
+    `listen_addresses=${host}`,
+    '-c',
+    `unix_socket_directories=${dir}`,
+    ...(options.durable ? [] : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']),
+    '-c',
+    'password_encryption=scram-sha-256',
+    '-c',
+    `log_statement=${options.quiet ? 'none' : 'all'}`,
+    '-c',
+    'log_connections=on',
+    '-c',
+    'logging_collector=off',
+    '-c',
+    'max_connections=40',
+    '-c',
+    'shared_buffers=16MB',
+  ];
 
   const connect = async () => {
     const c = new pg.Client({
@@ -205,22 +197,36 @@ export async function startPostgres(
       await c.end().catch(() => {});
     }
   };
-  try {
-    await Promise.race([
-      died,
-      waitUntil(
-        async () => {
-          await (await connect()).end();
-          return true;
-        },
-        15_000,
-        'PostgreSQL',
-      ),
-    ]);
-  } catch (err) {
-    const log = existsSync(logFile) ? readFileSync(logFile, 'utf8').slice(-2000) : '';
-    throw new Error(`PostgreSQL did not start (${(err as Error).message}); log tail:\n${log}`);
-  }
+  /** Starts postmaster on the data directory; resolves once it accepts connections. */
+  const launch = async () => {
+    const logFd = openSync(logFile, 'a');
+    const proc = spawn(bins.postgres, args, { ...spawnAs, cwd: dir, env, stdio: ['ignore', logFd, logFd] });
+    closeSync(logFd);
+    child = proc;
+    exited = new Promise((resolve) => proc.once('exit', () => resolve()));
+    const died = new Promise<never>((_, reject) => {
+      proc.once('exit', (code, signal) => reject(new Error(`postgres exited (${signal ?? code})`)));
+      proc.once('error', reject);
+    });
+    died.catch(() => {}); // observed by the race below; later exits (stop) are expected
+    try {
+      await Promise.race([
+        died,
+        waitUntil(
+          async () => {
+            await (await connect()).end();
+            return true;
+          },
+          15_000,
+          'PostgreSQL',
+        ),
+      ]);
+    } catch (err) {
+      const log = existsSync(logFile) ? readFileSync(logFile, 'utf8').slice(-2000) : '';
+      throw new Error(`PostgreSQL did not start (${(err as Error).message}); log tail:\n${log}`);
+    }
+  };
+  await launch();
   const [row] = await query<{ v: string }>("SELECT current_setting('server_version_num') AS v");
   const version = Math.floor(Number(row?.v) / 10000);
 
@@ -234,5 +240,14 @@ export async function startPostgres(
     adminUrl: `postgres://${superuser}@${host}:${port}/postgres`,
     query,
     stop,
+    restart: async ({ pauseMs = 0 } = {}) => {
+      const c = child;
+      if (c && c.exitCode === null && c.signalCode === null) {
+        c.kill('SIGINT'); // fast shutdown: the clients are disconnected, the data is kept
+        await exited;
+      }
+      if (pauseMs > 0) await new Promise((r) => setTimeout(r, pauseMs));
+      await launch();
+    },
   };
 }

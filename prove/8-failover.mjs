@@ -1,0 +1,776 @@
+// Proof, part 8: several daemons on one PostgreSQL store, and their failover.
+//
+// Three `rotor daemon` processes (prove/lib/daemon-child.mjs: the CLI in-process, able to SIGKILL
+// itself at a rotation step boundary), each with its own data directory holding copies of one key set,
+// one bare git remote, one throwaway PostgreSQL (bench/lib/pg-server.mjs: scram-sha-256). Each daemon
+// reaches the server through a TCP proxy of its own, here, which can cut it off (the sockets stay open,
+// the bytes are dropped, as in a partition). A secret rotates every 2 s; a consumer reads on every
+// daemon's socket all along and keeps each value it is served, per version. Then, one after the other:
+//   1. the leader SIGKILLed: how long until another logs "leading", and until it rotates again;
+//   2. the leader SIGTERMed (it resigns): how long until another leads;
+//   3. the leader hung (SIGSTOP), continued later (SIGCONT): another leads once the lease ran out, and
+//      the hung one steps down and writes nothing;
+//   4. the leader cut off from PostgreSQL: it steps down before its lease could end, another leads;
+//      after the partition heals its late writes are refused;
+//   5. PostgreSQL restarted: rotations pause, then resume by themselves;
+//   6. the leader SIGKILLed at each step boundary of a rotation; another finishes what it began.
+// A killed daemon is restarted, as a follower. Afterwards, over the whole run: versions 1..N, each
+// audited once, in the database's chain, which verifies and which the remote holds; a version was
+// only ever served with one value, the one whose fingerprint its audit entry records; one holder per
+// term, terms 1..K, and each term led by the daemon the terms table names.
+// Times are measured here (performance.now, at the arrival of the log line) and compared with the targets.
+
+import { spawn } from 'node:child_process';
+import { cpSync, renameSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { auditVersions, canonicalJson, fingerprintOf, makeWorld, remoteAudit } from './lib/faults-world.mjs';
+import { dist, ms } from './lib/harness.mjs';
+
+export const part = 8;
+export const title = 'Several daemons: failover';
+
+const CHILD = fileURLToPath(new URL('./lib/daemon-child.mjs', import.meta.url));
+const SECRET = 'demo/ticker';
+const NAMES = ['d0', 'd1', 'd2'];
+/** The targets (lease 15 s, renewed every 2 s, polled every 1 s, margin 3 s; rotation every 2 s). */
+const KILL_ROTATES_MS = 5_000;
+const TERM_LEADS_MS = 3_000;
+const HUNG_LEADS_MS = 20_000;
+const CUT_LEADS_MS = 20_000;
+/** The cut-off leader's lease ends no earlier than 15 s after its last renewal, itself at most ~2 s before the cut. */
+const CUT_STEPS_DOWN_MS = 13_000;
+const RESTART_RESUMES_MS = 30_000;
+const FENCED = /STATE_FENCED|AUDIT_FENCED/;
+
+export async function run({ short, log }) {
+  let pg;
+  try {
+    const { benchPostgres } = await import('../bench/lib/pg-server.mjs');
+    pg = await benchPostgres();
+  } catch (e) {
+    if (/not installed/.test(e.message))
+      return { rows: [{ check: 'failover of several daemons', figure: '', skip: e.message }] };
+    throw e;
+  }
+  const w = await makeWorld('failover', {
+    'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
+    'policy.yaml': 'kind: Policy\nname: fast\nevery: 2s\noverlap: 1s\n',
+    'secrets.yaml': `kind: Secret\nname: ${SECRET}\npolicy: fast\ngenerate: { length: 24 }\n`,
+    'consumer.yaml': `kind: Consumer\nname: app\nuid: ${process.getuid()}\nsecrets: ["demo/*"]\n`,
+  });
+  const schema = `p8_${Date.now().toString(36)}`;
+  const proxies = [];
+  const all = []; // every daemon process started, for the logs
+  const slots = []; // the live process of d0, d1, d2
+  let reader;
+  try {
+    const dirs = NAMES.map((n) => {
+      const dataDir = path.join(w.root, n);
+      cpSync(w.dataDir, dataDir, { recursive: true });
+      return { dataDir, sockets: path.join(w.root, `${n}-sockets`) };
+    });
+    for (let i = 0; i < 3; i++) proxies.push(await tcpProxy(pg.host, pg.port));
+
+    const start = (i, env = {}) => {
+      const url = `postgres://rotor_state@127.0.0.1:${proxies[i].port}/rotor?schema=${schema}`;
+      const d = daemonProcess(
+        NAMES[i],
+        [
+          'daemon',
+          '--repo',
+          w.remote,
+          '--data-dir',
+          dirs[i].dataDir,
+          '--socket-dir',
+          dirs[i].sockets,
+          '--agent-listen',
+          '127.0.0.1:0',
+          '--metrics-listen',
+          'off',
+          '--log-format',
+          'json',
+          '--state',
+          url,
+          '--name',
+          NAMES[i],
+        ],
+        { ...pg.env, ...env },
+      );
+      d.slot = i;
+      all.push(d);
+      slots[i] = d;
+      return d;
+    };
+    const marks = () => new Map(slots.map((d) => [d, d.lines.length]));
+    /** The first of `among` to log "leading" after `since` (a marks() map): { d, line }. */
+    const nextLeader = async (among, since, timeoutMs) => {
+      const got = await Promise.any(
+        among.map((d) =>
+          d.waitLine((o) => o.msg === 'leading', { since: since.get(d) ?? 0, timeoutMs }).then((line) => ({ d, line })),
+        ),
+      ).catch(() => undefined);
+      if (!got) throw new Error(`no daemon led within ${ms(timeoutMs)}: ${tails(among)}`);
+      return got;
+    };
+    const rotated = (o) => o.secret === SECRET && (o.msg === 'secret rotated' || o.msg === 'secret created');
+
+    // ---- the cluster: d0 leads, d1 and d2 follow ----
+    const d0 = start(0);
+    await d0.waitLine((o) => o.msg === 'leading', { timeoutMs: 60_000 });
+    let leader = d0;
+    await Promise.all([start(1), start(2)].map((d) => d.ready));
+    await leader.waitLine(rotated, { timeoutMs: 30_000 });
+    reader = startReader(slots, dirs);
+    log(`part 8: three daemons up, ${leader.name} leads; schema ${schema}`);
+
+    /** The first rotation logged by any live daemon after `since` (a marks() map): { d, line }. */
+    const nextRotation = async (since, timeoutMs = 30_000, among = slots) => {
+      const got = await Promise.any(
+        among.map((d) => d.waitLine(rotated, { since: since.get(d) ?? 0, timeoutMs }).then((line) => ({ d, line }))),
+      ).catch(() => undefined);
+      if (!got) throw new Error(`no daemon rotated within ${ms(timeoutMs)}: ${tails(slots)}`);
+      return got;
+    };
+    /** Waits until a daemon rotates again, and takes it as the leader. */
+    const settle = async (since = marks()) => {
+      leader = (await nextRotation(since)).d;
+    };
+    const others = (d) => slots.filter((x) => x !== d);
+    /**
+     * Restarts slot i's daemon, as a follower; resolves once it started. A daemon that refuses to start
+     * is counted (the row below fails) and started again with its clone moved aside, so that the run
+     * can measure the rest.
+     */
+    const refused = [];
+    let restarts = 0;
+    const restart = async (i) => {
+      restarts++;
+      const d = start(i);
+      const ok = await d.ready.then(
+        () => true,
+        () => false,
+      );
+      if (ok) return d;
+      const line = d.lines.find((l) => l.o.msg === 'the daemon cannot start');
+      refused.push({
+        name: d.name,
+        code: line?.o.code ?? `exit ${await d.exited}`,
+        reason: line?.o.reason ?? d.text(),
+      });
+      log(`part 8: ${d.name} refused to start again: ${line?.o.code}; its clone moved aside`);
+      renameSync(path.join(dirs[i].dataDir, 'repo'), path.join(dirs[i].dataDir, `repo.refused-${refused.length}`));
+      const again = start(i);
+      await again.ready;
+      return again;
+    };
+    const rows = [];
+
+    // ---- 1. SIGKILL ----
+    const kills = [];
+    for (let r = 0; r < (short ? 1 : 5); r++) {
+      const old = leader;
+      const since = marks();
+      const t0 = performance.now();
+      old.kill('SIGKILL');
+      const { d, line } = await nextLeader(others(old), since, 30_000);
+      const rot = await nextRotation(since, 30_000, others(old));
+      kills.push({ lead: line.t - t0, rotate: rot.line.t - t0, term: line.o.term, because: line.o.because });
+      leader = rot.d;
+      await old.closed;
+      await restart(old.slot);
+      log(
+        `part 8: SIGKILL ${old.name}: ${d.name} leads after ${ms(line.t - t0)}, ${rot.d.name} rotates after ${ms(rot.line.t - t0)}`,
+      );
+    }
+    const killMax = Math.max(...kills.map((k) => k.rotate));
+    rows.push({
+      check: `leader SIGKILLed (${kills.length}x): another leads and rotates again within ${ms(KILL_ROTATES_MS)}`,
+      figure: `leads after max ${ms(Math.max(...kills.map((k) => k.lead)))}, rotates after max ${ms(killMax)} (${kills.map((k) => `${ms(k.lead)}/${ms(k.rotate)} ${k.because}`).join('; ')})`,
+      ok: kills.length > 0 && killMax <= KILL_ROTATES_MS,
+    });
+
+    // ---- 2. SIGTERM ----
+    const terms = [];
+    for (let r = 0; r < (short ? 1 : 3); r++) {
+      const old = leader;
+      const since = marks();
+      const t0 = performance.now();
+      old.kill('SIGTERM');
+      const { d, line } = await nextLeader(others(old), since, 30_000);
+      terms.push({ lead: line.t - t0, because: line.o.because, code: await old.exited });
+      await old.closed;
+      await restart(old.slot);
+      await settle(since);
+      log(`part 8: SIGTERM ${old.name}: ${d.name} leads after ${ms(line.t - t0)}`);
+    }
+    const termMax = Math.max(...terms.map((k) => k.lead));
+    rows.push({
+      check: `leader SIGTERMed (${terms.length}x): it resigns, exits 0, and another leads within ${ms(TERM_LEADS_MS)}`,
+      figure: `leads after max ${ms(termMax)} (${terms.map((k) => `${ms(k.lead)} ${k.because}, exit ${k.code}`).join('; ')})`,
+      ok: terms.length > 0 && termMax <= TERM_LEADS_MS && terms.every((k) => k.code === 0),
+    });
+
+    // ---- 3. hung (SIGSTOP, then SIGCONT) ----
+    if (short) {
+      rows.push({
+        check: `leader hung (SIGSTOP): another leads within ${ms(HUNG_LEADS_MS)}; continued, it steps down and writes nothing`,
+        figure: '',
+        skip: 'in the full version only (it waits for a lease to run out)',
+      });
+    } else {
+      const old = leader;
+      const since = marks();
+      const t0 = performance.now();
+      old.kill('SIGSTOP');
+      const { d, line } = await nextLeader(others(old), since, 40_000);
+      const lead = line.t - t0;
+      await settle(since);
+      const before = old.lines.length;
+      const tc = performance.now();
+      old.kill('SIGCONT');
+      const down = await old
+        .waitLine((o) => o.msg === 'no longer leading', { since: before, timeoutMs: 15_000 })
+        .catch(() => undefined);
+      await settle(); // the new leader rotates on, after the old one woke
+      await settle();
+      const after = old.lines.slice(before);
+      const wrote = after.filter((l) => rotated(l.o)).length;
+      const fenced = after.filter((l) => FENCED.test(l.raw)).length;
+      const held = await pgTerms(pg, schema);
+      const oldTerm = held.filter((r) => r.holder_name === old.name).at(-1)?.term;
+      const newTerm = line.o.term;
+      log(`part 8: SIGSTOP ${old.name}: ${d.name} leads after ${ms(lead)}; continued, stepped down: ${Boolean(down)}`);
+      rows.push({
+        check: `leader hung (SIGSTOP): another leads within ${ms(HUNG_LEADS_MS)}; continued (SIGCONT), it steps down ("no longer leading") and rotates nothing`,
+        figure: `leads after ${ms(lead)} (${line.o.because}, term ${newTerm} after ${old.name}'s ${oldTerm}); continued: ${down ? `stepped down after ${ms(down.t - tc)} (${down.o.because})` : 'did not step down'}, ${wrote} rotations logged, ${fenced} fenced writes refused`,
+        ok: lead <= HUNG_LEADS_MS && Boolean(down) && wrote === 0 && oldTerm !== undefined && newTerm > oldTerm,
+      });
+    }
+
+    // ---- 4. cut off from PostgreSQL ----
+    if (short) {
+      rows.push({
+        check: `leader cut off from PostgreSQL: it steps down before its lease ends, another leads within ${ms(CUT_LEADS_MS)}; healed, its writes are refused`,
+        figure: '',
+        skip: 'in the full version only (it waits for a lease to run out)',
+      });
+    } else {
+      const old = leader;
+      const since = marks();
+      const before = old.lines.length;
+      const t0 = performance.now();
+      proxies[old.slot].cut();
+      const downP = old.waitLine((o) => o.msg === 'no longer leading', { since: before, timeoutMs: 30_000 });
+      const { d, line } = await nextLeader(others(old), since, 90_000);
+      const down = await downP.catch(() => undefined);
+      await settle(since);
+      const th = performance.now();
+      const reset = proxies[old.slot].heal();
+      const back = await old
+        .waitLine((o) => o.msg === 'the lease can be read again', { since: before, timeoutMs: 30_000 })
+        .catch(() => undefined);
+      await settle();
+      await settle();
+      const after = old.lines.slice(before);
+      const wrote = after.filter((l) => rotated(l.o)).length;
+      const fenced = after.filter((l) => FENCED.test(l.raw)).length;
+      const stillLeads = after.some((l) => l.o.msg === 'leading');
+      const lead = line.t - t0;
+      const downAt = down ? down.t - t0 : undefined;
+      log(
+        `part 8: cut ${old.name} off: stepped down after ${downAt === undefined ? '-' : ms(downAt)}, ${d.name} leads after ${ms(lead)}`,
+      );
+      rows.push({
+        check: `leader cut off from PostgreSQL (a partition): it steps down before its lease can end (${ms(CUT_STEPS_DOWN_MS)} after the cut) and before another leads, within ${ms(CUT_LEADS_MS)}; healed, it follows and its late writes are refused`,
+        figure: `stepped down after ${downAt === undefined ? 'never' : `${ms(downAt)} (${down.o.because})`}; ${d.name} leads after ${ms(lead)}; healed (${reset} stale connections reset): ${back ? `reads the lease again after ${ms(back.t - th)}` : 'did not read the lease again'}, ${wrote} rotations logged, ${fenced} fenced writes refused`,
+        ok:
+          downAt !== undefined &&
+          downAt < CUT_STEPS_DOWN_MS &&
+          downAt < lead &&
+          lead <= CUT_LEADS_MS &&
+          Boolean(back) &&
+          wrote === 0 &&
+          !stillLeads,
+      });
+    }
+
+    // ---- 5. PostgreSQL restarted ----
+    if (short) {
+      rows.push({
+        check: 'PostgreSQL restarted: rotations pause, then resume by themselves',
+        figure: '',
+        skip: 'in the full version only',
+      });
+    } else {
+      await settle();
+      const since = marks();
+      const t0 = performance.now();
+      await pg.restart({ pauseMs: 3_000 });
+      const up = performance.now();
+      const first = await Promise.any(
+        slots.map((d) =>
+          d.waitLine(rotated, { since: since.get(d), timeoutMs: RESTART_RESUMES_MS + 30_000 }).then((l) => ({ d, l })),
+        ),
+      ).catch(() => undefined);
+      if (first) leader = currentLeader(slots) ?? first.d;
+      // The followers catch up too: each serves the leader's newest version (bounded poll).
+      const caught = first ? await reader.allServe(first.l.o.version, 20_000) : false;
+      const alive = slots.every((d) => d.exitCode() === null);
+      const resumed = first ? first.l.t - up : undefined;
+      log(
+        `part 8: PostgreSQL restarted (down ${ms(up - t0)}); rotations resumed ${resumed === undefined ? 'never' : `after ${ms(resumed)}`}`,
+      );
+      rows.push({
+        check: `PostgreSQL restarted (fast shutdown, 3 s down): rotations resume by themselves within ${ms(RESTART_RESUMES_MS)} of its return, every daemon serves the new version, none exits`,
+        figure: `down ${ms(up - t0)}; first rotation ${resumed === undefined ? 'never' : `${ms(resumed)} after it was back (${first.d.name}, version ${first.l.o.version})`}; every daemon serves it: ${caught ? 'yes' : 'no'}; daemons alive: ${slots.filter((d) => d.exitCode() === null).length}/3`,
+        ok: resumed !== undefined && resumed <= RESTART_RESUMES_MS && caught && alive,
+      });
+      await settle();
+    }
+
+    // ---- 6. SIGKILL at each step boundary ----
+    const steps = short ? ['created', 'audited'] : ['created', 'audited', 'finished', 'created', 'audited', 'finished'];
+    const stepKills = [];
+    for (const step of steps) {
+      const old = leader;
+      const since = marks();
+      old.send({ cmd: 'kill-at', step, nth: 1 });
+      const killed = await old.waitLine((o) => o.msg === 'prove: killed at a step boundary', {
+        since: since.get(old),
+        timeoutMs: 30_000,
+      });
+      const t0 = killed.t;
+      // The others' lines only: the killed one may have finished a rotation between the arming and the kill.
+      const { line } = await nextLeader(others(old), since, 30_000);
+      const rot = await nextRotation(since, 30_000, others(old));
+      const signal = await old.exited;
+      stepKills.push({
+        step,
+        lead: line.t - t0,
+        because: line.o.because,
+        rotate: rot.line.t - t0,
+        version: rot.line.o.version,
+        signal,
+      });
+      leader = rot.d;
+      await old.closed;
+      await restart(old.slot);
+      log(`part 8: killed ${old.name} after step ${step}: ${rot.d.name} rotates after ${ms(rot.line.t - t0)}`);
+    }
+    const stepMax = Math.max(...stepKills.map((k) => k.rotate));
+    rows.push({
+      check: `leader SIGKILLed at a rotation step boundary (${[...new Set(steps)].join(', ')}; ${steps.length} kills): another leads and rotates on within ${ms(KILL_ROTATES_MS)}`,
+      figure: `rotates after max ${ms(stepMax)} (${stepKills.map((k) => `${k.step}: leads after ${ms(k.lead)} ${k.because}, rotates after ${ms(k.rotate)}, v${k.version}`).join('; ')})`,
+      ok:
+        stepKills.length === steps.length &&
+        stepMax <= KILL_ROTATES_MS &&
+        stepKills.every((k) => k.signal === 'SIGKILL'),
+    });
+    rows.push({
+      check: 'database secrets (a PostgreSQL target set through rotor-agent) killed at each step, set included',
+      figure: '',
+      skip: 'not built in this part yet: generated secrets only',
+    });
+
+    const codes = {};
+    for (const r of refused) codes[r.code] = (codes[r.code] ?? 0) + 1;
+    rows.push({
+      check:
+        'every killed or stopped daemon starts again by itself, as a follower, with its data directory as it was left',
+      figure: `${restarts} restarts, ${refused.length} refused to start${
+        refused.length
+          ? ` (${Object.entries(codes)
+              .map(([k, v]) => `${k} ${v}`)
+              .join(', ')}; first: ${refused[0].name}: ${refused[0].reason.slice(0, 300)})`
+          : ''
+      }`,
+      ok: restarts > 0 && refused.length === 0,
+    });
+
+    // ---- the end: stop everything (the followers first, the leader last: it pushes last) ----
+    await settle();
+    await reader.stop();
+    const leaderNow = currentLeader(slots) ?? leader;
+    for (const d of slots.filter((x) => x !== leaderNow)) await d.stop();
+    await leaderNow.stop();
+    rows.push(...(await invariants({ pg, schema, w, dirs, all, reader })));
+    return { rows };
+  } finally {
+    await reader?.stop();
+    for (const d of all) d.kill('SIGKILL');
+    await Promise.all(all.map((d) => d.closed));
+    for (const p of proxies) p.close();
+    await pg.stop();
+    // ROTOR_PROVE_KEEP=1 keeps the world, with every daemon's log (dN-I.log: the Ith start of dN).
+    for (const d of all) writeFileSync(path.join(w.root, `${d.name}-${d.instance}.log`), d.text());
+    w.cleanup();
+  }
+}
+
+/** The checks over the whole run, with every daemon stopped. */
+async function invariants({ pg, schema, w, dirs, all, reader }) {
+  const rows = [];
+  const pgm = (await import('pg')).default;
+  const client = new pgm.Client({
+    host: pg.host,
+    port: pg.port,
+    user: 'rotor_state',
+    password: pg.password,
+    database: 'rotor',
+  });
+  await client.connect();
+  let lines;
+  let held;
+  try {
+    lines = (await client.query(`SELECT seq::int AS seq, line FROM ${schema}.audit ORDER BY seq`)).rows;
+    held = (await client.query(`SELECT term::int AS term, holder, holder_name, how FROM ${schema}.terms ORDER BY term`))
+      .rows;
+  } finally {
+    await client.end();
+  }
+
+  // Versions 1..N, one audit entry each.
+  const entries = lines.map((r) => JSON.parse(r.line));
+  const versions = auditVersions(entries);
+  const made = entries.filter((e) => e.secret === SECRET && (e.event === 'created' || e.event === 'rotated'));
+  const seqGaps = lines.filter((r, i) => r.seq !== i + 1).length;
+  rows.push({
+    check: "versions 1..N with no gap or duplicate in the database's audit chain, one entry per version",
+    figure: `${made.length} versions, ${entries.length} entries; ${versions.problems.length} problems${versions.problems.length ? ` (${versions.problems.slice(0, 3).join('; ')})` : ''}; ${seqGaps} seq gaps`,
+    ok:
+      made.length >= 3 && versions.problems.length === 0 && seqGaps === 0 && versions.last.get(SECRET) === made.length,
+  });
+
+  // The chain verifies, in the database and on the remote, which holds all of it.
+  const { verifyLines } = await dist('src/audit/seal.js');
+  const { GENESIS } = await dist('src/audit/verify.js');
+  const checked = verifyLines(
+    lines.map((r) => r.line),
+    GENESIS,
+    'the audit table',
+  );
+  const remote = await remoteAudit(w);
+  const same =
+    remote.entries.length === entries.length &&
+    remote.entries.every((e, i) => JSON.stringify(e) === JSON.stringify(entries[i]));
+  rows.push({
+    check: 'the chain in the database verifies; the remote holds the same chain, which verifies',
+    figure: `database: ${checked.ok ? 'verifies' : `fails: ${checked.reason ?? checked.code ?? JSON.stringify(checked).slice(0, 120)}`}; remote: ${remote.entries.length} entries, ${remote.verified.ok ? 'verifies' : 'does not verify'}, ${same ? 'the same' : 'NOT the same'}`,
+    ok: checked.ok && remote.verified.ok && same,
+  });
+
+  // Every value served: one per version, the one its audit entry fingerprints.
+  const { loadKeys } = await dist('src/keys.js');
+  const { openPostgresStore } = await dist('src/state/postgres.js');
+  const keys = await loadKeys(dirs[0].dataDir);
+  const store = await openPostgresStore(
+    { url: `postgres://rotor_state@${pg.host}:${pg.port}/rotor?schema=${schema}`, env: pg.env },
+    { identity: keys.identity, recipients: [keys.recipient], onWarning: () => undefined },
+  );
+  let key;
+  try {
+    key = Buffer.from(store.get('meta/fingerprint-key'), 'base64');
+  } finally {
+    await store.close();
+  }
+  let servedValues = 0;
+  let twice = 0;
+  let wrong = 0;
+  const wrongAt = []; // where each value without its audited fingerprint was first served (no value shown)
+  for (const [version, values] of reader.served) {
+    if (values.size > 1) twice++;
+    for (const value of values) {
+      servedValues++;
+      const e = versions.byVersion.get(`${SECRET}@${version}`);
+      if (!e || e.fingerprint !== fingerprintOf(key, canonicalJson(value))) {
+        wrong++;
+        wrongAt.push(`v${version} by ${reader.where.get(`${version} ${value}`)}`);
+      }
+    }
+  }
+  const logs = all.map((d) => d.text()).join('\n');
+  const leaked = [...reader.served.values()].flatMap((s) => [...s]).filter((v) => logs.includes(v)).length;
+  rows.push({
+    check:
+      'every value a consumer was served (on all three daemons) is the only value of its version and has its audited fingerprint; no value or password in a log',
+    figure: `${reader.stats.reads} reads (${reader.stats.byDaemon.join('/')} on d0/d1/d2, ${reader.stats.errors} refused while a daemon was down or starting), ${reader.served.size} versions, ${servedValues} values; ${twice} versions with two values, ${wrong} without their fingerprint${wrongAt.length ? ` (${wrongAt.slice(0, 3).join('; ')})` : ''}, ${leaked} in a log`,
+    ok:
+      reader.served.size > 0 &&
+      twice === 0 &&
+      wrong === 0 &&
+      leaked === 0 &&
+      !logs.includes(pg.password) &&
+      reader.stats.byDaemon.every((n) => n > 0),
+  });
+
+  // Terms 1..K, each with one holder, led by the daemon the table names, and by no other.
+  const led = new Map(); // term -> names that logged "leading" in it
+  for (const d of all)
+    for (const l of d.lines)
+      if (l.o.msg === 'leading') led.set(l.o.term, [...(led.get(l.o.term) ?? []), `${d.name}#${d.instance}`]);
+  const consecutive = held.every((r, i) => r.term === i + 1);
+  const mismatched = held.filter((r) => {
+    const who = led.get(r.term) ?? [];
+    return who.length !== 1 || who[0].split('#')[0] !== r.holder_name;
+  });
+  const doubles = [...led].filter(([, who]) => who.length > 1);
+  const how = {};
+  for (const r of held) how[r.how] = (how[r.how] ?? 0) + 1;
+  rows.push({
+    check:
+      'terms table: terms 1..K, each held by one daemon, which alone logged "leading" in it (never two leaders in one term)',
+    figure: `${held.length} terms (${Object.entries(how)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}); ${mismatched.length} terms whose logs disagree with the table, ${doubles.length} led twice`,
+    ok: held.length >= 3 && consecutive && mismatched.length === 0 && doubles.length === 0,
+  });
+  return rows;
+}
+
+/** The daemon that logged "leading" last without "no longer leading" after it, among the live ones. */
+function currentLeader(slots) {
+  let best;
+  for (const d of slots) {
+    if (d.exitCode() !== null) continue;
+    const i = d.lines.findLastIndex((l) => l.o.msg === 'leading' || l.o.msg === 'no longer leading');
+    if (i >= 0 && d.lines[i].o.msg === 'leading' && (!best || d.lines[i].o.term > best.term))
+      best = { d, term: d.lines[i].o.term };
+  }
+  return best?.d;
+}
+
+async function pgTerms(pg, schema) {
+  const pgm = (await import('pg')).default;
+  const c = new pgm.Client({
+    host: pg.host,
+    port: pg.port,
+    user: 'rotor_state',
+    password: pg.password,
+    database: 'rotor',
+  });
+  await c.connect();
+  try {
+    return (await c.query(`SELECT term::int AS term, holder_name, how FROM ${schema}.terms ORDER BY term`)).rows;
+  } finally {
+    await c.end();
+  }
+}
+
+function tails(ds) {
+  return ds.map((d) => `${d.name}: ${d.text().slice(-600)}`).join(' | ');
+}
+
+const instances = new Map();
+
+/** A daemon process (daemon-child.mjs ARGS): its log lines as they arrive, each with its time. */
+function daemonProcess(name, args, env) {
+  const { NODE_OPTIONS: _loaders, ...inherited } = process.env; // a test runner's loaders would slow it down
+  const child = spawn(process.execPath, [CHILD, ...args], {
+    env: { ...inherited, ...env },
+    stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+  });
+  const instance = (instances.get(name) ?? 0) + 1;
+  instances.set(name, instance);
+  let text = '';
+  let partial = '';
+  const lines = [];
+  const waiters = new Set();
+  let closed = false;
+  const check = () => {
+    for (const wt of [...waiters]) {
+      for (let i = wt.since; i < lines.length; i++) {
+        if (wt.pred(lines[i].o)) {
+          waiters.delete(wt);
+          clearTimeout(wt.timer);
+          wt.resolve({ ...lines[i], i });
+          break;
+        }
+      }
+      if (waiters.has(wt)) wt.since = lines.length;
+      if (waiters.has(wt) && closed) {
+        waiters.delete(wt);
+        clearTimeout(wt.timer);
+        wt.reject(new Error(`${name} exited: ${text.slice(-1500)}`));
+      }
+    }
+  };
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk) => {
+    const t = performance.now();
+    text += chunk;
+    partial += chunk;
+    const parts = partial.split('\n');
+    partial = parts.pop();
+    for (const raw of parts) {
+      if (!raw) continue;
+      let o;
+      try {
+        o = JSON.parse(raw);
+      } catch {
+        o = { msg: undefined };
+      }
+      lines.push({ t, o, raw });
+    }
+    check();
+  });
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(signal ?? code)));
+  const closedP = new Promise((resolve) =>
+    child.once('close', () => {
+      closed = true;
+      check();
+      resolve();
+    }),
+  );
+  child.on('error', () => undefined);
+  const waitLine = (pred, { since = 0, timeoutMs = 30_000 } = {}) =>
+    new Promise((resolve, reject) => {
+      const wt = { pred, since, resolve, reject };
+      wt.timer = setTimeout(() => {
+        waiters.delete(wt);
+        reject(new Error(`${name}: no such log line within ${ms(timeoutMs)}: ${text.slice(-1500)}`));
+      }, timeoutMs);
+      wt.timer.unref();
+      waiters.add(wt);
+      check();
+    });
+  const ready = waitLine((o) => o.msg === 'daemon started', { timeoutMs: 60_000 });
+  ready.catch(() => undefined);
+  return {
+    name,
+    instance,
+    lines,
+    ready,
+    exited,
+    closed: closedP,
+    text: () => text,
+    waitLine,
+    exitCode: () =>
+      child.exitCode === null && child.signalCode === null ? null : (child.signalCode ?? child.exitCode),
+    kill: (signal) => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    },
+    send: (m) => child.send(m),
+    /** SIGTERM; resolves with the exit code once it is gone. */
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+/**
+ * A TCP proxy to HOST:PORT that can cut its connections off as a partition would: while cut, the
+ * sockets stay open and every byte either way is dropped, and a close on one side is not passed on (the
+ * server keeps the session, its locks with it). heal() forwards again; the connections that lived
+ * through the cut are reset (their streams lost bytes: as TCP gives up after its retransmissions).
+ */
+async function tcpProxy(host, port) {
+  const pairs = new Set();
+  let cut = false;
+  const server = net.createServer((c) => {
+    const s = net.connect(port, host);
+    const pair = { c, s, cutSeen: cut };
+    pairs.add(pair);
+    const drop = () => {
+      pairs.delete(pair);
+      c.destroy();
+      s.destroy();
+    };
+    c.on('data', (d) => (cut ? void (pair.cutSeen = true) : s.write(d)));
+    s.on('data', (d) => (cut ? void (pair.cutSeen = true) : c.write(d)));
+    const end = () => {
+      if (cut) pair.cutSeen = true;
+      else drop();
+    };
+    c.on('close', end);
+    s.on('close', end);
+    c.on('error', () => undefined);
+    s.on('error', () => undefined);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: server.address().port,
+    cut() {
+      cut = true;
+      for (const p of pairs) p.cutSeen = true;
+    },
+    /** Forwards again; returns how many connections were reset. */
+    heal() {
+      cut = false;
+      let n = 0;
+      for (const p of [...pairs]) {
+        if (!p.cutSeen) continue;
+        n++;
+        pairs.delete(p);
+        p.c.destroy();
+        p.s.destroy();
+      }
+      return n;
+    },
+    close() {
+      for (const p of pairs) {
+        p.c.destroy();
+        p.s.destroy();
+      }
+      server.close();
+    },
+  };
+}
+
+/**
+ * A consumer reading the secret on every live daemon's socket in turn, until stopped: every value it
+ * is served (current and previous), per version.
+ */
+function startReader(slots, dirs) {
+  const served = new Map(); // version -> Set(value)
+  const latest = [0, 0, 0];
+  const stats = { reads: 0, errors: 0, byDaemon: [0, 0, 0] };
+  let stopped = false;
+  let getSecret;
+  const where = new Map(); // "version value" -> the first read that served it: daemon, time, current or previous
+  const keep = (version, value, i, as) => {
+    served.set(version, (served.get(version) ?? new Set()).add(value));
+    const k = `${version} ${value}`;
+    if (!where.has(k)) where.set(k, `${slots[i]?.name}#${slots[i]?.instance} as ${as} at ${new Date().toISOString()}`);
+  };
+  const loop = (async () => {
+    ({ getSecret } = await dist('src/client/index.js'));
+    while (!stopped) {
+      for (let i = 0; i < 3 && !stopped; i++) {
+        if (!slots[i] || slots[i].exitCode() !== null) continue;
+        try {
+          const s = await getSecret(SECRET, { socket: path.join(dirs[i].sockets, 'app.sock'), timeoutMs: 2_000 });
+          stats.reads++;
+          stats.byDaemon[i]++;
+          keep(s.version, s.value, i, 'current');
+          if (s.previous) keep(s.previous.version, s.previous.value, i, 'previous');
+          latest[i] = Math.max(latest[i], s.version);
+        } catch {
+          stats.errors++;
+        }
+      }
+      await sleep(20);
+    }
+  })();
+  return {
+    served,
+    where,
+    stats,
+    /** Whether every daemon has served `version` or newer, polling up to timeoutMs. */
+    async allServe(version, timeoutMs) {
+      const deadline = performance.now() + timeoutMs;
+      while (performance.now() < deadline) {
+        if (latest.every((v) => v >= version)) return true;
+        await sleep(100);
+      }
+      return false;
+    },
+    async stop() {
+      stopped = true;
+      await loop;
+    },
+  };
+}
