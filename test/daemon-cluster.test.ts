@@ -12,7 +12,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
 import t from 'tap';
@@ -124,7 +124,14 @@ if (p) {
     await other.waitFor(new RegExp(`"msg":"secret rotated","secret":"demo\\/ticker","version":${v2 + 1}[,}]`));
     t.pass(`${other.name} leads after the SIGTERM and rotates on`);
 
-    // The killed daemon restarts as a follower.
+    // The killed daemon restarts as a follower, even with an audit commit in its clone that the remote
+    // never got and that conflicts with what the other leaders pushed since (a leader killed between
+    // its commit and its push): the chain in the database is the record, so the clone is put back.
+    const clone = path.join(dirs[0]!.dataDir, 'repo');
+    const month = readdirSync(path.join(clone, 'audit')).sort().at(-1)!;
+    appendFileSync(path.join(clone, 'audit', month), '{"unpushed":true}\n');
+    git(clone, 'add', '-A');
+    git(clone, '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '-m', 'unpushed');
     const again = start(0);
     await again.ready;
     t.notMatch(again.stderr(), /"msg":"leading"/, 'the restarted daemon follows');

@@ -48,6 +48,8 @@ export async function openClones(o: {
   /** The sync loads commits through the daemon's clone: told of each clone as it is opened; returns it. */
   readonly sync: RepoSync;
   readonly onRepo: (repo: GitRepo) => GitRepo;
+  /** The state is in PostgreSQL, the audit chain in the database: the clones are put back at the remote's. */
+  readonly shared?: boolean;
 }): Promise<OpenedClones> {
   const { dataDir, log, sync } = o;
   const repoOptions = {
@@ -64,10 +66,19 @@ export async function openClones(o: {
   const localDir = usableAuditDir(local);
   const localBranch = auditBranchOf(local);
   if (localDir !== 'audit') repo = o.onRepo(await openRepo({ ...repoOptions, auditDir: localDir }));
-  if ((await lstat(path.join(repo.dir, localDir)).catch(() => undefined))?.isDirectory())
+  // With the state on PostgreSQL the record is the chain in the database, and the files only mirror
+  // it: what a killed leader left in its clone (written, maybe committed, not pushed) is in the
+  // database, and other leaders may have pushed the same entries since, so rebasing it would conflict.
+  // The clone is put back at the remote's; the leader's mirror writes the rest from the database.
+  if (o.shared) await repo.resetToRemote();
+  else if ((await lstat(path.join(repo.dir, localDir)).catch(() => undefined))?.isDirectory())
     await repo.commitAudit([localDir], 'rotor: audit entries written before a restart');
   const auditClone = path.join(dataDir, 'audit-repo');
-  if (localBranch && (await lstat(path.join(auditClone, localDir)).catch(() => undefined))?.isDirectory()) {
+  if (
+    !o.shared &&
+    localBranch &&
+    (await lstat(path.join(auditClone, localDir)).catch(() => undefined))?.isDirectory()
+  ) {
     const leftover = await openRepo({ ...repoOptions, dir: auditClone, branch: localBranch, auditDir: localDir });
     await leftover.commitAudit([localDir], 'rotor: audit entries written before a restart');
   }
@@ -105,6 +116,7 @@ export async function openClones(o: {
       branch: auditBranch,
       auditDir: auditDir,
     });
+    if (o.shared) await auditRepo.resetToRemote();
     const s = await auditRepo.sync();
     if (s.held) throw s.held;
     auditRemoteHead = s.remoteHead;

@@ -193,6 +193,7 @@ export class Daemon {
       ...(this.o.auditFs ? { auditFs: this.o.auditFs } : {}),
       sync: this.sync,
       onRepo: (repo) => (this.repo = repo),
+      ...(this.o.stateBackend?.shared ? { shared: true } : {}),
     });
     const { auditRepo, head, first, auditPath, auditFs, index } = opened;
     this.repo = opened.repo;

@@ -88,7 +88,7 @@ const noop = (): void => undefined;
 /** The PostgreSQL backend: the store in `config.url`'s schema, opened (or created) by openPostgresStore. */
 export function postgresStoreBackend(config: PostgresStoreConfig): StoreBackend & { readonly place: string } {
   const { place } = parseStateUrl(config.url, config.schema); // a bad URL is refused at once
-  return { place, open: (options) => openPostgresStore(config, options) };
+  return { place, shared: true, open: (options) => openPostgresStore(config, options) };
 }
 
 /** Opens the store, or creates one where the schema holds none (and the anchor names none). */

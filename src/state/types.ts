@@ -94,6 +94,11 @@ export interface StoreOpenOptions {
  */
 export interface StoreBackend {
   open(options: StoreOpenOptions): Promise<StateStore>;
+  /**
+   * Several daemons may share the store (PostgreSQL): the audit chain is kept beside it, and a
+   * daemon's clone only mirrors it.
+   */
+  readonly shared?: boolean;
 }
 
 /** Why a store refuses to open. Each has a stable code; none is ever resolved by resetting the store. */
