@@ -37,6 +37,7 @@ import type { DaemonStatus, RecentView } from '../serve/status.js';
 import type { StateStore, StoreBackend, StoreFs } from '../state/index.js';
 import { fileStoreBackend } from '../state/index.js';
 import { PgStore } from '../state/pg-store.js';
+import { StateError } from '../state/types.js';
 import { SerialQueue } from '../util/serial.js';
 import { AgentValues } from './agent-values.js';
 import { AgentHub } from './agents.js';
@@ -511,6 +512,15 @@ export class Daemon {
   private async lead(term: number): Promise<void> {
     const cluster = this.cluster!;
     await cluster.catchUp();
+    // The audit chain names the store's generation at each entry: a store read behind the last of them
+    // would make this daemon rotate from an old view (a version made twice). Read again; refuse if still.
+    if ((this.auditIndex.stateSeq ?? 0) > this.store.seq) await cluster.catchUp();
+    const named = this.auditIndex.stateSeq ?? 0;
+    if (named > this.store.seq)
+      throw new StateError(
+        'STATE_ROLLBACK',
+        `the state store read at generation ${this.store.seq} is behind generation ${named}, which the audit chain in the database names: not leading from it`,
+      );
     await (this.store as PgStore).resume();
     await this.dbAudit!.resume();
     // A daemon moving onto PostgreSQL: the chain goes on from the file log's entries.
