@@ -187,6 +187,15 @@ interface Prepared {
   readonly file: string;
 }
 
+/** The AuditError for a failed verification of a directory (file, line and seq in `error.at`). */
+export function verifyError(r: Extract<VerifyResult, { ok: false }>): AuditError {
+  return new AuditError(r.code, `${r.file}:${r.line}: ${r.message}`, {
+    file: r.file,
+    line: r.line,
+    ...(r.seq !== undefined ? { seq: r.seq } : {}),
+  });
+}
+
 /** The append-only, hash-chained audit log of one directory. */
 export class AuditLog {
   private seq: number;
@@ -222,14 +231,7 @@ export class AuditLog {
   static async open(dir: string, options: Omit<ReadOptions, 'label'> = {}): Promise<AuditLog> {
     const fs = options.fs ?? nodeAuditFs;
     const v = await verifyAuditDir(dir, { ...options, fs });
-    if (!v.result.ok) {
-      const r = v.result;
-      throw new AuditError(r.code, `${r.file}:${r.line}: ${r.message}`, {
-        file: r.file,
-        line: r.line,
-        ...(r.seq !== undefined ? { seq: r.seq } : {}),
-      });
-    }
+    if (!v.result.ok) throw verifyError(v.result);
     return new AuditLog(dir, fs, v as DirVerification & { result: { ok: true } });
   }
 

@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { AuditEntry } from '../audit/entry.js';
 import { AuditError } from '../audit/entry.js';
 import type { AuditLog } from '../audit/log.js';
-import { nodeAuditFs, verifyAuditDir } from '../audit/log.js';
+import { nodeAuditFs, verifyAuditDir, verifyError } from '../audit/log.js';
 import type { PgAuditLog } from '../audit/pg-log.js';
 import type { Anchor } from '../audit/verify.js';
 
@@ -75,14 +75,7 @@ export async function mirrorAudit(db: PgAuditLog, file: AuditLog): Promise<Audit
  */
 export async function seedAudit(db: PgAuditLog, dir: string, fs = nodeAuditFs): Promise<Anchor> {
   const v = await verifyAuditDir(dir, { fs });
-  if (!v.result.ok) {
-    const r = v.result;
-    throw new AuditError(r.code, `${r.file}:${r.line}: ${r.message}`, {
-      file: r.file,
-      line: r.line,
-      ...(r.seq !== undefined ? { seq: r.seq } : {}),
-    });
-  }
+  if (!v.result.ok) throw verifyError(v.result);
   const lines: string[] = [];
   for (const name of v.files) {
     const text = (await fs.readFile(path.join(dir, name))).toString('utf8');
