@@ -13,7 +13,11 @@
  *   moves to the next on a failure. Another daemon has another epoch, so its first answer is full.
  * - Rounds: the next daemon is tried at once; the backoff comes only after a full round of failures
  *   (as many failures in a row as there are daemons), so a NOT_LEADER ping-pong between two daemons
- *   that disagree still waits. With one daemon every failure backs off, as before.
+ *   that disagree still waits. With one daemon every failure backs off, as before. A round in which a
+ *   daemon answered NOT_LEADER is a cluster that is up and choosing or announcing its leader (a
+ *   follower learns of a new one within about a second): its backoff grows only to ELECTION_CAP_MS, so
+ *   that an agent which met a few failovers in a row is not left waiting out the full cap (30 s) while
+ *   a new leader has a job for it. Rounds where no daemon answered at all grow to the full cap.
  *
  * Every daemon signs with the same key (daemonSigningKey): they share the data directory's keys.
  */
@@ -75,10 +79,15 @@ function leaderOf(e: unknown): string | undefined {
   }
 }
 
+/** The longest wait after a round in which a daemon answered NOT_LEADER (see the header). */
+export const ELECTION_CAP_MS = 2_000;
+
 /** The failures of one loop in a row: try the next daemon at once, back off after a full round. */
 export class Rounds {
   #misses = 0;
   #rounds = 0;
+  /** A daemon of this round answered NOT_LEADER. */
+  #heard = false;
 
   constructor(
     private readonly list: DaemonList,
@@ -89,13 +98,21 @@ export class Rounds {
   ok(): void {
     this.#misses = 0;
     this.#rounds = 0;
+    this.#heard = false;
   }
 
-  /** An exchange failed (the list already moved on): undefined to try list.current at once, else the delay to wait first. */
-  failed(): number | undefined {
+  /**
+   * An exchange failed with `e` (the list already moved on): undefined to try list.current at once,
+   * else the delay to wait first.
+   */
+  failed(e: unknown): number | undefined {
+    if (isNotLeader(e)) this.#heard = true;
     if (++this.#misses < this.list.size) return undefined;
     this.#misses = 0;
-    return backoffMs(this.#rounds++, this.retry.backoff);
+    const heard = this.#heard;
+    this.#heard = false;
+    const backoff = this.retry.backoff;
+    return backoffMs(this.#rounds++, heard ? { ...backoff, capMs: Math.min(backoff.capMs, ELECTION_CAP_MS) } : backoff);
   }
 
   /** Waits out a delay of failed(). */

@@ -286,7 +286,7 @@ export class ConsumerHost {
           } satisfies AgentValuesMessage);
       } catch (e) {
         if (signal.aborted) break;
-        const delayMs = rounds.failed();
+        const delayMs = rounds.failed(e);
         if (delayMs === undefined) {
           logMove(this.#o.log, 'values', e, this.#o.client.valueDaemons.current);
           continue;
@@ -380,7 +380,7 @@ export class ConsumerHost {
         rounds.ok();
       } catch (e) {
         if (signal.aborted) break;
-        const delayMs = rounds.failed();
+        const delayMs = rounds.failed(e);
         if (delayMs === undefined) {
           logMove(this.#o.log, 'receipts', e, this.#o.client.valueDaemons.current);
           continue;

@@ -215,7 +215,7 @@ export async function pollLoop(ctx: PollLoopContext): Promise<void> {
       rounds.ok();
     } catch (e) {
       if (ctx.stopping()) break;
-      const delayMs = rounds.failed();
+      const delayMs = rounds.failed(e);
       if (delayMs === undefined) {
         logMove(ctx.log, 'poll', e, ctx.daemons.current);
         continue;
@@ -254,7 +254,7 @@ export async function reportLoop(ctx: ReportLoopContext): Promise<void> {
     if (error === undefined) {
       rounds.ok();
     } else if (!ctx.signal.aborted) {
-      const delayMs = rounds.failed();
+      const delayMs = rounds.failed(error);
       if (delayMs === undefined) {
         logMove(ctx.log, 'report', error, ctx.daemons.current);
         continue;
