@@ -13,27 +13,39 @@
 //   4. the leader cut off from PostgreSQL: it steps down before its lease could end, another leads;
 //      after the partition heals its late writes are refused;
 //   5. PostgreSQL restarted: rotations pause, then resume by themselves;
-//   6. the leader SIGKILLed at each step boundary of a rotation; another finishes what it began.
+//   6. the leader SIGKILLed at each step boundary of a rotation; another finishes what it began;
+//   7. the same for a database secret: a PostgreSQL role's password set through rotor-agent, which has
+//      the three daemons' URLs (`daemon:` a list) and finds the new leader for its jobs; the leader is
+//      killed after each step of a rotation (set and retire included), another finishes it, and the value
+//      each daemon serves as current logs in to PostgreSQL while the retired one no longer does.
 // A killed daemon is restarted, as a follower. Afterwards, over the whole run: versions 1..N, each
 // audited once, in the database's chain, which verifies and which the remote holds; a version was
-// only ever served with one value, the one whose fingerprint its audit entry records; one holder per
-// term, terms 1..K, and each term led by the daemon the terms table names.
+// only ever served with one value, the one whose fingerprint its audit entry records; every value of the
+// database secret logged in when it was first served as current; one holder per term, terms 1..K, and
+// each term led by the daemon the terms table names.
 // Times are measured here (performance.now, at the arrival of the log line) and compared with the targets.
 
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { cpSync, renameSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { auditVersions, canonicalJson, fingerprintOf, makeWorld, remoteAudit } from './lib/faults-world.mjs';
+import { auditVersions, canonicalJson, fingerprintOf, git, makeWorld, remoteAudit } from './lib/faults-world.mjs';
 import { dist, ms } from './lib/harness.mjs';
 
 export const part = 8;
 export const title = 'Several daemons: failover';
 
 const CHILD = fileURLToPath(new URL('./lib/daemon-child.mjs', import.meta.url));
+const AGENT = fileURLToPath(new URL('../agent/dist/main.js', import.meta.url));
 const SECRET = 'demo/ticker';
+/** A database secret (strategy alternate over two PostgreSQL roles), rotated only when asked. */
+const DB_SECRET = 'db/app';
+const DB_USERS = ['p8_blue', 'p8_green'];
+/** How long a database rotation may take to finish, its retire included, once another daemon leads. */
+const DB_SETTLE_MS = 60_000;
 const NAMES = ['d0', 'd1', 'd2'];
 /** The targets (lease 15 s, renewed every 2 s, polled every 1 s, margin 3 s; rotation every 2 s). */
 const KILL_ROTATES_MS = 5_000;
@@ -57,16 +69,46 @@ export async function run({ short, log }) {
   }
   const w = await makeWorld('failover', {
     'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
-    'policy.yaml': 'kind: Policy\nname: fast\nevery: 2s\noverlap: 1s\n',
+    'policy.yaml':
+      'kind: Policy\nname: fast\nevery: 2s\noverlap: 1s\n---\nkind: Policy\nname: asked\nevery: 1d\noverlap: 1s\n',
     'secrets.yaml': `kind: Secret\nname: ${SECRET}\npolicy: fast\ngenerate: { length: 24 }\n`,
-    'consumer.yaml': `kind: Consumer\nname: app\nuid: ${process.getuid()}\nsecrets: ["demo/*"]\n`,
+    'consumer.yaml': `kind: Consumer\nname: app\nuid: ${process.getuid()}\nsecrets: ["demo/*", "db/*"]\n`,
   });
   const schema = `p8_${Date.now().toString(36)}`;
   const proxies = [];
   const all = []; // every daemon process started, for the logs
   const slots = []; // the live process of d0, d1, d2
   let reader;
+  let agent;
   try {
+    // The database secret: its agent's keys and declarations, and the roles it rotates.
+    const { generateKeys, loadKeys } = await dist('src/keys.js');
+    const { freePort } = await dist('test/services/common.js');
+    const agentKeyDir = path.join(w.root, 'agent-keys');
+    const agentKeys = await generateKeys(agentKeyDir);
+    writeFileSync(
+      path.join(w.person, 'db.yaml'),
+      [
+        `kind: Agent\nname: p8-agent\nsigningKey: "${agentKeys.signingKey}"\nrecipient: ${agentKeys.recipient}\n`,
+        'kind: Target\nname: pg\nengine: postgres\nagent: p8-agent\n',
+        `kind: Secret\nname: ${DB_SECRET}\npolicy: asked\ngenerate: { length: 32 }\ndatabase: { target: pg, strategy: alternate, usernames: ${JSON.stringify(DB_USERS)} }\n`,
+      ].join('---\n'),
+    );
+    git(w.person, 'add', '-A');
+    git(w.person, 'commit', '-q', '-m', 'a database secret');
+    git(w.person, 'push', '-q', 'origin', 'main');
+    const adminPassword = `Admin-${randomBytes(12).toString('hex')}`;
+    await pg.query(`CREATE ROLE rotor_admin LOGIN CREATEROLE PASSWORD '${adminPassword}'`);
+    await pg.query('CREATE ROLE p8_owner NOLOGIN');
+    for (const u of DB_USERS) {
+      await pg.query(`CREATE ROLE ${u} LOGIN IN ROLE p8_owner`);
+      // PostgreSQL 16+: a CREATEROLE admin alters only roles it has ADMIN OPTION on.
+      if (pg.version >= 16) await pg.query(`GRANT ${u} TO rotor_admin WITH ADMIN OPTION`);
+    }
+    const login = loginCheck(pg);
+    const { callAdmin } = await dist('src/cli/admin-client.js');
+    const agentPorts = [await freePort(), await freePort(), await freePort()];
+
     const dirs = NAMES.map((n) => {
       const dataDir = path.join(w.root, n);
       cpSync(w.dataDir, dataDir, { recursive: true });
@@ -76,8 +118,9 @@ export async function run({ short, log }) {
 
     const start = (i, env = {}) => {
       const url = `postgres://rotor_state@127.0.0.1:${proxies[i].port}/rotor?schema=${schema}`;
-      const d = daemonProcess(
+      const d = nodeProcess(
         NAMES[i],
+        CHILD,
         [
           'daemon',
           '--repo',
@@ -87,7 +130,7 @@ export async function run({ short, log }) {
           '--socket-dir',
           dirs[i].sockets,
           '--agent-listen',
-          '127.0.0.1:0',
+          `127.0.0.1:${agentPorts[i]}`,
           '--metrics-listen',
           'off',
           '--log-format',
@@ -123,7 +166,59 @@ export async function run({ short, log }) {
     let leader = d0;
     await Promise.all([start(1), start(2)].map((d) => d.ready));
     await leader.waitLine(rotated, { timeoutMs: 30_000 });
-    reader = startReader(slots, dirs);
+    // The agent near the database, with the three daemons' URLs; it creates version 1 of the database secret.
+    const agentConfig = path.join(w.root, 'agent.yaml');
+    writeFileSync(
+      agentConfig,
+      [
+        `daemon: [${agentPorts.map((p) => `http://127.0.0.1:${p}`).join(', ')}]`,
+        'name: p8-agent',
+        `keyDir: ${agentKeyDir}`,
+        `daemonSigningKey: "${(await loadKeys(w.dataDir)).signingKey}"`,
+        'targets:',
+        '  pg:',
+        `    url: postgres://rotor_admin@${pg.host}:${pg.port}/postgres`,
+        '    password: { env: P8_ADMIN_PASSWORD }',
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
+    agent = nodeProcess(
+      'agent',
+      AGENT,
+      ['--config', agentConfig],
+      { P8_ADMIN_PASSWORD: adminPassword },
+      'agent started',
+    );
+    all.push(agent);
+    /** The database secret's status, once it is current at `min` or later, nothing pending, its predecessor's retire audited. */
+    const dbSettled = async (min, timeoutMs) => {
+      const deadline = performance.now() + timeoutMs;
+      let last = 'no answer yet';
+      for (;;) {
+        const d = currentLeader(slots);
+        if (d) {
+          try {
+            const st = await callAdmin(path.join(dirs[d.slot].dataDir, 'admin.sock'), 'GET', '/v1/status');
+            const s = st.secrets.find((x) => x.name === DB_SECRET);
+            last = `${d.name}: ${JSON.stringify(s)}`;
+            if (
+              s?.version >= min &&
+              !s.pending &&
+              (s.version === 1 || (await retireAudited(pg, schema, s.version - 1)))
+            )
+              return { version: s.version, d };
+          } catch (e) {
+            last = `${d.name}: ${e.code ?? e.message}`;
+          }
+        }
+        if (performance.now() > deadline)
+          throw new Error(`${DB_SECRET} did not settle at version ${min} within ${ms(timeoutMs)}: ${last}`);
+        await sleep(100);
+      }
+    };
+    await dbSettled(1, DB_SETTLE_MS);
+    reader = startReader(slots, dirs, login);
     log(`part 8: three daemons up, ${leader.name} leads; schema ${schema}`);
 
     /** The first rotation logged by any live daemon after `since` (a marks() map): { d, line }. */
@@ -337,7 +432,7 @@ export async function run({ short, log }) {
     for (const step of steps) {
       const old = leader;
       const since = marks();
-      old.send({ cmd: 'kill-at', step, nth: 1 });
+      old.send({ cmd: 'kill-at', step, nth: 1, secret: SECRET });
       const killed = await old.waitLine((o) => o.msg === 'prove: killed at a step boundary', {
         since: since.get(old),
         timeoutMs: 30_000,
@@ -369,10 +464,74 @@ export async function run({ short, log }) {
         stepMax <= KILL_ROTATES_MS &&
         stepKills.every((k) => k.signal === 'SIGKILL'),
     });
+
+    // ---- 7. a database secret, the leader SIGKILLed at each step boundary ----
+    const dbSteps = short ? ['set', 'retired'] : ['created', 'set', 'audited', 'finished', 'retire-applied', 'retired'];
+    const dbKills = [];
+    for (const step of dbSteps) {
+      await settle();
+      const from = (await dbSettled(1, DB_SETTLE_MS)).version;
+      // Asked of the leader; should leadership have moved meanwhile (NOT_LEADER), asked again of the new one.
+      let old;
+      let killed;
+      let since;
+      for (let attempt = 0; !killed; attempt++) {
+        old = currentLeader(slots) ?? leader;
+        since = marks();
+        old.send({ cmd: 'kill-at', step, nth: 1, secret: DB_SECRET });
+        const killedP = old.waitLine((o) => o.msg === 'prove: killed at a step boundary', {
+          since: since.get(old),
+          timeoutMs: DB_SETTLE_MS,
+        });
+        const asked = callAdmin(path.join(dirs[old.slot].dataDir, 'admin.sock'), 'POST', '/v1/rotate', {
+          name: DB_SECRET,
+          reason: `prove: the leader killed after ${step}`,
+        }).then(
+          () => undefined,
+          (e) => e,
+        );
+        const first = await Promise.race([killedP, asked]);
+        if (first instanceof Error && /NOT_LEADER/.test(`${first.code} ${first.message}`) && attempt < 3) {
+          old.send({ cmd: 'kill-at' });
+          killedP.catch(() => undefined);
+          await settle();
+          continue;
+        }
+        killed = await killedP;
+      }
+      const { line } = await nextLeader(others(old), since, 30_000);
+      const done = await dbSettled(from + 1, DB_SETTLE_MS);
+      const settledAfter = performance.now() - killed.t;
+      await old.exited;
+      await old.closed;
+      await restart(old.slot);
+      const everywhere = await reader.allServe(done.version, 20_000, DB_SECRET);
+      const prev = reader.valueOf(DB_SECRET, done.version - 1);
+      const retiredRefused = prev ? !(await login(prev.username, prev.value)) : false;
+      dbKills.push({
+        step,
+        lead: line.t - killed.t,
+        settled: settledAfter,
+        version: done.version,
+        everywhere,
+        retiredRefused,
+        by: done.d.name,
+      });
+      leader = done.d;
+      log(
+        `part 8: killed ${old.name} after ${DB_SECRET}'s step ${step}: version ${done.version} finished and retired by ${done.d.name} ${ms(settledAfter)} after the kill`,
+      );
+    }
+    const dbMax = Math.max(...dbKills.map((k) => k.settled));
     rows.push({
-      check: 'database secrets (a PostgreSQL target set through rotor-agent) killed at each step, set included',
-      figure: '',
-      skip: 'not built in this part yet: generated secrets only',
+      check: `database secret (a PostgreSQL role's password through rotor-agent, which has the three daemons' URLs): the leader SIGKILLed after each step (${dbSteps.join(', ')}); another finishes the rotation and its retire, every daemon serves it, the retired value no longer logs in`,
+      figure: `finished and retired max ${ms(dbMax)} after the kill (${dbKills.map((k) => `${k.step}: leads after ${ms(k.lead)}, v${k.version} by ${k.by} after ${ms(k.settled)}${k.everywhere ? '' : ', NOT served everywhere'}${k.retiredRefused ? '' : ', RETIRED VALUE STILL LOGS IN'}`).join('; ')})`,
+      ok: dbKills.length === dbSteps.length && dbKills.every((k) => k.everywhere && k.retiredRefused),
+    });
+    rows.push({
+      check: `every value of ${DB_SECRET} a consumer was served as current (on any daemon) logged in to PostgreSQL when it was first served`,
+      figure: `${reader.logins.ok} logged in, ${reader.logins.refused.length} refused${reader.logins.refused.length ? ` (${reader.logins.refused.slice(0, 3).join('; ')})` : ''}, ${reader.logins.errors} not checked (the server unreachable)`,
+      ok: reader.logins.ok >= dbSteps.length + 1 && reader.logins.refused.length === 0 && reader.logins.errors === 0,
     });
 
     const codes = {};
@@ -393,13 +552,15 @@ export async function run({ short, log }) {
     // ---- the end: stop everything (the followers first, the leader last: it pushes last) ----
     await settle();
     await reader.stop();
+    await agent.stop();
     const leaderNow = currentLeader(slots) ?? leader;
     for (const d of slots.filter((x) => x !== leaderNow)) await d.stop();
     await leaderNow.stop();
-    rows.push(...(await invariants({ pg, schema, w, dirs, all, reader })));
+    rows.push(...(await invariants({ pg, schema, w, dirs, all, reader, secrets: [adminPassword] })));
     return { rows };
   } finally {
     await reader?.stop();
+    agent?.kill('SIGKILL');
     for (const d of all) d.kill('SIGKILL');
     await Promise.all(all.map((d) => d.closed));
     for (const p of proxies) p.close();
@@ -411,7 +572,7 @@ export async function run({ short, log }) {
 }
 
 /** The checks over the whole run, with every daemon stopped. */
-async function invariants({ pg, schema, w, dirs, all, reader }) {
+async function invariants({ pg, schema, w, dirs, all, reader, secrets }) {
   const rows = [];
   const pgm = (await import('pg')).default;
   const client = new pgm.Client({
@@ -435,13 +596,21 @@ async function invariants({ pg, schema, w, dirs, all, reader }) {
   // Versions 1..N, one audit entry each.
   const entries = lines.map((r) => JSON.parse(r.line));
   const versions = auditVersions(entries);
-  const made = entries.filter((e) => e.secret === SECRET && (e.event === 'created' || e.event === 'rotated'));
+  const madeOf = (secret) =>
+    entries.filter((e) => e.secret === secret && (e.event === 'created' || e.event === 'rotated'));
+  const made = madeOf(SECRET);
+  const dbMade = madeOf(DB_SECRET);
   const seqGaps = lines.filter((r, i) => r.seq !== i + 1).length;
   rows.push({
-    check: "versions 1..N with no gap or duplicate in the database's audit chain, one entry per version",
-    figure: `${made.length} versions, ${entries.length} entries; ${versions.problems.length} problems${versions.problems.length ? ` (${versions.problems.slice(0, 3).join('; ')})` : ''}; ${seqGaps} seq gaps`,
+    check: "versions 1..N of each secret with no gap or duplicate in the database's audit chain, one entry per version",
+    figure: `${made.length} versions of ${SECRET}, ${dbMade.length} of ${DB_SECRET}, ${entries.length} entries; ${versions.problems.length} problems${versions.problems.length ? ` (${versions.problems.slice(0, 3).join('; ')})` : ''}; ${seqGaps} seq gaps`,
     ok:
-      made.length >= 3 && versions.problems.length === 0 && seqGaps === 0 && versions.last.get(SECRET) === made.length,
+      made.length >= 3 &&
+      dbMade.length >= 2 &&
+      versions.problems.length === 0 &&
+      seqGaps === 0 &&
+      versions.last.get(SECRET) === made.length &&
+      versions.last.get(DB_SECRET) === dbMade.length,
   });
 
   // The chain verifies, in the database and on the remote, which holds all of it.
@@ -484,18 +653,18 @@ async function invariants({ pg, schema, w, dirs, all, reader }) {
     if (values.size > 1) twice++;
     for (const value of values) {
       servedValues++;
-      const e = versions.byVersion.get(`${SECRET}@${version}`);
+      const e = versions.byVersion.get(version);
       if (!e || e.fingerprint !== fingerprintOf(key, canonicalJson(value))) {
         wrong++;
-        wrongAt.push(`v${version} by ${reader.where.get(`${version} ${value}`)}`);
+        wrongAt.push(`${version} by ${reader.where.get(`${version} ${value}`)}`);
       }
     }
   }
   const logs = all.map((d) => d.text()).join('\n');
-  const leaked = [...reader.served.values()].flatMap((s) => [...s]).filter((v) => logs.includes(v)).length;
+  const leaked = [...reader.served.values(), secrets].flatMap((s) => [...s]).filter((v) => logs.includes(v)).length;
   rows.push({
     check:
-      'every value a consumer was served (on all three daemons) is the only value of its version and has its audited fingerprint; no value or password in a log',
+      'every value a consumer was served (both secrets, on all three daemons) is the only value of its version and has its audited fingerprint; no value or password in a log (daemons and agent)',
     figure: `${reader.stats.reads} reads (${reader.stats.byDaemon.join('/')} on d0/d1/d2, ${reader.stats.errors} refused while a daemon was down or starting), ${reader.served.size} versions, ${servedValues} values; ${twice} versions with two values, ${wrong} without their fingerprint${wrongAt.length ? ` (${wrongAt.slice(0, 3).join('; ')})` : ''}, ${leaked} in a log`,
     ok:
       reader.served.size > 0 &&
@@ -542,6 +711,54 @@ function currentLeader(slots) {
   return best?.d;
 }
 
+/** Whether `username` logs in to the proof's PostgreSQL with `password`: true, false (refused), or throws. */
+function loginCheck(pg) {
+  return async (username, password) => {
+    const pgm = (await import('pg')).default;
+    const c = new pgm.Client({
+      host: pg.host,
+      port: pg.port,
+      user: username,
+      password,
+      database: 'postgres',
+      connectionTimeoutMillis: 10_000,
+    });
+    c.on('error', () => undefined);
+    try {
+      await c.connect();
+      await c.query('SELECT 1');
+      return true;
+    } catch (e) {
+      if (['28P01', '28000'].includes(e.code)) return false;
+      throw e;
+    } finally {
+      await c.end().catch(() => undefined);
+    }
+  };
+}
+
+/** Whether the database's audit chain holds the retire of `secret`'s version `from`. */
+async function retireAudited(pg, schema, from, secret = DB_SECRET) {
+  const pgm = (await import('pg')).default;
+  const c = new pgm.Client({
+    host: pg.host,
+    port: pg.port,
+    user: 'rotor_state',
+    password: pg.password,
+    database: 'rotor',
+  });
+  await c.connect();
+  try {
+    const { rows } = await c.query(
+      `SELECT 1 FROM ${schema}.audit WHERE line::jsonb->>'event' = 'retired' AND line::jsonb->>'secret' = $1 AND (line::jsonb->>'from')::int = $2`,
+      [secret, from],
+    );
+    return rows.length > 0;
+  } finally {
+    await c.end();
+  }
+}
+
 async function pgTerms(pg, schema) {
   const pgm = (await import('pg')).default;
   const c = new pgm.Client({
@@ -565,10 +782,13 @@ function tails(ds) {
 
 const instances = new Map();
 
-/** A daemon process (daemon-child.mjs ARGS): its log lines as they arrive, each with its time. */
-function daemonProcess(name, args, env) {
+/**
+ * A daemon (daemon-child.mjs ARGS) or the agent in its own process: its JSON log lines as they arrive,
+ * each with its time; `ready` once it logged `started`.
+ */
+function nodeProcess(name, script, args, env, started = 'daemon started') {
   const { NODE_OPTIONS: _loaders, ...inherited } = process.env; // a test runner's loaders would slow it down
-  const child = spawn(process.execPath, [CHILD, ...args], {
+  const child = spawn(process.execPath, [script, ...args], {
     env: { ...inherited, ...env },
     stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
   });
@@ -636,7 +856,7 @@ function daemonProcess(name, args, env) {
       waiters.add(wt);
       check();
     });
-  const ready = waitLine((o) => o.msg === 'daemon started', { timeoutMs: 60_000 });
+  const ready = waitLine((o) => o.msg === started, { timeoutMs: 60_000 });
   ready.catch(() => undefined);
   return {
     name,
@@ -721,35 +941,67 @@ async function tcpProxy(host, port) {
 }
 
 /**
- * A consumer reading the secret on every live daemon's socket in turn, until stopped: every value it
- * is served (current and previous), per version.
+ * A consumer reading both secrets on every live daemon's socket in turn, until stopped: every value it
+ * is served (current and previous), per secret and version. A value of the database secret served as
+ * current for the first time is tried at once: it must log in (`login`).
  */
-function startReader(slots, dirs) {
-  const served = new Map(); // version -> Set(value)
-  const latest = [0, 0, 0];
+function startReader(slots, dirs, login) {
+  const served = new Map(); // "secret@version" -> Set(value)
+  const users = new Map(); // "secret@version" -> the username served with it
+  const latest = new Map([
+    [SECRET, [0, 0, 0]],
+    [DB_SECRET, [0, 0, 0]],
+  ]);
   const stats = { reads: 0, errors: 0, byDaemon: [0, 0, 0] };
+  const logins = { ok: 0, refused: [], errors: 0 };
+  const tried = new Set();
   let stopped = false;
   let getSecret;
-  const where = new Map(); // "version value" -> the first read that served it: daemon, time, current or previous
-  const keep = (version, value, i, as) => {
-    served.set(version, (served.get(version) ?? new Set()).add(value));
-    const k = `${version} ${value}`;
+  const where = new Map(); // "secret@version value" -> the first read that served it: daemon, time, current or previous
+  const keep = (secret, version, value, username, i, as) => {
+    const key = `${secret}@${version}`;
+    served.set(key, (served.get(key) ?? new Set()).add(value));
+    if (username !== undefined) users.set(key, username);
+    const k = `${key} ${value}`;
     if (!where.has(k)) where.set(k, `${slots[i]?.name}#${slots[i]?.instance} as ${as} at ${new Date().toISOString()}`);
+  };
+  /** The first time a value is served as current, it logs in (a few tries if the server cannot be reached). */
+  const tryLogin = async (version, username, value, i) => {
+    const k = `${version} ${value}`;
+    if (tried.has(k)) return;
+    tried.add(k);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        if (await login(username, value)) logins.ok++;
+        else logins.refused.push(`v${version} (${username}) served by ${slots[i]?.name}#${slots[i]?.instance}`);
+        return;
+      } catch {
+        if (attempt >= 20) {
+          logins.errors++;
+          return;
+        }
+        await sleep(250);
+      }
+    }
   };
   const loop = (async () => {
     ({ getSecret } = await dist('src/client/index.js'));
     while (!stopped) {
       for (let i = 0; i < 3 && !stopped; i++) {
         if (!slots[i] || slots[i].exitCode() !== null) continue;
-        try {
-          const s = await getSecret(SECRET, { socket: path.join(dirs[i].sockets, 'app.sock'), timeoutMs: 2_000 });
-          stats.reads++;
-          stats.byDaemon[i]++;
-          keep(s.version, s.value, i, 'current');
-          if (s.previous) keep(s.previous.version, s.previous.value, i, 'previous');
-          latest[i] = Math.max(latest[i], s.version);
-        } catch {
-          stats.errors++;
+        for (const secret of [SECRET, DB_SECRET]) {
+          try {
+            const s = await getSecret(secret, { socket: path.join(dirs[i].sockets, 'app.sock'), timeoutMs: 2_000 });
+            stats.reads++;
+            stats.byDaemon[i]++;
+            keep(secret, s.version, s.value, s.username, i, 'current');
+            if (s.previous) keep(secret, s.previous.version, s.previous.value, s.previous.username, i, 'previous');
+            const l = latest.get(secret);
+            l[i] = Math.max(l[i], s.version);
+            if (secret === DB_SECRET) await tryLogin(s.version, s.username, s.value, i);
+          } catch {
+            stats.errors++;
+          }
         }
       }
       await sleep(20);
@@ -759,11 +1011,18 @@ function startReader(slots, dirs) {
     served,
     where,
     stats,
-    /** Whether every daemon has served `version` or newer, polling up to timeoutMs. */
-    async allServe(version, timeoutMs) {
+    logins,
+    /** The value and username served for `secret`'s `version` (the first, should there be two). */
+    valueOf(secret, version) {
+      const key = `${secret}@${version}`;
+      const value = served.get(key)?.values().next().value;
+      return value === undefined ? undefined : { value, username: users.get(key) };
+    },
+    /** Whether every daemon has served `secret` at `version` or newer, polling up to timeoutMs. */
+    async allServe(version, timeoutMs, secret = SECRET) {
       const deadline = performance.now() + timeoutMs;
       while (performance.now() < deadline) {
-        if (latest.every((v) => v >= version)) return true;
+        if (latest.get(secret).every((v) => v >= version)) return true;
         await sleep(100);
       }
       return false;

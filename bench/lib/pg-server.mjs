@@ -8,7 +8,8 @@ const { startPostgres } = await import(new URL('../../dist/test/services/postgre
 
 /**
  * Starts the server; returns { url(schema), env, version, host, port, password, stop(), restart() }
- * (restart: a fast shutdown and a start on the same port and data directory, for the failover proof).
+ * (restart: a fast shutdown and a start on the same port and data directory, for the failover proof;
+ * query: SQL as the superuser, for a proof's own roles).
  */
 export async function benchPostgres() {
   const cleanups = [];
@@ -33,6 +34,7 @@ export async function benchPostgres() {
     env: { PGPASSWORD: password },
     url: (schema) => `postgres://rotor_state@${server.host}:${server.port}/rotor?schema=${schema}`,
     restart: (o) => server.restart(o),
+    query: (sql) => server.query(sql),
     stop: async () => {
       for (const f of cleanups) await f();
     },
