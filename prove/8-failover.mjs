@@ -574,24 +574,11 @@ export async function run({ short, log }) {
 /** The checks over the whole run, with every daemon stopped. */
 async function invariants({ pg, schema, w, dirs, all, reader, secrets }) {
   const rows = [];
-  const pgm = (await import('pg')).default;
-  const client = new pgm.Client({
-    host: pg.host,
-    port: pg.port,
-    user: 'rotor_state',
-    password: pg.password,
-    database: 'rotor',
-  });
-  await client.connect();
-  let lines;
-  let held;
-  try {
-    lines = (await client.query(`SELECT seq::int AS seq, line FROM ${schema}.audit ORDER BY seq`)).rows;
-    held = (await client.query(`SELECT term::int AS term, holder, holder_name, how FROM ${schema}.terms ORDER BY term`))
-      .rows;
-  } finally {
-    await client.end();
-  }
+  const lines = await stateQuery(pg, `SELECT seq::int AS seq, line FROM ${schema}.audit ORDER BY seq`);
+  const held = await stateQuery(
+    pg,
+    `SELECT term::int AS term, holder, holder_name, how FROM ${schema}.terms ORDER BY term`,
+  );
 
   // Versions 1..N, one audit entry each.
   const entries = lines.map((r) => JSON.parse(r.line));
@@ -737,8 +724,8 @@ function loginCheck(pg) {
   };
 }
 
-/** Whether the database's audit chain holds the retire of `secret`'s version `from`. */
-async function retireAudited(pg, schema, from, secret = DB_SECRET) {
+/** The rows of `sql` (with `params`), asked of the proof's database as the daemons' role. */
+async function stateQuery(pg, sql, params = []) {
   const pgm = (await import('pg')).default;
   const c = new pgm.Client({
     host: pg.host,
@@ -749,32 +736,24 @@ async function retireAudited(pg, schema, from, secret = DB_SECRET) {
   });
   await c.connect();
   try {
-    const { rows } = await c.query(
-      `SELECT 1 FROM ${schema}.audit WHERE line::jsonb->>'event' = 'retired' AND line::jsonb->>'secret' = $1 AND (line::jsonb->>'from')::int = $2`,
-      [secret, from],
-    );
-    return rows.length > 0;
+    return (await c.query(sql, params)).rows;
   } finally {
     await c.end();
   }
 }
 
-async function pgTerms(pg, schema) {
-  const pgm = (await import('pg')).default;
-  const c = new pgm.Client({
-    host: pg.host,
-    port: pg.port,
-    user: 'rotor_state',
-    password: pg.password,
-    database: 'rotor',
-  });
-  await c.connect();
-  try {
-    return (await c.query(`SELECT term::int AS term, holder_name, how FROM ${schema}.terms ORDER BY term`)).rows;
-  } finally {
-    await c.end();
-  }
+/** Whether the database's audit chain holds the retire of `secret`'s version `from`. */
+async function retireAudited(pg, schema, from, secret = DB_SECRET) {
+  const rows = await stateQuery(
+    pg,
+    `SELECT 1 FROM ${schema}.audit WHERE line::jsonb->>'event' = 'retired' AND line::jsonb->>'secret' = $1 AND (line::jsonb->>'from')::int = $2`,
+    [secret, from],
+  );
+  return rows.length > 0;
 }
+
+const pgTerms = (pg, schema) =>
+  stateQuery(pg, `SELECT term::int AS term, holder_name, how FROM ${schema}.terms ORDER BY term`);
 
 function tails(ds) {
   return ds.map((d) => `${d.name}: ${d.text().slice(-600)}`).join(' | ');
