@@ -147,6 +147,7 @@ if (
     // until the agent is stopped; then it jumps ahead. The daemon's timers do not fire on a jump.
     let offset = 0;
     const sockets = path.join(w.root, 'sockets');
+    const pushed = next<{ ok: boolean; pushed?: number }>('rotor:audit-push', (m) => m.ok && (m.pushed ?? 0) > 0);
     const d = await w.start({
       socketDir: sockets,
       agentListen: '127.0.0.1:0',
@@ -183,7 +184,10 @@ if (
     await getSecret('app/token', { socket: path.join(sockets, 'local.sock') });
     values.add(String(v1.value));
 
+    await pushed;
     const healthy = await scrape('healthy', d.metricsAddress!);
+    t.ok(sample(healthy.text!, 'rotor_audit_pushes_total', { result: 'success' })! >= 1, 'the audit log was pushed');
+    t.equal(sample(healthy.text!, 'rotor_audit_push_consecutive_failures'), 0);
     t.equal(
       sample(healthy.text!, 'rotor_consumer_version_read', { consumer: 'web', secret: 'app/token', host: 'web-1' }),
       1,
