@@ -78,7 +78,7 @@ async function sample(pid, port) {
     (a, m) => a + Number(m[1]),
     0,
   );
-  return { rss, heap: num('rotor_process_nodejs_heap_size_used_bytes') / 2 ** 20, rotations };
+  return { rss, heap: num('nodejs_heap_size_used_bytes') / 2 ** 20, rotations };
 }
 
 export async function run({ short, log }) {

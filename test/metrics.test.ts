@@ -67,8 +67,22 @@ t.test('metrics: rotations, duration, age, overdue, consumers, config, socket re
   t.equal(value(m2.text, 'rotor_secret_age_seconds{secret="app/token"}'), 0);
   t.equal(value(m2.text, 'rotor_secret_version{secret="app/token"}'), 2);
   t.ok(value(m2.text, 'rotor_rotation_duration_seconds_count')! >= 2, 'durations observed');
-  t.equal(value(m2.text, 'rotor_socket_requests{consumer="web",status="200"}'), 1);
+  t.equal(value(m2.text, 'rotor_socket_requests_total{consumer="web",status="200"}'), 1);
+  t.match(m2.text, /^# TYPE rotor_socket_requests_total counter$/m, 'a counter, named as one');
   t.equal(value(m2.text, 'rotor_consumers_behind{secret="app/token"}'), 0);
+  t.equal(
+    value(m2.text, 'rotor_secret_overlap_remaining_seconds{secret="app/token"}'),
+    86400,
+    'version 1 is served for the 1d overlap',
+  );
+  t.notMatch(m0.text, /rotor_secret_overlap_remaining_seconds\{/, 'no overlap before the first rotation');
+  t.equal(value(m2.text, 'rotor_secret_failing{secret="app/token"}'), 0);
+  t.equal(value(m2.text, 'rotor_secrets_failing'), 0);
+  t.equal(value(m2.text, 'rotor_storage_write_failures_total{store="state"}'), 0);
+  t.match(m2.text, /^# TYPE process_cpu_seconds_total counter$/m, "the process's own series, by their standard names");
+  t.match(m2.text, /^# TYPE nodejs_heap_size_used_bytes gauge$/m);
+  t.notMatch(m2.text, /^# TYPE \S+_total gauge$/m, 'no gauge named like a counter');
+  t.notMatch(m2.text, /rotor_process_/, 'nor under the old prefix');
   t.notOk(m2.text.includes(String(d.served('app/token')!.value)), 'no value in the metrics');
 });
 

@@ -283,7 +283,8 @@ t.test(
     const st = d.status().secrets.find((x) => x.name === 'payments/stripe')!;
     t.equal(st.failing?.error, 'SOPS_VALUE_CLEARTEXT', 'status says why');
     const metrics = await (await fetch(`http://${d.metricsAddress!}/metrics`)).text();
-    t.match(metrics, /^rotor_rotations_failing 1$/m, 'the metrics count it failing');
+    t.match(metrics, /^rotor_secrets_failing 1$/m, 'the metrics count it failing');
+    t.match(metrics, /^rotor_secret_failing\{secret="payments\/stripe"\} 1$/m, 'and name it');
     t.notOk(JSON.stringify(d.status()).includes(CLEAR), 'not in the status');
     t.notOk(metrics.includes(CLEAR), 'nor in the metrics');
 

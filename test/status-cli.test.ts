@@ -65,6 +65,12 @@ t.test(
       json.secrets.find((s: { name: string }) => s.name === 'app/db'),
       { failing: { error: 'AGENT_TIMEOUT' }, strategy: 'alternate', target: 'pg' },
     );
+    t.same(
+      json.secrets.find((s: { name: string }) => s.name === 'app/token').previous,
+      { version: 1, validUntil: new Date(NOW + 86_400_000).toISOString() },
+      'version 1 is still served, for the 1d overlap',
+    );
+    t.notOk(json.secrets.find((s: { name: string }) => s.name === 'app/db').previous, 'no previous without a rotation');
     let tty = '';
     await statusCommand(['--data-dir', w.dataDir], {
       stdout: (s) => void (tty += s),

@@ -158,6 +158,8 @@ export interface SecretStatus {
     readonly error: string;
     readonly retryAt?: number;
   };
+  /** The previous version while it is still served (its overlap): it stops being valid at `validUntil`. */
+  readonly previous?: { readonly version: number; readonly validUntil: string };
 }
 
 const KEY = (name: string) => `secret/${name}`;
@@ -762,7 +764,7 @@ export class Engine {
     this.failures.set(name, f);
     if (storage) this.waitingForStorage.add(name);
     else this.waitingForStorage.delete(name);
-    stepChannel.publish({ secret: name, step: 'failed', code: error });
+    stepChannel.publish({ secret: name, step: 'failed', code: error, ...(storage ? { storage } : {}) });
     // A storage failure is logged once for all secrets (storageFailed), not once per secret and retry.
     if (!storage) {
       this.o.log('error', 'rotation step failed; will retry', {
@@ -855,6 +857,7 @@ export class Engine {
     for (const name of this.desired?.secrets.keys() ?? []) {
       const r = this.record(name);
       const cur = r ? currentVersion(r) : undefined;
+      const prev = r ? previousVersion(r, now) : undefined;
       const due = planner.nextRotationAt(now, name, input);
       const scheduled = planner.scheduledAt(name, input);
       const manual = this.manualFailing.get(name);
@@ -867,6 +870,7 @@ export class Engine {
         ...(scheduled !== undefined ? { scheduledAt: scheduled } : {}),
         pending: Boolean(r?.pending),
         ...(failing ? { failing } : {}),
+        ...(prev?.validUntil ? { previous: { version: prev.version, validUntil: prev.validUntil } } : {}),
       });
     }
     return out;

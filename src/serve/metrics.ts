@@ -4,8 +4,12 @@
  * Requests are answered only for a Host header that names this listener (the address the connection
  * came in on, with the listener's port; localhost too on loopback) or a name given with --metrics-host,
  * so that a web page that rebinds its own DNS name to this address cannot read it (421 HOST_NOT_ALLOWED).
- * Gauges are read from the daemon's status at scrape time; counters and the duration histogram follow
- * the rotation steps on the `rotor:rotation` diagnostics channel. The leadership series (rotor_leader,
+ * Gauges (and rotor_socket_requests_total, a count the daemon keeps) are read from the daemon's status
+ * at scrape time; the other counters and the duration histogram follow the rotation steps on the
+ * `rotor:rotation` diagnostics channel and the audit log's pushes on `rotor:audit-push`. Names follow
+ * Prometheus's conventions (`promtool check metrics` passes; test/alerts.test.ts checks a live scrape):
+ * counters end in _total, durations are in seconds, the process's own series have their standard
+ * names (process_*, nodejs_*). The leadership series (rotor_leader,
  * rotor_lease_*, rotor_daemon*) are scraped only while the status has a leadership section (daemons
  * sharing a PostgreSQL store). No label or value ever holds a secret value: secret, consumer, agent,
  * daemon and target names, codes and numbers only.
@@ -13,11 +17,11 @@
 import diagnostics_channel from 'node:diagnostics_channel';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, type Metric, Registry } from 'prom-client';
-import { NEVER, RotorError } from '../errors.js';
+import { NEVER, RotorError, type Storage } from '../errors.js';
 import type { Logger } from '../log.js';
 import { boundedServer, type ListenerLimits, rateLimited } from './limits.js';
 import { listenTcp } from './listen.js';
-import type { StatusReading } from './status.js';
+import type { SecretStatusView, StatusReading } from './status.js';
 import { renderStatusPage, STATUS_PAGE_HEADERS } from './status-page.js';
 
 /** What the metrics read from the daemon at scrape time: its status. */
@@ -48,16 +52,31 @@ class StatusRegistry extends Registry {
   }
 }
 
+/**
+ * prom-client's totals of the `nodejs_active_*{type}` gauges: gauges named like counters (promtool
+ * check metrics refuses a gauge ending in _total). `sum(nodejs_active_handles)` gives the same.
+ */
+const COUNTER_NAMED_GAUGES = [
+  'nodejs_active_handles_total',
+  'nodejs_active_requests_total',
+  'nodejs_active_resources_total',
+] as const;
+
+/** The store label of rotor_storage_* for the storage an error names. */
+const STORE_LABEL: Record<Storage, string> = { 'audit log': 'audit', 'state store': 'state' };
+
 export function metricsRegistry(source: MetricsSource): {
   registry: Registry;
   newScrape: () => void;
   close: () => void;
 } {
   const registry = new StatusRegistry();
-  collectDefaultMetrics({ register: registry, prefix: 'rotor_process_' });
+  // The process's own series under their standard names (process_*, nodejs_*), as every exporter has them.
+  collectDefaultMetrics({ register: registry });
+  for (const name of COUNTER_NAMED_GAUGES) registry.removeSingleMetric(name);
   const rotations = new Counter({
     name: 'rotor_rotations_total',
-    help: 'Rotations by result (success: a new version became current; failure: a failed attempt, retried with backoff).',
+    help: 'Rotation outcomes by result (success: a new version became current; failure: a failed attempt, retried with backoff).',
     labelNames: ['result'],
     registers: [registry],
   });
@@ -67,81 +86,104 @@ export function metricsRegistry(source: MetricsSource): {
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
     registers: [registry],
   });
+  const storageFailures = new Counter({
+    name: 'rotor_storage_write_failures_total',
+    help: 'Rotation steps that could not write the audit log or the state store, by store (each secret that tried counts).',
+    labelNames: ['store'],
+    registers: [registry],
+  });
+  const pushes = new Counter({
+    name: 'rotor_audit_pushes_total',
+    help: 'Commits and pushes of the audit log by result (success: commits reached the remote; failure: a failed commit or push, retried with backoff).',
+    labelNames: ['result'],
+    registers: [registry],
+  });
   const started = new Map<string, number>();
   const onStep = (m: unknown) => {
-    const e = m as { secret: string; step: string };
+    const e = m as { secret: string; step: string; storage?: Storage };
     if (e.step === 'created') started.set(e.secret, performance.now());
     else if (e.step === 'finished') {
       rotations.inc({ result: 'success' });
       const t0 = started.get(e.secret);
       if (t0 !== undefined) duration.observe((performance.now() - t0) / 1000);
       started.delete(e.secret);
-    } else if (e.step === 'failed') rotations.inc({ result: 'failure' });
+    } else if (e.step === 'failed') {
+      rotations.inc({ result: 'failure' });
+      if (e.storage) storageFailures.inc({ store: STORE_LABEL[e.storage] });
+    }
+  };
+  const onPush = (m: unknown) => {
+    const e = m as { ok: boolean; pushed?: number };
+    if (!e.ok) pushes.inc({ result: 'failure' });
+    else if ((e.pushed ?? 0) > 0) pushes.inc({ result: 'success' });
   };
   const channel = diagnostics_channel.channel('rotor:rotation');
+  const pushChannel = diagnostics_channel.channel('rotor:audit-push');
   channel.subscribe(onStep);
-  rotations.inc({ result: 'success' }, 0);
-  rotations.inc({ result: 'failure' }, 0);
+  pushChannel.subscribe(onPush);
+  for (const result of ['success', 'failure']) {
+    rotations.inc({ result }, 0);
+    pushes.inc({ result }, 0);
+  }
+  for (const store of Object.values(STORE_LABEL)) storageFailures.inc({ store }, 0);
 
   // One status per scrape: the collect callbacks of a scrape share it (newScrape() drops it).
   let snapshot: ReturnType<MetricsSource['status']> | undefined;
   const st = () => (snapshot ??= source.status());
-  new Gauge({
-    name: 'rotor_secret_age_seconds',
-    help: "Age of each secret's current version.",
-    labelNames: ['secret'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      const s = st();
-      const now = Date.parse(s.now);
-      for (const x of s.secrets) if (x.rotatedAt) this.set({ secret: x.name }, (now - Date.parse(x.rotatedAt)) / 1000);
-    },
-  });
-  new Gauge({
-    name: 'rotor_secret_version',
-    help: 'Current version of each secret.',
-    labelNames: ['secret'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const x of st().secrets) if (x.version !== undefined) this.set({ secret: x.name }, x.version);
-    },
-  });
-  new Gauge({
-    name: 'rotor_secret_overdue',
-    help: "1 for a secret older than its policy's maxAge or more than an hour late.",
-    labelNames: ['secret'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const x of st().secrets) this.set({ secret: x.name }, x.overdue ? 1 : 0);
-    },
-  });
+  const perSecret = (name: string, help: string, value: (x: SecretStatusView, now: number) => number | undefined) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['secret'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        const s = st();
+        const now = Date.parse(s.now);
+        for (const x of s.secrets) {
+          const v = value(x, now);
+          if (v !== undefined) this.set({ secret: x.name }, v);
+        }
+      },
+    });
+  perSecret('rotor_secret_age_seconds', "Age of each secret's current version.", (x, now) =>
+    x.rotatedAt ? (now - Date.parse(x.rotatedAt)) / 1000 : undefined,
+  );
+  perSecret('rotor_secret_version', 'Current version of each secret.', (x) => x.version);
+  perSecret(
+    'rotor_secret_overdue',
+    "1 while a secret is older than its policy's maxAge or more than an hour behind its schedule, else 0.",
+    (x) => (x.overdue ? 1 : 0),
+  );
+  perSecret(
+    'rotor_secret_failing',
+    '1 while the rotation of a secret fails (retried with backoff, or waiting for a new commit), else 0.',
+    (x) => (x.failing ? 1 : 0),
+  );
+  perSecret(
+    'rotor_secret_overlap_remaining_seconds',
+    'Seconds until the previous version of a secret stops being served (the end of its overlap); absent while none is.',
+    (x, now) => (x.previous ? Math.max(0, (Date.parse(x.previous.validUntil) - now) / 1000) : undefined),
+  );
+  perSecret(
+    'rotor_consumers_behind',
+    'Consumers of a secret that last read an older version than the current one, or never read it.',
+    (x) => x.consumers.filter((c) => c.behind).length,
+  );
   new Gauge({
     name: 'rotor_secrets_overdue',
-    help: 'How many secrets are overdue.',
+    help: 'How many secrets are overdue (rotor_secret_overdue).',
     registers: [registry],
     collect() {
       this.set(st().secrets.filter((x) => x.overdue).length);
     },
   });
   new Gauge({
-    name: 'rotor_rotations_failing',
-    help: 'How many secrets have a failing rotation (retried with backoff).',
+    name: 'rotor_secrets_failing',
+    help: 'How many secrets have a failing rotation (rotor_secret_failing).',
     registers: [registry],
     collect() {
       this.set(st().secrets.filter((x) => x.failing).length);
-    },
-  });
-  new Gauge({
-    name: 'rotor_consumers_behind',
-    help: 'Consumers that last read an older version than the current one, per secret.',
-    labelNames: ['secret'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const x of st().secrets) this.set({ secret: x.name }, x.consumers.filter((c) => c.behind).length);
     },
   });
   new Gauge({
@@ -158,7 +200,7 @@ export function metricsRegistry(source: MetricsSource): {
   });
   new Gauge({
     name: 'rotor_audit_unpushed',
-    help: '1 while audit entries wait to be committed or pushed.',
+    help: '1 while audit entries wait to be committed or pushed, else 0.',
     registers: [registry],
     collect() {
       const a = st().audit;
@@ -166,8 +208,16 @@ export function metricsRegistry(source: MetricsSource): {
     },
   });
   new Gauge({
+    name: 'rotor_audit_push_consecutive_failures',
+    help: 'Failed commits or pushes of the audit log since the last success (0 once one succeeds); the entries are kept and retried.',
+    registers: [registry],
+    collect() {
+      this.set(st().audit?.pushFailures ?? 0);
+    },
+  });
+  new Gauge({
     name: 'rotor_storage_failing',
-    help: '1 while the audit log or the state store cannot be written (rotations are paused).',
+    help: '1 while the audit log or the state store cannot be written (rotations are paused), else 0.',
     labelNames: ['store'],
     registers: [registry],
     collect() {
@@ -177,16 +227,8 @@ export function metricsRegistry(source: MetricsSource): {
     },
   });
   new Gauge({
-    name: 'rotor_audit_push_failures',
-    help: 'Failed pushes of the audit log since the last success.',
-    registers: [registry],
-    collect() {
-      this.set(st().audit?.pushFailures ?? 0);
-    },
-  });
-  new Gauge({
     name: 'rotor_agent_last_contact_seconds',
-    help: 'Seconds since each declared agent last called (absent: never).',
+    help: 'Seconds since each declared agent last called this daemon (absent: not since it started).',
     labelNames: ['agent'],
     registers: [registry],
     collect() {
@@ -195,6 +237,16 @@ export function metricsRegistry(source: MetricsSource): {
       const now = Date.parse(s.now);
       for (const a of s.agents?.agents ?? [])
         if (a.lastSeen) this.set({ agent: a.name }, (now - Date.parse(a.lastSeen)) / 1000);
+    },
+  });
+  new Gauge({
+    name: 'rotor_agent_jobs_queued',
+    help: 'Database jobs waiting for each declared agent to take them (one series per declared agent).',
+    labelNames: ['agent'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const a of st().agents?.agents ?? []) this.set({ agent: a.name }, a.queued);
     },
   });
   new Gauge({
@@ -212,7 +264,7 @@ export function metricsRegistry(source: MetricsSource): {
   });
   new Gauge({
     name: 'rotor_repository_held',
-    help: '1 while the clone does not take the remote head (its audit path is a link, a file or a submodule: GIT_AUDIT_PATH_UNSAFE).',
+    help: '1 while the clone does not take the remote head (its audit path is a link, a file or a submodule: GIT_AUDIT_PATH_UNSAFE), else 0.',
     registers: [registry],
     collect() {
       this.set(st().config.held ? 1 : 0);
@@ -220,26 +272,33 @@ export function metricsRegistry(source: MetricsSource): {
   });
   new Gauge({
     name: 'rotor_config_applied_timestamp_seconds',
-    help: 'When the applied commit was applied.',
+    help: 'When the applied commit was applied (Unix time).',
     registers: [registry],
     collect() {
       const a = st().config.applied;
       if (a) this.set(Date.parse(a.at) / 1000);
     },
   });
-  new Gauge({
-    name: 'rotor_socket_requests',
-    help: 'Consumer socket requests by consumer and HTTP status (a counter kept by the daemon).',
+  new Counter({
+    name: 'rotor_socket_requests_total',
+    help: 'Consumer socket requests by consumer and HTTP status, since the daemon started.',
     labelNames: ['consumer', 'status'],
     registers: [registry],
     collect() {
       this.reset();
       for (const r of st().sockets?.requests ?? [])
-        this.set({ consumer: r.consumer, status: String(r.status) }, r.count);
+        this.inc({ consumer: r.consumer, status: String(r.status) }, r.count);
     },
   });
   leadershipMetrics(registry, st);
-  return { registry, newScrape: () => (snapshot = undefined), close: () => channel.unsubscribe(onStep) };
+  return {
+    registry,
+    newScrape: () => (snapshot = undefined),
+    close: () => {
+      channel.unsubscribe(onStep);
+      pushChannel.unsubscribe(onPush);
+    },
+  };
 }
 
 /** The leadership among daemons sharing the state store: scraped only while the status has it (not with the file store). */

@@ -50,6 +50,8 @@ export interface SecretStatusView {
     readonly error: string;
     readonly retryAt?: number;
   };
+  /** The previous version while it is still served (the overlap): it stops being valid at `validUntil` (ISO 8601). */
+  readonly previous?: { readonly version: number; readonly validUntil: string };
   readonly policy?: string;
   /** database, sops, fields or generate. */
   readonly source?: string;
