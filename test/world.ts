@@ -1,12 +1,13 @@
 /**
- * A daemon's world for tests: a bare remote, a person's clone, a data dir with keys; rotation events to
- * await; `rotor daemon` as a process.
+ * A daemon's world for tests: a bare remote, a person's clone, a data dir with keys; rotation events and
+ * an agent's values answers to await; `rotor daemon` as a process.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import diagnostics_channel from 'node:diagnostics_channel';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
+import type { AgentValuesMessage } from '../agent/src/host.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import { generateKeys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
@@ -84,6 +85,20 @@ export function step(secret: string, stepName: string): Promise<void> {
       }
     };
     ch.subscribe(on);
+  });
+}
+
+/** Resolves at the first values answer an agent applies that `match` accepts. */
+export function applied(match: (m: AgentValuesMessage) => boolean): Promise<AgentValuesMessage> {
+  const ch = diagnostics_channel.channel('rotor-agent:values');
+  return new Promise((resolve) => {
+    const f = (m: unknown) => {
+      if (match(m as AgentValuesMessage)) {
+        ch.unsubscribe(f);
+        resolve(m as AgentValuesMessage);
+      }
+    };
+    ch.subscribe(f);
   });
 }
 
