@@ -4,9 +4,11 @@ import { DbError } from '../../agent/src/engines/types.js';
 
 /**
  * `rejectsWith(t, p, code, what)`, which asserts that `p` rejects with a DbError of `code` in whose
- * text (message, stack, JSON, properties) none of `usedValues` is; the list may grow after this call.
+ * text (message, stack, JSON, properties) none of `usedValues` is, nor with `o.hash` its hash; the list
+ * may grow after this call.
  */
-export function rejectsWithNone(usedValues: readonly string[]) {
+export function rejectsWithNone(usedValues: readonly string[], o: { hash?: (value: string) => string } = {}) {
+  const { hash } = o;
   return async function rejectsWith(
     t: Test,
     p: Promise<unknown>,
@@ -29,9 +31,9 @@ export function rejectsWithNone(usedValues: readonly string[]) {
         JSON.stringify(Object.getOwnPropertyDescriptors(e)),
       ].join('\n');
       t.same(
-        usedValues.filter((v) => text.includes(v)),
+        usedValues.filter((v) => text.includes(v) || (hash !== undefined && text.includes(hash(v)))),
         [],
-        `${what}: no password in the error`,
+        `${what}: no password${hash ? ' (nor its hash)' : ''} in the error`,
       );
       return err as DbError;
     }
