@@ -5,42 +5,14 @@
  * daemon (another epoch) gets a full answer.
  */
 import { generateKeyPairSync } from 'node:crypto';
-import { request } from 'node:http';
 import path from 'node:path';
 import t from 'tap';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH } from '../src/protocol/jobs.js';
-import { signRequest, verifyResponse } from '../src/protocol/sign.js';
 import { AGENT_RECEIPTS_PATH, AGENT_VALUES_PATH, ValuesOpener } from '../src/protocol/values.js';
 import { tempDir } from './helpers.js';
 import { daemonApi, hostModel, type Role } from './leader-listeners.js';
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  // biome-ignore lint/suspicious/noExplicitAny: answers of several shapes, read field by field
-  body: any;
-}
-
-function post(url: string, p: string, body: string, headers: Record<string, string>): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      new URL(p, url),
-      { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, agent: false },
-      (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, body: JSON.parse(text) }),
-        );
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+import { signedCall } from './lib/agent-api.js';
 
 t.test('a follower refuses jobs and results with NOT_LEADER and the leader, and serves values', async (t) => {
   const dir = tempDir(t, 'rotor-agent-api-leader-');
@@ -53,18 +25,15 @@ t.test('a follower refuses jobs and results with NOT_LEADER and the leader, and 
 
   /** A signed call, its answer checked to be signed by the daemon for this request. */
   const call = async (p: string, payload: unknown) => {
-    const body = JSON.stringify(payload);
-    const headers = signRequest({ agent: 'web-1', method: 'POST', path: p, body, privateKey: agent.signing });
-    const r = await post(d.url, p, body, headers);
-    const verdict = verifyResponse({
-      headers: r.headers,
-      status: r.status,
-      requestNonce: headers['x-rotor-nonce'],
-      body: r.text,
-      publicKey: daemon.publicKey,
+    const { answer, verdict } = await signedCall(d.url, {
+      agent: 'web-1',
+      privateKey: agent.signing,
+      daemonKey: daemon.publicKey,
+      path: p,
+      payload,
     });
-    t.same(verdict, { ok: true }, `the answer to ${p} (${r.status}) is signed`);
-    return r;
+    t.same(verdict, { ok: true }, `the answer to ${p} (${answer.status}) is signed`);
+    return answer;
   };
 
   const jobs = await call(AGENT_JOBS_PATH, { wait: 0 });

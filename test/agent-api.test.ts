@@ -4,53 +4,17 @@
  * for the agent's own targets, results only from the agent the job was given to, and credentials
  * sealed so that only the agent opens them.
  */
-import { request } from 'node:http';
+import { createPublicKey } from 'node:crypto';
 import path from 'node:path';
 import t from 'tap';
 import { generateKeys, type Keys, loadKeys } from '../src/keys.js';
 import type { Job, SetPayload } from '../src/protocol/jobs.js';
 import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH } from '../src/protocol/jobs.js';
 import { openSealed } from '../src/protocol/seal.js';
-import { signRequest, verifyResponse } from '../src/protocol/sign.js';
+import { signRequest } from '../src/protocol/sign.js';
 import { tempDir } from './helpers.js';
+import { post, signedCall } from './lib/agent-api.js';
 import { step, world } from './world.js';
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  // biome-ignore lint/suspicious/noExplicitAny: answers of many shapes, read field by field in the tests
-  body: any;
-}
-
-function post(address: string, p: string, body: string, headers: Record<string, string>): Promise<Answer> {
-  const [host, port] = [
-    address.slice(0, address.lastIndexOf(':')),
-    Number(address.slice(address.lastIndexOf(':') + 1)),
-  ];
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host,
-        port,
-        path: p,
-        method: 'POST',
-        headers: { 'content-type': 'application/json', ...headers },
-        agent: false,
-      },
-      (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, body: JSON.parse(text) }),
-        );
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
 
 t.test('the agent API: signatures, replay, skew, routing of jobs and results', async (t) => {
   const keysDir = tempDir(t, 'rotor-agent-api-');
@@ -72,26 +36,21 @@ t.test('the agent API: signatures, replay, skew, routing of jobs and results', a
   const NOW = Date.parse('2026-11-26T10:00:00.000Z');
   const d = await w.start({ socketDir: path.join(w.root, 'sockets'), agentListen: '127.0.0.1:0', now: () => NOW });
   t.teardown(() => d.stop());
-  const address = d.agentAddress!;
-  const daemonKey = (await loadKeys(w.dataDir)).signing;
+  const url = `http://${d.agentAddress!}`;
+  const daemonKey = createPublicKey((await loadKeys(w.dataDir)).signing);
   const signed = (keys: Keys, agent: string, p: string, body: string, extra: { now?: number; nonce?: string } = {}) =>
     signRequest({ agent, method: 'POST', path: p, body, privateKey: keys.signing, now: NOW, ...extra });
-  const call = async (keys: Keys, agent: string, p: string, body: unknown) => {
-    const text = JSON.stringify(body);
-    const headers = signed(keys, agent, p, text);
-    const r = await post(address, p, text, headers);
-    t.same(
-      verifyResponse({
-        headers: r.headers,
-        status: r.status,
-        requestNonce: headers['x-rotor-nonce'],
-        body: r.text,
-        publicKey: (await import('node:crypto')).createPublicKey(daemonKey),
-      }),
-      { ok: true },
-      `the daemon's answer to ${agent} ${p} is signed`,
-    );
-    return r;
+  const call = async (keys: Keys, agent: string, p: string, payload: unknown) => {
+    const { answer, verdict } = await signedCall(url, {
+      agent,
+      privateKey: keys.signing,
+      daemonKey,
+      path: p,
+      payload,
+      now: NOW,
+    });
+    t.same(verdict, { ok: true }, `the daemon's answer to ${agent} ${p} is signed`);
+    return answer;
   };
 
   // Agent B has no job: the secret's target belongs to agent A.
@@ -126,52 +85,52 @@ t.test('the agent API: signatures, replay, skew, routing of jobs and results', a
   // Refusals.
   const body = JSON.stringify({ wait: 0 });
   const h = signed(a, 'agent-a', AGENT_JOBS_PATH, body);
-  t.equal((await post(address, AGENT_JOBS_PATH, body, h)).status, 200, 'a fresh signed request is answered');
-  const replay = await post(address, AGENT_JOBS_PATH, body, h);
+  t.equal((await post(url, AGENT_JOBS_PATH, body, h)).status, 200, 'a fresh signed request is answered');
+  const replay = await post(url, AGENT_JOBS_PATH, body, h);
   t.same([replay.status, replay.body.error.code], [401, 'AGENT_REPLAY'], 'the same request again is a replay');
   // The limit is 60 s either way (DEFAULT_MAX_SKEW_MS), on the daemon's clock: 60 s is still accepted, 60.001 s is not.
   const atLimit = await post(
-    address,
+    url,
     AGENT_JOBS_PATH,
     body,
     signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW - 60_000 }),
   );
   t.equal(atLimit.status, 200, "a request signed 60 s behind the daemon's clock is answered");
   const skewed = await post(
-    address,
+    url,
     AGENT_JOBS_PATH,
     body,
     signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW - 60_001 }),
   );
   t.same([skewed.status, skewed.body.error.code], [401, 'AGENT_SKEW'], 'one ms more behind is refused');
   const aheadAtLimit = await post(
-    address,
+    url,
     AGENT_JOBS_PATH,
     body,
     signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW + 60_000 }),
   );
   t.equal(aheadAtLimit.status, 200, 'a request signed 60 s ahead is answered');
   const ahead = await post(
-    address,
+    url,
     AGENT_JOBS_PATH,
     body,
     signed(a, 'agent-a', AGENT_JOBS_PATH, body, { now: NOW + 60_001 }),
   );
   t.same([ahead.status, ahead.body.error.code], [401, 'AGENT_SKEW'], 'one ms more ahead is refused');
   const altered = await post(
-    address,
+    url,
     AGENT_JOBS_PATH,
     JSON.stringify({ wait: 1 }),
     signed(a, 'agent-a', AGENT_JOBS_PATH, body),
   );
   t.equal(altered.body.error.code, 'AGENT_BODY_ALTERED');
-  const unsigned = await post(address, AGENT_JOBS_PATH, body, {});
+  const unsigned = await post(url, AGENT_JOBS_PATH, body, {});
   t.same([unsigned.status, unsigned.body.error.code], [401, 'AGENT_UNSIGNED']);
-  const forged = await post(address, AGENT_JOBS_PATH, body, signed(b, 'agent-a', AGENT_JOBS_PATH, body));
+  const forged = await post(url, AGENT_JOBS_PATH, body, signed(b, 'agent-a', AGENT_JOBS_PATH, body));
   t.equal(forged.body.error.code, 'AGENT_BAD_SIGNATURE', 'agent-b cannot speak for agent-a');
-  const unknown = await post(address, AGENT_JOBS_PATH, body, signed(b, 'agent-z', AGENT_JOBS_PATH, body));
+  const unknown = await post(url, AGENT_JOBS_PATH, body, signed(b, 'agent-z', AGENT_JOBS_PATH, body));
   t.equal(unknown.body.error.code, 'AGENT_UNKNOWN');
-  const otherPath = await post(address, AGENT_RESULTS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body));
+  const otherPath = await post(url, AGENT_RESULTS_PATH, body, signed(a, 'agent-a', AGENT_JOBS_PATH, body));
   t.equal(otherPath.body.error.code, 'AGENT_BAD_SIGNATURE', 'a signature for one path does not serve another');
   t.match(w.logs(), /agent request refused.*AGENT_REPLAY/, 'refusals are logged');
 

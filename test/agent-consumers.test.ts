@@ -13,7 +13,7 @@ import path from 'node:path';
 import t from 'tap';
 import { Agent } from '../agent/src/agent.js';
 import { loadAgentConfig } from '../agent/src/config.js';
-import type { AgentReceiptsMessage, AgentValuesMessage } from '../agent/src/host.js';
+import type { AgentReceiptsMessage } from '../agent/src/host.js';
 import { CACHE_FILE } from '../agent/src/host.js';
 import { getSecret, watchSecret } from '../src/client/index.js';
 import type { Daemon } from '../src/daemon/daemon.js';
@@ -22,23 +22,9 @@ import { jsonLogger } from '../src/log.js';
 import { readAgentTls } from '../src/serve/tls.js';
 import { rotor, tempDir } from './helpers.js';
 import { makeTls } from './services/tls.js';
-import { world } from './world.js';
+import { applied, step, world } from './world.js';
 
 const UID = process.getuid!();
-
-/** Resolves at the first values answer the agent applies that `match` accepts. */
-function applied(match: (m: AgentValuesMessage) => boolean): Promise<AgentValuesMessage> {
-  const ch = diagnostics_channel.channel('rotor-agent:values');
-  return new Promise((resolve) => {
-    const f = (m: unknown) => {
-      if (match(m as AgentValuesMessage)) {
-        ch.unsubscribe(f);
-        resolve(m as AgentValuesMessage);
-      }
-    };
-    ch.subscribe(f);
-  });
-}
 
 /** Resolves once the daemon accepted the agent's receipt for consumer/secret at `version` (or newer). */
 function receipted(consumer: string, secret: string, version: number): Promise<void> {
@@ -47,20 +33,6 @@ function receipted(consumer: string, secret: string, version: number): Promise<v
     const f = (m: unknown) => {
       const e = m as AgentReceiptsMessage;
       if (e.receipts.some((r) => r.consumer === consumer && r.secret === secret && r.version >= version)) {
-        ch.unsubscribe(f);
-        resolve();
-      }
-    };
-    ch.subscribe(f);
-  });
-}
-
-function step(secret: string, name: string): Promise<void> {
-  const ch = diagnostics_channel.channel('rotor:rotation');
-  return new Promise((resolve) => {
-    const f = (m: unknown) => {
-      const e = m as { secret: string; step: string };
-      if (e.secret === secret && e.step === name) {
         ch.unsubscribe(f);
         resolve();
       }

@@ -9,33 +9,18 @@
  * which daemon it came from (real daemons on one store serve the same). No sleeps: every wait is for an
  * event (a result at the hub, a values answer on `rotor-agent:values`, a log line).
  */
-import diagnostics_channel from 'node:diagnostics_channel';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { Agent } from '../agent/src/agent.js';
 import { loadAgentConfig } from '../agent/src/config.js';
 import type { DbEngine, SetJob } from '../agent/src/engines/types.js';
-import type { AgentValuesMessage } from '../agent/src/host.js';
 import { getSecret } from '../src/client/index.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
 import { tempDir } from './helpers.js';
 import { daemonApi, hostModel } from './leader-listeners.js';
-
-/** Resolves at the first values answer the agent applies that `match` accepts. */
-function applied(match: (m: AgentValuesMessage) => boolean): Promise<AgentValuesMessage> {
-  const ch = diagnostics_channel.channel('rotor-agent:values');
-  return new Promise((resolve) => {
-    const f = (m: unknown) => {
-      if (match(m as AgentValuesMessage)) {
-        ch.unsubscribe(f);
-        resolve(m as AgentValuesMessage);
-      }
-    };
-    ch.subscribe(f);
-  });
-}
+import { applied } from './world.js';
 
 /** A logger whose lines can be awaited and counted. */
 function awaitableLog() {

@@ -33,7 +33,7 @@ import { readAgentTls } from '../src/serve/tls.js';
 import { ROOT, tempDir } from './helpers.js';
 import { makeTls, type TlsFile } from './services/tls.js';
 import { countingListener } from './tls-listener.js';
-import { finishes, world } from './world.js';
+import { daemonProcess, finishes, world } from './world.js';
 
 const f = makeTls(t);
 const base = tempDir(t, 'rotor-agent-tls-');
@@ -326,50 +326,27 @@ t.test('the commands end to end: rotor daemon with the flags, rotor-agent --once
     'agent.yaml': `kind: Agent\nname: ${AGENT}\nsigningKey: "${agentKeys.signingKey}"\nrecipient: ${agentKeys.recipient}\n`,
   });
   const bin = (p: string) => path.join(ROOT, p);
-  // env -u NODE_OPTIONS: tap's loaders would double a child's start-up; the children run the built code.
-  const daemon = spawn(
-    '/usr/bin/env',
-    [
-      '-u',
-      'NODE_OPTIONS',
-      process.execPath,
-      bin('dist/src/cli/main.js'),
-      'daemon',
-      '--repo',
-      w.remote,
-      '--data-dir',
-      w.dataDir,
-      '--socket-dir',
-      path.join(w.root, 'sockets'),
-      '--agent-listen',
-      '127.0.0.1:0',
-      '--agent-tls-cert',
-      f.server.cert,
-      '--agent-tls-key',
-      f.server.key,
-      '--metrics-listen',
-      'off',
-      '--log-format',
-      'json',
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  const exited = once(daemon, 'exit');
-  t.teardown(() => {
-    if (daemon.exitCode === null) daemon.kill('SIGKILL');
-  });
-  let stderr = '';
-  const listening = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    daemon.stderr.on('data', (c: Buffer) => {
-      stderr += c.toString();
-      for (const line of stderr.split('\n')) {
-        if (!line.startsWith('{')) continue;
-        const l = JSON.parse(line) as Record<string, unknown>;
-        if (l.msg === 'listening for agents') resolve(l);
-      }
-    });
-    daemon.on('exit', () => reject(new Error(`the daemon exited: ${stderr}`)));
-  });
+  const daemon = daemonProcess(t, [
+    '--repo',
+    w.remote,
+    '--data-dir',
+    w.dataDir,
+    '--socket-dir',
+    path.join(w.root, 'sockets'),
+    '--agent-listen',
+    '127.0.0.1:0',
+    '--agent-tls-cert',
+    f.server.cert,
+    '--agent-tls-key',
+    f.server.key,
+    '--metrics-listen',
+    'off',
+    '--log-format',
+    'json',
+  ]);
+  const line = /^\{.*"msg":"listening for agents".*\}\n/m; // a whole line
+  await daemon.waitFor(line);
+  const listening = JSON.parse(line.exec(daemon.stderr())![0]) as Record<string, unknown>;
   t.match(listening, { tls: true, pin: f.server.pin }, 'the daemon listens with TLS and logs its pin');
   // The agent pins what the daemon logged, and trusts the CA.
   const config = agentConfig(
@@ -377,6 +354,7 @@ t.test('the commands end to end: rotor daemon with the flags, rotor-agent --once
     [`ca: ${path.relative(base, f.ca.cert)}`, `pin: "${String(listening.pin)}"`],
     { signingKey: (await loadKeys(w.dataDir)).signingKey },
   );
+  // env -u NODE_OPTIONS: tap's loaders would double the agent's start-up; it runs the built code.
   const agent = spawn(
     '/usr/bin/env',
     [
@@ -398,8 +376,6 @@ t.test('the commands end to end: rotor daemon with the flags, rotor-agent --once
   agent.stderr.on('data', (c: Buffer) => (agentErr += c.toString()));
   const [code] = await once(agent, 'exit');
   t.equal(code, 0, `rotor-agent --once completes a verified poll over HTTPS${code ? `: ${agentErr}` : ''}`);
-  daemon.kill('SIGTERM');
-  const [daemonCode] = await exited;
-  t.equal(daemonCode, 0, 'the daemon stops cleanly');
-  t.notMatch(stderr, /AGENT_LISTEN_CLEAR/, 'no clear-listen warning on loopback with TLS');
+  t.equal(await daemon.stop(), 0, 'the daemon stops cleanly');
+  t.notMatch(daemon.stderr(), /AGENT_LISTEN_CLEAR/, 'no clear-listen warning on loopback with TLS');
 });

@@ -6,7 +6,6 @@
  * files that verifyAuditDir accepts, and files that differ refused; a COMMIT whose answer is lost.
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import type { Test } from 'tap';
 import t from 'tap';
@@ -20,6 +19,7 @@ import type { PgStore } from '../src/state/postgres.js';
 import { tempDir } from './helpers.js';
 import type { PgPlace } from './lib/pg-store.js';
 import { pgPlace } from './lib/pg-store.js';
+import { lossyProxy } from './lib/tcp-proxy.js';
 
 const OCT = '2026-10-30T23:59:59.000Z';
 const NOV = '2026-11-26T02:00:00.000Z';
@@ -316,40 +316,4 @@ async function suite(p: PgPlace): Promise<void> {
     const again = await PgAuditLog.open(deps);
     t.same(again.head, log.head, 'the chain verifies');
   });
-}
-
-/**
- * A TCP proxy to the server that, once told, forwards the client's next message holding `text` and then
- * drops the server's answer and the connection: the server commits, the client never hears of it.
- * (As in test/store-postgres-connect.test.ts.)
- */
-async function lossyProxy(t: Test, port: number): Promise<{ port: number; cutAfter(text: string): void }> {
-  let trigger: Buffer | undefined;
-  const server = net.createServer((client) => {
-    const upstream = net.connect(port, '127.0.0.1');
-    let cut = false;
-    upstream.on('data', (d) => {
-      if (!cut) client.write(d);
-    });
-    client.on('data', (d) => {
-      upstream.write(d);
-      if (trigger && d.includes(trigger)) {
-        trigger = undefined;
-        cut = true;
-        setTimeout(() => client.destroy(), 300);
-      }
-    });
-    client.on('error', () => upstream.destroy());
-    upstream.on('error', () => client.destroy());
-    client.on('close', () => upstream.end());
-    upstream.on('close', () => client.destroy());
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    cutAfter: (text) => {
-      trigger = Buffer.from(text);
-    },
-  };
 }

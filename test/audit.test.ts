@@ -23,6 +23,7 @@ import {
   ZERO_HASH,
 } from '../src/audit/index.js';
 import { copyFixture, rotor, tempDir } from './helpers.js';
+import { prng } from './lib/prng.js';
 
 // ---------------------------------------------------------------------------------------------------
 // A 10,000-entry log, built with the serializer, spanning five months.
@@ -120,18 +121,6 @@ function posOf(recs: readonly { file: string }[], i: number): { file: string; li
 function afterLast(recs: readonly { file: string }[]): { file: string; line: number } {
   const p = posOf(recs, recs.length - 1);
   return { file: p.file, line: p.line + 1 };
-}
-
-/** A deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function brief(r: VerifyResult): unknown {

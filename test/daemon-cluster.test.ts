@@ -10,16 +10,13 @@
  *   gap; the chain in the database verifies, and the remote's audit files are that chain; a version
  *   was never served with two values; no value or password in any log.
  */
-import type { ChildProcess } from 'node:child_process';
-import { spawn } from 'node:child_process';
 import { appendFileSync, copyFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import type { Test } from 'tap';
 import t from 'tap';
 import { verifyAuditDir } from '../src/audit/log.js';
-import { git, ROOT, rotor } from './helpers.js';
+import { git, rotor } from './helpers.js';
 import { pgPlace } from './lib/pg-store.js';
-import { raw, world } from './world.js';
+import { daemonProcess, raw, world } from './world.js';
 
 const p = await pgPlace(t);
 const UID = process.getuid?.() ?? 0;
@@ -46,22 +43,26 @@ if (p) {
     const user = (i: number) =>
       i === 0 ? { url, password: p.password } : { url: p.url(schema, 'rotor_daemon'), password: grantedPassword };
     const start = (i: number) =>
-      daemon(t, names[i]!, user(i).password, [
-        '--repo',
-        w.remote,
-        '--data-dir',
-        dirs[i]!.dataDir,
-        '--socket-dir',
-        dirs[i]!.sockets,
-        '--agent-listen',
-        '127.0.0.1:0',
-        '--metrics-listen',
-        'off',
-        '--state',
-        user(i).url,
-        '--name',
-        names[i]!,
-      ]);
+      daemonProcess(
+        t,
+        [
+          '--repo',
+          w.remote,
+          '--data-dir',
+          dirs[i]!.dataDir,
+          '--socket-dir',
+          dirs[i]!.sockets,
+          '--agent-listen',
+          '127.0.0.1:0',
+          '--metrics-listen',
+          'off',
+          '--state',
+          user(i).url,
+          '--name',
+          names[i]!,
+        ],
+        { name: names[i]!, env: { PGPASSWORD: user(i).password } },
+      );
 
     /** Every value a consumer was served, per version: a version must never have two. */
     const served = new Map<number, Set<string>>();
@@ -190,50 +191,4 @@ if (p) {
       for (const value of values) t.notOk(logs.includes(value), 'no value in the logs');
     t.notOk(logs.includes(p.password) || logs.includes(grantedPassword), 'no password is in any log line');
   });
-}
-
-/** `rotor daemon FLAGS` as a process, PGPASSWORD in its environment. */
-function daemon(t: Test, name: string, password: string, flags: string[]) {
-  const { NODE_OPTIONS: _, ...inherited } = process.env;
-  const child: ChildProcess = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', ...flags], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...inherited, PGPASSWORD: password },
-  });
-  let err = '';
-  const waiting = new Set<() => void>();
-  child.stderr!.on('data', (c: Buffer) => {
-    err += c.toString();
-    for (const check of [...waiting]) check();
-  });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  const waitFor = (re: RegExp) =>
-    new Promise<void>((resolve, reject) => {
-      const check = () => {
-        if (re.test(err)) {
-          waiting.delete(check);
-          resolve();
-        }
-      };
-      waiting.add(check);
-      void exited.then(() => reject(new Error(`${name} exited: ${err.slice(-2000)}`)));
-      check();
-    });
-  const ready = waitFor(/"msg":"daemon started"/);
-  ready.catch(() => undefined);
-  return {
-    name,
-    exited,
-    ready,
-    stderr: () => err,
-    waitFor,
-    kill: (signal: NodeJS.Signals) => child.kill(signal),
-    stop: async () => {
-      await ready;
-      child.kill('SIGTERM');
-      return exited;
-    },
-  };
 }

@@ -5,18 +5,15 @@
  * anchors that store, so the same data directory without --state is refused. The password is never in
  * a log line or in the process arguments.
  */
-import type { ChildProcess } from 'node:child_process';
-import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import type { Test } from 'tap';
 import t from 'tap';
 import { loadKeys } from '../src/keys.js';
 import type { SecretRecord } from '../src/rotation/record.js';
 import { openPostgresStore } from '../src/state/postgres.js';
-import { git, ROOT, rotor } from './helpers.js';
+import { git, rotor } from './helpers.js';
 import { pgPlace } from './lib/pg-store.js';
-import { world } from './world.js';
+import { daemonProcess, world } from './world.js';
 
 const p = await pgPlace(t);
 
@@ -44,7 +41,7 @@ if (p) {
     const base = ['--repo', w.remote, '--data-dir', w.dataDir, '--socket-dir', path.join(w.root, 'sockets')];
     const flags = [...base, '--agent-listen', '127.0.0.1:0', '--metrics-listen', 'off'];
 
-    const first = daemon(t, [...flags, '--state', url, '--state-password-file', pwFile], {});
+    const first = daemonProcess(t, [...flags, '--state', url, '--state-password-file', pwFile]);
     await first.waitFor(/"msg":"secret rotated","secret":"demo\/ticker","version":2/);
     t.equal(await first.stop(), 0, 'a clean exit on SIGTERM');
     t.notOk(existsSync(path.join(w.dataDir, 'state')), 'nothing in DATA_DIR/state');
@@ -64,7 +61,7 @@ if (p) {
     t.ok(before.version >= 2, `the database holds version ${before.version}`);
 
     const next = before.version + 1;
-    const second = daemon(t, flags, { ROTOR_STATE: url, PGPASSWORD: p.password });
+    const second = daemonProcess(t, flags, { env: { ROTOR_STATE: url, PGPASSWORD: p.password } });
     await second.waitFor(new RegExp(`"msg":"secret rotated","secret":"demo\\/ticker","version":${next}[,}]`));
     t.equal(await second.stop(), 0);
     const after = await read();
@@ -87,7 +84,7 @@ if (p) {
     );
 
     // The same data directory on the file store: the audit log names another store, so it is refused.
-    const files = daemon(t, flags, {});
+    const files = daemonProcess(t, flags);
     t.equal(await files.exited, 1, 'without --state the daemon refuses to start');
     t.match(files.stderr(), /STATE_ROLLBACK/);
     for (const d of [first, second, files]) t.notMatch(d.stderr(), p.password, 'the password is in no log line');
@@ -99,47 +96,4 @@ function readAuditLines(dir: string): { secret?: string; to?: number; storeId?: 
     .sort()
     .flatMap((f) => readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
     .map((l) => JSON.parse(l));
-}
-
-/** `rotor daemon FLAGS` as a process with `env` added (never PGPASSWORD from this process's own). */
-function daemon(t: Test, flags: string[], env: NodeJS.ProcessEnv) {
-  const { PGPASSWORD: _, NODE_OPTIONS: __, ...inherited } = process.env;
-  const child: ChildProcess = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', ...flags], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...inherited, ...env },
-  });
-  let err = '';
-  const waiting = new Set<() => void>();
-  child.stderr!.on('data', (c: Buffer) => {
-    err += c.toString();
-    for (const check of [...waiting]) check();
-  });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  const waitFor = (re: RegExp) =>
-    new Promise<void>((resolve, reject) => {
-      const check = () => {
-        if (re.test(err)) {
-          waiting.delete(check);
-          resolve();
-        }
-      };
-      waiting.add(check);
-      void exited.then(() => reject(new Error(`the daemon exited: ${err.slice(-2000)}`)));
-      check();
-    });
-  const ready = waitFor(/"msg":"daemon started"/);
-  ready.catch(() => undefined); // a daemon that must not start never gets there
-  return {
-    exited,
-    stderr: () => err,
-    waitFor,
-    stop: async () => {
-      await ready; // before that, SIGTERM has no handler yet
-      child.kill('SIGTERM');
-      return exited;
-    },
-  };
 }

@@ -12,7 +12,7 @@ import { loadKeys } from '../src/keys.js';
 import type { SecretRecord } from '../src/rotation/record.js';
 import { openStore } from '../src/state/store.js';
 import { git, tempDir } from './helpers.js';
-import { finishes, step, world } from './world.js';
+import { daemonProcess, finishes, step, world } from './world.js';
 
 type T = Parameters<Parameters<typeof t.test>[1]>[0];
 
@@ -314,64 +314,33 @@ t.test('a person pushing to the branch while the daemon rotates loses no audit e
 });
 
 t.test('rotor daemon as a process: SIGHUP fetches at once, SIGTERM stops cleanly', async (t) => {
-  const { spawn } = await import('node:child_process');
-  const { ROOT } = await import('./helpers.js');
   const w = await world(t, {
     'rotor.yaml': CONFIG,
     'policies.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n',
     'secrets.yaml': 'kind: Secret\nname: a/one\npolicy: p\ngenerate: {}\n',
   });
-  const child = spawn(
-    '/usr/bin/env',
-    [
-      '-u',
-      'NODE_OPTIONS',
-      process.execPath,
-      path.join(ROOT, 'dist/src/cli/main.js'),
-      'daemon',
-      '--repo',
-      w.remote,
-      '--data-dir',
-      w.dataDir,
-      '--socket-dir',
-      path.join(w.dataDir, 'sockets'),
-      '--agent-listen',
-      '127.0.0.1:0',
-      '--metrics-listen',
-      'off',
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let err = '';
-  const waiting = new Set<() => void>();
-  child.stderr.on('data', (c: Buffer) => {
-    err += c.toString();
-    for (const check of [...waiting]) check();
-  });
-  const waitFor = (re: RegExp) =>
-    new Promise<void>((resolve, reject) => {
-      const check = () => {
-        if (re.test(err)) {
-          waiting.delete(check);
-          resolve();
-        }
-      };
-      waiting.add(check);
-      child.once('exit', () => reject(new Error(`the daemon exited: ${err.slice(-1000)}`)));
-      check();
-    });
-  await waitFor(/"msg":"daemon started"/);
+  const d = daemonProcess(t, [
+    '--repo',
+    w.remote,
+    '--data-dir',
+    w.dataDir,
+    '--socket-dir',
+    path.join(w.dataDir, 'sockets'),
+    '--agent-listen',
+    '127.0.0.1:0',
+    '--metrics-listen',
+    'off',
+  ]);
+  await d.ready;
   w.push(
     'secrets.yaml',
     'kind: Secret\nname: a/one\npolicy: p\ngenerate: {}\n---\nkind: Secret\nname: a/two\npolicy: p\ngenerate: {}\n',
     'add a/two',
   );
-  child.kill('SIGHUP');
-  await waitFor(/"msg":"secret created","secret":"a\/two"/);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  child.kill('SIGTERM');
-  t.equal(await exited, 0, 'a clean exit on SIGTERM');
-  await new Promise((resolve) => (child.stderr.readableEnded ? resolve(undefined) : child.stderr.once('end', resolve)));
+  d.kill('SIGHUP');
+  await d.waitFor(/"msg":"secret created","secret":"a\/two"/);
+  t.equal(await d.stop(), 0, 'a clean exit on SIGTERM');
+  const err = d.stderr(); // all of it: stop() resolves once stderr has ended
   t.match(err, /"msg":"stopping"/);
   t.ok(
     err

@@ -19,7 +19,8 @@ import {
   parseMongoTarget,
   testOptions,
 } from '../agent/src/engines/mongodb.js';
-import { type Credential, type DbEngine, DbError } from '../agent/src/engines/types.js';
+import type { Credential, DbEngine } from '../agent/src/engines/types.js';
+import { rejectsWithNone } from './lib/db-errors.js';
 import { freePort } from './services/common.js';
 
 const URL_ = 'mongodb://rotor_admin@db1.example:27017,db2.example:27017/app?replicaSet=rs0&authSource=admin';
@@ -145,30 +146,7 @@ const updateUser = (name: string, pwd: string): Document => ({
   writeConcern: { w: 'majority', wtimeout: 10_000 },
 });
 
-async function rejectsWith(t: Test, p: Promise<unknown>, code: string, what: string): Promise<DbError | undefined> {
-  try {
-    await p;
-    t.fail(`${what}: expected ${code}, but it succeeded`);
-    return undefined;
-  } catch (err) {
-    t.type(err, DbError, `${what}: a DbError`);
-    t.equal((err as DbError).code, code, `${what}: ${code}`);
-    const e = err as Error;
-    const text = [
-      String(e),
-      e.message,
-      e.stack ?? '',
-      JSON.stringify(e),
-      JSON.stringify(Object.getOwnPropertyDescriptors(e)),
-    ].join('\n');
-    t.same(
-      usedValues.filter((v) => text.includes(v)),
-      [],
-      `${what}: no password in the error`,
-    );
-    return err as DbError;
-  }
-}
+const rejectsWith = rejectsWithNone(usedValues);
 
 t.test(
   'the Target URL and the driver options (checked with the real MongoClient, which parses without connecting)',

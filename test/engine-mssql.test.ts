@@ -21,7 +21,8 @@ import {
   mssqlPoolConnect,
   parseMssqlTarget,
 } from '../agent/src/engines/mssql.js';
-import { type Credential, type DbEngine, DbError } from '../agent/src/engines/types.js';
+import type { Credential, DbEngine } from '../agent/src/engines/types.js';
+import { rejectsWithNone } from './lib/db-errors.js';
 import { freePort } from './services/common.js';
 
 const TARGET_URL = 'mssql://rotor_admin@sql.example:1433/appdb';
@@ -180,30 +181,7 @@ function setup(t: Test): { fake: FakeSqlServer; engine: DbEngine } {
 
 const param = (name: string, value: string): MssqlParam => ({ name, type: 'NVarChar', length: 128, value });
 
-async function rejectsWith(t: Test, p: Promise<unknown>, code: string, what: string): Promise<DbError | undefined> {
-  try {
-    await p;
-    t.fail(`${what}: expected ${code}, but it succeeded`);
-    return undefined;
-  } catch (err) {
-    t.type(err, DbError, `${what}: a DbError`);
-    t.equal((err as DbError).code, code, `${what}: ${code}`);
-    const e = err as Error;
-    const text = [
-      String(e),
-      e.message,
-      e.stack ?? '',
-      JSON.stringify(e),
-      JSON.stringify(Object.getOwnPropertyDescriptors(e)),
-    ].join('\n');
-    t.same(
-      usedValues.filter((v) => text.includes(v)),
-      [],
-      `${what}: no password in the error`,
-    );
-    return err as DbError;
-  }
-}
+const rejectsWith = rejectsWithNone(usedValues);
 
 t.test('the batches the engine sends are exactly these', async (t) => {
   t.same(MSSQL_BATCHES, EXPECTED);

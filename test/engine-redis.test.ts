@@ -9,7 +9,8 @@ import { readFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import t, { type Test } from 'tap';
 import { createRedisEngine, type EngineWarning } from '../agent/src/engines/redis.js';
-import { type Credential, type DbEngine, DbError, type Strategy } from '../agent/src/engines/types.js';
+import type { Credential, DbEngine, Strategy } from '../agent/src/engines/types.js';
+import { rejectsWithNone } from './lib/db-errors.js';
 import { freePort } from './services/common.js';
 import { REDIS_ADMIN_RULES, type RedisServer, startRedis } from './services/redis.js';
 
@@ -86,32 +87,8 @@ async function livePasswords(server: RedisServer, username: string): Promise<str
   return [...(reply[reply.indexOf('passwords') + 1] as string[])].sort();
 }
 
-/** Asserts `p` rejects with a DbError of `code` whose message, properties and stack hold no used value. */
-async function rejectsWith(t: Test, p: Promise<unknown>, code: string, what: string): Promise<DbError | undefined> {
-  try {
-    await p;
-    t.fail(`${what}: expected ${code}, but it succeeded`);
-    return undefined;
-  } catch (err) {
-    t.type(err, DbError, `${what}: a DbError`);
-    t.equal((err as DbError).code, code, `${what}: ${code}`);
-    noValueIn(t, err, what);
-    return err as DbError;
-  }
-}
-
-function noValueIn(t: Test, err: unknown, what: string): void {
-  const e = err as Error;
-  const text = [
-    String(e),
-    e.message,
-    e.stack ?? '',
-    JSON.stringify(e),
-    JSON.stringify(Object.getOwnPropertyDescriptors(e)),
-  ].join('\n');
-  const leaked = usedValues.filter((v) => text.includes(v) || text.includes(sha256(v)));
-  t.same(leaked, [], `${what}: no password (nor its hash) in the error`);
-}
+/** Asserts `p` rejects with a DbError of `code` that holds no used value, nor its hash. */
+const rejectsWith = rejectsWithNone(usedValues, { hash: sha256 });
 
 t.test('password authentication is enforced', async (t) => {
   const server = await startRedis(t);

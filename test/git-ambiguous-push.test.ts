@@ -14,18 +14,24 @@ import t from 'tap';
 import { openRepo } from '../src/git/repo.js';
 import { git, gitInitBare, tempDir } from './helpers.js';
 
+/** ROOT/remote.git, a bare repository whose main holds one commit (a rotor.yaml), pushed from ROOT/seed. */
+function seededRemote(root: string): string {
+  const remote = path.join(root, 'remote.git');
+  gitInitBare(remote);
+  const seed = path.join(root, 'seed');
+  git(root, 'clone', '-q', remote, seed);
+  writeFileSync(path.join(seed, 'rotor.yaml'), 'kind: Config\n');
+  git(seed, 'add', '-A');
+  git(seed, 'commit', '-q', '-m', 'seed');
+  git(seed, 'push', '-q', 'origin', 'HEAD:main');
+  return remote;
+}
+
 t.test(
   'entries that landed under replayed commits are not pushed again; the next push works over uncommitted appends',
   async (t) => {
     const root = tempDir(t, 'rotor-ambiguous-push-');
-    const remote = path.join(root, 'remote.git');
-    gitInitBare(remote);
-    const seed = path.join(root, 'seed');
-    git(root, 'clone', '-q', remote, seed);
-    writeFileSync(path.join(seed, 'rotor.yaml'), 'kind: Config\n');
-    git(seed, 'add', '-A');
-    git(seed, 'commit', '-q', '-m', 'seed');
-    git(seed, 'push', '-q', 'origin', 'HEAD:main');
+    const remote = seededRemote(root);
 
     // Each push takes its outcome from the next line of PLAN: "before" fails without pushing; "after"
     // pushes, appends an audit line in the clone (a rotation writing meanwhile), then fails.
@@ -93,14 +99,7 @@ exec ${JSON.stringify(real)} "$@"
 
 t.test('an index.lock left by a killed git does not fail every later commit', async (t) => {
   const root = tempDir(t, 'rotor-stale-lock-');
-  const remote = path.join(root, 'remote.git');
-  gitInitBare(remote);
-  const seed = path.join(root, 'seed');
-  git(root, 'clone', '-q', remote, seed);
-  writeFileSync(path.join(seed, 'rotor.yaml'), 'kind: Config\n');
-  git(seed, 'add', '-A');
-  git(seed, 'commit', '-q', '-m', 'seed');
-  git(seed, 'push', '-q', 'origin', 'HEAD:main');
+  const remote = seededRemote(root);
   const warnings: string[] = [];
   const repo = await openRepo({
     url: remote,

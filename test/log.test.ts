@@ -338,43 +338,57 @@ t.test("a daemon's logs are pino JSON lines and hold none of the values it gener
   }
 });
 
+/** A port on 127.0.0.1 that is taken (by a listener of this process) until `t` ends. */
+async function takenPort(t: Test): Promise<number> {
+  const busy = createServer();
+  await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => busy.close());
+  return (busy.address() as AddressInfo).port;
+}
+
+/**
+ * `rotor daemon EXTRA` as a process (the built binary, with `env` added), its metrics to listen on the
+ * taken `port`: its stderr, once it said that it cannot listen there (then it is SIGKILLed) or exited.
+ */
+async function daemonOnTakenPort(t: Test, port: number, extra: string[], env: Record<string, string>): Promise<string> {
+  const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': FAST, 'secrets.yaml': SECRETS });
+  const args = [
+    path.join(ROOT, 'dist/src/cli/main.js'),
+    'daemon',
+    '--repo',
+    w.remote,
+    '--data-dir',
+    w.dataDir,
+    '--socket-dir',
+    path.join(w.dataDir, 'sockets'),
+    '--agent-listen',
+    '127.0.0.1:0',
+    '--metrics-listen',
+    `127.0.0.1:${port}`,
+    ...extra,
+  ];
+  const child = spawn(
+    '/usr/bin/env',
+    ['-u', 'NODE_OPTIONS', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, ...args],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  const ended = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  child.stderr.on('data', (c: Buffer) => {
+    stderr += c.toString();
+    if (stderr.includes('[METRICS_LISTEN_FAILED]\n')) child.kill('SIGKILL');
+  });
+  await ended;
+  return stderr;
+}
+
 t.test("rotor daemon --log-level and ROTOR_LOG_LEVEL filter the daemon's stderr", async (t) => {
   // The metrics port is taken: the daemon logs "listening for agents" (info), then "the daemon cannot
   // start" (error). Lines are written in order and at once, so when the error is on stderr, the info
   // line before it is there too, unless its level is filtered out.
-  const busy = createServer();
-  await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => busy.close());
-  const port = (busy.address() as AddressInfo).port;
+  const port = await takenPort(t);
   const run = async (extra: string[], env: Record<string, string>) => {
-    const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': FAST, 'secrets.yaml': SECRETS });
-    const args = [
-      path.join(ROOT, 'dist/src/cli/main.js'),
-      'daemon',
-      '--repo',
-      w.remote,
-      '--data-dir',
-      w.dataDir,
-      '--socket-dir',
-      path.join(w.dataDir, 'sockets'),
-      '--agent-listen',
-      '127.0.0.1:0',
-      '--metrics-listen',
-      `127.0.0.1:${port}`,
-      ...extra,
-    ];
-    const child = spawn(
-      '/usr/bin/env',
-      ['-u', 'NODE_OPTIONS', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, ...args],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    let stderr = '';
-    const ended = new Promise<void>((resolve) => child.on('close', () => resolve()));
-    child.stderr.on('data', (c: Buffer) => {
-      stderr += c.toString();
-      if (stderr.includes('[METRICS_LISTEN_FAILED]\n')) child.kill('SIGKILL');
-    });
-    await ended;
+    const stderr = await daemonOnTakenPort(t, port, extra, env);
     t.match(
       stderr,
       /rotor daemon: cannot listen on .* \[METRICS_LISTEN_FAILED\]\n/,
@@ -437,41 +451,8 @@ t.test(
 t.test(
   'rotor daemon: JSON logs when stderr is not a terminal, text with --log-format text or ROTOR_LOG_FORMAT',
   async (t) => {
-    const busy = createServer();
-    await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
-    t.teardown(() => busy.close());
-    const port = (busy.address() as AddressInfo).port;
-    const run = async (extra: string[], env: Record<string, string>) => {
-      const w = await world(t, { 'rotor.yaml': CONFIG, 'policies.yaml': FAST, 'secrets.yaml': SECRETS });
-      const args = [
-        path.join(ROOT, 'dist/src/cli/main.js'),
-        'daemon',
-        '--repo',
-        w.remote,
-        '--data-dir',
-        w.dataDir,
-        '--socket-dir',
-        path.join(w.dataDir, 'sockets'),
-        '--agent-listen',
-        '127.0.0.1:0',
-        '--metrics-listen',
-        `127.0.0.1:${port}`,
-        ...extra,
-      ];
-      const child = spawn(
-        '/usr/bin/env',
-        ['-u', 'NODE_OPTIONS', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, ...args],
-        { stdio: ['ignore', 'ignore', 'pipe'] },
-      );
-      let stderr = '';
-      const ended = new Promise<void>((resolve) => child.on('close', () => resolve()));
-      child.stderr.on('data', (c: Buffer) => {
-        stderr += c.toString();
-        if (stderr.includes('[METRICS_LISTEN_FAILED]\n')) child.kill('SIGKILL');
-      });
-      await ended;
-      return stderr;
-    };
+    const port = await takenPort(t);
+    const run = (extra: string[], env: Record<string, string>) => daemonOnTakenPort(t, port, extra, env);
     t.match(
       await run([], {}),
       /^\{"level":"info","time":"[^"]+","msg":"listening for agents","address":"127\.0\.0\.1:\d+"\}$/m,

@@ -23,6 +23,7 @@ import {
   verifyRequestHeaders,
   verifyResponse,
 } from '../src/protocol/sign.js';
+import { prng } from './lib/prng.js';
 
 const T0 = Date.parse('2026-11-26T03:00:00Z');
 const AGENT = 'db-host-1';
@@ -79,18 +80,6 @@ function check(req: Req, now = T0, nonces = new NonceCache()) {
 
 function codeOf(v: ReturnType<typeof verifyRequest>): AgentAuthCode | 'ok' {
   return v.ok ? 'ok' : v.code;
-}
-
-/** A small seeded generator, so that a failing property run can be repeated. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 t.test('a signed request verifies, once, and names its agent', async (t) => {

@@ -5,27 +5,16 @@ import t from 'tap';
 import { render, statusCommand } from '../src/cli/status.js';
 import { getSecret } from '../src/client/index.js';
 import { daemonStatus, type StatusParts } from '../src/daemon/status.js';
-import { generateKeys, loadKeys } from '../src/keys.js';
 import type { StatusReading } from '../src/serve/status.js';
 import { rotor, tempDir } from './helpers.js';
 import { candidateView, followerView, HOSTILE_DAEMON, leaderView } from './lib/leadership.js';
-import { step, world } from './world.js';
+import { statusWorld } from './lib/status-world.js';
+import { step } from './world.js';
 
 t.test(
   'rotor status: secrets, consumers behind, failing rotations, agents, config; JSON; colours only on a terminal',
   async (t) => {
-    const keys = tempDir(t, 'rotor-status-');
-    await generateKeys(keys);
-    const a = await loadKeys(keys);
-    const uid = process.getuid!();
-    const w = await world(t, {
-      'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
-      'policy.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n',
-      'secrets.yaml':
-        'kind: Secret\nname: app/token\npolicy: p\ngenerate: {}\n---\nkind: Secret\nname: app/db\npolicy: p\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [blue, green] }\n',
-      'db.yaml': `kind: Agent\nname: db-host\nsigningKey: "${a.signingKey}"\nrecipient: ${a.recipient}\n---\nkind: Target\nname: pg\nengine: postgres\nagent: db-host\n`,
-      'consumers.yaml': `kind: Consumer\nname: web\nuid: ${uid}\nsecrets: ["app/*"]\n---\nkind: Consumer\nname: worker\nuid: ${uid}\nsecrets: ["app/token"]\n`,
-    });
+    const w = await statusWorld(t, 'rotor-status-');
     // No agent runs: the database secret's first version times out and fails.
     const failed = step('app/db', 'failed');
     // The daemon's clock stands still (injected): the ages, next rotations and retries it reports are

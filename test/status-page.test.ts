@@ -3,12 +3,11 @@ import { request } from 'node:http';
 import path from 'node:path';
 import t from 'tap';
 import { getSecret } from '../src/client/index.js';
-import { generateKeys, loadKeys } from '../src/keys.js';
 import type { StatusView } from '../src/serve/status-page.js';
 import { renderStatusPage } from '../src/serve/status-page.js';
-import { tempDir } from './helpers.js';
 import { candidateView, followerView, HOSTILE_DAEMON, leaderView } from './lib/leadership.js';
-import { step, world } from './world.js';
+import { statusWorld } from './lib/status-world.js';
+import { step } from './world.js';
 
 const NOW = Date.parse('2026-11-26T12:00:00Z');
 const H = 3600_000;
@@ -399,18 +398,7 @@ function http(address: string, urlPath: string, method = 'GET'): Promise<Respons
 }
 
 t.test('GET / on the metrics listener: the page of a running daemon, its headers, and no value', async (t) => {
-  const keys = tempDir(t, 'rotor-status-page-');
-  await generateKeys(keys);
-  const a = await loadKeys(keys);
-  const uid = process.getuid!();
-  const w = await world(t, {
-    'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
-    'policy.yaml': 'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n',
-    'secrets.yaml':
-      'kind: Secret\nname: app/token\npolicy: p\ngenerate: {}\n---\nkind: Secret\nname: app/db\npolicy: p\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [blue, green] }\n',
-    'db.yaml': `kind: Agent\nname: db-host\nsigningKey: "${a.signingKey}"\nrecipient: ${a.recipient}\n---\nkind: Target\nname: pg\nengine: postgres\nagent: db-host\n`,
-    'consumers.yaml': `kind: Consumer\nname: web\nuid: ${uid}\nsecrets: ["app/*"]\n---\nkind: Consumer\nname: worker\nuid: ${uid}\nsecrets: ["app/token"]\n`,
-  });
+  const w = await statusWorld(t, 'rotor-status-page-');
   // No agent runs: the database secret's first version times out and fails.
   const failed = step('app/db', 'failed');
   const d = await w.start({

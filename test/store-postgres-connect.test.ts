@@ -7,7 +7,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { chmodSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { inspect } from 'node:util';
 import type { Test } from 'tap';
@@ -17,6 +16,7 @@ import { postgresStoreBackend } from '../src/state/postgres.js';
 import { tempDir } from './helpers.js';
 import type { PgPlace } from './lib/pg-store.js';
 import { pgPlace } from './lib/pg-store.js';
+import { lossyProxy } from './lib/tcp-proxy.js';
 import { freePort } from './services/common.js';
 
 // The server first: the root test ends (and tears it down) once its subtests are done.
@@ -212,38 +212,3 @@ async function suite(p: PgPlace): Promise<void> {
 }
 
 if (p) await suite(p);
-
-/**
- * A TCP proxy to the server that, once told, forwards the client's next message holding `text` and then
- * drops the server's answer and the connection: the server commits, the client never hears of it.
- */
-async function lossyProxy(t: Test, port: number): Promise<{ port: number; cutAfter(text: string): void }> {
-  let trigger: Buffer | undefined;
-  const server = net.createServer((client) => {
-    const upstream = net.connect(port, '127.0.0.1');
-    let cut = false;
-    upstream.on('data', (d) => {
-      if (!cut) client.write(d);
-    });
-    client.on('data', (d) => {
-      upstream.write(d);
-      if (trigger && d.includes(trigger)) {
-        trigger = undefined;
-        cut = true;
-        setTimeout(() => client.destroy(), 300);
-      }
-    });
-    client.on('error', () => upstream.destroy());
-    upstream.on('error', () => client.destroy());
-    client.on('close', () => upstream.end());
-    upstream.on('close', () => client.destroy());
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    cutAfter: (text) => {
-      trigger = Buffer.from(text);
-    },
-  };
-}

@@ -1,13 +1,17 @@
-/** A daemon's world for tests: a bare remote, a person's clone, a data dir with keys; rotation events to await. */
-import { execFileSync } from 'node:child_process';
+/**
+ * A daemon's world for tests: a bare remote, a person's clone, a data dir with keys; rotation events and
+ * an agent's values answers to await; `rotor daemon` as a process.
+ */
+import { execFileSync, spawn } from 'node:child_process';
 import diagnostics_channel from 'node:diagnostics_channel';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
+import type { AgentValuesMessage } from '../agent/src/host.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import { generateKeys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
-import { commitAll, git, gitInit, tempDir } from './helpers.js';
+import { commitAll, git, gitInit, ROOT, tempDir } from './helpers.js';
 
 type T = Test;
 
@@ -82,6 +86,91 @@ export function step(secret: string, stepName: string): Promise<void> {
     };
     ch.subscribe(on);
   });
+}
+
+/** Resolves at the first values answer an agent applies that `match` accepts. */
+export function applied(match: (m: AgentValuesMessage) => boolean): Promise<AgentValuesMessage> {
+  const ch = diagnostics_channel.channel('rotor-agent:values');
+  return new Promise((resolve) => {
+    const f = (m: unknown) => {
+      if (match(m as AgentValuesMessage)) {
+        ch.unsubscribe(f);
+        resolve(m as AgentValuesMessage);
+      }
+    };
+    ch.subscribe(f);
+  });
+}
+
+/** `rotor daemon` as a child process: its stderr (the JSON log lines) collected, lines to await. */
+export interface DaemonProcess {
+  readonly name: string;
+  /** The exit code, once it has exited and its stderr is read to the end. */
+  readonly exited: Promise<number | null>;
+  /** Resolves once it logged "daemon started" (its signal handlers are in place); rejects if it exits first. */
+  readonly ready: Promise<void>;
+  /** Everything it wrote on stderr so far. */
+  stderr(): string;
+  /** Resolves once its stderr matches `re`; rejects if it exits first. */
+  waitFor(re: RegExp): Promise<void>;
+  kill(signal: NodeJS.Signals): void;
+  /** SIGTERM once it is ready (before that, SIGTERM has no handler yet); its exit code. */
+  stop(): Promise<number | null>;
+}
+
+/**
+ * `rotor daemon FLAGS` as a process running the built code (dist/), in this process's environment less
+ * NODE_OPTIONS (tap's loaders would double its start-up) and PGPASSWORD (a daemon gets a password only
+ * from the test), plus `o.env`. SIGKILLed when `t` ends, if still running.
+ */
+export function daemonProcess(
+  t: T,
+  flags: string[],
+  o: { env?: NodeJS.ProcessEnv; name?: string } = {},
+): DaemonProcess {
+  const name = o.name ?? 'the daemon';
+  const { PGPASSWORD: _, NODE_OPTIONS: __, ...inherited } = process.env;
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli/main.js'), 'daemon', ...flags], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...inherited, ...o.env },
+  });
+  let err = '';
+  const waiting = new Set<() => void>();
+  child.stderr.on('data', (c: Buffer) => {
+    err += c.toString();
+    for (const check of [...waiting]) check();
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  const waitFor = (re: RegExp) =>
+    new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (re.test(err)) {
+          waiting.delete(check);
+          resolve();
+        }
+      };
+      waiting.add(check);
+      void exited.then(() => reject(new Error(`${name} exited: ${err.slice(-2000)}`)));
+      check();
+    });
+  const ready = waitFor(/"msg":"daemon started"/);
+  ready.catch(() => undefined); // a daemon that must not start never gets there
+  return {
+    name,
+    exited,
+    ready,
+    stderr: () => err,
+    waitFor,
+    kill: (signal) => void child.kill(signal),
+    stop: async () => {
+      await ready;
+      child.kill('SIGTERM');
+      return exited;
+    },
+  };
 }
 
 import { request } from 'node:http';
