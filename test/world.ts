@@ -5,6 +5,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import diagnostics_channel from 'node:diagnostics_channel';
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import path from 'node:path';
 import type { Test } from 'tap';
 import type { AgentValuesMessage } from '../agent/src/host.js';
@@ -172,8 +173,6 @@ export function daemonProcess(
     },
   };
 }
-
-import { request } from 'node:http';
 
 export interface RawResponse {
   status: number;
