@@ -19,6 +19,9 @@ import { appendFileSync, cpSync, mkdirSync, readdirSync, readFileSync, statSync,
 import path from 'node:path';
 import type { Test } from 'tap';
 import t from 'tap';
+import { fingerprint } from '../src/audit/fingerprint.js';
+import { checkAgainstAudit, exportDocument } from '../src/cli/state-export.js';
+import type { StoreReading } from '../src/state/index.js';
 import { identitiesDecrypter, readFileStore } from '../src/state/index.js';
 import { openStore } from '../src/state/store.js';
 import { ROOT, tempDir } from './helpers.js';
@@ -27,6 +30,8 @@ import { raw, world } from './world.js';
 
 const BIN = path.join(ROOT, 'dist/src/cli/main.js');
 const UID = process.getuid!();
+/** A throwaway PostgreSQL (undefined when none is installed: those tests are skipped), started first. */
+const p = await pgPlace(t);
 
 const FILES = {
   'rotor.yaml': 'kind: Config\nsync: { interval: 1d }\n',
@@ -423,7 +428,50 @@ t.test('a read beside writes and compactions is always one consistent generation
   t.equal((await readFileStore(dir, dec))!.seq, 300);
 });
 
-const p = await pgPlace(t);
+t.test('--audit: a value that is not the audited one, another store or an older one is refused', async (t) => {
+  const key = Buffer.alloc(32, 9);
+  const record = (value: string) => ({
+    name: 'app/token',
+    versions: [{ version: 2, value, createdAt: '2026-12-01T00:00:00.000Z' }],
+  });
+  const reading = (value: string, extra: Partial<StoreReading> = {}): StoreReading => ({
+    place: '/x/state',
+    storeId: 'store-a',
+    seq: 10,
+    snapshotSeq: 4,
+    entries: new Map<string, never>([
+      ['meta/fingerprint-key', key.toString('base64') as never],
+      ['secret/app/token', record(value) as never],
+    ]),
+    ...extra,
+  });
+  const facts = (fp: string | undefined) => ({
+    log: 'repo/audit',
+    entries: 5,
+    head: `5:${'a'.repeat(64)}`,
+    stateSeq: 9,
+    storeId: 'store-a',
+    fingerprints: new Map(fp ? [['app/token\0' + '2', fp]] : []),
+  });
+  const now = Date.parse('2026-12-02T00:00:00Z');
+  const good = exportDocument(reading('right'), { values: true, now, audit: facts(fingerprint(key, 'right')) });
+  t.match(good, { secrets: { 'app/token': { current: { version: 2, value: 'right', audited: true } } } });
+  const notInLog = exportDocument(reading('right'), { values: true, now, audit: facts(undefined) });
+  t.match(notInLog, { secrets: { 'app/token': { current: { audited: false } } } }, 'no entry for it: false');
+  t.throws(() => exportDocument(reading('forged'), { values: true, now, audit: facts(fingerprint(key, 'right')) }), {
+    code: 'EXPORT_AUDIT_MISMATCH',
+  });
+  try {
+    exportDocument(reading('forged'), { values: true, now, audit: facts(fingerprint(key, 'right')) });
+  } catch (e) {
+    t.notMatch((e as Error).message, /forged|right/, 'the error holds no value');
+  }
+  t.throws(() => checkAgainstAudit(reading('right', { storeId: 'store-b' }), facts(undefined)), {
+    code: 'STATE_FOREIGN',
+  });
+  t.throws(() => checkAgainstAudit(reading('right', { seq: 8 }), facts(undefined)), { code: 'STATE_ROLLBACK' });
+  t.doesNotThrow(() => checkAgainstAudit(reading('right'), facts(undefined)), 'the same store, newer than the log');
+});
 
 if (p) {
   t.test('PostgreSQL: the break-glass export matches what the daemon serves, and only reads', async (t) => {
