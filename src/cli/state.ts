@@ -26,7 +26,8 @@ export const STATE_FLAGS = {
       "the daemon's data directory, whose state/ holds the file store (snapshot.age and log.bin); or a directory holding copies of those two files",
   },
   state: {
-    ...STORE_FLAGS.state,
+    type: 'string',
+    arg: 'URL',
     description:
       'read the store from PostgreSQL instead: postgres://USER@HOST:PORT/DATABASE, as given to the daemon (parameters sslmode, host, schema). A password in the URL is refused: give it with --state-password-file, PGPASSWORD, or PGPASSFILE (or ~/.pgpass)',
   },

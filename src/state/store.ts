@@ -79,7 +79,7 @@ const MAX_GROUP_BYTES = 8 * 1024 * 1024;
 const RECORD_OVERHEAD = 256;
 const READ_WINDOW = 1024 * 1024;
 
-/** What reading a store's files needs (a read-only reader, read.ts, has no more than this). */
+/** What reading a store's files needs (the read-only reader, read-only.ts, has no more than this). */
 export interface ReadContext {
   readonly dir: string;
   readonly fs: StoreFs;
