@@ -313,6 +313,7 @@ export function errorsPage(m) {
       'the page that describes that part:\n',
       '- the state store (`STATE_*`), the audit log (`AUDIT_*`), the data directory (`DATA_DIR_UNSAFE`):',
       '  [operations](../operations.md);',
+      '- `rotor state export` (`EXPORT_*`): [operations](../operations.md#rotor-state-export);',
       '- the socket directory (`SOCKET_DIR_*`, `SOCKET_CHOWN_DENIED`):',
       '  [consumers and sockets](../concepts.md#consumers-and-sockets);',
       '- secrets a person rotates (`SOPS_*`): [concepts](../concepts.md#secrets-a-person-rotates-sops);',

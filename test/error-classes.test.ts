@@ -19,6 +19,7 @@ import { AuditError, AuditLog, nodeAuditFs } from '../src/audit/index.js';
 import { AdminError } from '../src/cli/admin-client.js';
 import { auditDirOf } from '../src/cli/audit.js';
 import { FieldError } from '../src/cli/get.js';
+import { ExportError } from '../src/cli/state-export.js';
 import { RotorClientError } from '../src/client/index.js';
 import { daemonStopping, StepError } from '../src/daemon/agents.js';
 import { checkDataDir, DataDirError, LockError } from '../src/daemon/lock.js';
@@ -70,6 +71,7 @@ t.test('every error class is a RotorError and keeps its own name', async (t) => 
     ['AgentTlsError', new AgentTlsError('AGENT_TLS_INVALID', 'x')],
     ['FieldError', new FieldError('x')],
     ['AdminError', new AdminError('ADMIN_DENIED', 'x')],
+    ['ExportError', new ExportError('EXPORT_SECRET_UNKNOWN', 'x')],
     ['UsageError', new UsageError('x')],
   ];
   for (const [name, e] of errors) {
@@ -335,6 +337,8 @@ t.test('the command line: only a daemon that does not answer may pass', async (t
   for (const code of ['ADMIN_DENIED', 'BAD_RESPONSE', 'SECRET_UNKNOWN', 'ACCESS_DENIED']) {
     t.same(retryOf(new AdminError(code, 'x')), NEVER, code);
   }
+  t.match(new ExportError('EXPORT_IDENTITY', 'x'), { code: 'EXPORT_IDENTITY' });
+  t.same(retryOf(new ExportError('EXPORT_NOT_DATA_DIR', 'x')), NEVER, 'an export refused needs a person');
   const repo = tempDir(t);
   await writeFile(path.join(repo, 'rotor.yaml'), 'kind: Config\naudit:\n  dir: ../outside\n');
   const e = await auditDirOf(repo).then(

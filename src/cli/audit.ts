@@ -193,6 +193,33 @@ async function logFromBranch(
   }
 }
 
+/** Where a repository's audit log is read from (a copy of its files when it is on its own branch). */
+export type AuditLogPlace =
+  | { shown: string; logDir: string; branch?: string; cleanup: () => Promise<void> }
+  | { missing: string };
+
+/**
+ * The audit log of the repository `repoArg` (relative to the working directory): the directory that
+ * its rotor.yaml names, or, with audit.branch, a copy of that branch's files (cleanup removes it);
+ * `missing` when the repository lacks that branch. A warning about rotor.yaml goes to stderr.
+ */
+export async function auditLogOf(repoArg: string, io: Io): Promise<AuditLogPlace> {
+  const repo = path.resolve(io.cwd, repoArg);
+  const st = await stat(repo).catch(() => undefined);
+  if (!st?.isDirectory()) throw new UsageError(`${repoArg} is not a directory`);
+  const { dir: auditDir, branch, warning } = await auditDirOf(repo);
+  if (warning) io.stderr(`rotor audit: ${warning}\n`);
+  if (branch === undefined)
+    return { shown: path.join(repoArg, auditDir), logDir: path.join(repo, auditDir), cleanup: async () => {} };
+  // The log is on its own branch (audit.branch): read it from there, not from this checkout.
+  const fromBranch = await logFromBranch(repo, branch, auditDir);
+  if (!fromBranch)
+    return {
+      missing: `the audit log is on branch ${branch} (audit.branch in rotor.yaml), which ${repoArg} does not have: git fetch origin ${branch}`,
+    };
+  return { shown: `${fromBranch.ref}:${auditDir}`, logDir: fromBranch.dir, branch, cleanup: fromBranch.cleanup };
+}
+
 function plural(n: number, one: string, many: string): string {
   return `${n} ${n === 1 ? one : many}`;
 }
@@ -209,27 +236,12 @@ export async function auditCommand(argv: readonly string[], io: Io): Promise<num
   const anchor = flags.anchor !== undefined ? parseAnchor(flags.anchor) : undefined;
 
   const repoArg = positionals[1] ?? '.';
-  const repo = path.resolve(io.cwd, repoArg);
-  const st = await stat(repo).catch(() => undefined);
-  if (!st?.isDirectory()) throw new UsageError(`${repoArg} is not a directory`);
-  const { dir: auditDir, branch, warning } = await auditDirOf(repo);
-  if (warning) io.stderr(`rotor audit: ${warning}\n`);
-  let shown = path.join(repoArg, auditDir);
-  let logDir = path.join(repo, auditDir);
-  let cleanup = async () => {};
-  if (branch !== undefined) {
-    // The log is on its own branch (audit.branch): read it from there, not from this checkout.
-    const fromBranch = await logFromBranch(repo, branch, auditDir);
-    if (!fromBranch) {
-      io.stderr(
-        `rotor audit: the audit log is on branch ${branch} (audit.branch in rotor.yaml), which ${repoArg} does not have: git fetch origin ${branch} [AUDIT_BRANCH_MISSING]\n`,
-      );
-      return EXIT.failure;
-    }
-    shown = `${fromBranch.ref}:${auditDir}`;
-    logDir = fromBranch.dir;
-    cleanup = fromBranch.cleanup;
+  const found = await auditLogOf(repoArg, io);
+  if ('missing' in found) {
+    io.stderr(`rotor audit: ${found.missing} [AUDIT_BRANCH_MISSING]\n`);
+    return EXIT.failure;
   }
+  const { shown, logDir, branch, cleanup } = found;
   const v = await verifyAuditDir(logDir, {
     ...(anchor ? { anchor } : {}),
     label: (name) => (branch !== undefined ? `${shown}/${name}` : path.join(shown, name)),

@@ -11,7 +11,7 @@ import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 import { DEFAULT_DATA_DIR } from './rotate.js';
-import { STATE_FLAGS, stateBackendOf } from './state-flags.js';
+import { CLUSTER_FLAGS, STORE_FLAGS, stateBackendOf } from './state-flags.js';
 
 export const DEFAULT_SOCKET_DIR = '/run/rotor';
 
@@ -24,7 +24,8 @@ export const DAEMON_FLAGS = {
     default: DEFAULT_DATA_DIR,
     description: 'keys, state, clone and admin socket',
   },
-  ...STATE_FLAGS,
+  ...STORE_FLAGS,
+  ...CLUSTER_FLAGS,
   'socket-dir': {
     type: 'string',
     arg: 'DIR',

@@ -13,6 +13,7 @@ import { EXIT, processIo } from './io.js';
 import { KEYGEN_FLAGS, KEYGEN_HELP, keygenCommand } from './keygen.js';
 import { PLAN_FLAGS, PLAN_HELP, planCommand } from './plan.js';
 import { ROTATE_FLAGS, ROTATE_HELP, rotateCommand } from './rotate.js';
+import { STATE_FLAGS, STATE_HELP, stateCommand } from './state.js';
 import { STATUS_FLAGS, STATUS_HELP, statusCommand } from './status.js';
 import { VALIDATE_FLAGS, VALIDATE_HELP, validateCommand } from './validate.js';
 
@@ -33,6 +34,9 @@ Commands:
   status [--json]                 what the running daemon knows: secrets, consumers, agents, config
   get NAME --socket PATH          print a secret, read over a consumer socket
   exec --env VAR=NAME... -- CMD   run CMD with secrets in its environment (--restart on rotation)
+  state export --identity FILE --data-dir DIR|--state URL
+                                  print the store's current values as JSON, with the daemon's or a
+                                  break-glass identity, without the daemon (after a crash too)
 
 Run "rotor <command> --help" (or "rotor help <command>") for a command's options, exit status and
 examples. Options also read an environment variable, shown in each command's help: --data-dir from
@@ -67,6 +71,7 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = {
   status: { run: statusCommand, flags: STATUS_FLAGS, help: STATUS_HELP },
   get: { run: getCommand, flags: GET_FLAGS, help: GET_HELP },
   exec: { run: execCommand, flags: EXEC_FLAGS, help: EXEC_HELP },
+  state: { run: stateCommand, flags: STATE_FLAGS, help: STATE_HELP },
 };
 
 export async function run(argv: readonly string[], io: Io = processIo()): Promise<number> {

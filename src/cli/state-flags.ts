@@ -2,16 +2,18 @@
  * `rotor daemon --state URL [--state-password-file FILE]`: where the daemon keeps its state store. Without
  * --state it is the file store in DATA_DIR/state; with a postgres:// URL, the PostgreSQL backend
  * (src/state/postgres.ts). Kept apart from daemon.ts: the flags, and the check that refuses a bad URL
- * before anything starts.
+ * before anything starts. `rotor state export` takes the same two store flags (STORE_FLAGS) and reads
+ * the password the same way (postgresConfigOf).
  */
 import path from 'node:path';
-import type { StoreBackend } from '../state/index.js';
-import { postgresStoreBackend, StateError } from '../state/index.js';
+import type { PostgresStoreConfig, StoreBackend } from '../state/index.js';
+import { parseStateUrl, postgresStoreBackend, StateError } from '../state/index.js';
 import type { Flags } from '../util/args.js';
 import { UsageError } from '../util/args.js';
 import type { Io } from './io.js';
 
-export const STATE_FLAGS = {
+/** Where the store is: --state and its password file (the daemon's, and rotor state export's). */
+export const STORE_FLAGS = {
   state: {
     type: 'string',
     arg: 'URL',
@@ -25,6 +27,10 @@ export const STATE_FLAGS = {
     description:
       "the PostgreSQL password for --state: the file's first line, read at each new connection; refused if group or others can read it. Without it, PGPASSWORD, then PGPASSFILE or ~/.pgpass",
   },
+} as const satisfies Flags;
+
+/** How a daemon on a PostgreSQL store shows itself to the others. */
+export const CLUSTER_FLAGS = {
   name: {
     type: 'string',
     arg: 'NAME',
@@ -51,7 +57,6 @@ export function stateBackendOf(
   },
   io: Io,
 ): { stateBackend?: StoreBackend; name?: string; agentUrl?: string } {
-  const file = flags['state-password-file'];
   if (flags.state === undefined) {
     for (const flag of ['state-password-file', 'name', 'agent-url'] as const)
       if (flags[flag] !== undefined)
@@ -81,11 +86,24 @@ export function stateBackendOf(
     agentUrl = u.origin;
   }
   const extra = { ...(name !== undefined ? { name } : {}), ...(agentUrl !== undefined ? { agentUrl } : {}) };
+  return { stateBackend: postgresStoreBackend(postgresConfigOf({ ...flags, state: flags.state }, io)), ...extra };
+}
+
+/**
+ * The PostgreSQL store that --state names, with its password's sources: --state-password-file (relative
+ * to the working directory), else PGPASSWORD, PGPASSFILE or ~/.pgpass from the environment. The URL is
+ * checked here: a password in it, or a parameter rotor does not take, is a usage error.
+ */
+export function postgresConfigOf(
+  flags: { state: string; 'state-password-file'?: string | undefined },
+  io: Io,
+): PostgresStoreConfig {
   try {
-    const passwordFile = file === undefined ? {} : { passwordFile: path.resolve(io.cwd, file) };
-    return { stateBackend: postgresStoreBackend({ url: flags.state, ...passwordFile, env: io.env }), ...extra };
+    parseStateUrl(flags.state);
   } catch (e) {
     if (e instanceof StateError) throw new UsageError(`--state: ${e.message} [${e.code}]`);
     throw e;
   }
+  const file = flags['state-password-file'];
+  return { url: flags.state, ...(file === undefined ? {} : { passwordFile: path.resolve(io.cwd, file) }), env: io.env };
 }

@@ -6,7 +6,7 @@
  * reordered, replayed or from another segment are STATE_CHAIN_BROKEN, the wrong identity is STATE_KEY.
  */
 import type { Decrypter } from 'age-encryption';
-import type { PoolClient } from 'pg';
+import type { ClientBase } from 'pg';
 import type { LogHeader, LogRecord, Snapshot } from './codec.js';
 import {
   ageDecrypt,
@@ -46,7 +46,7 @@ function seqOf(text: unknown, what: string): number {
 }
 
 /** The store's id from its one row, or undefined when there is none. */
-export async function readStoreId(client: PoolClient, t: Tables, place: string): Promise<string | undefined> {
+export async function readStoreId(client: ClientBase, t: Tables, place: string): Promise<string | undefined> {
   const { rows } = await client.query<{ id: string }>(`SELECT left(store_id::text, 64) AS id FROM ${t.store} LIMIT 2`);
   if (rows.length === 0) return undefined;
   if (rows.length > 1 || !UUID.test(rows[0]!.id)) throw corrupt(`${place}: the store table does not hold one store id`);
@@ -59,7 +59,7 @@ export interface SegmentRow {
 }
 
 /** The id and base seq of the one segment (STATE_CORRUPT when there is not exactly one). */
-export async function readSegmentId(client: PoolClient, t: Tables, place: string): Promise<SegmentRow> {
+export async function readSegmentId(client: ClientBase, t: Tables, place: string): Promise<SegmentRow> {
   const { rows } = await client.query<{ id: string; base: string }>(
     `SELECT left(id::text, 64) AS id, base_seq::text AS base FROM ${t.segments} LIMIT 2`,
   );
@@ -75,7 +75,7 @@ export interface LoadedSegment extends SegmentRow {
 
 /** Reads, decrypts and checks the segment against the store id. */
 export async function readSegment(
-  client: PoolClient,
+  client: ClientBase,
   t: Tables,
   dec: Decrypter,
   storeId: string,
@@ -130,7 +130,7 @@ interface RecordRow {
  * An empty array: no record after `after`.
  */
 export async function readRecordPage(
-  client: PoolClient,
+  client: ClientBase,
   t: Tables,
   segment: { id: string; key: Buffer },
   after: number,

@@ -70,7 +70,7 @@ export interface StoreOptions extends FileStoreConfig, StoreOpenOptions {}
 
 export const SNAPSHOT_FILE = 'snapshot.age';
 export const LOG_FILE = 'log.bin';
-const TMP = '.tmp';
+export const TMP = '.tmp';
 const DEFAULT_COMPACT_RECORDS = 10_000;
 const DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024;
 /** One append carries at most this much (but always at least one batch). */
@@ -79,15 +79,19 @@ const MAX_GROUP_BYTES = 8 * 1024 * 1024;
 const RECORD_OVERHEAD = 256;
 const READ_WINDOW = 1024 * 1024;
 
-interface Context {
+/** What reading a store's files needs (the read-only reader, read-only.ts, has no more than this). */
+export interface ReadContext {
   readonly dir: string;
   readonly fs: StoreFs;
-  readonly enc: Encrypter;
   readonly dec: Decrypter;
+  file(name: string): string;
+}
+
+interface Context extends ReadContext {
+  readonly enc: Encrypter;
   readonly warn: (message: string) => void;
   readonly compactRecords: number;
   readonly compactBytes: number;
-  file(name: string): string;
 }
 
 const noop = (): void => undefined;
@@ -237,7 +241,7 @@ async function open(ctx: Context, anchor: StoreAnchor | undefined): Promise<Stat
  * and for a damaged recipient stanza (one flipped bit in it): when log.bin's header, an age file to the
  * same recipients, opens with the identity, the identity is right and the snapshot is damaged.
  */
-async function decryptSnapshot(ctx: Context, file: Uint8Array, name: string): Promise<Buffer> {
+export async function decryptSnapshot(ctx: ReadContext, file: Uint8Array, name: string): Promise<Buffer> {
   try {
     return await ageDecrypt(ctx.dec, file, name);
   } catch (e) {
@@ -251,7 +255,7 @@ async function decryptSnapshot(ctx: Context, file: Uint8Array, name: string): Pr
 }
 
 /** Whether log.bin starts with a header frame that the identity decrypts. */
-async function logHeaderOpens(ctx: Context): Promise<boolean> {
+async function logHeaderOpens(ctx: ReadContext): Promise<boolean> {
   try {
     const f = await ctx.fs.open(ctx.file(LOG_FILE), 'read');
     try {
@@ -275,7 +279,7 @@ function describe(e: unknown): string {
   return e instanceof Error ? e.message : 'error';
 }
 
-async function readWhole(fs: StoreFs, file: string, max: number, what: string): Promise<Buffer> {
+export async function readWhole(fs: StoreFs, file: string, max: number, what: string): Promise<Buffer> {
   const f = await fs.open(file, 'read');
   try {
     const size = await f.size();
@@ -320,7 +324,7 @@ class Reader {
   }
 }
 
-interface LogScan {
+export interface LogScan {
   readonly header: LogHeader;
   readonly seq: number;
   readonly head: string;
@@ -330,8 +334,11 @@ interface LogScan {
   readonly torn?: { offset: number; bytes: number };
 }
 
-/** Verifies log.bin against the snapshot and applies its newer records to snap.entries. */
-async function scanLog(ctx: Context, file: StoreFile, snap: Snapshot): Promise<LogScan> {
+/**
+ * Verifies log.bin against the snapshot and applies its newer records to snap.entries. Reads only: a
+ * torn final frame is reported (`torn`), never truncated here.
+ */
+export async function scanLog(ctx: ReadContext, file: StoreFile, snap: Snapshot): Promise<LogScan> {
   const size = await file.size();
   const r = new Reader(file, size);
   if (size < LOG_MAGIC.length + FRAME_HEADER || !LOG_MAGIC.equals(await r.bytes(0, LOG_MAGIC.length))) {
