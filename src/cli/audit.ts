@@ -97,13 +97,11 @@ changing DIR/ ..., all signed by keys of FILE", or "COMMIT: error: MESSAGE [CODE
 commit that fails. A directory without a log (no YYYY-MM.jsonl file) is not intact
 but AUDIT_EMPTY: there is nothing to vouch for (the daemon writes the first file with its first
 entry; check audit.dir).
-Exit status: 0 intact (with --allowed-signers: and every commit signed as FILE requires), 1 broken,
-empty, or a commit not signed as required, 2 usage error, 3 the log, rotor.yaml, FILE or the
-history cannot be read.
+Exit status: 0 intact, 1 broken or empty, 2 usage error, 3 the log, rotor.yaml, FILE or the history
+cannot be read. With --allowed-signers, a commit not signed as FILE requires is 1 as well.
 
 Examples:
   rotor audit verify                          # the repository you are in
-  rotor audit verify /var/lib/rotor/repo --format json     # the daemon's clone, for a script
   rotor audit verify --anchor 1042:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
   rotor audit verify --allowed-signers .github/allowed_signers --since 4f3934a   # signed since then
 `;
