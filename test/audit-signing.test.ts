@@ -11,7 +11,7 @@ import t from 'tap';
 import { ensureAuditBranch } from '../src/git/audit-branch.js';
 import { type CommitSigner, type GitRepo, type OpenRepoOptions, openRepo } from '../src/git/repo.js';
 import { sshPublicKeyLine, sshsigSign } from '../src/git/sshsig.js';
-import { git, gitInitBare, tempDir } from './helpers.js';
+import { git, gitAsync, gitInitBare, tempDir } from './helpers.js';
 import { throwawayKey } from './lib/openssh-key.js';
 
 type T = Parameters<Parameters<typeof t.test>[1]>[0];
@@ -212,4 +212,49 @@ t.test("audit.branch: the branch's first commit is signed", async (t) => {
     networkTimeoutMs: 60_000,
   });
   t.notOk(hasSignature(unsignedRemote, 'rotor-audit'), 'without a signer, unsigned');
+});
+
+t.test('a push race with two writers: every commit of the daemon that lands is signed', async (t) => {
+  const { root, remote, open, verified } = setup(t);
+  const repo = await open({ retry: { attempts: 8, baseMs: 10, maxDelayMs: 300, totalMs: 60_000 } });
+  const ROUNDS = 10;
+  const writer = async (i: number) => {
+    const dir = path.join(root, `writer${i}`);
+    await gitAsync(root, 'clone', '-q', remote, dir);
+    mkdirSync(path.join(dir, 'apps'), { recursive: true });
+    for (let r = 0; r < ROUNDS; r++) {
+      writeFileSync(path.join(dir, 'apps', `w${i}-r${r}.yaml`), `kind: Secret\nname: w${i}/r${r}\n`);
+      await gitAsync(dir, 'add', '-A');
+      await gitAsync(dir, 'commit', '-q', '-m', `writer ${i} round ${r}`);
+      for (let attempt = 1; ; attempt++) {
+        if (attempt > 500) throw new Error(`writer ${i} could not push round ${r}`);
+        try {
+          await gitAsync(dir, 'push', '-q', 'origin', 'HEAD:refs/heads/main');
+          break;
+        } catch {
+          await gitAsync(dir, 'fetch', '-q', 'origin', 'main');
+          await gitAsync(dir, 'rebase', '-q', 'origin/main');
+        }
+      }
+    }
+  };
+  const daemon = async () => {
+    for (let r = 1; r <= ROUNDS; r++) {
+      await audit(repo, `{"seq":${r}}`);
+      await repo.push().catch((e: unknown) => {
+        if ((e as { code?: string }).code !== 'GIT_PUSH_GAVE_UP') throw e; // sent with the next push
+      });
+    }
+  };
+  await Promise.all([daemon(), writer(0), writer(1)]);
+  await repo.push();
+  t.equal(await repo.unpushed(), 0);
+  const ours = rotorCommits(remote);
+  t.equal(ours.length, ROUNDS, 'one commit per entry');
+  t.same(
+    ours.filter((id) => !verified(remote, id)),
+    [],
+    'git verify-commit takes every one of them',
+  );
+  t.equal(git(remote, 'show', `main:${AUDIT}`).split('\n').length, ROUNDS + 1, 'every entry once');
 });

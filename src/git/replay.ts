@@ -13,7 +13,7 @@ export const REPLAY_REF = 'refs/rotor/replay';
  * Re-creates the audit commits on top of `onto` without touching the work tree: each new commit is
  * `onto`'s tree with the audit directory of the original commit, with the original author and
  * message. One `git fast-import`, whatever the number of commits (and, with audit.sign, one
- * `git cat-file` and one `git hash-object` to sign them: fast-import cannot). The caller has checked
+ * `git cat-file` and one `git hash-object` to sign them: git 2.39's fast-import cannot). The caller has checked
  * that the audit directory of `onto` is that of the first commit's parent, which makes the result the
  * same as a rebase's. Returns the new commits, oldest first, or null when git could not do it.
  */
@@ -50,9 +50,9 @@ export async function replay(
   }
   const ids = r.stdout.toString('utf8').split('\n').filter(Boolean);
   if (ids.length !== own.length || !ids.every((id) => /^[0-9a-f]{40,64}$/.test(id))) return null;
-  const signed = await c.sign(ids); // audit.sign: the re-created commits are signed like the originals
-  if (signed.at(-1) !== ids.at(-1)) await c.must(['update-ref', REPLAY_REF, signed.at(-1)!, ids.at(-1)!]);
-  return signed;
+  // audit.sign: the re-created commits are signed like the originals (REPLAY_REF keeps the unsigned
+  // ones, which nothing pushes; the caller deletes it)
+  return c.sign(ids);
 }
 
 /** Whether origin/BRANCH has the same audit directory as `commit`. */

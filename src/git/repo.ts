@@ -29,7 +29,8 @@
  * each: local.ts (the clone on disk: git calls in it, its refs and state), clone.ts (opening: clone,
  * checks, crash recovery, the byte-exact attributes), sync.ts (fetch, and the audit commits onto the
  * remote head), replay.ts (re-creating them with fast-import), push.ts (one push attempt), lock.ts
- * (the clone's lock), errors.ts (GitRepoError, warnings).
+ * (the clone's lock), errors.ts (GitRepoError, warnings), sign-commits.ts (audit.sign: each commit
+ * the clone makes or re-creates gets its signed twin, made in-process with the daemon's key).
  *
  * Plain `git` rather than simple-git (4.x included): simple-git gates every `-c` override, and the
  * environment this module sets, behind allow-lists and "unsafe" switches (core.hooksPath, --template,

@@ -29,13 +29,19 @@ async function must(cwd: string, args: string[], input?: string | Buffer): Promi
   return r.stdout;
 }
 
-/** The repository's object format and its git directory. */
+/** The repository's object format and its git directory (asked once per directory: one git call less when it counts, between a fetch and a push). */
+const facts = new Map<string, { format: ObjectFormat; gitDir: string }>();
 async function repoFacts(cwd: string): Promise<{ format: ObjectFormat; gitDir: string }> {
+  const known = facts.get(cwd);
+  if (known) return known;
   const [format = '', gitDir = ''] = (await must(cwd, ['rev-parse', '--show-object-format', '--absolute-git-dir']))
     .toString('utf8')
     .trim()
     .split('\n');
-  return { format: format === 'sha256' ? 'sha256' : 'sha1', gitDir };
+  const found = { format: format === 'sha256' ? ('sha256' as const) : ('sha1' as const), gitDir };
+  if (facts.size > 64) facts.clear();
+  facts.set(cwd, found);
+  return found;
 }
 
 /** The raw objects of `ids` (commits), in order, with one `git cat-file --batch`. */
