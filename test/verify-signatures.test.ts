@@ -130,3 +130,15 @@ t.test('the limits: the number of commits, a shallow clone, a directory that is 
   const plain = tempDir(t);
   await t.rejects(check({ repo: plain }), { code: 'AUDIT_HISTORY_MISSING', message: /not a git repository/ });
 });
+
+t.test('what a commit says is printed without control characters', async (t) => {
+  const { check, replaceHead, payload } = await repoWithSignedCommit(t);
+  const forged = Buffer.from(
+    payload.toString('latin1').replace(/^committer [^<]*</m, 'committer \x1b[2Jevil\x07 <'),
+    'latin1',
+  );
+  const id = replaceHead(forged);
+  const r = await check();
+  t.match(r, { ok: false, commit: id, code: 'AUDIT_COMMIT_UNSIGNED', message: /committer \?\[2Jevil\? </ });
+  t.notOk(/[\x00-\x1f]/.test((r as { message: string }).message), 'no control character in the message');
+});

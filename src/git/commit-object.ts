@@ -122,5 +122,6 @@ export function committerTime(raw: Buffer): number | undefined {
 export function committerOf(raw: Buffer): string {
   const line = headers(raw).find((l) => l.startsWith('committer '));
   const m = line ? /^committer (.*?) \d{1,15} [+-]\d{4}$/.exec(line) : null;
-  return (m?.[1] ?? 'unknown').slice(0, 200);
+  // from a repository: control characters (a terminal's escape sequences) are not printed
+  return (m?.[1] ?? 'unknown').slice(0, 200).replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
 }

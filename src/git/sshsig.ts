@@ -107,6 +107,11 @@ export function sshFingerprint(blob: Buffer): string {
 
 type HashAlgorithm = 'sha256' | 'sha512';
 
+/** A field of a signature, as a message shows it: at most 64 characters, control characters as "?". */
+export function shown(text: string): string {
+  return text.slice(0, 64).replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
+}
+
 function signedData(namespace: string, hash: HashAlgorithm, message: Buffer): Buffer {
   return Buffer.concat([
     MAGIC,
@@ -189,11 +194,11 @@ export function sshsigProblem(
   namespace = SSHSIG_NAMESPACE_GIT,
 ): string | undefined {
   if (parsed.namespace !== namespace)
-    return `it was made for the namespace "${parsed.namespace.slice(0, 64)}", not "${namespace}"`;
+    return `it was made for the namespace "${shown(parsed.namespace)}", not "${namespace}"`;
   if (parsed.hashAlgorithm !== 'sha512' && parsed.hashAlgorithm !== 'sha256')
-    return `it uses the hash algorithm "${parsed.hashAlgorithm.slice(0, 64)}" (sha512 and sha256 are accepted)`;
+    return `it uses the hash algorithm "${shown(parsed.hashAlgorithm)}" (sha512 and sha256 are accepted)`;
   if (parsed.keyType !== ED25519 || parsed.signatureType !== ED25519)
-    return `it is made with a ${parsed.keyType.slice(0, 64)} key; rotor checks Ed25519 (ssh-ed25519) signatures only (git verify-commit checks the others)`;
+    return `it is made with a ${shown(parsed.keyType)} key; rotor checks Ed25519 (ssh-ed25519) signatures only (git verify-commit checks the others)`;
   let raw: Buffer;
   try {
     const key = new Reader(parsed.publicKey, "the SSH signature's public key");

@@ -26,6 +26,7 @@ import {
   SSHSIG_BEGIN,
   SSHSIG_NAMESPACE_GIT,
   SshsigError,
+  shown,
   sshFingerprint,
   sshsigProblem,
 } from './sshsig.js';
@@ -136,7 +137,7 @@ export async function verifyAuditSignatures(o: VerifySignaturesOptions): Promise
           const head = pending.subarray(0, nl).toString('utf8');
           const m = /^([0-9a-f]{40,64}) commit (\d{1,12})$/.exec(head);
           if (!m || m[1] !== ids[checked]) {
-            failure = bad(ids[checked]!, `git could not read it (${head.slice(0, 100)})`);
+            failure = bad(ids[checked]!, `git could not read it (${shown(head)})`);
             return false;
           }
           if (Number(m[2]) > MAX_COMMIT) {
@@ -209,7 +210,7 @@ function checkCommit(
   if (parsed.keyType !== 'ssh-ed25519')
     return fail(
       'AUDIT_SIGNATURE_UNSUPPORTED',
-      `commit ${id} (committer ${who}) is signed with a ${parsed.keyType.slice(0, 64)} key; rotor checks Ed25519 (ssh-ed25519) signatures, as the daemon makes them: check it with git verify-commit`,
+      `commit ${id} (committer ${who}) is signed with a ${shown(parsed.keyType)} key; rotor checks Ed25519 (ssh-ed25519) signatures, as the daemon makes them: check it with git verify-commit`,
     );
   const problem = sshsigProblem(parsed, payload, SSHSIG_NAMESPACE_GIT);
   if (problem)
