@@ -12,7 +12,10 @@ t.test('keygen makes private keys only their owner can read and prints the publi
   const dir = path.join(tempDir(t), 'data');
   const r = await rotor(['keygen', dir]);
   t.equal(r.code, 0, r.stderr);
-  const m = /^recipient: "(age1[02-9ac-hj-np-z]{58})"\nsigningKey: "(ed25519:[A-Za-z0-9+/]{43}=)"\n$/.exec(r.stdout);
+  const m =
+    /^recipient: "(age1[02-9ac-hj-np-z]{58})"\nsigningKey: "(ed25519:[A-Za-z0-9+/]{43}=)"\n(ssh-ed25519 (AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}) rotor-audit)\n$/.exec(
+      r.stdout,
+    );
   t.ok(m, r.stdout);
   t.equal(statSync(dir).mode & 0o777, 0o700);
   for (const f of ['identity.age', 'signing.key'])
@@ -33,6 +36,14 @@ t.test('keygen makes private keys only their owner can read and prints the publi
   // The signing key verifies with the printed public key.
   const sig = sign(null, Buffer.from('msg'), keys.signing);
   t.ok(verify(null, Buffer.from('msg'), parseSigningKey(keys.signingKey), sig));
+  // The OpenSSH line is the same key: its last 32 bytes are the signingKey's, and ssh-keygen reads it.
+  t.equal(Buffer.from(m![4]!, 'base64').subarray(19).toString('base64'), keys.signingKey.slice('ed25519:'.length));
+  const pub = path.join(dir, 'audit.pub');
+  writeFileSync(pub, `${m![3]}\n`);
+  t.match(
+    execFileSync('ssh-keygen', ['-l', '-f', pub], { encoding: 'utf8' }),
+    /^256 SHA256:\S+ rotor-audit \(ED25519\)/,
+  );
 });
 
 t.test('keygen never replaces keys; the daemon refuses missing or exposed keys and says what to do', async (t) => {

@@ -205,6 +205,29 @@ t.test('plan says when a consumer moves to another host', async (t) => {
   t.match(moved, [{ subject: 'Consumer storefront', message: /from agent web-host-1's host to the daemon's host/ }]);
 });
 
+t.test('plan shows audit.sign changes, and turning it off needs attention', async (t) => {
+  const dir = exampleRepo(t);
+  edit(path.join(dir, 'rotor.yaml'), '  sign: true ', '  sign: false');
+  const r = await rotor(['plan', '--base', 'HEAD', '--format', 'json'], { cwd: dir });
+  t.equal(r.code, 0, r.stdout + r.stderr);
+  const out = JSON.parse(r.stdout);
+  t.match(out.plan.changes, [
+    { kind: 'Config', action: 'changed', fields: [{ path: 'audit.sign', from: true, to: false }] },
+  ]);
+  t.match(out.plan.attention, [
+    { subject: 'Config rotor.yaml', code: 'AUDIT_SIGN_OFF', message: /stops signing its audit commits/ },
+  ]);
+  const text = await rotor(['plan', '--base', 'HEAD'], { cwd: dir });
+  t.match(text.stdout, /audit\.sign: true -> false/);
+  t.match(text.stdout, /\[AUDIT_SIGN_OFF\]/);
+  // turned on: shown as a change, nothing to worry about
+  commitAll(dir, 'off');
+  edit(path.join(dir, 'rotor.yaml'), '  sign: false', '  sign: true ');
+  const on = JSON.parse((await rotor(['plan', '--base', 'HEAD', '--format', 'json'], { cwd: dir })).stdout);
+  t.match(on.plan.changes, [{ kind: 'Config', fields: [{ path: 'audit.sign', from: false, to: true }] }]);
+  t.notOk(on.plan.attention.some((a: { code: string }) => a.code === 'AUDIT_SIGN_OFF'));
+});
+
 t.test('plan usage errors exit 2 and say what to do', async (t) => {
   const dir = exampleRepo(t);
   let r = await rotor(['plan'], { cwd: dir });

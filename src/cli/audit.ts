@@ -13,6 +13,7 @@ import { DEFAULT_AUDIT_DIR } from '../model/model.js';
 import { LIMITS } from '../model/yaml.js';
 import type { Flags } from '../util/args.js';
 import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
+import { checkSignatures, signatureRequest } from './audit-signatures.js';
 import type { Io } from './io.js';
 import { EXIT } from './io.js';
 
@@ -23,12 +24,25 @@ export const AUDIT_FLAGS = {
     arg: 'SEQ:HASH',
     description: 'a head kept elsewhere: SEQ and the entry\'s full 64-digit hash, as --format json prints it ("head")',
   },
+  'allowed-signers': {
+    type: 'string',
+    arg: 'FILE',
+    description:
+      "also check that every commit that changes the audit directory is signed (SSH signature, namespace git) by a key of FILE, an allowed-signers file as git's gpg.ssh.allowedSignersFile and ssh-keygen -Y verify read it",
+  },
+  since: {
+    type: 'string',
+    arg: 'COMMIT',
+    description:
+      'with --allowed-signers: check only the commits after COMMIT (the last one before audit.sign was turned on, or one checked before)',
+  },
   help: HELP_FLAG,
 } as const satisfies Flags;
 
 export const AUDIT_HELP = `rotor audit: check the hash chain of a repository's audit log
 
 Usage: rotor audit verify [DIR] [--format text|json] [--anchor SEQ:HASH]
+                          [--allowed-signers FILE [--since COMMIT]]
 
 Subcommands:
   verify [DIR]      check the audit log of the repository DIR (default: the current directory): the
@@ -54,19 +68,42 @@ When rotor.yaml keeps the log on its own branch (audit.branch), verify reads it 
 origin/BRANCH, else a local BRANCH (git fetch origin BRANCH first; a clone without it exits 3,
 AUDIT_BRANCH_MISSING). Lines are then named BRANCH:DIR/FILE:LINE.
 
+Signed commits (audit: { sign: true }): with --allowed-signers FILE, verify also checks, once the
+chain is intact, every commit that changes the audit directory in the history it read (HEAD, or the
+audit branch), oldest first: each must carry an SSH signature for the namespace "git" that matches
+the commit, made with an Ed25519 key that FILE lists (for that namespace, at the commit's time). FILE
+is an allowed-signers file: one key a line, "PRINCIPALS [OPTIONS] ssh-ed25519 BASE64 [COMMENT]"; the
+daemon's key is the "ssh-ed25519 ..." line that rotor keygen prints. The first commit that fails:
+  - no signature                        AUDIT_COMMIT_UNSIGNED (commits from before audit.sign was
+                                        turned on: check from the last of them, --since COMMIT)
+  - a signature that does not match     AUDIT_SIGNATURE_INVALID (the commit was changed after it
+    the commit, or is malformed, or     was signed: do not trust it)
+    for another namespace
+  - a good signature by a key FILE      AUDIT_SIGNER_UNKNOWN
+    does not allow
+  - an OpenPGP, X.509 or non-Ed25519    AUDIT_SIGNATURE_UNSUPPORTED (check those with git
+    signature                           verify-commit)
+It checks at most 100,000 commits (more: AUDIT_SIGNATURE_LIMIT, exit 3; use --since) and needs the
+whole history (a shallow clone: AUDIT_HISTORY_MISSING, exit 3; in CI, fetch-depth: 0). A FILE that
+does not parse is AUDIT_ALLOWED_SIGNERS_INVALID (exit 3). The signatures are checked in-process, the
+same ones git verify-commit accepts with gpg.ssh.allowedSignersFile=FILE.
+
 Options:
 ${optionsHelp(AUDIT_FLAGS)}
 Output: "audit: N entries in F files, chain intact, head SEQ:HASH" (the full hash: keep it, and pass
 it back as --anchor SEQ:HASH), or "FILE:LINE: error: MESSAGE [CODE]" for the first bad line, FILE
-relative to the current directory. A directory without a log (no YYYY-MM.jsonl file) is not intact
+relative to the current directory. With --allowed-signers, a second line "signatures: N commits
+changing DIR/ ..., all signed by keys of FILE", or "COMMIT: error: MESSAGE [CODE]" for the first
+commit that fails. A directory without a log (no YYYY-MM.jsonl file) is not intact
 but AUDIT_EMPTY: there is nothing to vouch for (the daemon writes the first file with its first
 entry; check audit.dir).
-Exit status: 0 intact, 1 broken or empty, 2 usage error, 3 the log or rotor.yaml cannot be read.
+Exit status: 0 intact, 1 broken or empty, 2 usage error, 3 the log, rotor.yaml, FILE or the history
+cannot be read. With --allowed-signers, a commit not signed as FILE requires is 1 as well.
 
 Examples:
   rotor audit verify                          # the repository you are in
-  rotor audit verify /var/lib/rotor/repo --format json     # the daemon's clone, for a script
   rotor audit verify --anchor 1042:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+  rotor audit verify --allowed-signers .github/allowed_signers --since 4f3934a   # signed since then
 `;
 
 const CONFIG_FILE = 'rotor.yaml';
@@ -162,7 +199,7 @@ async function logFromBranch(
   repo: string,
   branch: string,
   auditDir: string,
-): Promise<{ dir: string; ref: string; cleanup: () => Promise<void> } | undefined> {
+): Promise<{ dir: string; ref: string; fullRef: string; cleanup: () => Promise<void> } | undefined> {
   let ref: string | undefined;
   for (const candidate of [`refs/remotes/origin/${branch}`, `refs/heads/${branch}`]) {
     const r = await runGit(repo, ['rev-parse', '--verify', '--quiet', `${candidate}^{commit}`]);
@@ -186,7 +223,7 @@ async function logFromBranch(
       if (type !== 'blob' || !/^[\w.-]{1,64}$/.test(name) || name.startsWith('.')) continue;
       await writeFile(path.join(target, name), await git(repo, ['cat-file', 'blob', id!]));
     }
-    return { dir: target, ref: ref.replace(/^refs\/(remotes\/|heads\/)/, ''), cleanup };
+    return { dir: target, ref: ref.replace(/^refs\/(remotes\/|heads\/)/, ''), fullRef: ref, cleanup };
   } catch (e) {
     await cleanup();
     throw e;
@@ -195,7 +232,17 @@ async function logFromBranch(
 
 /** Where a repository's audit log is read from (a copy of its files when it is on its own branch). */
 export type AuditLogPlace =
-  | { shown: string; logDir: string; branch?: string; cleanup: () => Promise<void> }
+  | {
+      /** The repository (absolute) and the audit directory in it. */
+      repo: string;
+      auditDir: string;
+      shown: string;
+      logDir: string;
+      branch?: string;
+      /** The commits that hold the log: the checkout's HEAD, or the audit branch's ref. */
+      history: string;
+      cleanup: () => Promise<void>;
+    }
   | { missing: string };
 
 /**
@@ -210,14 +257,29 @@ export async function auditLogOf(repoArg: string, io: Io): Promise<AuditLogPlace
   const { dir: auditDir, branch, warning } = await auditDirOf(repo);
   if (warning) io.stderr(`rotor audit: ${warning}\n`);
   if (branch === undefined)
-    return { shown: path.join(repoArg, auditDir), logDir: path.join(repo, auditDir), cleanup: async () => {} };
+    return {
+      repo,
+      auditDir,
+      shown: path.join(repoArg, auditDir),
+      logDir: path.join(repo, auditDir),
+      history: 'HEAD',
+      cleanup: async () => {},
+    };
   // The log is on its own branch (audit.branch): read it from there, not from this checkout.
   const fromBranch = await logFromBranch(repo, branch, auditDir);
   if (!fromBranch)
     return {
       missing: `the audit log is on branch ${branch} (audit.branch in rotor.yaml), which ${repoArg} does not have: git fetch origin ${branch}`,
     };
-  return { shown: `${fromBranch.ref}:${auditDir}`, logDir: fromBranch.dir, branch, cleanup: fromBranch.cleanup };
+  return {
+    repo,
+    auditDir,
+    shown: `${fromBranch.ref}:${auditDir}`,
+    logDir: fromBranch.dir,
+    branch,
+    history: fromBranch.fullRef,
+    cleanup: fromBranch.cleanup,
+  };
 }
 
 function plural(n: number, one: string, many: string): string {
@@ -241,7 +303,13 @@ export async function auditCommand(argv: readonly string[], io: Io): Promise<num
     io.stderr(`rotor audit: ${found.missing} [AUDIT_BRANCH_MISSING]\n`);
     return EXIT.failure;
   }
-  const { shown, logDir, branch, cleanup } = found;
+  const { repo, auditDir, shown, logDir, branch, history, cleanup } = found;
+  const signing = await signatureRequest(io.cwd, repo, flags['allowed-signers'], flags.since);
+  if (signing && 'code' in signing) {
+    await cleanup();
+    io.stderr(`rotor audit: ${signing.message} [${signing.code}]\n`);
+    return EXIT.failure;
+  }
   const v = await verifyAuditDir(logDir, {
     ...(anchor ? { anchor } : {}),
     label: (name) => (branch !== undefined ? `${shown}/${name}` : path.join(shown, name)),
@@ -255,11 +323,24 @@ export async function auditCommand(argv: readonly string[], io: Io): Promise<num
       code: 'AUDIT_EMPTY',
       message: `no audit log here: no YYYY-MM.jsonl file in ${shown} (the daemon writes the first with its first entry; audit.dir in rotor.yaml names the directory)`,
     };
+  const sig = r.ok && signing ? await checkSignatures(signing, repo, history, auditDir) : undefined;
+  const sigJson =
+    sig === undefined
+      ? {}
+      : {
+          signatures:
+            'failure' in sig
+              ? { ok: false, code: sig.failure.code, message: sig.failure.message }
+              : sig.ok
+                ? { ok: true, commits: sig.commits, range: sig.range, allowedSigners: signing!.file }
+                : { ok: false, commit: sig.commit, code: sig.code, message: sig.message },
+        };
+  const ok = r.ok && (sig === undefined || sig.ok);
   if (flags.format === 'json') {
     io.stdout(
       `${JSON.stringify(
         r.ok
-          ? { ok: true, dir: shown, files: r.files, entries: r.entries, head: r.head }
+          ? { ok, dir: shown, files: r.files, entries: r.entries, head: r.head, ...sigJson }
           : {
               ok: false,
               dir: shown,
@@ -277,8 +358,15 @@ export async function auditCommand(argv: readonly string[], io: Io): Promise<num
     io.stdout(
       `${shown}: ${plural(r.entries, 'entry', 'entries')} in ${plural(r.files, 'file', 'files')}, chain intact, head ${r.head.seq}:${r.head.hash}${anchor ? `, anchor ${anchor.seq} matches` : ''}\n`,
     );
+    if (sig && 'failure' in sig) io.stderr(`rotor audit: ${sig.failure.message} [${sig.failure.code}]\n`);
+    else if (sig?.ok)
+      io.stdout(
+        `signatures: ${plural(sig.commits, 'commit', 'commits')} changing ${auditDir}/ ${sig.range}, all signed by keys of ${signing!.file}\n`,
+      );
+    else if (sig) io.stdout(`${sig.commit}: error: ${sig.message} [${sig.code}]\n`);
   } else {
     io.stdout(`${r.file || shown}${r.line ? `:${r.line}` : ''}: error: ${r.message} [${r.code}]\n`);
   }
-  return r.ok ? EXIT.ok : EXIT.invalid;
+  if (sig && 'failure' in sig) return EXIT.failure;
+  return ok ? EXIT.ok : EXIT.invalid;
 }

@@ -73,6 +73,13 @@ export const DAEMON_FLAGS = {
     description:
       'also encrypt the state to this age recipient, age1... (repeatable, or several separated by commas), so that an operator holding its identity can open a snapshot offline with age -d',
   },
+  committer: {
+    type: 'string',
+    arg: '"NAME <EMAIL>"',
+    defaultText: 'rotor <rotor@localhost>',
+    description:
+      "the author and committer of the daemon's audit commits. With audit.sign, GitHub and GitLab call them verified (and a branch that requires signed commits takes them) only when EMAIL is a verified address of the account that holds the daemon's signing key",
+  },
   'log-level': {
     type: 'string',
     arg: 'LEVEL',
@@ -95,7 +102,8 @@ export const DAEMON_HELP = `rotor daemon: follow the repository, rotate on sched
 Usage: rotor daemon --repo URL|PATH [--branch main] [--data-dir DIR] [--socket-dir DIR]
                     [--agent-listen HOST:PORT] [--agent-tls-cert FILE --agent-tls-key FILE]
                     [--metrics-listen HOST:PORT] [--metrics-host NAME]...
-                    [--break-glass RECIPIENT]... [--log-level LEVEL] [--log-format text|json]
+                    [--break-glass RECIPIENT]... [--committer "NAME <EMAIL>"]
+                    [--log-level LEVEL] [--log-format text|json]
                     [--state postgres://USER@HOST:PORT/DATABASE [--state-password-file FILE]
                      [--name NAME] [--agent-url URL]]
 
@@ -156,6 +164,13 @@ Examples:
   ROTOR_REPO=/srv/secrets.git rotor daemon --data-dir ./data --socket-dir ./sockets --log-level debug
 `;
 
+/** `--committer "NAME <EMAIL>"`: one line, a name and an email without < or >. */
+export function parseCommitter(text: string): { name: string; email: string } {
+  const m = text.length <= 512 ? /^([^<>\n]*[^<>\s]) <([^<>\s]+)>$/.exec(text.trim()) : null;
+  if (!m) throw new UsageError(`--committer must be "NAME <EMAIL>", such as "rotor <rotor-bot@example.com>"`);
+  return { name: m[1]!, email: m[2]! };
+}
+
 export async function daemonCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags } = parse(argv, DAEMON_FLAGS, io.env, 0);
   if (flags.help) {
@@ -194,6 +209,7 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
     flags['socket-dir'] ?? io.env.RUNTIME_DIRECTORY?.split(':')[0] ?? DEFAULT_SOCKET_DIR,
   );
   const state = stateBackendOf(flags, io);
+  const committer = flags.committer !== undefined ? parseCommitter(flags.committer) : undefined;
   let daemon: Daemon;
   try {
     const agentTls =
@@ -214,6 +230,7 @@ export async function daemonCommand(argv: readonly string[], io: Io): Promise<nu
       breakGlass,
       log,
       now: io.now,
+      ...(committer ? { committer } : {}),
       ...state,
     });
     await daemon.start();

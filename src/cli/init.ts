@@ -184,6 +184,8 @@ audit:
   push: true          # push the daemon's audit commits to the remote (false: commit locally only)
   # branch: rotor-audit # keep the log on its own branch, so that the daemon never pushes to this one
                       # (for a protected main; see "The audit log" in rotor's docs/operations.md)
+  # sign: true        # sign the audit commits with the daemon's key (for a branch that requires
+                      # signed commits; rotor keygen prints the key for the forge)
 sync:
   interval: 30s       # how often the daemon fetches this repository (it also fetches on SIGHUP)
 ignore:               # YAML that is not a declaration (dot-directories and SOPS files are always skipped)

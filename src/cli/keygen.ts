@@ -1,7 +1,8 @@
 /** `rotor keygen DIR` (or --data-dir DIR): create a daemon's (or an agent's) keys and print their public halves. */
 
 import path from 'node:path';
-import { generateKeys, KeyError, loadKeys } from '../keys.js';
+import { sshPublicKeyLine } from '../git/sshsig.js';
+import { generateKeys, KeyError, loadKeys, parseSigningKey } from '../keys.js';
 import type { Flags } from '../util/args.js';
 import { HELP_FLAG, optionsHelp, parse, UsageError } from '../util/args.js';
 import type { Io } from './io.js';
@@ -24,8 +25,15 @@ Creates, in DIR (made with mode 0700 if missing):
 Both are mode 0600. Existing keys are never replaced.
 
 Prints the public halves, ready to paste into an Agent declaration or an agent's configuration:
-  recipient: age1...
-  signingKey: ed25519:...
+  recipient: "age1..."
+  signingKey: "ed25519:..."
+and, last, the same signing key as an OpenSSH public key line, for the daemon's signed audit commits
+(audit: { sign: true } in rotor.yaml):
+  ssh-ed25519 AAAA... rotor-audit
+Give that line to the forge as a signing key (GitHub, GitLab: the account that pushes the audit
+commits, whose verified email is the commits' committer), and put it, after a principal, in an
+allowed-signers file for git verify-commit and rotor audit verify --allowed-signers:
+  echo "rotor@localhost $(rotor keygen DIR | grep '^ssh-ed25519')" >> allowed_signers
 
 The daemon reads its keys from its data directory: "rotor keygen DATA_DIR" prepares a daemon.
 
@@ -42,6 +50,9 @@ Examples:
   rotor keygen /var/lib/rotor-agent      # on a database host: an agent's keys (its keyDir)
 `;
 
+/** The comment of the printed OpenSSH public key line (forges show it; signatures do not carry it). */
+export const SSH_KEY_COMMENT = 'rotor-audit';
+
 export async function keygenCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags, positionals } = parse(argv, KEYGEN_FLAGS, io.env, 1);
   if (flags.help) {
@@ -52,7 +63,9 @@ export async function keygenCommand(argv: readonly string[], io: Io): Promise<nu
   if (!dirArg) throw new UsageError("DIR is required: the directory to create the keys in (a daemon's data directory)");
   const dir = path.resolve(io.cwd, dirArg);
   const show = (keys: { recipient: string; signingKey: string }) =>
-    io.stdout(`recipient: "${keys.recipient}"\nsigningKey: "${keys.signingKey}"\n`);
+    io.stdout(
+      `recipient: "${keys.recipient}"\nsigningKey: "${keys.signingKey}"\n${sshPublicKeyLine(parseSigningKey(keys.signingKey), SSH_KEY_COMMENT)}\n`,
+    );
   try {
     show(await generateKeys(dir, new Date(io.now())));
     return EXIT.ok;

@@ -19,6 +19,7 @@ import { auditDirShapeProblem } from '../model/audit-path.js';
 import type { LoadResult } from '../model/model.js';
 import { DEFAULT_AUDIT_DIR } from '../model/model.js';
 import { committedAuditHead } from './audit-anchor.js';
+import type { AuditSigning } from './audit-signing.js';
 import type { RepoSync } from './sync.js';
 
 export interface OpenedClones {
@@ -50,19 +51,26 @@ export async function openClones(o: {
   readonly onRepo: (repo: GitRepo) => GitRepo;
   /** The state is in PostgreSQL, the audit chain in the database: the clones are put back at the remote's. */
   readonly shared?: boolean;
+  /** audit.sign: told of the Config here until the daemon applies one; the clones sign with its signer. */
+  readonly signing?: AuditSigning;
+  /** The author and committer of the audit commits (default DEFAULT_AUTHOR). */
+  readonly author?: { readonly name: string; readonly email: string };
 }): Promise<OpenedClones> {
-  const { dataDir, log, sync } = o;
+  const { dataDir, log, sync, signing } = o;
   const repoOptions = {
     url: o.repo,
     dir: path.join(dataDir, 'repo'),
     branch: o.branch,
     onWarning: (w: { code: string; message: string }) => log('warn', w.message, { code: w.code }),
+    ...(signing ? { signer: signing.signer } : {}),
+    ...(o.author ? { author: o.author } : {}),
   };
   let repo = o.onRepo(await openRepo(repoOptions));
   // Audit entries written just before a crash are durable in the clone but not yet committed:
   // commit them first (under the audit directory the clone's own commit declares), in the clone of
   // the audit branch too when the log is kept on one.
   const local = await sync.load(await repo.head());
+  if (local.valid) signing?.follow(local.desired.config?.decl);
   const localDir = usableAuditDir(local);
   const localBranch = auditBranchOf(local);
   if (localDir !== 'audit') repo = o.onRepo(await openRepo({ ...repoOptions, auditDir: localDir }));
@@ -86,6 +94,7 @@ export async function openClones(o: {
   const head = synced.remoteHead;
   sync.noteHeld(synced);
   const first = await sync.load(head);
+  if (first.valid) signing?.follow(first.desired.config?.decl);
   const auditDir = first.valid ? first.auditDir : localDir;
   const auditBranch = first.valid ? auditBranchOf(first) : localBranch;
   if (auditDir !== localDir) repo = o.onRepo(await openRepo({ ...repoOptions, auditDir }));
@@ -108,6 +117,7 @@ export async function openClones(o: {
       scratch: dataDir,
       author: repo.author,
       networkTimeoutMs: 120_000,
+      ...(signing?.signer() ? { signer: signing.signer()! } : {}),
     });
     if (created) log('info', 'made the audit branch on the remote', { branch: auditBranch, from: repo.branch });
     auditRepo = await openRepo({

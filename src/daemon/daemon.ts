@@ -45,6 +45,7 @@ import type { AuditIndex } from './audit-clone.js';
 import { openClones } from './audit-clone.js';
 import { mirrorAudit, seedAudit } from './audit-mirror.js';
 import { AuditPublisher } from './audit-publisher.js';
+import { AuditSigning } from './audit-signing.js';
 import type { LeaseTimings } from './cluster.js';
 import { Cluster } from './cluster.js';
 import { checkDataDir, lockDataDir } from './lock.js';
@@ -93,6 +94,8 @@ export interface DaemonOptions {
   readonly agentUrl?: string;
   /** The lease's timings (tests shorten them). */
   readonly leaseTimings?: Partial<LeaseTimings>;
+  /** The author and committer of the audit commits (--committer); default rotor <rotor@localhost>. */
+  readonly committer?: { readonly name: string; readonly email: string };
 }
 
 const FINGERPRINT_KEY = 'meta/fingerprint-key';
@@ -126,6 +129,7 @@ export class Daemon {
   private auditDir = 'audit';
   /** The Config's audit.branch at start: the log is committed and pushed there, not beside the declarations. */
   private auditBranch: string | undefined;
+  private auditSigning: AuditSigning | undefined;
   private desired: Desired | undefined;
   private readonly sync: RepoSync;
   /** Git operations (sync, audit commit and push) run one at a time. */
@@ -186,6 +190,7 @@ export class Daemon {
     const { dataDir, log } = this.o;
     this.identity = keys.identity;
     if (!this.o.stateBackend) await mkdir(path.join(dataDir, 'state'), { recursive: true, mode: 0o700 });
+    this.auditSigning = new AuditSigning(keys.signing, log);
     const opened = await openClones({
       repo: this.o.repo,
       branch: this.o.branch,
@@ -195,6 +200,8 @@ export class Daemon {
       sync: this.sync,
       onRepo: (repo) => (this.repo = repo),
       ...(this.o.stateBackend?.shared ? { shared: true } : {}),
+      signing: this.auditSigning,
+      ...(this.o.committer ? { author: this.o.committer } : {}),
     });
     const { auditRepo, head, first, auditPath, auditFs, index } = opened;
     this.repo = opened.repo;
@@ -387,6 +394,7 @@ export class Daemon {
   /** Puts a valid commit's declarations in force (RepoSync.consider calls it). */
   private async apply(desired: Desired, commit: string, at: string): Promise<void> {
     this.desired = desired;
+    this.auditSigning?.follow(desired.config?.decl); // audit.sign from the next audit commit on
     this.applied = { desired, commit, at };
     this.consumers.setModel(accessOf(desired));
     this.hub.setModel(desired);

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { GitRepoError } from './errors.js';
 import type { GitIdentity } from './run.js';
 import { runGit } from './run.js';
+import { type CommitSigner, signCommits } from './sign-commits.js';
 
 export interface AuditBranchOptions {
   /** The remote (URL or absolute path). */
@@ -28,6 +29,8 @@ export interface AuditBranchOptions {
   readonly scratch: string;
   readonly author: GitIdentity;
   readonly networkTimeoutMs: number;
+  /** audit.sign: the branch's first commit is signed with it. */
+  readonly signer?: CommitSigner;
 }
 
 async function must(
@@ -86,7 +89,18 @@ export async function ensureAuditBranch(o: AuditBranchOptions): Promise<boolean>
         tree = await must(tmp, ['mktree'], { ...t, input: `040000 tree ${tree}\t${segment}\n` });
     }
     const message = `rotor: the audit log's own branch (audit.branch), its entries so far from ${o.from} ${seed}`;
-    const commit = await must(tmp, ['commit-tree', tree, '-m', message], { ...t, identity: o.author });
+    const unsigned = await must(tmp, ['commit-tree', tree, '-m', message], { ...t, identity: o.author });
+    const commit = o.signer
+      ? (
+          await signCommits(tmp, [unsigned], o.signer).catch((e: unknown) => {
+            throw new GitRepoError(
+              'GIT_AUDIT_BRANCH_FAILED',
+              `could not sign the audit branch's first commit: ${(e as Error).message}`,
+              { cause: e },
+            );
+          })
+        )[0]!
+      : unsigned;
     // A new ref only: never over a branch someone made meanwhile (then that one is used).
     const r = await runGit(tmp, ['push', '--porcelain', '--', o.url, `${commit}:refs/heads/${o.branch}`], t);
     if (r.exitCode !== 0) {

@@ -7,6 +7,7 @@
 import { unsafeAuditPath } from '../model/audit-path.js';
 import { GitRepoError, type GitWarning, plural } from './errors.js';
 import { GitError, type GitResult, LOCAL_TIMEOUT_MS, redactUrls, runGit } from './run.js';
+import { type CommitSigner, signCommits } from './sign-commits.js';
 import { GitTreeSource } from './tree.js';
 
 const MAX_OUTPUT = 64 * 1024 * 1024;
@@ -43,6 +44,8 @@ export interface LocalCloneOptions {
   author: { name: string; email: string };
   onWarning?: (w: GitWarning) => void;
   networkTimeoutMs: number;
+  /** The signer of the commits this clone makes, while they are to be signed (audit.sign). */
+  signer?: () => CommitSigner | undefined;
 }
 
 export class LocalClone {
@@ -53,6 +56,7 @@ export class LocalClone {
   readonly author: { readonly name: string; readonly email: string };
   readonly networkTimeoutMs: number;
   private readonly warnFn: (w: GitWarning) => void;
+  private readonly signerFn: () => CommitSigner | undefined;
   /** The remote head that remote changes were last looked at from (for the warnings; sync.ts). */
   seenRemote: string | null = null;
   /** .git/index.lock, resolved once (clone.ts removeStaleLock). */
@@ -66,6 +70,7 @@ export class LocalClone {
     this.author = Object.freeze({ ...o.author });
     this.warnFn = o.onWarning ?? (() => {});
     this.networkTimeoutMs = o.networkTimeoutMs;
+    this.signerFn = o.signer ?? (() => undefined);
   }
 
   get localRef(): string {
@@ -134,6 +139,32 @@ export class LocalClone {
     if (r.exitCode === 0) return true;
     if (r.exitCode === 1) return false;
     throw gitFailure(['merge-base', '--is-ancestor'], r);
+  }
+
+  /** Whether the commits made now are signed (audit.sign). */
+  get signing(): boolean {
+    return this.signerFn() !== undefined;
+  }
+
+  /**
+   * `ids` (commits, oldest first, each the parent of the next) signed while audit.sign is on
+   * (signCommits; with `onlyUnsigned`, signed ones are kept), else as they are. Moves no ref.
+   */
+  async sign(ids: readonly string[], onlyUnsigned = false): Promise<string[]> {
+    const signer = this.signerFn();
+    return signer && ids.length > 0 ? signCommits(this.dir, ids, signer, { onlyUnsigned }) : [...ids];
+  }
+
+  /**
+   * Signs the local branch's unpushed commits `ids` (its tip last) that are not signed yet, while
+   * audit.sign is on, and moves the branch to the signed tip (the same trees: the index and the files
+   * stay as they are). Returns the commits now on the branch.
+   */
+  async signBranch(ids: readonly string[]): Promise<string[]> {
+    const signed = await this.sign(ids, true);
+    const [from, to] = [ids.at(-1), signed.at(-1)];
+    if (from && to && from !== to) await this.must(['update-ref', '-m', 'rotor: signed', this.localRef, to, from]);
+    return signed;
   }
 
   isAuditPath(p: string): boolean {

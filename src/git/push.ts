@@ -46,15 +46,10 @@ export async function pushOnce(c: LocalClone, deadline: number, refresh: boolean
   try {
     if (refresh) return await refreshAndPush(c, timeoutMs);
     const own = await c.ownCommits();
-    const tip = own.at(-1)?.id;
-    if (!tip) return { done: true, pushed: [], head: await c.mustRev(c.remoteRef) };
-    return await pushTip(
-      c,
-      tip,
-      own.map((o) => o.id),
-      null,
-      timeoutMs(),
-    );
+    if (own.length === 0) return { done: true, pushed: [], head: await c.mustRev(c.remoteRef) };
+    // audit.sign: nothing unsigned leaves (commits made while it was off, or left unsigned by a failure)
+    const ids = await c.signBranch(own.map((o) => o.id));
+    return await pushTip(c, ids.at(-1)!, ids, null, timeoutMs());
   } catch (e) {
     throw c.wrap(e, 'push');
   }

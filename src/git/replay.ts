@@ -12,8 +12,9 @@ export const REPLAY_REF = 'refs/rotor/replay';
 /**
  * Re-creates the audit commits on top of `onto` without touching the work tree: each new commit is
  * `onto`'s tree with the audit directory of the original commit, with the original author and
- * message. One `git fast-import`, whatever the number of commits. The caller has checked that the
- * audit directory of `onto` is that of the first commit's parent, which makes the result the
+ * message. One `git fast-import`, whatever the number of commits (and, with audit.sign, one
+ * `git cat-file` and one `git hash-object` to sign them: git 2.39's fast-import cannot). The caller has checked
+ * that the audit directory of `onto` is that of the first commit's parent, which makes the result the
  * same as a rebase's. Returns the new commits, oldest first, or null when git could not do it.
  */
 export async function replay(
@@ -48,7 +49,10 @@ export async function replay(
     return null;
   }
   const ids = r.stdout.toString('utf8').split('\n').filter(Boolean);
-  return ids.length === own.length && ids.every((id) => /^[0-9a-f]{40,64}$/.test(id)) ? ids : null;
+  if (ids.length !== own.length || !ids.every((id) => /^[0-9a-f]{40,64}$/.test(id))) return null;
+  // audit.sign: the re-created commits are signed like the originals (REPLAY_REF keeps the unsigned
+  // ones, which nothing pushes; the caller deletes it)
+  return c.sign(ids);
 }
 
 /** Whether origin/BRANCH has the same audit directory as `commit`. */

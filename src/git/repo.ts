@@ -29,7 +29,8 @@
  * each: local.ts (the clone on disk: git calls in it, its refs and state), clone.ts (opening: clone,
  * checks, crash recovery, the byte-exact attributes), sync.ts (fetch, and the audit commits onto the
  * remote head), replay.ts (re-creating them with fast-import), push.ts (one push attempt), lock.ts
- * (the clone's lock), errors.ts (GitRepoError, warnings).
+ * (the clone's lock), errors.ts (GitRepoError, warnings), sign-commits.ts (audit.sign: each commit
+ * the clone makes or re-creates gets its signed twin, made in-process with the daemon's key).
  *
  * Plain `git` rather than simple-git (4.x included): simple-git gates every `-c` override, and the
  * environment this module sets, behind allow-lists and "unsafe" switches (core.hooksPath, --template,
@@ -54,9 +55,11 @@ import { gitFailure, LocalClone } from './local.js';
 import { RepoLock } from './lock.js';
 import { type PushOutcome, pushOnce, remoteSays } from './push.js';
 import { DEFAULT_AUTHOR } from './run.js';
+import type { CommitSigner } from './sign-commits.js';
 import { fetchAndIntegrate, fetchLocked, integrate, noticeRemoteChanges } from './sync.js';
 
 export type { GitRepoErrorCode, GitRepoErrorDetails, GitWarning } from './errors.js';
+export type { CommitSigner } from './sign-commits.js';
 export { DEFAULT_AUTHOR, GitRepoError };
 
 export interface RetryPolicy {
@@ -89,6 +92,12 @@ export interface OpenRepoOptions {
   retry?: Partial<RetryPolicy>;
   /** Time limit of each network git call (clone, fetch, push), in ms (default 120 s). */
   networkTimeoutMs?: number;
+  /**
+   * The signer of the audit commits, asked before each commit: while it returns one (audit.sign),
+   * every commit this clone makes or re-creates is signed, and unsigned unpushed commits are signed
+   * before they are pushed (src/git/sign-commits.ts).
+   */
+  signer?: () => CommitSigner | undefined;
 }
 
 export interface SyncResult {
@@ -147,6 +156,7 @@ export class GitRepo {
     onWarning?: (w: GitWarning) => void;
     retry: RetryPolicy;
     networkTimeoutMs: number;
+    signer?: () => CommitSigner | undefined;
   }) {
     this.c = new LocalClone(o);
     this.dir = this.c.dir;
@@ -268,8 +278,9 @@ export class GitRepo {
 
   /**
    * Stages exactly `paths` (files or directories under the audit directory; additions, changes and
-   * deletions) and commits them as the configured author, without hooks or signing. Returns the new
-   * commit, or null when those paths have no change. Other staged changes are not committed.
+   * deletions) and commits them as the configured author, without hooks and never signed by git
+   * itself; while the signer says so (audit.sign) the commit is signed with the daemon's key. Returns
+   * the new commit, or null when those paths have no change. Other staged changes are not committed.
    */
   async commitAudit(paths: readonly string[], message: string): Promise<string | null> {
     if (paths.length === 0) throw new GitRepoError('GIT_BAD_ARGUMENT', 'commitAudit needs at least one path');
@@ -309,7 +320,8 @@ export class GitRepo {
           ],
           { asAuthor: true },
         );
-        return await this.c.mustRev(this.c.localRef);
+        // audit.sign: the commit git made becomes the same commit, signed
+        return (await this.c.signBranch([await this.c.mustRev(this.c.localRef)])).at(-1)!;
       } catch (e) {
         throw this.c.wrap(e, 'commit');
       }
@@ -344,7 +356,7 @@ export class GitRepo {
         throw new GitRepoError(
           'GIT_PUSH_REFUSED',
           `${this.url} refused the push of ${plural(n, 'audit commit')} to ${this.branch}: ${outcome.reason}${remoteSays(outcome.cause.stderr)}. ` +
-            `Let rotor push to ${this.branch} (branch protection, hooks, permissions) or set audit.push: false; the commits stay in ${this.dir} and are pushed on a later push`,
+            `Let rotor push to ${this.branch} (branch protection, hooks, permissions; a branch that requires signed commits needs audit.sign: true and the daemon's key on the forge) or set audit.push: false; the commits stay in ${this.dir} and are pushed on a later push`,
           { cause: outcome.cause, details: { attempts: attempt, unpushed: n } },
         );
       }
@@ -401,6 +413,7 @@ export async function openRepo(opts: OpenRepoOptions): Promise<GitRepo> {
     ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
     retry,
     networkTimeoutMs: opts.networkTimeoutMs ?? 120_000,
+    ...(opts.signer ? { signer: opts.signer } : {}),
   });
   let entries: string[] | null;
   try {

@@ -102,7 +102,11 @@ export async function integrate(c: LocalClone): Promise<number> {
       ? ['merge', '--ff-only', '--quiet', '--no-stat', c.remoteRef]
       : ['rebase', '--quiet', '--no-fork-point', c.remoteRef, c.branch];
   const r = await c.run(args);
-  if (r.exitCode === 0) return own.length;
+  if (r.exitCode === 0) {
+    // git rebase makes the commits anew, unsigned: sign them (audit.sign)
+    if (own.length > 0 && c.signing) await c.signBranch((await c.ownCommits()).map((o) => o.id));
+    return own.length;
+  }
   const cause = gitFailure(args, r);
   const rebaseDir = path.resolve(c.dir, await c.text(['rev-parse', '--git-path', 'rebase-merge']));
   const stopped = own.length > 0 && existsSync(rebaseDir);

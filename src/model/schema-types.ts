@@ -93,6 +93,10 @@ export interface Config {
      * Keep the audit log on this branch of the same remote instead of the declarations' branch. The daemon creates it (holding only the audit directory, the log so far included), commits and pushes only there, fast-forward only, and never writes to the declarations' branch: people's pushes never race the daemon's, and that branch may require reviews. `rotor audit verify` and `rotor plan` read the log from it. Read when the daemon starts: a change takes effect at its next start.
      */
     branch?: string;
+    /**
+     * Sign every audit commit with the daemon's Ed25519 key in git's SSH signature format (what `git commit -S` makes with `gpg.format=ssh`), so that a branch that requires signed commits takes them and `git verify-commit` checks them. `rotor keygen DATA_DIR` prints the key as an `ssh-ed25519 ...` line for the forge and for an allowed-signers file. Takes effect with the first audit commit after the change is applied. Default false.
+     */
+    sign?: boolean;
   };
   /**
    * How the daemon follows the repository.

@@ -4,7 +4,7 @@
 import runtime0 from 'ajv/dist/runtime/ucs2length.js';
 
 export const config = validate20;
-const schema31 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"config.schema.json","title":"Config","description":"The repository-wide settings of rotor. Exactly one, in rotor.yaml at the root of the repository.","type":"object","additionalProperties":false,"required":["kind"],"properties":{"kind":{"const":"Config","description":"Declaration kind."},"audit":{"description":"Where the daemon appends its audit log in this repository.","type":"object","additionalProperties":false,"properties":{"dir":{"description":"Directory of the audit log, relative to the repository root. Files under it are never read as declarations, and `rotor plan` refuses changes that edit or delete its lines. Default `audit`.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$","default":"audit","examples":["audit"]},"push":{"description":"Whether the daemon pushes its audit commits to the remote. Default true.","type":"boolean","default":true},"branch":{"description":"Keep the audit log on this branch of the same remote instead of the declarations' branch. The daemon creates it (holding only the audit directory, the log so far included), commits and pushes only there, fast-forward only, and never writes to the declarations' branch: people's pushes never race the daemon's, and that branch may require reviews. `rotor audit verify` and `rotor plan` read the log from it. Read when the daemon starts: a change takes effect at its next start.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$","examples":["rotor-audit"]}}},"sync":{"description":"How the daemon follows the repository.","type":"object","additionalProperties":false,"properties":{"interval":{"$ref":"common.schema.json#/$defs/duration","description":"How often the daemon fetches the repository. Default 30s.","default":"30s"}}},"ignore":{"description":"Paths (globs relative to the repository root; `*` within a segment, `**` across segments) whose YAML files are not declarations, such as Helm charts kept in the same repository. At most 100 globs, each at most 200 characters and 32 segments. Dot-directories (.git, .github) and SOPS-encrypted files are always skipped.","type":"array","maxItems":100,"items":{"type":"string","minLength":1,"maxLength":200},"examples":[["charts/**","docs/**"]]}},"examples":[{"kind":"Config","audit":{"dir":"audit","push":true},"sync":{"interval":"30s"}}]};
+const schema31 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"config.schema.json","title":"Config","description":"The repository-wide settings of rotor. Exactly one, in rotor.yaml at the root of the repository.","type":"object","additionalProperties":false,"required":["kind"],"properties":{"kind":{"const":"Config","description":"Declaration kind."},"audit":{"description":"Where the daemon appends its audit log in this repository.","type":"object","additionalProperties":false,"properties":{"dir":{"description":"Directory of the audit log, relative to the repository root. Files under it are never read as declarations, and `rotor plan` refuses changes that edit or delete its lines. Default `audit`.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$","default":"audit","examples":["audit"]},"push":{"description":"Whether the daemon pushes its audit commits to the remote. Default true.","type":"boolean","default":true},"branch":{"description":"Keep the audit log on this branch of the same remote instead of the declarations' branch. The daemon creates it (holding only the audit directory, the log so far included), commits and pushes only there, fast-forward only, and never writes to the declarations' branch: people's pushes never race the daemon's, and that branch may require reviews. `rotor audit verify` and `rotor plan` read the log from it. Read when the daemon starts: a change takes effect at its next start.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$","examples":["rotor-audit"]},"sign":{"description":"Sign every audit commit with the daemon's Ed25519 key in git's SSH signature format (what `git commit -S` makes with `gpg.format=ssh`), so that a branch that requires signed commits takes them and `git verify-commit` checks them. `rotor keygen DATA_DIR` prints the key as an `ssh-ed25519 ...` line for the forge and for an allowed-signers file. Takes effect with the first audit commit after the change is applied. Default false.","type":"boolean","default":false}}},"sync":{"description":"How the daemon follows the repository.","type":"object","additionalProperties":false,"properties":{"interval":{"$ref":"common.schema.json#/$defs/duration","description":"How often the daemon fetches the repository. Default 30s.","default":"30s"}}},"ignore":{"description":"Paths (globs relative to the repository root; `*` within a segment, `**` across segments) whose YAML files are not declarations, such as Helm charts kept in the same repository. At most 100 globs, each at most 200 characters and 32 segments. Dot-directories (.git, .github) and SOPS-encrypted files are always skipped.","type":"array","maxItems":100,"items":{"type":"string","minLength":1,"maxLength":200},"examples":[["charts/**","docs/**"]]}},"examples":[{"kind":"Config","audit":{"dir":"audit","push":true},"sync":{"interval":"30s"}}]};
 const schema33 = {"title":"Duration","description":"A duration: a whole number followed by s (seconds), m (minutes), h (hours) or d (days).","type":"string","pattern":"^[0-9]{1,9}[smhd]$","examples":["30s","10m","24h","30d"]};
 const func1 = runtime0.default;
 const pattern4 = new RegExp("^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", "u");
@@ -61,7 +61,7 @@ if(data.audit !== undefined){
 let data1 = data.audit;
 if(data1 && typeof data1 == "object" && !Array.isArray(data1)){
 for(const key1 in data1){
-if(!(((key1 === "dir") || (key1 === "push")) || (key1 === "branch"))){
+if(!((((key1 === "dir") || (key1 === "push")) || (key1 === "branch")) || (key1 === "sign"))){
 const err3 = {instancePath:instancePath+"/audit",schemaPath:"#/properties/audit/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err3];
@@ -174,9 +174,9 @@ vErrors.push(err12);
 errors++;
 }
 }
-}
-else {
-const err13 = {instancePath:instancePath+"/audit",schemaPath:"#/properties/audit/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(data1.sign !== undefined){
+if(typeof data1.sign !== "boolean"){
+const err13 = {instancePath:instancePath+"/audit/sign",schemaPath:"#/properties/audit/properties/sign/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
 if(vErrors === null){
 vErrors = [err13];
 }
@@ -186,12 +186,9 @@ vErrors.push(err13);
 errors++;
 }
 }
-if(data.sync !== undefined){
-let data5 = data.sync;
-if(data5 && typeof data5 == "object" && !Array.isArray(data5)){
-for(const key2 in data5){
-if(!(key2 === "interval")){
-const err14 = {instancePath:instancePath+"/sync",schemaPath:"#/properties/sync/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key2},message:"must NOT have additional properties"};
+}
+else {
+const err14 = {instancePath:instancePath+"/audit",schemaPath:"#/properties/audit/type",keyword:"type",params:{type: "object"},message:"must be object"};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -201,11 +198,12 @@ vErrors.push(err14);
 errors++;
 }
 }
-if(data5.interval !== undefined){
-let data6 = data5.interval;
-if(typeof data6 === "string"){
-if(!pattern6.test(data6)){
-const err15 = {instancePath:instancePath+"/sync/interval",schemaPath:"common.schema.json#/$defs/duration/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,9}[smhd]$"},message:"must match pattern \""+"^[0-9]{1,9}[smhd]$"+"\""};
+if(data.sync !== undefined){
+let data6 = data.sync;
+if(data6 && typeof data6 == "object" && !Array.isArray(data6)){
+for(const key2 in data6){
+if(!(key2 === "interval")){
+const err15 = {instancePath:instancePath+"/sync",schemaPath:"#/properties/sync/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key2},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err15];
 }
@@ -215,8 +213,11 @@ vErrors.push(err15);
 errors++;
 }
 }
-else {
-const err16 = {instancePath:instancePath+"/sync/interval",schemaPath:"common.schema.json#/$defs/duration/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(data6.interval !== undefined){
+let data7 = data6.interval;
+if(typeof data7 === "string"){
+if(!pattern6.test(data7)){
+const err16 = {instancePath:instancePath+"/sync/interval",schemaPath:"common.schema.json#/$defs/duration/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,9}[smhd]$"},message:"must match pattern \""+"^[0-9]{1,9}[smhd]$"+"\""};
 if(vErrors === null){
 vErrors = [err16];
 }
@@ -226,9 +227,8 @@ vErrors.push(err16);
 errors++;
 }
 }
-}
 else {
-const err17 = {instancePath:instancePath+"/sync",schemaPath:"#/properties/sync/type",keyword:"type",params:{type: "object"},message:"must be object"};
+const err17 = {instancePath:instancePath+"/sync/interval",schemaPath:"common.schema.json#/$defs/duration/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err17];
 }
@@ -238,11 +238,9 @@ vErrors.push(err17);
 errors++;
 }
 }
-if(data.ignore !== undefined){
-let data7 = data.ignore;
-if(Array.isArray(data7)){
-if(data7.length > 100){
-const err18 = {instancePath:instancePath+"/ignore",schemaPath:"#/properties/ignore/maxItems",keyword:"maxItems",params:{limit: 100},message:"must NOT have more than 100 items"};
+}
+else {
+const err18 = {instancePath:instancePath+"/sync",schemaPath:"#/properties/sync/type",keyword:"type",params:{type: "object"},message:"must be object"};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -251,12 +249,12 @@ vErrors.push(err18);
 }
 errors++;
 }
-const len0 = data7.length;
-for(let i0=0; i0<len0; i0++){
-let data8 = data7[i0];
-if(typeof data8 === "string"){
-if(func1(data8) > 200){
-const err19 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/maxLength",keyword:"maxLength",params:{limit: 200},message:"must NOT have more than 200 characters"};
+}
+if(data.ignore !== undefined){
+let data8 = data.ignore;
+if(Array.isArray(data8)){
+if(data8.length > 100){
+const err19 = {instancePath:instancePath+"/ignore",schemaPath:"#/properties/ignore/maxItems",keyword:"maxItems",params:{limit: 100},message:"must NOT have more than 100 items"};
 if(vErrors === null){
 vErrors = [err19];
 }
@@ -265,8 +263,12 @@ vErrors.push(err19);
 }
 errors++;
 }
-if(func1(data8) < 1){
-const err20 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+const len0 = data8.length;
+for(let i0=0; i0<len0; i0++){
+let data9 = data8[i0];
+if(typeof data9 === "string"){
+if(func1(data9) > 200){
+const err20 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/maxLength",keyword:"maxLength",params:{limit: 200},message:"must NOT have more than 200 characters"};
 if(vErrors === null){
 vErrors = [err20];
 }
@@ -275,9 +277,8 @@ vErrors.push(err20);
 }
 errors++;
 }
-}
-else {
-const err21 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(func1(data9) < 1){
+const err21 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err21];
 }
@@ -287,9 +288,8 @@ vErrors.push(err21);
 errors++;
 }
 }
-}
 else {
-const err22 = {instancePath:instancePath+"/ignore",schemaPath:"#/properties/ignore/type",keyword:"type",params:{type: "array"},message:"must be array"};
+const err22 = {instancePath:instancePath+"/ignore/" + i0,schemaPath:"#/properties/ignore/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -301,12 +301,24 @@ errors++;
 }
 }
 else {
-const err23 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+const err23 = {instancePath:instancePath+"/ignore",schemaPath:"#/properties/ignore/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err23];
 }
 else {
 vErrors.push(err23);
+}
+errors++;
+}
+}
+}
+else {
+const err24 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err24];
+}
+else {
+vErrors.push(err24);
 }
 errors++;
 }

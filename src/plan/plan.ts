@@ -72,7 +72,8 @@ export type AttentionCode =
   | 'CONSUMER_UID_CHANGED'
   | 'CONSUMER_REMOVED'
   | 'CONSUMER_MOVED'
-  | 'AUDIT_ATTRIBUTES_CHANGED';
+  | 'AUDIT_ATTRIBUTES_CHANGED'
+  | 'AUDIT_SIGN_OFF';
 
 export interface Attention {
   readonly subject: string;
@@ -397,6 +398,15 @@ export function plan(
         message: `the consumer's socket is removed; it could read ${baseGrants.get(name)?.size ?? 0} secrets`,
       });
   }
+
+  // The audit log's signatures: turning them off is a downgrade a reviewer should see.
+  if (base.config?.decl.audit?.sign === true && head.config?.decl.audit?.sign !== true)
+    attention.push({
+      subject: 'Config rotor.yaml',
+      code: 'AUDIT_SIGN_OFF',
+      message:
+        'the daemon stops signing its audit commits (audit.sign): a branch that requires signed commits refuses its pushes, and rotor audit verify --allowed-signers reports each new one as AUDIT_COMMIT_UNSIGNED',
+    });
 
   const access: AccessChange[] = [];
   for (const [consumer, set] of headGrants) {
