@@ -119,6 +119,16 @@ export function metricsRegistry(source: MetricsSource): {
     },
   });
   new Gauge({
+    name: 'rotor_secret_drift',
+    help: 'Whether the database refuses a served credential of each secret (drift detected by policy verify): 1 or 0.',
+    labelNames: ['secret'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const x of st().secrets) this.set({ secret: x.name }, x.drift ? 1 : 0);
+    },
+  });
+  new Gauge({
     name: 'rotor_secrets_overdue',
     help: 'How many secrets are overdue.',
     registers: [registry],

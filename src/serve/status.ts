@@ -50,6 +50,19 @@ export interface SecretStatusView {
     readonly error: string;
     readonly retryAt?: number;
   };
+  /**
+   * A drift incident going on (policy `verify`): the served credentials the database refuses, since the
+   * first refused check. It also shows as `failing` with DRIFT_DETECTED unless a rotation is failing.
+   */
+  readonly drift?: {
+    readonly since: string;
+    readonly onDrift: 'rotate' | 'alert';
+    readonly credentials: readonly {
+      readonly version: number;
+      readonly username: string;
+      readonly credential: 'current' | 'previous';
+    }[];
+  };
   readonly policy?: string;
   /** database, sops, fields or generate. */
   readonly source?: string;
