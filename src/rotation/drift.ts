@@ -23,6 +23,7 @@
  */
 
 import diagnostics_channel from 'node:diagnostics_channel';
+import { BACKOFF, RotorError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Desired } from '../model/model.js';
 import type { Secret } from '../model/schema-types.js';
@@ -219,10 +220,18 @@ export class DriftMonitor {
           ? { username: p.username, password: String(p.value) }
           : undefined;
       const result = await this.o.verify(w.secret, served.version, current, previous, VERIFY_TIMEOUT_MS);
-      return { served, checks: result.checks ?? [] };
+      const checks = result.checks ?? [];
+      const asked: CheckedCredential[] = previous ? ['current', 'previous'] : ['current'];
+      // A result that does not answer for each credential asked about says nothing (it must not end an incident).
+      if (checks.length !== asked.length || !asked.every((a) => checks.some((c) => c.credential === a)))
+        throw new RotorError('AGENT_RESULT_INVALID', 'the agent did not report a check for each credential', {
+          retry: BACKOFF,
+        });
+      return { served, checks };
     });
     if (!seen) return; // a rotation is pending: it is what makes the value log in
     const { served, checks } = seen;
+    if (this.o.served(name)?.version !== served.version) return; // rotated since: what was checked is no longer served
     // First: an incident the secret's rotation ended is over, and its refused versions are repaired.
     const open = this.incidents.get(name);
     const ongoing = open && this.current(name, open) ? open : undefined;
