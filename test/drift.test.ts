@@ -121,8 +121,6 @@ async function driftWorld(t: T, c: Case, onDrift: 'rotate' | 'alert') {
   );
   agent.start();
   t.teardown(() => agent.stop({ graceMs: 5000 }));
-  if (process.env.DRIFT_DEBUG)
-    t.teardown(() => writeFileSync(`${process.env.DRIFT_DEBUG}-${c.engine}-${onDrift}.log`, w.logs() + agentLogs));
   await first;
   const audit = () => {
     const dir = path.join(w.dataDir, 'repo', 'audit');
