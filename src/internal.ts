@@ -18,17 +18,22 @@ export type { ParsedDoc, Path } from './model/yaml.js';
 export { decodeUtf8, LIMITS, parseDocuments, positionOf } from './model/yaml.js';
 export { readSchema } from './paths.js';
 export type {
+  Check,
+  CheckedCredential,
   Credential,
   EngineName,
   Job,
+  JobKind,
   Result,
   RetirePayload,
   SetPayload,
   Strategy,
+  VerifyPayload,
 } from './protocol/jobs.js';
 export {
   AGENT_JOBS_PATH,
   AGENT_RESULTS_PATH,
+  JOB_KINDS,
   MAX_AGENT_WAIT,
   MAX_RESULT_MESSAGE,
   MAX_RESULTS_BODY,

@@ -134,6 +134,26 @@ t.test('the agent API: signatures, replay, skew, routing of jobs and results', a
   t.equal(otherPath.body.error.code, 'AGENT_BAD_SIGNATURE', 'a signature for one path does not serve another');
   t.match(w.logs(), /agent request refused.*AGENT_REPLAY/, 'refusals are logged');
 
+  // A verify result's checks are bounded and checked whole: a malformed list refuses the request (400).
+  for (const checks of [
+    [
+      { credential: 'current', outcome: 'ok' },
+      { credential: 'current', outcome: 'ok' },
+    ],
+    [{ credential: 'current', outcome: 'hacked' }],
+    [{ credential: 'current', outcome: 'error', code: 'X'.repeat(65) }],
+    'ok',
+  ]) {
+    const bad = await call(a, 'agent-a', AGENT_RESULTS_PATH, {
+      results: [{ id: job.id, outcome: 'done', detail: 'verified', checks }],
+    });
+    t.same(
+      [bad.status, bad.body.error?.code],
+      [400, 'BAD_REQUEST'],
+      `checks ${JSON.stringify(checks).slice(0, 50)}: refused`,
+    );
+  }
+
   // Results: agent-b cannot settle agent-a's job; agent-a's failure fails the step (audited), nothing promoted.
   const fromB = await call(b, 'agent-b', AGENT_RESULTS_PATH, {
     results: [{ id: job.id, outcome: 'done', detail: 'applied' }],

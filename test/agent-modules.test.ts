@@ -8,9 +8,10 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { backoffMs, ResultStore } from '../agent/src/loops.js';
 import { Changes, Pump } from '../agent/src/pump.js';
-import { jobOf, malformedJobStub } from '../agent/src/wire.js';
+import { jobOf, malformedJobStub, verifyPayloadOf } from '../agent/src/wire.js';
 import { ENGINE_NAMES } from '../src/model/engines.js';
 import type { Job, Result } from '../src/protocol/jobs.js';
+import { isChecks } from '../src/protocol/jobs.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -105,4 +106,56 @@ t.test('results kept until accepted; long messages shortened; batches bounded', 
   store.forget('j1');
   t.notOk(store.has('j1'));
   t.equal(store.size, 149);
+});
+
+t.test('verify jobs: the kind, the payload, the checks of a result (hostile shapes refused)', async (t) => {
+  t.match(jobOf({ ...job('v', 's'), kind: 'verify' }), { kind: 'verify' }, 'verify is a job kind');
+  for (const kind of ['rotate', '', 7, null, ['verify']])
+    t.equal(jobOf({ ...job('v', 's'), kind }), 'kind is not set, retire or verify', `kind ${JSON.stringify(kind)}`);
+  const c = { username: 'app', password: 'pw' };
+  t.same(verifyPayloadOf({ current: c }), { current: c });
+  t.same(verifyPayloadOf({ current: c, previous: c }), { current: c, previous: c });
+  for (const bad of [
+    undefined,
+    'x',
+    [],
+    {},
+    { previous: c },
+    { current: { username: 'app' } },
+    { current: c, previous: 'x' },
+    { current: { username: 'u'.repeat(257), password: 'pw' } },
+    { current: { username: 'app', password: 'p'.repeat(4097) } },
+    { current: { username: 1, password: 'pw' } },
+  ])
+    t.equal(verifyPayloadOf(bad), undefined, `refused: ${JSON.stringify(bad)?.slice(0, 60)}`);
+
+  t.ok(isChecks([]));
+  t.ok(isChecks([{ credential: 'current', outcome: 'ok' }]));
+  t.ok(
+    isChecks([
+      { credential: 'current', outcome: 'refused' },
+      { credential: 'previous', outcome: 'error', code: 'DB_UNREACHABLE' },
+    ]),
+  );
+  for (const bad of [
+    undefined,
+    {},
+    'ok',
+    [
+      { credential: 'current', outcome: 'ok' },
+      { credential: 'current', outcome: 'ok' },
+    ],
+    [
+      { credential: 'current', outcome: 'ok' },
+      { credential: 'previous', outcome: 'ok' },
+      { credential: 'previous', outcome: 'ok' },
+    ],
+    [{ credential: 'pending', outcome: 'ok' }],
+    [{ credential: 'current', outcome: 'maybe' }],
+    [{ credential: 'current', outcome: 'error', code: 'X'.repeat(65) }],
+    [{ credential: 'current', outcome: 'error', code: '' }],
+    [null],
+    [['current', 'ok']],
+  ])
+    t.notOk(isChecks(bad), `refused: ${JSON.stringify(bad)?.slice(0, 60)}`);
 });

@@ -29,7 +29,15 @@ import { DbError } from '../agent/src/engines/types.js';
 import type { Keys } from '../src/keys.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
-import type { EngineName, Job, Result, RetirePayload, SetPayload, Strategy } from '../src/protocol/jobs.js';
+import type {
+  EngineName,
+  Job,
+  Result,
+  RetirePayload,
+  SetPayload,
+  Strategy,
+  VerifyPayload,
+} from '../src/protocol/jobs.js';
 import { AGENT_JOBS_PATH, AGENT_RESULTS_PATH, MAX_RESULT_MESSAGE, MAX_RESULTS_BODY } from '../src/protocol/jobs.js';
 import { sealForAgent } from '../src/protocol/seal.js';
 import { AGENT_AUTH_STATUS, NonceCache, signResponse, verifyRequest, verifyResponse } from '../src/protocol/sign.js';
@@ -125,9 +133,9 @@ function writeConfig(daemonPort: number, pgPort: number): string {
 
 let jobSeq = 0;
 async function makeJob(
-  kind: 'set' | 'retire',
+  kind: 'set' | 'retire' | 'verify',
   secret: string,
-  payload: SetPayload | RetirePayload,
+  payload: SetPayload | RetirePayload | VerifyPayload | Record<string, unknown>,
   opts: { strategy?: Strategy; target?: string; engine?: EngineName; recipient?: string } = {},
 ): Promise<Job> {
   return {
@@ -777,6 +785,47 @@ async function withPostgres(srv: PgServer): Promise<void> {
     tt.equal(await login(green1), 'ok', 'app_green (current) still logs in');
     tt.same(stepsOf(job.id), ['received', 'retired', 'reported'], 'the step boundaries');
   });
+
+  t.test(
+    'verify: a login per credential (ok, refused), nothing changed; a bad payload: AGENT_JOB_INVALID',
+    async (tt) => {
+      const before = await roles();
+      const job = await makeJob('verify', 'payments/db', { current: green1, previous: blue0 });
+      const alone = await makeJob('verify', 'payments/db', { current: green1 });
+      const missing = await makeJob('verify', 'payments/db', { previous: green1 });
+      const badPrevious = await makeJob('verify', 'payments/db', {
+        current: green1,
+        previous: { username: 'app_blue' },
+      });
+      const huge = await makeJob('verify', 'payments/db', {
+        current: { username: 'app_green', password: 'x'.repeat(5000) },
+      });
+      const longName = await makeJob('verify', 'payments/db', {
+        current: { username: 'u'.repeat(300), password: green1.password },
+      });
+      standIn.enqueue(job, alone, missing, badPrevious, huge, longName);
+      const summary = await agent.runOnce();
+      const byId = new Map(summary.results.map((r) => [r.id, r]));
+      tt.same(
+        byId.get(job.id),
+        {
+          id: job.id,
+          outcome: 'done',
+          detail: 'verified',
+          checks: [
+            { credential: 'current', outcome: 'ok' },
+            { credential: 'previous', outcome: 'refused' },
+          ],
+        },
+        'the current credential logs in, the retired one is refused',
+      );
+      tt.same(byId.get(alone.id)?.checks, [{ credential: 'current', outcome: 'ok' }], 'no previous: one check');
+      for (const bad of [missing, badPrevious, huge, longName])
+        tt.match(byId.get(bad.id), { outcome: 'failed', code: 'AGENT_JOB_INVALID' }, `${bad.id}: AGENT_JOB_INVALID`);
+      tt.same(await roles(), before, 'no role changed');
+      tt.same(stepsOf(job.id), ['received', 'reported'], 'no database step');
+    },
+  );
 
   const blue2: Credential = { username: 'app_blue', password: value('blue2') };
 

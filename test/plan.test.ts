@@ -249,3 +249,22 @@ t.test('plan usage errors exit 2 and say what to do', async (t) => {
   r = await rotor(['plan', '--format', 'json'], { cwd: dir, env: { ROTOR_BASE: 'HEAD' } });
   t.equal(r.code, 0, 'flags also come from the environment');
 });
+
+t.test('plan shows a change of verify and onDrift (drift detection) as policy fields', async (t) => {
+  const dir = exampleRepo(t);
+  edit(path.join(dir, 'policies.yaml'), 'verify: 15m ', 'verify: 5m  ');
+  edit(path.join(dir, 'policies.yaml'), 'onDrift: rotate ', 'onDrift: alert  ');
+  commitAll(dir, 'drift checks');
+  const r = await rotor(['plan', '--base', 'HEAD~1', '--head', 'HEAD', '--format', 'json', dir]);
+  t.equal(r.code, 0, r.stdout + r.stderr);
+  const out = JSON.parse(r.stdout);
+  const change = out.plan.changes.find((c: { kind: string; name: string }) => c.kind === 'Policy');
+  t.match(change, {
+    name: 'weekly-sunday',
+    action: 'changed',
+    fields: [
+      { path: 'verify', from: '15m', to: '5m' },
+      { path: 'onDrift', from: 'rotate', to: 'alert' },
+    ],
+  });
+});

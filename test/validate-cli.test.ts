@@ -125,3 +125,59 @@ t.test('the error code reference documents every problem code', async (t) => {
   for (const code of Object.keys(CODES))
     t.ok(page.includes(`| \`${code}\` |`), `docs/reference/errors.md lists ${code}`);
 });
+
+t.test(
+  'verify and onDrift: bad values at their line and column; a non-database secret on a verifying policy is a warning',
+  async (t) => {
+    const dir = copyFixture(t, 'test/corpus/base');
+    writeFileSync(
+      path.join(dir, 'drift.yaml'),
+      [
+        'kind: Policy',
+        'name: checked',
+        'every: 30d',
+        'overlap: 1d',
+        'verify: 0s',
+        'onDrift: repair',
+        '---',
+        'kind: Policy',
+        'name: alerting',
+        'every: 30d',
+        'overlap: 1d',
+        'onDrift: alert',
+        '---',
+        'kind: Policy',
+        'name: verifying',
+        'every: 30d',
+        'overlap: 1d',
+        'verify: 15m',
+        '---',
+        'kind: Secret',
+        'name: plain/token',
+        'policy: verifying',
+        'generate: { length: 32 }',
+        '---',
+        'kind: Secret',
+        'name: plain/db',
+        'policy: alerting',
+        'generate: { length: 32 }',
+        'database: { target: pg, usernames: [drift_a, drift_b] }',
+        '',
+      ].join('\n'),
+    );
+    const r = await rotor(['validate', dir, '--format', 'json']);
+    t.equal(r.code, 1);
+    const problems = (JSON.parse(r.stdout).problems as { file: string; line: number; col: number; code: string }[])
+      .filter((p) => p.file === 'drift.yaml')
+      .map((p) => `${p.line}:${p.col} ${p.code}`);
+    t.same(problems.sort(), ['12:1 DRIFT_WITHOUT_VERIFY', '22:9 VERIFY_NOT_DATABASE', '6:10 SCHEMA_ENUM'].sort());
+    // verify: 0s is refused once the enum is fixed (schema problems stop the semantic checks of a document)
+    writeFileSync(
+      path.join(dir, 'drift.yaml'),
+      'kind: Policy\nname: checked\nevery: 30d\noverlap: 1d\nverify: 0s\n---\nkind: Secret\nname: plain/db\npolicy: checked\ngenerate: { length: 32 }\ndatabase: { target: pg, usernames: [drift_a, drift_b] }\n',
+    );
+    const r2 = await rotor(['validate', dir]);
+    t.equal(r2.code, 1);
+    t.match(r2.stdout, /^drift\.yaml:5:9: error: verify must be at least 1s \[DURATION_INVALID\]$/m);
+  },
+);

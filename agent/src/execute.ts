@@ -2,7 +2,7 @@
  * One job's steps. The target must be in this agent's configuration (AGENT_TARGET_UNKNOWN), its URL
  * scheme must fit the job's engine (AGENT_ENGINE_MISMATCH), the payload must open (AGENT_SEAL) and have
  * the right shape (AGENT_JOB_INVALID); then `set` + `test` on a fresh connection (DB_TEST_FAILED when
- * the server took the change but refuses the new login), or `retire`. A DbError becomes a failed result
+ * the server took the change but refuses the new login), `retire`, or `verify` (verify.ts: logins only). A DbError becomes a failed result
  * with its code; anything else is thrown (the caller makes it AGENT_INTERNAL).
  *
  * Logs: identifiers, steps and codes only; never a value, a sealed text, or a driver's message.
@@ -15,6 +15,7 @@ import { schemeFitsEngine } from './config.js';
 import { DbError } from './engines/types.js';
 import type { EngineRegistry } from './registry.js';
 import { publishStep } from './steps.js';
+import { verifyJob } from './verify.js';
 import { retirePayloadOf, setPayloadOf } from './wire.js';
 
 export interface ExecuteContext {
@@ -43,6 +44,7 @@ export async function executeJob(job: Job, ctx: ExecuteContext): Promise<Result>
     }
     throw e;
   }
+  if (job.kind === 'verify') return verifyJob(job, payload, conn, ctx);
   try {
     if (job.kind === 'set') {
       const set = setPayloadOf(payload);

@@ -7,8 +7,18 @@
 
 import type { KeyObject } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
-import type { Credential, EngineName, Job, RetirePayload, SetPayload, Strategy, ValuesAnswer } from 'rotor/internal';
-import { ENGINE_NAMES, verifyResponse } from 'rotor/internal';
+import type {
+  Credential,
+  EngineName,
+  Job,
+  JobKind,
+  RetirePayload,
+  SetPayload,
+  Strategy,
+  ValuesAnswer,
+  VerifyPayload,
+} from 'rotor/internal';
+import { ENGINE_NAMES, JOB_KINDS, verifyResponse } from 'rotor/internal';
 import { AgentError } from './errors.js';
 
 const MAX_ID = 256;
@@ -91,7 +101,7 @@ export function jobOf(v: unknown): Job | string {
   if (!isRecord(v)) return 'a job is not an object';
   const { id, kind, secret, version, target, engine, strategy, sealed } = v;
   if (!isName(id)) return 'a job has no id';
-  if (kind !== 'set' && kind !== 'retire') return 'kind is neither set nor retire';
+  if (typeof kind !== 'string' || !JOB_KINDS.includes(kind as JobKind)) return 'kind is not set, retire or verify';
   if (!isName(secret)) return 'secret is missing';
   if (typeof version !== 'number' || !Number.isSafeInteger(version) || version < 0) {
     return 'version is not a whole number';
@@ -104,7 +114,8 @@ export function jobOf(v: unknown): Job | string {
     return 'strategy is not dual, alternate or single';
   }
   if (typeof sealed !== 'string') return 'sealed is not a string';
-  return { id, kind, secret, version, target, engine: engine as EngineName, strategy: strategy as Strategy, sealed };
+  const k = kind as JobKind;
+  return { id, kind: k, secret, version, target, engine: engine as EngineName, strategy: strategy as Strategy, sealed };
 }
 
 /**
@@ -118,8 +129,13 @@ export function malformedJobStub(raw: unknown): Job | undefined {
   return { id, kind: 'set', secret, version: 0, target: '', engine: 'postgres', strategy: 'single', sealed: '' };
 }
 
+/** Longer names or values than any engine takes (src/model/engines.ts) are refused before they reach a driver. */
+const MAX_USERNAME = 256;
+const MAX_PASSWORD = 4096;
+
 function credentialOf(v: unknown): Credential | undefined {
   if (!isRecord(v) || typeof v.username !== 'string' || typeof v.password !== 'string') return undefined;
+  if (v.username.length > MAX_USERNAME || v.password.length > MAX_PASSWORD) return undefined;
   return { username: v.username, password: v.password };
 }
 
@@ -130,6 +146,15 @@ export function setPayloadOf(payload: unknown): SetPayload | undefined {
   const current = p.current === undefined ? undefined : credentialOf(p.current);
   if (!pending || (p.current !== undefined && !current)) return undefined;
   return { pending, ...(current ? { current } : {}) };
+}
+
+/** The opened payload of a verify job: current, and optionally previous. */
+export function verifyPayloadOf(payload: unknown): VerifyPayload | undefined {
+  const p = isRecord(payload) ? payload : {};
+  const current = credentialOf(p.current);
+  const previous = p.previous === undefined ? undefined : credentialOf(p.previous);
+  if (!current || (p.previous !== undefined && !previous)) return undefined;
+  return { current, ...(previous ? { previous } : {}) };
 }
 
 /** The opened payload of a retire job: retired and current. */

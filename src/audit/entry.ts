@@ -18,9 +18,18 @@ import crypto from 'node:crypto';
 import { BACKOFF, NEVER, RotorError } from '../errors.js';
 
 /** Why something was done. */
-/** `commit`: a person committed a new value of a `sops:` secret. */
-export type AuditTrigger = 'schedule' | 'request' | 'cli' | 'new' | 'removal' | 'config' | 'commit';
-export const TRIGGERS: readonly AuditTrigger[] = ['schedule', 'request', 'cli', 'new', 'removal', 'config', 'commit'];
+/** `commit`: a person committed a new value of a `sops:` secret. `drift`: a check found the served credential refused (drift.ts). */
+export type AuditTrigger = 'schedule' | 'request' | 'cli' | 'new' | 'removal' | 'config' | 'commit' | 'drift';
+export const TRIGGERS: readonly AuditTrigger[] = [
+  'schedule',
+  'request',
+  'cli',
+  'new',
+  'removal',
+  'config',
+  'commit',
+  'drift',
+];
 
 /** The events rotor writes today; `event` is any short lowercase word so that new ones need no migration. */
 export const KNOWN_EVENTS = [
@@ -33,6 +42,7 @@ export const KNOWN_EVENTS = [
   'config-applied',
   'config-rejected',
   'access-denied',
+  'drift-detected',
 ] as const;
 export type KnownAuditEvent = (typeof KNOWN_EVENTS)[number];
 

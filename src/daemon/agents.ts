@@ -16,7 +16,16 @@ import type { Logger } from '../log.js';
 import { defaultStrategy } from '../model/engines.js';
 import type { Desired } from '../model/model.js';
 import type { Secret } from '../model/schema-types.js';
-import type { Credential, EngineName, Job, Result, RetirePayload, SetPayload, Strategy } from '../protocol/jobs.js';
+import type {
+  Credential,
+  EngineName,
+  Job,
+  Result,
+  RetirePayload,
+  SetPayload,
+  Strategy,
+  VerifyPayload,
+} from '../protocol/jobs.js';
 import { JOB_LEASE_MS } from '../protocol/jobs.js';
 import { sealForAgent } from '../protocol/seal.js';
 import type { AgentJobs } from '../serve/agent-api.js';
@@ -128,11 +137,33 @@ export class AgentHub implements AgentJobs {
     return this.run(secret, 'retire', version, payload);
   }
 
+  /**
+   * Verify through the target's agent (drift detection): logs in with `current`, and with `previous`
+   * when given, and changes nothing. Resolves with the agent's checks; fails like the other jobs, and
+   * with AGENT_TIMEOUT after `timeoutMs`.
+   */
+  async verify(
+    secret: Secret,
+    version: number,
+    current: Credential,
+    previous: Credential | undefined,
+    timeoutMs: number,
+  ): Promise<Result> {
+    const payload: VerifyPayload = { current, ...(previous ? { previous } : {}) };
+    return this.run(secret, 'verify', version, payload, timeoutMs);
+  }
+
+  /** The strategy a database secret's agent applies (verify skips `previous` under single: it was replaced in place). */
+  strategyOf(secret: Secret): Strategy {
+    return this.route(secret).strategy;
+  }
+
   private async run(
     secret: Secret,
     kind: Job['kind'],
     version: number,
-    payload: SetPayload | RetirePayload,
+    payload: SetPayload | RetirePayload | VerifyPayload,
+    timeoutMs?: number,
   ): Promise<Result> {
     const r = this.route(secret);
     const job: Job = {
@@ -148,7 +179,7 @@ export class AgentHub implements AgentJobs {
     const result = await new Promise<Result>((resolve, reject) => {
       let queue = this.queues.get(r.agent.name);
       if (!queue) this.queues.set(r.agent.name, (queue = new Map()));
-      const timeout = this.o.jobTimeoutMs ?? 600_000;
+      const timeout = Math.min(timeoutMs ?? Number.POSITIVE_INFINITY, this.o.jobTimeoutMs ?? 600_000);
       const timer = setTimeout(() => {
         const p = queue.get(job.id);
         if (p)

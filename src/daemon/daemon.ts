@@ -23,6 +23,7 @@ import type { GitRepo as Repo } from '../git/repo.js';
 import { loadKeys } from '../keys.js';
 import type { Logger } from '../log.js';
 import type { Desired } from '../model/model.js';
+import { DriftMonitor } from '../rotation/drift.js';
 import type { AuditEvent } from '../rotation/engine.js';
 import { AUDIT_HEAD_KEY, Engine } from '../rotation/engine.js';
 import { listenAdmin } from '../serve/admin.js';
@@ -125,6 +126,7 @@ export class Daemon {
   private auditIndex!: AuditIndex;
   private publisher!: AuditPublisher;
   private engine!: Engine;
+  private drift!: DriftMonitor;
   private admin: Server | undefined;
   private auditDir = 'audit';
   /** The Config's audit.branch at start: the log is committed and pushed there, not beside the declarations. */
@@ -308,6 +310,18 @@ export class Daemon {
       },
       readByAll: (name, version) => this.consumers.readByAll(name, version),
     });
+    const engine = this.engine;
+    this.drift = new DriftMonitor({
+      now: this.now,
+      log,
+      acting: () => this.acting() && !this.stopped,
+      audit: (events) => this.appendAudit(events),
+      served: (name) => engine.served(name),
+      whenIdle: (name, fn) => engine.whenIdle(name, fn),
+      verify: (s, v, c, p, ms) => hub.verify(s, v, c, p, ms),
+      strategyOf: (s) => hub.strategyOf(s),
+      rotate: (name, reason) => engine.rotateOnDrift(name, reason).finally(() => this.rearm()),
+    });
     this.consumers = new ConsumerService({
       source: this.engine,
       receipts: this.receipts,
@@ -399,6 +413,7 @@ export class Daemon {
     this.consumers.setModel(accessOf(desired));
     this.hub.setModel(desired);
     this.agentValues.setModel(desired);
+    this.drift.setModel(desired);
     const manual = await readSopsValues(this.repo.dir, commit, desired, this.identity);
     if (this.acting()) await this.applyAsLeader(desired, commit, at, manual);
     else {
@@ -458,6 +473,7 @@ export class Daemon {
         if (this.wakeTimer) clearTimeout(this.wakeTimer);
         this.wakeTimer = undefined;
         this.hub?.depose();
+        this.drift?.reset();
       },
       onState: (keys, entries) => this.followed(keys, entries),
       onReceipts: () => void this.foldReceipts(),
@@ -644,6 +660,7 @@ export class Daemon {
     const hosted = this.agentValues.hostedCounts();
     return daemonStatus({
       engine: this.engine,
+      drift: (name) => this.drift.drift(name),
       desired: this.desired,
       consumersOf: (name) => this.consumers.consumersOf(name),
       receipt: (consumer, name) => this.receipts.get(consumer, name),
@@ -685,6 +702,7 @@ export class Daemon {
     this.stopped = true;
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     this.timers.stop();
+    this.drift?.stop();
     this.consumers?.notifyAll();
     this.hub?.close();
     this.agentValues?.close();

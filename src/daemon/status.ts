@@ -6,6 +6,8 @@
 
 import { defaultStrategy } from '../model/engines.js';
 import type { Desired } from '../model/model.js';
+import type { DriftView } from '../rotation/drift.js';
+import { DRIFT_DETECTED } from '../rotation/drift.js';
 import type { AuditEvent, Engine, StorageName } from '../rotation/engine.js';
 import type {
   AgentsStatus,
@@ -14,6 +16,7 @@ import type {
   DaemonStatus,
   LeadershipView,
   RecentView,
+  SecretStatusView,
   SocketsStatus,
   StorageFailingView,
 } from '../serve/status.js';
@@ -22,6 +25,8 @@ import { parseDuration } from '../util/duration.js';
 /** What the status is taken from: the parts of the daemon, each giving its own section. */
 export interface StatusParts {
   readonly engine: Pick<Engine, 'status' | 'storageFailure'>;
+  /** A secret's drift incident going on (drift.ts), if any. */
+  readonly drift?: (secret: string) => DriftView | undefined;
   /** The model in force, if any. */
   readonly desired: Desired | undefined;
   readonly consumersOf: (secret: string) => readonly string[];
@@ -62,8 +67,12 @@ export function daemonStatus(p: StatusParts): DaemonStatus {
     const overdue =
       (maxAge !== undefined && age !== undefined && age > maxAge) ||
       (s.scheduledAt !== undefined && now() - s.scheduledAt > OVERDUE_GRACE_MS);
+    const drift = p.drift?.(s.name);
     return {
       ...s,
+      // A rotation failing says more (it is what should repair the drift); else the drift fails the secret.
+      ...(drift && !s.failing ? { failing: driftFailing(drift) } : {}),
+      ...(drift ? { drift: driftView(drift) } : {}),
       policy: decl?.policy,
       source: decl?.database ? 'database' : decl?.sops ? 'sops' : decl?.fields ? 'fields' : 'generate',
       ...(target
@@ -87,6 +96,23 @@ export function daemonStatus(p: StatusParts): DaemonStatus {
     recent: [...p.recent],
     ...(p.leadership ? { leadership: p.leadership } : {}),
     now: new Date(now()).toISOString(),
+  };
+}
+
+function driftFailing(d: DriftView): NonNullable<SecretStatusView['failing']> {
+  return {
+    since: d.since,
+    attempts: d.checks,
+    error: DRIFT_DETECTED,
+    ...(d.nextCheckAt !== undefined ? { retryAt: d.nextCheckAt } : {}),
+  };
+}
+
+function driftView(d: DriftView): NonNullable<SecretStatusView['drift']> {
+  return {
+    since: new Date(d.since).toISOString(),
+    onDrift: d.onDrift,
+    credentials: d.credentials.map((c) => ({ version: c.version, username: c.username, credential: c.credential })),
   };
 }
 

@@ -442,7 +442,7 @@ function checkPolicy(e: Entry<Policy>, r: Reporter, now: number): boolean {
   const p = e.decl;
   const pd = e.pd;
   let ok = true;
-  for (const key of ['every', 'jitter', 'overlap', 'maxAge'] as const) {
+  for (const key of ['every', 'jitter', 'overlap', 'maxAge', 'verify'] as const) {
     const text = p[key];
     if (text === undefined) continue;
     const ms = parseDuration(text);
@@ -464,10 +464,13 @@ function checkPolicy(e: Entry<Policy>, r: Reporter, now: number): boolean {
     );
     return false;
   }
-  if (p.every !== undefined && parseDuration(p.every) === 0) {
-    r.error(pd, ['every'], 'DURATION_INVALID', 'every must be at least 1s');
-    ok = false;
-  }
+  for (const key of ['every', 'verify'] as const)
+    if (p[key] !== undefined && parseDuration(p[key]) === 0) {
+      r.error(pd, [key], 'DURATION_INVALID', `${key} must be at least 1s`);
+      ok = false;
+    }
+  if (p.onDrift !== undefined && p.verify === undefined)
+    r.warn(pd, ['onDrift'], 'DRIFT_WITHOUT_VERIFY', 'onDrift does nothing without verify (how often to check)', true);
   const tz = p.timezone ?? 'UTC';
   if (!isTimeZone(tz)) {
     const hint = suggest(tz, Intl.supportedValuesOf('timeZone'));
@@ -589,6 +592,10 @@ function checkSecret(e: Entry<Secret>, ctx: SecretContext, r: Reporter): void {
   const bad = s.name.split('/').find((seg) => seg === '.' || seg === '..');
   if (bad) r.error(pd, ['name'], 'NAME_INVALID', `secret names may not have a "${bad}" segment`);
   checkRef(pd, ['policy'], 'Policy', s.policy, ctx.policies, ctx.mentioned.Policy, 'POLICY_UNKNOWN', r);
+  if (!s.database && ctx.policies.get(s.policy)?.decl.verify !== undefined) {
+    const why = `policy "${s.policy}" has verify (drift detection), which checks database secrets only`;
+    r.warn(pd, ['policy'], 'VERIFY_NOT_DATABASE', `${why}: this secret is not checked`);
+  }
 
   const sources = (['generate', 'fields', 'sops'] as const).filter((k) => s[k] !== undefined);
   if (sources.length === 0) {

@@ -64,6 +64,9 @@ export const CODES = {
   OVERLAP_TOO_LONG: '`overlap` must be shorter than the rotation interval, or versions would pile up.',
   JITTER_TOO_LONG: '`jitter` must be shorter than the rotation interval.',
   JITTER_EXCEEDS_WINDOW: '`jitter` is longer than the window: rotations may start after it closes.',
+  VERIFY_NOT_DATABASE:
+    'The policy has `verify` (drift detection), but this secret is not a database secret: only database credentials are checked, this secret is not.',
+  DRIFT_WITHOUT_VERIFY: '`onDrift` does nothing without `verify`: add `verify: 15m` (how often to check) or remove it.',
   MAXAGE_TOO_SHORT: '`maxAge` is shorter than the rotation interval: the secret shows as overdue before each rotation.',
   // Secrets
   SECRET_SOURCE_MISSING: 'A secret needs exactly one value source: `generate`, `fields` or `sops`.',

@@ -29,6 +29,10 @@ export type Duration3 = string;
  */
 export type Duration4 = string;
 /**
+ * Drift detection, for database secrets: this often the target's agent logs in with the current value (and the previous one during the overlap) and reports whether the server still takes it. A refused login (someone changed the password by hand, a backup with old credentials was restored) is drift: audited as `drift-detected` and shown as DRIFT_DETECTED. At least 1s; off when absent.
+ */
+export type Duration5 = string;
+/**
  * The secret's path-like name, which consumers ask for and grant by glob.
  */
 export type SecretName = string;
@@ -151,6 +155,11 @@ export interface Policy {
    * When the previous version is retired: `overlap` (when the overlap ends; the default) or `consumers` (as soon as every consumer of the secret has read the new version, and at the latest when the overlap ends).
    */
   retireAfter?: 'overlap' | 'consumers';
+  verify?: Duration5;
+  /**
+   * What a detected drift does: `rotate` (the default) rotates the secret at once, which makes a new value log in again; `alert` only reports it (DRIFT_DETECTED) until a check passes again or the secret rotates. Only with `verify`.
+   */
+  onDrift?: 'rotate' | 'alert';
 }
 /**
  * A secret rotor keeps and rotates. Its value comes from exactly one source: `generate` (a random value), `fields` (a JSON object of generated and static fields) or `sops` (a value a person rotates in a SOPS-encrypted file of this repository). With `database`, the generated value is also the password of a live database user.

@@ -328,7 +328,7 @@ return errors === 0;
 validate20.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const policy = validate22;
-const schema34 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"policy.schema.json","title":"Policy","description":"When secrets rotate and how long their previous versions stay valid. Secrets name one policy each.","type":"object","additionalProperties":false,"required":["kind","name","overlap"],"properties":{"kind":{"const":"Policy","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The policy's name, referenced by `Secret.policy`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"every":{"$ref":"common.schema.json#/$defs/duration","description":"Rotate this long after the previous rotation. Exclusive with `cron`; one of the two is required.","examples":["30d","12h"]},"cron":{"description":"Rotate at the times of a cron expression: 5 fields (minute hour day-of-month month day-of-week) or 6 (with seconds first). Exclusive with `every`; one of the two is required.","type":"string","minLength":1,"maxLength":200,"examples":["0 3 * * 0","0 */15 * * * *"]},"timezone":{"description":"IANA time zone for `cron` and `window`. Default UTC.","type":"string","minLength":1,"maxLength":64,"default":"UTC","examples":["UTC","Europe/Berlin","America/New_York"]},"window":{"description":"Rotations start only between `start` and `end` (wall-clock times in `timezone`; a window may span midnight). A rotation due outside the window waits for the next one.","type":"object","additionalProperties":false,"required":["start","end"],"properties":{"start":{"$ref":"common.schema.json#/$defs/clock"},"end":{"$ref":"common.schema.json#/$defs/clock"}},"examples":[{"start":"02:00","end":"05:00"}]},"jitter":{"$ref":"common.schema.json#/$defs/duration","description":"Delay each rotation by up to this much, different for each secret, so that secrets on the same policy do not all rotate at once.","examples":["10m"]},"overlap":{"$ref":"common.schema.json#/$defs/duration","description":"How long the previous version stays valid and readable after a rotation. Must be shorter than the rotation interval.","examples":["24h"]},"retain":{"description":"How many versions the store keeps (current, previous and older ones), at least 2. Default 3.","type":"integer","minimum":2,"maximum":100,"default":3},"maxAge":{"$ref":"common.schema.json#/$defs/duration","description":"Report a secret as overdue once its current version is older than this. Meant for secrets rotated by a person (`sops`), useful for all.","examples":["45d"]},"retireAfter":{"description":"When the previous version is retired: `overlap` (when the overlap ends; the default) or `consumers` (as soon as every consumer of the secret has read the new version, and at the latest when the overlap ends).","type":"string","enum":["overlap","consumers"],"default":"overlap"}},"examples":[{"kind":"Policy","name":"standard","every":"30d","window":{"start":"02:00","end":"05:00"},"jitter":"10m","overlap":"24h","retain":3}]};
+const schema34 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"policy.schema.json","title":"Policy","description":"When secrets rotate and how long their previous versions stay valid. Secrets name one policy each.","type":"object","additionalProperties":false,"required":["kind","name","overlap"],"properties":{"kind":{"const":"Policy","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The policy's name, referenced by `Secret.policy`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"every":{"$ref":"common.schema.json#/$defs/duration","description":"Rotate this long after the previous rotation. Exclusive with `cron`; one of the two is required.","examples":["30d","12h"]},"cron":{"description":"Rotate at the times of a cron expression: 5 fields (minute hour day-of-month month day-of-week) or 6 (with seconds first). Exclusive with `every`; one of the two is required.","type":"string","minLength":1,"maxLength":200,"examples":["0 3 * * 0","0 */15 * * * *"]},"timezone":{"description":"IANA time zone for `cron` and `window`. Default UTC.","type":"string","minLength":1,"maxLength":64,"default":"UTC","examples":["UTC","Europe/Berlin","America/New_York"]},"window":{"description":"Rotations start only between `start` and `end` (wall-clock times in `timezone`; a window may span midnight). A rotation due outside the window waits for the next one.","type":"object","additionalProperties":false,"required":["start","end"],"properties":{"start":{"$ref":"common.schema.json#/$defs/clock"},"end":{"$ref":"common.schema.json#/$defs/clock"}},"examples":[{"start":"02:00","end":"05:00"}]},"jitter":{"$ref":"common.schema.json#/$defs/duration","description":"Delay each rotation by up to this much, different for each secret, so that secrets on the same policy do not all rotate at once.","examples":["10m"]},"overlap":{"$ref":"common.schema.json#/$defs/duration","description":"How long the previous version stays valid and readable after a rotation. Must be shorter than the rotation interval.","examples":["24h"]},"retain":{"description":"How many versions the store keeps (current, previous and older ones), at least 2. Default 3.","type":"integer","minimum":2,"maximum":100,"default":3},"maxAge":{"$ref":"common.schema.json#/$defs/duration","description":"Report a secret as overdue once its current version is older than this. Meant for secrets rotated by a person (`sops`), useful for all.","examples":["45d"]},"retireAfter":{"description":"When the previous version is retired: `overlap` (when the overlap ends; the default) or `consumers` (as soon as every consumer of the secret has read the new version, and at the latest when the overlap ends).","type":"string","enum":["overlap","consumers"],"default":"overlap"},"verify":{"$ref":"common.schema.json#/$defs/duration","description":"Drift detection, for database secrets: this often the target's agent logs in with the current value (and the previous one during the overlap) and reports whether the server still takes it. A refused login (someone changed the password by hand, a backup with old credentials was restored) is drift: audited as `drift-detected` and shown as DRIFT_DETECTED. At least 1s; off when absent.","examples":["15m"]},"onDrift":{"description":"What a detected drift does: `rotate` (the default) rotates the secret at once, which makes a new value log in again; `alert` only reports it (DRIFT_DETECTED) until a check passes again or the secret rotates. Only with `verify`.","type":"string","enum":["rotate","alert"],"default":"rotate"}},"examples":[{"kind":"Policy","name":"standard","every":"30d","window":{"start":"02:00","end":"05:00"},"jitter":"10m","overlap":"24h","retain":3}]};
 const schema35 = {"title":"Name","description":"Name of a Policy, Target, Agent or Consumer: lower case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters.","type":"string","pattern":"^[a-z0-9][a-z0-9._-]{0,62}$","examples":["standard","payments-pg","db-host-1","billing-api"]};
 const schema37 = {"title":"ClockTime","description":"A wall-clock time, HH:MM in 24-hour form, in the policy's time zone.","type":"string","pattern":"^([01][0-9]|2[0-3]):[0-5][0-9]$","examples":["02:00","17:30"]};
 const func7 = Object.prototype.hasOwnProperty;
@@ -776,14 +776,62 @@ vErrors.push(err35);
 errors++;
 }
 }
-}
-else {
-const err36 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(data.verify !== undefined){
+let data14 = data.verify;
+if(typeof data14 === "string"){
+if(!pattern6.test(data14)){
+const err36 = {instancePath:instancePath+"/verify",schemaPath:"common.schema.json#/$defs/duration/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,9}[smhd]$"},message:"must match pattern \""+"^[0-9]{1,9}[smhd]$"+"\""};
 if(vErrors === null){
 vErrors = [err36];
 }
 else {
 vErrors.push(err36);
+}
+errors++;
+}
+}
+else {
+const err37 = {instancePath:instancePath+"/verify",schemaPath:"common.schema.json#/$defs/duration/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err37];
+}
+else {
+vErrors.push(err37);
+}
+errors++;
+}
+}
+if(data.onDrift !== undefined){
+let data15 = data.onDrift;
+if(typeof data15 !== "string"){
+const err38 = {instancePath:instancePath+"/onDrift",schemaPath:"#/properties/onDrift/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err38];
+}
+else {
+vErrors.push(err38);
+}
+errors++;
+}
+if(!((data15 === "rotate") || (data15 === "alert"))){
+const err39 = {instancePath:instancePath+"/onDrift",schemaPath:"#/properties/onDrift/enum",keyword:"enum",params:{allowedValues: schema34.properties.onDrift.enum},message:"must be equal to one of the allowed values"};
+if(vErrors === null){
+vErrors = [err39];
+}
+else {
+vErrors.push(err39);
+}
+errors++;
+}
+}
+}
+else {
+const err40 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err40];
+}
+else {
+vErrors.push(err40);
 }
 errors++;
 }
@@ -793,12 +841,12 @@ return errors === 0;
 validate22.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const secret = validate23;
-const schema42 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"secret.schema.json","title":"Secret","description":"A secret rotor keeps and rotates. Its value comes from exactly one source: `generate` (a random value), `fields` (a JSON object of generated and static fields) or `sops` (a value a person rotates in a SOPS-encrypted file of this repository). With `database`, the generated value is also the password of a live database user.","type":"object","additionalProperties":false,"required":["kind","name","policy"],"properties":{"kind":{"const":"Secret","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/secretName","description":"The secret's path-like name, which consumers ask for and grant by glob."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"policy":{"$ref":"common.schema.json#/$defs/name","description":"The Policy that schedules this secret."},"generate":{"$ref":"common.schema.json#/$defs/generator","description":"Generate the value at random."},"fields":{"description":"A structured secret: a JSON object whose fields are each generated or static.","type":"object","minProperties":1,"maxProperties":100,"propertyNames":{"pattern":"^[A-Za-z_][A-Za-z0-9_]{0,63}$"},"additionalProperties":{"title":"Field","description":"One field: `generate` for a random value, or `value` for a static one.","type":"object","additionalProperties":false,"properties":{"generate":{"$ref":"common.schema.json#/$defs/generator"},"value":{"type":"string","maxLength":65536,"description":"A static value, stored as declared. It is in the repository in clear: never put a secret here."}}},"examples":[{"token":{"generate":{"length":40,"charset":"base64url"}},"region":{"value":"eu-west-1"}}]},"sops":{"description":"The value is kept by a person in a SOPS-encrypted file of this repository; a commit that changes it becomes the secret's next version.","type":"object","additionalProperties":false,"required":["file","key"],"properties":{"file":{"type":"string","minLength":1,"maxLength":500,"description":"Path of the SOPS file, relative to the repository root.","examples":["secrets/stripe.enc.yaml"]},"key":{"type":"string","minLength":1,"maxLength":500,"description":"The key in the SOPS file; nested keys joined by '.'.","examples":["apiKey"]}}},"database":{"description":"The value is the password of a database user, applied by the target's agent before anyone is told about it.","type":"object","additionalProperties":false,"required":["target"],"properties":{"target":{"$ref":"common.schema.json#/$defs/name","description":"The Target (database) the credential belongs to."},"strategy":{"description":"dual: two passwords on one user during the overlap (Redis, MySQL 8, MariaDB); alternate: two users, rotating the inactive one (needs `usernames`); single: change the password in place, so new logins with the old value fail at once. Default: the engine's zero-downtime strategy.","type":"string","enum":["dual","alternate","single"]},"username":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"The database user, for `dual` and `single`. Any characters but control characters: the agent quotes it with each database's own escaping (Redis refuses whitespace in user names).","examples":["app","o'brien-app"]},"usernames":{"description":"The two database users that take turns, for `alternate`.","type":"array","minItems":2,"maxItems":2,"items":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\u0000-\\u001f\\u007f]+$"},"examples":[["app_blue","app_green"]]}}},"rotate":{"description":"Rotate now, once: each new `request` value (a date and a counter, say) rotates the secret one time, with `reason` recorded in the audit log.","type":"object","additionalProperties":false,"required":["request","reason"],"properties":{"request":{"type":"string","minLength":1,"maxLength":128,"description":"Any value; a new one asks for one rotation.","examples":["2026-11-26-1"]},"reason":{"type":"string","minLength":1,"maxLength":500,"description":"Why; recorded in the audit log.","examples":["seen in a log"]}}},"allowWeak":{"description":"Accept a generator with less than 128 bits of entropy (a short PIN, say). Default false.","type":"boolean","default":false}},"examples":[{"kind":"Secret","name":"payments/webhook-signing","policy":"standard","generate":{"length":48,"charset":"alphanumeric"}}]};
-const schema43 = {"title":"SecretName","description":"Path-like secret name: segments of lower case letters, digits, '.', '_' and '-', joined by '/'. No leading or trailing '/', no empty, '.' or '..' segment, at most 253 characters.","type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._-]+(/[a-z0-9._-]+)*$","examples":["payments/webhook-signing","payments/db-app"]};
-const schema45 = {"title":"Generator","description":"How a value is generated: `length` characters chosen uniformly at random from `charset`, using the operating system's cryptographic random source.","type":"object","additionalProperties":false,"properties":{"length":{"description":"Number of characters (1 to 4096). Default 32.","type":"integer","minimum":1,"maximum":4096,"default":32,"examples":[32,48]},"charset":{"description":"The alphabet: alphanumeric (A-Z a-z 0-9), hex (0-9 a-f), base64url (A-Z a-z 0-9 - _), ascii-printable (every printable ASCII character but space), or custom (the characters of `chars`). Default alphanumeric.","type":"string","enum":["alphanumeric","hex","base64url","ascii-printable","custom"],"default":"alphanumeric"},"chars":{"description":"The alphabet of a `custom` charset: at least 2 distinct printable ASCII characters.","type":"string","minLength":2,"maxLength":95,"examples":["ABCDEFGHJKLMNPQRSTUVWXYZ23456789"]}},"examples":[{"length":48,"charset":"alphanumeric"}]};
-const pattern14 = new RegExp("^[a-z0-9._-]+(/[a-z0-9._-]+)*$", "u");
-const pattern16 = new RegExp("^[A-Za-z_][A-Za-z0-9_]{0,63}$", "u");
-const pattern18 = new RegExp("^[^\\u0000-\\u001f\\u007f]+$", "u");
+const schema43 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"secret.schema.json","title":"Secret","description":"A secret rotor keeps and rotates. Its value comes from exactly one source: `generate` (a random value), `fields` (a JSON object of generated and static fields) or `sops` (a value a person rotates in a SOPS-encrypted file of this repository). With `database`, the generated value is also the password of a live database user.","type":"object","additionalProperties":false,"required":["kind","name","policy"],"properties":{"kind":{"const":"Secret","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/secretName","description":"The secret's path-like name, which consumers ask for and grant by glob."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"policy":{"$ref":"common.schema.json#/$defs/name","description":"The Policy that schedules this secret."},"generate":{"$ref":"common.schema.json#/$defs/generator","description":"Generate the value at random."},"fields":{"description":"A structured secret: a JSON object whose fields are each generated or static.","type":"object","minProperties":1,"maxProperties":100,"propertyNames":{"pattern":"^[A-Za-z_][A-Za-z0-9_]{0,63}$"},"additionalProperties":{"title":"Field","description":"One field: `generate` for a random value, or `value` for a static one.","type":"object","additionalProperties":false,"properties":{"generate":{"$ref":"common.schema.json#/$defs/generator"},"value":{"type":"string","maxLength":65536,"description":"A static value, stored as declared. It is in the repository in clear: never put a secret here."}}},"examples":[{"token":{"generate":{"length":40,"charset":"base64url"}},"region":{"value":"eu-west-1"}}]},"sops":{"description":"The value is kept by a person in a SOPS-encrypted file of this repository; a commit that changes it becomes the secret's next version.","type":"object","additionalProperties":false,"required":["file","key"],"properties":{"file":{"type":"string","minLength":1,"maxLength":500,"description":"Path of the SOPS file, relative to the repository root.","examples":["secrets/stripe.enc.yaml"]},"key":{"type":"string","minLength":1,"maxLength":500,"description":"The key in the SOPS file; nested keys joined by '.'.","examples":["apiKey"]}}},"database":{"description":"The value is the password of a database user, applied by the target's agent before anyone is told about it.","type":"object","additionalProperties":false,"required":["target"],"properties":{"target":{"$ref":"common.schema.json#/$defs/name","description":"The Target (database) the credential belongs to."},"strategy":{"description":"dual: two passwords on one user during the overlap (Redis, MySQL 8, MariaDB); alternate: two users, rotating the inactive one (needs `usernames`); single: change the password in place, so new logins with the old value fail at once. Default: the engine's zero-downtime strategy.","type":"string","enum":["dual","alternate","single"]},"username":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"The database user, for `dual` and `single`. Any characters but control characters: the agent quotes it with each database's own escaping (Redis refuses whitespace in user names).","examples":["app","o'brien-app"]},"usernames":{"description":"The two database users that take turns, for `alternate`.","type":"array","minItems":2,"maxItems":2,"items":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\u0000-\\u001f\\u007f]+$"},"examples":[["app_blue","app_green"]]}}},"rotate":{"description":"Rotate now, once: each new `request` value (a date and a counter, say) rotates the secret one time, with `reason` recorded in the audit log.","type":"object","additionalProperties":false,"required":["request","reason"],"properties":{"request":{"type":"string","minLength":1,"maxLength":128,"description":"Any value; a new one asks for one rotation.","examples":["2026-11-26-1"]},"reason":{"type":"string","minLength":1,"maxLength":500,"description":"Why; recorded in the audit log.","examples":["seen in a log"]}}},"allowWeak":{"description":"Accept a generator with less than 128 bits of entropy (a short PIN, say). Default false.","type":"boolean","default":false}},"examples":[{"kind":"Secret","name":"payments/webhook-signing","policy":"standard","generate":{"length":48,"charset":"alphanumeric"}}]};
+const schema44 = {"title":"SecretName","description":"Path-like secret name: segments of lower case letters, digits, '.', '_' and '-', joined by '/'. No leading or trailing '/', no empty, '.' or '..' segment, at most 253 characters.","type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._-]+(/[a-z0-9._-]+)*$","examples":["payments/webhook-signing","payments/db-app"]};
+const schema46 = {"title":"Generator","description":"How a value is generated: `length` characters chosen uniformly at random from `charset`, using the operating system's cryptographic random source.","type":"object","additionalProperties":false,"properties":{"length":{"description":"Number of characters (1 to 4096). Default 32.","type":"integer","minimum":1,"maximum":4096,"default":32,"examples":[32,48]},"charset":{"description":"The alphabet: alphanumeric (A-Z a-z 0-9), hex (0-9 a-f), base64url (A-Z a-z 0-9 - _), ascii-printable (every printable ASCII character but space), or custom (the characters of `chars`). Default alphanumeric.","type":"string","enum":["alphanumeric","hex","base64url","ascii-printable","custom"],"default":"alphanumeric"},"chars":{"description":"The alphabet of a `custom` charset: at least 2 distinct printable ASCII characters.","type":"string","minLength":2,"maxLength":95,"examples":["ABCDEFGHJKLMNPQRSTUVWXYZ23456789"]}},"examples":[{"length":48,"charset":"alphanumeric"}]};
+const pattern15 = new RegExp("^[a-z0-9._-]+(/[a-z0-9._-]+)*$", "u");
+const pattern17 = new RegExp("^[A-Za-z_][A-Za-z0-9_]{0,63}$", "u");
+const pattern19 = new RegExp("^[^\\u0000-\\u001f\\u007f]+$", "u");
 
 function validate23(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="secret.schema.json" */;
@@ -843,7 +891,7 @@ vErrors.push(err2);
 errors++;
 }
 for(const key0 in data){
-if(!(func7.call(schema42.properties, key0))){
+if(!(func7.call(schema43.properties, key0))){
 const err3 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err3];
@@ -889,7 +937,7 @@ vErrors.push(err6);
 }
 errors++;
 }
-if(!pattern14.test(data1)){
+if(!pattern15.test(data1)){
 const err7 = {instancePath:instancePath+"/name",schemaPath:"common.schema.json#/$defs/secretName/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._-]+(/[a-z0-9._-]+)*$"},message:"must match pattern \""+"^[a-z0-9._-]+(/[a-z0-9._-]+)*$"+"\""};
 if(vErrors === null){
 vErrors = [err7];
@@ -1024,7 +1072,7 @@ vErrors.push(err17);
 errors++;
 }
 if(!(((((data6 === "alphanumeric") || (data6 === "hex")) || (data6 === "base64url")) || (data6 === "ascii-printable")) || (data6 === "custom"))){
-const err18 = {instancePath:instancePath+"/generate/charset",schemaPath:"common.schema.json#/$defs/generator/properties/charset/enum",keyword:"enum",params:{allowedValues: schema45.properties.charset.enum},message:"must be equal to one of the allowed values"};
+const err18 = {instancePath:instancePath+"/generate/charset",schemaPath:"common.schema.json#/$defs/generator/properties/charset/enum",keyword:"enum",params:{allowedValues: schema46.properties.charset.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -1107,7 +1155,7 @@ errors++;
 for(const key2 in data8){
 const _errs23 = errors;
 if(typeof key2 === "string"){
-if(!pattern16.test(key2)){
+if(!pattern17.test(key2)){
 const err25 = {instancePath:instancePath+"/fields",schemaPath:"#/properties/fields/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},message:"must match pattern \""+"^[A-Za-z_][A-Za-z0-9_]{0,63}$"+"\"",propertyName:key2};
 if(vErrors === null){
 vErrors = [err25];
@@ -1208,7 +1256,7 @@ vErrors.push(err32);
 errors++;
 }
 if(!(((((data12 === "alphanumeric") || (data12 === "hex")) || (data12 === "base64url")) || (data12 === "ascii-printable")) || (data12 === "custom"))){
-const err33 = {instancePath:instancePath+"/fields/" + key3.replace(/~/g, "~0").replace(/\//g, "~1")+"/generate/charset",schemaPath:"common.schema.json#/$defs/generator/properties/charset/enum",keyword:"enum",params:{allowedValues: schema45.properties.charset.enum},message:"must be equal to one of the allowed values"};
+const err33 = {instancePath:instancePath+"/fields/" + key3.replace(/~/g, "~0").replace(/\//g, "~1")+"/generate/charset",schemaPath:"common.schema.json#/$defs/generator/properties/charset/enum",keyword:"enum",params:{allowedValues: schema46.properties.charset.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -1494,7 +1542,7 @@ vErrors.push(err56);
 errors++;
 }
 if(!(((data20 === "dual") || (data20 === "alternate")) || (data20 === "single"))){
-const err57 = {instancePath:instancePath+"/database/strategy",schemaPath:"#/properties/database/properties/strategy/enum",keyword:"enum",params:{allowedValues: schema42.properties.database.properties.strategy.enum},message:"must be equal to one of the allowed values"};
+const err57 = {instancePath:instancePath+"/database/strategy",schemaPath:"#/properties/database/properties/strategy/enum",keyword:"enum",params:{allowedValues: schema43.properties.database.properties.strategy.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err57];
 }
@@ -1527,7 +1575,7 @@ vErrors.push(err59);
 }
 errors++;
 }
-if(!pattern18.test(data21)){
+if(!pattern19.test(data21)){
 const err60 = {instancePath:instancePath+"/database/username",schemaPath:"#/properties/database/properties/username/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err60];
@@ -1596,7 +1644,7 @@ vErrors.push(err65);
 }
 errors++;
 }
-if(!pattern18.test(data23)){
+if(!pattern19.test(data23)){
 const err66 = {instancePath:instancePath+"/database/usernames/" + i0,schemaPath:"#/properties/database/properties/usernames/items/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err66];
@@ -1788,7 +1836,7 @@ return errors === 0;
 validate23.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const target = validate24;
-const schema48 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"target.schema.json","title":"Target","description":"A database whose credentials rotor rotates. Only its name, engine and agent live here: the connection and the admin credentials stay in the agent's own configuration on the database host.","type":"object","additionalProperties":false,"required":["kind","name","engine","agent"],"properties":{"kind":{"const":"Target","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The target's name, referenced by `Secret.database.target` and by the agent's configuration."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"engine":{"description":"The database engine. Strategies: postgres (alternate*, single), mysql and mariadb (dual*, alternate, single), redis (dual*, single), mongodb (alternate*, single), mssql (alternate*, single); * = the default.","type":"string","enum":["postgres","mysql","mariadb","mongodb","redis","mssql"]},"agent":{"$ref":"common.schema.json#/$defs/name","description":"The Agent that applies changes to this database."}},"examples":[{"kind":"Target","name":"payments-pg","engine":"postgres","agent":"db-host-1"}]};
+const schema49 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"target.schema.json","title":"Target","description":"A database whose credentials rotor rotates. Only its name, engine and agent live here: the connection and the admin credentials stay in the agent's own configuration on the database host.","type":"object","additionalProperties":false,"required":["kind","name","engine","agent"],"properties":{"kind":{"const":"Target","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The target's name, referenced by `Secret.database.target` and by the agent's configuration."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"engine":{"description":"The database engine. Strategies: postgres (alternate*, single), mysql and mariadb (dual*, alternate, single), redis (dual*, single), mongodb (alternate*, single), mssql (alternate*, single); * = the default.","type":"string","enum":["postgres","mysql","mariadb","mongodb","redis","mssql"]},"agent":{"$ref":"common.schema.json#/$defs/name","description":"The Agent that applies changes to this database."}},"examples":[{"kind":"Target","name":"payments-pg","engine":"postgres","agent":"db-host-1"}]};
 
 function validate24(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="target.schema.json" */;
@@ -1929,7 +1977,7 @@ vErrors.push(err10);
 errors++;
 }
 if(!((((((data3 === "postgres") || (data3 === "mysql")) || (data3 === "mariadb")) || (data3 === "mongodb")) || (data3 === "redis")) || (data3 === "mssql"))){
-const err11 = {instancePath:instancePath+"/engine",schemaPath:"#/properties/engine/enum",keyword:"enum",params:{allowedValues: schema48.properties.engine.enum},message:"must be equal to one of the allowed values"};
+const err11 = {instancePath:instancePath+"/engine",schemaPath:"#/properties/engine/enum",keyword:"enum",params:{allowedValues: schema49.properties.engine.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err11];
 }
@@ -1981,9 +2029,9 @@ return errors === 0;
 validate24.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const agent = validate25;
-const schema51 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"agent.schema.json","title":"Agent","description":"A rotor-agent running near one or more databases. Its public keys are printed by `rotor keygen` on the agent's host.","type":"object","additionalProperties":false,"required":["kind","name","signingKey","recipient"],"properties":{"kind":{"const":"Agent","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The agent's name, referenced by `Target.agent` and by the agent's configuration."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"signingKey":{"description":"The agent's Ed25519 public key, `ed25519:` followed by the base64 of its 32 bytes. The daemon accepts only requests signed with it.","type":"string","pattern":"^ed25519:[A-Za-z0-9+/]{43}=$","examples":["ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="]},"recipient":{"description":"The agent's age recipient (`age1...`). Credentials sent to the agent are encrypted to it.","type":"string","pattern":"^age1[02-9ac-hj-np-z]{58}$","examples":["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]}}};
-const pattern23 = new RegExp("^ed25519:[A-Za-z0-9+/]{43}=$", "u");
-const pattern24 = new RegExp("^age1[02-9ac-hj-np-z]{58}$", "u");
+const schema52 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"agent.schema.json","title":"Agent","description":"A rotor-agent running near one or more databases. Its public keys are printed by `rotor keygen` on the agent's host.","type":"object","additionalProperties":false,"required":["kind","name","signingKey","recipient"],"properties":{"kind":{"const":"Agent","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The agent's name, referenced by `Target.agent` and by the agent's configuration."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"signingKey":{"description":"The agent's Ed25519 public key, `ed25519:` followed by the base64 of its 32 bytes. The daemon accepts only requests signed with it.","type":"string","pattern":"^ed25519:[A-Za-z0-9+/]{43}=$","examples":["ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="]},"recipient":{"description":"The agent's age recipient (`age1...`). Credentials sent to the agent are encrypted to it.","type":"string","pattern":"^age1[02-9ac-hj-np-z]{58}$","examples":["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]}}};
+const pattern24 = new RegExp("^ed25519:[A-Za-z0-9+/]{43}=$", "u");
+const pattern25 = new RegExp("^age1[02-9ac-hj-np-z]{58}$", "u");
 
 function validate25(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="agent.schema.json" */;
@@ -2114,7 +2162,7 @@ errors++;
 if(data.signingKey !== undefined){
 let data3 = data.signingKey;
 if(typeof data3 === "string"){
-if(!pattern23.test(data3)){
+if(!pattern24.test(data3)){
 const err10 = {instancePath:instancePath+"/signingKey",schemaPath:"#/properties/signingKey/pattern",keyword:"pattern",params:{pattern: "^ed25519:[A-Za-z0-9+/]{43}=$"},message:"must match pattern \""+"^ed25519:[A-Za-z0-9+/]{43}=$"+"\""};
 if(vErrors === null){
 vErrors = [err10];
@@ -2139,7 +2187,7 @@ errors++;
 if(data.recipient !== undefined){
 let data4 = data.recipient;
 if(typeof data4 === "string"){
-if(!pattern24.test(data4)){
+if(!pattern25.test(data4)){
 const err12 = {instancePath:instancePath+"/recipient",schemaPath:"#/properties/recipient/pattern",keyword:"pattern",params:{pattern: "^age1[02-9ac-hj-np-z]{58}$"},message:"must match pattern \""+"^age1[02-9ac-hj-np-z]{58}$"+"\""};
 if(vErrors === null){
 vErrors = [err12];
@@ -2178,8 +2226,8 @@ return errors === 0;
 validate25.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const consumer = validate26;
-const schema53 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"consumer.schema.json","title":"Consumer","description":"An application that reads secrets over its own Unix socket, `<name>.sock`: in the daemon's socket directory, or, with `agent:`, in the socket directory of that rotor-agent on the application's host.","type":"object","additionalProperties":false,"required":["kind","name","uid","secrets"],"properties":{"kind":{"const":"Consumer","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The consumer's name; its socket is `<name>.sock`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"uid":{"description":"The Unix user id that owns the consumer's socket (mode 0600): only that user can connect.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"gid":{"description":"The Unix group id of the socket. Default: the daemon's group.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"agent":{"$ref":"common.schema.json#/$defs/name","description":"The Agent on whose host the consumer runs: that rotor-agent serves its socket (in the agent's `socketDir`) with the values the daemon sends it. Without it, the daemon serves the consumer on its own host.","examples":["web-1"]},"secrets":{"description":"The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments), each at most 253 characters and 32 segments.","type":"array","minItems":1,"maxItems":1000,"items":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},"examples":[["payments/*"],["payments/**","shared/tls-session-key"]]}},"examples":[{"kind":"Consumer","name":"billing-api","uid":1001,"secrets":["payments/*"]},{"kind":"Consumer","name":"web","agent":"web-1","uid":1002,"secrets":["payments/db"]}]};
-const pattern27 = new RegExp("^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$", "u");
+const schema54 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"consumer.schema.json","title":"Consumer","description":"An application that reads secrets over its own Unix socket, `<name>.sock`: in the daemon's socket directory, or, with `agent:`, in the socket directory of that rotor-agent on the application's host.","type":"object","additionalProperties":false,"required":["kind","name","uid","secrets"],"properties":{"kind":{"const":"Consumer","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The consumer's name; its socket is `<name>.sock`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"uid":{"description":"The Unix user id that owns the consumer's socket (mode 0600): only that user can connect.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"gid":{"description":"The Unix group id of the socket. Default: the daemon's group.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"agent":{"$ref":"common.schema.json#/$defs/name","description":"The Agent on whose host the consumer runs: that rotor-agent serves its socket (in the agent's `socketDir`) with the values the daemon sends it. Without it, the daemon serves the consumer on its own host.","examples":["web-1"]},"secrets":{"description":"The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments), each at most 253 characters and 32 segments.","type":"array","minItems":1,"maxItems":1000,"items":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},"examples":[["payments/*"],["payments/**","shared/tls-session-key"]]}},"examples":[{"kind":"Consumer","name":"billing-api","uid":1001,"secrets":["payments/*"]},{"kind":"Consumer","name":"web","agent":"web-1","uid":1002,"secrets":["payments/db"]}]};
+const pattern28 = new RegExp("^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$", "u");
 
 function validate26(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="consumer.schema.json" */;
@@ -2449,7 +2497,7 @@ vErrors.push(err21);
 }
 errors++;
 }
-if(!pattern27.test(data7)){
+if(!pattern28.test(data7)){
 const err22 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},message:"must match pattern \""+"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"+"\""};
 if(vErrors === null){
 vErrors = [err22];

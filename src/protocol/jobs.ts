@@ -44,21 +44,46 @@ export const MAX_RESULTS_PER_REQUEST = 1000;
 /** Characters of a result's message at most (the agent shortens longer ones). */
 export const MAX_RESULT_MESSAGE = 1000;
 
+/** Whether `v` is one well-formed check of a verify result (what the daemon accepts from an agent). */
+export function isCheck(v: unknown): v is Check {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const x = v as Record<string, unknown>;
+  return (
+    (x.credential === 'current' || x.credential === 'previous') &&
+    (x.outcome === 'ok' || x.outcome === 'refused' || x.outcome === 'error') &&
+    (x.code === undefined || (typeof x.code === 'string' && x.code.length > 0 && x.code.length <= 64))
+  );
+}
+
+/** Whether `v` is a well-formed list of checks: at most MAX_CHECKS, each credential at most once. */
+export function isChecks(v: unknown): v is readonly Check[] {
+  if (!Array.isArray(v) || v.length > MAX_CHECKS || !v.every(isCheck)) return false;
+  return new Set(v.map((c) => c.credential)).size === v.length;
+}
+
 export type Strategy = 'dual' | 'alternate' | 'single';
 /** The schema's engine names (src/model/engines.ts). */
 export type EngineName = Engine;
 
+/**
+ * set: make the pending value log in, then test it; retire: revoke the previous value; verify: only log
+ * in with the credentials served now (current, and previous during the overlap) and report each
+ * (drift detection, src/rotation/drift.ts): nothing is changed on the server.
+ */
+export type JobKind = 'set' | 'retire' | 'verify';
+export const JOB_KINDS: readonly JobKind[] = ['set', 'retire', 'verify'];
+
 export interface Job {
   /** Unique per job, and stable across redeliveries. */
   readonly id: string;
-  readonly kind: 'set' | 'retire';
+  readonly kind: JobKind;
   readonly secret: string;
-  /** The version the job is about: the pending one for set, the retired one for retire. */
+  /** The version the job is about: the pending one for set, the retired one for retire, the current one for verify. */
   readonly version: number;
   readonly target: string;
   readonly engine: EngineName;
   readonly strategy: Strategy;
-  /** sealForAgent(recipient, SetPayload | RetirePayload). */
+  /** sealForAgent(recipient, SetPayload | RetirePayload | VerifyPayload). */
   readonly sealed: string;
 }
 
@@ -79,12 +104,36 @@ export interface RetirePayload {
   readonly current: Credential;
 }
 
+/** Log in with `current`, and with `previous` while it is still valid (the overlap before retire); change nothing. */
+export interface VerifyPayload {
+  readonly current: Credential;
+  readonly previous?: Credential;
+}
+
+/** Which credential of a verify job a check is about. */
+export type CheckedCredential = 'current' | 'previous';
+
+/**
+ * One login of a verify job: ok (it logged in), refused (the server refused the credential: drift), or
+ * error (the server could not be reached or said something else: not drift; `code` says what).
+ */
+export interface Check {
+  readonly credential: CheckedCredential;
+  readonly outcome: 'ok' | 'refused' | 'error';
+  readonly code?: string;
+}
+
+/** The checks of one verify result at most (current and previous). */
+export const MAX_CHECKS = 2;
+
 export interface Result {
   readonly id: string;
   /** done: set+test succeeded (or retire did); failed: see code. */
   readonly outcome: 'done' | 'failed';
   /** For set: 'applied' or 'already-applied' (the pending value logged in before anything was changed). */
-  readonly detail?: 'applied' | 'already-applied' | 'retired';
+  readonly detail?: 'applied' | 'already-applied' | 'retired' | 'verified';
+  /** For verify (outcome done, detail verified): one check per credential of the payload. */
+  readonly checks?: readonly Check[];
   /** A DbError code (DB_UNREACHABLE, DB_VALUE_REJECTED, ...), DB_TEST_FAILED (the change was accepted but the new login was refused), or an agent code (AGENT_TARGET_UNKNOWN, AGENT_ENGINE_MISMATCH, AGENT_SEAL, AGENT_JOB_INVALID, AGENT_INTERNAL). */
   readonly code?: string;
   /** A short message without any value. */

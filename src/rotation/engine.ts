@@ -46,7 +46,8 @@ export interface AuditEvent {
     | 'purged'
     | 'rotation-failed'
     | 'config-applied'
-    | 'config-rejected';
+    | 'config-rejected'
+    | 'drift-detected';
   secret?: string;
   from?: number;
   to?: number;
@@ -458,6 +459,17 @@ export class Engine {
       return Promise.reject(new RotorError('SECRET_NOT_ROTATABLE', message, { retry: NEVER }));
     }
     return this.rotate(name, 'cli', { reason });
+  }
+
+  /** Rotates a secret now because a drift check found a served credential refused (drift.ts). */
+  rotateOnDrift(name: string, reason: string): Promise<void> {
+    return this.rotate(name, 'drift', { reason });
+  }
+
+  /** Runs fn holding the secret's lock, unless a rotation of it is pending or running (then undefined). */
+  whenIdle<T>(name: string, fn: () => Promise<T>): Promise<T | undefined> {
+    const busy = () => this.rotations.has(name) || Boolean(this.record(name)?.pending);
+    return busy() ? Promise.resolve(undefined) : this.locked(name, () => (busy() ? Promise.resolve(undefined) : fn()));
   }
 
   private rotate(name: string, trigger: Trigger, extra: RotationExtra): Promise<void> {

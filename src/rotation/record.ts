@@ -5,7 +5,7 @@
 import type { SecretValue } from './generate.js';
 
 /** Why a version was made; `commit`: a person committed a new value of a `sops:` secret. */
-export type Trigger = 'schedule' | 'request' | 'cli' | 'new' | 'commit';
+export type Trigger = 'schedule' | 'request' | 'cli' | 'new' | 'commit' | 'drift';
 
 export interface Version {
   readonly version: number;

@@ -22,6 +22,7 @@ import type { Job, Result } from '../protocol/jobs.js';
 import {
   AGENT_JOBS_PATH,
   AGENT_RESULTS_PATH,
+  isChecks,
   MAX_AGENT_WAIT,
   MAX_JOBS_BODY,
   MAX_RESULT_MESSAGE,
@@ -312,7 +313,7 @@ export async function listenAgentApi(listen: string, o: AgentApiOptions): Promis
         return answer(req, res, 400, {
           error: {
             code: 'BAD_REQUEST',
-            message: `results must be a list of at most ${MAX_RESULTS_PER_REQUEST} {id, outcome, detail?, code?, message?}`,
+            message: `results must be a list of at most ${MAX_RESULTS_PER_REQUEST} {id, outcome, detail?, code?, message?, checks?}`,
           },
         });
       }
@@ -364,6 +365,11 @@ function isResult(r: unknown): r is Result {
     (x.outcome === 'done' || x.outcome === 'failed') &&
     (x.code === undefined || (typeof x.code === 'string' && x.code.length <= 64)) &&
     (x.message === undefined || (typeof x.message === 'string' && x.message.length <= MAX_RESULT_MESSAGE)) &&
-    (x.detail === undefined || x.detail === 'applied' || x.detail === 'already-applied' || x.detail === 'retired')
+    (x.detail === undefined ||
+      x.detail === 'applied' ||
+      x.detail === 'already-applied' ||
+      x.detail === 'retired' ||
+      x.detail === 'verified') &&
+    (x.checks === undefined || isChecks(x.checks))
   );
 }

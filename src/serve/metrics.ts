@@ -170,6 +170,11 @@ export function metricsRegistry(source: MetricsSource): {
     'Consumers of a secret that last read an older version than the current one, or never read it.',
     (x) => x.consumers.filter((c) => c.behind).length,
   );
+  perSecret(
+    'rotor_secret_drift',
+    '1 while the database refuses a served credential of a secret (drift, found by policy verify), else 0.',
+    (x) => (x.drift ? 1 : 0),
+  );
   new Gauge({
     name: 'rotor_secrets_overdue',
     help: 'How many secrets are overdue (rotor_secret_overdue).',

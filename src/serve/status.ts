@@ -52,6 +52,19 @@ export interface SecretStatusView {
   };
   /** The previous version while it is still served (the overlap): it stops being valid at `validUntil` (ISO 8601). */
   readonly previous?: { readonly version: number; readonly validUntil: string };
+  /**
+   * A drift incident going on (policy `verify`): the served credentials the database refuses, since the
+   * first refused check. It also shows as `failing` with DRIFT_DETECTED unless a rotation is failing.
+   */
+  readonly drift?: {
+    readonly since: string;
+    readonly onDrift: 'rotate' | 'alert';
+    readonly credentials: readonly {
+      readonly version: number;
+      readonly username: string;
+      readonly credential: 'current' | 'previous';
+    }[];
+  };
   readonly policy?: string;
   /** database, sops, fields or generate. */
   readonly source?: string;
