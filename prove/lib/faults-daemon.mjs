@@ -5,7 +5,8 @@
 //   { id, cmd: 'faults', store?: PLAN, audit?: PLAN }  sets the plans (see faults-fs.mjs)
 //   { id, cmd: 'counts' }                               the faults injected so far, by kind
 //   { id, cmd: 'stop' }                                 a graceful stop (pushes what is left), then exit
-// Usage: node faults-daemon.mjs '{"repo":..., "dataDir":..., "socketDir":..., "seed":1, "commitDelayMs":200}'
+// Usage: node faults-daemon.mjs '{"repo":..., "dataDir":..., "socketDir":..., "seed":1, "commitDelayMs":200,
+//   "breakGlass": ["age1..."]}'
 import { writeSync } from 'node:fs';
 import { FaultPlan, faultyAuditFs, faultyStoreFs } from './faults-fs.mjs';
 
@@ -26,7 +27,7 @@ const daemon = new Daemon({
   branch: cfg.branch ?? 'main',
   dataDir: cfg.dataDir,
   socketDir: cfg.socketDir,
-  breakGlass: [],
+  breakGlass: cfg.breakGlass ?? [],
   log,
   commitDelayMs: cfg.commitDelayMs ?? 200,
   storeFs: faultyStoreFs(nodeFs, plans.store),

@@ -124,12 +124,21 @@ export const secretNames = (n, prefix = 'load') =>
 
 /**
  * Starts the daemon (faults-daemon.mjs) in its own process; resolves once it started. `env` is added
- * to its environment (the git wrapper's PATH). Its log lines go to DATA_DIR/../daemon.log.
+ * to its environment (the git wrapper's PATH); `breakGlass`: age recipients the store is sealed to too. Its log lines go to DATA_DIR/../daemon.log.
  */
-export async function startDaemon(w, { env = {}, store, audit, seed = 1, commitDelayMs = 200 } = {}) {
+export async function startDaemon(w, { env = {}, store, audit, seed = 1, commitDelayMs = 200, breakGlass = [] } = {}) {
   const logFile = path.join(w.root, 'daemon.log');
   const fd = openSync(logFile, 'a');
-  const cfg = { repo: w.remote, dataDir: w.dataDir, socketDir: w.socketDir, seed, commitDelayMs, store, audit };
+  const cfg = {
+    repo: w.remote,
+    dataDir: w.dataDir,
+    socketDir: w.socketDir,
+    seed,
+    commitDelayMs,
+    store,
+    audit,
+    breakGlass,
+  };
   // env -u NODE_OPTIONS: a test runner's loaders in NODE_OPTIONS would double the child's start-up.
   const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, DAEMON, JSON.stringify(cfg)], {
     env: { ...process.env, ...env },
