@@ -6,6 +6,7 @@
 
 import { defaultStrategy } from '../model/engines.js';
 import type { Desired } from '../model/model.js';
+import type { NotifyStatus } from '../notify/notifier.js';
 import type { AuditEvent, Engine, StorageName } from '../rotation/engine.js';
 import type {
   AgentsStatus,
@@ -34,6 +35,7 @@ export interface StatusParts {
   readonly recent: readonly RecentView[];
   /** Which daemon leads the ones sharing the state store; absent with the file store. */
   readonly leadership?: LeadershipView;
+  readonly notify?: NotifyStatus | undefined;
   readonly now: () => number;
 }
 
@@ -86,6 +88,7 @@ export function daemonStatus(p: StatusParts): DaemonStatus {
     audit: { ...p.audit, ...storageStatus(p.engine, 'audit log') },
     recent: [...p.recent],
     ...(p.leadership ? { leadership: p.leadership } : {}),
+    ...(p.notify ? { notify: p.notify } : {}),
     now: new Date(now()).toISOString(),
   };
 }
