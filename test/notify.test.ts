@@ -100,6 +100,7 @@ function notifier(dir: string, url: string, o: Partial<ConstructorParameters<typ
     active: () => true,
     key: () => [KEY],
     commit: () => 'c0ffee',
+    auditSeq: () => 0,
     ...o,
   });
   n.setEndpoints([{ name: 'hook', url, events: ['rotated', 'rotation-failed'], secret: 'rotor/hook-key' }]);
@@ -404,4 +405,63 @@ t.test('a hanging receiver never holds a rotation back (daemon in-process, by ev
     t.notMatch(r.body, token);
   }
   t.notMatch(w.logs(), key);
+});
+
+t.test('rotor plan shows a change to notify as a Config change', async (t) => {
+  const dir = tempDir(t);
+  gitInit(dir);
+  const config = (events: string) =>
+    `kind: Config\nnotify:\n  - name: chat\n    url: https://hooks.example.com/x\n    events: [${events}]\n    secret: rotor/hook-key\n`;
+  writeFileSync(path.join(dir, 'rotor.yaml'), config('rotated'));
+  writeFileSync(
+    path.join(dir, 's.yaml'),
+    'kind: Policy\nname: p\nevery: 30d\noverlap: 1d\n---\nkind: Secret\nname: rotor/hook-key\npolicy: p\ngenerate: { length: 40 }\n',
+  );
+  commitAll(dir, 'base');
+  writeFileSync(path.join(dir, 'rotor.yaml'), config('rotated, rotation-failed'));
+  commitAll(dir, 'head');
+  const r = await rotor(['plan', '--base', 'HEAD~1', '--head', 'HEAD', '--format', 'json', dir]);
+  t.equal(r.code, 0, r.stdout + r.stderr);
+  const change = JSON.parse(r.stdout).plan.changes.find((c: { kind: string }) => c.kind === 'Config');
+  t.equal(change?.action, 'changed');
+  t.match(JSON.stringify(change.fields), /notify/);
+  t.match(JSON.stringify(change.fields), /rotation-failed/);
+});
+
+t.test('audit entries written after the queue last was (a crash in between) are queued again at start', async (t) => {
+  const dir = path.join(tempDir(t), 'notify');
+  const rx = await receiver(
+    t,
+    () => KEY,
+    () => 200,
+  );
+  let seq = 10;
+  const first = notifier(dir, rx.url, { auditSeq: () => seq });
+  await first.n.open([]); // first start: the cursor (10) is written, nothing replayed
+  t.equal(JSON.parse(readFileSync(path.join(dir, 'queue.json'), 'utf8')).auditSeq, 10);
+  await first.n.close();
+  // Entries 11 and 12 were appended, then the daemon died before the queue was written again.
+  const time = new Date().toISOString();
+  const tail = [
+    { seq: 10, time, event: 'rotated', secret: 's', from: 1, to: 2 },
+    { seq: 11, time, event: 'rotated', secret: 's', from: 2, to: 3 },
+    { seq: 12, time, event: 'retired', secret: 's', from: 2 },
+    { seq: 13, time, event: 'rotation-failed', secret: 's', to: 4, detail: 'AGENT_TIMEOUT: x' },
+  ];
+  seq = 13;
+  const second = notifier(dir, rx.url, { auditSeq: () => seq });
+  t.teardown(() => second.n.close());
+  await second.n.open(tail);
+  second.n.setEndpoints([{ name: 'hook', url: rx.url, events: ['rotated', 'rotation-failed'], secret: 'k' }]);
+  await rx.until((g) => g.length >= 2);
+  await second.n.drained();
+  t.same(
+    rx.got.map((r) => [r.data.event, r.data.to]),
+    [
+      ['rotated', 3],
+      ['rotation-failed', 4],
+    ],
+    'only the entries after the cursor, each once',
+  );
+  t.equal(rx.got[0]!.data.time, time, 'with the time of the audit entry');
 });

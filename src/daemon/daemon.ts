@@ -310,6 +310,7 @@ export class Daemon {
     this.notify = await Notify.open({
       ...{ dataDir, log, now: this.now, daemon: this.o.name ?? defaultDaemonName(), active: () => this.acting() },
       ...{ served: (s) => this.engine.served(s), commit: () => this.applied?.commit, status: () => this.status() },
+      ...{ auditSeq: () => audit.head.seq, auditTail: index.notifyTail.splice(0) },
     });
     this.consumers = new ConsumerService({
       source: this.engine,

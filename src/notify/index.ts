@@ -27,6 +27,9 @@ export interface NotifyWiring {
   readonly active: () => boolean;
   readonly served: (secret: string) => Served | undefined;
   readonly commit: () => string | undefined;
+  /** The audit log's last seq, and its last entries that webhooks report (replayed past the queue's cursor). */
+  readonly auditSeq: () => number;
+  readonly auditTail: readonly (AuditLike & { readonly seq: number })[];
   readonly status: () => WatchedStatus;
   readonly fs?: StoreFs;
 }
@@ -49,8 +52,9 @@ export class Notify {
       active: w.active,
       key: (secret) => keysOf(w.served(secret)),
       commit: w.commit,
+      auditSeq: w.auditSeq,
     });
-    await notifier.open();
+    await notifier.open(w.auditTail);
     const n = new Notify(notifier, w);
     n.watchTimer = setInterval(() => n.look(), WATCH_INTERVAL_MS);
     n.watchTimer.unref();

@@ -60,6 +60,8 @@ export interface NotifierOptions {
   readonly key: (secret: string) => readonly string[] | undefined;
   /** The commit in force, for bodies whose event names none. */
   readonly commit: () => string | undefined;
+  /** The seq of the audit log's last entry (after an append: the last one appended). */
+  readonly auditSeq: () => number;
   readonly maxQueue?: number;
   readonly maxAgeMs?: number;
   /** Requests in flight per endpoint (each on its own lane). */
@@ -99,16 +101,44 @@ export class Notifier {
     this.maxAgeMs = o.maxAgeMs ?? 24 * 3600_000;
   }
 
-  /** Reads the queue left on disk; its deliveries go out once their endpoints are known (setEndpoints). */
-  async open(): Promise<void> {
-    this.queue = await this.o.file.read((message, code) => this.o.log('warn', message, { code }));
+  /**
+   * The audit cursor: every audit entry up to this seq has its deliveries in the queue file (or sent).
+   * Saved with the queue, in the same write.
+   */
+  private cursor: number | undefined;
+  /** Entries audited after the saved cursor (a crash between an audit append and the queue's write). */
+  private replay: AuditLike[] = [];
+
+  /**
+   * Reads the queue left on disk; its deliveries go out once their endpoints are known (setEndpoints).
+   * `tail` is the end of the audit log: its entries past the saved cursor are queued at the first
+   * setEndpoints (as events of their own time), so that a crash right after an audit append loses no
+   * event. Without a queue file (the first start) nothing is replayed: the cursor starts at the log's end.
+   */
+  async open(tail: readonly (AuditLike & { readonly seq: number })[] = []): Promise<void> {
+    const read = await this.o.file.read((message, code) => this.o.log('warn', message, { code }));
+    this.queue = read.deliveries;
     for (const d of this.queue) d.nextAt = Math.min(d.nextAt, this.o.now()); // a restart tries at once
+    const from = read.auditSeq;
+    const oldest = this.o.now() - this.maxAgeMs;
+    if (from !== undefined) this.replay = tail.filter((e) => e.seq > from && Date.parse(e.time) >= oldest);
+    this.cursor = this.o.auditSeq();
+    if (from === undefined) {
+      this.save(); // the cursor on disk from the start: a crash after the next append replays it
+      await this.flushed();
+    }
   }
 
   /** The endpoints of the Config in force. Deliveries to an endpoint no longer declared are dropped. */
   setEndpoints(endpoints: readonly NotifyEndpoint[]): void {
     this.endpoints = new Map(endpoints.map((e) => [e.name, e]));
     this.configured = true;
+    if (this.replay.length) {
+      const replay = this.replay;
+      this.replay = [];
+      this.o.log('info', 'queuing webhooks for audit entries written before the last stop', { entries: replay.length });
+      this.audited(replay);
+    }
     const kept = this.queue.filter((d) => this.endpoints.has(d.endpoint) || this.inFlight.has(d.id));
     for (const d of this.queue) if (!kept.includes(d)) this.count(d.endpoint, 'dropped');
     if (kept.length !== this.queue.length) {
@@ -124,6 +154,8 @@ export class Notifier {
       const o = occurrenceOf(e);
       if (o) this.emit(o);
     }
+    this.cursor = this.o.auditSeq();
+    this.save();
   }
 
   /** Queues `o` for every endpoint that asked for its event (drift detection and the watcher call this). */
@@ -180,7 +212,7 @@ export class Notifier {
         const written = new Set(this.unsaved);
         const snapshot = this.queue.map((d) => ({ ...d }));
         try {
-          await this.o.file.write(snapshot);
+          await this.o.file.write(snapshot, this.cursor);
           for (const id of written) this.unsaved.delete(id);
         } catch (e) {
           // Not written: nothing new is sent (at least once needs it on disk first); tried again shortly.

@@ -36,11 +36,14 @@ export class QueueFile {
     this.file = path.join(dir, 'queue.json');
   }
 
-  /** The deliveries saved last, oldest first; [] when there is no file. */
-  async read(warn: (message: string, code: string) => void): Promise<Delivery[]> {
+  /**
+   * The deliveries saved last, oldest first ([] when there is no file), and the audit cursor saved with
+   * them: the seq of the last audit entry whose deliveries they include (undefined: no file).
+   */
+  async read(warn: (message: string, code: string) => void): Promise<{ deliveries: Delivery[]; auditSeq?: number }> {
     await this.fs.mkdir(this.dir);
     const size = await this.fs.size(this.file);
-    if (size === undefined) return [];
+    if (size === undefined) return { deliveries: [] };
     let text: string;
     try {
       if (size > MAX_QUEUE_FILE) throw Object.assign(new Error('too large'), { code: 'NOTIFY_QUEUE_TOO_LARGE' });
@@ -57,9 +60,10 @@ export class QueueFile {
       } finally {
         await f.close();
       }
-      const data = JSON.parse(text) as { v?: unknown; deliveries?: unknown };
+      const data = JSON.parse(text) as { v?: unknown; deliveries?: unknown; auditSeq?: unknown };
       if (data.v !== 1 || !Array.isArray(data.deliveries)) throw new Error('not a queue file');
-      return data.deliveries.filter(isDelivery);
+      const seq = Number.isSafeInteger(data.auditSeq) ? (data.auditSeq as number) : undefined;
+      return { deliveries: data.deliveries.filter(isDelivery), ...(seq !== undefined ? { auditSeq: seq } : {}) };
     } catch (e) {
       const code = (e as { code?: string }).code ?? 'NOTIFY_QUEUE_UNREADABLE';
       warn(
@@ -67,15 +71,15 @@ export class QueueFile {
         code,
       );
       await this.fs.rename(this.file, `${this.file}.bad`).catch(() => undefined);
-      return [];
+      return { deliveries: [] };
     }
   }
 
   /** Replaces the file with `deliveries`, durably, before it resolves. */
-  async write(deliveries: readonly Delivery[]): Promise<void> {
+  async write(deliveries: readonly Delivery[], auditSeq: number | undefined): Promise<void> {
     await this.fs.mkdir(this.dir);
     const tmp = `${this.file}.tmp`;
-    const data = new TextEncoder().encode(JSON.stringify({ v: 1, deliveries }));
+    const data = new TextEncoder().encode(JSON.stringify({ v: 1, auditSeq, deliveries }));
     const f = await this.fs.open(tmp, 'create');
     try {
       await f.write(data, 0);

@@ -34,6 +34,7 @@ export function post(
       done = true;
       clearTimeout(total);
       clearTimeout(connect);
+      signal?.removeEventListener('abort', onAbort);
       req.destroy();
       resolve(o);
     };
@@ -44,6 +45,7 @@ export function post(
       resolve({ ok: false, code: 'NOTIFY_URL_INVALID' });
       return;
     }
+    const onAbort = () => finish({ ok: false, code: 'NOTIFY_ABORTED' });
     const lib = u.protocol === 'https:' ? https : http;
     const data = Buffer.from(body, 'utf8');
     const req = lib.request(u, {
@@ -58,7 +60,7 @@ export function post(
     });
     const total = setTimeout(() => finish({ ok: false, code: 'NOTIFY_TIMEOUT' }), limits.totalMs);
     const connect = setTimeout(() => finish({ ok: false, code: 'NOTIFY_CONNECT_TIMEOUT' }), limits.connectMs);
-    signal?.addEventListener('abort', () => finish({ ok: false, code: 'NOTIFY_ABORTED' }), { once: true });
+    signal?.addEventListener('abort', onAbort, { once: true });
     req.on('socket', (socket) => {
       const connected = () => clearTimeout(connect);
       if (!socket.connecting) connected();
