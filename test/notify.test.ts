@@ -438,6 +438,7 @@ t.test('audit entries written after the queue last was (a crash in between) are 
   let seq = 10;
   const first = notifier(dir, rx.url, { auditSeq: () => seq });
   await first.n.open([]); // first start: the cursor (10) is written, nothing replayed
+  await first.n.flushed();
   t.equal(JSON.parse(readFileSync(path.join(dir, 'queue.json'), 'utf8')).auditSeq, 10);
   await first.n.close();
   // Entries 11 and 12 were appended, then the daemon died before the queue was written again.

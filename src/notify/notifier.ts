@@ -123,10 +123,9 @@ export class Notifier {
     const oldest = this.o.now() - this.maxAgeMs;
     if (from !== undefined) this.replay = tail.filter((e) => e.seq > from && Date.parse(e.time) >= oldest);
     this.cursor = this.o.auditSeq();
-    if (from === undefined) {
-      this.save(); // the cursor on disk from the start: a crash after the next append replays it
-      await this.flushed();
-    }
+    // The cursor on disk from the start (a crash after the next append replays it); not awaited: a disk
+    // that cannot be written must not keep the daemon from starting (the write is retried).
+    if (from === undefined) this.save();
   }
 
   /** The endpoints of the Config in force. Deliveries to an endpoint no longer declared are dropped. */
