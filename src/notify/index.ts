@@ -82,6 +82,7 @@ export class Notify {
         this.watcher.reset();
         return;
       }
+      if (!this.notifier.wants('overdue') && !this.notifier.wants('audit-push-failing')) return;
       for (const o of this.watcher.look(this.w.status())) this.notifier.emit(o);
     } catch (e) {
       this.w.log('warn', 'the webhook watcher could not read the status', {

@@ -139,11 +139,11 @@ export class Notifier {
       this.audited(replay);
     }
     const kept = this.queue.filter((d) => this.endpoints.has(d.endpoint) || this.inFlight.has(d.id));
-    for (const d of this.queue) if (!kept.includes(d)) this.count(d.endpoint, 'dropped');
-    if (kept.length !== this.queue.length) {
-      this.queue = kept;
-      this.save();
-    }
+    for (const d of this.queue)
+      if (!this.endpoints.has(d.endpoint) && !this.inFlight.has(d.id)) this.count(d.endpoint, 'dropped');
+    this.queue = kept;
+    this.cursor = this.o.auditSeq(); // what was audited before these endpoints is not theirs to hear of
+    this.save();
     this.wake();
   }
 
@@ -154,7 +154,14 @@ export class Notifier {
       if (o) this.emit(o);
     }
     this.cursor = this.o.auditSeq();
-    this.save();
+    // Without endpoints nothing is written on the audit path (the cursor is saved once some are declared).
+    if (this.endpoints.size > 0 || this.queue.length > 0) this.save();
+  }
+
+  /** Whether an endpoint asked for `event` (the watcher looks only then). */
+  wants(event: NotifyEvent): boolean {
+    for (const ep of this.endpoints.values()) if ((ep.events as readonly NotifyEvent[]).includes(event)) return true;
+    return false;
   }
 
   /** Queues `o` for every endpoint that asked for its event (drift detection and the watcher call this). */
