@@ -2,15 +2,13 @@
 // @ts-nocheck
 /* eslint-disable */
 import runtime0 from 'ajv/dist/runtime/ucs2length.js';
-import runtime1 from 'ajv/dist/runtime/equal.js';
 
 export const config = validate20;
-const schema31 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"config.schema.json","title":"Config","description":"The repository-wide settings of rotor. Exactly one, in rotor.yaml at the root of the repository.","type":"object","additionalProperties":false,"required":["kind"],"properties":{"kind":{"const":"Config","description":"Declaration kind."},"audit":{"description":"Where the daemon appends its audit log in this repository.","type":"object","additionalProperties":false,"properties":{"dir":{"description":"Directory of the audit log, relative to the repository root. Files under it are never read as declarations, and `rotor plan` refuses changes that edit or delete its lines. Default `audit`.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$","default":"audit","examples":["audit"]},"push":{"description":"Whether the daemon pushes its audit commits to the remote. Default true.","type":"boolean","default":true},"branch":{"description":"Keep the audit log on this branch of the same remote instead of the declarations' branch. The daemon creates it (holding only the audit directory, the log so far included), commits and pushes only there, fast-forward only, and never writes to the declarations' branch: people's pushes never race the daemon's, and that branch may require reviews. `rotor audit verify` and `rotor plan` read the log from it. Read when the daemon starts: a change takes effect at its next start.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$","examples":["rotor-audit"]}}},"sync":{"description":"How the daemon follows the repository.","type":"object","additionalProperties":false,"properties":{"interval":{"$ref":"common.schema.json#/$defs/duration","description":"How often the daemon fetches the repository. Default 30s.","default":"30s"}}},"ignore":{"description":"Paths (globs relative to the repository root; `*` within a segment, `**` across segments) whose YAML files are not declarations, such as Helm charts kept in the same repository. At most 100 globs, each at most 200 characters and 32 segments. Dot-directories (.git, .github) and SOPS-encrypted files are always skipped.","type":"array","maxItems":100,"items":{"type":"string","minLength":1,"maxLength":200},"examples":[["charts/**","docs/**"]]},"notify":{"description":"Webhooks: HTTP endpoints the daemon tells about events (rotations, failures, overdue secrets, rejected commits, a failing audit push). Each delivery is a JSON POST holding names, versions, times and error codes, never a value, signed with HMAC-SHA256 (header `X-Rotor-Signature: t=<unix seconds>,v1=<hex>`, over `<t>.<body>`) with the current value of a secret declared in this repository, and retried with backoff from a bounded queue kept in the daemon's data directory. At most 32 endpoints.","type":"array","maxItems":32,"items":{"title":"NotifyEndpoint","type":"object","additionalProperties":false,"required":["name","url","events","secret"],"properties":{"name":{"$ref":"common.schema.json#/$defs/name","description":"The endpoint's name, unique among the endpoints: it labels the endpoint in `rotor status`, the status page and the metrics."},"url":{"description":"Where deliveries are POSTed: an https:// URL, or http:// to a loopback address (127.0.0.0/8, [::1], localhost) such as a local relay. No user name or password in the URL, no fragment.","type":"string","minLength":1,"maxLength":2048,"examples":["https://hooks.example.com/rotor"]},"events":{"description":"The events sent to this endpoint: `rotated` (a new version became current), `rotation-failed` (an attempt failed; it is retried with backoff), `overdue` (a secret became overdue), `drift-detected` (an agent's check found a credential refused; sent once drift detection exists), `config-rejected` (a commit of the repository was invalid and not applied), `audit-push-failing` (the audit log cannot be pushed; its entries are kept and retried).","type":"array","minItems":1,"uniqueItems":true,"items":{"enum":["rotated","rotation-failed","overdue","drift-detected","config-rejected","audit-push-failing"]}},"secret":{"$ref":"common.schema.json#/$defs/secretName","description":"The name of a Secret declared in this repository (a `generate` or `sops` secret, not `fields` or `database`) whose current value is the HMAC key. Give the receiver that value as a consumer of the secret; while a new version overlaps the previous one, deliveries carry a signature made with each."}}},"examples":[[{"name":"ops-chat","url":"https://hooks.example.com/rotor","events":["rotated","rotation-failed","overdue"],"secret":"rotor/webhook-key"}]]}},"examples":[{"kind":"Config","audit":{"dir":"audit","push":true},"sync":{"interval":"30s"}}]};
+const schema31 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"config.schema.json","title":"Config","description":"The repository-wide settings of rotor. Exactly one, in rotor.yaml at the root of the repository.","type":"object","additionalProperties":false,"required":["kind"],"properties":{"kind":{"const":"Config","description":"Declaration kind."},"audit":{"description":"Where the daemon appends its audit log in this repository.","type":"object","additionalProperties":false,"properties":{"dir":{"description":"Directory of the audit log, relative to the repository root. Files under it are never read as declarations, and `rotor plan` refuses changes that edit or delete its lines. Default `audit`.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$","default":"audit","examples":["audit"]},"push":{"description":"Whether the daemon pushes its audit commits to the remote. Default true.","type":"boolean","default":true},"branch":{"description":"Keep the audit log on this branch of the same remote instead of the declarations' branch. The daemon creates it (holding only the audit directory, the log so far included), commits and pushes only there, fast-forward only, and never writes to the declarations' branch: people's pushes never race the daemon's, and that branch may require reviews. `rotor audit verify` and `rotor plan` read the log from it. Read when the daemon starts: a change takes effect at its next start.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$","examples":["rotor-audit"]}}},"sync":{"description":"How the daemon follows the repository.","type":"object","additionalProperties":false,"properties":{"interval":{"$ref":"common.schema.json#/$defs/duration","description":"How often the daemon fetches the repository. Default 30s.","default":"30s"}}},"ignore":{"description":"Paths (globs relative to the repository root; `*` within a segment, `**` across segments) whose YAML files are not declarations, such as Helm charts kept in the same repository. At most 100 globs, each at most 200 characters and 32 segments. Dot-directories (.git, .github) and SOPS-encrypted files are always skipped.","type":"array","maxItems":100,"items":{"type":"string","minLength":1,"maxLength":200},"examples":[["charts/**","docs/**"]]},"notify":{"description":"Webhooks: HTTP endpoints the daemon tells about events (rotations, failures, overdue secrets, rejected commits, a failing audit push). Each delivery is a JSON POST holding names, versions, times and error codes, never a value, signed with HMAC-SHA256 (header `X-Rotor-Signature: t=<unix seconds>,v1=<hex>`, over `<t>.<body>`) with the current value of a secret declared in this repository, and retried with backoff from a bounded queue kept in the daemon's data directory. At most 32 endpoints.","type":"array","maxItems":32,"items":{"title":"NotifyEndpoint","type":"object","additionalProperties":false,"required":["name","url","events","secret"],"properties":{"name":{"$ref":"common.schema.json#/$defs/name","description":"The endpoint's name, unique among the endpoints: it labels the endpoint in `rotor status`, the status page and the metrics."},"url":{"description":"Where deliveries are POSTed: an https:// URL, or http:// to a loopback address (127.0.0.0/8, [::1], localhost) such as a local relay. No user name or password in the URL, no fragment.","type":"string","minLength":1,"maxLength":2048,"examples":["https://hooks.example.com/rotor"]},"events":{"description":"The events sent to this endpoint: `rotated` (a new version became current), `rotation-failed` (an attempt failed; it is retried with backoff), `overdue` (a secret became overdue), `drift-detected` (an agent's check found a credential refused; sent once drift detection exists), `config-rejected` (a commit of the repository was invalid and not applied), `audit-push-failing` (the audit log cannot be pushed; its entries are kept and retried).","type":"array","minItems":1,"uniqueItems":true,"items":{"type":"string","enum":["rotated","rotation-failed","overdue","drift-detected","config-rejected","audit-push-failing"]}},"secret":{"$ref":"common.schema.json#/$defs/secretName","description":"The name of a Secret declared in this repository (a `generate` or `sops` secret, not `fields` or `database`) whose current value is the HMAC key. Give the receiver that value as a consumer of the secret; while a new version overlaps the previous one, deliveries carry a signature made with each."}}},"examples":[[{"name":"ops-chat","url":"https://hooks.example.com/rotor","events":["rotated","rotation-failed","overdue"],"secret":"rotor/webhook-key"}]]}},"examples":[{"kind":"Config","audit":{"dir":"audit","push":true},"sync":{"interval":"30s"}}]};
 const schema33 = {"title":"Duration","description":"A duration: a whole number followed by s (seconds), m (minutes), h (hours) or d (days).","type":"string","pattern":"^[0-9]{1,9}[smhd]$","examples":["30s","10m","24h","30d"]};
 const schema34 = {"title":"Name","description":"Name of a Policy, Target, Agent or Consumer: lower case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters.","type":"string","pattern":"^[a-z0-9][a-z0-9._-]{0,62}$","examples":["standard","payments-pg","db-host-1","billing-api"]};
 const schema35 = {"title":"SecretName","description":"Path-like secret name: segments of lower case letters, digits, '.', '_' and '-', joined by '/'. No leading or trailing '/', no empty, '.' or '..' segment, at most 253 characters.","type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._-]+(/[a-z0-9._-]+)*$","examples":["payments/webhook-signing","payments/db-app"]};
 const func1 = runtime0.default;
-const func0 = runtime1.default;
 const pattern4 = new RegExp("^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", "u");
 const pattern5 = new RegExp("^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$", "u");
 const pattern6 = new RegExp("^[0-9]{1,9}[smhd]$", "u");
@@ -450,8 +448,8 @@ errors++;
 const len2 = data13.length;
 for(let i2=0; i2<len2; i2++){
 let data14 = data13[i2];
-if(!((((((data14 === "rotated") || (data14 === "rotation-failed")) || (data14 === "overdue")) || (data14 === "drift-detected")) || (data14 === "config-rejected")) || (data14 === "audit-push-failing"))){
-const err35 = {instancePath:instancePath+"/notify/" + i1+"/events/" + i2,schemaPath:"#/properties/notify/items/properties/events/items/enum",keyword:"enum",params:{allowedValues: schema31.properties.notify.items.properties.events.items.enum},message:"must be equal to one of the allowed values"};
+if(typeof data14 !== "string"){
+const err35 = {instancePath:instancePath+"/notify/" + i1+"/events/" + i2,schemaPath:"#/properties/notify/items/properties/events/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -460,15 +458,8 @@ vErrors.push(err35);
 }
 errors++;
 }
-}
-let i3 = data13.length;
-let j0;
-if(i3 > 1){
-outer0:
-for(;i3--;){
-for(j0 = i3; j0--;){
-if(func0(data13[i3], data13[j0])){
-const err36 = {instancePath:instancePath+"/notify/" + i1+"/events",schemaPath:"#/properties/notify/items/properties/events/uniqueItems",keyword:"uniqueItems",params:{i: i3, j: j0},message:"must NOT have duplicate items (items ## "+j0+" and "+i3+" are identical)"};
+if(!((((((data14 === "rotated") || (data14 === "rotation-failed")) || (data14 === "overdue")) || (data14 === "drift-detected")) || (data14 === "config-rejected")) || (data14 === "audit-push-failing"))){
+const err36 = {instancePath:instancePath+"/notify/" + i1+"/events/" + i2,schemaPath:"#/properties/notify/items/properties/events/items/enum",keyword:"enum",params:{allowedValues: schema31.properties.notify.items.properties.events.items.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err36];
 }
@@ -476,14 +467,20 @@ else {
 vErrors.push(err36);
 }
 errors++;
-break outer0;
 }
 }
+let i3 = data13.length;
+let j0;
+if(i3 > 1){
+const indices0 = {};
+for(;i3--;){
+let item0 = data13[i3];
+if(typeof item0 !== "string"){
+continue;
 }
-}
-}
-else {
-const err37 = {instancePath:instancePath+"/notify/" + i1+"/events",schemaPath:"#/properties/notify/items/properties/events/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(typeof indices0[item0] == "number"){
+j0 = indices0[item0];
+const err37 = {instancePath:instancePath+"/notify/" + i1+"/events",schemaPath:"#/properties/notify/items/properties/events/uniqueItems",keyword:"uniqueItems",params:{i: i3, j: j0},message:"must NOT have duplicate items (items ## "+j0+" and "+i3+" are identical)"};
 if(vErrors === null){
 vErrors = [err37];
 }
@@ -491,13 +488,14 @@ else {
 vErrors.push(err37);
 }
 errors++;
+break;
+}
+indices0[item0] = i3;
 }
 }
-if(data10.secret !== undefined){
-let data15 = data10.secret;
-if(typeof data15 === "string"){
-if(func1(data15) > 253){
-const err38 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters"};
+}
+else {
+const err38 = {instancePath:instancePath+"/notify/" + i1+"/events",schemaPath:"#/properties/notify/items/properties/events/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err38];
 }
@@ -506,8 +504,12 @@ vErrors.push(err38);
 }
 errors++;
 }
-if(func1(data15) < 1){
-const err39 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+}
+if(data10.secret !== undefined){
+let data15 = data10.secret;
+if(typeof data15 === "string"){
+if(func1(data15) > 253){
+const err39 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters"};
 if(vErrors === null){
 vErrors = [err39];
 }
@@ -516,8 +518,8 @@ vErrors.push(err39);
 }
 errors++;
 }
-if(!pattern8.test(data15)){
-const err40 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._-]+(/[a-z0-9._-]+)*$"},message:"must match pattern \""+"^[a-z0-9._-]+(/[a-z0-9._-]+)*$"+"\""};
+if(func1(data15) < 1){
+const err40 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err40];
 }
@@ -526,9 +528,8 @@ vErrors.push(err40);
 }
 errors++;
 }
-}
-else {
-const err41 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(!pattern8.test(data15)){
+const err41 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._-]+(/[a-z0-9._-]+)*$"},message:"must match pattern \""+"^[a-z0-9._-]+(/[a-z0-9._-]+)*$"+"\""};
 if(vErrors === null){
 vErrors = [err41];
 }
@@ -538,9 +539,8 @@ vErrors.push(err41);
 errors++;
 }
 }
-}
 else {
-const err42 = {instancePath:instancePath+"/notify/" + i1,schemaPath:"#/properties/notify/items/type",keyword:"type",params:{type: "object"},message:"must be object"};
+const err42 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err42];
 }
@@ -552,7 +552,7 @@ errors++;
 }
 }
 else {
-const err43 = {instancePath:instancePath+"/notify",schemaPath:"#/properties/notify/type",keyword:"type",params:{type: "array"},message:"must be array"};
+const err43 = {instancePath:instancePath+"/notify/" + i1,schemaPath:"#/properties/notify/items/type",keyword:"type",params:{type: "object"},message:"must be object"};
 if(vErrors === null){
 vErrors = [err43];
 }
@@ -564,12 +564,24 @@ errors++;
 }
 }
 else {
-const err44 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+const err44 = {instancePath:instancePath+"/notify",schemaPath:"#/properties/notify/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err44];
 }
 else {
 vErrors.push(err44);
+}
+errors++;
+}
+}
+}
+else {
+const err45 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err45];
+}
+else {
+vErrors.push(err45);
 }
 errors++;
 }
@@ -581,7 +593,7 @@ validate20.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 export const policy = validate22;
 const schema36 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"policy.schema.json","title":"Policy","description":"When secrets rotate and how long their previous versions stay valid. Secrets name one policy each.","type":"object","additionalProperties":false,"required":["kind","name","overlap"],"properties":{"kind":{"const":"Policy","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The policy's name, referenced by `Secret.policy`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"every":{"$ref":"common.schema.json#/$defs/duration","description":"Rotate this long after the previous rotation. Exclusive with `cron`; one of the two is required.","examples":["30d","12h"]},"cron":{"description":"Rotate at the times of a cron expression: 5 fields (minute hour day-of-month month day-of-week) or 6 (with seconds first). Exclusive with `every`; one of the two is required.","type":"string","minLength":1,"maxLength":200,"examples":["0 3 * * 0","0 */15 * * * *"]},"timezone":{"description":"IANA time zone for `cron` and `window`. Default UTC.","type":"string","minLength":1,"maxLength":64,"default":"UTC","examples":["UTC","Europe/Berlin","America/New_York"]},"window":{"description":"Rotations start only between `start` and `end` (wall-clock times in `timezone`; a window may span midnight). A rotation due outside the window waits for the next one.","type":"object","additionalProperties":false,"required":["start","end"],"properties":{"start":{"$ref":"common.schema.json#/$defs/clock"},"end":{"$ref":"common.schema.json#/$defs/clock"}},"examples":[{"start":"02:00","end":"05:00"}]},"jitter":{"$ref":"common.schema.json#/$defs/duration","description":"Delay each rotation by up to this much, different for each secret, so that secrets on the same policy do not all rotate at once.","examples":["10m"]},"overlap":{"$ref":"common.schema.json#/$defs/duration","description":"How long the previous version stays valid and readable after a rotation. Must be shorter than the rotation interval.","examples":["24h"]},"retain":{"description":"How many versions the store keeps (current, previous and older ones), at least 2. Default 3.","type":"integer","minimum":2,"maximum":100,"default":3},"maxAge":{"$ref":"common.schema.json#/$defs/duration","description":"Report a secret as overdue once its current version is older than this. Meant for secrets rotated by a person (`sops`), useful for all.","examples":["45d"]},"retireAfter":{"description":"When the previous version is retired: `overlap` (when the overlap ends; the default) or `consumers` (as soon as every consumer of the secret has read the new version, and at the latest when the overlap ends).","type":"string","enum":["overlap","consumers"],"default":"overlap"}},"examples":[{"kind":"Policy","name":"standard","every":"30d","window":{"start":"02:00","end":"05:00"},"jitter":"10m","overlap":"24h","retain":3}]};
 const schema39 = {"title":"ClockTime","description":"A wall-clock time, HH:MM in 24-hour form, in the policy's time zone.","type":"string","pattern":"^([01][0-9]|2[0-3]):[0-5][0-9]$","examples":["02:00","17:30"]};
-const func12 = Object.prototype.hasOwnProperty;
+const func11 = Object.prototype.hasOwnProperty;
 const pattern11 = new RegExp("^([01][0-9]|2[0-3]):[0-5][0-9]$", "u");
 
 function validate22(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -627,7 +639,7 @@ vErrors.push(err2);
 errors++;
 }
 for(const key0 in data){
-if(!(func12.call(schema36.properties, key0))){
+if(!(func11.call(schema36.properties, key0))){
 const err3 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err3];
@@ -1090,7 +1102,7 @@ vErrors.push(err2);
 errors++;
 }
 for(const key0 in data){
-if(!(func12.call(schema44.properties, key0))){
+if(!(func11.call(schema44.properties, key0))){
 const err3 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err3];
