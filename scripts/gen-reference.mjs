@@ -170,6 +170,9 @@ function fieldRows(schema, resolve, prefix = '') {
 
 function nestedRows(s, resolve, name) {
   const rows = [];
+  // A list of objects (Config.notify): the fields of one item, as `name[].field`.
+  if (s.type === 'array' && s.items?.type === 'object' && s.items.properties)
+    rows.push(...fieldRows(s.items, resolve, `${name}[].`));
   for (const alt of branches(s)) {
     if (alt.properties) rows.push(...fieldRows(alt, resolve, `${name}.`));
     const extra = alt.additionalProperties;

@@ -19,6 +19,7 @@ const LAYERS: readonly (readonly string[])[] = [
   ['model'],
   ['state', 'audit', 'protocol', 'client'],
   ['rotation', 'git', 'plan'],
+  ['notify'],
   ['serve'],
   ['daemon'],
   ['cli'],

@@ -178,6 +178,10 @@ export function render(st: Status, color: boolean): string {
   }
   if (st.audit)
     out.push(
+      ...(st.notify?.endpoints ?? []).map(
+        (e) =>
+          `  webhook ${plain(e.name)}: ${e.failing ? paint('yellow', `failing (${e.queued} waiting${e.lastError ? `, last ${plain(e.lastError)}` : ''}; retried with backoff)`) : `${e.queued} waiting`}, ${e.outcomes.success} delivered${e.outcomes.dropped + e.outcomes.expired > 0 ? paint('red', `, ${e.outcomes.dropped + e.outcomes.expired} dropped`) : ''}`,
+      ),
       `  audit: ${st.audit.pushFailures > 0 ? paint('yellow', `entries not yet pushed (${st.audit.pushFailures} failed pushes${st.audit.pushError ? `, last ${st.audit.pushError.code}` : ''}; they are kept and retried)`) : st.audit.commitPending ? 'entries being committed' : 'all entries pushed'}${st.audit.branch ? ` (to branch ${st.audit.branch})` : ''}`,
     );
   return `${out.join('\n')}\n`;

@@ -173,6 +173,9 @@ function usableAuditDir(m: { valid: boolean; auditDir: string }): string {
   return m.valid || auditDirShapeProblem(m.auditDir) === undefined ? m.auditDir : DEFAULT_AUDIT_DIR;
 }
 
+const NOTIFIED = new Set(['rotated', 'rotation-failed', 'config-rejected', 'drift-detected']);
+const NOTIFY_TAIL = 10_000;
+
 /** What the audit log says at start: the last version made current per secret, and the store's anchor. */
 export function newAuditIndex() {
   const index = {
@@ -181,7 +184,14 @@ export function newAuditIndex() {
     storeId: undefined as string | undefined,
     /** The commit of the last config-applied entry. */
     lastApplied: undefined as string | undefined,
+    /** The last entries webhooks report (src/notify), at least the last NOTIFY_TAIL: replayed past the queue's cursor. */
+    notifyTail: [] as AuditEntry[],
     add(e: AuditEntry) {
+      if (NOTIFIED.has(e.event)) {
+        index.notifyTail.push(e);
+        // Trimmed in bulk (amortised O(1) per entry over a long log, where shift() would be O(NOTIFY_TAIL)).
+        if (index.notifyTail.length >= 2 * NOTIFY_TAIL) index.notifyTail.splice(0, NOTIFY_TAIL);
+      }
       if (e.event === 'config-applied' && e.commit) index.lastApplied = e.commit;
       if ((e.event === 'created' || e.event === 'rotated') && e.secret && e.to !== undefined)
         index.audited.set(e.secret, e.to);

@@ -23,6 +23,7 @@ import type { GitRepo as Repo } from '../git/repo.js';
 import { loadKeys } from '../keys.js';
 import type { Logger } from '../log.js';
 import type { Desired } from '../model/model.js';
+import { Notify } from '../notify/index.js';
 import { DriftMonitor } from '../rotation/drift.js';
 import type { AuditEvent } from '../rotation/engine.js';
 import { AUDIT_HEAD_KEY, Engine } from '../rotation/engine.js';
@@ -49,6 +50,7 @@ import { AuditPublisher } from './audit-publisher.js';
 import { AuditSigning } from './audit-signing.js';
 import type { LeaseTimings } from './cluster.js';
 import { Cluster } from './cluster.js';
+import { defaultDaemonName } from './leadership.js';
 import { checkDataDir, lockDataDir } from './lock.js';
 import { Receipts } from './receipts.js';
 import { readSopsValues } from './sops-values.js';
@@ -124,6 +126,8 @@ export class Daemon {
   /** What the last applied commit put in force (a daemon that starts leading applies it as leader). */
   private applied: { desired: Desired; commit: string; at: string } | undefined;
   private auditIndex!: AuditIndex;
+  /** Webhooks (Config.notify): fed the audit entries as they are appended; sends off the rotation path. */
+  private notify: Notify | undefined;
   private publisher!: AuditPublisher;
   private engine!: Engine;
   private drift!: DriftMonitor;
@@ -182,6 +186,7 @@ export class Daemon {
       await this.sockets?.close().catch(() => undefined);
       await this.agentApi?.close().catch(() => undefined);
       await this.metrics?.close().catch(() => undefined);
+      await this.notify?.close().catch(() => undefined);
       await this.store?.close().catch(() => undefined);
       await this.unlock();
       throw e;
@@ -263,6 +268,7 @@ export class Daemon {
       commitDelayMs: this.o.commitDelayMs ?? 1000,
       onAppended: (events) => {
         for (const e of events) keepRecent(this.recent, e);
+        this.notify?.audited(events);
       },
     });
     this.hub = new AgentHub({
@@ -321,6 +327,18 @@ export class Daemon {
       verify: (s, v, c, p, ms) => hub.verify(s, v, c, p, ms),
       strategyOf: (s) => hub.strategyOf(s),
       rotate: (name, reason) => engine.rotateOnDrift(name, reason).finally(() => this.rearm()),
+    });
+    this.notify = await Notify.open({
+      dataDir,
+      log,
+      now: this.now,
+      daemon: this.o.name ?? defaultDaemonName(),
+      active: () => this.acting(),
+      served: (s) => engine.served(s),
+      commit: () => this.applied?.commit,
+      status: () => this.status(),
+      auditSeq: () => audit.head.seq,
+      auditTail: index.notifyTail.splice(0),
     });
     this.consumers = new ConsumerService({
       source: this.engine,
@@ -410,6 +428,7 @@ export class Daemon {
     this.desired = desired;
     this.auditSigning?.follow(desired.config?.decl); // audit.sign from the next audit commit on
     this.applied = { desired, commit, at };
+    this.notify?.setEndpoints(desired.config?.decl.notify);
     this.consumers.setModel(accessOf(desired));
     this.hub.setModel(desired);
     this.agentValues.setModel(desired);
@@ -683,6 +702,7 @@ export class Daemon {
       audit: this.publisher.status(),
       recent: this.recent,
       ...(this.cluster ? { leadership: this.cluster.view() } : {}),
+      notify: this.notify?.status(),
       now: this.now,
     });
   }
@@ -724,6 +744,7 @@ export class Daemon {
         .catch((e: unknown) =>
           this.o.log('warn', 'state compaction on stop failed', { code: (e as { code?: string }).code ?? 'ERROR' }),
         );
+    await this.notify?.close();
     await this.store?.close();
     await this.unlock?.();
   }

@@ -6,6 +6,7 @@
 
 import { defaultStrategy } from '../model/engines.js';
 import type { Desired } from '../model/model.js';
+import type { NotifyStatus } from '../notify/notifier.js';
 import type { DriftView } from '../rotation/drift.js';
 import { DRIFT_DETECTED } from '../rotation/drift.js';
 import type { AuditEvent, Engine, StorageName } from '../rotation/engine.js';
@@ -39,6 +40,7 @@ export interface StatusParts {
   readonly recent: readonly RecentView[];
   /** Which daemon leads the ones sharing the state store; absent with the file store. */
   readonly leadership?: LeadershipView;
+  readonly notify?: NotifyStatus | undefined;
   readonly now: () => number;
 }
 
@@ -95,6 +97,7 @@ export function daemonStatus(p: StatusParts): DaemonStatus {
     audit: { ...p.audit, ...storageStatus(p.engine, 'audit log') },
     recent: [...p.recent],
     ...(p.leadership ? { leadership: p.leadership } : {}),
+    ...(p.notify ? { notify: p.notify } : {}),
     now: new Date(now()).toISOString(),
   };
 }

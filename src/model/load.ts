@@ -14,6 +14,7 @@ import type { Glob } from './glob.js';
 import { compileGlob, NameIndex } from './glob.js';
 import type { Desired, LoadResult, Located } from './model.js';
 import { DEFAULT_AUDIT_DIR } from './model.js';
+import { checkNotify } from './notify-config.js';
 import type { Code, Problem, Severity } from './problems.js';
 import { compareProblems, hasErrors, suggest } from './problems.js';
 import type { Agent, Config, Consumer, Generator, Policy, Secret, Target } from './schema-types.js';
@@ -234,6 +235,8 @@ export async function loadModel(source: RepoSource, options: LoadOptions): Promi
       checkRef(e.pd, ['agent'], 'Agent', e.decl.agent, agents, mentioned.Agent, 'AGENT_UNKNOWN', r);
   }
   checkUnused(policies, targets, agents, secrets, consumers, r);
+  if (config)
+    for (const p of checkNotify(config.decl, secrets, mentioned.Secret)) r.error(config.pd, p.path, p.code, p.message);
 
   const locate = <T>(m: Map<string, Entry<T>>) => new Map([...m].map(([k, e]) => [k, locatedOf(e)]));
   const desired: Desired = Object.freeze({

@@ -48,6 +48,13 @@ export const CODES = {
     'The audit directory, a parent of it or a file in it is a symbolic link. rotor never writes through links: make it a plain directory.',
   AUDIT_PATH_NOT_PLAIN:
     'The audit directory or a parent of it is a file or submodule, or the audit directory holds one. Make it a plain directory of plain files.',
+  NOTIFY_URL_INVALID:
+    'A `notify` URL is not https:// (or http:// to a loopback address), carries a user name or password, or has a fragment.',
+  NOTIFY_NAME_DUPLICATE: 'Two `notify` endpoints have the same name. Give each its own.',
+  NOTIFY_SECRET_UNKNOWN:
+    'A `notify` endpoint names a secret that is not declared; declare it (its value is the HMAC key).',
+  NOTIFY_SECRET_INVALID:
+    'A `notify` secret must be a plain `generate` or `sops` secret (not `fields` or `database`): its value is the HMAC key.',
   // Names and references
   NAME_DUPLICATE: 'Two declarations of the same kind have the same name.',
   POLICY_UNKNOWN: 'A secret names a policy that is not declared.',

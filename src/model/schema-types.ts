@@ -5,9 +5,17 @@
  */
 export type Duration = string;
 /**
- * The policy's name, referenced by `Secret.policy`.
+ * The endpoint's name, unique among the endpoints: it labels the endpoint in `rotor status`, the status page and the metrics.
  */
 export type Name = string;
+/**
+ * The name of a Secret declared in this repository (a `generate` or `sops` secret, not `fields` or `database`) whose current value is the HMAC key. Give the receiver that value as a consumer of the secret; while a new version overlaps the previous one, deliveries carry a signature made with each.
+ */
+export type SecretName = string;
+/**
+ * The policy's name, referenced by `Secret.policy`.
+ */
+export type Name1 = string;
 /**
  * Rotate this long after the previous rotation. Exclusive with `cron`; one of the two is required.
  */
@@ -35,35 +43,35 @@ export type Duration5 = string;
 /**
  * The secret's path-like name, which consumers ask for and grant by glob.
  */
-export type SecretName = string;
+export type SecretName1 = string;
 /**
  * The Policy that schedules this secret.
  */
-export type Name1 = string;
+export type Name2 = string;
 /**
  * The Target (database) the credential belongs to.
  */
-export type Name2 = string;
+export type Name3 = string;
 /**
  * The target's name, referenced by `Secret.database.target` and by the agent's configuration.
  */
-export type Name3 = string;
+export type Name4 = string;
 /**
  * The Agent that applies changes to this database.
  */
-export type Name4 = string;
+export type Name5 = string;
 /**
  * The agent's name, referenced by `Target.agent` and by the agent's configuration.
  */
-export type Name5 = string;
+export type Name6 = string;
 /**
  * The consumer's name; its socket is `<name>.sock`.
  */
-export type Name6 = string;
+export type Name7 = string;
 /**
  * The Agent on whose host the consumer runs: that rotor-agent serves its socket (in the agent's `socketDir`) with the values the daemon sends it. Without it, the daemon serves the consumer on its own host.
  */
-export type Name7 = string;
+export type Name8 = string;
 
 export interface Declarations {
   config?: Config;
@@ -114,6 +122,29 @@ export interface Config {
    * @maxItems 100
    */
   ignore?: string[];
+  /**
+   * Webhooks: HTTP endpoints the daemon tells about events (rotations, failures, overdue secrets, rejected commits, a failing audit push). Each delivery is a JSON POST holding names, versions, times and error codes, never a value, signed with HMAC-SHA256 (header `X-Rotor-Signature: t=<unix seconds>,v1=<hex>`, over `<t>.<body>`) with the current value of a secret declared in this repository, and retried with backoff from a bounded queue kept in the daemon's data directory. At most 32 endpoints.
+   *
+   * @maxItems 32
+   */
+  notify?: NotifyEndpoint[];
+}
+export interface NotifyEndpoint {
+  name: Name;
+  /**
+   * Where deliveries are POSTed: an https:// URL, or http:// to a loopback address (127.0.0.0/8, [::1], localhost) such as a local relay. No user name or password in the URL, no fragment.
+   */
+  url: string;
+  /**
+   * The events sent to this endpoint: `rotated` (a new version became current), `rotation-failed` (an attempt failed; it is retried with backoff), `overdue` (a secret became overdue), `drift-detected` (an agent's check found a credential refused; sent once drift detection exists), `config-rejected` (a commit of the repository was invalid and not applied), `audit-push-failing` (the audit log cannot be pushed; its entries are kept and retried).
+   *
+   * @minItems 1
+   */
+  events: [
+    'rotated' | 'rotation-failed' | 'overdue' | 'drift-detected' | 'config-rejected' | 'audit-push-failing',
+    ...('rotated' | 'rotation-failed' | 'overdue' | 'drift-detected' | 'config-rejected' | 'audit-push-failing')[]
+  ];
+  secret: SecretName;
 }
 /**
  * When secrets rotate and how long their previous versions stay valid. Secrets name one policy each.
@@ -123,7 +154,7 @@ export interface Policy {
    * Declaration kind.
    */
   kind: 'Policy';
-  name: Name;
+  name: Name1;
   /**
    * Free text for the people reading the repository.
    */
@@ -169,12 +200,12 @@ export interface Secret {
    * Declaration kind.
    */
   kind: 'Secret';
-  name: SecretName;
+  name: SecretName1;
   /**
    * Free text for the people reading the repository.
    */
   description?: string;
-  policy: Name1;
+  policy: Name2;
   generate?: Generator;
   /**
    * A structured secret: a JSON object whose fields are each generated or static.
@@ -199,7 +230,7 @@ export interface Secret {
    * The value is the password of a database user, applied by the target's agent before anyone is told about it.
    */
   database?: {
-    target: Name2;
+    target: Name3;
     /**
      * dual: two passwords on one user during the overlap (Redis, MySQL 8, MariaDB); alternate: two users, rotating the inactive one (needs `usernames`); single: change the password in place, so new logins with the old value fail at once. Default: the engine's zero-downtime strategy.
      */
@@ -286,7 +317,7 @@ export interface Target {
    * Declaration kind.
    */
   kind: 'Target';
-  name: Name3;
+  name: Name4;
   /**
    * Free text for the people reading the repository.
    */
@@ -295,7 +326,7 @@ export interface Target {
    * The database engine. Strategies: postgres (alternate*, single), mysql and mariadb (dual*, alternate, single), redis (dual*, single), mongodb (alternate*, single), mssql (alternate*, single); * = the default.
    */
   engine: 'postgres' | 'mysql' | 'mariadb' | 'mongodb' | 'redis' | 'mssql';
-  agent: Name4;
+  agent: Name5;
 }
 /**
  * A rotor-agent running near one or more databases. Its public keys are printed by `rotor keygen` on the agent's host.
@@ -305,7 +336,7 @@ export interface Agent {
    * Declaration kind.
    */
   kind: 'Agent';
-  name: Name5;
+  name: Name6;
   /**
    * Free text for the people reading the repository.
    */
@@ -327,7 +358,7 @@ export interface Consumer {
    * Declaration kind.
    */
   kind: 'Consumer';
-  name: Name6;
+  name: Name7;
   /**
    * Free text for the people reading the repository.
    */
@@ -340,7 +371,7 @@ export interface Consumer {
    * The Unix group id of the socket. Default: the daemon's group.
    */
   gid?: number;
-  agent?: Name7;
+  agent?: Name8;
   /**
    * The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments), each at most 253 characters and 32 segments.
    *

@@ -4,12 +4,16 @@
 import runtime0 from 'ajv/dist/runtime/ucs2length.js';
 
 export const config = validate20;
-const schema31 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"config.schema.json","title":"Config","description":"The repository-wide settings of rotor. Exactly one, in rotor.yaml at the root of the repository.","type":"object","additionalProperties":false,"required":["kind"],"properties":{"kind":{"const":"Config","description":"Declaration kind."},"audit":{"description":"Where the daemon appends its audit log in this repository.","type":"object","additionalProperties":false,"properties":{"dir":{"description":"Directory of the audit log, relative to the repository root. Files under it are never read as declarations, and `rotor plan` refuses changes that edit or delete its lines. Default `audit`.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$","default":"audit","examples":["audit"]},"push":{"description":"Whether the daemon pushes its audit commits to the remote. Default true.","type":"boolean","default":true},"branch":{"description":"Keep the audit log on this branch of the same remote instead of the declarations' branch. The daemon creates it (holding only the audit directory, the log so far included), commits and pushes only there, fast-forward only, and never writes to the declarations' branch: people's pushes never race the daemon's, and that branch may require reviews. `rotor audit verify` and `rotor plan` read the log from it. Read when the daemon starts: a change takes effect at its next start.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$","examples":["rotor-audit"]},"sign":{"description":"Sign every audit commit with the daemon's Ed25519 key in git's SSH signature format (what `git commit -S` makes with `gpg.format=ssh`), so that a branch that requires signed commits takes them and `git verify-commit` checks them. `rotor keygen DATA_DIR` prints the key as an `ssh-ed25519 ...` line for the forge and for an allowed-signers file. Takes effect with the first audit commit after the change is applied. Default false.","type":"boolean","default":false}}},"sync":{"description":"How the daemon follows the repository.","type":"object","additionalProperties":false,"properties":{"interval":{"$ref":"common.schema.json#/$defs/duration","description":"How often the daemon fetches the repository. Default 30s.","default":"30s"}}},"ignore":{"description":"Paths (globs relative to the repository root; `*` within a segment, `**` across segments) whose YAML files are not declarations, such as Helm charts kept in the same repository. At most 100 globs, each at most 200 characters and 32 segments. Dot-directories (.git, .github) and SOPS-encrypted files are always skipped.","type":"array","maxItems":100,"items":{"type":"string","minLength":1,"maxLength":200},"examples":[["charts/**","docs/**"]]}},"examples":[{"kind":"Config","audit":{"dir":"audit","push":true},"sync":{"interval":"30s"}}]};
+const schema31 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"config.schema.json","title":"Config","description":"The repository-wide settings of rotor. Exactly one, in rotor.yaml at the root of the repository.","type":"object","additionalProperties":false,"required":["kind"],"properties":{"kind":{"const":"Config","description":"Declaration kind."},"audit":{"description":"Where the daemon appends its audit log in this repository.","type":"object","additionalProperties":false,"properties":{"dir":{"description":"Directory of the audit log, relative to the repository root. Files under it are never read as declarations, and `rotor plan` refuses changes that edit or delete its lines. Default `audit`.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$","default":"audit","examples":["audit"]},"push":{"description":"Whether the daemon pushes its audit commits to the remote. Default true.","type":"boolean","default":true},"branch":{"description":"Keep the audit log on this branch of the same remote instead of the declarations' branch. The daemon creates it (holding only the audit directory, the log so far included), commits and pushes only there, fast-forward only, and never writes to the declarations' branch: people's pushes never race the daemon's, and that branch may require reviews. `rotor audit verify` and `rotor plan` read the log from it. Read when the daemon starts: a change takes effect at its next start.","type":"string","minLength":1,"maxLength":200,"pattern":"^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$","examples":["rotor-audit"]},"sign":{"description":"Sign every audit commit with the daemon's Ed25519 key in git's SSH signature format (what `git commit -S` makes with `gpg.format=ssh`), so that a branch that requires signed commits takes them and `git verify-commit` checks them. `rotor keygen DATA_DIR` prints the key as an `ssh-ed25519 ...` line for the forge and for an allowed-signers file. Takes effect with the first audit commit after the change is applied. Default false.","type":"boolean","default":false}}},"sync":{"description":"How the daemon follows the repository.","type":"object","additionalProperties":false,"properties":{"interval":{"$ref":"common.schema.json#/$defs/duration","description":"How often the daemon fetches the repository. Default 30s.","default":"30s"}}},"ignore":{"description":"Paths (globs relative to the repository root; `*` within a segment, `**` across segments) whose YAML files are not declarations, such as Helm charts kept in the same repository. At most 100 globs, each at most 200 characters and 32 segments. Dot-directories (.git, .github) and SOPS-encrypted files are always skipped.","type":"array","maxItems":100,"items":{"type":"string","minLength":1,"maxLength":200},"examples":[["charts/**","docs/**"]]},"notify":{"description":"Webhooks: HTTP endpoints the daemon tells about events (rotations, failures, overdue secrets, rejected commits, a failing audit push). Each delivery is a JSON POST holding names, versions, times and error codes, never a value, signed with HMAC-SHA256 (header `X-Rotor-Signature: t=<unix seconds>,v1=<hex>`, over `<t>.<body>`) with the current value of a secret declared in this repository, and retried with backoff from a bounded queue kept in the daemon's data directory. At most 32 endpoints.","type":"array","maxItems":32,"items":{"title":"NotifyEndpoint","type":"object","additionalProperties":false,"required":["name","url","events","secret"],"properties":{"name":{"$ref":"common.schema.json#/$defs/name","description":"The endpoint's name, unique among the endpoints: it labels the endpoint in `rotor status`, the status page and the metrics."},"url":{"description":"Where deliveries are POSTed: an https:// URL, or http:// to a loopback address (127.0.0.0/8, [::1], localhost) such as a local relay. No user name or password in the URL, no fragment.","type":"string","minLength":1,"maxLength":2048,"examples":["https://hooks.example.com/rotor"]},"events":{"description":"The events sent to this endpoint: `rotated` (a new version became current), `rotation-failed` (an attempt failed; it is retried with backoff), `overdue` (a secret became overdue), `drift-detected` (an agent's check found a credential refused; sent once drift detection exists), `config-rejected` (a commit of the repository was invalid and not applied), `audit-push-failing` (the audit log cannot be pushed; its entries are kept and retried).","type":"array","minItems":1,"uniqueItems":true,"items":{"type":"string","enum":["rotated","rotation-failed","overdue","drift-detected","config-rejected","audit-push-failing"]}},"secret":{"$ref":"common.schema.json#/$defs/secretName","description":"The name of a Secret declared in this repository (a `generate` or `sops` secret, not `fields` or `database`) whose current value is the HMAC key. Give the receiver that value as a consumer of the secret; while a new version overlaps the previous one, deliveries carry a signature made with each."}}},"examples":[[{"name":"ops-chat","url":"https://hooks.example.com/rotor","events":["rotated","rotation-failed","overdue"],"secret":"rotor/webhook-key"}]]}},"examples":[{"kind":"Config","audit":{"dir":"audit","push":true},"sync":{"interval":"30s"}}]};
 const schema33 = {"title":"Duration","description":"A duration: a whole number followed by s (seconds), m (minutes), h (hours) or d (days).","type":"string","pattern":"^[0-9]{1,9}[smhd]$","examples":["30s","10m","24h","30d"]};
+const schema34 = {"title":"Name","description":"Name of a Policy, Target, Agent or Consumer: lower case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters.","type":"string","pattern":"^[a-z0-9][a-z0-9._-]{0,62}$","examples":["standard","payments-pg","db-host-1","billing-api"]};
+const schema35 = {"title":"SecretName","description":"Path-like secret name: segments of lower case letters, digits, '.', '_' and '-', joined by '/'. No leading or trailing '/', no empty, '.' or '..' segment, at most 253 characters.","type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._-]+(/[a-z0-9._-]+)*$","examples":["payments/webhook-signing","payments/db-app"]};
 const func1 = runtime0.default;
 const pattern4 = new RegExp("^(?!(?:.*/)?\\.\\.?(?:/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", "u");
 const pattern5 = new RegExp("^(?!-)(?!/)(?!.*//)(?!.*\\.\\.)(?!.*@\\{)(?!.*/\\.)(?!\\.)(?!.*\\.lock$)(?!.*[./]$)[^\\x00-\\x20\\x7f~^:?*\\[\\\\]+$", "u");
 const pattern6 = new RegExp("^[0-9]{1,9}[smhd]$", "u");
+const pattern7 = new RegExp("^[a-z0-9][a-z0-9._-]{0,62}$", "u");
+const pattern8 = new RegExp("^[a-z0-9._-]+(/[a-z0-9._-]+)*$", "u");
 
 function validate20(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="config.schema.json" */;
@@ -34,7 +38,7 @@ vErrors.push(err0);
 errors++;
 }
 for(const key0 in data){
-if(!((((key0 === "kind") || (key0 === "audit")) || (key0 === "sync")) || (key0 === "ignore"))){
+if(!(((((key0 === "kind") || (key0 === "audit")) || (key0 === "sync")) || (key0 === "ignore")) || (key0 === "notify"))){
 const err1 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err1];
@@ -311,14 +315,285 @@ vErrors.push(err23);
 errors++;
 }
 }
-}
-else {
-const err24 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(data.notify !== undefined){
+let data10 = data.notify;
+if(Array.isArray(data10)){
+if(data10.length > 32){
+const err24 = {instancePath:instancePath+"/notify",schemaPath:"#/properties/notify/maxItems",keyword:"maxItems",params:{limit: 32},message:"must NOT have more than 32 items"};
 if(vErrors === null){
 vErrors = [err24];
 }
 else {
 vErrors.push(err24);
+}
+errors++;
+}
+const len1 = data10.length;
+for(let i1=0; i1<len1; i1++){
+let data11 = data10[i1];
+if(data11 && typeof data11 == "object" && !Array.isArray(data11)){
+if(data11.name === undefined){
+const err25 = {instancePath:instancePath+"/notify/" + i1,schemaPath:"#/properties/notify/items/required",keyword:"required",params:{missingProperty: "name"},message:"must have required property '"+"name"+"'"};
+if(vErrors === null){
+vErrors = [err25];
+}
+else {
+vErrors.push(err25);
+}
+errors++;
+}
+if(data11.url === undefined){
+const err26 = {instancePath:instancePath+"/notify/" + i1,schemaPath:"#/properties/notify/items/required",keyword:"required",params:{missingProperty: "url"},message:"must have required property '"+"url"+"'"};
+if(vErrors === null){
+vErrors = [err26];
+}
+else {
+vErrors.push(err26);
+}
+errors++;
+}
+if(data11.events === undefined){
+const err27 = {instancePath:instancePath+"/notify/" + i1,schemaPath:"#/properties/notify/items/required",keyword:"required",params:{missingProperty: "events"},message:"must have required property '"+"events"+"'"};
+if(vErrors === null){
+vErrors = [err27];
+}
+else {
+vErrors.push(err27);
+}
+errors++;
+}
+if(data11.secret === undefined){
+const err28 = {instancePath:instancePath+"/notify/" + i1,schemaPath:"#/properties/notify/items/required",keyword:"required",params:{missingProperty: "secret"},message:"must have required property '"+"secret"+"'"};
+if(vErrors === null){
+vErrors = [err28];
+}
+else {
+vErrors.push(err28);
+}
+errors++;
+}
+for(const key3 in data11){
+if(!((((key3 === "name") || (key3 === "url")) || (key3 === "events")) || (key3 === "secret"))){
+const err29 = {instancePath:instancePath+"/notify/" + i1,schemaPath:"#/properties/notify/items/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key3},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err29];
+}
+else {
+vErrors.push(err29);
+}
+errors++;
+}
+}
+if(data11.name !== undefined){
+let data12 = data11.name;
+if(typeof data12 === "string"){
+if(!pattern7.test(data12)){
+const err30 = {instancePath:instancePath+"/notify/" + i1+"/name",schemaPath:"common.schema.json#/$defs/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9][a-z0-9._-]{0,62}$"},message:"must match pattern \""+"^[a-z0-9][a-z0-9._-]{0,62}$"+"\""};
+if(vErrors === null){
+vErrors = [err30];
+}
+else {
+vErrors.push(err30);
+}
+errors++;
+}
+}
+else {
+const err31 = {instancePath:instancePath+"/notify/" + i1+"/name",schemaPath:"common.schema.json#/$defs/name/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err31];
+}
+else {
+vErrors.push(err31);
+}
+errors++;
+}
+}
+if(data11.url !== undefined){
+let data13 = data11.url;
+if(typeof data13 === "string"){
+if(func1(data13) > 2048){
+const err32 = {instancePath:instancePath+"/notify/" + i1+"/url",schemaPath:"#/properties/notify/items/properties/url/maxLength",keyword:"maxLength",params:{limit: 2048},message:"must NOT have more than 2048 characters"};
+if(vErrors === null){
+vErrors = [err32];
+}
+else {
+vErrors.push(err32);
+}
+errors++;
+}
+if(func1(data13) < 1){
+const err33 = {instancePath:instancePath+"/notify/" + i1+"/url",schemaPath:"#/properties/notify/items/properties/url/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(vErrors === null){
+vErrors = [err33];
+}
+else {
+vErrors.push(err33);
+}
+errors++;
+}
+}
+else {
+const err34 = {instancePath:instancePath+"/notify/" + i1+"/url",schemaPath:"#/properties/notify/items/properties/url/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err34];
+}
+else {
+vErrors.push(err34);
+}
+errors++;
+}
+}
+if(data11.events !== undefined){
+let data14 = data11.events;
+if(Array.isArray(data14)){
+if(data14.length < 1){
+const err35 = {instancePath:instancePath+"/notify/" + i1+"/events",schemaPath:"#/properties/notify/items/properties/events/minItems",keyword:"minItems",params:{limit: 1},message:"must NOT have fewer than 1 items"};
+if(vErrors === null){
+vErrors = [err35];
+}
+else {
+vErrors.push(err35);
+}
+errors++;
+}
+const len2 = data14.length;
+for(let i2=0; i2<len2; i2++){
+let data15 = data14[i2];
+if(typeof data15 !== "string"){
+const err36 = {instancePath:instancePath+"/notify/" + i1+"/events/" + i2,schemaPath:"#/properties/notify/items/properties/events/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err36];
+}
+else {
+vErrors.push(err36);
+}
+errors++;
+}
+if(!((((((data15 === "rotated") || (data15 === "rotation-failed")) || (data15 === "overdue")) || (data15 === "drift-detected")) || (data15 === "config-rejected")) || (data15 === "audit-push-failing"))){
+const err37 = {instancePath:instancePath+"/notify/" + i1+"/events/" + i2,schemaPath:"#/properties/notify/items/properties/events/items/enum",keyword:"enum",params:{allowedValues: schema31.properties.notify.items.properties.events.items.enum},message:"must be equal to one of the allowed values"};
+if(vErrors === null){
+vErrors = [err37];
+}
+else {
+vErrors.push(err37);
+}
+errors++;
+}
+}
+let i3 = data14.length;
+let j0;
+if(i3 > 1){
+const indices0 = {};
+for(;i3--;){
+let item0 = data14[i3];
+if(typeof item0 !== "string"){
+continue;
+}
+if(typeof indices0[item0] == "number"){
+j0 = indices0[item0];
+const err38 = {instancePath:instancePath+"/notify/" + i1+"/events",schemaPath:"#/properties/notify/items/properties/events/uniqueItems",keyword:"uniqueItems",params:{i: i3, j: j0},message:"must NOT have duplicate items (items ## "+j0+" and "+i3+" are identical)"};
+if(vErrors === null){
+vErrors = [err38];
+}
+else {
+vErrors.push(err38);
+}
+errors++;
+break;
+}
+indices0[item0] = i3;
+}
+}
+}
+else {
+const err39 = {instancePath:instancePath+"/notify/" + i1+"/events",schemaPath:"#/properties/notify/items/properties/events/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err39];
+}
+else {
+vErrors.push(err39);
+}
+errors++;
+}
+}
+if(data11.secret !== undefined){
+let data16 = data11.secret;
+if(typeof data16 === "string"){
+if(func1(data16) > 253){
+const err40 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters"};
+if(vErrors === null){
+vErrors = [err40];
+}
+else {
+vErrors.push(err40);
+}
+errors++;
+}
+if(func1(data16) < 1){
+const err41 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(vErrors === null){
+vErrors = [err41];
+}
+else {
+vErrors.push(err41);
+}
+errors++;
+}
+if(!pattern8.test(data16)){
+const err42 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._-]+(/[a-z0-9._-]+)*$"},message:"must match pattern \""+"^[a-z0-9._-]+(/[a-z0-9._-]+)*$"+"\""};
+if(vErrors === null){
+vErrors = [err42];
+}
+else {
+vErrors.push(err42);
+}
+errors++;
+}
+}
+else {
+const err43 = {instancePath:instancePath+"/notify/" + i1+"/secret",schemaPath:"common.schema.json#/$defs/secretName/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err43];
+}
+else {
+vErrors.push(err43);
+}
+errors++;
+}
+}
+}
+else {
+const err44 = {instancePath:instancePath+"/notify/" + i1,schemaPath:"#/properties/notify/items/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err44];
+}
+else {
+vErrors.push(err44);
+}
+errors++;
+}
+}
+}
+else {
+const err45 = {instancePath:instancePath+"/notify",schemaPath:"#/properties/notify/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err45];
+}
+else {
+vErrors.push(err45);
+}
+errors++;
+}
+}
+}
+else {
+const err46 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err46];
+}
+else {
+vErrors.push(err46);
 }
 errors++;
 }
@@ -328,12 +603,10 @@ return errors === 0;
 validate20.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const policy = validate22;
-const schema34 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"policy.schema.json","title":"Policy","description":"When secrets rotate and how long their previous versions stay valid. Secrets name one policy each.","type":"object","additionalProperties":false,"required":["kind","name","overlap"],"properties":{"kind":{"const":"Policy","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The policy's name, referenced by `Secret.policy`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"every":{"$ref":"common.schema.json#/$defs/duration","description":"Rotate this long after the previous rotation. Exclusive with `cron`; one of the two is required.","examples":["30d","12h"]},"cron":{"description":"Rotate at the times of a cron expression: 5 fields (minute hour day-of-month month day-of-week) or 6 (with seconds first). Exclusive with `every`; one of the two is required.","type":"string","minLength":1,"maxLength":200,"examples":["0 3 * * 0","0 */15 * * * *"]},"timezone":{"description":"IANA time zone for `cron` and `window`. Default UTC.","type":"string","minLength":1,"maxLength":64,"default":"UTC","examples":["UTC","Europe/Berlin","America/New_York"]},"window":{"description":"Rotations start only between `start` and `end` (wall-clock times in `timezone`; a window may span midnight). A rotation due outside the window waits for the next one.","type":"object","additionalProperties":false,"required":["start","end"],"properties":{"start":{"$ref":"common.schema.json#/$defs/clock"},"end":{"$ref":"common.schema.json#/$defs/clock"}},"examples":[{"start":"02:00","end":"05:00"}]},"jitter":{"$ref":"common.schema.json#/$defs/duration","description":"Delay each rotation by up to this much, different for each secret, so that secrets on the same policy do not all rotate at once.","examples":["10m"]},"overlap":{"$ref":"common.schema.json#/$defs/duration","description":"How long the previous version stays valid and readable after a rotation. Must be shorter than the rotation interval.","examples":["24h"]},"retain":{"description":"How many versions the store keeps (current, previous and older ones), at least 2. Default 3.","type":"integer","minimum":2,"maximum":100,"default":3},"maxAge":{"$ref":"common.schema.json#/$defs/duration","description":"Report a secret as overdue once its current version is older than this. Meant for secrets rotated by a person (`sops`), useful for all.","examples":["45d"]},"retireAfter":{"description":"When the previous version is retired: `overlap` (when the overlap ends; the default) or `consumers` (as soon as every consumer of the secret has read the new version, and at the latest when the overlap ends).","type":"string","enum":["overlap","consumers"],"default":"overlap"},"verify":{"$ref":"common.schema.json#/$defs/duration","description":"Drift detection, for database secrets: this often the target's agent logs in with the current value (and the previous one during the overlap) and reports whether the server still takes it. A refused login (someone changed the password by hand, a backup with old credentials was restored) is drift: audited as `drift-detected` and shown as DRIFT_DETECTED. At least 1s; off when absent.","examples":["15m"]},"onDrift":{"description":"What a detected drift does: `rotate` (the default) rotates the secret at once, which makes a new value log in again; `alert` only reports it (DRIFT_DETECTED) until a check passes again or the secret rotates. Only with `verify`.","type":"string","enum":["rotate","alert"],"default":"rotate"}},"examples":[{"kind":"Policy","name":"standard","every":"30d","window":{"start":"02:00","end":"05:00"},"jitter":"10m","overlap":"24h","retain":3}]};
-const schema35 = {"title":"Name","description":"Name of a Policy, Target, Agent or Consumer: lower case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters.","type":"string","pattern":"^[a-z0-9][a-z0-9._-]{0,62}$","examples":["standard","payments-pg","db-host-1","billing-api"]};
-const schema37 = {"title":"ClockTime","description":"A wall-clock time, HH:MM in 24-hour form, in the policy's time zone.","type":"string","pattern":"^([01][0-9]|2[0-3]):[0-5][0-9]$","examples":["02:00","17:30"]};
-const func7 = Object.prototype.hasOwnProperty;
-const pattern7 = new RegExp("^[a-z0-9][a-z0-9._-]{0,62}$", "u");
-const pattern9 = new RegExp("^([01][0-9]|2[0-3]):[0-5][0-9]$", "u");
+const schema36 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"policy.schema.json","title":"Policy","description":"When secrets rotate and how long their previous versions stay valid. Secrets name one policy each.","type":"object","additionalProperties":false,"required":["kind","name","overlap"],"properties":{"kind":{"const":"Policy","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The policy's name, referenced by `Secret.policy`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"every":{"$ref":"common.schema.json#/$defs/duration","description":"Rotate this long after the previous rotation. Exclusive with `cron`; one of the two is required.","examples":["30d","12h"]},"cron":{"description":"Rotate at the times of a cron expression: 5 fields (minute hour day-of-month month day-of-week) or 6 (with seconds first). Exclusive with `every`; one of the two is required.","type":"string","minLength":1,"maxLength":200,"examples":["0 3 * * 0","0 */15 * * * *"]},"timezone":{"description":"IANA time zone for `cron` and `window`. Default UTC.","type":"string","minLength":1,"maxLength":64,"default":"UTC","examples":["UTC","Europe/Berlin","America/New_York"]},"window":{"description":"Rotations start only between `start` and `end` (wall-clock times in `timezone`; a window may span midnight). A rotation due outside the window waits for the next one.","type":"object","additionalProperties":false,"required":["start","end"],"properties":{"start":{"$ref":"common.schema.json#/$defs/clock"},"end":{"$ref":"common.schema.json#/$defs/clock"}},"examples":[{"start":"02:00","end":"05:00"}]},"jitter":{"$ref":"common.schema.json#/$defs/duration","description":"Delay each rotation by up to this much, different for each secret, so that secrets on the same policy do not all rotate at once.","examples":["10m"]},"overlap":{"$ref":"common.schema.json#/$defs/duration","description":"How long the previous version stays valid and readable after a rotation. Must be shorter than the rotation interval.","examples":["24h"]},"retain":{"description":"How many versions the store keeps (current, previous and older ones), at least 2. Default 3.","type":"integer","minimum":2,"maximum":100,"default":3},"maxAge":{"$ref":"common.schema.json#/$defs/duration","description":"Report a secret as overdue once its current version is older than this. Meant for secrets rotated by a person (`sops`), useful for all.","examples":["45d"]},"retireAfter":{"description":"When the previous version is retired: `overlap` (when the overlap ends; the default) or `consumers` (as soon as every consumer of the secret has read the new version, and at the latest when the overlap ends).","type":"string","enum":["overlap","consumers"],"default":"overlap"},"verify":{"$ref":"common.schema.json#/$defs/duration","description":"Drift detection, for database secrets: this often the target's agent logs in with the current value (and the previous one during the overlap) and reports whether the server still takes it. A refused login (someone changed the password by hand, a backup with old credentials was restored) is drift: audited as `drift-detected` and shown as DRIFT_DETECTED. At least 1s; off when absent.","examples":["15m"]},"onDrift":{"description":"What a detected drift does: `rotate` (the default) rotates the secret at once, which makes a new value log in again; `alert` only reports it (DRIFT_DETECTED) until a check passes again or the secret rotates. Only with `verify`.","type":"string","enum":["rotate","alert"],"default":"rotate"}},"examples":[{"kind":"Policy","name":"standard","every":"30d","window":{"start":"02:00","end":"05:00"},"jitter":"10m","overlap":"24h","retain":3}]};
+const schema39 = {"title":"ClockTime","description":"A wall-clock time, HH:MM in 24-hour form, in the policy's time zone.","type":"string","pattern":"^([01][0-9]|2[0-3]):[0-5][0-9]$","examples":["02:00","17:30"]};
+const func11 = Object.prototype.hasOwnProperty;
+const pattern11 = new RegExp("^([01][0-9]|2[0-3]):[0-5][0-9]$", "u");
 
 function validate22(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="policy.schema.json" */;
@@ -378,7 +651,7 @@ vErrors.push(err2);
 errors++;
 }
 for(const key0 in data){
-if(!(func7.call(schema34.properties, key0))){
+if(!(func11.call(schema36.properties, key0))){
 const err3 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err3];
@@ -584,7 +857,7 @@ errors++;
 if(data6.start !== undefined){
 let data7 = data6.start;
 if(typeof data7 === "string"){
-if(!pattern9.test(data7)){
+if(!pattern11.test(data7)){
 const err20 = {instancePath:instancePath+"/window/start",schemaPath:"common.schema.json#/$defs/clock/pattern",keyword:"pattern",params:{pattern: "^([01][0-9]|2[0-3]):[0-5][0-9]$"},message:"must match pattern \""+"^([01][0-9]|2[0-3]):[0-5][0-9]$"+"\""};
 if(vErrors === null){
 vErrors = [err20];
@@ -609,7 +882,7 @@ errors++;
 if(data6.end !== undefined){
 let data8 = data6.end;
 if(typeof data8 === "string"){
-if(!pattern9.test(data8)){
+if(!pattern11.test(data8)){
 const err22 = {instancePath:instancePath+"/window/end",schemaPath:"common.schema.json#/$defs/clock/pattern",keyword:"pattern",params:{pattern: "^([01][0-9]|2[0-3]):[0-5][0-9]$"},message:"must match pattern \""+"^([01][0-9]|2[0-3]):[0-5][0-9]$"+"\""};
 if(vErrors === null){
 vErrors = [err22];
@@ -766,7 +1039,7 @@ vErrors.push(err34);
 errors++;
 }
 if(!((data13 === "overlap") || (data13 === "consumers"))){
-const err35 = {instancePath:instancePath+"/retireAfter",schemaPath:"#/properties/retireAfter/enum",keyword:"enum",params:{allowedValues: schema34.properties.retireAfter.enum},message:"must be equal to one of the allowed values"};
+const err35 = {instancePath:instancePath+"/retireAfter",schemaPath:"#/properties/retireAfter/enum",keyword:"enum",params:{allowedValues: schema36.properties.retireAfter.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -814,7 +1087,7 @@ vErrors.push(err38);
 errors++;
 }
 if(!((data15 === "rotate") || (data15 === "alert"))){
-const err39 = {instancePath:instancePath+"/onDrift",schemaPath:"#/properties/onDrift/enum",keyword:"enum",params:{allowedValues: schema34.properties.onDrift.enum},message:"must be equal to one of the allowed values"};
+const err39 = {instancePath:instancePath+"/onDrift",schemaPath:"#/properties/onDrift/enum",keyword:"enum",params:{allowedValues: schema36.properties.onDrift.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err39];
 }
@@ -841,12 +1114,10 @@ return errors === 0;
 validate22.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const secret = validate23;
-const schema43 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"secret.schema.json","title":"Secret","description":"A secret rotor keeps and rotates. Its value comes from exactly one source: `generate` (a random value), `fields` (a JSON object of generated and static fields) or `sops` (a value a person rotates in a SOPS-encrypted file of this repository). With `database`, the generated value is also the password of a live database user.","type":"object","additionalProperties":false,"required":["kind","name","policy"],"properties":{"kind":{"const":"Secret","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/secretName","description":"The secret's path-like name, which consumers ask for and grant by glob."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"policy":{"$ref":"common.schema.json#/$defs/name","description":"The Policy that schedules this secret."},"generate":{"$ref":"common.schema.json#/$defs/generator","description":"Generate the value at random."},"fields":{"description":"A structured secret: a JSON object whose fields are each generated or static.","type":"object","minProperties":1,"maxProperties":100,"propertyNames":{"pattern":"^[A-Za-z_][A-Za-z0-9_]{0,63}$"},"additionalProperties":{"title":"Field","description":"One field: `generate` for a random value, or `value` for a static one.","type":"object","additionalProperties":false,"properties":{"generate":{"$ref":"common.schema.json#/$defs/generator"},"value":{"type":"string","maxLength":65536,"description":"A static value, stored as declared. It is in the repository in clear: never put a secret here."}}},"examples":[{"token":{"generate":{"length":40,"charset":"base64url"}},"region":{"value":"eu-west-1"}}]},"sops":{"description":"The value is kept by a person in a SOPS-encrypted file of this repository; a commit that changes it becomes the secret's next version.","type":"object","additionalProperties":false,"required":["file","key"],"properties":{"file":{"type":"string","minLength":1,"maxLength":500,"description":"Path of the SOPS file, relative to the repository root.","examples":["secrets/stripe.enc.yaml"]},"key":{"type":"string","minLength":1,"maxLength":500,"description":"The key in the SOPS file; nested keys joined by '.'.","examples":["apiKey"]}}},"database":{"description":"The value is the password of a database user, applied by the target's agent before anyone is told about it.","type":"object","additionalProperties":false,"required":["target"],"properties":{"target":{"$ref":"common.schema.json#/$defs/name","description":"The Target (database) the credential belongs to."},"strategy":{"description":"dual: two passwords on one user during the overlap (Redis, MySQL 8, MariaDB); alternate: two users, rotating the inactive one (needs `usernames`); single: change the password in place, so new logins with the old value fail at once. Default: the engine's zero-downtime strategy.","type":"string","enum":["dual","alternate","single"]},"username":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"The database user, for `dual` and `single`. Any characters but control characters: the agent quotes it with each database's own escaping (Redis refuses whitespace in user names).","examples":["app","o'brien-app"]},"usernames":{"description":"The two database users that take turns, for `alternate`.","type":"array","minItems":2,"maxItems":2,"items":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\u0000-\\u001f\\u007f]+$"},"examples":[["app_blue","app_green"]]}}},"rotate":{"description":"Rotate now, once: each new `request` value (a date and a counter, say) rotates the secret one time, with `reason` recorded in the audit log.","type":"object","additionalProperties":false,"required":["request","reason"],"properties":{"request":{"type":"string","minLength":1,"maxLength":128,"description":"Any value; a new one asks for one rotation.","examples":["2026-11-26-1"]},"reason":{"type":"string","minLength":1,"maxLength":500,"description":"Why; recorded in the audit log.","examples":["seen in a log"]}}},"allowWeak":{"description":"Accept a generator with less than 128 bits of entropy (a short PIN, say). Default false.","type":"boolean","default":false}},"examples":[{"kind":"Secret","name":"payments/webhook-signing","policy":"standard","generate":{"length":48,"charset":"alphanumeric"}}]};
-const schema44 = {"title":"SecretName","description":"Path-like secret name: segments of lower case letters, digits, '.', '_' and '-', joined by '/'. No leading or trailing '/', no empty, '.' or '..' segment, at most 253 characters.","type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._-]+(/[a-z0-9._-]+)*$","examples":["payments/webhook-signing","payments/db-app"]};
-const schema46 = {"title":"Generator","description":"How a value is generated: `length` characters chosen uniformly at random from `charset`, using the operating system's cryptographic random source.","type":"object","additionalProperties":false,"properties":{"length":{"description":"Number of characters (1 to 4096). Default 32.","type":"integer","minimum":1,"maximum":4096,"default":32,"examples":[32,48]},"charset":{"description":"The alphabet: alphanumeric (A-Z a-z 0-9), hex (0-9 a-f), base64url (A-Z a-z 0-9 - _), ascii-printable (every printable ASCII character but space), or custom (the characters of `chars`). Default alphanumeric.","type":"string","enum":["alphanumeric","hex","base64url","ascii-printable","custom"],"default":"alphanumeric"},"chars":{"description":"The alphabet of a `custom` charset: at least 2 distinct printable ASCII characters.","type":"string","minLength":2,"maxLength":95,"examples":["ABCDEFGHJKLMNPQRSTUVWXYZ23456789"]}},"examples":[{"length":48,"charset":"alphanumeric"}]};
-const pattern15 = new RegExp("^[a-z0-9._-]+(/[a-z0-9._-]+)*$", "u");
-const pattern17 = new RegExp("^[A-Za-z_][A-Za-z0-9_]{0,63}$", "u");
-const pattern19 = new RegExp("^[^\\u0000-\\u001f\\u007f]+$", "u");
+const schema45 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"secret.schema.json","title":"Secret","description":"A secret rotor keeps and rotates. Its value comes from exactly one source: `generate` (a random value), `fields` (a JSON object of generated and static fields) or `sops` (a value a person rotates in a SOPS-encrypted file of this repository). With `database`, the generated value is also the password of a live database user.","type":"object","additionalProperties":false,"required":["kind","name","policy"],"properties":{"kind":{"const":"Secret","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/secretName","description":"The secret's path-like name, which consumers ask for and grant by glob."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"policy":{"$ref":"common.schema.json#/$defs/name","description":"The Policy that schedules this secret."},"generate":{"$ref":"common.schema.json#/$defs/generator","description":"Generate the value at random."},"fields":{"description":"A structured secret: a JSON object whose fields are each generated or static.","type":"object","minProperties":1,"maxProperties":100,"propertyNames":{"pattern":"^[A-Za-z_][A-Za-z0-9_]{0,63}$"},"additionalProperties":{"title":"Field","description":"One field: `generate` for a random value, or `value` for a static one.","type":"object","additionalProperties":false,"properties":{"generate":{"$ref":"common.schema.json#/$defs/generator"},"value":{"type":"string","maxLength":65536,"description":"A static value, stored as declared. It is in the repository in clear: never put a secret here."}}},"examples":[{"token":{"generate":{"length":40,"charset":"base64url"}},"region":{"value":"eu-west-1"}}]},"sops":{"description":"The value is kept by a person in a SOPS-encrypted file of this repository; a commit that changes it becomes the secret's next version.","type":"object","additionalProperties":false,"required":["file","key"],"properties":{"file":{"type":"string","minLength":1,"maxLength":500,"description":"Path of the SOPS file, relative to the repository root.","examples":["secrets/stripe.enc.yaml"]},"key":{"type":"string","minLength":1,"maxLength":500,"description":"The key in the SOPS file; nested keys joined by '.'.","examples":["apiKey"]}}},"database":{"description":"The value is the password of a database user, applied by the target's agent before anyone is told about it.","type":"object","additionalProperties":false,"required":["target"],"properties":{"target":{"$ref":"common.schema.json#/$defs/name","description":"The Target (database) the credential belongs to."},"strategy":{"description":"dual: two passwords on one user during the overlap (Redis, MySQL 8, MariaDB); alternate: two users, rotating the inactive one (needs `usernames`); single: change the password in place, so new logins with the old value fail at once. Default: the engine's zero-downtime strategy.","type":"string","enum":["dual","alternate","single"]},"username":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"The database user, for `dual` and `single`. Any characters but control characters: the agent quotes it with each database's own escaping (Redis refuses whitespace in user names).","examples":["app","o'brien-app"]},"usernames":{"description":"The two database users that take turns, for `alternate`.","type":"array","minItems":2,"maxItems":2,"items":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\u0000-\\u001f\\u007f]+$"},"examples":[["app_blue","app_green"]]}}},"rotate":{"description":"Rotate now, once: each new `request` value (a date and a counter, say) rotates the secret one time, with `reason` recorded in the audit log.","type":"object","additionalProperties":false,"required":["request","reason"],"properties":{"request":{"type":"string","minLength":1,"maxLength":128,"description":"Any value; a new one asks for one rotation.","examples":["2026-11-26-1"]},"reason":{"type":"string","minLength":1,"maxLength":500,"description":"Why; recorded in the audit log.","examples":["seen in a log"]}}},"allowWeak":{"description":"Accept a generator with less than 128 bits of entropy (a short PIN, say). Default false.","type":"boolean","default":false}},"examples":[{"kind":"Secret","name":"payments/webhook-signing","policy":"standard","generate":{"length":48,"charset":"alphanumeric"}}]};
+const schema48 = {"title":"Generator","description":"How a value is generated: `length` characters chosen uniformly at random from `charset`, using the operating system's cryptographic random source.","type":"object","additionalProperties":false,"properties":{"length":{"description":"Number of characters (1 to 4096). Default 32.","type":"integer","minimum":1,"maximum":4096,"default":32,"examples":[32,48]},"charset":{"description":"The alphabet: alphanumeric (A-Z a-z 0-9), hex (0-9 a-f), base64url (A-Z a-z 0-9 - _), ascii-printable (every printable ASCII character but space), or custom (the characters of `chars`). Default alphanumeric.","type":"string","enum":["alphanumeric","hex","base64url","ascii-printable","custom"],"default":"alphanumeric"},"chars":{"description":"The alphabet of a `custom` charset: at least 2 distinct printable ASCII characters.","type":"string","minLength":2,"maxLength":95,"examples":["ABCDEFGHJKLMNPQRSTUVWXYZ23456789"]}},"examples":[{"length":48,"charset":"alphanumeric"}]};
+const pattern19 = new RegExp("^[A-Za-z_][A-Za-z0-9_]{0,63}$", "u");
+const pattern21 = new RegExp("^[^\\u0000-\\u001f\\u007f]+$", "u");
 
 function validate23(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="secret.schema.json" */;
@@ -891,7 +1162,7 @@ vErrors.push(err2);
 errors++;
 }
 for(const key0 in data){
-if(!(func7.call(schema43.properties, key0))){
+if(!(func11.call(schema45.properties, key0))){
 const err3 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err3];
@@ -937,7 +1208,7 @@ vErrors.push(err6);
 }
 errors++;
 }
-if(!pattern15.test(data1)){
+if(!pattern8.test(data1)){
 const err7 = {instancePath:instancePath+"/name",schemaPath:"common.schema.json#/$defs/secretName/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._-]+(/[a-z0-9._-]+)*$"},message:"must match pattern \""+"^[a-z0-9._-]+(/[a-z0-9._-]+)*$"+"\""};
 if(vErrors === null){
 vErrors = [err7];
@@ -1072,7 +1343,7 @@ vErrors.push(err17);
 errors++;
 }
 if(!(((((data6 === "alphanumeric") || (data6 === "hex")) || (data6 === "base64url")) || (data6 === "ascii-printable")) || (data6 === "custom"))){
-const err18 = {instancePath:instancePath+"/generate/charset",schemaPath:"common.schema.json#/$defs/generator/properties/charset/enum",keyword:"enum",params:{allowedValues: schema46.properties.charset.enum},message:"must be equal to one of the allowed values"};
+const err18 = {instancePath:instancePath+"/generate/charset",schemaPath:"common.schema.json#/$defs/generator/properties/charset/enum",keyword:"enum",params:{allowedValues: schema48.properties.charset.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -1155,7 +1426,7 @@ errors++;
 for(const key2 in data8){
 const _errs23 = errors;
 if(typeof key2 === "string"){
-if(!pattern17.test(key2)){
+if(!pattern19.test(key2)){
 const err25 = {instancePath:instancePath+"/fields",schemaPath:"#/properties/fields/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},message:"must match pattern \""+"^[A-Za-z_][A-Za-z0-9_]{0,63}$"+"\"",propertyName:key2};
 if(vErrors === null){
 vErrors = [err25];
@@ -1256,7 +1527,7 @@ vErrors.push(err32);
 errors++;
 }
 if(!(((((data12 === "alphanumeric") || (data12 === "hex")) || (data12 === "base64url")) || (data12 === "ascii-printable")) || (data12 === "custom"))){
-const err33 = {instancePath:instancePath+"/fields/" + key3.replace(/~/g, "~0").replace(/\//g, "~1")+"/generate/charset",schemaPath:"common.schema.json#/$defs/generator/properties/charset/enum",keyword:"enum",params:{allowedValues: schema46.properties.charset.enum},message:"must be equal to one of the allowed values"};
+const err33 = {instancePath:instancePath+"/fields/" + key3.replace(/~/g, "~0").replace(/\//g, "~1")+"/generate/charset",schemaPath:"common.schema.json#/$defs/generator/properties/charset/enum",keyword:"enum",params:{allowedValues: schema48.properties.charset.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -1542,7 +1813,7 @@ vErrors.push(err56);
 errors++;
 }
 if(!(((data20 === "dual") || (data20 === "alternate")) || (data20 === "single"))){
-const err57 = {instancePath:instancePath+"/database/strategy",schemaPath:"#/properties/database/properties/strategy/enum",keyword:"enum",params:{allowedValues: schema43.properties.database.properties.strategy.enum},message:"must be equal to one of the allowed values"};
+const err57 = {instancePath:instancePath+"/database/strategy",schemaPath:"#/properties/database/properties/strategy/enum",keyword:"enum",params:{allowedValues: schema45.properties.database.properties.strategy.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err57];
 }
@@ -1575,7 +1846,7 @@ vErrors.push(err59);
 }
 errors++;
 }
-if(!pattern19.test(data21)){
+if(!pattern21.test(data21)){
 const err60 = {instancePath:instancePath+"/database/username",schemaPath:"#/properties/database/properties/username/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err60];
@@ -1644,7 +1915,7 @@ vErrors.push(err65);
 }
 errors++;
 }
-if(!pattern19.test(data23)){
+if(!pattern21.test(data23)){
 const err66 = {instancePath:instancePath+"/database/usernames/" + i0,schemaPath:"#/properties/database/properties/usernames/items/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err66];
@@ -1836,7 +2107,7 @@ return errors === 0;
 validate23.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const target = validate24;
-const schema49 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"target.schema.json","title":"Target","description":"A database whose credentials rotor rotates. Only its name, engine and agent live here: the connection and the admin credentials stay in the agent's own configuration on the database host.","type":"object","additionalProperties":false,"required":["kind","name","engine","agent"],"properties":{"kind":{"const":"Target","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The target's name, referenced by `Secret.database.target` and by the agent's configuration."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"engine":{"description":"The database engine. Strategies: postgres (alternate*, single), mysql and mariadb (dual*, alternate, single), redis (dual*, single), mongodb (alternate*, single), mssql (alternate*, single); * = the default.","type":"string","enum":["postgres","mysql","mariadb","mongodb","redis","mssql"]},"agent":{"$ref":"common.schema.json#/$defs/name","description":"The Agent that applies changes to this database."}},"examples":[{"kind":"Target","name":"payments-pg","engine":"postgres","agent":"db-host-1"}]};
+const schema51 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"target.schema.json","title":"Target","description":"A database whose credentials rotor rotates. Only its name, engine and agent live here: the connection and the admin credentials stay in the agent's own configuration on the database host.","type":"object","additionalProperties":false,"required":["kind","name","engine","agent"],"properties":{"kind":{"const":"Target","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The target's name, referenced by `Secret.database.target` and by the agent's configuration."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"engine":{"description":"The database engine. Strategies: postgres (alternate*, single), mysql and mariadb (dual*, alternate, single), redis (dual*, single), mongodb (alternate*, single), mssql (alternate*, single); * = the default.","type":"string","enum":["postgres","mysql","mariadb","mongodb","redis","mssql"]},"agent":{"$ref":"common.schema.json#/$defs/name","description":"The Agent that applies changes to this database."}},"examples":[{"kind":"Target","name":"payments-pg","engine":"postgres","agent":"db-host-1"}]};
 
 function validate24(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="target.schema.json" */;
@@ -1977,7 +2248,7 @@ vErrors.push(err10);
 errors++;
 }
 if(!((((((data3 === "postgres") || (data3 === "mysql")) || (data3 === "mariadb")) || (data3 === "mongodb")) || (data3 === "redis")) || (data3 === "mssql"))){
-const err11 = {instancePath:instancePath+"/engine",schemaPath:"#/properties/engine/enum",keyword:"enum",params:{allowedValues: schema49.properties.engine.enum},message:"must be equal to one of the allowed values"};
+const err11 = {instancePath:instancePath+"/engine",schemaPath:"#/properties/engine/enum",keyword:"enum",params:{allowedValues: schema51.properties.engine.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err11];
 }
@@ -2029,9 +2300,9 @@ return errors === 0;
 validate24.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const agent = validate25;
-const schema52 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"agent.schema.json","title":"Agent","description":"A rotor-agent running near one or more databases. Its public keys are printed by `rotor keygen` on the agent's host.","type":"object","additionalProperties":false,"required":["kind","name","signingKey","recipient"],"properties":{"kind":{"const":"Agent","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The agent's name, referenced by `Target.agent` and by the agent's configuration."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"signingKey":{"description":"The agent's Ed25519 public key, `ed25519:` followed by the base64 of its 32 bytes. The daemon accepts only requests signed with it.","type":"string","pattern":"^ed25519:[A-Za-z0-9+/]{43}=$","examples":["ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="]},"recipient":{"description":"The agent's age recipient (`age1...`). Credentials sent to the agent are encrypted to it.","type":"string","pattern":"^age1[02-9ac-hj-np-z]{58}$","examples":["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]}}};
-const pattern24 = new RegExp("^ed25519:[A-Za-z0-9+/]{43}=$", "u");
-const pattern25 = new RegExp("^age1[02-9ac-hj-np-z]{58}$", "u");
+const schema54 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"agent.schema.json","title":"Agent","description":"A rotor-agent running near one or more databases. Its public keys are printed by `rotor keygen` on the agent's host.","type":"object","additionalProperties":false,"required":["kind","name","signingKey","recipient"],"properties":{"kind":{"const":"Agent","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The agent's name, referenced by `Target.agent` and by the agent's configuration."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"signingKey":{"description":"The agent's Ed25519 public key, `ed25519:` followed by the base64 of its 32 bytes. The daemon accepts only requests signed with it.","type":"string","pattern":"^ed25519:[A-Za-z0-9+/]{43}=$","examples":["ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="]},"recipient":{"description":"The agent's age recipient (`age1...`). Credentials sent to the agent are encrypted to it.","type":"string","pattern":"^age1[02-9ac-hj-np-z]{58}$","examples":["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]}}};
+const pattern26 = new RegExp("^ed25519:[A-Za-z0-9+/]{43}=$", "u");
+const pattern27 = new RegExp("^age1[02-9ac-hj-np-z]{58}$", "u");
 
 function validate25(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="agent.schema.json" */;
@@ -2162,7 +2433,7 @@ errors++;
 if(data.signingKey !== undefined){
 let data3 = data.signingKey;
 if(typeof data3 === "string"){
-if(!pattern24.test(data3)){
+if(!pattern26.test(data3)){
 const err10 = {instancePath:instancePath+"/signingKey",schemaPath:"#/properties/signingKey/pattern",keyword:"pattern",params:{pattern: "^ed25519:[A-Za-z0-9+/]{43}=$"},message:"must match pattern \""+"^ed25519:[A-Za-z0-9+/]{43}=$"+"\""};
 if(vErrors === null){
 vErrors = [err10];
@@ -2187,7 +2458,7 @@ errors++;
 if(data.recipient !== undefined){
 let data4 = data.recipient;
 if(typeof data4 === "string"){
-if(!pattern25.test(data4)){
+if(!pattern27.test(data4)){
 const err12 = {instancePath:instancePath+"/recipient",schemaPath:"#/properties/recipient/pattern",keyword:"pattern",params:{pattern: "^age1[02-9ac-hj-np-z]{58}$"},message:"must match pattern \""+"^age1[02-9ac-hj-np-z]{58}$"+"\""};
 if(vErrors === null){
 vErrors = [err12];
@@ -2226,8 +2497,8 @@ return errors === 0;
 validate25.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const consumer = validate26;
-const schema54 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"consumer.schema.json","title":"Consumer","description":"An application that reads secrets over its own Unix socket, `<name>.sock`: in the daemon's socket directory, or, with `agent:`, in the socket directory of that rotor-agent on the application's host.","type":"object","additionalProperties":false,"required":["kind","name","uid","secrets"],"properties":{"kind":{"const":"Consumer","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The consumer's name; its socket is `<name>.sock`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"uid":{"description":"The Unix user id that owns the consumer's socket (mode 0600): only that user can connect.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"gid":{"description":"The Unix group id of the socket. Default: the daemon's group.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"agent":{"$ref":"common.schema.json#/$defs/name","description":"The Agent on whose host the consumer runs: that rotor-agent serves its socket (in the agent's `socketDir`) with the values the daemon sends it. Without it, the daemon serves the consumer on its own host.","examples":["web-1"]},"secrets":{"description":"The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments), each at most 253 characters and 32 segments.","type":"array","minItems":1,"maxItems":1000,"items":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},"examples":[["payments/*"],["payments/**","shared/tls-session-key"]]}},"examples":[{"kind":"Consumer","name":"billing-api","uid":1001,"secrets":["payments/*"]},{"kind":"Consumer","name":"web","agent":"web-1","uid":1002,"secrets":["payments/db"]}]};
-const pattern28 = new RegExp("^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$", "u");
+const schema56 = {"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"consumer.schema.json","title":"Consumer","description":"An application that reads secrets over its own Unix socket, `<name>.sock`: in the daemon's socket directory, or, with `agent:`, in the socket directory of that rotor-agent on the application's host.","type":"object","additionalProperties":false,"required":["kind","name","uid","secrets"],"properties":{"kind":{"const":"Consumer","description":"Declaration kind."},"name":{"$ref":"common.schema.json#/$defs/name","description":"The consumer's name; its socket is `<name>.sock`."},"description":{"type":"string","maxLength":1000,"description":"Free text for the people reading the repository."},"uid":{"description":"The Unix user id that owns the consumer's socket (mode 0600): only that user can connect.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"gid":{"description":"The Unix group id of the socket. Default: the daemon's group.","type":"integer","minimum":0,"maximum":4294967294,"examples":[1001]},"agent":{"$ref":"common.schema.json#/$defs/name","description":"The Agent on whose host the consumer runs: that rotor-agent serves its socket (in the agent's `socketDir`) with the values the daemon sends it. Without it, the daemon serves the consumer on its own host.","examples":["web-1"]},"secrets":{"description":"The secrets this consumer may read: names or globs (`*` matches within one segment, `**` across segments), each at most 253 characters and 32 segments.","type":"array","minItems":1,"maxItems":1000,"items":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},"examples":[["payments/*"],["payments/**","shared/tls-session-key"]]}},"examples":[{"kind":"Consumer","name":"billing-api","uid":1001,"secrets":["payments/*"]},{"kind":"Consumer","name":"web","agent":"web-1","uid":1002,"secrets":["payments/db"]}]};
+const pattern30 = new RegExp("^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$", "u");
 
 function validate26(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 /*# sourceURL="consumer.schema.json" */;
@@ -2497,7 +2768,7 @@ vErrors.push(err21);
 }
 errors++;
 }
-if(!pattern28.test(data7)){
+if(!pattern30.test(data7)){
 const err22 = {instancePath:instancePath+"/secrets/" + i0,schemaPath:"#/properties/secrets/items/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"},message:"must match pattern \""+"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$"+"\""};
 if(vErrors === null){
 vErrors = [err22];

@@ -175,6 +175,37 @@ export function metricsRegistry(source: MetricsSource): {
     '1 while the database refuses a served credential of a secret (drift, found by policy verify), else 0.',
     (x) => (x.drift ? 1 : 0),
   );
+  new Counter({
+    name: 'rotor_notify_deliveries_total',
+    help: 'Webhook delivery attempts and losses by endpoint and outcome (success, failure: retried; dropped: the queue was full or the endpoint removed; expired: too old to retry). Since this daemon started.',
+    labelNames: ['endpoint', 'outcome'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const e of st().notify?.endpoints ?? [])
+        for (const [outcome, n] of Object.entries(e.outcomes)) this.inc({ endpoint: e.name, outcome }, n);
+    },
+  });
+  new Gauge({
+    name: 'rotor_notify_queue_depth',
+    help: 'Webhook deliveries waiting (to be sent or retried), by endpoint.',
+    labelNames: ['endpoint'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const e of st().notify?.endpoints ?? []) this.set({ endpoint: e.name }, e.queued);
+    },
+  });
+  new Gauge({
+    name: 'rotor_notify_failing',
+    help: 'Whether an endpoint has a delivery that failed and waits to be retried (1) or not (0).',
+    labelNames: ['endpoint'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const e of st().notify?.endpoints ?? []) this.set({ endpoint: e.name }, e.failing ? 1 : 0);
+    },
+  });
   new Gauge({
     name: 'rotor_secrets_overdue',
     help: 'How many secrets are overdue (rotor_secret_overdue).',

@@ -423,6 +423,15 @@ function configList(status: StatusView, now: number): string {
     const where = a.branch ? ` · on branch <code>${esc(a.branch)}</code>` : '';
     rows.push(`<dt>Audit log</dt><dd>${text}${where}</dd>`);
   }
+  for (const e of status.notify?.endpoints ?? []) {
+    const text = e.failing
+      ? `<span class="badge warn">failing</span> ${e.queued} waiting${e.lastError ? ` (last <code>${esc(e.lastError)}</code>)` : ''}; retried with backoff`
+      : `<span class="badge ok">delivering</span> ${e.queued} waiting`;
+    const lost = e.outcomes.dropped + e.outcomes.expired;
+    rows.push(
+      `<dt>Webhook <code>${esc(e.name)}</code></dt><dd>${text} · ${e.outcomes.success} delivered${lost ? ` · <span class="err">${lost} dropped</span>` : ''}<div class="muted">${esc(e.url)}</div></dd>`,
+    );
+  }
   return `<dl class="config">${rows.join('')}</dl>`;
 }
 

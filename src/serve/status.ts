@@ -4,6 +4,8 @@
  * only: never a secret value.
  */
 
+import type { NotifyStatus } from '../notify/notifier.js';
+
 /** The daemon's status, one shape for the daemon that builds it and every reader. */
 export interface DaemonStatus {
   /** When the status was taken (ISO 8601). */
@@ -18,10 +20,12 @@ export interface DaemonStatus {
   readonly recent: readonly RecentView[];
   /** Which daemon leads, when several share the state store (PostgreSQL); absent with the file store (one daemon). */
   readonly leadership?: LeadershipView;
+  /** The webhooks (Config.notify): present while endpoints are declared or deliveries wait. */
+  readonly notify?: NotifyStatus;
 }
 
 /** The sections a reader does without: a status made by hand (a test, a tool) may leave them out. */
-type Sections = 'sockets' | 'agents' | 'store' | 'audit' | 'recent' | 'leadership';
+type Sections = 'sockets' | 'agents' | 'store' | 'audit' | 'recent' | 'leadership' | 'notify';
 /** What the readers (rotor status, the metrics, the status page) take: DaemonStatus, its sections optional. */
 export type StatusReading = Omit<DaemonStatus, Sections> & Partial<Pick<DaemonStatus, Sections>>;
 
