@@ -11,11 +11,19 @@
 // consumer was served for each version it shows (current and previous), each matching the fingerprint
 // the audit log records (the export's own --audit check, run on the daemon's clone). The figures say
 // how often the log held versions that snapshot.age alone lacked: what the export exists for.
-// Values are held in memory only, and never printed.
+//
+// All along, the daemon's webhooks (Config notify:) deliver every rotation to a receiver here that
+// answers 500 to a random third of the deliveries, and checks each signature with the key (a secret of
+// its own, read through the consumer socket). Afterwards, with the receiver answering 200, every
+// rotation in the audit log must have been delivered and acknowledged at least once, across every kill,
+// the first acknowledgement of each version in order per secret, every signature valid, no value in a
+// body. Values are held in memory only, and never printed.
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
+  auditEntries,
   canonicalJson,
   cli,
   declarations,
@@ -25,6 +33,7 @@ import {
   startReader,
   status,
 } from './lib/faults-world.mjs';
+import { dist } from './lib/harness.mjs';
 
 export const part = 9;
 export const title = 'Recovery: break-glass export after a crash';
@@ -36,7 +45,15 @@ export async function run({ short, log }) {
   const n = short ? 6 : 20;
   const rounds = short ? 3 : 12;
   const names = secretNames(n);
-  const w = await makeWorld('recovery', declarations({ n, every: '2s', overlap: '1s' }));
+  const hooks = await receiver();
+  const decl = declarations({ n, every: '2s', overlap: '1s' });
+  const w = await makeWorld('recovery', {
+    ...decl,
+    'rotor.yaml': `${decl['rotor.yaml']}notify:\n  - name: proof\n    url: http://127.0.0.1:${hooks.port}/hook\n    events: [rotated]\n    secret: keys/hook\n`,
+    'policy.yaml': `${decl['policy.yaml']}---\nkind: Policy\nname: still\nevery: 1d\noverlap: 1h\n`,
+    'secrets.yaml': `${decl['secrets.yaml']}---\nkind: Secret\nname: keys/hook\npolicy: still\ngenerate: { length: 32 }\n`,
+    'consumer.yaml': decl['consumer.yaml'].replace('secrets: ["load/**"]', 'secrets: ["load/**", "keys/**"]'),
+  });
   const identityFile = path.join(w.root, 'break-glass.txt');
   writeFileSync(identityFile, `# a break-glass identity\n${identity}\n`, { mode: 0o600 });
   chmodSync(identityFile, 0o600);
@@ -44,6 +61,8 @@ export async function run({ short, log }) {
   const clone = path.join(w.dataDir, 'repo');
 
   let d = await startDaemon(w, { breakGlass: [recipient] });
+  const { getSecret } = await dist('src/client/index.js');
+  hooks.key = String((await getSecret('keys/hook', { socket: path.join(w.socketDir, 'prove.sock') })).value);
   const reader = startReader(w, names, { loops: 2, pauseMs: 5 });
   const outcomes = [];
   const live = [];
@@ -78,9 +97,17 @@ export async function run({ short, log }) {
         throw e;
       }
     }
+    // The receiver answers 200 from now on: every rotation audited must arrive.
+    hooks.flaky = false;
+    await reader.stop();
+    const rotatedOf = () =>
+      auditEntries(path.join(clone, 'audit')).filter((e) => e.event === 'rotated' && names.includes(e.secret));
+    const deadline = Date.now() + 120_000;
+    while (Date.now() < deadline && rotatedOf().some((e) => !hooks.acked.has(`${e.secret}@${e.to}`))) await sleep(200);
   } finally {
     await reader.stop();
     await d.stop();
+    hooks.close();
   }
 
   const rows = [];
@@ -105,6 +132,25 @@ export async function run({ short, log }) {
     figure: `${live.length - liveBad.length}/${live.length} live exports fine${liveBad.length ? ` (first: exit ${liveBad[0].code}, rotated on: ${liveBad[0].on}: ${liveBad[0].err})` : ''}; ${restarts} restarts, ${refused} refused`,
     ok: live.length > 0 && liveBad.length === 0 && refused === 0,
   });
+  const audited = auditEntries(path.join(clone, 'audit')).filter(
+    (e) => e.event === 'rotated' && names.includes(e.secret),
+  );
+  const missing = audited.filter((e) => !hooks.acked.has(`${e.secret}@${e.to}`));
+  const unordered = [...hooks.firstAcks].filter(([, tos]) => tos.some((to, i) => i > 0 && to <= tos[i - 1]));
+  const bodies = hooks.bodies.join('\n');
+  const inBody = [...reader.seen.values()].flatMap((m) => [...m.values()]).filter((v) => bodies.includes(v));
+  rows.push({
+    check: `webhooks across the ${rounds} kills, the receiver answering 500 to a third of the deliveries: every rotation in the audit log delivered and acknowledged at least once, the first acknowledgements in order per secret, every signature valid, no value in a body`,
+    figure: `${audited.length} rotations audited, ${missing.length} never acknowledged${missing.length ? ` (first: ${missing[0].secret} v${missing[0].to})` : ''}; ${hooks.stats.requests} requests, ${hooks.stats.refused} answered 500, ${hooks.stats.acked} acknowledged, ${hooks.stats.acked - hooks.acked.size} of them again (at least once); ${unordered.length} secrets out of order; ${hooks.stats.badSignature} bad signatures; ${inBody.length + (bodies.includes(hooks.key) ? 1 : 0)} values in a body`,
+    ok:
+      audited.length > 0 &&
+      missing.length === 0 &&
+      unordered.length === 0 &&
+      hooks.stats.badSignature === 0 &&
+      hooks.stats.refused > 0 &&
+      inBody.length === 0 &&
+      !bodies.includes(hooks.key),
+  });
   const daemonLog = readFileSync(d.logFile, 'utf8');
   const values = [...reader.seen.values()].flatMap((m) => [...m.values()]);
   const leaked = values.filter((v) => daemonLog.includes(v) || stderrs.some((e) => e.includes(v))).length;
@@ -117,6 +163,60 @@ export async function run({ short, log }) {
   if (!rows.every((x) => x.ok)) log(`part 9: kept for a post-mortem: ${w.root}`);
   else w.cleanup();
   return { rows };
+}
+
+/**
+ * The webhook receiver: answers 500 to a random third of the deliveries while `flaky`, 200 to the rest;
+ * checks each signature with `key` (any v1 of the header); keeps every acknowledged (secret, version),
+ * the order of first acknowledgements per secret, and every body (to look for values in).
+ */
+async function receiver() {
+  const { verifySignature } = await dist('src/notify/sign.js');
+  const hooks = {
+    key: undefined,
+    flaky: true,
+    acked: new Set(),
+    firstAcks: new Map(),
+    bodies: [],
+    stats: { requests: 0, early: 0, refused: 0, acked: 0, badSignature: 0 },
+  };
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      hooks.stats.requests++;
+      const body = Buffer.concat(chunks).toString('utf8');
+      hooks.bodies.push(body);
+      if (hooks.key === undefined) {
+        // Before the key was read through the socket: refused, so that it comes again.
+        hooks.stats.early++;
+        res.writeHead(503).end();
+        return;
+      }
+      if (!verifySignature(req.headers['x-rotor-signature'], body, hooks.key, Date.now() / 1000)) {
+        hooks.stats.badSignature++;
+        res.writeHead(400).end();
+        return;
+      }
+      if (hooks.flaky && Math.random() < 1 / 3) {
+        hooks.stats.refused++;
+        res.writeHead(500).end();
+        return;
+      }
+      const e = JSON.parse(body);
+      const k = `${e.secret}@${e.to}`;
+      hooks.stats.acked++;
+      if (!hooks.acked.has(k)) {
+        hooks.acked.add(k);
+        hooks.firstAcks.set(e.secret, [...(hooks.firstAcks.get(e.secret) ?? []), e.to]);
+      }
+      res.writeHead(200).end();
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  hooks.port = server.address().port;
+  hooks.close = () => server.close();
+  return hooks;
 }
 
 /** Each secret's current version, from the admin socket. */
