@@ -136,7 +136,7 @@ export interface NotifyEndpoint {
    */
   url: string;
   /**
-   * The events sent to this endpoint: `rotated` (a new version became current), `rotation-failed` (an attempt failed; it is retried with backoff), `overdue` (a secret became overdue), `drift-detected` (an agent's check found a credential refused; sent once drift detection exists), `config-rejected` (a commit of the repository was invalid and not applied), `audit-push-failing` (the audit log cannot be pushed; its entries are kept and retried).
+   * The events sent to this endpoint: `rotated` (a new version became current), `rotation-failed` (an attempt failed; it is retried with backoff), `overdue` (a secret became overdue), `drift-detected` (an agent's check found a served credential refused: drift, policy `verify`), `config-rejected` (a commit of the repository was invalid and not applied), `audit-push-failing` (the audit log cannot be pushed; its entries are kept and retried).
    *
    * @minItems 1
    */
