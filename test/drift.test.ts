@@ -4,7 +4,9 @@
  * A password changed by hand behind rotor's back is found by the next verify check (policy `verify`),
  * audited once per incident as drift-detected, and repaired by a rotation (trigger drift) after which
  * the served value logs in again; with `onDrift: alert` nothing rotates and the secret shows
- * DRIFT_DETECTED until a check passes again; an unreachable server is not drift. No value in the
+ * DRIFT_DETECTED until a check passes again, also across a restart of the daemon (the open incident is
+ * kept in the state store, and is still one incident with one entry); an unreachable server is not
+ * drift. No value in the
  * daemon's or the agent's logs, nor in the audit log.
  */
 import diagnostics_channel from 'node:diagnostics_channel';
@@ -18,6 +20,7 @@ import { Agent } from '../agent/src/agent.js';
 import { loadAgentConfig } from '../agent/src/config.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
+import { openStore } from '../src/state/store.js';
 import { tempDir } from './helpers.js';
 import { startMariadb } from './services/mariadb.js';
 import { startPostgres } from './services/postgres.js';
@@ -94,33 +97,39 @@ async function driftWorld(t: T, c: Case, onDrift: 'rotate' | 'alert') {
     'secret.yaml': `kind: Secret\nname: ${name}\npolicy: p\ngenerate: { length: 32 }\ndatabase: { target: the-db, strategy: ${c.strategy}, ${db} }\n`,
   });
   const first = finished(name, 1);
-  const d = await w.start({ agentListen: '127.0.0.1:0', metricsListen: '127.0.0.1:0' });
-  t.teardown(() => d.stop());
   const daemonKeys = await loadKeys(w.dataDir);
   const configFile = path.join(keysRoot, 'agent.yaml');
-  writeFileSync(
-    configFile,
-    [
-      `daemon: http://${d.agentAddress}`,
-      'name: db-host',
-      `keyDir: ${path.join(keysRoot, 'agent')}`,
-      `daemonSigningKey: "${daemonKeys.signingKey}"`,
-      'targets:',
-      '  the-db:',
-      `    url: ${c.url}`,
-      '    password: { env: DB_ADMIN_PASSWORD }',
-      '    timeout: 3s',
-      '',
-    ].join('\n'),
-    { mode: 0o600 },
-  );
   let agentLogs = '';
-  const agent = new Agent(
-    await loadAgentConfig(configFile, { env: { DB_ADMIN_PASSWORD: c.adminPassword ?? ADMIN_PASSWORD } }),
-    { log: jsonLogger((l) => void (agentLogs += l)), wait: 5, backoff: { baseMs: 50, capMs: 500 } },
-  );
-  agent.start();
-  t.teardown(() => agent.stop({ graceMs: 5000 }));
+  /** The daemon and its agent (a new agent for each daemon: it listens on another port). */
+  const startBoth = async () => {
+    const d = await w.start({ agentListen: '127.0.0.1:0', metricsListen: '127.0.0.1:0' });
+    t.teardown(() => d.stop());
+    writeFileSync(
+      configFile,
+      [
+        `daemon: http://${d.agentAddress}`,
+        'name: db-host',
+        `keyDir: ${path.join(keysRoot, 'agent')}`,
+        `daemonSigningKey: "${daemonKeys.signingKey}"`,
+        'targets:',
+        '  the-db:',
+        `    url: ${c.url}`,
+        '    password: { env: DB_ADMIN_PASSWORD }',
+        '    timeout: 3s',
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
+    const agent = new Agent(
+      await loadAgentConfig(configFile, { env: { DB_ADMIN_PASSWORD: c.adminPassword ?? ADMIN_PASSWORD } }),
+      { log: jsonLogger((l) => void (agentLogs += l)), wait: 5, backoff: { baseMs: 50, capMs: 500 } },
+    );
+    agent.start();
+    t.teardown(() => agent.stop({ graceMs: 5000 }));
+    return { d, agent };
+  };
+  let running = await startBoth();
+  const d = running.d;
   await first;
   const audit = () => {
     const dir = path.join(w.dataDir, 'repo', 'audit');
@@ -144,11 +153,33 @@ async function driftWorld(t: T, c: Case, onDrift: 'rotate' | 'alert') {
       .sort((a, b) => a.seq - b.seq);
   };
   const metric = async () => {
-    const text = await (await fetch(`http://${d.metricsAddress}/metrics`)).text();
+    const text = await (await fetch(`http://${running.d.metricsAddress}/metrics`)).text();
     const m = new RegExp(`^rotor_secret_drift\\{secret="${name}"\\} (\\d+)$`, 'm').exec(text);
     return m ? Number(m[1]) : undefined;
   };
-  const secretStatus = () => d.status().secrets.find((s) => s.name === name)!;
+  const secretStatus = () => running.d.status().secrets.find((s) => s.name === name)!;
+  /** Stops the agent and the daemon; `between` runs while both are stopped; then both start again on the same data dir. */
+  const restart = async (between: () => Promise<void>) => {
+    await running.agent.stop({ graceMs: 5000 });
+    await running.d.stop();
+    await between();
+    running = await startBoth();
+    return running.d;
+  };
+  /** The state store's value of a key, read while the daemon is stopped. */
+  const stored = async (key: string) => {
+    const keys = await loadKeys(w.dataDir);
+    const store = await openStore({
+      dir: path.join(w.dataDir, 'state'),
+      identity: keys.identity,
+      recipients: [keys.recipient],
+    });
+    try {
+      return store.get(key);
+    } finally {
+      await store.close();
+    }
+  };
   /** Every value that mattered must be absent from every log and the audit. */
   const noValues = (values: string[]) => {
     const dir = path.join(w.dataDir, 'repo', 'audit');
@@ -162,7 +193,7 @@ async function driftWorld(t: T, c: Case, onDrift: 'rotate' | 'alert') {
       "no value (served or set by hand) in the daemon's or the agent's logs, nor in the audit log",
     );
   };
-  return { d, name, audit, metric, secretStatus, noValues, agentLogs: () => agentLogs };
+  return { d, name, audit, metric, secretStatus, noValues, restart, stored, agentLogs: () => agentLogs };
 }
 
 /** Two incidents, each repaired by a rotation; exactly one drift-detected entry per incident, before its rotation. */
@@ -348,5 +379,53 @@ t.test('Redis', async (t) => {
   const common = { engine: 'redis' as const, url: server.url, login, change, adminPassword: server.adminPassword };
   await t.test('dual: two incidents, each repaired by a rotation', (t) =>
     repairTwice(t, { ...common, strategy: 'dual', users: ['r_dual'] }),
+  );
+  await server.createUser('r_kept', 'Initial-r_kept-9');
+  await t.test(
+    'onDrift: alert: an incident survives a restart (one entry), and its stored record goes when it ends',
+    async (t) => {
+      const c: Case = { ...common, strategy: 'dual', users: ['r_kept'] };
+      const { d, name, audit, metric, secretStatus, noValues, restart, stored } = await driftWorld(t, c, 'alert');
+      await check(name, clean);
+      const served = d.served(name)!;
+      const hand = handValue(4);
+      await change(served.username!, hand);
+      await check(name, (m) => (m.refused ?? 0) > 0);
+      t.equal(secretStatus().failing?.error, 'DRIFT_DETECTED', 'the incident is open');
+      const since = String(secretStatus().drift!.since);
+      const driftEntries = () => audit().filter((e) => e.event === 'drift-detected').length;
+      t.equal(driftEntries(), 1, 'one drift-detected entry');
+      // Stopped and started again on the same data dir: the incident is read back from the state store.
+      const refusedAgain = check(name, (m) => (m.refused ?? 0) > 0);
+      const d2 = await restart(async () => {
+        const kept = (await stored(`drift/${name}`)) as { version: number; since: number; credentials: unknown[] };
+        t.match(
+          kept,
+          {
+            version: 1,
+            since: Date.parse(since),
+            credentials: [{ credential: 'current', version: 1, username: 'r_kept' }],
+          },
+          'the open incident is kept in the state store under drift/NAME',
+        );
+      });
+      await refusedAgain;
+      t.equal(driftEntries(), 1, 'still exactly one drift-detected entry for the incident after the restart');
+      t.equal(secretStatus().failing?.error, 'DRIFT_DETECTED', 'still failing with DRIFT_DETECTED');
+      t.equal(secretStatus().drift?.since, since, 'the same incident (since the first refused check)');
+      t.equal(await metric(), 1, 'rotor_secret_drift 1 after the restart');
+      t.equal(d2.served(name)!.version, 1, 'alert: not rotated');
+      // Someone puts the served value back: the incident ends, and its stored record is deleted.
+      await change(served.username!, String(served.value));
+      await check(name, clean);
+      t.notOk(secretStatus().failing, 'a passing check ends the incident');
+      t.equal(await metric(), 0, 'rotor_secret_drift 0');
+      await restart(async () => {
+        t.equal(await stored(`drift/${name}`), undefined, 'the ended incident is gone from the state store');
+      });
+      await check(name, clean);
+      t.equal(driftEntries(), 1, 'no new drift entry');
+      noValues([String(served.value), hand]);
+    },
   );
 });

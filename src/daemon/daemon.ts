@@ -327,6 +327,11 @@ export class Daemon {
       verify: (s, v, c, p, ms) => hub.verify(s, v, c, p, ms),
       strategyOf: (s) => hub.strategyOf(s),
       rotate: (name, reason) => engine.rotateOnDrift(name, reason).finally(() => this.rearm()),
+      store: this.store,
+      withHead: (ops) => [
+        ...ops,
+        { op: 'put', key: AUDIT_HEAD_KEY, value: { seq: audit.head.seq, hash: audit.head.hash } },
+      ],
     });
     this.notify = await Notify.open({
       dataDir,

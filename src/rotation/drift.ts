@@ -18,8 +18,15 @@
  *
  * Only the daemon that acts (the leader of several) checks; a check never runs beside a rotation, a
  * retirement or a purge of the same secret (it holds the secret's lock, and is skipped while a
- * rotation is pending). Incidents live in memory: after a restart, or when another daemon takes the
- * lead, an incident still going on is found again at the next check and audited once more.
+ * rotation is pending).
+ *
+ * An open incident is kept in the state store under `drift/<name>` (written once it is audited, through
+ * the store the engine writes, so on PostgreSQL fenced like every other write, with the audit head as
+ * the engine's writes have it), read when the daemon starts acting (at start, or when it takes the
+ * lead), and deleted when the incident ends. So after a restart, or when another daemon takes the lead,
+ * an incident still going on is the same incident: no second `drift-detected` entry. Only the daemon
+ * that acts writes. What is not kept: the versions a rotation repaired (a restart during the overlap
+ * that follows a repair may find the previous version refused again, as a new incident).
  */
 
 import diagnostics_channel from 'node:diagnostics_channel';
@@ -28,6 +35,7 @@ import type { Logger } from '../log.js';
 import type { Desired } from '../model/model.js';
 import type { Secret } from '../model/schema-types.js';
 import type { Check, CheckedCredential, Credential, Result, Strategy } from '../protocol/jobs.js';
+import type { Json, Op } from '../state/types.js';
 import { parseDuration } from '../util/duration.js';
 import type { AuditEvent, Served } from './engine.js';
 
@@ -84,7 +92,18 @@ export interface DriftOptions {
   readonly strategyOf: (secret: Secret) => Strategy;
   /** Rotates the secret now with trigger `drift` (its failure is the engine's to retry). */
   readonly rotate: (name: string, reason: string) => Promise<unknown>;
+  /** The state store the engine writes (open incidents are kept under `drift/<name>`). */
+  readonly store: {
+    get(key: string): Json | undefined;
+    entries(prefix?: string): IterableIterator<[string, Json]>;
+    write(ops: readonly Op[]): Promise<number>;
+  };
+  /** Adds the audit log's current head to a store write, as the engine's writes have it. */
+  readonly withHead: (ops: Op[]) => Op[];
 }
+
+/** Where an open incident of a secret is kept in the state store. */
+export const DRIFT_KEY = (name: string): string => `drift/${name}`;
 
 interface Watched {
   secret: Secret;
@@ -101,6 +120,26 @@ interface Incident {
   credentials: DriftedCredential[];
   checks: number;
   audited: boolean;
+  /** Written to the state store (DRIFT_KEY). */
+  stored: boolean;
+}
+
+/** An incident as the state store keeps it; anything else there is not one (logged, deleted). */
+function parseIncident(v: Json | undefined): Incident | undefined {
+  const o = v as Record<string, unknown> | null | undefined;
+  if (!o || typeof o !== 'object' || Array.isArray(o)) return undefined;
+  const int = (x: unknown) => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+  if (!int(o.version) || !int(o.since) || !int(o.checks) || !Array.isArray(o.credentials)) return undefined;
+  const credentials: DriftedCredential[] = [];
+  for (const c of o.credentials as unknown[]) {
+    const x = c as Record<string, unknown> | null;
+    if (!x || typeof x !== 'object') return undefined;
+    if ((x.credential !== 'current' && x.credential !== 'previous') || !int(x.version)) return undefined;
+    if (typeof x.username !== 'string') return undefined;
+    credentials.push({ credential: x.credential, version: x.version as number, username: x.username });
+  }
+  const { version, since, checks } = o as { version: number; since: number; checks: number };
+  return { version, since, checks, credentials, audited: true, stored: true };
 }
 
 export class DriftMonitor {
@@ -110,6 +149,10 @@ export class DriftMonitor {
   private readonly repaired = new Map<string, Set<number>>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** The incidents kept in the state store were read (since this daemon began acting). */
+  private loaded = false;
+  /** setModel ran: which secrets are watched is known (a kept incident of another secret is over). */
+  private modelled = false;
 
   constructor(private readonly o: DriftOptions) {}
 
@@ -128,6 +171,7 @@ export class DriftMonitor {
       else this.watched.set(name, { secret: decl, intervalMs, onDrift, nextAt: now + intervalMs, running: false });
     }
     for (const name of [...this.watched.keys()]) if (!keep.has(name)) this.forget(name);
+    this.modelled = true;
     this.arm();
   }
 
@@ -135,6 +179,7 @@ export class DriftMonitor {
   reset(): void {
     this.incidents.clear();
     this.repaired.clear();
+    this.loaded = false;
   }
 
   stop(): void {
@@ -145,6 +190,7 @@ export class DriftMonitor {
 
   /** The incident going on for a secret, if any (one the secret's rotation ended is over). */
   drift(name: string): DriftView | undefined {
+    this.load();
     const i = this.incidents.get(name);
     const w = this.watched.get(name);
     if (!i || !w || !this.current(name, i)) return undefined;
@@ -161,6 +207,53 @@ export class DriftMonitor {
     this.watched.delete(name);
     this.incidents.delete(name);
     this.repaired.delete(name);
+    void this.unstore(name);
+  }
+
+  /**
+   * Once acting: the incidents the state store keeps (written by this daemon before a restart, or by
+   * the daemon that led before) are taken up as they were, audited already.
+   */
+  private load(): void {
+    if (this.loaded || !this.modelled || !this.o.acting()) return;
+    this.loaded = true;
+    for (const [key, value] of [...this.o.store.entries('drift/')]) {
+      const name = key.slice('drift/'.length);
+      const incident = parseIncident(value);
+      if (!incident) this.o.log('warn', 'a drift incident in the state store is not one; deleted', { secret: name });
+      if (!incident || !this.watched.has(name)) {
+        void this.unstore(name);
+        continue;
+      }
+      if (!this.incidents.has(name)) this.incidents.set(name, incident);
+    }
+  }
+
+  /** Deletes a secret's incident from the state store (only the daemon that acts writes). */
+  private async unstore(name: string): Promise<void> {
+    if (!this.o.acting() || this.o.store.get(DRIFT_KEY(name)) === undefined) return;
+    try {
+      await this.o.store.write([{ op: 'delete', key: DRIFT_KEY(name) }]);
+    } catch (e) {
+      // Kept: read again it is found over (another version served, or a passing check) and deleted then.
+      this.o.log('warn', 'a drift incident that ended cannot be deleted from the state store; retried later', {
+        secret: name,
+        code: (e as { code?: string }).code ?? 'ERROR',
+      });
+    }
+  }
+
+  /** Keeps an audited incident in the state store, once (a failure is the check's, retried at the next). */
+  private async persist(name: string, i: Incident): Promise<void> {
+    if (i.stored || !this.o.acting()) return;
+    const value = {
+      version: i.version,
+      since: i.since,
+      checks: i.checks,
+      credentials: i.credentials.map((c) => ({ credential: c.credential, version: c.version, username: c.username })),
+    };
+    await this.o.store.write(this.o.withHead([{ op: 'put', key: DRIFT_KEY(name), value }]));
+    i.stored = true;
   }
 
   /** Whether the incident is still about the version served now; if not, it is over (the secret rotated). */
@@ -168,6 +261,7 @@ export class DriftMonitor {
     const served = this.o.served(name);
     if (served && served.version === i.version) return true;
     this.incidents.delete(name);
+    void this.unstore(name);
     const r = this.repaired.get(name) ?? new Set<number>();
     for (const c of i.credentials) r.add(c.version);
     this.repaired.set(name, r);
@@ -232,6 +326,7 @@ export class DriftMonitor {
     if (!seen) return; // a rotation is pending: it is what makes the value log in
     const { served, checks } = seen;
     if (this.o.served(name)?.version !== served.version) return; // rotated since: what was checked is no longer served
+    this.load();
     // First: an incident the secret's rotation ended is over, and its refused versions are repaired.
     const open = this.incidents.get(name);
     const ongoing = open && this.current(name, open) ? open : undefined;
@@ -255,6 +350,7 @@ export class DriftMonitor {
       // Only a check without an error ends an incident: an error says nothing about the credential.
       if (ongoing && tally.errors === 0) {
         this.incidents.delete(name);
+        await this.unstore(name);
         this.o.log('info', 'drift over: every served credential logs in again', { secret: name });
       }
       driftChannel.publish(tally);
@@ -266,6 +362,7 @@ export class DriftMonitor {
       credentials: [],
       checks: 0,
       audited: false,
+      stored: false,
     };
     incident.checks++;
     for (const c of refused)
@@ -291,6 +388,7 @@ export class DriftMonitor {
       ]);
       incident.audited = true;
     }
+    await this.persist(name, incident);
     driftChannel.publish(tally);
     if (w.onDrift === 'rotate') await this.o.rotate(name, 'the database refused a served credential (drift)');
   }
