@@ -21,6 +21,7 @@ import { loadAgentConfig } from '../agent/src/config.js';
 import { generateKeys, loadKeys } from '../src/keys.js';
 import { jsonLogger } from '../src/log.js';
 import { openStore } from '../src/state/store.js';
+import type { Json } from '../src/state/types.js';
 import { tempDir } from './helpers.js';
 import { startMariadb } from './services/mariadb.js';
 import { startPostgres } from './services/postgres.js';
@@ -180,6 +181,20 @@ async function driftWorld(t: T, c: Case, onDrift: 'rotate' | 'alert') {
       await store.close();
     }
   };
+  /** Writes a key of the state store while the daemon is stopped (what a crash left, made by hand). */
+  const storePut = async (key: string, value: Json) => {
+    const keys = await loadKeys(w.dataDir);
+    const store = await openStore({
+      dir: path.join(w.dataDir, 'state'),
+      identity: keys.identity,
+      recipients: [keys.recipient],
+    });
+    try {
+      await store.write([{ op: 'put', key, value }]);
+    } finally {
+      await store.close();
+    }
+  };
   /** Every value that mattered must be absent from every log and the audit. */
   const noValues = (values: string[]) => {
     const dir = path.join(w.dataDir, 'repo', 'audit');
@@ -193,7 +208,7 @@ async function driftWorld(t: T, c: Case, onDrift: 'rotate' | 'alert') {
       "no value (served or set by hand) in the daemon's or the agent's logs, nor in the audit log",
     );
   };
-  return { d, name, audit, metric, secretStatus, noValues, restart, stored, agentLogs: () => agentLogs };
+  return { d, name, audit, metric, secretStatus, noValues, restart, stored, storePut, agentLogs: () => agentLogs };
 }
 
 /** Two incidents, each repaired by a rotation; exactly one drift-detected entry per incident, before its rotation. */
@@ -428,4 +443,42 @@ t.test('Redis', async (t) => {
       noValues([String(served.value), hand]);
     },
   );
+  await server.createUser('r_crash', 'Initial-r_crash-9');
+  await t.test("a crash between an incident's record and its audit entry: exactly one entry either way", async (t) => {
+    const c: Case = { ...common, strategy: 'dual', users: ['r_crash'] };
+    const { d, name, audit, secretStatus, noValues, restart, stored, storePut } = await driftWorld(t, c, 'alert');
+    await check(name, clean);
+    const served = d.served(name)!;
+    const hand = handValue(5);
+    await change(served.username!, hand);
+    await check(name, (m) => (m.refused ?? 0) > 0);
+    const driftEntries = () => audit().filter((e) => e.event === 'drift-detected').length;
+    t.equal(driftEntries(), 1, 'one drift-detected entry');
+    const since = Date.parse(String(secretStatus().drift!.since));
+    // 1. The crash came after the entry, before the record said so: the record is read back unaudited.
+    let refusedAgain = check(name, (m) => (m.refused ?? 0) > 0);
+    await restart(async () => {
+      const kept = (await stored(`drift/${name}`)) as Record<string, Json>;
+      t.equal(kept.audited, true, 'the record says the incident was audited');
+      await storePut(`drift/${name}`, { ...kept, audited: false });
+    });
+    await refusedAgain;
+    t.equal(driftEntries(), 1, 'read back unaudited, the audit log has its entry: not written again');
+    t.equal(secretStatus().drift?.since, new Date(since).toISOString(), 'the same incident');
+    // 2. The crash came before the entry: a record of another incident (another first refused check)
+    // that the audit log does not have. Its entry is written at the next check, once.
+    refusedAgain = check(name, (m) => (m.refused ?? 0) > 0);
+    const earlier = since - 60_000;
+    await restart(async () => {
+      const kept = (await stored(`drift/${name}`)) as Record<string, Json>;
+      await storePut(`drift/${name}`, { ...kept, since: earlier, audited: false });
+    });
+    await refusedAgain;
+    const entries = audit().filter((e) => e.event === 'drift-detected');
+    t.equal(entries.length, 2, 'an incident never audited gets its entry after the restart');
+    t.match(entries[1]!.detail, new Date(earlier).toISOString(), 'the entry names that incident');
+    await check(name, (m) => (m.refused ?? 0) > 0);
+    t.equal(driftEntries(), 2, 'and only once');
+    noValues([String(served.value), hand]);
+  });
 });

@@ -186,7 +186,10 @@ export function newAuditIndex() {
     lastApplied: undefined as string | undefined,
     /** The last entries webhooks report (src/notify), at least the last NOTIFY_TAIL: replayed past the queue's cursor. */
     notifyTail: [] as AuditEntry[],
+    /** The last drift-detected entry of each secret (drift.ts: was an incident read back audited?). */
+    lastDrift: new Map<string, { from?: number; detail?: string }>(),
     add(e: AuditEntry) {
+      if (e.event === 'drift-detected' && e.secret) index.lastDrift.set(e.secret, { from: e.from, detail: e.detail });
       if (NOTIFIED.has(e.event)) {
         index.notifyTail.push(e);
         // Trimmed in bulk (amortised O(1) per entry over a long log, where shift() would be O(NOTIFY_TAIL)).

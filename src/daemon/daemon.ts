@@ -332,6 +332,7 @@ export class Daemon {
         ...ops,
         { op: 'put', key: AUDIT_HEAD_KEY, value: { seq: audit.head.seq, hash: audit.head.hash } },
       ],
+      auditedDrift: (name) => this.auditIndex.lastDrift.get(name),
     });
     this.notify = await Notify.open({
       dataDir,

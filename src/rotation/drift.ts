@@ -13,20 +13,28 @@
  *   in; with `alert` it stays failing.
  * - the incident ends when the secret rotates (its current version is no longer the one it was found
  *   on) or a later check has no refused login. A version refused in an incident that a rotation ended
- *   (now the previous one, still served during the overlap) is not drift again.
+ *   (now the previous one, still served during the overlap) is not drift again. (An incident read back
+ *   unaudited that a rotation ended before its next check is over without its entry: that takes a crash
+ *   in the moment between the record and the entry, and a rotation of another cause right after.)
  * - error (the server or the agent could not be reached, a timeout, a permission): not drift. Logged.
  *
  * Only the daemon that acts (the leader of several) checks; a check never runs beside a rotation, a
  * retirement or a purge of the same secret (it holds the secret's lock, and is skipped while a
  * rotation is pending).
  *
- * An open incident is kept in the state store under `drift/<name>` (written once it is audited, through
- * the store the engine writes, so on PostgreSQL fenced like every other write, with the audit head as
- * the engine's writes have it), read when the daemon starts acting (at start, or when it takes the
- * lead), and deleted when the incident ends. So after a restart, or when another daemon takes the lead,
- * an incident still going on is the same incident: no second `drift-detected` entry. Only the daemon
- * that acts writes. What is not kept: the versions a rotation repaired (a restart during the overlap
- * that follows a repair may find the previous version refused again, as a new incident).
+ * Kept in the state store under `drift/<name>` (through the store the engine writes, so on PostgreSQL
+ * fenced like every other write, with the audit head as the engine's writes have it), read when the
+ * daemon starts acting (at start, or when it takes the lead), so that after a restart, or when another
+ * daemon takes the lead, an incident still going on is the same incident (no second `drift-detected`):
+ * - an open incident, written BEFORE its audit entry (`audited: false`) and again after it. A record
+ *   read back unaudited is looked up in the audit log (the last `drift-detected` entry of the secret,
+ *   the index the daemon keeps of its log): if that entry is this incident's (its version and the time
+ *   of its first refused check), the crash came after the entry and it is not written again; if not,
+ *   the entry is written at the next check, whatever that check finds. So a crash at any point leaves
+ *   exactly one entry per incident.
+ * - once a rotation ended it, the versions it found refused (`repaired`), for as long as they are
+ *   served (the overlap): a restart then does not take the previous version, refused, for new drift.
+ * Deleted when nothing is left to keep. Only the daemon that acts writes.
  */
 
 import diagnostics_channel from 'node:diagnostics_channel';
@@ -100,9 +108,11 @@ export interface DriftOptions {
   };
   /** Adds the audit log's current head to a store write, as the engine's writes have it. */
   readonly withHead: (ops: Op[]) => Op[];
+  /** The last `drift-detected` entry of a secret in the audit log as the daemon read and followed it. */
+  readonly auditedDrift?: (name: string) => { readonly from?: number; readonly detail?: string } | undefined;
 }
 
-/** Where an open incident of a secret is kept in the state store. */
+/** Where the incident of a secret (open, or the versions it found refused) is kept in the state store. */
 export const DRIFT_KEY = (name: string): string => `drift/${name}`;
 
 interface Watched {
@@ -120,15 +130,24 @@ interface Incident {
   credentials: DriftedCredential[];
   checks: number;
   audited: boolean;
-  /** Written to the state store (DRIFT_KEY). */
+  /** Written to the state store (DRIFT_KEY) as it is now. */
   stored: boolean;
 }
 
-/** An incident as the state store keeps it; anything else there is not one (logged, deleted). */
+const int = (x: unknown) => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+
+/** The versions a rotation repaired, as the state store keeps them ({repaired: [...]}); else undefined. */
+function parseRepaired(v: Json | undefined): Set<number> | undefined {
+  const o = v as Record<string, unknown> | null | undefined;
+  if (!o || typeof o !== 'object' || Array.isArray(o) || !Array.isArray(o.repaired)) return undefined;
+  if (o.repaired.length > 16 || !o.repaired.every(int)) return undefined;
+  return new Set(o.repaired as number[]);
+}
+
+/** An open incident as the state store keeps it; anything else there is not one (logged, deleted). */
 function parseIncident(v: Json | undefined): Incident | undefined {
   const o = v as Record<string, unknown> | null | undefined;
   if (!o || typeof o !== 'object' || Array.isArray(o)) return undefined;
-  const int = (x: unknown) => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
   if (!int(o.version) || !int(o.since) || !int(o.checks) || !Array.isArray(o.credentials)) return undefined;
   const credentials: DriftedCredential[] = [];
   for (const c of o.credentials as unknown[]) {
@@ -139,8 +158,12 @@ function parseIncident(v: Json | undefined): Incident | undefined {
     credentials.push({ credential: x.credential, version: x.version as number, username: x.username });
   }
   const { version, since, checks } = o as { version: number; since: number; checks: number };
-  return { version, since, checks, credentials, audited: true, stored: true };
+  // A record without `audited` was written once the entry was (by a daemon that wrote it only then).
+  return { version, since, checks, credentials, audited: o.audited !== false, stored: true };
 }
+
+/** The `detail` of an incident's drift-detected entry names the time of its first refused check so. */
+const sinceText = (since: number) => `since ${new Date(since).toISOString()}`;
 
 export class DriftMonitor {
   private readonly watched = new Map<string, Watched>();
@@ -219,13 +242,27 @@ export class DriftMonitor {
     this.loaded = true;
     for (const [key, value] of [...this.o.store.entries('drift/')]) {
       const name = key.slice('drift/'.length);
-      const incident = parseIncident(value);
-      if (!incident) this.o.log('warn', 'a drift incident in the state store is not one; deleted', { secret: name });
-      if (!incident || !this.watched.has(name)) {
+      const repaired = parseRepaired(value);
+      const incident = repaired ? undefined : parseIncident(value);
+      if (!incident && !repaired)
+        this.o.log('warn', 'a drift incident in the state store is not one; deleted', { secret: name });
+      if ((!incident && !repaired) || !this.watched.has(name)) {
         void this.unstore(name);
         continue;
       }
-      if (!this.incidents.has(name)) this.incidents.set(name, incident);
+      if (repaired) {
+        if (!this.repaired.has(name)) this.repaired.set(name, repaired);
+        continue;
+      }
+      if (!incident!.audited) {
+        // Written before its audit entry: the crash came after the entry if the log's last one is it.
+        const last = this.o.auditedDrift?.(name);
+        if (last?.from === incident!.version && last.detail?.includes(sinceText(incident!.since))) {
+          incident!.audited = true;
+          incident!.stored = false;
+        }
+      }
+      if (!this.incidents.has(name)) this.incidents.set(name, incident!);
     }
   }
 
@@ -243,17 +280,34 @@ export class DriftMonitor {
     }
   }
 
-  /** Keeps an audited incident in the state store, once (a failure is the check's, retried at the next). */
+  /** Keeps an incident in the state store as it is now, unless it is already (a failure is the check's). */
   private async persist(name: string, i: Incident): Promise<void> {
     if (i.stored || !this.o.acting()) return;
     const value = {
       version: i.version,
       since: i.since,
       checks: i.checks,
+      audited: i.audited,
       credentials: i.credentials.map((c) => ({ credential: c.credential, version: c.version, username: c.username })),
     };
     await this.o.store.write(this.o.withHead([{ op: 'put', key: DRIFT_KEY(name), value }]));
     i.stored = true;
+  }
+
+  /** Keeps the versions a rotation repaired (or deletes the record when none is served any more). */
+  private async keepRepaired(name: string): Promise<void> {
+    const r = this.repaired.get(name);
+    if (!r || r.size === 0) return this.unstore(name);
+    if (!this.o.acting()) return;
+    try {
+      await this.o.store.write(this.o.withHead([{ op: 'put', key: DRIFT_KEY(name), value: { repaired: [...r] } }]));
+    } catch (e) {
+      // Not kept: a restart during the overlap may then take the previous version for new drift.
+      this.o.log('warn', 'the versions a drift rotation repaired cannot be kept in the state store', {
+        secret: name,
+        code: (e as { code?: string }).code ?? 'ERROR',
+      });
+    }
   }
 
   /** Whether the incident is still about the version served now; if not, it is over (the secret rotated). */
@@ -261,10 +315,10 @@ export class DriftMonitor {
     const served = this.o.served(name);
     if (served && served.version === i.version) return true;
     this.incidents.delete(name);
-    void this.unstore(name);
     const r = this.repaired.get(name) ?? new Set<number>();
     for (const c of i.credentials) r.add(c.version);
     this.repaired.set(name, r);
+    void this.keepRepaired(name);
     this.o.log('info', 'drift over: the secret was rotated', { secret: name, version: served?.version });
     return false;
   }
@@ -333,7 +387,10 @@ export class DriftMonitor {
     const repaired = this.repaired.get(name);
     if (repaired) {
       const still = new Set([served.version, ...(served.previous ? [served.previous.version] : [])]);
+      const before = repaired.size;
       for (const v of repaired) if (!still.has(v)) repaired.delete(v);
+      if (repaired.size !== before) await this.keepRepaired(name);
+      if (repaired.size === 0) this.repaired.delete(name);
     }
     const refused: DriftedCredential[] = [];
     for (const c of checks) {
@@ -347,6 +404,8 @@ export class DriftMonitor {
     const count = (o: Check['outcome']) => checks.filter((c) => c.outcome === o).length;
     const tally = { secret: name, ok: count('ok'), refused: refused.length, errors: count('error') };
     if (refused.length === 0) {
+      // An incident read back unaudited (a crash before its entry) gets its entry even if it is over now.
+      if (ongoing && !ongoing.audited) await this.auditIncident(name, ongoing, w);
       // Only a check without an error ends an incident: an error says nothing about the credential.
       if (ongoing && tally.errors === 0) {
         this.incidents.delete(name);
@@ -368,29 +427,34 @@ export class DriftMonitor {
     for (const c of refused)
       if (!incident.credentials.some((x) => x.version === c.version)) incident.credentials.push(c);
     this.incidents.set(name, incident);
-    if (!incident.audited) {
-      const which = incident.credentials.map((c) => `version ${c.version} (${c.credential}, user ${c.username})`);
-      const since = new Date(incident.since).toISOString();
-      this.o.log('error', 'drift detected: the database refuses a served credential', {
-        secret: name,
-        versions: incident.credentials.map((c) => c.version).join(','),
-        since,
-        onDrift: w.onDrift,
-      });
-      await this.o.audit([
-        {
-          time: new Date(this.o.now()).toISOString(),
-          event: 'drift-detected',
-          secret: name,
-          from: served.version,
-          detail: `${DRIFT_DETECTED}: the database refuses ${which.join(' and ')} since ${since}; ${w.onDrift === 'rotate' ? 'rotating now' : 'onDrift: alert, not rotated'}`,
-        },
-      ]);
-      incident.audited = true;
-    }
+    if (!incident.audited) await this.auditIncident(name, incident, w);
     await this.persist(name, incident);
     driftChannel.publish(tally);
     if (w.onDrift === 'rotate') await this.o.rotate(name, 'the database refused a served credential (drift)');
+  }
+
+  /** The incident's one drift-detected entry: kept unaudited in the store first, then audited, then kept so. */
+  private async auditIncident(name: string, incident: Incident, w: Watched): Promise<void> {
+    incident.stored = false;
+    await this.persist(name, incident);
+    const which = incident.credentials.map((c) => `version ${c.version} (${c.credential}, user ${c.username})`);
+    this.o.log('error', 'drift detected: the database refuses a served credential', {
+      secret: name,
+      versions: incident.credentials.map((c) => c.version).join(','),
+      since: new Date(incident.since).toISOString(),
+      onDrift: w.onDrift,
+    });
+    await this.o.audit([
+      {
+        time: new Date(this.o.now()).toISOString(),
+        event: 'drift-detected',
+        secret: name,
+        from: incident.version,
+        detail: `${DRIFT_DETECTED}: the database refuses ${which.join(' and ')} ${sinceText(incident.since)}; ${w.onDrift === 'rotate' ? 'rotating now' : 'onDrift: alert, not rotated'}`,
+      },
+    ]);
+    incident.audited = true;
+    incident.stored = false;
   }
 
   private logError(name: string, c: Check, version: number): void {
