@@ -53,30 +53,8 @@ export async function run({ short, log }) {
   const { generateKeys, loadKeys } = await dist('src/keys.js');
   const { freePort } = await dist('test/services/common.js');
   const { getSecret } = await dist('src/client/index.js');
-  const { Redis } = await import('ioredis');
-  const login = async (user, password) => {
-    const r = new Redis({
-      host: '127.0.0.1',
-      port: server.port,
-      lazyConnect: true,
-      protocol: 2,
-      retryStrategy: null,
-      maxRetriesPerRequest: 0,
-      enableOfflineQueue: false,
-      enableReadyCheck: false,
-      disableClientInfo: true,
-    });
-    r.on('error', () => undefined);
-    try {
-      await r.connect();
-      return String(await r.call('AUTH', [user, password])) === 'OK';
-    } catch (e) {
-      if (/^WRONGPASS/.test(e.message)) return false;
-      throw e;
-    } finally {
-      r.disconnect();
-    }
-  };
+  const login = (user, password) => server.login(user, password);
+
   const hand = [];
   for (const u of users) {
     const initial = `Initial-${randomBytes(9).toString('hex')}`;

@@ -9,7 +9,6 @@
 import diagnostics_channel from 'node:diagnostics_channel';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Redis } from 'ioredis';
 import mysql from 'mysql2/promise';
 import pg from 'pg';
 import t from 'tap';
@@ -233,29 +232,7 @@ t.test('Redis through the agent', async (t) => {
   const server = await startRedis(t);
   if (!server) return;
   for (const u of ['r_dual', 'r_single']) await server.createUser(u, `Initial-${u}-9`);
-  const login: Login = async (user, password) => {
-    const r = new Redis({
-      host: '127.0.0.1',
-      port: server.port,
-      lazyConnect: true,
-      protocol: 2,
-      retryStrategy: null,
-      maxRetriesPerRequest: 0,
-      enableOfflineQueue: false,
-      enableReadyCheck: false,
-      disableClientInfo: true,
-    });
-    r.on('error', () => {});
-    try {
-      await r.connect();
-      return String(await r.call('AUTH', [user, password])) === 'OK';
-    } catch (e) {
-      if (/^WRONGPASS/.test((e as Error).message)) return false;
-      throw e;
-    } finally {
-      r.disconnect();
-    }
-  };
+  const login: Login = (user, password) => server.login(user, password);
   const common = { engine: 'redis' as const, url: server.url, login, adminPassword: server.adminPassword };
   await t.test('dual', (t) => rotateThrough(t, { ...common, strategy: 'dual', users: ['r_dual'] }));
   await t.test('single', (t) => rotateThrough(t, { ...common, strategy: 'single', users: ['r_single'] }));

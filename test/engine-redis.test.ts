@@ -12,7 +12,7 @@ import { createRedisEngine, type EngineWarning } from '../agent/src/engines/redi
 import type { Credential, DbEngine, Strategy } from '../agent/src/engines/types.js';
 import { rejectsWithNone } from './lib/db-errors.js';
 import { freePort } from './services/common.js';
-import { REDIS_ADMIN_RULES, type RedisServer, startRedis } from './services/redis.js';
+import { auth, REDIS_ADMIN_RULES, type RedisServer, startRedis } from './services/redis.js';
 
 const sha256 = (s: string): string => createHash('sha256').update(s, 'utf8').digest('hex');
 
@@ -28,28 +28,7 @@ function value(): string {
 }
 
 /** A login by a plain client (not the engine): 'OK' or the server's error prefix. */
-async function login(port: number, username: string, password: string): Promise<string> {
-  const r = new Redis({
-    host: '127.0.0.1',
-    port,
-    lazyConnect: true,
-    protocol: 2,
-    retryStrategy: null,
-    maxRetriesPerRequest: 0,
-    enableOfflineQueue: false,
-    enableReadyCheck: false,
-    disableClientInfo: true,
-  });
-  r.on('error', () => {});
-  try {
-    await r.connect();
-    return String(await r.call('AUTH', [username, password]));
-  } catch (err) {
-    return /^[A-Z]+/.exec((err as Error).message)?.[0] ?? (err as Error).message;
-  } finally {
-    r.disconnect();
-  }
-}
+const login = auth;
 
 function engineFor(
   t: Test,

@@ -38,6 +38,13 @@ export interface RedisServer {
   root(command: string, ...args: string[]): Promise<unknown>;
   /** Creates (or resets) a user that logs in with `password` and may run PING. */
   createUser(username: string, password: string): Promise<void>;
+  /**
+   * A login by a plain client (not an engine's): AUTH username password on a fresh connection. 'OK', or
+   * the prefix of the server's error (WRONGPASS...); throws when the server cannot be reached.
+   */
+  auth(username: string, password: string): Promise<string>;
+  /** Whether `username` logs in with `password` (false: WRONGPASS); throws on any other failure. */
+  login(username: string, password: string): Promise<boolean>;
   /** Stops the server (SIGTERM, then waits for the process to exit). Idempotent; also runs on teardown. */
   stop(): Promise<void>;
 }
@@ -149,8 +156,41 @@ export async function startRedis(
     createUser: async (username, password) => {
       await root('ACL', 'SETUSER', username, 'reset', 'on', `#${sha256(password)}`, '+ping');
     },
+    auth: (username, password) => auth(port, username, password),
+    login: async (username, password) => {
+      const answer = await auth(port, username, password);
+      if (answer === 'OK') return true;
+      if (answer === 'WRONGPASS') return false;
+      throw new Error(`AUTH as ${username} answered ${answer}`);
+    },
     stop,
   };
+}
+
+/** AUTH on a fresh connection to 127.0.0.1:port: 'OK' or the server error's prefix; throws when unreachable. */
+export async function auth(port: number, username: string, password: string): Promise<string> {
+  const r = new Redis({
+    host: '127.0.0.1',
+    port,
+    lazyConnect: true,
+    protocol: 2,
+    retryStrategy: null,
+    maxRetriesPerRequest: 0,
+    enableOfflineQueue: false,
+    enableReadyCheck: false,
+    disableClientInfo: true,
+  });
+  r.on('error', () => {});
+  try {
+    await r.connect();
+    return String(await r.call('AUTH', [username, password]));
+  } catch (err) {
+    const prefix = /^[A-Z]+/.exec((err as Error).message)?.[0];
+    if (prefix && prefix !== 'ECONNREFUSED') return prefix;
+    throw err;
+  } finally {
+    r.disconnect();
+  }
 }
 
 /** Resolves with the server's version once it logs "Ready to accept connections"; rejects if it exits first. */
