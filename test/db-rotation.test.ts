@@ -6,7 +6,6 @@
  * gate (a change the database accepts but whose login it refuses is never promoted) and a user name
  * built to inject SQL.
  */
-import diagnostics_channel from 'node:diagnostics_channel';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import mysql from 'mysql2/promise';
@@ -21,26 +20,12 @@ import { tempDir } from './helpers.js';
 import { startMariadb } from './services/mariadb.js';
 import { startPostgres } from './services/postgres.js';
 import { startRedis } from './services/redis.js';
-import { world } from './world.js';
+import { step, world } from './world.js';
 
 type T = Parameters<Parameters<typeof t.test>[1]>[0];
 type Login = (username: string, password: string) => Promise<boolean>;
 const UID = process.getuid!();
 const ADMIN_PASSWORD = `Admin-${Math.random().toString(36).slice(2)}X9`;
-
-function on(secret: string, step: string, version?: number): Promise<void> {
-  const ch = diagnostics_channel.channel('rotor:rotation');
-  return new Promise((resolve) => {
-    const f = (m: unknown) => {
-      const e = m as { secret: string; step: string; version?: number };
-      if (e.secret === secret && e.step === step && (version === undefined || e.version === version)) {
-        ch.unsubscribe(f);
-        resolve();
-      }
-    };
-    ch.subscribe(f);
-  });
-}
 
 interface Case {
   engine: 'postgres' | 'mariadb' | 'redis';
@@ -68,7 +53,7 @@ async function rotateThrough(t: T, c: Case, rotations = 3) {
     'consumer.yaml': `kind: Consumer\nname: app\nuid: ${UID}\nsecrets: ["db/**"]\n`,
   };
   const w = await world(t, files);
-  const first = on(name, 'finished', 1);
+  const first = step(name, 'finished', 1);
   const d = await w.start({ socketDir: path.join(w.root, 'sockets'), agentListen: '127.0.0.1:0' });
   t.teardown(() => d.stop());
   const daemonKeys = await loadKeys(w.dataDir);
@@ -120,7 +105,7 @@ async function rotateThrough(t: T, c: Case, rotations = 3) {
     if (c.strategy === 'single') t.notOk(prevWorks, `single: version ${before.version} fails at once`);
     else t.ok(prevWorks, `${c.strategy}: version ${before.version} still logs in during the overlap`);
     // The consumer reads the new version: with retireAfter: consumers the previous one retires now.
-    const retired = on(name, 'retired');
+    const retired = step(name, 'retired');
     t.equal((await getSecret(name, { socket })).version, cur.version);
     await retired;
     t.notOk(

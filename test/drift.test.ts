@@ -25,7 +25,7 @@ import { tempDir } from './helpers.js';
 import { startMariadb } from './services/mariadb.js';
 import { startPostgres } from './services/postgres.js';
 import { startRedis } from './services/redis.js';
-import { world } from './world.js';
+import { step, world } from './world.js';
 
 type T = Parameters<Parameters<typeof t.test>[1]>[0];
 type Login = (username: string, password: string) => Promise<boolean>;
@@ -58,20 +58,6 @@ function check(secret: string, pred: (m: CheckMessage) => boolean): Promise<Chec
 }
 const clean = (m: CheckMessage) => m.refused === 0 && m.errors === 0 && m.failed === undefined;
 
-function finished(secret: string, version: number): Promise<void> {
-  const ch = diagnostics_channel.channel('rotor:rotation');
-  return new Promise((resolve) => {
-    const f = (m: unknown) => {
-      const e = m as { secret: string; step: string; version?: number };
-      if (e.secret === secret && e.step === 'finished' && e.version === version) {
-        ch.unsubscribe(f);
-        resolve();
-      }
-    };
-    ch.subscribe(f);
-  });
-}
-
 interface Case {
   engine: 'postgres' | 'mariadb' | 'redis';
   url: string;
@@ -96,7 +82,7 @@ async function driftWorld(t: T, c: Case, onDrift: 'rotate' | 'alert') {
     'target.yaml': `kind: Target\nname: the-db\nengine: ${c.engine}\nagent: db-host\n`,
     'secret.yaml': `kind: Secret\nname: ${name}\npolicy: p\ngenerate: { length: 32 }\ndatabase: { target: the-db, strategy: ${c.strategy}, ${db} }\n`,
   });
-  const first = finished(name, 1);
+  const first = step(name, 'finished', 1);
   const daemonKeys = await loadKeys(w.dataDir);
   const configFile = path.join(keysRoot, 'agent.yaml');
   let agentLogs = '';
@@ -219,7 +205,7 @@ async function repairTwice(t: T, c: Case) {
   for (const incident of [1, 2]) {
     const before = d.served(name)!;
     values.push(String(before.value));
-    const repaired = finished(name, before.version + 1);
+    const repaired = step(name, 'finished', before.version + 1);
     const hand = handValue(incident);
     values.push(hand);
     await c.change(before.username!, hand);

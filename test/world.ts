@@ -75,12 +75,13 @@ export function finishes(secret: string, count: number): Promise<void> {
   });
 }
 
-export function step(secret: string, stepName: string): Promise<void> {
+/** Resolves when `secret` publishes `stepName` on `rotor:rotation` (of `version`, when given). */
+export function step(secret: string, stepName: string, version?: number): Promise<void> {
   const ch = diagnostics_channel.channel('rotor:rotation');
   return new Promise((resolve) => {
     const on = (m: unknown) => {
-      const e = m as { secret: string; step: string };
-      if (e.secret === secret && e.step === stepName) {
+      const e = m as { secret: string; step: string; version?: number };
+      if (e.secret === secret && e.step === stepName && (version === undefined || e.version === version)) {
         ch.unsubscribe(on);
         resolve();
       }
