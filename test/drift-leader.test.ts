@@ -164,6 +164,7 @@ if (p) {
     });
     if (!opened) return t.fail('the leader did not find the drift', diag());
     const since = opened.drift!.since;
+    await d0.waitFor(/"msg":"drift detected/); // its log arrives through a pipe, maybe after the status
     t.equal((d0.stderr().match(/"msg":"drift detected/g) ?? []).length, 1, 'd0 opened the incident once');
 
     // The leader resigns; d1 takes the lead and reads the incident from the store.

@@ -435,15 +435,16 @@ export class DriftMonitor {
 
   /** The incident's one drift-detected entry: kept unaudited in the store first, then audited, then kept so. */
   private async auditIncident(name: string, incident: Incident, w: Watched): Promise<void> {
-    incident.stored = false;
-    await this.persist(name, incident);
-    const which = incident.credentials.map((c) => `version ${c.version} (${c.credential}, user ${c.username})`);
+    // Logged as soon as the status shows it (before any await), then kept, then audited.
     this.o.log('error', 'drift detected: the database refuses a served credential', {
       secret: name,
       versions: incident.credentials.map((c) => c.version).join(','),
       since: new Date(incident.since).toISOString(),
       onDrift: w.onDrift,
     });
+    incident.stored = false;
+    await this.persist(name, incident);
+    const which = incident.credentials.map((c) => `version ${c.version} (${c.credential}, user ${c.username})`);
     await this.o.audit([
       {
         time: new Date(this.o.now()).toISOString(),
